@@ -1,0 +1,120 @@
+"""Every exception corral raises, in three families kept apart::
+
+    CorralError
+    ├── ConfigError                developer mistakes: fix the code or the config
+    │   ├── PolicyError            a policy file or dict is invalid (one line per problem)
+    │   └── ToolDefinitionError    a @tool cannot be built (bad name, bad schema)
+    ├── Stop                       enforced outcomes: the run is over, with a stop reason
+    ├── ControlSignal              control flow between corral and tools, not failures
+    │   └── NotExecuted            raised by a tool: "nothing happened", its key is released
+    └── StoreError                 the control plane's state cannot be read or written
+
+A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
+learn why (``stop.reason``, ``stop.detail``, ``stop.retryable``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .stops import RETRYABLE_REASONS, StopInfo, StopReason
+
+
+class CorralError(Exception):
+    """Base of everything corral raises."""
+
+
+class ConfigError(CorralError):
+    """A developer mistake in configuration or setup."""
+
+
+class PolicyError(ConfigError):
+    """A policy is invalid. ``problems`` holds one ``path: message`` line per problem."""
+
+    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        count = len(self.problems)
+        head = f"{where}invalid policy ({count} problem{'s' if count != 1 else ''})"
+        super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
+
+
+class ToolDefinitionError(ConfigError):
+    """A tool definition is unusable (bad name, unsupported signature, bad schema)."""
+
+
+class Stop(CorralError):
+    """The run must stop, for the reason given.
+
+    >>> s = Stop("tool_denied", detail="browser.open")
+    >>> str(s), s.retryable
+    ('tool_denied:browser.open', False)
+    """
+
+    def __init__(
+        self,
+        reason: StopReason,
+        detail: str = "",
+        *,
+        message: str = "",
+        tool: str | None = None,
+        scope: str | None = None,
+        limit: Any = None,
+        observed: Any = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+        info: StopInfo | None = None,
+    ) -> None:
+        if info is None:
+            info = StopInfo(
+                reason=reason,
+                detail=detail,
+                message=message,
+                tool=tool,
+                scope=scope,
+                limit=limit,
+                observed=observed,
+                retryable=reason in RETRYABLE_REASONS if retryable is None else retryable,
+                retry_after=retry_after,
+                extra=dict(extra or {}),
+            )
+        self.info = info
+        super().__init__(str(info) + (f": {info.message}" if info.message else ""))
+
+    @classmethod
+    def from_info(cls, info: StopInfo) -> Stop:
+        return cls(info.reason, info=info)
+
+    @property
+    def reason(self) -> StopReason:
+        return self.info.reason
+
+    @property
+    def detail(self) -> str:
+        return self.info.detail
+
+    @property
+    def retryable(self) -> bool:
+        return self.info.retryable
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.info.retry_after
+
+    def __str__(self) -> str:
+        return str(self.info)
+
+
+class ControlSignal(CorralError):
+    """A signal between corral and a tool; not a failure."""
+
+
+class NotExecuted(ControlSignal):
+    """Raised by a tool to say it did nothing: the call's idempotency key is released
+    and the call is reported to the model as not executed."""
+
+
+class StoreError(CorralError):
+    """The store cannot be read or written; governed actions fail closed."""
