@@ -1,77 +1,162 @@
-"""Turn pydantic validation errors into one plain line per problem."""
+"""Turn pydantic validation errors into one plain line per problem.
+
+Each line is ``path: message``; the message names what is expected and the value
+found, written as in the config file (``true``, ``null``, ``'text'``).
+"""
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import types
+import typing
+from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
+from annotated_types import Ge, Gt
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 
 def _path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             parts.append(f"[{item}]")
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
 
 
-def _got(value: Any) -> str:
-    text = repr(value)
+def render_value(value: Any) -> str:
+    """A value as a config file would spell it, cut to 60 characters."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, Decimal):
+        text = str(value)
+    elif isinstance(value, datetime.date):
+        text = value.isoformat()
+    else:
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _known_keys(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
-    model: Any = root
-    for item in loc[:-1]:
-        if model is None:
-            return []
-        field = model.model_fields.get(item) if isinstance(item, str) else None
-        if field is None:
-            # A dict of models (tools.specs.<name>): step into the value type.
-            return []
-        annotation = field.annotation
-        model = _model_in(annotation)
-    return sorted(model.model_fields) if model is not None else []
+_got = render_value
 
 
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+# -- where an error is: the annotation and constraints of the field it concerns --------------
 
 
-def _message(err: Any, root: type[BaseModel] | None) -> str:
+def _unwrap(annotation: Any, metadata: list[Any]) -> Any:
+    """Strip ``Annotated`` (collecting its metadata) and ``X | None``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            args = typing.get_args(annotation)
+            annotation = args[0]
+            metadata.extend(args[1:])
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _locate(root: Any, loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """The annotation at ``loc`` below ``root`` (``None`` when unknown) and its constraints."""
+    annotation: Any = root
+    metadata: list[Any] = []
+    for item in loc:
+        metadata = []
+        annotation = _unwrap(annotation, metadata)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(item) if isinstance(item, str) else None
+            if field is None:
+                return None, []
+            annotation = field.annotation
+            metadata = list(field.metadata)
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif origin is list:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None, []
+    return _unwrap(annotation, metadata), metadata
+
+
+def _bounds(metadata: Iterable[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in metadata:
+        if isinstance(item, FieldInfo):
+            out.update(_bounds(item.metadata))
+        elif isinstance(item, Gt):
+            out["gt"] = item.gt
+        elif isinstance(item, Ge):
+            out["ge"] = item.ge
+    return out
+
+
+def _known_keys(root: Any, loc: tuple[Any, ...]) -> list[str]:
+    model, _ = _locate(root, loc[:-1])
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []
+
+
+def _expected_number(root: Any, loc: tuple[Any, ...], value: Any) -> str:
+    """'a positive integer', 'a number', ... as the field at ``loc`` requires."""
+    annotation, metadata = _locate(root, loc)
+    if annotation is None:
+        integer = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        integer = annotation is int
+    noun = "integer" if integer else "number"
+    bounds = _bounds(metadata)
+    if bounds.get("gt") == 0:
+        return f"a positive {noun}"
+    if bounds.get("ge") == 0:
+        return f"{'an' if integer else 'a'} {noun}, zero or more"
+    return f"{'an' if integer else 'a'} {noun}"
+
+
+def _did_you_mean(word: Any, choices: Iterable[Any]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# -- one message per error kind -----------------------------------------------------------------
+
+
+def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
-    loc = tuple(err["loc"])
     if kind == "extra_forbidden":
         known = _known_keys(root, loc)
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
+        hint = _did_you_mean(loc[-1], known) or (f" (known: {', '.join(known)})" if known else "")
         return f"unknown key{hint}"
     if kind == "missing":
         return "is required"
     if kind in ("greater_than", "greater_than_equal"):
         bound = ctx.get("gt", ctx.get("ge"))
-        number = "integer" if isinstance(value, int) and not isinstance(value, bool) else "number"
-        if kind == "greater_than" and bound == 0:
-            return f"must be a positive {number}, got {_got(value)}"
-        if kind == "greater_than_equal" and bound == 0:
+        if bound == 0:
+            if kind == "greater_than":
+                return f"must be {_expected_number(root, loc, value)}, got {_got(value)}"
             return f"must be zero or more, got {_got(value)}"
         op = ">" if kind == "greater_than" else ">="
         return f"must be {op} {bound}, got {_got(value)}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer, got {_got(value)}"
-    if kind in ("float_type", "float_parsing", "decimal_type", "decimal_parsing", "finite_number"):
+    if kind in ("int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"):
+        return f"must be {_expected_number(root, loc, value)}, got {_got(value)}"
+    if kind in ("decimal_type", "decimal_parsing"):
         return f"must be a number, got {_got(value)}"
+    if kind in ("finite_number",):
+        return f"must be a finite number, got {_got(value)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"must be true or false, got {_got(value)}"
     if kind in ("string_type",):
@@ -79,32 +164,60 @@ def _message(err: Any, root: type[BaseModel] | None) -> str:
     if kind in ("list_type",):
         return f"must be a list, got {_got(value)}"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"must be a mapping, got {_got(value)}"
+        hint = " (write {} for an empty section)" if value is None else ""
+        return f"must be a mapping, got {_got(value)}{hint}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '?')}, got {_got(value)}"
+        annotation, _ = _locate(root, loc)
+        choices = (
+            typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+        )
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+        return f"must be one of {ctx.get('expected', '?')}, got {_got(value)}{hint}"
     if kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        return msg
+        return str(ctx.get("error", err["msg"]))
+    if kind == "invalid_key":
+        return f"keys must be strings, got {_got(value)}"
     return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_got(value)}"
+
+
+def _clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds markers such as "[key]" or "function-after[...]" to locations.
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and ("[" in p or p == "function-before"))
+    )
+
+
+def _document_order(data: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:
+    """Where ``loc`` is in the input, as positions at each level (dicts keep file order)."""
+    out: list[int] = []
+    node = data
+    for item in loc:
+        if isinstance(node, dict) and item in node:
+            out.append(list(node).index(item))
+            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            out.append(item)
+            node = node[item]
+        else:
+            out.append(-1)  # the key itself is the problem: report it with its parent
+            break
+    return tuple(out)
 
 
 def format_validation_error(exc: ValidationError, data: Any = None) -> list[str]:
     """One ``path: message`` line per problem, in document order, without duplicates."""
-    root: type[BaseModel] | None = None
-    title = exc.title
     from . import policy as _policy  # local import: policy imports this module
 
-    candidate = getattr(_policy, title, None)
-    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-        root = candidate
-    lines: list[str] = []
-    seen_union: set[tuple[Any, ...]] = set()
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        # Optional fields produce one error per union member; keep the first per location.
-        clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("function-before",))))
-        if clean in seen_union:
+    candidate = getattr(_policy, exc.title, None)
+    root = candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+    found: list[tuple[tuple[int, ...], int, str]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for index, err in enumerate(exc.errors(include_url=False)):
+        loc = _clean(tuple(err["loc"]))
+        # A union produces one error per member; keep the first per location.
+        if loc in seen:
             continue
-        seen_union.add(clean)
-        lines.append(f"{_path(clean)}: {_message(err, root)}")
-    return lines
+        seen.add(loc)
+        line = f"{_path(loc)}: {_message(err, root, loc)}"
+        found.append((_document_order(data, loc), index, line))
+    return [line for _, _, line in sorted(found)]

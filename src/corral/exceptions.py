@@ -6,7 +6,8 @@
     │   └── ToolDefinitionError    a @tool cannot be built (bad name, bad schema)
     ├── Stop                       enforced outcomes: the run is over, with a stop reason
     ├── ControlSignal              control flow between corral and tools, not failures
-    │   └── NotExecuted            raised by a tool: "nothing happened", its key is released
+    │   ├── NotExecuted            raised by a tool: "nothing happened", its key is released
+    │   └── ToolRejected           a call was refused but the run goes on: tell the model
     └── StoreError                 the control plane's state cannot be read or written
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
@@ -114,6 +115,23 @@ class ControlSignal(CorralError):
 class NotExecuted(ControlSignal):
     """Raised by a tool to say it did nothing: the call's idempotency key is released
     and the call is reported to the model as not executed."""
+
+
+class ToolRejected(ControlSignal):
+    """A tool call was refused, and the run may go on: show ``message`` to the model.
+
+    Raised by ``Run.call`` for mistakes the model can fix (invalid arguments, an
+    unknown tool name) within the policy's bound, and for denials when the policy
+    says ``on_denied: tell_model``. If it leaves a ``with Run(...)`` block
+    uncaught, the run stops with ``reason``.
+    """
+
+    def __init__(self, reason: StopReason, message: str, *, tool: str, detail: str = "") -> None:
+        self.reason = reason
+        self.tool = tool
+        self.detail = detail
+        self.message = message
+        super().__init__(message)
 
 
 class StoreError(CorralError):

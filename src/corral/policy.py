@@ -14,17 +14,31 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jsonschema
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from ._errors import format_validation_error
+from ._errors import format_validation_error, render_value
 from .exceptions import PolicyError
 
-TOOL_NAME = re.compile(r"^[a-z0-9_.-]+$")
+# \Z, not $: "$" also matches before a trailing newline, and names match exactly.
+TOOL_NAME = re.compile(r"^[a-z0-9_.-]+\Z")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
 Mode = Literal["enforce", "observe"]
@@ -35,22 +49,55 @@ Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "la
 
 def _to_decimal(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
+        raise ValueError(f"must be a number, got {render_value(value)}")
     if isinstance(value, int | float | str):
         try:
-            result = Decimal(str(value))
+            result = Decimal(str(value).strip())
         except InvalidOperation:
-            raise ValueError(f"must be a number, got {value!r}") from None
+            raise ValueError(f"must be a number, got {render_value(value)}") from None
         if not result.is_finite():
-            raise ValueError(f"must be a finite number, got {value!r}")
+            raise ValueError(f"must be a finite number, got {render_value(value)}")
         return result
     return value
 
 
+def _tool_name(name: str) -> str:
+    if TOOL_NAME.match(name):
+        return name
+    why = ""
+    if "*" in name or "?" in name:
+        why = "; wildcards are not supported, list each tool by its exact name"
+    elif any(ord(ch) > 127 for ch in name):
+        ch = next(ch for ch in name if ord(ch) > 127)
+        label = unicodedata.name(ch, "unnamed character")
+        why = f"; it contains {ch!r} (U+{ord(ch):04X} {label}), not an ASCII character"
+    elif TOOL_NAME.match(name.strip().lower()):
+        why = f"; names match exactly (did you mean {name.strip().lower()!r}?)"
+    raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {name!r}{why}")
+
+
+def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is None:
+        return None
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "" if not exc.absolute_path else f" (at {'.'.join(map(str, exc.absolute_path))})"
+        raise ValueError(f"is not a valid JSON Schema: {exc.message}{where}") from None
+    return schema
+
+
+#: A tool name: exact, lower-case ASCII. Each entry is checked on its own, so the
+#: message points at the entry (``tools.allow[2]``, ``tools.specs.Search``).
+ToolName = Annotated[str, Field(strict=True), AfterValidator(_tool_name)]
+JSONSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
 USD = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Strict: a YAML `true` or a quoted "90" is a mistake, not 1 or 90 seconds.
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -63,10 +110,24 @@ class ArgConstraint(_Section):
     schemes: list[str] | None = None
     hosts: list[str] | None = None
     enum: list[Any] | None = None
-    min: float | None = None
-    max: float | None = None
+    min: Number | None = None
+    max: Number | None = None
     pattern: str | None = None
     max_length: PositiveInt | None = None
+
+    @field_validator("schemes")
+    @classmethod
+    def _schemes(cls, value: list[str] | None) -> list[str] | None:
+        for scheme in value or ():
+            if not _SCHEME.match(scheme):
+                raise ValueError(f"schemes are lower-case names such as 'https', got {scheme!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> ArgConstraint:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min must not exceed max, got min {self.min:g} and max {self.max:g}")
+        return self
 
     @field_validator("pattern")
     @classmethod
@@ -75,7 +136,9 @@ class ArgConstraint(_Section):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"is not a valid regular expression ({exc}), got {value!r}") from None
+                raise ValueError(
+                    f"is not a valid regular expression ({exc}), got {value!r}"
+                ) from None
         return value
 
     @field_validator("hosts")
@@ -87,7 +150,8 @@ class ArgConstraint(_Section):
             bare = host[2:] if host.startswith("*.") else host
             if not bare or "/" in bare or ":" in bare or "*" in bare or bare != bare.lower():
                 raise ValueError(
-                    f"hosts are lower-case names such as 'example.com' or '*.example.com', got {host!r}"
+                    "hosts are lower-case names such as 'example.com' or '*.example.com',"
+                    f" got {host!r}"
                 )
         return value
 
@@ -97,48 +161,35 @@ class ToolSpec(_Section):
 
     effect: Effect | None = None
     cost_usd: USD | None = None
-    expensive: bool | None = None
+    expensive: StrictBool | None = None
     timeout_seconds: PositiveSeconds | None = None
     retries: NonNegativeInt | None = None
-    idempotent: bool | None = None
-    args_schema: dict[str, Any] | None = None
-    output_schema: dict[str, Any] | None = None
+    idempotent: StrictBool | None = None
+    args_schema: JSONSchema | None = None
+    output_schema: JSONSchema | None = None
     constraints: dict[str, ArgConstraint] = Field(default_factory=dict)
     max_output_chars: PositiveInt | None = None
-    strip_html: bool | None = None
-    cache: bool = True
-    cache_ttl_seconds: Annotated[float, Field(ge=0)] = 60.0
+    strip_html: StrictBool | None = None
+    cache: StrictBool = True
+    cache_ttl_seconds: NonNegativeSeconds = 60.0
     max_calls: PositiveInt | None = None
-    require_approval: bool | None = None
-    charge_on_error: bool = True
+    require_approval: StrictBool | None = None
+    charge_on_error: StrictBool = True
 
 
 class ToolsSection(_Section):
-    allow: list[str] = Field(default_factory=list)
-    specs: dict[str, ToolSpec] = Field(default_factory=dict)
+    allow: list[ToolName] = Field(default_factory=list)
+    specs: dict[ToolName, ToolSpec] = Field(default_factory=dict)
     on_denied: OnDenied = "stop"
     max_invalid_args: NonNegativeInt = 2
 
     @field_validator("allow")
     @classmethod
-    def _names(cls, names: list[str]) -> list[str]:
-        bad = [n for n in names if not isinstance(n, str) or not TOOL_NAME.match(n)]
-        if bad:
-            raise ValueError(
-                f"tool names use only a-z, 0-9, '_', '.', '-' (exact, no wildcards), got {bad[0]!r}"
-            )
+    def _no_duplicates(cls, names: list[str]) -> list[str]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"lists a tool twice, got {dupes[0]!r}")
         return names
-
-    @field_validator("specs")
-    @classmethod
-    def _spec_names(cls, specs: dict[str, ToolSpec]) -> dict[str, ToolSpec]:
-        for name in specs:
-            if not TOOL_NAME.match(name):
-                raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {name!r}")
-        return specs
 
 
 class Budgets(_Section):
@@ -154,7 +205,7 @@ class Budgets(_Section):
 
 
 class Writes(_Section):
-    require_approval: bool = True
+    require_approval: StrictBool = True
     approval_timeout_seconds: PositiveSeconds = 900.0
     on_denied: OnDenied = "stop"
 
@@ -169,7 +220,7 @@ class KillSwitch(_Section):
 
 
 class Observations(_Section):
-    strip_html: bool = True
+    strip_html: StrictBool = True
     max_chars: PositiveInt = 4000
 
 
@@ -204,11 +255,17 @@ class Policy(_Section):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> Policy:
-        """Validate a mapping; raise :class:`PolicyError` listing every problem."""
+        """Validate a mapping; raise :class:`PolicyError` listing every problem.
+
+        ``None`` is the empty policy: default budgets, and no tool allowed.
+        """
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise PolicyError([f"(top level): must be a mapping, got {type(data).__name__}"], source=source)
+            got = render_value(data)
+            raise PolicyError(
+                [f"(top level): must be a mapping of sections, got {got}"], source=source
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -216,14 +273,37 @@ class Policy(_Section):
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str | None = None) -> Policy:
-        """Parse YAML (JSON is YAML too) and validate it."""
+        """Parse YAML (JSON is YAML too) and validate it.
+
+        A key given twice in one mapping is an error, and so is a text with no
+        document at all (an empty or truncated file): write ``{}`` for a policy
+        that allows nothing.
+        """
+        _not_empty(text, source)
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise PolicyError([f"(file): {where}not valid YAML or JSON ({problem})"], source=source) from None
+            raise PolicyError(
+                [f"(file): {where}not valid YAML ({problem})"], source=source
+            ) from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str | None = None) -> Policy:
+        """Parse strict JSON (no trailing comma, no comment, no key twice) and validate it."""
+        _not_empty(text, source)
+        try:
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}: "
+            raise PolicyError(
+                [f"(file): {where}not valid JSON ({exc.msg})"], source=source
+            ) from None
+        except _DuplicateKey as exc:
+            raise PolicyError([f"(file): not valid JSON ({exc})"], source=source) from None
         return cls.from_dict(data, source=source)
 
     def allows(self, name: str) -> bool:
@@ -252,12 +332,63 @@ class Policy(_Section):
         out = []
         for name in self.tools.specs:
             if name not in self._allowed:
-                out.append(f"tools.specs.{name}: has a spec but is not in tools.allow, so it is denied")
+                out.append(
+                    f"tools.specs.{name}: has a spec but is not in tools.allow, so it is denied"
+                )
         return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice is an error (YAML says
+    keys are unique; PyYAML would silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears twice in one mapping",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_NOTHING = re.compile(r"^\s*(#.*|---.*|\.\.\.\s*)?$")
+
+
+def _not_empty(text: str, source: str | None) -> None:
+    if all(_NOTHING.match(line) for line in text.splitlines()):
+        raise PolicyError(
+            ["(file): is empty (write {} for a policy that allows nothing)"], source=source
+        )
 
 
 def load_policy(path: str | Path) -> Policy:
     """Load a policy from a ``.yaml``, ``.yml`` or ``.json`` file.
+
+    A ``.json`` file is parsed as strict JSON, anything else as YAML.
 
     >>> import tempfile, os
     >>> f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
@@ -268,9 +399,17 @@ def load_policy(path: str | Path) -> Policy:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
     except FileNotFoundError:
         raise PolicyError([f"(file): no such file: {p}"], source=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"(file): cannot read {p}: {exc}"], source=str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            [f"(file): {p} is not UTF-8 text ({exc.reason} at byte {exc.start})"], source=str(p)
+        ) from None
+    except OSError as exc:
+        raise PolicyError(
+            [f"(file): cannot read {p}: {exc.strerror or exc}"], source=str(p)
+        ) from None
+    if p.suffix.lower() == ".json":
+        return Policy.from_json(text, source=str(p))
     return Policy.from_yaml(text, source=str(p))

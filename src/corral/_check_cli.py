@@ -1,0 +1,222 @@
+"""``corral check FILE [--strict] [--tools module:object] [--json]``.
+
+Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
+problem, never a traceback), or ``--tools`` cannot be loaded; 1 with ``--strict``
+while a checklist item is missing. Warnings never change the exit code.
+
+``--json`` prints one object whose shape is stable::
+
+    {"valid": bool, "problems": [str], "items": [{"key", "title", "met", "why", "hint"}],
+     "warnings": [str]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from .checklist import Report, readiness
+from .exceptions import PolicyError
+from .policy import Policy, load_policy
+
+EXIT_OK = 0
+EXIT_MISSING = 1
+EXIT_INVALID = 2
+
+
+def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) -> int:
+    """Validate ``file``, print the readiness report, and return the exit code."""
+    problems: list[str] = []
+    policy: Policy | None = None
+    try:
+        policy = load_policy(file)
+    except PolicyError as exc:
+        problems += exc.problems
+    registered: list[object] | None = None
+    if tools is not None:
+        try:
+            registered = load_tools(tools)
+        except ToolsSpecError as exc:
+            problems.append(f"--tools: {exc}")
+    if problems or policy is None:
+        _print_invalid(file, problems, as_json)
+        return EXIT_INVALID
+    report = readiness(policy, registered)
+    _print_report(file, report, as_json)
+    return EXIT_MISSING if strict and not report.all_met else EXIT_OK
+
+
+# -- --tools module:object ----------------------------------------------------------------------
+
+
+class ToolsSpecError(Exception):
+    """``--tools`` does not name importable tools; the message is one line."""
+
+
+def load_tools(spec: str) -> list[object]:
+    """Import ``module:object`` (the current directory first on the path) and return its tools.
+
+    The object may be one tool, a list or tuple of tools, or a dict of name to tool.
+    Anything the module prints while importing goes to stderr, not into the report.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr or ":" in attr:
+        raise ToolsSpecError(f"expected module:object (e.g. myagent.tools:TOOLS), got {spec!r}")
+    module = _import(module_name)
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            public = [n for n in dir(value) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, public, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ToolsSpecError(f"{module_name!r} has no attribute {attr!r}{hint}")
+        value = getattr(value, part)
+    return _as_tools(value, spec)
+
+
+def _import(module_name: str) -> Any:
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise ToolsSpecError(
+                f"no module named {module_name!r} (looked in {cwd} and on sys.path)"
+            ) from None
+        raise ToolsSpecError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    except (Exception, SystemExit) as exc:
+        raise ToolsSpecError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _as_tools(value: Any, spec: str) -> list[object]:
+    if isinstance(getattr(value, "name", None), str):
+        return [value]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        pairs = [(None, item) for item in value]
+    else:
+        raise ToolsSpecError(
+            f"{spec!r} is a {type(value).__name__}, not a tool, a list of tools or a dict of tools"
+        )
+    out: list[object] = []
+    for index, (key, item) in enumerate(pairs):
+        if isinstance(getattr(item, "name", None), str):
+            out.append(item)
+        elif callable(item) and (key is not None or hasattr(item, "__name__")):
+            # A plain function is a tool whose effect is unknown (treated as a write).
+            name = key if key is not None else item.__name__
+            out.append(SimpleNamespace(name=str(name), effect=getattr(item, "effect", None)))
+        else:
+            where = f"key {key!r}" if key is not None else f"item {index}"
+            raise ToolsSpecError(f"{where} of {spec!r} is not a tool, got {type(item).__name__}")
+    return out
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _console() -> Console:
+    # soft_wrap: a problem stays on one line whatever the terminal width, so it can be grepped.
+    return Console(highlight=False, soft_wrap=True, emoji=False)
+
+
+def _marks(console: Console) -> tuple[str, str, str]:
+    if console.encoding.lower().replace("-", "").startswith("utf"):
+        return "✓", "✗", "!"
+    return "+", "x", "!"
+
+
+def _print_invalid(file: Path, problems: list[str], as_json: bool) -> None:
+    if as_json:
+        print(_to_json(valid=False, problems=problems))
+        return
+    console = _console()
+    _, cross, _ = _marks(console)
+    count = len(problems)
+    head = f"{cross} {file}: invalid policy ({count} problem{'s' if count != 1 else ''})"
+    console.print(Text(head, style="bold red"))
+    for line in problems:
+        console.print(Text(line))
+
+
+def _print_report(file: Path, report: Report, as_json: bool) -> None:
+    if as_json:
+        print(_to_json(valid=True, problems=[], report=report))
+        return
+    console = _console()
+    tick, cross, bang = _marks(console)
+    console.print(Text(f"{tick} {file}: valid policy", style="bold green"))
+    console.print()
+    console.print(Text("Production readiness", style="bold"))
+    for item in report.items:
+        mark = Text(
+            f"  {tick} " if item.met else f"  {cross} ", style="green" if item.met else "red"
+        )
+        console.print(mark + Text(item.title))
+        if not item.met:
+            console.print(Text(f"      why: {item.why}", style="dim"))
+            console.print(Text(f"      add: {item.hint}", style="yellow"))
+    if report.warnings:
+        console.print()
+        console.print(Text("Warnings", style="bold"))
+        for warning in report.warnings:
+            console.print(Text(f"  {bang} ", style="yellow") + Text(warning))
+    console.print()
+    summary = report.summary
+    if report.warnings:
+        n = len(report.warnings)
+        summary += f", {n} warning{'s' if n != 1 else ''}"
+    console.print(Text(summary, style="bold green" if report.all_met else "bold yellow"))
+
+
+def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) -> str:
+    body: dict[str, Any] = {
+        "valid": valid,
+        "problems": problems,
+        "items": [item.to_dict() for item in report.items] if report else [],
+        "warnings": list(report.warnings) if report else [],
+    }
+    return json.dumps(body, indent=2, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``corral check`` from the command line (``python -m corral._check_cli``)."""
+    parser = argparse.ArgumentParser(
+        prog="corral check", description="Validate a policy and report production readiness."
+    )
+    parser.add_argument("file", type=Path, help="policy file (.yaml, .yml or .json)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 while an item is missing")
+    parser.add_argument("--tools", metavar="MODULE:OBJECT", help="the registered tools to compare")
+    parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    args = parser.parse_args(argv)
+    return check_command(args.file, args.strict, args.tools, args.as_json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Per-run limits, usage, and the reserve-then-settle meter.
+
+A budget is charged *before* the action it pays for and settled to the actual
+amount after; an action that does not fit is not started. At every grant,
+committed plus held plus the new charge stays within every limit, so a cap is
+never overshot by anything corral started.
+
+>>> from decimal import Decimal
+>>> m = Meter(Limits(max_tool_calls=2, max_usd=Decimal("1.00")))
+>>> h = m.reserve(Charge(tool_calls=1, usd=Decimal("0.70")))
+>>> m.settle(h, Charge(tool_calls=1, usd=Decimal("0.70")))
+>>> m.reserve(Charge(tool_calls=1, usd=Decimal("0.70")))
+Traceback (most recent call last):
+corral.exceptions.Stop: max_usd:run (limit 1.00, would be 1.40)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from .exceptions import Stop
+from .stops import StopReason
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """The caps of one run. ``None`` means no cap for that dimension."""
+
+    max_steps: int = 30
+    max_seconds: float = 90.0
+    max_tool_calls: int = 15
+    max_tokens: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_usd: Decimal | None = None
+    tool_caps: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Charge:
+    """An amount of budget: what an action reserves, or what it actually used."""
+
+    steps: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: Decimal = ZERO
+    tool: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """What a run has used. Seconds are split into active and waiting (for approvals)."""
+
+    steps: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: Decimal = ZERO
+    active_seconds: float = 0.0
+    waiting_seconds: float = 0.0
+    tool_calls_by_tool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def seconds(self) -> float:
+        return self.active_seconds + self.waiting_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "tool_calls": self.tool_calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens": self.tokens,
+            "usd": str(self.usd),
+            "active_seconds": round(self.active_seconds, 6),
+            "waiting_seconds": round(self.waiting_seconds, 6),
+            "tool_calls_by_tool": dict(self.tool_calls_by_tool),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            steps=int(data.get("steps", 0)),
+            tool_calls=int(data.get("tool_calls", 0)),
+            input_tokens=int(data.get("input_tokens", 0)),
+            output_tokens=int(data.get("output_tokens", 0)),
+            usd=Decimal(str(data.get("usd", "0"))),
+            active_seconds=float(data.get("active_seconds", 0.0)),
+            waiting_seconds=float(data.get("waiting_seconds", 0.0)),
+            tool_calls_by_tool=MappingProxyType(dict(data.get("tool_calls_by_tool", {}))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A granted reservation; settle or refund it exactly once."""
+
+    id: int
+    charge: Charge
+
+
+class _Tally:
+    __slots__ = ("by_tool", "input_tokens", "output_tokens", "steps", "tool_calls", "usd")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.tool_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.usd = ZERO
+        self.by_tool: dict[str, int] = {}
+
+    def add(self, c: Charge, sign: int = 1) -> None:
+        self.steps += sign * c.steps
+        self.tool_calls += sign * c.tool_calls
+        self.input_tokens += sign * c.input_tokens
+        self.output_tokens += sign * c.output_tokens
+        self.usd += sign * c.usd
+        if c.tool is not None and c.tool_calls:
+            self.by_tool[c.tool] = self.by_tool.get(c.tool, 0) + sign * c.tool_calls
+
+
+class Meter:
+    """The run-scope budget: thread-safe reserve / settle / refund against :class:`Limits`.
+
+    Refusals raise :class:`~corral.exceptions.Stop` naming the limit, the scope
+    (``run`` or ``tool/<name>``) and the value usage would have reached.
+    """
+
+    def __init__(self, limits: Limits, *, usage: Usage | None = None) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._committed = _Tally()
+        self._held = _Tally()
+        self._holds: dict[int, Charge] = {}
+        self._next = 0
+        self.overrun = Charge()
+        if usage is not None:
+            self._committed.add(
+                Charge(
+                    steps=usage.steps,
+                    tool_calls=usage.tool_calls,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    usd=usage.usd,
+                )
+            )
+            self._committed.by_tool = dict(usage.tool_calls_by_tool)
+
+    def _refusal(self, c: Charge) -> Stop | None:
+        lim, com, held = self.limits, self._committed, self._held
+        checks: list[tuple[StopReason, str, Any, Any, bool]] = [
+            ("max_steps", "run", lim.max_steps, com.steps + held.steps + c.steps, c.steps > 0),
+            (
+                "max_tool_calls",
+                "run",
+                lim.max_tool_calls,
+                com.tool_calls + held.tool_calls + c.tool_calls,
+                c.tool_calls > 0,
+            ),
+        ]
+        if c.tool is not None and c.tool_calls and c.tool in lim.tool_caps:
+            used = com.by_tool.get(c.tool, 0) + held.by_tool.get(c.tool, 0) + c.tool_calls
+            checks.append(("max_tool_calls", f"tool/{c.tool}", lim.tool_caps[c.tool], used, True))
+        tin = com.input_tokens + held.input_tokens + c.input_tokens
+        tout = com.output_tokens + held.output_tokens + c.output_tokens
+        tokens_asked = c.input_tokens > 0 or c.output_tokens > 0
+        checks += [
+            ("max_tokens", "run", lim.max_tokens, tin + tout, tokens_asked),
+            ("max_tokens", "run/input", lim.max_input_tokens, tin, c.input_tokens > 0),
+            ("max_tokens", "run/output", lim.max_output_tokens, tout, c.output_tokens > 0),
+            ("max_usd", "run", lim.max_usd, com.usd + held.usd + c.usd, c.usd > 0),
+        ]
+        for reason, scope, limit, would_be, asked in checks:
+            if asked and limit is not None and would_be > limit:
+                return Stop(
+                    reason,
+                    scope,
+                    scope=scope,
+                    tool=c.tool,
+                    limit=limit,
+                    observed=would_be,
+                    message=f"{reason.replace('max_', '')} limit {limit} for the {scope} "
+                    f"would be passed ({would_be})",
+                )
+        return None
+
+    def fits(self, charge: Charge) -> Stop | None:
+        """The refusal a reservation of ``charge`` would meet now, or ``None``; holds nothing."""
+        with self._lock:
+            return self._refusal(charge)
+
+    def reserve(self, charge: Charge) -> Hold:
+        """Hold ``charge`` or raise :class:`Stop` (all dimensions at once, all or nothing)."""
+        with self._lock:
+            refusal = self._refusal(charge)
+            if refusal is not None:
+                raise refusal
+            self._next += 1
+            self._holds[self._next] = charge
+            self._held.add(charge)
+            return Hold(self._next, charge)
+
+    def settle(self, hold: Hold, actual: Charge) -> None:
+        """Replace the held amount with what was actually used.
+
+        ``actual`` may exceed the hold (a provider ignored ``max_tokens``): it is
+        recorded as it is, never trimmed, and the excess is added to :attr:`overrun`.
+        """
+        with self._lock:
+            charge = self._holds.pop(hold.id)
+            self._held.add(charge, -1)
+            if actual.tool is None and charge.tool is not None:
+                actual = replace(actual, tool=charge.tool)
+            self._committed.add(actual)
+            over_in = max(0, actual.input_tokens - charge.input_tokens)
+            over_out = max(0, actual.output_tokens - charge.output_tokens)
+            over_usd = max(ZERO, actual.usd - charge.usd)
+            if over_in or over_out or over_usd:
+                o = self.overrun
+                self.overrun = Charge(
+                    input_tokens=o.input_tokens + over_in,
+                    output_tokens=o.output_tokens + over_out,
+                    usd=o.usd + over_usd,
+                )
+
+    def commit(self, actual: Charge) -> None:
+        """Record usage that was not reserved here (observe mode's watching meter)."""
+        with self._lock:
+            self._committed.add(actual)
+
+    def refund(self, hold: Hold) -> None:
+        """Give back a hold whose action did not happen (denied, refused, not started)."""
+        with self._lock:
+            charge = self._holds.pop(hold.id, None)
+            if charge is not None:
+                self._held.add(charge, -1)
+
+    def usage(self, *, active_seconds: float = 0.0, waiting_seconds: float = 0.0) -> Usage:
+        with self._lock:
+            c = self._committed
+            return Usage(
+                steps=c.steps,
+                tool_calls=c.tool_calls,
+                input_tokens=c.input_tokens,
+                output_tokens=c.output_tokens,
+                usd=c.usd,
+                active_seconds=active_seconds,
+                waiting_seconds=waiting_seconds,
+                tool_calls_by_tool=MappingProxyType({k: v for k, v in c.by_tool.items() if v}),
+            )
+
+    def held(self) -> Charge:
+        with self._lock:
+            h = self._held
+            return Charge(
+                steps=h.steps,
+                tool_calls=h.tool_calls,
+                input_tokens=h.input_tokens,
+                output_tokens=h.output_tokens,
+                usd=h.usd,
+            )
+
+
+def limits_from_policy(budgets: Any, tool_caps: Mapping[str, int]) -> Limits:
+    """Build :class:`Limits` from a policy's ``budgets`` section and per-tool ``max_calls``."""
+    return Limits(
+        max_steps=budgets.max_steps,
+        max_seconds=float(budgets.max_seconds),
+        max_tool_calls=budgets.max_tool_calls,
+        max_tokens=budgets.max_tokens,
+        max_input_tokens=budgets.max_input_tokens,
+        max_output_tokens=budgets.max_output_tokens,
+        max_usd=budgets.max_usd,
+        tool_caps=MappingProxyType(dict(tool_caps)),
+    )

@@ -1,0 +1,339 @@
+"""The production readiness report: which of the field guide's checklist items a policy meets.
+
+>>> from corral.policy import Policy
+>>> report = readiness(Policy.from_dict({"tools": {"allow": ["kb.read"]}}))
+>>> [item.key for item in report.items if not item.met]
+['budgets', 'output_validation', 'monitoring', 'kill_switch']
+>>> report.summary
+'3/7 checklist items met'
+
+What meets each item (the report reads the config, and the registered tools when given):
+
+- ``allowlist``: ``tools.allow`` names at least one tool and ``mode`` is ``enforce``.
+  Default deny is always on; an empty allowlist allows nothing, and ``observe`` only logs.
+- ``budgets``: ``budgets.max_usd`` is set. Steps, seconds and tool calls always have a
+  limit (30, 90 s and 15 unless the policy names others), so only USD can be missing.
+- ``output_validation``: at least one tool is allowed, and every allowed tool has an
+  output schema, in ``tools.specs.<name>.output_schema`` or declared by its code.
+- ``stop_reasons``: always met; every run ends with a stop reason from a closed list.
+- ``monitoring``: ``monitoring.track`` names all four drift signals: tool calls per run,
+  tokens per request, stop reason and p95 latency.
+- ``kill_switch``: the policy sets ``kill_switch.mode_when_enabled`` itself, so a switch
+  thrown without a mode does what was decided, not what a default says.
+- ``write_approvals``: ``writes.require_approval`` is on and no allowed tool that writes
+  (or whose effect is unknown) turns it off in its spec. Idempotency is always enforced.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from .policy import Policy, Tracked
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Item:
+    """One checklist item: whether the policy meets it, why it matters, how to meet it."""
+
+    key: str
+    title: str
+    met: bool
+    why: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "title": self.title,
+            "met": self.met,
+            "why": self.why,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Report:
+    """The checklist items, in the field guide's order, and warnings about the config."""
+
+    items: list[Item]
+    warnings: list[str]
+
+    @property
+    def all_met(self) -> bool:
+        return all(item.met for item in self.items)
+
+    @property
+    def missing(self) -> list[Item]:
+        return [item for item in self.items if not item.met]
+
+    @property
+    def summary(self) -> str:
+        met = sum(item.met for item in self.items)
+        return f"{met}/{len(self.items)} checklist items met"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [i.to_dict() for i in self.items], "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Code:
+    """What the registered code says of one tool."""
+
+    effect: str | None  # None: not declared
+    output_schema: bool
+    expensive: bool
+
+
+def readiness(policy: Policy, tools: Sequence[object] | None = None) -> Report:
+    """Check ``policy`` against the production checklist.
+
+    ``tools`` are the registered tool objects (each with ``.name`` and ``.effect``);
+    given, they add warnings where code and policy disagree, and a tool's own
+    output schema counts for output validation.
+    """
+    code = _registered(tools) if tools is not None else None
+    items = [
+        _allowlist(policy),
+        _budgets(policy),
+        _output_validation(policy, code),
+        _stop_reasons(),
+        _monitoring(policy),
+        _kill_switch(policy),
+        _write_approvals(policy, code),
+    ]
+    warnings = [*policy.warnings(), *_policy_warnings(policy, code)]
+    if tools is not None:
+        warnings += _code_warnings(policy, tools, code or {})
+    return Report(items=items, warnings=warnings)
+
+
+# -- the items --------------------------------------------------------------------------------
+
+
+def _allowlist(policy: Policy) -> Item:
+    if not policy.tools.allow:
+        hint = "list each tool the agent may call under tools.allow, e.g. allow: [search.read]"
+    elif policy.mode != "enforce":
+        hint = "set mode: enforce (in observe mode a tool off the allowlist is logged, not denied)"
+    else:
+        hint = ""
+    return Item(
+        key="allowlist",
+        title="Tool gateway with a default-deny allowlist",
+        met=not hint,
+        why="a tool the policy does not allow is never executed; an empty allowlist allows nothing",
+        hint=hint,
+    )
+
+
+def _budgets(policy: Policy) -> Item:
+    b = policy.budgets
+    return Item(
+        key="budgets",
+        title="Budgets: steps, seconds, tool calls and USD",
+        met=b.max_usd is not None,
+        why=(
+            "a run stops before it spends past a cap; steps, seconds and tool calls always have "
+            f"one (here {b.max_steps}, {b.max_seconds:g} s, {b.max_tool_calls}), USD only when set"
+        ),
+        hint="" if b.max_usd is not None else "add budgets.max_usd, e.g. max_usd: 1.00",
+    )
+
+
+def _output_validation(policy: Policy, code: dict[str, _Code] | None) -> Item:
+    allowed = policy.tools.allow
+    lacking = [
+        name
+        for name in allowed
+        if not _policy_output_schema(policy, name)
+        and not (code and name in code and code[name].output_schema)
+    ]
+    if not allowed:
+        hint = "allow tools in tools.allow and give each an output_schema in tools.specs"
+    elif lacking:
+        hint = f"add tools.specs.<name>.output_schema (JSON Schema) for: {', '.join(lacking)}"
+    else:
+        hint = ""
+    return Item(
+        key="output_validation",
+        title="Strict validation of tool outputs",
+        met=not hint,
+        why="an output that does not match its schema stops the run instead of reaching the model",
+        hint=hint,
+    )
+
+
+def _stop_reasons() -> Item:
+    return Item(
+        key="stop_reasons",
+        title="Stop reasons returned to the caller",
+        met=True,
+        why=(
+            "always on: every run ends with a stop reason from a closed list (result.stop_reason); "
+            "show it so users stop retrying what cannot succeed"
+        ),
+    )
+
+
+_TRACKED: tuple[str, ...] = get_args(Tracked)
+
+
+def _monitoring(policy: Policy) -> Item:
+    missing = [name for name in _TRACKED if name not in policy.monitoring.track]
+    return Item(
+        key="monitoring",
+        title="Monitoring for drift (tool calls, tokens, stop reasons, latency)",
+        met=not missing,
+        why="drift shows first in tool calls per run, tokens per request, stop reasons and latency",
+        hint=f"add to monitoring.track: {', '.join(missing)}" if missing else "",
+    )
+
+
+def _kill_switch(policy: Policy) -> Item:
+    chosen = "kill_switch" in policy.model_fields_set and (
+        "mode_when_enabled" in policy.kill_switch.model_fields_set
+    )
+    return Item(
+        key="kill_switch",
+        title="Kill switch (disable writes or expensive tools)",
+        met=chosen,
+        why=(
+            "one action stops writes or expensive tools in every running agent; "
+            "the policy says which"
+        ),
+        hint=""
+        if chosen
+        else "add kill_switch.mode_when_enabled: disable_writes (or disable_expensive, stop_all)",
+    )
+
+
+def _write_approvals(policy: Policy, code: dict[str, _Code] | None) -> Item:
+    hints = []
+    if not policy.writes.require_approval:
+        hints.append("set writes.require_approval: true")
+    opted_out = [
+        name
+        for name in policy.tools.allow
+        if (spec := policy.spec(name)) is not None
+        and spec.require_approval is False
+        and _effect(policy, name, code) != "read"
+    ]
+    if opted_out:
+        specs = ", ".join(f"tools.specs.{name}" for name in opted_out)
+        hints.append(f"remove require_approval: false from {specs} (writes need approval)")
+    return Item(
+        key="write_approvals",
+        title="Approvals and idempotency for writes",
+        met=not hints,
+        why=(
+            "a write waits for a human approval bound to its exact arguments, and runs at most "
+            "once per idempotency key (idempotency is always on)"
+        ),
+        hint="; ".join(hints),
+    )
+
+
+# -- warnings ---------------------------------------------------------------------------------
+
+
+def _policy_warnings(policy: Policy, code: dict[str, _Code] | None) -> list[str]:
+    out = []
+    if policy.mode == "observe":
+        out.append(
+            "mode: observe: what would be denied or stopped is only logged; set mode: enforce "
+            "for production (the kill switch, idempotency and default budgets apply either way)"
+        )
+    if policy.kill_switch.mode_when_enabled == "disable_expensive" and not _anything_expensive(
+        policy, code
+    ):
+        out.append(
+            "kill_switch.mode_when_enabled: disable_expensive blocks nothing here: no allowed tool "
+            "is marked expensive and kill_switch.expensive_cost_usd is not set"
+        )
+    return out
+
+
+def _code_warnings(policy: Policy, tools: Sequence[object], code: dict[str, _Code]) -> list[str]:
+    out = []
+    names = [_name(t) for t in tools]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        out.append(f"tool {name!r}: registered twice")
+    for name in policy.tools.allow:
+        if name not in code:
+            close = difflib.get_close_matches(name, list(code), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append(
+                f"tools.allow: {name!r} is allowed but no registered tool has that name{hint}"
+            )
+    for name in sorted(code):
+        if not policy.allows(name):
+            out.append(f"tool {name!r}: registered but not in tools.allow, so every call is denied")
+            continue
+        spec = policy.spec(name)
+        in_policy = spec.effect if spec is not None else None
+        in_code = code[name].effect
+        if in_policy and in_code and in_policy != in_code:
+            out.append(
+                f"tool {name!r}: tools.specs says effect {in_policy}, the code says {in_code}; "
+                "treated as write (the stricter effect wins)"
+            )
+        elif not in_policy and not in_code:
+            out.append(
+                f"tool {name!r}: no effect declared in code or in tools.specs; treated as write"
+            )
+    return out
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _name(tool: object) -> str:
+    name = getattr(tool, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"a registered tool needs a str .name, got {tool!r}")
+    return name
+
+
+def _registered(tools: Sequence[object]) -> dict[str, _Code]:
+    out: dict[str, _Code] = {}
+    for tool in tools:
+        effect = getattr(tool, "effect", None)
+        effect = getattr(effect, "value", effect)  # an Enum's value
+        if effect not in ("read", "write") or getattr(tool, "effect_declared", True) is False:
+            effect = None
+        out[_name(tool)] = _Code(
+            effect=effect,
+            output_schema=bool(getattr(tool, "output_schema", None)),
+            expensive=getattr(tool, "expensive", False) is True,
+        )
+    return out
+
+
+def _policy_output_schema(policy: Policy, name: str) -> bool:
+    spec = policy.spec(name)
+    return spec is not None and spec.output_schema is not None
+
+
+def _effect(policy: Policy, name: str, code: dict[str, _Code] | None) -> str | None:
+    """The effect corral applies: the stricter of policy and code; ``None`` when neither says."""
+    spec = policy.spec(name)
+    said = {spec.effect if spec else None, code[name].effect if code and name in code else None}
+    said.discard(None)
+    if not said:
+        return None
+    return "write" if "write" in said else "read"
+
+
+def _anything_expensive(policy: Policy, code: dict[str, _Code] | None) -> bool:
+    if policy.kill_switch.expensive_cost_usd is not None:
+        return True
+    for name in policy.tools.allow:
+        spec = policy.spec(name)
+        if spec is not None and spec.expensive:
+            return True
+        if code and name in code and code[name].expensive:
+            return True
+    return False

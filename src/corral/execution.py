@@ -1,0 +1,242 @@
+"""Drivers: run a governed flow synchronously or asynchronously.
+
+The gateway and the model-call flow are generators that yield what must be
+waited for; these drivers do the waiting. The logic exists once; only waiting
+differs between the sync and the async face.
+
+Timeouts. An async tool is cancelled at its deadline. A sync tool called from
+the main thread (with no other ``SIGALRM`` handler installed) is interrupted at
+its deadline by a timer signal; elsewhere it runs in a worker thread and is
+*abandoned* at its deadline (Python cannot stop a thread; its result is ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import SystemClock
+from .gateway import Approve, Attempt, Execute, Sleep
+from .models.base import Model, ModelRequest
+
+_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-tool")
+
+
+@dataclass(frozen=True, slots=True)
+class CallModel:
+    model: Model
+    request: ModelRequest
+    timeout: float
+
+
+class _Deadline(BaseException):
+    """Raised inside a sync tool by the timer signal (a BaseException so tools don't swallow it)."""
+
+
+_alarm = threading.local()
+_armed = False
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _armed:
+        raise _Deadline()
+
+
+def _can_alarm() -> bool:
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    if _armed:
+        return False  # a tool calling the gateway again: the outer timer stays in charge
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler is _on_alarm:
+        return True
+    if handler in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGALRM, _on_alarm)
+        return True
+    return False
+
+
+def _invoke(op: Execute) -> Any:
+    tool = op.eff.tool
+    kwargs = dict(op.args)
+    if tool.context_param is not None:
+        kwargs[tool.context_param] = op.ctx
+    return tool.fn(**kwargs)
+
+
+def _timeout_error(op: Execute) -> TimeoutError:
+    return TimeoutError(f"{op.eff.tool.name} gave no result within {op.timeout:.3g} s")
+
+
+def _run_inline(op: Execute) -> Attempt:
+    global _armed
+    started = time.monotonic()
+    _armed = True
+    signal.setitimer(signal.ITIMER_REAL, op.timeout)
+    try:
+        value = _invoke(op)
+    except _Deadline:
+        return Attempt(False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started)
+    except TimeoutError as exc:
+        return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
+    except Exception as exc:
+        return Attempt(False, error=exc, seconds=time.monotonic() - started)
+    finally:
+        _armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return Attempt(True, value=value, seconds=time.monotonic() - started)
+
+
+def _run_in_thread(fn: Callable[[], Any], op: Execute) -> Attempt:
+    started = time.monotonic()
+    future = _POOL.submit(contextvars.copy_context().run, fn)
+    try:
+        value = future.result(timeout=op.timeout)
+    except TimeoutError as exc:
+        if not future.done():
+            return Attempt(False, error=_timeout_error(op), timed_out=True,
+                           seconds=time.monotonic() - started)
+        return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
+    except Exception as exc:
+        return Attempt(False, error=exc, seconds=time.monotonic() - started)
+    return Attempt(True, value=value, seconds=time.monotonic() - started)
+
+
+def execute_sync(op: Execute) -> Attempt:
+    """Run one attempt of a tool from synchronous code."""
+    if op.timeout <= 0:
+        return Attempt(False, error=_timeout_error(op), timed_out=True)
+    if op.eff.tool.is_async:
+        async def bounded() -> Any:
+            return await asyncio.wait_for(_invoke(op), op.timeout)
+
+        return _run_in_thread(lambda: asyncio.run(bounded()), op)
+    if _can_alarm():
+        return _run_inline(op)
+    return _run_in_thread(lambda: _invoke(op), op)
+
+
+async def execute_async(op: Execute) -> Attempt:
+    """Run one attempt of a tool from async code."""
+    started = time.monotonic()
+    if op.timeout <= 0:
+        return Attempt(False, error=_timeout_error(op), timed_out=True)
+    try:
+        if op.eff.tool.is_async:
+            value = await asyncio.wait_for(_invoke(op), op.timeout)
+        else:
+            loop = asyncio.get_running_loop()
+            ctx = contextvars.copy_context()
+            future = loop.run_in_executor(_POOL, ctx.run, _invoke, op)
+            value = await asyncio.wait_for(future, op.timeout)
+    except TimeoutError as exc:
+        elapsed = time.monotonic() - started
+        error = _timeout_error(op) if elapsed >= op.timeout * 0.99 else exc
+        return Attempt(False, error=error, timed_out=True, seconds=elapsed)
+    except Exception as exc:
+        return Attempt(False, error=exc, seconds=time.monotonic() - started)
+    return Attempt(True, value=value, seconds=time.monotonic() - started)
+
+
+def _call_model_sync(op: CallModel) -> Attempt:
+    async def bounded() -> Any:
+        result = op.model.respond(op.request)
+        if inspect.isawaitable(result):
+            return await asyncio.wait_for(_as_coro(result), op.timeout)
+        return result
+
+    try:
+        return Attempt(True, value=asyncio.run(bounded()))
+    except TimeoutError as exc:
+        return Attempt(False, error=exc, timed_out=True)
+    except Exception as exc:
+        return Attempt(False, error=exc)
+
+
+async def _as_coro(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _call_model_async(op: CallModel) -> Attempt:
+    try:
+        result = op.model.respond(op.request)
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(_as_coro(result), op.timeout)
+        return Attempt(True, value=result)
+    except TimeoutError as exc:
+        return Attempt(False, error=exc, timed_out=True)
+    except Exception as exc:
+        return Attempt(False, error=exc)
+
+
+def _approve_sync(approver: Any, op: Approve) -> Any:
+    answer = approver(op.request)
+    if inspect.isawaitable(answer):
+        return asyncio.run(_as_coro(answer))
+    return answer
+
+
+def drive_sync(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> Any:
+    """Run ``flow`` to completion, waiting in this thread."""
+    try:
+        op = next(flow)
+        while True:
+            if isinstance(op, Execute):
+                result: Any = execute_sync(op)
+            elif isinstance(op, CallModel):
+                result = _call_model_sync(op)
+            elif isinstance(op, Approve):
+                result = _approve_sync(approver, op)
+            elif isinstance(op, Sleep):
+                clock.sleep(op.seconds)
+                result = None
+            else:  # pragma: no cover - the flows yield only the ops above
+                raise TypeError(f"unknown operation {op!r}")
+            op = flow.send(result)
+    except StopIteration as done:
+        return done.value
+
+
+async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> Any:
+    """Run ``flow`` to completion, awaiting on the running event loop."""
+    try:
+        op = next(flow)
+        while True:
+            if isinstance(op, Execute):
+                result: Any = await execute_async(op)
+            elif isinstance(op, CallModel):
+                result = await _call_model_async(op)
+            elif isinstance(op, Approve):
+                answer = approver(op.request)
+                result = await answer if inspect.isawaitable(answer) else answer
+            elif isinstance(op, Sleep):
+                if isinstance(clock, SystemClock):
+                    await asyncio.sleep(op.seconds)
+                else:
+                    clock.sleep(op.seconds)
+                result = None
+            else:  # pragma: no cover
+                raise TypeError(f"unknown operation {op!r}")
+            op = flow.send(result)
+    except StopIteration as done:
+        return done.value
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` with a clear error when called from inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    from .exceptions import ConfigError
+
+    raise ConfigError("corral.run() was called inside a running event loop; use `await corral.arun(...)`")

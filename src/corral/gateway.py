@@ -1,0 +1,186 @@
+"""The tool gateway: the single choke point every tool call passes, in this order::
+
+    kill switch → allowlist and registry → arguments and constraints → degrade state
+    → read cache / idempotency replay → fit check (no hold) → approval (writes)
+    → kill switch again → budget reservation → idempotency claim (writes)
+    → execute with timeout (bounded retries) → output validation and hygiene
+    → settle → trace
+
+The flow is written once, as a generator that *yields* what must be waited for
+(:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
+synchronously or asynchronously. Each check lives in ``guards/``.
+
+Charges follow DESIGN.md: every attempt costs one tool call and the declared
+cost (also when it raises or times out, unless ``charge_on_error: false``);
+denied, invalid or refused calls are refunded; cache hits and idempotent replays
+cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .budgets import Charge
+from .exceptions import NotExecuted, Stop, ToolRejected
+from .guards import approval, arguments, cache, degrade, idempotency, killswitch, names
+from .hygiene import OutputProblem, clean_output
+from .runtime import Effective, RunCore, args_digest
+from .tools import ToolContext
+
+RETRY_BACKOFF = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    eff: Effective
+    args: Mapping[str, Any]
+    ctx: ToolContext
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Approve:
+    request: approval.ApprovalRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one execution: a value, or an error (``timed_out`` for a deadline)."""
+
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    seconds: float = 0.0
+
+
+Op = Execute | Approve | Sleep
+Flow = Generator[Op, Any, Any]
+
+
+def call_flow(
+    core: RunCore, name: Any, raw_args: Any, *, key: str | None = None, external: bool = False
+) -> Flow:
+    """Govern one tool call; returns the observation (``external``: the caller executes)."""
+    core.ensure_running()
+    core.check_time()
+    tool_name = name if isinstance(name, str) else repr(name)
+    known = isinstance(name, str) and name in core.tools
+    eff = core.effective(name) if known else None
+    killswitch.check(core, tool_name if known else None, eff)  # unknown names fall through to names
+    tool = names.resolve(core, name)
+    eff = core.effective(tool.name)
+    args = arguments.validate(core, eff, raw_args)
+    digest = args_digest(args)
+    degrade.check(core, tool.name)
+
+    cached = cache.lookup(core, eff, digest)
+    if not cache.is_miss(cached):
+        core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
+        core.flush()
+        return cached
+
+    write = eff.effect == "write"
+    idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
+    charge = Charge(tool_calls=1, usd=eff.cost_usd, tool=tool.name)
+    core.fits(charge)
+
+    if eff.require_approval:
+        req = approval.request(core, eff, args, digest)
+        core.flush()
+        started = core.now()
+        answer = yield Approve(req)
+        approval.decide(core, req, answer, core.now() - started)
+        killswitch.check(core, tool.name, eff)
+
+    attempt = 0
+    claimed = False
+    while True:
+        attempt += 1
+        core.check_time()
+        hold = core.reserve(charge)
+        if write and not claimed and idem_key is not None:
+            try:
+                stored = idempotency.claim(core, eff, idem_key, digest)
+            except BaseException:
+                core.refund(hold)
+                raise
+            if stored is not None:
+                core.refund(hold)
+                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+                core.flush()
+                return stored.get("output")
+            claimed = True
+        timeout = min(eff.timeout, core.remaining())
+        ctx = ToolContext(
+            tool=tool.name,
+            run_id=core.id,
+            tenant=core.tenant,
+            agent=core.agent,
+            idempotency_key=idem_key,
+            attempt=attempt,
+            deadline=core.now() + timeout,
+            credentials=core.credentials.get(tool.name, {}),
+            clock=core.clock,
+        )
+        started = core.now()
+        result: Attempt = yield Execute(eff, args, ctx, timeout)
+        elapsed = core.now() - started
+        if result.ok:
+            core.settle(hold, charge)
+            break
+        error = result.error
+        if isinstance(error, NotExecuted):
+            core.refund(hold)
+            if claimed and idem_key is not None:
+                core._store_call(core.store.release, idem_key, tenant=core.tenant)
+            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
+            core.flush()
+            raise ToolRejected("tool_error", f"{tool.name} did not run: {error}", tool=tool.name,
+                               detail="not_executed")
+        core.settle(hold, charge if eff.charge_on_error else Charge(tool_calls=1, tool=tool.name))
+        what = "timed out" if result.timed_out else f"raised {type(error).__name__}: {error}"
+        core.event("tool_call", tool=tool.name, outcome="timeout" if result.timed_out else "error",
+                   attempt=attempt, error=what, seconds=round(elapsed, 6))
+        if claimed and idem_key is not None:
+            core._store_call(core.store.complete, idem_key, {"error": what}, tenant=core.tenant)
+        if result.timed_out and core.remaining() <= 0:
+            core.flush()
+            core.check_time()
+        if attempt <= eff.retries and not external:
+            pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.remaining()))
+            if pause > 0:
+                yield Sleep(pause)
+            continue
+        core.flush()
+        raise core.stamp(Stop("tool_error", tool.name, tool=tool.name, message=what,
+                              extra={"attempts": attempt}))
+
+    value = result.value
+    try:
+        problems = eff.tool.validate_output(value, eff.output_schema)
+        if problems:
+            raise OutputProblem("schema", "; ".join(problems))
+        observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
+    except OutputProblem as exc:
+        core.event("tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt,
+                   problem=str(exc))
+        core.flush()
+        stop = Stop("invalid_tool_output", tool.name, tool=tool.name, message=str(exc),
+                    extra={"problem": exc.detail})
+        core.deny(stop)
+        observation = value
+    if claimed and idem_key is not None:
+        core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
+    cache.store(core, eff, digest, observation)
+    core.event("tool_call", tool=tool.name, outcome="ok", attempt=attempt, args_digest=digest,
+               usd=str(eff.cost_usd), seconds=round(elapsed, 6))
+    core.flush()
+    return observation

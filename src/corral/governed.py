@@ -1,0 +1,445 @@
+"""``Run`` and ``AsyncRun``: govern a loop you already have.
+
+>>> import corral
+>>> @corral.tool(name="search.read", effect="read")
+... def search(query: str) -> str:
+...     return "vendor is up"
+>>> policy = corral.Policy.from_dict({"tools": {"allow": ["search.read"]}})
+>>> with corral.Run(policy, tools=[search], store="memory://") as run:
+...     run.step()
+...     obs = run.call("search.read", {"query": "vendor status"})
+...     _ = run.finish(obs)
+>>> run.result.status, run.result.answer, run.result.usage.tool_calls
+('ok', 'vendor is up', 1)
+
+Leaving the ``with`` block: a :class:`~corral.Stop` of this run is recorded and
+suppressed (``run.result`` says why); a :class:`~corral.ToolRejected` the code did
+not handle stops the run with its reason; cancellation is ``cancelled``
+(re-raised); any other exception is recorded as ``agent_error`` and re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from .budgets import Charge, Hold
+from .clock import Clock
+from .exceptions import ConfigError, Stop, ToolRejected
+from .execution import drive_async, drive_sync
+from .gateway import Attempt, Execute, call_flow
+from .guards import degrade, killswitch
+from .models.base import Model, ModelResponse
+from .modelcalls import input_token_bound, model_flow, plan, price_of
+from .policy import Policy
+from .result import RunResult
+from .runtime import RunCore
+from .stops import StopInfo
+from .stores import Store, open_store
+from .tools import Tool, as_registry
+
+SpecFormat = Literal["openai", "anthropic", "neutral"]
+
+
+def wire_name(name: str) -> str:
+    """A tool name as OpenAI and Anthropic accept it (``[a-zA-Z0-9_-]``): dots become ``__``."""
+    return name.replace(".", "__")
+
+
+class Ticket:
+    """An authorized tool call that the caller executes itself, then reports with
+    :meth:`Run.report` or :meth:`Run.report_failure`. When ``replayed`` is true the
+    call was served from the cache or an idempotent replay: do not execute it, use
+    ``output``."""
+
+    def __init__(self, flow: Any, op: Execute | None, output: Any = None) -> None:
+        self._flow = flow
+        self._op = op
+        self.replayed = op is None
+        self.output = output
+        self.reported = False
+
+    @property
+    def tool(self) -> str:
+        return self._op.eff.tool.name if self._op else ""
+
+    @property
+    def arguments(self) -> Mapping[str, Any]:
+        """The validated arguments to execute with."""
+        return dict(self._op.args) if self._op else {}
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self._op.ctx.idempotency_key if self._op else None
+
+    @property
+    def timeout(self) -> float:
+        return self._op.timeout if self._op else 0.0
+
+
+class ModelCall:
+    """A model call of the caller's own, reserved before and settled after.
+
+    Use ``max_tokens`` (clamped to what the budgets allow) in the request, then
+    :meth:`settle` with the reported usage. Leaving the block without settling
+    charges the reserved worst case; an exception inside it is ``model_error``.
+    """
+
+    def __init__(self, core: RunCore, hold: Hold, max_tokens: int, model: Any) -> None:
+        self._core = core
+        self._hold: Hold | None = hold
+        self.max_tokens = max_tokens
+        self._model = model
+
+    def settle(self, *, input_tokens: int, output_tokens: int) -> None:
+        if self._hold is None:
+            raise ConfigError("this model call was already settled")
+        price = price_of(self._core, self._model)
+        usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
+        self._core.settle(
+            self._hold, Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
+        )
+        self._core.event("model_call", model=str(getattr(self._model, "name", "")), outcome="ok",
+                         input_tokens=input_tokens, output_tokens=output_tokens, usd=str(usd),
+                         max_tokens=self.max_tokens)
+        self._core.flush()
+        self._hold = None
+
+    def _exit(self, exc: BaseException | None) -> None:
+        if self._hold is None:
+            return
+        if exc is None:
+            self._core.settle(self._hold, self._hold.charge)
+            self._hold = None
+            return
+        self._core.settle(self._hold, Charge(steps=1))
+        self._hold = None
+        if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
+            raise self._core.stamp(Stop("model_error", str(getattr(self._model, "name", "model")),
+                                        message=f"{type(exc).__name__}: {exc}")) from exc
+
+    def __enter__(self) -> ModelCall:
+        return self
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> ModelCall:
+        return self
+
+    async def __aexit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
+        self._exit(exc)
+
+
+class _NamedModel:
+    def __init__(self, name: str, price: Any) -> None:
+        self.name = name
+        self.price = price
+
+
+class _RunBase:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None = None,
+        store: str | Store | None = None,
+        tenant: str | None = None,
+        agent: str | None = None,
+        run_id: str | None = None,
+        task: str = "",
+        clock: Clock | None = None,
+        approver: Callable[..., Any] | None = None,
+        credentials: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")
+        self._core = RunCore(
+            policy,
+            tools=as_registry(tools),
+            store=open_store(store),
+            clock=clock,
+            tenant=tenant,
+            agent=agent,
+            run_id=run_id,
+            task=task,
+            approver=approver,
+            credentials=credentials,
+        )
+        self._result: RunResult | None = None
+        self._wire: dict[str, str] = {}
+
+    # -- identity and state ------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def usage(self) -> Any:
+        return self._core.usage()
+
+    @property
+    def result(self) -> RunResult:
+        """The result, once the run has ended (after the ``with`` block or ``finish``)."""
+        if self._result is None:
+            raise ConfigError("the run has not ended yet: leave the `with` block or call finish()")
+        return self._result
+
+    # -- steps, finish, cancel --------------------------------------------------------
+    def step(self) -> None:
+        """Count one step of your loop; raises :class:`Stop` when steps or time are used up."""
+        core = self._core
+        core.ensure_running()
+        core.check_time()
+        hold = core.reserve(Charge(steps=1))
+        core.settle(hold, Charge(steps=1))
+        core.event("step", n=core.meter.usage().steps)
+
+    def finish(self, answer: Any = None) -> RunResult:
+        """End the run with ``ok`` and ``answer``."""
+        core = self._core
+        if self._result is not None:
+            return self._result
+        core.ensure_running()
+        text = None if answer is None else (answer if isinstance(answer, str) else str(answer))
+        core.finished = True
+        core.answer = text
+        return self._end("ok", answer=text)
+
+    def cancel(self) -> None:
+        """Ask the run to stop: the next step or call raises ``cancelled``."""
+        self._core.cancelled = True
+
+    def _end(self, reason: Any, *, answer: str | None = None, error: str | None = None) -> RunResult:
+        core = self._core
+        if self._result is not None:
+            return self._result
+        core.finished = True
+        core.close(reason, answer=answer)
+        usage = core.usage()
+        info = core.stop if reason != "ok" else None
+        self._result = RunResult(
+            run_id=core.id,
+            status="ok" if reason == "ok" else ("error" if reason in _ERRORS else "stopped"),
+            stop_reason=reason,
+            answer=answer,
+            partial=None if reason == "ok" else (core.partial or core.last_text),
+            usage=usage,
+            stop=info,
+            would_stop=tuple(core.would_stop),
+            error=error,
+        )
+        return self._result
+
+    def _stopped(self, stop: Stop) -> RunResult:
+        self._core.record_stop(stop.info)
+        return self._end(stop.reason)
+
+    # -- tools on offer --------------------------------------------------------------
+    def tool_specs(self, format: SpecFormat = "openai") -> list[dict[str, Any]]:
+        """Specs of the tools on offer now: allowed, registered, not kill-switched or degraded.
+
+        ``openai`` and ``anthropic`` formats use wire-safe names (dots become ``__``);
+        map a name the model sends back with :meth:`tool_name`.
+        """
+        core = self._core
+        out: list[dict[str, Any]] = []
+        for name in sorted(core.tools):
+            if not core.policy.allows(name):
+                continue
+            eff = core.effective(name)
+            if killswitch.blocking_switch(core, name, eff) is not None:
+                continue
+            try:
+                degrade.check(core, name)
+            except Stop:
+                continue
+            spec = eff.tool.spec()
+            if format == "neutral":
+                out.append(spec)
+                continue
+            wire = wire_name(name)
+            self._wire[wire] = name
+            if format == "openai":
+                out.append({"type": "function", "function": {"name": wire, "description": spec["description"],
+                                                              "parameters": spec["parameters"]}})
+            elif format == "anthropic":
+                out.append({"name": wire, "description": spec["description"],
+                            "input_schema": spec["parameters"]})
+            else:
+                raise ConfigError(f"unknown tool spec format {format!r} (openai, anthropic, neutral)")
+        return out
+
+    def tool_name(self, wire: str) -> str:
+        """The tool name behind a wire name from :meth:`tool_specs` (others pass through unchanged)."""
+        return self._wire.get(wire, wire)
+
+    # -- wrapped model calls ---------------------------------------------------------
+    def model_call(
+        self,
+        *,
+        model: str | Model,
+        messages: Sequence[Mapping[str, Any]] = (),
+        tools: Sequence[Mapping[str, Any]] = (),
+        max_tokens: int | None = None,
+        input_tokens: int | None = None,
+    ) -> ModelCall:
+        """Reserve a model call of your own (a step): kill switch, tokens and USD, before it starts.
+
+        The input bound is computed from ``messages`` and ``tools`` (or given as
+        ``input_tokens``); the model's price comes from ``models.prices``.
+        """
+        core = self._core
+        core.ensure_running()
+        core.check_time()
+        killswitch.check(core, None, None)
+        target = _NamedModel(model, None) if isinstance(model, str) else model
+        bound = input_tokens if input_tokens is not None else input_token_bound(messages, tools)
+        clamped, charge = plan(core, target, bound, max_tokens)
+        hold = core.reserve(charge)
+        return ModelCall(core, hold, clamped, target)
+
+    # -- exit semantics --------------------------------------------------------------
+    def _exit(self, exc: BaseException | None) -> bool:
+        core = self._core
+        if self._result is not None and exc is None:
+            return False
+        if exc is None:
+            if self._result is None:
+                core.finished = True
+                self._end("ok", answer=core.answer)
+            return False
+        if isinstance(exc, Stop):
+            owner = getattr(exc, "run_id", None)
+            if owner in (None, core.id):
+                self._stopped(exc)
+                return True
+            self._fail_agent(exc)
+            return False
+        if isinstance(exc, ToolRejected):
+            self._stopped(Stop(exc.reason, exc.detail or exc.tool, tool=exc.tool, message=exc.message))
+            return True
+        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError | GeneratorExit):
+            self._stopped(Stop("cancelled", "run", message=type(exc).__name__))
+            return False
+        self._fail_agent(exc)
+        return False
+
+    def _fail_agent(self, exc: BaseException) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        self._core.record_stop(StopInfo(reason="agent_error", detail=type(exc).__name__, message=str(exc)))
+        self._end("agent_error", error=text)
+
+
+_ERRORS = frozenset(
+    {"agent_error", "model_error", "tool_error", "invalid_model_output", "invalid_tool_output",
+     "control_plane_unavailable"}
+)
+
+
+class Run(_RunBase):
+    """A governed run for synchronous code. See the module docstring."""
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        return self._exit(exc)
+
+    def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
+        """Call a tool through the gateway; returns the cleaned observation.
+
+        Raises :class:`Stop` when the run must stop, :class:`ToolRejected` when the
+        call was refused but the run may go on (show ``.message`` to the model).
+        """
+        flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
+        return drive_sync(flow, approver=self._core.approver, clock=self._core.clock)
+
+    def authorize(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Ticket:
+        """Pass the gateway up to execution; execute the tool yourself, then :meth:`report`."""
+        return _authorize(self._core, name, args, idempotency_key, asynchronous=False)
+
+    def report(self, ticket: Ticket, output: Any) -> Any:
+        """Report what the tool returned; returns the observation (validated and cleaned)."""
+        return _report(ticket, Attempt(True, value=output), self._core)
+
+    def report_failure(self, ticket: Ticket, error: BaseException, *, timed_out: bool = False) -> Any:
+        """Report that the tool raised or timed out (charged as an attempt)."""
+        return _report(ticket, Attempt(False, error=error, timed_out=timed_out), self._core)
+
+    def model_turn(self, model: Model, messages: Sequence[Mapping[str, Any]], *,
+                   tools: Sequence[Mapping[str, Any]] | None = None,
+                   max_tokens: int | None = None) -> ModelResponse:
+        """One governed turn of a :class:`~corral.models.Model` (a step)."""
+        specs = self.tool_specs("neutral") if tools is None else tools
+        flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
+        result: ModelResponse = drive_sync(flow, approver=self._core.approver, clock=self._core.clock)
+        return result
+
+
+class AsyncRun(_RunBase):
+    """A governed run for async code: the same methods as :class:`Run`, awaited."""
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        return self._exit(exc)
+
+    async def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
+        flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
+        return await drive_async(flow, approver=self._core.approver, clock=self._core.clock)
+
+    async def authorize(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Ticket:
+        return _authorize(self._core, name, args, idempotency_key, asynchronous=True)
+
+    async def report(self, ticket: Ticket, output: Any) -> Any:
+        return _report(ticket, Attempt(True, value=output), self._core)
+
+    async def report_failure(self, ticket: Ticket, error: BaseException, *, timed_out: bool = False) -> Any:
+        return _report(ticket, Attempt(False, error=error, timed_out=timed_out), self._core)
+
+    async def model_turn(self, model: Model, messages: Sequence[Mapping[str, Any]], *,
+                         tools: Sequence[Mapping[str, Any]] | None = None,
+                         max_tokens: int | None = None) -> ModelResponse:
+        specs = self.tool_specs("neutral") if tools is None else tools
+        flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
+        result: ModelResponse = await drive_async(flow, approver=self._core.approver, clock=self._core.clock)
+        return result
+
+
+def _authorize(core: RunCore, name: str, args: Any, key: str | None, *, asynchronous: bool) -> Ticket:
+    flow = call_flow(core, name, {} if args is None else args, key=key, external=True)
+    try:
+        op = next(flow)
+        while not isinstance(op, Execute):
+            # Approvals during authorize are answered by the run's approver, in this thread.
+            if hasattr(op, "request"):
+                answer = core.approver(op.request) if core.approver else False
+                if asyncio.iscoroutine(answer):
+                    answer = asyncio.run(answer) if not asynchronous else None
+                    if answer is None:
+                        raise ConfigError("an async approver needs Run.call, not authorize()")
+                op = flow.send(answer)
+            else:
+                op = flow.send(None)
+    except StopIteration as done:
+        return Ticket(None, None, output=done.value)
+    return Ticket(flow, op)
+
+
+def _report(ticket: Ticket, attempt: Attempt, core: RunCore) -> Any:
+    if ticket.replayed:
+        return ticket.output
+    if ticket.reported:
+        raise ConfigError("this ticket was already reported")
+    ticket.reported = True
+    try:
+        ticket._flow.send(attempt)
+    except StopIteration as done:
+        return done.value
+    with contextlib.suppress(Exception):
+        ticket._flow.close()
+    raise ConfigError("the gateway asked for another attempt of a caller-executed tool")

@@ -1,0 +1,1 @@
+"""The gateway's guards, one concern per module, applied in DESIGN.md's order by ``gateway.py``."""

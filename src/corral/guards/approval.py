@@ -1,0 +1,72 @@
+"""Approvals: a write that needs one waits for a decision bound to the exact action.
+
+The decision is bound to (run, tool, argument digest) and used once. Waiting is
+not charged to ``max_seconds``. Channels: an in-process callback (a trusted local
+approver, for development and tests) called with an :class:`ApprovalRequest`,
+returning ``True``/``False`` or an :class:`ApprovalDecision`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import Stop, ToolRejected
+
+if TYPE_CHECKING:
+    from ..runtime import Effective, RunCore
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalRequest:
+    run_id: str
+    tool: str
+    arguments: Mapping[str, Any]
+    args_digest: str
+    tenant: str | None
+    agent: str | None
+    timeout: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalDecision:
+    approved: bool
+    approver: str = "local"
+    reason: str = ""
+
+
+def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str) -> ApprovalRequest:
+    return ApprovalRequest(
+        run_id=core.id,
+        tool=eff.tool.name,
+        arguments=dict(args),
+        args_digest=digest,
+        tenant=core.tenant,
+        agent=core.agent,
+        timeout=core.policy.writes.approval_timeout_seconds,
+    )
+
+
+def decide(core: RunCore, req: ApprovalRequest, answer: Any, waited: float) -> None:
+    """Apply a channel's answer: return on approval, else stop (or tell the model)."""
+    core.waiting += waited
+    decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision(approved=bool(answer))
+    core.event(
+        "approval",
+        tool=req.tool,
+        args_digest=req.args_digest,
+        approved=decision.approved,
+        approver=decision.approver,
+        reason=decision.reason,
+        waited=round(waited, 3),
+    )
+    if waited > req.timeout:
+        raise core.stamp(Stop("approval_timeout", req.tool, tool=req.tool,
+                              message=f"no decision within {req.timeout:g} s"))
+    if decision.approved:
+        return
+    message = f"{req.tool} was not approved" + (f": {decision.reason}" if decision.reason else "")
+    if core.policy.writes.on_denied == "tell_model":
+        raise ToolRejected("approval_denied", message, tool=req.tool)
+    raise core.stamp(Stop("approval_denied", req.tool, tool=req.tool, message=message))

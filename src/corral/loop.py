@@ -1,0 +1,131 @@
+"""The bounded agent loop: ``corral.run`` and ``corral.arun``.
+
+>>> import corral
+>>> from corral.testing import ScriptedModel, call, final
+>>> @corral.tool(name="search.read", effect="read")
+... def search(query: str) -> str:
+...     return "vendor is down since 09:12"
+>>> policy = corral.Policy.from_dict({"tools": {"allow": ["search.read"]}})
+>>> model = ScriptedModel([call("search.read", query="vendor status"), final("down since 09:12")])
+>>> result = corral.run("vendor status?", model=model, tools=[search], policy=policy, store="memory://")
+>>> result.status, result.stop_reason, result.answer, result.usage.tool_calls
+('ok', 'ok', 'down since 09:12', 1)
+
+Every turn is a step; each tool call the model asks for passes the gateway in
+order, and a stop skips the rest (recorded as skipped). Mistakes the model can
+fix (invalid arguments, an unknown tool) are handed back to it a bounded number
+of times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .clock import Clock
+from .context import policy_prompt, trim
+from .exceptions import Stop, ToolRejected
+from .execution import run_coroutine
+from .governed import AsyncRun
+from .hygiene import render
+from .models.base import Model
+from .policy import Policy
+from .result import RunResult
+from .stores import Store
+from .tools import Tool
+
+
+async def arun(
+    task: str,
+    *,
+    model: Model,
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None = None,
+    policy: Policy,
+    store: str | Store | None = None,
+    tenant: str | None = None,
+    agent: str | None = None,
+    instructions: str | None = None,
+    run_id: str | None = None,
+    clock: Clock | None = None,
+    approver: Callable[..., Any] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | None = None,
+    max_tokens: int | None = None,
+    on_run: Callable[[AsyncRun], None] | None = None,
+) -> RunResult:
+    """Run ``model`` on ``task`` inside ``policy``; always returns a :class:`RunResult`.
+
+    ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel it from elsewhere).
+    """
+    run = AsyncRun(
+        policy, tools=tools, store=store, tenant=tenant, agent=agent, run_id=run_id, task=task,
+        clock=clock, approver=approver, credentials=credentials,
+    )
+    if on_run is not None:
+        on_run(run)
+    core = run._core
+    async with run:
+        offered = run.tool_specs("neutral")
+        system = policy_prompt(policy, [s["name"] for s in offered], instructions)
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": task},
+        ]
+        while True:
+            specs = run.tool_specs("neutral")
+            window = trim(messages, policy.context.max_chars)
+            response = await run.model_turn(model, window, tools=specs, max_tokens=max_tokens)
+            if not response.tool_calls:
+                run.finish(response.text)
+                break
+            messages.append({
+                "role": "assistant",
+                "content": response.text or "",
+                "tool_calls": [
+                    {"id": c.id or f"call_{i}", "name": c.name,
+                     "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}
+                    for i, c in enumerate(response.tool_calls)
+                ],
+            })
+            for i, c in enumerate(response.tool_calls):
+                call_id = c.id or f"call_{i}"
+                try:
+                    observation = render(await run.call(c.name, c.arguments))
+                except ToolRejected as rejected:
+                    observation = f"ERROR: {rejected.message}"
+                except Stop:
+                    skipped = [x.name for x in response.tool_calls[i + 1 :]]
+                    if skipped:
+                        core.event("skipped", tools=skipped)
+                    raise
+                messages.append({"role": "tool", "tool_call_id": call_id, "name": c.name,
+                                 "content": observation})
+    return run.result
+
+
+def run(
+    task: str,
+    *,
+    model: Model,
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None = None,
+    policy: Policy,
+    store: str | Store | None = None,
+    tenant: str | None = None,
+    agent: str | None = None,
+    instructions: str | None = None,
+    run_id: str | None = None,
+    clock: Clock | None = None,
+    approver: Callable[..., Any] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | None = None,
+    max_tokens: int | None = None,
+    on_run: Callable[[AsyncRun], None] | None = None,
+) -> RunResult:
+    """The synchronous face of :func:`arun` (same arguments, same result)."""
+    result: RunResult = run_coroutine(
+        arun(
+            task, model=model, tools=tools, policy=policy, store=store, tenant=tenant, agent=agent,
+            instructions=instructions, run_id=run_id, clock=clock, approver=approver,
+            credentials=credentials, max_tokens=max_tokens, on_run=on_run,
+        )
+    )
+    return result

@@ -1,0 +1,156 @@
+"""Model calls under budget: reserve the worst case, clamp ``max_tokens``, settle to usage.
+
+The worst case of a model call is an upper bound of its input tokens (the UTF-8
+size of the request: no tokenizer produces more tokens than bytes, plus a small
+per-message overhead) at the input price, plus ``max_tokens`` at the output
+price. ``max_tokens`` is clamped to what the token and USD budgets have left; a
+call that cannot fit even a minimal answer is refused before any request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping, Sequence
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from .budgets import Charge
+from .exceptions import Stop
+from .execution import CallModel
+from .gateway import Attempt
+from .guards import killswitch
+from .models.base import Model, ModelOutputError, ModelRequest, ModelResponse, Price
+from .runtime import RunCore
+
+MIN_ANSWER_TOKENS = 16
+PER_MESSAGE_OVERHEAD = 8
+
+
+def input_token_bound(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> int:
+    """An upper bound of the input tokens of a request (bytes of its JSON, plus overhead)."""
+    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
+    return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
+
+
+def price_of(core: RunCore, model: Any) -> Price | None:
+    """The policy's price for the model (wins), else the model object's ``price``, else ``None``."""
+    name = str(getattr(model, "name", ""))
+    listed = core.policy.models.prices.get(name)
+    if listed is not None:
+        return Price(
+            input_usd_per_mtok=listed.input_usd_per_mtok, output_usd_per_mtok=listed.output_usd_per_mtok
+        )
+    own = getattr(model, "price", None)
+    return own if isinstance(own, Price) else None
+
+
+def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
+    """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop."""
+    core.fits(Charge(steps=1))
+    lim = core.limits if not core.observe else core.meter.limits
+    used, held = core.meter.usage(), core.meter.held()
+    tin = used.input_tokens + held.input_tokens
+    tout = used.output_tokens + held.output_tokens
+    room: list[tuple[int, str, str, Any, Any]] = []
+    default = wanted if wanted is not None else core.policy.models.max_output_tokens
+    room.append((default, "", "", None, None))
+    if lim.max_output_tokens is not None:
+        room.append((lim.max_output_tokens - tout, "max_tokens", "run/output",
+                     lim.max_output_tokens, tout + MIN_ANSWER_TOKENS))
+    if lim.max_input_tokens is not None and tin + input_bound > lim.max_input_tokens:
+        raise core.stamp(Stop("max_tokens", "run/input", scope="run/input",
+                              limit=lim.max_input_tokens, observed=tin + input_bound))
+    if lim.max_tokens is not None:
+        room.append((lim.max_tokens - tin - tout - input_bound, "max_tokens", "run",
+                     lim.max_tokens, tin + tout + input_bound + MIN_ANSWER_TOKENS))
+    price = price_of(core, model)
+    usd_in = Decimal(0)
+    if lim.max_usd is not None:
+        if price is None:
+            name = getattr(model, "name", "?")
+            raise core.stamp(Stop("max_usd", "unpriced_model", scope="run",
+                                  message=f"model {name!r} has no known price and the run has a "
+                                  "USD limit; give its price in models.prices"))
+        usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
+        spent = used.usd + held.usd
+        left = lim.max_usd - spent - usd_in
+        if price.output_usd_per_mtok > 0:
+            tokens = (left * Decimal(1_000_000) / price.output_usd_per_mtok).to_integral_value(ROUND_FLOOR)
+            room.append((int(tokens), "max_usd", "run", lim.max_usd,
+                         spent + usd_in + price.cost(0, MIN_ANSWER_TOKENS)))
+        elif left < 0:
+            room.append((-1, "max_usd", "run", lim.max_usd, spent + usd_in))
+    max_tokens, reason, scope, limit, observed = min(room, key=lambda r: r[0])
+    if max_tokens < MIN_ANSWER_TOKENS:
+        raise core.stamp(Stop(reason or "max_tokens", scope or "run", scope=scope or "run",
+                              limit=limit, observed=observed,
+                              message="not even a minimal answer fits in what is left"))
+    worst_usd = price.cost(input_bound, max_tokens) if price is not None else Decimal(0)
+    return max_tokens, Charge(steps=1, input_tokens=input_bound, output_tokens=max_tokens, usd=worst_usd)
+
+
+def model_flow(
+    core: RunCore,
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    tool_specs: Sequence[Mapping[str, Any]],
+    *,
+    max_tokens: int | None = None,
+) -> Generator[Any, Any, ModelResponse]:
+    """One governed model turn (a step): kill switch, reservation, call, settlement."""
+    core.ensure_running()
+    core.check_time()
+    killswitch.check(core, None, None)
+    bound = input_token_bound(messages, tool_specs)
+    clamped, charge = plan(core, model, bound, max_tokens)
+    hold = core.reserve(charge)
+    timeout = min(core.policy.models.timeout_seconds, core.remaining())
+    request = ModelRequest(messages=list(messages), tools=list(tool_specs), max_tokens=clamped)
+    name = str(getattr(model, "name", type(model).__name__))
+    started = core.now()
+    result: Attempt = yield CallModel(model, request, timeout)
+    elapsed = core.now() - started
+    if not result.ok:
+        core.settle(hold, Charge(steps=1))
+        error = result.error
+        core.event("model_call", model=name, outcome="error", error=repr(error), seconds=elapsed)
+        core.flush()
+        if result.timed_out and core.remaining() <= 0:
+            core.check_time()
+        if isinstance(error, ModelOutputError):
+            raise core.stamp(Stop("invalid_model_output", name, message=str(error)))
+        raise core.stamp(Stop("model_error", name, message=f"{type(error).__name__}: {error}"))
+    response = result.value
+    if not isinstance(response, ModelResponse):
+        core.settle(hold, Charge(steps=1))
+        core.flush()
+        raise core.stamp(Stop("invalid_model_output", name,
+                              message=f"the model returned {type(response).__name__}, not a ModelResponse"))
+    price = price_of(core, model)
+    usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
+    actual = Charge(steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd)
+    core.settle(hold, actual)
+    core.event(
+        "model_call",
+        model=response.model or name,
+        outcome="ok",
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        max_tokens=clamped,
+        usd=str(usd),
+        finish_reason=response.finish_reason,
+        tool_calls=[c.name for c in response.tool_calls],
+        seconds=round(elapsed, 6),
+    )
+    if response.text:
+        core.last_text = response.text
+    if response.finish_reason in ("length", "max_tokens"):
+        core.flush()
+        raise core.stamp(Stop("invalid_model_output", "truncated",
+                              message=f"the answer was cut at max_tokens={clamped}; "
+                              "a truncated tool call is never executed"))
+    if not response.text and not response.tool_calls:
+        core.flush()
+        raise core.stamp(Stop("invalid_model_output", "empty", message="neither text nor tool calls"))
+    core.flush()
+    return response

@@ -1,0 +1,367 @@
+"""The state of one governed run, shared by the gateway, the loop and ``Run``.
+
+Nothing here does I/O beyond the store: waiting (for a tool, a model or an
+approval) is done by the sync or async driver in ``execution.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
+from .clock import SYSTEM_CLOCK, Clock
+from .exceptions import ConfigError, Stop, StoreError
+from .policy import ArgConstraint, Policy
+from .stops import StopInfo, StopReason
+from .stores.base import Event, RunRecord, Store
+from .tools import Tool
+
+DEFAULT_TOOL_TIMEOUT = 30.0
+
+#: The run backstops: enforced even in observe mode.
+BACKSTOP = Limits()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Effective:
+    """A tool as this run treats it: its declaration merged with the policy (stricter wins)."""
+
+    tool: Tool
+    effect: str
+    cost_usd: Decimal
+    expensive: bool
+    timeout: float
+    retries: int
+    idempotent: bool
+    output_schema: Mapping[str, Any] | None
+    constraints: Mapping[str, ArgConstraint]
+    max_output_chars: int
+    strip_html: bool
+    cache: bool
+    cache_ttl: float
+    require_approval: bool
+    charge_on_error: bool
+
+
+def args_digest(args: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``args`` (sorted keys, no spaces)."""
+    body = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def new_run_id() -> str:
+    return "run_" + uuid.uuid4().hex[:20]
+
+
+class RunCore:
+    """Budgets, time, trace and stop bookkeeping of one run."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        tools: Mapping[str, Tool],
+        store: Store,
+        clock: Clock | None = None,
+        tenant: str | None = None,
+        agent: str | None = None,
+        run_id: str | None = None,
+        task: str = "",
+        approver: Callable[..., Any] | None = None,
+        credentials: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.tools = dict(tools)
+        self.store = store
+        self.clock = clock or SYSTEM_CLOCK
+        self.tenant = tenant
+        self.agent = agent
+        self.approver = approver
+        self.credentials = {k: dict(v) for k, v in (credentials or {}).items()}
+        self.observe = policy.mode == "observe"
+        caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
+        policy_limits = limits_from_policy(policy.budgets, caps)
+        prior: Usage | None = None
+        self.resumed = False
+        self.id = run_id or new_run_id()
+        existing = self._load(run_id)
+        if existing is not None:
+            prior = Usage.from_dict(existing.usage)
+            self.resumed = True
+        if self.observe:
+            # Enforce only the backstops; the policy's own limits are watched.
+            self.meter = Meter(BACKSTOP, usage=prior)
+            self.shadow: Meter | None = Meter(policy_limits, usage=prior)
+        else:
+            self.meter = Meter(policy_limits, usage=prior)
+            self.shadow = None
+        self.limits = policy_limits
+        self.max_seconds = min(policy_limits.max_seconds, BACKSTOP.max_seconds) if self.observe else (
+            policy_limits.max_seconds
+        )
+        self._prior_active = prior.active_seconds if prior else 0.0
+        self._prior_waiting = prior.waiting_seconds if prior else 0.0
+        self.started = self.clock.monotonic()
+        self.waiting = 0.0
+        self.stop: StopInfo | None = None
+        self.cancelled = False
+        self.invalid_calls = 0
+        self.would_stop: list[StopInfo] = []
+        self.answer: str | None = None
+        self.partial: str | None = None
+        self.finished = False
+        self.last_text: str | None = None
+        self._seq = 0
+        self._pending: list[Event] = []
+        self._lock = threading.Lock()
+        self._effective: dict[str, Effective] = {}
+        self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self.task = task
+        self._check_approval_channel()
+        if existing is None:
+            self._store_call(
+                self.store.create_run,
+                RunRecord(
+                    id=self.id,
+                    tenant=tenant,
+                    agent=agent,
+                    task=task,
+                    policy_digest=policy.digest,
+                    started_at=time.time(),
+                ),
+            )
+        else:
+            self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
+        self.event("run_start", resumed=self.resumed, policy=policy.digest, mode=policy.mode)
+
+    def _load(self, run_id: str | None) -> RunRecord | None:
+        if run_id is None:
+            return None
+        record = self._store_call(self.store.get_run, run_id)
+        if record is not None and record.tenant != self.tenant:
+            raise ConfigError(f"run {run_id!r} belongs to another tenant")
+        return record
+
+    def _check_approval_channel(self) -> None:
+        if self.approver is not None:
+            return
+        needing = sorted(
+            name
+            for name in self.tools
+            if self.policy.allows(name) and self.effective(name).require_approval
+        )
+        if needing:
+            raise ConfigError(
+                f"the policy requires approval for {', '.join(needing)} but no approval channel "
+                "is reachable: pass approver=... (a trusted local approver) or set "
+                "writes.require_approval: false for these tools"
+            )
+
+    # -- store access, fail closed ---------------------------------------------------
+    def _store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StoreError as exc:
+            raise self.stamp(
+                Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
+            ) from exc
+
+    # -- tools -----------------------------------------------------------------------
+    def effective(self, name: str) -> Effective:
+        eff = self._effective.get(name)
+        if eff is not None:
+            return eff
+        tool = self.tools[name]
+        spec = self.policy.spec(name)
+        p = self.policy
+        effect = "write" if "write" in (tool.effect, spec.effect if spec else None) else "read"
+        if spec is not None and spec.effect == "read" and not tool.effect_declared:
+            effect = "read"
+        timeout = spec.timeout_seconds if spec and spec.timeout_seconds else tool.timeout
+        retries = spec.retries if spec and spec.retries is not None else tool.retries
+        idempotent = spec.idempotent if spec and spec.idempotent is not None else tool.idempotent
+        require = (
+            spec.require_approval
+            if spec and spec.require_approval is not None
+            else (effect == "write" and p.writes.require_approval)
+        )
+        cost = spec.cost_usd if spec and spec.cost_usd is not None else tool.cost_usd
+        threshold = p.kill_switch.expensive_cost_usd
+        expensive = bool(spec.expensive if spec and spec.expensive is not None else tool.expensive)
+        if threshold is not None and cost >= threshold:
+            expensive = True
+        eff = Effective(
+            tool=tool,
+            effect=effect,
+            cost_usd=cost,
+            expensive=expensive,
+            timeout=timeout or DEFAULT_TOOL_TIMEOUT,
+            retries=retries if (effect == "read" or idempotent) else 0,
+            idempotent=idempotent,
+            output_schema=(spec.output_schema if spec and spec.output_schema else tool.output_schema),
+            constraints=spec.constraints if spec else {},
+            max_output_chars=(
+                spec.max_output_chars
+                if spec and spec.max_output_chars
+                else p.observations.max_chars
+            ),
+            strip_html=(
+                spec.strip_html if spec and spec.strip_html is not None else p.observations.strip_html
+            ),
+            cache=spec.cache if spec else True,
+            cache_ttl=spec.cache_ttl_seconds if spec else 60.0,
+            require_approval=bool(require),
+            charge_on_error=spec.charge_on_error if spec else True,
+        )
+        self._effective[name] = eff
+        return eff
+
+    # -- time ------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock.monotonic()
+
+    def active_seconds(self) -> float:
+        return self.now() - self.started - self.waiting
+
+    @property
+    def deadline(self) -> float:
+        """When the run's active time runs out, on the run's clock."""
+        return self.started + self.waiting + self.max_seconds - self._prior_active
+
+    def remaining(self) -> float:
+        return self.deadline - self.now()
+
+    def check_time(self) -> None:
+        over = self.remaining()
+        if over <= 0:
+            limit = self.max_seconds
+            raise self.stamp(
+                Stop(
+                    "max_seconds",
+                    "run",
+                    scope="run",
+                    limit=limit,
+                    observed=round(limit - over, 3),
+                    message=f"the run has used its {limit:g} s",
+                )
+            )
+
+    # -- budgets ---------------------------------------------------------------------
+    def fits(self, charge: Charge) -> None:
+        refusal = self.meter.fits(charge)
+        if refusal is not None:
+            raise self.stamp(refusal)
+        self._watch(charge, hold=False)
+
+    def reserve(self, charge: Charge) -> Hold:
+        try:
+            hold = self.meter.reserve(charge)
+        except Stop as stop:
+            raise self.stamp(stop) from None
+        self._watch(charge, hold=True)
+        return hold
+
+    def _watch(self, charge: Charge, *, hold: bool) -> None:
+        if self.shadow is None:
+            return
+        refusal = self.shadow.fits(charge)
+        if refusal is not None and hold:
+            self.observed(refusal)
+
+    def settle(self, hold: Hold, actual: Charge) -> None:
+        self.meter.settle(hold, actual)
+        if self.shadow is not None:
+            self.shadow.commit(actual)
+
+    def refund(self, hold: Hold) -> None:
+        self.meter.refund(hold)
+
+    def usage(self) -> Usage:
+        return self.meter.usage(
+            active_seconds=self._prior_active + max(0.0, self.active_seconds()),
+            waiting_seconds=self._prior_waiting + self.waiting,
+        )
+
+    # -- stops -----------------------------------------------------------------------
+    def stamp(self, stop: Stop) -> Stop:
+        """Mark ``stop`` as this run's, so ``Run`` can tell it from a foreign one."""
+        stop.run_id = self.id  # type: ignore[attr-defined]
+        return stop
+
+    def deny(self, stop: Stop) -> None:
+        """Raise ``stop``, or in observe mode record that it would have happened."""
+        if self.observe:
+            self.observed(stop)
+            return
+        raise self.stamp(stop)
+
+    def observed(self, stop: Stop) -> None:
+        self.would_stop.append(stop.info)
+        self.event("would_stop", **stop.info.to_dict())
+
+    def ensure_running(self) -> None:
+        if self.cancelled and self.stop is None:
+            raise self.stamp(Stop("cancelled", "run", message="the run was cancelled"))
+        if self.stop is not None:
+            raise self.stamp(Stop.from_info(self.stop))
+        if self.finished:
+            raise ConfigError(f"run {self.id} has finished; start a new run")
+
+    # -- trace -----------------------------------------------------------------------
+    def event(self, kind: str, **data: Any) -> None:
+        with self._lock:
+            self._seq += 1
+            self._pending.append(Event(run_id=self.id, seq=self._seq, kind=kind, at=time.time(), data=data))
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._store_call(self.store.append_events, pending)
+
+    def record_stop(self, info: StopInfo) -> None:
+        if self.stop is None:
+            self.stop = info
+
+    def close(self, reason: StopReason, *, answer: str | None = None) -> None:
+        """Persist the end of the run (first stop wins)."""
+        usage = self.usage()
+        info = self.stop
+        status = _status(reason)
+        self.event("run_end", stop_reason=reason, status=status, usage=usage.to_dict())
+        try:
+            self.flush()
+            self.store.update_run(
+                self.id,
+                status=status,
+                stop_reason=reason,
+                stop=info.to_dict() if info else None,
+                answer=answer,
+                usage=usage.to_dict(),
+                ended_at=time.time(),
+                would_stop=[w.to_dict() for w in self.would_stop],
+            )
+        except StoreError:
+            # The result still carries the stop reason; the caller learns the store failed
+            # from the trace gap. Nothing here may mask the run's own outcome.
+            pass
+
+
+ERROR_REASONS = frozenset(
+    {"agent_error", "model_error", "tool_error", "invalid_model_output", "invalid_tool_output",
+     "control_plane_unavailable"}
+)
+
+
+def _status(reason: str) -> str:
+    if reason == "ok":
+        return "ok"
+    return "error" if reason in ERROR_REASONS else "stopped"

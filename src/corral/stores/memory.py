@@ -1,0 +1,217 @@
+"""The in-memory store: one process, nothing persisted. For tests and ``memory://``."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from .base import (
+    ApprovalRecord,
+    ApprovalStatus,
+    BreakerState,
+    Claim,
+    Event,
+    KillScope,
+    KillSwitchState,
+    Refusal,
+    RunRecord,
+    ScopedCharge,
+)
+
+
+class MemoryStore:
+    """A complete :class:`~corral.stores.base.Store` held in dictionaries under one lock.
+
+    ``fail`` makes every call raise :class:`~corral.exceptions.StoreError`
+    (to test fail-closed behaviour).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._scopes: dict[str, list[Any]] = {}  # scope -> [calls, usd, window_ends]
+        self._grants: dict[str, list[ScopedCharge]] = {}
+        self._grant_ids = itertools.count(1)
+        self._kill: dict[tuple[str, str], KillSwitchState] = {}
+        self._approvals: dict[str, ApprovalRecord] = {}
+        self._claims: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._breakers: dict[str, BreakerState] = {}
+        self.fail = False
+
+    def _check(self) -> None:
+        if self.fail:
+            from ..exceptions import StoreError
+
+            raise StoreError("memory store set to fail")
+
+    # runs and trace
+    def create_run(self, record: RunRecord) -> None:
+        with self._lock:
+            self._check()
+            self._runs[record.id] = record
+            self._events.setdefault(record.id, [])
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        with self._lock:
+            self._check()
+            self._runs[run_id] = replace(self._runs[run_id], **changes)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            self._check()
+            return self._runs.get(run_id)
+
+    def list_runs(self, *, limit: int = 100, tenant: str | None = None) -> list[RunRecord]:
+        with self._lock:
+            self._check()
+            runs = [r for r in self._runs.values() if tenant is None or r.tenant == tenant]
+            return sorted(runs, key=lambda r: r.started_at, reverse=True)[:limit]
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            self._check()
+            for e in events:
+                self._events.setdefault(e.run_id, []).append(e)
+
+    def events(self, run_id: str) -> list[Event]:
+        with self._lock:
+            self._check()
+            return list(self._events.get(run_id, []))
+
+    # shared budgets
+    def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
+        with self._lock:
+            self._check()
+            for c in charges:
+                state = self._scopes.get(c.scope)
+                if state is None or (state[2] is not None and now >= state[2]):
+                    state = self._scopes[c.scope] = [0, Decimal(0), c.window_ends]
+                retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
+                if c.max_calls is not None and c.calls and state[0] + c.calls > c.max_calls:
+                    return Refusal(scope=c.scope, dimension="calls", limit=c.max_calls,
+                                   would_be=state[0] + c.calls, retry_after=retry)
+                if c.max_usd is not None and c.usd and state[1] + c.usd > c.max_usd:
+                    return Refusal(scope=c.scope, dimension="usd", limit=c.max_usd,
+                                   would_be=state[1] + c.usd, retry_after=retry)
+            for c in charges:
+                state = self._scopes[c.scope]
+                state[0] += c.calls
+                state[1] += c.usd
+            grant = f"g{next(self._grant_ids)}"
+            self._grants[grant] = list(charges)
+            return grant
+
+    def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
+        with self._lock:
+            self._check()
+            held = self._grants.pop(grant, [])
+            by_scope = {c.scope: c for c in actual}
+            for c in held:
+                state = self._scopes.get(c.scope)
+                if state is None:
+                    continue
+                real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
+                state[0] += real.calls - c.calls
+                state[1] += real.usd - c.usd
+
+    def scope_usage(self, scope: str) -> tuple[int, Decimal]:
+        """Calls and USD currently committed or held in ``scope``."""
+        with self._lock:
+            state = self._scopes.get(scope, [0, Decimal(0), None])
+            return int(state[0]), Decimal(state[1])
+
+    # kill switch
+    def kill_switches(self) -> list[KillSwitchState]:
+        with self._lock:
+            self._check()
+            return list(self._kill.values())
+
+    def set_kill_switch(self, switch: KillSwitchState) -> None:
+        with self._lock:
+            self._check()
+            self._kill[(switch.scope, switch.target)] = switch
+
+    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
+        with self._lock:
+            self._check()
+            return self._kill.pop((scope, target), None) is not None
+
+    # approvals
+    def create_approval(self, record: ApprovalRecord) -> None:
+        with self._lock:
+            self._check()
+            self._approvals[record.id] = record
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        with self._lock:
+            self._check()
+            return self._approvals.get(approval_id)
+
+    def decide_approval(
+        self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
+    ) -> ApprovalRecord:
+        with self._lock:
+            self._check()
+            rec = self._approvals[approval_id]
+            if rec.status != "pending":
+                return rec
+            rec = replace(rec, status=status, approver=approver, reason=reason)
+            self._approvals[approval_id] = rec
+            return rec
+
+    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
+        with self._lock:
+            self._check()
+            return [a for a in self._approvals.values() if status is None or a.status == status]
+
+    # idempotency
+    def claim(self, key: str, digest: str, *, tenant: str | None, now: float, lease: float) -> Claim:
+        with self._lock:
+            self._check()
+            rec = self._claims.get((tenant, key))
+            if rec is None:
+                self._claims[(tenant, key)] = {"digest": digest, "outcome": None, "lease": now + lease}
+                return Claim(status="claimed")
+            if rec["digest"] != digest:
+                return Claim(status="mismatch")
+            if rec["outcome"] is not None:
+                return Claim(status="done", outcome=rec["outcome"])
+            if now >= rec["lease"]:
+                return Claim(status="unknown")
+            return Claim(status="in_flight")
+
+    def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None:
+        with self._lock:
+            self._check()
+            rec = self._claims.get((tenant, key))
+            if rec is not None:
+                rec["outcome"] = dict(outcome)
+
+    def release(self, key: str, *, tenant: str | None) -> None:
+        with self._lock:
+            self._check()
+            self._claims.pop((tenant, key), None)
+
+    # breakers
+    def breaker(self, name: str, *, now: float) -> BreakerState:
+        with self._lock:
+            self._check()
+            state = self._breakers.get(name, BreakerState())
+            if state.state == "open" and now >= state.until:
+                return BreakerState(state="half_open", until=state.until)
+            return state
+
+    def set_breaker(self, name: str, state: BreakerState) -> None:
+        with self._lock:
+            self._check()
+            self._breakers[name] = state
+
+    def close(self) -> None:
+        return None
+
+

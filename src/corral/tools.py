@@ -1,0 +1,259 @@
+"""Tools: the ``@corral.tool`` decorator, :class:`Tool`, and :class:`ToolContext`.
+
+>>> @tool(name="search.read", effect="read")
+... def search(query: str, limit: int = 5) -> str:
+...     return f"results for {query}"
+>>> search.name, search.effect, sorted(search.args_schema["properties"])
+('search.read', 'read', ['limit', 'query'])
+
+The argument schema comes from the type hints (through pydantic) unless an
+explicit JSON Schema is given. A parameter annotated :class:`ToolContext` is
+left out of the schema and receives the call's context. A tool whose effect is
+not declared is treated as a write.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .exceptions import ToolDefinitionError
+from .policy import TOOL_NAME
+
+Effect = Literal["read", "write"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolContext:
+    """What a tool may know about the call it serves. Never shown to the model.
+
+    ``deadline`` is on the run's clock (``clock.monotonic()``); ``remaining()``
+    gives the seconds left. ``credentials`` are the tool's own secrets, passed here
+    and never through arguments.
+    """
+
+    tool: str
+    run_id: str
+    tenant: str | None = None
+    agent: str | None = None
+    idempotency_key: str | None = None
+    attempt: int = 1
+    deadline: float = float("inf")
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    clock: Any = None
+
+    def remaining(self) -> float:
+        if self.clock is None:
+            return self.deadline
+        return self.deadline - float(self.clock.monotonic())
+
+
+class ArgumentsInvalid(Exception):
+    """Arguments failed validation; ``problems`` are model-readable lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tool:
+    """A callable the gateway can run. Build with :func:`tool`."""
+
+    name: str
+    fn: Callable[..., Any]
+    effect: Effect = "write"
+    effect_declared: bool = False
+    description: str = ""
+    cost_usd: Decimal = Decimal(0)
+    expensive: bool = False
+    timeout: float | None = None
+    retries: int = 0
+    idempotent: bool = False
+    idempotency_key_from: tuple[str, ...] = ()
+    args_schema: Mapping[str, Any] = field(default_factory=dict)
+    output_schema: Mapping[str, Any] | None = None
+    context_param: str | None = None
+    is_async: bool = False
+    _args_model: type[BaseModel] | None = None
+    _args_validator: Any = None
+    _output_validator: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function directly, outside any governance (for tests and scripts)."""
+        return self.fn(*args, **kwargs)
+
+    def validate_args(self, args: Any) -> dict[str, Any]:
+        """Return the arguments to pass, or raise :class:`ArgumentsInvalid`."""
+        if not isinstance(args, dict):
+            raise ArgumentsInvalid([f"arguments must be a JSON object, got {type(args).__name__}"])
+        if self._args_model is not None:
+            try:
+                model = self._args_model.model_validate(args)
+            except ValidationError as exc:
+                raise ArgumentsInvalid(_pydantic_problems(exc)) from None
+            return {name: getattr(model, name) for name in type(model).model_fields}
+        if self._args_validator is not None:
+            errors = sorted(self._args_validator.iter_errors(args), key=lambda e: list(e.path))
+            if errors:
+                raise ArgumentsInvalid([_jsonschema_problem(e) for e in errors[:5]])
+        return dict(args)
+
+    def validate_output(self, output: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
+        """Problems of ``output`` against the output schema (empty when valid or no schema)."""
+        validator = self._output_validator
+        if schema is not None and schema is not self.output_schema:
+            validator = _validator(schema, f"output schema of {self.name}")
+        if validator is None:
+            return []
+        return [_jsonschema_problem(e) for e in list(validator.iter_errors(output))[:5]]
+
+    def spec(self) -> dict[str, Any]:
+        """A neutral description: name, description, JSON Schema of the arguments."""
+        return {"name": self.name, "description": self.description, "parameters": dict(self.args_schema)}
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        msg = "unknown argument" if err["type"] == "extra_forbidden" else err["msg"].lower()
+        out.append(f"{path}: {msg}")
+    return out
+
+
+def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in err.absolute_path) or "(value)"
+    return f"{path}: {err.message}"
+
+
+def _validator(schema: Mapping[str, Any], what: str) -> Any:
+    try:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ToolDefinitionError(f"{what} is not a valid JSON Schema: {exc.message}") from None
+    return cls(schema)
+
+
+def _is_context(annotation: Any) -> bool:
+    return annotation is ToolContext or (
+        isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "ToolContext"
+    )
+
+
+def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], str | None]:
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        hints = {}
+    fields: dict[str, Any] = {}
+    context_param = None
+    for pname, param in sig.parameters.items():
+        annotation = hints.get(pname, param.annotation)
+        if _is_context(annotation):
+            context_param = pname
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(f"tool {name!r}: *args and **kwargs are not supported")
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ToolDefinitionError(f"tool {name!r}: positional-only parameters are not supported")
+        if annotation is inspect.Parameter.empty:
+            annotation = Any
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (annotation, default)
+    model_name = "Args_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+    model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+    return model, context_param
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    effect: Effect | None = None,
+    description: str | None = None,
+    cost_usd: float | str | Decimal = 0,
+    expensive: bool = False,
+    timeout: float | None = None,
+    retries: int = 0,
+    idempotent: bool = False,
+    idempotency_key_from: Iterable[str] = (),
+    args_schema: Mapping[str, Any] | None = None,
+    output_schema: Mapping[str, Any] | None = None,
+) -> Any:
+    """Declare a tool. Use bare (``@tool``) or with options (``@tool(name=..., effect="read")``).
+
+    ``effect`` left out means the tool is treated as a write. ``retries`` apply to
+    reads, and to writes only when ``idempotent=True``. ``args_schema`` (JSON
+    Schema) replaces the schema derived from the type hints.
+    """
+
+    def build(f: Callable[..., Any]) -> Tool:
+        tool_name = name if name is not None else f.__name__
+        if not isinstance(tool_name, str) or not TOOL_NAME.match(tool_name):
+            raise ToolDefinitionError(
+                f"tool name must match [a-z0-9_.-]+ (exact, lower case), got {tool_name!r}"
+            )
+        if effect not in (None, "read", "write"):
+            raise ToolDefinitionError(f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}")
+        if retries < 0 or (timeout is not None and timeout <= 0):
+            raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
+        model, context_param = _signature_model(f, tool_name)
+        args_validator = None
+        if args_schema is not None:
+            args_validator = _validator(args_schema, f"argument schema of {tool_name}")
+            schema = dict(args_schema)
+            args_model = None
+        else:
+            schema = model.model_json_schema()
+            schema.pop("title", None)
+            args_model = model
+        out_validator = _validator(output_schema, f"output schema of {tool_name}") if output_schema else None
+        doc = description if description is not None else inspect.getdoc(f) or ""
+        return Tool(
+            name=tool_name,
+            fn=f,
+            effect=effect or "write",
+            effect_declared=effect is not None,
+            description=doc.strip().split("\n\n")[0],
+            cost_usd=Decimal(str(cost_usd)),
+            expensive=expensive,
+            timeout=timeout,
+            retries=retries,
+            idempotent=idempotent,
+            idempotency_key_from=tuple(idempotency_key_from),
+            args_schema=schema,
+            output_schema=dict(output_schema) if output_schema else None,
+            context_param=context_param,
+            is_async=inspect.iscoroutinefunction(f),
+            _args_model=args_model,
+            _args_validator=args_validator,
+            _output_validator=out_validator,
+        )
+
+    if fn is not None:
+        return build(fn)
+    return build
+
+
+def as_registry(tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None) -> dict[str, Tool]:
+    """Index tools by name; plain functions become tools with unknown effect (writes)."""
+    if tools is None:
+        return {}
+    items = tools.values() if isinstance(tools, Mapping) else tools
+    registry: dict[str, Tool] = {}
+    for item in items:
+        t = item if isinstance(item, Tool) else tool(item)
+        if t.name in registry and registry[t.name] is not t:
+            raise ToolDefinitionError(f"two tools are named {t.name!r}")
+        registry[t.name] = t
+    return registry
