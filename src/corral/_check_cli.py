@@ -122,7 +122,8 @@ def _as_tools(value: Any, spec: str) -> list[object]:
         pairs = [(None, item) for item in value]
     else:
         raise ToolsSpecError(
-            f"{spec!r} is a {type(value).__name__}, not a tool, a list of tools or a dict of tools"
+            f"{spec!r} is not a tool, a list of tools or a dict of tools,"
+            f" got {type(value).__name__}"
         )
     out: list[object] = []
     for index, (key, item) in enumerate(pairs):
@@ -146,53 +147,71 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
-def _marks(console: Console) -> tuple[str, str, str]:
-    if console.encoding.lower().replace("-", "").startswith("utf"):
-        return "✓", "✗", "!"
-    return "+", "x", "!"
+def _is_utf(encoding: str | None) -> bool:
+    return (encoding or "").lower().replace("-", "").replace("_", "").startswith("utf")
+
+
+class _Printer:
+    """Plain lines with optional style; text the terminal cannot encode is escaped, not fatal."""
+
+    def __init__(self) -> None:
+        self.console = _console()
+        self.utf = _is_utf(self.console.encoding)
+        self.tick, self.cross, self.bang = ("✓", "✗", "!") if self.utf else ("+", "x", "!")
+
+    def text(self, value: str, style: str = "") -> Text:
+        if not self.utf:
+            encoding = self.console.encoding or "ascii"
+            value = value.encode(encoding, "backslashreplace").decode(encoding)
+        return Text(value, style=style)
+
+    def line(self, *parts: Text) -> None:
+        self.console.print(Text.assemble(*parts))
 
 
 def _print_invalid(file: Path, problems: list[str], as_json: bool) -> None:
     if as_json:
         print(_to_json(valid=False, problems=problems))
         return
-    console = _console()
-    _, cross, _ = _marks(console)
+    out = _Printer()
     count = len(problems)
-    head = f"{cross} {file}: invalid policy ({count} problem{'s' if count != 1 else ''})"
-    console.print(Text(head, style="bold red"))
-    for line in problems:
-        console.print(Text(line))
+    what = []
+    if any(not line.startswith("--tools: ") for line in problems):
+        what.append("invalid policy")
+    if any(line.startswith("--tools: ") for line in problems):
+        what.append("tools not loaded")
+    head = f"{out.cross} {file}: {' and '.join(what)} ({count} problem{'s' if count != 1 else ''})"
+    out.line(out.text(head, "bold red"))
+    for problem in problems:
+        out.line(out.text(problem))
 
 
 def _print_report(file: Path, report: Report, as_json: bool) -> None:
     if as_json:
         print(_to_json(valid=True, problems=[], report=report))
         return
-    console = _console()
-    tick, cross, bang = _marks(console)
-    console.print(Text(f"{tick} {file}: valid policy", style="bold green"))
-    console.print()
-    console.print(Text("Production readiness", style="bold"))
+    out = _Printer()
+    out.line(out.text(f"{out.tick} {file}: valid policy", "bold green"))
+    out.line()
+    out.line(out.text("Production readiness", "bold"))
     for item in report.items:
-        mark = Text(
-            f"  {tick} " if item.met else f"  {cross} ", style="green" if item.met else "red"
-        )
-        console.print(mark + Text(item.title))
-        if not item.met:
-            console.print(Text(f"      why: {item.why}", style="dim"))
-            console.print(Text(f"      add: {item.hint}", style="yellow"))
+        if item.met:
+            out.line(out.text(f"  {out.tick} ", "green"), out.text(item.title))
+        else:
+            out.line(out.text(f"  {out.cross} ", "red"), out.text(item.title))
+            out.line(out.text(f"      why: {item.why}", "dim"))
+            out.line(out.text(f"      fix: {item.hint}", "yellow"))
     if report.warnings:
-        console.print()
-        console.print(Text("Warnings", style="bold"))
+        out.line()
+        out.line(out.text("Warnings", "bold"))
         for warning in report.warnings:
-            console.print(Text(f"  {bang} ", style="yellow") + Text(warning))
-    console.print()
+            out.line(out.text(f"  {out.bang} ", "yellow"), out.text(warning))
+    out.line()
     summary = report.summary
     if report.warnings:
         n = len(report.warnings)
         summary += f", {n} warning{'s' if n != 1 else ''}"
-    console.print(Text(summary, style="bold green" if report.all_met else "bold yellow"))
+    out.line(out.text(summary, "bold green" if report.all_met else "bold yellow"))
 
 
 def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) -> str:
@@ -202,7 +221,7 @@ def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) 
         "items": [item.to_dict() for item in report.items] if report else [],
         "warnings": list(report.warnings) if report else [],
     }
-    return json.dumps(body, indent=2, ensure_ascii=False)
+    return json.dumps(body, indent=2, ensure_ascii=not _is_utf(sys.stdout.encoding))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", metavar="MODULE:OBJECT", help="the registered tools to compare")
     parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
     args = parser.parse_args(argv)
-    return check_command(args.file, args.strict, args.tools, args.as_json)
+    code = EXIT_INVALID
+    try:
+        code = check_command(args.file, args.strict, args.tools, args.as_json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): exit quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
 
 
 if __name__ == "__main__":

@@ -332,8 +332,9 @@ def _anything_expensive(policy: Policy, code: dict[str, _Code] | None) -> bool:
         return True
     for name in policy.tools.allow:
         spec = policy.spec(name)
-        if spec is not None and spec.expensive:
-            return True
-        if code and name in code and code[name].expensive:
+        if spec is not None and spec.expensive is not None:
+            if spec.expensive:
+                return True
+        elif code and name in code and code[name].expensive:
             return True
     return False

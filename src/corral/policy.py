@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
 from ._errors import format_validation_error, render_value
 from .exceptions import PolicyError
@@ -289,7 +290,7 @@ class Policy(_Section):
             raise PolicyError(
                 [f"(file): {where}not valid YAML ({problem})"], source=source
             ) from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(_document(data, source), source=source)
 
     @classmethod
     def from_json(cls, text: str, *, source: str | None = None) -> Policy:
@@ -304,7 +305,7 @@ class Policy(_Section):
             ) from None
         except _DuplicateKey as exc:
             raise PolicyError([f"(file): not valid JSON ({exc})"], source=source) from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(_document(data, source), source=source)
 
     def allows(self, name: str) -> bool:
         """Exact-match allowlist lookup: no case folding, no trimming, no wildcards."""
@@ -323,8 +324,14 @@ class Policy(_Section):
 
     @property
     def digest(self) -> str:
-        """A stable hash of the policy's meaning (for traces and replay)."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the policy's meaning (for traces and replay).
+
+        Key order, defaults spelled out or left out, and ``1.50`` versus ``1.5``
+        do not change it.
+        """
+        body = json.dumps(
+            self.model_dump(), sort_keys=True, separators=(",", ":"), default=_canonical
+        )
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def warnings(self) -> list[str]:
@@ -336,6 +343,12 @@ class Policy(_Section):
                     f"tools.specs.{name}: has a spec but is not in tools.allow, so it is denied"
                 )
         return out
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return to_jsonable_python(value)  # dates and the like in free-form fields (`enum`)
 
 
 class _DuplicateKey(ValueError):
@@ -383,6 +396,13 @@ def _not_empty(text: str, source: str | None) -> None:
         raise PolicyError(
             ["(file): is empty (write {} for a policy that allows nothing)"], source=source
         )
+
+
+def _document(data: Any, source: str | None) -> Any:
+    # from_dict(None) is the empty policy, but a file that says `null` is a mistake.
+    if data is None:
+        raise PolicyError(["(top level): must be a mapping of sections, got null"], source=source)
+    return data
 
 
 def load_policy(path: str | Path) -> Policy:
