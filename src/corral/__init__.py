@@ -24,7 +24,14 @@ from .exceptions import (
 from .governed import AsyncRun, ModelCall, Run, Ticket
 from .guards.approval import ApprovalDecision, ApprovalRequest
 from .loop import arun, run
-from .models.base import Model, ModelRequest, ModelResponse, Price, ToolCallRequest
+from .models.base import (
+    Model,
+    ModelOutputError,
+    ModelRequest,
+    ModelResponse,
+    Price,
+    ToolCallRequest,
+)
 from .policy import Policy, load_policy
 from .result import RunResult
 from .stops import STOP_REASONS, StopInfo, StopReason
@@ -46,6 +53,7 @@ __all__ = [
     "Limits",
     "Model",
     "ModelCall",
+    "ModelOutputError",
     "ModelRequest",
     "ModelResponse",
     "NotExecuted",

@@ -57,7 +57,12 @@ class Charge:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:
-    """What a run has used. Seconds are split into active and waiting (for approvals)."""
+    """What a run has used. Seconds are split into active and waiting (for approvals).
+
+    ``overrun_tokens`` and ``overrun_usd`` are the part of the usage above what was
+    reserved (a provider that ignored ``max_tokens``); they are included in the
+    totals, which always hold the actual figures.
+    """
 
     steps: int = 0
     tool_calls: int = 0
@@ -67,6 +72,8 @@ class Usage:
     active_seconds: float = 0.0
     waiting_seconds: float = 0.0
     tool_calls_by_tool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    overrun_tokens: int = 0
+    overrun_usd: Decimal = ZERO
 
     @property
     def tokens(self) -> int:
@@ -87,6 +94,8 @@ class Usage:
             "active_seconds": round(self.active_seconds, 6),
             "waiting_seconds": round(self.waiting_seconds, 6),
             "tool_calls_by_tool": dict(self.tool_calls_by_tool),
+            "overrun_tokens": self.overrun_tokens,
+            "overrun_usd": str(self.overrun_usd),
         }
 
     @classmethod
@@ -100,6 +109,8 @@ class Usage:
             active_seconds=float(data.get("active_seconds", 0.0)),
             waiting_seconds=float(data.get("waiting_seconds", 0.0)),
             tool_calls_by_tool=MappingProxyType(dict(data.get("tool_calls_by_tool", {}))),
+            overrun_tokens=int(data.get("overrun_tokens", 0)),
+            overrun_usd=Decimal(str(data.get("overrun_usd", "0"))),
         )
 
 
@@ -158,6 +169,7 @@ class Meter:
                 )
             )
             self._committed.by_tool = dict(usage.tool_calls_by_tool)
+            self.overrun = Charge(output_tokens=usage.overrun_tokens, usd=usage.overrun_usd)
 
     def _refusal(self, c: Charge) -> Stop | None:
         lim, com, held = self.limits, self._committed, self._held
@@ -260,6 +272,8 @@ class Meter:
                 active_seconds=active_seconds,
                 waiting_seconds=waiting_seconds,
                 tool_calls_by_tool=MappingProxyType({k: v for k, v in c.by_tool.items() if v}),
+                overrun_tokens=self.overrun.input_tokens + self.overrun.output_tokens,
+                overrun_usd=self.overrun.usd,
             )
 
     def held(self) -> Charge:

@@ -15,19 +15,80 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .clock import SystemClock
 from .gateway import Approve, Attempt, Execute, Sleep
 from .models.base import Model, ModelRequest
 
-_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-tool")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class _AbandonablePool(Executor):
+    """Daemon worker threads that grow with demand and retire when idle.
+
+    A tool abandoned at its deadline keeps its thread until it returns by itself,
+    possibly never: the standard ``ThreadPoolExecutor`` would make the interpreter wait
+    for it at exit and, once its workers are all stuck, queue new calls behind them.
+    Here a stuck worker neither blocks exit (daemon) nor delays other calls (a new
+    worker is started whenever none is idle).
+    """
+
+    IDLE_SECONDS = 30.0
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+        with self._lock:
+            self._queue.put((future, lambda: fn(*args, **kwargs)))
+            if self._idle:
+                self._idle -= 1  # that idle worker now owes the queue one item
+                return future
+            self._count += 1
+            name = f"{self._name}-{self._count}"
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        block = True  # a new worker owes the queue the item it was started for
+        while True:
+            try:
+                future, call = self._queue.get(timeout=None if block else self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # nobody counted on this worker: retire
+                        self._idle -= 1
+                        return
+                block = True  # a submit counted on it: an item is on its way
+                continue
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, call
+            with self._lock:
+                self._idle += 1
+            block = False
+
+
+_POOL = _AbandonablePool("corral-tool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +140,21 @@ def _timeout_error(op: Execute) -> TimeoutError:
 def _run_inline(op: Execute) -> Attempt:
     global _armed
     started = time.monotonic()
-    _armed = True
-    signal.setitimer(signal.ITIMER_REAL, op.timeout)
     try:
-        value = _invoke(op)
+        try:
+            _armed = True
+            signal.setitimer(signal.ITIMER_REAL, op.timeout)
+            value = _invoke(op)
+        finally:
+            _armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
+        # Also when the timer fired between the tool's return and the disarming above.
         return Attempt(False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started)
     except TimeoutError as exc:
         return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
-    finally:
-        _armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
     return Attempt(True, value=value, seconds=time.monotonic() - started)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from .budgets import Charge
 from .exceptions import NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, names
-from .hygiene import OutputProblem, clean_output
+from .hygiene import OutputProblem, cap, clean_output
 from .runtime import Effective, RunCore, args_digest
 from .tools import ToolContext
 
@@ -71,6 +71,10 @@ def call_flow(
     """Govern one tool call; returns the observation (``external``: the caller executes)."""
     core.ensure_running()
     core.check_time()
+    if isinstance(name, str) and type(name) is not str:
+        # A str subclass could hash or compare one way for the registry and another for
+        # the allowlist; the gateway only ever looks up a plain copy of its text.
+        name = str.__str__(name)
     tool_name = name if isinstance(name, str) else repr(name)
     known = isinstance(name, str) and name in core.tools
     eff = core.effective(name) if known else None
@@ -116,8 +120,10 @@ def call_flow(
                 core.refund(hold)
                 core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
                 core.flush()
-                return stored.get("output")
+                return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
+        if write:
+            cache.clear(core)  # a write may change what any read returns, also when it fails
         timeout = min(eff.timeout, core.remaining())
         ctx = ToolContext(
             tool=tool.name,
@@ -138,7 +144,9 @@ def call_flow(
             break
         error = result.error
         if isinstance(error, NotExecuted):
-            core.refund(hold)
+            # Nothing happened, so no USD; the attempt still costs a call, so a tool that
+            # keeps saying so cannot keep a loop going for free.
+            core.settle(hold, Charge(tool_calls=1, tool=tool.name))
             if claimed and idem_key is not None:
                 core._store_call(core.store.release, idem_key, tenant=core.tenant)
             core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
@@ -146,11 +154,14 @@ def call_flow(
             raise ToolRejected("tool_error", f"{tool.name} did not run: {error}", tool=tool.name,
                                detail="not_executed")
         core.settle(hold, charge if eff.charge_on_error else Charge(tool_calls=1, tool=tool.name))
-        what = "timed out" if result.timed_out else f"raised {type(error).__name__}: {error}"
+        what = f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
         core.event("tool_call", tool=tool.name, outcome="timeout" if result.timed_out else "error",
                    attempt=attempt, error=what, seconds=round(elapsed, 6))
-        if claimed and idem_key is not None:
-            core._store_call(core.store.complete, idem_key, {"error": what}, tenant=core.tenant)
+        if claimed and idem_key is not None and not result.timed_out:
+            # A write that raised is recorded as failed and never run again under its key.
+            # One that timed out may still be running (abandoned): its key stays in flight.
+            core._store_call(core.store.complete, idem_key,
+                             {"error": what, "reason": "tool_error"}, tenant=core.tenant)
         if result.timed_out and core.remaining() <= 0:
             core.flush()
             core.check_time()
@@ -172,11 +183,16 @@ def call_flow(
     except OutputProblem as exc:
         core.event("tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt,
                    problem=str(exc))
-        core.flush()
         stop = Stop("invalid_tool_output", tool.name, tool=tool.name, message=str(exc),
                     extra={"problem": exc.detail})
+        if claimed and idem_key is not None and not core.observe:
+            # The side effect happened: record it, so a resumed run does not do it again.
+            core._store_call(core.store.complete, idem_key,
+                             {"error": str(exc), "reason": "invalid_tool_output"},
+                             tenant=core.tenant)
+        core.flush()
         core.deny(stop)
-        observation = value
+        observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     cache.store(core, eff, digest, observation)

@@ -12,35 +12,40 @@
 >>> run.result.status, run.result.answer, run.result.usage.tool_calls
 ('ok', 'vendor is up', 1)
 
-Leaving the ``with`` block: a :class:`~corral.Stop` of this run is recorded and
+A :class:`~corral.Stop` ends the run: once one was raised for a run, every later
+step or call raises it again, and the run's result carries it even if the code
+caught it. Leaving the ``with`` block: a ``Stop`` of this run is recorded and
 suppressed (``run.result`` says why); a :class:`~corral.ToolRejected` the code did
-not handle stops the run with its reason; cancellation is ``cancelled``
-(re-raised); any other exception is recorded as ``agent_error`` and re-raised.
+not handle stops the run with its reason; cancellation (``KeyboardInterrupt``,
+``asyncio.CancelledError``) is ``cancelled`` and re-raised; any other exception is
+recorded as ``agent_error`` and re-raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from .budgets import Charge, Hold
-from .clock import Clock
+from .budgets import Charge, Hold, Usage
+from .clock import Clock, SystemClock
 from .exceptions import ConfigError, Stop, ToolRejected
 from .execution import drive_async, drive_sync
-from .gateway import Attempt, Execute, call_flow
-from .guards import degrade, killswitch
-from .models.base import Model, ModelResponse
+from .gateway import Approve, Attempt, Execute, Sleep, call_flow
+from .guards import killswitch
 from .modelcalls import input_token_bound, model_flow, plan, price_of
+from .models.base import Model, ModelResponse
 from .policy import Policy
 from .result import RunResult
-from .runtime import RunCore
-from .stops import StopInfo
+from .runtime import RunCore, status_of
+from .stops import StopInfo, StopReason
 from .stores import Store, open_store
 from .tools import Tool, as_registry
 
 SpecFormat = Literal["openai", "anthropic", "neutral"]
+_FORMATS = ("openai", "anthropic", "neutral")
 
 
 def wire_name(name: str) -> str:
@@ -76,6 +81,7 @@ class Ticket:
 
     @property
     def timeout(self) -> float:
+        """Seconds the call may take (clamped to the time the run has left)."""
         return self._op.timeout if self._op else 0.0
 
 
@@ -93,32 +99,52 @@ class ModelCall:
         self.max_tokens = max_tokens
         self._model = model
 
+    @property
+    def _name(self) -> str:
+        return str(getattr(self._model, "name", "model"))
+
     def settle(self, *, input_tokens: int, output_tokens: int) -> None:
+        """Charge what the provider reported (recorded as it is, also above the reservation)."""
         if self._hold is None:
             raise ConfigError("this model call was already settled")
         price = price_of(self._core, self._model)
         usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
-        self._core.settle(
-            self._hold, Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
-        )
-        self._core.event("model_call", model=str(getattr(self._model, "name", "")), outcome="ok",
-                         input_tokens=input_tokens, output_tokens=output_tokens, usd=str(usd),
-                         max_tokens=self.max_tokens)
-        self._core.flush()
+        actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
+        self._core.settle(self._hold, actual)
         self._hold = None
+        self._core.event(
+            "model_call",
+            model=self._name,
+            outcome="ok",
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            usd=str(usd),
+            max_tokens=self.max_tokens,
+        )
+        self._core.flush()
 
     def _exit(self, exc: BaseException | None) -> None:
-        if self._hold is None:
+        hold, self._hold = self._hold, None
+        if hold is None:
             return
         if exc is None:
-            self._core.settle(self._hold, self._hold.charge)
-            self._hold = None
+            # Not settled: the provider's figures are unknown, so the worst case is charged.
+            self._core.settle(hold, hold.charge)
+            self._core.event(
+                "model_call",
+                model=self._name,
+                outcome="unsettled",
+                input_tokens=hold.charge.input_tokens,
+                output_tokens=hold.charge.output_tokens,
+                usd=str(hold.charge.usd),
+            )
             return
-        self._core.settle(self._hold, Charge(steps=1))
-        self._hold = None
+        self._core.settle(hold, Charge(steps=1))
         if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
-            raise self._core.stamp(Stop("model_error", str(getattr(self._model, "name", "model")),
-                                        message=f"{type(exc).__name__}: {exc}")) from exc
+            self._core.event("model_call", model=self._name, outcome="error", error=repr(exc))
+            raise self._core.stamp(
+                Stop("model_error", self._name, message=f"{type(exc).__name__}: {exc}")
+            ) from exc
 
     def __enter__(self) -> ModelCall:
         return self
@@ -177,7 +203,8 @@ class _RunBase:
         return self._core.id
 
     @property
-    def usage(self) -> Any:
+    def usage(self) -> Usage:
+        """What the run has used so far."""
         return self._core.usage()
 
     @property
@@ -188,8 +215,7 @@ class _RunBase:
         return self._result
 
     # -- steps, finish, cancel --------------------------------------------------------
-    def step(self) -> None:
-        """Count one step of your loop; raises :class:`Stop` when steps or time are used up."""
+    def _step(self) -> None:
         core = self._core
         core.ensure_running()
         core.check_time()
@@ -197,36 +223,35 @@ class _RunBase:
         core.settle(hold, Charge(steps=1))
         core.event("step", n=core.meter.usage().steps)
 
-    def finish(self, answer: Any = None) -> RunResult:
-        """End the run with ``ok`` and ``answer``."""
-        core = self._core
+    def _finish(self, answer: Any) -> RunResult:
         if self._result is not None:
             return self._result
-        core.ensure_running()
+        self._core.ensure_running()
         text = None if answer is None else (answer if isinstance(answer, str) else str(answer))
-        core.finished = True
-        core.answer = text
+        self._core.answer = text
         return self._end("ok", answer=text)
 
     def cancel(self) -> None:
-        """Ask the run to stop: the next step or call raises ``cancelled``."""
+        """Ask the run to stop: the next step or call raises ``cancelled``, and a run that
+        ends without one ends ``cancelled``. Safe to call from another thread."""
         self._core.cancelled = True
 
-    def _end(self, reason: Any, *, answer: str | None = None, error: str | None = None) -> RunResult:
+    def _end(
+        self, reason: StopReason, *, answer: str | None = None, error: str | None = None
+    ) -> RunResult:
         core = self._core
         if self._result is not None:
             return self._result
         core.finished = True
-        core.close(reason, answer=answer)
-        usage = core.usage()
         info = core.stop if reason != "ok" else None
+        core.close(reason, answer=answer)
         self._result = RunResult(
             run_id=core.id,
-            status="ok" if reason == "ok" else ("error" if reason in _ERRORS else "stopped"),
+            status=status_of(reason),
             stop_reason=reason,
             answer=answer,
             partial=None if reason == "ok" else (core.partial or core.last_text),
-            usage=usage,
+            usage=core.usage(),
             stop=info,
             would_stop=tuple(core.would_stop),
             error=error,
@@ -235,15 +260,19 @@ class _RunBase:
 
     def _stopped(self, stop: Stop) -> RunResult:
         self._core.record_stop(stop.info)
-        return self._end(stop.reason)
+        first = self._core.stop or stop.info  # the first stop of the run wins
+        return self._end(first.reason)
 
     # -- tools on offer --------------------------------------------------------------
     def tool_specs(self, format: SpecFormat = "openai") -> list[dict[str, Any]]:
         """Specs of the tools on offer now: allowed, registered, not kill-switched or degraded.
 
         ``openai`` and ``anthropic`` formats use wire-safe names (dots become ``__``);
-        map a name the model sends back with :meth:`tool_name`.
+        map a name the model sends back with :meth:`tool_name`. Raises
+        ``control_plane_unavailable`` when the kill switch or degrade state cannot be read.
         """
+        if format not in _FORMATS:
+            raise ConfigError(f"unknown tool spec format {format!r} (openai, anthropic, neutral)")
         core = self._core
         out: list[dict[str, Any]] = []
         for name in sorted(core.tools):
@@ -252,9 +281,7 @@ class _RunBase:
             eff = core.effective(name)
             if killswitch.blocking_switch(core, name, eff) is not None:
                 continue
-            try:
-                degrade.check(core, name)
-            except Stop:
+            if core.degraded(name):
                 continue
             spec = eff.tool.spec()
             if format == "neutral":
@@ -263,17 +290,24 @@ class _RunBase:
             wire = wire_name(name)
             self._wire[wire] = name
             if format == "openai":
-                out.append({"type": "function", "function": {"name": wire, "description": spec["description"],
-                                                              "parameters": spec["parameters"]}})
-            elif format == "anthropic":
-                out.append({"name": wire, "description": spec["description"],
-                            "input_schema": spec["parameters"]})
+                function = {
+                    "name": wire,
+                    "description": spec["description"],
+                    "parameters": spec["parameters"],
+                }
+                out.append({"type": "function", "function": function})
             else:
-                raise ConfigError(f"unknown tool spec format {format!r} (openai, anthropic, neutral)")
+                out.append(
+                    {
+                        "name": wire,
+                        "description": spec["description"],
+                        "input_schema": spec["parameters"],
+                    }
+                )
         return out
 
     def tool_name(self, wire: str) -> str:
-        """The tool name behind a wire name from :meth:`tool_specs` (others pass through unchanged)."""
+        """The tool name behind a wire name from :meth:`tool_specs` (others pass unchanged)."""
         return self._wire.get(wire, wire)
 
     # -- wrapped model calls ---------------------------------------------------------
@@ -286,10 +320,12 @@ class _RunBase:
         max_tokens: int | None = None,
         input_tokens: int | None = None,
     ) -> ModelCall:
-        """Reserve a model call of your own (a step): kill switch, tokens and USD, before it starts.
+        """Reserve a model call of your own (a step): kill switch, tokens and USD, before it.
 
         The input bound is computed from ``messages`` and ``tools`` (or given as
-        ``input_tokens``); the model's price comes from ``models.prices``.
+        ``input_tokens``); the price comes from ``models.prices``, else from the
+        model object's ``price``. Use it as ``with run.model_call(...) as mc:``
+        (``async with`` in async code), send ``mc.max_tokens``, then ``mc.settle``.
         """
         core = self._core
         core.ensure_running()
@@ -304,11 +340,14 @@ class _RunBase:
     # -- exit semantics --------------------------------------------------------------
     def _exit(self, exc: BaseException | None) -> bool:
         core = self._core
-        if self._result is not None and exc is None:
-            return False
+        if self._result is not None:
+            return False  # already ended (finish): whatever happened after is the caller's
         if exc is None:
-            if self._result is None:
-                core.finished = True
+            if core.stop is not None:
+                self._end(core.stop.reason)
+            elif core.cancelled:
+                self._stopped(Stop("cancelled", "run", message="the run was cancelled"))
+            else:
                 self._end("ok", answer=core.answer)
             return False
         if isinstance(exc, Stop):
@@ -319,7 +358,12 @@ class _RunBase:
             self._fail_agent(exc)
             return False
         if isinstance(exc, ToolRejected):
-            self._stopped(Stop(exc.reason, exc.detail or exc.tool, tool=exc.tool, message=exc.message))
+            # The shape of the gateway's own stops (guards/denial.py): detail names the tool.
+            subject = "unknown_tool" if exc.detail == "unknown_tool" else exc.tool
+            extra = {"why": exc.detail} if exc.detail else None
+            self._stopped(
+                Stop(exc.reason, subject, tool=exc.tool, message=exc.message, extra=extra)
+            )
             return True
         if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError | GeneratorExit):
             self._stopped(Stop("cancelled", "run", message=type(exc).__name__))
@@ -329,14 +373,10 @@ class _RunBase:
 
     def _fail_agent(self, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
-        self._core.record_stop(StopInfo(reason="agent_error", detail=type(exc).__name__, message=str(exc)))
-        self._end("agent_error", error=text)
-
-
-_ERRORS = frozenset(
-    {"agent_error", "model_error", "tool_error", "invalid_model_output", "invalid_tool_output",
-     "control_plane_unavailable"}
-)
+        info = StopInfo(reason="agent_error", detail=type(exc).__name__, message=str(exc))
+        self._core.record_stop(info)
+        first = self._core.stop or info  # a stop raised before the exception still wins
+        self._end(first.reason, error=text)
 
 
 class Run(_RunBase):
@@ -348,6 +388,14 @@ class Run(_RunBase):
     def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
         return self._exit(exc)
 
+    def step(self) -> None:
+        """Count one step of your loop; raises :class:`Stop` when steps or time are used up."""
+        self._step()
+
+    def finish(self, answer: Any = None) -> RunResult:
+        """End the run with ``ok`` and ``answer`` (raises the run's :class:`Stop` if it has one)."""
+        return self._finish(answer)
+
     def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
         """Call a tool through the gateway; returns the cleaned observation.
 
@@ -357,30 +405,56 @@ class Run(_RunBase):
         flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
         return drive_sync(flow, approver=self._core.approver, clock=self._core.clock)
 
-    def authorize(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Ticket:
+    def authorize(
+        self, name: str, args: Any = None, *, idempotency_key: str | None = None
+    ) -> Ticket:
         """Pass the gateway up to execution; execute the tool yourself, then :meth:`report`."""
-        return _authorize(self._core, name, args, idempotency_key, asynchronous=False)
+        core = self._core
+        flow = call_flow(
+            core, name, {} if args is None else args, key=idempotency_key, external=True
+        )
+        try:
+            op = next(flow)
+            while not isinstance(op, Execute):
+                op = flow.send(_wait_sync(core, op))
+        except StopIteration as done:
+            return Ticket(None, None, output=done.value)
+        return Ticket(flow, op)
 
     def report(self, ticket: Ticket, output: Any) -> Any:
         """Report what the tool returned; returns the observation (validated and cleaned)."""
-        return _report(ticket, Attempt(True, value=output), self._core)
+        return _report(ticket, Attempt(True, value=output))
 
-    def report_failure(self, ticket: Ticket, error: BaseException, *, timed_out: bool = False) -> Any:
-        """Report that the tool raised or timed out (charged as an attempt)."""
-        return _report(ticket, Attempt(False, error=error, timed_out=timed_out), self._core)
+    def report_failure(
+        self, ticket: Ticket, error: BaseException, *, timed_out: bool = False
+    ) -> Any:
+        """Report that the tool raised or timed out (charged as an attempt; ends the run
+        with ``tool_error``)."""
+        return _report(ticket, Attempt(False, error=error, timed_out=timed_out))
 
-    def model_turn(self, model: Model, messages: Sequence[Mapping[str, Any]], *,
-                   tools: Sequence[Mapping[str, Any]] | None = None,
-                   max_tokens: int | None = None) -> ModelResponse:
-        """One governed turn of a :class:`~corral.models.Model` (a step)."""
+    def model_turn(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+    ) -> ModelResponse:
+        """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
         flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
-        result: ModelResponse = drive_sync(flow, approver=self._core.approver, clock=self._core.clock)
+        result: ModelResponse = drive_sync(
+            flow, approver=self._core.approver, clock=self._core.clock
+        )
         return result
 
 
 class AsyncRun(_RunBase):
-    """A governed run for async code: the same methods as :class:`Run`, awaited."""
+    """A governed run for async code: the same methods as :class:`Run`, awaited.
+
+    ``cancel``, ``tool_specs``, ``tool_name`` and ``model_call`` (an ``async with``
+    block) are not coroutines.
+    """
 
     async def __aenter__(self) -> AsyncRun:
         return self
@@ -388,58 +462,99 @@ class AsyncRun(_RunBase):
     async def __aexit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
         return self._exit(exc)
 
+    async def step(self) -> None:
+        """Count one step of your loop; raises :class:`Stop` when steps or time are used up."""
+        self._step()
+
+    async def finish(self, answer: Any = None) -> RunResult:
+        """End the run with ``ok`` and ``answer`` (raises the run's :class:`Stop` if it has one)."""
+        return self._finish(answer)
+
     async def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
+        """Call a tool through the gateway; see :meth:`Run.call`."""
         flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
         return await drive_async(flow, approver=self._core.approver, clock=self._core.clock)
 
-    async def authorize(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Ticket:
-        return _authorize(self._core, name, args, idempotency_key, asynchronous=True)
+    async def authorize(
+        self, name: str, args: Any = None, *, idempotency_key: str | None = None
+    ) -> Ticket:
+        """Pass the gateway up to execution; see :meth:`Run.authorize`."""
+        core = self._core
+        flow = call_flow(
+            core, name, {} if args is None else args, key=idempotency_key, external=True
+        )
+        try:
+            op = next(flow)
+            while not isinstance(op, Execute):
+                op = flow.send(await _wait_async(core, op))
+        except StopIteration as done:
+            return Ticket(None, None, output=done.value)
+        return Ticket(flow, op)
 
     async def report(self, ticket: Ticket, output: Any) -> Any:
-        return _report(ticket, Attempt(True, value=output), self._core)
+        """Report what the tool returned; see :meth:`Run.report`."""
+        return _report(ticket, Attempt(True, value=output))
 
-    async def report_failure(self, ticket: Ticket, error: BaseException, *, timed_out: bool = False) -> Any:
-        return _report(ticket, Attempt(False, error=error, timed_out=timed_out), self._core)
+    async def report_failure(
+        self, ticket: Ticket, error: BaseException, *, timed_out: bool = False
+    ) -> Any:
+        """Report that the tool raised or timed out; see :meth:`Run.report_failure`."""
+        return _report(ticket, Attempt(False, error=error, timed_out=timed_out))
 
-    async def model_turn(self, model: Model, messages: Sequence[Mapping[str, Any]], *,
-                         tools: Sequence[Mapping[str, Any]] | None = None,
-                         max_tokens: int | None = None) -> ModelResponse:
+    async def model_turn(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+    ) -> ModelResponse:
+        """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
         flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
-        result: ModelResponse = await drive_async(flow, approver=self._core.approver, clock=self._core.clock)
+        result: ModelResponse = await drive_async(
+            flow, approver=self._core.approver, clock=self._core.clock
+        )
         return result
 
 
-def _authorize(core: RunCore, name: str, args: Any, key: str | None, *, asynchronous: bool) -> Ticket:
-    flow = call_flow(core, name, {} if args is None else args, key=key, external=True)
-    try:
-        op = next(flow)
-        while not isinstance(op, Execute):
-            # Approvals during authorize are answered by the run's approver, in this thread.
-            if hasattr(op, "request"):
-                answer = core.approver(op.request) if core.approver else False
-                if asyncio.iscoroutine(answer):
-                    answer = asyncio.run(answer) if not asynchronous else None
-                    if answer is None:
-                        raise ConfigError("an async approver needs Run.call, not authorize()")
-                op = flow.send(answer)
-            else:
-                op = flow.send(None)
-    except StopIteration as done:
-        return Ticket(None, None, output=done.value)
-    return Ticket(flow, op)
+def _wait_sync(core: RunCore, op: Any) -> Any:
+    """Answer what an authorize flow waits for before execution (approval, pause)."""
+    if isinstance(op, Approve):
+        answer = core.approver(op.request) if core.approver else False
+        if inspect.isawaitable(answer):
+            with contextlib.suppress(AttributeError):
+                answer.close()  # type: ignore[attr-defined]
+            raise ConfigError("the approver is async: use AsyncRun.authorize, or a sync approver")
+        return answer
+    if isinstance(op, Sleep):
+        core.clock.sleep(op.seconds)
+    return None
 
 
-def _report(ticket: Ticket, attempt: Attempt, core: RunCore) -> Any:
+async def _wait_async(core: RunCore, op: Any) -> Any:
+    if isinstance(op, Approve):
+        answer = core.approver(op.request) if core.approver else False
+        return await answer if inspect.isawaitable(answer) else answer
+    if isinstance(op, Sleep):
+        if isinstance(core.clock, SystemClock):
+            await asyncio.sleep(op.seconds)
+        else:
+            core.clock.sleep(op.seconds)
+    return None
+
+
+def _report(ticket: Ticket, attempt: Attempt) -> Any:
     if ticket.replayed:
         return ticket.output
     if ticket.reported:
         raise ConfigError("this ticket was already reported")
     ticket.reported = True
+    flow: Generator[Any, Any, Any] = ticket._flow
     try:
-        ticket._flow.send(attempt)
+        flow.send(attempt)
     except StopIteration as done:
         return done.value
     with contextlib.suppress(Exception):
-        ticket._flow.close()
+        flow.close()
     raise ConfigError("the gateway asked for another attempt of a caller-executed tool")

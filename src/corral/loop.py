@@ -53,13 +53,26 @@ async def arun(
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:
-    """Run ``model`` on ``task`` inside ``policy``; always returns a :class:`RunResult`.
+    """Run ``model`` on ``task`` inside ``policy``; returns a :class:`RunResult` for every
+    way the run can end, stops and failures included.
 
-    ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel it from elsewhere).
+    Raises only for a setup mistake (:class:`~corral.ConfigError`) and for cancellation,
+    which is re-raised after the run is recorded as ``cancelled``. ``on_run`` receives
+    the :class:`AsyncRun` as it starts (to cancel it from elsewhere, or to read its
+    result after a cancellation). ``max_tokens`` caps each model turn's answer (it is
+    clamped further to what the budgets allow).
     """
     run = AsyncRun(
-        policy, tools=tools, store=store, tenant=tenant, agent=agent, run_id=run_id, task=task,
-        clock=clock, approver=approver, credentials=credentials,
+        policy,
+        tools=tools,
+        store=store,
+        tenant=tenant,
+        agent=agent,
+        run_id=run_id,
+        task=task,
+        clock=clock,
+        approver=approver,
+        credentials=credentials,
     )
     if on_run is not None:
         on_run(run)
@@ -76,17 +89,24 @@ async def arun(
             window = trim(messages, policy.context.max_chars)
             response = await run.model_turn(model, window, tools=specs, max_tokens=max_tokens)
             if not response.tool_calls:
-                run.finish(response.text)
+                await run.finish(response.text)
                 break
-            messages.append({
-                "role": "assistant",
-                "content": response.text or "",
-                "tool_calls": [
-                    {"id": c.id or f"call_{i}", "name": c.name,
-                     "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}
-                    for i, c in enumerate(response.tool_calls)
-                ],
-            })
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": response.text or "",
+                    "tool_calls": [
+                        {
+                            "id": c.id or f"call_{i}",
+                            "name": c.name,
+                            "arguments": c.arguments
+                            if isinstance(c.arguments, str)
+                            else json.dumps(c.arguments),
+                        }
+                        for i, c in enumerate(response.tool_calls)
+                    ],
+                }
+            )
             for i, c in enumerate(response.tool_calls):
                 call_id = c.id or f"call_{i}"
                 try:
@@ -98,8 +118,14 @@ async def arun(
                     if skipped:
                         core.event("skipped", tools=skipped)
                     raise
-                messages.append({"role": "tool", "tool_call_id": call_id, "name": c.name,
-                                 "content": observation})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "name": c.name,
+                        "content": observation,
+                    }
+                )
     return run.result
 
 
@@ -123,9 +149,20 @@ def run(
     """The synchronous face of :func:`arun` (same arguments, same result)."""
     result: RunResult = run_coroutine(
         arun(
-            task, model=model, tools=tools, policy=policy, store=store, tenant=tenant, agent=agent,
-            instructions=instructions, run_id=run_id, clock=clock, approver=approver,
-            credentials=credentials, max_tokens=max_tokens, on_run=on_run,
+            task,
+            model=model,
+            tools=tools,
+            policy=policy,
+            store=store,
+            tenant=tenant,
+            agent=agent,
+            instructions=instructions,
+            run_id=run_id,
+            clock=clock,
+            approver=approver,
+            credentials=credentials,
+            max_tokens=max_tokens,
+            on_run=on_run,
         )
     )
     return result

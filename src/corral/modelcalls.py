@@ -15,18 +15,21 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from .budgets import Charge
-from .exceptions import Stop
+from .exceptions import ConfigError, Stop
 from .execution import CallModel
 from .gateway import Attempt
 from .guards import killswitch
 from .models.base import Model, ModelOutputError, ModelRequest, ModelResponse, Price
 from .runtime import RunCore
+from .stops import StopReason
 
 MIN_ANSWER_TOKENS = 16
 PER_MESSAGE_OVERHEAD = 8
 
 
-def input_token_bound(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> int:
+def input_token_bound(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> int:
     """An upper bound of the input tokens of a request (bytes of its JSON, plus overhead)."""
     body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
     return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
@@ -38,55 +41,110 @@ def price_of(core: RunCore, model: Any) -> Price | None:
     listed = core.policy.models.prices.get(name)
     if listed is not None:
         return Price(
-            input_usd_per_mtok=listed.input_usd_per_mtok, output_usd_per_mtok=listed.output_usd_per_mtok
+            input_usd_per_mtok=listed.input_usd_per_mtok,
+            output_usd_per_mtok=listed.output_usd_per_mtok,
         )
     own = getattr(model, "price", None)
     return own if isinstance(own, Price) else None
 
 
 def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
-    """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop."""
+    """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop.
+
+    ``wanted`` (else ``models.max_output_tokens``) is cut to what the token and USD
+    budgets leave after the input bound. The call is refused when what is left is
+    below a minimal answer (``MIN_ANSWER_TOKENS``, or ``wanted`` if smaller).
+    """
+    if wanted is not None and wanted < 1:
+        raise ConfigError(f"max_tokens must be a positive integer, got {wanted!r}")
     core.fits(Charge(steps=1))
-    lim = core.limits if not core.observe else core.meter.limits
+    lim = core.meter.limits  # in observe mode, the backstops
     used, held = core.meter.usage(), core.meter.held()
     tin = used.input_tokens + held.input_tokens
     tout = used.output_tokens + held.output_tokens
-    room: list[tuple[int, str, str, Any, Any]] = []
-    default = wanted if wanted is not None else core.policy.models.max_output_tokens
-    room.append((default, "", "", None, None))
-    if lim.max_output_tokens is not None:
-        room.append((lim.max_output_tokens - tout, "max_tokens", "run/output",
-                     lim.max_output_tokens, tout + MIN_ANSWER_TOKENS))
+    asked = wanted if wanted is not None else core.policy.models.max_output_tokens
+    minimal = min(MIN_ANSWER_TOKENS, asked)
+    # (tokens left, scope, limit, what usage would be with a minimal answer)
+    rooms: list[tuple[int, StopReason, str, Any, Any]] = []
     if lim.max_input_tokens is not None and tin + input_bound > lim.max_input_tokens:
-        raise core.stamp(Stop("max_tokens", "run/input", scope="run/input",
-                              limit=lim.max_input_tokens, observed=tin + input_bound))
+        raise core.stamp(
+            Stop(
+                "max_tokens",
+                "run/input",
+                scope="run/input",
+                limit=lim.max_input_tokens,
+                observed=tin + input_bound,
+                message="the request alone does not fit",
+            )
+        )
+    if lim.max_output_tokens is not None:
+        rooms.append(
+            (
+                lim.max_output_tokens - tout,
+                "max_tokens",
+                "run/output",
+                lim.max_output_tokens,
+                tout + minimal,
+            )
+        )
     if lim.max_tokens is not None:
-        room.append((lim.max_tokens - tin - tout - input_bound, "max_tokens", "run",
-                     lim.max_tokens, tin + tout + input_bound + MIN_ANSWER_TOKENS))
+        rooms.append(
+            (
+                lim.max_tokens - tin - tout - input_bound,
+                "max_tokens",
+                "run",
+                lim.max_tokens,
+                tin + tout + input_bound + minimal,
+            )
+        )
     price = price_of(core, model)
-    usd_in = Decimal(0)
     if lim.max_usd is not None:
         if price is None:
             name = getattr(model, "name", "?")
-            raise core.stamp(Stop("max_usd", "unpriced_model", scope="run",
-                                  message=f"model {name!r} has no known price and the run has a "
-                                  "USD limit; give its price in models.prices"))
+            raise core.stamp(
+                Stop(
+                    "max_usd",
+                    "unpriced_model",
+                    scope="run",
+                    tool=None,
+                    message=f"model {name!r} has no known price and the run has a USD limit; "
+                    "give its price in models.prices (0 must be explicit)",
+                )
+            )
         usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
         spent = used.usd + held.usd
         left = lim.max_usd - spent - usd_in
         if price.output_usd_per_mtok > 0:
-            tokens = (left * Decimal(1_000_000) / price.output_usd_per_mtok).to_integral_value(ROUND_FLOOR)
-            room.append((int(tokens), "max_usd", "run", lim.max_usd,
-                         spent + usd_in + price.cost(0, MIN_ANSWER_TOKENS)))
+            tokens = left * Decimal(1_000_000) / price.output_usd_per_mtok
+            rooms.append(
+                (
+                    int(tokens.to_integral_value(ROUND_FLOOR)),
+                    "max_usd",
+                    "run",
+                    lim.max_usd,
+                    spent + usd_in + price.cost(0, minimal),
+                )
+            )
         elif left < 0:
-            room.append((-1, "max_usd", "run", lim.max_usd, spent + usd_in))
-    max_tokens, reason, scope, limit, observed = min(room, key=lambda r: r[0])
-    if max_tokens < MIN_ANSWER_TOKENS:
-        raise core.stamp(Stop(reason or "max_tokens", scope or "run", scope=scope or "run",
-                              limit=limit, observed=observed,
-                              message="not even a minimal answer fits in what is left"))
+            rooms.append((-1, "max_usd", "run", lim.max_usd, spent + usd_in))
+    max_tokens = asked
+    if rooms:
+        room, reason, scope, limit, observed = min(rooms, key=lambda r: r[0])
+        if room < minimal:
+            raise core.stamp(
+                Stop(
+                    reason,
+                    scope,
+                    scope=scope,
+                    limit=limit,
+                    observed=observed,
+                    message="not even a minimal answer fits in what the budget has left",
+                )
+            )
+        max_tokens = min(asked, room)
     worst_usd = price.cost(input_bound, max_tokens) if price is not None else Decimal(0)
-    return max_tokens, Charge(steps=1, input_tokens=input_bound, output_tokens=max_tokens, usd=worst_usd)
+    charge = Charge(steps=1, input_tokens=input_bound, output_tokens=max_tokens, usd=worst_usd)
+    return max_tokens, charge
 
 
 def model_flow(
@@ -124,11 +182,18 @@ def model_flow(
     if not isinstance(response, ModelResponse):
         core.settle(hold, Charge(steps=1))
         core.flush()
-        raise core.stamp(Stop("invalid_model_output", name,
-                              message=f"the model returned {type(response).__name__}, not a ModelResponse"))
+        raise core.stamp(
+            Stop(
+                "invalid_model_output",
+                name,
+                message=f"the model returned {type(response).__name__}, not a ModelResponse",
+            )
+        )
     price = price_of(core, model)
     usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
-    actual = Charge(steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd)
+    actual = Charge(
+        steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd
+    )
     core.settle(hold, actual)
     core.event(
         "model_call",
@@ -146,11 +211,18 @@ def model_flow(
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):
         core.flush()
-        raise core.stamp(Stop("invalid_model_output", "truncated",
-                              message=f"the answer was cut at max_tokens={clamped}; "
-                              "a truncated tool call is never executed"))
+        raise core.stamp(
+            Stop(
+                "invalid_model_output",
+                "truncated",
+                message=f"the answer was cut at max_tokens={clamped}; "
+                "a truncated tool call is never executed",
+            )
+        )
     if not response.text and not response.tool_calls:
         core.flush()
-        raise core.stamp(Stop("invalid_model_output", "empty", message="neither text nor tool calls"))
+        raise core.stamp(
+            Stop("invalid_model_output", "empty", message="neither text nor tool calls")
+        )
     core.flush()
     return response

@@ -6,25 +6,32 @@ approval) is done by the sync or async driver in ``execution.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
+from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Policy
+from .result import Status
 from .stops import StopInfo, StopReason
 from .stores.base import Event, RunRecord, Store
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
+
+log = logging.getLogger("corral")
+T = TypeVar("T")
 
 #: The run backstops: enforced even in observe mode.
 BACKSTOP = Limits()
@@ -92,7 +99,14 @@ class RunCore:
         prior: Usage | None = None
         self.resumed = False
         self.id = run_id or new_run_id()
-        existing = self._load(run_id)
+        self.stop: StopInfo | None = None
+        self._seq = 0
+        try:
+            existing = self._load(run_id)
+        except Stop:
+            # Fail closed, but inside the run: the first action raises this stop, and
+            # `with Run(...)` records it like any other.
+            existing = None
         if existing is not None:
             prior = Usage.from_dict(existing.usage)
             self.resumed = True
@@ -104,14 +118,13 @@ class RunCore:
             self.meter = Meter(policy_limits, usage=prior)
             self.shadow = None
         self.limits = policy_limits
-        self.max_seconds = min(policy_limits.max_seconds, BACKSTOP.max_seconds) if self.observe else (
-            policy_limits.max_seconds
-        )
+        self.max_seconds = policy_limits.max_seconds
+        if self.observe:
+            self.max_seconds = min(self.max_seconds, BACKSTOP.max_seconds)
         self._prior_active = prior.active_seconds if prior else 0.0
         self._prior_waiting = prior.waiting_seconds if prior else 0.0
         self.started = self.clock.monotonic()
         self.waiting = 0.0
-        self.stop: StopInfo | None = None
         self.cancelled = False
         self.invalid_calls = 0
         self.would_stop: list[StopInfo] = []
@@ -119,28 +132,39 @@ class RunCore:
         self.partial: str | None = None
         self.finished = False
         self.last_text: str | None = None
-        self._seq = 0
         self._pending: list[Event] = []
         self._lock = threading.Lock()
         self._effective: dict[str, Effective] = {}
         self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.task = task
         self._check_approval_channel()
+        check_constraints(policy, self.tools)
+        if self.stop is None:
+            with contextlib.suppress(Stop):
+                self._open_record(existing)
+        self.event("run_start", resumed=self.resumed, policy=policy.digest, mode=policy.mode)
+        for name in policy.tools.allow:
+            if name not in self.tools:
+                self.event("warning", tool=name, message=_UNREGISTERED.format(name=name))
+                log.warning(_UNREGISTERED.format(name=name))
+
+    def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
             self._store_call(
                 self.store.create_run,
                 RunRecord(
                     id=self.id,
-                    tenant=tenant,
-                    agent=agent,
-                    task=task,
-                    policy_digest=policy.digest,
+                    tenant=self.tenant,
+                    agent=self.agent,
+                    task=self.task,
+                    policy_digest=self.policy.digest,
                     started_at=time.time(),
                 ),
             )
-        else:
-            self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
-        self.event("run_start", resumed=self.resumed, policy=policy.digest, mode=policy.mode)
+            return
+        events = self._store_call(self.store.events, self.id)
+        self._seq = max((e.seq for e in events), default=0)
+        self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
 
     def _load(self, run_id: str | None) -> RunRecord | None:
         if run_id is None:
@@ -166,7 +190,7 @@ class RunCore:
             )
 
     # -- store access, fail closed ---------------------------------------------------
-    def _store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except StoreError as exc:
@@ -206,7 +230,9 @@ class RunCore:
             timeout=timeout or DEFAULT_TOOL_TIMEOUT,
             retries=retries if (effect == "read" or idempotent) else 0,
             idempotent=idempotent,
-            output_schema=(spec.output_schema if spec and spec.output_schema else tool.output_schema),
+            output_schema=(
+                spec.output_schema if spec and spec.output_schema else tool.output_schema
+            ),
             constraints=spec.constraints if spec else {},
             max_output_chars=(
                 spec.max_output_chars
@@ -214,7 +240,9 @@ class RunCore:
                 else p.observations.max_chars
             ),
             strip_html=(
-                spec.strip_html if spec and spec.strip_html is not None else p.observations.strip_html
+                spec.strip_html
+                if spec and spec.strip_html is not None
+                else p.observations.strip_html
             ),
             cache=spec.cache if spec else True,
             cache_ttl=spec.cache_ttl_seconds if spec else 60.0,
@@ -223,6 +251,11 @@ class RunCore:
         )
         self._effective[name] = eff
         return eff
+
+    def degraded(self, name: str) -> bool:
+        """Whether ``name``'s breaker is open now (fail closed when it cannot be read)."""
+        state = self._store_call(self.store.breaker, name, now=self.now())
+        return bool(state.state == "open")
 
     # -- time ------------------------------------------------------------------------
     def now(self) -> float:
@@ -292,8 +325,10 @@ class RunCore:
 
     # -- stops -----------------------------------------------------------------------
     def stamp(self, stop: Stop) -> Stop:
-        """Mark ``stop`` as this run's, so ``Run`` can tell it from a foreign one."""
+        """Mark ``stop`` as this run's and record it: a stop ends the run, so every later
+        action raises it again, also when the caller caught it (first stop wins)."""
         stop.run_id = self.id  # type: ignore[attr-defined]
+        self.record_stop(stop.info)
         return stop
 
     def deny(self, stop: Stop) -> None:
@@ -319,7 +354,9 @@ class RunCore:
     def event(self, kind: str, **data: Any) -> None:
         with self._lock:
             self._seq += 1
-            self._pending.append(Event(run_id=self.id, seq=self._seq, kind=kind, at=time.time(), data=data))
+            self._pending.append(
+                Event(run_id=self.id, seq=self._seq, kind=kind, at=time.time(), data=data)
+            )
 
     def flush(self) -> None:
         with self._lock:
@@ -334,11 +371,20 @@ class RunCore:
     def close(self, reason: StopReason, *, answer: str | None = None) -> None:
         """Persist the end of the run (first stop wins)."""
         usage = self.usage()
-        info = self.stop
-        status = _status(reason)
-        self.event("run_end", stop_reason=reason, status=status, usage=usage.to_dict())
+        info = self.stop if reason != "ok" else None
+        status = status_of(reason)
+        self.event(
+            "run_end",
+            stop_reason=reason,
+            status=status,
+            usage=usage.to_dict(),
+            stop=info.to_dict() if info else None,
+        )
+        with self._lock:
+            pending, self._pending = self._pending, []
         try:
-            self.flush()
+            if pending:
+                self.store.append_events(pending)
             self.store.update_run(
                 self.id,
                 status=status,
@@ -355,13 +401,27 @@ class RunCore:
             pass
 
 
-ERROR_REASONS = frozenset(
-    {"agent_error", "model_error", "tool_error", "invalid_model_output", "invalid_tool_output",
-     "control_plane_unavailable"}
+#: Stop reasons whose status is ``error`` (something failed) rather than ``stopped``
+#: (a bound or a decision ended the run).
+ERROR_REASONS: frozenset[str] = frozenset(
+    {
+        "agent_error",
+        "model_error",
+        "tool_error",
+        "invalid_model_output",
+        "invalid_tool_output",
+        "control_plane_unavailable",
+    }
+)
+
+_UNREGISTERED = (
+    "tools.allow lists {name} but no tool of that name was given to the run; "
+    "calls to it are handled as unknown tools"
 )
 
 
-def _status(reason: str) -> str:
+def status_of(reason: StopReason) -> Status:
+    """``ok`` for ``ok``; ``error`` for failures; ``stopped`` for bounds and decisions."""
     if reason == "ok":
         return "ok"
     return "error" if reason in ERROR_REASONS else "stopped"

@@ -50,7 +50,9 @@ RETRYABLE_REASONS: frozenset[str] = frozenset(
 
 def _fmt(value: Any) -> str:
     if isinstance(value, Decimal):
-        return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else f"{value.normalize()}"
+        return (
+            f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else f"{value.normalize()}"
+        )
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -12,8 +12,8 @@ import asyncio
 import itertools
 import json
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "error",
     "final",
     "malformed",
+    "prices",
     "raw_call",
     "slow",
     "truncated",
@@ -52,11 +53,19 @@ class Turn:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def call(name: str, /, _input_tokens: int | None = None, _output_tokens: int | None = None,
-         **arguments: Any) -> Turn:
+def call(
+    name: str,
+    /,
+    _input_tokens: int | None = None,
+    _output_tokens: int | None = None,
+    **arguments: Any,
+) -> Turn:
     """A turn that calls one tool with keyword arguments."""
-    return Turn(calls=(ToolCallRequest(name=name, arguments=arguments, id=f"call_{next(_ids)}"),),
-                input_tokens=_input_tokens, output_tokens=_output_tokens)
+    return Turn(
+        calls=(ToolCallRequest(name=name, arguments=arguments, id=f"call_{next(_ids)}"),),
+        input_tokens=_input_tokens,
+        output_tokens=_output_tokens,
+    )
 
 
 def raw_call(name: str, arguments: str) -> Turn:
@@ -92,8 +101,7 @@ def error(exc: BaseException | None = None) -> Turn:
 
 def slow(step: Turn, seconds: float) -> Turn:
     """``step``, taking ``seconds`` (on the model's clock if it has one, else real time)."""
-    return Turn(text=step.text, calls=step.calls, raises=step.raises, finish_reason=step.finish_reason,
-                input_tokens=step.input_tokens, output_tokens=step.output_tokens, latency=seconds)
+    return replace(step, latency=seconds)
 
 
 class ScriptedModel:
@@ -131,10 +139,11 @@ class ScriptedModel:
                 return step
             if self.repeat_last and self.script:
                 last = self.script[-1]
-                return Turn(text=last.text, raises=last.raises, finish_reason=last.finish_reason,
-                            latency=last.latency,
-                            calls=tuple(ToolCallRequest(name=c.name, arguments=c.arguments,
-                                                        id=f"call_{next(_ids)}") for c in last.calls))
+                calls = tuple(
+                    ToolCallRequest(name=c.name, arguments=c.arguments, id=f"call_{next(_ids)}")
+                    for c in last.calls
+                )
+                return replace(last, calls=calls)
         raise ModelOutputError("the scripted model has no more turns")
 
     async def respond(self, request: ModelRequest) -> ModelResponse:
@@ -150,7 +159,9 @@ class ScriptedModel:
         body = json.dumps([list(request.messages), list(request.tools)], default=str)
         in_tokens = step.input_tokens if step.input_tokens is not None else max(1, len(body) // 4)
         out_text = (step.text or "") + json.dumps([c.arguments for c in step.calls], default=str)
-        out_tokens = step.output_tokens if step.output_tokens is not None else max(1, len(out_text) // 4)
+        out_tokens = (
+            step.output_tokens if step.output_tokens is not None else max(1, len(out_text) // 4)
+        )
         if step.output_tokens is None:
             out_tokens = min(out_tokens, request.max_tokens)
         return ModelResponse(
@@ -190,7 +201,7 @@ class ManualClock:
 
 def prices(input_usd_per_mtok: float | str, output_usd_per_mtok: float | str) -> Price:
     """A :class:`~corral.models.Price` from two numbers (USD per million tokens)."""
-    return Price(input_usd_per_mtok=Decimal(str(input_usd_per_mtok)),
-                 output_usd_per_mtok=Decimal(str(output_usd_per_mtok)))
-
-
+    return Price(
+        input_usd_per_mtok=Decimal(str(input_usd_per_mtok)),
+        output_usd_per_mtok=Decimal(str(output_usd_per_mtok)),
+    )

@@ -149,18 +149,22 @@ def _is_context(annotation: Any) -> bool:
     )
 
 
-def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], str | None]:
+def _signature_model(
+    fn: Callable[..., Any], name: str, *, fields: bool = True
+) -> tuple[type[BaseModel], str | None]:
     sig = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references: fall back to raw annotations
         hints = {}
-    fields: dict[str, Any] = {}
+    found: dict[str, Any] = {}
     context_param = None
     for pname, param in sig.parameters.items():
         annotation = hints.get(pname, param.annotation)
         if _is_context(annotation):
             context_param = pname
+            continue
+        if not fields:
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ToolDefinitionError(f"tool {name!r}: *args and **kwargs are not supported")
@@ -169,9 +173,9 @@ def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel]
         if annotation is inspect.Parameter.empty:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (annotation, default)
+        found[pname] = (annotation, default)
     model_name = "Args_" + "".join(ch if ch.isalnum() else "_" for ch in name)
-    model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+    model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **found)
     return model, context_param
 
 
@@ -207,7 +211,9 @@ def tool(
             raise ToolDefinitionError(f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}")
         if retries < 0 or (timeout is not None and timeout <= 0):
             raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
-        model, context_param = _signature_model(f, tool_name)
+        # An explicit schema describes the arguments itself: the signature only has to say
+        # where the context goes (so ``def f(**kwargs)`` is fine).
+        model, context_param = _signature_model(f, tool_name, fields=args_schema is None)
         args_validator = None
         if args_schema is not None:
             args_validator = _validator(args_schema, f"argument schema of {tool_name}")

@@ -1,20 +1,56 @@
 """Arguments: schema validation (errors go back to the model, a bounded number of times)
-and value constraints (allowed URL schemes and hosts, enumerations, ranges, patterns)."""
+and value constraints (allowed URL schemes and hosts, enumerations, ranges, patterns).
+
+Constraints are checked on the validated values, so a value the schema coerced is
+judged as the tool will receive it. URLs are judged strictly: anything a client
+could read two ways (whitespace or control characters, ``@`` in the authority,
+non-ASCII or percent-encoded host names, empty labels) is refused rather than
+guessed at; an allowed host matches exactly (case-insensitively, one trailing dot
+ignored) or, for ``*.example.com``, as a proper subdomain.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..exceptions import Stop, ToolRejected
-from ..policy import ArgConstraint
-from ..tools import ArgumentsInvalid
+import jsonschema
+
+from ..exceptions import ConfigError, Stop, ToolRejected
+from ..policy import ArgConstraint, Policy
+from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
+from .denial import count_mistake, deny
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
+
+
+def check_constraints(policy: Policy, tools: Mapping[str, Tool]) -> None:
+    """Raise :class:`ConfigError` if a constraint names an argument its tool does not take.
+
+    Such a constraint would never apply: a typo in a policy must not quietly switch a
+    guard off. Tools whose schema admits any argument name are not judged.
+    """
+    problems = []
+    for name, spec in sorted(policy.tools.specs.items()):
+        tool = tools.get(name)
+        if tool is None or not spec.constraints:
+            continue
+        props = tool.args_schema.get("properties")
+        closed = tool.args_schema.get("additionalProperties") is False or tool._args_model is not None
+        if not isinstance(props, Mapping) or not closed:
+            continue
+        for arg in sorted(set(spec.constraints) - set(props)):
+            takes = ", ".join(sorted(props)) or "no arguments"
+            problems.append(f"tools.specs.{name}.constraints.{arg}: {name} takes no argument "
+                            f"{arg!r} (it takes {takes})")
+    if problems:
+        raise ConfigError("the policy constrains arguments no tool takes:\n  " + "\n  ".join(problems))
 
 
 def _parse(raw: Any) -> Any:
@@ -30,12 +66,16 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
     """Validated arguments, a :class:`ToolRejected` for the model, or ``invalid_tool_args``."""
     name = eff.tool.name
     try:
-        args = eff.tool.validate_args(_parse(raw))
+        parsed = _parse(raw)
+        args = eff.tool.validate_args(parsed)
+        spec = core.policy.spec(name)
+        if spec is not None and spec.args_schema is not None:
+            # The policy's schema narrows what the code accepts: both must pass.
+            _check_policy_schema(spec.args_schema, parsed)
     except ArgumentsInvalid as exc:
-        core.invalid_calls += 1
         problems = "; ".join(exc.problems)
-        core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls)
-        if core.invalid_calls > core.policy.tools.max_invalid_args:
+        core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls + 1)
+        if count_mistake(core):
             raise core.stamp(
                 Stop("invalid_tool_args", name, tool=name, message=problems,
                      extra={"problems": exc.problems})
@@ -49,13 +89,27 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
         if arg in args:
             problem = violation(args[arg], rule)
             if problem:
-                core.event("denied", tool=name, why="argument_not_allowed", argument=arg)
-                core.deny(
-                    Stop("tool_denied", "argument_not_allowed", tool=name,
-                         message=f"{name}: argument {arg!r} {problem}",
-                         extra={"argument": arg})
-                )
+                deny(core, name, "argument_not_allowed", f"{name}: argument {arg!r} {problem}",
+                     extra={"argument": arg})
     return args
+
+
+_POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
+
+
+def _check_policy_schema(schema: Mapping[str, Any], args: Any) -> None:
+    cached = _POLICY_VALIDATORS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        cached = _POLICY_VALIDATORS[id(schema)] = (schema, validator)
+    errors = sorted(cached[1].iter_errors(args), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ArgumentsInvalid([_jsonschema_problem(e) for e in errors[:5]])
+
+
+# A host name as a client sends it: ASCII labels of letters, digits, '-' and '_'.
+_HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 def _host_ok(host: str, allowed: list[str]) -> bool:
@@ -68,34 +122,67 @@ def _host_ok(host: str, allowed: list[str]) -> bool:
     return False
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def _in_enum(value: Any, allowed: list[Any]) -> bool:
+    # ``True == 1`` in Python; in an enumeration a boolean and a number are different values.
+    return any(
+        value == item and isinstance(value, bool) == isinstance(item, bool) for item in allowed
+    )
+
+
+def _url_problem(value: Any, rule: ArgConstraint) -> str | None:
+    if not isinstance(value, str):
+        if type(value).__name__ not in ("Url", "AnyUrl", "HttpUrl", "AnyHttpUrl"):
+            return "must be a URL"
+        value = str(value)  # a pydantic URL type: judge its text form
+    if _UNSAFE.search(value):
+        return "must not contain spaces, control characters or backslashes"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL"
+    scheme = parts.scheme.lower()
+    if rule.schemes is not None and scheme not in rule.schemes:
+        return f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}"
+    if "@" in parts.netloc:
+        return "must not carry credentials (user@host)"
+    if rule.hosts is None:
+        return None
+    host = (parts.hostname or "").lower()
+    host = host[:-1] if host.endswith(".") else host
+    if not host:
+        return "has no host"
+    if parts.netloc.startswith("[") or not _HOST.match(host):
+        return f"points to host {host!r}, which is not a plain ASCII host name"
+    if port == 0:
+        return "is not a valid URL (port 0)"
+    if not _host_ok(host, rule.hosts):
+        return f"points to host {host!r}, which is not in the allowed hosts"
+    return None
+
+
 def violation(value: Any, rule: ArgConstraint) -> str | None:
     """Why ``value`` breaks ``rule``, or ``None``."""
-    if rule.enum is not None and value not in rule.enum:
+    if rule.enum is not None and not _in_enum(value, rule.enum):
         return f"must be one of {rule.enum!r}, got {value!r}"
     if rule.min is not None or rule.max is not None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return f"must be a number, got {value!r}"
+        if not _number(value) or (isinstance(value, float | Decimal) and not math.isfinite(value)):
+            return f"must be a finite number, got {value!r}"
         if rule.min is not None and value < rule.min:
             return f"must be >= {rule.min:g}, got {value!r}"
         if rule.max is not None and value > rule.max:
             return f"must be <= {rule.max:g}, got {value!r}"
-    if rule.max_length is not None and isinstance(value, str | list) and len(value) > rule.max_length:
-        return f"must be at most {rule.max_length} long, got {len(value)}"
+    if rule.max_length is not None:
+        if not isinstance(value, str | list | tuple | dict):
+            return f"must be a string or a list, got {type(value).__name__}"
+        if len(value) > rule.max_length:
+            return f"must be at most {rule.max_length} long, got {len(value)}"
     if rule.pattern is not None and (not isinstance(value, str) or not re.fullmatch(rule.pattern, value)):
         return f"must match {rule.pattern!r}"
     if rule.schemes is not None or rule.hosts is not None:
-        if not isinstance(value, str):
-            return "must be a URL"
-        try:
-            parts = urlsplit(value.strip())
-            host = (parts.hostname or "").rstrip(".")
-            _ = parts.port
-        except ValueError:
-            return "is not a valid URL"
-        if rule.schemes is not None and parts.scheme.lower() not in rule.schemes:
-            return f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}"
-        if parts.username or parts.password:
-            return "must not carry credentials"
-        if rule.hosts is not None and (not host or not _host_ok(host, rule.hosts)):
-            return f"points to host {host!r}, which is not in the allowed hosts"
+        return _url_problem(value, rule)
     return None

@@ -34,5 +34,10 @@ def store(core: RunCore, eff: Effective, digest: str, value: Any) -> None:
         core.cache[(eff.tool.name, digest)] = (core.now(), value)
 
 
+def clear(core: RunCore) -> None:
+    """Forget every cached read (a write is about to run)."""
+    core.cache.clear()
+
+
 def is_miss(value: Any) -> bool:
     return value is _MISS

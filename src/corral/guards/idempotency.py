@@ -53,3 +53,18 @@ def claim(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str, 
              message=f"{name}: a call with idempotency key {key!r} is {state}; it is not run again",
              extra={"idempotency": result.status})
     )
+
+
+def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -> Any:
+    """The stored outcome of an earlier call with ``key``: its output, or its failure again."""
+    if "output" in stored:
+        return stored["output"]
+    name = eff.tool.name
+    reason = stored.get("reason", "tool_error")
+    raise core.stamp(
+        Stop(reason if reason in ("tool_error", "invalid_tool_output") else "tool_error", name,
+             tool=name, retryable=False,
+             message=f"{name}: an earlier call with idempotency key {key!r} failed "
+             f"({stored.get('error', 'no detail')}); it is not run again",
+             extra={"idempotency": "replayed"})
+    )

@@ -1,4 +1,8 @@
-"""Names: exact allowlist matching, unknown tools, allowed-but-unregistered tools."""
+"""Names: exact allowlist matching, unknown tools, allowed-but-unregistered tools.
+
+A name matches only itself: no case folding, no trimming, no Unicode
+normalisation, and nothing but a ``str`` is a name.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +10,42 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import Stop, ToolRejected
 from ..tools import Tool
+from .denial import QUOTE_CHARS, count_mistake, deny, offered, quote
 
 if TYPE_CHECKING:
     from ..runtime import RunCore
 
 
-def _offered(core: RunCore) -> str:
-    names = sorted(n for n in core.tools if core.policy.allows(n))
-    return ", ".join(names) if names else "(none)"
-
-
 def resolve(core: RunCore, name: object) -> Tool:
     """The tool called ``name`` exactly, or a denial.
 
-    Not in the allowlist → ``tool_denied`` (``not_allowed``). Not registered by any
-    code (a name the model invented) → an error handed back to the model, counted
-    like invalid arguments, then ``tool_denied`` (``unknown_tool``).
+    Not in the allowlist → ``tool_denied:<name>`` (``why``: ``not_allowed``). Not
+    registered by any code (a name the model invented, or an allowed name no code
+    provides) → an error handed back to the model listing the tools on offer,
+    counted like invalid arguments, then ``tool_denied:unknown_tool``.
     """
-    text = name if isinstance(name, str) else repr(name)
-    tool = core.tools.get(text) if isinstance(name, str) else None
-    if tool is not None and core.policy.allows(text):
+    tool = core.tools.get(name) if type(name) is str else None
+    if tool is not None and core.policy.allows(tool.name):
         return tool
     if tool is not None:
-        stop = Stop("tool_denied", text, tool=text, extra={"why": "not_allowed"},
-                    message=f"{text} is not in the policy's allowlist")
-        if core.observe:
-            core.observed(stop)
-            return tool
-        if core.policy.tools.on_denied == "tell_model":
-            core.event("denied", tool=text, why="not_allowed", handed_back=True)
-            raise ToolRejected("tool_denied", f"The tool {text!r} is not allowed. Tools on offer: "
-                               f"{_offered(core)}.", tool=text, detail="not_allowed")
-        raise core.stamp(stop)
-    # Unknown (or allowed but registered by no code): the model may have invented it.
-    core.invalid_calls += 1
-    core.event("denied", tool=text, why="unknown_tool", count=core.invalid_calls)
-    if core.invalid_calls > core.policy.tools.max_invalid_args:
-        raise core.stamp(Stop("tool_denied", "unknown_tool", tool=text,
-                              message=f"no tool named {text!r}; tools on offer: {_offered(core)}"))
+        deny(core, tool.name, "not_allowed", f"{tool.name} is not in the policy's allowlist",
+             hint=f" Tools on offer: {offered(core)}.")
+        return tool  # observe mode: recorded, not blocked
+    shown = quote(name)
+    label = _cut(name if type(name) is str else repr(name))
+    core.event("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
+    if count_mistake(core):
+        raise core.stamp(
+            Stop("tool_denied", "unknown_tool", tool=label, extra={"why": "unknown_tool"},
+                 message=f"no tool named {shown}; tools on offer: {offered(core)}")
+        )
     raise ToolRejected(
         "tool_denied",
-        f"There is no tool named {text!r}. Tools on offer: {_offered(core)}.",
-        tool=text,
+        f"There is no tool named {shown}. Tools on offer: {offered(core)}.",
+        tool=label,
         detail="unknown_tool",
     )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."

@@ -1,0 +1,67 @@
+"""Denials: stop the run with ``tool_denied``, or hand the denial back to the model.
+
+Every ``tool_denied`` stop has the same shape: ``detail`` is the tool (so it reads
+``tool_denied:browser.open``), or ``unknown_tool`` when the name is no registered
+tool's; ``extra["why"]`` says which check refused (``not_allowed``, ``unknown_tool``,
+``argument_not_allowed``). A denial handed back to the model
+(``tools.on_denied: tell_model``) is a :class:`~corral.exceptions.ToolRejected`
+whose ``detail`` is that ``why``; it shares the run's count of model mistakes
+(``tools.max_invalid_args``), so a model that keeps calling what it may not
+cannot keep a loop going for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import Stop, ToolRejected
+
+if TYPE_CHECKING:
+    from ..runtime import RunCore
+
+#: The longest piece of a model-chosen name quoted back in messages.
+QUOTE_CHARS = 80
+
+
+def quote(name: object) -> str:
+    """``repr`` of a name the model chose, cut to a readable length."""
+    text = repr(name)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 4] + "...'"
+
+
+def offered(core: RunCore) -> str:
+    """The tools on offer (allowed and registered), for messages to the model."""
+    names = sorted(n for n in core.tools if core.policy.allows(n))
+    return ", ".join(names) if names else "(none)"
+
+
+def count_mistake(core: RunCore) -> bool:
+    """Count one mistake handed back to the model; ``True`` once past the bound."""
+    core.invalid_calls += 1
+    return core.invalid_calls > core.policy.tools.max_invalid_args
+
+
+def deny(
+    core: RunCore,
+    tool: str,
+    why: str,
+    message: str,
+    *,
+    hint: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse a call: stop (the default), tell the model, or in observe mode record it.
+
+    Returns only in observe mode, where the call goes ahead.
+    """
+    stop = Stop("tool_denied", tool, tool=tool, message=message, extra={"why": why, **(extra or {})})
+    if core.observe:
+        core.event("denied", tool=tool, why=why, observed=True)
+        core.observed(stop)
+        return
+    if core.policy.tools.on_denied == "tell_model" and not count_mistake(core):
+        core.event("denied", tool=tool, why=why, handed_back=True, count=core.invalid_calls)
+        raise ToolRejected("tool_denied", f"{message}.{hint}", tool=tool, detail=why)
+    core.event("denied", tool=tool, why=why)
+    raise core.stamp(stop)

@@ -1,0 +1,219 @@
+"""``corral demo``: the browser-outage incident, reproduced in seconds on a virtual clock.
+
+A day of support tickets, each needing a few pages of a vendor portal reached through
+a browser tool ($0.70 a call). The vendor is down from 09:12 to 16:20. The same agent
+runs the day twice: in an autonomous loop with no budgets, then inside corral under
+the reference policy. Both sides are deterministic per seed, and every figure comes
+from running them (the governed figures are read back from the store).
+
+>>> figures = simulate(seed=7, runs=5, failure_rate=1.0, db=None)
+>>> figures["governed"]["tasks_answered"] <= figures["unbounded"]["tasks_answered"] == 5
+True
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..exceptions import ConfigError
+from ..stores import open_store
+from .loops import BROWSER_SPEC, Side, governed_policy, run_governed, run_unbounded
+from .world import Scenario, clock_time, make_tasks
+
+MAX_RUNS = 10_000
+
+
+def demo_command(
+    *, seed: int, runs: int, failure_rate: float, db: str | None, as_json: bool
+) -> int:
+    """Run the demo and print the comparison (a table, or JSON with ``as_json``).
+
+    Returns the exit code: 0, or 2 for an invalid option or store URL (one line
+    per problem on stderr).
+    """
+    problems = []
+    if not 1 <= runs <= MAX_RUNS:
+        problems.append(f"--runs: must be between 1 and {MAX_RUNS:,}, got {runs}")
+    if not 0.0 <= failure_rate <= 1.0:
+        problems.append(f"--failure-rate: must be between 0 and 1, got {failure_rate:g}")
+    if db is not None and not problems:
+        try:
+            open_store(db)
+        except ConfigError as exc:
+            problems.append(f"--db: {exc}")
+    if problems:
+        for line in problems:
+            print(f"corral demo: {line}", file=sys.stderr)
+        return 2
+    figures = simulate(seed=seed, runs=runs, failure_rate=failure_rate, db=db)
+    if as_json:
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+    else:
+        render(figures, Console())
+    return 0
+
+
+def simulate(*, seed: int, runs: int, failure_rate: float, db: str | None) -> dict[str, Any]:
+    """Run both sides and return the figures in their JSON form.
+
+    ``db`` is a store URL for the governed runs; ``None`` gives a fresh in-memory
+    store of its own (``memory://demo-...``), so repeated calls never mix.
+    """
+    scenario = Scenario()
+    url = db if db is not None else f"memory://demo-{uuid.uuid4().hex[:12]}"
+    store = open_store(url)
+    tasks = make_tasks(seed=seed, runs=runs, scenario=scenario)
+    unbounded = run_unbounded(tasks, scenario=scenario, failure_rate=failure_rate, seed=seed)
+    governed = run_governed(
+        tasks, scenario=scenario, failure_rate=failure_rate, seed=seed, store=store
+    )
+    budgets = governed_policy().budgets
+    return {
+        "seed": seed,
+        "runs": runs,
+        "failure_rate": failure_rate,
+        "store": url,
+        "outage": {
+            "start": clock_time(scenario.outage_start),
+            "end": clock_time(scenario.outage_end),
+            "seconds": scenario.outage_end - scenario.outage_start,
+        },
+        "browser_cost_usd": _money(scenario.browser_cost_usd),
+        "budgets": {
+            "max_steps": budgets.max_steps,
+            "max_seconds": budgets.max_seconds,
+            "max_tool_calls": budgets.max_tool_calls,
+        },
+        "unbounded": {
+            **_side(unbounded),
+            "stop_reasons": None,  # the loop has none: a ticket ends only when answered
+            "safety_cap_hit": unbounded.safety_cap_hit,
+        },
+        "governed": {**_side(governed), "stop_reasons": governed.stop_reasons},
+    }
+
+
+def _money(value: Decimal) -> float:
+    return float(value.quantize(Decimal("0.01")))
+
+
+def _side(side: Side) -> dict[str, Any]:
+    return {
+        "tool_calls": side.tool_calls,
+        "browser_calls": side.browser_calls,
+        "browser_calls_in_outage": side.browser_calls_in_outage,
+        "usd": _money(side.usd),
+        "tool_usd": _money(side.tool_usd),
+        "model_usd": _money(side.model_usd),
+        "simulated_seconds": round(side.simulated_seconds, 1),
+        "tasks_answered": side.tasks_answered,
+        "max_tool_calls_in_a_run": side.max_tool_calls_in_a_run,
+        "max_steps_in_a_run": side.max_steps_in_a_run,
+        "longest_run_seconds": round(side.longest_run_seconds, 1),
+    }
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def duration(seconds: float) -> str:
+    """``62 s``, ``95 min`` or ``7 h 28 min``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def render(figures: dict[str, Any], console: Console) -> None:
+    """Print the side-by-side table and what bounded each side."""
+    u, g = figures["unbounded"], figures["governed"]
+    runs, outage = figures["runs"], figures["outage"]
+    table = Table(
+        title=f"One simulated day: {runs:,} tickets, "
+        f"browser vendor down {outage['start']}-{outage['end']}",
+        caption=f"seed {figures['seed']} · failure rate {figures['failure_rate']:g} "
+        f"during the outage · browser.open ${figures['browser_cost_usd']:.2f} a call",
+    )
+    table.add_column("")
+    table.add_column("unbounded loop", justify="right", style="red")
+    table.add_column("inside corral", justify="right", style="green")
+
+    def count(key: str) -> tuple[str, str]:
+        return f"{u[key]:,}", f"{g[key]:,}"
+
+    def money(key: str) -> tuple[str, str]:
+        return f"${u[key]:,.2f}", f"${g[key]:,.2f}"
+
+    def time(key: str) -> tuple[str, str]:
+        return duration(u[key]), duration(g[key])
+
+    answered = f"{u['tasks_answered']:,} / {runs:,}", f"{g['tasks_answered']:,} / {runs:,}"
+    reasons = ", ".join(f"{k} {v:,}" for k, v in g["stop_reasons"].items())
+    rows = [
+        ("tool calls", *count("tool_calls")),
+        ("browser calls", *count("browser_calls")),
+        ("  during the outage", *count("browser_calls_in_outage")),
+        ("spend (USD)", *money("usd")),
+        ("  of which browser", *money("tool_usd")),
+        ("simulated agent time", *time("simulated_seconds")),
+        ("tasks answered", *answered),
+        ("longest task", *time("longest_run_seconds")),
+        ("most tool calls in a task", *count("max_tool_calls_in_a_run")),
+        ("stop reasons", "none", reasons),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for line in explain(figures):
+        console.print(line, highlight=False)
+    if not figures["store"].startswith("memory://"):
+        console.print(
+            f"Governed runs recorded in {figures['store']}.", style="dim", highlight=False
+        )
+
+
+def explain(figures: dict[str, Any]) -> list[str]:
+    """A few sentences on what bounded each side, from the figures."""
+    u, g, b = figures["unbounded"], figures["governed"], figures["budgets"]
+    lines = []
+    if u["safety_cap_hit"]:
+        lines.append(
+            "Unbounded: the simulation's own safety cap stopped the loop; nothing in it would have."
+        )
+    elif u["max_tool_calls_in_a_run"] > b["max_tool_calls"]:
+        lines.append(
+            "Unbounded: nothing limits the loop, so it retried and re-browsed for as long as "
+            f"the vendor kept failing: one ticket took {duration(u['longest_run_seconds'])} "
+            f"and {u['max_tool_calls_in_a_run']:,} tool calls."
+        )
+    else:
+        lines.append("Unbounded: no failure lasted long enough for the loop to run away this time.")
+    within = (
+        g["max_tool_calls_in_a_run"] <= b["max_tool_calls"]
+        and g["max_steps_in_a_run"] <= b["max_steps"]
+        and g["longest_run_seconds"] <= b["max_seconds"] + 0.1
+    )
+    lines.append(
+        f"Governed: every run {'stayed within' if within else 'went past'} its budgets "
+        f"(at most {g['max_tool_calls_in_a_run']} of {b['max_tool_calls']} tool calls, "
+        f"{g['max_steps_in_a_run']} of {b['max_steps']} steps, "
+        f"{g['longest_run_seconds']:.0f} of {b['max_seconds']:g} s)."
+    )
+    stopped = {k: v for k, v in g["stop_reasons"].items() if k != "ok"}
+    if stopped:
+        what = ", ".join(f"{k} {v:,}" for k, v in stopped.items())
+        lines.append(
+            f"{sum(stopped.values()):,} runs stopped early ({what}): the gateway retried a "
+            f"failing browser call at most {BROWSER_SPEC['retries']} times within the run's "
+            "time, then the run ended with its stop reason and the next ticket began."
+        )
+    return lines

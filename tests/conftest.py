@@ -1,0 +1,63 @@
+"""Shared fixtures: a fresh in-memory store, and tools that count their own calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import corral
+from corral.testing import MemoryStore
+
+
+@dataclass
+class Probe:
+    """A tool plus the record of every time its own code ran."""
+
+    tool: corral.Tool
+    calls: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+
+def make_probe(
+    name: str,
+    effect: str | None = "read",
+    *,
+    returns: Any = "ok",
+    fails: int = 0,
+    error: BaseException | None = None,
+    sleep: float = 0.0,
+    **options: Any,
+) -> Probe:
+    """A tool taking ``q: str``; its first ``fails`` calls raise ``error``, then it returns
+    ``returns`` (called with ``q`` when callable)."""
+    probe = Probe(tool=None)  # type: ignore[arg-type]
+
+    def fn(q: str = "") -> Any:
+        probe.calls.append(q)
+        if sleep:
+            time.sleep(sleep)
+        if probe.count <= fails:
+            raise error or ConnectionError("vendor down")
+        return returns(q) if callable(returns) else returns
+
+    probe.tool = corral.tool(fn, name=name, effect=effect, **options)
+    return probe
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """A fresh in-memory store, so runs in one test share nothing with another."""
+    return MemoryStore()
+
+
+@pytest.fixture
+def probe() -> Callable[..., Probe]:
+    """The :func:`make_probe` factory."""
+    return make_probe

@@ -1,0 +1,247 @@
+"""``corral.AsyncRun``: the same governed run for async code, every method awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+
+import corral
+from corral.testing import ManualClock, MemoryStore, ScriptedModel, call, final, prices
+
+T = TypeVar("T")
+
+
+@corral.tool(name="search.read", effect="read")
+async def search(query: str) -> str:
+    """Search the knowledge base."""
+    await asyncio.sleep(0)
+    return f"results for {query}"
+
+
+@corral.tool(name="crm.write", effect="write")
+def crm_write(note: str) -> str:
+    """Write a note to the CRM."""
+    return "saved"
+
+
+def policy(**sections: Any) -> corral.Policy:
+    data: dict[str, Any] = {
+        "tools": {"allow": ["search.read", "crm.write"]},
+        "writes": {"require_approval": False},
+    }
+    data.update(sections)
+    return corral.Policy.from_dict(data)
+
+
+def new_run(pol: corral.Policy | None = None, **kw: Any) -> corral.AsyncRun:
+    kw.setdefault("store", MemoryStore())
+    kw.setdefault("tools", [search, crm_write])
+    return corral.AsyncRun(pol or policy(), **kw)
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await fn()
+
+    return asyncio.run(main())
+
+
+def test_async_step_call_finish_gives_an_ok_result() -> None:
+    """Awaited step, call and finish give the same ok result as the sync Run."""
+
+    async def main() -> corral.RunResult:
+        async with new_run(tenant="acme", agent="bot") as run:
+            await run.step()
+            obs = await run.call("search.read", {"query": "vendor"})
+            result = await run.finish(obs)
+            assert result is run.result
+        return run.result
+
+    result = run_async(main)
+    assert (result.status, result.stop_reason, result.answer) == ("ok", "ok", "results for vendor")
+    assert (result.usage.steps, result.usage.tool_calls) == (1, 1)
+
+
+def test_async_stop_is_recorded_and_suppressed() -> None:
+    """A Stop of this run leaves the async block quietly; the result says why."""
+
+    async def main() -> corral.RunResult:
+        async with new_run(policy(budgets={"max_steps": 1})) as run:
+            await run.step()
+            await run.step()
+        return run.result
+
+    assert str(run_async(main).stop) == "max_steps:run (limit 1, would be 2)"
+
+
+def test_async_unhandled_tool_rejected_stops_the_run() -> None:
+    """An unhandled ToolRejected stops the async run with its reason."""
+
+    async def main() -> corral.RunResult:
+        async with new_run() as run:
+            await run.call("search.read", {"query": 5})
+        return run.result
+
+    assert str(run_async(main).stop) == "invalid_tool_args:search.read"
+
+
+def test_async_other_exception_is_agent_error_and_re_raised() -> None:
+    """Another exception in the async block is agent_error, and re-raised."""
+    runs: list[corral.AsyncRun] = []
+
+    async def main() -> None:
+        async with new_run() as run:
+            runs.append(run)
+            raise LookupError("no such customer")
+
+    with pytest.raises(LookupError):
+        run_async(main)
+    assert runs[0].result.stop_reason == "agent_error"
+    assert runs[0].result.error == "LookupError: no such customer"
+
+
+def test_async_cancelled_error_is_cancelled_and_re_raised() -> None:
+    """CancelledError inside the block ends the run as cancelled and propagates."""
+    runs: list[corral.AsyncRun] = []
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with new_run() as run:
+            runs.append(run)
+            await run.step()
+            entered.set()
+            await asyncio.sleep(30)
+
+    async def main() -> None:
+        task = asyncio.create_task(body())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main)
+    assert str(runs[0].result.stop) == "cancelled:run"
+    assert runs[0].result.usage.steps == 1
+
+
+def test_async_cancel_makes_the_next_call_stop() -> None:
+    """run.cancel() makes the next awaited call stop with cancelled."""
+
+    async def main() -> corral.RunResult:
+        async with new_run() as run:
+            run.cancel()
+            await run.call("search.read", {"query": "a"})
+        return run.result
+
+    result = run_async(main)
+    assert result.stop_reason == "cancelled" and result.usage.tool_calls == 0
+
+
+def test_async_authorize_waits_for_an_async_approver() -> None:
+    """AsyncRun.authorize awaits an async approver, then the caller reports the outcome."""
+    asked: list[str] = []
+
+    async def approver(request: corral.ApprovalRequest) -> bool:
+        await asyncio.sleep(0)
+        asked.append(request.tool)
+        return True
+
+    async def main() -> corral.RunResult:
+        pol = policy(writes={"require_approval": True})
+        async with new_run(pol, approver=approver) as run:
+            ticket = await run.authorize("crm.write", {"note": "refund"})
+            assert await run.report(ticket, "sent") == "sent"
+            await run.finish("done")
+        return run.result
+
+    result = run_async(main)
+    assert asked == ["crm.write"]
+    assert result.stop_reason == "ok" and result.usage.tool_calls == 1
+
+
+def test_async_report_failure_stops_with_tool_error() -> None:
+    """AsyncRun.report_failure ends the run with tool_error."""
+
+    async def main() -> corral.RunResult:
+        async with new_run() as run:
+            ticket = await run.authorize("search.read", {"query": "a"})
+            await run.report_failure(ticket, ConnectionError("down"))
+        return run.result
+
+    assert str(run_async(main).stop) == "tool_error:search.read"
+
+
+def test_async_call_with_an_async_approver_denying() -> None:
+    """An async approver's refusal stops the async run with approval_denied."""
+
+    async def approver(request: corral.ApprovalRequest) -> bool:
+        return False
+
+    async def main() -> corral.RunResult:
+        async with new_run(policy(writes={"require_approval": True}), approver=approver) as run:
+            await run.call("crm.write", {"note": "refund"})
+        return run.result
+
+    assert str(run_async(main).stop) == "approval_denied:crm.write"
+
+
+def test_async_model_call_is_an_async_context_manager() -> None:
+    """model_call works as `async with`, reserving before and settling after."""
+    pol = policy(
+        budgets={"max_usd": 1},
+        models={"prices": {"m": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 1}}},
+    )
+
+    async def main() -> corral.RunResult:
+        async with new_run(pol) as run:
+            async with run.model_call(model="m", input_tokens=100, max_tokens=50) as mc:
+                assert mc.max_tokens == 50
+                mc.settle(input_tokens=100, output_tokens=20)
+            await run.finish("done")
+        return run.result
+
+    usage = run_async(main).usage
+    assert (usage.steps, usage.input_tokens, usage.output_tokens) == (1, 100, 20)
+    assert usage.usd == Decimal("0.00012")
+
+
+def test_async_model_turn_is_a_governed_step() -> None:
+    """model_turn sends the tools on offer and clamps max_tokens; it counts a step."""
+    model = ScriptedModel([final("the answer")], price=prices(1, 1))
+
+    async def main() -> corral.RunResult:
+        async with new_run(policy(budgets={"max_usd": 1})) as run:
+            response = await run.model_turn(model, [{"role": "user", "content": "hi"}])
+            await run.finish(response.text)
+        return run.result
+
+    result = run_async(main)
+    assert result.answer == "the answer" and result.usage.steps == 1
+    (request,) = model.requests
+    assert sorted(t["name"] for t in request.tools) == ["crm.write", "search.read"]
+    assert request.max_tokens == 1024
+
+
+def test_async_run_and_arun_share_one_store_view() -> None:
+    """A run ended by arun is visible in the store with its usage, like a Run."""
+    store = MemoryStore()
+    model = ScriptedModel([call("search.read", query="a"), final("done")])
+
+    async def main() -> corral.RunResult:
+        return await corral.arun(
+            "task",
+            model=model,
+            tools=[search],
+            policy=policy(),
+            store=store,
+            clock=ManualClock(),
+        )
+
+    result = run_async(main)
+    record = store.get_run(result.run_id)
+    assert record is not None
+    assert (record.status, record.stop_reason, record.usage["tool_calls"]) == ("ok", "ok", 1)
