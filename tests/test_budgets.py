@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -15,7 +17,10 @@ P = corral.Policy.from_dict
 
 def allow(*names: str, **sections: object) -> corral.Policy:
     """A policy allowing ``names``, with writes needing no approval unless said otherwise."""
-    data: dict[str, object] = {"tools": {"allow": list(names)}, "writes": {"require_approval": False}}
+    data: dict[str, object] = {
+        "tools": {"allow": list(names)},
+        "writes": {"require_approval": False},
+    }
     for key, value in sections.items():
         if key == "tools":
             data["tools"] = {"allow": list(names), **value}  # type: ignore[dict-item]
@@ -358,3 +363,37 @@ def test_a_killed_call_is_not_charged(probe, store):
         run.call("pay.send", {"q": "x"})
     assert run.result.stop_reason == "kill_switch"
     assert (run.result.usage.tool_calls, run.result.usage.usd, pay.count) == (0, 0, 0)
+
+
+def test_threads_sharing_one_run_never_pass_its_caps(store):
+    """Sixteen threads calling one ``Run`` at once: calls and spend stop exactly at the caps."""
+    ran = []
+    lock = threading.Lock()
+
+    @corral.tool(name="llm.read", effect="read", cost_usd="0.25")
+    def llm(q: str) -> str:
+        with lock:
+            ran.append(q)
+        time.sleep(0.001)
+        return q
+
+    policy = allow("llm.read", budgets={"max_usd": "2.00", "max_tool_calls": 50})
+    with corral.Run(policy, tools=[llm], store=store) as run:
+        barrier = threading.Barrier(16)
+
+        def worker(n: int) -> None:
+            barrier.wait()
+            for i in range(10):
+                try:
+                    run.call("llm.read", {"q": f"{n}-{i}"})
+                except corral.Stop:
+                    return
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(ran) == 8
+    assert (run.result.usage.tool_calls, run.result.usage.usd) == (8, Decimal("2.00"))
+    assert run.result.stop_reason == "max_usd"

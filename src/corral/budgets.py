@@ -23,7 +23,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from .exceptions import Stop
+from .exceptions import ConfigError, Stop
 from .stops import StopReason
 
 ZERO = Decimal(0)
@@ -232,7 +232,9 @@ class Meter:
         recorded as it is, never trimmed, and the excess is added to :attr:`overrun`.
         """
         with self._lock:
-            charge = self._holds.pop(hold.id)
+            charge = self._holds.pop(hold.id, None)
+            if charge is None:
+                raise ConfigError(f"hold {hold.id} was already settled or refunded")
             self._held.add(charge, -1)
             if actual.tool is None and charge.tool is not None:
                 actual = replace(actual, tool=charge.tool)

@@ -112,7 +112,10 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 def _can_alarm() -> bool:
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
         return False
     if _armed:
         return False  # a tool calling the gateway again: the outer timer stays in charge
@@ -150,7 +153,9 @@ def _run_inline(op: Execute) -> Attempt:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
         # Also when the timer fired between the tool's return and the disarming above.
-        return Attempt(False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started)
+        return Attempt(
+            False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started
+        )
     except TimeoutError as exc:
         return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
     except Exception as exc:
@@ -165,8 +170,9 @@ def _run_in_thread(fn: Callable[[], Any], op: Execute) -> Attempt:
         value = future.result(timeout=op.timeout)
     except TimeoutError as exc:
         if not future.done():
-            return Attempt(False, error=_timeout_error(op), timed_out=True,
-                           seconds=time.monotonic() - started)
+            return Attempt(
+                False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started
+            )
         return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
@@ -178,6 +184,7 @@ def execute_sync(op: Execute) -> Attempt:
     if op.timeout <= 0:
         return Attempt(False, error=_timeout_error(op), timed_out=True)
     if op.eff.tool.is_async:
+
         async def bounded() -> Any:
             return await asyncio.wait_for(_invoke(op), op.timeout)
 
@@ -257,7 +264,11 @@ def drive_sync(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> 
             elif isinstance(op, CallModel):
                 result = _call_model_sync(op)
             elif isinstance(op, Approve):
-                result = _approve_sync(approver, op)
+                try:
+                    result = _approve_sync(approver, op)
+                except Exception as exc:  # the channel failed: the flow decides (fail closed)
+                    op = flow.throw(exc)
+                    continue
             elif isinstance(op, Sleep):
                 clock.sleep(op.seconds)
                 result = None
@@ -278,8 +289,12 @@ async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: A
             elif isinstance(op, CallModel):
                 result = await _call_model_async(op)
             elif isinstance(op, Approve):
-                answer = approver(op.request)
-                result = await answer if inspect.isawaitable(answer) else answer
+                try:
+                    answer = approver(op.request)
+                    result = await answer if inspect.isawaitable(answer) else answer
+                except Exception as exc:  # the channel failed: the flow decides (fail closed)
+                    op = flow.throw(exc)
+                    continue
             elif isinstance(op, Sleep):
                 if isinstance(clock, SystemClock):
                     await asyncio.sleep(op.seconds)
@@ -302,4 +317,6 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     coro.close()
     from .exceptions import ConfigError
 
-    raise ConfigError("corral.run() was called inside a running event loop; use `await corral.arun(...)`")
+    raise ConfigError(
+        "corral.run() was called inside a running event loop; use `await corral.arun(...)`"
+    )

@@ -13,7 +13,14 @@ synchronously or asynchronously. Each check lives in ``guards/``.
 Charges follow DESIGN.md: every attempt costs one tool call and the declared
 cost (also when it raises or times out, unless ``charge_on_error: false``);
 denied, invalid or refused calls are refunded; cache hits and idempotent replays
-cost nothing.
+cost nothing. A tool raising :class:`~corral.NotExecuted` costs one call and no
+USD (nothing happened, but a tool that keeps saying so must not loop for free).
+
+Writes: the idempotency key is claimed before the tool starts. An outcome is
+recorded after it: the output, or the failure (a write that raised or returned an
+invalid output is never run again under its key; a resumed run gets the failure
+back). A write abandoned at its deadline may still be running, so its key stays
+in flight; ``NotExecuted`` releases it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budgets import Charge
-from .exceptions import NotExecuted, Stop, ToolRejected
+from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, names
 from .hygiene import OutputProblem, cap, clean_output
 from .runtime import Effective, RunCore, args_digest
@@ -100,7 +107,12 @@ def call_flow(
         req = approval.request(core, eff, args, digest)
         core.flush()
         started = core.now()
-        answer = yield Approve(req)
+        try:
+            answer = yield Approve(req)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            approval.unreachable(core, req, exc, core.now() - started)
         approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
 
@@ -110,7 +122,8 @@ def call_flow(
         attempt += 1
         core.check_time()
         hold = core.reserve(charge)
-        if write and not claimed and idem_key is not None:
+        first_claim = write and not claimed and idem_key is not None
+        if first_claim and idem_key is not None:
             try:
                 stored = idempotency.claim(core, eff, idem_key, digest)
             except BaseException:
@@ -122,9 +135,17 @@ def call_flow(
                 core.flush()
                 return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
+        timeout = min(eff.timeout, core.remaining())
+        if timeout <= 0:
+            # The run's time ran out since the check above: the call is not started, so
+            # nothing is charged and the write's key is free again.
+            core.refund(hold)
+            if first_claim and idem_key is not None:
+                core._store_call(core.store.release, idem_key, tenant=core.tenant)
+            core.flush()
+            core.check_time()
         if write:
             cache.clear(core)  # a write may change what any read returns, also when it fails
-        timeout = min(eff.timeout, core.remaining())
         ctx = ToolContext(
             tool=tool.name,
             run_id=core.id,
@@ -151,17 +172,33 @@ def call_flow(
                 core._store_call(core.store.release, idem_key, tenant=core.tenant)
             core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
             core.flush()
-            raise ToolRejected("tool_error", f"{tool.name} did not run: {error}", tool=tool.name,
-                               detail="not_executed")
+            raise ToolRejected(
+                "tool_error",
+                f"{tool.name} did not run: {error}",
+                tool=tool.name,
+                detail="not_executed",
+            )
         core.settle(hold, charge if eff.charge_on_error else Charge(tool_calls=1, tool=tool.name))
-        what = f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
-        core.event("tool_call", tool=tool.name, outcome="timeout" if result.timed_out else "error",
-                   attempt=attempt, error=what, seconds=round(elapsed, 6))
+        what = (
+            f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
+        )
+        core.event(
+            "tool_call",
+            tool=tool.name,
+            outcome="timeout" if result.timed_out else "error",
+            attempt=attempt,
+            error=what,
+            seconds=round(elapsed, 6),
+        )
         if claimed and idem_key is not None and not result.timed_out:
             # A write that raised is recorded as failed and never run again under its key.
             # One that timed out may still be running (abandoned): its key stays in flight.
-            core._store_call(core.store.complete, idem_key,
-                             {"error": what, "reason": "tool_error"}, tenant=core.tenant)
+            core._store_call(
+                core.store.complete,
+                idem_key,
+                {"error": what, "reason": "tool_error"},
+                tenant=core.tenant,
+            )
         if result.timed_out and core.remaining() <= 0:
             core.flush()
             core.check_time()
@@ -171,8 +208,9 @@ def call_flow(
                 yield Sleep(pause)
             continue
         core.flush()
-        raise core.stamp(Stop("tool_error", tool.name, tool=tool.name, message=what,
-                              extra={"attempts": attempt}))
+        raise core.stamp(
+            Stop("tool_error", tool.name, tool=tool.name, message=what, extra={"attempts": attempt})
+        )
 
     value = result.value
     try:
@@ -181,22 +219,38 @@ def call_flow(
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
     except OutputProblem as exc:
-        core.event("tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt,
-                   problem=str(exc))
-        stop = Stop("invalid_tool_output", tool.name, tool=tool.name, message=str(exc),
-                    extra={"problem": exc.detail})
+        core.event(
+            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
+        )
+        stop = Stop(
+            "invalid_tool_output",
+            tool.name,
+            tool=tool.name,
+            message=str(exc),
+            extra={"problem": exc.detail},
+        )
         if claimed and idem_key is not None and not core.observe:
             # The side effect happened: record it, so a resumed run does not do it again.
-            core._store_call(core.store.complete, idem_key,
-                             {"error": str(exc), "reason": "invalid_tool_output"},
-                             tenant=core.tenant)
+            core._store_call(
+                core.store.complete,
+                idem_key,
+                {"error": str(exc), "reason": "invalid_tool_output"},
+                tenant=core.tenant,
+            )
         core.flush()
         core.deny(stop)
         observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     cache.store(core, eff, digest, observation)
-    core.event("tool_call", tool=tool.name, outcome="ok", attempt=attempt, args_digest=digest,
-               usd=str(eff.cost_usd), seconds=round(elapsed, 6))
+    core.event(
+        "tool_call",
+        tool=tool.name,
+        outcome="ok",
+        attempt=attempt,
+        args_digest=digest,
+        usd=str(eff.cost_usd),
+        seconds=round(elapsed, 6),
+    )
     core.flush()
     return observation

@@ -416,7 +416,12 @@ class Run(_RunBase):
         try:
             op = next(flow)
             while not isinstance(op, Execute):
-                op = flow.send(_wait_sync(core, op))
+                try:
+                    answer = _wait_sync(core, op)
+                except Exception as exc:  # a failing approval channel: the gateway fails closed
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(answer)
         except StopIteration as done:
             return Ticket(None, None, output=done.value)
         return Ticket(flow, op)
@@ -486,7 +491,12 @@ class AsyncRun(_RunBase):
         try:
             op = next(flow)
             while not isinstance(op, Execute):
-                op = flow.send(await _wait_async(core, op))
+                try:
+                    answer = await _wait_async(core, op)
+                except Exception as exc:  # a failing approval channel: the gateway fails closed
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(answer)
         except StopIteration as done:
             return Ticket(None, None, output=done.value)
         return Ticket(flow, op)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from typing import Any
 
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
-_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9-]*(\s[^<>]*)?/?\s*>")
+# Text is treated as HTML only when it has a real HTML element (or a doctype or a
+# comment): ``List<String>`` or ``a <b and c> d`` in plain text must survive untouched.
+_ELEMENTS = (
+    "a|abbr|address|area|article|aside|audio|b|base|bdi|bdo|blockquote|body|br|button|canvas|"
+    "caption|cite|code|col|colgroup|data|datalist|dd|del|details|dfn|dialog|div|dl|dt|em|embed|"
+    "fieldset|figcaption|figure|footer|form|h[1-6]|head|header|hgroup|hr|html|i|iframe|img|input|"
+    "ins|kbd|label|legend|li|link|main|map|mark|menu|meta|meter|nav|noscript|object|ol|optgroup|"
+    "option|output|p|param|picture|pre|progress|q|rp|rt|ruby|s|samp|script|section|select|slot|"
+    "small|source|span|strong|style|sub|summary|sup|svg|table|tbody|td|template|textarea|tfoot|th|"
+    "thead|time|title|tr|track|u|ul|var|video|wbr|center|font|frame|frameset|marquee|tt"
+)
+_TAG = re.compile(rf"<(?:!doctype\s|!--|/?(?:{_ELEMENTS})(?:[\s/][^<>]*)?>)", re.IGNORECASE)
 _BLANKS = re.compile(r"\n\s*\n+")
 _SPACES = re.compile(r"[ \t\f\v]+")
 
@@ -32,12 +44,22 @@ def html_to_text(text: str) -> str:
 
 
 def cap(text: str, max_chars: int) -> str:
-    """Cut ``text`` to ``max_chars``, saying how much was dropped."""
+    """Cut ``text`` to at most ``max_chars`` characters, saying how many were dropped.
+
+    The marker counts the characters actually cut and is itself within the cap; a cap
+    too small for any marker cuts without one.
+    """
     if len(text) <= max_chars:
         return text
-    marker = f"\n[... {len(text) - max_chars} more characters cut]"
-    keep = max(0, max_chars - len(marker))
-    return text[:keep] + marker
+    keep = max_chars
+    while True:  # the marker's length depends on the count it reports: find the fixed point
+        marker = f"\n[... {len(text) - keep} more characters cut]"
+        fitted = max_chars - len(marker)
+        if fitted < 0:
+            return text[:max_chars]
+        if fitted == keep:
+            return text[:keep] + marker
+        keep = fitted
 
 
 class OutputProblem(Exception):
@@ -58,7 +80,11 @@ def clean_output(value: Any, *, strip_html: bool, max_chars: int) -> Any:
     if isinstance(value, str):
         text = html_to_text(value) if strip_html and looks_like_html(value) else value
         return cap(text, max_chars)
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise OutputProblem("not_json", f"output {value!r} is not a JSON number")
         return value
     try:
         body = json.dumps(value, ensure_ascii=False, allow_nan=False)

@@ -19,6 +19,7 @@ of times.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -84,7 +85,7 @@ async def arun(
             {"role": "system", "content": system},
             {"role": "user", "content": task},
         ]
-        while True:
+        for turn in itertools.count(1):
             specs = run.tool_specs("neutral")
             window = trim(messages, policy.context.max_chars)
             response = await run.model_turn(model, window, tools=specs, max_tokens=max_tokens)
@@ -97,7 +98,7 @@ async def arun(
                     "content": response.text or "",
                     "tool_calls": [
                         {
-                            "id": c.id or f"call_{i}",
+                            "id": c.id or f"call_{turn}_{i}",
                             "name": c.name,
                             "arguments": c.arguments
                             if isinstance(c.arguments, str)
@@ -108,7 +109,7 @@ async def arun(
                 }
             )
             for i, c in enumerate(response.tool_calls):
-                call_id = c.id or f"call_{i}"
+                call_id = c.id or f"call_{turn}_{i}"  # unique in the conversation
                 try:
                     observation = render(await run.call(c.name, c.arguments))
                 except ToolRejected as rejected:

@@ -98,19 +98,17 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             )
         )
     price = price_of(core, model)
-    if lim.max_usd is not None:
-        if price is None:
-            name = getattr(model, "name", "?")
-            raise core.stamp(
-                Stop(
-                    "max_usd",
-                    "unpriced_model",
-                    scope="run",
-                    tool=None,
-                    message=f"model {name!r} has no known price and the run has a USD limit; "
-                    "give its price in models.prices (0 must be explicit)",
-                )
-            )
+    if price is None and core.limits.max_usd is not None:
+        name = getattr(model, "name", "?")
+        unpriced = Stop(
+            "max_usd",
+            "unpriced_model",
+            scope="run",
+            message=f"model {name!r} has no known price and the run has a USD limit; "
+            "give its price in models.prices (0 must be explicit)",
+        )
+        core.deny(unpriced)  # in observe mode: recorded as a stop that would have happened
+    if lim.max_usd is not None and price is not None:
         usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
         spent = used.usd + held.usd
         left = lim.max_usd - spent - usd_in

@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     ValidationError,
     field_validator,
@@ -254,6 +255,9 @@ class Policy(_Section):
     context: Context = Field(default_factory=Context)
     models: Models = Field(default_factory=Models)
 
+    _allowed_cache: frozenset[str] | None = PrivateAttr(default=None)
+    _digest_cache: str | None = PrivateAttr(default=None)
+
     @classmethod
     def from_dict(cls, data: Any, *, source: str | None = None) -> Policy:
         """Validate a mapping; raise :class:`PolicyError` listing every problem.
@@ -313,10 +317,9 @@ class Policy(_Section):
 
     @property
     def _allowed(self) -> frozenset[str]:
-        cached: frozenset[str] | None = self.__dict__.get("_allowed_cache")
+        cached = self._allowed_cache
         if cached is None:
-            cached = frozenset(self.tools.allow)
-            object.__setattr__(self, "__dict__", {**self.__dict__, "_allowed_cache": cached})
+            cached = self._allowed_cache = frozenset(self.tools.allow)
         return cached
 
     def spec(self, name: str) -> ToolSpec | None:
@@ -329,10 +332,12 @@ class Policy(_Section):
         Key order, defaults spelled out or left out, and ``1.50`` versus ``1.5``
         do not change it.
         """
-        body = json.dumps(
-            self.model_dump(), sort_keys=True, separators=(",", ":"), default=_canonical
-        )
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
+        if self._digest_cache is None:
+            body = json.dumps(
+                self.model_dump(), sort_keys=True, separators=(",", ":"), default=_canonical
+            )
+            self._digest_cache = hashlib.sha256(body.encode()).hexdigest()[:16]
+        return self._digest_cache
 
     def warnings(self) -> list[str]:
         """Things that are valid but probably not meant."""

@@ -146,7 +146,10 @@ class RunCore:
         for name in policy.tools.allow:
             if name not in self.tools:
                 self.event("warning", tool=name, message=_UNREGISTERED.format(name=name))
-                log.warning(_UNREGISTERED.format(name=name))
+                if (policy.digest, name) not in _WARNED:
+                    # Once per process per policy and tool: a fleet of runs must not flood the log.
+                    _WARNED.add((policy.digest, name))
+                    log.warning(_UNREGISTERED.format(name=name))
 
     def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
@@ -413,6 +416,8 @@ ERROR_REASONS: frozenset[str] = frozenset(
         "control_plane_unavailable",
     }
 )
+
+_WARNED: set[tuple[str, str]] = set()
 
 _UNREGISTERED = (
     "tools.allow lists {name} but no tool of that name was given to the run; "

@@ -117,7 +117,11 @@ class Tool:
 
     def spec(self) -> dict[str, Any]:
         """A neutral description: name, description, JSON Schema of the arguments."""
-        return {"name": self.name, "description": self.description, "parameters": dict(self.args_schema)}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": dict(self.args_schema),
+        }
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -137,7 +141,7 @@ def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
 def _validator(schema: Mapping[str, Any], what: str) -> Any:
     try:
         cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
         raise ToolDefinitionError(f"{what} is not a valid JSON Schema: {exc.message}") from None
     return cls(schema)
@@ -169,7 +173,9 @@ def _signature_model(
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ToolDefinitionError(f"tool {name!r}: *args and **kwargs are not supported")
         if param.kind is param.POSITIONAL_ONLY:
-            raise ToolDefinitionError(f"tool {name!r}: positional-only parameters are not supported")
+            raise ToolDefinitionError(
+                f"tool {name!r}: positional-only parameters are not supported"
+            )
         if annotation is inspect.Parameter.empty:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
@@ -208,7 +214,9 @@ def tool(
                 f"tool name must match [a-z0-9_.-]+ (exact, lower case), got {tool_name!r}"
             )
         if effect not in (None, "read", "write"):
-            raise ToolDefinitionError(f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}")
+            raise ToolDefinitionError(
+                f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}"
+            )
         if retries < 0 or (timeout is not None and timeout <= 0):
             raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
         # An explicit schema describes the arguments itself: the signature only has to say
@@ -223,7 +231,9 @@ def tool(
             schema = model.model_json_schema()
             schema.pop("title", None)
             args_model = model
-        out_validator = _validator(output_schema, f"output schema of {tool_name}") if output_schema else None
+        out_validator = (
+            _validator(output_schema, f"output schema of {tool_name}") if output_schema else None
+        )
         doc = description if description is not None else inspect.getdoc(f) or ""
         return Tool(
             name=tool_name,
@@ -251,7 +261,9 @@ def tool(
     return build
 
 
-def as_registry(tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None) -> dict[str, Tool]:
+def as_registry(
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None,
+) -> dict[str, Tool]:
     """Index tools by name; plain functions become tools with unknown effect (writes)."""
     if tools is None:
         return {}

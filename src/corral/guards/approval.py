@@ -48,10 +48,46 @@ def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str)
     )
 
 
+def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> None:
+    """The approval channel failed: refuse the call (fail closed), retryable."""
+    core.waiting += waited
+    what = f"{type(error).__name__}: {error}"
+    core.event(
+        "approval",
+        tool=req.tool,
+        args_digest=req.args_digest,
+        approved=False,
+        error=what,
+        waited=round(waited, 3),
+    )
+    raise core.stamp(
+        Stop(
+            "control_plane_unavailable",
+            "approvals",
+            tool=req.tool,
+            retryable=True,
+            message=f"the approval channel failed for {req.tool}: {what}",
+        )
+    ) from error
+
+
+def _decision(answer: Any) -> ApprovalDecision:
+    """Only ``True`` or an approving :class:`ApprovalDecision` approves; anything else
+    (``None`` from a callback that forgot to return, ``"no"``, ``1``) is a denial."""
+    if isinstance(answer, ApprovalDecision):
+        if answer.approved is True:
+            return answer
+        return ApprovalDecision(approved=False, approver=answer.approver, reason=answer.reason)
+    if answer is True or answer is False:
+        return ApprovalDecision(approved=answer)
+    why = f"the approver answered {answer!r}, not True or an ApprovalDecision"
+    return ApprovalDecision(approved=False, reason=why)
+
+
 def decide(core: RunCore, req: ApprovalRequest, answer: Any, waited: float) -> None:
     """Apply a channel's answer: return on approval, else stop (or tell the model)."""
     core.waiting += waited
-    decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision(approved=bool(answer))
+    decision = _decision(answer)
     core.event(
         "approval",
         tool=req.tool,
@@ -62,8 +98,14 @@ def decide(core: RunCore, req: ApprovalRequest, answer: Any, waited: float) -> N
         waited=round(waited, 3),
     )
     if waited > req.timeout:
-        raise core.stamp(Stop("approval_timeout", req.tool, tool=req.tool,
-                              message=f"no decision within {req.timeout:g} s"))
+        raise core.stamp(
+            Stop(
+                "approval_timeout",
+                req.tool,
+                tool=req.tool,
+                message=f"no decision within {req.timeout:g} s",
+            )
+        )
     if decision.approved:
         return
     message = f"{req.tool} was not approved" + (f": {decision.reason}" if decision.reason else "")

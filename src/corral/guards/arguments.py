@@ -42,23 +42,33 @@ def check_constraints(policy: Policy, tools: Mapping[str, Tool]) -> None:
         if tool is None or not spec.constraints:
             continue
         props = tool.args_schema.get("properties")
-        closed = tool.args_schema.get("additionalProperties") is False or tool._args_model is not None
+        closed = (
+            tool.args_schema.get("additionalProperties") is False or tool._args_model is not None
+        )
         if not isinstance(props, Mapping) or not closed:
             continue
         for arg in sorted(set(spec.constraints) - set(props)):
             takes = ", ".join(sorted(props)) or "no arguments"
-            problems.append(f"tools.specs.{name}.constraints.{arg}: {name} takes no argument "
-                            f"{arg!r} (it takes {takes})")
+            problems.append(
+                f"tools.specs.{name}.constraints.{arg}: {name} takes no argument "
+                f"{arg!r} (it takes {takes})"
+            )
     if problems:
-        raise ConfigError("the policy constrains arguments no tool takes:\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            "the policy constrains arguments no tool takes:\n  " + "\n  ".join(problems)
+        )
 
 
 def _parse(raw: Any) -> Any:
     if isinstance(raw, str):
         try:
             return json.loads(raw) if raw.strip() else {}
-        except ValueError as exc:
-            raise ArgumentsInvalid([f"arguments are not valid JSON ({exc.msg} at {exc.pos})"]) from None
+        except json.JSONDecodeError as exc:
+            raise ArgumentsInvalid(
+                [f"arguments are not valid JSON ({exc.msg} at {exc.pos})"]
+            ) from None
+        except RecursionError:
+            raise ArgumentsInvalid(["arguments are nested too deeply"]) from None
     return dict(raw) if isinstance(raw, Mapping) else raw
 
 
@@ -77,8 +87,13 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
         core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls + 1)
         if count_mistake(core):
             raise core.stamp(
-                Stop("invalid_tool_args", name, tool=name, message=problems,
-                     extra={"problems": exc.problems})
+                Stop(
+                    "invalid_tool_args",
+                    name,
+                    tool=name,
+                    message=problems,
+                    extra={"problems": exc.problems},
+                )
             ) from None
         raise ToolRejected(
             "invalid_tool_args",
@@ -89,8 +104,13 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
         if arg in args:
             problem = violation(args[arg], rule)
             if problem:
-                deny(core, name, "argument_not_allowed", f"{name}: argument {arg!r} {problem}",
-                     extra={"argument": arg})
+                deny(
+                    core,
+                    name,
+                    "argument_not_allowed",
+                    f"{name}: argument {arg!r} {problem}",
+                    extra={"argument": arg},
+                )
     return args
 
 
@@ -181,7 +201,9 @@ def violation(value: Any, rule: ArgConstraint) -> str | None:
             return f"must be a string or a list, got {type(value).__name__}"
         if len(value) > rule.max_length:
             return f"must be at most {rule.max_length} long, got {len(value)}"
-    if rule.pattern is not None and (not isinstance(value, str) or not re.fullmatch(rule.pattern, value)):
+    if rule.pattern is not None and (
+        not isinstance(value, str) or not re.fullmatch(rule.pattern, value)
+    ):
         return f"must match {rule.pattern!r}"
     if rule.schemes is not None or rule.hosts is not None:
         return _url_problem(value, rule)

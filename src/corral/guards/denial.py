@@ -55,7 +55,9 @@ def deny(
 
     Returns only in observe mode, where the call goes ahead.
     """
-    stop = Stop("tool_denied", tool, tool=tool, message=message, extra={"why": why, **(extra or {})})
+    stop = Stop(
+        "tool_denied", tool, tool=tool, message=message, extra={"why": why, **(extra or {})}
+    )
     if core.observe:
         core.event("denied", tool=tool, why=why, observed=True)
         core.observed(stop)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import Stop, ToolRejected
 from ..runtime import args_digest
+from .cache import copy_of
+from .denial import count_mistake
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
 LEASE_SECONDS = 300.0
 
 
-def key_for(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str, given: str | None) -> str:
+def key_for(
+    core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str, given: str | None
+) -> str:
     if given:
         return f"caller:{eff.tool.name}:{given}"
     fields = eff.tool.idempotency_key_from
@@ -41,30 +45,46 @@ def claim(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str, 
     if result.status == "done":
         return result.outcome
     if result.status == "mismatch":
-        raise ToolRejected(
-            "tool_denied",
-            f"{name}: idempotency key {key!r} was already used with different arguments",
-            tool=name,
-            detail="idempotency_mismatch",
-        )
+        message = f"{name}: idempotency key {key!r} was already used with different arguments"
+        core.event("denied", tool=name, why="idempotency_mismatch", count=core.invalid_calls + 1)
+        if count_mistake(core):  # handed back, but bounded like the model's other mistakes
+            raise core.stamp(
+                Stop(
+                    "tool_denied",
+                    name,
+                    tool=name,
+                    message=message,
+                    extra={"why": "idempotency_mismatch"},
+                )
+            )
+        raise ToolRejected("tool_denied", message, tool=name, detail="idempotency_mismatch")
     state = "still in flight" if result.status == "in_flight" else "in an unknown state"
     raise core.stamp(
-        Stop("tool_error", name, tool=name, retryable=result.status == "in_flight",
-             message=f"{name}: a call with idempotency key {key!r} is {state}; it is not run again",
-             extra={"idempotency": result.status})
+        Stop(
+            "tool_error",
+            name,
+            tool=name,
+            retryable=result.status == "in_flight",
+            message=f"{name}: a call with idempotency key {key!r} is {state}; it is not run again",
+            extra={"idempotency": result.status},
+        )
     )
 
 
 def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -> Any:
     """The stored outcome of an earlier call with ``key``: its output, or its failure again."""
     if "output" in stored:
-        return stored["output"]
+        return copy_of(stored["output"])
     name = eff.tool.name
     reason = stored.get("reason", "tool_error")
     raise core.stamp(
-        Stop(reason if reason in ("tool_error", "invalid_tool_output") else "tool_error", name,
-             tool=name, retryable=False,
-             message=f"{name}: an earlier call with idempotency key {key!r} failed "
-             f"({stored.get('error', 'no detail')}); it is not run again",
-             extra={"idempotency": "replayed"})
+        Stop(
+            reason if reason in ("tool_error", "invalid_tool_output") else "tool_error",
+            name,
+            tool=name,
+            retryable=False,
+            message=f"{name}: an earlier call with idempotency key {key!r} failed "
+            f"({stored.get('error', 'no detail')}); it is not run again",
+            extra={"idempotency": "replayed"},
+        )
     )

@@ -23,14 +23,18 @@ def _covers(sw: KillSwitchState, core: RunCore, tool: str | None) -> bool:
     return tool is not None and sw.scope == "tool" and sw.target == tool
 
 
-def blocking_switch(core: RunCore, name: str | None, eff: Effective | None) -> KillSwitchState | None:
+def blocking_switch(
+    core: RunCore, name: str | None, eff: Effective | None
+) -> KillSwitchState | None:
     """The first active switch that blocks this call (``name=None``: a model call)."""
     switches = core._store_call(core.store.kill_switches)
     for sw in switches:
         if not _covers(sw, core, name):
             continue
         mode = sw.mode or core.policy.kill_switch.mode_when_enabled
-        if mode == "stop_all" or sw.scope in ("tool", "run") and sw.mode is None and name is not None:
+        if mode == "stop_all" or (
+            sw.scope in ("tool", "run") and sw.mode is None and name is not None
+        ):
             return sw
         if eff is None:
             continue

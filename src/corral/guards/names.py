@@ -28,16 +28,26 @@ def resolve(core: RunCore, name: object) -> Tool:
     if tool is not None and core.policy.allows(tool.name):
         return tool
     if tool is not None:
-        deny(core, tool.name, "not_allowed", f"{tool.name} is not in the policy's allowlist",
-             hint=f" Tools on offer: {offered(core)}.")
+        deny(
+            core,
+            tool.name,
+            "not_allowed",
+            f"{tool.name} is not in the policy's allowlist",
+            hint=f" Tools on offer: {offered(core)}.",
+        )
         return tool  # observe mode: recorded, not blocked
     shown = quote(name)
     label = _cut(name if type(name) is str else repr(name))
     core.event("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
     if count_mistake(core):
         raise core.stamp(
-            Stop("tool_denied", "unknown_tool", tool=label, extra={"why": "unknown_tool"},
-                 message=f"no tool named {shown}; tools on offer: {offered(core)}")
+            Stop(
+                "tool_denied",
+                "unknown_tool",
+                tool=label,
+                extra={"why": "unknown_tool"},
+                message=f"no tool named {shown}; tools on offer: {offered(core)}",
+            )
         )
     raise ToolRejected(
         "tool_denied",

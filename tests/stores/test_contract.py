@@ -1,0 +1,232 @@
+"""The store contract: every backend must pass this suite unchanged."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import pytest
+
+from corral.stores import Store, open_store
+from corral.stores.base import (
+    ApprovalRecord,
+    BreakerState,
+    Event,
+    KillSwitchState,
+    Refusal,
+    RunRecord,
+    ScopedCharge,
+)
+from corral.stores.memory import MemoryStore
+
+BACKENDS: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh store of each backend."""
+    s = BACKENDS[request.param]()
+    yield s
+    s.close()
+
+
+def test_backend_satisfies_the_protocol(store: Store) -> None:
+    """Every backend is a runtime-checkable Store."""
+    assert isinstance(store, Store)
+
+
+def test_runs_are_created_updated_and_listed_newest_first(store: Store) -> None:
+    """Run records round-trip; updates change only the named fields; listing filters by tenant."""
+    store.create_run(RunRecord(id="r1", tenant="acme", started_at=1.0))
+    store.create_run(RunRecord(id="r2", tenant="other", started_at=2.0))
+    store.create_run(RunRecord(id="r3", tenant="acme", started_at=3.0))
+    store.update_run("r1", status="stopped", stop_reason="max_steps", usage={"steps": 30})
+    r1 = store.get_run("r1")
+    assert r1 is not None and r1.status == "stopped" and r1.stop_reason == "max_steps"
+    assert r1.usage == {"steps": 30} and r1.tenant == "acme"
+    assert [r.id for r in store.list_runs()] == ["r3", "r2", "r1"]
+    assert [r.id for r in store.list_runs(tenant="acme")] == ["r3", "r1"]
+    assert [r.id for r in store.list_runs(limit=1)] == ["r3"]
+    assert store.get_run("missing") is None
+
+
+def test_events_keep_their_order_per_run(store: Store) -> None:
+    """Events come back in the order appended, per run."""
+    store.create_run(RunRecord(id="r1"))
+    store.create_run(RunRecord(id="r2"))
+    store.append_events([Event(run_id="r1", seq=i, kind="step", at=float(i)) for i in range(1, 4)])
+    store.append_events([Event(run_id="r2", seq=1, kind="step", at=0.0)])
+    store.append_events([Event(run_id="r1", seq=4, kind="run_end", at=5.0, data={"x": 1})])
+    assert [e.seq for e in store.events("r1")] == [1, 2, 3, 4]
+    assert store.events("r1")[-1].data == {"x": 1}
+    assert len(store.events("r2")) == 1
+
+
+def test_scoped_reservation_is_all_or_nothing(store: Store) -> None:
+    """A refusal in one scope holds nothing in the others, and names the refusing scope."""
+    tenant = ScopedCharge(
+        scope="tenant:acme/1d", calls=1, usd=Decimal("0.70"), max_usd=Decimal("1.00")
+    )
+    tool = ScopedCharge(scope="tool:browser.open/1d", calls=1, max_calls=5)
+    first = store.reserve([tenant, tool], now=0.0)
+    assert isinstance(first, str)
+    second = store.reserve([tool, tenant], now=0.0)
+    assert isinstance(second, Refusal)
+    assert second.scope == "tenant:acme/1d" and second.dimension == "usd"
+    assert second.limit == Decimal("1.00") and second.would_be == Decimal("1.40")
+    # The tool scope was not charged by the refused reservation: four more calls fit.
+    for _ in range(4):
+        assert isinstance(
+            store.reserve(
+                [ScopedCharge(scope="tool:browser.open/1d", calls=1, max_calls=5)], now=0.0
+            ),
+            str,
+        )
+    refused = store.reserve(
+        [ScopedCharge(scope="tool:browser.open/1d", calls=1, max_calls=5)], now=0.0
+    )
+    assert isinstance(refused, Refusal) and refused.dimension == "calls" and refused.would_be == 6
+
+
+def test_settle_refunds_the_unused_part(store: Store) -> None:
+    """Settling below the reservation gives the difference back to the scope."""
+    cap = Decimal("1.00")
+    grant = store.reserve([ScopedCharge(scope="t", usd=Decimal("0.90"), max_usd=cap)], now=0.0)
+    assert isinstance(grant, str)
+    store.settle(grant, [ScopedCharge(scope="t", usd=Decimal("0.10"))])
+    assert isinstance(
+        store.reserve([ScopedCharge(scope="t", usd=Decimal("0.90"), max_usd=cap)], now=0.0), str
+    )
+
+
+def test_window_reopens_after_it_ends(store: Store) -> None:
+    """A windowed scope starts again from zero once its window has ended; refusals say when."""
+    charge = ScopedCharge(scope="w", calls=1, max_calls=1, window_ends=100.0)
+    assert isinstance(store.reserve([charge], now=10.0), str)
+    refused = store.reserve([charge], now=20.0)
+    assert isinstance(refused, Refusal) and refused.retry_after == pytest.approx(80.0)
+    assert isinstance(
+        store.reserve(
+            [ScopedCharge(scope="w", calls=1, max_calls=1, window_ends=200.0)], now=100.0
+        ),
+        str,
+    )
+
+
+def test_concurrent_reservations_never_pass_the_cap(store: Store) -> None:
+    """Many threads reserving against one scope are granted exactly up to the cap."""
+    granted: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(50):
+            g = store.reserve(
+                [
+                    ScopedCharge(
+                        scope="shared", calls=1, usd=Decimal("0.70"), max_usd=Decimal("50.00")
+                    )
+                ],
+                now=0.0,
+            )
+            if isinstance(g, str):
+                with lock:
+                    granted.append(g)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 71  # floor(50.00 / 0.70)
+
+
+def test_kill_switches_are_set_listed_and_cleared(store: Store) -> None:
+    """Switches are keyed by scope and target; clearing reports whether one was set."""
+    store.set_kill_switch(KillSwitchState(scope="global", mode="stop_all", reason="incident"))
+    store.set_kill_switch(KillSwitchState(scope="tool", target="browser.open"))
+    assert {(s.scope, s.target) for s in store.kill_switches()} == {
+        ("global", ""),
+        ("tool", "browser.open"),
+    }
+    assert store.clear_kill_switch("global") is True
+    assert store.clear_kill_switch("global") is False
+    assert [s.target for s in store.kill_switches()] == ["browser.open"]
+
+
+def test_approvals_are_decided_once(store: Store) -> None:
+    """A decided approval keeps its first decision; listing filters by status."""
+    store.create_approval(
+        ApprovalRecord(
+            id="a1", run_id="r", tool="refund.send", args_digest="d", arguments={"amount": 5}
+        )
+    )
+    assert [a.id for a in store.list_approvals()] == ["a1"]
+    done = store.decide_approval("a1", "approved", approver="alice", reason="ok")
+    assert done.status == "approved" and done.approver == "alice"
+    again = store.decide_approval("a1", "denied", approver="mallory")
+    assert again.status == "approved" and again.approver == "alice"
+    assert store.list_approvals() == []
+    assert [a.id for a in store.list_approvals(status=None)] == ["a1"]
+
+
+def test_idempotency_claims_follow_http_semantics(store: Store) -> None:
+    """Claim once; same digest replays the outcome; other digest mismatches; release frees the key."""
+    assert store.claim("k", "d1", tenant="t", now=0.0, lease=10.0).status == "claimed"
+    assert store.claim("k", "d1", tenant="t", now=1.0, lease=10.0).status == "in_flight"
+    assert store.claim("k", "d2", tenant="t", now=1.0, lease=10.0).status == "mismatch"
+    assert store.claim("k", "d1", tenant="other", now=1.0, lease=10.0).status == "claimed"
+    store.complete("k", {"output": "sent"}, tenant="t")
+    done = store.claim("k", "d1", tenant="t", now=2.0, lease=10.0)
+    assert done.status == "done" and done.outcome == {"output": "sent"}
+    store.release("k", tenant="other")
+    assert store.claim("k", "d1", tenant="other", now=3.0, lease=10.0).status == "claimed"
+
+
+def test_a_claim_whose_lease_expired_is_unknown_not_reclaimed(store: Store) -> None:
+    """A claim without an outcome past its lease is 'unknown', never handed out again."""
+    assert store.claim("k", "d", tenant=None, now=0.0, lease=5.0).status == "claimed"
+    assert store.claim("k", "d", tenant=None, now=6.0, lease=5.0).status == "unknown"
+    assert store.claim("k", "d", tenant=None, now=7.0, lease=5.0).status == "unknown"
+
+
+def test_only_one_thread_claims_a_key(store: Store) -> None:
+    """Of many concurrent claims of one key, exactly one is granted."""
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        status = store.claim("once", "d", tenant="t", now=0.0, lease=60.0).status
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("claimed") == 1 and results.count("in_flight") == 15
+
+
+def test_breakers_open_then_half_open_after_cool_down(store: Store) -> None:
+    """An open breaker reads half-open once its cool-down has passed."""
+    assert store.breaker("browser.open", now=0.0).state == "closed"
+    store.set_breaker("browser.open", BreakerState(state="open", until=30.0))
+    assert store.breaker("browser.open", now=10.0).state == "open"
+    assert store.breaker("browser.open", now=30.0).state == "half_open"
+
+
+def test_memory_urls_share_one_store_per_name() -> None:
+    """`memory://` names one store per process, so runs naming it share state."""
+    assert open_store("memory://contract-a") is open_store("memory://contract-a")
+    assert open_store("memory://contract-a") is not open_store("memory://contract-b")
+    given = MemoryStore()
+    assert open_store(given) is given
+
+
+def test_unknown_store_scheme_is_a_clear_error() -> None:
+    """An unsupported URL names its scheme."""
+    from corral.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="redis"):
+        open_store("redis://localhost")
