@@ -134,13 +134,18 @@ class _Tally:
         self.by_tool: dict[str, int] = {}
 
     def add(self, c: Charge, sign: int = 1) -> None:
-        self.steps += sign * c.steps
-        self.tool_calls += sign * c.tool_calls
-        self.input_tokens += sign * c.input_tokens
-        self.output_tokens += sign * c.output_tokens
-        self.usd += sign * c.usd
-        if c.tool is not None and c.tool_calls:
-            self.by_tool[c.tool] = self.by_tool.get(c.tool, 0) + sign * c.tool_calls
+        if c.steps:
+            self.steps += sign * c.steps
+        if c.tool_calls:
+            self.tool_calls += sign * c.tool_calls
+            if c.tool is not None:
+                self.by_tool[c.tool] = self.by_tool.get(c.tool, 0) + sign * c.tool_calls
+        if c.input_tokens:
+            self.input_tokens += sign * c.input_tokens
+        if c.output_tokens:
+            self.output_tokens += sign * c.output_tokens
+        if c.usd:
+            self.usd += c.usd if sign > 0 else -c.usd
 
 
 class Meter:
@@ -172,41 +177,37 @@ class Meter:
             self.overrun = Charge(output_tokens=usage.overrun_tokens, usd=usage.overrun_usd)
 
     def _refusal(self, c: Charge) -> Stop | None:
+        # Straight-line checks that build nothing unless they refuse: this runs on every
+        # tool and model call, so it must cost well under a microsecond when all is well.
         lim, com, held = self.limits, self._committed, self._held
-        checks: list[tuple[StopReason, str, Any, Any, bool]] = [
-            ("max_steps", "run", lim.max_steps, com.steps + held.steps + c.steps, c.steps > 0),
-            (
-                "max_tool_calls",
-                "run",
-                lim.max_tool_calls,
-                com.tool_calls + held.tool_calls + c.tool_calls,
-                c.tool_calls > 0,
-            ),
-        ]
-        if c.tool is not None and c.tool_calls and c.tool in lim.tool_caps:
-            used = com.by_tool.get(c.tool, 0) + held.by_tool.get(c.tool, 0) + c.tool_calls
-            checks.append(("max_tool_calls", f"tool/{c.tool}", lim.tool_caps[c.tool], used, True))
-        tin = com.input_tokens + held.input_tokens + c.input_tokens
-        tout = com.output_tokens + held.output_tokens + c.output_tokens
-        tokens_asked = c.input_tokens > 0 or c.output_tokens > 0
-        checks += [
-            ("max_tokens", "run", lim.max_tokens, tin + tout, tokens_asked),
-            ("max_tokens", "run/input", lim.max_input_tokens, tin, c.input_tokens > 0),
-            ("max_tokens", "run/output", lim.max_output_tokens, tout, c.output_tokens > 0),
-            ("max_usd", "run", lim.max_usd, com.usd + held.usd + c.usd, c.usd > 0),
-        ]
-        for reason, scope, limit, would_be, asked in checks:
-            if asked and limit is not None and would_be > limit:
-                return Stop(
-                    reason,
-                    scope,
-                    scope=scope,
-                    tool=c.tool,
-                    limit=limit,
-                    observed=would_be,
-                    message=f"{reason.replace('max_', '')} limit {limit} for the {scope} "
-                    f"would be passed ({would_be})",
-                )
+        if c.steps and com.steps + held.steps + c.steps > lim.max_steps:
+            return _refuse("max_steps", "run", c, lim.max_steps, com.steps + held.steps + c.steps)
+        if c.tool_calls:
+            used = com.tool_calls + held.tool_calls + c.tool_calls
+            if used > lim.max_tool_calls:
+                return _refuse("max_tool_calls", "run", c, lim.max_tool_calls, used)
+            tool = c.tool
+            if tool is not None and lim.tool_caps and tool in lim.tool_caps:
+                used = com.by_tool.get(tool, 0) + held.by_tool.get(tool, 0) + c.tool_calls
+                if used > lim.tool_caps[tool]:
+                    return _refuse("max_tool_calls", f"tool/{tool}", c, lim.tool_caps[tool], used)
+        if c.input_tokens or c.output_tokens:
+            tin = com.input_tokens + held.input_tokens + c.input_tokens
+            tout = com.output_tokens + held.output_tokens + c.output_tokens
+            if lim.max_tokens is not None and tin + tout > lim.max_tokens:
+                return _refuse("max_tokens", "run", c, lim.max_tokens, tin + tout)
+            if c.input_tokens and lim.max_input_tokens is not None and tin > lim.max_input_tokens:
+                return _refuse("max_tokens", "run/input", c, lim.max_input_tokens, tin)
+            if (
+                c.output_tokens
+                and lim.max_output_tokens is not None
+                and tout > lim.max_output_tokens
+            ):
+                return _refuse("max_tokens", "run/output", c, lim.max_output_tokens, tout)
+        if c.usd and lim.max_usd is not None:
+            would_be = com.usd + held.usd + c.usd
+            if would_be > lim.max_usd:
+                return _refuse("max_usd", "run", c, lim.max_usd, would_be)
         return None
 
     def fits(self, charge: Charge) -> Stop | None:
@@ -236,6 +237,9 @@ class Meter:
             if charge is None:
                 raise ConfigError(f"hold {hold.id} was already settled or refunded")
             self._held.add(charge, -1)
+            if actual is charge:
+                self._committed.add(actual)  # the common case: used exactly what was held
+                return
             if actual.tool is None and charge.tool is not None:
                 actual = replace(actual, tool=charge.tool)
             self._committed.add(actual)
@@ -288,6 +292,19 @@ class Meter:
                 output_tokens=h.output_tokens,
                 usd=h.usd,
             )
+
+
+def _refuse(reason: StopReason, scope: str, c: Charge, limit: Any, would_be: Any) -> Stop:
+    what = reason.replace("max_", "").replace("_", " ")
+    return Stop(
+        reason,
+        scope,
+        scope=scope,
+        tool=c.tool,
+        limit=limit,
+        observed=would_be,
+        message=f"{what} limit {limit} for the {scope} would be passed ({would_be})",
+    )
 
 
 def limits_from_policy(budgets: Any, tool_caps: Mapping[str, int]) -> Limits:

@@ -29,7 +29,6 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .budgets import Charge
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, names
 from .hygiene import OutputProblem, cap, clean_output
@@ -43,8 +42,9 @@ RETRY_BACKOFF = 0.1
 class Execute:
     eff: Effective
     args: Mapping[str, Any]
-    ctx: ToolContext
+    ctx: ToolContext | None
     timeout: float
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,21 +89,25 @@ def call_flow(
     tool = names.resolve(core, name)
     eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
-    digest = args_digest(args)
     degrade.check(core, tool.name)
 
-    cached = cache.lookup(core, eff, digest)
-    if not cache.is_miss(cached):
-        core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
-        core.flush()
-        return cached
-
     write = eff.effect == "write"
+    # The canonical digest keys the cache, approvals and idempotency; a read that uses
+    # none of them does not pay for it.
+    digest = args_digest(args) if (write or eff.require_approval or eff.cacheable) else ""
+    if eff.cacheable:
+        cached = cache.lookup(core, eff, digest)
+        if not cache.is_miss(cached):
+            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
+            core.flush()
+            return cached
+
     idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
-    charge = Charge(tool_calls=1, usd=eff.cost_usd, tool=tool.name)
-    core.fits(charge)
+    charge = eff.charge
 
     if eff.require_approval:
+        # Check the fit before anyone is asked to approve; nothing is held while waiting.
+        core.fits(charge)
         req = approval.request(core, eff, args, digest)
         core.flush()
         started = core.now()
@@ -146,19 +150,21 @@ def call_flow(
             core.check_time()
         if write:
             cache.clear(core)  # a write may change what any read returns, also when it fails
-        ctx = ToolContext(
-            tool=tool.name,
-            run_id=core.id,
-            tenant=core.tenant,
-            agent=core.agent,
-            idempotency_key=idem_key,
-            attempt=attempt,
-            deadline=core.now() + timeout,
-            credentials=core.credentials.get(tool.name, {}),
-            clock=core.clock,
-        )
+        ctx = None
+        if tool.context_param is not None:
+            ctx = ToolContext(
+                tool=tool.name,
+                run_id=core.id,
+                tenant=core.tenant,
+                agent=core.agent,
+                idempotency_key=idem_key,
+                attempt=attempt,
+                deadline=core.now() + timeout,
+                credentials=core.credentials.get(tool.name, {}),
+                clock=core.clock,
+            )
         started = core.now()
-        result: Attempt = yield Execute(eff, args, ctx, timeout)
+        result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key)
         elapsed = core.now() - started
         if result.ok:
             core.settle(hold, charge)
@@ -167,7 +173,7 @@ def call_flow(
         if isinstance(error, NotExecuted):
             # Nothing happened, so no USD; the attempt still costs a call, so a tool that
             # keeps saying so cannot keep a loop going for free.
-            core.settle(hold, Charge(tool_calls=1, tool=tool.name))
+            core.settle(hold, eff.call_only)
             if claimed and idem_key is not None:
                 core._store_call(core.store.release, idem_key, tenant=core.tenant)
             core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
@@ -178,7 +184,7 @@ def call_flow(
                 tool=tool.name,
                 detail="not_executed",
             )
-        core.settle(hold, charge if eff.charge_on_error else Charge(tool_calls=1, tool=tool.name))
+        core.settle(hold, charge if eff.charge_on_error else eff.call_only)
         what = (
             f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
         )
@@ -242,13 +248,14 @@ def call_flow(
         observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
-    cache.store(core, eff, digest, observation)
+    if write or eff.cacheable:
+        cache.store(core, eff, digest, observation)
     core.event(
         "tool_call",
         tool=tool.name,
         outcome="ok",
         attempt=attempt,
-        args_digest=digest,
+        args_digest=digest or None,
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
     )

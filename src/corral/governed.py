@@ -77,7 +77,7 @@ class Ticket:
 
     @property
     def idempotency_key(self) -> str | None:
-        return self._op.ctx.idempotency_key if self._op else None
+        return self._op.key if self._op else None
 
     @property
     def timeout(self) -> float:
@@ -107,7 +107,7 @@ class ModelCall:
         """Charge what the provider reported (recorded as it is, also above the reservation)."""
         if self._hold is None:
             raise ConfigError("this model call was already settled")
-        price = price_of(self._core, self._model)
+        price = price_of(self._core, self._model, input_tokens=input_tokens)
         usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
         actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
         self._core.settle(self._hold, actual)
@@ -276,7 +276,7 @@ class _RunBase:
         core = self._core
         out: list[dict[str, Any]] = []
         for name in sorted(core.tools):
-            if not core.policy.allows(name):
+            if name not in core.allowed:
                 continue
             eff = core.effective(name)
             if killswitch.blocking_switch(core, name, eff) is not None:

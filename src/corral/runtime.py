@@ -56,12 +56,25 @@ class Effective:
     cache_ttl: float
     require_approval: bool
     charge_on_error: bool
+    charge: Charge
+    """What one attempt reserves: a tool call and the declared cost."""
+    call_only: Charge
+    """What a failed attempt costs with ``charge_on_error: false``: the call, no USD."""
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether identical calls may be served from the run's read cache."""
+        return self.effect == "read" and self.cache and self.cache_ttl > 0
+
+
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
 
 
 def args_digest(args: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``args`` (sorted keys, no spaces)."""
-    body = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(args).encode()).hexdigest()
 
 
 def new_run_id() -> str:
@@ -94,6 +107,7 @@ class RunCore:
         self.approver = approver
         self.credentials = {k: dict(v) for k, v in (credentials or {}).items()}
         self.observe = policy.mode == "observe"
+        self.allowed = frozenset(policy.tools.allow)
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
         policy_limits = limits_from_policy(policy.budgets, caps)
         prior: Usage | None = None
@@ -183,7 +197,7 @@ class RunCore:
         needing = sorted(
             name
             for name in self.tools
-            if self.policy.allows(name) and self.effective(name).require_approval
+            if name in self.allowed and self.effective(name).require_approval
         )
         if needing:
             raise ConfigError(
@@ -251,6 +265,8 @@ class RunCore:
             cache_ttl=spec.cache_ttl_seconds if spec else 60.0,
             require_approval=bool(require),
             charge_on_error=spec.charge_on_error if spec else True,
+            charge=Charge(tool_calls=1, usd=cost, tool=name),
+            call_only=Charge(tool_calls=1, tool=name),
         )
         self._effective[name] = eff
         return eff
@@ -273,7 +289,9 @@ class RunCore:
         return self.started + self.waiting + self.max_seconds - self._prior_active
 
     def remaining(self) -> float:
-        return self.deadline - self.now()
+        return (
+            self.started + self.waiting + self.max_seconds - self._prior_active
+        ) - self.clock.monotonic()
 
     def check_time(self) -> None:
         over = self.remaining()
@@ -355,11 +373,10 @@ class RunCore:
 
     # -- trace -----------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
+        at = time.time()
         with self._lock:
             self._seq += 1
-            self._pending.append(
-                Event(run_id=self.id, seq=self._seq, kind=kind, at=time.time(), data=data)
-            )
+            self._pending.append(Event(run_id=self.id, seq=self._seq, kind=kind, at=at, data=data))
 
     def flush(self) -> None:
         with self._lock:

@@ -99,7 +99,7 @@ class Tool:
                 model = self._args_model.model_validate(args)
             except ValidationError as exc:
                 raise ArgumentsInvalid(_pydantic_problems(exc)) from None
-            return {name: getattr(model, name) for name in type(model).model_fields}
+            return dict(model.__dict__)
         if self._args_validator is not None:
             errors = sorted(self._args_validator.iter_errors(args), key=lambda e: list(e.path))
             if errors:

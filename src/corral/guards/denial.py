@@ -32,7 +32,7 @@ def quote(name: object) -> str:
 
 def offered(core: RunCore) -> str:
     """The tools on offer (allowed and registered), for messages to the model."""
-    names = sorted(n for n in core.tools if core.policy.allows(n))
+    names = sorted(n for n in core.tools if n in core.allowed)
     return ", ".join(names) if names else "(none)"
 
 

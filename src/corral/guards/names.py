@@ -25,7 +25,7 @@ def resolve(core: RunCore, name: object) -> Tool:
     counted like invalid arguments, then ``tool_denied:unknown_tool``.
     """
     tool = core.tools.get(name) if type(name) is str else None
-    if tool is not None and core.policy.allows(tool.name):
+    if tool is not None and tool.name in core.allowed:
         return tool
     if tool is not None:
         deny(
