@@ -19,7 +19,9 @@ app = typer.Typer(
 @app.command()
 def check(
     file: Annotated[Path, typer.Argument(help="Policy file (.yaml, .yml or .json).")],
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 while a checklist item is missing.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 while a checklist item is missing.")
+    ] = False,
     tools: Annotated[
         str | None, typer.Option("--tools", help="module:object holding your registered tools.")
     ] = None,
@@ -38,17 +40,24 @@ def check(
 @app.command()
 def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed (the demo is deterministic per seed).")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (the demo is deterministic per seed).")
+    ] = 7,
     runs: Annotated[int, typer.Option(help="Tasks in the simulated day.")] = 200,
     failure_rate: Annotated[
-        float, typer.Option("--failure-rate", help="Share of browser calls failing during the outage.")
+        float,
+        typer.Option("--failure-rate", help="Share of browser calls failing during the outage."),
     ] = 1.0,
-    db: Annotated[str | None, typer.Option("--db", help="Store URL (default CORRAL_DB, then memory).")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Store URL (default CORRAL_DB, then memory).")
+    ] = None,
 ) -> None:
     """Replay the browser-outage incident twice: unbounded, then governed by corral."""
     from .sim.demo import demo_command
 
-    raise typer.Exit(demo_command(seed=seed, runs=runs, failure_rate=failure_rate, db=db, as_json=json_out))
+    raise typer.Exit(
+        demo_command(seed=seed, runs=runs, failure_rate=failure_rate, db=db, as_json=json_out)
+    )
 
 
 def main() -> None:

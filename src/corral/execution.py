@@ -12,7 +12,7 @@ its deadline by a timer signal; elsewhere it runs in a worker thread and is
 
 from __future__ import annotations
 
-import _signal  # the C functions behind `signal`, without its enum conversions
+import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
 import asyncio
 import contextvars
 import inspect
