@@ -167,9 +167,9 @@ def test_calls_saying_not_executed_cannot_loop_forever(store):
 
     policy = allow("pay.send", budgets={"max_tool_calls": 3})
     with corral.Run(policy, tools=[pay], store=store) as run:
-        for _ in range(10):
+        for i in range(10):
             try:
-                run.call("pay.send", {"q": "x"})
+                run.call("pay.send", {"q": f"x{i}"})  # distinct, so loop detection stays out
             except corral.ToolRejected:
                 continue
     assert run.result.stop_reason == "max_tool_calls"

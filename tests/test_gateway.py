@@ -208,7 +208,11 @@ def test_a_cached_read_expires_after_its_ttl(probe, store):
     """Past ``cache_ttl_seconds`` the read runs again."""
     clock = ManualClock()
     search = probe("search.read")
-    policy = allow("search.read", tools={"specs": {"search.read": {"cache_ttl_seconds": 10}}})
+    policy = allow(
+        "search.read",
+        tools={"specs": {"search.read": {"cache_ttl_seconds": 10}}},
+        loops={"repeats": 5, "window": 5},  # three identical reads are the point here
+    )
     with corral.Run(policy, tools=[search.tool], store=store, clock=clock) as run:
         run.call("search.read", {"q": "x"})
         clock.advance(9)

@@ -220,7 +220,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert caught.value.problems == [
         "mode: must be one of 'enforce' or 'observe', got 'watch'",
         "budgets.max_steps: must be a positive integer, got -3",
-        "extra: unknown key (known: budgets, context, kill_switch, mode, models, monitoring,"
+        "extra: unknown key (known: budgets, context, kill_switch, loops, mode, models, monitoring,"
         " observations, tools, version, writes)",
     ]
 

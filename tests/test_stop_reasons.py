@@ -234,7 +234,10 @@ def test_max_usd_refuses_a_priced_tool_call() -> None:
 def test_max_usd_refuses_a_priced_model_turn() -> None:
     """A priced model turn whose worst case no longer fits max_usd is refused before the request."""
     model = ScriptedModel([call("search.read", query="a")], repeat_last=True, price=prices(10, 10))
-    result = run_loop(model, policy(budgets={"max_usd": "0.02", "max_steps": 30}))
+    result = run_loop(
+        model,
+        policy(budgets={"max_usd": "0.02", "max_steps": 30}, loops={"repeats": 30, "window": 30}),
+    )
     stop = assert_stop(
         result, "max_usd", "run", f"max_usd:run (limit 0.02, would be {_fmt(result)})"
     )

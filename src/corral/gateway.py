@@ -1,7 +1,7 @@
 """The tool gateway: the single choke point every tool call passes, in this order::
 
     kill switch → allowlist and registry → arguments and constraints → degrade state
-    → read cache / idempotency replay → fit check (no hold) → approval (writes)
+    → loop detection → read cache / idempotency replay → fit check (no hold) → approval (writes)
     → kill switch again → budget reservation → idempotency claim (writes)
     → execute with timeout (bounded retries) → output validation and hygiene
     → settle → trace
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
-from .guards import approval, arguments, cache, degrade, idempotency, killswitch, names
+from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
 from .hygiene import OutputProblem, cap, clean_output
-from .runtime import Effective, RunCore, args_digest
+from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
 RETRY_BACKOFF = 0.1
@@ -89,12 +89,16 @@ def call_flow(
     tool = names.resolve(core, name)
     eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
+    text = canonical(args)
+    loops.check(core, tool.name, text)
     degrade.check(core, tool.name)
 
     write = eff.effect == "write"
     # The canonical digest keys the cache, approvals and idempotency; a read that uses
     # none of them does not pay for it.
-    digest = args_digest(args) if (write or eff.require_approval or eff.cacheable) else ""
+    digest = (
+        args_digest(args, text=text) if (write or eff.require_approval or eff.cacheable) else ""
+    )
     if eff.cacheable:
         cached = cache.lookup(core, eff, digest)
         if not cache.is_miss(cached):

@@ -230,6 +230,22 @@ class Context(_Section):
     max_chars: PositiveInt = 48_000
 
 
+class Loops(_Section):
+    """Loop detection: ``repeats`` identical calls (same tool, same arguments) among the
+    last ``window`` calls of a run stop it with ``loop_detected``."""
+
+    repeats: PositiveInt = 3
+    window: PositiveInt = 5
+
+    @model_validator(mode="after")
+    def _repeats_fit_window(self) -> Loops:
+        if self.repeats < 2:
+            raise ValueError(f"repeats must be at least 2, got {self.repeats}")
+        if self.repeats > self.window:
+            raise ValueError(f"repeats ({self.repeats}) cannot be more than window ({self.window})")
+        return self
+
+
 class ModelPrice(_Section):
     input_usd_per_mtok: USD
     output_usd_per_mtok: USD
@@ -253,6 +269,7 @@ class Policy(_Section):
     kill_switch: KillSwitch = Field(default_factory=KillSwitch)
     observations: Observations = Field(default_factory=Observations)
     context: Context = Field(default_factory=Context)
+    loops: Loops = Field(default_factory=Loops)
     models: Models = Field(default_factory=Models)
 
     _allowed_cache: frozenset[str] | None = PrivateAttr(default=None)

@@ -72,9 +72,14 @@ _CANONICAL = json.JSONEncoder(
 )
 
 
-def args_digest(args: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``args`` (sorted keys, no spaces)."""
-    return hashlib.sha256(_CANONICAL.encode(args).encode()).hexdigest()
+def canonical(args: Mapping[str, Any]) -> str:
+    """The canonical JSON of ``args``: sorted keys, no spaces, UTF-8 kept as is."""
+    return _CANONICAL.encode(args)
+
+
+def args_digest(args: Mapping[str, Any], *, text: str | None = None) -> str:
+    """SHA-256 of the canonical JSON of ``args`` (pass ``text`` if already computed)."""
+    return hashlib.sha256((canonical(args) if text is None else text).encode()).hexdigest()
 
 
 def new_run_id() -> str:
@@ -150,6 +155,7 @@ class RunCore:
         self._lock = threading.Lock()
         self._effective: dict[str, Effective] = {}
         self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self.recent_calls: list[tuple[str, str]] = []
         self.task = task
         self._check_approval_channel()
         check_constraints(policy, self.tools)
