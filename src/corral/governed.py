@@ -24,18 +24,17 @@ recorded as ``agent_error`` and re-raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from .budgets import Charge, Hold, Usage
-from .clock import Clock, SystemClock
+from .budgets import Charge, Usage
+from .clock import Clock
+from .delegated import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
 from .exceptions import ConfigError, Stop, ToolRejected
 from .execution import drive_async, drive_sync
-from .gateway import Approve, Attempt, Execute, Sleep, call_flow
+from .gateway import Attempt, Execute, call_flow
 from .guards import killswitch
-from .modelcalls import input_token_bound, model_flow, plan, price_of
+from .modelcalls import input_token_bound, model_flow, plan
 from .models.base import Model, ModelResponse
 from .policy import Policy
 from .result import RunResult
@@ -51,118 +50,6 @@ _FORMATS = ("openai", "anthropic", "neutral")
 def wire_name(name: str) -> str:
     """A tool name as OpenAI and Anthropic accept it (``[a-zA-Z0-9_-]``): dots become ``__``."""
     return name.replace(".", "__")
-
-
-class Ticket:
-    """An authorized tool call that the caller executes itself, then reports with
-    :meth:`Run.report` or :meth:`Run.report_failure`. When ``replayed`` is true the
-    call was served from the cache or an idempotent replay: do not execute it, use
-    ``output``."""
-
-    def __init__(self, flow: Any, op: Execute | None, output: Any = None) -> None:
-        self._flow = flow
-        self._op = op
-        self.replayed = op is None
-        self.output = output
-        self.reported = False
-
-    @property
-    def tool(self) -> str:
-        return self._op.eff.tool.name if self._op else ""
-
-    @property
-    def arguments(self) -> Mapping[str, Any]:
-        """The validated arguments to execute with."""
-        return dict(self._op.args) if self._op else {}
-
-    @property
-    def idempotency_key(self) -> str | None:
-        return self._op.key if self._op else None
-
-    @property
-    def timeout(self) -> float:
-        """Seconds the call may take (clamped to the time the run has left)."""
-        return self._op.timeout if self._op else 0.0
-
-
-class ModelCall:
-    """A model call of the caller's own, reserved before and settled after.
-
-    Use ``max_tokens`` (clamped to what the budgets allow) in the request, then
-    :meth:`settle` with the reported usage. Leaving the block without settling
-    charges the reserved worst case; an exception inside it is ``model_error``.
-    """
-
-    def __init__(self, core: RunCore, hold: Hold, max_tokens: int, model: Any) -> None:
-        self._core = core
-        self._hold: Hold | None = hold
-        self.max_tokens = max_tokens
-        self._model = model
-
-    @property
-    def _name(self) -> str:
-        return str(getattr(self._model, "name", "model"))
-
-    def settle(self, *, input_tokens: int, output_tokens: int) -> None:
-        """Charge what the provider reported (recorded as it is, also above the reservation)."""
-        if self._hold is None:
-            raise ConfigError("this model call was already settled")
-        price = price_of(self._core, self._model, input_tokens=input_tokens)
-        usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
-        actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
-        self._core.settle(self._hold, actual)
-        self._hold = None
-        self._core.event(
-            "model_call",
-            model=self._name,
-            outcome="ok",
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            usd=str(usd),
-            max_tokens=self.max_tokens,
-        )
-        self._core.flush()
-
-    def _exit(self, exc: BaseException | None) -> None:
-        hold, self._hold = self._hold, None
-        if hold is None:
-            return
-        if exc is None:
-            # Not settled: the provider's figures are unknown, so the worst case is charged.
-            self._core.settle(hold, hold.charge)
-            self._core.event(
-                "model_call",
-                model=self._name,
-                outcome="unsettled",
-                input_tokens=hold.charge.input_tokens,
-                output_tokens=hold.charge.output_tokens,
-                usd=str(hold.charge.usd),
-            )
-            return
-        self._core.settle(hold, Charge(steps=1))
-        if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
-            self._core.event("model_call", model=self._name, outcome="error", error=repr(exc))
-            raise self._core.stamp(
-                Stop("model_error", self._name, message=f"{type(exc).__name__}: {exc}")
-            ) from exc
-
-    def __enter__(self) -> ModelCall:
-        return self
-
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        self._exit(exc)
-
-    async def __aenter__(self) -> ModelCall:
-        return self
-
-    async def __aexit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        self._exit(exc)
-
-
-class _NamedModel:
-    def __init__(self, name: str, price: Any) -> None:
-        self.name = name
-        self.price = price
 
 
 class _RunBase:
@@ -526,45 +413,3 @@ class AsyncRun(_RunBase):
             flow, approver=self._core.approver, clock=self._core.clock
         )
         return result
-
-
-def _wait_sync(core: RunCore, op: Any) -> Any:
-    """Answer what an authorize flow waits for before execution (approval, pause)."""
-    if isinstance(op, Approve):
-        answer = core.approver(op.request) if core.approver else False
-        if inspect.isawaitable(answer):
-            with contextlib.suppress(AttributeError):
-                answer.close()  # type: ignore[attr-defined]
-            raise ConfigError("the approver is async: use AsyncRun.authorize, or a sync approver")
-        return answer
-    if isinstance(op, Sleep):
-        core.clock.sleep(op.seconds)
-    return None
-
-
-async def _wait_async(core: RunCore, op: Any) -> Any:
-    if isinstance(op, Approve):
-        answer = core.approver(op.request) if core.approver else False
-        return await answer if inspect.isawaitable(answer) else answer
-    if isinstance(op, Sleep):
-        if isinstance(core.clock, SystemClock):
-            await asyncio.sleep(op.seconds)
-        else:
-            core.clock.sleep(op.seconds)
-    return None
-
-
-def _report(ticket: Ticket, attempt: Attempt) -> Any:
-    if ticket.replayed:
-        return ticket.output
-    if ticket.reported:
-        raise ConfigError("this ticket was already reported")
-    ticket.reported = True
-    flow: Generator[Any, Any, Any] = ticket._flow
-    try:
-        flow.send(attempt)
-    except StopIteration as done:
-        return done.value
-    with contextlib.suppress(Exception):
-        flow.close()
-    raise ConfigError("the gateway asked for another attempt of a caller-executed tool")
