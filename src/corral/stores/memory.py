@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -22,7 +21,6 @@ from .base import (
     RunRecord,
     ScopedCharge,
 )
-from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 
 _CLOSED = BreakerState()
@@ -58,19 +56,12 @@ class MemoryStore:
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
             self._check()
-            self._runs[record.id] = replace(
-                record,
-                owner=record.owner or RunOwner.current(),
-                heartbeat_at=record.heartbeat_at or time.time(),
-            )
+            self._runs[record.id] = record
             self._events.setdefault(record.id, [])
 
     def update_run(self, run_id: str, **changes: Any) -> None:
         with self._lock:
             self._check()
-            changes.setdefault("heartbeat_at", time.time())
-            if changes.get("status") == "running":
-                changes.setdefault("owner", RunOwner.current())
             self._runs[run_id] = replace(self._runs[run_id], **changes)
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -89,44 +80,11 @@ class MemoryStore:
             self._check()
             for e in events:
                 self._events.setdefault(e.run_id, []).append(e)
-            # No heartbeat here: a run in memory cannot outlive the process that owns it.
 
     def events(self, run_id: str) -> list[Event]:
         with self._lock:
             self._check()
             return list(self._events.get(run_id, []))
-
-    def heartbeat(self, run_id: str) -> None:
-        with self._lock:
-            self._check()
-            run = self._runs.get(run_id)
-            if run is not None:
-                self._runs[run_id] = replace(run, heartbeat_at=time.time())
-
-    def mark_interrupted(
-        self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
-    ) -> list[str]:
-        """Mark ``interrupted`` the running runs whose owner died or whose lease lapsed."""
-        now = time.time() if now is None else now
-        marked = []
-        with self._lock:
-            self._check()
-            for run in list(self._runs.values()):
-                if run.status != "running":
-                    continue
-                why = interruption(run.owner, heartbeat_at=run.heartbeat_at, now=now, lease=lease)
-                if why is None:
-                    continue
-                self._runs[run.id] = replace(
-                    run, status="interrupted", ended_at=run.heartbeat_at or now
-                )
-                events = self._events.setdefault(run.id, [])
-                seq = max((e.seq for e in events), default=0) + 1
-                events.append(
-                    Event(run_id=run.id, seq=seq, kind="interrupted", at=now, data={"why": why})
-                )
-                marked.append(run.id)
-        return marked
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
