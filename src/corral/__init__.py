@@ -21,7 +21,8 @@ from .exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from .governed import AsyncRun, ModelCall, Run, Ticket
+from .delegated import ModelCall, Ticket
+from .governed import AsyncRun, Run
 from .guards.approval import ApprovalDecision, ApprovalRequest
 from .loop import arun, run
 from .models.base import (

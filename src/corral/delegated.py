@@ -73,7 +73,7 @@ class ModelCall:
         """Charge what the provider reported (recorded as it is, also above the reservation)."""
         if self._hold is None:
             raise ConfigError("this model call was already settled")
-        price = price_of(self._core, self._model)
+        price = price_of(self._core, self._model, input_tokens=input_tokens)
         usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
         actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
         self._core.settle(self._hold, actual)

@@ -19,6 +19,7 @@ from .exceptions import ConfigError, Stop
 from .execution import CallModel
 from .gateway import Attempt
 from .guards import killswitch
+from .models import pricing
 from .models.base import Model, ModelOutputError, ModelRequest, ModelResponse, Price
 from .runtime import RunCore
 from .stops import StopReason
@@ -35,8 +36,15 @@ def input_token_bound(
     return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
 
 
-def price_of(core: RunCore, model: Any) -> Price | None:
-    """The policy's price for the model (wins), else the model object's ``price``, else ``None``."""
+def price_of(
+    core: RunCore, model: Any, *, input_tokens: int | None = None, at_most: bool = False
+) -> Price | None:
+    """The policy's price for the model (wins), else the model object's ``price``, else
+    the genai-prices table's (by name and provider), else ``None`` (unpriced).
+
+    ``input_tokens`` selects a long-context tier of the table's price (an upper bound
+    with ``at_most``, for reservations; exact for settlement).
+    """
     name = str(getattr(model, "name", ""))
     listed = core.policy.models.prices.get(name)
     if listed is not None:
@@ -45,7 +53,9 @@ def price_of(core: RunCore, model: Any) -> Price | None:
             output_usd_per_mtok=listed.output_usd_per_mtok,
         )
     own = getattr(model, "price", None)
-    return own if isinstance(own, Price) else None
+    if isinstance(own, Price):
+        return own
+    return pricing.price_for(model, input_tokens=input_tokens, at_most=at_most)
 
 
 def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
@@ -97,7 +107,7 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
                 tin + tout + input_bound + minimal,
             )
         )
-    price = price_of(core, model)
+    price = price_of(core, model, input_tokens=input_bound, at_most=True)
     if price is None and core.limits.max_usd is not None:
         name = getattr(model, "name", "?")
         unpriced = Stop(
@@ -105,7 +115,7 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             "unpriced_model",
             scope="run",
             message=f"model {name!r} has no known price and the run has a USD limit; "
-            "give its price in models.prices (0 must be explicit)",
+            "give its price in models.prices or as the model's price (0 must be explicit)",
         )
         core.deny(unpriced)  # in observe mode: recorded as a stop that would have happened
     if lim.max_usd is not None and price is not None:
@@ -161,7 +171,9 @@ def model_flow(
     clamped, charge = plan(core, model, bound, max_tokens)
     hold = core.reserve(charge)
     timeout = min(core.policy.models.timeout_seconds, core.remaining())
-    request = ModelRequest(messages=list(messages), tools=list(tool_specs), max_tokens=clamped)
+    request = ModelRequest(
+        messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
+    )
     name = str(getattr(model, "name", type(model).__name__))
     started = core.now()
     result: Attempt = yield CallModel(model, request, timeout)
@@ -187,7 +199,7 @@ def model_flow(
                 message=f"the model returned {type(response).__name__}, not a ModelResponse",
             )
         )
-    price = price_of(core, model)
+    price = price_of(core, model, input_tokens=response.input_tokens)
     usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
     actual = Charge(
         steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd

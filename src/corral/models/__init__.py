@@ -1,4 +1,13 @@
-"""Models: the protocol corral's loop speaks, and pricing."""
+"""Models: the protocol corral's loop speaks, the adapters for real endpoints, and pricing.
+
+The adapters are imported on first use (``corral.models.OpenAIModel``, or
+``from corral.models.openai import OpenAIModel``), so ``import corral`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     FREE,
@@ -11,13 +20,38 @@ from .base import (
     ToolCallRequest,
 )
 
+if TYPE_CHECKING:
+    from ._http import ModelAPIError, RetryBudget, RetryPolicy
+    from .anthropic import AnthropicModel
+    from .openai import OpenAIModel
+
 __all__ = [
     "FREE",
+    "AnthropicModel",
     "Message",
     "Model",
+    "ModelAPIError",
     "ModelOutputError",
     "ModelRequest",
     "ModelResponse",
+    "OpenAIModel",
     "Price",
+    "RetryBudget",
+    "RetryPolicy",
     "ToolCallRequest",
 ]
+
+_LAZY = {
+    "AnthropicModel": ".anthropic",
+    "ModelAPIError": "._http",
+    "OpenAIModel": ".openai",
+    "RetryBudget": "._http",
+    "RetryPolicy": "._http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -43,9 +43,17 @@ class ToolCallRequest:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelRequest:
+    """One turn asked of a model.
+
+    ``max_tokens`` is already clamped to what the budgets allow; ``timeout`` is the
+    seconds the whole call may take, retries included (clamped to the time the run
+    has left), or ``None`` when the caller sets no deadline.
+    """
+
     messages: Sequence[Message]
     tools: Sequence[Mapping[str, Any]]
     max_tokens: int
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

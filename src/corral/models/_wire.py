@@ -1,0 +1,109 @@
+"""What both adapters share: wire-safe tool names, arguments as JSON, usage fallbacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..exceptions import ConfigError
+from ..governed import wire_name
+from ..modelcalls import input_token_bound
+from .base import ModelRequest
+
+#: Body keys an adapter sets itself; ``options`` may not override them.
+RESERVED = frozenset(
+    {"model", "messages", "system", "tools", "max_tokens", "max_completion_tokens", "n"}
+)
+
+STREAMING_REFUSED = (
+    "streaming is not supported: corral needs the whole turn (its tool calls and its "
+    "usage) before it can settle the budget and pass the calls through the gateway; "
+    "leave `stream` unset"
+)
+
+
+def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Extra body fields (temperature, tool_choice, ...), refusing the ones corral controls."""
+    out = dict(options or {})
+    if out.get("stream") or "stream_options" in out:
+        raise ConfigError(STREAMING_REFUSED)
+    out.pop("stream", None)
+    clash = sorted(RESERVED & out.keys())
+    if clash:
+        raise ConfigError(
+            f"options may not set {', '.join(clash)}: corral sets them from the request "
+            "(max_tokens is clamped to the budgets; one choice per call)"
+        )
+    return out
+
+
+def offered_names(tools: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Wire name → tool name, for the tools offered in one request."""
+    names: dict[str, str] = {}
+    for spec in tools:
+        name = str(spec["name"])
+        wire = wire_name(name)
+        other = names.setdefault(wire, name)
+        if other != name:
+            raise ConfigError(
+                f"tools {other!r} and {name!r} have the same wire name {wire!r}; rename one"
+            )
+    return names
+
+
+def call_parts(call: Mapping[str, Any]) -> tuple[str, str, Any]:
+    """``(id, name, arguments)`` of a tool call in corral's neutral form or OpenAI's."""
+    fn = call.get("function")
+    if isinstance(fn, Mapping):
+        return str(call.get("id", "")), str(fn.get("name", "")), fn.get("arguments", "{}")
+    return str(call.get("id", "")), str(call.get("name", "")), call.get("arguments", "{}")
+
+
+def arguments_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def arguments_object(arguments: Any) -> dict[str, Any]:
+    """Arguments as a JSON object (Anthropic wants one); text that is not one is kept whole."""
+    if isinstance(arguments, Mapping):
+        return dict(arguments)
+    try:
+        parsed = json.loads(arguments)
+    except (TypeError, ValueError):
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"arguments": str(arguments)}
+
+
+def text_of(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and "text" in p
+        )
+    return str(content)
+
+
+def is_stream(response: Any) -> bool:
+    """Whether an SDK response is a stream of events rather than a whole answer."""
+    if isinstance(response, Mapping) or not (
+        hasattr(response, "__iter__") or hasattr(response, "__aiter__")
+    ):
+        return False
+    return all(getattr(response, key, None) is None for key in ("usage", "choices", "content"))
+
+
+def worst_case_usage(request: ModelRequest) -> tuple[int, int]:
+    """Usage to report when the endpoint reported none: the reserved worst case."""
+    return input_token_bound(request.messages, request.tools), request.max_tokens
+
+
+def count(value: Any) -> int | None:
+    """A token count from a usage field, or ``None`` when absent or not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value

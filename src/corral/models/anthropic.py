@@ -1,0 +1,354 @@
+"""Anthropic Messages: an adapter, and helpers for the ``anthropic`` SDK.
+
+:class:`AnthropicModel` speaks ``POST {base_url}/v1/messages`` with tool use. System
+messages become the ``system`` field, tool results become ``tool_result`` blocks of
+a user turn, and consecutive turns of one role are merged, as the API requires.
+
+>>> AnthropicModel("claude-sonnet-4-5", api_key="sk-...")
+AnthropicModel('claude-sonnet-4-5', base_url='https://api.anthropic.com')
+
+Usage is the input tokens (cache reads and writes included) and the output
+tokens the API reports, priced at the model's input and output prices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..delegated import ModelCall
+from ..exceptions import ConfigError, Stop
+from ..governed import AsyncRun, Run, wire_name
+from ._http import Caller, RetryBudget, RetryPolicy
+from ._wire import (
+    STREAMING_REFUSED,
+    arguments_object,
+    call_parts,
+    check_options,
+    count,
+    is_stream,
+    offered_names,
+    text_of,
+    worst_case_usage,
+)
+from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
+
+__all__ = [
+    "ANTHROPIC_URL",
+    "API_VERSION",
+    "AnthropicModel",
+    "acreate_message",
+    "create_message",
+    "settle_from_response",
+    "usage_of",
+]
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+
+#: Anthropic's stop reasons in corral's terms (``length`` is a truncated turn).
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "tool_calls",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+}
+
+
+class AnthropicModel:
+    """The Anthropic Messages API as a corral model.
+
+    ``api_key`` defaults to ``ANTHROPIC_API_KEY`` only for Anthropic's own address.
+    The price comes from the policy, else ``price``, else the genai-prices table
+    (by ``name`` at ``provider`` or at the provider behind ``base_url``).
+    ``options`` adds body fields such as ``temperature`` or ``tool_choice``;
+    streaming is refused. Use ``async with model:`` to keep one pooled connection.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str = ANTHROPIC_URL,
+        api_key: str | None = None,
+        provider: str | None = None,
+        price: Price | None = None,
+        options: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.provider = provider
+        self.price = price
+        self.options = check_options(options)
+        if api_key is None and self.base_url == ANTHROPIC_URL:
+            api_key = os.environ.get("ANTHROPIC_API_KEY")
+        self._headers = {
+            "content-type": "application/json",
+            "anthropic-version": API_VERSION,
+            **(headers or {}),
+        }
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._caller = Caller(retry=retry, budget=retry_budget, client=client)
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> AnthropicModel:
+        await self._caller.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connection opened by ``async with`` (a given client is left open)."""
+        await self._caller.aclose()
+
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request``."""
+        system, messages = _messages(request.messages)
+        body: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": request.max_tokens,
+            "messages": messages,
+        }
+        if system:
+            body["system"] = system
+        if request.tools:
+            offered_names(request.tools)  # refuses two tools sharing a wire name
+            body["tools"] = [
+                {
+                    "name": wire_name(str(spec["name"])),
+                    "description": str(spec.get("description", "")),
+                    "input_schema": spec.get("parameters") or {"type": "object", "properties": {}},
+                }
+                for spec in request.tools
+            ]
+        body.update(self.options)
+        return body
+
+    async def respond(self, request: ModelRequest) -> ModelResponse:
+        """One Messages call; raises :class:`~corral.models.ModelAPIError` when the API
+        fails and :class:`~corral.ModelOutputError` when its answer is unusable."""
+        names = offered_names(request.tools)
+        data = await self._caller.post_json(
+            f"{self.base_url}/v1/messages",
+            self.body(request),
+            headers=self._headers,
+            timeout=request.timeout,
+        )
+        return parse(data, names, request)
+
+
+def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    role = str(message.get("role"))
+    content = message.get("content")
+    if role == "tool":
+        result = {
+            "type": "tool_result",
+            "tool_use_id": str(message.get("tool_call_id", "")),
+            "content": text_of(content),
+        }
+        return "user", [result]
+    if isinstance(content, list):
+        blocks = [dict(b) for b in content]
+    else:
+        text = text_of(content)
+        blocks = [{"type": "text", "text": text}] if text else []  # empty text is refused
+    if role == "assistant":
+        for call_id, name, args in map(call_parts, message.get("tool_calls") or ()):
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call_id,
+                    "name": wire_name(name),
+                    "input": arguments_object(args),
+                }
+            )
+    return ("assistant" if role == "assistant" else "user"), blocks
+
+
+def _messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The ``system`` text and the alternating user/assistant turns."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("role") in ("system", "developer"):
+            system.append(text_of(message.get("content")))
+            continue
+        role, blocks = _blocks(message)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return "\n\n".join(s for s in system if s), turns
+
+
+def parse(
+    data: Mapping[str, Any], names: Mapping[str, str], request: ModelRequest
+) -> ModelResponse:
+    """A :class:`ModelResponse` from a Messages answer; tool names mapped back.
+
+    ``stop_reason: max_tokens`` becomes ``finish_reason="length"`` with the tool calls
+    dropped (a truncated call is never executed); corral then stops with
+    ``invalid_model_output``. Without usage, the reserved worst case is reported.
+    """
+    content = data.get("content")
+    if not isinstance(content, list):
+        raise ModelOutputError("the message has no content list")
+    texts: list[str] = []
+    calls: list[ToolCallRequest] = []
+    for block in content:
+        if not isinstance(block, Mapping):
+            raise ModelOutputError(f"a content block is not an object: {block!r:.120}")
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            wire = block.get("name")
+            if not isinstance(wire, str):
+                raise ModelOutputError(f"a tool_use block without a name: {block!r:.120}")
+            arguments = block.get("input")
+            calls.append(
+                ToolCallRequest(
+                    name=names.get(wire, wire),
+                    arguments=arguments if isinstance(arguments, Mapping | str) else {},
+                    id=str(block.get("id") or ""),
+                )
+            )
+    stop = str(data.get("stop_reason") or ("tool_use" if calls else "end_turn"))
+    finish = STOP_REASONS.get(stop, stop)
+    if finish == "length":
+        calls = []
+    tokens = usage_of(data)
+    input_tokens, output_tokens = tokens if tokens is not None else worst_case_usage(request)
+    return ModelResponse(
+        text="".join(texts) or None,
+        tool_calls=tuple(calls),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        model=str(data.get("model") or ""),
+        finish_reason=finish,
+    )
+
+
+# -- the anthropic SDK, called by the user ---------------------------------------------
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def usage_of(response: Any) -> tuple[int, int] | None:
+    """``(input_tokens, output_tokens)`` of a Messages answer (SDK object or dict), with
+    cache reads and writes counted as input; ``None`` when it carries no usage."""
+    usage = _field(response, "usage")
+    if usage is None:
+        return None
+    tin, tout = count(_field(usage, "input_tokens")), count(_field(usage, "output_tokens"))
+    if tin is None or tout is None:
+        return None
+    for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+        tin += count(_field(usage, extra)) or 0
+    return tin, tout
+
+
+def settle_from_response(mc: ModelCall, response: Any) -> Any:
+    """Settle ``mc`` with the usage an ``anthropic`` SDK response reports; returns it.
+
+    A response without usage leaves the call unsettled: leaving the block then
+    charges the reserved worst case. A stream is refused.
+    """
+    if is_stream(response):
+        raise ConfigError(STREAMING_REFUSED)
+    tokens = usage_of(response)
+    if tokens is not None:
+        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
+    return response
+
+
+def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, Any]:
+    if kwargs.get("stream"):
+        raise ConfigError(STREAMING_REFUSED)
+    if "model" not in kwargs:
+        raise ConfigError("create_message needs model=...")
+    base_url = str(getattr(client, "base_url", ANTHROPIC_URL))
+    model = AnthropicModel(str(kwargs["model"]), base_url=base_url, price=price, api_key="")
+    return model, kwargs.pop("max_tokens", None)
+
+
+def _reserved(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    system = kwargs.get("system")
+    messages = list(kwargs.get("messages", ()))
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return {"messages": messages, "tools": kwargs.get("tools", ())}
+
+
+def _truncated(core: Any, response: Any, max_tokens: int) -> None:
+    if STOP_REASONS.get(str(_field(response, "stop_reason"))) == "length":
+        raise core.stamp(
+            Stop(
+                "invalid_model_output",
+                "truncated",
+                message=f"the answer was cut at max_tokens={max_tokens}; "
+                "a truncated tool call is never executed",
+            )
+        )
+
+
+def create_message(
+    run: Run,
+    client: Any,
+    *,
+    price: Price | None = None,
+    allow_truncated: bool = False,
+    **create: Any,
+) -> Any:
+    """``client.messages.create(**create)`` as one governed model call (a step).
+
+    Reserved first (``max_tokens`` clamped to what the budgets leave, and sent),
+    settled to the response's usage after; the response is returned. A response
+    cut at ``max_tokens`` stops the run with ``invalid_model_output`` unless
+    ``allow_truncated``; an exception from the client is ``model_error``.
+
+        message = create_message(run, client, model="claude-sonnet-4-5", messages=messages)
+    """
+    model, wanted = _prepare(client, create, price)
+    with run.model_call(model=model, max_tokens=wanted, **_reserved(create)) as mc:
+        response = client.messages.create(**create, max_tokens=mc.max_tokens)
+        settle_from_response(mc, response)
+    if not allow_truncated:
+        _truncated(run._core, response, mc.max_tokens)
+    return response
+
+
+async def acreate_message(
+    run: AsyncRun,
+    client: Any,
+    *,
+    price: Price | None = None,
+    allow_truncated: bool = False,
+    **create: Any,
+) -> Any:
+    """:func:`create_message` for ``AsyncRun`` and ``anthropic.AsyncAnthropic``."""
+    model, wanted = _prepare(client, create, price)
+    async with run.model_call(model=model, max_tokens=wanted, **_reserved(create)) as mc:
+        response = await client.messages.create(**create, max_tokens=mc.max_tokens)
+        settle_from_response(mc, response)
+    if not allow_truncated:
+        _truncated(run._core, response, mc.max_tokens)
+    return response

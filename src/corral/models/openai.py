@@ -1,0 +1,344 @@
+"""OpenAI-compatible chat completions: an adapter, and helpers for the ``openai`` SDK.
+
+:class:`OpenAIModel` speaks ``POST {base_url}/chat/completions`` with tool calling,
+to OpenAI or anything that speaks its protocol (vLLM, Ollama, llama.cpp server,
+LM Studio). It sends the clamped ``max_tokens`` of each turn and reports the
+usage the endpoint returns.
+
+>>> model = OpenAIModel("llama3.1", base_url="http://127.0.0.1:11434/v1")
+>>> model
+OpenAIModel('llama3.1', base_url='http://127.0.0.1:11434/v1')
+
+If you call the ``openai`` SDK yourself, :func:`chat_completion` (and
+:func:`achat_completion`) put that call inside the run's model-call
+reservation in one line; :func:`settle_from_response` settles a
+``run.model_call`` block from any SDK response.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import httpx
+
+from ..delegated import ModelCall
+from ..exceptions import ConfigError, Stop
+from ..governed import AsyncRun, Run, wire_name
+from ._http import Caller, ModelAPIError, RetryBudget, RetryPolicy
+from ._wire import (
+    STREAMING_REFUSED,
+    arguments_text,
+    call_parts,
+    check_options,
+    count,
+    is_stream,
+    offered_names,
+    text_of,
+    worst_case_usage,
+)
+from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
+
+__all__ = [
+    "OPENAI_URL",
+    "OpenAIModel",
+    "achat_completion",
+    "chat_completion",
+    "settle_from_response",
+    "usage_of",
+]
+
+OPENAI_URL = "https://api.openai.com/v1"
+MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
+
+
+class OpenAIModel:
+    """A chat-completions endpoint as a corral model.
+
+    ``api_key`` defaults to ``OPENAI_API_KEY`` only for OpenAI's own address: a key
+    is never sent to another host unless given. The price comes from the policy's
+    ``models.prices``, else ``price``, else the genai-prices table for ``name`` at
+    ``provider`` (a genai-prices provider id) or at the provider behind
+    ``base_url``; a local server is unpriced unless priced explicitly.
+
+    ``max_tokens_field`` names the body field for the clamped ``max_tokens``
+    (OpenAI's reasoning models take ``max_completion_tokens``); ``options`` adds
+    body fields such as ``temperature`` or ``tool_choice``. Streaming is refused.
+    Use ``async with model:`` to keep one pooled connection for many calls.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str = OPENAI_URL,
+        api_key: str | None = None,
+        provider: str | None = None,
+        price: Price | None = None,
+        max_tokens_field: MaxTokensField = "max_tokens",
+        options: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(
+                f"max_tokens_field must be max_tokens or max_completion_tokens, "
+                f"got {max_tokens_field!r}"
+            )
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.provider = provider
+        self.price = price
+        self.max_tokens_field: MaxTokensField = max_tokens_field
+        self.options = check_options(options)
+        if api_key is None and self.base_url == OPENAI_URL:
+            api_key = os.environ.get("OPENAI_API_KEY")
+        self._headers = {"content-type": "application/json", **(headers or {})}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._caller = Caller(retry=retry, budget=retry_budget, client=client)
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.name!r}, base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> OpenAIModel:
+        await self._caller.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connection opened by ``async with`` (a given client is left open)."""
+        await self._caller.aclose()
+
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request``."""
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": [_message(m) for m in request.messages],
+            self.max_tokens_field: request.max_tokens,
+        }
+        if request.tools:
+            offered_names(request.tools)  # refuses two tools sharing a wire name
+            body["tools"] = [_tool(spec) for spec in request.tools]
+        body.update(self.options)
+        return body
+
+    async def respond(self, request: ModelRequest) -> ModelResponse:
+        """One chat completion; raises :class:`~corral.models.ModelAPIError` when the
+        endpoint fails and :class:`~corral.ModelOutputError` when its answer is unusable."""
+        names = offered_names(request.tools)
+        data = await self._caller.post_json(
+            f"{self.base_url}/chat/completions",
+            self.body(request),
+            headers=self._headers,
+            timeout=request.timeout,
+        )
+        return parse(data, names, request)
+
+
+def _tool(spec: Mapping[str, Any]) -> dict[str, Any]:
+    function = {
+        "name": wire_name(str(spec["name"])),
+        "description": str(spec.get("description", "")),
+        "parameters": spec.get("parameters") or {"type": "object", "properties": {}},
+    }
+    return {"type": "function", "function": function}
+
+
+def _message(message: Message) -> dict[str, Any]:
+    role = message.get("role")
+    if role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": str(message.get("tool_call_id", "")),
+            "content": text_of(message.get("content")),
+        }
+    if role == "assistant":
+        out: dict[str, Any] = {"role": "assistant", "content": message.get("content") or None}
+        calls = message.get("tool_calls") or ()
+        if calls:
+            out["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": wire_name(name), "arguments": arguments_text(args)},
+                }
+                for call_id, name, args in map(call_parts, calls)
+            ]
+        elif out["content"] is None:
+            out["content"] = ""
+        return out
+    return {"role": role, "content": message.get("content", "")}
+
+
+def parse(
+    data: Mapping[str, Any], names: Mapping[str, str], request: ModelRequest
+) -> ModelResponse:
+    """A :class:`ModelResponse` from a chat-completion body; tool names mapped back.
+
+    A turn cut at ``max_tokens`` keeps its text but drops its tool calls (a truncated
+    call is never executed); corral then stops with ``invalid_model_output``. When
+    the endpoint reports no usage, the reserved worst case is reported.
+    """
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        if "error" in data:  # some servers answer 200 with an error body
+            raise ModelAPIError(f"the endpoint answered an error: {str(data['error'])[:300]}")
+        raise ModelOutputError("the chat completion has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        raise ModelOutputError("the chat completion's choice has no message")
+    text = text_of(message.get("content")) or text_of(message.get("refusal")) or None
+    calls: list[ToolCallRequest] = []
+    for raw in message.get("tool_calls") or ():
+        fn = raw.get("function") if isinstance(raw, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise ModelOutputError(f"a tool call without a function name: {raw!r:.120}")
+        wire = str(fn["name"])
+        arguments = fn.get("arguments")
+        calls.append(
+            ToolCallRequest(
+                name=names.get(wire, wire),
+                arguments=arguments if isinstance(arguments, str | Mapping) else "",
+                id=str(raw.get("id") or ""),
+            )
+        )
+    finish = str(choice.get("finish_reason") or ("tool_calls" if calls else "stop"))
+    if finish == "length":
+        calls = []
+    tokens = usage_of(data)
+    input_tokens, output_tokens = tokens if tokens is not None else worst_case_usage(request)
+    return ModelResponse(
+        text=text,
+        tool_calls=tuple(calls),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        model=str(data.get("model") or ""),
+        finish_reason=finish,
+    )
+
+
+# -- the openai SDK, called by the user ------------------------------------------------
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def usage_of(response: Any) -> tuple[int, int] | None:
+    """``(input_tokens, output_tokens)`` of a chat completion or a Responses API answer
+    (an SDK object or a dict), or ``None`` when it carries no usage."""
+    usage = _field(response, "usage")
+    if usage is None:
+        return None
+    for names in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
+        tin, tout = (count(_field(usage, n)) for n in names)
+        if tin is not None and tout is not None:
+            return tin, tout
+    return None
+
+
+def settle_from_response(mc: ModelCall, response: Any) -> Any:
+    """Settle ``mc`` with the usage an ``openai`` SDK response reports; returns ``response``.
+
+    A response without usage leaves the call unsettled: leaving the block then
+    charges the reserved worst case. A stream is refused (it carries no usage).
+    """
+    if is_stream(response):
+        raise ConfigError(STREAMING_REFUSED)
+    tokens = usage_of(response)
+    if tokens is not None:
+        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
+    return response
+
+
+def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, str, Any]:
+    if kwargs.get("stream"):
+        raise ConfigError(STREAMING_REFUSED)
+    if "model" not in kwargs:
+        raise ConfigError("chat_completion needs model=...")
+    field: MaxTokensField = (
+        "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
+    )
+    wanted = kwargs.pop(field, None)
+    base_url = str(getattr(client, "base_url", OPENAI_URL))
+    model = OpenAIModel(str(kwargs["model"]), base_url=base_url, price=price, api_key="")
+    return model, field, wanted
+
+
+def _truncated(core: Any, response: Any, max_tokens: int) -> None:
+    choices = _field(response, "choices") or ()
+    if any(_field(c, "finish_reason") == "length" for c in choices):
+        raise core.stamp(
+            Stop(
+                "invalid_model_output",
+                "truncated",
+                message=f"the answer was cut at max_tokens={max_tokens}; "
+                "a truncated tool call is never executed",
+            )
+        )
+
+
+def chat_completion(
+    run: Run,
+    client: Any,
+    *,
+    price: Price | None = None,
+    allow_truncated: bool = False,
+    **create: Any,
+) -> Any:
+    """``client.chat.completions.create(**create)`` as one governed model call (a step).
+
+    The call is reserved first (its ``max_tokens``, or ``max_completion_tokens``, is
+    clamped to what the budgets leave and sent), then settled to the usage in the
+    response, which is returned. The price is found as for :class:`OpenAIModel`,
+    by model name at the client's ``base_url``, unless ``price`` or the policy
+    gives it. A response cut at the token limit stops the run with
+    ``invalid_model_output`` unless ``allow_truncated``. An exception from the
+    client is ``model_error``.
+
+        response = chat_completion(run, client, model="gpt-4o-mini", messages=messages)
+    """
+    model, field, wanted = _prepare(client, create, price)
+    with run.model_call(
+        model=model,
+        messages=create.get("messages", ()),
+        tools=create.get("tools", ()),
+        max_tokens=wanted,
+    ) as mc:
+        response = client.chat.completions.create(**create, **{field: mc.max_tokens})
+        settle_from_response(mc, response)
+    if not allow_truncated:
+        _truncated(run._core, response, mc.max_tokens)
+    return response
+
+
+async def achat_completion(
+    run: AsyncRun,
+    client: Any,
+    *,
+    price: Price | None = None,
+    allow_truncated: bool = False,
+    **create: Any,
+) -> Any:
+    """:func:`chat_completion` for ``AsyncRun`` and ``openai.AsyncOpenAI``."""
+    model, field, wanted = _prepare(client, create, price)
+    async with run.model_call(
+        model=model,
+        messages=create.get("messages", ()),
+        tools=create.get("tools", ()),
+        max_tokens=wanted,
+    ) as mc:
+        response = await client.chat.completions.create(**create, **{field: mc.max_tokens})
+        settle_from_response(mc, response)
+    if not allow_truncated:
+        _truncated(run._core, response, mc.max_tokens)
+    return response
