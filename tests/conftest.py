@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,10 @@ import pytest
 
 import corral
 from corral.testing import MemoryStore
+
+# Runs that name no store use the default store: keep them (and the CLI in subprocesses)
+# in memory, so the test suite never writes corral.db into the working directory.
+os.environ.setdefault("CORRAL_DB", "memory://")
 
 
 @dataclass

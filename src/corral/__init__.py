@@ -10,6 +10,7 @@ exit has a stop reason.
 
 from .budgets import Charge, Limits, Usage
 from .clock import Clock, SystemClock
+from .delegated import ModelCall, Ticket
 from .exceptions import (
     ConfigError,
     ControlSignal,
@@ -21,7 +22,6 @@ from .exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from .delegated import ModelCall, Ticket
 from .governed import AsyncRun, Run
 from .guards.approval import ApprovalDecision, ApprovalRequest
 from .loop import arun, run

@@ -49,7 +49,8 @@ def demo(
         typer.Option("--failure-rate", help="Share of browser calls failing during the outage."),
     ] = 1.0,
     db: Annotated[
-        str | None, typer.Option("--db", help="Store URL (default CORRAL_DB, then memory).")
+        str | None,
+        typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
     ] = None,
 ) -> None:
     """Replay the browser-outage incident twice: unbounded, then governed by corral."""

@@ -230,6 +230,49 @@ class Context(_Section):
     max_chars: PositiveInt = 48_000
 
 
+_WINDOW = re.compile(r"^([1-9][0-9]*)(m|h|d)$")
+_WINDOW_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+class WindowLimit(_Section):
+    """A limit that spans runs: per tenant, agent, tool or the whole fleet, over a window.
+
+    Windows are fixed UTC-aligned periods of the given size (``1d`` is the UTC
+    calendar day, ``1h`` the clock hour); usage starts again from zero in each.
+    """
+
+    per: Literal["tenant", "agent", "tool", "global"]
+    window: str
+    tool: str | None = None
+    max_usd: USD | None = None
+    max_calls: PositiveInt | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not _WINDOW.match(value):
+            raise ValueError(f"must be a period such as '15m', '1h', '1d' or '30d', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> WindowLimit:
+        if self.max_usd is None and self.max_calls is None:
+            raise ValueError("needs max_usd, max_calls or both")
+        if self.per == "tool" and self.tool is None:
+            raise ValueError("per: tool needs the tool's name in `tool`")
+        if self.per != "tool" and self.tool is not None:
+            raise ValueError(f"`tool` is only for per: tool, got per: {self.per}")
+        if self.tool is not None and not TOOL_NAME.match(self.tool):
+            raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {self.tool!r}")
+        return self
+
+    @property
+    def seconds(self) -> int:
+        m = _WINDOW.match(self.window)
+        assert m is not None
+        return int(m.group(1)) * _WINDOW_SECONDS[m.group(2)]
+
+
 class Loops(_Section):
     """Loop detection: ``repeats`` identical calls (same tool, same arguments) among the
     last ``window`` calls of a run stop it with ``loop_detected``."""
@@ -270,6 +313,7 @@ class Policy(_Section):
     observations: Observations = Field(default_factory=Observations)
     context: Context = Field(default_factory=Context)
     loops: Loops = Field(default_factory=Loops)
+    limits: list[WindowLimit] = Field(default_factory=list)
     models: Models = Field(default_factory=Models)
 
     _allowed_cache: frozenset[str] | None = PrivateAttr(default=None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from . import windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
@@ -25,7 +26,7 @@ from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Policy
 from .result import Status
 from .stops import StopInfo, StopReason
-from .stores.base import Event, RunRecord, Store
+from .stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
@@ -156,6 +157,7 @@ class RunCore:
         self._effective: dict[str, Effective] = {}
         self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.recent_calls: list[tuple[str, str]] = []
+        self._grants: dict[int, tuple[str, list[ScopedCharge]]] = {}
         self.task = task
         self._check_approval_channel()
         check_constraints(policy, self.tools)
@@ -322,12 +324,37 @@ class RunCore:
         self._watch(charge, hold=False)
 
     def reserve(self, charge: Charge) -> Hold:
+        """Hold ``charge`` against the run's budgets and every window limit, all or nothing."""
         try:
             hold = self.meter.reserve(charge)
         except Stop as stop:
             raise self.stamp(stop) from None
+        if self.policy.limits and (charge.tool_calls or charge.usd):
+            self._reserve_shared(hold, charge)
         self._watch(charge, hold=True)
         return hold
+
+    def _reserve_shared(self, hold: Hold, charge: Charge) -> None:
+        wanted = windows.scoped(
+            self.policy, charge, tenant=self.tenant, agent=self.agent, now=time.time()
+        )
+        if not wanted:
+            return
+        try:
+            grant = self._store_call(self.store.reserve, wanted, now=time.time())
+        except Stop:
+            self.meter.refund(hold)
+            raise
+        if isinstance(grant, Refusal):
+            self.meter.refund(hold)
+            raise self.stamp(windows.refusal_stop(grant, charge.tool))
+        self._grants[hold.id] = (grant, wanted)
+
+    def _settle_shared(self, hold: Hold, actual: Charge) -> None:
+        entry = self._grants.pop(hold.id, None)
+        if entry is not None:
+            grant, held = entry
+            self._store_call(self.store.settle, grant, windows.settled(held, actual))
 
     def _watch(self, charge: Charge, *, hold: bool) -> None:
         if self.shadow is None:
@@ -338,11 +365,15 @@ class RunCore:
 
     def settle(self, hold: Hold, actual: Charge) -> None:
         self.meter.settle(hold, actual)
+        if self._grants:
+            self._settle_shared(hold, actual)
         if self.shadow is not None:
             self.shadow.commit(actual)
 
     def refund(self, hold: Hold) -> None:
         self.meter.refund(hold)
+        if self._grants:
+            self._settle_shared(hold, Charge())
 
     def usage(self) -> Usage:
         return self.meter.usage(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
 from decimal import Decimal
 
 import pytest
@@ -19,16 +21,9 @@ from corral.stores.base import (
     ScopedCharge,
 )
 from corral.stores.memory import MemoryStore
+from corral.stores.owner import RunOwner
 
-BACKENDS: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """A fresh store of each backend."""
-    s = BACKENDS[request.param]()
-    yield s
-    s.close()
+# The `store` fixture (tests/stores/conftest.py) runs each test against every backend.
 
 
 def test_backend_satisfies_the_protocol(store: Store) -> None:
@@ -171,7 +166,7 @@ def test_approvals_are_decided_once(store: Store) -> None:
 
 
 def test_idempotency_claims_follow_http_semantics(store: Store) -> None:
-    """Claim once; same digest replays the outcome; other digest mismatches; release frees the key."""
+    """Claim once; same digest replays the outcome; other digest mismatches; release frees it."""
     assert store.claim("k", "d1", tenant="t", now=0.0, lease=10.0).status == "claimed"
     assert store.claim("k", "d1", tenant="t", now=1.0, lease=10.0).status == "in_flight"
     assert store.claim("k", "d2", tenant="t", now=1.0, lease=10.0).status == "mismatch"
@@ -230,3 +225,113 @@ def test_unknown_store_scheme_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="redis"):
         open_store("redis://localhost")
+
+
+def test_usd_is_exact_not_floating_point(store: Store) -> None:
+    """Ten charges of 0.1 fill a 1.0 cap exactly; the refusal's figure is an exact Decimal."""
+    cap = Decimal("1.0")
+    for _ in range(10):
+        g = store.reserve([ScopedCharge(scope="cents", usd=Decimal("0.1"), max_usd=cap)], now=0.0)
+        assert isinstance(g, str)
+    refused = store.reserve(
+        [ScopedCharge(scope="cents", usd=Decimal("0.000000001"), max_usd=cap)], now=0.0
+    )
+    assert isinstance(refused, Refusal)
+    assert refused.would_be == Decimal("1.000000001") and isinstance(refused.would_be, Decimal)
+
+
+def test_run_and_event_fields_round_trip(store: Store) -> None:
+    """Every run field and nested event data come back as written."""
+    stop = {"reason": "max_usd", "limit": "1.00", "observed": "1.40", "retryable": False}
+    store.create_run(RunRecord(id="r1", tenant="acme", agent="bot", task="t ✓", started_at=5.5))
+    store.update_run(
+        "r1",
+        status="stopped",
+        stop_reason="max_usd",
+        stop=stop,
+        answer="partial ✓",
+        usage={"usd": "1.40", "tool_calls_by_tool": {"browser.open": 3}},
+        ended_at=9.25,
+        would_stop=[{"reason": "max_steps"}],
+        policy_digest="abc",
+    )
+    r = store.get_run("r1")
+    assert r is not None
+    assert (r.tenant, r.agent, r.task, r.started_at, r.ended_at) == (
+        "acme",
+        "bot",
+        "t ✓",
+        5.5,
+        9.25,
+    )
+    assert (r.status, r.stop_reason, r.stop, r.answer) == ("stopped", "max_usd", stop, "partial ✓")
+    assert r.usage == {"usd": "1.40", "tool_calls_by_tool": {"browser.open": 3}}
+    assert [dict(w) for w in r.would_stop] == [{"reason": "max_steps"}] and r.policy_digest == "abc"
+    data = {"tool": "kb.read", "args": {"q": ["a", None, 1.5, True]}, "text": "ünï"}
+    store.append_events([Event(run_id="r1", seq=1, kind="tool_call", at=1.25, data=data)])
+    (event,) = store.events("r1")
+    assert (event.run_id, event.seq, event.kind, event.at, event.data) == (
+        "r1",
+        1,
+        "tool_call",
+        1.25,
+        data,
+    )
+
+
+def test_missing_runs_and_approvals_are_key_errors(store: Store) -> None:
+    """Updating a run or deciding an approval that does not exist raises KeyError."""
+    with pytest.raises(KeyError):
+        store.update_run("nope", status="ok")
+    with pytest.raises(KeyError):
+        store.decide_approval("nope", "approved", approver="alice")
+
+
+def test_a_run_records_the_process_running_it(store: Store) -> None:
+    """The store fills in the run's owner and heartbeat; a live owner's run is never marked."""
+    before = time.time()
+    store.create_run(RunRecord(id="mine"))
+    run = store.get_run("mine")
+    assert run is not None and run.owner == RunOwner.current()
+    assert run.heartbeat_at is not None and run.heartbeat_at >= before
+    assert store.mark_interrupted() == []
+    assert store.mark_interrupted(now=time.time() + 10 * 86400.0) == []
+    assert [r.status for r in store.list_runs()] == ["running"]
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def test_a_run_whose_process_died_is_marked_interrupted(store: Store) -> None:
+    """A running run owned by a dead process on this machine is marked, with an event saying why."""
+    me = RunOwner.current()
+    ghost = RunOwner(host=me.host, node=me.node, pid=dead_pid())
+    store.create_run(RunRecord(id="ghost", owner=ghost, heartbeat_at=100.0))
+    store.append_events([Event(run_id="ghost", seq=1, kind="step", at=1.0)])
+    store.create_run(RunRecord(id="done", owner=ghost, status="ok"))
+    assert store.mark_interrupted() == ["ghost"]
+    run = store.get_run("ghost")
+    assert run is not None and run.status == "interrupted" and run.ended_at is not None
+    assert [e.kind for e in store.events("ghost")] == ["step", "interrupted"]
+    assert "no longer running" in store.events("ghost")[-1].data["why"]
+    done = store.get_run("done")
+    assert done is not None and done.status == "ok"
+    assert store.mark_interrupted() == []
+
+
+def test_a_run_elsewhere_is_interrupted_when_its_heartbeat_lapses(store: Store) -> None:
+    """A run owned on another machine is judged by its lease; a heartbeat renews it."""
+    far = RunOwner(host="elsewhere", node="elsewhere/boot/pid:[1]", pid=4242)
+    now = time.time()
+    store.create_run(RunRecord(id="far", owner=far, heartbeat_at=now - 100.0))
+    store.create_run(RunRecord(id="kept", owner=far, heartbeat_at=now - 100.0))
+    assert store.mark_interrupted(now=now, lease=300.0) == []
+    store.heartbeat("kept")
+    assert store.mark_interrupted(now=now + 250.0, lease=300.0) == ["far"]
+    kept = store.get_run("kept")
+    assert kept is not None and kept.status == "running"
+    assert "no heartbeat" in store.events("far")[-1].data["why"]

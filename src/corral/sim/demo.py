@@ -6,7 +6,7 @@ runs the day twice: in an autonomous loop with no budgets, then inside corral un
 the reference policy. Both sides are deterministic per seed, and every figure comes
 from running them (the governed figures are read back from the store).
 
->>> figures = simulate(seed=7, runs=5, failure_rate=1.0, db=None)
+>>> figures = simulate(seed=7, runs=5, failure_rate=1.0, db="memory://doctest")
 >>> figures["governed"]["tasks_answered"] <= figures["unbounded"]["tasks_answered"] == 5
 True
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..exceptions import ConfigError
-from ..stores import open_store
+from ..exceptions import ConfigError, StoreError
+from ..stores import default_url, open_store
 from .loops import BROWSER_SPEC, Side, governed_policy, run_governed, run_unbounded
 from .world import Scenario, clock_time, make_tasks
 
@@ -43,36 +44,60 @@ def demo_command(
         problems.append(f"--runs: must be between 1 and {MAX_RUNS:,}, got {runs}")
     if not 0.0 <= failure_rate <= 1.0:
         problems.append(f"--failure-rate: must be between 0 and 1, got {failure_rate:g}")
-    if db is not None and not problems:
+    if not problems:
         try:
             open_store(db)
-        except ConfigError as exc:
-            problems.append(f"--db: {exc}")
+        except (ConfigError, StoreError) as exc:
+            problems.append(f"{'--db' if db is not None else 'CORRAL_DB'}: {exc}")
     if problems:
         for line in problems:
             print(f"corral demo: {line}", file=sys.stderr)
         return 2
-    figures = simulate(seed=seed, runs=runs, failure_rate=failure_rate, db=db)
+    prefix = new_run_prefix()
+    figures = simulate(seed=seed, runs=runs, failure_rate=failure_rate, db=db, run_prefix=prefix)
     if as_json:
         sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     else:
-        render(figures, Console())
+        render(figures, Console(), run_prefix=prefix)
     return 0
 
 
-def simulate(*, seed: int, runs: int, failure_rate: float, db: str | None) -> dict[str, Any]:
+def new_run_prefix() -> str:
+    """``demo-20261124-101500-3f9a1c``: the run ids of one invocation start with it."""
+    return f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def simulate(
+    *,
+    seed: int,
+    runs: int,
+    failure_rate: float,
+    db: str | None,
+    run_prefix: str | None = None,
+) -> dict[str, Any]:
     """Run both sides and return the figures in their JSON form.
 
-    ``db`` is a store URL for the governed runs; ``None`` gives a fresh in-memory
-    store of its own (``memory://demo-...``), so repeated calls never mix.
+    ``db`` is a store URL for the governed runs; ``None`` means the default store
+    (``CORRAL_DB``, then ``sqlite:///corral.db``), except that an in-memory default
+    gives a fresh store of its own (``memory://demo-...``), so repeated calls never
+    mix. The governed runs' ids start with ``run_prefix`` (default: a new
+    :func:`new_run_prefix`), so one invocation's runs stay apart from earlier ones
+    in a shared store; the figures count only this invocation's runs.
     """
     scenario = Scenario()
-    url = db if db is not None else f"memory://demo-{uuid.uuid4().hex[:12]}"
+    url = db if db is not None else default_url()
+    if db is None and url.startswith("memory://"):
+        url = f"memory://demo-{uuid.uuid4().hex[:12]}"
     store = open_store(url)
     tasks = make_tasks(seed=seed, runs=runs, scenario=scenario)
     unbounded = run_unbounded(tasks, scenario=scenario, failure_rate=failure_rate, seed=seed)
     governed = run_governed(
-        tasks, scenario=scenario, failure_rate=failure_rate, seed=seed, store=store
+        tasks,
+        scenario=scenario,
+        failure_rate=failure_rate,
+        seed=seed,
+        store=store,
+        run_prefix=run_prefix or new_run_prefix(),
     )
     budgets = governed_policy().budgets
     return {
@@ -133,8 +158,9 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def render(figures: dict[str, Any], console: Console) -> None:
-    """Print the side-by-side table and what bounded each side."""
+def render(figures: dict[str, Any], console: Console, *, run_prefix: str | None = None) -> None:
+    """Print the side-by-side table and what bounded each side (and, for a durable
+    store, where the governed runs were recorded: ids starting with ``run_prefix``)."""
     u, g = figures["unbounded"], figures["governed"]
     runs, outage = figures["runs"], figures["outage"]
     table = Table(
@@ -176,8 +202,9 @@ def render(figures: dict[str, Any], console: Console) -> None:
     for line in explain(figures):
         console.print(line, highlight=False)
     if not figures["store"].startswith("memory://"):
+        which = f" as {run_prefix}-*" if run_prefix else ""
         console.print(
-            f"Governed runs recorded in {figures['store']}.", style="dim", highlight=False
+            f"Governed runs recorded in {figures['store']}{which}.", style="dim", highlight=False
         )
 
 

@@ -180,9 +180,16 @@ def run_unbounded(
 
 
 def run_governed(
-    tasks: Sequence[Task], *, scenario: Scenario, failure_rate: float, seed: int, store: Store
+    tasks: Sequence[Task],
+    *,
+    scenario: Scenario,
+    failure_rate: float,
+    seed: int,
+    store: Store,
+    run_prefix: str | None = None,
 ) -> Side:
-    """Run every ticket through :func:`corral.run`; the figures come from the store's records."""
+    """Run every ticket through :func:`corral.run`; the figures come from the store's records
+    of these runs (ids ``{run_prefix}-{ticket}`` when a prefix is given)."""
     clock = ManualClock(start=0.0)
     vendor = Vendor(scenario, failure_rate=failure_rate, seed=f"{seed}/governed")
     kb = KnowledgeBase(scenario, seed=f"{seed}/governed")
@@ -202,6 +209,7 @@ def run_governed(
             clock=clock,
             tenant=TENANT,
             agent=AGENT,
+            run_id=f"{run_prefix}-{task.index:04d}" if run_prefix else None,
             on_run=lambda r: model.bind(r, max_seconds),
         )
         run_ids.append(result.run_id)

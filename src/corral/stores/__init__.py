@@ -1,42 +1,130 @@
-"""Stores: shared state behind one Protocol, chosen by URL."""
+"""Stores: shared state behind one Protocol, chosen by URL.
+
+=================================  ==========================================================
+``sqlite:///corral.db``            a SQLite file, relative to the working directory (default)
+``sqlite:////var/lib/corral.db``   a SQLite file by absolute path; ``?synchronous=FULL``
+                                   also survives power loss, at a cost per commit
+``sqlite://``                      SQLite in memory (also ``sqlite:///:memory:``)
+``postgresql://user@host/db``      PostgreSQL, for several processes on several machines
+``memory://`` / ``memory://NAME``  dictionaries in this process, for tests
+=================================  ==========================================================
+
+The default is ``CORRAL_DB`` if set, else ``sqlite:///corral.db``: the CLI and
+every run that names no store reach the same state.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
+from collections.abc import Callable
+from urllib.parse import parse_qsl, unquote
 
 from ..exceptions import ConfigError
 from .base import Store
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
-DEFAULT_URL = "memory://"
+DEFAULT_URL = "sqlite:///corral.db"
 
 _shared: dict[str, Store] = {}
+_shared_lock = threading.Lock()
 
 
 def default_url() -> str:
-    """``CORRAL_DB`` if set, else the built-in default (in memory until a durable store lands)."""
+    """``CORRAL_DB`` if set, else ``sqlite:///corral.db``."""
     return os.environ.get("CORRAL_DB") or DEFAULT_URL
 
 
 def open_store(url: str | Store | None = None) -> Store:
-    """Open a store from a URL (``memory://``), or pass a store object through.
+    """Open a store from a URL (see the module docstring), or pass a store object through.
 
-    ``memory://`` gives one store per process shared by every run that names it,
-    so a kill switch set through it reaches them all; ``memory://NAME`` gives a
-    separate named one.
+    One store per URL per process, shared by every run that names it: ``memory://``
+    (``memory://NAME`` for a separate one) is therefore one in-process store, so a
+    kill switch set through it reaches every run; a database URL opens its
+    connection once. Raises :class:`~corral.exceptions.ConfigError` for a URL it
+    cannot use, :class:`~corral.exceptions.StoreError` when the database cannot be
+    reached.
     """
     if url is None:
         url = default_url()
     if not isinstance(url, str):
         return url
-    if url.startswith("memory://"):
-        name = url[len("memory://") :]
-        store = _shared.get(name)
-        if store is None:
-            store = _shared[name] = MemoryStore()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"store URL {url!r} has no scheme: use sqlite:///PATH, postgresql://... or memory://"
+        )
+    factory: Callable[[], Store]
+    if scheme == "memory":
+        key, factory = url, MemoryStore
+    elif scheme == "sqlite":
+        path, synchronous = _sqlite_target(url, rest)
+        path = path if path == ":memory:" else os.path.abspath(path)
+        key = "sqlite://" + path
+
+        def factory() -> Store:
+            return SQLiteStore(path, synchronous=synchronous)
+    elif scheme in ("postgresql", "postgres"):
+        key = url
+
+        def factory() -> Store:
+            return _postgres(url, scheme)
+    else:
+        raise ConfigError(
+            f"unsupported store URL scheme {scheme!r}: use sqlite:///PATH, "
+            "postgresql://... or memory://"
+        )
+    with _shared_lock:
+        store = _shared.get(key)
+        if store is None or getattr(store, "closed", False):
+            store = _shared[key] = factory()
         return store
-    scheme = url.split(":", 1)[0] if ":" in url else url
-    raise ConfigError(f"unsupported store URL {url!r}: scheme {scheme!r} is not available (use memory://)")
 
 
-__all__ = ["DEFAULT_URL", "MemoryStore", "Store", "default_url", "open_store"]
+def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
+    """The file (or ``:memory:``) and the ``synchronous`` setting a SQLite URL names."""
+    where, _, query = rest.partition("?")
+    if where in ("", "/:memory:"):
+        path = ":memory:"
+    elif where.startswith("/") and len(where) > 1:
+        path = unquote(where[1:])
+    else:
+        raise ConfigError(
+            f"SQLite URL {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db "
+            "or sqlite:// (in memory)"
+        )
+    synchronous = "NORMAL"
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "synchronous":
+            raise ConfigError(f"SQLite URL {url!r}: unknown option {name!r} (known: synchronous)")
+        synchronous = value.upper()
+    return path, synchronous
+
+
+def _postgres(url: str, scheme: str) -> Store:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        if exc.name == f"{__name__}.postgres":
+            raise ConfigError(
+                f"{scheme}:// store URLs are not supported by this version of corral"
+            ) from None
+        raise ConfigError(
+            f"{scheme}:// store URLs need the PostgreSQL driver ({exc.name or exc} is missing): "
+            "pip install 'corral[postgres]'"
+        ) from None
+    store: Store = PostgresStore(url)
+    return store
+
+
+@atexit.register
+def _close_shared() -> None:
+    with _shared_lock:
+        for store in _shared.values():
+            store.close()
+        _shared.clear()
+
+
+__all__ = ["DEFAULT_URL", "MemoryStore", "SQLiteStore", "Store", "default_url", "open_store"]

@@ -1,13 +1,17 @@
 """The store seam: everything several runs, processes or machines share.
 
-One Protocol, several backends (in-memory now; SQLite and PostgreSQL implement
-the same contract). Contended state must use the backend's own atomicity, not
+One Protocol, several backends (in-memory, SQLite, PostgreSQL) held to one
+contract test suite. Contended state must use the backend's own atomicity, not
 in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
   window) at once, all or nothing, refusals naming the scope;
 - **kill switches**, **approvals**, **idempotency claims**, **breakers**;
-- **runs and their events** (trace and decisions).
+- **runs and their events** (trace and decisions). The store records which process
+  runs each run (:class:`~corral.stores.owner.RunOwner`) and renews the run's
+  heartbeat on every write to it (``heartbeat`` renews it during a long wait);
+  ``mark_interrupted`` marks ``interrupted`` the runs whose process died or whose
+  heartbeat lapsed, so a crash never leaves a run looking ``running`` for ever.
 
 A backend that cannot answer raises :class:`~corral.exceptions.StoreError`;
 callers refuse the action (fail closed).
@@ -19,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from .owner import RUN_LEASE_SECONDS, RunOwner
 
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 KillScope = Literal["global", "tenant", "agent", "tool", "run"]
@@ -99,6 +105,10 @@ class RunRecord:
     started_at: float = 0.0
     ended_at: float | None = None
     would_stop: Sequence[Mapping[str, Any]] = ()
+    owner: RunOwner | None = None
+    """The process running the run; the store fills it in when the run starts or resumes."""
+    heartbeat_at: float | None = None
+    """The last time (epoch seconds) the owner wrote to the run; the store keeps it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -123,6 +133,10 @@ class Store(Protocol):
     def list_runs(self, *, limit: int = 100, tenant: str | None = None) -> list[RunRecord]: ...
     def append_events(self, events: Sequence[Event]) -> None: ...
     def events(self, run_id: str) -> list[Event]: ...
+    def heartbeat(self, run_id: str) -> None: ...
+    def mark_interrupted(
+        self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
+    ) -> list[str]: ...
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal: ...
@@ -139,10 +153,14 @@ class Store(Protocol):
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord: ...
-    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]: ...
+    def list_approvals(
+        self, *, status: ApprovalStatus | None = "pending"
+    ) -> list[ApprovalRecord]: ...
 
     # idempotency
-    def claim(self, key: str, digest: str, *, tenant: str | None, now: float, lease: float) -> Claim: ...
+    def claim(
+        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+    ) -> Claim: ...
     def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None: ...
     def release(self, key: str, *, tenant: str | None) -> None: ...
 

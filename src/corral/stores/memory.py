@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -21,7 +22,7 @@ from .base import (
     RunRecord,
     ScopedCharge,
 )
-
+from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 _CLOSED = BreakerState()
 
@@ -56,12 +57,19 @@ class MemoryStore:
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
             self._check()
-            self._runs[record.id] = record
+            self._runs[record.id] = replace(
+                record,
+                owner=record.owner or RunOwner.current(),
+                heartbeat_at=record.heartbeat_at or time.time(),
+            )
             self._events.setdefault(record.id, [])
 
     def update_run(self, run_id: str, **changes: Any) -> None:
         with self._lock:
             self._check()
+            changes.setdefault("heartbeat_at", time.time())
+            if changes.get("status") == "running":
+                changes.setdefault("owner", RunOwner.current())
             self._runs[run_id] = replace(self._runs[run_id], **changes)
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -80,11 +88,44 @@ class MemoryStore:
             self._check()
             for e in events:
                 self._events.setdefault(e.run_id, []).append(e)
+            # No heartbeat here: a run in memory cannot outlive the process that owns it.
 
     def events(self, run_id: str) -> list[Event]:
         with self._lock:
             self._check()
             return list(self._events.get(run_id, []))
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._lock:
+            self._check()
+            run = self._runs.get(run_id)
+            if run is not None:
+                self._runs[run_id] = replace(run, heartbeat_at=time.time())
+
+    def mark_interrupted(
+        self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
+    ) -> list[str]:
+        """Mark ``interrupted`` the running runs whose owner died or whose lease lapsed."""
+        now = time.time() if now is None else now
+        marked = []
+        with self._lock:
+            self._check()
+            for run in list(self._runs.values()):
+                if run.status != "running":
+                    continue
+                why = interruption(run.owner, heartbeat_at=run.heartbeat_at, now=now, lease=lease)
+                if why is None:
+                    continue
+                self._runs[run.id] = replace(
+                    run, status="interrupted", ended_at=run.heartbeat_at or now
+                )
+                events = self._events.setdefault(run.id, [])
+                seq = max((e.seq for e in events), default=0) + 1
+                events.append(
+                    Event(run_id=run.id, seq=seq, kind="interrupted", at=now, data={"why": why})
+                )
+                marked.append(run.id)
+        return marked
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
@@ -96,11 +137,21 @@ class MemoryStore:
                     state = self._scopes[c.scope] = [0, Decimal(0), c.window_ends]
                 retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
                 if c.max_calls is not None and c.calls and state[0] + c.calls > c.max_calls:
-                    return Refusal(scope=c.scope, dimension="calls", limit=c.max_calls,
-                                   would_be=state[0] + c.calls, retry_after=retry)
+                    return Refusal(
+                        scope=c.scope,
+                        dimension="calls",
+                        limit=c.max_calls,
+                        would_be=state[0] + c.calls,
+                        retry_after=retry,
+                    )
                 if c.max_usd is not None and c.usd and state[1] + c.usd > c.max_usd:
-                    return Refusal(scope=c.scope, dimension="usd", limit=c.max_usd,
-                                   would_be=state[1] + c.usd, retry_after=retry)
+                    return Refusal(
+                        scope=c.scope,
+                        dimension="usd",
+                        limit=c.max_usd,
+                        would_be=state[1] + c.usd,
+                        retry_after=retry,
+                    )
             for c in charges:
                 state = self._scopes[c.scope]
                 state[0] += c.calls
@@ -173,12 +224,18 @@ class MemoryStore:
             return [a for a in self._approvals.values() if status is None or a.status == status]
 
     # idempotency
-    def claim(self, key: str, digest: str, *, tenant: str | None, now: float, lease: float) -> Claim:
+    def claim(
+        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+    ) -> Claim:
         with self._lock:
             self._check()
             rec = self._claims.get((tenant, key))
             if rec is None:
-                self._claims[(tenant, key)] = {"digest": digest, "outcome": None, "lease": now + lease}
+                self._claims[(tenant, key)] = {
+                    "digest": digest,
+                    "outcome": None,
+                    "lease": now + lease,
+                }
                 return Claim(status="claimed")
             if rec["digest"] != digest:
                 return Claim(status="mismatch")
@@ -216,5 +273,3 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
-
-

@@ -1,0 +1,150 @@
+"""Statement texts and row conversions for the PostgreSQL store (:mod:`.postgres`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .base import ApprovalRecord, RunRecord
+from .owner import RunOwner
+
+RUN_COLUMNS = (
+    "id", "tenant", "agent", "status", "stop_reason", "stop", "task", "answer", "usage",
+    "policy_digest", "started_at", "ended_at", "would_stop",
+    "owner_host", "owner_pid", "owner_node", "owner_started", "heartbeat_at",
+)  # fmt: skip
+RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"id"}
+OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_node", "owner_started")
+# Insert the claim unless the key is held; otherwise read the holder. The primary key lets
+# exactly one claimant win. A holder that committed after this statement began is not visible
+# to it (no row comes back), and the statement is run again.
+CLAIM = """
+WITH won AS (
+    INSERT INTO corral_claims (tenant_key, key, digest, lease_until, created_at)
+    VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING true
+)
+SELECT true, NULL, NULL, NULL FROM won
+UNION ALL
+SELECT false, digest, outcome, lease_until FROM corral_claims
+WHERE tenant_key = %s AND key = %s AND NOT EXISTS (SELECT FROM won)
+"""
+APPEND_EVENTS = """
+WITH added AS (
+    INSERT INTO corral_events (run_id, seq, kind, at, data)
+    SELECT r, s, k, a, d
+    FROM unnest(%s::text[], %s::int4[], %s::text[], %s::float8[], %s::jsonb[])
+         WITH ORDINALITY AS v(r, s, k, a, d, n)
+    ORDER BY n
+    RETURNING run_id
+)
+UPDATE corral_runs SET heartbeat_at = %s
+WHERE id IN (SELECT run_id FROM added) AND status = 'running'
+"""
+# Tells listeners (LISTEN corral_kill_switch) which switch changed, when the change commits.
+NOTIFY_KILL = "SELECT pg_notify('corral_kill_switch', scope || ':' || target) FROM s"
+# One statement: mark the runs still as judged (status, heartbeat) and log why, atomically.
+MARK_INTERRUPTED = """
+WITH c AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) AS c(id, beat, why)),
+m AS (
+    UPDATE corral_runs AS r SET status = 'interrupted', ended_at = coalesce(c.beat, %s)
+    FROM c WHERE r.id = c.id AND r.status = 'running' AND r.heartbeat_at IS NOT DISTINCT FROM c.beat
+    RETURNING r.id, c.why
+)
+INSERT INTO corral_events (run_id, seq, kind, at, data)
+SELECT m.id, coalesce((SELECT max(e.seq) FROM corral_events AS e WHERE e.run_id = m.id), 0) + 1,
+       'interrupted', %s, jsonb_build_object('why', m.why)
+FROM m RETURNING run_id
+"""
+APPROVAL_FIELDS = (
+    "id", "run_id", "tool", "args_digest", "arguments", "tenant", "agent", "status",
+    "approver", "reason", "created", "expires",
+)  # fmt: skip
+
+
+def default(value: Any) -> Any:
+    """JSON for what ``json`` cannot hold: decimals as their exact text, else ``str()``."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=default, separators=(",", ":"))
+
+
+def jsonb(value: Any) -> Jsonb:
+    """A JSONB parameter (see :func:`default`)."""
+    return Jsonb(value, dumps=dumps)
+
+
+def tenant_key(tenant: str | None) -> str:
+    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
+    return "" if tenant is None else ":" + tenant
+
+
+def upsert(table: str, columns: Sequence[str]) -> sql.Composed:
+    """Insert a row, or replace every column of the row with the same id."""
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c != "id"
+        ),
+    )
+
+
+def select(table: str, fields: Sequence[str], rest: str) -> sql.Composed:
+    """``SELECT fields FROM table`` followed by ``rest`` (a literal: WHERE, ORDER BY, ...)."""
+    return sql.SQL("SELECT {} FROM {} ").format(
+        sql.SQL(", ").join(map(sql.Identifier, fields)), sql.Identifier(table)
+    ) + sql.SQL(rest)
+
+
+def run_columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """RunRecord fields → column values (the owner spans four columns; JSON as JSONB)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "owner":
+            parts = (
+                (None,) * 4 if value is None else (value.host, value.pid, value.node, value.started)
+            )
+            out.update(zip(OWNER_COLUMNS, parts, strict=True))
+        elif name in ("stop", "usage") and value is not None:
+            out[name] = jsonb(dict(value))
+        elif name == "would_stop":
+            out[name] = jsonb([dict(w) for w in value])
+        else:
+            out[name] = value
+    return out
+
+
+def run_owner(
+    host: str | None, pid: int | None, node: str | None, started: str | None
+) -> RunOwner | None:
+    if pid is None:
+        return None
+    return RunOwner(host=host or "", pid=pid, node=node or "", started=started or "")
+
+
+def run_record(row: Sequence[Any]) -> RunRecord:
+    data = dict(zip(RUN_COLUMNS, row, strict=True))
+    owner = run_owner(*(data.pop(c) for c in OWNER_COLUMNS))
+    return RunRecord(
+        **data | {"usage": data["usage"] or {}, "would_stop": tuple(data["would_stop"] or ())},
+        owner=owner,
+    )
+
+
+def approval_record(row: Sequence[Any]) -> ApprovalRecord:
+    return ApprovalRecord(**dict(zip(APPROVAL_FIELDS, row, strict=True)))

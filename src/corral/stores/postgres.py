@@ -1,0 +1,571 @@
+"""The PostgreSQL store: shared state for several processes and machines.
+
+``PostgresStore("postgresql://user@host/db")`` opens a connection pool (psycopg 3)
+and brings the schema up to date with the shared migration runner (:mod:`.migrate`,
+files in ``migrations/postgres/``). Contended state relies on the database alone,
+never on an in-process lock, so it holds across processes and machines:
+
+- **reserve / settle** are one statement each (the schema's ``corral_reserve`` and
+  ``corral_settle`` functions). They lock the scopes' rows in one order everywhere
+  (byte order of the scope name, so reservations never deadlock), check every
+  scope, then write all of them or none. A grant is consumed by its settlement, so
+  settling twice refunds once. USD is ``NUMERIC``: exact.
+- **idempotency claims** are exclusive through the primary key
+  (``INSERT ... ON CONFLICT DO NOTHING``);
+- **approvals** and **interrupted runs** change by conditional updates
+  (still pending; still running with the heartbeat that was judged);
+- kill switches, breakers, runs and events are single-statement writes; setting or
+  clearing a kill switch also sends ``NOTIFY corral_kill_switch`` (``scope:target``).
+
+Every call is one statement in autocommit: one transaction, one round trip. A
+process forked with the store open gets a pool of its own on first use; the
+parent's connections are never touched in the child.
+
+It fails closed, and never hangs: a server that cannot be reached, a pool with no
+free connection, a statement (lock waits included) that runs too long each raise
+:class:`~corral.exceptions.StoreError` after ``connect_timeout``, ``pool_timeout``
+or ``statement_timeout``. A deadlock is retried; so is a connection that died
+under a call, except for calls that must not be sent twice because they may have
+committed (reservations, claims, event appends).
+
+Isolation (tests, several deployments in one database): ``schema="name"`` or a
+``?schema=name`` URL parameter keeps every table in that schema, created if
+missing. A test fixture gives each test an empty store with a schema of its own
+and drops it afterwards (``tests/stores/pg.py``)::
+
+    url = require_postgres()          # skips, or fails under CI, if unreachable
+    with fresh_store(url) as store:   # PostgresStore(url, schema="corral_t_<random>")
+        ...                           # the schema is dropped on exit
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from ..exceptions import ConfigError, StoreError
+from . import _postgres_sql as q
+from .base import (
+    ApprovalRecord,
+    ApprovalStatus,
+    BreakerState,
+    Claim,
+    Event,
+    KillScope,
+    KillSwitchState,
+    Refusal,
+    RunRecord,
+    ScopedCharge,
+)
+from .migrate import POSTGRES, current_version, migrate
+from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Transient conflicts PostgreSQL resolves by aborting one side; the transaction is retried.
+_RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
+_ATTEMPTS = 3
+
+
+_OPEN: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+_INHERITED: list[ConnectionPool[Any]] = []  # a parent's pools, kept unused in a forked child
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """The connection died under the call (not a timeout, not a closed pool)."""
+    if isinstance(exc, PoolClosed):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+class PostgresStore:
+    """A complete :class:`~corral.stores.base.Store` in PostgreSQL, safe across processes.
+
+    ``url`` is a libpq URL or DSN (``postgresql://user@host:5432/db``), optionally
+    with ``?schema=NAME``. ``max_size`` bounds the pool; ``connect_timeout``,
+    ``pool_timeout`` (waiting for a free connection) and ``statement_timeout``
+    (seconds) bound every call, after which it raises ``StoreError``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 3.0,
+        pool_timeout: float = 2.0,
+        statement_timeout: float = 10.0,
+        migrate: bool = True,
+    ) -> None:
+        conninfo, url_schema = _split_schema(url)
+        self.schema = schema or url_schema
+        if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ConfigError(
+                f"PostgreSQL schema {self.schema!r}: use lower-case letters, digits and '_'"
+            )
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"invalid PostgreSQL URL: {exc}") from exc
+        options = [str(params.pop("options", "") or "")]
+        if self.schema is not None:
+            options.append(f"-c search_path={self.schema}")
+        options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
+        params["options"] = " ".join(o for o in options if o)
+        params.setdefault("application_name", "corral")
+        conninfo = make_conninfo("", **params)
+        connect = max(1, round(connect_timeout))  # libpq takes whole seconds
+        try:
+            # One direct connection first: it names the cause of a failure (refused, auth, no
+            # such database) and prepares the schema before the pool fills in the background.
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect) as conn:
+                if migrate:
+                    _prepare(conn, self.schema)
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
+        self._pool_timeout = pool_timeout
+        self._new_pool = partial(
+            ConnectionPool[Conn],
+            conninfo,
+            kwargs={"autocommit": True, "connect_timeout": connect},
+            min_size=min_size,
+            max_size=max(min_size, max_size),
+            timeout=pool_timeout,
+            reconnect_timeout=max(60.0, connect_timeout),
+            name="corral",
+        )
+        self._pool = self._new_pool(open=True)
+        self._reopen = threading.Lock()
+        self._forked = False
+        try:
+            self.mark_interrupted()
+        except BaseException:
+            self._pool.close()
+            raise
+        _OPEN.add(self)
+
+    def _after_fork(self) -> None:
+        # The parent's connections are the parent's: the child must never talk on them, nor
+        # close them (that would end the parent's sessions). Keep them, open a pool on first use.
+        _INHERITED.append(self._pool)
+        self._reopen = threading.Lock()
+        self._forked = True
+
+    def _current_pool(self, *, reopen: bool = True) -> ConnectionPool[Conn]:
+        if self._forked:
+            with self._reopen:
+                if self._forked:
+                    self._pool = self._new_pool(open=reopen and not self._pool.closed)
+                    self._forked = False
+        return self._pool
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _call(self, fn: Callable[[Conn], T], *, once: bool = False) -> T:
+        """Run ``fn`` on a pooled connection (autocommit: one statement, one transaction).
+
+        Errors become ``StoreError``. A deadlock or serialization failure rolled the
+        work back, so it is tried again; so is a connection found dead (a restarted
+        server) unless ``once``: the work may have committed before the connection
+        dropped, and doing it twice would hold a budget twice or lose a claim.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self._current_pool().connection(timeout=self._pool_timeout) as conn:
+                    return fn(conn)
+            except _RETRYABLE as exc:
+                if attempt == _ATTEMPTS:
+                    raise StoreError(f"PostgreSQL store: {exc}") from exc
+            except PoolTimeout as exc:
+                raise StoreError(
+                    f"PostgreSQL store unavailable: no connection within {self._pool_timeout:g} s "
+                    f"({exc})"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                if once or attempt > 1 or not _connection_lost(exc):
+                    raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL store: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def schema_version(self) -> int:
+        """The highest migration applied to this database (0 before any)."""
+        return self._call(lambda conn: current_version(conn, POSTGRES))
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._pool.closed and not self._forked
+
+    def close(self) -> None:
+        """Close the pool; later calls raise ``StoreError``."""
+        self._current_pool(reopen=False).close()
+        _OPEN.discard(self)
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs and trace ----------------------------------------------------------------
+    def create_run(self, record: RunRecord) -> None:
+        """Record a run (replacing one with the same id), owned by this process unless named."""
+        values = {f.name: getattr(record, f.name) for f in fields(RunRecord)}
+        values["owner"] = record.owner or RunOwner.current()
+        values["heartbeat_at"] = record.heartbeat_at or time.time()
+        columns = q.run_columns(values)
+        query = q.upsert("corral_runs", list(columns))
+        self._call(lambda conn: conn.execute(query, list(columns.values())))
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        """Change the named fields; renews the heartbeat, and a run set running again is ours."""
+        unknown = sorted(set(changes) - q.RUN_FIELDS)
+        if unknown:
+            raise TypeError(f"update_run cannot set {', '.join(unknown)}")
+        changes.setdefault("heartbeat_at", time.time())
+        if changes.get("status") == "running":
+            changes.setdefault("owner", RunOwner.current())
+        columns = q.run_columns(changes)
+        query = sql.SQL("UPDATE corral_runs SET {} WHERE id = %s RETURNING 1").format(
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns)
+        )
+        params = [*columns.values(), run_id]
+        if self._call(lambda conn: conn.execute(query, params).fetchone()) is None:
+            raise KeyError(run_id)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        query = q.select("corral_runs", q.RUN_COLUMNS, "WHERE id = %s")
+        row = self._call(lambda conn: conn.execute(query, (run_id,)).fetchone())
+        return None if row is None else q.run_record(row)
+
+    def list_runs(self, *, limit: int = 100, tenant: str | None = None) -> list[RunRecord]:
+        where = "" if tenant is None else "WHERE tenant = %s"
+        query = q.select(
+            "corral_runs", q.RUN_COLUMNS, f"{where} ORDER BY started_at DESC, seq LIMIT %s"
+        )
+        params = (limit,) if tenant is None else (tenant, limit)
+        return [
+            q.run_record(r) for r in self._call(lambda conn: conn.execute(query, params).fetchall())
+        ]
+
+    def heartbeat(self, run_id: str) -> None:
+        """Renew a run's heartbeat (during a long wait that writes nothing else)."""
+        self._call(
+            lambda conn: conn.execute(
+                "UPDATE corral_runs SET heartbeat_at = %s WHERE id = %s", (time.time(), run_id)
+            )
+        )
+
+    def mark_interrupted(
+        self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
+    ) -> list[str]:
+        """Mark ``interrupted`` the running runs whose owner died or whose lease lapsed.
+
+        Returns their ids; each gets an ``interrupted`` event saying why. A run is
+        marked only if nothing renewed it since it was judged, and by one caller only.
+        """
+        now = time.time() if now is None else now
+        query = q.select(
+            "corral_runs", ("id", *q.OWNER_COLUMNS, "heartbeat_at"), "WHERE status = 'running'"
+        )
+        found = []
+        for run_id, host, pid, node, started, beat in self._call(
+            lambda conn: conn.execute(query).fetchall()
+        ):
+            why = interruption(
+                q.run_owner(host, pid, node, started), heartbeat_at=beat, now=now, lease=lease
+            )
+            if why is not None:
+                found.append((run_id, beat, why))
+        if not found:
+            return []
+        ids, beats, whys = (list(col) for col in zip(*found, strict=True))
+        rows = self._call(
+            lambda conn: conn.execute(
+                q.MARK_INTERRUPTED,
+                (ids, beats, whys, now, now),
+            ).fetchall(),
+            once=True,
+        )
+        marked = {r[0] for r in rows}
+        return [i for i in ids if i in marked]
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Append events in order, renewing the heartbeat of their running runs."""
+        if not events:
+            return
+        self._call(
+            lambda conn: conn.execute(
+                q.APPEND_EVENTS,
+                (
+                    [e.run_id for e in events],
+                    [e.seq for e in events],
+                    [e.kind for e in events],
+                    [e.at for e in events],
+                    [q.jsonb(dict(e.data)) for e in events],
+                    time.time(),
+                ),
+            ),
+            once=True,  # sent twice, the events would be recorded twice
+        )
+
+    def events(self, run_id: str) -> list[Event]:
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT run_id, seq, kind, at, data FROM corral_events WHERE run_id = %s "
+                "ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        )
+        return [Event(run_id=r[0], seq=r[1], kind=r[2], at=r[3], data=r[4]) for r in rows]
+
+    # -- shared budgets ----------------------------------------------------------------
+    def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
+        """Hold every charge or none (``corral_reserve``: lock scopes in order, check, write)."""
+        grant = uuid.uuid4().hex
+        windows: dict[str, float | None] = {}
+        for c in charges:
+            windows.setdefault(c.scope, c.window_ends)
+        scopes = sorted(windows)  # code-point order, which is byte order of UTF-8 ("C")
+        row = self._call(
+            lambda conn: conn.execute(
+                "SELECT * FROM corral_reserve(%s, %s, %s::text[], %s::float8[], %s::text[], "
+                "%s::int8[], %s::numeric[], %s::int8[], %s::numeric[], %s::float8[])",
+                (
+                    grant,
+                    now,
+                    scopes,
+                    [windows[s] for s in scopes],
+                    [c.scope for c in charges],
+                    [c.calls for c in charges],
+                    [c.usd for c in charges],
+                    [c.max_calls for c in charges],
+                    [c.max_usd for c in charges],
+                    [c.window_ends for c in charges],
+                ),
+            ).fetchone(),
+            once=True,  # sent twice, it would hold the budget twice
+        )
+        if row is None:
+            return grant
+        scope, dimension, limit, would_be, retry_after = row
+        if dimension == "calls":
+            limit, would_be = int(limit), int(would_be)
+        return Refusal(
+            scope=scope,
+            dimension=dimension,
+            limit=limit,
+            would_be=would_be,
+            retry_after=retry_after,
+        )
+
+    def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
+        """Replace a grant's holds by the actual amounts (refunding the unused part), once."""
+        self._call(
+            lambda conn: conn.execute(
+                "SELECT corral_settle(%s, %s::text[], %s::int8[], %s::numeric[])",
+                (
+                    grant,
+                    [c.scope for c in actual],
+                    [c.calls for c in actual],
+                    [c.usd for c in actual],
+                ),
+            )
+        )
+
+    def scope_usage(self, scope: str) -> tuple[int, Decimal]:
+        """Calls and USD currently committed or held in ``scope``."""
+        row = self._call(
+            lambda conn: conn.execute(
+                "SELECT calls, usd FROM corral_scopes WHERE scope = %s", (scope,)
+            ).fetchone()
+        )
+        return (0, Decimal(0)) if row is None else (int(row[0]), Decimal(row[1]))
+
+    # -- kill switch -------------------------------------------------------------------
+    def kill_switches(self) -> list[KillSwitchState]:
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT scope, target, mode, reason, actor FROM corral_kill_switches ORDER BY seq"
+            ).fetchall()
+        )
+        return [
+            KillSwitchState(scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4])
+            for r in rows
+        ]
+
+    def set_kill_switch(self, switch: KillSwitchState) -> None:
+        self._call(
+            lambda conn: conn.execute(
+                "WITH s AS (INSERT INTO corral_kill_switches (scope, target, mode, reason, actor) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope, target) DO UPDATE SET "
+                "mode = EXCLUDED.mode, reason = EXCLUDED.reason, actor = EXCLUDED.actor, "
+                f"set_at = now() RETURNING scope, target) {q.NOTIFY_KILL}",
+                (switch.scope, switch.target, switch.mode, switch.reason, switch.actor),
+            )
+        )
+
+    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
+        row = self._call(
+            lambda conn: conn.execute(
+                "WITH s AS (DELETE FROM corral_kill_switches WHERE scope = %s AND target = %s "
+                f"RETURNING scope, target) {q.NOTIFY_KILL}",
+                (scope, target),
+            ).fetchone(),
+            once=True,  # sent twice, the second would report "was not set"
+        )
+        return row is not None
+
+    # -- approvals ---------------------------------------------------------------------
+    def create_approval(self, record: ApprovalRecord) -> None:
+        values = [
+            q.jsonb(dict(record.arguments)) if f == "arguments" else getattr(record, f)
+            for f in q.APPROVAL_FIELDS
+        ]
+        query = q.upsert("corral_approvals", q.APPROVAL_FIELDS)
+        self._call(lambda conn: conn.execute(query, values))
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        query = q.select("corral_approvals", q.APPROVAL_FIELDS, "WHERE id = %s")
+        row = self._call(lambda conn: conn.execute(query, (approval_id,)).fetchone())
+        return None if row is None else q.approval_record(row)
+
+    def decide_approval(
+        self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
+    ) -> ApprovalRecord:
+        """Decide a pending approval; one already decided keeps its first decision."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, q.APPROVAL_FIELDS))
+        decide = sql.SQL(
+            "UPDATE corral_approvals SET status = %s, approver = %s, reason = %s "
+            "WHERE id = %s AND status = 'pending' RETURNING {}"
+        ).format(cols)
+        current = q.select("corral_approvals", q.APPROVAL_FIELDS, "WHERE id = %s")
+
+        def op(conn: Conn) -> tuple[Any, ...] | None:
+            row = conn.execute(decide, (status, approver, reason, approval_id)).fetchone()
+            return row or conn.execute(current, (approval_id,)).fetchone()
+
+        row = self._call(op)
+        if row is None:
+            raise KeyError(approval_id)
+        return q.approval_record(row)
+
+    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
+        where = "" if status is None else "WHERE status = %s"
+        query = q.select("corral_approvals", q.APPROVAL_FIELDS, f"{where} ORDER BY seq")
+        params = () if status is None else (status,)
+        rows = self._call(lambda conn: conn.execute(query, params).fetchall())
+        return [q.approval_record(r) for r in rows]
+
+    # -- idempotency -------------------------------------------------------------------
+    def claim(
+        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+    ) -> Claim:
+        """Claim ``key`` for ``tenant``; the primary key lets exactly one claimant win."""
+        tk = q.tenant_key(tenant)
+
+        def op(conn: Conn) -> Claim:
+            for _ in range(_ATTEMPTS):
+                row = conn.execute(q.CLAIM, (tk, key, digest, now + lease, now, tk, key)).fetchone()
+                if row is None:
+                    continue  # released or committed after this statement began: look again
+                won, held, outcome, lease_until = row
+                if won:
+                    return Claim(status="claimed")
+                if held != digest:
+                    return Claim(status="mismatch")
+                if outcome is not None:
+                    return Claim(status="done", outcome=outcome)
+                return Claim(status="unknown" if now >= lease_until else "in_flight")
+            raise StoreError(f"idempotency key {key!r} kept changing hands; try again")
+
+        return self._call(op, once=True)
+
+    def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None:
+        self._call(
+            lambda conn: conn.execute(
+                "UPDATE corral_claims SET outcome = %s WHERE tenant_key = %s AND key = %s",
+                (q.jsonb(dict(outcome)), q.tenant_key(tenant), key),
+            )
+        )
+
+    def release(self, key: str, *, tenant: str | None) -> None:
+        self._call(
+            lambda conn: conn.execute(
+                "DELETE FROM corral_claims WHERE tenant_key = %s AND key = %s",
+                (q.tenant_key(tenant), key),
+            )
+        )
+
+    # -- breakers ----------------------------------------------------------------------
+    def breaker(self, name: str, *, now: float) -> BreakerState:
+        row = self._call(
+            lambda conn: conn.execute(
+                "SELECT state, until FROM corral_breakers WHERE name = %s", (name,)
+            ).fetchone()
+        )
+        if row is None:
+            return BreakerState()
+        if row[0] == "open" and now >= row[1]:
+            return BreakerState(state="half_open", until=row[1])
+        return BreakerState(state=row[0], until=row[1])
+
+    def set_breaker(self, name: str, state: BreakerState) -> None:
+        self._call(
+            lambda conn: conn.execute(
+                "INSERT INTO corral_breakers (name, state, until) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, until = EXCLUDED.until",
+                (name, state.state, state.until),
+            )
+        )
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Take a ``schema`` query parameter out of a URL (libpq would reject it)."""
+    if "://" not in url:
+        return url, None
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _prepare(conn: Conn, schema: str | None) -> list[int]:
+    """Create ``schema`` if needed, then apply the missing migrations (see :mod:`.migrate`)."""
+    if schema is not None:
+        # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: serialize it.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"corral.schema:{schema}",))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    where = f"the PostgreSQL schema {schema!r}" if schema else "the PostgreSQL database"
+    return migrate(conn, POSTGRES, where=where)

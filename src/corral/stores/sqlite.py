@@ -1,0 +1,655 @@
+"""The SQLite store: one file, shared by every process on the machine.
+
+The default store (``sqlite:///corral.db``). Contended state relies on SQLite's own
+locking, so it holds across processes, not only threads: every read-modify-write
+(scoped reservations, idempotency claims, approval decisions) runs in one
+``BEGIN IMMEDIATE`` transaction, which takes the database's write lock before it
+reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
+survives the process being killed (``FULL`` also survives power loss, at a cost
+per commit). Readers never wait for the writer; a writer waits up to
+``busy_timeout`` seconds for another.
+
+Each store object holds one connection behind a lock, so threads of one process
+queue on a mutex rather than on SQLite's sleeping busy handler; a process forked
+from one that had the store open reconnects on first use.
+
+USD amounts are stored as the exact decimal text and added up in Python inside
+the write transaction, so a :class:`~decimal.Decimal` round-trips unchanged.
+Mappings (events, usage, approval arguments, outcomes) are JSON; a value JSON
+cannot hold is stored as its ``str()``.
+
+>>> store = SQLiteStore(":memory:")
+>>> store.create_run(RunRecord(id="run_1", tenant="acme"))
+>>> store.get_run("run_1").status
+'running'
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+from ..exceptions import ConfigError, StoreError
+from .base import (
+    ApprovalRecord,
+    ApprovalStatus,
+    BreakerState,
+    Claim,
+    Event,
+    KillScope,
+    KillSwitchState,
+    Refusal,
+    RunRecord,
+    ScopedCharge,
+)
+from .migrate import SQLITE, migrate
+from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
+
+#: Connections inherited through ``fork``: never used or closed in the child (SQLite
+#: forbids both), only kept from being garbage-collected, which would close them.
+_INHERITED: list[sqlite3.Connection] = []
+
+_RUN_COLUMNS = (
+    "id, tenant, agent, status, stop_reason, stop, task, answer, usage, policy_digest, "
+    "started_at, ended_at, would_stop, owner_host, owner_pid, owner_node, owner_started, "
+    "heartbeat_at"
+)
+_PLAIN_FIELDS = frozenset(
+    {
+        "tenant",
+        "agent",
+        "status",
+        "stop_reason",
+        "task",
+        "answer",
+        "policy_digest",
+        "started_at",
+        "ended_at",
+        "heartbeat_at",
+    }
+)
+_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
+
+
+class SQLiteStore:
+    """A complete :class:`~corral.stores.base.Store` in one SQLite file.
+
+    ``path`` is a file (created with its schema if missing, upgraded if older) or
+    ``":memory:"`` for a private in-memory database. Opening marks ``interrupted``
+    the runs left ``running`` by processes that died. Raises
+    :class:`~corral.exceptions.StoreError` when the file cannot be opened and
+    :class:`~corral.exceptions.ConfigError` when its schema is newer than this code.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "corral.db",
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        sync = str(synchronous).upper()
+        if sync not in ("NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, got {synchronous!r}")
+        self.path = os.fspath(path)
+        if self.path != ":memory:":
+            self.path = os.path.abspath(self.path)  # a later chdir must not move the store
+        self.synchronous = sync
+        self.busy_timeout = busy_timeout
+        self.closed = False
+        self._where = f"SQLite database {self.path}"
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            with self._locked():
+                pass  # connect and migrate now, so a bad path or schema fails here
+            self.mark_interrupted()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- connection --------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # autocommit: transactions are begun explicitly
+            check_same_thread=False,  # one thread at a time, under self._lock
+        )
+        try:
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            migrate(conn, SQLITE, where=self._where)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            try:
+                if self._conn is None:
+                    if self.closed:
+                        raise StoreError(f"{self._where}: the store is closed")
+                    self._conn = self._connect()
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._where}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction holding the write lock from its first read (BEGIN IMMEDIATE)."""
+        with self._locked() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+
+    def _forked(self) -> None:
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+        self._conn = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`~corral.exceptions.StoreError`."""
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            self.closed = True
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+
+    # -- runs and trace ----------------------------------------------------------------
+    def create_run(self, record: RunRecord) -> None:
+        owner = record.owner or RunOwner.current()
+        heartbeat = record.heartbeat_at or time.time()
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO corral_runs ({_RUN_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.tenant,
+                    record.agent,
+                    record.status,
+                    record.stop_reason,
+                    _dumps_or_none(record.stop),
+                    record.task,
+                    record.answer,
+                    _dumps(record.usage),
+                    record.policy_digest,
+                    record.started_at,
+                    record.ended_at,
+                    _dumps(list(record.would_stop)),
+                    *_owner_columns(owner),
+                    heartbeat,
+                ),
+            )
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        unknown = set(changes) - _RUN_FIELDS
+        if unknown or "id" in changes:
+            raise TypeError(f"update_run cannot set {', '.join(sorted(unknown or {'id'}))}")
+        changes.setdefault("heartbeat_at", time.time())
+        if changes.get("status") == "running":
+            changes.setdefault("owner", RunOwner.current())
+        columns: list[str] = []
+        values: list[Any] = []
+        for name, value in changes.items():
+            if name in _PLAIN_FIELDS:
+                columns.append(name)
+                values.append(value)
+            elif name == "owner":
+                columns += ["owner_host", "owner_pid", "owner_node", "owner_started"]
+                values += _owner_columns(value)
+            elif name == "stop":
+                columns.append(name)
+                values.append(_dumps_or_none(value))
+            else:  # usage, would_stop
+                columns.append(name)
+                values.append(_dumps(list(value) if name == "would_stop" else value))
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE corral_runs SET {assignments} WHERE id = ?", (*values, run_id)
+            )
+            if cur.rowcount == 0:
+                raise KeyError(run_id)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._locked() as conn:
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM corral_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else _run(row)
+
+    def list_runs(self, *, limit: int = 100, tenant: str | None = None) -> list[RunRecord]:
+        where, params = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM corral_runs {where} "
+                "ORDER BY started_at DESC, rowid LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_run(row) for row in rows]
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO corral_events (run_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)",
+                [(e.run_id, e.seq, e.kind, e.at, _dumps(e.data)) for e in events],
+            )
+            conn.executemany(
+                "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
+                [(now, run_id) for run_id in dict.fromkeys(e.run_id for e in events)],
+            )
+
+    def events(self, run_id: str) -> list[Event]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT run_id, seq, kind, at, data FROM corral_events "
+                "WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        return [
+            Event(run_id=r[0], seq=r[1], kind=r[2], at=r[3], data=json.loads(r[4])) for r in rows
+        ]
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id)
+            )
+
+    def mark_interrupted(
+        self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
+    ) -> list[str]:
+        """Mark ``interrupted`` the running runs whose owner died or whose lease lapsed;
+        return their ids. Each gets an ``interrupted`` event saying why."""
+        now = time.time() if now is None else now
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT id, owner_host, owner_pid, owner_node, owner_started, heartbeat_at "
+                "FROM corral_runs WHERE status = 'running'"
+            ).fetchall()
+        found = []
+        for run_id, host, pid, node, started, heartbeat in rows:
+            owner = _owner(host, pid, node, started)
+            why = interruption(owner, heartbeat_at=heartbeat, now=now, lease=lease)
+            if why is not None:
+                found.append((run_id, heartbeat, why))
+        if not found:
+            return []
+        marked = []
+        with self._write() as conn:
+            for run_id, heartbeat, why in found:
+                # Only if nothing renewed it since it was judged (its owner may be alive elsewhere).
+                cur = conn.execute(
+                    "UPDATE corral_runs SET status = 'interrupted', ended_at = ? "
+                    "WHERE id = ? AND status = 'running' AND heartbeat_at IS ?",
+                    (heartbeat or now, run_id, heartbeat),
+                )
+                if cur.rowcount == 0:
+                    continue
+                (seq,) = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM corral_events WHERE run_id = ?",
+                    (run_id,),
+                ).fetchone()
+                conn.execute(
+                    "INSERT INTO corral_events (run_id, seq, kind, at, data) "
+                    "VALUES (?, ?, 'interrupted', ?, ?)",
+                    (run_id, seq, now, _dumps({"why": why})),
+                )
+                marked.append(run_id)
+        return marked
+
+    # -- shared budgets ------------------------------------------------------------------
+    def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
+        with self._write() as conn:
+            states: dict[str, list[Any]] = {}  # scope -> [calls, usd, window_ends]
+            for c in charges:
+                state = states.get(c.scope)
+                if state is None:
+                    row = conn.execute(
+                        "SELECT calls, usd, window_ends FROM corral_scopes WHERE scope = ?",
+                        (c.scope,),
+                    ).fetchone()
+                    if row is None or (row[2] is not None and now >= row[2]):
+                        state = [0, Decimal(0), c.window_ends]
+                    else:
+                        state = [row[0], Decimal(row[1]), row[2]]
+                    states[c.scope] = state
+                retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
+                if c.max_calls is not None and c.calls and state[0] + c.calls > c.max_calls:
+                    return Refusal(
+                        scope=c.scope,
+                        dimension="calls",
+                        limit=c.max_calls,
+                        would_be=state[0] + c.calls,
+                        retry_after=retry,
+                    )
+                if c.max_usd is not None and c.usd and state[1] + c.usd > c.max_usd:
+                    return Refusal(
+                        scope=c.scope,
+                        dimension="usd",
+                        limit=c.max_usd,
+                        would_be=state[1] + c.usd,
+                        retry_after=retry,
+                    )
+            for c in charges:
+                states[c.scope][0] += c.calls
+                states[c.scope][1] += c.usd
+            conn.executemany(
+                "INSERT OR REPLACE INTO corral_scopes (scope, calls, usd, window_ends) "
+                "VALUES (?, ?, ?, ?)",
+                [(scope, s[0], str(s[1]), s[2]) for scope, s in states.items()],
+            )
+            grant = "g" + uuid.uuid4().hex
+            conn.execute(
+                "INSERT INTO corral_grants (id, charges, created_at) VALUES (?, ?, ?)",
+                (grant, _dumps([[c.scope, c.calls, str(c.usd)] for c in charges]), time.time()),
+            )
+            return grant
+
+    def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
+        by_scope = {c.scope: c for c in actual}
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT charges FROM corral_grants WHERE id = ?", (grant,)
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute("DELETE FROM corral_grants WHERE id = ?", (grant,))
+            for scope, calls, usd in json.loads(row[0]):
+                state = conn.execute(
+                    "SELECT calls, usd FROM corral_scopes WHERE scope = ?", (scope,)
+                ).fetchone()
+                if state is None:
+                    continue
+                real = by_scope.get(scope, ScopedCharge(scope=scope))
+                conn.execute(
+                    "UPDATE corral_scopes SET calls = ?, usd = ? WHERE scope = ?",
+                    (
+                        state[0] + real.calls - calls,
+                        str(Decimal(state[1]) + real.usd - Decimal(usd)),
+                        scope,
+                    ),
+                )
+
+    def scope_usage(self, scope: str) -> tuple[int, Decimal]:
+        """Calls and USD currently committed or held in ``scope``."""
+        with self._locked() as conn:
+            row = conn.execute(
+                "SELECT calls, usd FROM corral_scopes WHERE scope = ?", (scope,)
+            ).fetchone()
+        return (0, Decimal(0)) if row is None else (int(row[0]), Decimal(row[1]))
+
+    # -- kill switch ---------------------------------------------------------------------
+    def kill_switches(self) -> list[KillSwitchState]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT scope, target, mode, reason, actor FROM corral_kill_switches ORDER BY rowid"
+            ).fetchall()
+        return [
+            KillSwitchState(scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4])
+            for r in rows
+        ]
+
+    def set_kill_switch(self, switch: KillSwitchState) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO corral_kill_switches (scope, target, mode, reason, actor, set_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target) DO UPDATE SET "
+                "mode = excluded.mode, reason = excluded.reason, actor = excluded.actor, "
+                "set_at = excluded.set_at",
+                (
+                    switch.scope,
+                    switch.target,
+                    switch.mode,
+                    switch.reason,
+                    switch.actor,
+                    time.time(),
+                ),
+            )
+
+    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM corral_kill_switches WHERE scope = ? AND target = ?", (scope, target)
+            )
+            return cur.rowcount > 0
+
+    # -- approvals -----------------------------------------------------------------------
+    def create_approval(self, record: ApprovalRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO corral_approvals (id, run_id, tool, args_digest, "
+                "arguments, tenant, agent, status, approver, reason, created, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.run_id,
+                    record.tool,
+                    record.args_digest,
+                    _dumps(record.arguments),
+                    record.tenant,
+                    record.agent,
+                    record.status,
+                    record.approver,
+                    record.reason,
+                    record.created,
+                    record.expires,
+                ),
+            )
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        with self._locked() as conn:
+            row = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+        return None if row is None else _approval(row)
+
+    def decide_approval(
+        self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
+    ) -> ApprovalRecord:
+        with self._write() as conn:
+            # Decided once: only a pending approval changes, and the first decision stays.
+            conn.execute(
+                "UPDATE corral_approvals SET status = ?, approver = ?, reason = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (status, approver, reason, approval_id),
+            )
+            row = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(approval_id)
+            return _approval(row)
+
+    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
+        where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals {where} ORDER BY rowid", params
+            ).fetchall()
+        return [_approval(row) for row in rows]
+
+    # -- idempotency ---------------------------------------------------------------------
+    def claim(
+        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+    ) -> Claim:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT digest, outcome, lease_until FROM corral_claims "
+                "WHERE tenant_key = ? AND key = ?",
+                (_tenant_key(tenant), key),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO corral_claims (tenant_key, key, digest, outcome, lease_until, "
+                    "created_at) VALUES (?, ?, ?, NULL, ?, ?)",
+                    (_tenant_key(tenant), key, digest, now + lease, time.time()),
+                )
+                return Claim(status="claimed")
+        if row[0] != digest:
+            return Claim(status="mismatch")
+        if row[1] is not None:
+            return Claim(status="done", outcome=json.loads(row[1]))
+        if now >= row[2]:
+            return Claim(status="unknown")
+        return Claim(status="in_flight")
+
+    def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE corral_claims SET outcome = ? WHERE tenant_key = ? AND key = ?",
+                (_dumps(outcome), _tenant_key(tenant), key),
+            )
+
+    def release(self, key: str, *, tenant: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM corral_claims WHERE tenant_key = ? AND key = ?",
+                (_tenant_key(tenant), key),
+            )
+
+    # -- breakers ------------------------------------------------------------------------
+    def breaker(self, name: str, *, now: float) -> BreakerState:
+        with self._locked() as conn:
+            row = conn.execute(
+                "SELECT state, until FROM corral_breakers WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            return _CLOSED
+        if row[0] == "open" and now >= row[1]:
+            return BreakerState(state="half_open", until=row[1])
+        return BreakerState(state=row[0], until=row[1])
+
+    def set_breaker(self, name: str, state: BreakerState) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO corral_breakers (name, state, until) VALUES (?, ?, ?)",
+                (name, state.state, state.until),
+            )
+
+
+_CLOSED = BreakerState()
+
+_APPROVAL_COLUMNS = (
+    "id, run_id, tool, args_digest, arguments, tenant, agent, status, approver, reason, "
+    "created, expires"
+)
+
+
+def _approval(row: Sequence[Any]) -> ApprovalRecord:
+    return ApprovalRecord(
+        id=row[0],
+        run_id=row[1],
+        tool=row[2],
+        args_digest=row[3],
+        arguments=json.loads(row[4]),
+        tenant=row[5],
+        agent=row[6],
+        status=row[7],
+        approver=row[8],
+        reason=row[9],
+        created=row[10],
+        expires=row[11],
+    )
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=row[0],
+        tenant=row[1],
+        agent=row[2],
+        status=row[3],
+        stop_reason=row[4],
+        stop=None if row[5] is None else json.loads(row[5]),
+        task=row[6],
+        answer=row[7],
+        usage=json.loads(row[8]),
+        policy_digest=row[9],
+        started_at=row[10],
+        ended_at=row[11],
+        would_stop=tuple(json.loads(row[12])),
+        owner=_owner(row[13], row[14], row[15], row[16]),
+        heartbeat_at=row[17],
+    )
+
+
+def _owner(
+    host: str | None, pid: int | None, node: str | None, started: str | None
+) -> RunOwner | None:
+    if pid is None:
+        return None
+    return RunOwner(host=host or "", pid=pid, node=node or "", started=started or "")
+
+
+def _owner_columns(owner: RunOwner | None) -> list[Any]:
+    if owner is None:
+        return [None, None, None, None]
+    return [owner.host, owner.pid, owner.node, owner.started]
+
+
+def _tenant_key(tenant: str | None) -> str:
+    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
+    return "" if tenant is None else ":" + tenant
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def _dumps_or_none(value: Any) -> str | None:
+    return None if value is None else _dumps(value)

@@ -1,0 +1,36 @@
+"""Every store test runs against every backend: in memory, SQLite (a temporary file) and
+PostgreSQL (a schema of its own; skipped when the server is unusable, failed under CI)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg import fresh_store, require_postgres
+
+from corral.stores import Store
+from corral.stores.memory import MemoryStore
+from corral.stores.sqlite import SQLiteStore
+
+BACKENDS = ("memory", "sqlite", "postgres")
+
+#: The local test server: database ``test``, trust auth, user ``PGUSER`` or ``postgres``.
+POSTGRES_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL") or (
+    f"postgresql://{os.environ.get('PGUSER') or 'postgres'}@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh, empty store of each backend, closed afterwards."""
+    if request.param == "postgres":
+        with fresh_store(require_postgres(POSTGRES_URL)) as pg:
+            yield pg
+        return
+    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "corral.db")
+    try:
+        yield s
+    finally:
+        s.close()

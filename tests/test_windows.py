@@ -1,0 +1,271 @@
+"""Window limits across runs: per tenant, agent, tool or fleet, with zero overshoot."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import corral
+from corral import windows
+from corral.budgets import Charge
+from corral.testing import MemoryStore, ScriptedModel, call, prices
+
+sys.path.insert(0, str(Path(__file__).parent / "stores"))
+from pg import drop_schema, new_schema, require_postgres
+
+SPAWN = multiprocessing.get_context("spawn")
+CAP = Decimal("50.00")
+
+
+def browse_tool(cost: str = "0.70") -> corral.Tool:
+    def browse(url: str) -> str:
+        """Open a page."""
+        return "page"
+
+    return corral.tool(browse, name="browser.open", effect="read", cost_usd=cost)
+
+
+def limited(*limits: dict[str, Any], **extra: Any) -> corral.Policy:
+    return corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["browser.open"], "specs": {"browser.open": {"cache": False}}},
+            "budgets": {"max_tool_calls": 1000, "max_steps": 1000},
+            "loops": {"repeats": 1000, "window": 1000},
+            "limits": list(limits),
+            **extra,
+        }
+    )
+
+
+def spend(
+    policy: corral.Policy, store: Any, *, tenant: str = "acme", agent: str = "bot", calls: int = 100
+) -> corral.RunResult:
+    with corral.Run(policy, tools=[browse_tool()], store=store, tenant=tenant, agent=agent) as run:
+        for i in range(calls):
+            run.call("browser.open", {"url": f"https://x.example/{i}"})
+    return run.result
+
+
+def test_a_tenant_budget_spans_runs_and_names_its_scope() -> None:
+    """Runs of one tenant share its daily USD cap; the stop says which scope and when it reopens."""
+    store = MemoryStore()
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5.00"})
+    first = spend(policy, store, calls=3)
+    second = spend(policy, store)
+    assert first.stop_reason == "ok" and first.usage.usd == Decimal("2.10")
+    assert second.stop_reason == "max_usd"
+    assert str(second.stop) == "max_usd:tenant/1d (limit 5.00, would be 5.60)"
+    assert second.usage.usd == Decimal("2.80")
+    assert second.stop is not None and second.stop.retryable
+    assert second.stop.retry_after is not None and 0 < second.stop.retry_after <= 86400
+
+
+def test_another_tenant_has_its_own_budget() -> None:
+    """One tenant's spend never uses another tenant's budget."""
+    store = MemoryStore()
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "1.40"})
+    assert spend(policy, store, tenant="acme").usage.usd == Decimal("1.40")
+    assert spend(policy, store, tenant="globex").usage.usd == Decimal("1.40")
+
+
+def test_a_tool_call_cap_counts_calls_of_that_tool_across_runs() -> None:
+    """The incident's fix: browser calls per day stop at the cap, whichever run makes them."""
+    store = MemoryStore()
+    policy = limited({"per": "tool", "tool": "browser.open", "window": "1d", "max_calls": 5})
+    results = [spend(policy, store, tenant=t, calls=3) for t in ("a", "b", "c")]
+    assert [r.usage.tool_calls for r in results] == [3, 2, 0]
+    assert str(results[2].stop) == "max_tool_calls:tool/1d (limit 5, would be 6)"
+
+
+def test_agent_and_global_scopes_apply_together_all_or_nothing() -> None:
+    """A refusal by one scope charges none of the others."""
+    store = MemoryStore()
+    policy = limited(
+        {"per": "agent", "window": "1h", "max_calls": 2},
+        {"per": "global", "window": "1d", "max_usd": "100"},
+    )
+    result = spend(policy, store, calls=5)
+    assert result.usage.tool_calls == 2
+    scope = windows.scoped(
+        policy,
+        Charge(tool_calls=1, usd=Decimal("0.70"), tool="browser.open"),
+        tenant="acme",
+        agent="bot",
+        now=time.time(),
+    )[1].scope
+    assert store.scope_usage(scope) == (0, Decimal("1.40"))
+
+
+def test_a_failed_attempt_is_charged_and_not_executed_is_refunded() -> None:
+    """Window scopes settle like the run: errors cost their price, NotExecuted costs no USD."""
+    store = MemoryStore()
+
+    def flaky(url: str) -> str:
+        """Fail."""
+        if url.endswith("skip"):
+            raise corral.NotExecuted("not started")
+        raise ConnectionError("vendor down")
+
+    tool = corral.tool(flaky, name="browser.open", effect="read", cost_usd="0.70")
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "10"})
+    with corral.Run(policy, tools=[tool], store=store, tenant="acme") as run:
+        with pytest.raises(corral.ToolRejected):
+            run.call("browser.open", {"url": "skip"})
+        run.call("browser.open", {"url": "fail"})
+    assert run.result.stop_reason == "tool_error"
+    scope = windows.scoped(
+        policy, Charge(usd=Decimal(1)), tenant="acme", agent=None, now=time.time()
+    )[0].scope
+    assert store.scope_usage(scope)[1] == Decimal("0.70")
+
+
+def test_windows_are_utc_aligned_buckets() -> None:
+    """A 1d window runs from UTC midnight to UTC midnight; the next day is a new scope."""
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5"})
+    charge = Charge(usd=Decimal("1"))
+    day = 86400 * 20_000
+    a = windows.scoped(policy, charge, tenant="t", agent=None, now=day + 10)[0]
+    b = windows.scoped(policy, charge, tenant="t", agent=None, now=day + 86399)[0]
+    c = windows.scoped(policy, charge, tenant="t", agent=None, now=day + 86400)[0]
+    assert a.scope == b.scope != c.scope
+    assert a.window_ends == day + 86400
+
+
+def test_model_spend_counts_toward_the_tenant_budget() -> None:
+    """A priced model's calls are reserved against the tenant window too."""
+    store = MemoryStore()
+    policy = limited(
+        {"per": "tenant", "window": "1d", "max_usd": "0.01"}, budgets={"max_steps": 100}
+    )
+    model = ScriptedModel(
+        [call("browser.open", url="u")], repeat_last=True, price=prices(1000, 1000)
+    )
+    result = corral.run(
+        "t", model=model, tools=[browse_tool("0")], policy=policy, store=store, tenant="acme"
+    )
+    assert result.stop_reason == "max_usd"
+    assert result.stop is not None and result.stop.detail in ("tenant/1d", "run")
+    assert result.usage.usd <= Decimal("0.01")
+
+
+# -- zero overshoot: 64 concurrent runs in 2 processes against one tenant budget ----------
+def _runs_in_threads(store_factory: Any, threads: int, exact: bool, start: Any, out: Any) -> None:
+    """Child: ``threads`` concurrent runs spending against tenant acme; send total USD."""
+    store = store_factory()
+    policy = limited(
+        {"per": "tenant", "window": "1d", "max_usd": str(CAP)},
+        budgets={"max_tool_calls": 200, "max_steps": 200},
+    )
+    spent: list[Decimal] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        if exact:
+            result = spend(policy, store, calls=200)
+        else:
+            model = ScriptedModel(
+                [call("browser.open", url=f"u{i}")],
+                repeat_last=True,
+                price=prices(2000, 4000),
+                name=f"m{i}",
+            )
+            result = corral.run(
+                "t",
+                model=model,
+                tools=[browse_tool("0.35")],
+                policy=policy,
+                store=store,
+                tenant="acme",
+                max_tokens=64,
+            )
+        with lock:
+            spent.append(result.usage.usd)
+
+    start.wait()
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    store.close()
+    out.send(str(sum(spent, Decimal(0))))
+
+
+class _SQLite:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> Any:
+        from corral.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(self.path)
+
+
+class _Postgres:
+    def __init__(self, url: str, schema: str) -> None:
+        self.url, self.schema = url, schema
+
+    def __call__(self) -> Any:
+        from corral.stores.postgres import PostgresStore
+
+        return PostgresStore(self.url, schema=self.schema, max_size=8)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A factory of the same durable store, for spawned processes."""
+    if request.param == "sqlite":
+        factory: Any = _SQLite(str(tmp_path / "budget.db"))
+        factory().close()
+        yield factory
+        return
+    url = require_postgres()
+    schema = new_schema()
+    factory = _Postgres(url, schema)
+    factory().close()
+    try:
+        yield factory
+    finally:
+        drop_schema(url, schema)
+
+
+def _race(factory: Any, *, exact: bool) -> Decimal:
+    start = SPAWN.Barrier(2)
+    pipes = [SPAWN.Pipe(duplex=False) for _ in range(2)]
+    procs = [
+        SPAWN.Process(target=_runs_in_threads, args=(factory, 32, exact, start, send))
+        for _, send in pipes
+    ]
+    for p in procs:
+        p.start()
+    try:
+        totals = [Decimal(recv.recv()) for recv, _ in pipes]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return sum(totals, Decimal(0))
+
+
+@pytest.mark.slow
+def test_exact_costs_end_between_cap_minus_one_action_and_the_cap(shared_store: Any) -> None:
+    """64 runs in 2 processes, $0.70 a call, $50 cap: spend lands in [cap - 0.70, cap]."""
+    total = _race(shared_store, exact=True)
+    print(f"exact costs: spend {total} vs cap {CAP}")
+    assert CAP - Decimal("0.70") <= total <= CAP
+
+
+@pytest.mark.slow
+def test_over_estimated_costs_never_pass_the_cap(shared_store: Any) -> None:
+    """64 runs in 2 processes whose worst cases over-estimate (model calls): spend <= cap."""
+    total = _race(shared_store, exact=False)
+    print(f"over-estimated costs: spend {total} vs cap {CAP}")
+    assert 0 < total <= CAP
