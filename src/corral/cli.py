@@ -61,6 +61,19 @@ def demo(
     )
 
 
+def _register_command_groups() -> None:
+    # Command groups live in modules of their own (cli_<group>.py, each with `register(app)`).
+    import importlib
+    import importlib.util
+
+    for name in ("cli_runs", "cli_audit", "cli_kill"):
+        if importlib.util.find_spec(f"corral.{name}") is not None:
+            importlib.import_module(f"corral.{name}").register(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     app()
 

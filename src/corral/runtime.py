@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from . import windows
+from . import sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
@@ -420,6 +420,8 @@ class RunCore:
             pending, self._pending = self._pending, []
         if pending:
             self._store_call(self.store.append_events, pending)
+            if sinks._SINKS:
+                sinks.emit(pending)
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:
@@ -442,6 +444,8 @@ class RunCore:
         try:
             if pending:
                 self.store.append_events(pending)
+                if sinks._SINKS:
+                    sinks.emit(pending)
             self.store.update_run(
                 self.id,
                 status=status,
