@@ -47,19 +47,23 @@ def main() -> int:
     store = MemoryStore()
     run = corral.Run(policy, tools=[kb_read], store=store)
     fn = kb_read.fn
-    args = {"query": "vendor status"}
+    # Eight distinct queries in turn: with the default loop detection (3 identical calls
+    # among the last 5) no call is a repeat, so every call takes the full allow path.
+    queries = [{"query": f"vendor status {i}"} for i in range(8)]
 
     bare: list[float] = []
     governed: list[float] = []
     clock = time.perf_counter_ns
-    for _ in range(2000):  # warm up both paths
+    for i in range(2000):  # warm up both paths
+        args = queries[i % 8]
         fn(**args)
         run.call("kb.read", args)
     gc.collect()
     gc.disable()
     try:
         # Interleave the two sides so machine noise hits both alike.
-        for _ in range(opts.n):
+        for i in range(opts.n):
+            args = queries[i % 8]
             t0 = clock()
             fn(**args)
             t1 = clock()
