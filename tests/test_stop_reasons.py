@@ -475,6 +475,6 @@ def test_dependency_degraded_when_the_breaker_is_open() -> None:
     store = MemoryStore()
     store.set_breaker("search.read", BreakerState(state="open", until=clock.monotonic() + 30))
     model = ScriptedModel([call("search.read", query="a"), final("done")])
-    result = run_loop(model, store=store, clock=clock)
+    result = run_loop(model, policy(degrade={"on_degraded": "stop"}), store=store, clock=clock)
     stop = assert_stop(result, "dependency_degraded", "search.read")
     assert stop.retryable and stop.retry_after == 30

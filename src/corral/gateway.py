@@ -29,6 +29,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import breaker
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
 from .hygiene import OutputProblem, cap, clean_output
@@ -91,7 +92,7 @@ def call_flow(
     args = arguments.validate(core, eff, raw_args)
     text = canonical(args)
     loops.check(core, tool.name, text)
-    degrade.check(core, tool.name)
+    probe = degrade.check(core, tool.name)
 
     write = eff.effect == "write"
     # The canonical digest keys the cache, approvals and idempotency; a read that uses
@@ -170,6 +171,8 @@ def call_flow(
         started = core.now()
         result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key)
         elapsed = core.now() - started
+        if not isinstance(result.error, NotExecuted):
+            breaker.record(core, tool.name, result.ok, probe=probe)
         if result.ok:
             core.settle(hold, charge)
             break
@@ -212,7 +215,13 @@ def call_flow(
         if result.timed_out and core.remaining() <= 0:
             core.flush()
             core.check_time()
-        if attempt <= eff.retries and not external:
+        if (
+            attempt <= eff.retries
+            and not external
+            and not probe  # a failed probe reopened the breaker: no retries
+            and breaker.admit(core, tool.name)[0] != "open"
+            and breaker.retry_allowed(core, tool.name)
+        ):
             pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.remaining()))
             if pause > 0:
                 yield Sleep(pause)

@@ -46,6 +46,7 @@ Effect = Literal["read", "write"]
 Mode = Literal["enforce", "observe"]
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 OnDenied = Literal["stop", "tell_model"]
+OnDegraded = Literal["stop", "tell_model"]
 Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "latency_p95"]
 
 
@@ -221,6 +222,26 @@ class KillSwitch(_Section):
     expensive_cost_usd: USD | None = None
 
 
+class Degrade(_Section):
+    """Degrade mode: a circuit breaker per tool and a retry budget.
+
+    A tool is degraded once at least ``failure_rate`` of its calls failed among at
+    least ``min_calls`` calls in the last ``window_seconds``; it then stays degraded
+    for ``cool_down_seconds``, after which one probe call (across every process
+    sharing the store) decides whether it recovers. Retries are allowed only while
+    they stay within ``retry_budget_ratio`` of the tool's calls in the window, plus
+    ``retry_budget_floor``.
+    """
+
+    failure_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    min_calls: PositiveInt = 5
+    window_seconds: PositiveSeconds = 60.0
+    cool_down_seconds: PositiveSeconds = 30.0
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.2
+    retry_budget_floor: NonNegativeInt = 3
+    on_degraded: OnDegraded = "tell_model"
+
+
 class Observations(_Section):
     strip_html: StrictBool = True
     max_chars: PositiveInt = 4000
@@ -310,6 +331,7 @@ class Policy(_Section):
     writes: Writes = Field(default_factory=Writes)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     kill_switch: KillSwitch = Field(default_factory=KillSwitch)
+    degrade: Degrade = Field(default_factory=Degrade)
     observations: Observations = Field(default_factory=Observations)
     context: Context = Field(default_factory=Context)
     loops: Loops = Field(default_factory=Loops)

@@ -281,7 +281,9 @@ class RunCore:
 
     def degraded(self, name: str) -> bool:
         """Whether ``name``'s breaker is open now (fail closed when it cannot be read)."""
-        state = self._store_call(self.store.breaker, name, now=self.now())
+        from .breaker import wall  # breaker imports runtime's types only for checking
+
+        state = self._store_call(self.store.breaker, name, now=wall(self))
         return bool(state.state == "open")
 
     # -- time ------------------------------------------------------------------------

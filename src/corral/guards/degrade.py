@@ -1,29 +1,44 @@
 """Degrade state: a tool whose breaker is open is not called.
 
-The breaker's state lives in the store, so every process sharing it agrees. This
-guard only reads it; recording outcomes and opening the breaker belongs to the
-breaker policy.
+The breaker's state lives in the store, so every process sharing it agrees (see
+``corral.breaker``). While a tool is degraded the model is told it is unavailable
+(``degrade.on_degraded: tell_model``, the default) or the run stops with
+``dependency_degraded`` (``stop``). Either way the tool is left out of the tools
+offered until its breaker closes again.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..exceptions import Stop
+from .. import breaker
+from ..exceptions import Stop, ToolRejected
 
 if TYPE_CHECKING:
     from ..runtime import RunCore
 
 
-def check(core: RunCore, name: str) -> None:
-    state = core._store_call(core.store.breaker, name, now=core.now())
-    if state.state == "open":
-        raise core.stamp(
-            Stop(
-                "dependency_degraded",
-                name,
-                tool=name,
-                retry_after=max(0.0, state.until - core.now()),
-                message=f"{name} is degraded (breaker open)",
-            )
+def check(core: RunCore, name: str) -> bool:
+    """Refuse a call of a degraded tool; return whether this call is the half-open probe."""
+    decision, state = breaker.admit(core, name)
+    if decision != "open":
+        return decision == "probe"
+    retry_after = max(0.0, state.until - breaker.wall(core))
+    core.event("denied", tool=name, why="degraded", retry_after=round(retry_after, 3))
+    if core.policy.degrade.on_degraded == "tell_model":
+        raise ToolRejected(
+            "dependency_degraded",
+            f"The tool {name!r} is unavailable right now (its dependency is failing). Do not "
+            "call it again in this task; answer with what you have or say it is unavailable.",
+            tool=name,
+            detail="degraded",
         )
+    raise core.stamp(
+        Stop(
+            "dependency_degraded",
+            name,
+            tool=name,
+            retry_after=retry_after,
+            message=f"{name} is degraded (breaker open)",
+        )
+    )

@@ -1,0 +1,192 @@
+"""Degrade mode: circuit breakers shared through the store, and retry budgets."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import corral
+from corral.stores.base import BreakerState
+from corral.testing import ManualClock, MemoryStore
+
+
+class Vendor:
+    """A dependency that is down until told otherwise, counting the calls it receives."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def tool(self, retries: int = 0) -> corral.Tool:
+        def browse(url: str) -> str:
+            """Open a page."""
+            with self.lock:
+                self.calls += 1
+            self.gate.wait(5)
+            if not self.up:
+                raise ConnectionError("vendor down")
+            return "page"
+
+        return corral.tool(browse, name="browser.open", effect="read", retries=retries)
+
+
+def policy(**degrade: Any) -> corral.Policy:
+    return corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["browser.open"], "specs": {"browser.open": {"cache": False}}},
+            "degrade": {"window_seconds": 600, "cool_down_seconds": 30, **degrade},
+        }
+    )
+
+
+def one_run(
+    pol: corral.Policy, store: Any, tool: corral.Tool, clock: ManualClock, url: str = "https://x/1"
+) -> corral.RunResult:
+    with corral.Run(pol, tools=[tool], store=store, clock=clock) as run:
+        run.call("browser.open", {"url": url})
+    return run.result
+
+
+def test_failures_open_the_breaker_and_later_runs_are_told_the_tool_is_down() -> None:
+    """After min_calls failures, the next run's call is refused before reaching the vendor."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol = policy(min_calls=3)
+    for i in range(3):
+        assert (
+            one_run(pol, store, vendor.tool(), clock, f"https://x/{i}").stop_reason == "tool_error"
+        )
+    assert store.breaker("browser.open", now=clock.monotonic()).state == "open"
+    with corral.Run(pol, tools=[vendor.tool()], store=store, clock=clock) as run:
+        assert run.tool_specs("neutral") == []  # left out of the tools offered
+        with pytest.raises(corral.ToolRejected) as told:
+            run.call("browser.open", {"url": "https://x/9"})
+        run.finish("the browser is unavailable")
+    assert told.value.reason == "dependency_degraded"
+    assert vendor.calls == 3
+    assert run.result.stop_reason == "ok"
+
+
+def test_on_degraded_stop_ends_the_run_with_retry_after() -> None:
+    """With `on_degraded: stop` the run stops with dependency_degraded and when to retry."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol = policy(min_calls=2, on_degraded="stop")
+    for i in range(2):
+        one_run(pol, store, vendor.tool(), clock, f"https://x/{i}")
+    clock.advance(10)
+    result = one_run(pol, store, vendor.tool(), clock)
+    assert result.stop_reason == "dependency_degraded"
+    assert result.stop is not None and result.stop.retry_after == pytest.approx(20)
+
+
+def test_after_the_cool_down_one_probe_decides() -> None:
+    """Half-open lets exactly one call through: success closes the breaker for everyone."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol = policy(min_calls=2)
+    for i in range(2):
+        one_run(pol, store, vendor.tool(), clock, f"https://x/{i}")
+    clock.advance(31)
+    vendor.up = True
+    vendor.gate.clear()  # the probe hangs until every other caller has been answered
+    results: list[str] = []
+
+    def probe_or_not(i: int) -> None:
+        try:
+            with corral.Run(pol, tools=[vendor.tool()], store=store, clock=clock) as run:
+                run.call("browser.open", {"url": f"https://y/{i}"})
+                results.append("ran")
+        except corral.ToolRejected:
+            results.append("refused")
+
+    before = vendor.calls
+    threads = [threading.Thread(target=probe_or_not, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(500):
+        if results.count("refused") == 7:
+            break
+        threading.Event().wait(0.01)
+    vendor.gate.set()
+    for t in threads:
+        t.join()
+    assert vendor.calls - before == 1 and results.count("ran") == 1
+    assert store.breaker("browser.open", now=clock.monotonic()).state == "closed"
+    assert one_run(pol, store, vendor.tool(), clock, "https://z/1").stop_reason == "ok"
+
+
+def test_a_failed_probe_opens_the_breaker_again() -> None:
+    """A probe that fails starts a new cool-down."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol = policy(min_calls=2)
+    for i in range(2):
+        one_run(pol, store, vendor.tool(), clock, f"https://x/{i}")
+    clock.advance(31)
+    assert one_run(pol, store, vendor.tool(retries=3), clock).stop_reason == "tool_error"
+    state = store.breaker("browser.open", now=clock.monotonic())
+    assert state.state == "open" and state.until == pytest.approx(clock.monotonic() + 30)
+    assert vendor.calls == 3  # the probe was not retried
+
+
+def test_the_breaker_saves_calls_during_an_outage() -> None:
+    """50 runs against a down vendor: without a breaker every run calls it; with one, few do."""
+
+    def outage(pol: corral.Policy) -> int:
+        vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+        for i in range(50):
+            with corral.Run(pol, tools=[vendor.tool()], store=store, clock=clock) as run:
+                try:
+                    run.call("browser.open", {"url": f"https://x/{i}"})
+                except corral.ToolRejected:
+                    run.finish("unavailable")
+            clock.advance(1)
+        return vendor.calls
+
+    without = outage(policy(min_calls=10**6))
+    with_breaker = outage(policy(min_calls=5))
+    print(f"vendor calls during the outage: {without} without a breaker, {with_breaker} with")
+    assert without == 50
+    assert with_breaker <= 7  # five to trip it, then one probe per cool-down
+
+
+def test_the_retry_budget_caps_retries_at_a_share_of_calls() -> None:
+    """Retries stay within ratio x calls + floor, whatever each tool's own `retries` says."""
+
+    def outage(pol: corral.Policy) -> int:
+        vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+        for i in range(20):
+            one_run(pol, store, vendor.tool(retries=4), clock, f"https://x/{i}")
+        return vendor.calls
+
+    unbudgeted = outage(policy(min_calls=10**6, retry_budget_ratio=1.0, retry_budget_floor=10**6))
+    budgeted = outage(policy(min_calls=10**6))  # defaults: 20% of calls + 3
+    print(f"attempts for 20 failing calls: {unbudgeted} without a retry budget, {budgeted} with")
+    assert unbudgeted == 100
+    first_attempts = 20
+    retries = budgeted - first_attempts
+    assert retries <= 0.2 * budgeted + 3
+
+
+def test_breaker_state_is_shared_through_a_durable_store(tmp_path: Path) -> None:
+    """A breaker opened through one SQLite store object is seen through another."""
+    from corral.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "shared.db"
+    vendor, clock = Vendor(), ManualClock()
+    pol = policy(min_calls=2)
+    with SQLiteStore(path) as a, SQLiteStore(path) as b:
+        for i in range(2):
+            one_run(pol, a, vendor.tool(), clock, f"https://x/{i}")
+        with (
+            corral.Run(pol, tools=[vendor.tool()], store=b, clock=clock) as run,
+            pytest.raises(corral.ToolRejected),
+        ):
+            run.call("browser.open", {"url": "https://x/3"})
+        assert vendor.calls == 2
+        assert b.breaker("browser.open", now=clock.monotonic()) == BreakerState(
+            state="open", until=clock.monotonic() + 30
+        )
