@@ -190,3 +190,22 @@ def test_breaker_state_is_shared_through_a_durable_store(tmp_path: Path) -> None
         assert b.breaker("browser.open", now=clock.monotonic()) == BreakerState(
             state="open", until=clock.monotonic() + 30
         )
+
+
+def test_a_failing_model_endpoint_opens_its_breaker_and_no_request_is_sent() -> None:
+    """Model endpoint failures open its breaker; the next run stops before any request."""
+    from corral.testing import ScriptedModel, error
+
+    store, clock = MemoryStore(), ManualClock()
+    pol = policy(min_calls=2, on_degraded="stop")
+    for _ in range(2):
+        failing = ScriptedModel([error()], name="gpt-x")
+        result = corral.run("t", model=failing, policy=pol, store=store, clock=clock)
+        assert result.stop_reason == "model_error"
+    model = ScriptedModel([error()], name="gpt-x")
+    result = corral.run("t", model=model, policy=pol, store=store, clock=clock)
+    assert result.stop_reason == "dependency_degraded"
+    assert str(result.stop) == "dependency_degraded:gpt-x"
+    assert model.requests == []
+    other = ScriptedModel([corral.testing.final("fine")], name="other-model")
+    assert corral.run("t", model=other, policy=pol, store=store, clock=clock).stop_reason == "ok"

@@ -14,6 +14,7 @@ from collections.abc import Generator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
+from . import breaker
 from .budgets import Charge
 from .exceptions import ConfigError, Stop
 from .execution import CallModel
@@ -167,6 +168,20 @@ def model_flow(
     core.ensure_running()
     core.check_time()
     killswitch.check(core, None, None)
+    name = str(getattr(model, "name", type(model).__name__))
+    # The model endpoint has a breaker like a tool: while it is open, no request is sent.
+    endpoint = f"model:{name}"
+    decision, state = breaker.admit(core, endpoint)
+    if decision == "open":
+        core.event("denied", model=name, why="degraded")
+        raise core.stamp(
+            Stop(
+                "dependency_degraded",
+                name,
+                retry_after=max(0.0, state.until - breaker.wall(core)),
+                message=f"the model endpoint {name!r} is degraded (breaker open)",
+            )
+        )
     bound = input_token_bound(messages, tool_specs)
     clamped, charge = plan(core, model, bound, max_tokens)
     hold = core.reserve(charge)
@@ -174,10 +189,12 @@ def model_flow(
     request = ModelRequest(
         messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
     )
-    name = str(getattr(model, "name", type(model).__name__))
     started = core.now()
     result: Attempt = yield CallModel(model, request, timeout)
     elapsed = core.now() - started
+    # Unusable output is the model's fault, not the endpoint's: only failures count.
+    endpoint_ok = result.ok or isinstance(result.error, ModelOutputError)
+    breaker.record(core, endpoint, endpoint_ok, probe=decision == "probe")
     if not result.ok:
         core.settle(hold, Charge(steps=1))
         error = result.error
