@@ -257,3 +257,12 @@ def test_governed_policy_is_the_reference_plus_the_browser() -> None:
     result = corral.run("x", model=model, tools=[browser_open], policy=policy, store=fresh_url())
     assert result.stop_reason == "tool_denied"
     assert result.usage.tool_calls == 0
+
+
+def test_the_breaker_saves_browser_calls_during_the_outage() -> None:
+    """With degrade mode the governed side calls the vendor far less during the outage."""
+    figures = simulate(seed=7, runs=60, failure_rate=1.0, db="memory://")
+    g, nb = figures["governed"], figures["governed_without_breaker"]
+    assert g["stop_reasons"].get("dependency_degraded", 0) > 0
+    assert g["browser_calls_in_outage"] < nb["browser_calls_in_outage"]
+    assert g["usd"] < nb["usd"]

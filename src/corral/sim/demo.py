@@ -25,6 +25,7 @@ from rich.table import Table
 
 from ..exceptions import ConfigError, StoreError
 from ..stores import default_url, open_store
+from ..stores.memory import MemoryStore
 from .loops import BROWSER_SPEC, Side, governed_policy, run_governed, run_unbounded
 from .world import Scenario, clock_time, make_tasks
 
@@ -99,6 +100,15 @@ def simulate(
         store=store,
         run_prefix=run_prefix or new_run_prefix(),
     )
+    # The same governed agent without degrade mode, in a throwaway store: what the breaker saved.
+    no_breaker = run_governed(
+        tasks,
+        scenario=scenario,
+        failure_rate=failure_rate,
+        seed=seed,
+        store=MemoryStore(),
+        degrade=False,
+    )
     budgets = governed_policy().budgets
     return {
         "seed": seed,
@@ -122,6 +132,12 @@ def simulate(
             "safety_cap_hit": unbounded.safety_cap_hit,
         },
         "governed": {**_side(governed), "stop_reasons": governed.stop_reasons},
+        "governed_without_breaker": {
+            "browser_calls": no_breaker.browser_calls,
+            "browser_calls_in_outage": no_breaker.browser_calls_in_outage,
+            "usd": _money(no_breaker.usd),
+            "tasks_answered": no_breaker.tasks_answered,
+        },
     }
 
 
@@ -235,12 +251,24 @@ def explain(figures: dict[str, Any]) -> list[str]:
         f"{g['max_steps_in_a_run']} of {b['max_steps']} steps, "
         f"{g['longest_run_seconds']:.0f} of {b['max_seconds']:g} s)."
     )
+    nb = figures.get("governed_without_breaker")
+    degraded = g["stop_reasons"].get("dependency_degraded", 0)
+    if nb is not None and degraded:
+        saved = nb["browser_calls"] - g["browser_calls"]
+        lines.append(
+            f"Degrade mode: the browser's breaker opened during the outage, so {degraded:,} runs "
+            "stopped with dependency_degraded before calling the vendor: "
+            f"{g['browser_calls_in_outage']:,} browser calls during the outage instead of "
+            f"{nb['browser_calls_in_outage']:,} without the breaker ({saved:,} calls and "
+            f"${nb['usd'] - g['usd']:,.2f} saved over the day)."
+        )
     stopped = {k: v for k, v in g["stop_reasons"].items() if k != "ok"}
     if stopped:
         what = ", ".join(f"{k} {v:,}" for k, v in stopped.items())
         lines.append(
             f"{sum(stopped.values()):,} runs stopped early ({what}): the gateway retried a "
             f"failing browser call at most {BROWSER_SPEC['retries']} times within the run's "
-            "time, then the run ended with its stop reason and the next ticket began."
+            "time (or not at all while the breaker was open), then the run ended with its "
+            "stop reason and the next ticket began."
         )
     return lines

@@ -53,6 +53,17 @@ BROWSER_SPEC: dict[str, Any] = {
     "constraints": {"url": {"schemes": ["https"], "hosts": ["*.vendor.example"]}},
 }
 
+#: Degrade mode, on the demo's time scale: a failing vendor call hangs ~20 s, so the window
+#: spans a few minutes; while the breaker is open a run needing the browser stops at once
+#: (``dependency_degraded``) instead of paying for calls that will fail.
+DEGRADE: dict[str, Any] = {
+    "failure_rate": 0.5,
+    "min_calls": 5,
+    "window_seconds": 300,
+    "cool_down_seconds": 900,
+    "on_degraded": "stop",
+}
+
 #: How much of the conversation the autonomous agent keeps in its prompt (besides the goal).
 MEMORY_MESSAGES = 20
 #: The autonomous agent's HTTP client gives up after this long.
@@ -70,11 +81,13 @@ TENANT = "demo"
 AGENT = "browser-agent"
 
 
-def governed_policy() -> Policy:
-    """The reference policy with ``browser.open`` allowed and specified."""
+def governed_policy(*, degrade: bool = True) -> Policy:
+    """The reference policy with ``browser.open`` allowed and specified, and degrade mode."""
     data = yaml.safe_load(REFERENCE_YAML)
     data["tools"]["allow"].append(BROWSER)
     data["tools"]["specs"] = {BROWSER: BROWSER_SPEC}
+    if degrade:
+        data["degrade"] = DEGRADE
     return Policy.from_dict(data, source="corral demo")
 
 
@@ -187,6 +200,7 @@ def run_governed(
     seed: int,
     store: Store,
     run_prefix: str | None = None,
+    degrade: bool = True,
 ) -> Side:
     """Run every ticket through :func:`corral.run`; the figures come from the store's records
     of these runs (ids ``{run_prefix}-{ticket}`` when a prefix is given)."""
@@ -195,7 +209,7 @@ def run_governed(
     kb = KnowledgeBase(scenario, seed=f"{seed}/governed")
     model = SimModel(clock, scenario=scenario, seed=f"{seed}/governed")
     tools = make_tools(vendor, kb)
-    policy = governed_policy()
+    policy = governed_policy(degrade=degrade)
     max_seconds = float(policy.budgets.max_seconds)
     run_ids = []
     for task in tasks:
