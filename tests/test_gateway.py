@@ -322,8 +322,8 @@ def test_a_switch_without_a_mode_uses_the_policys_mode_when_enabled(store, tools
 
 
 def test_a_tool_scoped_switch_blocks_only_that_tool(store, tools):
-    """A switch on ``tool/kb.read`` blocks that read and nothing else."""
-    store.set_kill_switch(KillSwitchState(scope="tool", target="kb.read"))
+    """A ``stop_all`` switch on ``tool/kb.read`` blocks that read and nothing else."""
+    store.set_kill_switch(KillSwitchState(scope="tool", target="kb.read", mode="stop_all"))
     assert _run_both(store, tools) == {"read": "kill_switch", "write": "ok"}
 
 

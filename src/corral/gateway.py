@@ -86,7 +86,9 @@ def call_flow(
     tool_name = name if isinstance(name, str) else repr(name)
     known = isinstance(name, str) and name in core.tools
     eff = core.effective(name) if known else None
-    killswitch.check(core, tool_name if known else None, eff)  # unknown names fall through to names
+    # An unknown name has no effect to judge: only stop_all refuses it here, else the
+    # registry check below does.
+    killswitch.check(core, tool_name, eff)
     tool = names.resolve(core, name)
     eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)

@@ -1,0 +1,174 @@
+"""``corral kill enable | disable | status``: a round trip through the real command, the
+``--json`` shape, who and why recorded, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import corral
+from corral.cli import app
+from corral.stores.sqlite import SQLiteStore
+
+FIELDS = ["scope", "target", "mode", "reason", "by", "since"]
+
+
+def corral_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m corral ARGS`` in a new process."""
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def invoke(*args: str) -> Any:
+    """The command in this process (for the quick error cases)."""
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A SQLite store URL in a temporary directory."""
+    return f"sqlite:///{tmp_path / 'corral.db'}"
+
+
+def outcome(db: str, probe: Callable[..., Any], **who: Any) -> dict[str, str]:
+    """Stop reasons of a read and a write, each in its own run on ``db``."""
+    read, write = probe("kb.read"), probe("kb.write", effect="write")
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["kb.read", "kb.write"]}, "writes": {"require_approval": False}}
+    )
+    store = SQLiteStore(db.removeprefix("sqlite:///"))
+    seen = {}
+    try:
+        for name in ("kb.read", "kb.write"):
+            with corral.Run(policy, tools=[read.tool, write.tool], store=store, **who) as run:
+                run.call(name, {"q": "x"})
+            seen[name] = run.result.stop_reason
+    finally:
+        store.close()
+    return seen
+
+
+def test_enable_status_disable_round_trip(
+    db: str, probe: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switches set by the command stop runs on the same store, show in status, and lift."""
+    on = corral_cli(
+        "kill", "enable", "--mode", "stop_all", "--tenant", "acme",
+        "--reason", "incident 7", "--by", "alice", "--db", db,
+    )  # fmt: skip
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.strip() == "kill switch on: tenant/acme, stop_all (by alice)"
+    monkeypatch.setenv("USER", "bob")
+    assert invoke("kill", "enable", "--reason", "writes off", "--db", db).exit_code == 0
+
+    status = corral_cli("kill", "status", "--db", db, "--json")
+    assert status.returncode == 0, status.stderr
+    switches = json.loads(status.stdout)["switches"]
+    assert [list(s) for s in switches] == [FIELDS, FIELDS]
+    by_scope = {s["scope"]: s for s in switches}
+    assert by_scope["tenant"] == {
+        **by_scope["tenant"],
+        "target": "acme",
+        "mode": "stop_all",
+        "reason": "incident 7",
+        "by": "alice",
+    }
+    assert by_scope["global"]["mode"] is None
+    assert by_scope["global"]["by"] == f"bob@{socket.gethostname()}"
+    assert all(s["since"] is None or s["since"].endswith("Z") for s in switches)
+
+    table = invoke("kill", "status", "--db", db).stdout.splitlines()
+    assert table[0].split() == ["SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE"]
+    assert any("(run's default)" in line and "writes off" in line for line in table)
+    assert any("stop_all" in line and "acme" in line for line in table)
+
+    assert outcome(db, probe, tenant="acme") == {
+        "kb.read": "kill_switch",
+        "kb.write": "kill_switch",
+    }
+    assert outcome(db, probe, tenant="globex") == {"kb.read": "ok", "kb.write": "kill_switch"}
+
+    off = corral_cli("kill", "disable", "--tenant", "acme", "--db", db)
+    assert (off.returncode, off.stdout.strip()) == (0, "kill switch off: tenant/acme")
+    assert invoke("kill", "disable", "--db", db).exit_code == 0
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+    assert outcome(db, probe, tenant="acme") == {"kb.read": "ok", "kb.write": "ok"}
+
+
+def test_disabling_a_switch_that_is_not_on_says_so_and_exits_1(db: str) -> None:
+    """``disable`` at a scope with no switch exits 1 and lists the switches that are on."""
+    assert invoke("kill", "enable", "--tool", "browser.open", "--db", db).exit_code == 0
+    result = invoke("kill", "disable", "--tool", "browser.opn", "--db", db)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "corral kill: no kill switch is on at tool/browser.opn (on: tool/browser.open)"
+    )
+
+
+def test_a_tool_switch_without_a_mode_warns_what_it_may_leave_running(db: str) -> None:
+    """A mode-less tool switch is set, with a note that a read tool may keep running."""
+    result = invoke("kill", "enable", "--tool", "browser.open", "--db", db)
+    assert result.exit_code == 0
+    assert "give --mode stop_all to turn the tool off everywhere" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tenant", "acme", "--tool", "browser.open"], "give at most one of --tenant, --agent"),
+        (["--agent", "a", "--run", "r", "--tenant", "t"], "(got --tenant and --agent and --run)"),
+        (["--mode", "disable_all"], "unknown kill-switch mode 'disable_all'"),
+        (["--tool", "Browser.Open"], "'Browser.Open' is not a tool name"),
+        (["--tenant", " "], "--tenant needs a value"),
+        (["--by", ""], "--by needs a value"),
+    ],
+)
+def test_bad_combinations_are_one_line_and_exit_2(db: str, args: list[str], message: str) -> None:
+    """A usage error prints one line naming the problem, exits 2, and changes nothing."""
+    result = invoke("kill", "enable", *args, "--db", db)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+
+
+def test_errors_from_the_real_command_carry_no_traceback() -> None:
+    """Through ``python -m corral``: two scopes exit 2 with one line and no traceback."""
+    two = corral_cli("kill", "disable", "--tenant", "a", "--agent", "b", "--db", "memory://")
+    assert two.returncode == 2
+    assert two.stderr.startswith("corral kill: give at most one of")
+    assert len(two.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A store that cannot be opened: exit 1 and a line saying so, never a traceback."""
+    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    down = invoke("kill", "status", "--db", missing)
+    assert down.exit_code == 1
+    assert down.stderr.startswith("corral kill: the store cannot be reached")
+    assert "Traceback" not in down.output
+
+
+def test_status_of_an_empty_store_says_so(db: str) -> None:
+    """With no switch on, status says so (and ``--json`` gives an empty list)."""
+    result = invoke("kill", "status", "--db", db)
+    assert (result.exit_code, result.stdout.strip()) == (0, "no kill switch is on")
+
+
+def test_the_default_store_is_corral_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``--db`` the command uses ``CORRAL_DB``, the store runs use by default."""
+    url = f"sqlite:///{tmp_path / 'default.db'}"
+    monkeypatch.setenv("CORRAL_DB", url)
+    assert invoke("kill", "enable", "--agent", "bot", "--mode", "stop_all").exit_code == 0
+    switches = json.loads(invoke("kill", "status", "--json", "--db", url).stdout)["switches"]
+    assert [(s["scope"], s["target"]) for s in switches] == [("agent", "bot")]
