@@ -3,8 +3,8 @@
     kill switch → allowlist and registry → arguments and constraints → degrade state
     → loop detection → read cache / idempotency replay → fit check (no hold) → approval (writes)
     → kill switch again → budget reservation → idempotency claim (writes)
-    → execute with timeout (bounded retries) → output validation and hygiene
-    → settle → trace
+    → audit the authorization (writes) → execute with timeout (bounded retries)
+    → output validation and hygiene (registered secrets scrubbed) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
 (:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
@@ -16,20 +16,24 @@ denied, invalid or refused calls are refunded; cache hits and idempotent replays
 cost nothing. A tool raising :class:`~corral.NotExecuted` costs one call and no
 USD (nothing happened, but a tool that keeps saying so must not loop for free).
 
-Writes: the idempotency key is claimed before the tool starts. An outcome is
-recorded after it: the output, or the failure (a write that raised or returned an
-invalid output is never run again under its key; a resumed run gets the failure
-back). A write abandoned at its deadline may still be running, so its key stays
-in flight; ``NotExecuted`` releases it.
+Writes: the idempotency key is claimed, and the authorization is written to the
+audit log, before the tool starts; if either cannot be written the write is
+refused, never executed unaudited. An outcome is recorded after it: the output,
+or the failure (a write that raised or returned an invalid output is never run
+again under its key; a resumed run gets the failure back). A write abandoned at
+its deadline may still be running, so its key stays in flight; ``NotExecuted``
+releases it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import breaker
+from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
 from .hygiene import OutputProblem, cap, clean_output
@@ -157,6 +161,7 @@ def call_flow(
             core.check_time()
         if write:
             cache.clear(core)  # a write may change what any read returns, also when it fails
+            _audit_authorization(core, tool.name, attempt, digest, idem_key, hold, first_claim)
         ctx = None
         if tool.context_param is not None:
             ctx = ToolContext(
@@ -194,7 +199,7 @@ def call_flow(
                 detail="not_executed",
             )
         core.settle(hold, charge if eff.charge_on_error else eff.call_only)
-        what = (
+        what = core.redactor.text(
             f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
         )
         core.event(
@@ -239,6 +244,8 @@ def call_flow(
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
+        if core.redactor.has_secrets:
+            observation = core.redactor.secrets_only(observation)
     except OutputProblem as exc:
         core.event(
             "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
@@ -265,14 +272,37 @@ def call_flow(
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
-    core.event(
+    core.trusted_event(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,
         outcome="ok",
         attempt=attempt,
-        args_digest=digest or None,
+        args_digest=digest or args_digest(args, text=text),
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
     )
     core.flush()
     return observation
+
+
+def _audit_authorization(
+    core: RunCore,
+    tool: str,
+    attempt: int,
+    digest: str,
+    key: str | None,
+    hold: Hold,
+    release: bool,
+) -> None:
+    """Write a write's authorization to the audit log before it runs; if the log cannot be
+    written, refuse the write (refunded; ``release``: its key, just claimed, released)
+    instead of running it unaudited."""
+    core.event("authorized", tool=tool, attempt=attempt, args_digest=digest, key=key)
+    try:
+        core.flush()
+    except Stop:
+        with contextlib.suppress(Stop):
+            core.refund(hold)
+            if release and key is not None:
+                core._store_call(core.store.release, key, tenant=core.tenant)
+        raise

@@ -131,13 +131,21 @@ class _RunBase:
             return self._result
         core.finished = True
         info = core.stop if reason != "ok" else None
-        core.close(reason, answer=answer)
+        partial = core.partial or core.last_text
+        unrecorded = core.close(reason, answer=answer)
+        if unrecorded is not None:
+            # Fail closed, and say so: a run whose end is not in the audit log did not end ok.
+            error = unrecorded if error is None else f"{error}; {unrecorded}"
+            if reason == "ok":
+                reason, partial, answer = "control_plane_unavailable", answer, None
+                info = StopInfo(reason=reason, detail="store", message=unrecorded, retryable=True)
+                core.record_stop(info)
         self._result = RunResult(
             run_id=core.id,
             status=status_of(reason),
             stop_reason=reason,
             answer=answer,
-            partial=None if reason == "ok" else (core.partial or core.last_text),
+            partial=None if reason == "ok" else partial,
             usage=core.usage(),
             stop=info,
             would_stop=tuple(core.would_stop),

@@ -310,6 +310,27 @@ class Loops(_Section):
         return self
 
 
+class Redact(_Section):
+    """Redaction rules added to the built-in ones (:mod:`corral.redact`): the values under
+    these ``keys`` and the text matching these ``patterns`` (regular expressions) never
+    reach the trace or the audit log."""
+
+    keys: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    patterns: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+            if compiled.match(""):
+                raise ValueError(f"{pattern!r} matches the empty text; it would match everywhere")
+        return patterns
+
+
 class ModelPrice(_Section):
     input_usd_per_mtok: USD
     output_usd_per_mtok: USD
@@ -337,6 +358,7 @@ class Policy(_Section):
     loops: Loops = Field(default_factory=Loops)
     limits: list[WindowLimit] = Field(default_factory=list)
     models: Models = Field(default_factory=Models)
+    redact: Redact = Field(default_factory=Redact)
 
     _allowed_cache: frozenset[str] | None = PrivateAttr(default=None)
     _digest_cache: str | None = PrivateAttr(default=None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from . import sinks, windows
+from . import redact, sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
@@ -112,6 +112,11 @@ class RunCore:
         self.agent = agent
         self.approver = approver
         self.credentials = {k: dict(v) for k, v in (credentials or {}).items()}
+        # Secrets never reach the trace or the audit log: every event is scrubbed of the
+        # credentials' values, secret-named keys and credential-looking text (redact.py).
+        self.redactor = redact.redactor(policy.redact.keys, policy.redact.patterns).with_secrets(
+            value for creds in self.credentials.values() for value in creds.values()
+        )
         self.observe = policy.mode == "observe"
         self.allowed = frozenset(policy.tools.allow)
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
@@ -412,10 +417,26 @@ class RunCore:
 
     # -- trace -----------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
+        """Record an event (scrubbed of secrets: see :mod:`corral.redact`)."""
+        self.trusted_event(kind, **self.redactor.data(data))
+
+    def trusted_event(self, kind: str, **data: Any) -> None:
+        """Record an event whose values corral produced itself (registered names, digests,
+        numbers, fixed words): nothing in it can be a secret, so it is not scanned."""
         at = time.time()
         with self._lock:
             self._seq += 1
-            self._pending.append(Event(run_id=self.id, seq=self._seq, kind=kind, at=at, data=data))
+            self._pending.append(
+                Event(
+                    run_id=self.id,
+                    seq=self._seq,
+                    kind=kind,
+                    at=at,
+                    data=data,
+                    tenant=self.tenant,
+                    actor=self.agent,
+                )
+            )
 
     def flush(self) -> None:
         with self._lock:
@@ -429,8 +450,12 @@ class RunCore:
         if self.stop is None:
             self.stop = info
 
-    def close(self, reason: StopReason, *, answer: str | None = None) -> None:
-        """Persist the end of the run (first stop wins)."""
+    def close(self, reason: StopReason, *, answer: str | None = None) -> str | None:
+        """Persist the end of the run (first stop wins); returns why it could not be, or None.
+
+        The run's outcome is never masked by a store failure here, nor is the failure
+        silent: the caller puts it on the result.
+        """
         usage = self.usage()
         info = self.stop if reason != "ok" else None
         status = status_of(reason)
@@ -452,16 +477,15 @@ class RunCore:
                 self.id,
                 status=status,
                 stop_reason=reason,
-                stop=info.to_dict() if info else None,
+                stop=self.redactor.data(info.to_dict()) if info else None,
                 answer=answer,
                 usage=usage.to_dict(),
                 ended_at=time.time(),
-                would_stop=[w.to_dict() for w in self.would_stop],
+                would_stop=[self.redactor.data(w.to_dict()) for w in self.would_stop],
             )
-        except StoreError:
-            # The result still carries the stop reason; the caller learns the store failed
-            # from the trace gap. Nothing here may mask the run's own outcome.
-            pass
+        except StoreError as exc:
+            return f"the end of the run could not be recorded: {exc}"
+        return None
 
 
 #: Stop reasons whose status is ``error`` (something failed) rather than ``stopped``

@@ -3,8 +3,10 @@ PostgreSQL (a schema of its own; skipped when the server is unusable, failed und
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,29 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], AbstractContextManager[Store]]]:
+    """A factory of fresh, empty stores of each backend, so that a test can open one after
+    changing the environment (``CORRAL_AUDIT_KEY``)."""
+    backend = str(request.param)
+    url = require_postgres(POSTGRES_URL) if backend == "postgres" else ""
+    files = iter(range(1, 1000))
+
+    @contextlib.contextmanager
+    def make() -> Iterator[Store]:
+        if backend == "postgres":
+            with fresh_store(url) as pg:
+                yield pg
+            return
+        path = tmp_path / f"corral-{next(files)}.db"
+        s: Store = MemoryStore() if backend == "memory" else SQLiteStore(path)
+        try:
+            yield s
+        finally:
+            s.close()
+
+    yield make

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-PG_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL") or (
+    f"postgresql://{os.environ.get('PGUSER') or 'postgres'}@127.0.0.1:5432/test"
+)
 
 _status: dict[str, str | None] = {}  # url -> None when usable, else why not
 

@@ -6,13 +6,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from decimal import Decimal
 
 import pytest
 
+from corral.audit import KeyRequired, verify
+from corral.audit import records as audit_records
 from corral.stores import Store, open_store
 from corral.stores.base import (
+    GENESIS,
     ApprovalRecord,
+    AuditHead,
     BreakerState,
     Event,
     KillSwitchState,
@@ -20,6 +26,7 @@ from corral.stores.base import (
     RunRecord,
     ScopedCharge,
 )
+from corral.stores.chain import key_id, record_hash
 from corral.stores.memory import MemoryStore
 from corral.stores.owner import RunOwner
 
@@ -335,3 +342,121 @@ def test_a_run_elsewhere_is_interrupted_when_its_heartbeat_lapses(store: Store) 
     kept = store.get_run("kept")
     assert kept is not None and kept.status == "running"
     assert "no heartbeat" in store.events("far")[-1].data["why"]
+
+
+# -- the audit chain ----------------------------------------------------------------------
+def _events(run_id: str, first: int, count: int, **extra: object) -> list[Event]:
+    return [
+        Event(
+            run_id=run_id,
+            seq=i,
+            kind="tool_call",
+            at=1000.0 + i,
+            data={"tool": "kb.read", "n": i, "usd": Decimal("0.10"), "ratio": 0.25, **extra},
+            tenant="acme",
+            actor="bot",
+        )
+        for i in range(first, first + count)
+    ]
+
+
+def test_appended_events_are_sealed_into_one_hash_chain(store: Store) -> None:
+    """Each event becomes a record: seq from 1 without gaps, linked by hash, head at the end."""
+    assert store.audit_head() == AuditHead()
+    assert store.audit_records() == []
+    store.create_run(RunRecord(id="r1", tenant="acme", agent="bot"))
+    store.append_events(_events("r1", 1, 3))
+    store.append_events(_events("r2", 1, 2, big=1e16, nested={"k": [1, "x"]}))
+    records = store.audit_records()
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert [(r.run_id, r.event_seq) for r in records] == [
+        ("r1", 1),
+        ("r1", 2),
+        ("r1", 3),
+        ("r2", 1),
+        ("r2", 2),
+    ]
+    prev = GENESIS
+    for r in records:
+        assert r.prev_hash == prev and r.hash == record_hash(r) and r.mode == "sha256"
+        assert (r.tenant, r.actor, r.tool, r.kind) == ("acme", "bot", "kb.read", "tool_call")
+        prev = r.hash
+    assert records[0].data == {"tool": "kb.read", "n": 1, "usd": "0.10", "ratio": 0.25}
+    assert records[-1].data["big"] == 10**16 and records[-1].data["nested"] == {"k": [1, "x"]}
+    assert store.audit_head() == AuditHead(seq=5, hash=records[-1].hash)
+    (event, *_) = store.events("r1")
+    assert (event.tenant, event.actor) == ("acme", "bot")
+    assert verify(store).ok
+
+
+def test_the_same_events_hash_the_same_on_every_backend(store: Store) -> None:
+    """The chain is over values, not one database's spelling: every backend agrees."""
+    odd = {"text": "ünï\x00", "none": None, "flag": True, "zero": -0.0, "tiny": 1e-300}
+    events = _events("r1", 1, 2, huge=1.5e300, **odd)
+    reference = MemoryStore()
+    reference.append_events(events)
+    store.append_events(events)
+    assert store.audit_head() == reference.audit_head()
+    assert verify(store).ok
+
+
+def test_audit_records_page_in_chain_order(store: Store) -> None:
+    """``after`` and ``limit`` page through the chain; pages join without gaps or repeats."""
+    for i in range(5):
+        store.append_events(_events(f"r{i}", 1, 3))
+    first = store.audit_records(limit=4)
+    rest = store.audit_records(after=first[-1].seq, limit=100)
+    assert [r.seq for r in first + rest] == list(range(1, 16))
+    assert store.audit_records(after=15) == []
+    assert [r.seq for r in audit_records(store, page=4)] == list(range(1, 16))
+
+
+def test_concurrent_appenders_make_one_valid_chain(store: Store) -> None:
+    """8 threads appending at once: every event is in the chain exactly once, and it verifies."""
+
+    def worker(n: int) -> None:
+        for batch in range(10):
+            store.append_events(_events(f"t{n}", batch * 2 + 1, 2))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = verify(store)
+    assert result.ok and result.checked == 160 == store.audit_head().seq
+    for n in range(8):
+        assert [e.seq for e in store.events(f"t{n}")] == list(range(1, 21))
+
+
+def test_interrupted_runs_are_recorded_in_the_chain(store: Store) -> None:
+    """The `interrupted` event a store writes itself is sealed like any other."""
+    me = RunOwner.current()
+    ghost = RunOwner(host=me.host, node=me.node, pid=dead_pid())
+    store.create_run(RunRecord(id="ghost", tenant="acme", agent="bot", owner=ghost))
+    store.append_events(_events("ghost", 1, 1))
+    assert store.mark_interrupted() == ["ghost"]
+    last = store.audit_records()[-1]
+    assert (last.seq, last.kind, last.run_id, last.event_seq) == (2, "interrupted", "ghost", 2)
+    assert (last.tenant, last.actor) == ("acme", "bot")
+    assert verify(store).ok
+
+
+def test_a_keyed_chain_verifies_only_with_its_key(
+    new_store: Callable[[], AbstractContextManager[Store]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CORRAL_AUDIT_KEY set when the store opens, records are HMAC-sealed; the key is
+    never stored, verification needs it, and another key is refused."""
+    monkeypatch.setenv("CORRAL_AUDIT_KEY", "k3y-for-the-contract")
+    with new_store() as store:
+        store.append_events(_events("r1", 1, 3))
+        records = store.audit_records()
+        assert {r.mode for r in records} == {f"hmac-sha256:{key_id('k3y-for-the-contract')}"}
+        assert all("k3y-for-the-contract" not in repr(r) for r in records)
+        assert verify(store).ok and verify(store).keyed == 3
+        monkeypatch.delenv("CORRAL_AUDIT_KEY")
+        with pytest.raises(KeyRequired, match="CORRAL_AUDIT_KEY"):
+            verify(store)
+        wrong = verify(store, key="another key")
+        assert not wrong.ok and wrong.broken is not None and wrong.broken.seq == 1
+        assert "another key" in wrong.broken.why

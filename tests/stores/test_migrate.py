@@ -134,3 +134,23 @@ def test_scripts_split_where_sqlite_says_a_statement_ends() -> None:
     assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
     with pytest.raises(ValueError, match="incomplete statement"):
         split_sqlite("CREATE TABLE t (a INT);\nCREATE TABLE u (")
+
+
+def test_a_python_step_runs_after_its_version_in_the_same_transaction(
+    conn: sqlite3.Connection,
+) -> None:
+    """``after={2: step}`` runs right after version 2's SQL; if it fails, nothing is applied."""
+    both = [Migration(version=1, name="a", sql=V1), Migration(version=2, name="b", sql=V2)]
+    seen: list[int] = []
+
+    def count_notes(cur: sqlite3.Cursor) -> None:
+        seen.append(cur.execute("SELECT count(*) FROM notes").fetchone()[0])
+
+    def fail(cur: sqlite3.Cursor) -> None:
+        raise RuntimeError("the step failed")
+
+    with pytest.raises(RuntimeError, match="the step failed"):
+        migrate(conn, SQLITE, both, after={2: fail})
+    assert current_version(conn, SQLITE) == 0
+    assert migrate(conn, SQLITE, both, after={2: count_notes}) == [1, 2]
+    assert seen == [1]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from corral.audit import verify
 from corral.exceptions import ConfigError, StoreError
 from corral.stores import DEFAULT_URL, default_url, open_store
 from corral.stores.base import (
@@ -370,3 +371,5 @@ def test_a_killed_writer_loses_nothing_committed_and_its_run_is_interrupted(
         finished = store.get_run("finished")
         assert finished is not None and finished.status == "ok"
         assert pragma(store, "integrity_check") == "ok"
+        chain = verify(store)  # the audit chain survives the kill, its `interrupted` record too
+        assert chain.ok and chain.checked == len(events) == store.audit_head().seq

@@ -34,32 +34,73 @@ UNION ALL
 SELECT false, digest, outcome, lease_until FROM corral_claims
 WHERE tenant_key = %s AND key = %s AND NOT EXISTS (SELECT FROM won)
 """
-APPEND_EVENTS = """
-WITH added AS (
-    INSERT INTO corral_events (run_id, seq, kind, at, data)
-    SELECT r, s, k, a, d
-    FROM unnest(%s::text[], %s::int4[], %s::text[], %s::float8[], %s::jsonb[])
-         WITH ORDINALITY AS v(r, s, k, a, d, n)
+# The audit chain's head, locked for the rest of the transaction: every appender takes this
+# one row first, so appends are serialized into one chain (and never deadlock on it).
+LOCK_HEAD = "SELECT seq, hash FROM corral_audit_head WHERE id = 1 FOR UPDATE"
+# Write sealed events (data as canonical JSON text) and renew running runs' heartbeats, if
+# the chain's head is still the one they were sealed after: the head row is locked only if it
+# is free (SKIP LOCKED: a busy head fails at once instead of queueing) and still holds the old
+# (seq, hash); then it moves to the new one and the events are written, else nothing is.
+# One statement: the fast path of an append whose store knew the head (see postgres.py).
+# The parameters: old seq, old hash, new seq, new hash, mode, the ten arrays, now.
+_INSERT_SEALED = """
+    INSERT INTO corral_events
+        (run_id, seq, kind, at, data, tenant, actor, audit_seq, prev_hash, hash, mode)
+    SELECT r, s, k, a, d::jsonb, t, ac, q, p, h, %s
+    FROM unnest(%s::text[], %s::int4[], %s::text[], %s::float8[], %s::text[], %s::text[],
+                %s::text[], %s::int8[], %s::text[], %s::text[])
+         WITH ORDINALITY AS v(r, s, k, a, d, t, ac, q, p, h, n)
+"""
+APPEND_IF_HEAD = f"""
+WITH current AS (
+    SELECT id FROM corral_audit_head WHERE id = 1 AND seq = %s AND hash = %s
+    FOR UPDATE SKIP LOCKED
+), head AS (
+    UPDATE corral_audit_head AS h SET seq = %s, hash = %s FROM current WHERE h.id = current.id
+    RETURNING 1
+), added AS (
+    {_INSERT_SEALED}
+    WHERE EXISTS (SELECT FROM head)
+    ORDER BY n
+    RETURNING run_id
+), beat AS (
+    UPDATE corral_runs SET heartbeat_at = %s
+    WHERE id IN (SELECT run_id FROM added) AND status = 'running'
+)
+SELECT EXISTS (SELECT FROM head)
+"""
+# The same, unconditionally, inside a transaction that holds the head (LOCK_HEAD).
+# The parameters: new seq, new hash, mode, the ten arrays, now.
+APPEND_LOCKED = f"""
+WITH head AS (
+    UPDATE corral_audit_head SET seq = %s, hash = %s WHERE id = 1
+), added AS (
+    {_INSERT_SEALED}
     ORDER BY n
     RETURNING run_id
 )
 UPDATE corral_runs SET heartbeat_at = %s
 WHERE id IN (SELECT run_id FROM added) AND status = 'running'
 """
+# Seal the events written before the audit chain existed (migration 2).
+SEAL_UNSEALED = """
+UPDATE corral_events AS e SET audit_seq = v.q, prev_hash = v.p, hash = v.h, mode = %s,
+    at = v.a, data = v.d::jsonb
+FROM unnest(%s::int8[], %s::int8[], %s::text[], %s::text[], %s::float8[], %s::text[])
+     AS v(id, q, p, h, a, d)
+WHERE e.id = v.id
+"""
+AUDIT_COLUMNS = "audit_seq, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash, mode"
 # Tells listeners (LISTEN corral_kill_switch) which switch changed, when the change commits.
 NOTIFY_KILL = "SELECT pg_notify('corral_kill_switch', scope || ':' || target) FROM s"
-# One statement: mark the runs still as judged (status, heartbeat) and log why, atomically.
+# Mark the runs still as judged (status, heartbeat); returns what their `interrupted` events
+# need (the store seals and appends them in the same transaction).
 MARK_INTERRUPTED = """
-WITH c AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) AS c(id, beat, why)),
-m AS (
-    UPDATE corral_runs AS r SET status = 'interrupted', ended_at = coalesce(c.beat, %s)
-    FROM c WHERE r.id = c.id AND r.status = 'running' AND r.heartbeat_at IS NOT DISTINCT FROM c.beat
-    RETURNING r.id, c.why
-)
-INSERT INTO corral_events (run_id, seq, kind, at, data)
-SELECT m.id, coalesce((SELECT max(e.seq) FROM corral_events AS e WHERE e.run_id = m.id), 0) + 1,
-       'interrupted', %s, jsonb_build_object('why', m.why)
-FROM m RETURNING run_id
+WITH c AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) AS c(id, beat, why))
+UPDATE corral_runs AS r SET status = 'interrupted', ended_at = coalesce(c.beat, %s)
+FROM c WHERE r.id = c.id AND r.status = 'running' AND r.heartbeat_at IS NOT DISTINCT FROM c.beat
+RETURNING r.id, c.why, r.tenant, r.agent,
+    coalesce((SELECT max(e.seq) FROM corral_events AS e WHERE e.run_id = r.id), 0) + 1
 """
 APPROVAL_FIELDS = (
     "id", "run_id", "tool", "args_digest", "arguments", "tenant", "agent", "status",

@@ -12,6 +12,14 @@ in-process locks, so it holds across replicas:
   heartbeat on every write to it (``heartbeat`` renews it during a long wait);
   ``mark_interrupted`` marks ``interrupted`` the runs whose process died or whose
   heartbeat lapsed, so a crash never leaves a run looking ``running`` for ever.
+- **the audit log**: every event appended (``interrupted`` ones included) is sealed
+  into one hash chain in the same transaction that appends it (see
+  :mod:`~corral.stores.chain`): a gap-free global ``seq``, the previous record's
+  hash, and its own hash, keyed when ``CORRAL_AUDIT_KEY`` was set when the store
+  was opened. Concurrent appenders, in any number of processes, make one chain.
+  (The in-memory store fixes each event's place when it is appended and computes
+  the hashes when the chain is next read: nothing outside the process can see or
+  change its records before that.)
 
 A backend that cannot answer raises :class:`~corral.exceptions.StoreError`;
 callers refuse the action (fail closed).
@@ -113,13 +121,83 @@ class RunRecord:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
-    """One trace event: a step, a model call, a decision, a tool outcome, the stop."""
+    """One trace event: a step, a model call, a decision, a tool outcome, the stop.
+
+    ``tenant`` and ``actor`` (the agent, or the operator who acted) travel with each
+    event into the audit log.
+    """
 
     run_id: str
     seq: int
     kind: str
     at: float
     data: Mapping[str, Any] = field(default_factory=dict)
+    tenant: str | None = None
+    actor: str | None = None
+
+
+#: The ``prev_hash`` of the first audit record.
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditRecord:
+    """One record of the audit log: an event as appended, sealed into the hash chain.
+
+    ``seq`` counts records from 1 across the whole store, without gaps; ``hash``
+    covers every other field (see :func:`corral.stores.chain.record_hash`); ``mode``
+    says how: ``sha256``, or ``hmac-sha256:<key id>`` when keyed.
+    """
+
+    seq: int
+    run_id: str
+    event_seq: int
+    kind: str
+    at: float
+    tenant: str | None
+    actor: str | None
+    data: Any
+    prev_hash: str
+    hash: str
+    mode: str
+
+    @property
+    def tool(self) -> str | None:
+        """The tool the record concerns, if any."""
+        tool = self.data.get("tool") if isinstance(self.data, Mapping) else None
+        return tool if isinstance(tool, str) else None
+
+    @property
+    def args_digest(self) -> str | None:
+        """SHA-256 of the call's canonical arguments, if the record concerns a call."""
+        digest = self.data.get("args_digest") if isinstance(self.data, Mapping) else None
+        return digest if isinstance(digest, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (one line of ``corral audit export``)."""
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "event_seq": self.event_seq,
+            "kind": self.kind,
+            "at": self.at,
+            "tenant": self.tenant,
+            "actor": self.actor,
+            "tool": self.tool,
+            "args_digest": self.args_digest,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditHead:
+    """The newest record of the audit log (``seq`` 0 and :data:`GENESIS` when empty)."""
+
+    seq: int = 0
+    hash: str = GENESIS
 
 
 @runtime_checkable
@@ -137,6 +215,10 @@ class Store(Protocol):
     def mark_interrupted(
         self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
     ) -> list[str]: ...
+
+    # audit log: the events, in the order of the chain
+    def audit_head(self) -> AuditHead: ...
+    def audit_records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 import time
@@ -13,6 +14,8 @@ from typing import Any
 from .base import (
     ApprovalRecord,
     ApprovalStatus,
+    AuditHead,
+    AuditRecord,
     BreakerState,
     Claim,
     Event,
@@ -22,6 +25,7 @@ from .base import (
     RunRecord,
     ScopedCharge,
 )
+from .chain import Sealer
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 _CLOSED = BreakerState()
@@ -31,13 +35,19 @@ class MemoryStore:
     """A complete :class:`~corral.stores.base.Store` held in dictionaries under one lock.
 
     ``fail`` makes every call raise :class:`~corral.exceptions.StoreError`
-    (to test fail-closed behaviour).
+    (to test fail-closed behaviour). The audit chain is keyed when
+    ``CORRAL_AUDIT_KEY`` is set at construction. Events take their place in the chain
+    when appended and are sealed when the chain is next read: in one process's
+    memory a hash protects nothing until someone looks, and appending stays cheap.
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[Event]] = {}
+        self._audit: list[AuditRecord] = []
+        self._unsealed: list[Event] = []
+        self._sealer = Sealer.from_env()
         self._scopes: dict[str, list[Any]] = {}  # scope -> [calls, usd, window_ends]
         self._grants: dict[str, list[ScopedCharge]] = {}
         self._grant_ids = itertools.count(1)
@@ -86,9 +96,20 @@ class MemoryStore:
     def append_events(self, events: Sequence[Event]) -> None:
         with self._lock:
             self._check()
-            for e in events:
-                self._events.setdefault(e.run_id, []).append(e)
+            self._append(events)
             # No heartbeat here: a run in memory cannot outlive the process that owns it.
+
+    def _append(self, events: Sequence[Event]) -> None:
+        self._unsealed.extend(events)
+        for e in events:
+            self._events.setdefault(e.run_id, []).append(e)
+
+    def _seal(self) -> None:
+        if self._unsealed:
+            last = self._audit[-1] if self._audit else None
+            head = AuditHead() if last is None else AuditHead(seq=last.seq, hash=last.hash)
+            self._audit.extend(self._sealer.seal(head, self._unsealed))
+            self._unsealed = []
 
     def events(self, run_id: str) -> list[Event]:
         with self._lock:
@@ -121,11 +142,36 @@ class MemoryStore:
                 )
                 events = self._events.setdefault(run.id, [])
                 seq = max((e.seq for e in events), default=0) + 1
-                events.append(
-                    Event(run_id=run.id, seq=seq, kind="interrupted", at=now, data={"why": why})
+                event = Event(
+                    run_id=run.id,
+                    seq=seq,
+                    kind="interrupted",
+                    at=now,
+                    data={"why": why},
+                    tenant=run.tenant,
+                    actor=run.agent,
                 )
+                self._append([event])
                 marked.append(run.id)
         return marked
+
+    # audit log
+    def audit_head(self) -> AuditHead:
+        with self._lock:
+            self._check()
+            self._seal()
+            if not self._audit:
+                return AuditHead()
+            last = self._audit[-1]
+            return AuditHead(seq=last.seq, hash=last.hash)
+
+    def audit_records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records with ``seq`` above ``after``, oldest first, at most ``limit``."""
+        with self._lock:
+            self._check()
+            self._seal()
+            start = bisect.bisect_right(self._audit, after, key=lambda r: r.seq)
+            return self._audit[start : start + limit]
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:

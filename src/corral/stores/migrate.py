@@ -30,7 +30,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -165,9 +165,14 @@ def migrate(
     migrations: Sequence[Migration] | None = None,
     *,
     where: str = "the database",
+    after: Mapping[int, Callable[[Any], None]] | None = None,
 ) -> list[int]:
     """Apply the migrations the database lacks (default: the dialect's shipped ones);
     return the versions applied, ``[]`` when it was already current.
+
+    ``after`` maps a version to a step in Python run right after that version's SQL,
+    in the same transaction, with the cursor (for data no SQL can compute, such as
+    the audit chain's hashes of rows written before it existed).
 
     Raises :class:`~corral.exceptions.ConfigError` when the database is newer than
     ``migrations`` (named ``where`` in the message); the database is left untouched.
@@ -190,6 +195,8 @@ def migrate(
                 if migration.version <= current:
                     continue
                 _apply(cur, dialect, migration)
+                if after and migration.version in after:
+                    after[migration.version](cur)
                 applied.append(migration.version)
             cur.execute("COMMIT")
         except BaseException:

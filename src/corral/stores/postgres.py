@@ -14,11 +14,18 @@ never on an in-process lock, so it holds across processes and machines:
   (``INSERT ... ON CONFLICT DO NOTHING``);
 - **approvals** and **interrupted runs** change by conditional updates
   (still pending; still running with the heartbeat that was judged);
-- kill switches, breakers, runs and events are single-statement writes; setting or
-  clearing a kill switch also sends ``NOTIFY corral_kill_switch`` (``scope:target``).
+- kill switches, breakers and runs are single-statement writes; setting or
+  clearing a kill switch also sends ``NOTIFY corral_kill_switch`` (``scope:target``);
+- **events** are the audit log, sealed into one chain (:mod:`.chain`) by
+  appenders on every machine. An append seals its events after the head this
+  store last saw and writes them in one statement *if* the head is still that
+  one (a compare-and-set on the head row): one round trip while this process is
+  the only appender. Otherwise it locks the head row (``FOR UPDATE``), seals
+  after the real head and writes, in one transaction. Triggers refuse to change,
+  delete or truncate sealed events.
 
-Every call is one statement in autocommit: one transaction, one round trip. A
-process forked with the store open gets a pool of its own on first use; the
+Every other call is one statement in autocommit: one transaction, one round trip.
+A process forked with the store open gets a pool of its own on first use; the
 parent's connections are never touched in the child.
 
 It fails closed, and never hangs: a server that cannot be reached, a pool with no
@@ -63,6 +70,8 @@ from . import _postgres_sql as q
 from .base import (
     ApprovalRecord,
     ApprovalStatus,
+    AuditHead,
+    AuditRecord,
     BreakerState,
     Claim,
     Event,
@@ -72,6 +81,7 @@ from .base import (
     RunRecord,
     ScopedCharge,
 )
+from .chain import Sealed, Sealer
 from .migrate import POSTGRES, current_version, migrate
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
@@ -111,7 +121,8 @@ class PostgresStore:
     ``url`` is a libpq URL or DSN (``postgresql://user@host:5432/db``), optionally
     with ``?schema=NAME``. ``max_size`` bounds the pool; ``connect_timeout``,
     ``pool_timeout`` (waiting for a free connection) and ``statement_timeout``
-    (seconds) bound every call, after which it raises ``StoreError``.
+    (seconds) bound every call, after which it raises ``StoreError``. The audit chain
+    is keyed when ``CORRAL_AUDIT_KEY`` is set at construction.
     """
 
     def __init__(
@@ -144,12 +155,14 @@ class PostgresStore:
         params.setdefault("application_name", "corral")
         conninfo = make_conninfo("", **params)
         connect = max(1, round(connect_timeout))  # libpq takes whole seconds
+        self._sealer = Sealer.from_env()
+        self._head: AuditHead | None = None  # the head after this store's last append
         try:
             # One direct connection first: it names the cause of a failure (refused, auth, no
             # such database) and prepares the schema before the pool fills in the background.
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect) as conn:
                 if migrate:
-                    _prepare(conn, self.schema)
+                    _prepare(conn, self.schema, self._sealer)
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
         self._pool_timeout = pool_timeout
@@ -297,6 +310,7 @@ class PostgresStore:
         query = q.select(
             "corral_runs", ("id", *q.OWNER_COLUMNS, "heartbeat_at"), "WHERE status = 'running'"
         )
+        sealer = self._sealer
         found = []
         for run_id, host, pid, node, started, beat in self._call(
             lambda conn: conn.execute(query).fetchall()
@@ -309,44 +323,97 @@ class PostgresStore:
         if not found:
             return []
         ids, beats, whys = (list(col) for col in zip(*found, strict=True))
-        rows = self._call(
-            lambda conn: conn.execute(
-                q.MARK_INTERRUPTED,
-                (ids, beats, whys, now, now),
-            ).fetchall(),
-            once=True,
-        )
-        marked = {r[0] for r in rows}
+
+        def op(conn: Conn) -> set[str]:
+            with conn.transaction():
+                head = conn.execute(q.LOCK_HEAD).fetchone()  # first: the one lock order
+                rows = conn.execute(q.MARK_INTERRUPTED, (ids, beats, whys, now)).fetchall()
+                events = [
+                    Event(
+                        run_id=run_id,
+                        seq=seq,
+                        kind="interrupted",
+                        at=now,
+                        data={"why": why},
+                        tenant=tenant,
+                        actor=agent,
+                    )
+                    for run_id, why, tenant, agent, seq in rows
+                ]
+                if events:
+                    self._head = _append_locked(conn, sealer, events, now, head)
+            return {r[0] for r in rows}
+
+        marked = self._call(op, once=True)
         return [i for i in ids if i in marked]
 
     def append_events(self, events: Sequence[Event]) -> None:
-        """Append events in order, renewing the heartbeat of their running runs."""
+        """Append events in order, sealed into the audit chain; renews their runs' heartbeat."""
         if not events:
             return
-        self._call(
-            lambda conn: conn.execute(
-                q.APPEND_EVENTS,
-                (
-                    [e.run_id for e in events],
-                    [e.seq for e in events],
-                    [e.kind for e in events],
-                    [e.at for e in events],
-                    [q.jsonb(dict(e.data)) for e in events],
-                    time.time(),
-                ),
-            ),
-            once=True,  # sent twice, the events would be recorded twice
-        )
+        sealer = self._sealer
+
+        def op(conn: Conn) -> None:
+            now, guess = time.time(), self._head
+            if guess is not None:  # the fast path: one statement, if the head has not moved
+                sealed = sealer.seal_rows(guess, events)
+                last = sealed[-1]
+                params = (guess.seq, guess.hash, last.seq, last.hash, *_arrays(sealer, sealed))
+                row = conn.execute(q.APPEND_IF_HEAD, (*params, now)).fetchone()
+                if row is not None and row[0]:
+                    self._head = AuditHead(seq=last.seq, hash=last.hash)
+                    return
+            with conn.transaction():  # another appender moved it: take the head, then append
+                head = conn.execute(q.LOCK_HEAD).fetchone()
+                self._head = _append_locked(conn, sealer, events, now, head)
+
+        self._call(op, once=True)  # sent twice, the events would be recorded twice
 
     def events(self, run_id: str) -> list[Event]:
         rows = self._call(
             lambda conn: conn.execute(
-                "SELECT run_id, seq, kind, at, data FROM corral_events WHERE run_id = %s "
-                "ORDER BY id",
+                "SELECT run_id, seq, kind, at, data, tenant, actor FROM corral_events "
+                "WHERE run_id = %s ORDER BY id",
                 (run_id,),
             ).fetchall()
         )
-        return [Event(run_id=r[0], seq=r[1], kind=r[2], at=r[3], data=r[4]) for r in rows]
+        return [
+            Event(run_id=r[0], seq=r[1], kind=r[2], at=r[3], data=r[4], tenant=r[5], actor=r[6])
+            for r in rows
+        ]
+
+    # -- audit log ---------------------------------------------------------------------
+    def audit_head(self) -> AuditHead:
+        row = self._call(
+            lambda conn: conn.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
+        )
+        return AuditHead() if row is None else AuditHead(seq=row[0], hash=row[1])
+
+    def audit_records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records with ``seq`` above ``after``, in chain order, at most ``limit``."""
+        rows = self._call(
+            lambda conn: conn.execute(
+                f"SELECT {q.AUDIT_COLUMNS} FROM corral_events WHERE audit_seq > %s "
+                "ORDER BY audit_seq LIMIT %s",
+                (after, limit),
+            ).fetchall()
+        )
+        return [
+            AuditRecord(
+                seq=r[0],
+                run_id=r[1],
+                event_seq=r[2],
+                kind=r[3],
+                at=r[4],
+                tenant=r[5],
+                actor=r[6],
+                data=r[7],
+                prev_hash=r[8],
+                hash=r[9],
+                mode=r[10],
+            )
+            for r in rows
+        ]
 
     # -- shared budgets ----------------------------------------------------------------
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
@@ -560,7 +627,71 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-def _prepare(conn: Conn, schema: str | None) -> list[int]:
+def _append_locked(
+    conn: Conn, sealer: Sealer, events: Sequence[Event], now: float, head: Any
+) -> AuditHead:
+    """Seal ``events`` after ``head`` (its row locked by the caller's transaction) and write
+    them; return the new head."""
+    if head is None:
+        raise StoreError("PostgreSQL store: the audit chain's head row is missing")
+    sealed = sealer.seal_rows(AuditHead(seq=head[0], hash=head[1]), events)
+    last = sealed[-1]
+    conn.execute(q.APPEND_LOCKED, (last.seq, last.hash, *_arrays(sealer, sealed), now))
+    return AuditHead(seq=last.seq, hash=last.hash)
+
+
+def _arrays(sealer: Sealer, sealed: Sequence[Sealed]) -> tuple[Any, ...]:
+    """The mode and the ten column arrays of sealed events (see ``q._INSERT_SEALED``)."""
+    return (
+        sealer.mode,
+        [r.run_id for r in sealed],
+        [r.event_seq for r in sealed],
+        [r.kind for r in sealed],
+        [r.at for r in sealed],
+        [r.text for r in sealed],
+        [r.tenant for r in sealed],
+        [r.actor for r in sealed],
+        [r.seq for r in sealed],
+        [r.prev_hash for r in sealed],
+        [r.hash for r in sealed],
+    )
+
+
+def _seal_unsealed(sealer: Sealer, cur: Any) -> None:
+    """Seal the events written before the audit chain existed (migration 2), in order."""
+    cur.execute(
+        "SELECT id, run_id, seq, kind, at, data, tenant, actor FROM corral_events "
+        "WHERE audit_seq IS NULL ORDER BY id"
+    )
+    rows = cur.fetchall()
+    if not rows:
+        return
+    cur.execute(q.LOCK_HEAD)
+    seq, prev = cur.fetchone()
+    events = [
+        Event(run_id=r[1], seq=r[2], kind=r[3], at=r[4], data=r[5], tenant=r[6], actor=r[7])
+        for r in rows
+    ]
+    sealed = sealer.seal_rows(AuditHead(seq=seq, hash=prev), events)
+    cur.execute(
+        q.SEAL_UNSEALED,
+        (
+            sealer.mode,
+            [row[0] for row in rows],
+            [r.seq for r in sealed],
+            [r.prev_hash for r in sealed],
+            [r.hash for r in sealed],
+            [r.at for r in sealed],
+            [r.text for r in sealed],
+        ),
+    )
+    last = sealed[-1]
+    cur.execute(
+        "UPDATE corral_audit_head SET seq = %s, hash = %s WHERE id = 1", (last.seq, last.hash)
+    )
+
+
+def _prepare(conn: Conn, schema: str | None, sealer: Sealer | None = None) -> list[int]:
     """Create ``schema`` if needed, then apply the missing migrations (see :mod:`.migrate`)."""
     if schema is not None:
         # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: serialize it.
@@ -568,4 +699,5 @@ def _prepare(conn: Conn, schema: str | None) -> list[int]:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"corral.schema:{schema}",))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     where = f"the PostgreSQL schema {schema!r}" if schema else "the PostgreSQL database"
-    return migrate(conn, POSTGRES, where=where)
+    seal = partial(_seal_unsealed, sealer or Sealer.from_env())
+    return migrate(conn, POSTGRES, where=where, after={2: seal})

@@ -18,6 +18,12 @@ the write transaction, so a :class:`~decimal.Decimal` round-trips unchanged.
 Mappings (events, usage, approval arguments, outcomes) are JSON; a value JSON
 cannot hold is stored as its ``str()``.
 
+Events are the audit log: each append reads the chain's head, seals the events
+(:mod:`.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
+every process appending to the file extends one chain. An event's ``id`` (the
+table's rowid) is its place in the chain: no extra index to write per event.
+Triggers refuse to change or delete a sealed event.
+
 >>> store = SQLiteStore(":memory:")
 >>> store.create_run(RunRecord(id="run_1", tenant="acme"))
 >>> store.get_run("run_1").status
@@ -44,6 +50,8 @@ from ..exceptions import ConfigError, StoreError
 from .base import (
     ApprovalRecord,
     ApprovalStatus,
+    AuditHead,
+    AuditRecord,
     BreakerState,
     Claim,
     Event,
@@ -53,6 +61,7 @@ from .base import (
     RunRecord,
     ScopedCharge,
 )
+from .chain import Sealer
 from .migrate import SQLITE, migrate
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
@@ -90,6 +99,7 @@ class SQLiteStore:
     the runs left ``running`` by processes that died. Raises
     :class:`~corral.exceptions.StoreError` when the file cannot be opened and
     :class:`~corral.exceptions.ConfigError` when its schema is newer than this code.
+    The audit chain is keyed when ``CORRAL_AUDIT_KEY`` is set at construction.
     """
 
     def __init__(
@@ -109,6 +119,7 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self.closed = False
         self._where = f"SQLite database {self.path}"
+        self._sealer = Sealer.from_env()
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -146,7 +157,7 @@ class SQLiteStore:
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            migrate(conn, SQLITE, where=self._where)
+            migrate(conn, SQLITE, where=self._where, after={2: self._seal_unsealed})
         except BaseException:
             conn.close()
             raise
@@ -271,14 +282,12 @@ class SQLiteStore:
         return [_run(row) for row in rows]
 
     def append_events(self, events: Sequence[Event]) -> None:
+        """Append events in order, sealed into the audit chain; renews their runs' heartbeat."""
         if not events:
             return
         now = time.time()
         with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO corral_events (run_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)",
-                [(e.run_id, e.seq, e.kind, e.at, _dumps(e.data)) for e in events],
-            )
+            _append(conn, self._sealer, events)
             conn.executemany(
                 "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
                 [(now, run_id) for run_id in dict.fromkeys(e.run_id for e in events)],
@@ -287,13 +296,72 @@ class SQLiteStore:
     def events(self, run_id: str) -> list[Event]:
         with self._locked() as conn:
             rows = conn.execute(
-                "SELECT run_id, seq, kind, at, data FROM corral_events "
+                "SELECT run_id, seq, kind, at, data, tenant, actor FROM corral_events "
                 "WHERE run_id = ? ORDER BY id",
                 (run_id,),
             ).fetchall()
         return [
-            Event(run_id=r[0], seq=r[1], kind=r[2], at=r[3], data=json.loads(r[4])) for r in rows
+            Event(
+                run_id=r[0],
+                seq=r[1],
+                kind=r[2],
+                at=r[3],
+                data=json.loads(r[4]),
+                tenant=r[5],
+                actor=r[6],
+            )
+            for r in rows
         ]
+
+    # -- audit log -----------------------------------------------------------------------
+    def audit_head(self) -> AuditHead:
+        with self._locked() as conn:
+            row = conn.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
+        return AuditHead() if row is None else AuditHead(seq=row[0], hash=row[1])
+
+    def audit_records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records with ``seq`` above ``after``, in chain order, at most ``limit``."""
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM corral_events WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [_audit_record(r) for r in rows]
+
+    def _seal_unsealed(self, cur: sqlite3.Cursor) -> None:
+        """Number and seal the events written before the audit chain existed (migration 2):
+        ids become 1, 2, ... in their order (each moves down only, so none collide)."""
+        rows = cur.execute(
+            "SELECT id, run_id, seq, kind, at, data, tenant, actor FROM corral_events "
+            "WHERE hash IS NULL ORDER BY id"
+        ).fetchall()
+        if not rows:
+            return
+        for place, row in enumerate(rows, start=1):
+            if row[0] != place:
+                cur.execute("UPDATE corral_events SET id = ? WHERE id = ?", (place, row[0]))
+        rows = [(place, *row[1:]) for place, row in enumerate(rows, start=1)]
+        events = [
+            Event(
+                run_id=r[1],
+                seq=r[2],
+                kind=r[3],
+                at=r[4],
+                data=_loads(r[5]),
+                tenant=r[6],
+                actor=r[7],
+            )
+            for r in rows
+        ]
+        head = cur.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
+        sealed = self._sealer.seal_rows(AuditHead(seq=head[0], hash=head[1]), events)
+        cur.executemany(
+            "UPDATE corral_events SET prev_hash = ?, hash = ?, mode = ?, at = ?, data = ? "
+            "WHERE id = ?",
+            [(r.prev_hash, r.hash, self._sealer.mode, r.at, r.text, r.seq) for r in sealed],
+        )
+        last = sealed[-1]
+        cur.execute("UPDATE corral_audit_head SET seq = ?, hash = ?", (last.seq, last.hash))
 
     def heartbeat(self, run_id: str) -> None:
         with self._write() as conn:
@@ -309,20 +377,20 @@ class SQLiteStore:
         now = time.time() if now is None else now
         with self._locked() as conn:
             rows = conn.execute(
-                "SELECT id, owner_host, owner_pid, owner_node, owner_started, heartbeat_at "
-                "FROM corral_runs WHERE status = 'running'"
+                "SELECT id, owner_host, owner_pid, owner_node, owner_started, heartbeat_at, "
+                "tenant, agent FROM corral_runs WHERE status = 'running'"
             ).fetchall()
         found = []
-        for run_id, host, pid, node, started, heartbeat in rows:
+        for run_id, host, pid, node, started, heartbeat, tenant, agent in rows:
             owner = _owner(host, pid, node, started)
             why = interruption(owner, heartbeat_at=heartbeat, now=now, lease=lease)
             if why is not None:
-                found.append((run_id, heartbeat, why))
+                found.append((run_id, heartbeat, why, tenant, agent))
         if not found:
             return []
         marked = []
         with self._write() as conn:
-            for run_id, heartbeat, why in found:
+            for run_id, heartbeat, why, tenant, agent in found:
                 # Only if nothing renewed it since it was judged (its owner may be alive elsewhere).
                 cur = conn.execute(
                     "UPDATE corral_runs SET status = 'interrupted', ended_at = ? "
@@ -335,11 +403,16 @@ class SQLiteStore:
                     "SELECT COALESCE(MAX(seq), 0) + 1 FROM corral_events WHERE run_id = ?",
                     (run_id,),
                 ).fetchone()
-                conn.execute(
-                    "INSERT INTO corral_events (run_id, seq, kind, at, data) "
-                    "VALUES (?, ?, 'interrupted', ?, ?)",
-                    (run_id, seq, now, _dumps({"why": why})),
+                event = Event(
+                    run_id=run_id,
+                    seq=seq,
+                    kind="interrupted",
+                    at=now,
+                    data={"why": why},
+                    tenant=tenant,
+                    actor=agent,
                 )
+                _append(conn, self._sealer, [event])
                 marked.append(run_id)
         return marked
 
@@ -574,6 +647,49 @@ class SQLiteStore:
 
 
 _CLOSED = BreakerState()
+
+_AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash, mode"
+
+
+def _append(conn: sqlite3.Connection, sealer: Sealer, events: Sequence[Event]) -> None:
+    """Seal ``events`` after the chain's head and write them; the caller holds the write lock."""
+    seq, prev = conn.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
+    sealed = sealer.seal_rows(AuditHead(seq=seq, hash=prev), events)
+    conn.executemany(
+        "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
+        "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (*r[:7], r.text, r.prev_hash, r.hash, sealer.mode)  # seq, run_id, ..., actor
+            for r in sealed
+        ],
+    )
+    last = sealed[-1]
+    conn.execute("UPDATE corral_audit_head SET seq = ?, hash = ?", (last.seq, last.hash))
+
+
+def _loads(text: Any) -> Any:
+    """JSON text as stored; a row damaged beyond parsing comes back as its raw value."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _audit_record(row: Sequence[Any]) -> AuditRecord:
+    return AuditRecord(
+        seq=row[0],
+        run_id=row[1],
+        event_seq=row[2],
+        kind=row[3],
+        at=row[4],
+        tenant=row[5],
+        actor=row[6],
+        data=_loads(row[7]),
+        prev_hash=row[8],
+        hash=row[9],
+        mode=row[10],
+    )
+
 
 _APPROVAL_COLUMNS = (
     "id, run_id, tool, args_digest, arguments, tenant, agent, status, approver, reason, "

@@ -1,0 +1,217 @@
+"""``corral audit verify | checkpoint | export``: prove the audit log is intact, anchor it, ship it.
+
+::
+
+    corral audit verify [--db URL] [--anchor FILE] [--json]
+    corral audit checkpoint --out FILE [--anchor FILE] [--db URL]
+    corral audit export [--db URL] [--out FILE|-] [--after SEQ]
+
+``verify`` walks the hash chain and names the first record that does not hold;
+with ``--anchor`` (a file written by ``checkpoint`` and kept where the database's
+users cannot write) it also detects a truncated or rewritten chain. A keyed chain
+needs ``CORRAL_AUDIT_KEY``. ``checkpoint`` verifies, then writes the chain's head
+(sequence number, hash, time) to ``--out``. ``export`` writes the records as JSON
+Lines, oldest first.
+
+Exit codes: 0 intact (or done); 1 the chain is broken (``verify``, ``checkpoint``);
+2 a usage error: a store that cannot be opened or read, an unreadable anchor, a
+keyed chain without the key (one line on stderr, never a traceback).
+
+``verify --json`` prints one object whose shape is stable::
+
+    {"store": str, "ok": bool, "checked": int, "head": int, "keyed": int,
+     "anchor": int | null,
+     "broken": {"seq": int, "why": str, "run_id": str | null, "kind": str | null} | null}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from . import audit
+from .exceptions import ConfigError, StoreError
+from .stores import Store, _sqlite_target, default_url, open_store
+
+EXIT_OK = 0
+EXIT_BROKEN = 1
+EXIT_USAGE = 2
+
+audit_app = typer.Typer(
+    name="audit",
+    help="The audit log: verify its hash chain, checkpoint its head, export it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Db = Annotated[
+    str | None,
+    typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
+]
+Anchor = Annotated[
+    Path | None,
+    typer.Option("--anchor", help="A checkpoint file: also detect truncation and rewrites."),
+]
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``audit`` to the ``corral`` command line."""
+    app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def verify(
+    db: Db = None,
+    anchor: Anchor = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Verify the hash chain: exit 0 when intact, 1 naming the first broken record."""
+    raise typer.Exit(_guarded("verify", lambda: verify_command(db, anchor, as_json=json_out)))
+
+
+@audit_app.command("checkpoint")
+def checkpoint(
+    out: Annotated[
+        str, typer.Option("--out", help="Where to write the checkpoint ('-': standard output).")
+    ],
+    db: Db = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option("--anchor", help="The previous checkpoint: the chain must still reach it."),
+    ] = None,
+) -> None:
+    """Verify the chain, then write its head to a file to keep elsewhere."""
+    raise typer.Exit(_guarded("checkpoint", lambda: checkpoint_command(db, out, anchor)))
+
+
+@audit_app.command("export")
+def export(
+    db: Db = None,
+    out: Annotated[str, typer.Option("--out", help="File to write ('-': standard output).")] = "-",
+    after: Annotated[
+        int, typer.Option("--after", min=0, help="Only records after this sequence number.")
+    ] = 0,
+) -> None:
+    """Write the audit records as JSON Lines, oldest first."""
+    raise typer.Exit(_guarded("export", lambda: export_command(db, out, after)))
+
+
+# -- the commands ------------------------------------------------------------------------
+def verify_command(db: str | None, anchor: Path | None, *, as_json: bool = False) -> int:
+    wanted = _anchor(anchor)
+    store, url = _open(db)
+    result: audit.VerifyResult = _read(url, lambda: audit.verify(store, anchor=wanted))
+    if as_json:
+        print(json.dumps({"store": url, **result.to_dict()}))
+    elif result.ok:
+        print(result)
+    else:
+        print(f"corral audit verify: {url}: {result}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_BROKEN
+
+
+def checkpoint_command(db: str | None, out: str, anchor: Path | None) -> int:
+    previous = _anchor(anchor)
+    store, url = _open(db)
+    try:
+        head = _read(url, lambda: audit.checkpoint(store, anchor=previous))
+    except ValueError as exc:
+        raise _Fail(EXIT_BROKEN, f"{url}: {exc}; no checkpoint written") from None
+    if out == "-":
+        print(json.dumps(head, indent=2))
+        return EXIT_OK
+    try:
+        audit.write_anchor(head, out)
+    except OSError as exc:
+        raise _Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
+    print(f"checkpoint of record {head['seq']} ({head['hash'][:16]}...) written to {out}")
+    return EXIT_OK
+
+
+def export_command(db: str | None, out: str, after: int) -> int:
+    store, url = _open(db)
+    try:
+        with _output(out) as stream:
+            count = _read(url, lambda: audit.export(store, stream, after=after))
+    except BrokenPipeError:  # `corral audit export | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    if out != "-":
+        print(f"{count} records written to {out}")
+    return EXIT_OK
+
+
+# -- plumbing ----------------------------------------------------------------------------
+def _guarded(command: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except _Fail as exc:
+        print(f"corral audit {command}: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _anchor(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return audit.load_anchor(path)
+    except ConfigError as exc:
+        raise _Fail(EXIT_USAGE, f"--anchor: {exc}") from None
+
+
+def _open(db: str | None) -> tuple[Store, str]:
+    url = db if db is not None else default_url()
+    if db is not None:
+        where = "--db"
+    else:
+        where = "CORRAL_DB" if os.environ.get("CORRAL_DB") else "the default store"
+    try:
+        if url.startswith("sqlite://"):
+            path, _ = _sqlite_target(url, url.partition("://")[2])
+            if path != ":memory:" and not os.path.exists(path):
+                # Opening would create an empty database and call it intact.
+                raise _Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
+        return open_store(url), url
+    except (ConfigError, StoreError) as exc:
+        raise _Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
+
+
+def _read(url: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except audit.KeyRequired as exc:
+        raise _Fail(EXIT_USAGE, f"{url}: {exc}") from None
+    except StoreError as exc:
+        raise _Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {_one_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _output(out: str) -> Iterator[IO[str]]:
+    if out == "-":
+        yield sys.stdout
+        return
+    try:
+        stream = open(out, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise _Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
