@@ -337,3 +337,26 @@ def test_a_failed_approval_channel_counts_once(m: metrics.Metrics) -> None:
     )
     assert value(m, "corral_denials_total", guard="approval", tool="mail.send") == 1
     assert total(m, "corral_denials_total") == 1
+
+
+def test_live_spend_is_labelled_with_the_runs_tenant() -> None:
+    """The run_start event carries the tenant, so live spend is counted under it."""
+    from prometheus_client import CollectorRegistry
+
+    import corral
+    import corral.metrics
+    from corral.testing import MemoryStore
+
+    registry = CollectorRegistry()
+    corral.metrics.enable(registry=registry)
+
+    @corral.tool(name="kb.read", effect="read", cost_usd="0.5")
+    def kb(q: str) -> str:
+        """Read."""
+        return "x"
+
+    policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
+    with corral.Run(policy, tools=[kb], store=MemoryStore(), tenant="acme") as run:
+        run.call("kb.read", {"q": "a"})
+    text = corral.metrics.render(registry).decode()
+    assert 'corral_spend_usd_total{tenant="acme"} 0.5' in text

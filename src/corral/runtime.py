@@ -169,7 +169,14 @@ class RunCore:
         if self.stop is None:
             with contextlib.suppress(Stop):
                 self._open_record(existing)
-        self.event("run_start", resumed=self.resumed, policy=policy.digest, mode=policy.mode)
+        self.event(
+            "run_start",
+            resumed=self.resumed,
+            policy=policy.digest,
+            mode=policy.mode,
+            tenant=self.tenant,
+            agent=self.agent,
+        )
         for name in policy.tools.allow:
             if name not in self.tools:
                 self.event("warning", tool=name, message=_UNREGISTERED.format(name=name))
