@@ -462,7 +462,7 @@ def _canonical(value: Any) -> Any:
 
 
 class _DuplicateKey(ValueError):
-    pass
+    """A mapping names the same key twice (YAML and JSON both allow it; corral does not)."""
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

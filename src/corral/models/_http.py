@@ -12,6 +12,7 @@ the call with the last error instead. Anything else (a 400, a 401) is not retrie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import random
@@ -126,17 +127,13 @@ def retry_after(response: httpx.Response) -> float | None:
     """Seconds the server asked to wait (``retry-after-ms``, ``Retry-After`` seconds or date)."""
     ms = response.headers.get("retry-after-ms")
     if ms is not None:
-        try:
+        with contextlib.suppress(ValueError):  # not a number: fall back to Retry-After
             return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
     value = response.headers.get("retry-after")
     if value is None:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # not seconds: it may be an HTTP date
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
