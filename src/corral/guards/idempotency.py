@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..breaker import wall
 from ..exceptions import Stop, ToolRejected
 from ..runtime import args_digest
 from .cache import copy_of
@@ -37,7 +38,14 @@ def key_for(
 def claim(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str, Any] | None:
     """Claim ``key``; return a stored outcome to replay, or ``None`` to go ahead."""
     result = core._store_call(
-        core.store.claim, key, digest, tenant=core.tenant, now=core.now(), lease=LEASE_SECONDS
+        core.store.claim,
+        key,
+        digest,
+        tenant=core.tenant,
+        # Wall time: leases are compared by other processes and machines (a run's own
+        # monotonic clock means nothing there).
+        now=wall(core),
+        lease=LEASE_SECONDS,
     )
     name = eff.tool.name
     if result.status == "claimed":
