@@ -37,6 +37,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from . import audit
+from ._cli import DbOption, Fail, JsonOption
 from .exceptions import ConfigError, StoreError
 from .stores import Store, _sqlite_target, default_url, open_store
 
@@ -52,20 +53,10 @@ audit_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Db = Annotated[
-    str | None,
-    typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
-]
 Anchor = Annotated[
     Path | None,
     typer.Option("--anchor", help="A checkpoint file: also detect truncation and rewrites."),
 ]
-
-
-class _Fail(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def register(app: typer.Typer) -> None:
@@ -75,9 +66,9 @@ def register(app: typer.Typer) -> None:
 
 @audit_app.command("verify")
 def verify(
-    db: Db = None,
+    db: DbOption = None,
     anchor: Anchor = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Verify the hash chain: exit 0 when intact, 1 naming the first broken record."""
     raise typer.Exit(_guarded("verify", lambda: verify_command(db, anchor, as_json=json_out)))
@@ -88,7 +79,7 @@ def checkpoint(
     out: Annotated[
         str, typer.Option("--out", help="Where to write the checkpoint ('-': standard output).")
     ],
-    db: Db = None,
+    db: DbOption = None,
     anchor: Annotated[
         Path | None,
         typer.Option("--anchor", help="The previous checkpoint: the chain must still reach it."),
@@ -100,7 +91,7 @@ def checkpoint(
 
 @audit_app.command("export")
 def export(
-    db: Db = None,
+    db: DbOption = None,
     out: Annotated[str, typer.Option("--out", help="File to write ('-': standard output).")] = "-",
     after: Annotated[
         int, typer.Option("--after", min=0, help="Only records after this sequence number.")
@@ -130,14 +121,14 @@ def checkpoint_command(db: str | None, out: str, anchor: Path | None) -> int:
     try:
         head = _read(url, lambda: audit.checkpoint(store, anchor=previous))
     except ValueError as exc:
-        raise _Fail(EXIT_BROKEN, f"{url}: {exc}; no checkpoint written") from None
+        raise Fail(EXIT_BROKEN, f"{url}: {exc}; no checkpoint written") from None
     if out == "-":
         print(json.dumps(head, indent=2))
         return EXIT_OK
     try:
         audit.write_anchor(head, out)
     except OSError as exc:
-        raise _Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
+        raise Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
     print(f"checkpoint of record {head['seq']} ({head['hash'][:16]}...) written to {out}")
     return EXIT_OK
 
@@ -159,7 +150,7 @@ def export_command(db: str | None, out: str, after: int) -> int:
 def _guarded(command: str, body: Callable[[], int]) -> int:
     try:
         return body()
-    except _Fail as exc:
+    except Fail as exc:
         print(f"corral audit {command}: {exc}", file=sys.stderr)
         return exc.code
 
@@ -170,7 +161,7 @@ def _anchor(path: Path | None) -> dict[str, Any] | None:
     try:
         return audit.load_anchor(path)
     except ConfigError as exc:
-        raise _Fail(EXIT_USAGE, f"--anchor: {exc}") from None
+        raise Fail(EXIT_USAGE, f"--anchor: {exc}") from None
 
 
 def _open(db: str | None) -> tuple[Store, str]:
@@ -184,19 +175,19 @@ def _open(db: str | None) -> tuple[Store, str]:
             path, _ = _sqlite_target(url, url.partition("://")[2])
             if path != ":memory:" and not os.path.exists(path):
                 # Opening would create an empty database and call it intact.
-                raise _Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
+                raise Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
         return open_store(url), url
     except (ConfigError, StoreError) as exc:
-        raise _Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
 
 
 def _read(url: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except audit.KeyRequired as exc:
-        raise _Fail(EXIT_USAGE, f"{url}: {exc}") from None
+        raise Fail(EXIT_USAGE, f"{url}: {exc}") from None
     except StoreError as exc:
-        raise _Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {_one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -207,7 +198,7 @@ def _output(out: str) -> Iterator[IO[str]]:
     try:
         stream = open(out, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     except OSError as exc:
-        raise _Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
+        raise Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
     with stream:
         yield stream
 

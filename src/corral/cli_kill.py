@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import typer
 
 from . import killswitch
+from ._cli import DbOption, JsonOption
 from .exceptions import ConfigError, StoreError
 from .stores import Store, default_url, open_store
 from .stores.base import KillScope, KillSwitchState
@@ -49,10 +50,6 @@ kill_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Db = Annotated[
-    str | None,
-    typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
-]
 Tenant = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's runs.")]
 Agent = Annotated[str | None, typer.Option("--agent", help="Only this agent's runs.")]
 ToolName = Annotated[str | None, typer.Option("--tool", help="Only calls of this tool.")]
@@ -121,7 +118,7 @@ def enable(
     by: Annotated[
         str | None, typer.Option("--by", help="Who (recorded; default $USER@host).")
     ] = None,
-    db: Db = None,
+    db: DbOption = None,
 ) -> None:
     """Turn a kill switch on (global unless a scope is given); replaces one already there."""
 
@@ -154,7 +151,7 @@ def disable(
     agent: Agent = None,
     tool: ToolName = None,
     run: RunId = None,
-    db: Db = None,
+    db: DbOption = None,
 ) -> None:
     """Turn a kill switch off (global unless a scope is given)."""
 
@@ -175,8 +172,8 @@ def disable(
 
 @kill_app.command()
 def status(
-    db: Db = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    db: DbOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """List the kill switches that are on."""
 

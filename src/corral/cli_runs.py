@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._cli import DbOption, Fail, JsonOption
 from ._decisions import Denial, DenialReader
 from .exceptions import ConfigError, StoreError
 from .stops import STOP_REASONS
@@ -65,18 +66,6 @@ _STATUS_STYLE = {
     "interrupted": "magenta",
     "running": "cyan",
 }
-
-DbOption = Annotated[
-    str | None,
-    typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
-
-
-class _Fail(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def register(app: typer.Typer) -> None:
@@ -127,7 +116,7 @@ def show(
 def _guarded(command: str, body: Any) -> int:
     try:
         code: int = body()
-    except _Fail as exc:
+    except Fail as exc:
         print(f"corral {command}: {exc}", file=sys.stderr)
         return exc.code
     return code
@@ -139,14 +128,14 @@ def _open(db: str | None) -> tuple[Store, str]:
         return open_store(url), url
     except (ConfigError, StoreError) as exc:
         where = "--db" if db is not None else "CORRAL_DB"
-        raise _Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
 
 
 def _read(what: str, url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except StoreError as exc:
-        raise _Fail(EXIT_USAGE, f"cannot read {what} from {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"cannot read {what} from {url}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -174,7 +163,7 @@ def runs_command(
     if not 1 <= limit <= MAX_LIMIT:
         problems.append(f"--limit: must be between 1 and {MAX_LIMIT:,}, got {limit}")
     if problems:
-        raise _Fail(EXIT_USAGE, "; ".join(problems))
+        raise Fail(EXIT_USAGE, "; ".join(problems))
     store, url = _open(db)
     filtered = agent is not None or status is not None or stop_reason is not None
     records: list[RunRecord] = _read(
@@ -329,11 +318,11 @@ def _find(store: Store, url: str, run_id: str) -> RunRecord:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise _Fail(
+        raise Fail(
             EXIT_NOT_FOUND,
             f"{len(matches)} runs start with {run_id!r} in {url}: give more of the id",
         )
-    raise _Fail(EXIT_NOT_FOUND, f"no run {run_id!r} in {url} (corral runs lists them)")
+    raise Fail(EXIT_NOT_FOUND, f"no run {run_id!r} in {url} (corral runs lists them)")
 
 
 def timeline_of(record: RunRecord, events: Sequence[Event]) -> list[dict[str, Any]]:

@@ -156,6 +156,18 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
     return max_tokens, charge
 
 
+def truncated(core: RunCore, max_tokens: int) -> Stop:
+    """The run's stop for an answer cut at ``max_tokens`` (its tool calls never run)."""
+    return core.stamp(
+        Stop(
+            "invalid_model_output",
+            "truncated",
+            message=f"the answer was cut at max_tokens={max_tokens}; "
+            "a truncated tool call is never executed",
+        )
+    )
+
+
 def model_flow(
     core: RunCore,
     model: Model,
@@ -238,14 +250,7 @@ def model_flow(
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):
         core.flush()
-        raise core.stamp(
-            Stop(
-                "invalid_model_output",
-                "truncated",
-                message=f"the answer was cut at max_tokens={clamped}; "
-                "a truncated tool call is never executed",
-            )
-        )
+        raise truncated(core, clamped)
     if not response.text and not response.tool_calls:
         core.flush()
         raise core.stamp(

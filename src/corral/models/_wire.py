@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..delegated import ModelCall
 from ..exceptions import ConfigError
 from ..governed import wire_name
 from ..modelcalls import input_token_bound
-from .base import ModelRequest
+from .base import ModelRequest, ModelResponse, ToolCallRequest
 
 #: Body keys an adapter sets itself; ``options`` may not override them.
 RESERVED = frozenset(
@@ -107,3 +108,48 @@ def count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def field(obj: Any, key: str) -> Any:
+    """``obj[key]`` of a dict, or ``obj.key`` of an SDK object (``None`` when absent)."""
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def response(
+    data: Mapping[str, Any],
+    request: ModelRequest,
+    *,
+    text: str | None,
+    calls: list[ToolCallRequest],
+    finish: str,
+    usage: tuple[int, int] | None,
+) -> ModelResponse:
+    """The turn as corral sees it. A truncated turn keeps no tool calls (they are never
+    executed); a turn without usage reports the reserved worst case."""
+    input_tokens, output_tokens = usage if usage is not None else worst_case_usage(request)
+    return ModelResponse(
+        text=text,
+        tool_calls=() if finish == "length" else tuple(calls),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        model=str(data.get("model") or ""),
+        finish_reason=finish,
+    )
+
+
+def settle_from(
+    mc: ModelCall, response: Any, usage_of: Callable[[Any], tuple[int, int] | None]
+) -> Any:
+    """Settle ``mc`` with the usage ``response`` reports; returns ``response``.
+
+    A response without usage leaves the call unsettled: leaving the block then
+    charges the reserved worst case. A stream is refused (it carries no usage).
+    """
+    if is_stream(response):
+        raise ConfigError(STREAMING_REFUSED)
+    tokens = usage_of(response)
+    if tokens is not None:
+        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
+    return response

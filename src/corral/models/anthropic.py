@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 
 from ..delegated import ModelCall
-from ..exceptions import ConfigError, Stop
+from ..exceptions import ConfigError
 from ..governed import AsyncRun, Run, wire_name
+from ..modelcalls import truncated
 from ._http import Caller, RetryBudget, RetryPolicy
 from ._wire import (
     STREAMING_REFUSED,
@@ -29,10 +30,11 @@ from ._wire import (
     call_parts,
     check_options,
     count,
-    is_stream,
+    field,
     offered_names,
+    response,
+    settle_from,
     text_of,
-    worst_case_usage,
 )
 from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
 
@@ -229,40 +231,25 @@ def parse(
             )
     stop = str(data.get("stop_reason") or ("tool_use" if calls else "end_turn"))
     finish = STOP_REASONS.get(stop, stop)
-    if finish == "length":
-        calls = []
-    tokens = usage_of(data)
-    input_tokens, output_tokens = tokens if tokens is not None else worst_case_usage(request)
-    return ModelResponse(
-        text="".join(texts) or None,
-        tool_calls=tuple(calls),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model=str(data.get("model") or ""),
-        finish_reason=finish,
+    return response(
+        data, request, text="".join(texts) or None, calls=calls, finish=finish, usage=usage_of(data)
     )
 
 
 # -- the anthropic SDK, called by the user ---------------------------------------------
 
 
-def _field(obj: Any, key: str) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
 def usage_of(response: Any) -> tuple[int, int] | None:
     """``(input_tokens, output_tokens)`` of a Messages answer (SDK object or dict), with
     cache reads and writes counted as input; ``None`` when it carries no usage."""
-    usage = _field(response, "usage")
+    usage = field(response, "usage")
     if usage is None:
         return None
-    tin, tout = count(_field(usage, "input_tokens")), count(_field(usage, "output_tokens"))
+    tin, tout = count(field(usage, "input_tokens")), count(field(usage, "output_tokens"))
     if tin is None or tout is None:
         return None
     for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-        tin += count(_field(usage, extra)) or 0
+        tin += count(field(usage, extra)) or 0
     return tin, tout
 
 
@@ -272,12 +259,7 @@ def settle_from_response(mc: ModelCall, response: Any) -> Any:
     A response without usage leaves the call unsettled: leaving the block then
     charges the reserved worst case. A stream is refused.
     """
-    if is_stream(response):
-        raise ConfigError(STREAMING_REFUSED)
-    tokens = usage_of(response)
-    if tokens is not None:
-        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
-    return response
+    return settle_from(mc, response, usage_of)
 
 
 def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, Any]:
@@ -299,15 +281,8 @@ def _reserved(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _truncated(core: Any, response: Any, max_tokens: int) -> None:
-    if STOP_REASONS.get(str(_field(response, "stop_reason"))) == "length":
-        raise core.stamp(
-            Stop(
-                "invalid_model_output",
-                "truncated",
-                message=f"the answer was cut at max_tokens={max_tokens}; "
-                "a truncated tool call is never executed",
-            )
-        )
+    if STOP_REASONS.get(str(field(response, "stop_reason"))) == "length":
+        raise truncated(core, max_tokens)
 
 
 def create_message(

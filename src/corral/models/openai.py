@@ -24,8 +24,9 @@ from typing import Any, Literal
 import httpx
 
 from ..delegated import ModelCall
-from ..exceptions import ConfigError, Stop
+from ..exceptions import ConfigError
 from ..governed import AsyncRun, Run, wire_name
+from ..modelcalls import truncated
 from ._http import Caller, ModelAPIError, RetryBudget, RetryPolicy
 from ._wire import (
     STREAMING_REFUSED,
@@ -33,10 +34,11 @@ from ._wire import (
     call_parts,
     check_options,
     count,
-    is_stream,
+    field,
     offered_names,
+    response,
+    settle_from,
     text_of,
-    worst_case_usage,
 )
 from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
 
@@ -210,37 +212,20 @@ def parse(
             )
         )
     finish = str(choice.get("finish_reason") or ("tool_calls" if calls else "stop"))
-    if finish == "length":
-        calls = []
-    tokens = usage_of(data)
-    input_tokens, output_tokens = tokens if tokens is not None else worst_case_usage(request)
-    return ModelResponse(
-        text=text,
-        tool_calls=tuple(calls),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model=str(data.get("model") or ""),
-        finish_reason=finish,
-    )
+    return response(data, request, text=text, calls=calls, finish=finish, usage=usage_of(data))
 
 
 # -- the openai SDK, called by the user ------------------------------------------------
 
 
-def _field(obj: Any, key: str) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
 def usage_of(response: Any) -> tuple[int, int] | None:
     """``(input_tokens, output_tokens)`` of a chat completion or a Responses API answer
     (an SDK object or a dict), or ``None`` when it carries no usage."""
-    usage = _field(response, "usage")
+    usage = field(response, "usage")
     if usage is None:
         return None
     for names in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-        tin, tout = (count(_field(usage, n)) for n in names)
+        tin, tout = (count(field(usage, n)) for n in names)
         if tin is not None and tout is not None:
             return tin, tout
     return None
@@ -252,12 +237,7 @@ def settle_from_response(mc: ModelCall, response: Any) -> Any:
     A response without usage leaves the call unsettled: leaving the block then
     charges the reserved worst case. A stream is refused (it carries no usage).
     """
-    if is_stream(response):
-        raise ConfigError(STREAMING_REFUSED)
-    tokens = usage_of(response)
-    if tokens is not None:
-        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
-    return response
+    return settle_from(mc, response, usage_of)
 
 
 def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, str, Any]:
@@ -275,16 +255,9 @@ def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[
 
 
 def _truncated(core: Any, response: Any, max_tokens: int) -> None:
-    choices = _field(response, "choices") or ()
-    if any(_field(c, "finish_reason") == "length" for c in choices):
-        raise core.stamp(
-            Stop(
-                "invalid_model_output",
-                "truncated",
-                message=f"the answer was cut at max_tokens={max_tokens}; "
-                "a truncated tool call is never executed",
-            )
-        )
+    choices = field(response, "choices") or ()
+    if any(field(c, "finish_reason") == "length" for c in choices):
+        raise truncated(core, max_tokens)
 
 
 def chat_completion(

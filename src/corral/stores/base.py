@@ -61,6 +61,27 @@ class Refusal:
     retry_after: float | None = None
 
 
+def refuse(c: ScopedCharge, calls: int, usd: Decimal, *, now: float) -> Refusal | None:
+    """The refusal ``c`` meets in a scope that holds ``calls`` and ``usd``, or ``None``.
+
+    One rule for every backend that checks in Python (PostgreSQL checks the same in SQL).
+    """
+    retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
+    if c.max_calls is not None and c.calls and calls + c.calls > c.max_calls:
+        return Refusal(
+            scope=c.scope,
+            dimension="calls",
+            limit=c.max_calls,
+            would_be=calls + c.calls,
+            retry_after=retry,
+        )
+    if c.max_usd is not None and c.usd and usd + c.usd > c.max_usd:
+        return Refusal(
+            scope=c.scope, dimension="usd", limit=c.max_usd, would_be=usd + c.usd, retry_after=retry
+        )
+    return None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KillSwitchState:
     scope: KillScope

@@ -60,6 +60,7 @@ from .base import (
     Refusal,
     RunRecord,
     ScopedCharge,
+    refuse,
 )
 from .chain import Sealer
 from .migrate import SQLITE, migrate
@@ -432,23 +433,9 @@ class SQLiteStore:
                     else:
                         state = [row[0], Decimal(row[1]), row[2]]
                     states[c.scope] = state
-                retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
-                if c.max_calls is not None and c.calls and state[0] + c.calls > c.max_calls:
-                    return Refusal(
-                        scope=c.scope,
-                        dimension="calls",
-                        limit=c.max_calls,
-                        would_be=state[0] + c.calls,
-                        retry_after=retry,
-                    )
-                if c.max_usd is not None and c.usd and state[1] + c.usd > c.max_usd:
-                    return Refusal(
-                        scope=c.scope,
-                        dimension="usd",
-                        limit=c.max_usd,
-                        would_be=state[1] + c.usd,
-                        retry_after=retry,
-                    )
+                refusal = refuse(c, state[0], state[1], now=now)
+                if refusal is not None:
+                    return refusal
             for c in charges:
                 states[c.scope][0] += c.calls
                 states[c.scope][1] += c.usd
