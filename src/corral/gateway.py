@@ -101,11 +101,9 @@ def call_flow(
     probe = degrade.check(core, tool.name)
 
     write = eff.effect == "write"
-    # The canonical digest keys the cache, approvals and idempotency; a read that uses
-    # none of them does not pay for it.
-    digest = (
-        args_digest(args, text=text) if (write or eff.require_approval or eff.cacheable) else ""
-    )
+    # The canonical digest keys the cache, approvals and idempotency, and every outcome
+    # is audited with it.
+    digest = args_digest(args, text=text)
     if eff.cacheable:
         cached = cache.lookup(core, eff, digest)
         if not cache.is_miss(cached):
@@ -277,7 +275,7 @@ def call_flow(
         tool=tool.name,
         outcome="ok",
         attempt=attempt,
-        args_digest=digest or args_digest(args, text=text),
+        args_digest=digest,
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
     )
