@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def test_enable_status_disable_round_trip(
     }
     assert by_scope["global"]["mode"] is None
     assert by_scope["global"]["by"] == f"bob@{socket.gethostname()}"
-    assert all(s["since"] is None or s["since"].endswith("Z") for s in switches)
+    assert all(s["since"].endswith("Z") for s in switches)
 
     table = invoke("kill", "status", "--db", db).stdout.splitlines()
     assert table[0].split() == ["SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE"]
@@ -98,7 +99,10 @@ def test_enable_status_disable_round_trip(
     assert outcome(db, probe, tenant="globex") == {"kb.read": "ok", "kb.write": "kill_switch"}
 
     off = corral_cli("kill", "disable", "--tenant", "acme", "--db", db)
-    assert (off.returncode, off.stdout.strip()) == (0, "kill switch off: tenant/acme")
+    assert (off.returncode, off.stdout.strip()) == (
+        0,
+        f"kill switch off: tenant/acme (by bob@{socket.gethostname()})",
+    )
     assert invoke("kill", "disable", "--db", db).exit_code == 0
     assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
     assert outcome(db, probe, tenant="acme") == {"kb.read": "ok", "kb.write": "ok"}
@@ -129,7 +133,8 @@ def test_a_tool_switch_without_a_mode_warns_what_it_may_leave_running(db: str) -
         (["--mode", "disable_all"], "unknown kill-switch mode 'disable_all'"),
         (["--tool", "Browser.Open"], "'Browser.Open' is not a tool name"),
         (["--tenant", " "], "--tenant needs a value"),
-        (["--by", ""], "--by needs a value"),
+        (["--by", ""], "--as needs a value"),
+        (["--as", " "], "--as needs a value"),
     ],
 )
 def test_bad_combinations_are_one_line_and_exit_2(db: str, args: list[str], message: str) -> None:
@@ -172,3 +177,54 @@ def test_the_default_store_is_corral_db(tmp_path: Path, monkeypatch: pytest.Monk
     assert invoke("kill", "enable", "--agent", "bot", "--mode", "stop_all").exit_code == 0
     switches = json.loads(invoke("kill", "status", "--json", "--db", url).stdout)["switches"]
     assert [(s["scope"], s["target"]) for s in switches] == [("agent", "bot")]
+
+
+def kill_records(db: str) -> list[dict[str, Any]]:
+    """The audit log's ``kill_switch`` records, as ``corral audit export`` writes them."""
+    out = invoke("audit", "export", "--db", db)
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    return [r for r in rows if r["kind"] == "kill_switch"]
+
+
+def test_every_change_is_audited_with_who_why_and_what(db: str) -> None:
+    """Enable and disable each append one audit record: actor, reason, scope, target, mode."""
+    on = invoke(
+        "kill", "enable", "--mode", "stop_all", "--tenant", "acme",
+        "--reason", "incident 7", "--as", "alice", "--db", db,
+    )  # fmt: skip
+    assert on.exit_code == 0, on.output
+    off = invoke(
+        "kill", "disable", "--tenant", "acme", "--reason", "resolved", "--as", "carol", "--db", db
+    )
+    assert (off.exit_code, off.stdout.strip()) == (0, "kill switch off: tenant/acme (by carol)")
+    records = kill_records(db)
+    assert [(r["run_id"], r["actor"], r["tenant"], r["data"]) for r in records] == [
+        ("-", "alice", "acme", {"action": "enable", "scope": "tenant", "target": "acme",
+                                "mode": "stop_all", "reason": "incident 7"}),
+        ("-", "carol", "acme", {"action": "disable", "scope": "tenant", "target": "acme",
+                                "mode": None, "reason": "resolved"}),
+    ]  # fmt: skip
+    verify = corral_cli("audit", "verify", "--db", db)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    runs = json.loads(invoke("runs", "--db", db, "--json").stdout)["runs"]
+    assert runs == []
+
+
+def test_a_disable_that_finds_nothing_records_nothing(db: str) -> None:
+    """``disable`` where no switch is on exits 1 with a clear line and writes no record."""
+    result = invoke("kill", "disable", "--agent", "bot", "--reason", "x", "--db", db)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "corral kill: no kill switch is on at agent/bot (none is on)"
+    assert kill_records(db) == []
+
+
+def test_status_shows_when_each_switch_was_set(db: str) -> None:
+    """``status`` prints the time a switch was set, in the table and in ``--json``."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert invoke("kill", "enable", "--run", "r-1", "--mode", "stop_all", "--db", db).exit_code == 0
+    (row,) = json.loads(invoke("kill", "status", "--json", "--db", db).stdout)["switches"]
+    since = datetime.strptime(row["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before <= since <= datetime.now(UTC)
+    table = invoke("kill", "status", "--db", db).stdout
+    assert row["since"] in table

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral import killswitch
+from corral import audit, killswitch
 from corral.exceptions import ConfigError, StoreError
 from corral.killswitch import KillSwitchCache
 from corral.stores.base import KillSwitchState
@@ -513,6 +513,27 @@ def test_enable_records_who_and_why() -> None:
     assert (sw.scope, sw.target, sw.mode, sw.reason) == ("agent", "bot", None, "looping")
     assert sw.actor == killswitch.default_actor()
     assert "@" in sw.actor
+
+
+def test_the_library_api_audits_every_change_with_who_and_why() -> None:
+    """``enable`` and ``disable`` each append one ``kill_switch`` record; a miss appends none."""
+    store = MemoryStore()
+    sw = killswitch.enable(
+        store, scope="tool", target="crm.write", mode="stop_all", reason="vendor down", actor="ops"
+    )
+    assert sw.set_at > 0
+    assert killswitch.disable(store, scope="tool", target="crm.read", actor="ops") is False
+    assert killswitch.disable(store, scope="tool", target="crm.write", reason="back") is True
+    records = list(audit.records(store))
+    assert [(r.run_id, r.kind, r.actor, dict(r.data)) for r in records] == [
+        (killswitch.FLEET_RUN_ID, "kill_switch", "ops",
+         {"action": "enable", "scope": "tool", "target": "crm.write", "mode": "stop_all",
+          "reason": "vendor down"}),
+        (killswitch.FLEET_RUN_ID, "kill_switch", killswitch.default_actor(),
+         {"action": "disable", "scope": "tool", "target": "crm.write", "mode": None,
+          "reason": "back"}),
+    ]  # fmt: skip
+    assert audit.verify(store).ok
 
 
 # -- two processes -------------------------------------------------------------------------

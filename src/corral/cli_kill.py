@@ -3,13 +3,16 @@
 ::
 
     corral kill enable [--mode M] [--tenant T | --agent A | --tool X | --run R]
-                       [--reason TEXT] [--by NAME] [--db URL]
-    corral kill disable [--tenant T | --agent A | --tool X | --run R] [--db URL]
+                       [--reason TEXT] [--as NAME] [--db URL]
+    corral kill disable [--tenant T | --agent A | --tool X | --run R]
+                        [--reason TEXT] [--as NAME] [--db URL]
     corral kill status [--db URL] [--json]
 
 No scope option means the global switch; at most one may be given. Without
 ``--mode`` each run applies its policy's ``kill_switch.mode_when_enabled``. Every
-change records who (``--by``, default ``$USER@host``) and why (``--reason``).
+change, on and off, is written to the audit log (kind ``kill_switch``, run id
+``-``) with who (``--as``, alias ``--by``, default ``$USER@host``), why
+(``--reason``), the scope, target and mode, in the same transaction as the change.
 
 Exit codes: 0 done; 1 the store cannot be reached, or ``disable`` found no switch
 there; 2 a usage error (one line, never a traceback).
@@ -18,8 +21,8 @@ there; 2 a usage error (one line, never a traceback).
 
     {"switches": [{"scope", "target", "mode", "reason", "by", "since"}]}
 
-``mode`` is ``null`` for the run's default; ``since`` is an ISO 8601 UTC time, or
-``null`` when the store does not report it.
+``mode`` is ``null`` for the run's default; ``since`` is when the switch was set, an
+ISO 8601 UTC time (``null`` only for a store that does not report it).
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ Tenant = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's
 Agent = Annotated[str | None, typer.Option("--agent", help="Only this agent's runs.")]
 ToolName = Annotated[str | None, typer.Option("--tool", help="Only calls of this tool.")]
 RunId = Annotated[str | None, typer.Option("--run", help="Only this run (its id).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
+Actor = Annotated[
+    str | None,
+    typer.Option("--as", "--by", help="Who (recorded in the audit log; default $USER@host)."),
+]
 
 
 class _Usage(Exception):
@@ -96,6 +104,11 @@ def _guarded(fn: Callable[[], int]) -> int:
         return EXIT_FAILED
 
 
+def _check_actor(by: str | None) -> None:
+    if by is not None and not by.strip():
+        raise _Usage("--as needs a value (who is making the change)")
+
+
 def _open(db: str | None) -> Store:
     return open_store(db or default_url())
 
@@ -114,10 +127,8 @@ def enable(
     agent: Agent = None,
     tool: ToolName = None,
     run: RunId = None,
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the switch).")] = "",
-    by: Annotated[
-        str | None, typer.Option("--by", help="Who (recorded; default $USER@host).")
-    ] = None,
+    reason: Reason = "",
+    by: Actor = None,
     db: DbOption = None,
 ) -> None:
     """Turn a kill switch on (global unless a scope is given); replaces one already there."""
@@ -126,8 +137,7 @@ def enable(
         scope, target = _scope(tenant, agent, tool, run)
         chosen = killswitch.as_mode(mode)
         killswitch.check_switch(scope, target, chosen)
-        if by is not None and not by.strip():
-            raise _Usage("--by needs a value")
+        _check_actor(by)
         sw = killswitch.enable(
             _open(db), scope=scope, target=target, mode=chosen, reason=reason, actor=by
         )
@@ -151,16 +161,21 @@ def disable(
     agent: Agent = None,
     tool: ToolName = None,
     run: RunId = None,
+    reason: Reason = "",
+    by: Actor = None,
     db: DbOption = None,
 ) -> None:
     """Turn a kill switch off (global unless a scope is given)."""
 
     def go() -> int:
         scope, target = _scope(tenant, agent, tool, run)
+        killswitch.check_switch(scope, target)
+        _check_actor(by)
         store = _open(db)
         where = scope if not target else f"{scope}/{target}"
-        if killswitch.disable(store, scope=scope, target=target):
-            typer.echo(f"kill switch off: {where}")
+        if killswitch.disable(store, scope=scope, target=target, reason=reason, actor=by):
+            who = by if by is not None else killswitch.default_actor()
+            typer.echo(f"kill switch off: {where} (by {who})")
             return EXIT_OK
         left = [killswitch.describe(sw) for sw in store.kill_switches()]
         on = f" (on: {', '.join(left)})" if left else " (none is on)"
@@ -193,10 +208,9 @@ def status(
 
 
 def _row(sw: KillSwitchState) -> dict[str, Any]:
-    set_at = getattr(sw, "set_at", None)
     since = (
-        datetime.fromtimestamp(set_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if isinstance(set_at, int | float) and set_at > 0
+        datetime.fromtimestamp(sw.set_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if sw.set_at > 0
         else None
     )
     return {

@@ -3,8 +3,11 @@
 A switch has a scope (``global``, ``tenant``, ``agent``, ``tool`` or ``run``), a
 target (empty for ``global``), an optional mode (``disable_writes``,
 ``disable_expensive``, ``stop_all``; none means each run's
-``kill_switch.mode_when_enabled``), a reason and who set it. Switches live in the
-store, so every process and machine sharing it obeys them.
+``kill_switch.mode_when_enabled``), a reason, who set it and when (``set_at``, filled
+in by the store). Switches live in the store, so every process and machine sharing
+it obeys them. Every change (:func:`enable`, :func:`disable`) is written to the audit
+log with who and why, in the same transaction as the change itself (run id
+:data:`FLEET_RUN_ID`: it belongs to no run).
 
 Each process reads them through a :class:`KillSwitchCache`, one per store object:
 
@@ -40,7 +43,7 @@ from collections.abc import Callable
 from typing import cast, get_args
 
 from .exceptions import ConfigError, StoreError
-from .stores.base import KillMode, KillScope, KillSwitchState, Store
+from .stores.base import Event, KillMode, KillScope, KillSwitchState, Store
 from .stores.memory import MemoryStore
 
 #: How long one read of the switches is reused (seconds, ``time.monotonic``).
@@ -229,8 +232,9 @@ def enable(
 ) -> KillSwitchState:
     """Turn a switch on (or replace the one at the same scope and target); returns it.
 
-    ``actor`` defaults to :func:`default_actor`. Runs in this process see it at once;
-    others within :data:`REFRESH_SECONDS` plus the time of a read.
+    ``actor`` defaults to :func:`default_actor`. The change is written to the audit log
+    in the same transaction (see :func:`audit_event`). Runs in this process see it at
+    once; others within :data:`REFRESH_SECONDS` plus the time of a read.
     """
     check_switch(scope, target, mode)
     switch = KillSwitchState(
@@ -240,17 +244,66 @@ def enable(
         reason=reason,
         actor=default_actor() if actor is None else actor,
     )
-    store.set_kill_switch(switch)
+    store.set_kill_switch(switch, audit=audit_event("enable", switch))
     cache_for(store).invalidate()
-    return switch
+    return next(
+        (s for s in store.kill_switches() if (s.scope, s.target) == (scope, target)), switch
+    )
 
 
-def disable(store: Store, *, scope: KillScope = "global", target: str = "") -> bool:
-    """Turn the switch at ``scope``/``target`` off; ``False`` if none was on there."""
+def disable(
+    store: Store,
+    *,
+    scope: KillScope = "global",
+    target: str = "",
+    reason: str = "",
+    actor: str | None = None,
+) -> bool:
+    """Turn the switch at ``scope``/``target`` off; ``False`` if none was on there.
+
+    A switch turned off is written to the audit log with ``actor`` (default
+    :func:`default_actor`) and ``reason``, in the same transaction; nothing is
+    recorded when no switch was on there.
+    """
     check_switch(scope, target)
-    cleared = store.clear_kill_switch(scope, target)
+    off = KillSwitchState(
+        scope=scope,
+        target=target,
+        reason=reason,
+        actor=default_actor() if actor is None else actor,
+    )
+    cleared = store.clear_kill_switch(scope, target, audit=audit_event("disable", off))
     cache_for(store).invalidate()
     return cleared
+
+
+#: The ``run_id`` of audit records that belong to no run: changes made to the fleet
+#: (kill switches). No run has this id (``corral runs`` never lists it).
+FLEET_RUN_ID = "-"
+
+
+def audit_event(action: str, switch: KillSwitchState) -> Event:
+    """The audit record of turning ``switch`` on (``enable``) or off (``disable``).
+
+    A fleet-level event: ``run_id`` :data:`FLEET_RUN_ID`, ``seq`` 0, kind
+    ``kill_switch``, ``actor`` who changed it, ``tenant`` the target of a tenant
+    switch; ``data`` holds the action, scope, target, mode and reason.
+    """
+    return Event(
+        run_id=FLEET_RUN_ID,
+        seq=0,
+        kind="kill_switch",
+        at=time.time(),
+        data={
+            "action": action,
+            "scope": switch.scope,
+            "target": switch.target,
+            "mode": switch.mode,
+            "reason": switch.reason,
+        },
+        tenant=switch.target if switch.scope == "tenant" else None,
+        actor=switch.actor,
+    )
 
 
 def describe(switch: KillSwitchState) -> str:
@@ -278,6 +331,7 @@ def as_mode(value: str | None) -> KillMode | None:
 
 
 __all__ = [
+    "FLEET_RUN_ID",
     "GRACE_SECONDS",
     "MODES",
     "REFRESH_SECONDS",
@@ -285,6 +339,7 @@ __all__ = [
     "KillSwitchCache",
     "active",
     "as_mode",
+    "audit_event",
     "cache_for",
     "check_switch",
     "default_actor",

@@ -156,6 +156,34 @@ def test_kill_switches_are_set_listed_and_cleared(store: Store) -> None:
     assert [s.target for s in store.kill_switches()] == ["browser.open"]
 
 
+def test_a_kill_switch_records_when_it_was_set(store: Store) -> None:
+    """The store fills in ``set_at`` (epoch seconds) and renews it when the switch is replaced."""
+    before = time.time()
+    store.set_kill_switch(KillSwitchState(scope="agent", target="bot", set_at=5.0))
+    (first,) = store.kill_switches()
+    assert before - 1 <= first.set_at <= time.time() + 1
+    time.sleep(0.02)
+    store.set_kill_switch(KillSwitchState(scope="agent", target="bot", mode="stop_all"))
+    (second,) = store.kill_switches()
+    assert second.mode == "stop_all" and second.set_at > first.set_at
+
+
+def test_a_kill_switch_change_and_its_audit_record_are_written_together(store: Store) -> None:
+    """``audit=`` appends the record with the change; a clear that finds nothing appends none."""
+
+    def change(action: str) -> Event:
+        return Event(run_id="-", seq=0, kind="kill_switch", at=1.0, data={"action": action},
+                     actor="alice")  # fmt: skip
+
+    store.set_kill_switch(KillSwitchState(scope="global"), audit=change("enable"))
+    assert store.clear_kill_switch("tool", "x", audit=change("disable")) is False
+    assert store.clear_kill_switch("global", audit=change("disable")) is True
+    kinds = [(r.run_id, r.actor, r.data["action"]) for r in audit_records(store)]
+    assert kinds == [("-", "alice", "enable"), ("-", "alice", "disable")]
+    assert verify(store).ok
+    assert store.list_runs() == []
+
+
 def test_approvals_are_decided_once(store: Store) -> None:
     """A decided approval keeps its first decision; listing filters by status."""
     store.create_approval(

@@ -6,7 +6,9 @@ in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
   window) at once, all or nothing, refusals naming the scope;
-- **kill switches**, **approvals**, **idempotency claims**, **breakers**;
+- **kill switches**, **approvals**, **idempotency claims**, **breakers**; a kill
+  switch's change and its audit record (``audit=``) are written in one transaction
+  (a clear that finds nothing records nothing);
 - **runs and their events** (trace and decisions). The store records which process
   runs each run (:class:`~corral.stores.owner.RunOwner`) and renews the run's
   heartbeat on every write to it (``heartbeat`` renews it during a long wait);
@@ -89,6 +91,8 @@ class KillSwitchState:
     mode: KillMode | None = None
     reason: str = ""
     actor: str = ""
+    set_at: float = 0.0
+    """When the switch was last set (epoch seconds); the store fills it in."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -247,8 +251,10 @@ class Store(Protocol):
 
     # kill switch
     def kill_switches(self) -> list[KillSwitchState]: ...
-    def set_kill_switch(self, switch: KillSwitchState) -> None: ...
-    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool: ...
+    def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None: ...
+    def clear_kill_switch(
+        self, scope: KillScope, target: str = "", *, audit: Event | None = None
+    ) -> bool: ...
 
     # approvals
     def create_approval(self, record: ApprovalRecord) -> None: ...

@@ -218,15 +218,22 @@ class MemoryStore:
             self._check()
             return list(self._kill.values())
 
-    def set_kill_switch(self, switch: KillSwitchState) -> None:
+    def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
         with self._lock:
             self._check()
-            self._kill[(switch.scope, switch.target)] = switch
+            self._kill[(switch.scope, switch.target)] = replace(switch, set_at=time.time())
+            if audit is not None:
+                self._append([audit])
 
-    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
+    def clear_kill_switch(
+        self, scope: KillScope, target: str = "", *, audit: Event | None = None
+    ) -> bool:
         with self._lock:
             self._check()
-            return self._kill.pop((scope, target), None) is not None
+            cleared = self._kill.pop((scope, target), None) is not None
+            if cleared and audit is not None:
+                self._append([audit])
+            return cleared
 
     # approvals
     def create_approval(self, record: ApprovalRecord) -> None:

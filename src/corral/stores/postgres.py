@@ -482,35 +482,57 @@ class PostgresStore:
     def kill_switches(self) -> list[KillSwitchState]:
         rows = self._call(
             lambda conn: conn.execute(
-                "SELECT scope, target, mode, reason, actor FROM corral_kill_switches ORDER BY seq"
+                "SELECT scope, target, mode, reason, actor, extract(epoch FROM set_at) "
+                "FROM corral_kill_switches ORDER BY seq"
             ).fetchall()
         )
         return [
-            KillSwitchState(scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4])
+            KillSwitchState(
+                scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4], set_at=float(r[5])
+            )
             for r in rows
         ]
 
-    def set_kill_switch(self, switch: KillSwitchState) -> None:
-        self._call(
-            lambda conn: conn.execute(
-                "WITH s AS (INSERT INTO corral_kill_switches (scope, target, mode, reason, actor) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope, target) DO UPDATE SET "
-                "mode = EXCLUDED.mode, reason = EXCLUDED.reason, actor = EXCLUDED.actor, "
-                f"set_at = now() RETURNING scope, target) {q.NOTIFY_KILL}",
-                (switch.scope, switch.target, switch.mode, switch.reason, switch.actor),
-            )
+    def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
+        statement = (
+            "WITH s AS (INSERT INTO corral_kill_switches (scope, target, mode, reason, actor) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope, target) DO UPDATE SET "
+            "mode = EXCLUDED.mode, reason = EXCLUDED.reason, actor = EXCLUDED.actor, "
+            f"set_at = now() RETURNING scope, target) {q.NOTIFY_KILL}"
+        )
+        params = (switch.scope, switch.target, switch.mode, switch.reason, switch.actor)
+        if audit is None:
+            self._call(lambda conn: conn.execute(statement, params))
+            return
+
+        def op(conn: Conn) -> None:
+            with conn.transaction():  # the switch and its audit record, or neither
+                conn.execute(statement, params)
+                self._head = _append_locked(
+                    conn, self._sealer, [audit], time.time(), conn.execute(q.LOCK_HEAD).fetchone()
+                )
+
+        self._call(op, once=True)  # sent twice, the change would be audited twice
+
+    def clear_kill_switch(
+        self, scope: KillScope, target: str = "", *, audit: Event | None = None
+    ) -> bool:
+        statement = (
+            "WITH s AS (DELETE FROM corral_kill_switches WHERE scope = %s AND target = %s "
+            f"RETURNING scope, target) {q.NOTIFY_KILL}"
         )
 
-    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
-        row = self._call(
-            lambda conn: conn.execute(
-                "WITH s AS (DELETE FROM corral_kill_switches WHERE scope = %s AND target = %s "
-                f"RETURNING scope, target) {q.NOTIFY_KILL}",
-                (scope, target),
-            ).fetchone(),
-            once=True,  # sent twice, the second would report "was not set"
-        )
-        return row is not None
+        def op(conn: Conn) -> bool:
+            with conn.transaction():  # the clearing and its audit record, or neither
+                if conn.execute(statement, (scope, target)).fetchone() is None:
+                    return False
+                if audit is not None:
+                    head = conn.execute(q.LOCK_HEAD).fetchone()
+                    self._head = _append_locked(conn, self._sealer, [audit], time.time(), head)
+                return True
+
+        # Sent twice, the second would report "was not set".
+        return self._call(op, once=True)
 
     # -- approvals ---------------------------------------------------------------------
     def create_approval(self, record: ApprovalRecord) -> None:

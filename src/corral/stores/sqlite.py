@@ -488,14 +488,17 @@ class SQLiteStore:
     def kill_switches(self) -> list[KillSwitchState]:
         with self._locked() as conn:
             rows = conn.execute(
-                "SELECT scope, target, mode, reason, actor FROM corral_kill_switches ORDER BY rowid"
+                "SELECT scope, target, mode, reason, actor, set_at FROM corral_kill_switches "
+                "ORDER BY rowid"
             ).fetchall()
         return [
-            KillSwitchState(scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4])
+            KillSwitchState(
+                scope=r[0], target=r[1], mode=r[2], reason=r[3], actor=r[4], set_at=r[5]
+            )
             for r in rows
         ]
 
-    def set_kill_switch(self, switch: KillSwitchState) -> None:
+    def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO corral_kill_switches (scope, target, mode, reason, actor, set_at) "
@@ -511,13 +514,20 @@ class SQLiteStore:
                     time.time(),
                 ),
             )
+            if audit is not None:
+                _append(conn, self._sealer, [audit])
 
-    def clear_kill_switch(self, scope: KillScope, target: str = "") -> bool:
+    def clear_kill_switch(
+        self, scope: KillScope, target: str = "", *, audit: Event | None = None
+    ) -> bool:
         with self._write() as conn:
             cur = conn.execute(
                 "DELETE FROM corral_kill_switches WHERE scope = ? AND target = ?", (scope, target)
             )
-            return cur.rowcount > 0
+            cleared = cur.rowcount > 0
+            if cleared and audit is not None:
+                _append(conn, self._sealer, [audit])
+            return cleared
 
     # -- approvals -----------------------------------------------------------------------
     def create_approval(self, record: ApprovalRecord) -> None:
