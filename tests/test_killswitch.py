@@ -536,6 +536,204 @@ def test_the_library_api_audits_every_change_with_who_and_why() -> None:
     assert audit.verify(store).ok
 
 
+# -- calls in flight ------------------------------------------------------------------------
+
+
+class Hanging:
+    """An async tool (or model) that waits until cancelled, recording what happened to it."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+
+    async def wait(self) -> str:
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return "finished"
+
+
+def hanging_tool(hang: Hanging, name: str = "vendor.fetch", effect: str = "read") -> corral.Tool:
+    """A registered async tool that hangs (60 s timeout, so only a switch ends it early)."""
+
+    async def fetch(q: str = "") -> str:
+        return await hang.wait()
+
+    return corral.tool(fetch, name=name, effect=effect, timeout=60)
+
+
+def flip_when_started(hang: Hanging, flip: Callable[[], None]) -> threading.Thread:
+    """A thread that runs ``flip`` once the hanging call has started."""
+
+    def go() -> None:
+        assert hang.started.wait(30)
+        time.sleep(0.05)
+        flip()
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread
+
+
+def cancelled_policy(name: str = "vendor.fetch", **extra: Any) -> corral.Policy:
+    return corral.Policy.from_dict(
+        {"tools": {"allow": [name]}, "writes": {"require_approval": False}, **extra}
+    )
+
+
+def test_stop_all_from_the_cli_cancels_a_hanging_async_tool_within_1_s(tmp_path: Path) -> None:
+    """Another process runs ``corral kill enable --mode stop_all``: the awaited tool is
+    cancelled, the run stops ``kill_switch`` and the attempt is recorded as cancelled."""
+    path = tmp_path / "shared.db"
+    store = SQLiteStore(str(path))
+    hang = Hanging()
+    switched: list[float] = []
+
+    def flip() -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "corral", "kill", "enable", "--mode", "stop_all",
+             "--tenant", "acme", "--reason", "vendor outage", "--db", f"sqlite:///{path}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        switched.append(time.monotonic())
+
+    async def go() -> tuple[corral.RunResult, float]:
+        async with corral.AsyncRun(
+            cancelled_policy(), tools=[hanging_tool(hang)], store=store, tenant="acme"
+        ) as run:
+            await run.call("vendor.fetch", {"q": "x"})
+        return run.result, time.monotonic()
+
+    try:
+        thread = flip_when_started(hang, flip)
+        result, ended = asyncio.run(go())
+        thread.join(10)
+        events = store.events(result.run_id)
+    finally:
+        store.close()
+    delay = ended - switched[0]
+    print(f"\nstop_all to cancelled async tool, 2 processes on SQLite: {delay * 1000:.0f} ms")
+    assert str(result.stop) == "kill_switch:vendor.fetch"
+    assert result.stop is not None and result.stop.extra["cancelled_in_flight"] is True
+    assert hang.cancelled.is_set()
+    assert delay <= 1.0
+    calls = [e.data for e in events if e.kind == "tool_call"]
+    assert [(c["outcome"], c["attempt"]) for c in calls] == [("cancelled", 1)]
+    assert result.usage.tool_calls == 1  # it was started: charged like a failure
+
+
+def test_a_cancelled_write_keeps_its_idempotency_key_in_flight(store: MemoryStore) -> None:
+    """A write cancelled in flight may have happened: its key stays in flight, so the same
+    write under the same key is not run again once the switch is off."""
+    hang = Hanging()
+    starts: list[str] = []
+
+    async def write(q: str = "") -> str:
+        starts.append(q)
+        return await hang.wait()
+
+    tool = corral.tool(write, name="crm.write", effect="write", timeout=60)
+    flip_when_started(hang, lambda: killswitch.enable(store, mode="stop_all", actor="ops"))
+
+    async def go() -> tuple[corral.RunResult, corral.RunResult]:
+        results = []
+        for _ in range(2):
+            async with corral.AsyncRun(
+                cancelled_policy("crm.write"), tools=[tool], store=store
+            ) as run:
+                await run.call("crm.write", {"q": "refund"}, idempotency_key="refund-1")
+            results.append(run.result)
+            killswitch.disable(store, actor="ops")
+        return results[0], results[1]
+
+    first, again = asyncio.run(go())
+    assert str(first.stop) == "kill_switch:crm.write"
+    assert hang.cancelled.is_set()
+    assert starts == ["refund"]  # the second run did not run it again
+    assert again.stop is not None and "still in flight" in again.stop.message
+
+
+def test_a_switch_that_is_not_stop_all_lets_the_call_in_flight_finish(store: MemoryStore) -> None:
+    """Only stop_all cancels: disable_writes set while a write runs lets that write finish."""
+    release = threading.Event()
+
+    async def write(q: str = "") -> str:
+        killswitch.enable(store, mode="disable_writes", actor="ops")
+        await asyncio.sleep(0.35)  # three looks at the switch while it is on
+        release.set()
+        return "written"
+
+    tool = corral.tool(write, name="crm.write", effect="write", timeout=10)
+
+    async def go() -> tuple[Any, corral.RunResult]:
+        async with corral.AsyncRun(cancelled_policy("crm.write"), tools=[tool], store=store) as run:
+            out = await run.call("crm.write", {"q": "x"})
+        return out, run.result
+
+    out, result = asyncio.run(go())
+    assert (out, result.stop_reason, release.is_set()) == ("written", "ok", True)
+
+
+def test_a_sync_tool_in_a_worker_thread_is_abandoned_under_stop_all(store: MemoryStore) -> None:
+    """A sync tool run from a non-main thread is abandoned (like at a deadline) within ~1 s."""
+    gate = threading.Event()
+    started = Hanging()
+
+    def slow(q: str = "") -> str:
+        started.started.set()
+        gate.wait(30)
+        return "late"
+
+    tool = corral.tool(slow, name="vendor.fetch", timeout=60)
+    out: dict[str, Any] = {}
+
+    def in_thread() -> None:
+        with corral.Run(cancelled_policy(), tools=[tool], store=store, agent="bot") as run:
+            run.call("vendor.fetch", {"q": "x"})
+        out["result"], out["ended"] = run.result, time.monotonic()
+
+    flip_when_started(
+        started, lambda: (out.setdefault("switched", time.monotonic()),
+                          killswitch.enable(store, scope="agent", target="bot", mode="stop_all"))
+    )  # fmt: skip
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(30)
+    gate.set()
+    assert str(out["result"].stop) == "kill_switch:vendor.fetch"
+    assert out["ended"] - out["switched"] <= 1.0
+
+
+def test_stop_all_cancels_an_async_model_call_in_flight(store: MemoryStore) -> None:
+    """An awaited model call is cancelled too: ``kill_switch:model``, recorded as cancelled."""
+    hang = Hanging()
+
+    class SlowModel:
+        name = "slow"
+        price = None
+
+        async def respond(self, request: Any) -> Any:
+            return await hang.wait()
+
+    flip_when_started(hang, lambda: killswitch.enable(store, scope="run", target="r-model",
+                                                        mode="stop_all"))  # fmt: skip
+
+    async def go() -> corral.RunResult:
+        async with corral.AsyncRun(cancelled_policy(), store=store, run_id="r-model") as run:
+            await run.model_turn(SlowModel(), [{"role": "user", "content": "hi"}])
+        return run.result
+
+    result = asyncio.run(go())
+    assert str(result.stop) == "kill_switch:model"
+    assert hang.cancelled.is_set()
+    outcomes = [e.data["outcome"] for e in store.events("r-model") if e.kind == "model_call"]
+    assert outcomes == ["cancelled"]
+
+
 # -- two processes -------------------------------------------------------------------------
 
 CHILD = textwrap.dedent(

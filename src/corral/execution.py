@@ -8,12 +8,24 @@ Timeouts. An async tool is cancelled at its deadline. A sync tool called from
 the main thread (with no other ``SIGALRM`` handler installed) is interrupted at
 its deadline by a timer signal; elsewhere it runs in a worker thread and is
 *abandoned* at its deadline (Python cannot stop a thread; its result is ignored).
+
+Kill switch. While a call runs the driver looks at the kill switch every
+:data:`~corral.guards.killswitch.WATCH_SECONDS` (a cached read; see
+:func:`corral.guards.killswitch.watch`). When a ``stop_all`` switch comes to cover
+it, an async tool or an async model call is cancelled, a sync tool running in a
+worker thread is abandoned (as at a deadline), and the flow gets a
+:class:`~corral.guards.killswitch.Cancelled` attempt: the run stops with
+``kill_switch``. A sync tool interrupted by the timer signal (called from the main
+thread) and a sync model call run in the caller's thread and cannot be interrupted
+safely there (the check reads the store, which the call itself may be using): they
+run to their end or deadline, and the switch stops the run at its next check.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import queue
@@ -27,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .clock import SystemClock
 from .gateway import Approve, Attempt, Execute, Sleep
+from .guards.killswitch import WATCH_SECONDS, Cancelled
 from .models.base import Model, ModelRequest
 
 _P = ParamSpec("_P")
@@ -92,11 +105,15 @@ class _AbandonablePool(Executor):
 _POOL = _AbandonablePool("corral-tool")
 
 
+Watch = Callable[[], Cancelled | None]
+
+
 @dataclass(frozen=True, slots=True)
 class CallModel:
     model: Model
     request: ModelRequest
     timeout: float
+    watch: Watch | None = None
 
 
 class _Deadline(BaseException):
@@ -166,11 +183,55 @@ def _run_inline(op: Execute) -> Attempt:
     return Attempt(True, value=value, seconds=time.monotonic() - started)
 
 
+def _wait(future: Future[Any], timeout: float, watch: Watch | None) -> Any:
+    """``future.result(timeout)``, looking at ``watch`` every WATCH_SECONDS meanwhile."""
+    if watch is None:
+        return future.result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return future.result(timeout=max(0.0, min(WATCH_SECONDS, left)))
+        except TimeoutError:
+            if future.done() or left <= WATCH_SECONDS:
+                raise
+        cancelled = watch()
+        if cancelled is not None:
+            raise cancelled
+
+
+async def _bounded(awaitable: Any, timeout: float, watch: Watch | None) -> Any:
+    """``asyncio.wait_for(awaitable, timeout)``, cancelling it when ``watch`` says so."""
+    if watch is None:
+        return await asyncio.wait_for(awaitable, timeout)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(awaitable)
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError()
+            done, _ = await asyncio.wait((task,), timeout=min(WATCH_SECONDS, left))
+            if done:
+                return task.result()
+            cancelled = watch()
+            if cancelled is not None:
+                raise cancelled
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task  # as wait_for does: the tool sees its cancellation through
+
+
 def _run_in_thread(fn: Callable[[], Any], op: Execute) -> Attempt:
     started = time.monotonic()
     future = _POOL.submit(contextvars.copy_context().run, fn)
     try:
-        value = future.result(timeout=op.timeout)
+        value = _wait(future, op.timeout, op.watch)
+    except Cancelled as exc:  # abandoned: the thread cannot be stopped, its result is ignored
+        return Attempt(False, error=exc, seconds=time.monotonic() - started)
     except TimeoutError as exc:
         if not future.done():
             return Attempt(
@@ -189,7 +250,7 @@ def execute_sync(op: Execute) -> Attempt:
     if op.eff.tool.is_async:
 
         async def bounded() -> Any:
-            return await asyncio.wait_for(_invoke(op), op.timeout)
+            return await _bounded(_invoke(op), op.timeout, op.watch)
 
         return _run_in_thread(lambda: asyncio.run(bounded()), op)
     if _can_alarm():
@@ -204,12 +265,15 @@ async def execute_async(op: Execute) -> Attempt:
         return Attempt(False, error=_timeout_error(op), timed_out=True)
     try:
         if op.eff.tool.is_async:
-            value = await asyncio.wait_for(_invoke(op), op.timeout)
+            value = await _bounded(_invoke(op), op.timeout, op.watch)
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             future = loop.run_in_executor(_POOL, ctx.run, _invoke, op)
-            value = await asyncio.wait_for(future, op.timeout)
+            # Cancelling the asyncio future abandons the thread (it runs on, ignored).
+            value = await _bounded(future, op.timeout, op.watch)
+    except Cancelled as exc:
+        return Attempt(False, error=exc, seconds=time.monotonic() - started)
     except TimeoutError as exc:
         elapsed = time.monotonic() - started
         error = _timeout_error(op) if elapsed >= op.timeout * 0.99 else exc
@@ -223,11 +287,13 @@ def _call_model_sync(op: CallModel) -> Attempt:
     async def bounded() -> Any:
         result = op.model.respond(op.request)
         if inspect.isawaitable(result):
-            return await asyncio.wait_for(_as_coro(result), op.timeout)
+            return await _bounded(_as_coro(result), op.timeout, op.watch)
         return result
 
     try:
         return Attempt(True, value=asyncio.run(bounded()))
+    except Cancelled as exc:
+        return Attempt(False, error=exc)
     except TimeoutError as exc:
         return Attempt(False, error=exc, timed_out=True)
     except Exception as exc:
@@ -242,8 +308,10 @@ async def _call_model_async(op: CallModel) -> Attempt:
     try:
         result = op.model.respond(op.request)
         if inspect.isawaitable(result):
-            result = await asyncio.wait_for(_as_coro(result), op.timeout)
+            result = await _bounded(_as_coro(result), op.timeout, op.watch)
         return Attempt(True, value=result)
+    except Cancelled as exc:
+        return Attempt(False, error=exc)
     except TimeoutError as exc:
         return Attempt(False, error=exc, timed_out=True)
     except Exception as exc:

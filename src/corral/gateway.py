@@ -28,7 +28,7 @@ releases it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ class Execute:
     ctx: ToolContext | None
     timeout: float
     key: str | None = None
+    watch: Callable[[], killswitch.Cancelled | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +175,17 @@ def call_flow(
                 clock=core.clock,
             )
         started = core.now()
-        result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key)
+        watch = killswitch.watch(core, tool.name)
+        result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key, watch)
         elapsed = core.now() - started
+        if isinstance(result.error, killswitch.Cancelled):
+            # A stop_all switch cancelled the call in flight. It may have happened: charged
+            # like a failure, not counted against the dependency, a write's key in flight.
+            core.settle(hold, charge if eff.charge_on_error else eff.call_only)
+            core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
+                       seconds=round(elapsed, 6))  # fmt: skip
+            core.flush()
+            raise core.stamp(result.error.stop)
         if not isinstance(result.error, NotExecuted):
             breaker.record(core, tool.name, result.ok, probe=probe)
         if result.ok:

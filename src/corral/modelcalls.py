@@ -202,8 +202,13 @@ def model_flow(
         messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
     )
     started = core.now()
-    result: Attempt = yield CallModel(model, request, timeout)
+    result: Attempt = yield CallModel(model, request, timeout, killswitch.watch(core, None))
     elapsed = core.now() - started
+    if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
+        core.settle(hold, Charge(steps=1))
+        core.event("model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6))
+        core.flush()
+        raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
     endpoint_ok = result.ok or isinstance(result.error, ModelOutputError)
     breaker.record(core, endpoint, endpoint_ok, probe=decision == "probe")

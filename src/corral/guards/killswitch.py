@@ -15,10 +15,19 @@ So a mode-less ``tool/kb.read`` switch under ``disable_writes`` blocks nothing (
 tool is a read): name ``stop_all`` to turn a tool off whatever it is. Never
 observe-only. When the state cannot be read for 2 s, every check refuses with
 ``control_plane_unavailable`` (see :mod:`corral.killswitch`).
+
+Calls in flight. :func:`watch` gives the drivers (``execution.py``) a check to make
+while a call runs, at most every :data:`WATCH_SECONDS`: when a switch whose mode
+(its own, or the run's default) is ``stop_all`` comes to cover the call, the driver
+cancels it where it can (an async tool or model call: its task is cancelled; a sync
+tool in a worker thread: it is abandoned, like at a deadline) and hands the flow a
+:class:`Cancelled`; the run stops with ``kill_switch``. A read that fails while a
+call runs cancels nothing (the next check fails closed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..exceptions import Stop, StoreError
@@ -27,6 +36,19 @@ from ..stores.base import KillMode, KillSwitchState
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
+
+
+#: How often a call in flight looks at the switches (seconds); each look is a cached read.
+WATCH_SECONDS = 0.1
+
+
+class Cancelled(Exception):
+    """A call in flight cancelled by a ``stop_all`` switch: what a driver hands back to the
+    flow, carrying the run's stop (``kill_switch``). Never escapes a flow."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(str(stop))
+        self.stop = stop
 
 
 def _covers(sw: KillSwitchState, core: RunCore, tool: str | None) -> bool:
@@ -79,16 +101,46 @@ def check(core: RunCore, name: str | None, eff: Effective | None) -> None:
     sw = blocking_switch(core, name, eff)
     if sw is None:
         return
+    raise core.stamp(_stop(core, sw, name))
+
+
+def _stop(core: RunCore, sw: KillSwitchState, name: str | None, *, in_flight: bool = False) -> Stop:
     mode = sw.mode or core.policy.kill_switch.mode_when_enabled
     where = describe(sw)
-    raise core.stamp(
-        Stop(
-            "kill_switch",
-            name or "model",
-            tool=name,
-            scope=where,
-            message=f"{mode} is on ({where})" + (f": {sw.reason}" if sw.reason else ""),
-            retryable=False,
-            extra={"mode": mode, "set_by": sw.actor} if sw.actor else {"mode": mode},
-        )
+    extra: dict[str, object] = {"mode": mode}
+    if sw.actor:
+        extra["set_by"] = sw.actor
+    if in_flight:
+        extra["cancelled_in_flight"] = True
+    return Stop(
+        "kill_switch",
+        name or "model",
+        tool=name,
+        scope=where,
+        message=f"{mode} is on ({where})"
+        + (f": {sw.reason}" if sw.reason else "")
+        + ("; the call in flight was cancelled" if in_flight else ""),
+        retryable=False,
+        extra=extra,
     )
+
+
+def watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
+    """The check a driver makes while a call of ``name`` runs (``None``: a model call).
+
+    Returns a :class:`Cancelled` once a ``stop_all`` switch covers the call, else
+    ``None``; reads the switches through the process's cache.
+    """
+    default = core.policy.kill_switch.mode_when_enabled
+
+    def check_in_flight() -> Cancelled | None:
+        try:
+            switches = active(core.store)
+        except StoreError:
+            return None  # unknown is not stop_all: the next check before a call fails closed
+        for sw in switches:
+            if (sw.mode or default) == "stop_all" and _covers(sw, core, name):
+                return Cancelled(_stop(core, sw, name, in_flight=True))
+        return None
+
+    return check_in_flight
