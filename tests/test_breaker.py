@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +15,7 @@ import pytest
 
 import corral
 from corral.stores.base import BreakerState
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import ManualClock, MemoryStore
 
 
@@ -209,3 +215,104 @@ def test_a_failing_model_endpoint_opens_its_breaker_and_no_request_is_sent() -> 
     assert model.requests == []
     other = ScriptedModel([corral.testing.final("fine")], name="other-model")
     assert corral.run("t", model=other, policy=pol, store=store, clock=clock).stop_reason == "ok"
+
+
+# -- several processes: one window, one retry budget ----------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import corral
+
+    path, runs, retries, degrade = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    calls = 0
+
+    def browse(url: str) -> str:
+        global calls
+        calls += 1
+        raise ConnectionError("vendor down")
+
+    tool = corral.tool(browse, name="browser.open", effect="read", retries=retries)
+    policy = corral.Policy.from_dict({
+        "tools": {"allow": ["browser.open"], "specs": {"browser.open": {"cache": False}}},
+        "degrade": json.loads(degrade),
+    })
+    store = corral.open_store("sqlite:///" + path)
+    refused = 0
+    for i in range(runs):
+        with corral.Run(policy, tools=[tool], store=store) as run:
+            try:
+                run.call("browser.open", {"url": f"https://x/{i}"})
+            except corral.ToolRejected:
+                refused += 1
+                run.finish("unavailable")
+    store.close()
+    print(json.dumps({"vendor_calls": calls, "refused": refused}))
+    """
+)
+
+
+def fleet(path: Path, *, processes: int, runs: int, retries: int = 0, **degrade: Any) -> list[Any]:
+    """``processes`` processes at once on one SQLite file, each making ``runs`` runs of one
+    call to a vendor that is down; what each saw."""
+    # A day-long window: a test never straddles two buckets in practice.
+    settings = json.dumps({"window_seconds": 86400, "cool_down_seconds": 300, **degrade})
+    SQLiteStore(path).close()  # the schema, before the children race to create it
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path), str(runs), str(retries), settings],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    out = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr
+        out.append(json.loads(stdout))
+    return out
+
+
+def test_two_processes_trip_the_breaker_on_their_combined_failure_rate(tmp_path: Path) -> None:
+    """10 failures each, min_calls 12: alone a process never trips it; together they do at 12."""
+    alone = fleet(tmp_path / "alone.db", processes=1, runs=10, min_calls=12)
+    with SQLiteStore(tmp_path / "alone.db") as store:
+        assert store.breaker("browser.open", now=time.time()).state == "closed"
+    unguarded = fleet(tmp_path / "off.db", processes=2, runs=10, min_calls=10**6)
+    shared = fleet(tmp_path / "shared.db", processes=2, runs=10, min_calls=12)
+    without = sum(c["vendor_calls"] for c in unguarded)
+    together = sum(c["vendor_calls"] for c in shared)
+    print(
+        f"\nvendor calls, 2 processes x 10 runs against a down vendor: {without} without a "
+        f"breaker, {together} with the shared one (one process alone: "
+        f"{alone[0]['vendor_calls']}, never tripped)"
+    )
+    assert alone[0]["vendor_calls"] == 10 and without == 20
+    assert 12 <= together <= 13  # 12 trip it; the other process may have one call in flight
+    assert sum(c["refused"] for c in shared) == 20 - together
+    with SQLiteStore(tmp_path / "shared.db") as store:
+        assert store.breaker("browser.open", now=time.time()).state == "open"
+
+
+def test_two_processes_share_one_retry_budget(tmp_path: Path) -> None:
+    """2 processes x 10 failing calls with 4 retries each: the shared budget (20% + 3) allows
+    8 retries in all, fewer than two budgets of their own would (6 each)."""
+    off = {"min_calls": 10**6}
+    unbudgeted = fleet(
+        tmp_path / "off.db", processes=2, runs=10, retries=4,
+        retry_budget_ratio=1.0, retry_budget_floor=10**6, **off,
+    )  # fmt: skip
+    budgeted = fleet(tmp_path / "shared.db", processes=2, runs=10, retries=4, **off)
+    without = sum(c["vendor_calls"] for c in unbudgeted)
+    attempts = sum(c["vendor_calls"] for c in budgeted)
+    retries = attempts - 20
+    print(
+        f"\nattempts, 2 processes x 10 failing calls with retries=4: {without} without a retry "
+        f"budget, {attempts} with the shared one ({retries} retries; two separate budgets "
+        "would allow 12)"
+    )
+    assert without == 100
+    assert retries <= 0.2 * attempts + 3  # one budget for the fleet: at most 8 retries
+    assert retries == 8

@@ -1,17 +1,33 @@
 """Circuit breakers and retry budgets: stop hammering a dependency that is failing.
 
-Each process watches the outcomes of every tool's calls over a sliding window.
-When the failure rate passes ``degrade.failure_rate`` (over at least
-``degrade.min_calls`` calls), the process opens the tool's breaker *in the store*,
-so every process and machine sharing it stops calling the tool at once. After the
-cool-down the breaker reads half-open: exactly one call across the fleet (claimed
-through the store, like an idempotency key) probes the dependency; its success
-closes the breaker, its failure opens it again.
+Every process sharing a store counts each tool's (and each model endpoint's)
+attempts, failures and retries in the store (``degrade_add``, ``degrade_retry``),
+so all of them see one picture of the fleet:
 
-The retry budget keeps retries to a share of calls (``retry_budget_ratio`` of the
-calls in the window, plus ``retry_budget_floor``), the standard way to stop retry
-amplification during an outage. Outcome windows and retry budgets are counted per
-process; the open/closed state is shared.
+- **the window** is sliding, estimated from two UTC-aligned buckets of
+  ``degrade.window_seconds`` (``floor(now / window) * window``): the bucket
+  covering now plus the previous one weighted by the share of it still inside the
+  window (:class:`~corral.stores.base.DegradeWindow`). Buckets are the same in
+  every process, so no coordination is needed beyond the store's atomic adds.
+- **the breaker** opens when, after a failure, at least ``degrade.failure_rate``
+  of the window's attempts failed (over at least ``degrade.min_calls``), counted
+  across every process: several processes each seeing a few failures trip it
+  together. It opens *in the store*, so every process stops calling the tool at
+  once. After the cool-down it reads half-open: exactly one call across the fleet
+  (claimed through the store, like an idempotency key) probes the dependency; its
+  success closes the breaker, its failure opens it again. Opening or closing it
+  starts a fresh window.
+- **the retry budget** keeps retries to ``retry_budget_ratio`` of the window's
+  attempts plus ``retry_budget_floor``, checked and spent in one atomic step in
+  the store, so N processes share one budget and retries cannot amplify an outage.
+
+The allow path stays free of extra round trips: a successful attempt is counted in
+this process and added to the store with the next failure or retry of the tool,
+or at most :data:`SYNC_SECONDS` later (with the next success after that), so
+other processes see this one's successes within about that; decisions made here
+always include them. Failures and retries are written when they happen. Counting
+that fails (the store is down) keeps the successes for the next write and never
+stops the call it counts; the breaker's state read before each call fails closed.
 
 Times: the shared state uses wall-clock seconds (``time.time()``) with the real
 clock, and the run's own clock when a run is driven by a virtual one (simulations).
@@ -19,55 +35,34 @@ clock, and the run's own clock when a run is driven by a virtual one (simulation
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import SystemClock
-from .stores.base import BreakerState
+from .exceptions import StoreError
+from .stores.base import BreakerState, DegradeWindow, degrade_bucket
 
 if TYPE_CHECKING:
     from .runtime import RunCore
 
 Decision = Literal["closed", "probe", "open"]
 
-
-@dataclass
-class _Window:
-    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
-    retries: deque[float] = field(default_factory=deque)
-    failures: int = 0
-
-    def trim(self, now: float, span: float) -> None:
-        while self.outcomes and self.outcomes[0][0] < now - span:
-            _, ok = self.outcomes.popleft()
-            if not ok:
-                self.failures -= 1
-        while self.retries and self.retries[0] < now - span:
-            self.retries.popleft()
-
+#: How long successful attempts may wait in this process before they are added to the
+#: store's counters (seconds, ``time.monotonic``).
+SYNC_SECONDS = 0.1
 
 _lock = threading.Lock()
-# Per store object (weakly held, so a new store never inherits a dead one's counts).
-_windows: weakref.WeakKeyDictionary[Any, dict[str, _Window]] = weakref.WeakKeyDictionary()
+# Successes not yet in the store, per store object (weakly held) and tool:
+# [bucket start, count, monotonic time of the last write].
+_pending: weakref.WeakKeyDictionary[Any, dict[str, list[float]]] = weakref.WeakKeyDictionary()
 
 
 def wall(core: RunCore) -> float:
     """Seconds comparable across processes: wall time, or the run's virtual clock."""
     return time.time() if isinstance(core.clock, SystemClock) else core.clock.monotonic()
-
-
-def _window(core: RunCore, name: str) -> _Window:
-    per_tool = _windows.get(core.store)
-    if per_tool is None:
-        per_tool = _windows[core.store] = {}
-    w = per_tool.get(name)
-    if w is None:
-        w = per_tool[name] = _Window()
-    return w
 
 
 def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
@@ -91,57 +86,133 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
     return ("probe" if claim.status == "claimed" else "open"), state
 
 
+def _take(store: Any, name: str, start: float) -> tuple[int, tuple[float, int] | None]:
+    """Take this process's pending successes: those of bucket ``start``, and those of an
+    older bucket (to be written there) if any."""
+    with _lock:
+        per_tool = _pending.get(store)
+        entry = None if per_tool is None else per_tool.get(name)
+        if entry is None or not entry[1]:
+            return 0, None
+        count = int(entry[1])
+        entry[1] = 0
+        entry[2] = time.monotonic()
+        if entry[0] == start:
+            return count, None
+        return 0, (entry[0], count)
+
+
+def _keep(store: Any, name: str, start: float, count: int) -> None:
+    """Put back successes a write could not add (only while their bucket is current)."""
+    with _lock:
+        entry = _pending.get(store, {}).get(name)
+        if entry is not None and entry[0] == start:
+            entry[1] += count
+
+
+def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
+    start, _ = degrade_bucket(now, size)
+    mono = time.monotonic()
+    with _lock:
+        per_tool = _pending.get(core.store)
+        if per_tool is None:
+            per_tool = _pending[core.store] = {}
+        entry = per_tool.get(name)
+        if entry is None:
+            entry = per_tool[name] = [start, 0, mono]
+        if entry[0] == start:
+            entry[1] += 1
+            if mono - entry[2] < SYNC_SECONDS:
+                return  # the allow path: counted here, written later
+            write = [(start, int(entry[1]))]
+        else:  # a new bucket: write the old one's, start counting this one's
+            write = [(entry[0], int(entry[1]))] if entry[1] else []
+            write.append((start, 1))
+        entry[0], entry[1], entry[2] = start, 0, mono
+    for bucket, count in write:
+        try:
+            core.store.degrade_add(name, now=bucket, size=size, calls=count)
+        except StoreError:
+            _keep(core.store, name, bucket, count)
+
+
+def _write_older(core: RunCore, name: str, size: float, older: tuple[float, int] | None) -> None:
+    if older is not None:
+        # A past bucket's successes: if they cannot be written, the window has moved on.
+        with contextlib.suppress(StoreError):
+            core.store.degrade_add(name, now=older[0], size=size, calls=older[1])
+
+
+def _num(x: float) -> float | int:
+    return int(x) if x == int(x) else round(x, 3)
+
+
 def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
     """Count one attempt's outcome; open or close the shared breaker when it is due."""
     rule = core.policy.degrade
     now = wall(core)
+    size = rule.window_seconds
     if probe:
         new = (
             BreakerState() if ok else BreakerState(state="open", until=now + rule.cool_down_seconds)
         )
         core._store_call(core.store.set_breaker, name, new)
+        _take(core.store, name, degrade_bucket(now, size)[0])
+        core._store_call(core.store.degrade_reset, name)  # a fresh window either way
         core.event("breaker", tool=name, state=new.state, probe=True)
-        with _lock:
-            _windows.get(core.store, {}).pop(name, None)
         return
-    with _lock:
-        w = _window(core, name)
-        w.outcomes.append((now, ok))
-        if not ok:
-            w.failures += 1
-        w.trim(now, rule.window_seconds)
-        calls, failures = len(w.outcomes), w.failures
-        trip = not ok and calls >= rule.min_calls and failures / calls >= rule.failure_rate
-        if trip:
-            w.outcomes.clear()
-            w.failures = 0
-    if trip:
-        core._store_call(
-            core.store.set_breaker,
-            name,
-            BreakerState(state="open", until=now + rule.cool_down_seconds),
+    if ok:
+        _count_success(core, name, now, size)
+        return
+    start, _ = degrade_bucket(now, size)
+    calls, older = _take(core.store, name, start)
+    _write_older(core, name, size, older)
+    try:
+        window: DegradeWindow = core.store.degrade_add(
+            name, now=now, size=size, calls=calls + 1, failures=1
         )
-        core.event(
-            "breaker",
-            tool=name,
-            state="open",
-            failures=failures,
-            calls=calls,
-            cool_down=rule.cool_down_seconds,
-        )
+    except StoreError:
+        _keep(core.store, name, start, calls)
+        return  # not counted; the breaker's state is read (fail closed) before each call
+    trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
+    if not trip:
+        return
+    core._store_call(
+        core.store.set_breaker,
+        name,
+        BreakerState(state="open", until=now + rule.cool_down_seconds),
+    )
+    core._store_call(core.store.degrade_reset, name)
+    core.event(
+        "breaker",
+        tool=name,
+        state="open",
+        failures=_num(window.failures),
+        calls=_num(window.calls),
+        cool_down=rule.cool_down_seconds,
+    )
 
 
 def retry_allowed(core: RunCore, name: str) -> bool:
-    """Spend one retry from ``name``'s budget if any is left."""
+    """Spend one retry from ``name``'s budget, shared by every process, if any is left."""
     rule = core.policy.degrade
     now = wall(core)
-    with _lock:
-        w = _window(core, name)
-        w.trim(now, rule.window_seconds)
-        budget = rule.retry_budget_ratio * len(w.outcomes) + rule.retry_budget_floor
-        allowed = len(w.retries) + 1 <= budget  # the retry about to be made must fit
-        if allowed:
-            w.retries.append(now)
+    size = rule.window_seconds
+    start, _ = degrade_bucket(now, size)
+    calls, older = _take(core.store, name, start)
+    _write_older(core, name, size, older)
+    try:
+        allowed = core.store.degrade_retry(
+            name,
+            now=now,
+            size=size,
+            ratio=rule.retry_budget_ratio,
+            floor=rule.retry_budget_floor,
+            calls=calls,
+        )
+    except StoreError:
+        _keep(core.store, name, start, calls)
+        allowed = False  # no retry without the shared budget (fail closed)
     if not allowed:
         core.event("retry_budget", tool=name, exhausted=True)
     return allowed

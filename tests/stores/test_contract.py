@@ -20,6 +20,7 @@ from corral.stores.base import (
     ApprovalRecord,
     AuditHead,
     BreakerState,
+    DegradeCounts,
     Event,
     KillSwitchState,
     Refusal,
@@ -244,6 +245,57 @@ def test_breakers_open_then_half_open_after_cool_down(store: Store) -> None:
     store.set_breaker("browser.open", BreakerState(state="open", until=30.0))
     assert store.breaker("browser.open", now=10.0).state == "open"
     assert store.breaker("browser.open", now=30.0).state == "half_open"
+
+
+def test_degrade_counters_add_up_per_bucket_and_weigh_the_previous_one(store: Store) -> None:
+    """Adds land in the UTC-aligned bucket covering ``now``; the window weighs the previous
+    bucket by the share of it still inside; older buckets are gone; names are separate."""
+    w = store.degrade_add("t", now=1000.0, size=60, calls=4, failures=1)  # bucket 960
+    assert (w.current, w.previous) == (DegradeCounts(calls=4, failures=1), DegradeCounts())
+    w = store.degrade_add("t", now=1019.0, size=60, calls=2, failures=2)
+    assert w.current == DegradeCounts(calls=6, failures=3)
+    w = store.degrade_add("t", now=1035.0, size=60, calls=1)  # bucket 1020, a quarter in
+    assert (w.current, w.previous, w.weight) == (
+        DegradeCounts(calls=1),
+        DegradeCounts(calls=6, failures=3),
+        0.75,
+    )
+    assert (w.calls, w.failures) == (5.5, 2.25)
+    assert store.degrade_add("other", now=1035.0, size=60).calls == 0
+    w = store.degrade_add("t", now=1140.0, size=60)  # bucket 1140: both earlier ones too old
+    assert (w.current, w.previous) == (DegradeCounts(), DegradeCounts())
+    store.degrade_add("t", now=1141.0, size=60, calls=3)
+    store.degrade_reset("t")
+    assert store.degrade_add("t", now=1142.0, size=60).current == DegradeCounts()
+
+
+def test_a_retry_is_spent_only_while_it_fits_the_budget(store: Store) -> None:
+    """``degrade_retry`` spends while retries + 1 <= ratio x calls + floor, counting the
+    calls it is given first."""
+    spend = lambda calls=0: store.degrade_retry(  # noqa: E731
+        "t", now=500.0, size=100, ratio=0.2, floor=1, calls=calls
+    )
+    assert [spend(), spend()] == [True, False]  # the floor: one retry with no calls
+    # With 10 calls the budget is 0.2 x 10 + 1 = 3 retries in all.
+    assert [spend(calls=10), spend(), spend()] == [True, True, False]
+    assert store.degrade_add("t", now=500.0, size=100).current == DegradeCounts(calls=10, retries=3)
+
+
+def test_concurrent_retries_never_overspend_the_shared_budget(store: Store) -> None:
+    """Threads spending at once get exactly the budget: 0.5 x 40 calls + 2 = 22 retries."""
+    store.degrade_add("t", now=10.0, size=100, calls=40)
+    spent: list[bool] = []
+
+    def worker() -> None:
+        for _ in range(10):
+            spent.append(store.degrade_retry("t", now=10.0, size=100, ratio=0.5, floor=2))
+
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert spent.count(True) == 22
 
 
 def test_memory_urls_share_one_store_per_name() -> None:

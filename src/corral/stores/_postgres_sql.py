@@ -189,3 +189,38 @@ def run_record(row: Sequence[Any]) -> RunRecord:
 
 def approval_record(row: Sequence[Any]) -> ApprovalRecord:
     return ApprovalRecord(**dict(zip(APPROVAL_FIELDS, row, strict=True)))
+
+
+# Degrade counters: add to the bucket (name, start), drop the buckets before the previous one,
+# and return the bucket's counts with the previous bucket's (NULLs when it has none).
+# Parameters: name, start, calls, failures, name, previous start, previous start.
+DEGRADE_ADD = """
+WITH up AS (
+    INSERT INTO corral_degrade AS d (name, start, calls, failures) VALUES (%s, %s, %s, %s)
+    ON CONFLICT (name, start) DO UPDATE SET calls = d.calls + EXCLUDED.calls,
+        failures = d.failures + EXCLUDED.failures
+    RETURNING name, calls, failures, retries
+), gone AS (
+    DELETE FROM corral_degrade WHERE name = %s AND start < %s
+)
+SELECT up.calls, up.failures, up.retries, p.calls, p.failures, p.retries
+FROM up LEFT JOIN corral_degrade AS p ON p.name = up.name AND p.start = %s
+"""
+
+# Spend one retry of the current bucket if it fits the budget over the weighted window (the
+# rule of corral.stores.base.retry_fits); a row comes back when it was spent. The caller's
+# transaction holds the current bucket's row lock. Parameters: weight, name, previous start,
+# ratio, weight, floor, name, start.
+DEGRADE_SPEND_RETRY = """
+WITH prev AS (
+    SELECT coalesce(max(calls), 0) AS calls, coalesce(max(retries), 0) AS retries,
+           %s::float8 AS weight
+    FROM corral_degrade WHERE name = %s AND start = %s
+)
+UPDATE corral_degrade AS d SET retries = d.retries + 1
+FROM prev
+WHERE d.retries + prev.weight * prev.retries + 1
+      <= %s::float8 * (d.calls + %s::float8 * prev.calls) + %s
+  AND d.name = %s AND d.start = %s
+RETURNING d.retries
+"""

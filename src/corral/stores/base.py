@@ -6,6 +6,13 @@ in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
   window) at once, all or nothing, refusals naming the scope;
+- **degrade counters**: per tool (or model endpoint) and UTC-aligned window bucket
+  (``floor(now / size) * size``), the attempts, failures and retries every process
+  counted. ``degrade_add`` adds attempts and failures and returns the window (the
+  covering bucket and the previous one, weighted: :class:`DegradeWindow`);
+  ``degrade_retry`` spends one retry if :func:`retry_fits` (check and spend in one
+  atomic step, so processes cannot overspend the budget together); ``degrade_reset``
+  starts a fresh window (the breaker opened or closed);
 - **kill switches**, **approvals**, **idempotency claims**, **breakers**; a kill
   switch's change and its audit record (``audit=``) are written in one transaction
   (a clear that finds nothing records nothing);
@@ -29,6 +36,7 @@ callers refuse the action (fail closed).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -121,6 +129,57 @@ class ApprovalRecord:
 class BreakerState:
     state: Literal["closed", "open", "half_open"] = "closed"
     until: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DegradeCounts:
+    """What one tool (or model endpoint) saw in one window bucket: attempts, failures, retries."""
+
+    calls: int = 0
+    failures: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DegradeWindow:
+    """The sliding degrade window at a moment, from two UTC-aligned buckets of its length.
+
+    ``current`` is the bucket covering the moment, ``previous`` the one before it, and
+    ``weight`` the share of ``previous`` still inside the window (1 at the start of
+    ``current``, 0 at its end): each total is ``current + weight x previous``, the
+    standard sliding-window estimate.
+    """
+
+    current: DegradeCounts = field(default_factory=DegradeCounts)
+    previous: DegradeCounts = field(default_factory=DegradeCounts)
+    weight: float = 0.0
+
+    @property
+    def calls(self) -> float:
+        return self.current.calls + self.weight * self.previous.calls
+
+    @property
+    def failures(self) -> float:
+        return self.current.failures + self.weight * self.previous.failures
+
+    @property
+    def retries(self) -> float:
+        return self.current.retries + self.weight * self.previous.retries
+
+
+def degrade_bucket(now: float, size: float) -> tuple[float, float]:
+    """The start of the bucket of length ``size`` covering ``now``, and the previous
+    bucket's weight in the window (see :class:`DegradeWindow`)."""
+    start = math.floor(now / size) * size
+    return start, max(0.0, min(1.0, 1.0 - (now - start) / size))
+
+
+def retry_fits(window: DegradeWindow, *, ratio: float, floor: int) -> bool:
+    """Whether one more retry stays within ``ratio`` x calls + ``floor`` over ``window``.
+
+    One rule for every backend that checks in Python (PostgreSQL checks the same in SQL).
+    """
+    return window.retries + 1 <= ratio * window.calls + floor
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -276,5 +335,14 @@ class Store(Protocol):
     # breakers
     def breaker(self, name: str, *, now: float) -> BreakerState: ...
     def set_breaker(self, name: str, state: BreakerState) -> None: ...
+
+    # degrade counters (the breaker's window and the retry budget)
+    def degrade_add(
+        self, name: str, *, now: float, size: float, calls: int = 0, failures: int = 0
+    ) -> DegradeWindow: ...
+    def degrade_retry(
+        self, name: str, *, now: float, size: float, ratio: float, floor: int, calls: int = 0
+    ) -> bool: ...
+    def degrade_reset(self, name: str) -> None: ...
 
     def close(self) -> None: ...

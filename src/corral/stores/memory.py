@@ -18,13 +18,17 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    DegradeCounts,
+    DegradeWindow,
     Event,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
+    degrade_bucket,
     refuse,
+    retry_fits,
 )
 from .chain import Sealer
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
@@ -56,6 +60,7 @@ class MemoryStore:
         self._approvals: dict[str, ApprovalRecord] = {}
         self._claims: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._breakers: dict[str, BreakerState] = {}
+        self._degrade: dict[str, dict[float, DegradeCounts]] = {}  # name -> bucket start -> counts
         self.fail = False
 
     def _check(self) -> None:
@@ -310,6 +315,48 @@ class MemoryStore:
         with self._lock:
             self._check()
             self._breakers[name] = state
+
+    # degrade counters
+    def _degrade_window(
+        self, name: str, now: float, size: float, calls: int, failures: int, retries: int = 0
+    ) -> DegradeWindow:
+        start, weight = degrade_bucket(now, size)
+        buckets = self._degrade.setdefault(name, {})
+        for old in [b for b in buckets if b < start - size]:
+            del buckets[old]
+        cur = buckets.get(start, DegradeCounts())
+        if calls or failures or retries:
+            cur = DegradeCounts(
+                calls=cur.calls + calls,
+                failures=cur.failures + failures,
+                retries=cur.retries + retries,
+            )
+            buckets[start] = cur
+        prev = buckets.get(start - size, DegradeCounts())
+        return DegradeWindow(current=cur, previous=prev, weight=weight)
+
+    def degrade_add(
+        self, name: str, *, now: float, size: float, calls: int = 0, failures: int = 0
+    ) -> DegradeWindow:
+        with self._lock:
+            self._check()
+            return self._degrade_window(name, now, size, calls, failures)
+
+    def degrade_retry(
+        self, name: str, *, now: float, size: float, ratio: float, floor: int, calls: int = 0
+    ) -> bool:
+        with self._lock:
+            self._check()
+            window = self._degrade_window(name, now, size, calls, 0)
+            if not retry_fits(window, ratio=ratio, floor=floor):
+                return False
+            self._degrade_window(name, now, size, 0, 0, retries=1)
+            return True
+
+    def degrade_reset(self, name: str) -> None:
+        with self._lock:
+            self._check()
+            self._degrade.pop(name, None)
 
     def close(self) -> None:
         return None

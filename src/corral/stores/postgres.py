@@ -74,12 +74,15 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    DegradeCounts,
+    DegradeWindow,
     Event,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
+    degrade_bucket,
 )
 from .chain import Sealed, Sealer
 from .migrate import POSTGRES, current_version, migrate
@@ -636,6 +639,48 @@ class PostgresStore:
                 (name, state.state, state.until),
             )
         )
+
+    # -- degrade counters --------------------------------------------------------------
+    def degrade_add(
+        self, name: str, *, now: float, size: float, calls: int = 0, failures: int = 0
+    ) -> DegradeWindow:
+        start, weight = degrade_bucket(now, size)
+        row = self._call(
+            lambda conn: conn.execute(
+                q.DEGRADE_ADD, (name, start, calls, failures, name, start - size, start - size)
+            ).fetchone(),
+            once=True,  # sent twice, the outcomes would be counted twice
+        )
+        return _degrade_window(row, weight)
+
+    def degrade_retry(
+        self, name: str, *, now: float, size: float, ratio: float, floor: int, calls: int = 0
+    ) -> bool:
+        start, weight = degrade_bucket(now, size)
+
+        def op(conn: Conn) -> bool:
+            with conn.transaction():
+                # The upsert locks the current bucket's row; the conditional update then
+                # checks and spends under that lock.
+                conn.execute(
+                    q.DEGRADE_ADD, (name, start, calls, 0, name, start - size, start - size)
+                )
+                params = (weight, name, start - size, ratio, weight, floor, name, start)
+                spent = conn.execute(q.DEGRADE_SPEND_RETRY, params).fetchone()
+            return spent is not None
+
+        return self._call(op, once=True)
+
+    def degrade_reset(self, name: str) -> None:
+        self._call(lambda conn: conn.execute("DELETE FROM corral_degrade WHERE name = %s", (name,)))
+
+
+def _degrade_window(row: Any, weight: float) -> DegradeWindow:
+    return DegradeWindow(
+        current=DegradeCounts(calls=row[0], failures=row[1], retries=row[2]),
+        previous=DegradeCounts(calls=row[3] or 0, failures=row[4] or 0, retries=row[5] or 0),
+        weight=weight,
+    )
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:

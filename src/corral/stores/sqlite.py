@@ -54,13 +54,17 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    DegradeCounts,
+    DegradeWindow,
     Event,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
+    degrade_bucket,
     refuse,
+    retry_fits,
 )
 from .chain import Sealer
 from .migrate import SQLITE, migrate
@@ -641,6 +645,56 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO corral_breakers (name, state, until) VALUES (?, ?, ?)",
                 (name, state.state, state.until),
             )
+
+    # -- degrade counters ----------------------------------------------------------------
+    def degrade_add(
+        self, name: str, *, now: float, size: float, calls: int = 0, failures: int = 0
+    ) -> DegradeWindow:
+        with self._write() as conn:
+            return _degrade_add(conn, name, now, size, calls, failures)
+
+    def degrade_retry(
+        self, name: str, *, now: float, size: float, ratio: float, floor: int, calls: int = 0
+    ) -> bool:
+        with self._write() as conn:  # check and spend under the write lock
+            window = _degrade_add(conn, name, now, size, calls, 0)
+            if not retry_fits(window, ratio=ratio, floor=floor):
+                return False
+            conn.execute(
+                "UPDATE corral_degrade SET retries = retries + 1 WHERE name = ? AND start = ?",
+                (name, degrade_bucket(now, size)[0]),
+            )
+            return True
+
+    def degrade_reset(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM corral_degrade WHERE name = ?", (name,))
+
+
+def _degrade_add(
+    conn: sqlite3.Connection, name: str, now: float, size: float, calls: int, failures: int
+) -> DegradeWindow:
+    """Add to the bucket covering ``now``, drop older buckets, return the window (the caller
+    holds the write lock)."""
+    start, weight = degrade_bucket(now, size)
+    conn.execute(
+        "INSERT INTO corral_degrade (name, start, calls, failures) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name, start) DO UPDATE SET calls = calls + excluded.calls, "
+        "failures = failures + excluded.failures",
+        (name, start, calls, failures),
+    )
+    conn.execute("DELETE FROM corral_degrade WHERE name = ? AND start < ?", (name, start - size))
+    rows = {
+        r[0]: DegradeCounts(calls=r[1], failures=r[2], retries=r[3])
+        for r in conn.execute(
+            "SELECT start, calls, failures, retries FROM corral_degrade WHERE name = ?", (name,)
+        )
+    }
+    return DegradeWindow(
+        current=rows.get(start, DegradeCounts()),
+        previous=rows.get(start - size, DegradeCounts()),
+        weight=weight,
+    )
 
 
 _CLOSED = BreakerState()
