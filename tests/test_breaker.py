@@ -138,6 +138,43 @@ def test_a_failed_probe_opens_the_breaker_again() -> None:
     assert vendor.calls == 3  # the probe was not retried
 
 
+def test_a_probe_that_never_reports_reopens_the_breaker_for_another_try() -> None:
+    """A probe whose process died holds its claim; once its lease lapses the breaker opens for
+    another cool-down, after which a new probe goes through and closes it."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol = policy(min_calls=2)
+    for i in range(2):
+        one_run(pol, store, vendor.tool(), clock, f"https://x/{i}")
+    clock.advance(31)
+    until = store.breaker("browser.open", now=clock.monotonic()).until
+    lost = store.claim(
+        f"breaker-probe:browser.open:{until!r}", "probe", tenant=None,
+        now=clock.monotonic(), lease=30,
+    )  # fmt: skip
+    assert lost.status == "claimed"  # taken by a process that then died
+    vendor.up = True
+
+    def refused() -> bool:
+        with corral.Run(pol, tools=[vendor.tool()], store=store, clock=clock) as run:
+            try:
+                run.call("browser.open", {"url": "https://y/1"})
+            except corral.ToolRejected as told:
+                run.finish("unavailable")
+                return told.reason == "dependency_degraded"
+        return False
+
+    assert refused()  # half-open, but the probe is (still) claimed
+    clock.advance(31)  # the lost probe's lease lapses: the breaker opens again
+    assert refused()
+    assert store.breaker("browser.open", now=clock.monotonic()).state == "open"
+    assert vendor.calls == 2
+    clock.advance(31)
+    with corral.Run(pol, tools=[vendor.tool()], store=store, clock=clock) as run:
+        assert run.call("browser.open", {"url": "https://y/3"}) == "page"  # the new probe
+    assert store.breaker("browser.open", now=clock.monotonic()).state == "closed"
+    assert vendor.calls == 3
+
+
 def test_the_breaker_saves_calls_during_an_outage() -> None:
     """50 runs against a down vendor: without a breaker every run calls it; with one, few do."""
 

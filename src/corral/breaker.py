@@ -15,8 +15,9 @@ so all of them see one picture of the fleet:
   together. It opens *in the store*, so every process stops calling the tool at
   once. After the cool-down it reads half-open: exactly one call across the fleet
   (claimed through the store, like an idempotency key) probes the dependency; its
-  success closes the breaker, its failure opens it again. Opening or closing it
-  starts a fresh window.
+  success closes the breaker, its failure opens it again; a probe that never
+  reports (its process died, or a kill switch cancelled it) opens it again once its
+  claim's lease (the cool-down) lapses. Opening or closing it starts a fresh window.
 - **the retry budget** keeps retries to ``retry_budget_ratio`` of the window's
   attempts plus ``retry_budget_floor``, checked and spent in one atomic step in
   the store, so N processes share one budget and retries cannot amplify an outage.
@@ -83,6 +84,12 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
         now=now,
         lease=core.policy.degrade.cool_down_seconds,
     )
+    if claim.status == "unknown":
+        # The probe's lease lapsed without an outcome (its process died, or the call was
+        # cancelled): open the breaker for another cool-down, after which a new probe goes.
+        state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
+        core._store_call(core.store.set_breaker, name, state)
+        core.event("breaker", tool=name, state="open", probe_lost=True)
     return ("probe" if claim.status == "claimed" else "open"), state
 
 

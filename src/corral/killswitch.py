@@ -40,6 +40,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast, get_args
 
 from .exceptions import ConfigError, StoreError
@@ -246,9 +247,11 @@ def enable(
     )
     store.set_kill_switch(switch, audit=audit_event("enable", switch))
     cache_for(store).invalidate()
-    return next(
-        (s for s in store.kill_switches() if (s.scope, s.target) == (scope, target)), switch
-    )
+    try:  # as stored: with the store's set_at
+        stored = store.kill_switches()
+    except StoreError:  # it is set; only the read back failed
+        return replace(switch, set_at=time.time())
+    return next((s for s in stored if (s.scope, s.target) == (scope, target)), switch)
 
 
 def disable(
