@@ -708,6 +708,50 @@ def test_a_sync_tool_in_a_worker_thread_is_abandoned_under_stop_all(store: Memor
     assert out["ended"] - out["switched"] <= 1.0
 
 
+def test_a_sync_tool_inline_in_the_main_thread_is_interrupted_under_stop_all(
+    store: MemoryStore,
+) -> None:
+    """A sync tool run inline (timer signal) is interrupted inside, within ~1 s of stop_all;
+    the next call, with the switch off, runs normally and its deadline still holds."""
+    assert threading.current_thread() is threading.main_thread()
+    started, interrupted = Hanging(), threading.Event()
+
+    def slow(q: str = "") -> str:
+        started.started.set()
+        try:
+            time.sleep(30)
+        except BaseException:
+            interrupted.set()
+            raise
+        return "late"
+
+    def quick(q: str = "") -> str:
+        return "fine"
+
+    tools = [
+        corral.tool(slow, name="vendor.fetch", effect="read", timeout=60),
+        corral.tool(quick, name="kb.read", effect="read"),
+    ]
+    pol = corral.Policy.from_dict({"tools": {"allow": ["vendor.fetch", "kb.read"]}})
+    switched: list[float] = []
+    flip_when_started(
+        started, lambda: (switched.append(time.monotonic()),
+                          killswitch.enable(store, mode="stop_all", actor="ops"))
+    )  # fmt: skip
+    with corral.Run(pol, tools=tools, store=store) as run:
+        run.call("vendor.fetch", {"q": "x"})
+    ended = time.monotonic()
+    assert str(run.result.stop) == "kill_switch:vendor.fetch"
+    assert interrupted.is_set() and ended - switched[0] <= 1.0
+    outcomes = [e.data["outcome"] for e in store.events(run.id) if e.kind == "tool_call"]
+    assert outcomes == ["cancelled"]
+
+    killswitch.disable(store, actor="ops")
+    with corral.Run(pol, tools=tools, store=store) as again:
+        assert [again.call("kb.read", {"q": str(i)}) for i in range(3)] == ["fine"] * 3
+    assert again.result.stop_reason == "ok"
+
+
 def test_stop_all_cancels_an_async_model_call_in_flight(store: MemoryStore) -> None:
     """An awaited model call is cancelled too: ``kill_switch:model``, recorded as cancelled."""
     hang = Hanging()

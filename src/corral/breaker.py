@@ -37,9 +37,11 @@ clock, and the run's own clock when a run is driven by a virtual one (simulation
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import SystemClock
@@ -56,9 +58,10 @@ Decision = Literal["closed", "probe", "open"]
 SYNC_SECONDS = 0.1
 
 _lock = threading.Lock()
-# Successes not yet in the store, per store object (weakly held) and tool:
-# [bucket start, count, monotonic time of the last write].
-_pending: weakref.WeakKeyDictionary[Any, dict[str, list[float]]] = weakref.WeakKeyDictionary()
+# Successes not yet in the store, per store object and tool: [bucket start, count,
+# monotonic time of the last write]. Keyed by id(store), with a weak reference to tell a
+# reused id from the store (a plain dict keeps the allow path's lookup cheap).
+_pending: dict[int, tuple[Callable[[], object], dict[str, list[float]]]] = {}
 
 
 def wall(core: RunCore) -> float:
@@ -93,12 +96,32 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
     return ("probe" if claim.status == "claimed" else "open"), state
 
 
+def _tools(store: Any) -> dict[str, list[float]]:
+    """This process's pending successes for ``store``, per tool (the caller holds _lock)."""
+    entry = _pending.get(id(store))
+    if entry is not None and entry[0]() is store:
+        return entry[1]
+    per_tool: dict[str, list[float]] = {}
+    key = id(store)
+
+    def forget(ref: object) -> None:
+        entry = _pending.get(key)
+        if entry is not None and entry[0] is ref:
+            _pending.pop(key, None)
+
+    try:
+        back: Callable[[], object] = weakref.ref(store, forget)
+    except TypeError:  # cannot be weakly referenced: kept, so its id is never reused
+        back = functools.partial(lambda s: s, store)
+    _pending[key] = (back, per_tool)
+    return per_tool
+
+
 def _take(store: Any, name: str, start: float) -> tuple[int, tuple[float, int] | None]:
     """Take this process's pending successes: those of bucket ``start``, and those of an
     older bucket (to be written there) if any."""
     with _lock:
-        per_tool = _pending.get(store)
-        entry = None if per_tool is None else per_tool.get(name)
+        entry = _tools(store).get(name)
         if entry is None or not entry[1]:
             return 0, None
         count = int(entry[1])
@@ -112,18 +135,16 @@ def _take(store: Any, name: str, start: float) -> tuple[int, tuple[float, int] |
 def _keep(store: Any, name: str, start: float, count: int) -> None:
     """Put back successes a write could not add (only while their bucket is current)."""
     with _lock:
-        entry = _pending.get(store, {}).get(name)
+        entry = _tools(store).get(name)
         if entry is not None and entry[0] == start:
             entry[1] += count
 
 
 def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
-    start, _ = degrade_bucket(now, size)
+    start = now // size * size
     mono = time.monotonic()
     with _lock:
-        per_tool = _pending.get(core.store)
-        if per_tool is None:
-            per_tool = _pending[core.store] = {}
+        per_tool = _tools(core.store)
         entry = per_tool.get(name)
         if entry is None:
             entry = per_tool[name] = [start, 0, mono]

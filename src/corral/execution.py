@@ -15,10 +15,12 @@ Kill switch. While a call runs the driver looks at the kill switch every
 it, an async tool or an async model call is cancelled, a sync tool running in a
 worker thread is abandoned (as at a deadline), and the flow gets a
 :class:`~corral.guards.killswitch.Cancelled` attempt: the run stops with
-``kill_switch``. A sync tool interrupted by the timer signal (called from the main
-thread) and a sync model call run in the caller's thread and cannot be interrupted
-safely there (the check reads the store, which the call itself may be using): they
-run to their end or deadline, and the switch stops the run at its next check.
+``kill_switch``. A sync tool called from the main thread (bounded by the timer
+signal) is interrupted by the same signal: a watcher thread makes the check (it
+reads the store, which must not happen in a signal handler) and signals the main
+thread, whose handler raises inside the tool as at a deadline. A sync model call
+runs in the caller's thread without a timer and is not interrupted: it runs to its
+end, and the switch stops the run at its next check.
 """
 
 from __future__ import annotations
@@ -120,7 +122,16 @@ class _Deadline(BaseException):
     """Raised inside a sync tool by the timer signal (a BaseException so tools don't swallow it)."""
 
 
+class _Switched(BaseException):
+    """Raised inside a sync tool by the timer signal when a stop_all switch covers it."""
+
+    def __init__(self, cancelled: Cancelled) -> None:
+        super().__init__(str(cancelled))
+        self.cancelled = cancelled
+
+
 _armed = False
+_deadline_at = 0.0
 _HAS_ITIMER = hasattr(signal, "setitimer")
 _SIGALRM = int(getattr(signal, "SIGALRM", 14))
 _ITIMER_REAL = int(getattr(signal, "ITIMER_REAL", 0))
@@ -128,8 +139,83 @@ _MAIN_IDENT = threading.main_thread().ident
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
-    if _armed:
+    if not _armed:
+        return
+    cancelled = _watcher.take()
+    if cancelled is not None:
+        raise _Switched(cancelled)
+    left = _deadline_at - time.monotonic()
+    if left <= 0:
         raise _Deadline()
+    # Sent by the watcher for a call that has since ended: this call's timer goes on.
+    _signal.setitimer(_ITIMER_REAL, left)
+
+
+class _InlineWatcher:
+    """Watches the kill switch for the sync tool running inline in the main thread.
+
+    The check reads the store, which must not happen inside a signal handler (the tool
+    may be using the store): a daemon thread makes it, every WATCH_SECONDS while such a
+    call runs, and when a stop_all switch covers the call it sends the timer signal to
+    the main thread, whose handler raises inside the tool as at a deadline. Arming costs
+    the call two assignments; the thread retires after IDLE_SECONDS without calls.
+    """
+
+    IDLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = False
+        self._op: tuple[int, Watch, float] | None = None  # (call number, check, started)
+        self._seq = 0
+        self._found: tuple[int, Cancelled] | None = None
+
+    def arm(self, watch: Watch, started: float) -> None:
+        self._seq += 1
+        self._op = (self._seq, watch, started)
+        if not self._running:
+            with self._lock:
+                if not self._running:
+                    self._running = True
+                    threading.Thread(
+                        target=self._run, name="corral-kill-watch", daemon=True
+                    ).start()
+
+    def disarm(self) -> None:
+        self._op = None
+
+    def take(self) -> Cancelled | None:
+        """The cancellation found for the call running now, if any (in the signal handler)."""
+        found, op = self._found, self._op
+        if found is None or op is None or found[0] != op[0]:
+            return None
+        self._found = None
+        return found[1]
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            time.sleep(WATCH_SECONDS)
+            op = self._op
+            now = time.monotonic()
+            if op is None:
+                if now - idle_since >= self.IDLE_SECONDS:
+                    with self._lock:
+                        if self._op is None:
+                            self._running = False
+                            return
+                continue
+            idle_since = now
+            seq, watch, started = op
+            if now - started < WATCH_SECONDS:
+                continue  # just checked before the call started
+            cancelled = watch()
+            if cancelled is not None and self._op is op:
+                self._found = (seq, cancelled)
+                signal.pthread_kill(_MAIN_IDENT, _SIGALRM)  # type: ignore[arg-type]
+
+
+_watcher = _InlineWatcher()
 
 
 def _can_alarm() -> bool:
@@ -161,16 +247,23 @@ def _timeout_error(op: Execute) -> TimeoutError:
 
 
 def _run_inline(op: Execute) -> Attempt:
-    global _armed
+    global _armed, _deadline_at
     started = time.monotonic()
     try:
         try:
+            _deadline_at = started + op.timeout
             _armed = True
+            if op.watch is not None:
+                _watcher.arm(op.watch, started)
             _signal.setitimer(_ITIMER_REAL, op.timeout)
             value = _invoke(op)
         finally:
             _armed = False
+            _watcher.disarm()
             _signal.setitimer(_ITIMER_REAL, 0)
+    except _Switched as exc:
+        # Also when the switch was found just as the tool returned: it may have happened.
+        return Attempt(False, error=exc.cancelled, seconds=time.monotonic() - started)
     except _Deadline:
         # Also when the timer fired between the tool's return and the disarming above.
         return Attempt(
