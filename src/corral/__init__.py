@@ -35,6 +35,7 @@ from .models.base import (
 )
 from .policy import Policy, load_policy
 from .result import RunResult
+from .secrets import EnvSecrets, FileSecrets, SecretProvider
 from .stops import STOP_REASONS, StopInfo, StopReason
 from .stores import Store, open_store
 from .tools import Tool, ToolContext, tool
@@ -51,6 +52,8 @@ __all__ = [
     "ConfigError",
     "ControlSignal",
     "CorralError",
+    "EnvSecrets",
+    "FileSecrets",
     "Limits",
     "Model",
     "ModelCall",
@@ -63,6 +66,7 @@ __all__ = [
     "Price",
     "Run",
     "RunResult",
+    "SecretProvider",
     "Stop",
     "StopInfo",
     "StopReason",

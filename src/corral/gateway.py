@@ -129,6 +129,9 @@ def call_flow(
         approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
 
+    # Credentials are resolved before anything is held or claimed: a secret provider that
+    # fails refuses the call with nothing to undo.
+    creds = core.credentials.get(tool.name, {}) if tool.context_param is not None else {}
     attempt = 0
     claimed = False
     while True:
@@ -170,7 +173,7 @@ def call_flow(
                 idempotency_key=idem_key,
                 attempt=attempt,
                 deadline=core.now() + timeout,
-                credentials=core.credentials.get(tool.name, {}),
+                credentials=creds,
                 clock=core.clock,
             )
         started = core.now()
