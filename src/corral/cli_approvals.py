@@ -14,8 +14,8 @@ log. ``--tenant`` scopes a command to one tenant: an approval of another tenant
 is not listed and cannot be decided. The run's own agent cannot approve.
 
 Exit codes: 0 done; 1 the approval is unknown, already decided, expired or may not
-be decided by this approver, or the store cannot be reached; 2 a usage error (one
-line, never a traceback).
+be decided by this approver, or the store fails; 2 a usage error or a store that
+cannot be opened (one line, never a traceback).
 
 ``list --json`` prints ``{"store": str, "count": int, "approvals": [row, ...]}`` and
 ``show --json`` prints ``{"store": str, "approval": row}``; a row is::
