@@ -573,3 +573,26 @@ def test_secrets_in_arguments_are_redacted_in_the_request(sqlite: Shared) -> Non
     assert "sk-ant-abcdefghijklmnop1234" not in json.dumps(dict(request.arguments))
     approvals.deny(sqlite.store, request.id, approver="alice")
     agent.done()
+
+
+def test_authorize_waits_on_the_queue_before_handing_over_the_call(sqlite: Shared) -> None:
+    """run.authorize (the caller executes the tool) waits for the approval like run.call."""
+    refunds = Refunds()
+    box: dict[str, Any] = {}
+
+    def go() -> None:
+        with corral.Run(policy(), tools=[refunds.tool], store=sqlite.store) as run:
+            ticket = run.authorize("refund.send", {"amount": 4})
+            box["args"] = dict(ticket.arguments)
+            box["observation"] = run.report(ticket, "sent 4 by the caller")
+        box["result"] = run.result
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    (request,) = pending(sqlite.store)
+    assert "args" not in box  # nothing handed over before the decision
+    approvals.approve(sqlite.store, request.id, approver="alice")
+    worker.join(10)
+    assert box["args"]["amount"] == 4 and box["observation"] == "sent 4 by the caller"
+    assert box["result"].status == "ok"
+    assert sqlite.store.get_approval(request.id).status == "used"  # type: ignore[union-attr]
