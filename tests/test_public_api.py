@@ -19,6 +19,7 @@ import corral.testing
 EXPECTED = {
     "STOP_REASONS",
     "ApprovalDecision",
+    "ApprovalError",
     "ApprovalRequest",
     "AsyncRun",
     "Charge",

@@ -12,6 +12,7 @@ from .budgets import Charge, Limits, Usage
 from .clock import Clock, SystemClock
 from .delegated import ModelCall, Ticket
 from .exceptions import (
+    ApprovalError,
     ConfigError,
     ControlSignal,
     CorralError,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STOP_REASONS",
     "ApprovalDecision",
+    "ApprovalError",
     "ApprovalRequest",
     "AsyncRun",
     "Charge",

@@ -28,6 +28,7 @@ from .result import Status
 from .secrets import Credentials, SecretProvider
 from .stops import StopInfo, StopReason
 from .stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
+from .stores.memory import MemoryStore
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
@@ -212,7 +213,12 @@ class RunCore:
         return record
 
     def _check_approval_channel(self) -> None:
+        """Refuse at start a policy needing approvals that nobody could give: with no
+        in-process approver, the store's queue is the channel, and an in-memory store is
+        reachable from no other process."""
         if self.approver is not None:
+            return
+        if not isinstance(self.store, MemoryStore):
             return
         needing = sorted(
             name
@@ -222,8 +228,10 @@ class RunCore:
         if needing:
             raise ConfigError(
                 f"the policy requires approval for {', '.join(needing)} but no approval channel "
-                "is reachable: pass approver=... (a trusted local approver) or set "
-                "writes.require_approval: false for these tools"
+                "is reachable: the in-memory store is seen by no other process, so nobody "
+                "could run `corral approvals approve`; use a SQLite or PostgreSQL store "
+                "(store=... or CORRAL_DB), pass approver=... (a trusted local approver), or "
+                "set writes.require_approval: false for these tools"
             )
 
     # -- store access, fail closed ---------------------------------------------------
