@@ -1,4 +1,4 @@
--- Version 3: degrade counters shared by every process (corral.breaker). One row per tool (or
+-- Version 4: degrade counters shared by every process (corral.breaker). One row per tool (or
 -- model endpoint, "model:<name>") and window bucket: the bucket's start (epoch seconds, a
 -- multiple of the degrade window length) and the attempts, failures and retries counted in it.
 -- Writers add with an upsert (the row lock orders them); a retry is spent by a conditional
