@@ -69,11 +69,13 @@ _NO_CONTEXT = ToolContext(tool="", run_id="")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Execution:
-    """One time a fault tool's own code ran: for which run, which attempt, with what."""
+    """One time a fault tool's own code ran: for which run, which attempt, with what, and
+    when (``at``, on the run's clock)."""
 
     run_id: str
     attempt: int
     query: str
+    at: float
     tenant: str | None = None
 
 
@@ -132,7 +134,13 @@ def _build(
     def fn(query: str = "", ctx: ToolContext = _NO_CONTEXT) -> Any:
         with faulty._lock:
             faulty.executions.append(
-                Execution(run_id=ctx.run_id, attempt=ctx.attempt, query=query, tenant=ctx.tenant)
+                Execution(
+                    run_id=ctx.run_id,
+                    attempt=ctx.attempt,
+                    query=query,
+                    at=float(ctx.clock.monotonic()) if ctx.clock is not None else time.monotonic(),
+                    tenant=ctx.tenant,
+                )
             )
             # One draw sequence per fault, in execution order: a replay sees the same faults.
             local = random.Random(rng.random())
