@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,6 +75,9 @@ SQLITE_RUNS_PER_BATCH = 3
 PROPERTY_EXAMPLES = 40
 REAL_TIME_FAULTS = ("slow", "hanging", "model_timeout")
 REAL_TIME_RUNS = 2
+CONCURRENT_BACKENDS = ("memory", "sqlite")
+CONCURRENT_THREADS = 8
+CONCURRENT_RUNS_PER_THREAD = 3
 
 #: Runs the suite makes (pinned by a test below; quoted in docs/testing.md).
 SUITE_RUNS = (
@@ -81,6 +85,7 @@ SUITE_RUNS = (
     + len(FAULTS) * len(SQLITE_SEEDS) * SQLITE_RUNS_PER_BATCH
     + PROPERTY_EXAMPLES
     + len(REAL_TIME_FAULTS) * REAL_TIME_RUNS
+    + len(CONCURRENT_BACKENDS) * CONCURRENT_THREADS * CONCURRENT_RUNS_PER_THREAD
 )
 
 SEARCH, KB, BROWSER, TICKET = "search.read", "kb.read", "browser.open", "ticket.create"
@@ -404,6 +409,68 @@ def test_real_time_faults_are_cut_at_the_run_deadline(fault: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("backend", CONCURRENT_BACKENDS)
+def test_concurrent_faulty_runs_never_overshoot_a_shared_tenant_budget(
+    backend: str, tmp_path: Path
+) -> None:
+    """Runs in threads sharing one tenant's daily limits, through flaky and costly tools
+    with retries: the tools' own count of executions and the USD spent stay within the
+    tenant's caps (reservations are all or nothing, across runs)."""
+    store: Store = (
+        MemoryStore() if backend == "memory" else open_store(f"sqlite:///{tmp_path / 'shared.db'}")
+    )
+    clock = ManualClock()
+    vendor = flaky_tool(SEARCH, rate=0.4, seed=11, retries=2, cost_usd="0.01")
+    kb = flaky_tool(KB, rate=0.0, cost_usd="0.03")
+    policy = corral.Policy.from_dict(
+        {
+            "tools": {"allow": [SEARCH, KB], "on_denied": "tell_model"},
+            "budgets": {"max_tool_calls": 6},
+            "degrade": {"min_calls": 1000, "window_seconds": 3600},
+            "limits": [{"per": "tenant", "window": "1d", "max_calls": 20, "max_usd": "0.25"}],
+        }
+    )
+    results: list[corral.RunResult] = []
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(CONCURRENT_RUNS_PER_THREAD):
+                rng = random.Random(f"concurrent:{n}:{i}")
+                turns = [
+                    call(rng.choice([SEARCH, KB]), query=rng.choice(QUERIES)) for _ in range(6)
+                ]
+                results.append(
+                    corral.run(
+                        "status",
+                        model=GullibleModel(turns, clock=clock),
+                        tools=[vendor.tool, kb.tool],
+                        policy=policy,
+                        store=store,
+                        clock=clock,
+                        tenant="acme",
+                    )
+                )
+        except BaseException as exc:  # reported below, with the thread's number
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(CONCURRENT_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert not errors, errors
+    assert len(results) == CONCURRENT_THREADS * CONCURRENT_RUNS_PER_THREAD
+    executions = vendor.count() + kb.count()
+    spent = sum((r.usage.usd for r in results), Decimal(0))
+    assert executions <= 20, f"{executions} executions against a tenant cap of 20 calls"
+    assert spent <= Decimal("0.25"), f"spent {spent} against a tenant cap of 0.25"
+    assert spent == vendor.count() * Decimal("0.01") + kb.count() * Decimal("0.03")
+    assert {r.stop_reason for r in results} <= set(corral.STOP_REASONS)
+    assert any(r.stop_reason in ("max_tool_calls", "max_usd") for r in results)
+
+
 @settings(max_examples=PROPERTY_EXAMPLES, derandomize=True, database=None, deadline=None)
 @given(
     rate=st.floats(min_value=0.0, max_value=1.0),
@@ -659,3 +726,19 @@ def test_the_invariant_checks_catch_a_broken_run() -> None:
         }
     )
     assert retry_budget_violations(batch)
+
+
+def test_a_hanging_tool_is_interrupted_in_a_governed_run_on_the_main_thread() -> None:
+    """In ``corral.Run`` on the main thread a hanging sync tool is interrupted at its
+    deadline (the timer signal), and the run ends ``tool_error`` within max_seconds."""
+    hang = hanging_tool(SEARCH, timeout=0.05)
+    policy = corral.Policy.from_dict({"tools": {"allow": [SEARCH]}, "budgets": {"max_seconds": 2}})
+    try:
+        with corral.Run(policy, tools=[hang.tool], store=MemoryStore()) as run:
+            run.step()
+            run.call(SEARCH, {"query": "q"})
+    finally:
+        hang.release()
+    assert run.result.stop_reason == "tool_error"
+    assert run.result.usage.active_seconds < 2
+    assert hang.count() == 1
