@@ -21,6 +21,8 @@ Exit codes: 0 done; 2 an invalid option or a store that cannot be opened or read
                  "by_guard": [{"guard", "count", "runs", "share"}],
                  "rows": [{"guard", "reason", "tool", "why", "count", "runs", "share"}]}}
 
+``guard`` is the guard that refused (``allowlist``, ``budget``, ``loop``, ...), or
+``failure`` for an enforce-mode stop that is no refusal (``tool_error``, ``model_error``);
 ``share`` is a fraction of the mode's runs (0 when there are none); ``count`` is how
 many would-be stops (or stops) a row gathers, ``runs`` how many runs they came from;
 ``first`` is the stop each affected run would have ended with (its first). Times are

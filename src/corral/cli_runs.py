@@ -227,8 +227,8 @@ def _stop_cell(row: Mapping[str, Any]) -> Text:
     would = row.get("would_stop") or []
     if would:
         # Observe mode: the run went on, but say what would have stopped it.
-        first = would[0]
-        label = first.get("text") or first.get("reason") if isinstance(first, Mapping) else first
+        first = would[0] if isinstance(would[0], Mapping) else {}
+        label = ":".join(str(first[k]) for k in ("reason", "detail") if first.get(k))
         more = f" +{len(would) - 1}" if len(would) > 1 else ""
         text.append(f" (would stop: {label}{more})", style="yellow")
     return text
