@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import corral
 from corral.cli import app
 from corral.stores import open_store
-from corral.testing import ScriptedModel, call, final, flaky_tool
+from corral.testing import MemoryStore, ScriptedModel, call, final, flaky_tool
 
 SEARCH, BROWSER = "search.read", "browser.open"
 DAY = 86400
@@ -202,7 +202,7 @@ def test_the_result_lists_the_stops_observe_mode_let_through() -> None:
         model=model,
         tools=[browser.tool, search.tool],
         policy=policy("observe"),
-        store="memory://",
+        store=MemoryStore(),
     )
     assert result.stop_reason == "ok" and browser.count() == 1
     # Four calls against max_tool_calls 2: the denied call counts, and so do the two past it.
