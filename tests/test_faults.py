@@ -88,6 +88,14 @@ SUITE_RUNS = (
     + len(CONCURRENT_BACKENDS) * CONCURRENT_THREADS * CONCURRENT_RUNS_PER_THREAD
 )
 
+#: Budget stops, and the backstop limit that may end an observe-mode run with each.
+BUDGET_REASONS = ("max_steps", "max_seconds", "max_tool_calls", "max_tokens", "max_usd")
+BACKSTOP_OF: dict[str, Any] = {
+    "max_steps": BACKSTOP.max_steps,
+    "max_seconds": BACKSTOP.max_seconds,
+    "max_tool_calls": BACKSTOP.max_tool_calls,
+}
+
 SEARCH, KB, BROWSER, TICKET = "search.read", "kb.read", "browser.open", "ticket.create"
 QUERIES = ("vendor status", "outage", "sla", "refund policy")
 
@@ -315,6 +323,13 @@ def violations(batch: Batch, result: corral.RunResult, *, seconds_slack: float) 
         out.append(f"USD {u.usd} > max_usd {b.max_usd}")
     if not observe and b.max_tokens is not None and u.tokens > b.max_tokens:
         out.append(f"tokens {u.tokens} > max_tokens {b.max_tokens}")
+    if observe and result.stop is not None and result.stop.reason in BUDGET_REASONS:
+        backstop = BACKSTOP_OF.get(result.stop.reason)
+        if result.stop.limit != backstop:
+            out.append(
+                f"observe mode enforced the policy's own limit: {result.stop} "
+                f"(only the backstop, {backstop}, may stop an observed run)"
+            )
     if executed[BROWSER] and not observe:
         out.append(f"the denied tool {BROWSER} executed {executed[BROWSER]} times")
     if executed[BROWSER] and observe:
@@ -742,3 +757,24 @@ def test_a_hanging_tool_is_interrupted_in_a_governed_run_on_the_main_thread() ->
     assert run.result.stop_reason == "tool_error"
     assert run.result.usage.active_seconds < 2
     assert hang.count() == 1
+
+
+# -- found by the fault suite ---------------------------------------------------------------
+
+
+def test_observe_mode_watches_the_policys_max_seconds_instead_of_enforcing_it() -> None:
+    """In observe mode a run past the policy's max_seconds goes on (only the 90 s backstop
+    stops it) and lists max_seconds among the stops that would have happened."""
+    clock = ManualClock()
+    vendor = slow_tool(SEARCH, seconds=3, timeout=10)
+    policy = corral.Policy.from_dict(
+        {"mode": "observe", "tools": {"allow": [SEARCH]}, "budgets": {"max_seconds": 2}}
+    )
+    model = GullibleModel([call(SEARCH, query="a"), call(SEARCH, query="b"), final("done")])
+    result = corral.run(
+        "x", model=model, tools=[vendor.tool], policy=policy, store=MemoryStore(), clock=clock
+    )
+    assert result.stop_reason == "ok", result
+    assert vendor.count() == 2
+    assert [str(w) for w in result.would_stop] == ["max_seconds:run (limit 2, would be 3)"]
+    assert result.usage.active_seconds == 6
