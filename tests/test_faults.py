@@ -15,6 +15,7 @@ the backstops hold, and every denied tool that ran is listed in ``would_stop``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import threading
@@ -97,6 +98,8 @@ BACKSTOP_OF: dict[str, Any] = {
 }
 
 SEARCH, KB, BROWSER, TICKET = "search.read", "kb.read", "browser.open", "ticket.create"
+#: A credential the tools are given: it must never reach the model, the trace or the audit log.
+SECRET = "sk-fault-suite-4f1d9c0b7e2a"
 QUERIES = ("vendor status", "outage", "sla", "refund policy")
 
 
@@ -115,6 +118,8 @@ class Batch:
     model_faults: dict[str, float]
     approved: set[tuple[str, str]] = field(default_factory=set)
     rng: random.Random = field(default_factory=random.Random)
+    model: GullibleModel | None = None
+    """The model of the latest run (wrapped by a FaultyModel for model faults)."""
 
     def approver(self, request: corral.ApprovalRequest) -> bool:
         ok = self.rng.random() < self.approve_rate
@@ -154,7 +159,10 @@ def fault_tool(fault: str, rng: random.Random, *, real_time: bool) -> FaultyTool
     if fault == "huge_structured":
         return huge_tool(SEARCH, chars=rng.choice([10_000, 200_000]), structured=True, **opts)
     if fault == "hostile":
-        return hostile_tool(SEARCH, seed=seed, target=BROWSER, write=TICKET, **opts)
+        leak = rng.random() < 0.5
+        return hostile_tool(
+            SEARCH, seed=seed, target=BROWSER, write=TICKET, leak_credentials=leak, **opts
+        )
     if fault == "mixed":
         choice = rng.choice(["flaky", "slow", "garbage", "hostile", "hanging"])
         return fault_tool(choice, rng, real_time=real_time)
@@ -269,11 +277,12 @@ def make_batch(
 def run_once(batch: Batch, index: int) -> corral.RunResult:
     rng = random.Random(f"{batch.fault}:{batch.seed}:run{index}")
     priced = rng.random() < 0.5
-    model: Any = GullibleModel(
+    batch.model = GullibleModel(
         script(rng),
         clock=batch.clock,
         price=prices(rng.choice([1, 30]), rng.choice([2, 60])) if priced else prices(0, 0),
     )
+    model: Any = batch.model
     if any(batch.model_faults.values()):
         model = FaultyModel(
             model, seed=rng.randrange(2**32), clock=batch.clock, **batch.model_faults
@@ -286,6 +295,7 @@ def run_once(batch: Batch, index: int) -> corral.RunResult:
         store=batch.store,
         clock=batch.clock,
         approver=batch.approver,
+        credentials={SEARCH: {"api_key": SECRET}},
         tenant="acme",
         agent=f"agent-{index % 2}",
         max_tokens=rng.choice([None, 64, 512]),
@@ -343,6 +353,21 @@ def violations(batch: Batch, result: corral.RunResult, *, seconds_slack: float) 
             out.append(f"{TICKET} executed under a disable_writes kill switch")
         if (e.run_id, e.query) not in batch.approved:
             out.append(f"{TICKET}({e.query!r}) executed without an approval")
+    assert batch.model is not None
+    seen_by_model = json.dumps([list(r.messages) for r in batch.model.requests], default=str)
+    recorded = json.dumps([e.data for e in batch.store.events(result.run_id)], default=str)
+    audited = json.dumps(
+        [a.data for a in batch.store.audit_records(limit=100_000) if a.run_id == result.run_id],
+        default=str,
+    )
+    for where, text in (
+        ("the model's context", seen_by_model),
+        ("the trace", recorded),
+        ("the audit log", audited),
+        ("the answer", f"{result.answer} {result.partial}"),
+    ):
+        if SECRET in text:
+            out.append(f"the tool's credential reached {where}")
     for name, t in batch.tools.items():
         allowed_retries = t.tool.retries if t.tool.effect == "read" else 0
         for e in t.executions:
@@ -570,6 +595,24 @@ def test_a_self_approval_payload_does_not_get_a_write_executed() -> None:
     assert ticket.count() == 0
 
 
+def test_a_tool_leaking_its_credentials_is_scrubbed_before_the_model_sees_it() -> None:
+    """A dependency that writes its credentials into its output does not get them into the
+    model's context: the registered secret is scrubbed from the observation."""
+    page = hostile_tool(SEARCH, payloads=["status: up"], leak_credentials=True)
+    model = GullibleModel([call(SEARCH, query="x"), final("ok")])
+    policy = corral.Policy.from_dict({"tools": {"allow": [SEARCH]}})
+    corral.run(
+        "x",
+        model=model,
+        tools=[page.tool],
+        policy=policy,
+        store=MemoryStore(),
+        credentials={SEARCH: {"api_key": SECRET}},
+    )
+    observed = [m["content"] for m in model.requests[-1].messages if m["role"] == "tool"]
+    assert observed == ["status: up\n[debug] api_key=[REDACTED]"]
+
+
 def test_observe_mode_lets_the_denied_tool_run_and_lists_it() -> None:
     """In observe mode the hostile order goes through (nothing is blocked) and the result
     lists the denial that would have happened."""
@@ -709,10 +752,12 @@ def test_the_invariant_checks_catch_a_broken_run() -> None:
         with contextlib.suppress(ConnectionError):
             batch.tools[SEARCH].tool.fn(query="q", ctx=retry)
     b = batch.policy.budgets
+    batch.model = GullibleModel([])
     broken = corral.RunResult(
         run_id="run_x",
         status="ok",
         stop_reason="max_steps",
+        answer=f"the key is {SECRET}",
         usage=corral.Usage(
             steps=b.max_steps + 1,
             tool_calls=b.max_tool_calls + 1,
@@ -731,6 +776,7 @@ def test_the_invariant_checks_catch_a_broken_run() -> None:
         "denied tool browser.open executed",
         "executed without an approval",
         "> 1 + retries",
+        "credential reached the answer",
     ):
         assert expected in found
     batch.policy = batch.policy.model_copy(
