@@ -38,8 +38,9 @@ RUN_KEYS = {
     "started_at",
     "ended_at",
     "task",
+    "would_stop",
 }
-SHOW_RUN_KEYS = RUN_KEYS | {"answer", "policy_digest", "usage", "would_stop"}
+SHOW_RUN_KEYS = RUN_KEYS | {"answer", "policy_digest", "usage"}
 ENTRY_KEYS = {"seq", "kind", "at", "t", "data", "denial"}
 
 

@@ -64,6 +64,18 @@ EXPECTED = {
 }
 
 EXPECTED_TESTING = {
+    "HOSTILE_PAYLOADS",
+    "Execution",
+    "FaultyModel",
+    "FaultyTool",
+    "GullibleModel",
+    "flaky_tool",
+    "garbage_tool",
+    "hanging_tool",
+    "hostile_tool",
+    "huge_tool",
+    "raising_tool",
+    "slow_tool",
     "ManualClock",
     "MemoryStore",
     "ScriptedModel",

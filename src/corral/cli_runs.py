@@ -8,21 +8,23 @@ that cannot be opened or read (one line on stderr, never a traceback).
     {"store": str, "count": int,
      "runs": [{"run_id", "tenant", "agent", "status", "stop_reason", "stop",
                "steps", "tool_calls", "input_tokens", "output_tokens", "usd",
-               "active_seconds", "waiting_seconds", "started_at", "ended_at", "task"}]}
+               "active_seconds", "waiting_seconds", "started_at", "ended_at", "task",
+               "would_stop"}]}
 
 ``corral show RUN --json`` prints::
 
     {"store": str,
-     "run": {...the same fields..., "answer", "policy_digest", "usage", "would_stop"},
+     "run": {...the same fields..., "answer", "policy_digest", "usage"},
      "timeline": [{"seq", "kind", "at", "t", "data", "denial"}]}
 
 ``status`` is ``running``, ``ok``, ``stopped``, ``error`` or ``interrupted``
 (its process died); ``stop`` is the stop's details (``text`` reads
-``tool_denied:browser.open``) or ``null``; ``usd`` is a decimal string; times
-are ISO 8601 in UTC (``ended_at`` is ``null`` while running); ``t`` is seconds
-since the run started; ``data`` is the event as recorded; ``denial`` is
-``{"guard", "reason", "why", "tool", "observed"}`` for an event that records a
-refusal, else ``null``. A run that ended without its usage recorded
+``tool_denied:browser.open``) or ``null``; ``would_stop`` lists, for a run in
+observe mode, the stops that would have happened (each like ``stop``); ``usd`` is
+a decimal string; times are ISO 8601 in UTC (``ended_at`` is ``null`` while
+running); ``t`` is seconds since the run started; ``data`` is the event as
+recorded; ``denial`` is ``{"guard", "reason", "why", "tool", "observed"}`` for an
+event that records a refusal, else ``null``. A run that ended without its usage recorded
 (interrupted, still running) reports the usage its events show.
 """
 
@@ -217,11 +219,19 @@ def runs_command(
     return EXIT_OK
 
 
-def _stop_cell(row: Mapping[str, Any]) -> str:
+def _stop_cell(row: Mapping[str, Any]) -> Text:
     stop = row["stop"]
+    text = Text(str(row["stop_reason"] or ""))
     if isinstance(stop, Mapping) and stop.get("detail"):
-        return f"{row['stop_reason']}:{stop['detail']}"
-    return str(row["stop_reason"] or "")
+        text = Text(f"{row['stop_reason']}:{stop['detail']}")
+    would = row.get("would_stop") or []
+    if would:
+        # Observe mode: the run went on, but say what would have stopped it.
+        first = would[0] if isinstance(would[0], Mapping) else {}
+        label = ":".join(str(first[k]) for k in ("reason", "detail") if first.get(k))
+        more = f" +{len(would) - 1}" if len(would) > 1 else ""
+        text.append(f" (would stop: {label}{more})", style="yellow")
+    return text
 
 
 def _events_if_needed(store: Store, url: str, record: RunRecord) -> list[Event] | None:
@@ -253,6 +263,7 @@ def run_row(record: RunRecord, events: Sequence[Event] | None = None) -> dict[st
         "started_at": iso(record.started_at),
         "ended_at": iso(record.ended_at) if record.ended_at else None,
         "task": record.task,
+        "would_stop": [dict(w) for w in record.would_stop],
     }
 
 

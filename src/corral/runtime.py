@@ -146,7 +146,10 @@ class RunCore:
         self.limits = policy_limits
         self.max_seconds = policy_limits.max_seconds
         if self.observe:
-            self.max_seconds = min(self.max_seconds, BACKSTOP.max_seconds)
+            # Like steps and calls: the backstop is enforced, the policy's time is watched
+            # (check_time records it as a stop that would have happened).
+            self.max_seconds = BACKSTOP.max_seconds
+        self._time_watched = False
         self._prior_active = prior.active_seconds if prior else 0.0
         self._prior_waiting = prior.waiting_seconds if prior else 0.0
         self.started = self.clock.monotonic()
@@ -337,6 +340,21 @@ class RunCore:
                     message=f"the run has used its {limit:g} s",
                 )
             )
+        if self.observe and not self._time_watched:
+            used = self._prior_active + self.active_seconds()
+            if used > self.limits.max_seconds:
+                self._time_watched = True
+                limit = self.limits.max_seconds
+                self.observed(
+                    Stop(
+                        "max_seconds",
+                        "run",
+                        scope="run",
+                        limit=limit,
+                        observed=round(used, 3),
+                        message=f"the run has used its {limit:g} s",
+                    )
+                )
 
     # -- budgets ---------------------------------------------------------------------
     def fits(self, charge: Charge) -> None:

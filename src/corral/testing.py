@@ -1,4 +1,5 @@
-"""Fakes for testing agents offline: a scripted model and a manual clock.
+"""Fakes for testing agents offline: a scripted model, a manual clock, and the fault kit
+(fault-injecting tools and models, see :mod:`corral.faults`).
 
 >>> from corral.testing import ScriptedModel, call, final
 >>> model = ScriptedModel([call("search.read", query="x"), final("done")])
@@ -21,6 +22,11 @@ from .models.base import FREE, ModelOutputError, ModelRequest, ModelResponse, Pr
 from .stores.memory import MemoryStore
 
 __all__ = [
+    "HOSTILE_PAYLOADS",
+    "Execution",
+    "FaultyModel",
+    "FaultyTool",
+    "GullibleModel",
     "ManualClock",
     "MemoryStore",
     "ScriptedModel",
@@ -28,10 +34,17 @@ __all__ = [
     "call",
     "error",
     "final",
+    "flaky_tool",
+    "garbage_tool",
+    "hanging_tool",
+    "hostile_tool",
+    "huge_tool",
     "malformed",
     "prices",
+    "raising_tool",
     "raw_call",
     "slow",
+    "slow_tool",
     "truncated",
     "turn",
 ]
@@ -205,3 +218,20 @@ def prices(input_usd_per_mtok: float | str, output_usd_per_mtok: float | str) ->
         input_usd_per_mtok=Decimal(str(input_usd_per_mtok)),
         output_usd_per_mtok=Decimal(str(output_usd_per_mtok)),
     )
+
+
+# The fault kit lives in its own module; it is part of the fakes this module ships.
+from .faults import (  # noqa: E402
+    HOSTILE_PAYLOADS,
+    Execution,
+    FaultyModel,
+    FaultyTool,
+    GullibleModel,
+    flaky_tool,
+    garbage_tool,
+    hanging_tool,
+    hostile_tool,
+    huge_tool,
+    raising_tool,
+    slow_tool,
+)
