@@ -7,7 +7,9 @@ differs between the sync and the async face.
 Timeouts. An async tool is cancelled at its deadline. A sync tool called from
 the main thread (with no other ``SIGALRM`` handler installed) is interrupted at
 its deadline by a timer signal; elsewhere it runs in a worker thread and is
-*abandoned* at its deadline (Python cannot stop a thread; its result is ignored).
+*abandoned* at its deadline (Python cannot stop a thread; its result is ignored):
+the attempt carries the thread's future (``Attempt.pending``), so a write's claim
+stays renewed until the thread ends.
 """
 
 from __future__ import annotations
@@ -174,7 +176,11 @@ def _run_in_thread(fn: Callable[[], Any], op: Execute) -> Attempt:
     except TimeoutError as exc:
         if not future.done():
             return Attempt(
-                False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started
+                False,
+                error=_timeout_error(op),
+                timed_out=True,
+                seconds=time.monotonic() - started,
+                pending=future,
             )
         return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
     except Exception as exc:
@@ -202,18 +208,18 @@ async def execute_async(op: Execute) -> Attempt:
     started = time.monotonic()
     if op.timeout <= 0:
         return Attempt(False, error=_timeout_error(op), timed_out=True)
+    thread: Future[Any] | None = None
     try:
         if op.eff.tool.is_async:
             value = await asyncio.wait_for(_invoke(op), op.timeout)
         else:
-            loop = asyncio.get_running_loop()
-            ctx = contextvars.copy_context()
-            future = loop.run_in_executor(_POOL, ctx.run, _invoke, op)
-            value = await asyncio.wait_for(future, op.timeout)
+            thread = _POOL.submit(contextvars.copy_context().run, _invoke, op)
+            value = await asyncio.wait_for(asyncio.wrap_future(thread), op.timeout)
     except TimeoutError as exc:
         elapsed = time.monotonic() - started
         error = _timeout_error(op) if elapsed >= op.timeout * 0.99 else exc
-        return Attempt(False, error=error, timed_out=True, seconds=elapsed)
+        pending = thread if thread is not None and not thread.done() else None
+        return Attempt(False, error=error, timed_out=True, seconds=elapsed, pending=pending)
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
     return Attempt(True, value=value, seconds=time.monotonic() - started)
