@@ -262,7 +262,7 @@ def _conflict(
                 tool=name,
                 retryable=True,
                 message=message,
-                extra={"idempotency": "in_flight"},
+                extra={"idempotency": "in_flight", "key": key},
             )
         )
     tenant = f" --tenant {core.tenant}" if core.tenant is not None else ""
@@ -283,6 +283,6 @@ def _conflict(
             tool=name,
             retryable=False,
             message=message,
-            extra={"idempotency": "unknown"},
+            extra={"idempotency": "unknown", "key": key},
         )
     )
