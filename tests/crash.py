@@ -52,7 +52,8 @@ def _record(path: Path, order: str) -> None:
 
 
 class DyingStore:
-    """A store that kills its process at ``point`` (claims of ``key_part`` only)."""
+    """A store that kills its process at ``point``: before or after a claim is made, or
+    before an outcome is stored (every other call goes to ``inner``)."""
 
     def __init__(self, inner: Store, point: str | None) -> None:
         self._inner = inner

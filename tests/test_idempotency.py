@@ -126,6 +126,7 @@ def test_a_claim_still_in_flight_after_the_wait_stops_retryable(durable):
     stop = run.result.stop
     assert (stop.reason, stop.detail, stop.retryable) == ("tool_error", "in_flight", True)
     assert stop.extra == {"idempotency": "in_flight", "key": "caller:pay.send:A-1"}
+    assert "still in flight after waiting 0.3 s (the tool's timeout is 0.3 s)" in stop.message
     time.sleep(LEASE + 0.1)
     assert claim_states(durable) == {"in_flight"}  # the abandoned thread still runs
     release.set()

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .. import leases
 from ..breaker import wall
 from ..exceptions import NotExecuted, Stop, ToolRejected
-from ..hygiene import OutputProblem, clean_output
+from ..hygiene import clean_output
 from ..runtime import args_digest
 from ..tools import ToolContext
 from .cache import copy_of
@@ -88,7 +88,8 @@ def claim(
     from ..gateway import Sleep  # the gateway imports this module
 
     name = eff.tool.name
-    wait_until = core.now() + max(0.0, min(eff.timeout, core.remaining()))
+    started = core.now()
+    wait_until = started + max(0.0, min(eff.timeout, core.remaining()))
     pause = POLL_FIRST
     races = 0
     while True:
@@ -112,7 +113,7 @@ def claim(
         if result.status == "in_flight":
             left = wait_until - core.now()
             if left <= 0:
-                raise _conflict(core, eff, key, "in_flight")
+                raise _conflict(core, eff, key, "in_flight", waited=core.now() - started)
             yield Sleep(min(pause, left))
             pause = min(pause * 2, POLL_MAX)
             continue
@@ -122,7 +123,7 @@ def claim(
             return None if settled is TAKEN_OVER else settled
         races += 1  # another process settled it first: look again
         if races >= SETTLE_RACES:
-            raise _conflict(core, eff, key, "in_flight")
+            raise _conflict(core, eff, key, "in_flight", waited=core.now() - started)
 
 
 TAKEN_OVER: Mapping[str, Any] = {}
@@ -173,7 +174,7 @@ def reconcile(
             return None
         core.event("tool_call", tool=name, outcome="reconciled", found="not_executed", key=key)
         return TAKEN_OVER
-    except (Exception, OutputProblem) as exc:
+    except Exception as exc:  # the hook failed, or its outcome is unusable (OutputProblem)
         what = core.redactor.text(f"{type(exc).__name__}: {exc}")
         core.event("tool_call", tool=name, outcome="outcome_unknown", key=key, error=what)
         raise _conflict(core, eff, key, "unknown", hook_error=what) from exc
@@ -246,14 +247,20 @@ def _mismatch(core: RunCore, eff: Effective, key: str) -> None:
 
 
 def _conflict(
-    core: RunCore, eff: Effective, key: str, status: str, *, hook_error: str = ""
+    core: RunCore,
+    eff: Effective,
+    key: str,
+    status: str,
+    *,
+    hook_error: str = "",
+    waited: float = 0.0,
 ) -> Stop:
     """The stop for a key that cannot be run now: in flight (retryable) or unknown (not)."""
     name = eff.tool.name
     if status == "in_flight":
         message = (
             f"{name}: a call with idempotency key {key!r} is still in flight after waiting "
-            f"{min(eff.timeout, max(0.0, core.remaining())):g} s; it is not run again"
+            f"{waited:.1f} s (the tool's timeout is {eff.timeout:g} s); it is not run again"
         )
         return core.stamp(
             Stop(
