@@ -77,9 +77,15 @@ class DyingStore:
 
 
 def pay_tool(
-    path: Path, *, point: str | None = None, reconcile: bool = False, sleep: float = 0.0
+    path: Path,
+    *,
+    point: str | None = None,
+    reconcile: bool = False,
+    sleep: float = 0.0,
+    by_order: bool = True,
 ) -> corral.Tool:
-    """``pay.send(order)``: appends ``order`` to ``path`` (fsync'd); keyed by the order."""
+    """``pay.send(order)``: appends ``order`` to ``path`` (fsync'd); keyed by the order (else
+    by run, tool and arguments)."""
     import time
 
     def check(key: str, args: Mapping[str, Any], ctx: corral.ToolContext) -> str:
@@ -90,7 +96,7 @@ def pay_tool(
     @corral.tool(
         name=TOOL,
         effect="write",
-        idempotency_key_from=["order"],
+        idempotency_key_from=["order"] if by_order else (),
         reconcile=check if reconcile else None,
         timeout=10,
     )

@@ -292,3 +292,52 @@ def test_a_write_is_retried_only_when_the_policy_declares_it_idempotent(store, i
         run.call("pay.send", {"order": "A-1"})
     assert len(tries) == runs
     assert run.result.stop_reason == ("ok" if idempotent else "tool_error")
+
+
+# -- writes the caller executes itself -------------------------------------------------------
+
+
+def test_a_write_the_caller_executes_holds_its_claim_until_reported(durable, tmp_path):
+    """``authorize`` claims the key and keeps it renewed until ``report``; a dropped ticket
+    stops the renewal, so its claim becomes unknown."""
+    import gc
+
+    path = tmp_path / "effects.log"
+    with corral.Run(POLICY, tools=[pay_tool(path)], store=durable) as run:
+        ticket = run.authorize("pay.send", {"order": "A-1"})
+        assert not ticket.replayed and ticket.idempotency_key
+        time.sleep(3 * LEASE)
+        assert claim_states(durable) == {"in_flight"}
+        assert run.report(ticket, "paid A-1") == "paid A-1"
+        assert claim_states(durable) == {"done"}
+        dropped = run.authorize("pay.send", {"order": "B-2"})
+        key = dropped.idempotency_key
+        del dropped
+        gc.collect()
+        time.sleep(LEASE + 0.2)
+        [claim] = durable.list_claims(now=time.time(), status="unknown")
+        assert claim.key == key
+
+
+def test_a_run_killed_mid_write_and_resumed_by_id_never_pays_twice(durable, tmp_path):
+    """A run dies after paying; resumed by id, its run-keyed write is unknown, then reconciled."""
+    from crash import DyingStore, in_child
+
+    path = tmp_path / "effects.log"
+    run_id = "run_killed_mid_write"
+
+    def work() -> None:
+        tool = pay_tool(path, point="after_tool", by_order=False)
+        with corral.Run(POLICY, tools=[tool], store=DyingStore(durable, None), run_id=run_id) as r:
+            r.call("pay.send", {"order": "A-1"})
+
+    assert in_child(work) < 0
+    time.sleep(LEASE + 0.15)
+    for reconcile, detail in ((False, "outcome_unknown"), (True, "")):
+        tool = pay_tool(path, reconcile=reconcile, by_order=False)
+        with corral.Run(POLICY, tools=[tool], store=durable, run_id=run_id) as run:
+            run.call("pay.send", {"order": "A-1"})
+        assert (run.result.stop.detail if run.result.stop else "") == detail
+    assert run.result.status == "ok" and effects(path) == ["A-1"]
+    [claim] = durable.list_claims(now=time.time())
+    assert claim.key.startswith(f"run:{run_id}:pay.send:") and claim.status == "done"
