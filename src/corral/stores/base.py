@@ -6,7 +6,9 @@ in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
   window) at once, all or nothing, refusals naming the scope;
-- **kill switches**, **approvals**, **idempotency claims**, **breakers**;
+- **kill switches**, **approvals**, **idempotency claims**, **breakers**; an approval
+  changes state only by ``transition_approval`` (from the status the caller expects,
+  or not at all), so of two processes deciding or consuming it at once one wins;
 - **runs and their events** (trace and decisions). The store records which process
   runs each run (:class:`~corral.stores.owner.RunOwner`) and renews the run's
   heartbeat on every write to it (``heartbeat`` renews it during a long wait);
@@ -38,7 +40,7 @@ KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 KillScope = Literal["global", "tenant", "agent", "tool", "run"]
 ClaimStatus = Literal["claimed", "done", "in_flight", "mismatch", "unknown"]
 ClaimState = Literal["in_flight", "unknown", "done"]
-ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled", "used"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +129,16 @@ def claim_state(outcome: object, lease_until: float, now: float) -> ClaimState:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ApprovalRecord:
+    """A request for a human decision on one write, bound to (run, tool, argument digest).
+
+    ``pending`` until decided (``approved``, ``denied``), ``expired`` at ``expires``
+    (epoch seconds), ``cancelled`` by a kill switch; an approval becomes ``used`` when
+    the run proceeds on it, once. ``arguments`` are redacted. ``kill_modes`` (the
+    switch modes that block the call; all three unless known) and ``kill_mode`` (the
+    run's ``kill_switch.mode_when_enabled``) say which kill switches cover it. See
+    :mod:`corral.approvals`.
+    """
+
     id: str
     run_id: str
     tool: str
@@ -139,6 +151,10 @@ class ApprovalRecord:
     reason: str = ""
     created: float = 0.0
     expires: float = 0.0
+    kill_modes: tuple[KillMode, ...] = ("stop_all", "disable_writes", "disable_expensive")
+    kill_mode: KillMode | None = None
+    decided_at: float | None = None
+    used_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -284,8 +300,22 @@ class Store(Protocol):
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord: ...
+    def transition_approval(
+        self,
+        approval_id: str,
+        *,
+        expect: ApprovalStatus,
+        status: ApprovalStatus,
+        at: float,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None: ...
     def list_approvals(
-        self, *, status: ApprovalStatus | None = "pending"
+        self,
+        *,
+        status: ApprovalStatus | None = "pending",
+        tenant: str | None = None,
+        run_id: str | None = None,
     ) -> list[ApprovalRecord]: ...
 
     # idempotency: a claim is held under a lease its process renews (``renew_claim``)
