@@ -675,7 +675,7 @@ def test_a_write_abandoned_at_its_deadline_keeps_its_key_in_flight(store):
     release.set()
     assert out["first"].stop_reason == "tool_error"
     assert out["second"].stop_reason == "tool_error"
-    assert out["second"].stop.extra == {"idempotency": "in_flight"}
+    assert out["second"].stop.extra == {"idempotency": "in_flight", "key": "caller:pay.send:k"}
     assert started == ["x"]
 
 

@@ -66,7 +66,14 @@ def _register_command_groups() -> None:
     import importlib
     import importlib.util
 
-    for name in ("cli_runs", "cli_audit", "cli_kill", "cli_approvals", "cli_report"):
+    for name in (
+        "cli_runs",
+        "cli_audit",
+        "cli_kill",
+        "cli_approvals",
+        "cli_idempotency",
+        "cli_report",
+    ):
         if importlib.util.find_spec(f"corral.{name}") is not None:
             importlib.import_module(f"corral.{name}").register(app)
 

@@ -7,7 +7,9 @@ differs between the sync and the async face.
 Timeouts. An async tool is cancelled at its deadline. A sync tool called from
 the main thread (with no other ``SIGALRM`` handler installed) is interrupted at
 its deadline by a timer signal; elsewhere it runs in a worker thread and is
-*abandoned* at its deadline (Python cannot stop a thread; its result is ignored).
+*abandoned* at its deadline (Python cannot stop a thread; its result is ignored):
+the attempt carries the thread's future (``Attempt.pending``), so a write's claim
+stays renewed until the thread ends.
 
 Kill switch. While a call runs the driver looks at the kill switch every
 :data:`~corral.guards.killswitch.WATCH_SECONDS` (a cached read; see
@@ -324,11 +326,16 @@ def _run_in_thread(fn: Callable[[], Any], op: Execute) -> Attempt:
     try:
         value = _wait(future, op.timeout, op.watch)
     except Cancelled as exc:  # abandoned: the thread cannot be stopped, its result is ignored
-        return Attempt(False, error=exc, seconds=time.monotonic() - started)
+        pending = None if future.done() else future
+        return Attempt(False, error=exc, seconds=time.monotonic() - started, pending=pending)
     except TimeoutError as exc:
         if not future.done():
             return Attempt(
-                False, error=_timeout_error(op), timed_out=True, seconds=time.monotonic() - started
+                False,
+                error=_timeout_error(op),
+                timed_out=True,
+                seconds=time.monotonic() - started,
+                pending=future,
             )
         return Attempt(False, error=exc, timed_out=True, seconds=time.monotonic() - started)
     except Exception as exc:
@@ -356,21 +363,22 @@ async def execute_async(op: Execute) -> Attempt:
     started = time.monotonic()
     if op.timeout <= 0:
         return Attempt(False, error=_timeout_error(op), timed_out=True)
+    thread: Future[Any] | None = None
     try:
         if op.eff.tool.is_async:
             value = await _bounded(_invoke(op), op.timeout, op.watch)
         else:
-            loop = asyncio.get_running_loop()
-            ctx = contextvars.copy_context()
-            future = loop.run_in_executor(_POOL, ctx.run, _invoke, op)
-            # Cancelling the asyncio future abandons the thread (it runs on, ignored).
-            value = await _bounded(future, op.timeout, op.watch)
+            thread = _POOL.submit(contextvars.copy_context().run, _invoke, op)
+            # Cancelling the asyncio wrapper abandons the thread (it runs on, ignored).
+            value = await _bounded(asyncio.wrap_future(thread), op.timeout, op.watch)
     except Cancelled as exc:
-        return Attempt(False, error=exc, seconds=time.monotonic() - started)
+        pending = thread if thread is not None and not thread.done() else None
+        return Attempt(False, error=exc, seconds=time.monotonic() - started, pending=pending)
     except TimeoutError as exc:
         elapsed = time.monotonic() - started
         error = _timeout_error(op) if elapsed >= op.timeout * 0.99 else exc
-        return Attempt(False, error=error, timed_out=True, seconds=elapsed)
+        pending = thread if thread is not None and not thread.done() else None
+        return Attempt(False, error=error, timed_out=True, seconds=elapsed, pending=pending)
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
     return Attempt(True, value=value, seconds=time.monotonic() - started)

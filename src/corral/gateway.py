@@ -16,19 +16,24 @@ denied, invalid or refused calls are refunded; cache hits and idempotent replays
 cost nothing. A tool raising :class:`~corral.NotExecuted` costs one call and no
 USD (nothing happened, but a tool that keeps saying so must not loop for free).
 
-Writes: the idempotency key is claimed, and the authorization is written to the
-audit log, before the tool starts; if either cannot be written the write is
-refused, never executed unaudited. An outcome is recorded after it: the output,
-or the failure (a write that raised or returned an invalid output is never run
-again under its key; a resumed run gets the failure back). A write abandoned at
-its deadline may still be running, so its key stays in flight; ``NotExecuted``
-releases it.
+Writes: the idempotency key is looked up before approval (a key already done
+replays its outcome, nobody is asked again); it is claimed, and the authorization
+is written to the audit log, before the tool starts; if either cannot be written
+the write is refused, never executed unaudited. The claim's lease is renewed by
+this process while the write runs (until the flow ends). An outcome is recorded
+after it: the output, or the failure (a write that raised or returned an invalid
+output is never run again under its key; a resumed run gets the failure back).
+A write abandoned at its deadline may still be running in its thread: its claim
+is renewed until that thread ends, then, with no outcome, it becomes ``unknown``
+when the lease lapses (settled by the tool's ``reconcile`` hook or an operator);
+``NotExecuted`` releases it. See ``guards/idempotency.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,7 @@ from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
 from .hygiene import OutputProblem, cap, clean_output
+from .leases import Held
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
@@ -65,13 +71,17 @@ class Sleep:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The result of one execution: a value, or an error (``timed_out`` for a deadline)."""
+    """The result of one execution: a value, or an error (``timed_out`` for a deadline).
+
+    ``pending``: an attempt abandoned at its deadline whose thread still runs.
+    """
 
     ok: bool
     value: Any = None
     error: BaseException | None = None
     timed_out: bool = False
     seconds: float = 0.0
+    pending: Future[Any] | None = None
 
 
 Op = Execute | Approve | Sleep
@@ -82,6 +92,22 @@ def call_flow(
     core: RunCore, name: Any, raw_args: Any, *, key: str | None = None, external: bool = False
 ) -> Flow:
     """Govern one tool call; returns the observation (``external``: the caller executes)."""
+    renewals: list[Held] = []  # the idempotency claim this call holds, renewed meanwhile
+    try:
+        return (yield from _call_flow(core, name, raw_args, key, external, renewals))
+    finally:
+        for held in renewals:  # the outcome is stored, the key released, or the flow ended
+            held.release()
+
+
+def _call_flow(
+    core: RunCore,
+    name: Any,
+    raw_args: Any,
+    key: str | None,
+    external: bool,
+    renewals: list[Held],
+) -> Flow:
     core.ensure_running()
     core.check_time()
     if isinstance(name, str) and type(name) is not str:
@@ -114,6 +140,14 @@ def call_flow(
 
     idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
     charge = eff.charge
+    if idem_key is not None:
+        # Before the fit check and approval: a write already done is replayed for free,
+        # without asking again; a key reused with other arguments is refused here.
+        done = idempotency.lookup(core, eff, idem_key, digest)
+        if done is not None:
+            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+            core.flush()
+            return idempotency.replay(core, eff, idem_key, done)
 
     if eff.require_approval:
         # Check the fit before anyone is asked to approve; nothing is held while waiting.
@@ -146,7 +180,7 @@ def call_flow(
         first_claim = write and not claimed and idem_key is not None
         if first_claim and idem_key is not None:
             try:
-                stored = idempotency.claim(core, eff, idem_key, digest)
+                stored = yield from idempotency.claim(core, eff, idem_key, digest, args)
             except BaseException:
                 core.refund(hold)
                 raise
@@ -156,6 +190,7 @@ def call_flow(
                 core.flush()
                 return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
+            renewals.append(idempotency.hold(core, idem_key))
         timeout = min(eff.timeout, core.remaining())
         if timeout <= 0:
             # The run's time ran out since the check above: the call is not started, so
@@ -191,6 +226,11 @@ def call_flow(
             core.settle(hold, charge if eff.charge_on_error else eff.call_only)
             core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
                        seconds=round(elapsed, 6))  # fmt: skip
+            if claimed and idem_key is not None:
+                if result.pending is not None:  # abandoned in its thread: it may still write
+                    idempotency.keep_while(result.pending, core, idem_key)
+                else:  # cancelled where it ran: nothing will finish it, its outcome is unknown
+                    idempotency.abandon(core, idem_key, renewals)
             core.flush()
             raise core.stamp(result.error.stop)
         if not isinstance(result.error, NotExecuted):
@@ -225,6 +265,8 @@ def call_flow(
             error=what,
             seconds=round(elapsed, 6),
         )
+        if claimed and idem_key is not None and result.pending is not None:
+            idempotency.keep_while(result.pending, core, idem_key)
         if claimed and idem_key is not None and not result.timed_out:
             # A write that raised is recorded as failed and never run again under its key.
             # One that timed out may still be running (abandoned): its key stays in flight.

@@ -78,6 +78,8 @@ class Tool:
     retries: int = 0
     idempotent: bool = False
     idempotency_key_from: tuple[str, ...] = ()
+    reconcile: Callable[[str, Mapping[str, Any], ToolContext], Any] | None = None
+    """Settles a claim of this tool left ``unknown`` (see :func:`tool`)."""
     args_schema: Mapping[str, Any] = field(default_factory=dict)
     output_schema: Mapping[str, Any] | None = None
     context_param: str | None = None
@@ -197,14 +199,23 @@ def tool(
     retries: int = 0,
     idempotent: bool = False,
     idempotency_key_from: Iterable[str] = (),
+    reconcile: Callable[[str, Mapping[str, Any], ToolContext], Any] | None = None,
     args_schema: Mapping[str, Any] | None = None,
     output_schema: Mapping[str, Any] | None = None,
 ) -> Any:
     """Declare a tool. Use bare (``@tool``) or with options (``@tool(name=..., effect="read")``).
 
     ``effect`` left out means the tool is treated as a write. ``retries`` apply to
-    reads, and to writes only when ``idempotent=True``. ``args_schema`` (JSON
+    reads, and to writes only when ``idempotent=True`` (the tool or its vendor dedupes
+    repeats, e.g. by the key in :class:`ToolContext`). ``args_schema`` (JSON
     Schema) replaces the schema derived from the type hints.
+
+    ``reconcile(key, arguments, ctx)`` settles a write whose process died before its
+    outcome was recorded (its claim is ``unknown``): it asks the world (the vendor, by
+    ``key``) whether the side effect happened and returns its outcome (stored and
+    replayed), raises :class:`~corral.NotExecuted` when it did not happen (this call
+    then runs the tool, once), or raises anything else when it cannot tell (the claim
+    stays unknown). It is a plain function, called in the run's thread.
     """
 
     def build(f: Callable[..., Any]) -> Tool:
@@ -216,6 +227,10 @@ def tool(
         if effect not in (None, "read", "write"):
             raise ToolDefinitionError(
                 f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}"
+            )
+        if reconcile is not None and not callable(reconcile):
+            raise ToolDefinitionError(
+                f"tool {tool_name!r}: reconcile must be a function, got {type(reconcile).__name__}"
             )
         if retries < 0 or (timeout is not None and timeout <= 0):
             raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
@@ -247,6 +262,7 @@ def tool(
             retries=retries,
             idempotent=idempotent,
             idempotency_key_from=tuple(idempotency_key_from),
+            reconcile=reconcile,
             args_schema=schema,
             output_schema=dict(output_schema) if output_schema else None,
             context_param=context_param,

@@ -318,6 +318,95 @@ def test_only_one_thread_claims_a_key(store: Store) -> None:
     assert results.count("claimed") == 1 and results.count("in_flight") == 15
 
 
+def test_a_live_claim_is_renewed_until_it_has_an_outcome(store: Store) -> None:
+    """``renew_claim`` keeps a claim in flight past its first lease, and stops once it is done."""
+    assert store.claim("k", "d", tenant="t", now=0.0, lease=5.0, tool="pay.send").status == (
+        "claimed"
+    )
+    assert store.renew_claim("k", tenant="t", now=4.0, lease=5.0)
+    assert store.claim("k", "d", tenant="t", now=8.0, lease=5.0).status == "in_flight"
+    assert not store.renew_claim("k", tenant="other", now=8.0, lease=5.0)
+    store.complete("k", {"output": 1}, tenant="t")
+    assert not store.renew_claim("k", tenant="t", now=8.0, lease=5.0)
+    assert not store.renew_claim("missing", tenant="t", now=8.0, lease=5.0)
+
+
+def test_claims_are_looked_up_and_listed_with_a_derived_status(store: Store) -> None:
+    """A claim reads in_flight, then unknown once its lease lapsed, done with an outcome."""
+    store.claim("a", "d", tenant="t", now=0.0, lease=5.0, tool="pay.send")
+    store.claim("b", "d", tenant="t", now=0.0, lease=50.0, tool="pay.send")
+    store.claim("c", "d", tenant=None, now=0.0, lease=5.0, tool="mail.send")
+    store.complete("c", {"output": "sent"}, tenant=None)
+    assert store.lookup_claim("zzz", tenant="t", now=1.0) is None
+    a = store.lookup_claim("a", tenant="t", now=1.0)
+    assert a is not None and (a.status, a.tool, a.tenant, a.digest) == (
+        "in_flight",
+        "pay.send",
+        "t",
+        "d",
+    )
+    assert a.lease_until == 5.0 and a.outcome is None and a.created > 0
+    later = store.lookup_claim("a", tenant="t", now=6.0)
+    assert later is not None and later.status == "unknown"
+    c = store.lookup_claim("c", tenant=None, now=6.0)
+    assert c is not None and c.status == "done" and c.outcome == {"output": "sent"}
+    assert c.tenant is None
+    assert {x.key: x.status for x in store.list_claims(now=6.0)} == {
+        "a": "unknown",
+        "b": "in_flight",
+        "c": "done",
+    }
+    assert [x.key for x in store.list_claims(now=6.0, status="unknown")] == ["a"]
+    assert [x.key for x in store.list_claims(now=6.0, status="in_flight")] == ["b"]
+    assert [x.key for x in store.list_claims(now=6.0, status="done")] == ["c"]
+    assert sorted(x.key for x in store.list_claims(now=6.0, tenant="t")) == ["a", "b"]
+    assert len(store.list_claims(now=6.0, limit=2)) == 2
+
+
+def test_only_an_unknown_claim_can_be_resolved(store: Store) -> None:
+    """``resolve_claim`` settles a claim only when it has no outcome and its lease lapsed."""
+    store.claim("k", "d", tenant="t", now=0.0, lease=5.0)
+    assert not store.resolve_claim("k", tenant="t", now=1.0, outcome={"output": "x"})  # live
+    assert not store.resolve_claim("nope", tenant="t", now=9.0, outcome={"output": "x"})
+    assert store.resolve_claim("k", tenant="t", now=9.0, outcome={"output": "x"})
+    assert not store.resolve_claim("k", tenant="t", now=9.0, outcome={"output": "y"})  # done
+    done = store.claim("k", "d", tenant="t", now=10.0, lease=5.0)
+    assert done.status == "done" and done.outcome == {"output": "x"}
+
+
+def test_resolving_not_executed_frees_the_key_or_hands_it_over(store: Store) -> None:
+    """Not executed: without a lease the key is free again; with one the caller holds it."""
+    store.claim("free", "d", tenant=None, now=0.0, lease=5.0)
+    assert store.resolve_claim("free", tenant=None, now=9.0, outcome=None)
+    assert store.claim("free", "d", tenant=None, now=9.0, lease=5.0).status == "claimed"
+    store.claim("take", "d", tenant=None, now=0.0, lease=5.0)
+    assert store.resolve_claim("take", tenant=None, now=9.0, outcome=None, lease=5.0)
+    assert store.claim("take", "d", tenant=None, now=10.0, lease=5.0).status == "in_flight"
+    assert not store.resolve_claim("take", tenant=None, now=10.0, outcome=None, lease=5.0)
+
+
+def test_only_one_thread_settles_an_unknown_claim(store: Store) -> None:
+    """Of many concurrent attempts to settle one unknown claim, exactly one succeeds."""
+    store.claim("k", "d", tenant="t", now=0.0, lease=1.0)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        if i % 2:
+            won = store.resolve_claim("k", tenant="t", now=5.0, outcome=None, lease=60.0)
+        else:
+            won = store.resolve_claim("k", tenant="t", now=5.0, outcome={"output": i})
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+
+
 def test_breakers_open_then_half_open_after_cool_down(store: Store) -> None:
     """An open breaker reads half-open once its cool-down has passed."""
     assert store.breaker("browser.open", now=0.0).state == "closed"

@@ -11,7 +11,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .base import ApprovalRecord, RunRecord
+from .base import ApprovalRecord, ClaimRecord, RunRecord, claim_state
 from .owner import RunOwner
 
 RUN_COLUMNS = (
@@ -26,14 +26,17 @@ OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_node", "owner_started")
 # to it (no row comes back), and the statement is run again.
 CLAIM = """
 WITH won AS (
-    INSERT INTO corral_claims (tenant_key, key, digest, lease_until, created_at)
-    VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING true
+    INSERT INTO corral_claims (tenant_key, key, digest, lease_until, created_at, tool)
+    VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING true
 )
 SELECT true, NULL, NULL, NULL FROM won
 UNION ALL
 SELECT false, digest, outcome, lease_until FROM corral_claims
 WHERE tenant_key = %s AND key = %s AND NOT EXISTS (SELECT FROM won)
 """
+CLAIM_COLUMNS = "tenant_key, key, tool, digest, outcome, lease_until, created_at"
+# A claim that is unknown: no outcome, and its lease lapsed (the last parameter is now).
+UNKNOWN_CLAIM = "WHERE tenant_key = %s AND key = %s AND outcome IS NULL AND lease_until <= %s"
 # The audit chain's head, locked for the rest of the transaction: every appender takes this
 # one row first, so appends are serialized into one chain (and never deadlock on it).
 LOCK_HEAD = "SELECT seq, hash FROM corral_audit_head WHERE id = 1 FOR UPDATE"
@@ -227,3 +230,17 @@ WHERE d.retries + prev.weight * prev.retries + 1
   AND d.name = %s AND d.start = %s
 RETURNING d.retries
 """
+
+
+def claim_record(row: Sequence[Any], now: float) -> ClaimRecord:
+    tk, key, tool, digest, outcome, lease_until, created = row
+    return ClaimRecord(
+        key=key,
+        tenant=tk[1:] if tk else None,
+        tool=tool,
+        digest=digest,
+        status=claim_state(outcome, lease_until, now),
+        created=created,
+        lease_until=lease_until,
+        outcome=outcome,
+    )

@@ -49,6 +49,7 @@ from .owner import RUN_LEASE_SECONDS, RunOwner
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 KillScope = Literal["global", "tenant", "agent", "tool", "run"]
 ClaimStatus = Literal["claimed", "done", "in_flight", "mismatch", "unknown"]
+ClaimState = Literal["in_flight", "unknown", "done"]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled", "used"]
 
 
@@ -109,6 +110,33 @@ class KillSwitchState:
 class Claim:
     status: ClaimStatus
     outcome: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClaimRecord:
+    """An idempotency claim as stored: what ``corral idempotency list`` shows.
+
+    ``status`` is derived when the claim is read: ``done`` once it has an outcome,
+    else ``in_flight`` while its lease runs (its process renews it) and ``unknown``
+    once the lease lapsed (the process died: whether the side effect happened is
+    not known).
+    """
+
+    key: str
+    tenant: str | None
+    tool: str
+    digest: str
+    status: ClaimState
+    created: float
+    lease_until: float
+    outcome: Mapping[str, Any] | None = None
+
+
+def claim_state(outcome: object, lease_until: float, now: float) -> ClaimState:
+    """The derived status of a claim (one rule for every backend)."""
+    if outcome is not None:
+        return "done"
+    return "unknown" if now >= lease_until else "in_flight"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -355,12 +383,56 @@ class Store(Protocol):
         run_id: str | None = None,
     ) -> list[ApprovalRecord]: ...
 
-    # idempotency
+    # idempotency: a claim is held under a lease its process renews (``renew_claim``)
     def claim(
-        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+        self,
+        key: str,
+        digest: str,
+        *,
+        tenant: str | None,
+        now: float,
+        lease: float,
+        tool: str = "",
     ) -> Claim: ...
     def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None: ...
     def release(self, key: str, *, tenant: str | None) -> None: ...
+    def renew_claim(self, key: str, *, tenant: str | None, now: float, lease: float) -> bool:
+        """Extend the lease of ``key`` to ``now + lease`` if it has no outcome yet."""
+        ...
+
+    def lookup_claim(self, key: str, *, tenant: str | None, now: float) -> ClaimRecord | None:
+        """The claim of ``key``, read only (``None`` when there is none)."""
+        ...
+
+    def list_claims(
+        self,
+        *,
+        now: float,
+        status: ClaimState | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClaimRecord]:
+        """Claims, oldest first; only ``status`` ones and only ``tenant``'s when given."""
+        ...
+
+    def resolve_claim(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        now: float,
+        outcome: Mapping[str, Any] | None,
+        lease: float | None = None,
+    ) -> bool:
+        """Settle an ``unknown`` claim (no outcome, lease lapsed at ``now``), atomically.
+
+        ``outcome`` given: it is stored (the claim is done). ``outcome`` None: the side
+        effect did not happen; with ``lease`` the caller takes the claim over (in flight
+        again, held for ``lease`` seconds, to run the tool itself), without it the claim
+        is deleted (the key is free). ``False`` when the claim is not unknown (another
+        process settled it first, it has an outcome, or its lease still runs).
+        """
+        ...
 
     # breakers
     def breaker(self, name: str, *, now: float) -> BreakerState: ...

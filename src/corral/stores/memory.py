@@ -18,6 +18,8 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    ClaimRecord,
+    ClaimState,
     DegradeCounts,
     DegradeWindow,
     Event,
@@ -26,6 +28,7 @@ from .base import (
     Refusal,
     RunRecord,
     ScopedCharge,
+    claim_state,
     degrade_bucket,
     refuse,
     retry_fits,
@@ -313,7 +316,14 @@ class MemoryStore:
 
     # idempotency
     def claim(
-        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+        self,
+        key: str,
+        digest: str,
+        *,
+        tenant: str | None,
+        now: float,
+        lease: float,
+        tool: str = "",
     ) -> Claim:
         with self._lock:
             self._check()
@@ -323,6 +333,8 @@ class MemoryStore:
                     "digest": digest,
                     "outcome": None,
                     "lease": now + lease,
+                    "tool": tool,
+                    "created": time.time(),
                 }
                 return Claim(status="claimed")
             if rec["digest"] != digest:
@@ -344,6 +356,75 @@ class MemoryStore:
         with self._lock:
             self._check()
             self._claims.pop((tenant, key), None)
+
+    def renew_claim(self, key: str, *, tenant: str | None, now: float, lease: float) -> bool:
+        with self._lock:
+            self._check()
+            rec = self._claims.get((tenant, key))
+            if rec is None or rec["outcome"] is not None:
+                return False
+            rec["lease"] = now + lease
+            return True
+
+    def _claim_record(
+        self, tenant: str | None, key: str, rec: Mapping[str, Any], now: float
+    ) -> ClaimRecord:
+        return ClaimRecord(
+            key=key,
+            tenant=tenant,
+            tool=rec["tool"],
+            digest=rec["digest"],
+            status=claim_state(rec["outcome"], rec["lease"], now),
+            created=rec["created"],
+            lease_until=rec["lease"],
+            outcome=rec["outcome"],
+        )
+
+    def lookup_claim(self, key: str, *, tenant: str | None, now: float) -> ClaimRecord | None:
+        with self._lock:
+            self._check()
+            rec = self._claims.get((tenant, key))
+            return None if rec is None else self._claim_record(tenant, key, rec, now)
+
+    def list_claims(
+        self,
+        *,
+        now: float,
+        status: ClaimState | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClaimRecord]:
+        with self._lock:
+            self._check()
+            found = [
+                self._claim_record(t, k, rec, now)
+                for (t, k), rec in self._claims.items()
+                if tenant is None or t == tenant
+            ]
+        found = [c for c in found if status is None or c.status == status]
+        return sorted(found, key=lambda c: c.created)[:limit]
+
+    def resolve_claim(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        now: float,
+        outcome: Mapping[str, Any] | None,
+        lease: float | None = None,
+    ) -> bool:
+        with self._lock:
+            self._check()
+            rec = self._claims.get((tenant, key))
+            if rec is None or rec["outcome"] is not None or now < rec["lease"]:
+                return False
+            if outcome is not None:
+                rec["outcome"] = dict(outcome)
+            elif lease is not None:
+                rec["lease"] = now + lease
+            else:
+                del self._claims[(tenant, key)]
+            return True
 
     # breakers
     def breaker(self, name: str, *, now: float) -> BreakerState:

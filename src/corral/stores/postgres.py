@@ -74,6 +74,8 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    ClaimRecord,
+    ClaimState,
     DegradeCounts,
     DegradeWindow,
     Event,
@@ -628,14 +630,22 @@ class PostgresStore:
 
     # -- idempotency -------------------------------------------------------------------
     def claim(
-        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+        self,
+        key: str,
+        digest: str,
+        *,
+        tenant: str | None,
+        now: float,
+        lease: float,
+        tool: str = "",
     ) -> Claim:
         """Claim ``key`` for ``tenant``; the primary key lets exactly one claimant win."""
         tk = q.tenant_key(tenant)
+        params = (tk, key, digest, now + lease, time.time(), tool, tk, key)
 
         def op(conn: Conn) -> Claim:
             for _ in range(_ATTEMPTS):
-                row = conn.execute(q.CLAIM, (tk, key, digest, now + lease, now, tk, key)).fetchone()
+                row = conn.execute(q.CLAIM, params).fetchone()
                 if row is None:
                     continue  # released or committed after this statement began: look again
                 won, held, outcome, lease_until = row
@@ -665,6 +675,70 @@ class PostgresStore:
                 (q.tenant_key(tenant), key),
             )
         )
+
+    def renew_claim(self, key: str, *, tenant: str | None, now: float, lease: float) -> bool:
+        query = (
+            "UPDATE corral_claims SET lease_until = %s "
+            "WHERE tenant_key = %s AND key = %s AND outcome IS NULL"
+        )
+        params = (now + lease, q.tenant_key(tenant), key)
+        return bool(self._call(lambda conn: conn.execute(query, params).rowcount))
+
+    def lookup_claim(self, key: str, *, tenant: str | None, now: float) -> ClaimRecord | None:
+        query = f"SELECT {q.CLAIM_COLUMNS} FROM corral_claims WHERE tenant_key = %s AND key = %s"
+        params = (q.tenant_key(tenant), key)
+        row = self._call(lambda conn: conn.execute(query, params).fetchone())
+        return None if row is None else q.claim_record(row, now)
+
+    def list_claims(
+        self,
+        *,
+        now: float,
+        status: ClaimState | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClaimRecord]:
+        where, params = ["true"], list[Any]()
+        if tenant is not None:
+            where.append("tenant_key = %s")
+            params.append(q.tenant_key(tenant))
+        if status == "done":
+            where.append("outcome IS NOT NULL")
+        elif status == "unknown":
+            where.append("outcome IS NULL AND lease_until <= %s")
+            params.append(now)
+        elif status == "in_flight":
+            where.append("outcome IS NULL AND lease_until > %s")
+            params.append(now)
+        query = (
+            f"SELECT {q.CLAIM_COLUMNS} FROM corral_claims WHERE {' AND '.join(where)} "
+            "ORDER BY created_at, key LIMIT %s"
+        )
+        params.append(limit)
+        rows = self._call(lambda conn: conn.execute(query, params).fetchall())
+        return [q.claim_record(row, now) for row in rows]
+
+    def resolve_claim(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        now: float,
+        outcome: Mapping[str, Any] | None,
+        lease: float | None = None,
+    ) -> bool:
+        """Settle an unknown claim; one conditional statement, so one caller wins."""
+        where = (q.tenant_key(tenant), key, now)
+        if outcome is not None:
+            query = f"UPDATE corral_claims SET outcome = %s {q.UNKNOWN_CLAIM}"
+            params: tuple[Any, ...] = (q.jsonb(dict(outcome)), *where)
+        elif lease is not None:
+            query = f"UPDATE corral_claims SET lease_until = %s {q.UNKNOWN_CLAIM}"
+            params = (now + lease, *where)
+        else:
+            query = f"DELETE FROM corral_claims {q.UNKNOWN_CLAIM}"
+            params = where
+        return bool(self._call(lambda conn: conn.execute(query, params).rowcount, once=True))
 
     # -- breakers ----------------------------------------------------------------------
     def breaker(self, name: str, *, now: float) -> BreakerState:

@@ -54,6 +54,8 @@ from .base import (
     AuditRecord,
     BreakerState,
     Claim,
+    ClaimRecord,
+    ClaimState,
     DegradeCounts,
     DegradeWindow,
     Event,
@@ -63,6 +65,7 @@ from .base import (
     Refusal,
     RunRecord,
     ScopedCharge,
+    claim_state,
     degrade_bucket,
     refuse,
     retry_fits,
@@ -631,7 +634,14 @@ class SQLiteStore:
 
     # -- idempotency ---------------------------------------------------------------------
     def claim(
-        self, key: str, digest: str, *, tenant: str | None, now: float, lease: float
+        self,
+        key: str,
+        digest: str,
+        *,
+        tenant: str | None,
+        now: float,
+        lease: float,
+        tool: str = "",
     ) -> Claim:
         with self._write() as conn:
             row = conn.execute(
@@ -642,8 +652,8 @@ class SQLiteStore:
             if row is None:
                 conn.execute(
                     "INSERT INTO corral_claims (tenant_key, key, digest, outcome, lease_until, "
-                    "created_at) VALUES (?, ?, ?, NULL, ?, ?)",
-                    (_tenant_key(tenant), key, digest, now + lease, time.time()),
+                    "created_at, tool) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+                    (_tenant_key(tenant), key, digest, now + lease, time.time(), tool),
                 )
                 return Claim(status="claimed")
         if row[0] != digest:
@@ -667,6 +677,75 @@ class SQLiteStore:
                 "DELETE FROM corral_claims WHERE tenant_key = ? AND key = ?",
                 (_tenant_key(tenant), key),
             )
+
+    def renew_claim(self, key: str, *, tenant: str | None, now: float, lease: float) -> bool:
+        with self._write() as conn:
+            changed = conn.execute(
+                "UPDATE corral_claims SET lease_until = ? "
+                "WHERE tenant_key = ? AND key = ? AND outcome IS NULL",
+                (now + lease, _tenant_key(tenant), key),
+            ).rowcount
+        return bool(changed)
+
+    def lookup_claim(self, key: str, *, tenant: str | None, now: float) -> ClaimRecord | None:
+        with self._locked() as conn:
+            row = conn.execute(
+                f"SELECT {_CLAIM_COLUMNS} FROM corral_claims WHERE tenant_key = ? AND key = ?",
+                (_tenant_key(tenant), key),
+            ).fetchone()
+        return None if row is None else _claim_record(row, now)
+
+    def list_claims(
+        self,
+        *,
+        now: float,
+        status: ClaimState | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClaimRecord]:
+        where, params = ["1 = 1"], list[Any]()
+        if tenant is not None:
+            where.append("tenant_key = ?")
+            params.append(_tenant_key(tenant))
+        if status == "done":
+            where.append("outcome IS NOT NULL")
+        elif status == "unknown":
+            where.append("outcome IS NULL AND lease_until <= ?")
+            params.append(now)
+        elif status == "in_flight":
+            where.append("outcome IS NULL AND lease_until > ?")
+            params.append(now)
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_CLAIM_COLUMNS} FROM corral_claims WHERE {' AND '.join(where)} "
+                "ORDER BY created_at, rowid LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_claim_record(row, now) for row in rows]
+
+    def resolve_claim(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        now: float,
+        outcome: Mapping[str, Any] | None,
+        lease: float | None = None,
+    ) -> bool:
+        unknown = "WHERE tenant_key = ? AND key = ? AND outcome IS NULL AND lease_until <= ?"
+        where = (_tenant_key(tenant), key, now)
+        with self._write() as conn:
+            if outcome is not None:
+                cur = conn.execute(
+                    f"UPDATE corral_claims SET outcome = ? {unknown}", (_dumps(outcome), *where)
+                )
+            elif lease is not None:
+                cur = conn.execute(
+                    f"UPDATE corral_claims SET lease_until = ? {unknown}", (now + lease, *where)
+                )
+            else:
+                cur = conn.execute(f"DELETE FROM corral_claims {unknown}", where)
+            return bool(cur.rowcount)
 
     # -- breakers ------------------------------------------------------------------------
     def breaker(self, name: str, *, now: float) -> BreakerState:
@@ -846,6 +925,23 @@ def _owner_columns(owner: RunOwner | None) -> list[Any]:
     if owner is None:
         return [None, None, None, None]
     return [owner.host, owner.pid, owner.node, owner.started]
+
+
+_CLAIM_COLUMNS = "tenant_key, key, tool, digest, outcome, lease_until, created_at"
+
+
+def _claim_record(row: Sequence[Any], now: float) -> ClaimRecord:
+    tenant_key, key, tool, digest, outcome, lease_until, created = row
+    return ClaimRecord(
+        key=key,
+        tenant=tenant_key[1:] if tenant_key else None,
+        tool=tool,
+        digest=digest,
+        status=claim_state(outcome, lease_until, now),
+        created=created,
+        lease_until=lease_until,
+        outcome=None if outcome is None else json.loads(outcome),
+    )
 
 
 def _tenant_key(tenant: str | None) -> str:
