@@ -1,0 +1,14 @@
+-- Leased grants: a grant is held by one process (holder) until lease_until, renewed while the
+-- process lives; a lapsed grant is reclaimed (its holds refunded) and kept, marked, until its
+-- windows end (ends), so that a late settlement still charges what was really spent.
+ALTER TABLE corral_grants ADD COLUMN holder TEXT;
+ALTER TABLE corral_grants ADD COLUMN lease_until REAL;
+ALTER TABLE corral_grants ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE corral_grants ADD COLUMN ends REAL;
+CREATE INDEX corral_grants_lease ON corral_grants (lease_until) WHERE reclaimed = 0;
+CREATE INDEX corral_grants_holder ON corral_grants (holder) WHERE reclaimed = 0;
+CREATE INDEX corral_grants_ends ON corral_grants (ends) WHERE reclaimed = 1;
+
+-- A rolling scope's sub-buckets still in its window, as JSON [[ends, calls, "usd"], ...]
+-- (calls and usd hold their sums); NULL for a calendar window.
+ALTER TABLE corral_scopes ADD COLUMN buckets TEXT;
