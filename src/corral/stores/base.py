@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -197,18 +198,24 @@ def reserve_in(
     states: Mapping[str, ScopeState | None], charges: Sequence[ScopedCharge], now: float
 ) -> dict[str, ScopeState] | Refusal:
     """Check ``charges`` against the scopes' ``states`` (all or nothing): the new states of
-    every scope charged, or the first refusal met (nothing in ``states`` is changed)."""
+    every scope charged, or the first refusal met. On a refusal nothing in ``states`` has
+    changed but the pruning of buckets that had left their window anyway."""
     out: dict[str, ScopeState] = {}
+    distinct = len({c.scope for c in charges}) == len(charges)
     for c in charges:
         state = out.get(c.scope)
         if state is None:
             old = states.get(c.scope)
-            state = ScopeState.opened(_copy(old), c, now)
+            state = ScopeState.opened(old if distinct else _copy(old), c, now)
             out[c.scope] = state
         refusal = state.refusal(c, now)
         if refusal is not None:
             return refusal
-        state.add(c)
+        if not distinct:
+            state.add(c)  # a later charge to the same scope sees this one
+    if distinct:
+        for c in charges:
+            out[c.scope].add(c)
     return out
 
 
@@ -225,16 +232,25 @@ def settle_in(
     actual: ScopedCharge,
     *,
     reclaimed: bool,
-) -> None:
+) -> bool:
     """Settle one held charge in its scope: replace the hold by ``actual`` (refunding the
     unused part), or after a reclaim (the hold already refunded) add ``actual`` itself,
-    in either case only while the window or bucket charged still counts."""
+    in either case only while the window or bucket charged still counts. Returns
+    whether ``state`` changed."""
     if state is None or not state.counts(held):
-        return
-    if reclaimed:
-        state.change(held, actual.calls, actual.usd)
-    else:
-        state.change(held, actual.calls - held.calls, actual.usd - held.usd)
+        return False
+    calls, usd = (
+        (actual.calls, actual.usd)
+        if reclaimed
+        else (
+            actual.calls - held.calls,
+            actual.usd - held.usd,
+        )
+    )
+    if not calls and not usd:
+        return False
+    state.change(held, calls, usd)
+    return True
 
 
 def grant_ends(charges: Sequence[ScopedCharge], now: float) -> float:
@@ -270,51 +286,45 @@ class GrantLeases:
         self.renewer = RENEWER if renewer is None else renewer
         self._renew = renew
         self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._holder = uuid.uuid4().hex
+        self.holder = uuid.uuid4().hex
+        """This process's name for itself in the store (a new one after a fork)."""
         self._mine: set[str] = set()
         self._held: Held | None = None
         self._reclaimed_at: float | None = None
-
-    @property
-    def holder(self) -> str:
-        """This process's holder name in the store (a new one after a fork)."""
-        if self._pid != os.getpid():
-            self._forked()
-        return self._holder
+        _LEASES.add(self)
 
     def _forked(self) -> None:
         self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._holder = uuid.uuid4().hex
+        self.holder = uuid.uuid4().hex
         self._mine = set()
         self._held = None  # the renewer forgot the parent's leases itself
 
     def granted(self, grant: str) -> None:
         """``grant`` is outstanding: renew it until :meth:`done`."""
-        if self._pid != os.getpid():
-            self._forked()
         with self._lock:
             self._mine.add(grant)
             if self._held is None:
                 self._held = self.renewer.hold(self._tick)
 
     def done(self, grant: str) -> None:
-        """``grant`` was settled: stop renewing it (and renewing at all, if it was the last)."""
-        if self._pid != os.getpid():
-            self._forked()
+        """``grant`` was settled: it is renewed no more. (The renewal itself is released
+        by the renewer's next tick that finds nothing outstanding: a process settling
+        one grant after another does not register and release it every time.)"""
         with self._lock:
             self._mine.discard(grant)
-            if not self._mine and self._held is not None:
-                self._held.release()
-                self._held = None
 
     @property
     def outstanding(self) -> int:
         """How many of this process's grants are outstanding."""
-        return 0 if self._pid != os.getpid() else len(self._mine)
+        return len(self._mine)
 
     def _tick(self, now: float) -> None:
+        with self._lock:
+            if not self._mine:
+                if self._held is not None:
+                    self._held.release()
+                    self._held = None
+                return
         self._renew(now)
 
     def reclaim_due(self, now: float) -> bool:
@@ -330,9 +340,21 @@ class GrantLeases:
         """Stop renewing (the store is closing; its grants lapse unless settled)."""
         with self._lock:
             self._mine.clear()
-            if self._held is not None and self._pid == os.getpid():
+            if self._held is not None:
                 self._held.release()
             self._held = None
+
+
+_LEASES: weakref.WeakSet[GrantLeases] = weakref.WeakSet()
+
+
+def _forked_leases() -> None:
+    for leases in list(_LEASES):
+        leases._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_leases)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

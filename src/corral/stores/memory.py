@@ -217,12 +217,12 @@ class MemoryStore:
         with self._lock:
             self._check()
             held = self._grants.pop(grant, None)
-            if held is not None:
+            if held is not None and (held.reclaimed or actual != held.charges):
                 by_scope = {c.scope: c for c in actual}
                 for c in held.charges:
                     real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
                     settle_in(self._scopes.get(c.scope), c, real, reclaimed=held.reclaimed)
-        self.leases.done(grant)
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
 
     def renew_grants(self, now: float) -> int:
         """Renew this process's outstanding grants: their leases run from ``now``.

@@ -473,20 +473,18 @@ class PostgresStore:
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
         """Replace a grant's holds by the actual amounts (refunding the unused part), once."""
-        try:
-            self._call(
-                lambda conn: conn.execute(
-                    "SELECT corral_settle(%s, %s::text[], %s::int8[], %s::numeric[])",
-                    (
-                        grant,
-                        [c.scope for c in actual],
-                        [c.calls for c in actual],
-                        [c.usd for c in actual],
-                    ),
-                )
+        self._call(
+            lambda conn: conn.execute(
+                "SELECT corral_settle(%s, %s::text[], %s::int8[], %s::numeric[])",
+                (
+                    grant,
+                    [c.scope for c in actual],
+                    [c.calls for c in actual],
+                    [c.usd for c in actual],
+                ),
             )
-        finally:
-            self.leases.done(grant)
+        )
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
 
     def renew_grants(self, now: float) -> int:
         """Renew this process's outstanding grants: their leases run from ``now``.

@@ -454,22 +454,30 @@ class SQLiteStore:
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
         by_scope = {c.scope: c for c in actual}
-        try:
-            with self._write() as conn:
-                row = conn.execute(
-                    "SELECT charges, reclaimed FROM corral_grants WHERE id = ?", (grant,)
-                ).fetchone()
-                if row is None:
-                    return
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT charges, reclaimed FROM corral_grants WHERE id = ?", (grant,)
+            ).fetchone()
+            if row is not None:
                 conn.execute("DELETE FROM corral_grants WHERE id = ?", (grant,))
                 held = _charges(row[0])
-                states = _load_scopes(conn, {c.scope for c in held})
-                for c in held:
-                    real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
-                    settle_in(states.get(c.scope), c, real, reclaimed=bool(row[1]))
-                _save_scopes(conn, {k: v for k, v in states.items() if v is not None})
-        finally:
-            self.leases.done(grant)
+                changed = [
+                    c
+                    for c in held
+                    if c.calls != by_scope.get(c.scope, _NONE).calls
+                    or c.usd != by_scope.get(c.scope, _NONE).usd
+                    or row[1]
+                ]
+                if changed:  # settling at the reserved amount writes no scope
+                    states = _load_scopes(conn, {c.scope for c in changed})
+                    written: dict[str, ScopeState] = {}
+                    for c in changed:
+                        real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
+                        state = states.get(c.scope)
+                        if state is not None and settle_in(state, c, real, reclaimed=bool(row[1])):
+                            written[c.scope] = state
+                    _save_scopes(conn, written)
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
 
     def renew_grants(self, now: float) -> int:
         """Renew this process's outstanding grants: their leases run from ``now``.
@@ -771,6 +779,9 @@ def _dumps_or_none(value: Any) -> str | None:
 
 
 # -- shared budgets, inside a write transaction ---------------------------------------------
+_NONE = ScopedCharge(scope="")
+
+
 def _held(c: ScopedCharge) -> list[Any]:
     return [c.scope, c.calls, str(c.usd), c.window_ends, c.rolling]
 

@@ -5,9 +5,8 @@ ALTER TABLE corral_grants ADD COLUMN holder TEXT;
 ALTER TABLE corral_grants ADD COLUMN lease_until DOUBLE PRECISION;
 ALTER TABLE corral_grants ADD COLUMN reclaimed BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE corral_grants ADD COLUMN ends DOUBLE PRECISION;
-CREATE INDEX corral_grants_lease ON corral_grants (lease_until) WHERE NOT reclaimed;
-CREATE INDEX corral_grants_holder ON corral_grants (holder) WHERE NOT reclaimed;
-CREATE INDEX corral_grants_ends ON corral_grants (ends) WHERE reclaimed;
+-- No index: the table holds only the grants in flight (and reclaimed ones until their windows
+-- end), and is scanned by holder or lease only by a renewal or a reclaim, not per call.
 
 -- A rolling scope's sub-buckets still in its window: what was charged in each, counted until
 -- `ends`. The scope's row holds their sums (and no window_ends: it never starts again).

@@ -5,9 +5,8 @@ ALTER TABLE corral_grants ADD COLUMN holder TEXT;
 ALTER TABLE corral_grants ADD COLUMN lease_until REAL;
 ALTER TABLE corral_grants ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE corral_grants ADD COLUMN ends REAL;
-CREATE INDEX corral_grants_lease ON corral_grants (lease_until) WHERE reclaimed = 0;
-CREATE INDEX corral_grants_holder ON corral_grants (holder) WHERE reclaimed = 0;
-CREATE INDEX corral_grants_ends ON corral_grants (ends) WHERE reclaimed = 1;
+-- No index: the table holds only the grants in flight (and reclaimed ones until their windows
+-- end), and is scanned by holder or lease only by a renewal or a reclaim, not per call.
 
 -- A rolling scope's sub-buckets still in its window, as JSON [[ends, calls, "usd"], ...]
 -- (calls and usd hold their sums); NULL for a calendar window.
