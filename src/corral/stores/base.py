@@ -5,7 +5,16 @@ contract test suite. Contended state must use the backend's own atomicity, not
 in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
-  window) at once, all or nothing, refusals naming the scope;
+  window) at once, all or nothing, refusals naming the scope. A *grant* is leased
+  (:class:`GrantLeases`): the process holding it renews it (``renew_grants``, from
+  the renewer thread) until it is settled; ``reclaim`` refunds the grants whose lease
+  lapsed (their process died), and ``reserve`` calls it first at most once per
+  :data:`RECLAIM_EVERY`. A reclaimed grant is kept, marked, until its windows end:
+  settling it then charges the actual amount (its hold was already refunded), once.
+  Refunds and late charges apply only while the window (or a rolling scope's
+  sub-bucket) charged still counts. The Python stores share one rule for all of this
+  (:func:`reserve_in`, :func:`settle_in`, :class:`ScopeState`); PostgreSQL runs the
+  same in SQL;
 - **kill switches**, **approvals**, **idempotency claims**, **breakers**;
 - **runs and their events** (trace and decisions). The store records which process
   runs each run (:class:`~corral.stores.owner.RunOwner`) and renews the run's

@@ -9,7 +9,10 @@ never on an in-process lock, so it holds across processes and machines:
   ``corral_settle`` functions). They lock the scopes' rows in one order everywhere
   (byte order of the scope name, so reservations never deadlock), check every
   scope, then write all of them or none. A grant is consumed by its settlement, so
-  settling twice refunds once. USD is ``NUMERIC``: exact.
+  settling twice refunds once. USD is ``NUMERIC``: exact. Grants are leased:
+  ``renew_grants`` extends all of this process's in one ``UPDATE`` (from the renewer
+  thread), and ``corral_reclaim`` refunds the lapsed ones, skipping grants another
+  transaction holds (``SKIP LOCKED``), before ``reserve`` at most once a second.
 - **idempotency claims** are exclusive through the primary key
   (``INSERT ... ON CONFLICT DO NOTHING``);
 - **approvals** and **interrupted runs** change by conditional updates
