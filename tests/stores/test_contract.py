@@ -536,6 +536,20 @@ def test_a_renewed_grant_is_not_reclaimed(leased: tuple[Store, Renewer]) -> None
     assert store.scope_usage("t") == (0, Decimal("0.40"))
 
 
+def test_one_renewal_covers_all_of_a_process_grants(leased: tuple[Store, Renewer]) -> None:
+    """Many outstanding grants are renewed by one callback, in one store call."""
+    store, renewer = leased
+    t = time.time()
+    grants = [store.reserve([_usd("0.10", ends=t + 100)], now=t) for _ in range(5)]
+    assert all(isinstance(g, str) for g in grants) and renewer.held == 1
+    assert store.renew_grants(t + 10) == 5
+    assert store.reclaim(t + 10.5) == 0
+    store.settle(str(grants[0]), [])
+    assert store.renew_grants(t + 20) == 4
+    assert store.reclaim(t + 20.5) == 0
+    assert store.scope_usage("t") == (0, Decimal("0.40"))
+
+
 def test_settling_a_reclaimed_grant_charges_the_actual_spend_once(
     leased: tuple[Store, Renewer],
 ) -> None:
