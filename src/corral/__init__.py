@@ -12,6 +12,7 @@ from .budgets import Charge, Limits, Usage
 from .clock import Clock, SystemClock
 from .delegated import ModelCall, Ticket
 from .exceptions import (
+    ApprovalError,
     ConfigError,
     ControlSignal,
     CorralError,
@@ -35,6 +36,7 @@ from .models.base import (
 )
 from .policy import Policy, load_policy
 from .result import RunResult
+from .secrets import EnvSecrets, FileSecrets, SecretProvider
 from .stops import STOP_REASONS, StopInfo, StopReason
 from .stores import Store, open_store
 from .tools import Tool, ToolContext, tool
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STOP_REASONS",
     "ApprovalDecision",
+    "ApprovalError",
     "ApprovalRequest",
     "AsyncRun",
     "Charge",
@@ -51,6 +54,8 @@ __all__ = [
     "ConfigError",
     "ControlSignal",
     "CorralError",
+    "EnvSecrets",
+    "FileSecrets",
     "Limits",
     "Model",
     "ModelCall",
@@ -63,6 +68,7 @@ __all__ = [
     "Price",
     "Run",
     "RunResult",
+    "SecretProvider",
     "Stop",
     "StopInfo",
     "StopReason",

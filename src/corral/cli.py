@@ -66,7 +66,7 @@ def _register_command_groups() -> None:
     import importlib
     import importlib.util
 
-    for name in ("cli_runs", "cli_audit", "cli_kill"):
+    for name in ("cli_runs", "cli_audit", "cli_kill", "cli_approvals"):
         if importlib.util.find_spec(f"corral.{name}") is not None:
             importlib.import_module(f"corral.{name}").register(app)
 

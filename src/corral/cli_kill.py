@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import killswitch
+from . import approvals, killswitch
 from ._cli import DbOption, JsonOption
 from .exceptions import ConfigError, StoreError
 from .stores import Store, default_url, open_store
@@ -128,11 +128,15 @@ def enable(
         killswitch.check_switch(scope, target, chosen)
         if by is not None and not by.strip():
             raise _Usage("--by needs a value")
+        store = _open(db)
         sw = killswitch.enable(
-            _open(db), scope=scope, target=target, mode=chosen, reason=reason, actor=by
+            store, scope=scope, target=target, mode=chosen, reason=reason, actor=by
         )
         what = sw.mode or "each run's kill_switch.mode_when_enabled"
         typer.echo(f"kill switch on: {killswitch.describe(sw)}, {what} (by {sw.actor})")
+        cancelled = approvals.cancel_covered(store, sw)
+        if cancelled:
+            typer.echo(f"cancelled {len(cancelled)} pending approval(s) it covers")
         if sw.mode is None and scope == "tool":
             typer.echo(
                 f"note: with no --mode, a run whose policy says disable_writes keeps calling "

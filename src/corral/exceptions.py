@@ -8,6 +8,8 @@
     ├── ControlSignal              control flow between corral and tools, not failures
     │   ├── NotExecuted            raised by a tool: "nothing happened", its key is released
     │   └── ToolRejected           a call was refused but the run goes on: tell the model
+    ├── ApprovalError              an operator's decision cannot be applied (unknown,
+    │                              already decided, expired, another tenant's, self-approval)
     └── StoreError                 the control plane's state cannot be read or written
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
@@ -132,6 +134,11 @@ class ToolRejected(ControlSignal):
         self.detail = detail
         self.message = message
         super().__init__(message)
+
+
+class ApprovalError(CorralError):
+    """An approval cannot be decided as asked: it does not exist (for this tenant), it
+    was already decided or has expired, or the approver is the run's own agent."""
 
 
 class StoreError(CorralError):

@@ -32,7 +32,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import breaker
+from . import approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
@@ -119,16 +119,23 @@ def call_flow(
         core.fits(charge)
         req = approval.request(core, eff, args, digest)
         core.flush()
-        started = core.now()
-        try:
-            answer = yield Approve(req)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            approval.unreachable(core, req, exc, core.now() - started)
-        approval.decide(core, req, answer, core.now() - started)
+        if core.approver is None:
+            # The store's queue: decided by another process, consumed once (approvals.py).
+            yield from approvals.wait(core, eff, req)
+        else:
+            started = core.now()
+            try:
+                answer = yield Approve(req)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                approval.unreachable(core, req, exc, core.now() - started)
+            approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
 
+    # Credentials are resolved before anything is held or claimed: a secret provider that
+    # fails refuses the call with nothing to undo.
+    creds = core.credentials.get(tool.name, {}) if tool.context_param is not None else {}
     attempt = 0
     claimed = False
     while True:
@@ -170,7 +177,7 @@ def call_flow(
                 idempotency_key=idem_key,
                 attempt=attempt,
                 deadline=core.now() + timeout,
-                credentials=core.credentials.get(tool.name, {}),
+                credentials=creds,
                 clock=core.clock,
             )
         started = core.now()

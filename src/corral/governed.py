@@ -39,6 +39,7 @@ from .models.base import Model, ModelResponse
 from .policy import Policy
 from .result import RunResult
 from .runtime import RunCore, status_of
+from .secrets import SecretProvider
 from .stops import StopInfo, StopReason
 from .stores import Store, open_store
 from .tools import Tool, as_registry
@@ -65,7 +66,7 @@ class _RunBase:
         task: str = "",
         clock: Clock | None = None,
         approver: Callable[..., Any] | None = None,
-        credentials: Mapping[str, Mapping[str, str]] | None = None,
+        credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")

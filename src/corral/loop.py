@@ -33,6 +33,7 @@ from .hygiene import render
 from .models.base import Model
 from .policy import Policy
 from .result import RunResult
+from .secrets import SecretProvider
 from .stores import Store
 from .tools import Tool
 
@@ -50,7 +51,7 @@ async def arun(
     run_id: str | None = None,
     clock: Clock | None = None,
     approver: Callable[..., Any] | None = None,
-    credentials: Mapping[str, Mapping[str, str]] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:
@@ -143,7 +144,7 @@ def run(
     run_id: str | None = None,
     clock: Clock | None = None,
     approver: Callable[..., Any] | None = None,
-    credentials: Mapping[str, Mapping[str, str]] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:

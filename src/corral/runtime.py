@@ -25,8 +25,10 @@ from .exceptions import ConfigError, Stop, StoreError
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Policy
 from .result import Status
+from .secrets import Credentials, SecretProvider
 from .stops import StopInfo, StopReason
 from .stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
+from .stores.memory import MemoryStore
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
@@ -102,7 +104,7 @@ class RunCore:
         run_id: str | None = None,
         task: str = "",
         approver: Callable[..., Any] | None = None,
-        credentials: Mapping[str, Mapping[str, str]] | None = None,
+        credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
     ) -> None:
         self.policy = policy
         self.tools = dict(tools)
@@ -111,12 +113,11 @@ class RunCore:
         self.tenant = tenant
         self.agent = agent
         self.approver = approver
-        self.credentials = {k: dict(v) for k, v in (credentials or {}).items()}
         # Secrets never reach the trace or the audit log: every event is scrubbed of the
-        # credentials' values, secret-named keys and credential-looking text (redact.py).
-        self.redactor = redact.redactor(policy.redact.keys, policy.redact.patterns).with_secrets(
-            value for creds in self.credentials.values() for value in creds.values()
-        )
+        # credentials' values (given, or resolved from a provider before the tool they are
+        # for runs), secret-named keys and credential-looking text (redact.py).
+        self.redactor = redact.redactor(policy.redact.keys, policy.redact.patterns)
+        self.credentials = Credentials(credentials, tenant=tenant, register=self._add_secrets)
         self.observe = policy.mode == "observe"
         self.allowed = frozenset(policy.tools.allow)
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
@@ -212,7 +213,12 @@ class RunCore:
         return record
 
     def _check_approval_channel(self) -> None:
+        """Refuse at start a policy needing approvals that nobody could give: with no
+        in-process approver, the store's queue is the channel, and an in-memory store is
+        reachable from no other process."""
         if self.approver is not None:
+            return
+        if not isinstance(self.store, MemoryStore):
             return
         needing = sorted(
             name
@@ -222,8 +228,10 @@ class RunCore:
         if needing:
             raise ConfigError(
                 f"the policy requires approval for {', '.join(needing)} but no approval channel "
-                "is reachable: pass approver=... (a trusted local approver) or set "
-                "writes.require_approval: false for these tools"
+                "is reachable: the in-memory store is seen by no other process, so nobody "
+                "could run `corral approvals approve`; use a SQLite or PostgreSQL store "
+                "(store=... or CORRAL_DB), pass approver=... (a trusted local approver), or "
+                "set writes.require_approval: false for these tools"
             )
 
     # -- store access, fail closed ---------------------------------------------------
@@ -423,6 +431,10 @@ class RunCore:
             raise ConfigError(f"run {self.id} has finished; start a new run")
 
     # -- trace -----------------------------------------------------------------------
+    def _add_secrets(self, values: list[str]) -> None:
+        """Scrub ``values`` from everything the run records or shows the model from now on."""
+        self.redactor = self.redactor.with_secrets(values)
+
     def event(self, kind: str, **data: Any) -> None:
         """Record an event (scrubbed of secrets: see :mod:`corral.redact`)."""
         self.trusted_event(kind, **self.redactor.data(data))

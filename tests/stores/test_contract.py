@@ -178,6 +178,85 @@ def test_approvals_are_decided_once(store: Store) -> None:
     assert [a.id for a in store.list_approvals(status=None)] == ["a1"]
 
 
+def test_approval_records_keep_the_queue_fields_and_filter_by_tenant_and_run(
+    store: Store,
+) -> None:
+    """The kill-switch fields and decision times round-trip; listing filters by tenant and run."""
+    store.create_approval(
+        ApprovalRecord(
+            id="a1",
+            run_id="r1",
+            tool="refund.send",
+            args_digest="d1",
+            arguments={"amount": 5, "note": "ünï"},
+            tenant="acme",
+            agent="bot",
+            created=100.0,
+            expires=1000.0,
+            kill_modes=("stop_all", "disable_expensive"),
+            kill_mode="disable_expensive",
+        )
+    )
+    store.create_approval(
+        ApprovalRecord(id="a2", run_id="r2", tool="t", args_digest="d2", arguments={}, tenant="b")
+    )
+    a1 = store.get_approval("a1")
+    assert a1 is not None and a1.kill_modes == ("stop_all", "disable_expensive")
+    assert a1.kill_mode == "disable_expensive"
+    assert a1.arguments == {"amount": 5, "note": "ünï"} and a1.expires == 1000.0
+    assert a1.decided_at is None and a1.used_at is None
+    assert [a.id for a in store.list_approvals(tenant="acme")] == ["a1"]
+    a2 = store.get_approval("a2")
+    assert a2 is not None and len(a2.kill_modes) == 3 and a2.kill_mode is None
+    assert [a.id for a in store.list_approvals(run_id="r2")] == ["a2"]
+    assert [a.id for a in store.list_approvals(status=None, tenant="b", run_id="r1")] == []
+    assert [a.id for a in store.list_approvals(status=None)] == ["a1", "a2"]
+
+
+def test_an_approval_moves_only_from_the_status_its_caller_expects(store: Store) -> None:
+    """transition_approval changes a record only from the expected status; the loser gets None."""
+    store.create_approval(
+        ApprovalRecord(id="a1", run_id="r", tool="t", args_digest="d", arguments={})
+    )
+    approved = store.transition_approval(
+        "a1", expect="pending", status="approved", at=5.0, approver="alice", reason="fine"
+    )
+    assert approved is not None and approved.status == "approved" and approved.decided_at == 5.0
+    late = store.transition_approval(
+        "a1", expect="pending", status="denied", at=6.0, approver="bob"
+    )
+    assert late is None
+    used = store.transition_approval("a1", expect="approved", status="used", at=7.0)
+    assert used is not None and used.status == "used" and used.used_at == 7.0
+    assert used.approver == "alice" and used.reason == "fine" and used.decided_at == 5.0
+    assert store.transition_approval("a1", expect="approved", status="used", at=8.0) is None
+    assert [a.id for a in store.list_approvals(status="used")] == ["a1"]
+    with pytest.raises(KeyError):
+        store.transition_approval("nope", expect="pending", status="approved", at=1.0)
+
+
+def test_of_concurrent_consumers_of_one_approval_exactly_one_wins(store: Store) -> None:
+    """Eight threads consume one approval at once: one gets the record, seven get None."""
+    store.create_approval(
+        ApprovalRecord(id="a1", run_id="r", tool="t", args_digest="d", arguments={})
+    )
+    store.decide_approval("a1", "approved", approver="alice")
+    ready = threading.Barrier(8)
+    won: list[bool] = []
+
+    def consume() -> None:
+        ready.wait()
+        got = store.transition_approval("a1", expect="approved", status="used", at=time.time())
+        won.append(got is not None)
+
+    workers = [threading.Thread(target=consume) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(won) == [False] * 7 + [True]
+
+
 def test_idempotency_claims_follow_http_semantics(store: Store) -> None:
     """Claim once; same digest replays the outcome; other digest mismatches; release frees it."""
     assert store.claim("k", "d1", tenant="t", now=0.0, lease=10.0).status == "claimed"

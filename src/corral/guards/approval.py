@@ -1,16 +1,23 @@
 """Approvals: a write that needs one waits for a decision bound to the exact action.
 
 The decision is bound to (run, tool, argument digest) and used once. Waiting is
-not charged to ``max_seconds``. Channels: an in-process callback (a trusted local
-approver, for development and tests) called with an :class:`ApprovalRequest`,
-returning ``True``/``False`` or an :class:`ApprovalDecision`.
+not charged to ``max_seconds``. Two channels:
+
+- an in-process callback (a trusted local approver, for development and tests)
+  called with an :class:`ApprovalRequest`, returning ``True``/``False`` or an
+  :class:`ApprovalDecision`;
+- without one, the store's queue (:mod:`corral.approvals`): the request is filed
+  in the store and decided from another process (``corral approvals approve``).
+
+This module applies a channel's answer; the queue's waiting lives in
+:mod:`corral.approvals`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..exceptions import Stop, ToolRejected
 
@@ -48,7 +55,7 @@ def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str)
     )
 
 
-def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> None:
+def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
     """The approval channel failed: refuse the call (fail closed), retryable."""
     core.waiting += waited
     what = f"{type(error).__name__}: {error}"
@@ -84,10 +91,22 @@ def _decision(answer: Any) -> ApprovalDecision:
     return ApprovalDecision(approved=False, reason=why)
 
 
-def decide(core: RunCore, req: ApprovalRequest, answer: Any, waited: float) -> None:
-    """Apply a channel's answer: return on approval, else stop (or tell the model)."""
+def decide(
+    core: RunCore,
+    req: ApprovalRequest,
+    answer: Any,
+    waited: float,
+    *,
+    approval_id: str | None = None,
+) -> None:
+    """Apply a channel's answer: return on approval, else stop (or tell the model).
+
+    With ``approval_id`` (the queue) the store already judged the timeout: a decision
+    it recorded before the request expired stands.
+    """
     core.waiting += waited
     decision = _decision(answer)
+    extra = {} if approval_id is None else {"approval_id": approval_id}
     core.event(
         "approval",
         tool=req.tool,
@@ -96,8 +115,9 @@ def decide(core: RunCore, req: ApprovalRequest, answer: Any, waited: float) -> N
         approver=decision.approver,
         reason=decision.reason,
         waited=round(waited, 3),
+        **extra,
     )
-    if waited > req.timeout:
+    if approval_id is None and waited > req.timeout:
         raise core.stamp(
             Stop(
                 "approval_timeout",

@@ -104,7 +104,8 @@ RETURNING r.id, c.why, r.tenant, r.agent,
 """
 APPROVAL_FIELDS = (
     "id", "run_id", "tool", "args_digest", "arguments", "tenant", "agent", "status",
-    "approver", "reason", "created", "expires",
+    "approver", "reason", "created", "expires", "kill_modes", "kill_mode", "decided_at",
+    "used_at",
 )  # fmt: skip
 
 
@@ -188,4 +189,6 @@ def run_record(row: Sequence[Any]) -> RunRecord:
 
 
 def approval_record(row: Sequence[Any]) -> ApprovalRecord:
-    return ApprovalRecord(**dict(zip(APPROVAL_FIELDS, row, strict=True)))
+    data = dict(zip(APPROVAL_FIELDS, row, strict=True))
+    data["kill_modes"] = tuple(m for m in data["kill_modes"].split(",") if m)
+    return ApprovalRecord(**data)

@@ -15,7 +15,9 @@ in-process locks, so it holds across replicas:
   sub-bucket) charged still counts. The Python stores share one rule for all of this
   (:func:`reserve_in`, :func:`settle_in`, :class:`ScopeState`); PostgreSQL runs the
   same in SQL;
-- **kill switches**, **approvals**, **idempotency claims**, **breakers**;
+- **kill switches**, **approvals**, **idempotency claims**, **breakers**; an approval
+  changes state only by ``transition_approval`` (from the status the caller expects,
+  or not at all), so of two processes deciding or consuming it at once one wins;
 - **runs and their events** (trace and decisions). The store records which process
   runs each run (:class:`~corral.stores.owner.RunOwner`) and renews the run's
   heartbeat on every write to it (``heartbeat`` renews it during a long wait);
@@ -54,7 +56,7 @@ RECLAIM_EVERY = 1.0
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 KillScope = Literal["global", "tenant", "agent", "tool", "run"]
 ClaimStatus = Literal["claimed", "done", "in_flight", "mismatch", "unknown"]
-ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled", "used"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -383,6 +385,16 @@ class Claim:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ApprovalRecord:
+    """A request for a human decision on one write, bound to (run, tool, argument digest).
+
+    ``pending`` until decided (``approved``, ``denied``), ``expired`` at ``expires``
+    (epoch seconds), ``cancelled`` by a kill switch; an approval becomes ``used`` when
+    the run proceeds on it, once. ``arguments`` are redacted. ``kill_modes`` (the
+    switch modes that block the call; all three unless known) and ``kill_mode`` (the
+    run's ``kill_switch.mode_when_enabled``) say which kill switches cover it. See
+    :mod:`corral.approvals`.
+    """
+
     id: str
     run_id: str
     tool: str
@@ -395,6 +407,10 @@ class ApprovalRecord:
     reason: str = ""
     created: float = 0.0
     expires: float = 0.0
+    kill_modes: tuple[KillMode, ...] = ("stop_all", "disable_writes", "disable_expensive")
+    kill_mode: KillMode | None = None
+    decided_at: float | None = None
+    used_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -543,8 +559,22 @@ class Store(Protocol):
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord: ...
+    def transition_approval(
+        self,
+        approval_id: str,
+        *,
+        expect: ApprovalStatus,
+        status: ApprovalStatus,
+        at: float,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None: ...
     def list_approvals(
-        self, *, status: ApprovalStatus | None = "pending"
+        self,
+        *,
+        status: ApprovalStatus | None = "pending",
+        tenant: str | None = None,
+        run_id: str | None = None,
     ) -> list[ApprovalRecord]: ...
 
     # idempotency

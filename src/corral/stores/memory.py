@@ -296,19 +296,62 @@ class MemoryStore:
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
+        changed = self.transition_approval(
+            approval_id,
+            expect="pending",
+            status=status,
+            at=time.time(),
+            approver=approver,
+            reason=reason,
+        )
+        if changed is not None:
+            return changed
+        with self._lock:
+            return self._approvals[approval_id]
+
+    def transition_approval(
+        self,
+        approval_id: str,
+        *,
+        expect: ApprovalStatus,
+        status: ApprovalStatus,
+        at: float,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
         with self._lock:
             self._check()
             rec = self._approvals[approval_id]
-            if rec.status != "pending":
-                return rec
-            rec = replace(rec, status=status, approver=approver, reason=reason)
+            if rec.status != expect:
+                return None
+            used = status == "used"
+            rec = replace(
+                rec,
+                status=status,
+                approver=rec.approver if approver is None else approver,
+                reason=rec.reason if reason is None else reason,
+                used_at=at if used else rec.used_at,
+                decided_at=rec.decided_at if used else at,
+            )
             self._approvals[approval_id] = rec
             return rec
 
-    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
+    def list_approvals(
+        self,
+        *,
+        status: ApprovalStatus | None = "pending",
+        tenant: str | None = None,
+        run_id: str | None = None,
+    ) -> list[ApprovalRecord]:
         with self._lock:
             self._check()
-            return [a for a in self._approvals.values() if status is None or a.status == status]
+            return [
+                a
+                for a in self._approvals.values()
+                if (status is None or a.status == status)
+                and (tenant is None or a.tenant == tenant)
+                and (run_id is None or a.run_id == run_id)
+            ]
 
     # idempotency
     def claim(

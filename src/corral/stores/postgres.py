@@ -558,7 +558,11 @@ class PostgresStore:
     # -- approvals ---------------------------------------------------------------------
     def create_approval(self, record: ApprovalRecord) -> None:
         values = [
-            q.jsonb(dict(record.arguments)) if f == "arguments" else getattr(record, f)
+            q.jsonb(dict(record.arguments))
+            if f == "arguments"
+            else ",".join(record.kill_modes)
+            if f == "kill_modes"
+            else getattr(record, f)
             for f in q.APPROVAL_FIELDS
         ]
         query = q.upsert("corral_approvals", q.APPROVAL_FIELDS)
@@ -573,26 +577,70 @@ class PostgresStore:
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
         """Decide a pending approval; one already decided keeps its first decision."""
-        cols = sql.SQL(", ").join(map(sql.Identifier, q.APPROVAL_FIELDS))
-        decide = sql.SQL(
-            "UPDATE corral_approvals SET status = %s, approver = %s, reason = %s "
-            "WHERE id = %s AND status = 'pending' RETURNING {}"
-        ).format(cols)
-        current = q.select("corral_approvals", q.APPROVAL_FIELDS, "WHERE id = %s")
-
-        def op(conn: Conn) -> tuple[Any, ...] | None:
-            row = conn.execute(decide, (status, approver, reason, approval_id)).fetchone()
-            return row or conn.execute(current, (approval_id,)).fetchone()
-
-        row = self._call(op)
-        if row is None:
+        changed = self.transition_approval(
+            approval_id,
+            expect="pending",
+            status=status,
+            at=time.time(),
+            approver=approver,
+            reason=reason,
+        )
+        if changed is not None:
+            return changed
+        found = self.get_approval(approval_id)
+        if found is None:
             raise KeyError(approval_id)
-        return q.approval_record(row)
+        return found
 
-    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
-        where = "" if status is None else "WHERE status = %s"
-        query = q.select("corral_approvals", q.APPROVAL_FIELDS, f"{where} ORDER BY seq")
-        params = () if status is None else (status,)
+    def transition_approval(
+        self,
+        approval_id: str,
+        *,
+        expect: ApprovalStatus,
+        status: ApprovalStatus,
+        at: float,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
+        """Move the approval from ``expect`` to ``status`` by a conditional update (one
+        caller wins), or None when it was not ``expect`` any more."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, q.APPROVAL_FIELDS))
+        move = sql.SQL(
+            "UPDATE corral_approvals SET status = %s, approver = COALESCE(%s::text, approver), "
+            "reason = COALESCE(%s::text, reason), {} = %s WHERE id = %s AND status = %s "
+            "RETURNING {}"
+        ).format(sql.Identifier("used_at" if status == "used" else "decided_at"), cols)
+        exists = "SELECT 1 FROM corral_approvals WHERE id = %s"
+
+        def op(conn: Conn) -> tuple[tuple[Any, ...] | None, bool]:
+            row = conn.execute(move, (status, approver, reason, at, approval_id, expect)).fetchone()
+            if row is not None:
+                return row, True
+            return None, conn.execute(exists, (approval_id,)).fetchone() is not None
+
+        # Once: had the update committed before a connection dropped, a second try would
+        # report it lost to another caller.
+        row, found = self._call(op, once=True)
+        if row is None and not found:
+            raise KeyError(approval_id)
+        return None if row is None else q.approval_record(row)
+
+    def list_approvals(
+        self,
+        *,
+        status: ApprovalStatus | None = "pending",
+        tenant: str | None = None,
+        run_id: str | None = None,
+    ) -> list[ApprovalRecord]:
+        wanted = {"status": status, "tenant": tenant, "run_id": run_id}
+        given = {k: v for k, v in wanted.items() if v is not None}
+        where = " AND ".join(f"{k} = %s" for k in given)
+        query = q.select(
+            "corral_approvals",
+            q.APPROVAL_FIELDS,
+            f"{'WHERE ' + where if where else ''} ORDER BY seq",
+        )
+        params = tuple(given.values())
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return [q.approval_record(r) for r in rows]
 

@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import ConfigError, StoreError
 from ..leases import LEASE_SECONDS, Renewer
@@ -57,6 +57,7 @@ from .base import (
     Claim,
     Event,
     GrantLeases,
+    KillMode,
     KillScope,
     KillSwitchState,
     Refusal,
@@ -543,9 +544,8 @@ class SQLiteStore:
     def create_approval(self, record: ApprovalRecord) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO corral_approvals (id, run_id, tool, args_digest, "
-                "arguments, tenant, agent, status, approver, reason, created, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO corral_approvals ({_APPROVAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.run_id,
@@ -559,6 +559,10 @@ class SQLiteStore:
                     record.reason,
                     record.created,
                     record.expires,
+                    ",".join(record.kill_modes),
+                    record.kill_mode,
+                    record.decided_at,
+                    record.used_at,
                 ),
             )
 
@@ -572,25 +576,62 @@ class SQLiteStore:
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
+        changed = self.transition_approval(
+            approval_id,
+            expect="pending",
+            status=status,
+            at=time.time(),
+            approver=approver,
+            reason=reason,
+        )
+        if changed is not None:
+            return changed
+        found = self.get_approval(approval_id)
+        if found is None:
+            raise KeyError(approval_id)
+        return found
+
+    def transition_approval(
+        self,
+        approval_id: str,
+        *,
+        expect: ApprovalStatus,
+        status: ApprovalStatus,
+        at: float,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
+        """Move the approval from ``expect`` to ``status``, or report (None) that it was not
+        ``expect`` any more: the conditional update inside BEGIN IMMEDIATE lets one win."""
+        when = "used_at" if status == "used" else "decided_at"
         with self._write() as conn:
-            # Decided once: only a pending approval changes, and the first decision stays.
-            conn.execute(
-                "UPDATE corral_approvals SET status = ?, approver = ?, reason = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (status, approver, reason, approval_id),
+            cur = conn.execute(
+                f"UPDATE corral_approvals SET status = ?, approver = COALESCE(?, approver), "
+                f"reason = COALESCE(?, reason), {when} = ? WHERE id = ? AND status = ?",
+                (status, approver, reason, at, approval_id, expect),
             )
             row = conn.execute(
                 f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals WHERE id = ?", (approval_id,)
             ).fetchone()
-            if row is None:
-                raise KeyError(approval_id)
-            return _approval(row)
+        if row is None:
+            raise KeyError(approval_id)
+        return _approval(row) if cur.rowcount else None
 
-    def list_approvals(self, *, status: ApprovalStatus | None = "pending") -> list[ApprovalRecord]:
-        where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
+    def list_approvals(
+        self,
+        *,
+        status: ApprovalStatus | None = "pending",
+        tenant: str | None = None,
+        run_id: str | None = None,
+    ) -> list[ApprovalRecord]:
+        wanted = {"status": status, "tenant": tenant, "run_id": run_id}
+        given = {k: v for k, v in wanted.items() if v is not None}
+        where = " AND ".join(f"{k} = ?" for k in given)
         with self._locked() as conn:
             rows = conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals {where} ORDER BY rowid", params
+                f"SELECT {_APPROVAL_COLUMNS} FROM corral_approvals "
+                f"{'WHERE ' + where if where else ''} ORDER BY rowid",
+                tuple(given.values()),
             ).fetchall()
         return [_approval(row) for row in rows]
 
@@ -700,8 +741,12 @@ def _audit_record(row: Sequence[Any]) -> AuditRecord:
 
 _APPROVAL_COLUMNS = (
     "id, run_id, tool, args_digest, arguments, tenant, agent, status, approver, reason, "
-    "created, expires"
+    "created, expires, kill_modes, kill_mode, decided_at, used_at"
 )
+
+
+def _modes(text: str) -> tuple[KillMode, ...]:
+    return tuple(cast(KillMode, m) for m in text.split(",") if m)
 
 
 def _approval(row: Sequence[Any]) -> ApprovalRecord:
@@ -718,6 +763,10 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
         reason=row[9],
         created=row[10],
         expires=row[11],
+        kill_modes=_modes(row[12]),
+        kill_mode=row[13],
+        decided_at=row[14],
+        used_at=row[15],
     )
 
 

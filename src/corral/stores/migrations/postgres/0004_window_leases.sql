@@ -1,6 +1,7 @@
--- Leased grants: a grant is held by one process (holder) until lease_until, renewed while the
--- process lives; a lapsed grant is reclaimed (its holds refunded) and kept, marked, until its
--- windows end (ends), so that a late settlement still charges what was really spent.
+-- Version 4: leased grants and rolling windows. A grant is held by one process (holder) until
+-- lease_until, renewed while the process lives; a lapsed grant is reclaimed (its holds
+-- refunded) and kept, marked, until its windows end (ends), so that a late settlement still
+-- charges what was really spent. Grants from before this version have no lease: they stay.
 ALTER TABLE corral_grants ADD COLUMN holder TEXT;
 ALTER TABLE corral_grants ADD COLUMN lease_until DOUBLE PRECISION;
 ALTER TABLE corral_grants ADD COLUMN reclaimed BOOLEAN NOT NULL DEFAULT false;
