@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
@@ -12,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import corral
 from corral import windows
 from corral.budgets import Charge
+from corral.leases import Renewer
 from corral.testing import MemoryStore, ScriptedModel, call, prices
 
 sys.path.insert(0, str(Path(__file__).parent / "stores"))
@@ -156,6 +161,98 @@ def test_model_spend_counts_toward_the_tenant_budget() -> None:
     assert result.usage.usd <= Decimal("0.01")
 
 
+# -- rolling windows -----------------------------------------------------------------------
+def test_a_rolling_limit_names_itself_in_the_stop() -> None:
+    """A rolling limit's stop says so, and reopens about one window after the spend."""
+    store = MemoryStore()
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5.00", "rolling": True})
+    result = spend(policy, store)
+    assert result.usage.usd == Decimal("4.90")
+    assert str(result.stop) == "max_usd:tenant/1d rolling (limit 5.00, would be 5.60)"
+    assert result.stop is not None and result.stop.retryable
+    assert result.stop.retry_after is not None
+    assert 86400 <= result.stop.retry_after <= 86400 + 86400 / windows.BUCKETS
+    assert "ages out" in result.stop.message
+
+
+def test_rolling_must_be_a_boolean() -> None:
+    """`rolling` is strictly true or false, and the error names the entry."""
+    with pytest.raises(corral.PolicyError, match=r"limits\[0\]\.rolling: must be true or false"):
+        limited({"per": "tenant", "window": "1d", "max_usd": "5", "rolling": "yes"})
+
+
+def test_a_rolling_window_keeps_counting_past_the_utc_boundary() -> None:
+    """Spend just before UTC midnight still counts just after it, unlike a calendar window."""
+    day = 86400 * 20_000
+    charge = Charge(usd=Decimal("4"))
+    for rolling, expected in ((False, "granted"), (True, "refused")):
+        store = MemoryStore()
+        policy = limited({"per": "tenant", "window": "1d", "max_usd": "5", "rolling": rolling})
+        before = windows.scoped(policy, charge, tenant="t", agent=None, now=day - 60)
+        grant = store.reserve(before, now=day - 60)
+        assert isinstance(grant, str)
+        store.settle(grant, before)
+        after = windows.scoped(policy, charge, tenant="t", agent=None, now=day + 60)
+        outcome = store.reserve(after, now=day + 60)
+        assert ("granted" if isinstance(outcome, str) else "refused") == expected
+
+
+T0 = 1_700_000_000.0
+CAP_CENTS = 500
+spends = st.lists(
+    st.tuples(st.floats(0, 600, allow_nan=False), st.integers(1, 200)), max_size=60
+).map(sorted)
+
+
+def _admit(policy: corral.Policy, events: list[tuple[float, int]]) -> list[tuple[float, int, bool]]:
+    """Reserve and settle each (time, cents) in order; what each met."""
+    store = MemoryStore()
+    out = []
+    for at, cents in events:
+        now = T0 + at
+        wanted = windows.scoped(
+            policy, Charge(usd=Decimal(cents) / 100), tenant="t", agent=None, now=now
+        )
+        grant = store.reserve(wanted, now=now)
+        if isinstance(grant, str):
+            store.settle(grant, wanted)
+        out.append((now, cents, isinstance(grant, str)))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(spends)
+def test_a_rolling_window_never_admits_more_than_the_cap_in_any_span(
+    events: list[tuple[float, int]],
+) -> None:
+    """Over any W-long span, admitted spend <= cap; a refusal means the last W + W/60 was full."""
+    policy = limited({"per": "tenant", "window": "1m", "max_usd": "5.00", "rolling": True})
+    seen = _admit(policy, events)
+    admitted = [(t, c) for t, c, ok in seen if ok]
+    for t, _ in admitted:  # the worst span ends at an admission
+        assert sum(c for u, c in admitted if t - 60 <= u <= t) <= CAP_CENTS
+    for t, cents, ok in seen:
+        if not ok:  # conservative by at most one bucket (1 s here), never more
+            counted = sum(c for u, c in admitted if t - 61 <= u <= t)
+            assert counted + cents > CAP_CENTS
+
+
+@settings(max_examples=100, deadline=None)
+@given(spends.map(lambda events: [(at * 24, cents) for at, cents in events]))
+def test_a_calendar_window_admits_up_to_the_cap_and_resets_at_the_utc_hour(
+    events: list[tuple[float, int]],
+) -> None:
+    """Each UTC hour admits exactly what fits its cap; the next hour starts from zero."""
+    policy = limited({"per": "tenant", "window": "1h", "max_usd": "5.00"})
+    used: dict[int, int] = {}
+    for t, cents, ok in _admit(policy, events):
+        hour = int(t // 3600)
+        fits = used.get(hour, 0) + cents <= CAP_CENTS
+        assert ok == fits
+        if ok:
+            used[hour] = used.get(hour, 0) + cents
+
+
 # -- zero overshoot: 64 concurrent runs in 2 processes against one tenant budget ----------
 def _runs_in_threads(store_factory: Any, threads: int, exact: bool, start: Any, out: Any) -> None:
     """Child: ``threads`` concurrent runs spending against tenant acme; send total USD."""
@@ -203,20 +300,27 @@ class _SQLite:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __call__(self) -> Any:
+    def __call__(self, **leases: Any) -> Any:
         from corral.stores.sqlite import SQLiteStore
 
-        return SQLiteStore(self.path)
+        return SQLiteStore(self.path, **_leases(**leases))
 
 
 class _Postgres:
     def __init__(self, url: str, schema: str) -> None:
         self.url, self.schema = url, schema
 
-    def __call__(self) -> Any:
+    def __call__(self, **leases: Any) -> Any:
         from corral.stores.postgres import PostgresStore
 
-        return PostgresStore(self.url, schema=self.schema, max_size=8)
+        return PostgresStore(self.url, schema=self.schema, max_size=8, **_leases(**leases))
+
+
+def _leases(*, lease: float | None = None, renew_every: float = 0.2) -> dict[str, Any]:
+    """Store options for grants leased ``lease`` seconds, renewed every ``renew_every``."""
+    if lease is None:
+        return {}
+    return {"grant_lease": lease, "renewer": Renewer(interval=renew_every)}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -269,3 +373,87 @@ def test_over_estimated_costs_never_pass_the_cap(shared_store: Any) -> None:
     total = _race(shared_store, exact=False)
     print(f"over-estimated costs: spend {total} vs cap {CAP}")
     assert 0 < total <= CAP
+
+
+# -- leases: a dead process's hold is reclaimed, a live one's is renewed ------------------
+LEASE = 1.5
+ONE_CALL = {"per": "tenant", "window": "1d", "max_usd": "1.00"}  # one $0.70 call fits, not two
+
+
+def _slow_call(factory: Any, seconds: float, started: Any, done: Any) -> None:
+    """Child: one run of tenant acme whose only call is a $0.70 tool taking ``seconds``."""
+    store = factory(lease=LEASE)
+
+    def browse(url: str) -> str:
+        """Open a slow page."""
+        started.set()
+        time.sleep(seconds)
+        return "page"
+
+    tool = corral.tool(browse, name="browser.open", effect="read", cost_usd="0.70")
+    policy = limited(ONE_CALL)
+    with corral.Run(policy, tools=[tool], store=store, tenant="acme") as run:
+        run.call("browser.open", {"url": "https://slow.example"})
+    store.close()
+    done.set()
+
+
+def _tenant_usage(store: Any) -> Decimal:
+    scope = windows.scoped(
+        limited(ONE_CALL), Charge(usd=Decimal(1)), tenant="acme", agent=None, now=time.time()
+    )[0].scope
+    return Decimal(store.scope_usage(scope)[1])
+
+
+def _try_spend(store: Any) -> corral.RunResult:
+    return spend(limited(ONE_CALL), store, calls=1)
+
+
+@pytest.mark.slow
+def test_a_killed_process_hold_is_reclaimed_after_its_lease(shared_store: Any) -> None:
+    """SIGKILL mid slow tool: its hold blocks others until the lease lapses, then is refunded."""
+    started, done = SPAWN.Event(), SPAWN.Event()
+    child = SPAWN.Process(target=_slow_call, args=(shared_store, 600.0, started, done))
+    child.start()
+    store = shared_store(lease=LEASE)
+    try:
+        assert started.wait(60), "the child never started its call"
+        assert _tenant_usage(store) == Decimal("0.70")  # held by the child
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert child.exitcode == -signal.SIGKILL and not done.is_set()
+        assert _try_spend(store).stop_reason == "max_usd"  # the lease has not lapsed yet
+        time.sleep(LEASE + 1.1)  # the lease lapses; reserve reclaims at most once a second
+        result = _try_spend(store)
+        assert result.stop_reason == "ok" and result.usage.usd == Decimal("0.70")
+        assert _tenant_usage(store) == Decimal("0.70")  # the new call only: the dead hold is gone
+    finally:
+        if child.is_alive():
+            child.kill()
+        store.close()
+
+
+@pytest.mark.slow
+def test_a_live_slow_call_keeps_its_hold_past_the_lease(shared_store: Any) -> None:
+    """A call running for several leases keeps its hold (renewed): nobody else can spend it."""
+    started, done = SPAWN.Event(), SPAWN.Event()
+    child = SPAWN.Process(target=_slow_call, args=(shared_store, 3 * LEASE, started, done))
+    child.start()
+    store = shared_store(lease=LEASE)
+    try:
+        assert started.wait(60), "the child never started its call"
+        attempts = 0
+        while not done.is_set():
+            assert _try_spend(store).stop_reason == "max_usd"
+            attempts += 1
+            time.sleep(0.25)
+        child.join(30)
+        assert child.exitcode == 0
+        assert attempts >= 4  # tried well past one lease while the call ran
+        assert _tenant_usage(store) == Decimal("0.70")  # the child's call, settled
+        assert _try_spend(store).stop_reason == "max_usd"
+    finally:
+        if child.is_alive():
+            child.kill()
+        store.close()

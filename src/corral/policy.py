@@ -260,6 +260,8 @@ class WindowLimit(_Section):
 
     Windows are fixed UTC-aligned periods of the given size (``1d`` is the UTC
     calendar day, ``1h`` the clock hour); usage starts again from zero in each.
+    A ``rolling`` window counts the usage of the last ``window`` instead, in
+    sub-buckets of a sixtieth of it (:mod:`corral.windows`).
     """
 
     per: Literal["tenant", "agent", "tool", "global"]
@@ -267,6 +269,7 @@ class WindowLimit(_Section):
     tool: str | None = None
     max_usd: USD | None = None
     max_calls: PositiveInt | None = None
+    rolling: StrictBool = False
 
     @field_validator("window")
     @classmethod

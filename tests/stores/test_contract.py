@@ -6,14 +6,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
+from pg import fresh_store, require_postgres
 
+from conftest import POSTGRES_URL
 from corral.audit import KeyRequired, verify
 from corral.audit import records as audit_records
+from corral.leases import Renewer
 from corral.stores import Store, open_store
 from corral.stores.base import (
     GENESIS,
@@ -30,6 +35,7 @@ from corral.stores.base import (
 from corral.stores.chain import key_id, record_hash
 from corral.stores.memory import MemoryStore
 from corral.stores.owner import RunOwner
+from corral.stores.sqlite import SQLiteStore
 
 # The `store` fixture (tests/stores/conftest.py) runs each test against every backend.
 
@@ -708,3 +714,165 @@ def test_a_keyed_chain_verifies_only_with_its_key(
         wrong = verify(store, key="another key")
         assert not wrong.ok and wrong.broken is not None and wrong.broken.seq == 1
         assert "another key" in wrong.broken.why
+
+
+# -- leased grants and rolling scopes -------------------------------------------------------
+@pytest.fixture(params=("memory", "sqlite", "postgres"))
+def leased(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Renewer]]:
+    """A fresh store of each backend whose grants lease for 1 s, with a renewer that only
+    renews when the test ticks it."""
+    renewer = Renewer(interval=3600)
+    options: dict[str, Any] = {"grant_lease": 1.0, "renewer": renewer}
+    if request.param == "postgres":
+        with fresh_store(require_postgres(POSTGRES_URL), **options) as pg:
+            yield pg, renewer
+        return
+    s: Store = (
+        MemoryStore(**options)
+        if request.param == "memory"
+        else SQLiteStore(tmp_path / "corral.db", **options)
+    )
+    try:
+        yield s, renewer
+    finally:
+        s.close()
+
+
+def _usd(usd: str, *, cap: str = "1.00", ends: float | None = None) -> ScopedCharge:
+    return ScopedCharge(scope="t", usd=Decimal(usd), max_usd=Decimal(cap), window_ends=ends)
+
+
+def test_a_lapsed_grant_is_reclaimed_and_refunded(leased: tuple[Store, Renewer]) -> None:
+    """A grant nobody renewed is reclaimed once its lease lapses: its hold no longer counts."""
+    store, _ = leased
+    t = 1000.0
+    grant = store.reserve([_usd("0.90", ends=t + 100)], now=t)
+    assert isinstance(grant, str)
+    assert isinstance(store.reserve([_usd("0.90", ends=t + 100)], now=t), Refusal)
+    assert store.reclaim(t + 0.5) == 0  # the lease still runs
+    assert store.reclaim(t + 2) == 1
+    assert store.reclaim(t + 2) == 0
+    assert store.scope_usage("t") == (0, Decimal(0))
+    assert isinstance(store.reserve([_usd("0.90", ends=t + 100)], now=t + 2), str)
+
+
+def test_reserve_reclaims_lapsed_grants_itself(leased: tuple[Store, Renewer]) -> None:
+    """A reservation that meets a dead process's lapsed hold reclaims it first, and fits."""
+    store, _ = leased
+    t = 2000.0
+    assert isinstance(store.reserve([_usd("0.90", ends=t + 100)], now=t), str)
+    assert isinstance(store.reserve([_usd("0.90", ends=t + 100)], now=t + 5), str)
+    assert store.scope_usage("t") == (0, Decimal("0.90"))
+
+
+def test_a_renewed_grant_is_not_reclaimed(leased: tuple[Store, Renewer]) -> None:
+    """While its holder renews it, a grant outlives its first lease; settling ends renewal."""
+    store, renewer = leased
+    t = time.time()
+    grant = store.reserve([_usd("0.90", ends=t + 100)], now=t)
+    assert isinstance(grant, str) and renewer.held == 1
+    renewer.tick()  # renews from the wall clock: the lease now runs to about t + 1 + elapsed
+    assert store.reclaim(t + 0.99) == 0
+    assert store.renew_grants(t + 5) == 1
+    assert store.reclaim(t + 5.9) == 0
+    assert store.scope_usage("t") == (0, Decimal("0.90"))
+    store.settle(grant, [ScopedCharge(scope="t", usd=Decimal("0.40"))])
+    assert store.renew_grants(t + 6) == 0
+    renewer.tick()  # finds nothing outstanding: the store stops being renewed
+    assert renewer.held == 0
+    assert store.reclaim(t + 100) == 0
+    assert store.scope_usage("t") == (0, Decimal("0.40"))
+
+
+def test_one_renewal_covers_all_of_a_process_grants(leased: tuple[Store, Renewer]) -> None:
+    """Many outstanding grants are renewed by one callback, in one store call."""
+    store, renewer = leased
+    t = time.time()
+    grants = [store.reserve([_usd("0.10", ends=t + 100)], now=t) for _ in range(5)]
+    assert all(isinstance(g, str) for g in grants) and renewer.held == 1
+    assert store.renew_grants(t + 10) == 5
+    assert store.reclaim(t + 10.5) == 0
+    store.settle(str(grants[0]), [])
+    assert store.renew_grants(t + 20) == 4
+    assert store.reclaim(t + 20.5) == 0
+    assert store.scope_usage("t") == (0, Decimal("0.40"))
+
+
+def test_settling_a_reclaimed_grant_charges_the_actual_spend_once(
+    leased: tuple[Store, Renewer],
+) -> None:
+    """A late settlement after a reclaim records the real spend, and settling again adds nothing."""
+    store, _ = leased
+    t = 3000.0
+    grant = store.reserve([_usd("0.90", ends=t + 100)], now=t)
+    assert isinstance(grant, str)
+    assert store.reclaim(t + 2) == 1
+    assert store.scope_usage("t") == (0, Decimal(0))
+    store.settle(grant, [ScopedCharge(scope="t", usd=Decimal("0.30"))])
+    assert store.scope_usage("t") == (0, Decimal("0.30"))
+    store.settle(grant, [ScopedCharge(scope="t", usd=Decimal("0.30"))])
+    assert store.scope_usage("t") == (0, Decimal("0.30"))
+
+
+def test_a_reclaimed_hold_from_an_ended_window_is_dropped(leased: tuple[Store, Renewer]) -> None:
+    """A hold whose window ended is neither refunded from nor settled into the next window."""
+    store, _ = leased
+    t = 4000.0
+    grant = store.reserve([_usd("0.90", ends=t + 3)], now=t)
+    assert isinstance(grant, str)
+    assert isinstance(store.reserve([_usd("0.50", ends=t + 103)], now=t + 5), str)
+    store.reclaim(t + 6)
+    store.settle(grant, [ScopedCharge(scope="t", usd=Decimal("0.90"))])
+    assert store.scope_usage("t") == (0, Decimal("0.50"))
+
+
+def _rolling(usd: str, now: float, *, bucket: float = 10.0, window: float = 60.0) -> ScopedCharge:
+    start = (now // bucket) * bucket
+    return ScopedCharge(
+        scope="r",
+        usd=Decimal(usd),
+        max_usd=Decimal("1.00"),
+        window_ends=start + bucket + window,
+        rolling=True,
+    )
+
+
+def _spend(store: Store, usd: str, now: float) -> str | Refusal:
+    """Reserve in the rolling scope and, if granted, settle at the amount (spent, not held)."""
+    charge = _rolling(usd, now)
+    grant = store.reserve([charge], now=now)
+    if isinstance(grant, str):
+        store.settle(grant, [charge])
+    return grant
+
+
+def test_a_rolling_scope_counts_the_buckets_still_in_its_window(store: Store) -> None:
+    """A rolling scope sums its recent buckets; a refusal says when enough of them age out."""
+    assert isinstance(_spend(store, "0.60", 5.0), str)
+    assert isinstance(_spend(store, "0.30", 15.0), str)
+    refused = _spend(store, "0.30", 25.0)
+    assert isinstance(refused, Refusal) and refused.would_be == Decimal("1.20")
+    assert refused.retry_after == pytest.approx(45.0)  # the 0.60 bucket leaves at 70
+    assert isinstance(_spend(store, "0.30", 69.0), Refusal)
+    assert isinstance(_spend(store, "0.30", 70.0), str)
+    assert store.scope_usage("r") == (0, Decimal("0.60"))
+
+
+def test_a_rolling_refusal_waits_for_as_many_buckets_as_it_needs(store: Store) -> None:
+    """When one bucket ageing out is not enough, retry_after names the later one that is."""
+    for now in (0.0, 10.0, 20.0):
+        assert isinstance(_spend(store, "0.30", now), str)
+    refused = _spend(store, "0.70", 30.0)
+    assert isinstance(refused, Refusal)
+    assert refused.retry_after == pytest.approx(50.0)  # at 80 only the 0.30 from t=20 is left
+
+
+def test_settling_a_rolling_grant_changes_its_own_bucket(store: Store) -> None:
+    """Settling below a rolling hold refunds its bucket, so the refund ages out with it."""
+    grant = store.reserve([_rolling("0.90", 5.0)], now=5.0)
+    assert isinstance(grant, str)
+    store.settle(grant, [ScopedCharge(scope="r", usd=Decimal("0.20"))])
+    assert isinstance(_spend(store, "0.80", 15.0), str)
+    assert store.scope_usage("r") == (0, Decimal("1.00"))
+    assert isinstance(_spend(store, "0.20", 70.0), str)
+    assert store.scope_usage("r") == (0, Decimal("1.00"))

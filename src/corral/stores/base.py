@@ -5,7 +5,16 @@ contract test suite. Contended state must use the backend's own atomicity, not
 in-process locks, so it holds across replicas:
 
 - **scoped reservations**: charge several budget scopes (tenant, agent, tool, each
-  window) at once, all or nothing, refusals naming the scope;
+  window) at once, all or nothing, refusals naming the scope. A *grant* is leased
+  (:class:`GrantLeases`): the process holding it renews it (``renew_grants``, from
+  the renewer thread) until it is settled; ``reclaim`` refunds the grants whose lease
+  lapsed (their process died), and ``reserve`` calls it first at most once per
+  :data:`RECLAIM_EVERY`. A reclaimed grant is kept, marked, until its windows end:
+  settling it then charges the actual amount (its hold was already refunded), once.
+  Refunds and late charges apply only while the window (or a rolling scope's
+  sub-bucket) charged still counts. The Python stores share one rule for all of this
+  (:func:`reserve_in`, :func:`settle_in`, :class:`ScopeState`); PostgreSQL runs the
+  same in SQL;
 - **degrade counters**: per tool (or model endpoint) and UTC-aligned window bucket
   (``floor(now / size) * size``), the attempts, failures and retries every process
   counted. ``degrade_add`` adds attempts and failures and returns the window (the
@@ -39,12 +48,20 @@ callers refuse the action (fail closed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ..leases import LEASE_SECONDS, RENEWER, Held, Renewer
 from .owner import RUN_LEASE_SECONDS, RunOwner
+
+#: A store reclaims lapsed grants at most this often (seconds of wall time), from ``reserve``.
+RECLAIM_EVERY = 1.0
 
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 KillScope = Literal["global", "tenant", "agent", "tool", "run"]
@@ -63,6 +80,11 @@ class ScopedCharge:
     max_calls: int | None = None
     max_usd: Decimal | None = None
     window_ends: float | None = None
+    """When what this charge adds stops counting: its calendar window's end, or for a
+    rolling scope the time its sub-bucket leaves the window."""
+    rolling: bool = False
+    """The scope counts the sum of its sub-buckets still in the window (one per
+    ``window_ends``), instead of starting again from zero when a window ends."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,25 +96,287 @@ class Refusal:
     retry_after: float | None = None
 
 
-def refuse(c: ScopedCharge, calls: int, usd: Decimal, *, now: float) -> Refusal | None:
+def refuse(
+    c: ScopedCharge,
+    calls: int,
+    usd: Decimal,
+    *,
+    now: float,
+    buckets: Sequence[tuple[float, int, Decimal]] = (),
+) -> Refusal | None:
     """The refusal ``c`` meets in a scope that holds ``calls`` and ``usd``, or ``None``.
 
-    One rule for every backend that checks in Python (PostgreSQL checks the same in SQL).
+    ``buckets`` are a rolling scope's sub-buckets, ``(ends, calls, usd)``: a refusal
+    there says when enough of them have aged out for ``c`` to fit (see
+    :func:`rolling_retry`). One rule for every backend that checks in Python
+    (PostgreSQL checks the same in SQL).
     """
-    retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
+    dimension: Literal["calls", "usd"]
+    limit: Any
+    would_be: Any
     if c.max_calls is not None and c.calls and calls + c.calls > c.max_calls:
-        return Refusal(
-            scope=c.scope,
-            dimension="calls",
-            limit=c.max_calls,
-            would_be=calls + c.calls,
-            retry_after=retry,
+        dimension, limit, would_be = "calls", c.max_calls, calls + c.calls
+    elif c.max_usd is not None and c.usd and usd + c.usd > c.max_usd:
+        dimension, limit, would_be = "usd", c.max_usd, usd + c.usd
+    else:
+        return None
+    retry = None if c.window_ends is None else max(0.0, c.window_ends - now)
+    if c.rolling:
+        retry = rolling_retry(c, calls, usd, buckets, now=now, default=retry)
+    return Refusal(
+        scope=c.scope, dimension=dimension, limit=limit, would_be=would_be, retry_after=retry
+    )
+
+
+def rolling_retry(
+    c: ScopedCharge,
+    calls: int,
+    usd: Decimal,
+    buckets: Sequence[tuple[float, int, Decimal]],
+    *,
+    now: float,
+    default: float | None,
+) -> float | None:
+    """Seconds until enough of a rolling scope's buckets have aged out for ``c`` to fit.
+
+    The buckets leave the window oldest first, each at its ``ends``; ``default`` when
+    even an empty window would not hold ``c``.
+    """
+    for ends, b_calls, b_usd in sorted(buckets):
+        calls -= b_calls
+        usd -= b_usd
+        calls_fit = c.max_calls is None or not c.calls or calls + c.calls <= c.max_calls
+        if calls_fit and (c.max_usd is None or not c.usd or usd + c.usd <= c.max_usd):
+            return max(0.0, ends - now)
+    return default
+
+
+class ScopeState:
+    """A scope's figures as the Python stores keep them: totals, and for a calendar
+    window its end, for a rolling scope its sub-buckets (``ends -> [calls, usd]``)."""
+
+    __slots__ = ("buckets", "calls", "usd", "window_ends")
+
+    def __init__(
+        self,
+        calls: int = 0,
+        usd: Decimal = Decimal(0),
+        window_ends: float | None = None,
+        buckets: dict[float, list[Any]] | None = None,
+    ) -> None:
+        self.calls = calls
+        self.usd = usd
+        self.window_ends = window_ends
+        self.buckets = buckets
+
+    @classmethod
+    def opened(cls, state: ScopeState | None, c: ScopedCharge, now: float) -> ScopeState:
+        """``state`` as ``c`` meets it at ``now``: an ended window starts again from zero,
+        a rolling scope's buckets that left the window no longer count."""
+        if c.rolling:
+            if state is None or state.buckets is None:
+                return cls(buckets={})
+            for ends in [e for e in state.buckets if e <= now]:
+                gone = state.buckets.pop(ends)
+                state.calls -= gone[0]
+                state.usd -= gone[1]
+            return state
+        if state is None or (state.window_ends is not None and now >= state.window_ends):
+            return cls(window_ends=c.window_ends)
+        return state
+
+    def refusal(self, c: ScopedCharge, now: float) -> Refusal | None:
+        buckets = () if not self.buckets else [(e, b[0], b[1]) for e, b in self.buckets.items()]
+        return refuse(c, self.calls, self.usd, now=now, buckets=buckets)
+
+    def add(self, c: ScopedCharge) -> None:
+        self.calls += c.calls
+        self.usd += c.usd
+        if c.rolling and c.window_ends is not None:
+            assert self.buckets is not None
+            bucket = self.buckets.setdefault(c.window_ends, [0, Decimal(0)])
+            bucket[0] += c.calls
+            bucket[1] += c.usd
+
+    def counts(self, held: ScopedCharge, now: float | None = None) -> bool:
+        """Whether what ``held`` added still counts here (its window or bucket is current)."""
+        if now is not None and held.window_ends is not None and held.window_ends <= now:
+            return False
+        if held.rolling:
+            return self.buckets is not None and held.window_ends in self.buckets
+        return self.window_ends == held.window_ends
+
+    def change(self, held: ScopedCharge, calls: int, usd: Decimal) -> None:
+        """Add ``calls`` and ``usd`` (negative to refund) where ``held`` was charged."""
+        self.calls += calls
+        self.usd += usd
+        if held.rolling and self.buckets is not None and held.window_ends in self.buckets:
+            bucket = self.buckets[held.window_ends]
+            bucket[0] += calls
+            bucket[1] += usd
+
+
+def reserve_in(
+    states: Mapping[str, ScopeState | None], charges: Sequence[ScopedCharge], now: float
+) -> dict[str, ScopeState] | Refusal:
+    """Check ``charges`` against the scopes' ``states`` (all or nothing): the new states of
+    every scope charged, or the first refusal met. On a refusal nothing in ``states`` has
+    changed but the pruning of buckets that had left their window anyway."""
+    out: dict[str, ScopeState] = {}
+    distinct = len({c.scope for c in charges}) == len(charges)
+    for c in charges:
+        state = out.get(c.scope)
+        if state is None:
+            old = states.get(c.scope)
+            state = ScopeState.opened(old if distinct else _copy(old), c, now)
+            out[c.scope] = state
+        refusal = state.refusal(c, now)
+        if refusal is not None:
+            return refusal
+        if not distinct:
+            state.add(c)  # a later charge to the same scope sees this one
+    if distinct:
+        for c in charges:
+            out[c.scope].add(c)
+    return out
+
+
+def _copy(state: ScopeState | None) -> ScopeState | None:
+    if state is None:
+        return None
+    buckets = None if state.buckets is None else {e: list(b) for e, b in state.buckets.items()}
+    return ScopeState(state.calls, state.usd, state.window_ends, buckets)
+
+
+def settle_in(
+    state: ScopeState | None,
+    held: ScopedCharge,
+    actual: ScopedCharge,
+    *,
+    reclaimed: bool,
+) -> bool:
+    """Settle one held charge in its scope: replace the hold by ``actual`` (refunding the
+    unused part), or after a reclaim (the hold already refunded) add ``actual`` itself,
+    in either case only while the window or bucket charged still counts. Returns
+    whether ``state`` changed."""
+    if state is None or not state.counts(held):
+        return False
+    calls, usd = (
+        (actual.calls, actual.usd)
+        if reclaimed
+        else (
+            actual.calls - held.calls,
+            actual.usd - held.usd,
         )
-    if c.max_usd is not None and c.usd and usd + c.usd > c.max_usd:
-        return Refusal(
-            scope=c.scope, dimension="usd", limit=c.max_usd, would_be=usd + c.usd, retry_after=retry
-        )
-    return None
+    )
+    if not calls and not usd:
+        return False
+    state.change(held, calls, usd)
+    return True
+
+
+def grant_ends(charges: Sequence[ScopedCharge], now: float) -> float:
+    """When nothing a grant holds counts any more: its last window's end (a day from
+    ``now`` when none is windowed). A reclaimed grant is kept until then, so that a
+    late settlement still charges what was really spent."""
+    ends = [c.window_ends for c in charges if c.window_ends is not None]
+    return max(ends) if ends else now + 86400.0
+
+
+class GrantLeases:
+    """The grants one store object holds for this process, and their one renewal.
+
+    Each grant records a holder (this object in this process) and a lease expiry.
+    While any grant is outstanding, one callback is registered with the process's
+    :class:`~corral.leases.Renewer`; it extends every grant of the holder at once
+    (the store's ``renew_grants(now)``, one statement). The last settlement releases it. A
+    forked child is a new holder with nothing outstanding.
+    """
+
+    def __init__(
+        self,
+        renew: Callable[[float], object],
+        *,
+        lease: float = LEASE_SECONDS,
+        renewer: Renewer | None = None,
+    ) -> None:
+        if not lease > 0:
+            from ..exceptions import ConfigError
+
+            raise ConfigError(f"grant_lease: must be a positive number of seconds, got {lease!r}")
+        self.lease = lease
+        self.renewer = RENEWER if renewer is None else renewer
+        self._renew = renew
+        self._lock = threading.Lock()
+        self.holder = uuid.uuid4().hex
+        """This process's name for itself in the store (a new one after a fork)."""
+        self._mine: set[str] = set()
+        self._held: Held | None = None
+        self._reclaimed_at: float | None = None
+        _LEASES.add(self)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self.holder = uuid.uuid4().hex
+        self._mine = set()
+        self._held = None  # the renewer forgot the parent's leases itself
+
+    def granted(self, grant: str) -> None:
+        """``grant`` is outstanding: renew it until :meth:`done`."""
+        with self._lock:
+            self._mine.add(grant)
+            if self._held is None:
+                self._held = self.renewer.hold(self._tick)
+
+    def done(self, grant: str) -> None:
+        """``grant`` was settled: it is renewed no more. (The renewal itself is released
+        by the renewer's next tick that finds nothing outstanding: a process settling
+        one grant after another does not register and release it every time.)"""
+        with self._lock:
+            self._mine.discard(grant)
+
+    @property
+    def outstanding(self) -> int:
+        """How many of this process's grants are outstanding."""
+        return len(self._mine)
+
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            if not self._mine:
+                if self._held is not None:
+                    self._held.release()
+                    self._held = None
+                return
+        self._renew(now)
+
+    def reclaim_due(self, now: float) -> bool:
+        """Whether ``reserve`` should reclaim lapsed grants first (once per
+        :data:`RECLAIM_EVERY` of ``now``, so the fast path costs nothing more)."""
+        last = self._reclaimed_at
+        if last is not None and last <= now < last + RECLAIM_EVERY:
+            return False
+        self._reclaimed_at = now
+        return True
+
+    def close(self) -> None:
+        """Stop renewing (the store is closing; its grants lapse unless settled)."""
+        with self._lock:
+            self._mine.clear()
+            if self._held is not None:
+                self._held.release()
+            self._held = None
+
+
+_LEASES: weakref.WeakSet[GrantLeases] = weakref.WeakSet()
+
+
+def _forked_leases() -> None:
+    for leases in list(_LEASES):
+        leases._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_leases)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -351,6 +635,9 @@ class Store(Protocol):
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal: ...
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None: ...
+    def renew_grants(self, now: float) -> int: ...
+    def reclaim(self, now: float) -> int: ...
+    def scope_usage(self, scope: str) -> tuple[int, Decimal]: ...
 
     # kill switch
     def kill_switches(self) -> list[KillSwitchState]: ...

@@ -11,6 +11,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from ..leases import LEASE_SECONDS, Renewer
 from .base import (
     ApprovalRecord,
     ApprovalStatus,
@@ -23,20 +24,37 @@ from .base import (
     DegradeCounts,
     DegradeWindow,
     Event,
+    GrantLeases,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
+    ScopeState,
     claim_state,
     degrade_bucket,
-    refuse,
+    grant_ends,
+    reserve_in,
     retry_fits,
+    settle_in,
 )
 from .chain import Sealer
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 _CLOSED = BreakerState()
+
+
+class _Grant:
+    __slots__ = ("charges", "ends", "holder", "lease_until", "reclaimed")
+
+    def __init__(
+        self, charges: list[ScopedCharge], lease_until: float, holder: str, ends: float
+    ) -> None:
+        self.charges = charges
+        self.lease_until = lease_until
+        self.holder = holder
+        self.ends = ends
+        self.reclaimed = False
 
 
 class MemoryStore:
@@ -49,15 +67,18 @@ class MemoryStore:
     memory a hash protects nothing until someone looks, and appending stays cheap.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, grant_lease: float = LEASE_SECONDS, renewer: Renewer | None = None
+    ) -> None:
         self._lock = threading.RLock()
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[Event]] = {}
         self._audit: list[AuditRecord] = []
         self._unsealed: list[Event] = []
         self._sealer = Sealer.from_env()
-        self._scopes: dict[str, list[Any]] = {}  # scope -> [calls, usd, window_ends]
-        self._grants: dict[str, list[ScopedCharge]] = {}
+        self._scopes: dict[str, ScopeState] = {}
+        self._grants: dict[str, _Grant] = {}
+        self.leases = GrantLeases(self.renew_grants, lease=grant_lease, renewer=renewer)
         self._grant_ids = itertools.count(1)
         self._kill: dict[tuple[str, str], KillSwitchState] = {}
         self._approvals: dict[str, ApprovalRecord] = {}
@@ -184,41 +205,74 @@ class MemoryStore:
 
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
+        leases = self.leases
         with self._lock:
             self._check()
-            for c in charges:
-                state = self._scopes.get(c.scope)
-                if state is None or (state[2] is not None and now >= state[2]):
-                    state = self._scopes[c.scope] = [0, Decimal(0), c.window_ends]
-                refusal = refuse(c, state[0], state[1], now=now)
-                if refusal is not None:
-                    return refusal
-            for c in charges:
-                state = self._scopes[c.scope]
-                state[0] += c.calls
-                state[1] += c.usd
+            if leases.reclaim_due(now):
+                self._reclaim(now)
+            states = reserve_in(self._scopes, charges, now)
+            if isinstance(states, Refusal):
+                return states
+            self._scopes.update(states)
             grant = f"g{next(self._grant_ids)}"
-            self._grants[grant] = list(charges)
-            return grant
+            self._grants[grant] = _Grant(
+                list(charges), now + leases.lease, leases.holder, grant_ends(charges, now)
+            )
+        leases.granted(grant)
+        return grant
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
         with self._lock:
             self._check()
-            held = self._grants.pop(grant, [])
-            by_scope = {c.scope: c for c in actual}
-            for c in held:
+            held = self._grants.pop(grant, None)
+            if held is not None and (held.reclaimed or actual != held.charges):
+                by_scope = {c.scope: c for c in actual}
+                for c in held.charges:
+                    real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
+                    settle_in(self._scopes.get(c.scope), c, real, reclaimed=held.reclaimed)
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
+
+    def renew_grants(self, now: float) -> int:
+        """Renew this process's outstanding grants: their leases run from ``now``.
+
+        The renewer calls this while any is outstanding; returns how many were renewed.
+        """
+        holder, until = self.leases.holder, now + self.leases.lease
+        with self._lock:
+            self._check()
+            mine = [g for g in self._grants.values() if g.holder == holder and not g.reclaimed]
+            for g in mine:
+                g.lease_until = until
+            return len(mine)
+
+    def reclaim(self, now: float) -> int:
+        """Refund the grants whose lease lapsed before ``now``; returns how many."""
+        with self._lock:
+            self._check()
+            return self._reclaim(now)
+
+    def _reclaim(self, now: float) -> int:
+        count = 0
+        for grant, g in list(self._grants.items()):
+            if g.reclaimed:
+                if g.ends <= now:
+                    del self._grants[grant]
+                continue
+            if g.lease_until >= now:
+                continue
+            g.reclaimed = True
+            count += 1
+            for c in g.charges:
                 state = self._scopes.get(c.scope)
-                if state is None:
-                    continue
-                real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
-                state[0] += real.calls - c.calls
-                state[1] += real.usd - c.usd
+                if state is not None and state.counts(c, now):
+                    state.change(c, -c.calls, -c.usd)
+        return count
 
     def scope_usage(self, scope: str) -> tuple[int, Decimal]:
         """Calls and USD currently committed or held in ``scope``."""
         with self._lock:
-            state = self._scopes.get(scope, [0, Decimal(0), None])
-            return int(state[0]), Decimal(state[1])
+            state = self._scopes.get(scope, ScopeState())
+            return int(state.calls), Decimal(state.usd)
 
     # kill switch
     def kill_switches(self) -> list[KillSwitchState]:
@@ -483,4 +537,5 @@ class MemoryStore:
             self._degrade.pop(name, None)
 
     def close(self) -> None:
+        self.leases.close()
         return None

@@ -9,7 +9,10 @@ never on an in-process lock, so it holds across processes and machines:
   ``corral_settle`` functions). They lock the scopes' rows in one order everywhere
   (byte order of the scope name, so reservations never deadlock), check every
   scope, then write all of them or none. A grant is consumed by its settlement, so
-  settling twice refunds once. USD is ``NUMERIC``: exact.
+  settling twice refunds once. USD is ``NUMERIC``: exact. Grants are leased:
+  ``renew_grants`` extends all of this process's in one ``UPDATE`` (from the renewer
+  thread), and ``corral_reclaim`` refunds the lapsed ones, skipping grants another
+  transaction holds (``SKIP LOCKED``), before ``reserve`` at most once a second.
 - **idempotency claims** are exclusive through the primary key
   (``INSERT ... ON CONFLICT DO NOTHING``);
 - **approvals** and **interrupted runs** change by conditional updates
@@ -66,6 +69,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..exceptions import ConfigError, StoreError
+from ..leases import LEASE_SECONDS, Renewer
 from . import _postgres_sql as q
 from .base import (
     ApprovalRecord,
@@ -79,12 +83,14 @@ from .base import (
     DegradeCounts,
     DegradeWindow,
     Event,
+    GrantLeases,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
     degrade_bucket,
+    grant_ends,
 )
 from .chain import Sealed, Sealer
 from .migrate import POSTGRES, current_version, migrate
@@ -141,7 +147,10 @@ class PostgresStore:
         pool_timeout: float = 2.0,
         statement_timeout: float = 10.0,
         migrate: bool = True,
+        grant_lease: float = LEASE_SECONDS,
+        renewer: Renewer | None = None,
     ) -> None:
+        self.leases = GrantLeases(self.renew_grants, lease=grant_lease, renewer=renewer)
         conninfo, url_schema = _split_schema(url)
         self.schema = schema or url_schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
@@ -245,6 +254,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close the pool; later calls raise ``StoreError``."""
+        self.leases.close()
         self._current_pool(reopen=False).close()
         _OPEN.discard(self)
 
@@ -423,15 +433,19 @@ class PostgresStore:
     # -- shared budgets ----------------------------------------------------------------
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
         """Hold every charge or none (``corral_reserve``: lock scopes in order, check, write)."""
+        leases = self.leases
+        if leases.reclaim_due(now):
+            self.reclaim(now)
         grant = uuid.uuid4().hex
         windows: dict[str, float | None] = {}
         for c in charges:
-            windows.setdefault(c.scope, c.window_ends)
+            windows.setdefault(c.scope, None if c.rolling else c.window_ends)
         scopes = sorted(windows)  # code-point order, which is byte order of UTF-8 ("C")
         row = self._call(
             lambda conn: conn.execute(
                 "SELECT * FROM corral_reserve(%s, %s, %s::text[], %s::float8[], %s::text[], "
-                "%s::int8[], %s::numeric[], %s::int8[], %s::numeric[], %s::float8[])",
+                "%s::int8[], %s::numeric[], %s::int8[], %s::numeric[], %s::float8[], "
+                "%s::bool[], %s, %s, %s)",
                 (
                     grant,
                     now,
@@ -443,11 +457,16 @@ class PostgresStore:
                     [c.max_calls for c in charges],
                     [c.max_usd for c in charges],
                     [c.window_ends for c in charges],
+                    [c.rolling for c in charges],
+                    leases.holder,
+                    now + leases.lease,
+                    grant_ends(charges, now),
                 ),
             ).fetchone(),
             once=True,  # sent twice, it would hold the budget twice
         )
         if row is None:
+            leases.granted(grant)
             return grant
         scope, dimension, limit, would_be, retry_after = row
         if dimension == "calls":
@@ -473,6 +492,30 @@ class PostgresStore:
                 ),
             )
         )
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
+
+    def renew_grants(self, now: float) -> int:
+        """Renew this process's outstanding grants: their leases run from ``now``.
+
+        The renewer calls this while any is outstanding (one statement); returns how
+        many were renewed.
+        """
+        return self._call(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE corral_grants SET lease_until = %s WHERE holder = %s AND NOT reclaimed",
+                    (now + self.leases.lease, self.leases.holder),
+                ).rowcount
+            )
+        )
+
+    def reclaim(self, now: float) -> int:
+        """Refund the grants whose lease lapsed before ``now`` (``corral_reclaim``)."""
+        row = self._call(
+            lambda conn: conn.execute("SELECT corral_reclaim(%s)", (now,)).fetchone(),
+            once=True,  # from reserve: a dropped connection fails the reservation closed
+        )
+        return int(row[0]) if row else 0
 
     def scope_usage(self, scope: str) -> tuple[int, Decimal]:
         """Calls and USD currently committed or held in ``scope``."""

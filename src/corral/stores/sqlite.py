@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from ..exceptions import ConfigError, StoreError
+from ..leases import LEASE_SECONDS, Renewer
 from .base import (
     ApprovalRecord,
     ApprovalStatus,
@@ -59,16 +60,20 @@ from .base import (
     DegradeCounts,
     DegradeWindow,
     Event,
+    GrantLeases,
     KillMode,
     KillScope,
     KillSwitchState,
     Refusal,
     RunRecord,
     ScopedCharge,
+    ScopeState,
     claim_state,
     degrade_bucket,
-    refuse,
+    grant_ends,
+    reserve_in,
     retry_fits,
+    settle_in,
 )
 from .chain import Sealer
 from .migrate import SQLITE, migrate
@@ -117,7 +122,10 @@ class SQLiteStore:
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
+        grant_lease: float = LEASE_SECONDS,
+        renewer: Renewer | None = None,
     ) -> None:
+        self.leases = GrantLeases(self.renew_grants, lease=grant_lease, renewer=renewer)
         sync = str(synchronous).upper()
         if sync not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, got {synchronous!r}")
@@ -208,6 +216,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`~corral.exceptions.StoreError`."""
+        self.leases.close()
         if self._pid != os.getpid():
             self._forked()
         with self._lock:
@@ -427,62 +436,73 @@ class SQLiteStore:
 
     # -- shared budgets ------------------------------------------------------------------
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
+        leases = self.leases
         with self._write() as conn:
-            states: dict[str, list[Any]] = {}  # scope -> [calls, usd, window_ends]
-            for c in charges:
-                state = states.get(c.scope)
-                if state is None:
-                    row = conn.execute(
-                        "SELECT calls, usd, window_ends FROM corral_scopes WHERE scope = ?",
-                        (c.scope,),
-                    ).fetchone()
-                    if row is None or (row[2] is not None and now >= row[2]):
-                        state = [0, Decimal(0), c.window_ends]
-                    else:
-                        state = [row[0], Decimal(row[1]), row[2]]
-                    states[c.scope] = state
-                refusal = refuse(c, state[0], state[1], now=now)
-                if refusal is not None:
-                    return refusal
-            for c in charges:
-                states[c.scope][0] += c.calls
-                states[c.scope][1] += c.usd
-            conn.executemany(
-                "INSERT OR REPLACE INTO corral_scopes (scope, calls, usd, window_ends) "
-                "VALUES (?, ?, ?, ?)",
-                [(scope, s[0], str(s[1]), s[2]) for scope, s in states.items()],
-            )
+            if leases.reclaim_due(now):
+                _reclaim(conn, now)
+            states = reserve_in(_load_scopes(conn, {c.scope for c in charges}), charges, now)
+            if isinstance(states, Refusal):
+                return states
+            _save_scopes(conn, states)
             grant = "g" + uuid.uuid4().hex
             conn.execute(
-                "INSERT INTO corral_grants (id, charges, created_at) VALUES (?, ?, ?)",
-                (grant, _dumps([[c.scope, c.calls, str(c.usd)] for c in charges]), time.time()),
+                "INSERT INTO corral_grants (id, charges, created_at, holder, lease_until, ends) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    grant,
+                    _dumps([_held(c) for c in charges]),
+                    time.time(),
+                    leases.holder,
+                    now + leases.lease,
+                    grant_ends(charges, now),
+                ),
             )
-            return grant
+        leases.granted(grant)
+        return grant
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
         by_scope = {c.scope: c for c in actual}
         with self._write() as conn:
             row = conn.execute(
-                "SELECT charges FROM corral_grants WHERE id = ?", (grant,)
+                "SELECT charges, reclaimed FROM corral_grants WHERE id = ?", (grant,)
             ).fetchone()
-            if row is None:
-                return
-            conn.execute("DELETE FROM corral_grants WHERE id = ?", (grant,))
-            for scope, calls, usd in json.loads(row[0]):
-                state = conn.execute(
-                    "SELECT calls, usd FROM corral_scopes WHERE scope = ?", (scope,)
-                ).fetchone()
-                if state is None:
-                    continue
-                real = by_scope.get(scope, ScopedCharge(scope=scope))
-                conn.execute(
-                    "UPDATE corral_scopes SET calls = ?, usd = ? WHERE scope = ?",
-                    (
-                        state[0] + real.calls - calls,
-                        str(Decimal(state[1]) + real.usd - Decimal(usd)),
-                        scope,
-                    ),
-                )
+            if row is not None:
+                conn.execute("DELETE FROM corral_grants WHERE id = ?", (grant,))
+                held = _charges(row[0])
+                changed = [
+                    c
+                    for c in held
+                    if c.calls != by_scope.get(c.scope, _NONE).calls
+                    or c.usd != by_scope.get(c.scope, _NONE).usd
+                    or row[1]
+                ]
+                if changed:  # settling at the reserved amount writes no scope
+                    states = _load_scopes(conn, {c.scope for c in changed})
+                    written: dict[str, ScopeState] = {}
+                    for c in changed:
+                        real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
+                        state = states.get(c.scope)
+                        if state is not None and settle_in(state, c, real, reclaimed=bool(row[1])):
+                            written[c.scope] = state
+                    _save_scopes(conn, written)
+        self.leases.done(grant)  # not before it is settled: until then, the hold stays held
+
+    def renew_grants(self, now: float) -> int:
+        """Renew this process's outstanding grants: their leases run from ``now``.
+
+        The renewer calls this while any is outstanding (one statement); returns how
+        many were renewed.
+        """
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE corral_grants SET lease_until = ? WHERE holder = ? AND reclaimed = 0",
+                (now + self.leases.lease, self.leases.holder),
+            ).rowcount
+
+    def reclaim(self, now: float) -> int:
+        """Refund the grants whose lease lapsed before ``now``; returns how many."""
+        with self._write() as conn:
+            return _reclaim(conn, now)
 
     def scope_usage(self, scope: str) -> tuple[int, Decimal]:
         """Calls and USD currently committed or held in ``scope``."""
@@ -965,3 +985,82 @@ def _dumps(value: Any) -> str:
 
 def _dumps_or_none(value: Any) -> str | None:
     return None if value is None else _dumps(value)
+
+
+# -- shared budgets, inside a write transaction ---------------------------------------------
+_NONE = ScopedCharge(scope="")
+
+
+def _held(c: ScopedCharge) -> list[Any]:
+    return [c.scope, c.calls, str(c.usd), c.window_ends, c.rolling]
+
+
+def _charges(text: str) -> list[ScopedCharge]:
+    out = []
+    for entry in json.loads(text):
+        scope, calls, usd = entry[:3]
+        window_ends, rolling = entry[3:5] if len(entry) >= 5 else (None, False)
+        out.append(
+            ScopedCharge(
+                scope=scope,
+                calls=calls,
+                usd=Decimal(usd),
+                window_ends=window_ends,
+                rolling=bool(rolling),
+            )
+        )
+    return out
+
+
+def _load_scopes(conn: sqlite3.Connection, scopes: set[str]) -> dict[str, ScopeState | None]:
+    out: dict[str, ScopeState | None] = dict.fromkeys(scopes)
+    for scope in scopes:
+        row = conn.execute(
+            "SELECT calls, usd, window_ends, buckets FROM corral_scopes WHERE scope = ?", (scope,)
+        ).fetchone()
+        if row is not None:
+            buckets = (
+                None if row[3] is None else {e: [c, Decimal(u)] for e, c, u in json.loads(row[3])}
+            )
+            out[scope] = ScopeState(int(row[0]), Decimal(row[1]), row[2], buckets)
+    return out
+
+
+def _save_scopes(conn: sqlite3.Connection, states: Mapping[str, ScopeState]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO corral_scopes (scope, calls, usd, window_ends, buckets) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (
+                scope,
+                s.calls,
+                str(s.usd),
+                s.window_ends,
+                None
+                if s.buckets is None
+                else _dumps([[e, b[0], str(b[1])] for e, b in sorted(s.buckets.items())]),
+            )
+            for scope, s in states.items()
+        ],
+    )
+
+
+def _reclaim(conn: sqlite3.Connection, now: float) -> int:
+    """Refund the holds of grants whose lease lapsed (only in windows that still count),
+    mark them reclaimed, and forget reclaimed grants whose windows have all ended."""
+    rows = conn.execute(
+        "SELECT id, charges FROM corral_grants WHERE reclaimed = 0 AND lease_until < ?", (now,)
+    ).fetchall()
+    if rows:
+        held = [c for _, text in rows for c in _charges(text)]
+        states = _load_scopes(conn, {c.scope for c in held})
+        for c in held:
+            state = states.get(c.scope)
+            if state is not None and state.counts(c, now):
+                state.change(c, -c.calls, -c.usd)
+        _save_scopes(conn, {k: v for k, v in states.items() if v is not None})
+        conn.executemany(
+            "UPDATE corral_grants SET reclaimed = 1 WHERE id = ?", [(r[0],) for r in rows]
+        )
+    conn.execute("DELETE FROM corral_grants WHERE reclaimed = 1 AND ends <= ?", (now,))
+    return len(rows)
