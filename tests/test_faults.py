@@ -826,11 +826,6 @@ def test_observe_mode_watches_the_policys_max_seconds_instead_of_enforcing_it() 
     assert result.usage.active_seconds == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="observe mode enforces windowed limits (tenant/agent/tool/global): the store's "
-    "reservation refuses, and recording the spend without refusing needs a store path of its own",
-)
 def test_observe_mode_watches_windowed_limits_instead_of_enforcing_them() -> None:
     """In observe mode a tenant's daily call cap is watched like the run's own limits: the
     calls past it go ahead and are listed as would-be stops."""

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -385,6 +385,16 @@ class RunCore:
         except Stop:
             self.meter.refund(hold)
             raise
+        if isinstance(grant, Refusal) and self.observe:
+            # Observe mode watches shared limits like the run's own: the refusal is recorded
+            # as a would-be stop, and the spend is still counted in every scope.
+            self.observed(windows.refusal_stop(grant, charge.tool))
+            unlimited = [replace(c, max_calls=None, max_usd=None) for c in wanted]
+            try:
+                grant = self._store_call(self.store.reserve, unlimited, now=time.time())
+            except Stop:
+                self.meter.refund(hold)
+                raise
         if isinstance(grant, Refusal):
             self.meter.refund(hold)
             raise self.stamp(windows.refusal_stop(grant, charge.tool))
