@@ -294,6 +294,29 @@ def test_a_write_is_retried_only_when_the_policy_declares_it_idempotent(store, i
     assert run.result.stop_reason == ("ok" if idempotent else "tool_error")
 
 
+def test_a_failed_attempt_of_a_retried_write_is_never_visible_as_its_outcome(durable):
+    """Between a failed attempt and its retry the key stays in flight: no other process can
+    replay the failure that the retry then turns into a success."""
+    seen: list[str] = []
+
+    @corral.tool(name="pay.send", effect="write", idempotent=True, retries=1)
+    def flaky(order: str, ctx: corral.ToolContext) -> str:
+        [claim] = durable.list_claims(now=time.time())
+        seen.append(claim.status)
+        if ctx.attempt == 1:
+            raise ConnectionError("vendor hiccup")
+        return "paid"
+
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["pay.send"]}, "writes": {"require_approval": False}}
+    )
+    with corral.Run(policy, tools=[flaky], store=durable) as run:
+        assert run.call("pay.send", {"order": "A-1"}, idempotency_key="A-1") == "paid"
+    assert seen == ["in_flight", "in_flight"]
+    [claim] = durable.list_claims(now=time.time())
+    assert claim.status == "done" and claim.outcome == {"output": "paid"}
+
+
 # -- writes the caller executes itself -------------------------------------------------------
 
 

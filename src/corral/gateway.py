@@ -267,25 +267,30 @@ def _call_flow(
         )
         if claimed and idem_key is not None and result.pending is not None:
             idempotency.keep_while(result.pending, core, idem_key)
-        if claimed and idem_key is not None and not result.timed_out:
-            # A write that raised is recorded as failed and never run again under its key.
-            # One that timed out may still be running (abandoned): its key stays in flight.
+        out_of_time = result.timed_out and core.remaining() <= 0
+        retry = (
+            not out_of_time
+            and attempt <= eff.retries
+            and not external
+            and not probe  # a failed probe reopened the breaker: no retries
+            and breaker.admit(core, tool.name)[0] != "open"
+            and breaker.retry_allowed(core, tool.name)
+        )
+        if claimed and idem_key is not None and not result.timed_out and not retry:
+            # A write that raised (and will not be retried) is recorded as failed and never
+            # run again under its key; while it is retried the key stays claimed, so no other
+            # process replays a failure its retry may yet turn into a success. One that timed
+            # out may still be running (abandoned): its key stays in flight.
             core._store_call(
                 core.store.complete,
                 idem_key,
                 {"error": what, "reason": "tool_error"},
                 tenant=core.tenant,
             )
-        if result.timed_out and core.remaining() <= 0:
+        if out_of_time:
             core.flush()
             core.check_time()
-        if (
-            attempt <= eff.retries
-            and not external
-            and not probe  # a failed probe reopened the breaker: no retries
-            and breaker.admit(core, tool.name)[0] != "open"
-            and breaker.retry_allowed(core, tool.name)
-        ):
+        if retry:
             pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.remaining()))
             if pause > 0:
                 yield Sleep(pause)
