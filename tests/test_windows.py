@@ -132,6 +132,22 @@ def test_a_failed_attempt_is_charged_and_not_executed_is_refunded() -> None:
     assert store.scope_usage(scope)[1] == Decimal("0.70")
 
 
+def test_a_hold_never_reported_is_settled_at_what_it_held_when_the_run_ends() -> None:
+    """An authorized call the caller never reports: at the run's end its shared hold is
+    settled as spent (it may have happened), so nothing is left to renew or reclaim."""
+    store = MemoryStore()
+    tool = corral.tool(lambda url: url, name="browser.open", effect="read", cost_usd="0.70")
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "10"})
+    with corral.Run(policy, tools=[tool], store=store, tenant="acme") as run:
+        run.authorize("browser.open", {"url": "https://x.example/"})  # executed, never reported
+    scope = windows.scoped(
+        policy, Charge(usd=Decimal(1)), tenant="acme", agent=None, now=time.time()
+    )[0].scope
+    assert store.scope_usage(scope)[1] == Decimal("0.70")
+    assert store.reclaim(time.time() + 3600) == 0  # no grant left outstanding
+    assert store.scope_usage(scope)[1] == Decimal("0.70")
+
+
 def test_windows_are_utc_aligned_buckets() -> None:
     """A 1d window runs from UTC midnight to UTC midnight; the next day is a new scope."""
     policy = limited({"per": "tenant", "window": "1d", "max_usd": "5"})

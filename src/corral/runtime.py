@@ -515,7 +515,13 @@ class RunCore:
         )
         with self._lock:
             pending, self._pending = self._pending, []
+            outstanding, self._grants = list(self._grants.values()), {}
         try:
+            # A shared hold still outstanding at the end (a call authorized and never
+            # reported) is settled at what it held: the action may have happened, so its
+            # spend stays counted, and its lease stops being renewed.
+            for grant, held in outstanding:
+                self.store.settle(grant, held)
             if pending:
                 self.store.append_events(pending)
                 if sinks._SINKS:
