@@ -540,6 +540,24 @@ def test_cancelling_the_run_cancels_its_pending_request(sqlite: Shared) -> None:
     assert cancelled is not None and cancelled.status == "cancelled"
 
 
+def test_corral_show_places_the_decision_where_it_happened(sqlite: Shared) -> None:
+    """The approver's decision (recorded by another actor) shows between the request and the
+    call it allowed in ``corral show``, not before the run's first event."""
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    agent = Agent(sqlite.store, [{"amount": 3}])
+    (request,) = pending(sqlite.store)
+    approvals.approve(sqlite.store, request.id, approver="alice", reason="ok")
+    result = agent.done()
+    shown = CliRunner().invoke(app, ["show", result.run_id, "--db", sqlite.url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    kinds = [e["kind"] for e in json.loads(shown.output)["timeline"]]
+    assert kinds.index("approval_requested") < kinds.index("approval_decision")
+    assert kinds.index("approval_decision") < kinds.index("run_end")
+
+
 # -- reachability -------------------------------------------------------------------------------
 
 

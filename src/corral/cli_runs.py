@@ -302,7 +302,8 @@ def show_command(run_id: str, *, db: str | None, as_json: bool = False) -> int:
     store, url = _open(db)
     record = _find(store, url, run_id)
     events: list[Event] = _read("events", url, store.events, record.id)
-    events.sort(key=lambda e: e.seq)
+    # The store's order is the order of appending (the audit chain's): decisions made outside
+    # the run (an approver's, numbered 0) fall where they happened, not first.
     row = run_row(record, None if record.usage else events)
     usage = dict(record.usage) if record.usage else usage_from_events(events)
     timeline = timeline_of(record, events)
