@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from corral import audit
 from corral.redact import REDACTED
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final
+from crash import pg as crash_pg
 
 ACME_KEY = "acme-crm-key-5e1f0a"
 GLOBEX_KEY = "globex-crm-key-77b2c9"
@@ -266,3 +268,23 @@ def test_a_write_refused_by_its_secret_provider_leaves_its_key_free(tmp_path: Pa
         assert second.call("crm.write", {"note": "hi"}, idempotency_key="note-1") == "done"
     assert runs == [1] and first.result.usage.tool_calls == 0
     store.close()
+
+
+def test_on_postgres_a_resolved_secret_is_in_no_record_the_store_holds() -> None:
+    """Against the shared PostgreSQL store: the tool echoes its tenant's key; the model sees
+    the redaction marker, and the run record, its events and the audit log never the key."""
+    pg = crash_pg()
+    with pg.fresh_store(pg.require_postgres()) as store:
+        model = ScriptedModel([call("crm.write", note="hi"), final("done")])
+        result = corral.run(
+            "write a note", model=model, tools=[crm_write], policy=policy("crm.write"),
+            tenant="acme", store=store, credentials=corral.EnvSecrets(environ=ENV),
+        )  # fmt: skip
+        assert result.status == "ok"
+        parts = [json.dumps(r.to_dict()) for r in audit.records(store)]
+        parts += [repr(store.get_run(result.run_id)), repr(store.events(result.run_id))]
+        written = "\n".join(parts)
+        assert ACME_KEY not in written
+        shown = repr(model.requests)
+        assert ACME_KEY not in shown and REDACTED in shown
+        assert audit.verify(store).ok
