@@ -133,6 +133,19 @@ def _did_you_mean(word: Any, choices: Iterable[Any]) -> str:
 # -- one message per error kind -----------------------------------------------------------------
 
 
+def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal``, also as one member of a union (``mode``: a name or a
+    mapping)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for member in typing.get_args(annotation):
+            choices = _literal_choices(_unwrap(member, []))
+            if choices:
+                return choices
+    return ()
+
+
 def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     value = err.get("input")
@@ -168,9 +181,7 @@ def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
         return f"must be a mapping, got {_got(value)}{hint}"
     if kind == "literal_error":
         annotation, _ = _locate(root, loc)
-        choices = (
-            typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
-        )
+        choices = _literal_choices(annotation)
         hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
         return f"must be one of {ctx.get('expected', '?')}, got {_got(value)}{hint}"
     if kind == "value_error":

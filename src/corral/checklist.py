@@ -116,7 +116,7 @@ def readiness(policy: Policy, tools: Sequence[object] | None = None) -> Report:
 def _allowlist(policy: Policy) -> Item:
     if not policy.tools.allow:
         hint = "list each tool the agent may call under tools.allow, e.g. allow: [search.read]"
-    elif policy.mode != "enforce":
+    elif "allowlist" in policy.observed_guards:
         hint = "set mode: enforce (in observe mode a tool off the allowlist is logged, not denied)"
     else:
         hint = ""
@@ -241,10 +241,18 @@ def _write_approvals(policy: Policy, code: dict[str, _Code] | None) -> Item:
 
 def _policy_warnings(policy: Policy, code: dict[str, _Code] | None) -> list[str]:
     out = []
-    if policy.mode == "observe":
+    observed = policy.observed_guards
+    if observed:
+        which = "" if policy.mode_name == "observe" else f" ({', '.join(sorted(observed))})"
         out.append(
-            "mode: observe: what would be denied or stopped is only logged; set mode: enforce "
-            "for production (the kill switch, idempotency and default budgets apply either way)"
+            f"mode: {policy.mode_name}{which}: what would be denied or stopped is only logged; "
+            "set mode: enforce for production (the kill switch, idempotency and default "
+            "budgets apply either way)"
+        )
+    if "approvals" in observed:
+        out.append(
+            "mode.approvals: observe: writes that need an approval run without one (each is "
+            "logged as a would-be approval_denied); never in production"
         )
     if policy.kill_switch.mode_when_enabled == "disable_expensive" and not _anything_expensive(
         policy, code

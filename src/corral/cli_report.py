@@ -171,12 +171,13 @@ def _share(part: int, whole: int) -> float:
 
 
 def _mode(store: Store, url: str, record: RunRecord) -> str:
-    """``observe`` or ``enforce``, as the run's start event recorded it."""
+    """``observe`` or ``enforce``, as the run's start event recorded it (a run observing some
+    guards, ``mixed``, counts as observe: it is the evidence for enforcing those guards)."""
     if record.would_stop:
         return "observe"  # only observe mode records stops that would have happened
     for event in _read("events", url, store.events, record.id):
         if event.kind == "run_start":
-            return "observe" if event.data.get("mode") == "observe" else "enforce"
+            return "observe" if event.data.get("mode") in ("observe", "mixed") else "enforce"
     return "enforce"
 
 

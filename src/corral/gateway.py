@@ -149,7 +149,18 @@ def _call_flow(
             core.flush()
             return idempotency.replay(core, eff, idem_key, done)
 
-    if eff.require_approval:
+    if eff.require_approval and core.observes("approvals"):
+        # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
+        # recorded as the denial it would have met.
+        core.observed(
+            Stop(
+                "approval_denied",
+                tool.name,
+                tool=tool.name,
+                message=f"{tool.name} ran without the approval it needs (approvals observed)",
+            )
+        )
+    elif eff.require_approval:
         # Check the fit before anyone is asked to approve; nothing is held while waiting.
         core.fits(charge)
         req = approval.request(core, eff, args, digest)
@@ -319,7 +330,7 @@ def _call_flow(
             message=str(exc),
             extra={"problem": exc.detail},
         )
-        if claimed and idem_key is not None and not core.observe:
+        if claimed and idem_key is not None and not core.observes("output"):
             # The side effect happened: record it, so a resumed run does not do it again.
             core._store_call(
                 core.store.complete,
@@ -328,7 +339,7 @@ def _call_flow(
                 tenant=core.tenant,
             )
         core.flush()
-        core.deny(stop)
+        core.deny(stop, "output")
         observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)

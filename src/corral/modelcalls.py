@@ -118,7 +118,9 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             message=f"model {name!r} has no known price and the run has a USD limit; "
             "give its price in models.prices or as the model's price (0 must be explicit)",
         )
-        core.deny(unpriced)  # in observe mode: recorded as a stop that would have happened
+        core.deny(
+            unpriced, "budgets"
+        )  # when budgets are observed: recorded as a stop that would have happened
     if lim.max_usd is not None and price is not None:
         usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
         spent = used.usd + held.usd

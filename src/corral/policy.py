@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,9 +27,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     StrictBool,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -44,6 +47,19 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
 Mode = Literal["enforce", "observe"]
+Guard = Literal["allowlist", "arguments", "budgets", "limits", "loops", "output", "approvals"]
+#: The guards ``mode`` can switch to observe. Never observe-only, whatever the policy says:
+#: the kill switch, fail-closed refusals, secret scrubbing, idempotency, the run backstops
+#: and degrade mode (observing an open breaker would mean hammering the failing vendor).
+GUARDS: tuple[Guard, ...] = (
+    "allowlist",
+    "arguments",
+    "budgets",
+    "limits",
+    "loops",
+    "output",
+    "approvals",
+)
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 OnDenied = Literal["stop", "tell_model"]
 OnDegraded = Literal["stop", "tell_model"]
@@ -345,11 +361,48 @@ class Models(_Section):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
 
+class GuardModes(_Section):
+    """``mode`` per guard: each guard named here is enforced or observed, the others follow
+    ``default``. ``approvals: observe`` must be named to let an unapproved write go ahead
+    (recorded as a would-be ``approval_denied``); ``default: observe`` never implies it."""
+
+    default: Mode = "enforce"
+    allowlist: Mode | None = None
+    arguments: Mode | None = None
+    budgets: Mode | None = None
+    limits: Mode | None = None
+    loops: Mode | None = None
+    output: Mode | None = None
+    approvals: Mode | None = None
+
+    def observed(self) -> frozenset[Guard]:
+        out: set[Guard] = set()
+        for guard in GUARDS:
+            named = getattr(self, guard)
+            fallback = "enforce" if guard == "approvals" else self.default
+            if (named or fallback) == "observe":
+                out.add(guard)
+        return frozenset(out)
+
+
+def _mode_kind(value: Any) -> str:
+    return "[per_guard]" if isinstance(value, Mapping | GuardModes) else "[whole]"
+
+
+# One mode for the whole policy, or one per guard; the discriminator validates only the
+# branch that applies, so a mistake gets one message, not one per branch (the tags are
+# bracketed so that error paths leave them out, like pydantic's own markers).
+ModeSetting = Annotated[
+    Annotated[Mode, Tag("[whole]")] | Annotated[GuardModes, Tag("[per_guard]")],
+    Discriminator(_mode_kind),
+]
+
+
 class Policy(_Section):
     """A whole policy. Build with :meth:`from_dict`, :meth:`from_yaml` or :func:`load_policy`."""
 
     version: str | None = None
-    mode: Mode = "enforce"
+    mode: ModeSetting = "enforce"
     tools: ToolsSection = Field(default_factory=ToolsSection)
     budgets: Budgets = Field(default_factory=Budgets)
     writes: Writes = Field(default_factory=Writes)
@@ -418,6 +471,26 @@ class Policy(_Section):
         except _DuplicateKey as exc:
             raise PolicyError([f"(file): not valid JSON ({exc})"], source=source) from None
         return cls.from_dict(_document(data, source), source=source)
+
+    @property
+    def observed_guards(self) -> frozenset[Guard]:
+        """The guards that record what they would stop instead of stopping it.
+
+        ``mode: observe`` observes every guard but ``approvals``; a mapping names them.
+        """
+        if isinstance(self.mode, GuardModes):
+            return self.mode.observed()
+        if self.mode == "observe":
+            return frozenset(g for g in GUARDS if g != "approvals")
+        return frozenset()
+
+    @property
+    def mode_name(self) -> Literal["enforce", "observe", "mixed"]:
+        """``enforce`` (no guard observed), ``observe`` (all of them), else ``mixed``."""
+        observed = self.observed_guards
+        if not observed:
+            return "enforce"
+        return "observe" if observed >= frozenset(GUARDS) - {"approvals"} else "mixed"
 
     def allows(self, name: str) -> bool:
         """Exact-match allowlist lookup: no case folding, no trimming, no wildcards."""

@@ -23,7 +23,7 @@ from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
 from .guards.arguments import check_constraints
-from .policy import ArgConstraint, Policy
+from .policy import ArgConstraint, Guard, Policy
 from .result import Status
 from .secrets import Credentials, SecretProvider
 from .stops import StopInfo, StopReason
@@ -118,7 +118,8 @@ class RunCore:
         # for runs), secret-named keys and credential-looking text (redact.py).
         self.redactor = redact.redactor(policy.redact.keys, policy.redact.patterns)
         self.credentials = Credentials(credentials, tenant=tenant, register=self._add_secrets)
-        self.observe = policy.mode == "observe"
+        # The guards observed: they record what they would stop instead of stopping it.
+        self.observing = policy.observed_guards
         self.allowed = frozenset(policy.tools.allow)
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
         policy_limits = limits_from_policy(policy.budgets, caps)
@@ -136,7 +137,7 @@ class RunCore:
         if existing is not None:
             prior = Usage.from_dict(existing.usage)
             self.resumed = True
-        if self.observe:
+        if self.observes("budgets"):
             # Enforce only the backstops; the policy's own limits are watched.
             self.meter = Meter(BACKSTOP, usage=prior)
             self.shadow: Meter | None = Meter(policy_limits, usage=prior)
@@ -145,7 +146,7 @@ class RunCore:
             self.shadow = None
         self.limits = policy_limits
         self.max_seconds = policy_limits.max_seconds
-        if self.observe:
+        if self.observes("budgets"):
             # Like steps and calls: the backstop is enforced, the policy's time is watched
             # (check_time records it as a stop that would have happened).
             self.max_seconds = BACKSTOP.max_seconds
@@ -177,7 +178,8 @@ class RunCore:
             "run_start",
             resumed=self.resumed,
             policy=policy.digest,
-            mode=policy.mode,
+            mode=policy.mode_name,
+            observed=sorted(self.observing),
             tenant=self.tenant,
             agent=self.agent,
         )
@@ -219,7 +221,7 @@ class RunCore:
         """Refuse at start a policy needing approvals that nobody could give: with no
         in-process approver, the store's queue is the channel, and an in-memory store is
         reachable from no other process."""
-        if self.approver is not None:
+        if self.approver is not None or self.observes("approvals"):
             return
         if not isinstance(self.store, MemoryStore):
             return
@@ -340,7 +342,7 @@ class RunCore:
                     message=f"the run has used its {limit:g} s",
                 )
             )
-        if self.observe and not self._time_watched:
+        if self.observes("budgets") and not self._time_watched:
             used = self._prior_active + self.active_seconds()
             if used > self.limits.max_seconds:
                 self._time_watched = True
@@ -385,7 +387,7 @@ class RunCore:
         except Stop:
             self.meter.refund(hold)
             raise
-        if isinstance(grant, Refusal) and self.observe:
+        if isinstance(grant, Refusal) and self.observes("limits"):
             # Observe mode watches shared limits like the run's own: the refusal is recorded
             # as a would-be stop, and the spend is still counted in every scope.
             self.observed(windows.refusal_stop(grant, charge.tool))
@@ -439,9 +441,13 @@ class RunCore:
         self.record_stop(stop.info)
         return stop
 
-    def deny(self, stop: Stop) -> None:
-        """Raise ``stop``, or in observe mode record that it would have happened."""
-        if self.observe:
+    def observes(self, guard: Guard) -> bool:
+        """Whether ``guard`` records what it would stop instead of stopping it."""
+        return guard in self.observing
+
+    def deny(self, stop: Stop, guard: Guard) -> None:
+        """Raise ``stop``, or, when ``guard`` is observed, record that it would have happened."""
+        if guard in self.observing:
             self.observed(stop)
             return
         raise self.stamp(stop)

@@ -58,7 +58,7 @@ def deny(
     stop = Stop(
         "tool_denied", tool, tool=tool, message=message, extra={"why": why, **(extra or {})}
     )
-    if core.observe:
+    if core.observes("arguments" if why == "argument_not_allowed" else "allowlist"):
         core.event("denied", tool=tool, why=why, observed=True)
         core.observed(stop)
         return

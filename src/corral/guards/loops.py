@@ -33,5 +33,6 @@ def check(core: RunCore, tool: str, canonical_args: str) -> None:
                 observed=seen,
                 message=f"{tool} was called {seen} times with the same arguments "
                 f"in the last {len(recent)} calls",
-            )
+            ),
+            "loops",
         )
