@@ -8,7 +8,6 @@ failed under CI), across threads and across processes.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,17 +29,7 @@ from corral.exceptions import StoreError
 from corral.stores.base import ApprovalRecord, KillSwitchState, Store
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore
-
-
-def _pg() -> ModuleType:
-    """``tests/stores/pg.py`` (the PostgreSQL helpers), imported once under its own name."""
-    if "pg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pg", Path(__file__).parent / "stores/pg.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pg"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pg"]
+from crash import pg as crash_pg
 
 
 @dataclass
@@ -63,7 +51,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shared]:
         finally:
             store.close()
         return
-    pg = _pg()
+    pg = crash_pg()
     url = pg.require_postgres()
     with pg.fresh_store(url) as store:
         yield Shared(store, f"{url}?schema={store.schema}")

@@ -3,13 +3,10 @@ recorded and audited, tenant isolation, self-approval refused, one-line errors a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +16,7 @@ from corral import audit
 from corral.cli import app
 from corral.stores.base import ApprovalRecord, Store
 from corral.stores.sqlite import SQLiteStore
+from crash import pg as crash_pg
 
 ROW = [
     "id", "status", "run_id", "tool", "tenant", "agent", "args_digest", "arguments",
@@ -29,17 +27,6 @@ ROW = [
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     """The command in this process."""
     return CliRunner().invoke(app, list(args), env=env)
-
-
-def _pg() -> ModuleType:
-    """``tests/stores/pg.py`` (the PostgreSQL helpers), imported once under its own name."""
-    if "pg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pg", Path(__file__).parent / "stores/pg.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pg"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pg"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -54,7 +41,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, 
         finally:
             store.close()
         return
-    pg = _pg()
+    pg = crash_pg()
     url = pg.require_postgres()
     with pg.fresh_store(url) as pg_store:
         fill(pg_store)

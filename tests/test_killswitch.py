@@ -4,7 +4,6 @@ the per-process cache, failing closed, and the delay before another process sees
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import queue
 import random
 import statistics
@@ -15,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from corral.stores.base import KillSwitchState
 from corral.stores.memory import MemoryStore
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import ScriptedModel, final
+from crash import pg as crash_pg
 
 TARGET = {"tenant": "acme", "agent": "support-bot", "run_id": "run_target"}
 OTHER = {"tenant": "globex", "agent": "billing-bot"}
@@ -923,20 +922,9 @@ def test_another_process_sees_a_switch_within_1_s_on_sqlite(tmp_path: Path) -> N
     assert max(delays) <= 1.0
 
 
-def _pg() -> ModuleType:
-    """``tests/stores/pg.py`` (the PostgreSQL helpers), imported once under its own name."""
-    if "pg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pg", Path(__file__).parent / "stores/pg.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pg"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pg"]
-
-
 def test_another_process_sees_a_switch_within_1_s_on_postgres() -> None:
     """The same on PostgreSQL: a child process sees stop_all within 1 s."""
-    pg = _pg()
+    pg = crash_pg()
     url = pg.require_postgres()
     with pg.fresh_store(url) as parent:
         child = Child("postgres", url, parent.schema)

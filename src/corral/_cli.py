@@ -1,11 +1,16 @@
-"""What the command groups share: the ``--db`` and ``--json`` options, and a failure
-carrying its exit code."""
+"""What the command groups share: the ``--db`` and ``--json`` options, opening the store
+they name, and a failure carrying its exit code."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+
+from .exceptions import ConfigError, StoreError
+from .stores import Store, default_url, open_store
+
+EXIT_USAGE = 2
 
 DbOption = Annotated[
     str | None,
@@ -20,3 +25,19 @@ class Fail(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def open_db(db: str | None) -> tuple[Store, str]:
+    """The store ``--db`` names (else ``CORRAL_DB``, else the default) and its URL; a store
+    that cannot be opened is a usage error naming where the URL came from."""
+    url = db if db is not None else default_url()
+    try:
+        return open_store(url), url
+    except (ConfigError, StoreError) as exc:
+        where = "--db" if db is not None else "CORRAL_DB"
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {one_line(exc)}") from None

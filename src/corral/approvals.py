@@ -241,14 +241,15 @@ def _file(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Approval
     return _new(core, eff, req)
 
 
-def _attached(core: RunCore, rec: ApprovalRecord) -> ApprovalRecord:
+def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) -> ApprovalRecord:
+    """Record that the run waits on ``rec`` (filed now, or left by an earlier process)."""
     core.event(
         "approval_requested",
         approval_id=rec.id,
         tool=rec.tool,
         args_digest=rec.args_digest,
         expires=rec.expires,
-        reattached=True,
+        reattached=reattached,
     )
     core.flush()
     return rec
@@ -270,16 +271,7 @@ def _new(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> ApprovalR
         kill_mode=core.policy.kill_switch.mode_when_enabled,
     )
     core.store.create_approval(record)
-    core.event(
-        "approval_requested",
-        approval_id=record.id,
-        tool=record.tool,
-        args_digest=record.args_digest,
-        expires=record.expires,
-        reattached=False,
-    )
-    core.flush()
-    return record
+    return _attached(core, record, reattached=False)
 
 
 # -- deciding -----------------------------------------------------------------------------

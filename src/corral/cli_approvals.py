@@ -39,9 +39,8 @@ from typing import Annotated, Any, cast, get_args
 import typer
 
 from . import approvals
-from ._cli import DbOption, Fail, JsonOption
+from ._cli import DbOption, Fail, JsonOption, one_line, open_db
 from .exceptions import ApprovalError, ConfigError, StoreError
-from .stores import Store, default_url, open_store
 from .stores.base import ApprovalRecord, ApprovalStatus
 
 EXIT_OK = 0
@@ -84,17 +83,8 @@ def _guarded(fn: Callable[[], int]) -> int:
         typer.echo(f"corral approvals: {exc}", err=True)
         return EXIT_USAGE
     except StoreError as exc:
-        typer.echo(f"corral approvals: the store cannot be reached: {_one_line(exc)}", err=True)
+        typer.echo(f"corral approvals: the store cannot be reached: {one_line(exc)}", err=True)
         return EXIT_FAILED
-
-
-def _open(db: str | None) -> tuple[Store, str]:
-    url = db if db is not None else default_url()
-    try:
-        return open_store(url), url
-    except (ConfigError, StoreError) as exc:
-        where = "--db" if db is not None else "CORRAL_DB"
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
 
 
 @approvals_app.command("list")
@@ -112,7 +102,7 @@ def list_(
         if status not in STATUSES:
             raise Fail(EXIT_USAGE, f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
         wanted = None if status == "all" else cast(ApprovalStatus, status)
-        store, url = _open(db)
+        store, url = open_db(db)
         found = store.list_approvals(status=wanted, tenant=tenant)
         rows = [row(a) for a in found]
         if json_out:
@@ -132,7 +122,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
     """Show one approval: its action, arguments, status and who decided it."""
 
     def go() -> int:
-        store, url = _open(db)
+        store, url = open_db(db)
         record = store.get_approval(approval_id)
         if record is None:
             raise Fail(EXIT_FAILED, f"no approval {approval_id!r} in {url}")
@@ -193,7 +183,7 @@ def _decide(
         raise Fail(EXIT_USAGE, "--as needs a name")
     if tenant is not None and not tenant.strip():
         raise Fail(EXIT_USAGE, "--tenant needs a value")
-    store, _ = _open(db)
+    store, _ = open_db(db)
     decide = approvals.approve if approve_it else approvals.deny
     record = decide(store, approval_id, approver=who, reason=reason, tenant=tenant)
     verb = "approved" if approve_it else "denied"
@@ -257,7 +247,3 @@ def _table(records: list[ApprovalRecord]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=False)]
     for line in (header, *lines):
         typer.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -37,7 +37,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from . import audit
-from ._cli import DbOption, Fail, JsonOption
+from ._cli import DbOption, Fail, JsonOption, one_line
 from .exceptions import ConfigError, StoreError
 from .stores import Store, _sqlite_target, default_url, open_store
 
@@ -178,7 +178,7 @@ def _open(db: str | None) -> tuple[Store, str]:
                 raise Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
         return open_store(url), url
     except (ConfigError, StoreError) as exc:
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {one_line(exc)}") from None
 
 
 def _read(url: str, fn: Callable[[], Any]) -> Any:
@@ -187,7 +187,7 @@ def _read(url: str, fn: Callable[[], Any]) -> Any:
     except audit.KeyRequired as exc:
         raise Fail(EXIT_USAGE, f"{url}: {exc}") from None
     except StoreError as exc:
-        raise Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {_one_line(exc)}") from None
+        raise Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -201,8 +201,3 @@ def _output(out: str) -> Iterator[IO[str]]:
         raise Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
     with stream:
         yield stream
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

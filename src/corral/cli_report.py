@@ -46,9 +46,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import DbOption, Fail, JsonOption
+from ._cli import DbOption, Fail, JsonOption, open_db
 from ._decisions import guard_of
-from .cli_runs import EXIT_OK, EXIT_USAGE, _console, _open, _print_json, _read, iso
+from .cli_runs import EXIT_OK, EXIT_USAGE, _console, _print_json, _read, iso
 from .runtime import ERROR_REASONS
 from .stores import Store
 from .stores.base import RunRecord
@@ -243,7 +243,7 @@ def report_command(
     start = parse_since(since, now=until)
     if start > until:
         raise Fail(EXIT_USAGE, f"--since: {iso(start)} is in the future")
-    store, url = _open(db)
+    store, url = open_db(db)
     records: list[RunRecord] = _read("runs", url, store.list_runs, limit=SCAN_LIMIT, tenant=tenant)
     scanned_all = len(records) < SCAN_LIMIT or min(r.started_at for r in records) < start
     chosen = [

@@ -44,11 +44,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ._cli import DbOption, Fail, JsonOption
+from ._cli import DbOption, Fail, JsonOption, one_line, open_db
 from ._decisions import Denial, DenialReader
-from .exceptions import ConfigError, StoreError
+from .exceptions import StoreError
 from .stops import STOP_REASONS
-from .stores import Store, default_url, open_store
+from .stores import Store
 from .stores.base import Event, RunRecord
 
 EXIT_OK = 0
@@ -124,25 +124,11 @@ def _guarded(command: str, body: Any) -> int:
     return code
 
 
-def _open(db: str | None) -> tuple[Store, str]:
-    url = db if db is not None else default_url()
-    try:
-        return open_store(url), url
-    except (ConfigError, StoreError) as exc:
-        where = "--db" if db is not None else "CORRAL_DB"
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {_one_line(exc)}") from None
-
-
 def _read(what: str, url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except StoreError as exc:
-        raise Fail(EXIT_USAGE, f"cannot read {what} from {url}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+        raise Fail(EXIT_USAGE, f"cannot read {what} from {url}: {one_line(exc)}") from None
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -166,7 +152,7 @@ def runs_command(
         problems.append(f"--limit: must be between 1 and {MAX_LIMIT:,}, got {limit}")
     if problems:
         raise Fail(EXIT_USAGE, "; ".join(problems))
-    store, url = _open(db)
+    store, url = open_db(db)
     filtered = agent is not None or status is not None or stop_reason is not None
     records: list[RunRecord] = _read(
         "runs", url, store.list_runs, limit=SCAN_LIMIT if filtered else limit, tenant=tenant
@@ -299,7 +285,7 @@ def usage_from_events(events: Sequence[Event]) -> dict[str, Any]:
 # -- show ------------------------------------------------------------------------------
 def show_command(run_id: str, *, db: str | None, as_json: bool = False) -> int:
     """Print one run's timeline and usage; return the exit code."""
-    store, url = _open(db)
+    store, url = open_db(db)
     record = _find(store, url, run_id)
     events: list[Event] = _read("events", url, store.events, record.id)
     # The store's order is the order of appending (the audit chain's): decisions made outside
