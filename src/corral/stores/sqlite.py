@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from decimal import Decimal
 from types import TracebackType
@@ -180,32 +180,22 @@ class SQLiteStore:
             raise
         return conn
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():
-            self._forked()
-        with self._lock:
-            try:
-                if self._conn is None:
-                    if self.closed:
-                        raise StoreError(f"{self._where}: the store is closed")
-                    self._conn = self._connect()
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._where}: {exc}") from exc
+    def _locked(self) -> _Locked:
+        """``with store._locked() as conn``: this store's connection, under its lock; an
+        ``sqlite3.Error`` inside becomes a :class:`~corral.exceptions.StoreError`."""
+        return _Locked(self)
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> _Write:
         """One transaction holding the write lock from its first read (BEGIN IMMEDIATE)."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+        return _Write(self)
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, opened on first use (the caller holds the lock)."""
+        if self._conn is None:
+            if self.closed:
+                raise StoreError(f"{self._where}: the store is closed")
+            self._conn = self._connect()
+        return self._conn
 
     def _forked(self) -> None:
         if self._conn is not None:
@@ -306,10 +296,11 @@ class SQLiteStore:
         now = time.time()
         with self._write() as conn:
             _append(conn, self._sealer, events)
-            conn.executemany(
-                "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
-                [(now, run_id) for run_id in dict.fromkeys(e.run_id for e in events)],
-            )
+            runs = dict.fromkeys(e.run_id for e in events)
+            if len(runs) == 1:  # the usual case: execute skips executemany's setup
+                conn.execute(_HEARTBEAT, (now, events[0].run_id))
+            else:
+                conn.executemany(_HEARTBEAT, [(now, run_id) for run_id in runs])
 
     def events(self, run_id: str) -> list[Event]:
         with self._locked() as conn:
@@ -811,6 +802,75 @@ class SQLiteStore:
             conn.execute("DELETE FROM corral_degrade WHERE name = ?", (name,))
 
 
+class _Locked:
+    """The store's connection under its lock (see ``SQLiteStore._locked``).
+
+    A class rather than a ``contextlib.contextmanager`` generator: every store call enters
+    one (a write two), and a generator's setup costs over a microsecond per use.
+    """
+
+    __slots__ = ("_lock", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        if store._pid != os.getpid():
+            store._forked()
+        self._lock = store._lock
+        self._lock.acquire()
+        try:
+            return store._open()
+        except BaseException as exc:
+            self._leave(exc)
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._leave(exc)
+
+    def _leave(self, exc: BaseException | None) -> None:
+        """Release the lock; raise ``exc`` as a StoreError if it is SQLite's."""
+        self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{self._store._where}: {exc}") from exc
+
+
+class _Write(_Locked):
+    """A ``BEGIN IMMEDIATE`` transaction on the locked connection: committed when the body
+    ends normally, rolled back otherwise (and when the commit fails)."""
+
+    __slots__ = ("_conn",)
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn = super().__enter__()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._leave(exc)
+            raise
+        return conn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        conn = self._conn
+        try:
+            try:
+                if exc is None:
+                    conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+        except BaseException as failed:
+            self._leave(failed)
+            raise
+        self._leave(exc)
+
+
 def _degrade_add(
     conn: sqlite3.Connection, name: str, now: float, size: float, calls: int, failures: int
 ) -> DegradeWindow:
@@ -842,18 +902,30 @@ _CLOSED = BreakerState()
 _AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash, mode"
 
 
+_HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'"
+_INSERT_EVENT = (
+    "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
+    "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _append(conn: sqlite3.Connection, sealer: Sealer, events: Sequence[Event]) -> None:
-    """Seal ``events`` after the chain's head and write them; the caller holds the write lock."""
+    """Seal ``events`` after the chain's head and write them; the caller holds the write lock.
+
+    The head is read here, inside the write transaction, never remembered: other processes
+    append to the same chain between two of this connection's transactions.
+    """
     seq, prev = conn.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
     sealed = sealer.seal_rows(AuditHead(seq=seq, hash=prev), events)
-    conn.executemany(
-        "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
-        "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (*r[:7], r.text, r.prev_hash, r.hash, sealer.mode)  # seq, run_id, ..., actor
-            for r in sealed
-        ],
-    )
+    mode = sealer.mode
+    if len(sealed) == 1:  # one event per flush is the allow path's case
+        r = sealed[0]
+        conn.execute(_INSERT_EVENT, (*r[:7], r.text, r.prev_hash, r.hash, mode))
+    else:
+        conn.executemany(
+            _INSERT_EVENT,
+            [(*r[:7], r.text, r.prev_hash, r.hash, mode) for r in sealed],  # seq, run_id, ...
+        )
     last = sealed[-1]
     conn.execute("UPDATE corral_audit_head SET seq = ?, hash = ?", (last.seq, last.hash))
 
