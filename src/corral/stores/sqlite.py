@@ -22,7 +22,9 @@ Events are the audit log: each append reads the chain's head, seals the events
 (:mod:`.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
 every process appending to the file extends one chain. An event's ``id`` (the
 table's rowid) is its place in the chain: no extra index to write per event.
-Triggers refuse to change or delete a sealed event.
+Triggers refuse to change or delete a sealed event. The chain's head is always read
+inside the write transaction (another process may have moved it since). Appending
+also renews the runs' heartbeat, at most once per :data:`HEARTBEAT_SECONDS`.
 
 >>> store = SQLiteStore(":memory:")
 >>> store.create_run(RunRecord(id="run_1", tenant="acme"))
@@ -104,6 +106,13 @@ _PLAIN_FIELDS = frozenset(
 )
 _RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
 
+#: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
+#: heartbeat keeps is an hour; renewing it on every append would write one more page to the
+#: WAL per event, about a tenth of the cost of a durable tool call.
+HEARTBEAT_SECONDS = 1.0
+_MAX_BEATS = 4096
+_NEVER = float("-inf")
+
 
 class SQLiteStore:
     """A complete :class:`~corral.stores.base.Store` in one SQLite file.
@@ -140,6 +149,8 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        # When this object last renewed each run's heartbeat (monotonic): see append_events.
+        self._beats: dict[str, float] = {}
         try:
             with self._locked():
                 pass  # connect and migrate now, so a bad path or schema fails here
@@ -290,17 +301,27 @@ class SQLiteStore:
         return [_run(row) for row in rows]
 
     def append_events(self, events: Sequence[Event]) -> None:
-        """Append events in order, sealed into the audit chain; renews their runs' heartbeat."""
+        """Append events in order, sealed into the audit chain; renews their runs' heartbeat
+        (at most every :data:`HEARTBEAT_SECONDS` per run from this store object)."""
         if not events:
             return
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
+        beats = self._beats
+        due = [
+            run_id
+            for run_id in dict.fromkeys(e.run_id for e in events)
+            if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
+        ]
         with self._write() as conn:
             _append(conn, self._sealer, events)
-            runs = dict.fromkeys(e.run_id for e in events)
-            if len(runs) == 1:  # the usual case: execute skips executemany's setup
-                conn.execute(_HEARTBEAT, (now, events[0].run_id))
-            else:
-                conn.executemany(_HEARTBEAT, [(now, run_id) for run_id in runs])
+            if len(due) == 1:  # the usual case: execute skips executemany's setup
+                conn.execute(_HEARTBEAT, (now, due[0]))
+            elif due:
+                conn.executemany(_HEARTBEAT, [(now, run_id) for run_id in due])
+        if len(beats) > _MAX_BEATS:
+            beats.clear()  # forgetting only means the next append renews
+        for run_id in due:
+            beats[run_id] = mono
 
     def events(self, run_id: str) -> list[Event]:
         with self._locked() as conn:
