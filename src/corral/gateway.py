@@ -337,7 +337,7 @@ def _call_flow(
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
-    core.trusted_event(  # the allow path: every value below is corral's own
+    core.trusted_event_flushed(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,
         outcome="ok",
@@ -346,7 +346,6 @@ def _call_flow(
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
     )
-    core.flush()
     return observation
 
 

@@ -502,9 +502,32 @@ class RunCore:
         with self._lock:
             pending, self._pending = self._pending, []
         if pending:
-            self._store_call(self.store.append_events, pending)
-            if sinks._SINKS:
-                sinks.emit(pending)
+            self._write_events(pending)
+
+    def trusted_event_flushed(self, kind: str, **data: Any) -> None:
+        """:meth:`trusted_event` then :meth:`flush`, taking the lock once (the allow path
+        records its outcome this way)."""
+        at = time.time()
+        with self._lock:
+            self._seq += 1
+            pending, self._pending = self._pending, []
+            pending.append(
+                Event(
+                    run_id=self.id,
+                    seq=self._seq,
+                    kind=kind,
+                    at=at,
+                    data=data,
+                    tenant=self.tenant,
+                    actor=self.agent,
+                )
+            )
+        self._write_events(pending)
+
+    def _write_events(self, pending: list[Event]) -> None:
+        self._store_call(self.store.append_events, pending)
+        if sinks._SINKS:
+            sinks.emit(pending)
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:

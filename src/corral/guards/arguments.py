@@ -69,6 +69,8 @@ def _parse(raw: Any) -> Any:
             ) from None
         except RecursionError:
             raise ArgumentsInvalid(["arguments are nested too deeply"]) from None
+    if type(raw) is dict:
+        return raw  # validation reads it and returns a new dict: no copy needed here
     return dict(raw) if isinstance(raw, Mapping) else raw
 
 
