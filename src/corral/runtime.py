@@ -80,7 +80,7 @@ _C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 
 def canonical(args: Mapping[str, Any]) -> str:
     """The canonical JSON of ``args``: sorted keys, no spaces, UTF-8 kept as is."""
-    if _C_ENCODER is None or type(args) is not dict:  # pragma: no cover (no C encoder)
+    if _C_ENCODER is None or type(args) is not dict:  # no C encoder, or not a plain dict
         return _CANONICAL.encode(args)
     # What _CANONICAL.encode does for a dict, without rebuilding its options on every call:
     # the C encoder with the same settings, and its own circular-reference markers (a fresh
