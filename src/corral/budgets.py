@@ -114,7 +114,7 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per call, and frozen __init__ costs 3x
 class Hold:
     """A granted reservation; settle or refund it exactly once."""
 

@@ -49,7 +49,9 @@ from .tools import ToolContext
 RETRY_BACKOFF = 0.1
 
 
-@dataclass(frozen=True, slots=True)
+# Execute and Attempt are built on every call: plain slotted dataclasses, since a frozen
+# one's __init__ costs about three times as much (object.__setattr__ per field).
+@dataclass(slots=True)
 class Execute:
     eff: Effective
     args: Mapping[str, Any]
@@ -69,7 +71,7 @@ class Sleep:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """The result of one execution: a value, or an error (``timed_out`` for a deadline).
 
@@ -121,7 +123,8 @@ def _call_flow(
     # registry check below does.
     killswitch.check(core, tool_name, eff)
     tool = names.resolve(core, name)
-    eff = core.effective(tool.name)
+    if eff is None:  # resolve refuses names no code registered: for the type checker
+        eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
     text = canonical(args)
     loops.check(core, tool.name, text)
@@ -345,7 +348,7 @@ def _call_flow(
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
-    core.trusted_event(  # the allow path: every value below is corral's own
+    core.trusted_event_flushed(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,
         outcome="ok",
@@ -354,7 +357,6 @@ def _call_flow(
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
     )
-    core.flush()
     return observation
 
 

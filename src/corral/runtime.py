@@ -63,6 +63,8 @@ class Effective:
     """What one attempt reserves: a tool call and the declared cost."""
     call_only: Charge
     """What a failed attempt costs with ``charge_on_error: false``: the call, no USD."""
+    policy_args_schema: Mapping[str, Any] | None = None
+    """The policy's own schema for the arguments, checked on top of the tool's."""
 
     @property
     def cacheable(self) -> bool:
@@ -73,11 +75,18 @@ class Effective:
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 )
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 
 
 def canonical(args: Mapping[str, Any]) -> str:
     """The canonical JSON of ``args``: sorted keys, no spaces, UTF-8 kept as is."""
-    return _CANONICAL.encode(args)
+    if _C_ENCODER is None or type(args) is not dict:  # no C encoder, or not a plain dict
+        return _CANONICAL.encode(args)
+    # What _CANONICAL.encode does for a dict, without rebuilding its options on every call:
+    # the C encoder with the same settings, and its own circular-reference markers (a fresh
+    # dict per call, so threads never share them).
+    encode = _C_ENCODER({}, str, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    return "".join(encode(args, 0))
 
 
 def args_digest(args: Mapping[str, Any], *, text: str | None = None) -> str:
@@ -167,6 +176,8 @@ class RunCore:
         self._effective: dict[str, Effective] = {}
         self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.recent_calls: list[tuple[str, str]] = []
+        # The kill-switch check made while a call of a name runs (guards/killswitch.watch).
+        self.watches: dict[str | None, Callable[[], Any]] = {}
         self._grants: dict[int, tuple[str, list[ScopedCharge]]] = {}
         self.task = task
         self._check_approval_channel()
@@ -300,6 +311,7 @@ class RunCore:
             charge_on_error=spec.charge_on_error if spec else True,
             charge=Charge(tool_calls=1, usd=cost, tool=name),
             call_only=Charge(tool_calls=1, tool=name),
+            policy_args_schema=spec.args_schema if spec else None,
         )
         self._effective[name] = eff
         return eff
@@ -373,7 +385,8 @@ class RunCore:
             raise self.stamp(stop) from None
         if self.policy.limits and (charge.tool_calls or charge.usd):
             self._reserve_shared(hold, charge)
-        self._watch(charge, hold=True)
+        if self.shadow is not None:
+            self._watch(charge, hold=True)
         return hold
 
     def _reserve_shared(self, hold: Hold, charge: Charge) -> None:
@@ -495,9 +508,32 @@ class RunCore:
         with self._lock:
             pending, self._pending = self._pending, []
         if pending:
-            self._store_call(self.store.append_events, pending)
-            if sinks._SINKS:
-                sinks.emit(pending)
+            self._write_events(pending)
+
+    def trusted_event_flushed(self, kind: str, **data: Any) -> None:
+        """:meth:`trusted_event` then :meth:`flush`, taking the lock once (the allow path
+        records its outcome this way)."""
+        at = time.time()
+        with self._lock:
+            self._seq += 1
+            pending, self._pending = self._pending, []
+            pending.append(
+                Event(
+                    run_id=self.id,
+                    seq=self._seq,
+                    kind=kind,
+                    at=at,
+                    data=data,
+                    tenant=self.tenant,
+                    actor=self.agent,
+                )
+            )
+        self._write_events(pending)
+
+    def _write_events(self, pending: list[Event]) -> None:
+        self._store_call(self.store.append_events, pending)
+        if sinks._SINKS:
+            sinks.emit(pending)
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:

@@ -107,6 +107,42 @@ def test_appending_events_renews_the_heartbeat(tmp_path: Path) -> None:
         assert run.heartbeat_at > time.time() - 60
 
 
+def test_appends_renew_the_heartbeat_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends within HEARTBEAT_SECONDS renew a run's heartbeat once; after it, again."""
+    from corral.stores import sqlite as sqlite_store
+
+    with SQLiteStore(tmp_path / "hb.db") as store:
+        store.create_run(RunRecord(id="r1", heartbeat_at=1.0))
+        store.append_events([Event(run_id="r1", seq=1, kind="step", at=1.0)])
+        store.update_run("r1", heartbeat_at=2.0)
+        store.append_events([Event(run_id="r1", seq=2, kind="step", at=1.0)])
+        run = store.get_run("r1")
+        assert run is not None and run.heartbeat_at == 2.0
+        monkeypatch.setattr(sqlite_store, "HEARTBEAT_SECONDS", 0.0)
+        store.append_events([Event(run_id="r1", seq=3, kind="step", at=1.0)])
+        run = store.get_run("r1")
+        assert run is not None and run.heartbeat_at is not None
+        assert run.heartbeat_at > time.time() - 60
+
+
+def test_a_failed_write_rolls_back_and_leaves_the_store_usable(tmp_path: Path) -> None:
+    """A write whose statement fails raises StoreError, keeps nothing of it, and the next
+    write on the same connection succeeds."""
+    with SQLiteStore(tmp_path / "tx.db") as store:
+        with pytest.raises(StoreError), store._write() as conn:
+            conn.execute("INSERT INTO corral_breakers (name, state, until) VALUES ('a', 'x', 0)")
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        assert store.breaker("a", now=0.0).state == "closed"
+        with pytest.raises(RuntimeError), store._write() as conn:
+            conn.execute("INSERT INTO corral_breakers (name, state, until) VALUES ('b', 'x', 0)")
+            raise RuntimeError("not SQLite's")
+        assert store.breaker("b", now=0.0).state == "closed"
+        store.set_breaker("c", BreakerState(state="open", until=10.0))
+        assert store.breaker("c", now=0.0).state == "open"
+
+
 def test_a_path_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
     """A file in a missing folder fails at open, naming the file."""
     with pytest.raises(StoreError, match="nowhere"):

@@ -69,6 +69,8 @@ def _parse(raw: Any) -> Any:
             ) from None
         except RecursionError:
             raise ArgumentsInvalid(["arguments are nested too deeply"]) from None
+    if type(raw) is dict:
+        return raw  # validation reads it and returns a new dict: no copy needed here
     return dict(raw) if isinstance(raw, Mapping) else raw
 
 
@@ -78,10 +80,9 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
     try:
         parsed = _parse(raw)
         args = eff.tool.validate_args(parsed)
-        spec = core.policy.spec(name)
-        if spec is not None and spec.args_schema is not None:
+        if eff.policy_args_schema is not None:
             # The policy's schema narrows what the code accepts: both must pass.
-            _check_policy_schema(spec.args_schema, parsed)
+            _check_policy_schema(eff.policy_args_schema, parsed)
     except ArgumentsInvalid as exc:
         problems = "; ".join(exc.problems)
         core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls + 1)

@@ -129,8 +129,16 @@ def watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
     """The check a driver makes while a call of ``name`` runs (``None``: a model call).
 
     Returns a :class:`Cancelled` once a ``stop_all`` switch covers the call, else
-    ``None``; reads the switches through the process's cache.
+    ``None``; reads the switches through the process's cache. Built once per run and
+    name (it depends on nothing else), since every call asks for it.
     """
+    found = core.watches.get(name)
+    if found is None:
+        found = core.watches[name] = _watch(core, name)
+    return found
+
+
+def _watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
     default = core.policy.kill_switch.mode_when_enabled
 
     def check_in_flight() -> Cancelled | None:

@@ -22,7 +22,9 @@ Events are the audit log: each append reads the chain's head, seals the events
 (:mod:`.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
 every process appending to the file extends one chain. An event's ``id`` (the
 table's rowid) is its place in the chain: no extra index to write per event.
-Triggers refuse to change or delete a sealed event.
+Triggers refuse to change or delete a sealed event. The chain's head is always read
+inside the write transaction (another process may have moved it since). Appending
+also renews the runs' heartbeat, at most once per :data:`HEARTBEAT_SECONDS`.
 
 >>> store = SQLiteStore(":memory:")
 >>> store.create_run(RunRecord(id="run_1", tenant="acme"))
@@ -40,7 +42,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from decimal import Decimal
 from types import TracebackType
@@ -104,6 +106,13 @@ _PLAIN_FIELDS = frozenset(
 )
 _RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
 
+#: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
+#: heartbeat keeps is an hour; renewing it on every append would write one more page to the
+#: WAL per event, about a tenth of the cost of a durable tool call.
+HEARTBEAT_SECONDS = 1.0
+_MAX_BEATS = 4096
+_NEVER = float("-inf")
+
 
 class SQLiteStore:
     """A complete :class:`~corral.stores.base.Store` in one SQLite file.
@@ -140,6 +149,8 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        # When this object last renewed each run's heartbeat (monotonic): see append_events.
+        self._beats: dict[str, float] = {}
         try:
             with self._locked():
                 pass  # connect and migrate now, so a bad path or schema fails here
@@ -180,32 +191,22 @@ class SQLiteStore:
             raise
         return conn
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():
-            self._forked()
-        with self._lock:
-            try:
-                if self._conn is None:
-                    if self.closed:
-                        raise StoreError(f"{self._where}: the store is closed")
-                    self._conn = self._connect()
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._where}: {exc}") from exc
+    def _locked(self) -> _Locked:
+        """``with store._locked() as conn``: this store's connection, under its lock; an
+        ``sqlite3.Error`` inside becomes a :class:`~corral.exceptions.StoreError`."""
+        return _Locked(self)
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> _Write:
         """One transaction holding the write lock from its first read (BEGIN IMMEDIATE)."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+        return _Write(self)
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, opened on first use (the caller holds the lock)."""
+        if self._conn is None:
+            if self.closed:
+                raise StoreError(f"{self._where}: the store is closed")
+            self._conn = self._connect()
+        return self._conn
 
     def _forked(self) -> None:
         if self._conn is not None:
@@ -300,16 +301,27 @@ class SQLiteStore:
         return [_run(row) for row in rows]
 
     def append_events(self, events: Sequence[Event]) -> None:
-        """Append events in order, sealed into the audit chain; renews their runs' heartbeat."""
+        """Append events in order, sealed into the audit chain; renews their runs' heartbeat
+        (at most every :data:`HEARTBEAT_SECONDS` per run from this store object)."""
         if not events:
             return
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
+        beats = self._beats
+        due = [
+            run_id
+            for run_id in dict.fromkeys(e.run_id for e in events)
+            if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
+        ]
         with self._write() as conn:
             _append(conn, self._sealer, events)
-            conn.executemany(
-                "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
-                [(now, run_id) for run_id in dict.fromkeys(e.run_id for e in events)],
-            )
+            if len(due) == 1:  # the usual case: execute skips executemany's setup
+                conn.execute(_HEARTBEAT, (now, due[0]))
+            elif due:
+                conn.executemany(_HEARTBEAT, [(now, run_id) for run_id in due])
+        if len(beats) > _MAX_BEATS:
+            beats.clear()  # forgetting only means the next append renews
+        for run_id in due:
+            beats[run_id] = mono
 
     def events(self, run_id: str) -> list[Event]:
         with self._locked() as conn:
@@ -811,6 +823,75 @@ class SQLiteStore:
             conn.execute("DELETE FROM corral_degrade WHERE name = ?", (name,))
 
 
+class _Locked:
+    """The store's connection under its lock (see ``SQLiteStore._locked``).
+
+    A class rather than a ``contextlib.contextmanager`` generator: every store call enters
+    one (a write two), and a generator's setup costs over a microsecond per use.
+    """
+
+    __slots__ = ("_lock", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        if store._pid != os.getpid():
+            store._forked()
+        self._lock = store._lock
+        self._lock.acquire()
+        try:
+            return store._open()
+        except BaseException as exc:
+            self._leave(exc)
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._leave(exc)
+
+    def _leave(self, exc: BaseException | None) -> None:
+        """Release the lock; raise ``exc`` as a StoreError if it is SQLite's."""
+        self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{self._store._where}: {exc}") from exc
+
+
+class _Write(_Locked):
+    """A ``BEGIN IMMEDIATE`` transaction on the locked connection: committed when the body
+    ends normally, rolled back otherwise (and when the commit fails)."""
+
+    __slots__ = ("_conn",)
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn = super().__enter__()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._leave(exc)
+            raise
+        return conn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        conn = self._conn
+        try:
+            try:
+                if exc is None:
+                    conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+        except BaseException as failed:
+            self._leave(failed)
+            raise
+        self._leave(exc)
+
+
 def _degrade_add(
     conn: sqlite3.Connection, name: str, now: float, size: float, calls: int, failures: int
 ) -> DegradeWindow:
@@ -842,18 +923,30 @@ _CLOSED = BreakerState()
 _AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash, mode"
 
 
+_HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'"
+_INSERT_EVENT = (
+    "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
+    "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _append(conn: sqlite3.Connection, sealer: Sealer, events: Sequence[Event]) -> None:
-    """Seal ``events`` after the chain's head and write them; the caller holds the write lock."""
+    """Seal ``events`` after the chain's head and write them; the caller holds the write lock.
+
+    The head is read here, inside the write transaction, never remembered: other processes
+    append to the same chain between two of this connection's transactions.
+    """
     seq, prev = conn.execute("SELECT seq, hash FROM corral_audit_head").fetchone()
     sealed = sealer.seal_rows(AuditHead(seq=seq, hash=prev), events)
-    conn.executemany(
-        "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
-        "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (*r[:7], r.text, r.prev_hash, r.hash, sealer.mode)  # seq, run_id, ..., actor
-            for r in sealed
-        ],
-    )
+    mode = sealer.mode
+    if len(sealed) == 1:  # one event per flush is the allow path's case
+        r = sealed[0]
+        conn.execute(_INSERT_EVENT, (*r[:7], r.text, r.prev_hash, r.hash, mode))
+    else:
+        conn.executemany(
+            _INSERT_EVENT,
+            [(*r[:7], r.text, r.prev_hash, r.hash, mode) for r in sealed],  # seq, run_id, ...
+        )
     last = sealed[-1]
     conn.execute("UPDATE corral_audit_head SET seq = ?, hash = ?", (last.seq, last.hash))
 
