@@ -179,3 +179,16 @@ def test_the_command_runs_as_a_program(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"claims": []}
+
+
+def test_the_breakers_probe_claims_are_not_listed_or_resolvable(db):
+    """A half-open probe is claimed in the store too; ``list`` shows writes only, and
+    ``resolve`` refuses a probe's key."""
+    store, url = db
+    probe = "breaker-probe:browser.open:1234.5"
+    store.claim(probe, "probe", tenant=None, now=time.time() - 3600, lease=1.0)
+    assert [c.status for c in store.list_claims(now=time.time())] == ["unknown"]
+    code, out = cli("list", "--db", url, "--json")
+    assert code == 0 and json.loads(out) == {"claims": []}
+    code, out = cli("resolve", probe, "--outcome", "failed", "--db", url)
+    assert code == 2 and "probe, not a write" in out

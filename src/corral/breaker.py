@@ -69,6 +69,11 @@ def wall(core: RunCore) -> float:
     return time.time() if isinstance(core.clock, SystemClock) else core.clock.monotonic()
 
 
+#: The half-open probe is claimed in the store like a write's idempotency key, under keys
+#: starting with this; they are the breaker's own, never a write an operator settles.
+PROBE_KEY = "breaker-probe:"
+
+
 def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
     call), or ``open`` (degraded)."""
@@ -81,7 +86,7 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
     # Half-open: one probe for the whole fleet, claimed in the store.
     claim = core._store_call(
         core.store.claim,
-        f"breaker-probe:{name}:{state.until!r}",
+        f"{PROBE_KEY}{name}:{state.until!r}",
         "probe",
         tenant=None,
         now=now,

@@ -36,6 +36,7 @@ from typing import Annotated, Any, cast
 import typer
 
 from ._cli import DbOption, Fail, JsonOption
+from .breaker import PROBE_KEY
 from .exceptions import ConfigError, StoreError
 from .killswitch import default_actor
 from .stores import Store, default_url, open_store
@@ -105,7 +106,7 @@ def list_claims(
             raise Fail(EXIT_USAGE, f"--limit must be at least 1, got {limit}")
         wanted = cast(ClaimState, "unknown" if unknown else status) if unknown or status else None
         claims = _open(db).list_claims(now=time.time(), status=wanted, tenant=tenant, limit=limit)
-        rows = [_row(c) for c in claims]
+        rows = [_row(c) for c in claims if not c.key.startswith(PROBE_KEY)]  # writes only
         if json_out:
             typer.echo(json.dumps({"claims": rows}, default=str))
         elif not rows:
@@ -144,6 +145,8 @@ def resolve(
             raise Fail(EXIT_USAGE, f"--output goes with --outcome succeeded, not {outcome}")
         if actor is not None and not actor.strip():
             raise Fail(EXIT_USAGE, "--as needs a value")
+        if key.startswith(PROBE_KEY):
+            raise Fail(EXIT_USAGE, f"{key} is a circuit breaker's probe, not a write")
         stored = _stored(outcome, output, reason)
         store = _open(db)
         now = time.time()
