@@ -248,8 +248,12 @@ class Sealer:
     def seal_rows(self, head: AuditHead, events: Sequence[Event]) -> list[Sealed]:
         """Like :meth:`seal`, as rows to write: each with its data's canonical JSON (``text``).
         Their ``mode`` is the sealer's."""
+        return self.seal_after(head.seq, head.hash, events)
+
+    def seal_after(self, seq: int, prev: str, events: Sequence[Event]) -> list[Sealed]:
+        """:meth:`seal_rows` after the record ``seq`` whose hash is ``prev`` (an appender
+        that read the head as a row need not build an :class:`AuditHead`)."""
         out = []
-        seq, prev = head.seq, head.hash
         mode, key = self.mode, self._key
         for e in events:
             seq += 1
