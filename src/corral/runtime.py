@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -92,6 +92,45 @@ def canonical(args: Mapping[str, Any]) -> str:
 def args_digest(args: Mapping[str, Any], *, text: str | None = None) -> str:
     """SHA-256 of the canonical JSON of ``args`` (pass ``text`` if already computed)."""
     return hashlib.sha256((canonical(args) if text is None else text).encode()).hexdigest()
+
+
+def _event_maker() -> Callable[
+    [str, int, str, float, Mapping[str, Any], str | None, str | None], Event
+]:
+    """A constructor of :class:`Event` taking its fields in order, about a microsecond and a
+    half cheaper than ``Event(...)``: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; this sets the slots directly, once per event the run records."""
+    names = ("run_id", "seq", "kind", "at", "data", "tenant", "actor")
+    if tuple(f.name for f in fields(Event)) != names or not hasattr(Event, "__slots__"):
+        return lambda *values: Event(**dict(zip(names, values, strict=True)))
+    s_run, s_seq, s_kind, s_at, s_data, s_tenant, s_actor = (
+        getattr(Event, name).__set__ for name in names
+    )
+    new = object.__new__
+
+    def make(
+        run_id: str,
+        seq: int,
+        kind: str,
+        at: float,
+        data: Mapping[str, Any],
+        tenant: str | None,
+        actor: str | None,
+    ) -> Event:
+        event = new(Event)
+        s_run(event, run_id)
+        s_seq(event, seq)
+        s_kind(event, kind)
+        s_at(event, at)
+        s_data(event, data)
+        s_tenant(event, tenant)
+        s_actor(event, actor)
+        return event
+
+    return make
+
+
+_new_event = _event_maker()
 
 
 def new_run_id() -> str:
@@ -493,15 +532,7 @@ class RunCore:
         with self._lock:
             self._seq += 1
             self._pending.append(
-                Event(
-                    run_id=self.id,
-                    seq=self._seq,
-                    kind=kind,
-                    at=at,
-                    data=data,
-                    tenant=self.tenant,
-                    actor=self.agent,
-                )
+                _new_event(self.id, self._seq, kind, at, data, self.tenant, self.agent)
             )
 
     def flush(self) -> None:
@@ -517,17 +548,7 @@ class RunCore:
         with self._lock:
             self._seq += 1
             pending, self._pending = self._pending, []
-            pending.append(
-                Event(
-                    run_id=self.id,
-                    seq=self._seq,
-                    kind=kind,
-                    at=at,
-                    data=data,
-                    tenant=self.tenant,
-                    actor=self.agent,
-                )
-            )
+            pending.append(_new_event(self.id, self._seq, kind, at, data, self.tenant, self.agent))
         self._write_events(pending)
 
     def _write_events(self, pending: list[Event]) -> None:
