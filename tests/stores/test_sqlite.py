@@ -127,6 +127,29 @@ def test_appends_renew_the_heartbeat_at_most_once_per_interval(
         assert run.heartbeat_at > time.time() - 60
 
 
+def test_the_calls_of_the_allow_path_leave_no_read_transaction_open(tmp_path: Path) -> None:
+    """After breaker reads and appends (of one event and of several) another connection can
+    checkpoint the whole WAL and write: no statement of the store's holds a snapshot."""
+    path = tmp_path / "open.db"
+    with SQLiteStore(path) as store:
+        store.create_run(RunRecord(id="r1"))
+        store.set_breaker("shop.pay", BreakerState(state="open", until=time.time() + 60))
+        for seq in range(1, 40):
+            assert store.breaker("shop.pay", now=time.time()).state == "open"
+            assert store.breaker("kb.read", now=time.time()).state == "closed"
+            batch = [Event(run_id="r1", seq=seq, kind="step", at=1.0, data={"n": seq})]
+            store.append_events(batch if seq % 3 else batch * 2)
+        other = sqlite3.connect(path, isolation_level=None, timeout=1)
+        try:
+            busy, frames, done = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert (busy, frames, done) == (0, 0, 0)
+            other.execute("DELETE FROM corral_breakers WHERE name = 'shop.pay'")
+        finally:
+            other.close()
+        assert store.breaker("shop.pay", now=time.time()).state == "closed"
+        assert verify(store).ok and len(store.events("r1")) == 52
+
+
 def test_a_failed_write_rolls_back_and_leaves_the_store_usable(tmp_path: Path) -> None:
     """A write whose statement fails raises StoreError, keeps nothing of it, and the next
     write on the same connection succeeds."""
