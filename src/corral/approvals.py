@@ -321,6 +321,14 @@ def _audit(store: Store, record: ApprovalRecord, *, actor: str) -> None:
     )
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a one-line message, cut to ``limit`` characters (an id or a key
+    comes from the command line, and may be anything)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def approve(
     store: Store,
     approval_id: str,
@@ -365,11 +373,12 @@ def _decide(
         raise ApprovalError("the approver's name is empty")
     record = store.get_approval(approval_id)
     if record is None or (tenant is not None and record.tenant != tenant):
-        where = f" in tenant {tenant}" if tenant is not None else ""
-        raise ApprovalError(f"no approval {approval_id!r}{where} (corral approvals list)")
+        where = f" in tenant {quoted(tenant)[1:-1]}" if tenant is not None else ""
+        raise ApprovalError(f"no approval {quoted(approval_id)}{where} (corral approvals list)")
     if record.agent and who == record.agent:
         raise ApprovalError(
-            f"{who!r} is the agent of run {record.run_id}: an agent cannot approve its own action"
+            f"{quoted(who)} is the agent of run {record.run_id}: "
+            "an agent cannot approve its own action"
         )
     verb = "approve" if status == "approved" else "deny"
     if record.status != "pending":

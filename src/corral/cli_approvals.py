@@ -100,7 +100,10 @@ def list_(
 
     def go() -> int:
         if status not in STATUSES:
-            raise Fail(EXIT_USAGE, f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+            raise Fail(
+                EXIT_USAGE,
+                f"--status must be one of {', '.join(STATUSES)}, got {approvals.quoted(status)}",
+            )
         wanted = None if status == "all" else cast(ApprovalStatus, status)
         store, url = open_db(db)
         found = store.list_approvals(status=wanted, tenant=tenant)
@@ -125,7 +128,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
         store, url = open_db(db)
         record = store.get_approval(approval_id)
         if record is None:
-            raise Fail(EXIT_FAILED, f"no approval {approval_id!r} in {url}")
+            raise Fail(EXIT_FAILED, f"no approval {approvals.quoted(approval_id)} in {url}")
         data = row(record)
         if json_out:
             typer.echo(json.dumps({"store": url, "approval": data}, indent=2))
@@ -141,7 +144,8 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
         if record.used_at is not None:
             typer.echo(f"{'used at:':<12} {data['used_at']}")
         typer.echo("arguments:")
-        typer.echo(json.dumps(data["arguments"], indent=2, sort_keys=True, ensure_ascii=False))
+        shown = _bounded(data["arguments"])
+        typer.echo(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
         return EXIT_OK
 
     raise typer.Exit(_guarded(go))
@@ -192,6 +196,21 @@ def _decide(
         f"(by {record.approver}" + (f": {record.reason})" if record.reason else ")")
     )
     return EXIT_OK
+
+
+#: ``show`` cuts each string argument to this many characters (``--json`` prints them whole).
+SHOW_CHARS = 2000
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with every string longer than :data:`SHOW_CHARS` cut, saying how long it was."""
+    if isinstance(value, str) and len(value) > SHOW_CHARS:
+        return f"{value[:SHOW_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bounded(v) for v in value]
+    return value
 
 
 def row(record: ApprovalRecord) -> dict[str, Any]:

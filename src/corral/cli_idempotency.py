@@ -99,7 +99,9 @@ def list_claims(
 
     def go() -> int:
         if status is not None and status not in STATES:
-            raise Fail(EXIT_USAGE, f"--status must be one of {', '.join(STATES)}, got {status!r}")
+            raise Fail(
+                EXIT_USAGE, f"--status must be one of {', '.join(STATES)}, got {_shown(status)}"
+            )
         if unknown and status not in (None, "unknown"):
             raise Fail(EXIT_USAGE, f"--unknown and --status {status} disagree: give one")
         if limit < 1:
@@ -140,7 +142,7 @@ def resolve(
     def go() -> int:
         if outcome not in OUTCOMES:
             choices = ", ".join(OUTCOMES)
-            raise Fail(EXIT_USAGE, f"--outcome must be one of {choices}, got {outcome!r}")
+            raise Fail(EXIT_USAGE, f"--outcome must be one of {choices}, got {_shown(outcome)}")
         if output is not None and outcome != "succeeded":
             raise Fail(EXIT_USAGE, f"--output goes with --outcome succeeded, not {outcome}")
         if actor is not None and not actor.strip():
@@ -189,19 +191,27 @@ def _stored(outcome: str, output: str | None, reason: str) -> Mapping[str, Any] 
     return {"output": value}
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a one-line message, cut to ``limit`` characters (an id or a key
+    comes from the command line, and may be anything)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _not_unknown(key: str, tenant: str | None, store: Store) -> str:
-    whose = f" for tenant {tenant!r}" if tenant is not None else " (no tenant; see --tenant)"
+    whose = f" for tenant {_shown(tenant)}" if tenant is not None else " (no tenant; see --tenant)"
     now = time.time()
     current = store.lookup_claim(key, tenant=tenant, now=now)
     if current is None:
-        return f"no claim {key!r}{whose}"
+        return f"no claim {_shown(key)}{whose}"
     if current.status == "in_flight":
         left = current.lease_until - now
         return (
-            f"claim {key!r}{whose} is in flight (its process renews it; lease ends in "
+            f"claim {_shown(key)}{whose} is in flight (its process renews it; lease ends in "
             f"{left:.1f} s): only an unknown claim can be resolved"
         )
-    return f"claim {key!r}{whose} is already done: only an unknown claim can be resolved"
+    return f"claim {_shown(key)}{whose} is already done: only an unknown claim can be resolved"
 
 
 def _iso(when: float) -> str:

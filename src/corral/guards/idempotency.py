@@ -7,7 +7,9 @@ tool and argument digest (protecting retries and resumes within one run).
 The life of a key, in the store (see ``docs/writes.md``):
 
 - **looked up** before approval (:func:`lookup`): a key already done replays its
-  outcome without asking anyone again; one used with other arguments is refused;
+  outcome without asking anyone again; one used with other arguments is refused, and
+  one whose outcome is unknown, for a tool with no ``reconcile`` hook, stops the run
+  (``outcome_unknown``) before anyone is asked;
 - **claimed** before the side effect starts (:func:`claim`), durably, under a lease
   (:data:`corral.leases.LEASE_SECONDS`, read at each claim) that this process renews
   through :data:`corral.leases.RENEWER` while the write runs (:func:`hold`);
@@ -74,6 +76,11 @@ def lookup(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str,
         return None
     if record.digest != digest:
         _mismatch(core, eff, key)
+    if record.status == "unknown" and eff.tool.reconcile is None:
+        # Nothing but an operator can settle it: stop now rather than ask someone to
+        # approve a write that the claim would then refuse.
+        core.event("tool_call", tool=eff.tool.name, outcome="outcome_unknown", key=key)
+        raise _conflict(core, eff, key, "unknown")
     return record.outcome if record.status == "done" else None
 
 
