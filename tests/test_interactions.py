@@ -551,11 +551,6 @@ def test_an_approved_write_killed_around_its_claim_never_runs_twice(
     verified(shared.store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway looks the key up before approval without the arguments, so an "
-    "unknown claim is reconciled only after a second approval (gateway.py _call_flow)",
-)
 @pytest.mark.parametrize("point", ["after_tool", "before_outcome"])
 def test_a_write_that_ran_before_its_process_died_needs_no_second_approval(
     sqlite: Shared, tmp_path: Path, short_leases: None, point: str
@@ -778,12 +773,6 @@ def _child_status(pid: int, timeout: float) -> int:
     return -9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="execution.py's _AbandonablePool is not reset after fork: the child inherits the "
-    "parent's idle-worker count but not its threads, so a sync tool called off the child's "
-    "main thread is queued to a worker that does not exist and times out",
-)
 def test_a_process_forked_after_tools_ran_can_still_run_sync_tools_in_threads() -> None:
     """A child forked after the parent ran sync tools off its main thread runs them too."""
     tool = corral.tool(lambda q: q, name="kb.read", effect="read", timeout=2)
@@ -810,12 +799,6 @@ def test_a_process_forked_after_tools_ran_can_still_run_sync_tools_in_threads() 
 
 
 # -- degrade x approvals -----------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway checks degrade state before the approval wait and not after it "
-    "(gateway.py _call_flow re-checks only the kill switch), so a write approved after its "
-    "tool's breaker opened still hits the failing dependency",
-)
 def test_a_breaker_that_opens_during_an_approval_wait_refuses_the_approved_write(
     sqlite: Shared,
 ) -> None:

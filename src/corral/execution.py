@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import os
 import queue
 import signal
 import threading
@@ -64,6 +65,11 @@ class _AbandonablePool(Executor):
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also in a forked child, which inherits the counts but none of the threads (and
+        # perhaps a lock held by one of them): it starts with no workers.
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
@@ -107,6 +113,8 @@ class _AbandonablePool(Executor):
 
 
 _POOL = _AbandonablePool("corral-tool")
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL._reset)
 
 
 Watch = Callable[[], Cancelled | None]

@@ -146,7 +146,7 @@ def _call_flow(
     if idem_key is not None:
         # Before the fit check and approval: a write already done is replayed for free,
         # without asking again; a key reused with other arguments is refused here.
-        done = idempotency.lookup(core, eff, idem_key, digest)
+        done = idempotency.lookup(core, eff, idem_key, digest, args)
         if done is not None:
             core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
             core.flush()
@@ -181,6 +181,11 @@ def _call_flow(
                 approval.unreachable(core, req, exc, core.now() - started)
             approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
+        if not probe:
+            # The wait may have been long: a breaker that opened meanwhile refuses the write
+            # now, rather than letting it hit the failing dependency. (A call that is the
+            # half-open probe already holds the fleet's one probe slot.)
+            probe = degrade.check(core, tool.name)
 
     # Credentials are resolved before anything is held or claimed: a secret provider that
     # fails refuses the call with nothing to undo.

@@ -66,10 +66,16 @@ def key_for(
     return f"run:{core.id}:{eff.tool.name}:{digest}"
 
 
-def lookup(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str, Any] | None:
+def lookup(
+    core: RunCore, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
     """Before approval: the outcome of ``key`` if it is done (to replay), else ``None``.
 
-    A key used with other arguments is refused here, before anyone is asked.
+    A key used with other arguments is refused here, before anyone is asked; so is an
+    unknown claim nothing but an operator can settle. An unknown claim whose tool has a
+    ``reconcile`` hook is reconciled first: a write its process did before dying is
+    replayed without a second approval (one the hook finds not done is approved, then
+    taken over).
     """
     record = core._store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
     if record is None:
@@ -81,6 +87,9 @@ def lookup(core: RunCore, eff: Effective, key: str, digest: str) -> Mapping[str,
         # approve a write that the claim would then refuse.
         core.event("tool_call", tool=eff.tool.name, outcome="outcome_unknown", key=key)
         raise _conflict(core, eff, key, "unknown")
+    if record.status == "unknown":
+        settled = reconcile(core, eff, key, args, take_over=False)
+        return settled or None
     return record.outcome if record.status == "done" else None
 
 
@@ -138,7 +147,7 @@ TAKEN_OVER: Mapping[str, Any] = {}
 
 
 def reconcile(
-    core: RunCore, eff: Effective, key: str, args: Mapping[str, Any]
+    core: RunCore, eff: Effective, key: str, args: Mapping[str, Any], *, take_over: bool = True
 ) -> Mapping[str, Any] | None:
     """Settle the unknown claim of ``key`` with the tool's ``reconcile`` hook.
 
@@ -146,7 +155,9 @@ def reconcile(
     hook says the side effect did not happen (this call now holds the claim and runs
     the tool), or ``None`` when another process settled the claim first. Raises the
     run's ``outcome_unknown`` stop when the tool has no hook or the hook cannot tell.
-    Only one process settles a claim: the store's ``resolve_claim`` is atomic.
+    Only one process settles a claim: the store's ``resolve_claim`` is atomic. With
+    ``take_over=False`` (before approval) a hook saying "not done" leaves the claim
+    unknown and returns ``None``: nothing may run yet.
     """
     name = eff.tool.name
     hook = eff.tool.reconcile
@@ -169,6 +180,8 @@ def reconcile(
             "output": clean_output(found, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
         }
     except NotExecuted:
+        if not take_over:
+            return None
         taken = core._store_call(
             core.store.resolve_claim,
             key,
