@@ -436,19 +436,15 @@ class RunCore:
             return
         try:
             grant = self._store_call(self.store.reserve, wanted, now=time.time())
+            if isinstance(grant, Refusal) and self.observes("limits"):
+                # Observed shared limits are watched like the run's own: the refusal is a
+                # would-be stop, and the spend still counts in every scope.
+                self.observed(windows.refusal_stop(grant, charge.tool))
+                unlimited = [replace(c, max_calls=None, max_usd=None) for c in wanted]
+                grant = self._store_call(self.store.reserve, unlimited, now=time.time())
         except Stop:
             self.meter.refund(hold)
             raise
-        if isinstance(grant, Refusal) and self.observes("limits"):
-            # Observe mode watches shared limits like the run's own: the refusal is recorded
-            # as a would-be stop, and the spend is still counted in every scope.
-            self.observed(windows.refusal_stop(grant, charge.tool))
-            unlimited = [replace(c, max_calls=None, max_usd=None) for c in wanted]
-            try:
-                grant = self._store_call(self.store.reserve, unlimited, now=time.time())
-            except Stop:
-                self.meter.refund(hold)
-                raise
         if isinstance(grant, Refusal):
             self.meter.refund(hold)
             raise self.stamp(windows.refusal_stop(grant, charge.tool))

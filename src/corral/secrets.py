@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, Stop
 
 #: The environment variables :class:`EnvSecrets` reads start with this.
 ENV_PREFIX = "CORRAL_SECRET"
@@ -202,20 +202,19 @@ class Credentials:
             register([v for creds in self.static.values() for v in creds.values()])
 
     def get(self, tool: str, default: Mapping[str, str] | None = None) -> Mapping[str, str]:
-        """The credentials of ``tool`` for this run's tenant (``default`` if none)."""
+        """The credentials of ``tool`` for this run's tenant (``default``, else empty, if none)."""
         if self.provider is None:
-            return self.static.get(tool, default if default is not None else {})
-        from .exceptions import Stop
-
-        try:
-            found = dict(self.provider.resolve(self.tenant, tool))
-        except Exception as exc:
-            raise Stop(
-                "control_plane_unavailable",
-                "secrets",
-                tool=tool,
-                retryable=True,
-                message=f"the secret provider failed for {tool}: {type(exc).__name__}: {exc}",
-            ) from exc
-        self._register(list(found.values()))
-        return found if found else (default if default is not None else {})
+            found: Mapping[str, str] = self.static.get(tool, {})
+        else:
+            try:
+                found = dict(self.provider.resolve(self.tenant, tool))
+            except Exception as exc:
+                raise Stop(
+                    "control_plane_unavailable",
+                    "secrets",
+                    tool=tool,
+                    retryable=True,
+                    message=f"the secret provider failed for {tool}: {type(exc).__name__}: {exc}",
+                ) from exc
+            self._register(list(found.values()))
+        return found or (default if default is not None else {})

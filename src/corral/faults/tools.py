@@ -198,8 +198,9 @@ def hanging_tool(name: str, *, effect: Effect = "read", **options: Any) -> Fault
             raise TimeoutError(f"{name} hung until its deadline")
         assert faulty is not None
         # Short waits, so the timer signal that interrupts a sync tool gets its turn.
-        while not faulty._released.wait(0.02):
-            pass
+        released = faulty._released
+        while not released.is_set():
+            released.wait(0.02)
         return "released"
 
     faulty = _build(

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -288,3 +288,22 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ModelOutputError(f"the endpoint answered a JSON {type(body).__name__}, not an object")
     return body
+
+
+class PooledModel:
+    """What the HTTP model adapters share: ``async with model:`` opens one pooled
+    connection for its calls, and :meth:`aclose` (or leaving the block) closes it; a client
+    the adapter was given is left open."""
+
+    _caller: Caller
+
+    async def __aenter__(self) -> Self:
+        await self._caller.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connection opened by ``async with`` (a given client is left open)."""
+        await self._caller.aclose()

@@ -23,7 +23,7 @@ from ..delegated import ModelCall
 from ..exceptions import ConfigError
 from ..governed import AsyncRun, Run, wire_name
 from ..modelcalls import truncated
-from ._http import Caller, RetryBudget, RetryPolicy
+from ._http import Caller, PooledModel, RetryBudget, RetryPolicy
 from ._wire import (
     STREAMING_REFUSED,
     arguments_object,
@@ -61,7 +61,7 @@ STOP_REASONS = {
 }
 
 
-class AnthropicModel:
+class AnthropicModel(PooledModel):
     """The Anthropic Messages API as a corral model.
 
     ``api_key`` defaults to ``ANTHROPIC_API_KEY`` only for Anthropic's own address.
@@ -103,17 +103,6 @@ class AnthropicModel:
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
-
-    async def __aenter__(self) -> AnthropicModel:
-        await self._caller.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the pooled connection opened by ``async with`` (a given client is left open)."""
-        await self._caller.aclose()
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body sent for ``request``."""

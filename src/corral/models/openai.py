@@ -27,7 +27,7 @@ from ..delegated import ModelCall
 from ..exceptions import ConfigError
 from ..governed import AsyncRun, Run, wire_name
 from ..modelcalls import truncated
-from ._http import Caller, ModelAPIError, RetryBudget, RetryPolicy
+from ._http import Caller, ModelAPIError, PooledModel, RetryBudget, RetryPolicy
 from ._wire import (
     STREAMING_REFUSED,
     arguments_text,
@@ -55,7 +55,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
 
 
-class OpenAIModel:
+class OpenAIModel(PooledModel):
     """A chat-completions endpoint as a corral model.
 
     ``api_key`` defaults to ``OPENAI_API_KEY`` only for OpenAI's own address: a key
@@ -105,17 +105,6 @@ class OpenAIModel:
 
     def __repr__(self) -> str:
         return f"OpenAIModel({self.name!r}, base_url={self.base_url!r})"
-
-    async def __aenter__(self) -> OpenAIModel:
-        await self._caller.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the pooled connection opened by ``async with`` (a given client is left open)."""
-        await self._caller.aclose()
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body sent for ``request``."""

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -610,6 +611,28 @@ class AuditHead:
 
     seq: int = 0
     hash: str = GENESIS
+
+
+def decide_pending(
+    store: Store, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
+) -> ApprovalRecord:
+    """``decide_approval`` for every backend: move a pending approval to ``status`` through
+    ``transition_approval``; one already decided keeps (and returns) its first decision.
+    Raises ``KeyError`` for an unknown id."""
+    changed = store.transition_approval(
+        approval_id,
+        expect="pending",
+        status=status,
+        at=time.time(),
+        approver=approver,
+        reason=reason,
+    )
+    if changed is not None:
+        return changed
+    found = store.get_approval(approval_id)
+    if found is None:
+        raise KeyError(approval_id)
+    return found
 
 
 @runtime_checkable

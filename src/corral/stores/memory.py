@@ -32,6 +32,7 @@ from .base import (
     ScopedCharge,
     ScopeState,
     claim_state,
+    decide_pending,
     degrade_bucket,
     grant_ends,
     reserve_in,
@@ -311,18 +312,7 @@ class MemoryStore:
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
-        changed = self.transition_approval(
-            approval_id,
-            expect="pending",
-            status=status,
-            at=time.time(),
-            approver=approver,
-            reason=reason,
-        )
-        if changed is not None:
-            return changed
-        with self._lock:
-            return self._approvals[approval_id]
+        return decide_pending(self, approval_id, status, approver=approver, reason=reason)
 
     def transition_approval(
         self,

@@ -89,6 +89,7 @@ from .base import (
     Refusal,
     RunRecord,
     ScopedCharge,
+    decide_pending,
     degrade_bucket,
     grant_ends,
 )
@@ -603,21 +604,7 @@ class PostgresStore:
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
-        """Decide a pending approval; one already decided keeps its first decision."""
-        changed = self.transition_approval(
-            approval_id,
-            expect="pending",
-            status=status,
-            at=time.time(),
-            approver=approver,
-            reason=reason,
-        )
-        if changed is not None:
-            return changed
-        found = self.get_approval(approval_id)
-        if found is None:
-            raise KeyError(approval_id)
-        return found
+        return decide_pending(self, approval_id, status, approver=approver, reason=reason)
 
     def transition_approval(
         self,

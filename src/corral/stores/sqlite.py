@@ -71,6 +71,7 @@ from .base import (
     ScopedCharge,
     ScopeState,
     claim_state,
+    decide_pending,
     degrade_bucket,
     grant_ends,
     reserve_in,
@@ -616,20 +617,7 @@ class SQLiteStore:
     def decide_approval(
         self, approval_id: str, status: ApprovalStatus, *, approver: str, reason: str = ""
     ) -> ApprovalRecord:
-        changed = self.transition_approval(
-            approval_id,
-            expect="pending",
-            status=status,
-            at=time.time(),
-            approver=approver,
-            reason=reason,
-        )
-        if changed is not None:
-            return changed
-        found = self.get_approval(approval_id)
-        if found is None:
-            raise KeyError(approval_id)
-        return found
+        return decide_pending(self, approval_id, status, approver=approver, reason=reason)
 
     def transition_approval(
         self,
