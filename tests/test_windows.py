@@ -106,7 +106,8 @@ def test_agent_and_global_scopes_apply_together_all_or_nothing() -> None:
         agent="bot",
         now=time.time(),
     )[1].scope
-    assert store.scope_usage(scope) == (0, Decimal("1.40"))
+    # The global scope counts the two calls made (it caps only USD, but counts both).
+    assert store.scope_usage(scope) == (2, Decimal("1.40"))
 
 
 def test_a_failed_attempt_is_charged_and_not_executed_is_refunded() -> None:
