@@ -176,6 +176,7 @@ class RunCore:
         self.id = run_id or new_run_id()
         self.stop: StopInfo | None = None
         self._seq = 0
+        self._damaged_usage = False
         try:
             existing = self._load(run_id)
         except Stop:
@@ -183,7 +184,7 @@ class RunCore:
             # `with Run(...)` records it like any other.
             existing = None
         if existing is not None:
-            prior = Usage.from_dict(existing.usage)
+            prior = self._prior_usage(existing)
             self.resumed = True
         if self.observes("budgets"):
             # Enforce only the backstops; the policy's own limits are watched.
@@ -266,6 +267,24 @@ class RunCore:
         if record is not None and record.tenant != self.tenant:
             raise ConfigError(f"run {run_id!r} belongs to another tenant")
         return record
+
+    def _prior_usage(self, record: RunRecord) -> Usage | None:
+        """The stored usage a resumed run starts from. A damaged one (negative, not finite,
+        malformed) would start the run with a credit: fail closed instead, as for a store
+        that cannot be read (the first action stops with ``control_plane_unavailable``)."""
+        try:
+            return Usage.from_dict(record.usage)
+        except ValueError as exc:
+            self._damaged_usage = True  # left as found, so that every resume refuses
+            self.stamp(
+                Stop(
+                    "control_plane_unavailable",
+                    "store",
+                    message=f"run {record.id!r} has damaged usage in the store ({exc}); "
+                    "it cannot be resumed",
+                )
+            )
+            return None
 
     def _check_approval_channel(self) -> None:
         """Refuse at start a policy needing approvals that nobody could give: with no
@@ -464,7 +483,7 @@ class RunCore:
             self.observed(refusal)
 
     def settle(self, hold: Hold, actual: Charge) -> None:
-        self.meter.settle(hold, actual)
+        actual = self.meter.settle(hold, actual)  # as recorded: never a credit
         if self._grants:
             self._settle_shared(hold, actual)
         if self.shadow is not None:
@@ -591,7 +610,7 @@ class RunCore:
                 stop_reason=reason,
                 stop=self.redactor.data(info.to_dict()) if info else None,
                 answer=answer,
-                usage=usage.to_dict(),
+                **({} if self._damaged_usage else {"usage": usage.to_dict()}),
                 ended_at=time.time(),
                 would_stop=[self.redactor.data(w.to_dict()) for w in self.would_stop],
             )

@@ -4,6 +4,12 @@ Any object with a ``name`` and an ``async respond(request)`` (or a plain
 ``respond``) returning :class:`ModelResponse` can drive :func:`corral.run`.
 A model signals unusable output by raising :class:`ModelOutputError`; any
 other exception is a model failure (``model_error``).
+
+The usage a model reports is checked before it is charged (:func:`usage_problem`):
+token counts are whole numbers from 0 to :data:`MAX_CALL_TOKENS`. A call whose
+usage fails this (or whose adapter raises :class:`InvalidUsage`) is charged at its
+reservation, the worst case, and stops the run with ``model_error`` (why
+``invalid_usage``): a bad figure is never a credit.
 """
 
 from __future__ import annotations
@@ -13,15 +19,54 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
+from ..exceptions import ConfigError
+
 Message = Mapping[str, Any]
+
+
+#: The most tokens one model call may report, in or out. No model takes or writes anywhere
+#: near a billion tokens in one call: a larger figure is a broken count, not usage.
+MAX_CALL_TOKENS = 10**9
+
+
+def usage_problem(input_tokens: object, output_tokens: object) -> str | None:
+    """What is wrong with the token counts a model call reported, or ``None`` when both
+    are whole numbers (``int``, not ``bool``) from 0 to :data:`MAX_CALL_TOKENS`."""
+    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        if type(value) is not int or not 0 <= value <= MAX_CALL_TOKENS:
+            return (
+                f"{name} must be a whole number of tokens from 0 to {MAX_CALL_TOKENS}, "
+                f"got {value!r:.60}"
+            )
+    return None
+
+
+class InvalidUsage(Exception):
+    """A model (or its endpoint) reported usage that cannot be right (negative, not a whole
+    number, absurdly large). The call was made: it is charged at its reservation, and the
+    run stops with ``model_error`` (why ``invalid_usage``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Price:
-    """USD per million tokens, in and out."""
+    """USD per million tokens, in and out: finite decimals (or whole numbers) from 0;
+    anything else (negative, NaN, infinite, a float, text) raises
+    :class:`~corral.exceptions.ConfigError` when the price is built."""
 
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+
+    def __post_init__(self) -> None:
+        for name in ("input_usd_per_mtok", "output_usd_per_mtok"):
+            rate = getattr(self, name)
+            if type(rate) is int:
+                rate = Decimal(rate)
+                object.__setattr__(self, name, rate)  # frozen: set once, here
+            if type(rate) is not Decimal or not rate.is_finite() or rate < 0:
+                raise ConfigError(
+                    f"Price.{name} must be a finite Decimal >= 0 (USD per million tokens), "
+                    f"got {rate!r:.60}"
+                )
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         return (
