@@ -58,14 +58,20 @@ def _subject(limit: WindowLimit, *, tenant: str | None, agent: str | None) -> st
     return limit.tool
 
 
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
 @functools.lru_cache(maxsize=256)
-def window_label(seconds: int) -> str:
-    """A window's name in its scope and stops, in the largest unit it is a whole number of
-    (``24h`` and ``1440m`` are both ``1d``): windows of one length are one scope."""
+def window_length(window: str) -> tuple[int, str]:
+    """A policy window (``15m``, ``24h``, ``1d``: validated by the policy) as seconds and
+    the name its scopes and stops use, in the largest unit it is a whole number of (``24h``
+    and ``1440m`` are both ``1d``): windows of one length are one scope. Cached: this runs
+    on every reservation under a window limit."""
+    seconds = int(window[:-1]) * _UNIT_SECONDS[window[-1]]
     for unit, size in (("d", 86400), ("h", 3600)):
         if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds // 60}m"
+            return seconds, f"{seconds // size}{unit}"
+    return seconds, f"{seconds // 60}m"
 
 
 def scoped(
@@ -85,9 +91,8 @@ def scoped(
     for limit in policy.limits:
         if limit.per == "tool" and charge.tool != limit.tool:
             continue
-        size = limit.seconds
+        size, label = window_length(limit.window)
         subject = _subject(limit, tenant=tenant, agent=agent)
-        label = window_label(size)
         if limit.rolling:
             bucket = size / BUCKETS
             start = math.floor(now / bucket) * bucket
