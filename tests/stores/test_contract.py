@@ -882,9 +882,10 @@ def test_settling_a_rolling_grant_changes_its_own_bucket(store: Store) -> None:
 
 # -- limits per window: one usage per scope, every cap on it enforced ---------------------------
 # The same store serves every example; each example has scope names of its own (a fresh tenant,
-# agent and tool names, or a fresh prefix), so no example sees another's usage.
-NOW = 1_700_000_123.0  # one moment, inside every window the examples use
-PERS = ("tenant", "agent", "tool")
+# agent and tool names, or a fresh prefix; for the fleet, calendar windows days apart), so no
+# example sees another's usage.
+NOW = 1_700_000_123.0  # one moment, inside every window an example uses
+PERS = ("tenant", "agent", "tool", "global")
 WINDOW_SECONDS = {"15m": 900, "1h": 3600, "60m": 3600, "1d": 86400, "24h": 86400}
 _examples = iter(range(10**9))
 
@@ -942,8 +943,11 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
     def play(entries: list[tuple[Any, ...]], ops: list[tuple[Any, ...]]) -> None:
         n = next(_examples)
         tenant, agent, tools = f"ten{n}", f"ag{n}", {w: f"t{n}.{w}" for w in "ab"}
+        now = NOW + n * 3 * 86400  # the fleet's calendar windows are this example's alone
         dicts = []
         for per, window, rolling, usd_cap, calls_cap, which in entries:
+            # The fleet's rolling scope has one name for every example: left out here.
+            rolling = rolling and per != "global"
             d: dict[str, Any] = {"per": per, "window": window, "rolling": rolling}
             if per == "tool":
                 d["tool"] = tools[which]
@@ -957,7 +961,7 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
         # The model: one group per (per, subject, window length, rolling), its caps the
         # tightest of its entries', its scope named as a single-entry policy names it.
         def key(d: dict[str, Any]) -> tuple[Any, ...]:
-            subject = {"tenant": tenant, "agent": agent}.get(d["per"], d.get("tool"))
+            subject = {"tenant": tenant, "agent": agent, "global": "*"}.get(d["per"], d.get("tool"))
             return (d["per"], subject, WINDOW_SECONDS[d["window"]], d["rolling"])
 
         caps: dict[tuple[Any, ...], list[Any]] = {}
@@ -971,7 +975,7 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
                 cap[1] = usd_cap if cap[1] is None else min(cap[1], usd_cap)
             one = Policy.from_dict({"limits": [d]})
             probe = Charge(tool_calls=1, tool=d.get("tool"))
-            (only,) = windows.scoped(one, probe, tenant=tenant, agent=agent, now=NOW)
+            (only,) = windows.scoped(one, probe, tenant=tenant, agent=agent, now=now)
             names[key(d)] = only.scope
         used = {k: [0, 0] for k in caps}
         grants: list[tuple[str, list[ScopedCharge], dict[Any, tuple[int, int]]]] = []
@@ -983,7 +987,7 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
             if op[0] == "reserve":
                 _, calls, usd, which = op
                 charge = Charge(tool_calls=calls, usd=_cents(usd), tool=tools[which])
-                held = windows.scoped(policy, charge, tenant=tenant, agent=agent, now=NOW)
+                held = windows.scoped(policy, charge, tenant=tenant, agent=agent, now=now)
                 groups = touched(tools[which]) if calls or usd else []
                 assert sorted(c.scope for c in held) == sorted(names[g] for g in groups)
                 refusing = set()
@@ -996,7 +1000,7 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
                         )
                 if not held:
                     continue
-                got = store.reserve(held, now=NOW)
+                got = store.reserve(held, now=now)
                 if refusing:
                     assert isinstance(got, Refusal)
                     assert (got.scope, got.dimension, got.limit, got.would_be) in refusing
