@@ -1284,7 +1284,7 @@ def test_enable_and_disable_agree_on_every_backend(store: Store, scope: str, sha
             assert f"a {scope} kill switch needs a target" in str(raised.value)
         with pytest.raises(ConfigError):
             killswitch.disable(store, scope=scope, target=target)  # type: ignore[arg-type]
-        assert store.kill_switches() == [] and audit_records(store) == []
+        assert store.kill_switches() == [] and list(audit_records(store)) == []
         return
     first = killswitch.enable(store, scope=scope, target=target, mode="stop_all", actor="ops")  # type: ignore[arg-type]
     again = killswitch.enable(store, scope=scope, target=target, actor="ops")  # type: ignore[arg-type]
@@ -1306,7 +1306,7 @@ def test_clearing_a_switch_that_is_not_set_reports_false_and_records_nothing(
     target = "" if scope == "global" else "nobody"
     audit = Event(run_id="-", seq=0, kind="kill_switch", at=1.0, data={"action": "disable"})
     assert store.clear_kill_switch(scope, target, audit=audit) is False  # type: ignore[arg-type]
-    assert audit_records(store) == []
+    assert list(audit_records(store)) == []
 
 
 def test_kill_switch_modes_and_text_fields_are_checked_alike(store: Store) -> None:
