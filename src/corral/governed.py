@@ -254,11 +254,11 @@ class _RunBase:
             self._fail_agent(exc)
             return False
         if isinstance(exc, ToolRejected):
-            # The shape of the gateway's own stops (guards/denial.py): detail names the tool.
-            subject = "unknown_tool" if exc.detail == "unknown_tool" else exc.tool
+            # The shape of the gateway's own stops (stops.StopInfo): detail names the tool,
+            # extra["why"] the check that refused.
             extra = {"why": exc.detail} if exc.detail else None
             self._stopped(
-                Stop(exc.reason, subject, tool=exc.tool, message=exc.message, extra=extra)
+                Stop(exc.reason, exc.tool, tool=exc.tool, message=exc.message, extra=extra)
             )
             return True
         if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError | GeneratorExit):

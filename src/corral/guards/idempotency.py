@@ -18,11 +18,11 @@ The life of a key, in the store (see ``docs/writes.md``):
 
 A claim met *in flight* (another live process runs it) is waited for, polling, up to
 the tool's timeout capped by the run's time: done in time, its outcome is replayed;
-else the run stops ``tool_error`` (detail ``in_flight``, retryable). A claim whose
+else the run stops ``tool_error`` (why ``in_flight``, retryable). A claim whose
 lease lapsed with no outcome is *unknown*: its process died, and whether the side
 effect happened is not known. It is never run again on a guess: the tool's
 ``reconcile`` hook settles it (:func:`reconcile`), else the run stops ``tool_error``
-(detail ``outcome_unknown``, not retryable) until an operator settles it with
+(why ``outcome_unknown``, not retryable) until an operator settles it with
 ``corral idempotency resolve``.
 """
 
@@ -254,7 +254,7 @@ def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -
             retryable=False,
             message=f"{name}: an earlier call with idempotency key {key!r} failed "
             f"({stored.get('error', 'no detail')}); it is not run again",
-            extra={"idempotency": "replayed"},
+            extra={"why": "replayed", "idempotency": "replayed"},
         )
     )
 
@@ -295,11 +295,11 @@ def _conflict(
         return core.stamp(
             Stop(
                 "tool_error",
-                "in_flight",
+                name,
                 tool=name,
                 retryable=True,
                 message=message,
-                extra={"idempotency": "in_flight", "key": key},
+                extra={"why": "in_flight", "idempotency": "in_flight", "key": key},
             )
         )
     tenant = f" --tenant {core.tenant}" if core.tenant is not None else ""
@@ -316,10 +316,10 @@ def _conflict(
     return core.stamp(
         Stop(
             "tool_error",
-            "outcome_unknown",
+            name,
             tool=name,
             retryable=False,
             message=message,
-            extra={"idempotency": "unknown", "key": key},
+            extra={"why": "outcome_unknown", "idempotency": "unknown", "key": key},
         )
     )

@@ -22,7 +22,7 @@ def resolve(core: RunCore, name: object) -> Tool:
     Not in the allowlist → ``tool_denied:<name>`` (``why``: ``not_allowed``). Not
     registered by any code (a name the model invented, or an allowed name no code
     provides) → an error handed back to the model listing the tools on offer,
-    counted like invalid arguments, then ``tool_denied:unknown_tool``.
+    counted like invalid arguments, then ``tool_denied:<name> (unknown_tool)``.
     """
     tool = core.tools.get(name) if type(name) is str else None
     if tool is not None and tool.name in core.allowed:
@@ -43,7 +43,7 @@ def resolve(core: RunCore, name: object) -> Tool:
         raise core.stamp(
             Stop(
                 "tool_denied",
-                "unknown_tool",
+                label,
                 tool=label,
                 extra={"why": "unknown_tool"},
                 message=f"no tool named {shown}; tools on offer: {offered(core)}",
