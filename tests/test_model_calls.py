@@ -130,7 +130,7 @@ def test_a_non_positive_max_tokens_is_a_config_error() -> None:
 
 
 def test_an_unpriced_model_under_max_usd_is_refused_before_any_request() -> None:
-    """A model with no known price under max_usd stops with max_usd:run (unpriced_model: <name>), unsent."""
+    """A model with no known price under max_usd stops ``max_usd`` (unpriced_model), unsent."""
     model = ScriptedModel([final("done")], price=None, name="mystery")
     result = run_loop(model, policy(budgets={"max_usd": 5}))
     assert str(result.stop) == "max_usd:run (unpriced_model: mystery)"
