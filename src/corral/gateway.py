@@ -91,12 +91,24 @@ Flow = Generator[Op, Any, Any]
 
 
 def call_flow(
-    core: RunCore, name: Any, raw_args: Any, *, key: str | None = None, external: bool = False
+    core: RunCore,
+    name: Any,
+    raw_args: Any,
+    *,
+    key: str | None = None,
+    call_id: str | None = None,
+    external: bool = False,
 ) -> Flow:
-    """Govern one tool call; returns the observation (``external``: the caller executes)."""
+    """Govern one tool call; returns the observation (``external``: the caller executes).
+
+    ``key`` is the caller's idempotency key; ``call_id`` the call's identity in the run
+    (the model's tool call), which keys a write when no key is given (see
+    ``guards/idempotency.py``). How the call was served is left in ``core.last_call``.
+    """
     renewals: list[Held] = []  # the idempotency claim this call holds, renewed meanwhile
+    core.last_call = None
     try:
-        return (yield from _call_flow(core, name, raw_args, key, external, renewals))
+        return (yield from _call_flow(core, name, raw_args, key, call_id, external, renewals))
     finally:
         for held in renewals:  # the outcome is stored, the key released, or the flow ended
             held.release()
@@ -107,6 +119,7 @@ def _call_flow(
     name: Any,
     raw_args: Any,
     key: str | None,
+    call_id: str | None,
     external: bool,
     renewals: list[Held],
 ) -> Flow:
@@ -139,9 +152,10 @@ def _call_flow(
         if not cache.is_miss(cached):
             core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
             core.flush()
+            core.last_call = ("cached", tool.name, None)
             return cached
 
-    idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
+    idem_key = idempotency.key_for(core, eff, args, digest, key, call_id) if write else None
     charge = eff.charge
     if idem_key is not None:
         # Before the fit check and approval: a write already done is replayed for free,
@@ -150,6 +164,7 @@ def _call_flow(
         if done is not None:
             core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
             core.flush()
+            core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
 
     if eff.require_approval and core.observes("approvals"):
@@ -207,6 +222,7 @@ def _call_flow(
                 core.refund(hold)
                 core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
                 core.flush()
+                core.last_call = ("replayed", tool.name, idem_key)
                 return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
             renewals.append(idempotency.hold(core, idem_key))
@@ -353,6 +369,7 @@ def _call_flow(
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
+    core.last_call = ("executed", tool.name, idem_key)
     core.trusted_event_flushed(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,

@@ -63,6 +63,7 @@ GUARDS: tuple[Guard, ...] = (
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 OnDenied = Literal["stop", "tell_model"]
 OnDegraded = Literal["stop", "tell_model"]
+OnLoop = Literal["stop", "tell_model"]
 Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "latency_p95"]
 
 
@@ -315,10 +316,13 @@ class WindowLimit(_Section):
 
 class Loops(_Section):
     """Loop detection: ``repeats`` identical calls (same tool, same arguments) among the
-    last ``window`` calls of a run stop it with ``loop_detected``."""
+    last ``window`` calls of a run stop it with ``loop_detected`` (``on_detected:
+    stop``), or are refused and handed back to the model, bounded by
+    ``tools.max_invalid_args`` like its other mistakes (``tell_model``)."""
 
     repeats: PositiveInt = 3
     window: PositiveInt = 5
+    on_detected: OnLoop = "stop"
 
     @model_validator(mode="after")
     def _repeats_fit_window(self) -> Loops:

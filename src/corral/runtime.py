@@ -24,7 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
-from .result import Status
+from .result import CallOutcome, Status
 from .secrets import Credentials, SecretProvider
 from .stops import StopInfo, StopReason
 from .stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
@@ -219,6 +219,8 @@ class RunCore:
         self.watches: dict[str | None, Callable[[], Any]] = {}
         self._grants: dict[int, tuple[str, list[ScopedCharge]]] = {}
         self.task = task
+        # How the last tool call was served: (outcome, tool, idempotency key); see CallInfo.
+        self.last_call: tuple[CallOutcome, str, str | None] | None = None
         self._check_approval_channel()
         check_constraints(policy, self.tools)
         if self.stop is None:

@@ -24,7 +24,7 @@ import jsonschema
 from ..exceptions import ConfigError, Stop, ToolRejected
 from ..policy import ArgConstraint, Policy
 from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
-from .denial import count_mistake, deny
+from .denial import count_mistake, deny, one_line
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
@@ -180,7 +180,7 @@ def _url_problem(value: Any, rule: ArgConstraint) -> Violation | None:
     if rule.schemes is not None and scheme not in rule.schemes:
         return Violation(
             f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}",
-            f"scheme {_short(parts.scheme)}",
+            f"scheme {one_line(parts.scheme)}",
         )
     if "@" in parts.netloc:
         return Violation("must not carry credentials (user@host)", "credentials in the URL")
@@ -193,23 +193,15 @@ def _url_problem(value: Any, rule: ArgConstraint) -> Violation | None:
     if parts.netloc.startswith("[") or not _HOST.match(host):
         return Violation(
             f"points to host {host!r}, which is not a plain ASCII host name",
-            f"host {_short(host)}",
+            f"host {one_line(host)}",
         )
     if port == 0:
         return Violation("is not a valid URL (port 0)", "invalid URL")
     if not _host_ok(host, rule.hosts):
         return Violation(
-            f"points to host {host!r}, which is not in the allowed hosts", f"host {_short(host)}"
+            f"points to host {host!r}, which is not in the allowed hosts", f"host {one_line(host)}"
         )
     return None
-
-
-def _short(text: str, limit: int = 60) -> str:
-    """A model-chosen value quoted in a one-line stop: ASCII (a look-alike letter shows as
-    its escape, ``d\\u043ecs``), printable, and cut."""
-    text = text[: limit + 1].encode("ascii", "backslashreplace").decode("ascii")
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def violation(value: Any, rule: ArgConstraint) -> Violation | None:

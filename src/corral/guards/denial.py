@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 QUOTE_CHARS = 80
 
 
+def one_line(text: str, limit: int = QUOTE_CHARS) -> str:
+    """A model-chosen text shown in a one-line stop (its detail or note): ASCII, so a
+    look-alike letter shows as its escape (``d\\u043ecs``), printable, and cut."""
+    text = text[: limit + 1].encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def quote(name: object) -> str:
     """``repr`` of a name the model chose, cut to a readable length."""
     text = repr(name)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import Stop, ToolRejected
 from ..tools import Tool
-from .denial import QUOTE_CHARS, count_mistake, deny, offered, quote
+from .denial import count_mistake, deny, offered, one_line, quote
 
 if TYPE_CHECKING:
     from ..runtime import RunCore
@@ -37,7 +37,7 @@ def resolve(core: RunCore, name: object) -> Tool:
         )
         return tool  # observe mode: recorded, not blocked
     shown = quote(name)
-    label = _cut(name if type(name) is str else repr(name))
+    label = one_line(name if type(name) is str and name else repr(name))
     core.event("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
     if count_mistake(core):
         raise core.stamp(
@@ -55,7 +55,3 @@ def resolve(core: RunCore, name: object) -> Tool:
         tool=label,
         detail="unknown_tool",
     )
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
