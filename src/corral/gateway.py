@@ -141,7 +141,7 @@ def _call_flow(
     args = arguments.validate(core, eff, raw_args)
     text = canonical(args)
     loops.check(core, tool.name, text)
-    probe = degrade.check(core, tool.name)
+    probe = degrade.check(core, tool.name, eff.breaker)
 
     write = eff.effect == "write"
     # The canonical digest keys the cache, approvals and idempotency, and every outcome
@@ -200,7 +200,7 @@ def _call_flow(
             # The wait may have been long: a breaker that opened meanwhile refuses the write
             # now, rather than letting it hit the failing dependency. (A call that is the
             # half-open probe already holds the fleet's one probe slot.)
-            probe = degrade.check(core, tool.name)
+            probe = degrade.check(core, tool.name, eff.breaker)
 
     # Credentials are resolved before anything is held or claimed: a secret provider that
     # fails refuses the call with nothing to undo.
@@ -269,7 +269,7 @@ def _call_flow(
             core.flush()
             raise core.stamp(result.error.stop)
         if not isinstance(result.error, NotExecuted):
-            breaker.record(core, tool.name, result.ok, probe=probe)
+            breaker.record(core, eff.breaker, result.ok, probe=probe)
         if result.ok:
             core.settle(hold, charge)
             break
@@ -308,8 +308,8 @@ def _call_flow(
             and attempt <= eff.retries
             and not external
             and not probe  # a failed probe reopened the breaker: no retries
-            and breaker.admit(core, tool.name)[0] != "open"
-            and breaker.retry_allowed(core, tool.name)
+            and breaker.admit(core, eff.breaker)[0] != "open"
+            and breaker.retry_allowed(core, eff.breaker)
         )
         if claimed and idem_key is not None and not result.timed_out and not retry:
             # A write that raised (and will not be retried) is recorded as failed and never

@@ -186,7 +186,10 @@ def model_flow(
     killswitch.check(core, None, None)
     name = str(getattr(model, "name", type(model).__name__))
     # The model endpoint has a breaker like a tool: while it is open, no request is sent.
-    endpoint = f"model:{name}"
+    # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
+    # share it), else the model's name.
+    dependency = getattr(model, "dependency", None)
+    endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
     decision, state = breaker.admit(core, endpoint)
     if decision == "open":
         core.event("denied", model=name, why="degraded")

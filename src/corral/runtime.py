@@ -65,6 +65,8 @@ class Effective:
     """What a failed attempt costs with ``charge_on_error: false``: the call, no USD."""
     policy_args_schema: Mapping[str, Any] | None = None
     """The policy's own schema for the arguments, checked on top of the tool's."""
+    breaker: str = ""
+    """The breaker the tool's calls count against: its ``dependency``, else its name."""
 
     @property
     def cacheable(self) -> bool:
@@ -353,15 +355,16 @@ class RunCore:
             charge=Charge(tool_calls=1, usd=cost, tool=name),
             call_only=Charge(tool_calls=1, tool=name),
             policy_args_schema=spec.args_schema if spec else None,
+            breaker=(spec.dependency if spec and spec.dependency else name),
         )
         self._effective[name] = eff
         return eff
 
     def degraded(self, name: str) -> bool:
-        """Whether ``name``'s breaker is open now (fail closed when it cannot be read)."""
+        """Whether tool ``name``'s breaker is open now (fail closed when it cannot be read)."""
         from .breaker import wall  # breaker imports runtime's types only for checking
 
-        state = self._store_call(self.store.breaker, name, now=wall(self))
+        state = self._store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
         return bool(state.state == "open")
 
     # -- time ------------------------------------------------------------------------
