@@ -181,7 +181,7 @@ def _call_flow(
     elif eff.require_approval:
         # Check the fit before anyone is asked to approve; nothing is held while waiting.
         core.fits(charge)
-        req = approval.request(core, eff, args, digest)
+        req = approval.request(core, eff, args, digest, key=idem_key, call_id=call_id)
         core.flush()
         if core.approver is None:
             # The store's queue: decided by another process, consumed once (approvals.py).

@@ -258,6 +258,7 @@ def model_flow(
         tool_calls=[c.name for c in response.tool_calls],
         seconds=round(elapsed, 6),
     )
+    core.turn_text = response.text or None
     if response.text:
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):

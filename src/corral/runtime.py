@@ -212,6 +212,8 @@ class RunCore:
         self.partial: str | None = None
         self.finished = False
         self.last_text: str | None = None
+        # The text of the latest model turn (None when it had none): an approval's purpose.
+        self.turn_text: str | None = None
         self._pending: list[Event] = []
         self._lock = threading.Lock()
         self._effective: dict[str, Effective] = {}
