@@ -152,6 +152,13 @@ def _call_flow(
             core.flush()
             return idempotency.replay(core, eff, idem_key, done)
 
+    # Credentials are resolved before anything is held, claimed or asked for: a secret
+    # provider that fails, or a credential the tenant lacks, refuses the call with nothing
+    # to undo, and no human is asked to approve a write that could not run.
+    creds: Mapping[str, str] = {}
+    if tool.context_param is not None or eff.credentials:
+        creds = _credentials(core, tool.name, eff.credentials)
+
     if eff.require_approval and core.observes("approvals"):
         # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
         # recorded as the denial it would have met.
@@ -187,9 +194,6 @@ def _call_flow(
             # half-open probe already holds the fleet's one probe slot.)
             probe = degrade.check(core, tool.name)
 
-    # Credentials are resolved before anything is held or claimed: a secret provider that
-    # fails refuses the call with nothing to undo.
-    creds = core.credentials.get(tool.name, {}) if tool.context_param is not None else {}
     attempt = 0
     claimed = False
     while True:
@@ -363,6 +367,18 @@ def _call_flow(
         seconds=round(elapsed, 6),
     )
     return observation
+
+
+def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
+    """The tool's credentials, or the run's stop when one it needs is missing (never
+    observed: a tool does not run without what it needs)."""
+    try:
+        return core.credentials.require(tool, needed)
+    except Stop as stop:
+        if stop.info.extra.get("why") == "missing_credential":
+            core.event("denied", tool=tool, why="missing_credential")
+        core.flush()
+        raise core.stamp(stop) from None
 
 
 def _audit_authorization(

@@ -43,6 +43,8 @@ from .exceptions import PolicyError
 
 # \Z, not $: "$" also matches before a trailing newline, and names match exactly.
 TOOL_NAME = re.compile(r"^[a-z0-9_.-]+\Z")
+#: The name of a credential a tool declares: lower-case letters, digits and single '_'.
+CREDENTIAL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|_(?!_))*\Z")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
@@ -95,6 +97,15 @@ def _tool_name(name: str) -> str:
     raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {name!r}{why}")
 
 
+def _credential_name(name: str) -> str:
+    if CREDENTIAL_NAME.match(name):
+        return name
+    raise ValueError(
+        "credential names use lower-case letters, digits and single '_', starting with a "
+        f"letter or digit, got {name!r}"
+    )
+
+
 def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is None:
         return None
@@ -109,6 +120,7 @@ def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
 #: A tool name: exact, lower-case ASCII. Each entry is checked on its own, so the
 #: message points at the entry (``tools.allow[2]``, ``tools.specs.Search``).
 ToolName = Annotated[str, Field(strict=True), AfterValidator(_tool_name)]
+CredentialName = Annotated[str, Field(strict=True), AfterValidator(_credential_name)]
 JSONSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
 USD = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
@@ -194,6 +206,9 @@ class ToolSpec(_Section):
     max_calls: PositiveInt | None = None
     require_approval: StrictBool | None = None
     charge_on_error: StrictBool = True
+    credentials: list[CredentialName] = Field(default_factory=list)
+    """Credentials the tool needs, on top of those its code declares: a call whose tenant
+    lacks one is refused (``tool_denied``, why ``missing_credential``)."""
 
 
 class ToolsSection(_Section):

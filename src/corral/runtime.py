@@ -65,6 +65,8 @@ class Effective:
     """What a failed attempt costs with ``charge_on_error: false``: the call, no USD."""
     policy_args_schema: Mapping[str, Any] | None = None
     """The policy's own schema for the arguments, checked on top of the tool's."""
+    credentials: tuple[str, ...] = ()
+    """The credentials a call needs: the tool's declaration and the policy's, together."""
 
     @property
     def cacheable(self) -> bool:
@@ -351,6 +353,9 @@ class RunCore:
             charge=Charge(tool_calls=1, usd=cost, tool=name),
             call_only=Charge(tool_calls=1, tool=name),
             policy_args_schema=spec.args_schema if spec else None,
+            credentials=tuple(
+                dict.fromkeys((*tool.credentials, *(spec.credentials if spec else ())))
+            ),
         )
         self._effective[name] = eff
         return eff
