@@ -519,7 +519,7 @@ def test_the_bounded_loop_stops_on_a_missing_credential_with_the_stop_shape() ->
     )  # fmt: skip
     assert result.stop_reason == "tool_denied" and runs == []
     assert result.stop is not None and str(result.stop) == "tool_denied:crm.write"
-    assert result.stop.extra["why"] == "missing_credential"
+    assert result.stop.extra == {"why": "missing_credential", "missing": ["api_key"]}
     assert "a run without a tenant" in result.stop.message
 
 

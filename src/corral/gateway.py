@@ -41,7 +41,7 @@ from . import approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
-from .hygiene import OutputProblem, cap, clean_output
+from .hygiene import OutputProblem, Scrubber, clean_output
 from .leases import Held
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
@@ -97,6 +97,15 @@ def call_flow(
     renewals: list[Held] = []  # the idempotency claim this call holds, renewed meanwhile
     try:
         return (yield from _call_flow(core, name, raw_args, key, external, renewals))
+    except ToolRejected as rejected:
+        # What a refusal quotes (the arguments, a tool's own words) reaches the model:
+        # scrubbed like everything else it sees.
+        rejected.message = core.redactor.text(rejected.message)
+        rejected.args = (rejected.message,)
+        raise
+    except Stop as stop:
+        core.scrub_stop(stop)
+        raise
     finally:
         for held in renewals:  # the outcome is stored, the key released, or the flow ended
             held.release()
@@ -324,22 +333,27 @@ def _call_flow(
         )
 
     value = result.value
+    # Scrubbing is never observed: every way an output reaches the model or the caller
+    # (valid, or let through by observe mode) is scrubbed of the run's secrets, before
+    # any cut (hygiene.clean_output). A run without secrets pays nothing for it.
+    scrub = core.redactor if core.redactor.has_secrets else None
     try:
         problems = eff.tool.validate_output(value, eff.output_schema)
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
-        observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
-        if core.redactor.has_secrets:
-            observation = core.redactor.secrets_only(observation)
+        observation = clean_output(
+            value, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+        )
     except OutputProblem as exc:
+        problem = core.redactor.text(str(exc))  # a schema problem quotes the output
         core.event(
-            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
+            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=problem
         )
         stop = Stop(
             "invalid_tool_output",
             tool.name,
             tool=tool.name,
-            message=str(exc),
+            message=problem,
             extra={"problem": exc.detail},
         )
         if claimed and idem_key is not None and not core.observes("output"):
@@ -347,12 +361,12 @@ def _call_flow(
             core._store_call(
                 core.store.complete,
                 idem_key,
-                {"error": str(exc), "reason": "invalid_tool_output"},
+                {"error": problem, "reason": "invalid_tool_output"},
                 tenant=core.tenant,
             )
         core.flush()
         core.deny(stop, "output")
-        observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
+        observation = _let_through(value, exc.detail, eff, scrub)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
@@ -367,6 +381,23 @@ def _call_flow(
         seconds=round(elapsed, 6),
     )
     return observation
+
+
+def _let_through(value: Any, problem: str, eff: Effective, scrub: Scrubber | None) -> Any:
+    """What the model sees of an output that failed its checks, in observe mode: as it is
+    (not JSON: as capped text), and scrubbed all the same."""
+    if problem != "not_json" and scrub is not None:
+        try:
+            return scrub.secrets_only(value)
+        except ValueError:  # too deep to scrub: shown as text, scrubbed and capped below
+            problem = "not_json"
+    if problem != "not_json":
+        return value
+    try:
+        text = str(value)
+    except Exception:  # RecursionError too: a value with no text cannot be shown
+        text = f"<{type(value).__name__} output that cannot be shown>"
+    return clean_output(text, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
 
 
 def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:

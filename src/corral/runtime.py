@@ -491,8 +491,28 @@ class RunCore:
         """Mark ``stop`` as this run's and record it: a stop ends the run, so every later
         action raises it again, also when the caller caught it (first stop wins)."""
         stop.run_id = self.id  # type: ignore[attr-defined]
-        self.record_stop(stop.info)
+        self.record_stop(self.scrub_stop(stop).info)
         return stop
+
+    def scrub_stop(self, stop: Stop) -> Stop:
+        """``stop``, its message, subject and extras scrubbed of secrets in place: whatever
+        it quotes (a tool's error, an invalid output, arguments) reaches the caller."""
+        info = self.scrub_info(stop.info)
+        if info is not stop.info:
+            stop.info = info
+            stop.args = (str(info) + (f": {info.message}" if info.message else ""),)
+        return stop
+
+    def scrub_info(self, info: StopInfo) -> StopInfo:
+        """``info`` with its texts scrubbed (itself when nothing changed)."""
+        r = self.redactor
+        message = r.text(info.message) if info.message else info.message
+        extra = r.data(info.extra) if info.extra else info.extra
+        detail = r.secrets_only(info.detail)
+        tool = r.secrets_only(info.tool)
+        if (message, extra, detail, tool) == (info.message, info.extra, info.detail, info.tool):
+            return info
+        return replace(info, message=message, extra=dict(extra), detail=detail, tool=tool)
 
     def observes(self, guard: Guard) -> bool:
         """Whether ``guard`` records what it would stop instead of stopping it."""
@@ -506,8 +526,9 @@ class RunCore:
         raise self.stamp(stop)
 
     def observed(self, stop: Stop) -> None:
-        self.would_stop.append(stop.info)
-        self.event("would_stop", **stop.info.to_dict())
+        info = self.scrub_info(stop.info)
+        self.would_stop.append(info)
+        self.event("would_stop", **info.to_dict())
 
     def ensure_running(self) -> None:
         if self.cancelled and self.stop is None:
@@ -559,7 +580,7 @@ class RunCore:
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:
-            self.stop = info
+            self.stop = self.scrub_info(info)
 
     def close(self, reason: StopReason, *, answer: str | None = None) -> str | None:
         """Persist the end of the run (first stop wins); returns why it could not be, or None.

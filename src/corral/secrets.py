@@ -428,5 +428,5 @@ class Credentials:
             tool=tool,
             retryable=False,
             message=f"{tool} needs the {noun} {listed}, which {who} does not have{hint}",
-            extra={"why": "missing_credential", "credentials": names},
+            extra={"why": "missing_credential", "missing": names},
         )
