@@ -218,10 +218,13 @@ def test_a_numeric_secret_in_json_becomes_the_string_redacted() -> None:
 
 
 def test_keys_scrubbed_to_the_same_text_are_kept_apart() -> None:
-    """Two keys that both carry the secret do not overwrite each other."""
-    observation, _ = governed(lambda s: {s: 1, f"{s}": 2, f"{s}!": 3, REDACTED: 4}, SECRET)
-    assert sorted(observation.values()) == [1, 3, 4] or sorted(observation.values()) == [2, 3, 4]
-    assert len(observation) == 3 and SECRET not in repr(observation)
+    """Keys that scrub to the same text (or to a key already there) do not overwrite each
+    other: text keys, and a numeric secret as an int key and as a text key."""
+    observation, _ = governed(lambda s: {s: 1, f"{s}!": 2, REDACTED: 3, f"x{s}": 4}, SECRET)
+    assert sorted(observation.values()) == [1, 2, 3, 4] and SECRET not in repr(observation)
+    assert f"{REDACTED} (2)" in observation
+    numbers, _ = governed(lambda s: {int(s): "as int", s: "as text"}, PIN)
+    assert sorted(numbers.values()) == ["as int", "as text"] and PIN not in repr(numbers)
 
 
 # -- the cap never cuts a secret in two -----------------------------------------------------
@@ -389,7 +392,7 @@ def test_a_caller_executed_tool_reported_with_a_secret_is_scrubbed() -> None:
 
 
 # -- redaction itself, across many shapes ---------------------------------------------------
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(secret=SECRETS, data=st.data())
 def test_secrets_only_is_total_over_shapes_and_changes_nothing_else(
     secret: str, data: st.DataObject
@@ -495,3 +498,31 @@ def test_on_postgres_no_row_holds_the_secret() -> None:
                 rows = conn.execute(f'SELECT t::text FROM "{store.schema}"."{table}" t')
                 for (text,) in rows:
                     assert SECRET not in text, table
+
+
+def test_a_cached_read_is_scrubbed_of_a_secret_resolved_after_it_was_cached() -> None:
+    """A read cached before a provider resolved a secret that it happens to contain: served
+    from the cache later, it is scrubbed of that secret."""
+
+    class Vault:
+        def check(self, tenant: str | None) -> None:
+            pass
+
+        def resolve(self, tenant: str | None, tool: str) -> dict[str, str]:
+            return {"api_key": SECRET} if tool == "crm.write" else {}
+
+    @corral.tool(name=TOOL, effect="read")
+    def notes() -> str:
+        return f"someone pasted {SECRET} here"
+
+    @corral.tool(name="crm.write", effect="write", credentials=("api_key",))
+    def crm(ctx: corral.ToolContext) -> str:
+        return "written"
+
+    pol = corral.Policy.from_dict(
+        {"tools": {"allow": [TOOL, "crm.write"]}, "writes": {"require_approval": False}}
+    )
+    with corral.Run(pol, tools=[notes, crm], store=MemoryStore(), credentials=Vault()) as run:
+        run.call(TOOL, {})  # not yet known to be a secret: nothing can tell
+        run.call("crm.write", {})
+        assert run.call(TOOL, {}) == f"someone pasted {REDACTED} here"

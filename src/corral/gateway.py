@@ -43,6 +43,7 @@ from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
 from .hygiene import OutputProblem, Scrubber, clean_output
 from .leases import Held
+from .redact import REDACTED
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
@@ -102,6 +103,7 @@ def call_flow(
         # scrubbed like everything else it sees.
         rejected.message = core.redactor.text(rejected.message)
         rejected.args = (rejected.message,)
+        rejected.tool = core.redactor.secrets_only(rejected.tool)
         raise
     except Stop as stop:
         core.scrub_stop(stop)
@@ -148,7 +150,8 @@ def _call_flow(
         if not cache.is_miss(cached):
             core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
             core.flush()
-            return cached
+            # Scrubbed when cached; again of any secret the run resolved since.
+            return _rescrub(core, cached) if core.redactor.has_secrets else cached
 
     idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
     charge = eff.charge
@@ -381,6 +384,14 @@ def _call_flow(
         seconds=round(elapsed, 6),
     )
     return observation
+
+
+def _rescrub(core: RunCore, value: Any) -> Any:
+    """An observation kept from earlier, scrubbed of the run's secrets as they are now."""
+    try:
+        return core.redactor.secrets_only(value)
+    except ValueError:  # nested too deep to scrub: not shown at all
+        return REDACTED
 
 
 def _let_through(value: Any, problem: str, eff: Effective, scrub: Scrubber | None) -> Any:
