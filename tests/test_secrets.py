@@ -289,7 +289,7 @@ def test_on_postgres_a_resolved_secret_is_in_no_record_the_store_holds() -> None
 # -- the naming of secrets cannot collide ----------------------------------------------------
 # Pieces that made names collide before (separators, their escapes' words, case), so that the
 # generated names share them often.
-PIECES = ["a", "b1", "x", "_", "__", ".", "-", "dot", "under", "up", "dash", "crm", "read"]
+PIECES = ["a", "b1", "x", "_", "__", ".", "-", "dot", "under", "up", "dash", "crm", "shared"]
 TENANT_PIECES = [*PIECES, "A", "B", "DOT", "UP", "UNDER", "X_"]
 
 

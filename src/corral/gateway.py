@@ -1,10 +1,11 @@
 """The tool gateway: the single choke point every tool call passes, in this order::
 
     kill switch → allowlist and registry → arguments and constraints → degrade state
-    → loop detection → read cache / idempotency replay → fit check (no hold) → approval (writes)
-    → kill switch again → budget reservation → idempotency claim (writes)
-    → audit the authorization (writes) → execute with timeout (bounded retries)
-    → output validation and hygiene (registered secrets scrubbed) → settle → trace
+    → loop detection → read cache / idempotency replay → credentials (declared ones present)
+    → fit check (no hold) → approval (writes) → kill switch again → budget reservation
+    → idempotency claim (writes) → audit the authorization (writes)
+    → execute with timeout (bounded retries)
+    → output validation and hygiene (registered secrets scrubbed before the cap) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
 (:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it

@@ -134,8 +134,7 @@ class _RunBase:
         info = core.stop if reason != "ok" else None
         # The answer and the partial are the agent's text: scrubbed of the run's secrets
         # like a tool's output, for the caller and the stored run alike.
-        scrub = core.redactor.secrets_only
-        answer, partial = scrub(answer), scrub(core.partial or core.last_text)
+        answer, partial = core.scrub_text(answer), core.scrub_text(core.partial or core.last_text)
         if error is not None:
             error = core.redactor.text(error)
         unrecorded = core.close(reason, answer=answer)

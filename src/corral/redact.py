@@ -229,8 +229,8 @@ class Redactor:
     def with_secrets(self, secrets: Iterable[str]) -> Redactor:
         """This redactor plus ``secrets`` (itself when there are none to add)."""
         values = [s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET]
-        if not values:
-            return self
+        if not values or set(values) <= set(self._values):
+            return self  # a provider resolves the same secrets call after call
         return Redactor(
             keys=self._keys - DEFAULT_KEYS,
             patterns=self._patterns,

@@ -508,11 +508,16 @@ class RunCore:
         r = self.redactor
         message = r.text(info.message) if info.message else info.message
         extra = r.data(info.extra) if info.extra else info.extra
-        detail = r.secrets_only(info.detail)
-        tool = r.secrets_only(info.tool)
+        detail: str = r.secrets_only(info.detail)
+        tool = self.scrub_text(info.tool)
         if (message, extra, detail, tool) == (info.message, info.extra, info.detail, info.tool):
             return info
         return replace(info, message=message, extra=dict(extra), detail=detail, tool=tool)
+
+    def scrub_text(self, text: str | None) -> str | None:
+        """``text`` scrubbed of the run's registered secrets only (an agent's answer, a
+        subject): pattern look-alikes may be what was asked for."""
+        return text if text is None else str(self.redactor.secrets_only(text))
 
     def observes(self, guard: Guard) -> bool:
         """Whether ``guard`` records what it would stop instead of stopping it."""
