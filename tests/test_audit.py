@@ -563,6 +563,24 @@ def test_corral_audit_verify_says_where_keying_began_and_refuses_a_downgrade(
     assert unkeyed.returncode == 0 and "intact" in unkeyed.stdout
 
 
+def test_corral_audit_checkpoint_of_a_keyed_chain_is_verified_with_the_key(tmp_path: Path) -> None:
+    """checkpoint of a keyed file (with the key); verify --anchor without the key: exit 2
+    naming the checkpoint; with it: intact against the checkpoint."""
+    path, anchor = tmp_path / "keyed.db", tmp_path / "head.json"
+    recorded(path, key="s3cret-audit-key")
+    db, key = f"sqlite:///{path}", {"CORRAL_AUDIT_KEY": "s3cret-audit-key"}
+    made = corral_clis((("audit", "checkpoint", "--db", db, "--out", str(anchor)), key))[0]
+    assert made.returncode == 0, made.stderr
+    assert json.loads(anchor.read_text())["mode"].startswith("hmac-sha256:")
+    without, with_key = corral_clis(
+        (("audit", "verify", "--db", db, "--anchor", str(anchor)), None),
+        (("audit", "verify", "--db", db, "--anchor", str(anchor)), key),
+    )
+    assert without.returncode == 2 and "checkpoint" in without.stderr
+    assert "CORRAL_AUDIT_KEY" in without.stderr
+    assert with_key.returncode == 0 and "matches the checkpoint at record 6" in with_key.stdout
+
+
 def test_corral_audit_export_writes_json_lines(tmp_path: Path) -> None:
     """export --out FILE writes one record per line; the export re-verifies as a chain."""
     path = tmp_path / "corral.db"
