@@ -9,9 +9,11 @@
 ``verify`` walks the hash chain and names the first record that does not hold;
 with ``--anchor`` (a file written by ``checkpoint`` and kept where the database's
 users cannot write) it also detects a truncated or rewritten chain. A keyed chain
-needs ``CORRAL_AUDIT_KEY``. ``checkpoint`` verifies, then writes the chain's head
-(sequence number, hash, time) to ``--out``. ``export`` writes the records as JSON
-Lines, oldest first.
+needs ``CORRAL_AUDIT_KEY``; with it, only records before the first keyed one may be
+unkeyed (verify says where keying began and how many came before), and a chain with
+no keyed record fails: it was written, or rewritten, without the key. ``checkpoint``
+verifies, then writes the chain's head (sequence number, hash, time) to ``--out``.
+``export`` writes the records as JSON Lines, oldest first.
 
 Exit codes: 0 intact (or done); 1 the chain is broken (``verify``, ``checkpoint``);
 2 a usage error: a store that cannot be opened or read, an unreadable anchor, a
@@ -20,7 +22,7 @@ keyed chain without the key (one line on stderr, never a traceback).
 ``verify --json`` prints one object whose shape is stable::
 
     {"store": str, "ok": bool, "checked": int, "head": int, "keyed": int,
-     "anchor": int | null,
+     "keyed_from": int | null, "unkeyed": int, "anchor": int | null,
      "broken": {"seq": int, "why": str, "run_id": str | null, "kind": str | null} | null}
 """
 

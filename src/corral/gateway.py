@@ -1,10 +1,11 @@
 """The tool gateway: the single choke point every tool call passes, in this order::
 
     kill switch → allowlist and registry → arguments and constraints → degrade state
-    → loop detection → read cache / idempotency replay → fit check (no hold) → approval (writes)
-    → kill switch again → budget reservation → idempotency claim (writes)
-    → audit the authorization (writes) → execute with timeout (bounded retries)
-    → output validation and hygiene (registered secrets scrubbed) → settle → trace
+    → loop detection → read cache / idempotency replay → credentials (declared ones present)
+    → fit check (no hold) → approval (writes) → kill switch again → budget reservation
+    → idempotency claim (writes) → audit the authorization (writes)
+    → execute with timeout (bounded retries)
+    → output validation and hygiene (registered secrets scrubbed before the cap) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
 (:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
@@ -41,8 +42,9 @@ from . import approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
-from .hygiene import OutputProblem, cap, clean_output
+from .hygiene import OutputProblem, Scrubber, clean_output
 from .leases import Held
+from .redact import REDACTED
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
@@ -109,6 +111,16 @@ def call_flow(
     core.last_call = None
     try:
         return (yield from _call_flow(core, name, raw_args, key, call_id, external, renewals))
+    except ToolRejected as rejected:
+        # What a refusal quotes (the arguments, a tool's own words) reaches the model:
+        # scrubbed like everything else it sees.
+        rejected.message = core.redactor.text(rejected.message)
+        rejected.args = (rejected.message,)
+        rejected.tool = core.redactor.secrets_only(rejected.tool)
+        raise
+    except Stop as stop:
+        core.scrub_stop(stop)
+        raise
     finally:
         for held in renewals:  # the outcome is stored, the key released, or the flow ended
             held.release()
@@ -153,7 +165,8 @@ def _call_flow(
             core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
             core.flush()
             core.last_call = ("cached", tool.name, None)
-            return cached
+            # Scrubbed when cached; again of any secret the run resolved since.
+            return _rescrub(core, cached) if core.redactor.has_secrets else cached
 
     idem_key = idempotency.key_for(core, eff, args, digest, key, call_id) if write else None
     charge = eff.charge
@@ -166,6 +179,13 @@ def _call_flow(
             core.flush()
             core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
+
+    # Credentials are resolved before anything is held, claimed or asked for: a secret
+    # provider that fails, or a credential the tenant lacks, refuses the call with nothing
+    # to undo, and no human is asked to approve a write that could not run.
+    creds: Mapping[str, str] = {}
+    if tool.context_param is not None or eff.credentials:
+        creds = _credentials(core, tool.name, eff.credentials)
 
     if eff.require_approval and core.observes("approvals"):
         # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
@@ -202,9 +222,6 @@ def _call_flow(
             # half-open probe already holds the fleet's one probe slot.)
             probe = degrade.check(core, tool.name, eff.breaker)
 
-    # Credentials are resolved before anything is held or claimed: a secret provider that
-    # fails refuses the call with nothing to undo.
-    creds = core.credentials.get(tool.name, {}) if tool.context_param is not None else {}
     attempt = 0
     claimed = False
     while True:
@@ -336,22 +353,27 @@ def _call_flow(
         )
 
     value = result.value
+    # Scrubbing is never observed: every way an output reaches the model or the caller
+    # (valid, or let through by observe mode) is scrubbed of the run's secrets, before
+    # any cut (hygiene.clean_output). A run without secrets pays nothing for it.
+    scrub = core.redactor if core.redactor.has_secrets else None
     try:
         problems = eff.tool.validate_output(value, eff.output_schema)
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
-        observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
-        if core.redactor.has_secrets:
-            observation = core.redactor.secrets_only(observation)
+        observation = clean_output(
+            value, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+        )
     except OutputProblem as exc:
+        problem = core.redactor.text(str(exc))  # a schema problem quotes the output
         core.event(
-            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
+            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=problem
         )
         stop = Stop(
             "invalid_tool_output",
             tool.name,
             tool=tool.name,
-            message=str(exc),
+            message=problem,
             extra={"problem": exc.detail},
         )
         if claimed and idem_key is not None and not core.observes("output"):
@@ -359,12 +381,12 @@ def _call_flow(
             core._store_call(
                 core.store.complete,
                 idem_key,
-                {"error": str(exc), "reason": "invalid_tool_output"},
+                {"error": problem, "reason": "invalid_tool_output"},
                 tenant=core.tenant,
             )
         core.flush()
         core.deny(stop, "output")
-        observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
+        observation = _let_through(value, exc.detail, eff, scrub)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
@@ -380,6 +402,43 @@ def _call_flow(
         seconds=round(elapsed, 6),
     )
     return observation
+
+
+def _rescrub(core: RunCore, value: Any) -> Any:
+    """An observation kept from earlier, scrubbed of the run's secrets as they are now."""
+    try:
+        return core.redactor.secrets_only(value)
+    except ValueError:  # nested too deep to scrub: not shown at all
+        return REDACTED
+
+
+def _let_through(value: Any, problem: str, eff: Effective, scrub: Scrubber | None) -> Any:
+    """What the model sees of an output that failed its checks, in observe mode: as it is
+    (not JSON: as capped text), and scrubbed all the same."""
+    if problem != "not_json" and scrub is not None:
+        try:
+            return scrub.secrets_only(value)
+        except ValueError:  # too deep to scrub: shown as text, scrubbed and capped below
+            problem = "not_json"
+    if problem != "not_json":
+        return value
+    try:
+        text = str(value)
+    except Exception:  # RecursionError too: a value with no text cannot be shown
+        text = f"<{type(value).__name__} output that cannot be shown>"
+    return clean_output(text, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
+
+
+def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
+    """The tool's credentials, or the run's stop when one it needs is missing (never
+    observed: a tool does not run without what it needs)."""
+    try:
+        return core.credentials.require(tool, needed)
+    except Stop as stop:
+        if stop.info.extra.get("why") == "missing_credential":
+            core.event("denied", tool=tool, why="missing_credential")
+        core.flush()
+        raise core.stamp(stop) from None
 
 
 def _audit_authorization(

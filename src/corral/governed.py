@@ -158,7 +158,11 @@ class _RunBase:
             return self._result
         core.finished = True
         info = core.stop if reason != "ok" else None
-        partial = core.partial or core.last_text
+        # The answer and the partial are the agent's text: scrubbed of the run's secrets
+        # like a tool's output, for the caller and the stored run alike.
+        answer, partial = core.scrub_text(answer), core.scrub_text(core.partial or core.last_text)
+        if error is not None:
+            error = core.redactor.text(error)
         unrecorded = core.close(reason, answer=answer)
         if unrecorded is not None:
             # Fail closed, and say so: a run whose end is not in the audit log did not end ok.

@@ -45,6 +45,8 @@ from .exceptions import PolicyError
 TOOL_NAME = re.compile(r"^[a-z0-9_.-]+\Z")
 #: A breaker's name: what a tool (or model endpoint) depends on, ``portal.vendor.example``.
 DEPENDENCY_NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}\Z")
+#: The name of a credential a tool declares: lower-case letters, digits and single '_'.
+CREDENTIAL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|_(?!_))*\Z")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
@@ -98,6 +100,15 @@ def _tool_name(name: str) -> str:
     raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {name!r}{why}")
 
 
+def _credential_name(name: str) -> str:
+    if CREDENTIAL_NAME.match(name):
+        return name
+    raise ValueError(
+        "credential names use lower-case letters, digits and single '_', starting with a "
+        f"letter or digit, got {name!r}"
+    )
+
+
 def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is None:
         return None
@@ -121,6 +132,7 @@ def _dependency(name: str) -> str:
 #: message points at the entry (``tools.allow[2]``, ``tools.specs.Search``).
 ToolName = Annotated[str, Field(strict=True), AfterValidator(_tool_name)]
 DependencyName = Annotated[str, Field(strict=True), AfterValidator(_dependency)]
+CredentialName = Annotated[str, Field(strict=True), AfterValidator(_credential_name)]
 JSONSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
 USD = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
@@ -209,6 +221,9 @@ class ToolSpec(_Section):
     dependency: DependencyName | None = None
     """The breaker this tool's calls count against (default: the tool's own name). Tools
     of one vendor can share it, so that vendor's outage degrades all of them at once."""
+    credentials: list[CredentialName] = Field(default_factory=list)
+    """Credentials the tool needs, on top of those its code declares: a call whose tenant
+    lacks one is refused (``tool_denied``, why ``missing_credential``)."""
 
 
 class ToolsSection(_Section):

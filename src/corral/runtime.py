@@ -67,6 +67,8 @@ class Effective:
     """The policy's own schema for the arguments, checked on top of the tool's."""
     breaker: str = ""
     """The breaker the tool's calls count against: its ``dependency``, else its name."""
+    credentials: tuple[str, ...] = ()
+    """The credentials a call needs: the tool's declaration and the policy's, together."""
 
     @property
     def cacheable(self) -> bool:
@@ -358,6 +360,9 @@ class RunCore:
             call_only=Charge(tool_calls=1, tool=name),
             policy_args_schema=spec.args_schema if spec else None,
             breaker=(spec.dependency if spec and spec.dependency else name),
+            credentials=tuple(
+                dict.fromkeys((*tool.credentials, *(spec.credentials if spec else ())))
+            ),
         )
         self._effective[name] = eff
         return eff
@@ -493,8 +498,33 @@ class RunCore:
         """Mark ``stop`` as this run's and record it: a stop ends the run, so every later
         action raises it again, also when the caller caught it (first stop wins)."""
         stop.run_id = self.id  # type: ignore[attr-defined]
-        self.record_stop(stop.info)
+        self.record_stop(self.scrub_stop(stop).info)
         return stop
+
+    def scrub_stop(self, stop: Stop) -> Stop:
+        """``stop``, its message, subject and extras scrubbed of secrets in place: whatever
+        it quotes (a tool's error, an invalid output, arguments) reaches the caller."""
+        info = self.scrub_info(stop.info)
+        if info is not stop.info:
+            stop.info = info
+            stop.args = (str(info) + (f": {info.message}" if info.message else ""),)
+        return stop
+
+    def scrub_info(self, info: StopInfo) -> StopInfo:
+        """``info`` with its texts scrubbed (itself when nothing changed)."""
+        r = self.redactor
+        message = r.text(info.message) if info.message else info.message
+        extra = r.data(info.extra) if info.extra else info.extra
+        detail: str = r.secrets_only(info.detail)
+        tool = self.scrub_text(info.tool)
+        if (message, extra, detail, tool) == (info.message, info.extra, info.detail, info.tool):
+            return info
+        return replace(info, message=message, extra=dict(extra), detail=detail, tool=tool)
+
+    def scrub_text(self, text: str | None) -> str | None:
+        """``text`` scrubbed of the run's registered secrets only (an agent's answer, a
+        subject): pattern look-alikes may be what was asked for."""
+        return text if text is None else str(self.redactor.secrets_only(text))
 
     def observes(self, guard: Guard) -> bool:
         """Whether ``guard`` records what it would stop instead of stopping it."""
@@ -508,8 +538,9 @@ class RunCore:
         raise self.stamp(stop)
 
     def observed(self, stop: Stop) -> None:
-        self.would_stop.append(stop.info)
-        self.event("would_stop", **stop.info.to_dict())
+        info = self.scrub_info(stop.info)
+        self.would_stop.append(info)
+        self.event("would_stop", **info.to_dict())
 
     def ensure_running(self) -> None:
         if self.cancelled and self.stop is None:
@@ -561,7 +592,7 @@ class RunCore:
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:
-            self.stop = info
+            self.stop = self.scrub_info(info)
 
     def close(self, reason: StopReason, *, answer: str | None = None) -> str | None:
         """Persist the end of the run (first stop wins); returns why it could not be, or None.
