@@ -67,6 +67,7 @@ EXPECTED_TESTING = {
     "HOSTILE_PAYLOADS",
     "Execution",
     "FaultyModel",
+    "FaultyStore",
     "FaultyTool",
     "GullibleModel",
     "flaky_tool",

@@ -11,6 +11,7 @@
     ├── ApprovalError              an operator's decision cannot be applied (unknown,
     │                              already decided, expired, another tenant's, self-approval)
     └── StoreError                 the control plane's state cannot be read or written
+        └── StoreGone              its file was removed or replaced while open: for good
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
 learn why (``stop.reason``, ``stop.detail``, ``stop.retryable``).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._safe import error_text
 from .stops import RETRYABLE_REASONS, StopInfo, StopReason
 
 
@@ -143,3 +145,19 @@ class ApprovalError(CorralError):
 
 class StoreError(CorralError):
     """The store cannot be read or written; governed actions fail closed."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> StoreError:
+        """``exc`` as a StoreError: itself if it is one, else one naming it. A store object
+        may raise anything (a user's own, a driver's error); whatever it raises means its
+        state cannot be relied on."""
+        if isinstance(exc, StoreError):
+            return exc
+        return cls(f"the store failed: {error_text(exc)}")
+
+
+class StoreGone(StoreError):
+    """The store's file was removed or replaced while it was open (see
+    :class:`~corral.stores.sqlite.SQLiteStore`). It does not come back in this process:
+    what it would write now goes where nobody reads, so every later call fails, with no
+    grace period."""

@@ -37,11 +37,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from . import approvals, breaker
+from . import _outputs, _safe, approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
-from .hygiene import OutputProblem, cap, clean_output
+from .hygiene import OutputProblem, clean_output
 from .leases import Held
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
@@ -126,7 +126,11 @@ def _call_flow(
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
-    text = canonical(args)
+    try:
+        text = canonical(args)
+    except (RecursionError, ValueError, TypeError) as unwritable:  # too deep, a huge int, ...
+        problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
+        arguments.refuse(core, eff, [problem])
     loops.check(core, tool.name, text)
     probe = degrade.check(core, tool.name)
 
@@ -177,8 +181,8 @@ def _call_flow(
                 answer = yield Approve(req)
             except ConfigError:
                 raise
-            except Exception as exc:
-                approval.unreachable(core, req, exc, core.now() - started)
+            except Exception as failure:
+                approval.unreachable(core, req, failure, core.now() - started)
             approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
         if not probe:
@@ -274,7 +278,9 @@ def _call_flow(
             )
         core.settle(hold, charge if eff.charge_on_error else eff.call_only)
         what = core.redactor.text(
-            f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
+            f"timed out: {_safe.text(error)}"
+            if result.timed_out
+            else f"raised {_safe.error_text(error)}"
         )
         core.event(
             "tool_call",
@@ -320,14 +326,18 @@ def _call_flow(
         )
 
     value = result.value
+    if type(value) is not str:
+        value = _outputs.plain(value)
     try:
         problems = eff.tool.validate_output(value, eff.output_schema)
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
+        observation = _outputs.as_json(observation)
         if core.redactor.has_secrets:
             observation = core.redactor.secrets_only(observation)
-    except OutputProblem as exc:
+    except Exception as raised:  # any shape a tool returns: a problem, never an escape
+        exc = _outputs.problem(raised)
         core.event(
             "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
         )
@@ -348,7 +358,7 @@ def _call_flow(
             )
         core.flush()
         core.deny(stop, "output")
-        observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
+        observation = _outputs.observed(value, exc, eff.max_output_chars)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._safe import error_text
 from ..exceptions import Stop, ToolRejected
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str)
 def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
     """The approval channel failed: refuse the call (fail closed), retryable."""
     core.waiting += waited
-    what = f"{type(error).__name__}: {error}"
+    what = error_text(error)
     core.event(
         "approval",
         tool=req.tool,

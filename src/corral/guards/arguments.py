@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -69,6 +69,8 @@ def _parse(raw: Any) -> Any:
             ) from None
         except RecursionError:
             raise ArgumentsInvalid(["arguments are nested too deeply"]) from None
+        except ValueError as exc:  # a number past Python's 4,300-digit conversion limit
+            raise ArgumentsInvalid([f"arguments are not valid JSON ({exc})"]) from None
     if type(raw) is dict:
         return raw  # validation reads it and returns a new dict: no copy needed here
     return dict(raw) if isinstance(raw, Mapping) else raw
@@ -84,23 +86,7 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
             # The policy's schema narrows what the code accepts: both must pass.
             _check_policy_schema(eff.policy_args_schema, parsed)
     except ArgumentsInvalid as exc:
-        problems = "; ".join(exc.problems)
-        core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls + 1)
-        if count_mistake(core):
-            raise core.stamp(
-                Stop(
-                    "invalid_tool_args",
-                    name,
-                    tool=name,
-                    message=problems,
-                    extra={"problems": exc.problems},
-                )
-            ) from None
-        raise ToolRejected(
-            "invalid_tool_args",
-            f"Invalid arguments for {name}: {problems}. Fix them and call again.",
-            tool=name,
-        ) from None
+        refuse(core, eff, exc.problems)
     for arg, rule in eff.constraints.items():
         if arg in args:
             problem = violation(args[arg], rule)
@@ -113,6 +99,23 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
                     extra={"argument": arg},
                 )
     return args
+
+
+def refuse(core: RunCore, eff: Effective, problems: list[str]) -> NoReturn:
+    """Hand invalid arguments back to the model (:class:`ToolRejected`), or, past the
+    policy's bound on mistakes, stop the run with ``invalid_tool_args``."""
+    name = eff.tool.name
+    text = "; ".join(problems)
+    core.event("invalid_args", tool=name, problems=problems, count=core.invalid_calls + 1)
+    if count_mistake(core):
+        raise core.stamp(
+            Stop("invalid_tool_args", name, tool=name, message=text, extra={"problems": problems})
+        ) from None
+    raise ToolRejected(
+        "invalid_tool_args",
+        f"Invalid arguments for {name}: {text}. Fix them and call again.",
+        tool=name,
+    ) from None
 
 
 _POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}

@@ -1,0 +1,59 @@
+"""Tool outputs of any shape: made plain before they are judged, and a problem (never an
+escaping exception) when judging or cleaning one fails.
+
+A tool may return anything: a list nested a million deep, a container holding itself,
+an int too long to print, an object whose ``__eq__`` or ``__str__`` raises, a ``str``
+subclass with methods of its own. The gateway validates and cleans every output inside
+one ``try``; whatever that raises becomes an :class:`~corral.hygiene.OutputProblem`, so
+the call ends ``invalid_tool_output`` (enforced) or shows a bounded text form (observed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._safe import error_text, text
+from .hygiene import OutputProblem, cap
+
+_PLAIN = (str, bool, float, type(None))
+
+
+def plain(value: Any) -> Any:
+    """A ``str`` subclass as a plain ``str`` (its own methods are never called again);
+    anything else unchanged."""
+    if isinstance(value, str) and type(value) is not str:
+        return str.__str__(value)
+    return value
+
+
+def as_json(observation: Any) -> Any:
+    """A cleaned observation as plain JSON data: string keys, lists, no subclasses, the
+    same value a stored outcome replays. Raises for what JSON cannot hold (an int past
+    Python's 4,300-digit conversion limit, a key JSON cannot write)."""
+    if type(observation) in _PLAIN:
+        return observation
+    return json.loads(json.dumps(observation, ensure_ascii=False, allow_nan=False))
+
+
+def problem(exc: Exception) -> OutputProblem:
+    """``exc``, raised while validating or cleaning an output, as the output's problem."""
+    if isinstance(exc, OutputProblem):
+        return exc
+    if isinstance(exc, RecursionError):
+        return OutputProblem("too_deep", "output is nested too deeply to validate or clean")
+    if isinstance(exc, ValueError) and "integer string conversion" in text(exc):
+        return OutputProblem("not_json", f"output holds a number too long to write: {text(exc)}")
+    return OutputProblem("unreadable", f"output cannot be validated or cleaned: {error_text(exc)}")
+
+
+def observed(value: Any, found: OutputProblem, max_chars: int) -> Any:
+    """What the model sees of an output whose problem is observed, not enforced: the output
+    as plain JSON when it is one (a schema or size problem), else its text form, capped;
+    a placeholder when even that cannot be had. Never raises."""
+    if found.detail in ("schema", "output_too_large"):
+        try:
+            return as_json(plain(value))
+        except Exception:  # not JSON after all: shown as text below
+            pass
+    return cap(text(value, max_chars + 1), max_chars)
