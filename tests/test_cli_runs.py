@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import corral
 from corral.cli import app
 from corral.guards.approval import ApprovalDecision
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import ScriptedModel, call, final
 
 P = corral.Policy.from_dict
@@ -245,6 +246,7 @@ def test_runs_with_bad_options_exit_2_with_one_line() -> None:
 
 def test_runs_on_an_empty_store_says_so(tmp_path: Path) -> None:
     """A store with no runs prints a short message and exits 0."""
+    SQLiteStore(tmp_path / "empty.db").close()
     result = invoke("runs", "--db", f"sqlite:///{tmp_path / 'empty.db'}")
     assert result.exit_code == 0
     assert "No runs in" in result.stdout
@@ -269,7 +271,7 @@ def test_an_unreachable_store_is_exit_2_with_one_line() -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/sub/corral.db", "mysql://x", "x"])
+@pytest.mark.parametrize("url", ["sqlite:////etc/passwd", "mysql://x", "x"])
 @pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
 def test_a_store_that_cannot_be_opened_is_exit_2(url: str, command: list[str]) -> None:
     """A bad or unusable store URL is exit 2 with one line naming the URL."""
@@ -278,6 +280,16 @@ def test_a_store_that_cannot_be_opened_is_exit_2(url: str, command: list[str]) -
     assert result.stdout == ""
     assert result.stderr.startswith(f"corral {command[0]}: --db: cannot open the store {url}: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
+def test_a_store_that_does_not_exist_is_not_created(command: list[str], tmp_path: Path) -> None:
+    """A SQLite path with no store is exit 1, `no corral store at <path>`, and stays absent."""
+    path = tmp_path / "missing" / "corral.db"
+    result = invoke(*command, "--db", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert result.stderr == f"corral {command[0]}: no corral store at {path}\n"
+    assert not path.parent.exists()
 
 
 # -- corral show ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@
     ├── ApprovalError              an operator's decision cannot be applied (unknown,
     │                              already decided, expired, another tenant's, self-approval)
     └── StoreError                 the control plane's state cannot be read or written
-        └── StoreGone              its file was removed or replaced while open: for good
+        ├── StoreGone              its file was removed or replaced while open: for good
+        └── StoreMissing           no store at the path a read-only command named
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
 learn why (``stop.reason``, ``stop.detail``, ``stop.retryable``).
@@ -161,3 +162,9 @@ class StoreGone(StoreError):
     :class:`~corral.stores.sqlite.SQLiteStore`). It does not come back in this process:
     what it would write now goes where nobody reads, so every later call fails, with no
     grace period."""
+
+
+class StoreMissing(StoreError):
+    """No store exists where a command that only reads or changes operator state looked
+    (``open_store(url, create=False)``): it never creates one, since an agent would not be
+    using a store that did not exist."""

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, StoreMissing
 from .base import Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -37,7 +37,7 @@ def default_url() -> str:
     return os.environ.get("CORRAL_DB") or DEFAULT_URL
 
 
-def open_store(url: str | Store | None = None) -> Store:
+def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
     """Open a store from a URL (see the module docstring), or pass a store object through.
 
     One store per URL per process, shared by every run that names it: ``memory://``
@@ -45,7 +45,9 @@ def open_store(url: str | Store | None = None) -> Store:
     kill switch set through it reaches every run; a database URL opens its
     connection once. Raises :class:`~corral.exceptions.ConfigError` for a URL it
     cannot use, :class:`~corral.exceptions.StoreError` when the database cannot be
-    reached.
+    reached. With ``create=False`` a SQLite file that does not exist is not created:
+    :class:`~corral.exceptions.StoreMissing` (``no corral store at PATH``) instead, for
+    commands that only read or change operator state.
     """
     if url is None:
         url = default_url()
@@ -63,6 +65,8 @@ def open_store(url: str | Store | None = None) -> Store:
         path, synchronous = _sqlite_target(url, rest)
         path = path if path == ":memory:" else os.path.abspath(path)
         key = "sqlite://" + path
+        if not create and path != ":memory:" and not os.path.exists(path):
+            raise StoreMissing(f"no corral store at {path}")
 
         def factory() -> Store:
             return SQLiteStore(path, synchronous=synchronous)
