@@ -18,6 +18,8 @@ from annotated_types import Ge, Gt
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from ._safe import shown
+
 
 def _path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
@@ -40,7 +42,7 @@ def render_value(value: Any) -> str:
     elif isinstance(value, datetime.date):
         text = value.isoformat()
     else:
-        text = repr(value)
+        text = shown(value, 60)  # never raises: a hostile or huge value is named, not shown
     return text if len(text) <= 60 else text[:57] + "..."
 
 

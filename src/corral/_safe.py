@@ -25,6 +25,18 @@ def text(value: Any, max_chars: int = MAX_TEXT) -> str:
     return out if len(out) <= max_chars else out[: max_chars - 3] + "..."
 
 
+def shown(value: Any, max_chars: int = 60) -> str:
+    """``repr(value)`` cut to ``max_chars``, or a placeholder naming its type when ``repr``
+    raises (nested too deeply, a hostile ``__repr__``, an int too long to print)."""
+    try:
+        out = repr(value)
+        if type(out) is not str:
+            out = str.__str__(out)
+    except Exception as exc:  # a foreign __repr__ may raise anything
+        return f"<{type_name(value)} that cannot be shown: {type_name(exc)}>"
+    return out if len(out) <= max_chars else out[: max_chars - 3] + "..."
+
+
 def error_text(exc: object, max_chars: int = MAX_TEXT) -> str:
     """``Type: message`` (``Type`` alone for an empty message), bounded, never raising."""
     message = text(exc, max_chars)

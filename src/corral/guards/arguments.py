@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
+from .._safe import shown
 from ..exceptions import ConfigError, Stop, ToolRejected
+from ..patterns import MAX_MATCH_CHARS
 from ..policy import ArgConstraint, Policy
 from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
 from .denial import count_mistake, deny
@@ -192,23 +194,28 @@ def _url_problem(value: Any, rule: ArgConstraint) -> str | None:
 def violation(value: Any, rule: ArgConstraint) -> str | None:
     """Why ``value`` breaks ``rule``, or ``None``."""
     if rule.enum is not None and not _in_enum(value, rule.enum):
-        return f"must be one of {rule.enum!r}, got {value!r}"
+        return f"must be one of {shown(rule.enum, 200)}, got {shown(value)}"
     if rule.min is not None or rule.max is not None:
         if not _number(value) or (isinstance(value, float | Decimal) and not math.isfinite(value)):
-            return f"must be a finite number, got {value!r}"
+            return f"must be a finite number, got {shown(value)}"
         if rule.min is not None and value < rule.min:
-            return f"must be >= {rule.min:g}, got {value!r}"
+            return f"must be >= {rule.min:g}, got {shown(value)}"
         if rule.max is not None and value > rule.max:
-            return f"must be <= {rule.max:g}, got {value!r}"
+            return f"must be <= {rule.max:g}, got {shown(value)}"
     if rule.max_length is not None:
         if not isinstance(value, str | list | tuple | dict):
             return f"must be a string or a list, got {type(value).__name__}"
         if len(value) > rule.max_length:
             return f"must be at most {rule.max_length} long, got {len(value)}"
-    if rule.pattern is not None and (
-        not isinstance(value, str) or not re.fullmatch(rule.pattern, value)
-    ):
-        return f"must match {rule.pattern!r}"
+    if rule.pattern is not None:
+        if not isinstance(value, str):
+            return f"must be a string matching {rule.pattern!r}, got {type(value).__name__}"
+        if len(value) > MAX_MATCH_CHARS:
+            # Bounded input: a pattern's time grows with the text it runs on.
+            limit = MAX_MATCH_CHARS
+            return f"is {len(value)} characters, longer than a pattern is matched on ({limit})"
+        if not re.fullmatch(rule.pattern, value):
+            return f"must match {rule.pattern!r}"
     if rule.schemes is not None or rule.hosts is not None:
         return _url_problem(value, rule)
     return None
