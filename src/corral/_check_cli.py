@@ -46,7 +46,7 @@ def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) ->
     except PolicyError as exc:
         problems += exc.problems
     except Exception as exc:  # never a traceback: one line naming what happened
-        problems.append(f"(file): cannot be checked ({error_text(exc)})")
+        problems.append(f"(file): cannot be checked ({' '.join(error_text(exc).split())})")
     registered: list[object] | None = None
     if tools is not None:
         try:

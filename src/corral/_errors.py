@@ -27,7 +27,9 @@ def _path(loc: tuple[Any, ...]) -> str:
         if isinstance(item, int) and not isinstance(item, bool):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            name = str(item)
+            # A key with a newline or other control character is quoted: one line per problem.
+            parts.append(("." if parts else "") + (name if name.isprintable() else repr(name)))
     return "".join(parts) or "(top level)"
 
 

@@ -18,6 +18,12 @@ from .hygiene import OutputProblem, cap
 
 _PLAIN = (str, bool, float, type(None))
 
+#: The deepest an output may be nested: far below Python's recursion limit, so that
+#: copying, scrubbing and rendering it (recursive code) can never hit that limit.
+MAX_DEPTH = 64
+#: The longest problem message kept (a schema error quotes the whole output).
+MAX_MESSAGE = 500
+
 
 def plain(value: Any) -> Any:
     """A ``str`` subclass as a plain ``str`` (its own methods are never called again);
@@ -33,13 +39,42 @@ def as_json(observation: Any) -> Any:
     Python's 4,300-digit conversion limit, a key JSON cannot write)."""
     if type(observation) in _PLAIN:
         return observation
-    return json.loads(json.dumps(observation, ensure_ascii=False, allow_nan=False))
+    text = json.dumps(observation, ensure_ascii=False, allow_nan=False)
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap: only then can it be too deep
+        depth = json_depth(observation)
+        if depth > MAX_DEPTH:
+            raise OutputProblem(
+                "too_deep", f"output is nested {depth} levels deep, the limit is {MAX_DEPTH}"
+            )
+    return json.loads(text)
+
+
+def json_depth(value: Any) -> int:
+    """How deep lists and dicts nest in ``value`` (0 for a scalar); iterative, so any depth
+    is measured without recursion."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        todo.extend((child, depth) for child in children)
+    return deepest
 
 
 def problem(exc: Exception) -> OutputProblem:
     """``exc``, raised while validating or cleaning an output, as the output's problem."""
     if isinstance(exc, OutputProblem):
-        return exc
+        message = str(exc)
+        if len(message) <= MAX_MESSAGE:
+            return exc
+        return OutputProblem(exc.detail, message[: MAX_MESSAGE - 3] + "...")
     if isinstance(exc, RecursionError):
         return OutputProblem("too_deep", "output is nested too deeply to validate or clean")
     if isinstance(exc, ValueError) and "integer string conversion" in text(exc):

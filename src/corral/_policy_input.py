@@ -34,7 +34,7 @@ from ._safe import type_name
 from .exceptions import PolicyError
 
 MAX_POLICY_CHARS = 1_000_000
-MAX_DEPTH = 32
+MAX_DEPTH = 64
 MAX_VALUES = 100_000
 MAX_STRING_CHARS = 10_000
 MAX_INT_DIGITS = 30
@@ -183,7 +183,13 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 def parse_yaml(text: str, source: str | None) -> Any:
     """The document in ``text`` (YAML; JSON is YAML too), bounded as above."""
     check_size(text, source)
-    loader = StrictLoader(text)
+    try:
+        loader = StrictLoader(text)  # reads the text: refuses NUL and other control characters
+    except yaml.reader.ReaderError as exc:
+        raise PolicyError(
+            [f"(file): character {exc.position + 1}: not valid YAML ({exc.reason})"],
+            source=source,
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -377,6 +383,9 @@ def _key(key: Any) -> tuple[str, str | None]:
 def _path(path: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in path:
-        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + item)
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + (item if item.isprintable() else repr(item)))
     text = "".join(parts) or "(top level)"
     return text if len(text) <= 200 else text[:197] + "..."

@@ -38,7 +38,10 @@ class PolicyError(ConfigError):
     """A policy is invalid. ``problems`` holds one ``path: message`` line per problem."""
 
     def __init__(self, problems: list[str], *, source: str | None = None) -> None:
-        self.problems = list(problems)
+        # One line each, whatever a value quoted in a problem held.
+        self.problems = [
+            " ".join(p.splitlines()) if "\n" in p or "\r" in p else p for p in problems
+        ]
         self.source = source
         where = f"{source}: " if source else ""
         count = len(self.problems)

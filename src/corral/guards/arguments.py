@@ -89,6 +89,8 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
             _check_policy_schema(eff.policy_args_schema, parsed)
     except ArgumentsInvalid as exc:
         refuse(core, eff, exc.problems)
+    except RecursionError:  # nested too deeply for the validators: the model can fix it
+        refuse(core, eff, ["arguments are nested too deeply"])
     for arg, rule in eff.constraints.items():
         if arg in args:
             problem = violation(args[arg], rule)

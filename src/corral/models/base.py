@@ -79,6 +79,8 @@ MAX_TOOL_NAME_CHARS = 256
 MAX_CALL_ID_CHARS = 1024
 MAX_ARGUMENT_CHARS = 1_000_000
 MAX_TOOL_CALLS = 256
+#: The deepest the arguments of a tool call may nest.
+MAX_ARGUMENT_DEPTH = 64
 
 _JSON_ARGUMENTS = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True)
 
@@ -171,12 +173,13 @@ def _call(i: int, call: Any) -> ToolCallRequest:
         )
     if isinstance(args, str):
         args = str.__str__(args)
-        size = len(args)
+        size, body = len(args), args
     elif isinstance(args, dict):
         if type(args) is not dict:
             args = dict(dict.items(args))
         try:
-            size = len(_JSON_ARGUMENTS.encode(args))
+            body = _JSON_ARGUMENTS.encode(args)
+            size = len(body)
         except RecursionError:
             raise ModelOutputError(
                 f"{where} ({name}): the arguments are nested too deeply"
@@ -195,9 +198,38 @@ def _call(i: int, call: Any) -> ToolCallRequest:
             f"{where} ({name}): the arguments are {size} characters, the limit is "
             f"{MAX_ARGUMENT_CHARS}"
         )
+    if _nesting(body) > MAX_ARGUMENT_DEPTH:
+        raise ModelOutputError(
+            f"{where} ({name}): the arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        )
     if name is call.name and call_id is call.id and args is call.arguments:
         return call
     return ToolCallRequest(name=name, arguments=args, id=call_id)
+
+
+def _nesting(body: str) -> int:
+    """How deep brackets nest in JSON ``body``, outside strings (an upper bound for text
+    that is not JSON). Counted only when there are enough brackets to matter."""
+    if body.count("[") + body.count("{") <= MAX_ARGUMENT_DEPTH:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 @runtime_checkable
