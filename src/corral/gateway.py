@@ -333,7 +333,8 @@ def _call_flow(
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
-        observation = _outputs.as_json(observation)
+        if type(observation) is not str:
+            observation = _outputs.as_json(observation)
         if core.redactor.has_secrets:
             observation = core.redactor.secrets_only(observation)
     except Exception as raised:  # any shape a tool returns: a problem, never an escape
