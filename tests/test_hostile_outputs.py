@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +25,12 @@ from hypothesis import strategies as st
 
 import corral
 from corral.stops import STOP_REASONS
+from corral.stores.base import Store
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final
+
+sys.path.insert(0, str(Path(__file__).parent / "stores"))
+from pg import fresh_store, require_postgres
 
 ENFORCE = corral.Policy.from_dict({"tools": {"allow": ["t.read"]}})
 OBSERVE = corral.Policy.from_dict({"tools": {"allow": ["t.read"]}, "mode": "observe"})
@@ -130,7 +138,6 @@ HOSTILE: dict[str, Any] = {
     "non_str_keys": lambda: {1: "a", "b": 2, None: 3},
     "tuple_key": lambda: {(1, 2): 3},
     "odd_str": lambda: OddStr("hello"),
-    "nul_text": lambda: "a\x00b",
 }
 
 
@@ -259,6 +266,41 @@ def test_a_cleaned_structured_output_is_plain_json() -> None:
     assert out == {"1": ["a", "b"]}
     assert type(out["1"][1]) is str
     assert run.result.stop_reason == "ok"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "postgres":
+        with fresh_store(require_postgres()) as pg:
+            yield pg
+        return
+    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "c.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("shape", ["text", "structured"])
+def test_a_nul_in_an_output_is_replaced_on_every_backend(any_store: Store, shape: str) -> None:
+    """A NUL in a read's or a write's output (text, or a key or value of structured data)
+    reaches the model as U+FFFD and is stored as an outcome on every backend (PostgreSQL
+    refuses NUL in text), where a write's outcome failed to be stored."""
+    value: Any = "a\x00b" if shape == "text" else {"k\x00": ["a\x00b", 1]}
+    cleaned: Any = "a\ufffdb" if shape == "text" else {"k\ufffd": ["a\ufffdb", 1]}
+
+    @corral.tool(name="t.write", effect="write")
+    def write(q: str = "") -> Any:
+        return value
+
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["t.read", "t.write"]}, "writes": {"require_approval": False}}
+    )
+    with corral.Run(policy, tools=[reading(lambda: value), write], store=any_store) as run:
+        assert run.call("t.read", {}) == cleaned
+        assert run.call("t.write", {}) == cleaned
+        run.finish("done")
+    assert run.result.stop_reason == "ok", run.result.stop
 
 
 class Boom(BaseException):

@@ -23,6 +23,8 @@ _PLAIN = (str, bool, float, type(None))
 MAX_DEPTH = 64
 #: The longest problem message kept (a schema error quotes the whole output).
 MAX_MESSAGE = 500
+#: What a NUL character in an output becomes.
+NUL, REPLACEMENT = "\0", "\ufffd"
 
 
 def plain(value: Any) -> Any:
@@ -35,8 +37,11 @@ def plain(value: Any) -> Any:
 
 def as_json(observation: Any) -> Any:
     """A cleaned observation as plain JSON data: string keys, lists, no subclasses, the
-    same value a stored outcome replays. Raises for what JSON cannot hold (an int past
-    Python's 4,300-digit conversion limit, a key JSON cannot write)."""
+    same value a stored outcome replays, and no NUL character (neither models nor
+    PostgreSQL take one: each becomes U+FFFD). Raises for what JSON cannot hold (an int
+    past Python's 4,300-digit conversion limit, a key JSON cannot write)."""
+    if type(observation) is str:
+        return observation.replace(NUL, REPLACEMENT) if NUL in observation else observation
     if type(observation) in _PLAIN:
         return observation
     text = json.dumps(observation, ensure_ascii=False, allow_nan=False)
@@ -46,7 +51,20 @@ def as_json(observation: Any) -> Any:
             raise OutputProblem(
                 "too_deep", f"output is nested {depth} levels deep, the limit is {MAX_DEPTH}"
             )
-    return json.loads(text)
+    plain = json.loads(text)
+    return _without_nul(plain) if "\\u0000" in text else plain
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` (plain JSON data, at most MAX_DEPTH deep) with NUL replaced in every string
+    and key."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT)
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k.replace(NUL, REPLACEMENT): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def json_depth(value: Any) -> int:

@@ -333,7 +333,7 @@ def _call_flow(
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
-        if type(observation) is not str:
+        if type(observation) is not str or "\0" in observation:
             observation = _outputs.as_json(observation)
         if core.redactor.has_secrets:
             observation = core.redactor.secrets_only(observation)
