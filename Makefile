@@ -1,29 +1,50 @@
-# The README's commands. Each sets up what it needs (a virtual environment in .venv) first.
+# The README's commands. Each sets up what it needs (a virtual environment in .venv) first:
+# `make demo` installs corral with its runtime dependencies only; `make test` adds the dev
+# extras (test tools, type checker, the SDKs the adapters are tested against).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
+
+# Installing into the new environment with the interpreter's own pip (`pip --python`, pip
+# 22.3 and later) saves bootstrapping a second pip into .venv, the slowest step of a fresh
+# set-up; without a usable outer pip, .venv gets its own.
+define install
+	@if $(PYTHON) -m pip --python $(BIN)/python --version >/dev/null 2>&1; then \
+	  $(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check \
+	    --no-compile $(1); \
+	else \
+	  [ -x $(BIN)/pip ] || $(BIN)/python -m ensurepip --upgrade >/dev/null; \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check $(1); \
+	fi
+endef
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv --without-pip $(VENV)
 
-demo: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(call install,-e .)
+	touch $(RUNTIME_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(call install,-e '.[dev]')
+	touch $(RUNTIME_STAMP) $(DEV_STAMP)
+
+demo: $(RUNTIME_STAMP)
 	$(BIN)/corral demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/gateway_overhead.py
 
 clean:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -602,3 +603,86 @@ def test_authorize_waits_on_the_queue_before_handing_over_the_call(sqlite: Share
     assert box["args"]["amount"] == 4 and box["observation"] == "sent 4 by the caller"
     assert box["result"].status == "ok"
     assert sqlite.store.get_approval(request.id).status == "used"  # type: ignore[union-attr]
+
+
+# -- what the approver is told ------------------------------------------------------------------
+
+
+def test_an_approver_is_told_the_step_call_purpose_cost_effect_and_key() -> None:
+    """The in-process approver's request carries the run's step, the model's tool call, the
+    model's text of that turn (its stated purpose), the declared cost and effect, and the key."""
+    from corral.testing import ScriptedModel, Turn, final
+
+    seen: list[corral.ApprovalRequest] = []
+
+    def approver(request: corral.ApprovalRequest) -> bool:
+        seen.append(request)
+        return True
+
+    refunds = Refunds()
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["refund.send"], "specs": {"refund.send": {"cost_usd": 0.25}}},
+            "writes": {"require_approval": True},
+        }
+    )
+    call = corral.ToolCallRequest(name="refund.send", arguments={"amount": 5}, id="call_x")
+    model = ScriptedModel(
+        [
+            Turn(text="The order arrived broken; refunding $5 as policy allows.", calls=(call,)),
+            final("refunded"),
+        ]
+    )
+    result = corral.run(
+        "refund",
+        model=model,
+        tools=[refunds.tool],
+        policy=pol,
+        store="memory://",
+        approver=approver,
+    )
+    assert result.stop_reason == "ok" and refunds.sent == [5]
+    [request] = seen
+    assert (request.step, request.effect, request.cost_usd) == (1, "write", Decimal("0.25"))
+    assert request.purpose == "The order arrived broken; refunding $5 as policy allows."
+    assert request.call_id == "turn-1.0"
+    assert request.idempotency_key is not None and request.idempotency_key.startswith("call:")
+
+
+def test_the_queue_keeps_the_context_and_the_cli_shows_it(shared: Shared) -> None:
+    """A request filed in the store keeps the context (purpose redacted of the run's secrets);
+    ``corral approvals show`` prints it and ``--json`` gives it as fields."""
+    secret = "sk-live-9f8e7d6c5b4a39281706"
+    refunds = Refunds()
+    found: dict[str, Any] = {}
+
+    def decide() -> None:
+        [record] = pending(shared.store)
+        found["record"] = record
+        found["show"] = corral_cli("approvals", "show", record.id, "--db", shared.url)
+        found["json"] = corral_cli("approvals", "show", record.id, "--json", "--db", shared.url)
+        approvals.approve(shared.store, record.id, approver="alice")
+
+    decider = threading.Thread(target=decide, daemon=True)
+    decider.start()
+    with corral.Run(
+        policy(),
+        tools=[refunds.tool],
+        store=shared.store,
+        credentials={"refund.send": {"api_key": secret}},
+    ) as run:
+        run._core.turn_text = f"refund it; the key is {secret}"  # as a model turn would set it
+        run.call("refund.send", {"amount": 7}, call_id="c-7")
+        run.finish("ok")
+    decider.join(20)
+    assert refunds.sent == [7]
+    context = found["record"].context
+    assert context["call_id"] == "c-7" and context["effect"] == "write"
+    assert context["step"] == 0 and context["cost_usd"] == "0"
+    assert secret not in context["purpose"] and "[REDACTED]" in context["purpose"]
+    assert context["idempotency_key"].startswith("call:")
+    shown = found["show"].stdout
+    assert found["show"].returncode == 0 and "purpose (the model's text of that turn):" in shown
+    assert "call id:" in shown and "c-7" in shown and secret not in shown
+    data = json.loads(found["json"].stdout)["approval"]
+    assert data["call_id"] == "c-7" and data["effect"] == "write" and data["step"] == 0

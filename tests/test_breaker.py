@@ -353,3 +353,105 @@ def test_two_processes_share_one_retry_budget(tmp_path: Path) -> None:
     assert without == 100
     assert retries <= 0.2 * attempts + 3  # one budget for the fleet: at most 8 retries
     assert retries == 8
+
+
+# -- dependencies: one breaker for the tools (or models) of one vendor -------------------------
+
+
+def vendor_policy(dependency: str | None = "portal.vendor.example") -> corral.Policy:
+    """Two browser tools of one vendor (sharing ``dependency``) and an unrelated read."""
+    spec: dict[str, Any] = {"cache": False}
+    if dependency is not None:
+        spec["dependency"] = dependency
+    return corral.Policy.from_dict(
+        {
+            "tools": {
+                "allow": ["portal.orders", "portal.invoices", "kb.read"],
+                "specs": {"portal.orders": spec, "portal.invoices": spec},
+            },
+            "degrade": {"min_calls": 3, "window_seconds": 600, "cool_down_seconds": 30},
+        }
+    )
+
+
+def vendor_tools(vendor: Vendor) -> list[corral.Tool]:
+    def orders(q: str) -> str:
+        vendor.calls += 1
+        raise ConnectionError("vendor down")
+
+    def invoices(q: str) -> str:
+        vendor.calls += 1
+        return "invoice"
+
+    def kb(q: str) -> str:
+        return "notes"
+
+    return [
+        corral.tool(orders, name="portal.orders", effect="read"),
+        corral.tool(invoices, name="portal.invoices", effect="read"),
+        corral.tool(kb, name="kb.read", effect="read"),
+    ]
+
+
+def test_tools_sharing_a_dependency_are_degraded_together() -> None:
+    """Failures of one tool open the breaker of its ``dependency``: every tool of that vendor
+    is refused and left out of the tools offered; a tool of another dependency is not."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol, tools = vendor_policy(), vendor_tools(vendor)
+    for i in range(3):
+        with corral.Run(pol, tools=tools, store=store, clock=clock) as run:
+            run.call("portal.orders", {"q": str(i)})
+        assert run.result.stop_reason == "tool_error"
+    assert store.breaker("portal.vendor.example", now=clock.monotonic()).state == "open"
+    assert store.breaker("portal.orders", now=clock.monotonic()).state == "closed"
+    with corral.Run(pol, tools=tools, store=store, clock=clock) as run:
+        assert [s["name"] for s in run.tool_specs("neutral")] == ["kb.read"]
+        with pytest.raises(corral.ToolRejected) as told:
+            run.call("portal.invoices", {"q": "x"})
+        assert run.call("kb.read", {"q": "x"}) == "notes"
+        run.finish("later")
+    assert told.value.reason == "dependency_degraded"
+    assert vendor.calls == 3  # the healthy-looking sibling was not called either
+
+
+def test_without_a_dependency_each_tool_has_its_own_breaker() -> None:
+    """With no ``dependency`` the breaker is the tool's own: a sibling stays available."""
+    vendor, store, clock = Vendor(), MemoryStore(), ManualClock()
+    pol, tools = vendor_policy(None), vendor_tools(vendor)
+    for i in range(3):
+        with corral.Run(pol, tools=tools, store=store, clock=clock) as run:
+            run.call("portal.orders", {"q": str(i)})
+    with corral.Run(pol, tools=tools, store=store, clock=clock) as run:
+        assert run.call("portal.invoices", {"q": "x"}) == "invoice"
+
+
+def test_models_sharing_a_dependency_share_one_breaker() -> None:
+    """A model object's ``dependency`` names its endpoint's breaker: a failing model opens it,
+    and another model on that endpoint is refused before any request is sent."""
+    store, clock = MemoryStore(), ManualClock()
+    pol = corral.Policy.from_dict({"degrade": {"min_calls": 2, "cool_down_seconds": 30}})
+    failing = corral.testing.ScriptedModel(
+        [corral.testing.error(ConnectionError("503"))], repeat_last=True, name="m-small"
+    )
+    failing.dependency = "api.models.example"  # type: ignore[attr-defined]
+    for _ in range(2):
+        assert corral.run("t", model=failing, policy=pol, store=store, clock=clock).stop_reason == (
+            "model_error"
+        )
+    other = corral.testing.ScriptedModel([corral.testing.final("hi")], name="m-large")
+    other.dependency = "api.models.example"  # type: ignore[attr-defined]
+    result = corral.run("t", model=other, policy=pol, store=store, clock=clock)
+    assert result.stop_reason == "dependency_degraded" and other.requests == []
+    alone = corral.testing.ScriptedModel([corral.testing.final("hi")], name="m-large")
+    assert corral.run("t", model=alone, policy=pol, store=store, clock=clock).stop_reason == "ok"
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 201, "émoji", 7, "a\nb"])
+def test_a_dependency_name_is_checked(bad: Any) -> None:
+    """A dependency name that is empty, too long or not plain ASCII is one clear problem."""
+    with pytest.raises(corral.PolicyError) as problem:
+        corral.Policy.from_dict(
+            {"tools": {"allow": ["a.b"], "specs": {"a.b": {"dependency": bad}}}}
+        )
+    [line] = problem.value.problems
+    assert line.startswith("tools.specs.a.b.dependency:")

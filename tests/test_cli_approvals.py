@@ -21,6 +21,7 @@ from crash import pg as crash_pg
 ROW = [
     "id", "status", "run_id", "tool", "tenant", "agent", "args_digest", "arguments",
     "created", "expires", "approver", "reason", "decided_at", "used_at",
+    "step", "call_id", "purpose", "cost_usd", "effect", "idempotency_key",
 ]  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def unknown_key(store: Store, tmp_path: Path, order: str, point: str = "after_cl
     assert pay_and_die(store, path, order, point) < 0
     time.sleep(LEASE + 0.15)
     result = pay(store, path, order)
-    assert result.stop.detail == "outcome_unknown"
+    assert result.stop.why == "outcome_unknown"
     key: str = result.stop.extra["key"]
     return key
 

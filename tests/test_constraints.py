@@ -207,8 +207,10 @@ def test_urls_outside_the_constraints_are_denied_before_anything_is_reserved(sto
     with corral.Run(constrained(URL_RULE), tools=[fetcher.tool], store=store) as run:
         run.call("http.get", {"url": url})
     stop = run.result.stop
-    assert str(stop) == "tool_denied:http.get"
-    assert stop.extra == {"why": "argument_not_allowed", "argument": "url"}
+    assert (stop.detail, stop.why) == ("http.get", "argument_not_allowed")
+    assert str(stop) == f"tool_denied:http.get (argument_not_allowed: {stop.extra['note']})"
+    assert stop.extra["argument"] == "url"
+    assert str(stop).isascii() and str(stop).isprintable()  # one plain line, look-alikes escaped
     assert why in stop.message
     assert fetcher.urls == []
     assert (run.result.usage.tool_calls, run.result.usage.usd) == (0, 0)

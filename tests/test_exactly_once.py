@@ -90,7 +90,7 @@ def test_sigkill_at_every_point_of_a_write_never_runs_a_key_twice(backend, tmp_p
         if point == "before_claim":
             assert result.status == "ok", result.stop
         else:
-            assert (result.stop_reason, result.stop.detail) == ("tool_error", "outcome_unknown")
+            assert (result.stop_reason, result.stop.why) == ("tool_error", "outcome_unknown")
             assert result.stop.retryable is False
             unknown[order] = result.stop.extra["key"]
     seen = Counter(effects(path))

@@ -675,7 +675,11 @@ def test_a_write_abandoned_at_its_deadline_keeps_its_key_in_flight(store):
     release.set()
     assert out["first"].stop_reason == "tool_error"
     assert out["second"].stop_reason == "tool_error"
-    assert out["second"].stop.extra == {"idempotency": "in_flight", "key": "caller:pay.send:k"}
+    assert out["second"].stop.extra == {
+        "why": "in_flight",
+        "idempotency": "in_flight",
+        "key": "caller:pay.send:k",
+    }
     assert started == ["x"]
 
 
@@ -811,7 +815,7 @@ def test_reusing_a_key_with_other_arguments_is_bounded(store):
                 run.call("refund.send", {"order": "A-1", "note": f"again {i}"})
             except corral.ToolRejected as rejected:
                 assert rejected.detail == "idempotency_mismatch"
-    assert str(run.result.stop) == "tool_denied:refund.send"
+    assert str(run.result.stop) == "tool_denied:refund.send (idempotency_mismatch)"
     assert run.result.stop.extra == {"why": "idempotency_mismatch"}
     assert sent == ["first"]
     assert run.result.usage.tool_calls == 1

@@ -124,8 +124,12 @@ def test_a_claim_still_in_flight_after_the_wait_stops_retryable(durable):
     with corral.Run(POLICY, tools=[slow_pay], store=durable) as run:
         run.call("pay.send", {"order": "A-1"}, idempotency_key="A-1")
     stop = run.result.stop
-    assert (stop.reason, stop.detail, stop.retryable) == ("tool_error", "in_flight", True)
-    assert stop.extra == {"idempotency": "in_flight", "key": "caller:pay.send:A-1"}
+    assert (stop.reason, stop.why, stop.retryable) == ("tool_error", "in_flight", True)
+    assert stop.extra == {
+        "why": "in_flight",
+        "idempotency": "in_flight",
+        "key": "caller:pay.send:A-1",
+    }
     assert "still in flight after waiting 0.3 s (the tool's timeout is 0.3 s)" in stop.message
     time.sleep(LEASE + 0.1)
     assert claim_states(durable) == {"in_flight"}  # the abandoned thread still runs
@@ -144,7 +148,7 @@ def test_an_unknown_claim_is_never_run_again_without_a_hook(durable, tmp_path):
     left_unknown(durable, path, "A-1", "after_claim")
     result = pay(durable, path, "A-1")
     stop = result.stop
-    assert (stop.reason, stop.detail, stop.retryable) == ("tool_error", "outcome_unknown", False)
+    assert (stop.reason, stop.why, stop.retryable) == ("tool_error", "outcome_unknown", False)
     assert "corral idempotency resolve" in stop.message and stop.extra["key"] in stop.message
     assert effects(path) == []
     assert claim_states(durable) == {"unknown"}
@@ -187,7 +191,7 @@ def test_a_hook_that_cannot_tell_leaves_the_claim_unknown(durable, tmp_path):
     )
     with corral.Run(POLICY, tools=[tool], store=durable) as run:
         run.call("pay.send", {"order": "A-1"})
-    assert run.result.stop.detail == "outcome_unknown"
+    assert run.result.stop.why == "outcome_unknown"
     assert "vendor ledger unreachable" in run.result.stop.message
     assert claim_states(durable) == {"unknown"} and effects(path) == []
 
@@ -360,7 +364,7 @@ def test_a_run_killed_mid_write_and_resumed_by_id_never_pays_twice(durable, tmp_
         tool = pay_tool(path, reconcile=reconcile, by_order=False)
         with corral.Run(POLICY, tools=[tool], store=durable, run_id=run_id) as run:
             run.call("pay.send", {"order": "A-1"})
-        assert (run.result.stop.detail if run.result.stop else "") == detail
+        assert (run.result.stop.why if run.result.stop else "") == detail
     assert run.result.status == "ok" and effects(path) == ["A-1"]
     [claim] = durable.list_claims(now=time.time())
     assert claim.key.startswith(f"run:{run_id}:pay.send:") and claim.status == "done"

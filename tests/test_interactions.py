@@ -583,7 +583,7 @@ def test_an_unknown_outcome_without_a_hook_stops_before_anyone_is_asked(
     time.sleep(1.2)
     with corral.Run(pay_policy(), tools=[pay_tool(path)], store=sqlite.store, tenant="acme") as run:
         run.call(PAY, {"order": "o-9"})
-    assert run.result.stop is not None and run.result.stop.detail == "outcome_unknown"
+    assert run.result.stop is not None and run.result.stop.why == "outcome_unknown"
     assert sqlite.store.list_approvals(status="pending") == []
     key = sqlite.store.list_claims(now=time.time(), status="unknown")[0].key
     out = cli(
@@ -648,7 +648,7 @@ def test_stop_all_on_an_async_write_in_flight_settles_its_hold_and_spares_the_br
     assert shared.store.scope_usage(scope) == (0, Decimal("2.10"))
     assert shared.store.breaker(WRITE, now=time.time()).state == "closed"
     again = asyncio.run(one("o-1"))
-    assert again.stop is not None and again.stop.detail == "outcome_unknown"
+    assert again.stop is not None and again.stop.why == "outcome_unknown"
     assert runs == ["o-1", "o-2", "o-3"]
 
 

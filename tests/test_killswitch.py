@@ -657,7 +657,7 @@ def test_a_cancelled_write_keeps_its_idempotency_key_from_running_again(
     assert starts == ["refund"]  # the second run did not run it again
     # Cancelled where it ran, nothing will finish it: its outcome is unknown at once (not
     # after a lease of waiting), for a reconcile hook or an operator to settle.
-    assert again.stop is not None and again.stop.detail == "outcome_unknown"
+    assert again.stop is not None and again.stop.why == "outcome_unknown"
 
 
 def test_a_switch_that_is_not_stop_all_lets_the_call_in_flight_finish(store: MemoryStore) -> None:

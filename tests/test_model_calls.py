@@ -130,10 +130,10 @@ def test_a_non_positive_max_tokens_is_a_config_error() -> None:
 
 
 def test_an_unpriced_model_under_max_usd_is_refused_before_any_request() -> None:
-    """A model with no known price under max_usd stops with max_usd:unpriced_model, unsent."""
+    """A model with no known price under max_usd stops ``max_usd`` (unpriced_model), unsent."""
     model = ScriptedModel([final("done")], price=None, name="mystery")
     result = run_loop(model, policy(budgets={"max_usd": 5}))
-    assert str(result.stop) == "max_usd:unpriced_model"
+    assert str(result.stop) == "max_usd:run (unpriced_model: mystery)"
     assert result.status == "stopped"
     assert result.stop is not None and "mystery" in result.stop.message
     assert model.requests == []
@@ -243,4 +243,4 @@ def test_in_observe_mode_an_unpriced_model_runs_and_the_refusal_is_recorded() ->
     pol = policy(mode="observe", budgets={"max_usd": 1})
     result = run_loop(model, pol)
     assert result.stop_reason == "ok" and len(model.requests) == 1
-    assert [str(w) for w in result.would_stop] == ["max_usd:unpriced_model"]
+    assert [str(w) for w in result.would_stop] == ["max_usd:run (unpriced_model: scripted)"]

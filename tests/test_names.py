@@ -84,7 +84,7 @@ def test_invented_names_stop_the_run_after_max_invalid_args(store):
                 run.call("made.up", {})
         with pytest.raises(corral.Stop) as stop:
             run.call("made.up", {})
-    assert str(stop.value) == "tool_denied:unknown_tool"
+    assert str(stop.value) == "tool_denied:made.up (unknown_tool)"
     assert stop.value.info.extra["why"] == "unknown_tool"
     assert run.result.stop_reason == "tool_denied"
 
@@ -93,7 +93,7 @@ def test_max_invalid_args_zero_stops_at_the_first_invented_name(store):
     """``max_invalid_args: 0`` hands nothing back."""
     with corral.Run(policy(max_invalid_args=0), store=store) as run:
         run.call("made.up", {})
-    assert str(run.result.stop) == "tool_denied:unknown_tool"
+    assert str(run.result.stop) == "tool_denied:made.up (unknown_tool)"
 
 
 def test_invented_names_and_invalid_arguments_share_one_count(probe, store):

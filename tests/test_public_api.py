@@ -22,6 +22,7 @@ EXPECTED = {
     "ApprovalError",
     "ApprovalRequest",
     "AsyncRun",
+    "CallInfo",
     "Charge",
     "Clock",
     "ConfigError",

@@ -211,7 +211,7 @@ def test_an_unknown_tool_is_rejected_listing_the_tools_on_offer() -> None:
                 run.call("vendor.status", {})
             assert "crm.write, kb.read, search.read" in rejected.value.message
         run.call("vendor.status", {})
-    assert str(run.result.stop) == "tool_denied:unknown_tool"
+    assert str(run.result.stop) == "tool_denied:vendor.status (unknown_tool)"
 
 
 def test_an_other_exception_is_agent_error_and_re_raised() -> None:
@@ -562,7 +562,7 @@ def test_model_call_of_an_unpriced_model_under_max_usd_is_refused() -> None:
     """A model name with no known price under max_usd is refused with unpriced_model."""
     with new_run(policy(budgets={"max_usd": 1})) as run:
         run.model_call(model="mystery-model", input_tokens=10)
-    assert str(run.result.stop) == "max_usd:unpriced_model"
+    assert str(run.result.stop) == "max_usd:run (unpriced_model: mystery-model)"
     assert "mystery-model" in (run.result.stop.message if run.result.stop else "")
 
 

@@ -262,11 +262,14 @@ def test_tool_denied_for_a_tool_not_in_the_allowlist() -> None:
 
 
 def test_tool_denied_for_an_unknown_tool_after_the_bound() -> None:
-    """A made-up tool name is handed back to the model, then stops with tool_denied:unknown_tool."""
+    """A made-up tool name is handed back to the model, then stops with
+    ``tool_denied:<name> (unknown_tool)``."""
     model = ScriptedModel([call("vendor.status")], repeat_last=True)
     result = run_loop(model)
-    stop = assert_stop(result, "tool_denied", "unknown_tool")
-    assert stop.tool == "vendor.status"
+    stop = assert_stop(
+        result, "tool_denied", "vendor.status", "tool_denied:vendor.status (unknown_tool)"
+    )
+    assert stop.tool == "vendor.status" and stop.why == "unknown_tool"
     assert len(model.requests) == 3  # two mistakes handed back (tools.max_invalid_args: 2)
 
 
@@ -315,14 +318,17 @@ def test_model_error_when_the_endpoint_fails() -> None:
 
 
 @pytest.mark.parametrize(
-    ("turn", "detail"),
-    [(malformed("not JSON"), "scripted"), (truncated("half an ans"), "truncated")],
+    ("turn", "text"),
+    [
+        (malformed("not JSON"), "invalid_model_output:scripted"),
+        (truncated("half an ans"), "invalid_model_output:scripted (truncated)"),
+    ],
     ids=["malformed", "truncated"],
 )
-def test_invalid_model_output(turn: Any, detail: str) -> None:
-    """Unparsable or truncated model output stops with invalid_model_output."""
+def test_invalid_model_output(turn: Any, text: str) -> None:
+    """Unparsable or truncated model output stops with invalid_model_output, naming the model."""
     result = run_loop(ScriptedModel([turn]))
-    stop = assert_stop(result, "invalid_model_output", detail)
+    stop = assert_stop(result, "invalid_model_output", "scripted", text)
     assert not stop.retryable
 
 

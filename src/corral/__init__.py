@@ -35,7 +35,7 @@ from .models.base import (
     ToolCallRequest,
 )
 from .policy import Policy, load_policy
-from .result import RunResult
+from .result import CallInfo, RunResult
 from .secrets import EnvSecrets, FileSecrets, SecretProvider
 from .stops import STOP_REASONS, StopInfo, StopReason
 from .stores import Store, open_store
@@ -49,6 +49,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalRequest",
     "AsyncRun",
+    "CallInfo",
     "Charge",
     "Clock",
     "ConfigError",

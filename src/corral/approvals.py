@@ -267,6 +267,7 @@ def _new(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> ApprovalR
         tool=req.tool,
         args_digest=req.args_digest,
         arguments=dict(core.redactor.data(dict(req.arguments))),
+        context=req.context(),
         tenant=core.tenant,
         agent=core.agent,
         created=now,

@@ -21,11 +21,17 @@ cannot be opened (one line, never a traceback).
 ``show --json`` prints ``{"store": str, "approval": row}``; a row is::
 
     {"id", "status", "run_id", "tool", "tenant", "agent", "args_digest", "arguments",
-     "created", "expires", "approver", "reason", "decided_at", "used_at"}
+     "created", "expires", "approver", "reason", "decided_at", "used_at",
+     "step", "call_id", "purpose", "cost_usd", "effect", "idempotency_key"}
 
 ``status`` is ``pending``, ``approved``, ``denied``, ``expired``, ``cancelled`` or
 ``used`` (approved, and the run went ahead on it); times are ISO 8601 in UTC
 (``decided_at`` and ``used_at`` are ``null`` until then); ``arguments`` are redacted.
+``step`` is the run's step when it asked, ``call_id`` the model's tool call, ``purpose``
+the model's text of that turn (its stated reason, redacted; ``null`` when it gave none),
+``cost_usd`` (text) and ``effect`` the tool's declared cost and effect, and
+``idempotency_key`` the key the write runs under once approved (``null`` for requests
+filed by an older version).
 """
 
 from __future__ import annotations
@@ -143,6 +149,12 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
             typer.echo(f"{'decided at:':<12} {data['decided_at'] or '-'}")
         if record.used_at is not None:
             typer.echo(f"{'used at:':<12} {data['used_at']}")
+        for key in ("step", "effect", "cost_usd", "call_id", "idempotency_key"):
+            if data[key] is not None:
+                typer.echo(f"{key.replace('_', ' ') + ':':<12} {_flat(str(data[key]), 200)}")
+        if data["purpose"]:
+            typer.echo("purpose (the model's text of that turn):")
+            typer.echo("  " + _flat(str(data["purpose"]), 1000))
         typer.echo("arguments:")
         shown = _bounded(data["arguments"])
         typer.echo(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
@@ -213,6 +225,12 @@ def _bounded(value: Any) -> Any:
     return value
 
 
+def _flat(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace and control characters as single spaces), cut."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 2]).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def row(record: ApprovalRecord) -> dict[str, Any]:
     """The stable JSON form of an approval (see the module docstring)."""
     return {
@@ -230,7 +248,12 @@ def row(record: ApprovalRecord) -> dict[str, Any]:
         "reason": record.reason or None,
         "decided_at": _iso(record.decided_at),
         "used_at": _iso(record.used_at),
+        **{key: record.context.get(key) for key in CONTEXT_FIELDS},
     }
+
+
+#: What an approval says beyond the action (``ApprovalRecord.context``), in this order.
+CONTEXT_FIELDS = ("step", "call_id", "purpose", "cost_usd", "effect", "idempotency_key")
 
 
 def _iso(at: float | None) -> str | None:

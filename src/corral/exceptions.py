@@ -105,6 +105,11 @@ class Stop(CorralError):
         return self.info.detail
 
     @property
+    def why(self) -> str | None:
+        """The sub-reason (``not_allowed``, ``unknown_tool``, ...), if any."""
+        return self.info.why
+
+    @property
     def retryable(self) -> bool:
         return self.info.retryable
 

@@ -91,12 +91,24 @@ Flow = Generator[Op, Any, Any]
 
 
 def call_flow(
-    core: RunCore, name: Any, raw_args: Any, *, key: str | None = None, external: bool = False
+    core: RunCore,
+    name: Any,
+    raw_args: Any,
+    *,
+    key: str | None = None,
+    call_id: str | None = None,
+    external: bool = False,
 ) -> Flow:
-    """Govern one tool call; returns the observation (``external``: the caller executes)."""
+    """Govern one tool call; returns the observation (``external``: the caller executes).
+
+    ``key`` is the caller's idempotency key; ``call_id`` the call's identity in the run
+    (the model's tool call), which keys a write when no key is given (see
+    ``guards/idempotency.py``). How the call was served is left in ``core.last_call``.
+    """
     renewals: list[Held] = []  # the idempotency claim this call holds, renewed meanwhile
+    core.last_call = None
     try:
-        return (yield from _call_flow(core, name, raw_args, key, external, renewals))
+        return (yield from _call_flow(core, name, raw_args, key, call_id, external, renewals))
     finally:
         for held in renewals:  # the outcome is stored, the key released, or the flow ended
             held.release()
@@ -107,6 +119,7 @@ def _call_flow(
     name: Any,
     raw_args: Any,
     key: str | None,
+    call_id: str | None,
     external: bool,
     renewals: list[Held],
 ) -> Flow:
@@ -132,7 +145,7 @@ def _call_flow(
         problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
         arguments.refuse(core, eff, [problem])
     loops.check(core, tool.name, text)
-    probe = degrade.check(core, tool.name)
+    probe = degrade.check(core, tool.name, eff.breaker)
 
     write = eff.effect == "write"
     # The canonical digest keys the cache, approvals and idempotency, and every outcome
@@ -143,9 +156,10 @@ def _call_flow(
         if not cache.is_miss(cached):
             core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
             core.flush()
+            core.last_call = ("cached", tool.name, None)
             return cached
 
-    idem_key = idempotency.key_for(core, eff, args, digest, key) if write else None
+    idem_key = idempotency.key_for(core, eff, args, digest, key, call_id) if write else None
     charge = eff.charge
     if idem_key is not None:
         # Before the fit check and approval: a write already done is replayed for free,
@@ -154,6 +168,7 @@ def _call_flow(
         if done is not None:
             core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
             core.flush()
+            core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
 
     if eff.require_approval and core.observes("approvals"):
@@ -170,7 +185,7 @@ def _call_flow(
     elif eff.require_approval:
         # Check the fit before anyone is asked to approve; nothing is held while waiting.
         core.fits(charge)
-        req = approval.request(core, eff, args, digest)
+        req = approval.request(core, eff, args, digest, key=idem_key, call_id=call_id)
         core.flush()
         if core.approver is None:
             # The store's queue: decided by another process, consumed once (approvals.py).
@@ -189,7 +204,7 @@ def _call_flow(
             # The wait may have been long: a breaker that opened meanwhile refuses the write
             # now, rather than letting it hit the failing dependency. (A call that is the
             # half-open probe already holds the fleet's one probe slot.)
-            probe = degrade.check(core, tool.name)
+            probe = degrade.check(core, tool.name, eff.breaker)
 
     # Credentials are resolved before anything is held or claimed: a secret provider that
     # fails refuses the call with nothing to undo.
@@ -211,6 +226,7 @@ def _call_flow(
                 core.refund(hold)
                 core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
                 core.flush()
+                core.last_call = ("replayed", tool.name, idem_key)
                 return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
             renewals.append(idempotency.hold(core, idem_key))
@@ -257,7 +273,7 @@ def _call_flow(
             core.flush()
             raise core.stamp(result.error.stop)
         if not isinstance(result.error, NotExecuted):
-            breaker.record(core, tool.name, result.ok, probe=probe)
+            breaker.record(core, eff.breaker, result.ok, probe=probe)
         if result.ok:
             core.settle(hold, charge)
             break
@@ -298,8 +314,8 @@ def _call_flow(
             and attempt <= eff.retries
             and not external
             and not probe  # a failed probe reopened the breaker: no retries
-            and breaker.admit(core, tool.name)[0] != "open"
-            and breaker.retry_allowed(core, tool.name)
+            and breaker.admit(core, eff.breaker)[0] != "open"
+            and breaker.retry_allowed(core, eff.breaker)
         )
         if claimed and idem_key is not None and not result.timed_out and not retry:
             # A write that raised (and will not be retried) is recorded as failed and never
@@ -364,6 +380,7 @@ def _call_flow(
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
+    core.last_call = ("executed", tool.name, idem_key)
     core.trusted_event_flushed(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,

@@ -43,7 +43,7 @@ from .guards import killswitch
 from .modelcalls import input_token_bound, model_flow, plan
 from .models.base import Model, ModelResponse
 from .policy import Policy
-from .result import RunResult
+from .result import CallInfo, RunResult
 from .runtime import RunCore, status_of
 from .secrets import SecretProvider
 from .stops import StopInfo, StopReason
@@ -53,6 +53,23 @@ from .tools import Tool, as_registry
 
 SpecFormat = Literal["openai", "anthropic", "neutral"]
 _FORMATS = ("openai", "anthropic", "neutral")
+
+
+#: The longest idempotency key or call id accepted (they are stored and audited).
+MAX_KEY_CHARS = 512
+
+
+def _text_or_none(what: str, value: Any) -> str | None:
+    """A caller's key or call id: text of a bounded length, or ``None`` (a developer
+    mistake otherwise, not something to coerce)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a string, got {type(value).__name__}")
+    text: str = str.__str__(value)  # a str subclass is keyed by its text, nothing else
+    if len(text) > MAX_KEY_CHARS:
+        raise ConfigError(f"{what} must be at most {MAX_KEY_CHARS} characters, got {len(text)}")
+    return text
 
 
 def wire_name(name: str) -> str:
@@ -115,6 +132,15 @@ class _RunBase:
     def usage(self) -> Usage:
         """What the run has used so far."""
         return self._core.usage()
+
+    @property
+    def last_call(self) -> CallInfo | None:
+        """How the last tool call was served: executed, from the read cache, or replayed
+        from an earlier outcome of the same idempotency key (nothing ran again)."""
+        last = self._core.last_call
+        if last is None:
+            return None
+        return CallInfo(outcome=last[0], tool=last[1], idempotency_key=last[2])
 
     @property
     def result(self) -> RunResult:
@@ -275,11 +301,11 @@ class _RunBase:
             self._fail_agent(exc)
             return False
         if isinstance(exc, ToolRejected):
-            # The shape of the gateway's own stops (guards/denial.py): detail names the tool.
-            subject = "unknown_tool" if exc.detail == "unknown_tool" else exc.tool
+            # The shape of the gateway's own stops (stops.StopInfo): detail names the tool,
+            # extra["why"] the check that refused.
             extra = {"why": exc.detail} if exc.detail else None
             self._stopped(
-                Stop(exc.reason, subject, tool=exc.tool, message=exc.message, extra=extra)
+                Stop(exc.reason, exc.tool, tool=exc.tool, message=exc.message, extra=extra)
             )
             return True
         if isinstance(exc, CANCELLATION):
@@ -313,22 +339,51 @@ class Run(_RunBase):
         """End the run with ``ok`` and ``answer`` (raises the run's :class:`Stop` if it has one)."""
         return self._finish(answer)
 
-    def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
+    def call(
+        self,
+        name: str,
+        args: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        call_id: str | None = None,
+    ) -> Any:
         """Call a tool through the gateway; returns the cleaned observation.
 
-        Raises :class:`Stop` when the run must stop, :class:`ToolRejected` when the
-        call was refused but the run may go on (show ``.message`` to the model).
+        A write is keyed by ``idempotency_key`` if given, else by the fields its tool
+        declares, else by ``call_id`` — the identity of this call in your loop (the
+        model's tool-call id): a call with a new ``call_id`` is a new write, while the
+        same ``call_id`` and arguments again (a resumed run) replay the stored outcome —
+        else by the run, the tool and the arguments (so an identical write in the same
+        run is replayed, not run twice). :attr:`last_call` says whether a call was
+        replayed. Raises :class:`Stop` when the run must stop, :class:`ToolRejected`
+        when the call was refused but the run may go on (show ``.message`` to the model).
         """
-        flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
+        flow = call_flow(
+            self._core,
+            name,
+            {} if args is None else args,
+            key=_text_or_none("idempotency_key", idempotency_key),
+            call_id=_text_or_none("call_id", call_id),
+        )
         return run_sync(flow, approver=self._core.approver, clock=self._core.clock)
 
     def authorize(
-        self, name: str, args: Any = None, *, idempotency_key: str | None = None
+        self,
+        name: str,
+        args: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        call_id: str | None = None,
     ) -> Ticket:
         """Pass the gateway up to execution; execute the tool yourself, then :meth:`report`."""
         core = self._core
         flow = call_flow(
-            core, name, {} if args is None else args, key=idempotency_key, external=True
+            core,
+            name,
+            {} if args is None else args,
+            key=_text_or_none("idempotency_key", idempotency_key),
+            call_id=_text_or_none("call_id", call_id),
+            external=True,
         )
         try:
             op = next(flow)
@@ -392,18 +447,41 @@ class AsyncRun(_RunBase):
         """End the run with ``ok`` and ``answer`` (raises the run's :class:`Stop` if it has one)."""
         return self._finish(answer)
 
-    async def call(self, name: str, args: Any = None, *, idempotency_key: str | None = None) -> Any:
+    async def call(
+        self,
+        name: str,
+        args: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        call_id: str | None = None,
+    ) -> Any:
         """Call a tool through the gateway; see :meth:`Run.call`."""
-        flow = call_flow(self._core, name, {} if args is None else args, key=idempotency_key)
+        flow = call_flow(
+            self._core,
+            name,
+            {} if args is None else args,
+            key=_text_or_none("idempotency_key", idempotency_key),
+            call_id=_text_or_none("call_id", call_id),
+        )
         return await run_async(flow, approver=self._core.approver, clock=self._core.clock)
 
     async def authorize(
-        self, name: str, args: Any = None, *, idempotency_key: str | None = None
+        self,
+        name: str,
+        args: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        call_id: str | None = None,
     ) -> Ticket:
         """Pass the gateway up to execution; see :meth:`Run.authorize`."""
         core = self._core
         flow = call_flow(
-            core, name, {} if args is None else args, key=idempotency_key, external=True
+            core,
+            name,
+            {} if args is None else args,
+            key=_text_or_none("idempotency_key", idempotency_key),
+            call_id=_text_or_none("call_id", call_id),
+            external=True,
         )
         try:
             op = next(flow)

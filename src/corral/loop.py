@@ -38,6 +38,14 @@ from .stores import Store
 from .tools import Tool
 
 
+def replay_notice(key: str | None) -> str:
+    """What the model reads before a replayed write's stored result: it did not run now."""
+    return (
+        f"[replayed: this write already ran earlier in this run (idempotency key {key}); "
+        "it was NOT run again. Its recorded result follows.]\n"
+    )
+
+
 async def arun(
     task: str,
     *,
@@ -137,7 +145,14 @@ async def _loop(
             for i, c in enumerate(response.tool_calls):
                 call_id = c.id or f"call_{turn}_{i}"  # unique in the conversation
                 try:
-                    observation = render(await run.call(c.name, c.arguments))
+                    # A write is keyed by its place in the run (turn and position), not
+                    # the provider's id: a resumed run making the same call at the same
+                    # point replays it, an identical call in a later turn is a new write.
+                    output = await run.call(c.name, c.arguments, call_id=f"turn-{turn}.{i}")
+                    observation = render(output)
+                    last = run.last_call
+                    if last is not None and last.replayed:
+                        observation = replay_notice(last.idempotency_key) + observation
                 except ToolRejected as rejected:
                     observation = f"ERROR: {rejected.message}"
                 except Stop:

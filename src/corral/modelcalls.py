@@ -121,8 +121,9 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
         name = getattr(model, "name", "?")
         unpriced = Stop(
             "max_usd",
-            "unpriced_model",
+            "run",
             scope="run",
+            extra={"why": "unpriced_model", "note": str(name)[:80]},
             message=f"model {name!r} has no known price and the run has a USD limit; "
             "give its price in models.prices or as the model's price (0 must be explicit)",
         )
@@ -166,12 +167,13 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
     return max_tokens, charge
 
 
-def truncated(core: RunCore, max_tokens: int) -> Stop:
+def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
     """The run's stop for an answer cut at ``max_tokens`` (its tool calls never run)."""
     return core.stamp(
         Stop(
             "invalid_model_output",
-            "truncated",
+            model,
+            extra={"why": "truncated"},
             message=f"the answer was cut at max_tokens={max_tokens}; "
             "a truncated tool call is never executed",
         )
@@ -192,7 +194,10 @@ def model_flow(
     killswitch.check(core, None, None)
     name = text(getattr(model, "name", type_name(model)), 200)
     # The model endpoint has a breaker like a tool: while it is open, no request is sent.
-    endpoint = f"model:{name}"
+    # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
+    # share it), else the model's name.
+    dependency = getattr(model, "dependency", None)
+    endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
     decision, state = breaker.admit(core, endpoint)
     if decision == "open":
         core.event("denied", model=name, why="degraded")
@@ -259,15 +264,21 @@ def model_flow(
         tool_calls=[c.name for c in response.tool_calls],
         seconds=round(elapsed, 6),
     )
+    core.turn_text = response.text or None
     if response.text:
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):
         core.flush()
-        raise truncated(core, clamped)
+        raise truncated(core, name, clamped)
     if not response.text and not response.tool_calls:
         core.flush()
         raise core.stamp(
-            Stop("invalid_model_output", "empty", message="neither text nor tool calls")
+            Stop(
+                "invalid_model_output",
+                name,
+                message="neither text nor tool calls",
+                extra={"why": "empty"},
+            )
         )
     core.flush()
     return response

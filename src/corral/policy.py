@@ -52,6 +52,8 @@ from .patterns import problem as pattern_problem
 
 # \Z, not $: "$" also matches before a trailing newline, and names match exactly.
 TOOL_NAME = re.compile(r"^[a-z0-9_.-]+\Z")
+#: A breaker's name: what a tool (or model endpoint) depends on, ``portal.vendor.example``.
+DEPENDENCY_NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}\Z")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
@@ -72,6 +74,7 @@ GUARDS: tuple[Guard, ...] = (
 KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 OnDenied = Literal["stop", "tell_model"]
 OnDegraded = Literal["stop", "tell_model"]
+OnLoop = Literal["stop", "tell_model"]
 Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "latency_p95"]
 
 
@@ -123,9 +126,18 @@ def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema
 
 
+def _dependency(name: str) -> str:
+    if DEPENDENCY_NAME.match(name):
+        return name
+    raise ValueError(
+        "a dependency name is 1 to 200 of A-Z, a-z, 0-9 and '_.:/@-', got " + render_value(name)
+    )
+
+
 #: A tool name: exact, lower-case ASCII. Each entry is checked on its own, so the
 #: message points at the entry (``tools.allow[2]``, ``tools.specs.Search``).
 ToolName = Annotated[str, Field(strict=True), AfterValidator(_tool_name)]
+DependencyName = Annotated[str, Field(strict=True), AfterValidator(_dependency)]
 JSONSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
 USD = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
@@ -208,6 +220,9 @@ class ToolSpec(_Section):
     max_calls: PositiveInt | None = None
     require_approval: StrictBool | None = None
     charge_on_error: StrictBool = True
+    dependency: DependencyName | None = None
+    """The breaker this tool's calls count against (default: the tool's own name). Tools
+    of one vendor can share it, so that vendor's outage degrades all of them at once."""
 
 
 class ToolsSection(_Section):
@@ -329,10 +344,13 @@ class WindowLimit(_Section):
 
 class Loops(_Section):
     """Loop detection: ``repeats`` identical calls (same tool, same arguments) among the
-    last ``window`` calls of a run stop it with ``loop_detected``."""
+    last ``window`` calls of a run stop it with ``loop_detected`` (``on_detected:
+    stop``), or are refused and handed back to the model, bounded by
+    ``tools.max_invalid_args`` like its other mistakes (``tell_model``)."""
 
     repeats: PositiveInt = 3
     window: PositiveInt = 5
+    on_detected: OnLoop = "stop"
 
     @model_validator(mode="after")
     def _repeats_fit_window(self) -> Loops:

@@ -9,6 +9,25 @@ from .budgets import Usage
 from .stops import StopInfo, StopReason
 
 Status = Literal["ok", "stopped", "error"]
+CallOutcome = Literal["executed", "cached", "replayed"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallInfo:
+    """How the last tool call of a run was served (``run.last_call``).
+
+    ``executed``: the tool ran. ``cached``: an identical read was served from the run's
+    cache. ``replayed``: a write whose idempotency key already had an outcome; the stored
+    outcome was returned and *nothing ran again* (``idempotency_key`` names the key).
+    """
+
+    tool: str
+    outcome: CallOutcome
+    idempotency_key: str | None = None
+
+    @property
+    def replayed(self) -> bool:
+        return self.outcome == "replayed"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -24,7 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .exceptions import ConfigError, Stop, StoreError, StoreGone
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
-from .result import Status
+from .result import CallOutcome, Status
 from .secrets import Credentials, SecretProvider
 from .stops import StopInfo, StopReason
 from .stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
@@ -65,6 +65,8 @@ class Effective:
     """What a failed attempt costs with ``charge_on_error: false``: the call, no USD."""
     policy_args_schema: Mapping[str, Any] | None = None
     """The policy's own schema for the arguments, checked on top of the tool's."""
+    breaker: str = ""
+    """The breaker the tool's calls count against: its ``dependency``, else its name."""
 
     @property
     def cacheable(self) -> bool:
@@ -214,6 +216,8 @@ class RunCore:
         self.partial: str | None = None
         self.finished = False
         self.last_text: str | None = None
+        # The text of the latest model turn (None when it had none): an approval's purpose.
+        self.turn_text: str | None = None
         self._pending: list[Event] = []
         self._lock = threading.Lock()
         self._effective: dict[str, Effective] = {}
@@ -223,6 +227,8 @@ class RunCore:
         self.watches: dict[str | None, Callable[[], Any]] = {}
         self._grants: dict[int, tuple[str, list[ScopedCharge]]] = {}
         self.task = task
+        # How the last tool call was served: (outcome, tool, idempotency key); see CallInfo.
+        self.last_call: tuple[CallOutcome, str, str | None] | None = None
         self._check_approval_channel()
         check_constraints(policy, self.tools)
         if self.stop is None:
@@ -366,15 +372,16 @@ class RunCore:
             charge=Charge(tool_calls=1, usd=cost, tool=name),
             call_only=Charge(tool_calls=1, tool=name),
             policy_args_schema=spec.args_schema if spec else None,
+            breaker=(spec.dependency if spec and spec.dependency else name),
         )
         self._effective[name] = eff
         return eff
 
     def degraded(self, name: str) -> bool:
-        """Whether ``name``'s breaker is open now (fail closed when it cannot be read)."""
+        """Whether tool ``name``'s breaker is open now (fail closed when it cannot be read)."""
         from .breaker import wall  # breaker imports runtime's types only for checking
 
-        state = self._store_call(self.store.breaker, name, now=wall(self))
+        state = self._store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
         return bool(state.state == "open")
 
     # -- time ------------------------------------------------------------------------

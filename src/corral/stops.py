@@ -62,10 +62,19 @@ def _fmt(value: Any) -> str:
 class StopInfo:
     """Why a run stopped: the reason, what it concerned, and whether retrying can help.
 
-    ``detail`` is a short subject (a tool name, a budget scope such as ``run`` or
-    ``tool/browser.open``, or a sub-reason such as ``unknown_tool``); ``limit`` and
-    ``observed`` are the figures of a budget stop (``observed`` is what the usage
-    *would* have been).
+    One shape for every stop: ``detail`` is its subject — the tool (``browser.open``),
+    the model, or the scope (``run``, ``tool/browser.open``, ``tenant/1d``, ``store``) —
+    and ``extra["why"]`` the sub-reason where one applies (``not_allowed``,
+    ``unknown_tool``, ``argument_not_allowed``, ``outcome_unknown``, ...), with an
+    optional short ``extra["note"]``; ``limit`` and ``observed`` are the figures of a
+    budget stop (``observed`` is what the usage *would* have been). As text::
+
+        tool_denied:browser.open
+        tool_denied:fetch.get (argument_not_allowed: host evil.com)
+        max_usd:tenant/1d (limit 50.00, would be 50.70)
+
+    (The allowlist's own refusal, ``why`` ``not_allowed``, reads as plain
+    ``tool_denied:<tool>``: it is what ``tool_denied`` means by default.)
     """
 
     reason: StopReason
@@ -79,8 +88,18 @@ class StopInfo:
     retry_after: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def why(self) -> str | None:
+        """The sub-reason (``extra["why"]``), if any."""
+        why = self.extra.get("why") if self.extra else None
+        return why if isinstance(why, str) else None
+
     def __str__(self) -> str:
         text = self.reason if not self.detail else f"{self.reason}:{self.detail}"
+        why = self.why
+        if why and not (self.reason == "tool_denied" and why == "not_allowed"):
+            note = self.extra.get("note")
+            text += f" ({why}: {note})" if isinstance(note, str) and note else f" ({why})"
         if self.limit is not None and self.observed is not None:
             text += f" (limit {_fmt(self.limit)}, would be {_fmt(self.observed)})"
         return text

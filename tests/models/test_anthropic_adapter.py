@@ -110,7 +110,7 @@ def test_stop_reason_max_tokens_is_invalid_model_output(anthropic_server: Anthro
     """A turn cut at max_tokens stops the run; its tool use is never executed."""
     anthropic_server.push(Turn(calls=(("search__read", {"query": "x"}),), truncated=True))
     result = run(anthropic_server)
-    assert str(result.stop) == "invalid_model_output:truncated"
+    assert str(result.stop) == "invalid_model_output:claude-test (truncated)"
     assert result.usage.tool_calls == 0
 
 

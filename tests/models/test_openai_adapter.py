@@ -260,10 +260,10 @@ def test_an_answer_without_choices_is_invalid_model_output(openai_server: OpenAI
 
 
 def test_a_truncated_tool_call_is_never_executed(openai_server: OpenAIServer) -> None:
-    """finish_reason length stops with invalid_model_output:truncated; its usage is charged."""
+    """finish_reason length stops ``invalid_model_output`` (truncated); its usage is charged."""
     openai_server.push(Turn(calls=(("search__read", {"query": "x" * 50}),), truncated=True))
     result = run(openai_server, policy(budgets={"max_output_tokens": 40}))
-    assert str(result.stop) == "invalid_model_output:truncated"
+    assert str(result.stop) == "invalid_model_output:test-model (truncated)"
     assert result.usage.tool_calls == 0
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
 

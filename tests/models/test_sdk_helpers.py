@@ -128,7 +128,7 @@ def test_a_truncated_sdk_answer_stops_the_run(openai_server: OpenAIServer) -> No
             run, client, model="test-model", messages=[{"role": "user", "content": "x"}]
         )
         raise AssertionError("not reached: the run stopped")
-    assert str(run.result.stop) == "invalid_model_output:truncated"
+    assert str(run.result.stop) == "invalid_model_output:test-model (truncated)"
     assert run.result.usage.output_tokens > 0  # the truncated answer was billed and recorded
 
 

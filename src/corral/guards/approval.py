@@ -17,17 +17,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._safe import error_text
 from ..exceptions import Stop, ToolRejected
+from ..hygiene import cap as cut
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
 
 
+#: The longest stated purpose (the model's text of the turn) shown to an approver.
+PURPOSE_CHARS = 1000
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ApprovalRequest:
+    """What an approver decides on: the exact action (run, tool, arguments and their
+    digest), who asks (tenant, agent), and why and at what cost: the run's ``step``, the
+    model's tool-call identity (``call_id``), the model's text of that turn (``purpose``,
+    its stated reason, cut to :data:`PURPOSE_CHARS`; ``None`` when there was none), the
+    tool's declared ``cost_usd`` and ``effect`` and the write's ``idempotency_key``.
+    The purpose is redacted of the run's secrets; the arguments are the model's own (the
+    store's queue keeps them redacted)."""
+
     run_id: str
     tool: str
     arguments: Mapping[str, Any]
@@ -35,6 +49,23 @@ class ApprovalRequest:
     tenant: str | None
     agent: str | None
     timeout: float
+    step: int = 0
+    call_id: str | None = None
+    purpose: str | None = None
+    cost_usd: Decimal = Decimal(0)
+    effect: str = "write"
+    idempotency_key: str | None = None
+
+    def context(self) -> dict[str, Any]:
+        """The fields beyond the action, as the store keeps them (JSON)."""
+        return {
+            "step": self.step,
+            "call_id": self.call_id,
+            "purpose": self.purpose,
+            "cost_usd": str(self.cost_usd),
+            "effect": self.effect,
+            "idempotency_key": self.idempotency_key,
+        }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,7 +75,17 @@ class ApprovalDecision:
     reason: str = ""
 
 
-def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str) -> ApprovalRequest:
+def request(
+    core: RunCore,
+    eff: Effective,
+    args: Mapping[str, Any],
+    digest: str,
+    *,
+    key: str | None = None,
+    call_id: str | None = None,
+) -> ApprovalRequest:
+    text = core.turn_text
+    purpose = None if not text else core.redactor.text(cut(text, PURPOSE_CHARS))
     return ApprovalRequest(
         run_id=core.id,
         tool=eff.tool.name,
@@ -53,6 +94,12 @@ def request(core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str)
         tenant=core.tenant,
         agent=core.agent,
         timeout=core.policy.writes.approval_timeout_seconds,
+        step=core.meter.usage().steps,
+        call_id=call_id,
+        purpose=purpose,
+        cost_usd=eff.cost_usd,
+        effect=eff.effect,
+        idempotency_key=key,
     )
 
 

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -26,7 +26,7 @@ from ..exceptions import ConfigError, Stop, ToolRejected
 from ..patterns import MAX_MATCH_CHARS
 from ..policy import ArgConstraint, Policy
 from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
-from .denial import count_mistake, deny
+from .denial import count_mistake, deny, one_line
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
@@ -94,13 +94,13 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
     for arg, rule in eff.constraints.items():
         if arg in args:
             problem = violation(args[arg], rule)
-            if problem:
+            if problem is not None:
                 deny(
                     core,
                     name,
                     "argument_not_allowed",
-                    f"{name}: argument {arg!r} {problem}",
-                    extra={"argument": arg},
+                    f"{name}: argument {arg!r} {problem.message}",
+                    extra={"argument": arg, "note": problem.note},
                 )
     return args
 
@@ -161,63 +161,93 @@ def _in_enum(value: Any, allowed: list[Any]) -> bool:
     )
 
 
-def _url_problem(value: Any, rule: ArgConstraint) -> str | None:
+class Violation(NamedTuple):
+    """Why a value breaks a constraint: the full ``message`` (for the model and the log)
+    and a short ``note`` for the stop's one-line text (``host evil.com``)."""
+
+    message: str
+    note: str
+
+
+def _url_problem(value: Any, rule: ArgConstraint) -> Violation | None:
     if not isinstance(value, str):
         if type(value).__name__ not in ("Url", "AnyUrl", "HttpUrl", "AnyHttpUrl"):
-            return "must be a URL"
+            return Violation("must be a URL", "not a URL")
         value = str(value)  # a pydantic URL type: judge its text form
     if _UNSAFE.search(value):
-        return "must not contain spaces, control characters or backslashes"
+        return Violation(
+            "must not contain spaces, control characters or backslashes", "unsafe characters"
+        )
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        return "is not a valid URL"
+        return Violation("is not a valid URL", "invalid URL")
     scheme = parts.scheme.lower()
     if rule.schemes is not None and scheme not in rule.schemes:
-        return f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}"
+        return Violation(
+            f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}",
+            f"scheme {one_line(parts.scheme)}",
+        )
     if "@" in parts.netloc:
-        return "must not carry credentials (user@host)"
+        return Violation("must not carry credentials (user@host)", "credentials in the URL")
     if rule.hosts is None:
         return None
     host = (parts.hostname or "").lower()
     host = host[:-1] if host.endswith(".") else host
     if not host:
-        return "has no host"
+        return Violation("has no host", "no host")
     if parts.netloc.startswith("[") or not _HOST.match(host):
-        return f"points to host {host!r}, which is not a plain ASCII host name"
+        return Violation(
+            f"points to host {host!r}, which is not a plain ASCII host name",
+            f"host {one_line(host)}",
+        )
     if port == 0:
-        return "is not a valid URL (port 0)"
+        return Violation("is not a valid URL (port 0)", "invalid URL")
     if not _host_ok(host, rule.hosts):
-        return f"points to host {host!r}, which is not in the allowed hosts"
+        return Violation(
+            f"points to host {host!r}, which is not in the allowed hosts", f"host {one_line(host)}"
+        )
     return None
 
 
-def violation(value: Any, rule: ArgConstraint) -> str | None:
+def violation(value: Any, rule: ArgConstraint) -> Violation | None:
     """Why ``value`` breaks ``rule``, or ``None``."""
     if rule.enum is not None and not _in_enum(value, rule.enum):
-        return f"must be one of {shown(rule.enum, 200)}, got {shown(value)}"
+        return Violation(
+            f"must be one of {shown(rule.enum, 200)}, got {shown(value)}", "not an allowed value"
+        )
     if rule.min is not None or rule.max is not None:
         if not _number(value) or (isinstance(value, float | Decimal) and not math.isfinite(value)):
-            return f"must be a finite number, got {shown(value)}"
+            return Violation(f"must be a finite number, got {shown(value)}", "not a finite number")
         if rule.min is not None and value < rule.min:
-            return f"must be >= {rule.min:g}, got {shown(value)}"
+            return Violation(f"must be >= {rule.min:g}, got {shown(value)}", "below the minimum")
         if rule.max is not None and value > rule.max:
-            return f"must be <= {rule.max:g}, got {shown(value)}"
+            return Violation(f"must be <= {rule.max:g}, got {shown(value)}", "above the maximum")
     if rule.max_length is not None:
         if not isinstance(value, str | list | tuple | dict):
-            return f"must be a string or a list, got {type(value).__name__}"
+            return Violation(
+                f"must be a string or a list, got {type(value).__name__}", "not a string or list"
+            )
         if len(value) > rule.max_length:
-            return f"must be at most {rule.max_length} long, got {len(value)}"
+            return Violation(
+                f"must be at most {rule.max_length} long, got {len(value)}", "too long"
+            )
     if rule.pattern is not None:
         if not isinstance(value, str):
-            return f"must be a string matching {rule.pattern!r}, got {type(value).__name__}"
+            return Violation(
+                f"must be a string matching {rule.pattern!r}, got {type(value).__name__}",
+                "does not match the pattern",
+            )
         if len(value) > MAX_MATCH_CHARS:
             # Bounded input: a pattern's time grows with the text it runs on.
-            limit = MAX_MATCH_CHARS
-            return f"is {len(value)} characters, longer than a pattern is matched on ({limit})"
+            return Violation(
+                f"is {len(value)} characters, longer than a pattern is matched on "
+                f"({MAX_MATCH_CHARS})",
+                "too long to match",
+            )
         if not re.fullmatch(rule.pattern, value):
-            return f"must match {rule.pattern!r}"
+            return Violation(f"must match {rule.pattern!r}", "does not match the pattern")
     if rule.schemes is not None or rule.hosts is not None:
         return _url_problem(value, rule)
     return None

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from ..runtime import RunCore
 
 
-def check(core: RunCore, name: str) -> bool:
-    """Refuse a call of a degraded tool; return whether this call is the half-open probe."""
-    decision, state = breaker.admit(core, name)
+def check(core: RunCore, name: str, dependency: str | None = None) -> bool:
+    """Refuse a call of a degraded tool (its breaker: ``dependency``, else its name); return
+    whether this call is the half-open probe."""
+    decision, state = breaker.admit(core, dependency or name)
     if decision != "open":
         return decision == "probe"
     retry_after = max(0.0, state.until - breaker.wall(core))

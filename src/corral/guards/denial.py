@@ -1,9 +1,11 @@
 """Denials: stop the run with ``tool_denied``, or hand the denial back to the model.
 
-Every ``tool_denied`` stop has the same shape: ``detail`` is the tool (so it reads
-``tool_denied:browser.open``), or ``unknown_tool`` when the name is no registered
-tool's; ``extra["why"]`` says which check refused (``not_allowed``, ``unknown_tool``,
-``argument_not_allowed``). A denial handed back to the model
+Every ``tool_denied`` stop has the same shape (see :class:`~corral.stops.StopInfo`):
+``detail`` is the tool (for an unknown name, the name as the model sent it, cut to a
+readable length), and ``extra["why"]`` says which check refused (``not_allowed``,
+``unknown_tool``, ``argument_not_allowed``, ``idempotency_mismatch``, ...), so it
+reads ``tool_denied:browser.open`` or ``tool_denied:fetch.get (argument_not_allowed:
+host evil.com)``. A denial handed back to the model
 (``tools.on_denied: tell_model``) is a :class:`~corral.exceptions.ToolRejected`
 whose ``detail`` is that ``why``; it shares the run's count of model mistakes
 (``tools.max_invalid_args``), so a model that keeps calling what it may not
@@ -22,6 +24,14 @@ if TYPE_CHECKING:
 
 #: The longest piece of a model-chosen name quoted back in messages.
 QUOTE_CHARS = 80
+
+
+def one_line(text: str, limit: int = QUOTE_CHARS) -> str:
+    """A model-chosen text shown in a one-line stop (its detail or note): ASCII, so a
+    look-alike letter shows as its escape (``d\\u043ecs``), printable, and cut."""
+    text = text[: limit + 1].encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def quote(name: object) -> str:

@@ -1,8 +1,13 @@
 """Idempotency: a write happens at most once per key.
 
 The key is the caller's, else derived from the fields the tool declares
-(``idempotency_key_from``, scoped to the tenant, across runs), else from run,
-tool and argument digest (protecting retries and resumes within one run).
+(``idempotency_key_from``, scoped to the tenant, across runs), else from the run
+and the call's identity (``call_id``: in corral's loop, the turn and the place in
+the turn of the model's tool call) with the argument digest — so a resumed run that
+makes the same call at the same point replays it, while an identical call in a new
+turn is a new write (asked for approval again) — else from run, tool and argument
+digest (protecting retries and resumes within one run; ``Run.call`` without a
+``call_id``).
 
 The life of a key, in the store (see ``docs/writes.md``):
 
@@ -18,11 +23,11 @@ The life of a key, in the store (see ``docs/writes.md``):
 
 A claim met *in flight* (another live process runs it) is waited for, polling, up to
 the tool's timeout capped by the run's time: done in time, its outcome is replayed;
-else the run stops ``tool_error`` (detail ``in_flight``, retryable). A claim whose
+else the run stops ``tool_error`` (why ``in_flight``, retryable). A claim whose
 lease lapsed with no outcome is *unknown*: its process died, and whether the side
 effect happened is not known. It is never run again on a guess: the tool's
 ``reconcile`` hook settles it (:func:`reconcile`), else the run stops ``tool_error``
-(detail ``outcome_unknown``, not retryable) until an operator settles it with
+(why ``outcome_unknown``, not retryable) until an operator settles it with
 ``corral idempotency resolve``.
 """
 
@@ -55,14 +60,25 @@ Reconcile = Callable[[str, Mapping[str, Any], ToolContext], Any]
 
 
 def key_for(
-    core: RunCore, eff: Effective, args: Mapping[str, Any], digest: str, given: str | None
+    core: RunCore,
+    eff: Effective,
+    args: Mapping[str, Any],
+    digest: str,
+    given: str | None,
+    call_id: str | None = None,
 ) -> str:
+    """The idempotency key of a write (see the module docstring for the order)."""
     if given:
         return f"caller:{eff.tool.name}:{given}"
     fields = eff.tool.idempotency_key_from
     if fields:
         picked = {f: args.get(f) for f in fields}
         return f"fields:{eff.tool.name}:{args_digest(picked)}"
+    if call_id:
+        # The call's identity is hashed with the arguments: one identity with other
+        # arguments is another call (a resumed model that chose differently), not a misuse.
+        ident = args_digest({"call": call_id, "args": digest})
+        return f"call:{core.id}:{eff.tool.name}:{ident}"
     return f"run:{core.id}:{eff.tool.name}:{digest}"
 
 
@@ -254,7 +270,7 @@ def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -
             retryable=False,
             message=f"{name}: an earlier call with idempotency key {key!r} failed "
             f"({stored.get('error', 'no detail')}); it is not run again",
-            extra={"idempotency": "replayed"},
+            extra={"why": "replayed", "idempotency": "replayed"},
         )
     )
 
@@ -295,11 +311,11 @@ def _conflict(
         return core.stamp(
             Stop(
                 "tool_error",
-                "in_flight",
+                name,
                 tool=name,
                 retryable=True,
                 message=message,
-                extra={"idempotency": "in_flight", "key": key},
+                extra={"why": "in_flight", "idempotency": "in_flight", "key": key},
             )
         )
     tenant = f" --tenant {core.tenant}" if core.tenant is not None else ""
@@ -316,10 +332,10 @@ def _conflict(
     return core.stamp(
         Stop(
             "tool_error",
-            "outcome_unknown",
+            name,
             tool=name,
             retryable=False,
             message=message,
-            extra={"idempotency": "unknown", "key": key},
+            extra={"why": "outcome_unknown", "idempotency": "unknown", "key": key},
         )
     )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import Stop, ToolRejected
 from ..tools import Tool
-from .denial import QUOTE_CHARS, count_mistake, deny, offered, quote
+from .denial import count_mistake, deny, offered, one_line, quote
 
 if TYPE_CHECKING:
     from ..runtime import RunCore
@@ -22,7 +22,7 @@ def resolve(core: RunCore, name: object) -> Tool:
     Not in the allowlist → ``tool_denied:<name>`` (``why``: ``not_allowed``). Not
     registered by any code (a name the model invented, or an allowed name no code
     provides) → an error handed back to the model listing the tools on offer,
-    counted like invalid arguments, then ``tool_denied:unknown_tool``.
+    counted like invalid arguments, then ``tool_denied:<name> (unknown_tool)``.
     """
     tool = core.tools.get(name) if type(name) is str else None
     if tool is not None and tool.name in core.allowed:
@@ -37,13 +37,13 @@ def resolve(core: RunCore, name: object) -> Tool:
         )
         return tool  # observe mode: recorded, not blocked
     shown = quote(name)
-    label = _cut(name if type(name) is str else repr(name))
+    label = one_line(name if type(name) is str and name else repr(name))
     core.event("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
     if count_mistake(core):
         raise core.stamp(
             Stop(
                 "tool_denied",
-                "unknown_tool",
+                label,
                 tool=label,
                 extra={"why": "unknown_tool"},
                 message=f"no tool named {shown}; tools on offer: {offered(core)}",
@@ -55,7 +55,3 @@ def resolve(core: RunCore, name: object) -> Tool:
         tool=label,
         detail="unknown_tool",
     )
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."

@@ -271,7 +271,7 @@ def _reserved(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _truncated(core: Any, response: Any, max_tokens: int) -> None:
     if STOP_REASONS.get(str(field(response, "stop_reason"))) == "length":
-        raise truncated(core, max_tokens)
+        raise truncated(core, str(field(response, "model") or "model"), max_tokens)
 
 
 def create_message(

@@ -246,7 +246,7 @@ def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[
 def _truncated(core: Any, response: Any, max_tokens: int) -> None:
     choices = field(response, "choices") or ()
     if any(field(c, "finish_reason") == "length" for c in choices):
-        raise truncated(core, max_tokens)
+        raise truncated(core, str(field(response, "model") or "model"), max_tokens)
 
 
 def chat_completion(

@@ -96,6 +96,8 @@ class SimModel:
         self._ids = itertools.count(1)
         self._run: Any = None
         self._max_seconds: float | None = None
+        #: The breaker this model's calls count against (``None``: ``model:<name>``).
+        self.dependency: str | None = None
 
     def bind(self, run: Any, max_seconds: float) -> None:
         """Follow ``run`` (a :class:`corral.AsyncRun`) so a turn never outlasts its time."""

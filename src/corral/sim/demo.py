@@ -26,8 +26,15 @@ from rich.table import Table
 from ..exceptions import ConfigError, StoreError
 from ..stores import default_url, open_store
 from ..stores.memory import MemoryStore
-from .loops import BROWSER_SPEC, Side, governed_policy, run_governed, run_unbounded
-from .world import Scenario, clock_time, make_tasks
+from .loops import (
+    BROWSER_SPEC,
+    MAX_ATTEMPTS,
+    Side,
+    governed_policy,
+    run_governed,
+    run_unbounded,
+)
+from .world import Scenario, Task, clock_time, make_tasks
 
 MAX_RUNS = 10_000
 
@@ -92,13 +99,15 @@ def simulate(
     store = open_store(url)
     tasks = make_tasks(seed=seed, runs=runs, scenario=scenario)
     unbounded = run_unbounded(tasks, scenario=scenario, failure_rate=failure_rate, seed=seed)
+    prefix = run_prefix or new_run_prefix()
     governed = run_governed(
         tasks,
         scenario=scenario,
         failure_rate=failure_rate,
         seed=seed,
         store=store,
-        run_prefix=run_prefix or new_run_prefix(),
+        run_prefix=prefix,
+        namespace=prefix,  # breakers of this invocation's own: the figures ignore the past
     )
     # The same governed agent without degrade mode, in a throwaway store: what the breaker saved.
     no_breaker = run_governed(
@@ -127,11 +136,18 @@ def simulate(
             "max_tool_calls": budgets.max_tool_calls,
         },
         "unbounded": {
-            **_side(unbounded),
+            **_side(unbounded, tasks, scenario),
             "stop_reasons": None,  # the loop has none: a ticket ends only when answered
             "safety_cap_hit": unbounded.safety_cap_hit,
         },
-        "governed": {**_side(governed), "stop_reasons": governed.stop_reasons},
+        "governed": {
+            **_side(governed, tasks, scenario),
+            "stop_reasons": governed.stop_reasons,
+            "runs": governed.attempts,
+            "answered_first_try": governed.answered_first_try,
+            "tickets_requeued": governed.tickets_requeued,
+            "tickets_given_up": governed.tickets_given_up,
+        },
         "governed_without_breaker": {
             "browser_calls": no_breaker.browser_calls,
             "browser_calls_in_outage": no_breaker.browser_calls_in_outage,
@@ -145,8 +161,18 @@ def _money(value: Decimal) -> float:
     return float(value.quantize(Decimal("0.01")))
 
 
-def _side(side: Side) -> dict[str, Any]:
+def _outage_answered_by(side: Side, tasks: list[Task], scenario: Scenario) -> str | None:
+    """When the last ticket that arrived during the outage was answered (``None``: one never
+    was)."""
+    during = [t.index for t in tasks if scenario.in_outage(t.arrival)]
+    if any(i not in side.answered_at for i in during):
+        return None
+    return clock_time(max((side.answered_at[i] for i in during), default=scenario.outage_end))
+
+
+def _side(side: Side, tasks: list[Task], scenario: Scenario) -> dict[str, Any]:
     return {
+        "outage_tickets_answered_by": _outage_answered_by(side, tasks, scenario),
         "tool_calls": side.tool_calls,
         "browser_calls": side.browser_calls,
         "browser_calls_in_outage": side.browser_calls_in_outage,
@@ -199,6 +225,7 @@ def render(figures: dict[str, Any], console: Console, *, run_prefix: str | None 
         return duration(u[key]), duration(g[key])
 
     answered = f"{u['tasks_answered']:,} / {runs:,}", f"{g['tasks_answered']:,} / {runs:,}"
+    last = tuple(side["outage_tickets_answered_by"] or "never" for side in (u, g))
     reasons = ", ".join(f"{k} {v:,}" for k, v in g["stop_reasons"].items())
     rows = [
         ("tool calls", *count("tool_calls")),
@@ -208,8 +235,10 @@ def render(figures: dict[str, Any], console: Console, *, run_prefix: str | None 
         ("  of which browser", *money("tool_usd")),
         ("simulated agent time", *time("simulated_seconds")),
         ("tasks answered", *answered),
-        ("longest task", *time("longest_run_seconds")),
-        ("most tool calls in a task", *count("max_tool_calls_in_a_run")),
+        ("  outage tickets done by", *last),
+        ("runs", f"{runs:,}", f"{g['runs']:,}"),
+        ("longest run", *time("longest_run_seconds")),
+        ("most tool calls in a run", *count("max_tool_calls_in_a_run")),
         ("stop reasons", "none", reasons),
     ]
     for row in rows:
@@ -270,5 +299,25 @@ def explain(figures: dict[str, Any]) -> list[str]:
             f"failing browser call at most {BROWSER_SPEC['retries']} times within the run's "
             "time (or not at all while the breaker was open), then the run ended with its "
             "stop reason and the next ticket began."
+        )
+    if g["tickets_requeued"]:
+        gave_up = (
+            f"; {g['tickets_given_up']:,} given up after {MAX_ATTEMPTS} runs"
+            if g["tickets_given_up"]
+            else ""
+        )
+        lines.append(
+            f"Re-queued: {g['tickets_requeued']:,} tickets met a retryable stop and were run "
+            "again after its retry_after (the breaker's cool-down), as a well-behaved caller "
+            f"does: {g['tasks_answered']:,} of {figures['runs']:,} answered in the end "
+            f"({g['answered_first_try']:,} at the first run{gave_up}); the tickets that arrived "
+            f"during the outage were all answered by {g['outage_tickets_answered_by'] or 'never'}."
+        )
+    in_outage = g["browser_calls_in_outage"]
+    if u["browser_calls_in_outage"] and in_outage < u["browser_calls_in_outage"]:
+        share = in_outage / u["browser_calls_in_outage"]
+        lines.append(
+            f"Calls into the failing vendor during the outage: {in_outage:,} inside corral, "
+            f"{u['browser_calls_in_outage']:,} unbounded ({share:.1%})."
         )
     return lines

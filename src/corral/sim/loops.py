@@ -12,6 +12,7 @@ Both process tickets one at a time, in order of arrival, each on its own virtual
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ..stores.base import Store
 from ..testing import ManualClock
 from ..tools import ToolContext
 from .agent import BROWSER, SimModel, make_tools
-from .world import KnowledgeBase, Scenario, Task, Vendor
+from .world import VENDOR_HOST, KnowledgeBase, Scenario, Task, Vendor
 
 #: The reference configuration (DESIGN.md), unchanged, then the browser added to it.
 REFERENCE_YAML = """\
@@ -80,12 +81,28 @@ AUTONOMOUS_PROMPT = (
 TENANT = "demo"
 AGENT = "browser-agent"
 
+#: The governed side re-queues a ticket whose run stopped with a retryable stop, as a
+#: well-behaved production caller does: after the stop's ``retry_after`` (else an
+#: exponential backoff from :data:`REQUEUE_BACKOFF`), at most :data:`MAX_ATTEMPTS` runs
+#: per ticket in all.
+MAX_ATTEMPTS = 40
+REQUEUE_BACKOFF = 60.0
+REQUEUE_BACKOFF_MAX = 1800.0
 
-def governed_policy(*, degrade: bool = True) -> Policy:
-    """The reference policy with ``browser.open`` allowed and specified, and degrade mode."""
+
+def governed_policy(*, degrade: bool = True, dependency: str | None = None) -> Policy:
+    """The reference policy with ``browser.open`` allowed and specified, and degrade mode.
+
+    ``dependency`` names the browser's breaker (default: the tool's name): one demo's
+    breaker is its own, so breaker state left in a shared store by earlier demos (or by
+    real agents with a tool of the same name) never changes this one's figures.
+    """
     data = yaml.safe_load(REFERENCE_YAML)
     data["tools"]["allow"].append(BROWSER)
-    data["tools"]["specs"] = {BROWSER: BROWSER_SPEC}
+    spec = dict(BROWSER_SPEC)
+    if dependency is not None:
+        spec["dependency"] = dependency
+    data["tools"]["specs"] = {BROWSER: spec}
     if degrade:
         data["degrade"] = DEGRADE
     return Policy.from_dict(data, source="corral demo")
@@ -110,6 +127,13 @@ class Side:
     #: Browser calls as the vendor counted them (every one is billed).
     vendor_calls: int = 0
     safety_cap_hit: bool = False
+    #: Runs in all (a re-queued ticket runs again), and how the tickets ended.
+    attempts: int = 0
+    tickets_requeued: int = 0
+    answered_first_try: int = 0
+    tickets_given_up: int = 0
+    #: When each ticket was answered (simulated seconds since midnight), by ticket index.
+    answered_at: dict[int, float] = field(default_factory=dict)
 
 
 def _start(clock: ManualClock, task: Task) -> float:
@@ -179,6 +203,10 @@ def run_unbounded(
                 {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": observation}
             )
         seconds = clock.monotonic() - started
+        side.attempts += 1
+        side.answered_first_try = side.tasks_answered
+        if not side.safety_cap_hit:
+            side.answered_at[task.index] = clock.monotonic()
         side.simulated_seconds += seconds
         side.max_tool_calls_in_a_run = max(side.max_tool_calls_in_a_run, calls)
         side.max_steps_in_a_run = max(side.max_steps_in_a_run, steps)
@@ -201,19 +229,47 @@ def run_governed(
     store: Store,
     run_prefix: str | None = None,
     degrade: bool = True,
+    requeue: bool = True,
+    namespace: str | None = None,
 ) -> Side:
-    """Run every ticket through :func:`corral.run`; the figures come from the store's records
-    of these runs (ids ``{run_prefix}-{ticket}`` when a prefix is given)."""
+    """Run every ticket through :func:`corral.run`, one run at a time in order of readiness;
+    the figures come from the store's records of these runs (ids
+    ``{run_prefix}-{ticket}`` when a prefix is given, ``-r{n}`` for the n-th re-run).
+
+    With ``requeue`` a ticket whose run stopped with a retryable stop (``tool_error``,
+    ``dependency_degraded``, ...) is queued again for after the stop's ``retry_after``
+    (else a backoff doubling from :data:`REQUEUE_BACKOFF`), up to :data:`MAX_ATTEMPTS`
+    runs; a stop that retrying cannot help ends the ticket unanswered.
+
+    ``namespace`` prefixes the breakers' names (the vendor's and the model endpoint's), so
+    that state left in ``store`` by earlier runs of the simulation is not this one's.
+    """
     clock = ManualClock(start=0.0)
     vendor = Vendor(scenario, failure_rate=failure_rate, seed=f"{seed}/governed")
     kb = KnowledgeBase(scenario, seed=f"{seed}/governed")
     model = SimModel(clock, scenario=scenario, seed=f"{seed}/governed")
     tools = make_tools(vendor, kb)
-    policy = governed_policy(degrade=degrade)
+    dependency = None
+    if namespace is not None:
+        dependency = f"{namespace}/{VENDOR_HOST}"
+        model.dependency = f"{namespace}/model:{model.name}"
+    policy = governed_policy(degrade=degrade, dependency=dependency)
     max_seconds = float(policy.budgets.max_seconds)
-    run_ids = []
-    for task in tasks:
-        _start(clock, task)
+    # (ready at, arrival order, attempt, ticket): the earliest ready ticket runs next.
+    queue = [(task.arrival, task.index, 1, task) for task in tasks]
+    heapq.heapify(queue)
+    run_ids: list[str] = []
+    answered_at: dict[int, float] = {}
+    requeued: set[int] = set()
+    given_up = 0
+    while queue:
+        ready, _, attempt, task = heapq.heappop(queue)
+        now = clock.monotonic()
+        if now < ready:
+            clock.advance(ready - now)
+        run_id = None
+        if run_prefix:
+            run_id = f"{run_prefix}-{task.index:04d}" + (f"-r{attempt - 1}" if attempt > 1 else "")
         result = corral_run(
             task.text,
             model=model,
@@ -223,10 +279,22 @@ def run_governed(
             clock=clock,
             tenant=TENANT,
             agent=AGENT,
-            run_id=f"{run_prefix}-{task.index:04d}" if run_prefix else None,
+            run_id=run_id,
             on_run=lambda r: model.bind(r, max_seconds),
         )
         run_ids.append(result.run_id)
+        if result.ok:
+            answered_at[task.index] = clock.monotonic()
+            continue
+        stop = result.stop
+        if not (requeue and stop is not None and stop.retryable and attempt < MAX_ATTEMPTS):
+            given_up += 1
+            continue
+        wait = stop.retry_after
+        if wait is None:
+            wait = min(REQUEUE_BACKOFF * 2 ** (attempt - 1), REQUEUE_BACKOFF_MAX)
+        requeued.add(task.index)
+        heapq.heappush(queue, (clock.monotonic() + max(wait, 1.0), task.index, attempt + 1, task))
 
     side = Side(vendor_calls=vendor.calls, browser_calls_in_outage=vendor.calls_in_outage)
     reasons: Counter[str] = Counter()
@@ -242,11 +310,16 @@ def run_governed(
         side.browser_calls += int(by_tool.get(BROWSER, 0))
         side.usd += Decimal(str(usage.get("usd", "0")))
         side.simulated_seconds += seconds
-        side.tasks_answered += int(record.status == "ok")
         reasons[record.stop_reason or "unknown"] += 1
         side.max_tool_calls_in_a_run = max(side.max_tool_calls_in_a_run, calls)
         side.max_steps_in_a_run = max(side.max_steps_in_a_run, int(usage.get("steps", 0)))
         side.longest_run_seconds = max(side.longest_run_seconds, seconds)
+    side.tasks_answered = len(answered_at)
+    side.answered_first_try = len(answered_at.keys() - requeued)
+    side.tickets_requeued = len(requeued)
+    side.tickets_given_up = given_up
+    side.attempts = len(run_ids)
+    side.answered_at = answered_at
     side.stop_reasons = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     # Every browser attempt is billed (failed ones too); the knowledge base is free.
     side.tool_usd = scenario.browser_cost_usd * side.browser_calls

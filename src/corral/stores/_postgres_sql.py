@@ -108,7 +108,7 @@ RETURNING r.id, c.why, r.tenant, r.agent,
 APPROVAL_FIELDS = (
     "id", "run_id", "tool", "args_digest", "arguments", "tenant", "agent", "status",
     "approver", "reason", "created", "expires", "kill_modes", "kill_mode", "decided_at",
-    "used_at",
+    "used_at", "context",
 )  # fmt: skip
 
 

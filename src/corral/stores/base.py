@@ -452,6 +452,10 @@ class ApprovalRecord:
     kill_mode: KillMode | None = None
     decided_at: float | None = None
     used_at: float | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """What the approver is told besides the action (redacted): ``step``, ``call_id``,
+    ``purpose`` (the model's text of that turn), ``cost_usd``, ``effect``,
+    ``idempotency_key`` (see :class:`~corral.guards.approval.ApprovalRequest`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -586,8 +586,8 @@ class PostgresStore:
     # -- approvals ---------------------------------------------------------------------
     def create_approval(self, record: ApprovalRecord) -> None:
         values = [
-            q.jsonb(dict(record.arguments))
-            if f == "arguments"
+            q.jsonb(dict(getattr(record, f)))
+            if f in ("arguments", "context")
             else ",".join(record.kill_modes)
             if f == "kill_modes"
             else getattr(record, f)

@@ -626,7 +626,7 @@ class SQLiteStore:
         with self._write() as conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO corral_approvals ({_APPROVAL_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.run_id,
@@ -644,6 +644,7 @@ class SQLiteStore:
                     record.kill_mode,
                     record.decided_at,
                     record.used_at,
+                    _dumps(record.context),
                 ),
             )
 
@@ -1027,7 +1028,7 @@ def _audit_record(row: Sequence[Any]) -> AuditRecord:
 
 _APPROVAL_COLUMNS = (
     "id, run_id, tool, args_digest, arguments, tenant, agent, status, approver, reason, "
-    "created, expires, kill_modes, kill_mode, decided_at, used_at"
+    "created, expires, kill_modes, kill_mode, decided_at, used_at, context"
 )
 
 
@@ -1053,6 +1054,7 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
         kill_mode=row[13],
         decided_at=row[14],
         used_at=row[15],
+        context=json.loads(row[16]),
     )
 
 
