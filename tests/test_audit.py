@@ -469,7 +469,7 @@ def test_corral_audit_verify_exit_codes_and_output(tmp_path: Path) -> None:
     report = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and report["ok"] is False and report["checked"] == 3
     assert report["broken"]["seq"] == 4 and report["broken"]["kind"] == "run_start"
-    assert missing.returncode == 2 and "no database at" in missing.stderr
+    assert missing.returncode == 1 and "no corral store at" in missing.stderr
     assert not (tmp_path / "nope.db").exists()
 
 

@@ -424,12 +424,12 @@ def test_containers_nested_too_deep_to_scrub_are_refused_not_shown() -> None:
 
 
 def test_nothing_changes_for_a_run_without_secrets() -> None:
-    """No registered secret: outputs come back as they were (the same object), patterns
-    that look like credentials included."""
+    """No registered secret: outputs come back as they were (equal, as plain JSON data),
+    patterns that look like credentials included."""
     value = {"sk-abcdefghijklmnop1234": ["Bearer abcdefgh12345678", 12345678, math.pi]}
     with corral.Run(policy(), tools=[corral.tool(lambda: value, name=TOOL, effect="read")],
                     store=MemoryStore()) as run:  # fmt: skip
-        assert run.call(TOOL, {}) is value
+        assert run.call(TOOL, {}) == value
 
 
 # -- every stored record, on SQLite and PostgreSQL ------------------------------------------

@@ -40,11 +40,12 @@ import typer
 
 from . import audit
 from ._cli import DbOption, Fail, JsonOption, one_line
-from .exceptions import ConfigError, StoreError
-from .stores import Store, _sqlite_target, default_url, open_store
+from .exceptions import ConfigError, StoreError, StoreMissing
+from .stores import Store, default_url, display_url, open_store
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 audit_app = typer.Typer(
@@ -173,14 +174,13 @@ def _open(db: str | None) -> tuple[Store, str]:
     else:
         where = "CORRAL_DB" if os.environ.get("CORRAL_DB") else "the default store"
     try:
-        if url.startswith("sqlite://"):
-            path, _ = _sqlite_target(url, url.partition("://")[2])
-            if path != ":memory:" and not os.path.exists(path):
-                # Opening would create an empty database and call it intact.
-                raise Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
-        return open_store(url), url
+        # Opening a missing file would create an empty database and call it intact.
+        return open_store(url, create=False), url
+    except StoreMissing as exc:
+        raise Fail(EXIT_FAILED, f"{where}: {exc}") from None
     except (ConfigError, StoreError) as exc:
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {one_line(exc)}") from None
+        shown = display_url(url)
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {shown}: {one_line(exc)}") from None
 
 
 def _read(url: str, fn: Callable[[], Any]) -> Any:

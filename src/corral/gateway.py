@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from . import approvals, breaker
+from . import _outputs, _safe, approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
@@ -151,7 +151,11 @@ def _call_flow(
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
-    text = canonical(args)
+    try:
+        text = canonical(args)
+    except (RecursionError, ValueError, TypeError) as unwritable:  # too deep, a huge int, ...
+        problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
+        arguments.refuse(core, eff, [problem])
     loops.check(core, tool.name, text)
     probe = degrade.check(core, tool.name, eff.breaker)
 
@@ -212,8 +216,8 @@ def _call_flow(
                 answer = yield Approve(req)
             except ConfigError:
                 raise
-            except Exception as exc:
-                approval.unreachable(core, req, exc, core.now() - started)
+            except Exception as failure:
+                approval.unreachable(core, req, failure, core.now() - started)
             approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
         if not probe:
@@ -307,7 +311,9 @@ def _call_flow(
             )
         core.settle(hold, charge if eff.charge_on_error else eff.call_only)
         what = core.redactor.text(
-            f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
+            f"timed out: {_safe.text(error)}"
+            if result.timed_out
+            else f"raised {_safe.error_text(error)}"
         )
         core.event(
             "tool_call",
@@ -353,6 +359,8 @@ def _call_flow(
         )
 
     value = result.value
+    if type(value) is not str:
+        value = _outputs.plain(value)
     # Scrubbing is never observed: every way an output reaches the model or the caller
     # (valid, or let through by observe mode) is scrubbed of the run's secrets, before
     # any cut (hygiene.clean_output). A run without secrets pays nothing for it.
@@ -364,7 +372,10 @@ def _call_flow(
         observation = clean_output(
             value, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
         )
-    except OutputProblem as exc:
+        if type(observation) is not str or "\0" in observation:
+            observation = _outputs.as_json(observation)
+    except Exception as raised:  # any shape a tool returns: a problem, never an escape
+        exc = _outputs.problem(raised)
         problem = core.redactor.text(str(exc))  # a schema problem quotes the output
         core.event(
             "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=problem
@@ -386,7 +397,7 @@ def _call_flow(
             )
         core.flush()
         core.deny(stop, "output")
-        observation = _let_through(value, exc.detail, eff, scrub)
+        observation = _let_through(value, exc, eff, scrub)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
@@ -412,21 +423,20 @@ def _rescrub(core: RunCore, value: Any) -> Any:
         return REDACTED
 
 
-def _let_through(value: Any, problem: str, eff: Effective, scrub: Scrubber | None) -> Any:
-    """What the model sees of an output that failed its checks, in observe mode: as it is
-    (not JSON: as capped text), and scrubbed all the same."""
-    if problem != "not_json" and scrub is not None:
+def _let_through(value: Any, found: OutputProblem, eff: Effective, scrub: Scrubber | None) -> Any:
+    """What the model sees of an output that failed its checks, in observe mode: the output
+    as plain JSON when it is one (a schema or size problem), else its text form; scrubbed
+    all the same (before any cut), capped, and never raising."""
+    if found.detail in ("schema", "output_too_large"):
         try:
-            return scrub.secrets_only(value)
-        except ValueError:  # too deep to scrub: shown as text, scrubbed and capped below
-            problem = "not_json"
-    if problem != "not_json":
-        return value
-    try:
-        text = str(value)
-    except Exception:  # RecursionError too: a value with no text cannot be shown
-        text = f"<{type(value).__name__} output that cannot be shown>"
-    return clean_output(text, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
+            shown = _outputs.as_json(_outputs.plain(value))
+            return shown if scrub is None else scrub.secrets_only(shown)
+        except Exception:  # not JSON after all, or too deep to scrub: shown as text below
+            pass
+    # Read well past the cap, so that the cut below (after scrubbing) is what bounds it and
+    # no secret straddles a cut made before the scrubbing.
+    raw = _safe.text(value, 2 * eff.max_output_chars + 4096)
+    return clean_output(raw, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
 
 
 def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:

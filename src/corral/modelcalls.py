@@ -15,13 +15,21 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from . import breaker
+from ._safe import error_text, text, type_name
 from .budgets import Charge
 from .exceptions import ConfigError, Stop
 from .execution import CallModel
 from .gateway import Attempt
 from .guards import killswitch
 from .models import pricing
-from .models.base import Model, ModelOutputError, ModelRequest, ModelResponse, Price
+from .models.base import (
+    Model,
+    ModelOutputError,
+    ModelRequest,
+    ModelResponse,
+    Price,
+    validate_response,
+)
 from .runtime import RunCore
 from .stops import StopReason
 
@@ -184,7 +192,7 @@ def model_flow(
     core.ensure_running()
     core.check_time()
     killswitch.check(core, None, None)
-    name = str(getattr(model, "name", type(model).__name__))
+    name = text(getattr(model, "name", type_name(model)), 200)
     # The model endpoint has a breaker like a tool: while it is open, no request is sent.
     # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
     # share it), else the model's name.
@@ -222,24 +230,22 @@ def model_flow(
     if not result.ok:
         core.settle(hold, Charge(steps=1))
         error = result.error
-        core.event("model_call", model=name, outcome="error", error=repr(error), seconds=elapsed)
+        what = error_text(error)  # a model's exception may not even print
+        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed)
         core.flush()
         if result.timed_out and core.remaining() <= 0:
             core.check_time()
         if isinstance(error, ModelOutputError):
-            raise core.stamp(Stop("invalid_model_output", name, message=str(error)))
-        raise core.stamp(Stop("model_error", name, message=f"{type(error).__name__}: {error}"))
-    response = result.value
-    if not isinstance(response, ModelResponse):
-        core.settle(hold, Charge(steps=1))
+            raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
+        raise core.stamp(Stop("model_error", name, message=what))
+    try:
+        response = validate_response(result.value)  # structure and types; figures below
+    except ModelOutputError as bad:
+        # The call happened and what it used is unknown: the reservation (worst case) stands.
+        core.settle(hold, hold.charge)
+        core.event("model_call", model=name, outcome="invalid", error=str(bad))
         core.flush()
-        raise core.stamp(
-            Stop(
-                "invalid_model_output",
-                name,
-                message=f"the model returned {type(response).__name__}, not a ModelResponse",
-            )
-        )
+        raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
     price = price_of(core, model, input_tokens=response.input_tokens)
     usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
     actual = Charge(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from . import redact, sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
-from .exceptions import ConfigError, Stop, StoreError
+from .exceptions import ConfigError, Stop, StoreError, StoreGone
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
 from .result import CallOutcome, Status
@@ -178,6 +178,10 @@ class RunCore:
         prior: Usage | None = None
         self.resumed = False
         self.id = run_id or new_run_id()
+        self.started_at = time.time()
+        # Whether the store holds this run's record: a run whose start could not be
+        # written (the store failed, then recovered) creates it when it ends.
+        self.recorded = False
         self.stop: StopInfo | None = None
         self._seq = 0
         try:
@@ -251,21 +255,23 @@ class RunCore:
 
     def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
-            self._store_call(
-                self.store.create_run,
-                RunRecord(
-                    id=self.id,
-                    tenant=self.tenant,
-                    agent=self.agent,
-                    task=self.task,
-                    policy_digest=self.policy.digest,
-                    started_at=time.time(),
-                ),
-            )
+            self._store_call(self.store.create_run, self._new_record())
+            self.recorded = True
             return
+        self.recorded = True
         events = self._store_call(self.store.events, self.id)
         self._seq = max((e.seq for e in events), default=0)
         self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
+
+    def _new_record(self) -> RunRecord:
+        return RunRecord(
+            id=self.id,
+            tenant=self.tenant,
+            agent=self.agent,
+            task=self.task,
+            policy_digest=self.policy.digest,
+            started_at=self.started_at,
+        )
 
     def _load(self, run_id: str | None) -> RunRecord | None:
         if run_id is None:
@@ -299,11 +305,20 @@ class RunCore:
 
     # -- store access, fail closed ---------------------------------------------------
     def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the store; whatever it raises (a store object may
+        raise anything) stops the run with ``control_plane_unavailable``."""
         try:
             return fn(*args, **kwargs)
-        except StoreError as exc:
+        except Stop:
+            raise
+        except Exception as exc:
             raise self.stamp(
-                Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
+                Stop(
+                    "control_plane_unavailable",
+                    "store",
+                    message=str(StoreError.of(exc)),
+                    retryable=not isinstance(exc, StoreGone),
+                )
             ) from exc
 
     # -- tools -----------------------------------------------------------------------
@@ -614,6 +629,9 @@ class RunCore:
             pending, self._pending = self._pending, []
             outstanding, self._grants = list(self._grants.values()), {}
         try:
+            if not self.recorded:
+                self.store.create_run(self._new_record())
+                self.recorded = True
             # A shared hold still outstanding at the end (a call authorized and never
             # reported) is settled at what it held: the action may have happened, so its
             # spend stays counted, and its lease stops being renewed.
@@ -633,8 +651,8 @@ class RunCore:
                 ended_at=time.time(),
                 would_stop=[self.redactor.data(w.to_dict()) for w in self.would_stop],
             )
-        except StoreError as exc:
-            return f"the end of the run could not be recorded: {exc}"
+        except Exception as exc:  # a store object may raise anything: the end is unrecorded
+            return f"the end of the run could not be recorded: {StoreError.of(exc)}"
         return None
 
 

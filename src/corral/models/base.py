@@ -8,10 +8,13 @@ other exception is a model failure (``model_error``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
+
+from .._safe import text, type_name
 
 Message = Mapping[str, Any]
 
@@ -68,6 +71,165 @@ class ModelResponse:
 
 class ModelOutputError(Exception):
     """The model's output cannot be used (unparsable, truncated, empty)."""
+
+
+#: Bounds on one response's structure (what a model adapter, or a hostile model object,
+#: can hand the loop): longer names or ids, bigger arguments, more calls are refused.
+MAX_TOOL_NAME_CHARS = 256
+MAX_CALL_ID_CHARS = 1024
+MAX_ARGUMENT_CHARS = 1_000_000
+MAX_TOOL_CALLS = 256
+#: The deepest the arguments of a tool call may nest.
+MAX_ARGUMENT_DEPTH = 64
+
+_JSON_ARGUMENTS = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def validate_response(response: Any) -> ModelResponse:
+    """``response`` if its structure and types are what the loop relies on, else raise
+    :class:`ModelOutputError` naming the first problem.
+
+    Checked: a :class:`ModelResponse`; ``text`` None or a string; ``tool_calls`` a list
+    or tuple of at most :data:`MAX_TOOL_CALLS` :class:`ToolCallRequest`, each with a
+    non-empty string name (no NUL, at most :data:`MAX_TOOL_NAME_CHARS`), a string ``id``,
+    and arguments that are a JSON object or its text (at most
+    :data:`MAX_ARGUMENT_CHARS`); token counts integers, ``model`` and
+    ``finish_reason`` strings. The *figures* (tokens within bounds) are judged where
+    usage is settled. ``str`` subclasses come back as plain strings. Reading the
+    response never raises anything else.
+    """
+    if not isinstance(response, ModelResponse):
+        raise ModelOutputError(f"the model returned {type_name(response)}, not a ModelResponse")
+    try:
+        return _validated(response)
+    except ModelOutputError:
+        raise
+    except Exception as exc:  # a subclass whose fields raise when read
+        raise ModelOutputError(f"the response cannot be read: {type_name(exc)}") from None
+
+
+def _validated(r: ModelResponse) -> ModelResponse:
+    answer, calls = r.text, r.tool_calls
+    if answer is not None and not isinstance(answer, str):
+        raise ModelOutputError(f"text must be a string or None, got {type_name(answer)}")
+    if type(calls) is not tuple and type(calls) is not list:
+        if not isinstance(calls, list | tuple):
+            raise ModelOutputError(f"tool_calls must be a list, got {type_name(calls)}")
+        # A subclass: read through the base type, never through its own methods.
+        calls = list(list.__iter__(calls) if isinstance(calls, list) else tuple.__iter__(calls))
+    if len(calls) > MAX_TOOL_CALLS:
+        raise ModelOutputError(
+            f"{len(calls)} tool calls in one turn, the limit is {MAX_TOOL_CALLS}"
+        )
+    checked = [_call(i, call) for i, call in enumerate(calls)]
+    for field_name in ("input_tokens", "output_tokens"):
+        value = getattr(r, field_name)
+        if type(value) is not int:
+            raise ModelOutputError(f"{field_name} must be an integer, got {type_name(value)}")
+    for field_name in ("model", "finish_reason"):
+        value = getattr(r, field_name)
+        if not isinstance(value, str):
+            raise ModelOutputError(f"{field_name} must be a string, got {type_name(value)}")
+    unchanged = all(a is b for a, b in zip(checked, calls, strict=True))
+    if (
+        unchanged
+        and calls is r.tool_calls
+        and (answer is None or type(answer) is str)
+        and type(r.model) is str
+        and type(r.finish_reason) is str
+    ):
+        return r  # the usual case: nothing to copy
+    return replace(
+        r,
+        text=None if answer is None else str.__str__(answer),
+        tool_calls=tuple(checked),
+        model=str.__str__(r.model),
+        finish_reason=str.__str__(r.finish_reason),
+    )
+
+
+def _call(i: int, call: Any) -> ToolCallRequest:
+    where = f"tool call {i}"
+    if not isinstance(call, ToolCallRequest):
+        raise ModelOutputError(f"{where} must be a ToolCallRequest, got {type_name(call)}")
+    name, args, call_id = call.name, call.arguments, call.id
+    if not isinstance(name, str):
+        raise ModelOutputError(f"{where}: the tool name must be a string, got {type_name(name)}")
+    name = str.__str__(name)  # a subclass's own methods are never called
+    if not name or len(name) > MAX_TOOL_NAME_CHARS or "\0" in name:
+        raise ModelOutputError(
+            f"{where}: the tool name {name[:40]!r} is empty, longer than "
+            f"{MAX_TOOL_NAME_CHARS} characters or holds a NUL"
+        )
+    if not isinstance(call_id, str):
+        raise ModelOutputError(
+            f"{where} ({name}): the call id must be a string, got {type_name(call_id)}"
+        )
+    call_id = str.__str__(call_id)
+    if len(call_id) > MAX_CALL_ID_CHARS or "\0" in call_id:
+        raise ModelOutputError(
+            f"{where} ({name}): the call id is longer than {MAX_CALL_ID_CHARS} characters "
+            "or holds a NUL"
+        )
+    if isinstance(args, str):
+        args = str.__str__(args)
+        size, body = len(args), args
+    elif isinstance(args, dict):
+        if type(args) is not dict:
+            args = dict(dict.items(args))
+        try:
+            body = _JSON_ARGUMENTS.encode(args)
+            size = len(body)
+        except RecursionError:
+            raise ModelOutputError(
+                f"{where} ({name}): the arguments are nested too deeply"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ModelOutputError(
+                f"{where} ({name}): the arguments are not a JSON object ({text(exc, 200)})"
+            ) from None
+    else:
+        raise ModelOutputError(
+            f"{where} ({name}): the arguments must be a JSON object or its text, "
+            f"got {type_name(args)}"
+        )
+    if size > MAX_ARGUMENT_CHARS:
+        raise ModelOutputError(
+            f"{where} ({name}): the arguments are {size} characters, the limit is "
+            f"{MAX_ARGUMENT_CHARS}"
+        )
+    if _nesting(body) > MAX_ARGUMENT_DEPTH:
+        raise ModelOutputError(
+            f"{where} ({name}): the arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        )
+    if name is call.name and call_id is call.id and args is call.arguments:
+        return call
+    return ToolCallRequest(name=name, arguments=args, id=call_id)
+
+
+def _nesting(body: str) -> int:
+    """How deep brackets nest in JSON ``body``, outside strings (an upper bound for text
+    that is not JSON). Counted only when there are enough brackets to matter."""
+    if body.count("[") + body.count("{") <= MAX_ARGUMENT_DEPTH:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 @runtime_checkable
