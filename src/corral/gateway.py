@@ -49,6 +49,7 @@ from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
 RETRY_BACKOFF = 0.1
+_NO_IDS: Mapping[str, str] = {}
 
 
 # Execute and Attempt are built on every call: plain slotted dataclasses, since a frozen
@@ -135,6 +136,9 @@ def _call_flow(
     external: bool,
     renewals: list[Held],
 ) -> Flow:
+    # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id); it
+    # is the caller's text, so it is scrubbed like anything else recorded.
+    ids = _NO_IDS if call_id is None else {"call_id": core.redactor.text(call_id)}
     core.ensure_running()
     core.check_time()
     if isinstance(name, str) and type(name) is not str:
@@ -166,7 +170,7 @@ def _call_flow(
     if eff.cacheable:
         cached = cache.lookup(core, eff, digest)
         if not cache.is_miss(cached):
-            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
+            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest, **ids)
             core.flush()
             core.last_call = ("cached", tool.name, None)
             # Scrubbed when cached; again of any secret the run resolved since.
@@ -179,7 +183,7 @@ def _call_flow(
         # without asking again; a key reused with other arguments is refused here.
         done = idempotency.lookup(core, eff, idem_key, digest, args)
         if done is not None:
-            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
             core.flush()
             core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
@@ -241,7 +245,7 @@ def _call_flow(
                 raise
             if stored is not None:
                 core.refund(hold)
-                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
                 core.flush()
                 core.last_call = ("replayed", tool.name, idem_key)
                 return idempotency.replay(core, eff, idem_key, stored)
@@ -281,7 +285,7 @@ def _call_flow(
             # like a failure, not counted against the dependency, a write's key in flight.
             core.settle(hold, charge if eff.charge_on_error else eff.call_only)
             core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
-                       seconds=round(elapsed, 6))  # fmt: skip
+                       seconds=round(elapsed, 6), **ids)  # fmt: skip
             if claimed and idem_key is not None:
                 if result.pending is not None:  # abandoned in its thread: it may still write
                     idempotency.keep_while(result.pending, core, idem_key)
@@ -301,7 +305,7 @@ def _call_flow(
             core.settle(hold, eff.call_only)
             if claimed and idem_key is not None:
                 core._store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
+            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids)
             core.flush()
             raise ToolRejected(
                 "tool_error",
@@ -322,6 +326,7 @@ def _call_flow(
             attempt=attempt,
             error=what,
             seconds=round(elapsed, 6),
+            **ids,
         )
         if claimed and idem_key is not None and result.pending is not None:
             idempotency.keep_while(result.pending, core, idem_key)
@@ -378,7 +383,12 @@ def _call_flow(
         exc = _outputs.problem(raised)
         problem = core.redactor.text(str(exc))  # a schema problem quotes the output
         core.event(
-            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=problem
+            "tool_call",
+            tool=tool.name,
+            outcome="invalid_output",
+            attempt=attempt,
+            problem=problem,
+            **ids,
         )
         stop = Stop(
             "invalid_tool_output",
@@ -411,6 +421,7 @@ def _call_flow(
         args_digest=digest,
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
+        **ids,
     )
     return observation
 
