@@ -94,6 +94,8 @@ def test_verify_reports_the_first_broken_record_in_words() -> None:
         "checked": 3,
         "head": 3,
         "keyed": 0,
+        "keyed_from": None,
+        "unkeyed": 3,
         "anchor": None,
         "broken": None,
     }
@@ -467,7 +469,7 @@ def test_corral_audit_verify_exit_codes_and_output(tmp_path: Path) -> None:
     report = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and report["ok"] is False and report["checked"] == 3
     assert report["broken"]["seq"] == 4 and report["broken"]["kind"] == "run_start"
-    assert missing.returncode == 2 and "no database at" in missing.stderr
+    assert missing.returncode == 1 and "no corral store at" in missing.stderr
     assert not (tmp_path / "nope.db").exists()
 
 
@@ -514,6 +516,69 @@ def test_corral_audit_verify_of_a_keyed_chain_needs_the_key(tmp_path: Path) -> N
     assert ok.returncode == 0 and "(6 keyed)" in ok.stdout
     assert wrong.returncode == 1 and "another key" in wrong.stderr
     assert b"s3cret-audit-key" not in path.read_bytes()
+
+
+def test_corral_audit_verify_says_where_keying_began_and_refuses_a_downgrade(
+    tmp_path: Path,
+) -> None:
+    """A file written without the key, then with it: verify (human and --json) says keying
+    began at record 4 with 3 unkeyed records before. Every record and the head re-sealed as
+    plain SHA-256 (tenant changed): exit 1 under the key, intact without it."""
+    path = tmp_path / "corral.db"
+    recorded(path, runs=1)
+    recorded(path, key="s3cret-audit-key", runs=1)
+    db, key = f"sqlite:///{path}", {"CORRAL_AUDIT_KEY": "s3cret-audit-key"}
+    human, as_json = corral_clis(
+        (("audit", "verify", "--db", db), key), (("audit", "verify", "--db", db, "--json"), key)
+    )
+    assert human.returncode == 0, human.stderr
+    assert "6 records (3 keyed from record 4; 3 unkeyed records before)" in human.stdout
+    report = json.loads(as_json.stdout)
+    assert (report["keyed"], report["keyed_from"], report["unkeyed"]) == (3, 4, 3)
+    with SQLiteStore(path) as store:
+        records = store.audit_records()
+    forged = Sealer().seal(
+        AuditHead(),
+        [
+            Event(run_id=r.run_id, seq=r.event_seq, kind=r.kind, at=r.at, data=r.data,
+                  tenant="globex", actor=r.actor)
+            for r in records
+        ],
+    )  # fmt: skip
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER corral_events_no_update")
+    for r in forged:
+        conn.execute(
+            "UPDATE corral_events SET tenant = ?, prev_hash = ?, hash = ?, mode = ? WHERE id = ?",
+            (r.tenant, r.prev_hash, r.hash, r.mode, r.seq),
+        )
+    conn.execute("UPDATE corral_audit_head SET hash = ?", (forged[-1].hash,))
+    conn.close()
+    keyed, unkeyed = corral_clis(
+        (("audit", "verify", "--db", db, "--json"), key), (("audit", "verify", "--db", db), None)
+    )
+    report = json.loads(keyed.stdout)
+    assert keyed.returncode == 1 and report["ok"] is False and report["broken"]["seq"] == 1
+    assert "holds no keyed record" in report["broken"]["why"]
+    assert unkeyed.returncode == 0 and "intact" in unkeyed.stdout
+
+
+def test_corral_audit_checkpoint_of_a_keyed_chain_is_verified_with_the_key(tmp_path: Path) -> None:
+    """checkpoint of a keyed file (with the key); verify --anchor without the key: exit 2
+    naming the checkpoint; with it: intact against the checkpoint."""
+    path, anchor = tmp_path / "keyed.db", tmp_path / "head.json"
+    recorded(path, key="s3cret-audit-key")
+    db, key = f"sqlite:///{path}", {"CORRAL_AUDIT_KEY": "s3cret-audit-key"}
+    made = corral_clis((("audit", "checkpoint", "--db", db, "--out", str(anchor)), key))[0]
+    assert made.returncode == 0, made.stderr
+    assert json.loads(anchor.read_text())["mode"].startswith("hmac-sha256:")
+    without, with_key = corral_clis(
+        (("audit", "verify", "--db", db, "--anchor", str(anchor)), None),
+        (("audit", "verify", "--db", db, "--anchor", str(anchor)), key),
+    )
+    assert without.returncode == 2 and "checkpoint" in without.stderr
+    assert "CORRAL_AUDIT_KEY" in without.stderr
+    assert with_key.returncode == 0 and "matches the checkpoint at record 6" in with_key.stdout
 
 
 def test_corral_audit_export_writes_json_lines(tmp_path: Path) -> None:

@@ -36,7 +36,9 @@ def invoke(*args: str) -> Any:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    """A SQLite store URL in a temporary directory."""
+    """The URL of a new SQLite store in a temporary directory (`corral kill` never creates
+    one)."""
+    SQLiteStore(tmp_path / "corral.db").close()
     return f"sqlite:///{tmp_path / 'corral.db'}"
 
 
@@ -157,11 +159,22 @@ def test_errors_from_the_real_command_carry_no_traceback() -> None:
 
 def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """A store that cannot be opened: exit 1 and a line saying so, never a traceback."""
-    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
-    down = invoke("kill", "status", "--db", missing)
+    (tmp_path / "text.db").write_text("not a database")
+    down = invoke("kill", "status", "--db", f"sqlite:///{tmp_path / 'text.db'}")
     assert down.exit_code == 1
     assert down.stderr.startswith("corral kill: the store cannot be reached")
     assert "Traceback" not in down.output
+
+
+@pytest.mark.parametrize("verb", [["enable", "--mode", "stop_all"], ["disable"], ["status"]])
+def test_a_store_that_does_not_exist_is_not_created(tmp_path: Path, verb: list[str]) -> None:
+    """`corral kill` on a path with no store says so, exits 1 and creates nothing there:
+    an agent could not be using a store that did not exist."""
+    path = tmp_path / "no" / "such" / "x.db"
+    down = invoke("kill", *verb, "--db", f"sqlite:///{path}")
+    assert down.exit_code == 1
+    assert down.stderr == f"corral kill: no corral store at {path}\n"
+    assert not path.parent.exists()
 
 
 def test_status_of_an_empty_store_says_so(db: str) -> None:
@@ -172,6 +185,7 @@ def test_status_of_an_empty_store_says_so(db: str) -> None:
 
 def test_the_default_store_is_corral_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``--db`` the command uses ``CORRAL_DB``, the store runs use by default."""
+    SQLiteStore(tmp_path / "default.db").close()
     url = f"sqlite:///{tmp_path / 'default.db'}"
     monkeypatch.setenv("CORRAL_DB", url)
     assert invoke("kill", "enable", "--agent", "bot", "--mode", "stop_all").exit_code == 0

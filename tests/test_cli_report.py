@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import corral
 from corral.cli import app
 from corral.stores import open_store
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final, flaky_tool
 
 SEARCH, BROWSER = "search.read", "browser.open"
@@ -163,6 +164,7 @@ def test_report_rejects_a_bad_period_and_an_unreachable_store(
 
 def test_report_of_an_empty_store_says_so(tmp_path: Path) -> None:
     """A store with no runs in the period reports zero runs in both modes, shares 0."""
+    SQLiteStore(tmp_path / "empty.db").close()
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     result = CliRunner().invoke(app, ["report", "--db", url, "--json"])
     assert result.exit_code == 0, result.stderr

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import corral
 from corral.cli import app
 from corral.guards.approval import ApprovalDecision
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import ScriptedModel, call, final
 
 P = corral.Policy.from_dict
@@ -55,6 +56,8 @@ class Recorded:
     approved: str
     other_tenant: str
     interrupted: str
+    demo_runs: int
+    """How many runs the demo recorded (a re-queued ticket runs again)."""
 
 
 @corral.tool(name="kb.read", effect="read")
@@ -104,8 +107,8 @@ def corral_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    """Five demo runs, then runs ending ok, denied, on a budget, approved, in another tenant,
-    and one whose process died, all in one SQLite file."""
+    """A demo of five tickets (re-queued ones run again), then runs ending ok, denied, on a
+    budget, approved, in another tenant, and one whose process died, all in one SQLite file."""
     path = tmp_path_factory.mktemp("cli-runs") / "corral.db"
     url = f"sqlite:///{path}"
     demo = corral_cli("demo", "--db", url, "--runs", "5", "--json")
@@ -147,6 +150,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         approved=approved,
         other_tenant=other,
         interrupted=crash.stdout.strip(),
+        demo_runs=json.loads(demo.stdout)["governed"]["runs"],
     )
 
 
@@ -176,7 +180,8 @@ def test_runs_prints_a_table_newest_first(recorded: Recorded) -> None:
     assert recorded.interrupted in body[0]  # started last
     assert "interrupted" in body[0]
     assert any("tool_denied:vendor.read" in line for line in body)
-    assert sum("demo-" in line for line in body) == 5
+    shown = min(50, recorded.demo_runs + 6)  # `corral runs` shows the newest 50
+    assert len(body) == shown and sum("demo-" in line for line in body) == shown - 6
 
 
 def test_runs_json_is_stable(recorded: Recorded) -> None:
@@ -184,7 +189,7 @@ def test_runs_json_is_stable(recorded: Recorded) -> None:
     out = runs_json(recorded)
     assert set(out) == {"store", "count", "runs"}
     assert out["store"] == recorded.url
-    assert out["count"] == len(out["runs"]) == 11
+    assert out["count"] == len(out["runs"]) == min(50, recorded.demo_runs + 6)
     for row in out["runs"]:
         assert set(row) == RUN_KEYS
         assert isinstance(row["usd"], str)
@@ -245,6 +250,7 @@ def test_runs_with_bad_options_exit_2_with_one_line() -> None:
 
 def test_runs_on_an_empty_store_says_so(tmp_path: Path) -> None:
     """A store with no runs prints a short message and exits 0."""
+    SQLiteStore(tmp_path / "empty.db").close()
     result = invoke("runs", "--db", f"sqlite:///{tmp_path / 'empty.db'}")
     assert result.exit_code == 0
     assert "No runs in" in result.stdout
@@ -269,7 +275,7 @@ def test_an_unreachable_store_is_exit_2_with_one_line() -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/sub/corral.db", "mysql://x", "x"])
+@pytest.mark.parametrize("url", ["sqlite:////etc/passwd", "mysql://x", "x"])
 @pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
 def test_a_store_that_cannot_be_opened_is_exit_2(url: str, command: list[str]) -> None:
     """A bad or unusable store URL is exit 2 with one line naming the URL."""
@@ -278,6 +284,16 @@ def test_a_store_that_cannot_be_opened_is_exit_2(url: str, command: list[str]) -
     assert result.stdout == ""
     assert result.stderr.startswith(f"corral {command[0]}: --db: cannot open the store {url}: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
+def test_a_store_that_does_not_exist_is_not_created(command: list[str], tmp_path: Path) -> None:
+    """A SQLite path with no store is exit 1, `no corral store at <path>`, and stays absent."""
+    path = tmp_path / "missing" / "corral.db"
+    result = invoke(*command, "--db", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert result.stderr == f"corral {command[0]}: no corral store at {path}\n"
+    assert not path.parent.exists()
 
 
 # -- corral show ---------------------------------------------------------------------------
@@ -355,7 +371,7 @@ def test_show_accepts_a_unique_prefix(recorded: Recorded) -> None:
     assert json.loads(result.stdout)["run"]["run_id"] == recorded.denied
     ambiguous = invoke("show", "demo-", "--db", recorded.url)
     assert ambiguous.exit_code == 1
-    assert "5 runs start with 'demo-'" in ambiguous.stderr
+    assert f"{recorded.demo_runs} runs start with 'demo-'" in ambiguous.stderr
 
 
 def test_show_of_a_missing_run_is_exit_1(recorded: Recorded) -> None:

@@ -68,6 +68,7 @@ EXPECTED_TESTING = {
     "HOSTILE_PAYLOADS",
     "Execution",
     "FaultyModel",
+    "FaultyStore",
     "FaultyTool",
     "GullibleModel",
     "flaky_tool",

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
 from corral import audit
 from corral.redact import REDACTED
+from corral.secrets import parse_variable
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final
 from crash import pg as crash_pg
@@ -40,9 +41,9 @@ def env(**secrets: str) -> dict[str, str]:
 
 
 ENV = env(
-    acme__CRM_WRITE__API_KEY=ACME_KEY,
-    globex__CRM_WRITE__API_KEY=GLOBEX_KEY,
-    CRM_WRITE__API_KEY=SHARED_KEY,
+    ACME__CRM_DOT_WRITE__API_KEY=ACME_KEY,
+    GLOBEX__CRM_DOT_WRITE__API_KEY=GLOBEX_KEY,
+    CRM_DOT_WRITE__API_KEY=SHARED_KEY,
 )
 
 
@@ -75,13 +76,11 @@ def test_shared_secrets_are_a_fallback_only_when_asked_for() -> None:
     assert provider.resolve("acme", "crm.write") == {"api_key": ACME_KEY}
 
 
-@pytest.mark.parametrize(
-    "tenant", ["acme__CRM_WRITE", "../globex", "a/b", "", "_shared", "..", "-x", "a b"]
-)
+@pytest.mark.parametrize("tenant", ["../globex", "a/b", "", "_shared", "..", "-x", "a b", ".x"])
 def test_a_tenant_id_that_could_name_another_tenants_secrets_is_refused_at_start(
     tenant: str, tmp_path: Path
 ) -> None:
-    """Separators, path segments and the shared folder's name cannot be tenant ids for secrets."""
+    """Path segments, separators and the shared folder's name cannot be tenant ids for secrets."""
     for provider in (corral.EnvSecrets(environ=ENV), corral.FileSecrets(tmp_path)):
         with pytest.raises(corral.ConfigError, match="tenant"):
             corral.Run(
@@ -99,11 +98,8 @@ def test_a_tenant_id_that_could_name_another_tenants_secrets_is_refused_at_start
 )
 def test_no_tenant_id_resolves_another_tenants_secret(a: str, b: str) -> None:
     """Whatever two tenant ids are, a secret stored for one is never resolved for the other."""
-    provider = corral.EnvSecrets(environ=env(**{f"{b}__CRM_WRITE__API_KEY": "b-secret-value"}))
-    try:
-        provider.check(a)
-    except corral.ConfigError:
-        return  # refused outright: nothing resolved
+    named = corral.EnvSecrets().variable(b, "crm.write", "api_key")
+    provider = corral.EnvSecrets(environ={named: "b-secret-value"})
     found = provider.resolve(a, "crm.write")
     assert ("b-secret-value" in found.values()) == (a == b)
 
@@ -288,3 +284,264 @@ def test_on_postgres_a_resolved_secret_is_in_no_record_the_store_holds() -> None
         shown = repr(model.requests)
         assert ACME_KEY not in shown and REDACTED in shown
         assert audit.verify(store).ok
+
+
+# -- the naming of secrets cannot collide ----------------------------------------------------
+# Pieces that made names collide before (separators, their escapes' words, case), so that the
+# generated names share them often.
+PIECES = ["a", "b1", "x", "_", "__", ".", "-", "dot", "under", "up", "dash", "crm", "shared"]
+TENANT_PIECES = [*PIECES, "A", "B", "DOT", "UP", "UNDER", "X_"]
+
+
+def _joined(pieces: list[str], pattern: str) -> st.SearchStrategy[str]:
+    import re
+
+    return (
+        st.lists(st.sampled_from(pieces), min_size=1, max_size=5)
+        .map("".join)
+        .filter(lambda s: re.fullmatch(pattern, s) is not None and s != "_shared")
+    )
+
+
+TENANTS = st.none() | _joined(TENANT_PIECES, r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TOOLS = _joined(PIECES, r"[a-z0-9_.-]+")
+NAMES = _joined(["a", "b1", "_", "key", "api", "dot", "x"], r"[a-z0-9](?:[a-z0-9]|_(?!_))*")
+TRIPLES = st.tuples(TENANTS, TOOLS, NAMES)
+
+
+@settings(max_examples=400, deadline=None)
+@given(one=TRIPLES, other=TRIPLES)
+def test_no_two_tenant_tool_and_name_triples_share_an_environment_variable(
+    one: tuple[str | None, str, str], other: tuple[str | None, str, str]
+) -> None:
+    """The variable of a (tenant or none, tool, secret name) triple is its own: two different
+    triples never map to the same name, and a name reads back as its triple."""
+    provider = corral.EnvSecrets()
+    a, b = provider.variable(*one), provider.variable(*other)
+    assert (a == b) == (one == other), (one, other, a)
+    assert parse_variable(a.removeprefix("CORRAL_SECRET__")) == one
+
+
+def test_the_names_that_collided_before_are_apart() -> None:
+    """The issue's cases: tenant-less ``bank1__crm.read`` against tenant ``bank1``'s (and
+    ``BANK1``'s) ``crm.read``; ``a.b``, ``a_b`` and ``a-b`` of one tenant."""
+    v = corral.EnvSecrets().variable
+    names = {
+        v(None, "bank1__crm.read", "api_key"),
+        v("bank1", "crm.read", "api_key"),
+        v("BANK1", "crm.read", "api_key"),
+        v("globex", "bank1__crm.read", "api_key"),
+    }
+    assert len(names) == 4
+    assert len({v("acme", tool, "k1") for tool in ("a.b", "a_b", "a-b", "a__b", "a..b")}) == 5
+    assert v("acme", "crm.read", "api_key") == "CORRAL_SECRET__ACME__CRM_DOT_READ__API_KEY"
+    assert v(None, "send_email", "token") == "CORRAL_SECRET__SEND_UNDER_EMAIL__TOKEN"
+    assert v("Acme-1", "x", "k") == "CORRAL_SECRET___UP_ACME_DASH_1__X__K"
+
+
+@settings(max_examples=150, deadline=None)
+@given(stored=TRIPLES, asking=TRIPLES, shared=st.booleans())
+def test_a_run_receives_only_its_own_tenants_secret_from_the_environment(
+    stored: tuple[str | None, str, str],
+    asking: tuple[str | None, str, str],
+    shared: bool,
+) -> None:
+    """A secret stored for one triple reaches a run's tool only when the tool is the same and
+    the run is of the same tenant (or, with ``shared=True``, the secret is tenant-less)."""
+    tenant, tool, name = stored
+    environ = {corral.EnvSecrets().variable(*stored): "stored-secret-value"}
+    seen: list[dict[str, str]] = []
+
+    def peek(ctx: corral.ToolContext) -> str:
+        seen.append(dict(ctx.credentials))
+        return "ok"
+
+    asker = corral.tool(peek, name=asking[1], effect="read")
+    with corral.Run(
+        policy(asking[1]),
+        tools=[asker],
+        tenant=asking[0],
+        store=MemoryStore(),
+        credentials=corral.EnvSecrets(environ=environ, shared=shared),
+    ) as run:
+        run.call(asking[1], {})
+    expected = tool == asking[1] and (
+        tenant == asking[0] or (tenant is None and (asking[0] is None or shared))
+    )
+    assert seen == [{name: "stored-secret-value"} if expected else {}]
+
+
+@settings(max_examples=80, deadline=None)
+@given(stored=TRIPLES, asking=TRIPLES, shared=st.booleans())
+def test_file_secrets_resolve_only_the_runs_own_tenants_files(
+    stored: tuple[str | None, str, str],
+    asking: tuple[str | None, str, str],
+    shared: bool,
+) -> None:
+    """The same for files: a secret filed for one triple is resolved for another only when it
+    is the same tenant and tool (or a shared one, when asked for); a tool name that is a path
+    part ('.', '..', hidden) is refused."""
+    import tempfile
+
+    tenant, tool, name = stored
+    with tempfile.TemporaryDirectory() as root:
+        provider = corral.FileSecrets(root, shared=shared)
+        if tool.startswith("."):
+            with pytest.raises(corral.ConfigError, match="cannot name a folder"):
+                provider.resolve(tenant, tool)
+            return
+        write_secret(Path(root), tenant or "_shared", tool, name, "filed-secret-value")
+        if asking[1].startswith("."):
+            with pytest.raises(corral.ConfigError):
+                provider.resolve(asking[0], asking[1])
+            return
+        found = provider.resolve(asking[0], asking[1])
+    expected = tool == asking[1] and (
+        tenant == asking[0] or (tenant is None and (asking[0] is None or shared))
+    )
+    assert found == ({name: "filed-secret-value"} if expected else {})
+
+
+def test_a_tenant_folder_linked_to_another_tenants_is_refused(tmp_path: Path) -> None:
+    """``<root>/globex`` a link to ``<root>/acme``: globex's run is refused, not given acme's."""
+    write_secret(tmp_path, "acme", "crm.write", "api_key", ACME_KEY)
+    os.symlink(tmp_path / "acme", tmp_path / "globex")
+    with pytest.raises(corral.ConfigError, match="another folder"):
+        corral.FileSecrets(tmp_path).resolve("globex", "crm.write")
+    assert corral.FileSecrets(tmp_path).resolve("acme", "crm.write") == {"api_key": ACME_KEY}
+
+
+def test_a_variable_named_the_old_way_is_not_read_and_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``CORRAL_SECRET__acme__CRM_WRITE__API_KEY`` (before the escaping): not read; the run's
+    start warns naming it and how variables are named now."""
+    old = "CORRAL_SECRET__acme__CRM_WRITE__API_KEY"
+    provider = corral.EnvSecrets(environ={old: ACME_KEY})
+    with caplog.at_level("WARNING", logger="corral"):
+        assert observed("acme", provider)["creds"] == {}
+    warned = [r.getMessage() for r in caplog.records if old in r.getMessage()]
+    assert warned and "_DOT_" in warned[0] and ACME_KEY not in warned[0]
+
+
+# -- a credential the tenant lacks refuses the call ----------------------------------------
+def _needs_key(runs: list[str]) -> corral.Tool:
+    @corral.tool(name="crm.write", effect="write", credentials=("api_key",))
+    def crm(note: str, ctx: corral.ToolContext) -> str:
+        runs.append(ctx.credentials.get("api_key", ""))
+        return "written"
+
+    return crm
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        corral.EnvSecrets(environ=ENV),
+        {"crm.write": {"api_key": ""}},
+        {"crm.write": {"other": "other-value-123"}},
+        {},
+    ],
+    ids=["other-tenants-only", "empty", "another-name", "none"],
+)
+def test_a_tool_missing_a_declared_credential_is_refused_before_approval_or_claim(
+    credentials: Any,
+) -> None:
+    """Tenant initech has no api_key for crm.write: tool_denied (detail the tool, why
+    missing_credential) naming the credential and tenant, before anyone is asked to approve,
+    nothing charged, the tool never run, the write's key left free."""
+    runs: list[str] = []
+    asked: list[Any] = []
+    pol = corral.Policy.from_dict({"tools": {"allow": ["crm.write"]}})
+    store = MemoryStore()
+    with corral.Run(
+        pol,
+        tools=[_needs_key(runs)],
+        tenant="initech",
+        store=store,
+        credentials=credentials,
+        approver=lambda req: asked.append(req) or True,
+    ) as run:
+        run.call("crm.write", {"note": "hi"}, idempotency_key="note-1")
+    stop = run.result.stop
+    assert stop is not None and run.result.stop_reason == "tool_denied"
+    assert (stop.detail, stop.tool, stop.extra["why"]) == ("crm.write", "crm.write",
+                                                           "missing_credential")  # fmt: skip
+    assert "'api_key'" in stop.message and "'initech'" in stop.message
+    assert "other-value-123" not in str(stop.to_dict()) and not stop.retryable
+    assert (runs, asked, run.result.usage.tool_calls) == ([], [], 0)
+    assert store.lookup_claim("caller:crm.write:note-1", tenant="initech", now=0.0) is None
+    kinds = [(e.kind, e.data.get("why")) for e in store.events(run.id)]
+    assert ("denied", "missing_credential") in kinds
+
+
+def test_a_credential_declared_in_the_policy_is_required_too() -> None:
+    """``tools.specs.<name>.credentials`` adds to the code's: a tenant without it is refused,
+    one with it runs; the message names the variable it was looked for in."""
+    runs: list[int] = []
+
+    @corral.tool(name="crm.write", effect="write")
+    def crm(note: str, ctx: corral.ToolContext) -> str:
+        runs.append(1)
+        return "written"
+
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["crm.write"], "specs": {"crm.write": {"credentials": ["api_key"]}}},
+            "writes": {"require_approval": False},
+        }
+    )
+    provider = corral.EnvSecrets(environ=ENV)
+    for tenant, ran in (("initech", False), ("acme", True)):
+        with corral.Run(
+            pol, tools=[crm], tenant=tenant, store=MemoryStore(), credentials=provider
+        ) as run:
+            run.call("crm.write", {"note": "hi"})
+        assert (run.result.stop_reason == "ok") == ran
+    assert runs == [1]
+    # initech's refusal names where its key was looked for.
+    with corral.Run(pol, tools=[crm], tenant="initech", store=MemoryStore(),
+                    credentials=provider) as run:  # fmt: skip
+        run.call("crm.write", {"note": "hi"})
+    assert run.result.stop is not None
+    assert "CORRAL_SECRET__INITECH__CRM_DOT_WRITE__API_KEY" in run.result.stop.message
+
+
+def test_the_bounded_loop_stops_on_a_missing_credential_with_the_stop_shape() -> None:
+    """Through corral.run: the result's stop renders as ``tool_denied:crm.write
+    (missing_credential: api_key)``; a tenant-less run does not get acme's key."""
+    runs: list[str] = []
+    model = ScriptedModel([call("crm.write", note="hi"), final("done")])
+    result = corral.run(
+        "write", model=model, tools=[_needs_key(runs)], policy=policy("crm.write"),
+        store=MemoryStore(), credentials=corral.EnvSecrets(environ=env(
+            ACME__CRM_DOT_WRITE__API_KEY=ACME_KEY)),
+    )  # fmt: skip
+    assert result.stop_reason == "tool_denied" and runs == []
+    assert result.stop is not None
+    assert str(result.stop) == "tool_denied:crm.write (missing_credential: api_key)"
+    assert result.stop.extra == {
+        "why": "missing_credential",
+        "missing": ["api_key"],
+        "note": "api_key",
+    }
+    assert "a run without a tenant" in result.stop.message
+
+
+def test_declaring_credentials_needs_a_context_and_plain_names() -> None:
+    """A tool declaring credentials without a ToolContext parameter, or with a name that is
+    not lower-case letters, digits and single '_': a ToolDefinitionError; in a policy, an
+    error at its path."""
+    with pytest.raises(corral.ToolDefinitionError, match="ToolContext"):
+        corral.tool(lambda note: note, name="x.y", credentials=("api_key",))
+
+    def takes_ctx(ctx: corral.ToolContext) -> int:
+        return 1
+
+    for bad in ("API_KEY", "api__key", "", "_key", "api-key"):
+        with pytest.raises(corral.ToolDefinitionError, match="credential names"):
+            corral.tool(takes_ctx, name="x.y", credentials=(bad,))
+    with pytest.raises(corral.PolicyError, match=r"tools\.specs\.x\.credentials"):
+        corral.Policy.from_dict({"tools": {"specs": {"x": {"credentials": ["Bad Name"]}}}})
+    one = corral.tool(takes_ctx, name="x.y", credentials="api_key")  # one name, not letters
+    assert one.credentials == ("api_key",)

@@ -173,15 +173,22 @@ NAMES = st.one_of(
 @given(name=NAMES)
 def test_any_name_a_model_invents_gives_a_one_line_printable_stop(name: Any) -> None:
     """Whatever a model sends as a tool name (any text, None, numbers, bytes, lists), the stop
-    is ``tool_denied``, its detail one short printable ASCII line, and nothing ran."""
+    is ``tool_denied`` — or ``invalid_model_output`` for what is no usable name at all (not a
+    string, empty, over 256 characters, holding NUL: see models.base.validate_response) —
+    its detail one short printable ASCII line, and nothing ran."""
     bad = corral.ToolCallRequest(name=name, arguments={})
     model = ScriptedModel([Turn(calls=(bad,))], repeat_last=True)
     result = corral.run("t", model=model, tools=TOOLS, policy=POLICY, store="memory://")
     stop = result.stop
-    assert stop is not None and stop.reason == "tool_denied"
+    assert stop is not None
     text = str(stop)
     assert "\n" not in text and text.isascii() and text.isprintable()
     assert len(stop.detail) <= 80
+    usable = isinstance(name, str) and 0 < len(name) <= 256 and "\0" not in name
+    if not usable:
+        assert stop.reason == "invalid_model_output" and stop.detail == model.name
+        return
+    assert stop.reason == "tool_denied"
     if isinstance(name, str) and name in ("fetch.get", "pay.send"):
         return  # a real tool: denied for its arguments instead
     if name == "browser.open":

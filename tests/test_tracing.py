@@ -126,6 +126,23 @@ def test_execute_tool_spans_name_the_tool_and_mark_failures(traces: Traces) -> N
     assert (root.attributes or {})["error.type"] == "tool_error"
 
 
+def test_execute_tool_spans_carry_the_tool_call_id(traces: Traces) -> None:
+    """``gen_ai.tool.call.id``: the call's identity in the loop, or the ``call_id`` a caller
+    passed to ``Run.call``, on the span of every outcome (ok, failed)."""
+    run([call("kb.read", q="a"), call("vendor.read", q="b")])
+    ok, failed = sorted(traces.named("execute_tool"), key=lambda s: s.start_time or 0)
+    assert (ok.attributes or {})["gen_ai.tool.call.id"] == "turn-1.0"
+    assert (failed.attributes or {})["gen_ai.tool.call.id"] == "turn-2.0"
+    with corral.Run(ALLOW, tools=[kb], store=MemoryStore()) as governed:
+        governed.call("kb.read", {"q": "x"}, call_id="toolu_01ABC")
+        governed.call("kb.read", {"q": "y"})
+    spans = sorted(traces.named("execute_tool"), key=lambda s: s.start_time or 0)[2:]
+    assert [(s.attributes or {}).get("gen_ai.tool.call.id") for s in spans] == [
+        "toolu_01ABC",
+        None,
+    ]
+
+
 def test_spans_are_timed_from_the_events_and_nested_in_order(traces: Traces) -> None:
     """Children start and end inside the run's span, in the order they happened."""
     run([call("kb.read", q="a"), turn(call("kb.read", q="b"), call("kb.read", q="c")), final("x")])

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from ._safe import error_text
 from .checklist import Report, readiness
 from .exceptions import PolicyError
 from .policy import Policy, load_policy
@@ -44,6 +45,8 @@ def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) ->
         policy = load_policy(file)
     except PolicyError as exc:
         problems += exc.problems
+    except Exception as exc:  # never a traceback: one line naming what happened
+        problems.append(f"(file): cannot be checked ({' '.join(error_text(exc).split())})")
     registered: list[object] | None = None
     if tools is not None:
         try:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .exceptions import ConfigError, StoreError
-from .stores import Store, default_url, open_store
+from .exceptions import ConfigError, StoreError, StoreMissing
+from .stores import Store, default_url, display_url, open_store
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 DbOption = Annotated[
@@ -34,10 +35,17 @@ def one_line(exc: BaseException) -> str:
 
 def open_db(db: str | None) -> tuple[Store, str]:
     """The store ``--db`` names (else ``CORRAL_DB``, else the default) and its URL; a store
-    that cannot be opened is a usage error naming where the URL came from."""
+    that cannot be opened is a usage error naming where the URL came from.
+
+    These commands only read or change operator state: a SQLite file that does not exist
+    is not created (``no corral store at PATH``, exit 1), since no agent uses it.
+    """
     url = db if db is not None else default_url()
     try:
-        return open_store(url), url
+        return open_store(url, create=False), url
+    except StoreMissing as exc:
+        raise Fail(EXIT_FAILED, str(exc)) from None
     except (ConfigError, StoreError) as exc:
         where = "--db" if db is not None else "CORRAL_DB"
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {one_line(exc)}") from None
+        shown = display_url(url)
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {shown}: {one_line(exc)}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from annotated_types import Ge, Gt
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from ._safe import shown
+
 
 def _path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
@@ -25,7 +28,9 @@ def _path(loc: tuple[Any, ...]) -> str:
         if isinstance(item, int) and not isinstance(item, bool):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            name = str(item)
+            # A key with a newline or other control character is quoted: one line per problem.
+            parts.append(("." if parts else "") + (name if name.isprintable() else repr(name)))
     return "".join(parts) or "(top level)"
 
 
@@ -40,7 +45,7 @@ def render_value(value: Any) -> str:
     elif isinstance(value, datetime.date):
         text = value.isoformat()
     else:
-        text = repr(value)
+        text = shown(value, 60)  # never raises: a hostile or huge value is named, not shown
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -152,7 +157,9 @@ def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         known = _known_keys(root, loc)
-        hint = _did_you_mean(loc[-1], known) or (f" (known: {', '.join(known)})" if known else "")
+        hint = _did_you_mean(loc[-1] if loc else "", known) or (
+            f" (known: {', '.join(known)})" if known else ""
+        )
         return f"unknown key{hint}"
     if kind == "missing":
         return "is required"
@@ -191,11 +198,14 @@ def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
     return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_got(value)}"
 
 
+# pydantic adds markers to locations: "[key]", "function-after[...]", "lax-or-strict[...]",
+# and the union tags policy.py writes in brackets ("[whole]"). A key of the user's own that
+# holds a bracket ("[", "a[0") is a key, not a marker.
+_MARKER = re.compile(r"\[key\]|\[[a-z_]+\]|function-before|[a-z]+(?:-[a-z]+)+\[.*\]", re.S)
+
+
 def _clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic adds markers such as "[key]" or "function-after[...]" to locations.
-    return tuple(
-        p for p in loc if not (isinstance(p, str) and ("[" in p or p == "function-before"))
-    )
+    return tuple(p for p in loc if not (isinstance(p, str) and _MARKER.fullmatch(p)))
 
 
 def _document_order(data: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:

@@ -107,7 +107,9 @@ def wait(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Generator
     started = core.now()
     try:
         record = _file(core, eff, req)
-    except StoreError as exc:
+    except Stop:
+        raise
+    except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
         guard.unreachable(core, req, exc, core.now() - started)
     delay = POLL_FIRST
     beat = started
@@ -123,7 +125,9 @@ def wait(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Generator
             if verdict == "pending" and core.now() - beat >= HEARTBEAT_SECONDS:
                 core.store.heartbeat(core.id)
                 beat = core.now()
-        except StoreError as exc:
+        except Stop:
+            raise
+        except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
             guard.unreachable(core, req, exc, core.now() - started)
         if verdict != "pending":
             answer = guard.ApprovalDecision(

@@ -9,7 +9,9 @@ sealed into one hash chain by the store as it is appended (see
 :func:`verify` walks the chain from the first record and reports the first one
 that does not hold: an edited field, a deleted, reordered or inserted record, a
 forged record (when the chain is keyed: ``CORRAL_AUDIT_KEY``), a chain shorter
-than its recorded head. Against an *anchor* — a :func:`checkpoint` kept
+than its recorded head, or a head moved back. Under a key a chain cannot be
+downgraded: unkeyed records are accepted only before the first keyed one, and a
+chain with no keyed record fails. Against an *anchor* — a :func:`checkpoint` kept
 somewhere the database's users cannot write — it also detects a truncated tail
 and a chain rewritten from the start, which no check inside the database can.
 
@@ -75,7 +77,11 @@ class Broken:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VerifyResult:
-    """What :func:`verify` found: ``ok``, the records checked, the first broken one."""
+    """What :func:`verify` found: ``ok``, the records checked, the first broken one.
+
+    ``keyed_from`` is the first keyed record (``None`` when none was met) and
+    ``unkeyed`` how many records before it were sealed without a key.
+    """
 
     ok: bool
     checked: int
@@ -83,6 +89,8 @@ class VerifyResult:
     keyed: int = 0
     anchor: int | None = None
     broken: Broken | None = None
+    keyed_from: int | None = None
+    unkeyed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (``corral audit verify --json``)."""
@@ -95,6 +103,8 @@ class VerifyResult:
             "checked": self.checked,
             "head": self.head,
             "keyed": self.keyed,
+            "keyed_from": self.keyed_from,
+            "unkeyed": self.unkeyed,
             "anchor": self.anchor,
             "broken": broken,
         }
@@ -103,7 +113,13 @@ class VerifyResult:
         if self.broken is not None:
             return f"audit log broken at {self.broken} ({self.checked} records before it hold)"
         against = f", matches the checkpoint at record {self.anchor}" if self.anchor else ""
-        keyed = f" ({self.keyed} keyed)" if self.keyed else ""
+        keyed = ""
+        if self.keyed_from is not None:
+            keyed = f" ({self.keyed} keyed"
+            if self.unkeyed:
+                s = "s" if self.unkeyed != 1 else ""
+                keyed += f" from record {self.keyed_from}; {self.unkeyed} unkeyed record{s} before"
+            keyed += ")"
         return f"audit log intact: {self.checked} records{keyed}{against}"
 
 
@@ -127,118 +143,190 @@ def verify(
 
     ``key`` is the audit key (default: ``CORRAL_AUDIT_KEY``), or several (the
     current one and those it replaced: each record names the key that sealed it).
-    A key is required once a keyed record is met (:class:`KeyRequired` otherwise),
-    and with one a record sealed without a key after keyed ones counts as forged.
+    Without a key, a keyed record raises :class:`KeyRequired`. With one, the chain
+    must be keyed from some record on, and only before it may records be sealed
+    without a key (the first keyed record's HMAC covers the hash of the one before,
+    so it vouches for them): a record sealed without the key after a keyed one is
+    forged, and a chain with no keyed record at all fails, since it was written or
+    rewritten without the key. The result says where keying began (``keyed_from``)
+    and how many records before it were unkeyed (``unkeyed``).
+
     ``anchor`` is a :func:`checkpoint`: the chain must still reach it, through the
-    same record.
+    same record; a checkpoint of a keyed record needs the key.
     """
+    keys = _keys(key)
+    want = None
+    if anchor is not None:
+        want = _anchor_fields(anchor)
+        mode = anchor.get("mode")
+        if not keys and isinstance(mode, str) and mode.startswith(f"{KEYED}:"):
+            raise KeyRequired(
+                f"the checkpoint of record {want[0]} is of a keyed chain ({mode}): set "
+                f"{KEY_ENV} to the audit key to verify against it"
+            )
+    return _Walk(store, keys, want).run()
+
+
+def _keys(key: str | bytes | Sequence[str | bytes] | None) -> dict[str, bytes]:
+    """The keys given (else the environment's), by the ``mode`` of the records they seal.
+    An empty key is no key, as when sealing."""
     if key is None:
         key = os.environ.get(KEY_ENV) or None
     given = [] if key is None else [key] if isinstance(key, str | bytes) else list(key)
-    keys = {f"{KEYED}:{key_id(k)}": k.encode() if isinstance(k, str) else k for k in given}
-    raw = next(iter(keys.values()), None)
-    want = _anchor_fields(anchor) if anchor is not None else None
-    head = store.audit_head()
-    prev, expected, keyed, seen_keyed = GENESIS, 1, 0, False
-    head_hash: str | None = None  # the hash of the record the head names, once met
+    raw = [k.encode() if isinstance(k, str) else bytes(k) for k in given]
+    return {f"{KEYED}:{key_id(k)}": k for k in raw if k}
 
-    def broken(seq: int, why: str, record: AuditRecord | None = None) -> VerifyResult:
-        run_id = None if record is None else str(record.run_id)
-        kind = None if record is None else str(record.kind)
+
+class _Walk:
+    """One walk of the chain, oldest record first (see :func:`verify`)."""
+
+    def __init__(
+        self, store: Store, keys: dict[str, bytes], want: tuple[int, str, str] | None
+    ) -> None:
+        self.store, self.keys, self.want = store, keys, want
+        self.head = store.audit_head()
+        self.walked = 0  # the records that hold, so far
+        self.keyed = 0
+        self.keyed_from: int | None = None
+
+    def result(self, broken: Broken | None = None) -> VerifyResult:
+        checked = self.walked if broken is None else min(self.walked, broken.seq - 1)
         return VerifyResult(
-            ok=False,
-            checked=expected - 1,
-            head=head.seq,
-            keyed=keyed,
-            anchor=None if want is None else want[0],
-            broken=Broken(seq=seq, why=why, run_id=run_id, kind=kind),
+            ok=broken is None,
+            checked=checked,
+            head=self.head.seq,
+            keyed=self.keyed,
+            anchor=None if self.want is None else self.want[0],
+            broken=broken,
+            keyed_from=self.keyed_from,
+            unkeyed=checked if self.keyed_from is None else self.keyed_from - 1,
         )
 
-    for record in records(store):
+    def broken(self, seq: int, why: str, record: AuditRecord | None = None) -> VerifyResult:
+        run_id = None if record is None else str(record.run_id)
+        kind = None if record is None else str(record.kind)
+        return self.result(Broken(seq=seq, why=why, run_id=run_id, kind=kind))
+
+    def run(self) -> VerifyResult:
+        prev = GENESIS
+        head_hash: str | None = None  # the hash of the record the head names, once met
+        for record in records(self.store):
+            problem = self.check(record, prev)
+            if problem is not None:
+                return problem
+            if record.seq == self.head.seq:
+                head_hash = record.hash
+            prev, self.walked = record.hash, self.walked + 1
+        return self.end(head_hash)
+
+    def check(self, record: AuditRecord, prev: str) -> VerifyResult | None:
+        """Why ``record`` does not hold after the record whose hash is ``prev``, or ``None``."""
+        expected = self.walked + 1
         if record.seq != expected:
             if isinstance(record.seq, int) and record.seq > expected:
                 missing = f"record {expected} is missing" + (
                     f" (through {record.seq - 1})" if record.seq - 1 > expected else ""
                 )
-                return broken(expected, f"{missing}: records were deleted", record)
-            return broken(
+                return self.broken(expected, f"{missing}: records were deleted", record)
+            return self.broken(
                 expected, f"found record {record.seq} where {expected} belongs: reordered", record
             )
         if record.prev_hash != prev:
-            return broken(
+            return self.broken(
                 record.seq,
                 "it does not follow the record before it (prev_hash differs): records were "
                 "inserted, deleted or reordered",
                 record,
             )
-        mode = record.mode
-        if mode == PLAIN:
-            if seen_keyed and raw is not None:
-                return broken(
-                    record.seq,
-                    "sealed without the key after keyed records: forged or rewritten",
-                    record,
-                )
-            use: bytes | None = None
-        elif isinstance(mode, str) and mode.startswith(f"{KEYED}:"):
-            if raw is None:
-                raise KeyRequired(
-                    f"record {record.seq} is keyed ({mode}): set {KEY_ENV} to the audit key "
-                    "to verify the chain"
-                )
-            if mode not in keys:
-                given_ids = ", ".join(keys)
-                return broken(
-                    record.seq,
-                    f"sealed with another key ({mode}, not {given_ids}): forged, or the wrong "
-                    "key was given",
-                    record,
-                )
-            use, seen_keyed = keys[mode], True
-            keyed += 1
-        else:
-            return broken(record.seq, f"unknown mode {mode!r}: forged", record)
+        use, problem = self.key_for(record)
+        if problem is not None:
+            return self.broken(record.seq, problem, record)
         try:
             good = record_hash(record, use) == record.hash
         except (TypeError, ValueError):
             good = False
         if not good:
-            return broken(
+            return self.broken(
                 record.seq,
                 "its content does not match its hash: edited"
                 + ("" if use is None else ", or forged without the key"),
                 record,
             )
+        if use is not None:
+            self.keyed += 1
+            if self.keyed_from is None:
+                self.keyed_from = record.seq
+        want = self.want
         if want is not None and record.seq == want[0] and record.hash != want[1]:
-            return broken(
+            return self.broken(
                 record.seq,
                 f"differs from the checkpoint of {want[2]}: the chain was rewritten",
                 record,
             )
-        if record.seq == head.seq:
-            head_hash = record.hash
-        prev, expected = record.hash, expected + 1
-    last = expected - 1
-    if head.seq > last:
-        return broken(
-            last + 1,
-            f"the chain ends at record {last} but its head is record {head.seq}: truncated",
-        )
-    if head.seq and head_hash != head.hash:
-        return broken(head.seq, "the chain's recorded head does not match this record: rewritten")
-    if want is not None and want[0] > last:
-        return broken(
-            last + 1,
-            f"the chain ends at record {last} but the checkpoint of {want[2]} saw record "
-            f"{want[0]}: records were deleted (truncated)",
-        )
-    return VerifyResult(
-        ok=True,
-        checked=last,
-        head=head.seq,
-        keyed=keyed,
-        anchor=None if want is None else want[0],
-    )
+        return None
+
+    def key_for(self, record: AuditRecord) -> tuple[bytes | None, str | None]:
+        """The key ``record`` is verified with (``None``: plain SHA-256), or why it cannot be.
+
+        Modes are matched exactly: another spelling, case or spacing of a mode is no mode.
+        """
+        mode = record.mode
+        if mode == PLAIN:
+            if self.keys and self.keyed_from is not None:
+                return None, (
+                    f"sealed without the key after keyed records (keyed from record "
+                    f"{self.keyed_from}): forged or rewritten"
+                )
+            return None, None
+        if isinstance(mode, str) and mode.startswith(f"{KEYED}:"):
+            if not self.keys:
+                raise KeyRequired(
+                    f"record {record.seq} is keyed ({mode}): set {KEY_ENV} to the audit key "
+                    "to verify the chain"
+                )
+            use = self.keys.get(mode)
+            if use is None:
+                given = ", ".join(self.keys)
+                return None, (
+                    f"sealed with another key ({mode}, not {given}): forged, or the wrong key "
+                    "was given"
+                )
+            return use, None
+        return None, f"unknown mode {mode!r}: forged"
+
+    def end(self, head_hash: str | None) -> VerifyResult:
+        """The checks once every record is walked: keying, the head, the anchor."""
+        last, head, want = self.walked, self.head, self.want
+        if self.keys and last and self.keyed_from is None:
+            return self.broken(
+                1,
+                f"the chain holds no keyed record though a key was given: it was written "
+                f"without {KEY_ENV}, or rewritten without it (an unkeyed chain is verified "
+                "without the key)",
+            )
+        if head.seq > last:
+            return self.broken(
+                last + 1,
+                f"the chain ends at record {last} but its head is record {head.seq}: truncated",
+            )
+        if head.seq < last and self.store.audit_head().seq < last:
+            # Appenders only move the head forward: read again, it must have caught up.
+            return self.broken(
+                head.seq + 1,
+                f"the chain goes on to record {last} but its head is record {head.seq}: "
+                "the head was moved back",
+            )
+        if head.seq and head_hash != head.hash:
+            return self.broken(
+                head.seq, "the chain's recorded head does not match this record: rewritten"
+            )
+        if want is not None and want[0] > last:
+            return self.broken(
+                last + 1,
+                f"the chain ends at record {last} but the checkpoint of {want[2]} saw record "
+                f"{want[0]}: records were deleted (truncated)",
+            )
+        return self.result()
 
 
 def checkpoint(

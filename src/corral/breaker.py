@@ -45,7 +45,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import SystemClock
-from .exceptions import StoreError
 from .stores.base import BreakerState, DegradeWindow, degrade_bucket
 
 if TYPE_CHECKING:
@@ -165,14 +164,14 @@ def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
     for bucket, count in write:
         try:
             core.store.degrade_add(name, now=bucket, size=size, calls=count)
-        except StoreError:
+        except Exception:  # whatever the store raises
             _keep(core.store, name, bucket, count)
 
 
 def _write_older(core: RunCore, name: str, size: float, older: tuple[float, int] | None) -> None:
     if older is not None:
         # A past bucket's successes: if they cannot be written, the window has moved on.
-        with contextlib.suppress(StoreError):
+        with contextlib.suppress(Exception):  # whatever the store raises
             core.store.degrade_add(name, now=older[0], size=size, calls=older[1])
 
 
@@ -204,7 +203,7 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
         window: DegradeWindow = core.store.degrade_add(
             name, now=now, size=size, calls=calls + 1, failures=1
         )
-    except StoreError:
+    except Exception:  # whatever the store raises
         _keep(core.store, name, start, calls)
         return  # not counted; the breaker's state is read (fail closed) before each call
     trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
@@ -243,7 +242,7 @@ def retry_allowed(core: RunCore, name: str) -> bool:
             floor=rule.retry_budget_floor,
             calls=calls,
         )
-    except StoreError:
+    except Exception:  # whatever the store raises
         _keep(core.store, name, start, calls)
         allowed = False  # no retry without the shared budget (fail closed)
     if not allowed:

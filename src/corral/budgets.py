@@ -24,6 +24,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ._safe import shown
 from .exceptions import ConfigError, Stop
 from .stops import StopReason
 
@@ -112,7 +113,7 @@ class Usage:
             raise ValueError(f"usage must be a mapping, got {type(data).__name__}")
         by_tool = data.get("tool_calls_by_tool", {})
         if not isinstance(by_tool, Mapping):
-            raise ValueError(f"tool_calls_by_tool must be a mapping, got {by_tool!r:.80}")
+            raise ValueError(f"tool_calls_by_tool must be a mapping, got {shown(by_tool)}")
         return cls(
             steps=_count(data, "steps"),
             tool_calls=_count(data, "tool_calls"),
@@ -132,7 +133,7 @@ class Usage:
 def _count(data: Mapping[str, Any], key: str, prefix: str = "") -> int:
     value = data.get(key, 0)
     if type(value) is not int or value < 0:
-        raise ValueError(f"{prefix}{key} must be a whole number >= 0, got {value!r:.80}")
+        raise ValueError(f"{prefix}{key} must be a whole number >= 0, got {shown(value)}")
     return value
 
 
@@ -143,14 +144,14 @@ def _amount(data: Mapping[str, Any], key: str) -> Decimal:
     except ArithmeticError:
         amount = None
     if isinstance(value, bool) or amount is None or not amount.is_finite() or amount < 0:
-        raise ValueError(f"{key} must be a finite amount >= 0, got {value!r:.80}")
+        raise ValueError(f"{key} must be a finite amount >= 0, got {shown(value)}")
     return amount
 
 
 def _seconds(data: Mapping[str, Any], key: str) -> float:
     value = data.get(key, 0.0)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise ValueError(f"{key} must be a finite number of seconds >= 0, got {value!r:.80}")
+        raise ValueError(f"{key} must be a finite number of seconds >= 0, got {shown(value)}")
     return float(value)
 
 

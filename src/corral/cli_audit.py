@@ -9,9 +9,11 @@
 ``verify`` walks the hash chain and names the first record that does not hold;
 with ``--anchor`` (a file written by ``checkpoint`` and kept where the database's
 users cannot write) it also detects a truncated or rewritten chain. A keyed chain
-needs ``CORRAL_AUDIT_KEY``. ``checkpoint`` verifies, then writes the chain's head
-(sequence number, hash, time) to ``--out``. ``export`` writes the records as JSON
-Lines, oldest first.
+needs ``CORRAL_AUDIT_KEY``; with it, only records before the first keyed one may be
+unkeyed (verify says where keying began and how many came before), and a chain with
+no keyed record fails: it was written, or rewritten, without the key. ``checkpoint``
+verifies, then writes the chain's head (sequence number, hash, time) to ``--out``.
+``export`` writes the records as JSON Lines, oldest first.
 
 Exit codes: 0 intact (or done); 1 the chain is broken (``verify``, ``checkpoint``);
 2 a usage error: a store that cannot be opened or read, an unreadable anchor, a
@@ -20,7 +22,7 @@ keyed chain without the key (one line on stderr, never a traceback).
 ``verify --json`` prints one object whose shape is stable::
 
     {"store": str, "ok": bool, "checked": int, "head": int, "keyed": int,
-     "anchor": int | null,
+     "keyed_from": int | null, "unkeyed": int, "anchor": int | null,
      "broken": {"seq": int, "why": str, "run_id": str | null, "kind": str | null} | null}
 """
 
@@ -38,11 +40,12 @@ import typer
 
 from . import audit
 from ._cli import DbOption, Fail, JsonOption, one_line
-from .exceptions import ConfigError, StoreError
-from .stores import Store, _sqlite_target, default_url, open_store
+from .exceptions import ConfigError, StoreError, StoreMissing
+from .stores import Store, default_url, display_url, open_store
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 audit_app = typer.Typer(
@@ -171,14 +174,13 @@ def _open(db: str | None) -> tuple[Store, str]:
     else:
         where = "CORRAL_DB" if os.environ.get("CORRAL_DB") else "the default store"
     try:
-        if url.startswith("sqlite://"):
-            path, _ = _sqlite_target(url, url.partition("://")[2])
-            if path != ":memory:" and not os.path.exists(path):
-                # Opening would create an empty database and call it intact.
-                raise Fail(EXIT_USAGE, f"{where}: no database at {os.path.abspath(path)}")
-        return open_store(url), url
+        # Opening a missing file would create an empty database and call it intact.
+        return open_store(url, create=False), url
+    except StoreMissing as exc:
+        raise Fail(EXIT_FAILED, f"{where}: {exc}") from None
     except (ConfigError, StoreError) as exc:
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {url}: {one_line(exc)}") from None
+        shown = display_url(url)
+        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {shown}: {one_line(exc)}") from None
 
 
 def _read(url: str, fn: Callable[[], Any]) -> Any:

@@ -37,7 +37,7 @@ import typer
 
 from ._cli import DbOption, Fail, JsonOption
 from .breaker import PROBE_KEY
-from .exceptions import ConfigError, StoreError
+from .exceptions import ConfigError, StoreError, StoreMissing
 from .killswitch import default_actor
 from .stores import Store, default_url, open_store
 from .stores.base import ClaimRecord, ClaimState, Event
@@ -73,13 +73,17 @@ def _guarded(fn: Callable[[], int]) -> int:
     except Fail as exc:
         typer.echo(f"corral idempotency: {exc}", err=True)
         return exc.code
+    except StoreMissing as exc:
+        typer.echo(f"corral idempotency: {exc}", err=True)
+        return EXIT_FAILED
     except StoreError as exc:
         typer.echo(f"corral idempotency: the store cannot be reached: {exc}", err=True)
         return EXIT_FAILED
 
 
 def _open(db: str | None) -> Store:
-    return open_store(db or default_url())
+    # Operator state only: a store that does not exist is not created (no agent uses it).
+    return open_store(db or default_url(), create=False)
 
 
 @idempotency_app.command("list")

@@ -36,7 +36,7 @@ import typer
 
 from . import approvals, killswitch
 from ._cli import DbOption, JsonOption
-from .exceptions import ConfigError, StoreError
+from .exceptions import ConfigError, StoreError, StoreMissing
 from .stores import Store, default_url, open_store
 from .stores.base import KillScope, KillSwitchState
 
@@ -99,6 +99,9 @@ def _guarded(fn: Callable[[], int]) -> int:
     except (_Usage, ConfigError) as exc:
         typer.echo(f"corral kill: {exc}", err=True)
         return EXIT_USAGE
+    except StoreMissing as exc:
+        typer.echo(f"corral kill: {exc}", err=True)
+        return EXIT_FAILED
     except StoreError as exc:
         typer.echo(f"corral kill: the store cannot be reached: {exc}", err=True)
         return EXIT_FAILED
@@ -110,7 +113,8 @@ def _check_actor(by: str | None) -> None:
 
 
 def _open(db: str | None) -> Store:
-    return open_store(db or default_url())
+    # Operator state only: a store that does not exist is not created (no agent uses it).
+    return open_store(db or default_url(), create=False)
 
 
 @kill_app.command()

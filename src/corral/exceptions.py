@@ -11,6 +11,8 @@
     ├── ApprovalError              an operator's decision cannot be applied (unknown,
     │                              already decided, expired, another tenant's, self-approval)
     └── StoreError                 the control plane's state cannot be read or written
+        ├── StoreGone              its file was removed or replaced while open: for good
+        └── StoreMissing           no store at the path a read-only command named
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
 learn why (``stop.reason``, ``stop.detail``, ``stop.retryable``).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._safe import error_text
 from .stops import RETRYABLE_REASONS, StopInfo, StopReason
 
 
@@ -35,7 +38,10 @@ class PolicyError(ConfigError):
     """A policy is invalid. ``problems`` holds one ``path: message`` line per problem."""
 
     def __init__(self, problems: list[str], *, source: str | None = None) -> None:
-        self.problems = list(problems)
+        # One line each, whatever a value quoted in a problem held.
+        self.problems = [
+            " ".join(p.splitlines()) if "\n" in p or "\r" in p else p for p in problems
+        ]
         self.source = source
         where = f"{source}: " if source else ""
         count = len(self.problems)
@@ -148,3 +154,25 @@ class ApprovalError(CorralError):
 
 class StoreError(CorralError):
     """The store cannot be read or written; governed actions fail closed."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> StoreError:
+        """``exc`` as a StoreError: itself if it is one, else one naming it. A store object
+        may raise anything (a user's own, a driver's error); whatever it raises means its
+        state cannot be relied on."""
+        if isinstance(exc, StoreError):
+            return exc
+        return cls(f"the store failed: {error_text(exc)}")
+
+
+class StoreGone(StoreError):
+    """The store's file was removed or replaced while it was open (see
+    :class:`~corral.stores.sqlite.SQLiteStore`). It does not come back in this process:
+    what it would write now goes where nobody reads, so every later call fails, with no
+    grace period."""
+
+
+class StoreMissing(StoreError):
+    """No store exists where a command that only reads or changes operator state looked
+    (``open_store(url, create=False)``): it never creates one, since an agent would not be
+    using a store that did not exist."""

@@ -1,10 +1,11 @@
 """The tool gateway: the single choke point every tool call passes, in this order::
 
     kill switch → allowlist and registry → arguments and constraints → degrade state
-    → loop detection → read cache / idempotency replay → fit check (no hold) → approval (writes)
-    → kill switch again → budget reservation → idempotency claim (writes)
-    → audit the authorization (writes) → execute with timeout (bounded retries)
-    → output validation and hygiene (registered secrets scrubbed) → settle → trace
+    → loop detection → read cache / idempotency replay → credentials (declared ones present)
+    → fit check (no hold) → approval (writes) → kill switch again → budget reservation
+    → idempotency claim (writes) → audit the authorization (writes)
+    → execute with timeout (bounded retries)
+    → output validation and hygiene (registered secrets scrubbed before the cap) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
 (:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
@@ -37,16 +38,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from . import approvals, breaker
+from . import _outputs, _safe, approvals, breaker
 from .budgets import Hold
 from .exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from .guards import approval, arguments, cache, degrade, idempotency, killswitch, loops, names
-from .hygiene import OutputProblem, cap, clean_output
+from .hygiene import OutputProblem, Scrubber, clean_output
 from .leases import Held
+from .redact import REDACTED
 from .runtime import Effective, RunCore, args_digest, canonical
 from .tools import ToolContext
 
 RETRY_BACKOFF = 0.1
+_NO_IDS: Mapping[str, str] = {}
 
 
 # Execute and Attempt are built on every call: plain slotted dataclasses, since a frozen
@@ -109,6 +112,16 @@ def call_flow(
     core.last_call = None
     try:
         return (yield from _call_flow(core, name, raw_args, key, call_id, external, renewals))
+    except ToolRejected as rejected:
+        # What a refusal quotes (the arguments, a tool's own words) reaches the model:
+        # scrubbed like everything else it sees.
+        rejected.message = core.redactor.text(rejected.message)
+        rejected.args = (rejected.message,)
+        rejected.tool = core.redactor.secrets_only(rejected.tool)
+        raise
+    except Stop as stop:
+        core.scrub_stop(stop)
+        raise
     finally:
         for held in renewals:  # the outcome is stored, the key released, or the flow ended
             held.release()
@@ -123,6 +136,9 @@ def _call_flow(
     external: bool,
     renewals: list[Held],
 ) -> Flow:
+    # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id); it
+    # is the caller's text, so it is scrubbed like anything else recorded.
+    ids = _NO_IDS if call_id is None else {"call_id": core.redactor.text(call_id)}
     core.ensure_running()
     core.check_time()
     if isinstance(name, str) and type(name) is not str:
@@ -139,7 +155,11 @@ def _call_flow(
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)
-    text = canonical(args)
+    try:
+        text = canonical(args)
+    except (RecursionError, ValueError, TypeError) as unwritable:  # too deep, a huge int, ...
+        problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
+        arguments.refuse(core, eff, [problem])
     loops.check(core, tool.name, text)
     probe = degrade.check(core, tool.name, eff.breaker)
 
@@ -150,10 +170,11 @@ def _call_flow(
     if eff.cacheable:
         cached = cache.lookup(core, eff, digest)
         if not cache.is_miss(cached):
-            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest)
+            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest, **ids)
             core.flush()
             core.last_call = ("cached", tool.name, None)
-            return cached
+            # Scrubbed when cached; again of any secret the run resolved since.
+            return _rescrub(core, cached) if core.redactor.has_secrets else cached
 
     idem_key = idempotency.key_for(core, eff, args, digest, key, call_id) if write else None
     charge = eff.charge
@@ -162,10 +183,17 @@ def _call_flow(
         # without asking again; a key reused with other arguments is refused here.
         done = idempotency.lookup(core, eff, idem_key, digest, args)
         if done is not None:
-            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
             core.flush()
             core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
+
+    # Credentials are resolved before anything is held, claimed or asked for: a secret
+    # provider that fails, or a credential the tenant lacks, refuses the call with nothing
+    # to undo, and no human is asked to approve a write that could not run.
+    creds: Mapping[str, str] = {}
+    if tool.context_param is not None or eff.credentials:
+        creds = _credentials(core, tool.name, eff.credentials)
 
     if eff.require_approval and core.observes("approvals"):
         # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
@@ -192,8 +220,8 @@ def _call_flow(
                 answer = yield Approve(req)
             except ConfigError:
                 raise
-            except Exception as exc:
-                approval.unreachable(core, req, exc, core.now() - started)
+            except Exception as failure:
+                approval.unreachable(core, req, failure, core.now() - started)
             approval.decide(core, req, answer, core.now() - started)
         killswitch.check(core, tool.name, eff)
         if not probe:
@@ -202,9 +230,6 @@ def _call_flow(
             # half-open probe already holds the fleet's one probe slot.)
             probe = degrade.check(core, tool.name, eff.breaker)
 
-    # Credentials are resolved before anything is held or claimed: a secret provider that
-    # fails refuses the call with nothing to undo.
-    creds = core.credentials.get(tool.name, {}) if tool.context_param is not None else {}
     attempt = 0
     claimed = False
     while True:
@@ -220,7 +245,7 @@ def _call_flow(
                 raise
             if stored is not None:
                 core.refund(hold)
-                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key)
+                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
                 core.flush()
                 core.last_call = ("replayed", tool.name, idem_key)
                 return idempotency.replay(core, eff, idem_key, stored)
@@ -260,7 +285,7 @@ def _call_flow(
             # like a failure, not counted against the dependency, a write's key in flight.
             core.settle(hold, charge if eff.charge_on_error else eff.call_only)
             core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
-                       seconds=round(elapsed, 6))  # fmt: skip
+                       seconds=round(elapsed, 6), **ids)  # fmt: skip
             if claimed and idem_key is not None:
                 if result.pending is not None:  # abandoned in its thread: it may still write
                     idempotency.keep_while(result.pending, core, idem_key)
@@ -280,7 +305,7 @@ def _call_flow(
             core.settle(hold, eff.call_only)
             if claimed and idem_key is not None:
                 core._store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt)
+            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids)
             core.flush()
             raise ToolRejected(
                 "tool_error",
@@ -290,7 +315,9 @@ def _call_flow(
             )
         core.settle(hold, charge if eff.charge_on_error else eff.call_only)
         what = core.redactor.text(
-            f"timed out: {error}" if result.timed_out else f"raised {type(error).__name__}: {error}"
+            f"timed out: {_safe.text(error)}"
+            if result.timed_out
+            else f"raised {_safe.error_text(error)}"
         )
         core.event(
             "tool_call",
@@ -299,6 +326,7 @@ def _call_flow(
             attempt=attempt,
             error=what,
             seconds=round(elapsed, 6),
+            **ids,
         )
         if claimed and idem_key is not None and result.pending is not None:
             idempotency.keep_while(result.pending, core, idem_key)
@@ -336,22 +364,37 @@ def _call_flow(
         )
 
     value = result.value
+    if type(value) is not str:
+        value = _outputs.plain(value)
+    # Scrubbing is never observed: every way an output reaches the model or the caller
+    # (valid, or let through by observe mode) is scrubbed of the run's secrets, before
+    # any cut (hygiene.clean_output). A run without secrets pays nothing for it.
+    scrub = core.redactor if core.redactor.has_secrets else None
     try:
         problems = eff.tool.validate_output(value, eff.output_schema)
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
-        observation = clean_output(value, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
-        if core.redactor.has_secrets:
-            observation = core.redactor.secrets_only(observation)
-    except OutputProblem as exc:
+        observation = clean_output(
+            value, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+        )
+        if type(observation) is not str or "\0" in observation:
+            observation = _outputs.as_json(observation)
+    except Exception as raised:  # any shape a tool returns: a problem, never an escape
+        exc = _outputs.problem(raised)
+        problem = core.redactor.text(str(exc))  # a schema problem quotes the output
         core.event(
-            "tool_call", tool=tool.name, outcome="invalid_output", attempt=attempt, problem=str(exc)
+            "tool_call",
+            tool=tool.name,
+            outcome="invalid_output",
+            attempt=attempt,
+            problem=problem,
+            **ids,
         )
         stop = Stop(
             "invalid_tool_output",
             tool.name,
             tool=tool.name,
-            message=str(exc),
+            message=problem,
             extra={"problem": exc.detail},
         )
         if claimed and idem_key is not None and not core.observes("output"):
@@ -359,12 +402,12 @@ def _call_flow(
             core._store_call(
                 core.store.complete,
                 idem_key,
-                {"error": str(exc), "reason": "invalid_tool_output"},
+                {"error": problem, "reason": "invalid_tool_output"},
                 tenant=core.tenant,
             )
         core.flush()
         core.deny(stop, "output")
-        observation = value if exc.detail != "not_json" else cap(str(value), eff.max_output_chars)
+        observation = _let_through(value, exc, eff, scrub)
     if claimed and idem_key is not None:
         core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
@@ -378,8 +421,45 @@ def _call_flow(
         args_digest=digest,
         usd=str(eff.cost_usd),
         seconds=round(elapsed, 6),
+        **ids,
     )
     return observation
+
+
+def _rescrub(core: RunCore, value: Any) -> Any:
+    """An observation kept from earlier, scrubbed of the run's secrets as they are now."""
+    try:
+        return core.redactor.secrets_only(value)
+    except ValueError:  # nested too deep to scrub: not shown at all
+        return REDACTED
+
+
+def _let_through(value: Any, found: OutputProblem, eff: Effective, scrub: Scrubber | None) -> Any:
+    """What the model sees of an output that failed its checks, in observe mode: the output
+    as plain JSON when it is one (a schema or size problem), else its text form; scrubbed
+    all the same (before any cut), capped, and never raising."""
+    if found.detail in ("schema", "output_too_large"):
+        try:
+            shown = _outputs.as_json(_outputs.plain(value))
+            return shown if scrub is None else scrub.secrets_only(shown)
+        except Exception:  # not JSON after all, or too deep to scrub: shown as text below
+            pass
+    # Read well past the cap, so that the cut below (after scrubbing) is what bounds it and
+    # no secret straddles a cut made before the scrubbing.
+    raw = _safe.text(value, 2 * eff.max_output_chars + 4096)
+    return clean_output(raw, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
+
+
+def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
+    """The tool's credentials, or the run's stop when one it needs is missing (never
+    observed: a tool does not run without what it needs)."""
+    try:
+        return core.credentials.require(tool, needed)
+    except Stop as stop:
+        if stop.info.extra.get("why") == "missing_credential":
+            core.event("denied", tool=tool, why="missing_credential")
+        core.flush()
+        raise core.stamp(stop) from None
 
 
 def _audit_authorization(

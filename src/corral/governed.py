@@ -17,21 +17,27 @@ step or call raises it again, and the run's result carries it even if the code
 caught it. Leaving the ``with`` block: a ``Stop`` of this run is recorded and
 suppressed (``run.result`` says why); a :class:`~corral.ToolRejected` the code did
 not handle stops the run with its reason; cancellation (``KeyboardInterrupt``,
-``asyncio.CancelledError``) is ``cancelled`` and re-raised; any other exception is
-recorded as ``agent_error`` and re-raised.
+``SystemExit``, ``asyncio.CancelledError``) is ``cancelled`` and re-raised; any other
+exception is recorded as ``agent_error`` and re-raised.
+
+Failing closed, inside the run: a store that cannot be opened, read or written (whatever
+it raises) stops the run with ``control_plane_unavailable`` at its first governed
+action, and the constructor does not raise for it (a URL no store could mean is a
+:class:`~corral.ConfigError`). A tool or model raising a ``BaseException`` of its own
+ends its call as a failure (``tool_error``, ``model_error``), see :mod:`corral._escapes`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from ._escapes import CANCELLATION, Escaped, run_async, run_sync
+from ._safe import error_text
 from .budgets import Charge, Usage
 from .clock import Clock
 from .delegated import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
-from .exceptions import ConfigError, Stop, ToolRejected
-from .execution import drive_async, drive_sync
+from .exceptions import ConfigError, Stop, StoreError, ToolRejected
 from .gateway import Attempt, Execute, call_flow
 from .guards import killswitch
 from .modelcalls import input_token_bound, model_flow, plan
@@ -41,7 +47,8 @@ from .result import CallInfo, RunResult
 from .runtime import RunCore, status_of
 from .secrets import SecretProvider
 from .stops import StopInfo, StopReason
-from .stores import Store, open_store
+from .stores import Store, default_url, display_url, open_store
+from .stores.unavailable import UnavailableStore
 from .tools import Tool, as_registry
 
 SpecFormat = Literal["openai", "anthropic", "neutral"]
@@ -70,6 +77,20 @@ def wire_name(name: str) -> str:
     return name.replace(".", "__")
 
 
+def _open(store: str | Store | None) -> Store:
+    """The store a run names; one that cannot be opened becomes a stand-in that fails every
+    call, so the run fails closed inside (``control_plane_unavailable``, saying why) rather
+    than its constructor raising. A URL no store could ever mean stays a ConfigError."""
+    try:
+        return open_store(store)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        where = display_url(store if isinstance(store, str) else default_url())
+        why = str(exc) if isinstance(exc, StoreError) else error_text(exc)
+        return cast(Store, UnavailableStore(f"cannot open the store {where}: {why}"))
+
+
 class _RunBase:
     def __init__(
         self,
@@ -90,7 +111,7 @@ class _RunBase:
         self._core = RunCore(
             policy,
             tools=as_registry(tools),
-            store=open_store(store),
+            store=_open(store),
             clock=clock,
             tenant=tenant,
             agent=agent,
@@ -158,7 +179,11 @@ class _RunBase:
             return self._result
         core.finished = True
         info = core.stop if reason != "ok" else None
-        partial = core.partial or core.last_text
+        # The answer and the partial are the agent's text: scrubbed of the run's secrets
+        # like a tool's output, for the caller and the stored run alike.
+        answer, partial = core.scrub_text(answer), core.scrub_text(core.partial or core.last_text)
+        if error is not None:
+            error = core.redactor.text(error)
         unrecorded = core.close(reason, answer=answer)
         if unrecorded is not None:
             # Fail closed, and say so: a run whose end is not in the audit log did not end ok.
@@ -287,7 +312,7 @@ class _RunBase:
                 Stop(exc.reason, exc.tool, tool=exc.tool, message=exc.message, extra=extra)
             )
             return True
-        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError | GeneratorExit):
+        if isinstance(exc, CANCELLATION):
             self._stopped(Stop("cancelled", "run", message=type(exc).__name__))
             return False
         self._fail_agent(exc)
@@ -344,7 +369,7 @@ class Run(_RunBase):
             key=_text_or_none("idempotency_key", idempotency_key),
             call_id=_text_or_none("call_id", call_id),
         )
-        return drive_sync(flow, approver=self._core.approver, clock=self._core.clock)
+        return run_sync(flow, approver=self._core.approver, clock=self._core.clock)
 
     def authorize(
         self,
@@ -369,8 +394,10 @@ class Run(_RunBase):
             while not isinstance(op, Execute):
                 try:
                     answer = _wait_sync(core, op)
-                except Exception as exc:  # a failing approval channel: the gateway fails closed
-                    op = flow.throw(exc)
+                except CANCELLATION:
+                    raise
+                except BaseException as exc:  # a failing approval channel: the gateway fails closed
+                    op = flow.throw(exc if isinstance(exc, Exception) else Escaped(exc))
                 else:
                     op = flow.send(answer)
         except StopIteration as done:
@@ -399,9 +426,7 @@ class Run(_RunBase):
         """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
         flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
-        result: ModelResponse = drive_sync(
-            flow, approver=self._core.approver, clock=self._core.clock
-        )
+        result: ModelResponse = run_sync(flow, approver=self._core.approver, clock=self._core.clock)
         return result
 
 
@@ -442,7 +467,7 @@ class AsyncRun(_RunBase):
             key=_text_or_none("idempotency_key", idempotency_key),
             call_id=_text_or_none("call_id", call_id),
         )
-        return await drive_async(flow, approver=self._core.approver, clock=self._core.clock)
+        return await run_async(flow, approver=self._core.approver, clock=self._core.clock)
 
     async def authorize(
         self,
@@ -467,8 +492,10 @@ class AsyncRun(_RunBase):
             while not isinstance(op, Execute):
                 try:
                     answer = await _wait_async(core, op)
-                except Exception as exc:  # a failing approval channel: the gateway fails closed
-                    op = flow.throw(exc)
+                except CANCELLATION:
+                    raise
+                except BaseException as exc:  # a failing approval channel: the gateway fails closed
+                    op = flow.throw(exc if isinstance(exc, Exception) else Escaped(exc))
                 else:
                     op = flow.send(answer)
         except StopIteration as done:
@@ -496,7 +523,7 @@ class AsyncRun(_RunBase):
         """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
         flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
-        result: ModelResponse = await drive_async(
+        result: ModelResponse = await run_async(
             flow, approver=self._core.approver, clock=self._core.clock
         )
         return result

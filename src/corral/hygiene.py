@@ -6,7 +6,8 @@ import json
 import math
 import re
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
@@ -43,11 +44,12 @@ def html_to_text(text: str) -> str:
     return _BLANKS.sub("\n\n", plain).strip()
 
 
-def cap(text: str, max_chars: int) -> str:
+def cap(text: str, max_chars: int, *, guard: Callable[[str, int], str] | None = None) -> str:
     """Cut ``text`` to at most ``max_chars`` characters, saying how many were dropped.
 
     The marker counts the characters actually cut and is itself within the cap; a cap
-    too small for any marker cuts without one.
+    too small for any marker cuts without one. ``guard(kept, limit)`` may rewrite the
+    end of the kept part within ``limit`` characters (a secret's beginning left at the cut).
     """
     if len(text) <= max_chars:
         return text
@@ -56,10 +58,19 @@ def cap(text: str, max_chars: int) -> str:
         marker = f"\n[... {len(text) - keep} more characters cut]"
         fitted = max_chars - len(marker)
         if fitted < 0:
-            return text[:max_chars]
-        if fitted == keep:
-            return text[:keep] + marker
+            marker, fitted = "", max_chars
+        if fitted == keep or not marker:
+            kept = text[:fitted]
+            return (kept if guard is None else guard(kept, fitted)) + marker
         keep = fitted
+
+
+class Scrubber(Protocol):
+    """What :func:`clean_output` scrubs with (a :class:`~corral.redact.Redactor`)."""
+
+    def secrets_only(self, value: Any) -> Any: ...
+
+    def cut_tail(self, text: str, limit: int | None = None) -> str: ...
 
 
 class OutputProblem(Exception):
@@ -70,15 +81,27 @@ class OutputProblem(Exception):
         super().__init__(message)
 
 
-def clean_output(value: Any, *, strip_html: bool, max_chars: int) -> Any:
+def clean_output(
+    value: Any, *, strip_html: bool, max_chars: int, scrub: Scrubber | None = None
+) -> Any:
     """Return what the model may see of ``value``.
 
-    Text is stripped of HTML (when enabled) and capped. Structured values must be
-    JSON-serialisable and within the cap once serialised: they cannot be cut
-    without changing their meaning, so an oversized one is a problem, not a cut.
+    Text is stripped of HTML (when enabled), scrubbed of secrets (``scrub``), then
+    capped, so no cut can split a secret past the scrubbing. Structured values are
+    scrubbed first, and must be JSON-serialisable and within the cap once serialised:
+    they cannot be cut without changing their meaning, so an oversized one is a
+    problem, not a cut.
     """
+    if scrub is not None and type(value) is not str:
+        try:
+            value = scrub.secrets_only(value)
+        except ValueError as exc:
+            problem = f"output cannot be scrubbed of secrets: {exc}"
+            raise OutputProblem("not_json", problem) from None
     if isinstance(value, str):
         text = html_to_text(value) if strip_html and looks_like_html(value) else value
+        if scrub is not None:
+            return cap(scrub.secrets_only(text), max_chars, guard=scrub.cut_tail)
         return cap(text, max_chars)
     if value is None or isinstance(value, bool | int):
         return value

@@ -19,7 +19,10 @@ Each process reads them through a :class:`KillSwitchCache`, one per store object
   good state while that state is younger than :data:`GRACE_SECONDS` (2 s); after
   that every check raises :class:`~corral.exceptions.StoreError` and the gateway
   refuses every governed action with ``control_plane_unavailable`` until a read
-  succeeds. A process that never read the state successfully refuses at once.
+  succeeds. A process that never read the state successfully refuses at once, and so
+  does one whose store file was removed or replaced
+  (:class:`~corral.exceptions.StoreGone`: no grace, it does not come back). Whatever a
+  store object raises counts as a failed read.
 
 >>> from corral.testing import MemoryStore
 >>> store = MemoryStore()
@@ -43,7 +46,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast, get_args
 
-from .exceptions import ConfigError, StoreError
+from ._safe import shown
+from .exceptions import ConfigError, StoreError, StoreGone
 from .stores.base import Event, KillMode, KillScope, KillSwitchState, Store, kill_target
 from .stores.memory import MemoryStore
 
@@ -120,13 +124,16 @@ class KillSwitchCache:
     def _read(self, store: Store, now: float) -> tuple[KillSwitchState, ...]:
         try:
             fresh = tuple(store.kill_switches())
-        except StoreError as exc:
+        except Exception as exc:  # a store object may raise anything: a failed read
             switches, good_at, _, _ = self._snap
-            error = str(exc) or type(exc).__name__
+            failure = StoreError.of(exc)
+            error = str(failure) or type(exc).__name__
+            if isinstance(failure, StoreGone):
+                good_at = _NEVER  # not a passing failure: no grace for the last state
             self._snap = (switches, good_at, now, error)
             if now - good_at < self.grace:
                 return switches
-            raise StoreError(self._stale_message(good_at, error, now)) from exc
+            raise type(failure)(self._stale_message(good_at, error, now)) from exc
         self._snap = (fresh, now, now, None)
         return fresh
 
@@ -212,11 +219,11 @@ def check_switch(scope: str, target: str | None = "", mode: str | None = None) -
     ``global`` or none on any other scope (the same rule every store applies:
     :func:`~corral.stores.base.kill_target`), a tool switch not naming a tool."""
     if mode is not None and mode not in MODES:
-        raise ConfigError(f"unknown kill-switch mode {mode!r:.80} (one of {', '.join(MODES)})")
+        raise ConfigError(f"unknown kill-switch mode {shown(mode)} (one of {', '.join(MODES)})")
     target = kill_target(scope, target)
     if scope == "tool" and not _TOOL_NAME.fullmatch(target):
         raise ConfigError(
-            f"{target!r:.80} is not a tool name: tool names match exactly and use only "
+            f"{shown(target)} is not a tool name: tool names match exactly and use only "
             "lowercase letters, digits, '_', '.' and '-'"
         )
     return target

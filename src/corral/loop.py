@@ -26,7 +26,7 @@ from typing import Any
 
 from .clock import Clock
 from .context import policy_prompt, trim
-from .exceptions import Stop, ToolRejected
+from .exceptions import ConfigError, Stop, ToolRejected
 from .execution import run_coroutine
 from .governed import AsyncRun
 from .hygiene import render
@@ -66,11 +66,14 @@ async def arun(
     """Run ``model`` on ``task`` inside ``policy``; returns a :class:`RunResult` for every
     way the run can end, stops and failures included.
 
-    Raises only for a setup mistake (:class:`~corral.ConfigError`) and for cancellation,
-    which is re-raised after the run is recorded as ``cancelled``. ``on_run`` receives
-    the :class:`AsyncRun` as it starts (to cancel it from elsewhere, or to read its
-    result after a cancellation). ``max_tokens`` caps each model turn's answer (it is
-    clamped further to what the budgets allow).
+    Raises only for a setup mistake (:class:`~corral.ConfigError`), for cancellation,
+    which is re-raised after the run is recorded as ``cancelled``, and for what
+    ``on_run`` raises (recorded as ``agent_error``). A store that cannot be opened or
+    fails stops the run (``control_plane_unavailable``); anything else unexpected ends
+    it ``agent_error`` with the exception's text in ``result.error``: in every case the
+    result is returned. ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel
+    it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
+    each model turn's answer (it is clamped further to what the budgets allow).
     """
     run = AsyncRun(
         policy,
@@ -85,7 +88,29 @@ async def arun(
         credentials=credentials,
     )
     if on_run is not None:
-        on_run(run)
+        try:
+            on_run(run)
+        except BaseException as exc:  # the caller's own code: recorded, then re-raised
+            run._exit(exc)
+            raise
+    try:
+        return await _loop(run, model, policy, task, instructions, max_tokens)
+    except ConfigError:
+        raise
+    except Exception:
+        # Something the loop did not expect (corral's own loop is the code here, not the
+        # caller's): the run ended agent_error, recorded with the exception's text.
+        return run.result
+
+
+async def _loop(
+    run: AsyncRun,
+    model: Model,
+    policy: Policy,
+    task: str,
+    instructions: str | None,
+    max_tokens: int | None,
+) -> RunResult:
     core = run._core
     async with run:
         offered = run.tool_specs("neutral")

@@ -20,6 +20,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from . import breaker
+from ._safe import error_text, shown, text, type_name
 from .budgets import Charge, Hold
 from .exceptions import ConfigError, Stop
 from .execution import CallModel
@@ -34,7 +35,7 @@ from .models.base import (
     ModelRequest,
     ModelResponse,
     Price,
-    usage_problem,
+    validate_response,
 )
 from .runtime import RunCore
 from .stops import StopReason
@@ -81,11 +82,11 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
     below a minimal answer (``MIN_ANSWER_TOKENS``, or ``wanted`` if smaller).
     """
     if wanted is not None and (type(wanted) is not int or wanted < 1):
-        raise ConfigError(f"max_tokens must be a positive integer, got {wanted!r:.60}")
+        raise ConfigError(f"max_tokens must be a positive integer, got {shown(wanted)}")
     if type(input_bound) is not int or not 0 <= input_bound <= MAX_CALL_TOKENS:
         raise ConfigError(
             f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
-            f"got {input_bound!r:.60}"
+            f"got {shown(input_bound)}"
         )
     core.fits(Charge(steps=1))
     lim = core.meter.limits  # in observe mode, the backstops
@@ -231,7 +232,7 @@ def model_flow(
     core.ensure_running()
     core.check_time()
     killswitch.check(core, None, None)
-    name = str(getattr(model, "name", type(model).__name__))
+    name = text(getattr(model, "name", type_name(model)), 200)
     # The model endpoint has a breaker like a tool: while it is open, no request is sent.
     # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
     # share it), else the model's name.
@@ -271,27 +272,24 @@ def model_flow(
     if not result.ok:
         core.settle(hold, Charge(steps=1))
         error = result.error
-        core.event("model_call", model=name, outcome="error", error=repr(error), seconds=elapsed)
+        what = error_text(error)  # a model's exception may not even print
+        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed)
         core.flush()
         if result.timed_out and core.remaining() <= 0:
             core.check_time()
         if isinstance(error, ModelOutputError):
-            raise core.stamp(Stop("invalid_model_output", name, message=str(error)))
-        raise core.stamp(Stop("model_error", name, message=f"{type(error).__name__}: {error}"))
-    response = result.value
-    if not isinstance(response, ModelResponse):
-        core.settle(hold, Charge(steps=1))
+            raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
+        raise core.stamp(Stop("model_error", name, message=what))
+    try:
+        response = validate_response(result.value)  # structure, types and usage figures
+    except InvalidUsage as bad:
+        raise invalid_usage(core, hold, name, str(bad)) from None
+    except ModelOutputError as bad:
+        # The call happened and what it used is unknown: the reservation (worst case) stands.
+        core.settle(hold, hold.charge)
+        core.event("model_call", model=name, outcome="invalid", error=str(bad))
         core.flush()
-        raise core.stamp(
-            Stop(
-                "invalid_model_output",
-                name,
-                message=f"the model returned {type(response).__name__}, not a ModelResponse",
-            )
-        )
-    problem = usage_problem(response.input_tokens, response.output_tokens)
-    if problem is not None:
-        raise invalid_usage(core, hold, name, problem)
+        raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
     price = price_of(core, model, input_tokens=response.input_tokens)
     usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
     actual = Charge(

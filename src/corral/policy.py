@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jsonschema
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,12 +38,24 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 
 from ._errors import format_validation_error, render_value
+from ._policy_input import (
+    check_size,
+    decimal_problem,
+    parse_json,
+    parse_yaml,
+    plain_tree,
+    read_text,
+)
+from ._safe import error_text
 from .exceptions import PolicyError
+from .patterns import problem as pattern_problem
 
 # \Z, not $: "$" also matches before a trailing newline, and names match exactly.
 TOOL_NAME = re.compile(r"^[a-z0-9_.-]+\Z")
 #: A breaker's name: what a tool (or model endpoint) depends on, ``portal.vendor.example``.
 DEPENDENCY_NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}\Z")
+#: The name of a credential a tool declares: lower-case letters, digits and single '_'.
+CREDENTIAL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|_(?!_))*\Z")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*\Z")
 
 Effect = Literal["read", "write"]
@@ -72,6 +83,11 @@ Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "la
 def _to_decimal(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"must be a number, got {render_value(value)}")
+    if isinstance(value, Decimal):
+        too_big = decimal_problem(value)
+        if too_big is not None:
+            raise ValueError(too_big)
+        return value
     if isinstance(value, int | float | str):
         try:
             result = Decimal(str(value).strip())
@@ -79,6 +95,9 @@ def _to_decimal(value: Any) -> Any:
             raise ValueError(f"must be a number, got {render_value(value)}") from None
         if not result.is_finite():
             raise ValueError(f"must be a finite number, got {render_value(value)}")
+        too_big = decimal_problem(result)
+        if too_big is not None:
+            raise ValueError(too_big)
         return result
     return value
 
@@ -96,6 +115,15 @@ def _tool_name(name: str) -> str:
     elif TOOL_NAME.match(name.strip().lower()):
         why = f"; names match exactly (did you mean {name.strip().lower()!r}?)"
     raise ValueError(f"tool names use only a-z, 0-9, '_', '.', '-', got {name!r}{why}")
+
+
+def _credential_name(name: str) -> str:
+    if CREDENTIAL_NAME.match(name):
+        return name
+    raise ValueError(
+        "credential names use lower-case letters, digits and single '_', starting with a "
+        f"letter or digit, got {name!r}"
+    )
 
 
 def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -121,6 +149,7 @@ def _dependency(name: str) -> str:
 #: message points at the entry (``tools.allow[2]``, ``tools.specs.Search``).
 ToolName = Annotated[str, Field(strict=True), AfterValidator(_tool_name)]
 DependencyName = Annotated[str, Field(strict=True), AfterValidator(_dependency)]
+CredentialName = Annotated[str, Field(strict=True), AfterValidator(_credential_name)]
 JSONSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
 USD = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
@@ -164,12 +193,9 @@ class ArgConstraint(_Section):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(
-                    f"is not a valid regular expression ({exc}), got {value!r}"
-                ) from None
+            why = pattern_problem(value)  # compiles, bounded, no catastrophic backtracking
+            if why is not None:
+                raise ValueError(f"{why}, got {render_value(value)}")
         return value
 
     @field_validator("hosts")
@@ -209,6 +235,9 @@ class ToolSpec(_Section):
     dependency: DependencyName | None = None
     """The breaker this tool's calls count against (default: the tool's own name). Tools
     of one vendor can share it, so that vendor's outage degrades all of them at once."""
+    credentials: list[CredentialName] = Field(default_factory=list)
+    """Credentials the tool needs, on top of those its code declares: a call whose tenant
+    lacks one is refused (``tool_denied``, why ``missing_credential``)."""
 
 
 class ToolsSection(_Section):
@@ -359,10 +388,10 @@ class Redact(_Section):
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+            why = pattern_problem(pattern)  # compiles, bounded, no catastrophic backtracking
+            if why is not None:
+                raise ValueError(f"{render_value(pattern)} {why}")
+            compiled = re.compile(pattern)
             if compiled.match(""):
                 raise ValueError(f"{pattern!r} matches the empty text; it would match everywhere")
         return patterns
@@ -450,10 +479,19 @@ class Policy(_Section):
             raise PolicyError(
                 [f"(top level): must be a mapping of sections, got {got}"], source=source
             )
+        data = plain_tree(data, source)  # bounded sizes, depth and types, or PolicyError
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise PolicyError(format_validation_error(exc, data), source=source) from None
+        except RecursionError:
+            raise PolicyError(
+                ["(top level): nested too deeply to validate"], source=source
+            ) from None
+        except Exception as exc:  # a validator that failed unexpectedly: still one line
+            raise PolicyError(
+                [f"(top level): cannot be validated ({error_text(exc)})"], source=source
+            ) from None
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str | None = None) -> Policy:
@@ -463,31 +501,17 @@ class Policy(_Section):
         document at all (an empty or truncated file): write ``{}`` for a policy
         that allows nothing.
         """
+        check_size(text, source)
         _not_empty(text, source)
-        try:
-            data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise PolicyError(
-                [f"(file): {where}not valid YAML ({problem})"], source=source
-            ) from None
+        data = parse_yaml(text, source)  # bounded: see corral._policy_input
         return cls.from_dict(_document(data, source), source=source)
 
     @classmethod
     def from_json(cls, text: str, *, source: str | None = None) -> Policy:
         """Parse strict JSON (no trailing comma, no comment, no key twice) and validate it."""
+        check_size(text, source)
         _not_empty(text, source)
-        try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno}, column {exc.colno}: "
-            raise PolicyError(
-                [f"(file): {where}not valid JSON ({exc.msg})"], source=source
-            ) from None
-        except _DuplicateKey as exc:
-            raise PolicyError([f"(file): not valid JSON ({exc})"], source=source) from None
+        data = parse_json(text, source)  # bounded: see corral._policy_input
         return cls.from_dict(_document(data, source), source=source)
 
     @property
@@ -555,43 +579,6 @@ def _canonical(value: Any) -> Any:
     return to_jsonable_python(value)  # dates and the like in free-form fields (`enum`)
 
 
-class _DuplicateKey(ValueError):
-    """A mapping names the same key twice (YAML and JSON both allow it; corral does not)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
-
-
-_MERGE = "tag:yaml.org,2002:merge"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice is an error (YAML says
-    keys are unique; PyYAML would silently keep the last value)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"key {key!r} appears twice in one mapping",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 _NOTHING = re.compile(r"^\s*(#.*|---.*|\.\.\.\s*)?$")
 
 
@@ -622,18 +609,7 @@ def load_policy(path: str | Path) -> Policy:
     >>> os.unlink(f.name)
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
-    except FileNotFoundError:
-        raise PolicyError([f"(file): no such file: {p}"], source=str(p)) from None
-    except UnicodeDecodeError as exc:
-        raise PolicyError(
-            [f"(file): {p} is not UTF-8 text ({exc.reason} at byte {exc.start})"], source=str(p)
-        ) from None
-    except OSError as exc:
-        raise PolicyError(
-            [f"(file): cannot read {p}: {exc.strerror or exc}"], source=str(p)
-        ) from None
+    text = read_text(p)  # a regular file, bounded, UTF-8 (a byte-order mark dropped)
     if p.suffix.lower() == ".json":
         return Policy.from_json(text, source=str(p))
     return Policy.from_yaml(text, source=str(p))

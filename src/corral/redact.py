@@ -5,8 +5,13 @@ Three rules, applied to every event a run records:
 - **registered secrets** — every credential value given to the run
   (``credentials={"tool": {"name": "value"}}``) is replaced wherever it appears in
   a text, whole or inside a longer string. Tool outputs are scrubbed of them too,
-  before the model sees them. Values shorter than :data:`MIN_SECRET` characters are
-  not treated as secrets (they would match everywhere);
+  before the model sees them, and of nothing else (:meth:`Redactor.secrets_only`):
+  in every shape an output can take — keys, values of any type whose text carries
+  one (a PIN ``12345678`` returned as a number becomes the string ``[REDACTED]``:
+  the output's type changes, which is the price of never showing it), nested
+  containers, bytes, objects whose ``str()`` carries one. Values shorter than
+  :data:`MIN_SECRET` characters are not treated as secrets (they would match
+  everywhere);
 - **sensitive keys** — the value under a key named like a secret (``password``,
   ``api_key``, ``Authorization``, ``access_token``, ``client_secret``, ...; case,
   ``-`` and camelCase do not matter) is replaced whole, unless it is a number, a
@@ -38,6 +43,15 @@ from typing import Any
 REDACTED = "[REDACTED]"
 #: Registered secrets shorter than this are ignored: they would match everywhere.
 MIN_SECRET = 4
+#: How deep :meth:`Redactor.secrets_only` walks nested containers; deeper is refused.
+MAX_DEPTH = 200
+#: A cut text ending with this much of a secret's beginning has it redacted
+#: (:meth:`Redactor.cut_tail`), or with half the secret, when that is less.
+PARTIAL_SECRET = 8
+# The characters of any number's text (int, float, Decimal, JSON): a secret made only of
+# these can hide in a number; others never can, so numbers are not even turned into text.
+_NUMBER_CHARS = frozenset("0123456789+-.eEinfatyINFATYsS")
+_LITERALS = ("None", "True", "False", "null", "true", "false")
 
 #: Key names (normalized: lower case, ``_`` between words) whose values are secret; a key
 #: also matches when it ends with ``_<name>`` (``x_api_key``, ``github_token``).
@@ -198,6 +212,10 @@ class Redactor:
         values = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
         self._values = tuple(values)
         self._secrets = re.compile("|".join(map(re.escape, values))) if values else None
+        self._numeric = any(set(v) <= _NUMBER_CHARS for v in values)
+        self._literals = frozenset(
+            lit for lit in _LITERALS if self._secrets is not None and self._secrets.search(lit)
+        )
         shortest = min((len(v) for v in values), default=_BUILTIN_MIN)
         self._min = 0 if self._patterns else min(shortest, _BUILTIN_MIN)
         self._key_memo: dict[str, bool] = {}
@@ -211,8 +229,8 @@ class Redactor:
     def with_secrets(self, secrets: Iterable[str]) -> Redactor:
         """This redactor plus ``secrets`` (itself when there are none to add)."""
         values = [s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET]
-        if not values:
-            return self
+        if not values or set(values) <= set(self._values):
+            return self  # a provider resolves the same secrets call after call
         return Redactor(
             keys=self._keys - DEFAULT_KEYS,
             patterns=self._patterns,
@@ -301,18 +319,136 @@ class Redactor:
         """``value`` with the registered secret values scrubbed, and nothing else changed.
 
         For tool outputs: the model must never see a credential, but a pattern that
-        merely looks like one may be the data it asked for.
+        merely looks like one may be the data it asked for. Total over shapes: text
+        anywhere (keys too), and any other value whose text (``str``, ``repr``, its
+        JSON form) carries a secret becomes that text, scrubbed. Containers keep their
+        type (a mapping becomes a dict); two keys scrubbed to the same text are kept
+        apart (``[REDACTED] (2)``). The same object is returned when nothing changed.
+        Raises ``ValueError`` for containers nested deeper than :data:`MAX_DEPTH`.
         """
-        pattern = self._secrets
-        if pattern is None:
+        if self._secrets is None:
             return value
-        if isinstance(value, str):
-            return pattern.sub(REDACTED, value)
+        return self._only(value, 0)
+
+    def _hit(self, text: str) -> bool:
+        return self._secrets is not None and self._secrets.search(text) is not None
+
+    def _sub(self, text: str) -> str:
+        return text if self._secrets is None else self._secrets.sub(REDACTED, text)
+
+    def _only(self, value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            return self._sub(value)
+        if value is None or kind is bool:
+            return REDACTED if self._literals and _literal_hit(value, self._literals) else value
+        if kind is int or kind is float:
+            if not self._numeric:
+                return value
+            text = repr(value)
+            return self._sub(text) if self._hit(text) else value
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, Mapping):
-            return {k: self.secrets_only(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.secrets_only(v) for v in value]
+            return self._mapping(value, depth)
+        if isinstance(value, list | tuple | set | frozenset):
+            items = [self._only(v, depth + 1) for v in value]
+            if all(a is b for a, b in zip(items, value, strict=True)):
+                return value
+            if isinstance(value, list):
+                return items
+            if isinstance(value, set | frozenset):
+                return _rebuilt(value, items)
+            if hasattr(value, "_fields"):  # a named tuple keeps its type
+                return type(value)(*items)
+            return tuple(items)
+        return self._other(value)
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int) -> Any:
+        out: dict[Any, Any] = {}
+        changed = False
+        for key, item in value.items():
+            new_key = key
+            if type(key) is str:
+                new_key = self._sub(key)
+            elif not isinstance(key, str | int | float | bool) and key is not None:
+                new_key = self._sub(_text(key)) if self._hit(_text(key)) else key
+            else:
+                found = self._only(key, depth + 1)
+                new_key = found if found is key else str(found)
+            if new_key in out:  # only a renamed key can meet another (or be met by one)
+                n = 2
+                while f"{new_key} ({n})" in out:
+                    n += 1
+                new_key = f"{new_key} ({n})"
+            new = self._only(item, depth + 1)
+            changed = changed or new_key is not key or new is not item
+            out[new_key] = new
+        return out if changed else value
+
+    def _other(self, value: Any) -> Any:
+        """A value of any other type: its text, scrubbed, when the text carries a secret."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            text = raw.decode("utf-8", "backslashreplace")
+            return self._sub(text) if self._hit(text) or self._hit(repr(raw)) else value
+        text = _text(value)
+        if isinstance(value, str | int | float):  # subclasses: their plain form shows too
+            plain = str.__str__(value) if isinstance(value, str) else repr(_plain_number(value))
+            if self._hit(plain):
+                return self._sub(plain)
+        if self._hit(text) or self._hit(_text(value, repr)):
+            return self._sub(text)
         return value
+
+    def cut_tail(self, text: str, limit: int | None = None) -> str:
+        """``text``, cut from a longer one, with a trailing beginning of a registered
+        secret (:data:`PARTIAL_SECRET` characters of it, or half of it) replaced by
+        :data:`REDACTED`; at most ``limit`` characters when given."""
+        while True:
+            start = self._partial_start(text)
+            if start is None:
+                return text
+            if limit is None or start + len(REDACTED) <= limit:
+                return text[:start] + REDACTED
+            text = text[:start]  # no room for the marker: drop the piece, look at the new end
+
+    def _partial_start(self, text: str) -> int | None:
+        start = None
+        for secret in self._values:
+            least = min(PARTIAL_SECRET, (len(secret) + 1) // 2)
+            for n in range(min(len(secret) - 1, len(text)), least - 1, -1):
+                if text.endswith(secret[:n]):
+                    at = len(text) - n
+                    start = at if start is None else min(start, at)
+                    break
+        return start
+
+
+def _literal_hit(value: Any, literals: frozenset[str]) -> bool:
+    """Whether ``None``/``True``/``False`` is written (in Python or JSON) as a secret."""
+    forms = {None: ("None", "null"), True: ("True", "true"), False: ("False", "false")}
+    return any(form in literals for form in forms[value])
+
+
+def _rebuilt(value: set[Any] | frozenset[Any], items: list[Any]) -> Any:
+    try:
+        return type(value)(items)
+    except TypeError:  # an item became unhashable: the set's JSON form, a list
+        return items
+
+
+def _plain_number(value: int | float) -> int | float:
+    return int(value) if isinstance(value, int) else float(value)
+
+
+def _text(value: Any, how: Any = str) -> str:
+    """``str(value)`` (or ``repr``), or a placeholder when it cannot be made: a value whose
+    text cannot be read cannot be shown either."""
+    try:
+        return str(how(value))
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def _hides(value: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from . import redact, sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from .clock import SYSTEM_CLOCK, Clock
-from .exceptions import ConfigError, Stop, StoreError
+from .exceptions import ConfigError, Stop, StoreError, StoreGone
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
 from .result import CallOutcome, Status
@@ -67,6 +67,8 @@ class Effective:
     """The policy's own schema for the arguments, checked on top of the tool's."""
     breaker: str = ""
     """The breaker the tool's calls count against: its ``dependency``, else its name."""
+    credentials: tuple[str, ...] = ()
+    """The credentials a call needs: the tool's declaration and the policy's, together."""
 
     @property
     def cacheable(self) -> bool:
@@ -176,6 +178,10 @@ class RunCore:
         prior: Usage | None = None
         self.resumed = False
         self.id = run_id or new_run_id()
+        self.started_at = time.time()
+        # Whether the store holds this run's record: a run whose start could not be
+        # written (the store failed, then recovered) creates it when it ends.
+        self.recorded = False
         self.stop: StopInfo | None = None
         self._seq = 0
         self._damaged_usage = False
@@ -250,21 +256,23 @@ class RunCore:
 
     def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
-            self._store_call(
-                self.store.create_run,
-                RunRecord(
-                    id=self.id,
-                    tenant=self.tenant,
-                    agent=self.agent,
-                    task=self.task,
-                    policy_digest=self.policy.digest,
-                    started_at=time.time(),
-                ),
-            )
+            self._store_call(self.store.create_run, self._new_record())
+            self.recorded = True
             return
+        self.recorded = True
         events = self._store_call(self.store.events, self.id)
         self._seq = max((e.seq for e in events), default=0)
         self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
+
+    def _new_record(self) -> RunRecord:
+        return RunRecord(
+            id=self.id,
+            tenant=self.tenant,
+            agent=self.agent,
+            task=self.task,
+            policy_digest=self.policy.digest,
+            started_at=self.started_at,
+        )
 
     def _load(self, run_id: str | None) -> RunRecord | None:
         if run_id is None:
@@ -281,7 +289,9 @@ class RunCore:
         try:
             return Usage.from_dict(record.usage)
         except ValueError as exc:
-            self._damaged_usage = True  # left as found, so that every resume refuses
+            # The record stays (it is not re-created at the end) and its usage as found,
+            # so that every later resume refuses too.
+            self._damaged_usage = self.recorded = True
             self.stamp(
                 Stop(
                     "control_plane_unavailable",
@@ -316,11 +326,20 @@ class RunCore:
 
     # -- store access, fail closed ---------------------------------------------------
     def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the store; whatever it raises (a store object may
+        raise anything) stops the run with ``control_plane_unavailable``."""
         try:
             return fn(*args, **kwargs)
-        except StoreError as exc:
+        except Stop:
+            raise
+        except Exception as exc:
             raise self.stamp(
-                Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
+                Stop(
+                    "control_plane_unavailable",
+                    "store",
+                    message=str(StoreError.of(exc)),
+                    retryable=not isinstance(exc, StoreGone),
+                )
             ) from exc
 
     # -- tools -----------------------------------------------------------------------
@@ -377,6 +396,9 @@ class RunCore:
             call_only=Charge(tool_calls=1, tool=name),
             policy_args_schema=spec.args_schema if spec else None,
             breaker=(spec.dependency if spec and spec.dependency else name),
+            credentials=tuple(
+                dict.fromkeys((*tool.credentials, *(spec.credentials if spec else ())))
+            ),
         )
         self._effective[name] = eff
         return eff
@@ -512,8 +534,33 @@ class RunCore:
         """Mark ``stop`` as this run's and record it: a stop ends the run, so every later
         action raises it again, also when the caller caught it (first stop wins)."""
         stop.run_id = self.id  # type: ignore[attr-defined]
-        self.record_stop(stop.info)
+        self.record_stop(self.scrub_stop(stop).info)
         return stop
+
+    def scrub_stop(self, stop: Stop) -> Stop:
+        """``stop``, its message, subject and extras scrubbed of secrets in place: whatever
+        it quotes (a tool's error, an invalid output, arguments) reaches the caller."""
+        info = self.scrub_info(stop.info)
+        if info is not stop.info:
+            stop.info = info
+            stop.args = (str(info) + (f": {info.message}" if info.message else ""),)
+        return stop
+
+    def scrub_info(self, info: StopInfo) -> StopInfo:
+        """``info`` with its texts scrubbed (itself when nothing changed)."""
+        r = self.redactor
+        message = r.text(info.message) if info.message else info.message
+        extra = r.data(info.extra) if info.extra else info.extra
+        detail: str = r.secrets_only(info.detail)
+        tool = self.scrub_text(info.tool)
+        if (message, extra, detail, tool) == (info.message, info.extra, info.detail, info.tool):
+            return info
+        return replace(info, message=message, extra=dict(extra), detail=detail, tool=tool)
+
+    def scrub_text(self, text: str | None) -> str | None:
+        """``text`` scrubbed of the run's registered secrets only (an agent's answer, a
+        subject): pattern look-alikes may be what was asked for."""
+        return text if text is None else str(self.redactor.secrets_only(text))
 
     def observes(self, guard: Guard) -> bool:
         """Whether ``guard`` records what it would stop instead of stopping it."""
@@ -527,8 +574,9 @@ class RunCore:
         raise self.stamp(stop)
 
     def observed(self, stop: Stop) -> None:
-        self.would_stop.append(stop.info)
-        self.event("would_stop", **stop.info.to_dict())
+        info = self.scrub_info(stop.info)
+        self.would_stop.append(info)
+        self.event("would_stop", **info.to_dict())
 
     def ensure_running(self) -> None:
         if self.cancelled and self.stop is None:
@@ -580,7 +628,7 @@ class RunCore:
 
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:
-            self.stop = info
+            self.stop = self.scrub_info(info)
 
     def close(self, reason: StopReason, *, answer: str | None = None) -> str | None:
         """Persist the end of the run (first stop wins); returns why it could not be, or None.
@@ -602,6 +650,9 @@ class RunCore:
             pending, self._pending = self._pending, []
             outstanding, self._grants = list(self._grants.values()), {}
         try:
+            if not self.recorded:
+                self.store.create_run(self._new_record())
+                self.recorded = True
             # A shared hold still outstanding at the end (a call authorized and never
             # reported) is settled at what it held: the action may have happened, so its
             # spend stays counted, and its lease stops being renewed.
@@ -621,8 +672,8 @@ class RunCore:
                 ended_at=time.time(),
                 would_stop=[self.redactor.data(w.to_dict()) for w in self.would_stop],
             )
-        except StoreError as exc:
-            return f"the end of the run could not be recorded: {exc}"
+        except Exception as exc:  # a store object may raise anything: the end is unrecorded
+            return f"the end of the run could not be recorded: {StoreError.of(exc)}"
         return None
 
 

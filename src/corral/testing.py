@@ -1,5 +1,5 @@
 """Fakes for testing agents offline: a scripted model, a manual clock, and the fault kit
-(fault-injecting tools and models, see :mod:`corral.faults`).
+(fault-injecting tools, models and stores, see :mod:`corral.faults`).
 
 >>> from corral.testing import ScriptedModel, call, final
 >>> model = ScriptedModel([call("search.read", query="x"), final("done")])
@@ -25,6 +25,7 @@ __all__ = [
     "HOSTILE_PAYLOADS",
     "Execution",
     "FaultyModel",
+    "FaultyStore",
     "FaultyTool",
     "GullibleModel",
     "ManualClock",
@@ -225,6 +226,7 @@ from .faults import (  # noqa: E402
     HOSTILE_PAYLOADS,
     Execution,
     FaultyModel,
+    FaultyStore,
     FaultyTool,
     GullibleModel,
     flaky_tool,

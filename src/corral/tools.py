@@ -8,8 +8,9 @@
 
 The argument schema comes from the type hints (through pydantic) unless an
 explicit JSON Schema is given. A parameter annotated :class:`ToolContext` is
-left out of the schema and receives the call's context. A tool whose effect is
-not declared is treated as a write.
+left out of the schema and receives the call's context, with the credentials
+the tool declares (``credentials=("api_key",)``). A tool whose effect is not
+declared is treated as a write.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from ._safe import shown
 from .exceptions import ToolDefinitionError
-from .policy import TOOL_NAME
+from .policy import CREDENTIAL_NAME, TOOL_NAME
 
 Effect = Literal["read", "write"]
 
@@ -83,6 +85,9 @@ class Tool:
     args_schema: Mapping[str, Any] = field(default_factory=dict)
     output_schema: Mapping[str, Any] | None = None
     context_param: str | None = None
+    credentials: tuple[str, ...] = ()
+    """Names of the credentials the tool needs (``ctx.credentials``): a call whose tenant
+    lacks one is refused before it runs."""
     is_async: bool = False
     _args_model: type[BaseModel] | None = None
     _args_validator: Any = None
@@ -92,7 +97,7 @@ class Tool:
         cost = self.cost_usd
         if type(cost) is not Decimal or not cost.is_finite() or cost < 0:
             raise ToolDefinitionError(
-                f"tool {self.name!r}: cost_usd must be a finite amount >= 0, got {cost!r:.60}"
+                f"tool {self.name!r}: cost_usd must be a finite amount >= 0, got {shown(cost)}"
             )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -209,6 +214,7 @@ def tool(
     reconcile: Callable[[str, Mapping[str, Any], ToolContext], Any] | None = None,
     args_schema: Mapping[str, Any] | None = None,
     output_schema: Mapping[str, Any] | None = None,
+    credentials: Iterable[str] = (),
 ) -> Any:
     """Declare a tool. Use bare (``@tool``) or with options (``@tool(name=..., effect="read")``).
 
@@ -223,6 +229,10 @@ def tool(
     replayed), raises :class:`~corral.NotExecuted` when it did not happen (this call
     then runs the tool, once), or raises anything else when it cannot tell (the claim
     stays unknown). It is a plain function, called in the run's thread.
+
+    ``credentials`` names the secrets the tool needs in ``ctx.credentials`` (it must take
+    a :class:`ToolContext`): a call whose tenant lacks one of them is refused before
+    anything is held, claimed or asked for (``tool_denied``, why ``missing_credential``).
     """
 
     def build(f: Callable[..., Any]) -> Tool:
@@ -244,6 +254,7 @@ def tool(
         # An explicit schema describes the arguments itself: the signature only has to say
         # where the context goes (so ``def f(**kwargs)`` is fine).
         model, context_param = _signature_model(f, tool_name, fields=args_schema is None)
+        needs = _credential_names(tool_name, credentials, context_param)
         args_validator = None
         if args_schema is not None:
             args_validator = _validator(args_schema, f"argument schema of {tool_name}")
@@ -273,6 +284,7 @@ def tool(
             args_schema=schema,
             output_schema=dict(output_schema) if output_schema else None,
             context_param=context_param,
+            credentials=needs,
             is_async=inspect.iscoroutinefunction(f),
             _args_model=args_model,
             _args_validator=args_validator,
@@ -289,13 +301,33 @@ def _cost(name: str, value: Any) -> Decimal:
     is not a finite amount >= 0 (a negative cost would credit every budget it meets)."""
     try:
         cost = None if isinstance(value, bool) else Decimal(str(value))
-    except ArithmeticError:
+    except Exception:  # not a number (or an object whose str() raises)
         cost = None
     if cost is None or not cost.is_finite() or cost < 0:
         raise ToolDefinitionError(
-            f"tool {name!r}: cost_usd must be a finite amount >= 0, got {value!r:.60}"
+            f"tool {name!r}: cost_usd must be a finite amount >= 0, got {shown(value)}"
         )
     return cost
+
+
+def _credential_names(
+    tool_name: str, names: Iterable[str], context_param: str | None
+) -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = (names,)  # credentials="api_key": one name, not its letters
+    needs = tuple(dict.fromkeys(names))
+    for name in needs:
+        if not isinstance(name, str) or not CREDENTIAL_NAME.match(name):
+            raise ToolDefinitionError(
+                f"tool {tool_name!r}: credential names use lower-case letters, digits and "
+                f"single '_', starting with a letter or digit, got {name!r}"
+            )
+    if needs and context_param is None:
+        raise ToolDefinitionError(
+            f"tool {tool_name!r} declares credentials {list(needs)} but takes no "
+            "corral.ToolContext parameter to receive them (add `ctx: corral.ToolContext`)"
+        )
+    return needs
 
 
 def as_registry(

@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pg import PG_URL as POSTGRES_URL
 from pg import fresh_store, new_schema, require_postgres
 from tamper import rewrite, tamperer
 
-from corral.audit import checkpoint, verify
+from corral.audit import KeyRequired, checkpoint, verify
 from corral.stores import Store
 from corral.stores.base import AuditHead, AuditRecord, Event
 from corral.stores.chain import Sealer
+from corral.stores.memory import MemoryStore
 from corral.stores.migrate import SQLITE, load, migrate
 from corral.stores.postgres import PostgresStore
 from corral.stores.sqlite import SQLiteStore
@@ -225,10 +228,13 @@ def test_a_keyed_chain_cannot_be_forged_or_rewritten_without_the_key(
         labelled = [dataclasses.replace(r, mode=records[0].mode) for r in guessed]
         rewrite(tamper, tail, labelled)
         broken_at(store, 4, "forged without the key")
-        # The whole chain rewritten without the key: only the checkpoint shows it.
+        # The whole chain rewritten without the key: consistent in itself, so it verifies
+        # only without the key; with the key it holds no keyed record, and the checkpoint
+        # names the record that differs.
         everything = Sealer().seal(AuditHead(), events)
         rewrite(tamper, [*records[:3], *labelled], everything)
-        assert verify(store).ok and verify(store).keyed == 0
+        assert verify(store, key=[]).ok
+        broken_at(store, 1, "holds no keyed record")
         broken_at(store, 6, "rewritten", anchor=anchor)
 
 
@@ -365,3 +371,210 @@ def test_a_postgres_schema_from_before_the_chain_is_upgraded_and_sealed() -> Non
     with fresh_store(url, schema=schema) as store:
         assert store.schema_version() == len(load("postgres"))
         _check_upgraded(store)
+
+
+# -- a keyed chain cannot be downgraded -----------------------------------------------------
+def events(n: int, tenant: str = "acme") -> list[Event]:
+    """``n`` events of one run, as a governed run would record them."""
+    return [
+        Event(
+            run_id="run_k",
+            seq=i,
+            kind="tool_call",
+            at=200.0 + i,
+            data={"tool": "refund.send", "usd": "5.00", "i": i},
+            tenant=tenant,
+            actor="support-bot",
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def sealed(plain: int, keyed: int, key: str = KEY) -> list[AuditRecord]:
+    """A chain of ``plain`` records sealed without a key, then ``keyed`` sealed under ``key``
+    (a store that ran without CORRAL_AUDIT_KEY, then with it)."""
+    evs = events(plain + keyed)
+    first = Sealer().seal(AuditHead(), evs[:plain])
+    after = AuditHead(seq=plain, hash=first[-1].hash) if first else AuditHead()
+    return [*first, *Sealer(key).seal(after, evs[plain:])]
+
+
+def install(tamper: Any, store: Store, chain: list[AuditRecord]) -> None:
+    """Make ``chain`` the store's whole audit log (and its head)."""
+    rewrite(tamper, store.audit_records(), chain)
+
+
+def test_a_chain_keyed_from_a_record_on_says_where_keying_began(store: Store, tamper: Any) -> None:
+    """3 records sealed before the key was set, 3 after: intact under the key, keyed from
+    record 4 with 3 unkeyed before it; without the key, the keyed records need it."""
+    install(tamper, store, sealed(3, 3))
+    result = verify(store, key=KEY)
+    assert (result.ok, result.checked, result.keyed, result.keyed_from, result.unkeyed) == (
+        True,
+        6,
+        3,
+        4,
+        3,
+    )
+    assert "3 keyed from record 4; 3 unkeyed records before" in str(result)
+    assert result.to_dict()["keyed_from"] == 4 and result.to_dict()["unkeyed"] == 3
+    with pytest.raises(KeyRequired, match="CORRAL_AUDIT_KEY"):
+        verify(store, key=[])
+
+
+def test_a_keyed_chain_rewritten_as_plain_sha256_fails_under_the_key(
+    new_store: Callable[[], AbstractContextManager[Store]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The break: every record and the head re-sealed as plain SHA-256 with the tenant changed.
+    With the key it holds no keyed record and fails, saying how an unkeyed chain is verified."""
+    monkeypatch.setenv("CORRAL_AUDIT_KEY", KEY)
+    with new_store() as store, tamperer(store, POSTGRES_URL) as tamper:
+        records = fill(store)
+        assert verify(store).keyed == 6
+        forged = [dataclasses.replace(_event(r), tenant="globex") for r in records]
+        rewrite(tamper, records, Sealer().seal(AuditHead(), forged))
+        result = verify(store)
+        assert not result.ok and result.broken is not None and result.broken.seq == 1
+        assert "holds no keyed record" in result.broken.why
+        assert "without the key" in result.broken.why and result.keyed_from is None
+        assert verify(store, key=[]).ok  # consistent in itself, as any unkeyed chain
+
+
+def test_a_keyed_chain_cut_back_to_its_unkeyed_records_fails_under_the_key(
+    store: Store, tamper: Any
+) -> None:
+    """The keyed tail deleted and the head moved to the last unkeyed record: nothing keyed is
+    left, so under the key the chain fails."""
+    chain = sealed(3, 3)
+    install(tamper, store, chain)
+    tamper.delete(4, 5, 6)
+    tamper.set_head(3, chain[2].hash)
+    broken_at(store, 1, "holds no keyed record", key=KEY)
+
+
+def test_an_unkeyed_record_after_a_keyed_one_is_forged(store: Store, tamper: Any) -> None:
+    """A plain record appended after keyed ones, or spliced between two of them (linked
+    correctly, the rest moved up), is found where it stands."""
+    chain = sealed(0, 4)
+    install(tamper, store, chain)
+    extra = Event(run_id="run_k", seq=9, kind="approval", at=300.0, data={"approved": True})
+    (appended,) = Sealer().seal(AuditHead(seq=4, hash=chain[3].hash), [extra])
+    tamper.insert(appended)
+    tamper.set_head(5, appended.hash)
+    broken_at(store, 5, "sealed without the key after keyed records", key=KEY)
+    tamper.delete(5)
+    tamper.set_head(4, chain[3].hash)
+    assert verify(store, key=KEY).ok
+    (spliced,) = Sealer().seal(AuditHead(seq=2, hash=chain[1].hash), [extra])
+    tamper.renumber(after=2, by=1)
+    tamper.insert(spliced)
+    tamper.set_head(5, chain[3].hash)
+    broken_at(store, 3, "sealed without the key after keyed records", key=KEY)
+
+
+def test_records_resealed_under_another_key_are_forged(store: Store, tamper: Any) -> None:
+    """The chain re-sealed under an attacker's key (named by its own key id, or labelled with
+    the real one) fails at record 1 under the real key."""
+    evs = events(4)
+    own = Sealer("attacker-key-1").seal(AuditHead(), evs)
+    install(tamper, store, own)
+    broken_at(store, 1, "sealed with another key", key=KEY)
+    real_mode = Sealer(KEY).mode
+    labelled = [dataclasses.replace(r, mode=real_mode) for r in own]
+    install(tamper, store, labelled)
+    broken_at(store, 1, "forged without the key", key=KEY)
+
+
+ODD_MODES = [
+    "SHA256",
+    "Sha256",
+    " sha256",
+    "sha256 ",
+    "sha-256",
+    "sha256\n",
+    "",
+    "hmac-sha256",
+    "hmac-sha256:",
+    "HMAC-SHA256:{id}",
+    "hmac-sha256:{id} ",
+    " hmac-sha256:{id}",
+    "hmac-sha256 :{id}",
+    "hmac-sha256:{ID}",
+    "hmac_sha256:{id}",
+]
+
+
+def test_a_mode_spelled_any_other_way_is_no_mode(store: Store, tamper: Any) -> None:
+    """Records sealed (consistently) under a mode that only looks like ``sha256`` or the real
+    key's mode, by case, spacing or spelling: never accepted under the key."""
+    real_id = Sealer(KEY).mode.partition(":")[2]
+    evs = events(3)
+    for odd in ODD_MODES:
+        mode = odd.format(id=real_id, ID=real_id.upper())
+        sealer = Sealer()
+        sealer.mode = mode  # an attacker's sealer: plain SHA-256 under a made-up label
+        install(tamper, store, sealer.seal(AuditHead(), evs))
+        result = verify(store, key=KEY)
+        assert not result.ok, f"mode {mode!r} was accepted"
+        assert result.broken is not None and result.broken.seq == 1, (mode, str(result))
+
+
+@pytest.mark.parametrize("store", DATABASES, indirect=True)  # in memory, the head is the tail
+def test_a_forged_head_is_detected(store: Store, tamper: Any) -> None:
+    """The recorded head moved back behind the chain's end, or given another hash: found."""
+    chain = sealed(2, 4)
+    install(tamper, store, chain)
+    tamper.set_head(4, chain[3].hash)
+    broken_at(store, 5, "head was moved back", key=KEY)
+    tamper.set_head(6, "0" * 64)
+    broken_at(store, 6, "does not match", key=KEY)
+    tamper.set_head(6, chain[5].hash)
+    assert verify(store, key=KEY).ok
+
+
+def test_a_checkpoint_of_a_keyed_chain_catches_its_downgrade(store: Store, tamper: Any) -> None:
+    """A checkpoint of a keyed chain needs the key; the chain rewritten as plain fails against
+    it at the checkpoint's record."""
+    chain = sealed(2, 4)
+    install(tamper, store, chain)
+    anchor = checkpoint(store, key=KEY)
+    assert anchor["mode"] == Sealer(KEY).mode and anchor["seq"] == 6
+    assert verify(store, key=KEY, anchor=anchor).ok
+    install(tamper, store, Sealer().seal(AuditHead(), events(6)))
+    with pytest.raises(KeyRequired, match="checkpoint"):
+        verify(store, key=[], anchor=anchor)
+    broken_at(store, 6, "rewritten", key=KEY, anchor=anchor)
+    with pytest.raises(ValueError, match="no keyed record"):
+        checkpoint(store, key=KEY)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    plain=st.integers(0, 4),
+    keyed=st.integers(0, 4),
+    attack=st.one_of(st.none(), st.integers(0, 7)),
+    tenant=st.sampled_from(["acme", "globex", None]),
+)
+def test_under_the_key_only_a_chain_keyed_to_its_end_verifies(
+    plain: int, keyed: int, attack: int | None, tenant: str | None
+) -> None:
+    """Any chain of unkeyed then keyed records, its tail from any record re-sealed without the
+    key (another tenant written in): verifies under the key exactly when untouched and keyed,
+    or empty."""
+    store = MemoryStore()
+    chain = sealed(plain, keyed)
+    total = plain + keyed
+    rewritten = attack is not None and attack < total
+    if rewritten:
+        assert attack is not None
+        head = AuditHead(seq=attack, hash=chain[attack - 1].hash) if attack else AuditHead()
+        tail = [dataclasses.replace(_event(r), tenant=tenant) for r in chain[attack:]]
+        chain = [*chain[:attack], *Sealer().seal(head, tail)]
+    store._audit.extend(chain)
+    result = verify(store, key=KEY)
+    changed = rewritten and any(
+        a.hash != b.hash for a, b in zip(chain, sealed(plain, keyed), strict=True)
+    )
+    assert result.ok == (not changed and (keyed > 0 or total == 0)), str(result)
+    if result.ok and keyed:
+        assert (result.keyed_from, result.unkeyed) == (plain + 1, plain)

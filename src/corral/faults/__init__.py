@@ -18,12 +18,16 @@ seed gives the same faults in the same order, so a failing run can be replayed.
 >>> result.stop_reason, vendor.count()
 ('tool_error', 1)
 
+:class:`FaultyStore` wraps a real store and makes chosen calls of it raise (once, a few
+times, or for ever), to test that runs fail closed whatever the store does.
+
 Every fault tool takes one argument, ``query: str`` (default empty), and counts
 each time its own code actually ran (:attr:`FaultyTool.executions`): the ground
 truth for "this tool never executed", independent of what corral reports.
 """
 
 from .models import MALFORMED, FaultyModel, GullibleModel, directive
+from .stores import FaultyStore
 from .tools import (
     GARBAGE_KINDS,
     HOSTILE_PAYLOADS,
@@ -46,6 +50,7 @@ __all__ = [
     "STATUS_SCHEMA",
     "Execution",
     "FaultyModel",
+    "FaultyStore",
     "FaultyTool",
     "GullibleModel",
     "directive",

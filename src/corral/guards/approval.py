@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._safe import error_text
 from ..exceptions import Stop, ToolRejected
 from ..hygiene import cap as cut
 
@@ -105,7 +106,7 @@ def request(
 def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
     """The approval channel failed: refuse the call (fail closed), retryable."""
     core.waiting += waited
-    what = f"{type(error).__name__}: {error}"
+    what = error_text(error)
     core.event(
         "approval",
         tool=req.tool,

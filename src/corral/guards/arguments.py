@@ -16,12 +16,14 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 import jsonschema
 
+from .._safe import shown
 from ..exceptions import ConfigError, Stop, ToolRejected
+from ..patterns import MAX_MATCH_CHARS
 from ..policy import ArgConstraint, Policy
 from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
 from .denial import count_mistake, deny, one_line
@@ -69,6 +71,8 @@ def _parse(raw: Any) -> Any:
             ) from None
         except RecursionError:
             raise ArgumentsInvalid(["arguments are nested too deeply"]) from None
+        except ValueError as exc:  # a number past Python's 4,300-digit conversion limit
+            raise ArgumentsInvalid([f"arguments are not valid JSON ({exc})"]) from None
     if type(raw) is dict:
         return raw  # validation reads it and returns a new dict: no copy needed here
     return dict(raw) if isinstance(raw, Mapping) else raw
@@ -84,23 +88,9 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
             # The policy's schema narrows what the code accepts: both must pass.
             _check_policy_schema(eff.policy_args_schema, parsed)
     except ArgumentsInvalid as exc:
-        problems = "; ".join(exc.problems)
-        core.event("invalid_args", tool=name, problems=exc.problems, count=core.invalid_calls + 1)
-        if count_mistake(core):
-            raise core.stamp(
-                Stop(
-                    "invalid_tool_args",
-                    name,
-                    tool=name,
-                    message=problems,
-                    extra={"problems": exc.problems},
-                )
-            ) from None
-        raise ToolRejected(
-            "invalid_tool_args",
-            f"Invalid arguments for {name}: {problems}. Fix them and call again.",
-            tool=name,
-        ) from None
+        refuse(core, eff, exc.problems)
+    except RecursionError:  # nested too deeply for the validators: the model can fix it
+        refuse(core, eff, ["arguments are nested too deeply"])
     for arg, rule in eff.constraints.items():
         if arg in args:
             problem = violation(args[arg], rule)
@@ -113,6 +103,23 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
                     extra={"argument": arg, "note": problem.note},
                 )
     return args
+
+
+def refuse(core: RunCore, eff: Effective, problems: list[str]) -> NoReturn:
+    """Hand invalid arguments back to the model (:class:`ToolRejected`), or, past the
+    policy's bound on mistakes, stop the run with ``invalid_tool_args``."""
+    name = eff.tool.name
+    text = "; ".join(problems)
+    core.event("invalid_args", tool=name, problems=problems, count=core.invalid_calls + 1)
+    if count_mistake(core):
+        raise core.stamp(
+            Stop("invalid_tool_args", name, tool=name, message=text, extra={"problems": problems})
+        ) from None
+    raise ToolRejected(
+        "invalid_tool_args",
+        f"Invalid arguments for {name}: {text}. Fix them and call again.",
+        tool=name,
+    ) from None
 
 
 _POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
@@ -207,14 +214,16 @@ def _url_problem(value: Any, rule: ArgConstraint) -> Violation | None:
 def violation(value: Any, rule: ArgConstraint) -> Violation | None:
     """Why ``value`` breaks ``rule``, or ``None``."""
     if rule.enum is not None and not _in_enum(value, rule.enum):
-        return Violation(f"must be one of {rule.enum!r}, got {value!r}", "not an allowed value")
+        return Violation(
+            f"must be one of {shown(rule.enum, 200)}, got {shown(value)}", "not an allowed value"
+        )
     if rule.min is not None or rule.max is not None:
         if not _number(value) or (isinstance(value, float | Decimal) and not math.isfinite(value)):
-            return Violation(f"must be a finite number, got {value!r}", "not a finite number")
+            return Violation(f"must be a finite number, got {shown(value)}", "not a finite number")
         if rule.min is not None and value < rule.min:
-            return Violation(f"must be >= {rule.min:g}, got {value!r}", "below the minimum")
+            return Violation(f"must be >= {rule.min:g}, got {shown(value)}", "below the minimum")
         if rule.max is not None and value > rule.max:
-            return Violation(f"must be <= {rule.max:g}, got {value!r}", "above the maximum")
+            return Violation(f"must be <= {rule.max:g}, got {shown(value)}", "above the maximum")
     if rule.max_length is not None:
         if not isinstance(value, str | list | tuple | dict):
             return Violation(
@@ -224,10 +233,21 @@ def violation(value: Any, rule: ArgConstraint) -> Violation | None:
             return Violation(
                 f"must be at most {rule.max_length} long, got {len(value)}", "too long"
             )
-    if rule.pattern is not None and (
-        not isinstance(value, str) or not re.fullmatch(rule.pattern, value)
-    ):
-        return Violation(f"must match {rule.pattern!r}", "does not match the pattern")
+    if rule.pattern is not None:
+        if not isinstance(value, str):
+            return Violation(
+                f"must be a string matching {rule.pattern!r}, got {type(value).__name__}",
+                "does not match the pattern",
+            )
+        if len(value) > MAX_MATCH_CHARS:
+            # Bounded input: a pattern's time grows with the text it runs on.
+            return Violation(
+                f"is {len(value)} characters, longer than a pattern is matched on "
+                f"({MAX_MATCH_CHARS})",
+                "too long to match",
+            )
+        if not re.fullmatch(rule.pattern, value):
+            return Violation(f"must match {rule.pattern!r}", "does not match the pattern")
     if rule.schemes is not None or rule.hosts is not None:
         return _url_problem(value, rule)
     return None

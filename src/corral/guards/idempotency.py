@@ -41,6 +41,7 @@ from .. import leases
 from ..breaker import wall
 from ..exceptions import NotExecuted, Stop, ToolRejected
 from ..hygiene import clean_output
+from ..redact import REDACTED
 from ..runtime import args_digest
 from ..tools import ToolContext
 from .cache import copy_of
@@ -192,8 +193,11 @@ def reconcile(
     )
     try:
         found = hook(key, dict(args), ctx)
+        scrub = core.redactor if core.redactor.has_secrets else None  # the hook has the creds
         outcome = {
-            "output": clean_output(found, strip_html=eff.strip_html, max_chars=eff.max_output_chars)
+            "output": clean_output(
+                found, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+            )
         }
     except NotExecuted:
         if not take_over:
@@ -259,7 +263,11 @@ def keep_while(pending: Future[Any], core: RunCore, key: str) -> None:
 def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -> Any:
     """The stored outcome of an earlier call with ``key``: its output, or its failure again."""
     if "output" in stored:
-        return copy_of(stored["output"])
+        # Stored scrubbed; scrubbed again of this run's secrets, which may differ.
+        try:
+            return copy_of(core.redactor.secrets_only(stored["output"]))
+        except ValueError:  # nested too deep to scrub: not shown at all
+            return REDACTED
     name = eff.tool.name
     reason = stored.get("reason", "tool_error")
     raise core.stamp(

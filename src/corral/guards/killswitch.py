@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..exceptions import Stop, StoreError
+from ..exceptions import Stop, StoreError, StoreGone
 from ..killswitch import active, describe
 from ..stores.base import KillMode, KillSwitchState
 
@@ -84,8 +84,9 @@ def blocking_switch(
     try:
         switches = active(core.store)
     except StoreError as exc:
+        gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
         raise core.stamp(
-            Stop("control_plane_unavailable", "kill_switch", message=str(exc), retryable=True)
+            Stop("control_plane_unavailable", "kill_switch", message=str(exc), retryable=not gone)
         ) from exc
     if not switches:
         return None

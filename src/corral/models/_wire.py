@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._safe import shown
 from ..delegated import ModelCall
 from ..exceptions import ConfigError
 from ..governed import wire_name
@@ -114,7 +115,7 @@ def count(value: Any, name: str = "token count") -> int | None:
         return None
     if type(value) is not int or not 0 <= value <= MAX_CALL_TOKENS:
         raise InvalidUsage(
-            f"the endpoint reported {name} {value!r:.60}, not a whole number of tokens "
+            f"the endpoint reported {name} {shown(value)}, not a whole number of tokens "
             f"from 0 to {MAX_CALL_TOKENS}"
         )
     return value

@@ -19,9 +19,9 @@ import atexit
 import os
 import threading
 from collections.abc import Callable
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, StoreMissing
 from .base import Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -37,7 +37,7 @@ def default_url() -> str:
     return os.environ.get("CORRAL_DB") or DEFAULT_URL
 
 
-def open_store(url: str | Store | None = None) -> Store:
+def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
     """Open a store from a URL (see the module docstring), or pass a store object through.
 
     One store per URL per process, shared by every run that names it: ``memory://``
@@ -45,7 +45,9 @@ def open_store(url: str | Store | None = None) -> Store:
     kill switch set through it reaches every run; a database URL opens its
     connection once. Raises :class:`~corral.exceptions.ConfigError` for a URL it
     cannot use, :class:`~corral.exceptions.StoreError` when the database cannot be
-    reached.
+    reached. With ``create=False`` a SQLite file that does not exist is not created:
+    :class:`~corral.exceptions.StoreMissing` (``no corral store at PATH``) instead, for
+    commands that only read or change operator state.
     """
     if url is None:
         url = default_url()
@@ -63,10 +65,13 @@ def open_store(url: str | Store | None = None) -> Store:
         path, synchronous = _sqlite_target(url, rest)
         path = path if path == ":memory:" else os.path.abspath(path)
         key = "sqlite://" + path
+        if not create and path != ":memory:" and not os.path.exists(path):
+            raise StoreMissing(f"no corral store at {path}")
 
         def factory() -> Store:
             return SQLiteStore(path, synchronous=synchronous)
     elif scheme in ("postgresql", "postgres"):
+        _check_postgres_url(url)
         key = url
 
         def factory() -> Store:
@@ -90,6 +95,8 @@ def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
         path = ":memory:"
     elif where.startswith("/") and len(where) > 1:
         path = unquote(where[1:])
+        if "\0" in path:
+            raise ConfigError(f"SQLite URL {url!r}: the path contains a NUL character")
     else:
         raise ConfigError(
             f"SQLite URL {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db "
@@ -101,6 +108,31 @@ def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
             raise ConfigError(f"SQLite URL {url!r}: unknown option {name!r} (known: synchronous)")
         synchronous = value.upper()
     return path, synchronous
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to show: a password in it replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check_postgres_url(url: str) -> None:
+    """Raise ConfigError for a URL no PostgreSQL client could read (a developer mistake,
+    not an unavailable server)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check (":abc" raises)
+    except ValueError as exc:
+        raise ConfigError(f"store URL {url!r} is malformed: {exc}") from None
+    if "\0" in url:
+        raise ConfigError(f"store URL {url!r} contains a NUL character")
 
 
 def _postgres(url: str, scheme: str) -> Store:
@@ -127,4 +159,12 @@ def _close_shared() -> None:
         _shared.clear()
 
 
-__all__ = ["DEFAULT_URL", "MemoryStore", "SQLiteStore", "Store", "default_url", "open_store"]
+__all__ = [
+    "DEFAULT_URL",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "default_url",
+    "display_url",
+    "open_store",
+]

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
+from .._safe import shown
 from ..exceptions import ConfigError
 from ..leases import LEASE_SECONDS, RENEWER, Held, Renewer
 from .owner import RUN_LEASE_SECONDS, RunOwner
@@ -291,14 +292,14 @@ def _check(c: ScopedCharge, *, caps: bool) -> None:
     # Exact types: a bool is not a count, a float not an amount of money.
     scope, calls, usd = c.scope, c.calls, c.usd
     if type(scope) is not str or not scope:
-        raise ValueError(f"a scoped charge needs a scope name, got {scope!r:.80}")
+        raise ValueError(f"a scoped charge needs a scope name, got {shown(scope)}")
     if type(calls) is not int or not 0 <= calls <= MAX_CHARGE_CALLS:
         raise ValueError(
             f"scope {scope!r}: calls must be a whole number from 0 to {MAX_CHARGE_CALLS}, "
-            f"got {calls!r:.80}"
+            f"got {shown(calls)}"
         )
     if type(usd) is not Decimal or not usd.is_finite() or usd < 0:
-        raise ValueError(f"scope {scope!r}: usd must be a finite Decimal >= 0, got {usd!r:.80}")
+        raise ValueError(f"scope {scope!r}: usd must be a finite Decimal >= 0, got {shown(usd)}")
     if not caps:
         return
     cap_calls, cap_usd, ends = c.max_calls, c.max_usd, c.window_ends
@@ -306,18 +307,18 @@ def _check(c: ScopedCharge, *, caps: bool) -> None:
         type(cap_calls) is not int or not 0 <= cap_calls <= _MAX_CAP_CALLS
     ):
         raise ValueError(
-            f"scope {scope!r}: max_calls must be a whole number >= 0, got {cap_calls!r:.80}"
+            f"scope {scope!r}: max_calls must be a whole number >= 0, got {shown(cap_calls)}"
         )
     if cap_usd is not None and (
         type(cap_usd) is not Decimal or not cap_usd.is_finite() or cap_usd < 0
     ):
         raise ValueError(
-            f"scope {scope!r}: max_usd must be a finite Decimal >= 0, got {cap_usd!r:.80}"
+            f"scope {scope!r}: max_usd must be a finite Decimal >= 0, got {shown(cap_usd)}"
         )
     if ends is not None and (type(ends) not in (int, float) or not math.isfinite(ends)):
-        raise ValueError(f"scope {scope!r}: window_ends must be a finite time, got {ends!r:.80}")
+        raise ValueError(f"scope {scope!r}: window_ends must be a finite time, got {shown(ends)}")
     if type(c.rolling) is not bool:
-        raise ValueError(f"scope {scope!r}: rolling must be a bool, got {c.rolling!r:.80}")
+        raise ValueError(f"scope {scope!r}: rolling must be a bool, got {shown(c.rolling)}")
 
 
 def reserve_in(
@@ -496,7 +497,7 @@ def kill_target(scope: str, target: str | None) -> str:
     """
     if scope not in KILL_SCOPES:
         raise ConfigError(
-            f"unknown kill-switch scope {scope!r:.80} (one of {', '.join(KILL_SCOPES)})"
+            f"unknown kill-switch scope {shown(scope)} (one of {', '.join(KILL_SCOPES)})"
         )
     if target is None or target == "":
         if scope == "global":
@@ -507,7 +508,7 @@ def kill_target(scope: str, target: str | None) -> str:
             f"a {scope} kill switch's target must be text, got {type(target).__name__}"
         )
     if scope == "global":
-        raise ConfigError(f"a global kill switch has no target, got {target!r:.80}")
+        raise ConfigError(f"a global kill switch has no target, got {shown(target)}")
     if len(target) > MAX_KILL_TARGET:
         raise ConfigError(
             f"a {scope} kill switch's target has at most {MAX_KILL_TARGET} characters, "
@@ -523,7 +524,7 @@ def checked_switch(switch: KillSwitchState) -> KillSwitchState:
     target = kill_target(switch.scope, switch.target)
     if switch.mode is not None and switch.mode not in KILL_MODES:
         raise ConfigError(
-            f"unknown kill-switch mode {switch.mode!r:.80} (one of {', '.join(KILL_MODES)})"
+            f"unknown kill-switch mode {shown(switch.mode)} (one of {', '.join(KILL_MODES)})"
         )
     for name in ("reason", "actor"):
         value = getattr(switch, name)

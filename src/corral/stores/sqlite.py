@@ -13,6 +13,12 @@ Each store object holds one connection behind a lock, so threads of one process
 queue on a mutex rather than on SQLite's sleeping busy handler; a process forked
 from one that had the store open reconnects on first use.
 
+A file removed, renamed or replaced while the store has it open (or its ``-wal`` or
+``-shm`` file) is noticed at the next kill-switch read (every 0.1 s in a process that
+runs agents), heartbeat or failed statement (:mod:`.filewatch`): from then on every
+call raises :class:`~corral.exceptions.StoreGone` and runs stop with
+``control_plane_unavailable``, instead of writing on into a file nobody reads.
+
 USD amounts are stored as the exact decimal text and added up in Python inside
 the write transaction, so a :class:`~decimal.Decimal` round-trips unchanged.
 Mappings (events, usage, approval arguments, outcomes) are JSON; a value JSON
@@ -48,7 +54,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, cast
 
-from ..exceptions import ConfigError, StoreError
+from ..exceptions import ConfigError, StoreError, StoreGone
 from ..leases import LEASE_SECONDS, Renewer
 from .base import (
     ApprovalRecord,
@@ -83,6 +89,7 @@ from .base import (
     settled_charges,
 )
 from .chain import Sealer
+from .filewatch import FileWatch
 from .migrate import SQLITE, migrate
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
@@ -160,6 +167,9 @@ class SQLiteStore:
         self._cur: sqlite3.Cursor | None = None
         # When this object last renewed each run's heartbeat (monotonic): see append_events.
         self._beats: dict[str, float] = {}
+        # The files as connected, and why they are gone once they are (see _check_file).
+        self._watch = FileWatch(self.path) if self.path != ":memory:" else None
+        self._lost: str | None = None
         try:
             with self._locked():
                 pass  # connect and migrate now, so a bad path or schema fails here
@@ -214,9 +224,35 @@ class SQLiteStore:
         if self._conn is None:
             if self.closed:
                 raise StoreError(f"{self._where}: the store is closed")
+            self._check_file()  # never reconnect to (and so create) a file that was removed
             self._conn = self._connect()
             self._cur = self._conn.cursor()
+            if self._watch is not None and not self._watch.recorded:
+                self._watch.record()
         return self._conn
+
+    def _check_file(self) -> None:
+        """Raise :class:`~corral.exceptions.StoreGone` once the file this store opened (or
+        its ``-wal`` or ``-shm`` file) was removed or replaced (:mod:`.filewatch`).
+
+        From then on every call fails: nothing more goes into a file no other process
+        reads. The connection is left open, never used again: closing it would make
+        SQLite checkpoint and delete the ``-wal`` and ``-shm`` files *by name*, which may
+        now be another store's.
+        """
+        if self._lost is None:
+            why = self._watch.change() if self._watch is not None else None
+            if why is None:
+                return
+            with self._lock:
+                self._lost = (
+                    f"{why} while this process had it open: this process no longer uses it "
+                    "(restart it against the store in use)"
+                )
+                if self._conn is not None:
+                    _keep_unclosed(self._conn)
+                self._conn = self._cur = None
+        raise StoreGone(self._lost)
 
     def _forked(self) -> None:
         if self._conn is not None:
@@ -326,6 +362,8 @@ class SQLiteStore:
                 for run_id in dict.fromkeys(e.run_id for e in events)
                 if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
             ]
+        if due:  # at most once a second per run: also look at the files
+            self._check_file()
         with self._write() as conn:
             cur = cast(sqlite3.Cursor, self._cur)
             _append(cur, self._sealer, events)
@@ -410,6 +448,7 @@ class SQLiteStore:
         cur.execute("UPDATE corral_audit_head SET seq = ?, hash = ?", (last.seq, last.hash))
 
     def heartbeat(self, run_id: str) -> None:
+        self._check_file()
         with self._write() as conn:
             conn.execute(
                 "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id)
@@ -543,6 +582,7 @@ class SQLiteStore:
 
     # -- kill switch ---------------------------------------------------------------------
     def kill_switches(self) -> list[KillSwitchState]:
+        self._check_file()  # read every REFRESH_SECONDS by each process: the periodic check
         with self._locked() as conn:
             rows = conn.execute(
                 "SELECT scope, target, mode, reason, actor, set_at FROM corral_kill_switches "
@@ -861,6 +901,7 @@ class _Locked:
         """Release the lock; raise ``exc`` as a StoreError if it is SQLite's."""
         self._lock.release()
         if isinstance(exc, sqlite3.Error):
+            self._store._check_file()  # a file removed or replaced explains it: say so
             raise StoreError(f"{self._store._where}: {exc}") from exc
 
 
@@ -927,6 +968,15 @@ _CLOSED = BreakerState()
 _BREAKER = "SELECT state, until FROM corral_breakers WHERE name = ?"
 
 _AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash, mode"
+
+
+def _keep_unclosed(conn: sqlite3.Connection) -> None:
+    """Keep ``conn`` from ever being closed, even at interpreter exit (see
+    ``SQLiteStore._check_file``): one deliberate leak per store whose file was lost."""
+    import ctypes  # only on this rare path
+
+    _INHERITED.append(conn)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 _HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'"
