@@ -1,8 +1,13 @@
-"""Time, behind a two-method seam so tests and simulations can run on a virtual clock."""
+"""Time, behind a two-method seam so tests and simulations can run on a virtual clock.
+
+:data:`DEADLINE` carries a run's deadline to code that waits on its behalf without
+knowing the run (its store, output hygiene): the run sets it around such work.
+"""
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Protocol
 
 
@@ -27,3 +32,14 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+#: When the work being done now must end (``time.monotonic()`` seconds), or None. Set by a
+#: run around its store calls and its output hygiene; a store clamps its waits (lock,
+#: busy, pool and statement timeouts) to it, hygiene stops parsing at it.
+DEADLINE: ContextVar[float | None] = ContextVar("corral_deadline", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds until :data:`DEADLINE` (negative once passed), or None when none is set."""
+    deadline = DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
