@@ -43,3 +43,17 @@ def time_left() -> float | None:
     """Seconds until :data:`DEADLINE` (negative once passed), or None when none is set."""
     deadline = DEADLINE.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+#: Even past :data:`DEADLINE`, a store call gets this long: one attempt without a long wait,
+#: so that a healthy store still records what a run does at its very end.
+WAIT_FLOOR = 0.02
+
+
+def wait_budget(default: float) -> float:
+    """How long a store may wait now: ``default``, clamped to :data:`DEADLINE` when one is
+    set and nearer (never below :data:`WAIT_FLOOR`)."""
+    deadline = DEADLINE.get()
+    if deadline is None:
+        return default
+    return min(default, max(deadline - time.monotonic(), WAIT_FLOOR))

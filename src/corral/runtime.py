@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from . import redact, sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import DEADLINE, SYSTEM_CLOCK, Clock, SystemClock
 from .exceptions import ConfigError, Stop, StoreError
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
@@ -32,6 +32,10 @@ from .stores.memory import MemoryStore
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
+#: How far past the run's deadline its store calls may still wait (seconds): room to
+#: record what the run did at its very end, too little to matter to its caller.
+STORE_GRACE = 0.03
+_GAVE_UP = "not tried: the store gave no answer by the run's deadline"
 
 log = logging.getLogger("corral")
 T = TypeVar("T")
@@ -176,6 +180,14 @@ class RunCore:
         self.id = run_id or new_run_id()
         self.stop: StopInfo | None = None
         self._seq = 0
+        # The store's waits are clamped to the run's deadline (real time only): see
+        # _store_call. Provisional timing until the run's own starts, below.
+        self._timed_store = isinstance(self.clock, SystemClock) and not isinstance(
+            store, MemoryStore
+        )
+        self._store_gave_up = False
+        self.started, self.waiting, self._prior_active = self.clock.monotonic(), 0.0, 0.0
+        self.max_seconds = policy_limits.max_seconds
         try:
             existing = self._load(run_id)
         except Stop:
@@ -289,14 +301,39 @@ class RunCore:
                 "set writes.require_approval: false for these tools"
             )
 
-    # -- store access, fail closed ---------------------------------------------------
+    # -- store access, fail closed, within the run's time ----------------------------
     def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the store; a failure stops the run (fail closed).
+
+        The store waits (locks, busy handler, pool, statements) no longer than the run
+        has left plus :data:`STORE_GRACE` (:data:`~corral.clock.DEADLINE`). A store that
+        failed past the deadline is not waited on again: the run stops ``max_seconds``.
+        """
+        if not self._timed_store:
+            try:
+                return fn(*args, **kwargs)
+            except StoreError as exc:
+                raise self._store_failed(exc) from exc
+        until = self.deadline + STORE_GRACE
+        if self._store_gave_up and time.monotonic() > until:
+            raise self._store_failed(StoreError(_GAVE_UP))
+        token = DEADLINE.set(until)
         try:
             return fn(*args, **kwargs)
         except StoreError as exc:
-            raise self.stamp(
-                Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
-            ) from exc
+            raise self._store_failed(exc) from exc
+        finally:
+            DEADLINE.reset(token)
+
+    def _store_failed(self, exc: StoreError) -> Stop:
+        """The stop for a failed store call: ``max_seconds`` once the run's time is up (the
+        wait was cut by it), else ``control_plane_unavailable``."""
+        if self._timed_store and self.remaining() <= 0:
+            self._store_gave_up = True
+            return self._out_of_time(self.remaining())
+        return self.stamp(
+            Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
+        )
 
     # -- tools -----------------------------------------------------------------------
     def effective(self, name: str) -> Effective:
@@ -382,17 +419,7 @@ class RunCore:
     def check_time(self) -> None:
         over = self.remaining()
         if over <= 0:
-            limit = self.max_seconds
-            raise self.stamp(
-                Stop(
-                    "max_seconds",
-                    "run",
-                    scope="run",
-                    limit=limit,
-                    observed=round(limit - over, 3),
-                    message=f"the run has used its {limit:g} s",
-                )
-            )
+            raise self._out_of_time(over)
         if self.observes("budgets") and not self._time_watched:
             used = self._prior_active + self.active_seconds()
             if used > self.limits.max_seconds:
@@ -408,6 +435,19 @@ class RunCore:
                         message=f"the run has used its {limit:g} s",
                     )
                 )
+
+    def _out_of_time(self, over: float) -> Stop:
+        limit = self.max_seconds
+        return self.stamp(
+            Stop(
+                "max_seconds",
+                "run",
+                scope="run",
+                limit=limit,
+                observed=round(limit - over, 3),
+                message=f"the run has used its {limit:g} s",
+            )
+        )
 
     # -- budgets ---------------------------------------------------------------------
     def fits(self, charge: Charge) -> None:
@@ -575,7 +615,11 @@ class RunCore:
         with self._lock:
             pending, self._pending = self._pending, []
             outstanding, self._grants = list(self._grants.values()), {}
+        # Recording the end waits on the store no longer than other calls of the run.
+        token = DEADLINE.set(self.deadline + STORE_GRACE) if self._timed_store else None
         try:
+            if self._store_gave_up and time.monotonic() > self.deadline + STORE_GRACE:
+                raise StoreError(_GAVE_UP)
             # A shared hold still outstanding at the end (a call authorized and never
             # reported) is settled at what it held: the action may have happened, so its
             # spend stays counted, and its lease stops being renewed.
@@ -597,6 +641,9 @@ class RunCore:
             )
         except StoreError as exc:
             return f"the end of the run could not be recorded: {exc}"
+        finally:
+            if token is not None:
+                DEADLINE.reset(token)
         return None
 
 
