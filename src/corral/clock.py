@@ -6,6 +6,7 @@ knowing the run (its store, output hygiene): the run sets it around such work.
 
 from __future__ import annotations
 
+import math
 import time
 from contextvars import ContextVar
 from typing import Protocol
@@ -33,10 +34,14 @@ class SystemClock:
 
 SYSTEM_CLOCK = SystemClock()
 
-#: When the work being done now must end (``time.monotonic()`` seconds), or None. Set by a
-#: run around its store calls and its output hygiene; a store clamps its waits (lock,
-#: busy, pool and statement timeouts) to it, hygiene stops parsing at it.
+#: When the work being done now for a run must end (``time.monotonic()`` seconds), or
+#: None. A store clamps its waits (lock, busy handler, pool, statements) to it; output
+#: hygiene stops parsing at it. Set by the run (see ``RunCore.check_time`` and
+#: ``RunCore._store_call``) and by the drivers (``execution.py``).
 DEADLINE: ContextVar[float | None] = ContextVar("corral_deadline", default=None)
+#: What a driver sets DEADLINE to while it runs a flow: no deadline yet (infinitely far),
+#: but the run may set its own.
+DRIVEN = math.inf
 
 
 def time_left() -> float | None:

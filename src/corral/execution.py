@@ -32,8 +32,11 @@ abandoned, an async call is cancelled — and the flow gets a
 :class:`~corral.guards.killswitch.Cancelled` attempt: the run stops with
 ``kill_switch``.
 
-Output hygiene after an attempt that the run's time left bounded (its timeout is
-below the tool's own) runs under the run's deadline (:data:`corral.clock.DEADLINE`).
+While a driver runs a flow, :data:`corral.clock.DEADLINE` is set (to
+:data:`~corral.clock.DRIVEN` until the run's ``check_time`` sets its deadline), so
+that the waits on the run's behalf that follow (the store's, output hygiene) end at
+the run's deadline; it is cleared again before an approval or a pause, whose waits
+are not the run's.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any, TypeVar
 from . import _aio
 from ._inline import Watch, can_alarm, expired, run_inline, timeout_error
 from ._workers import run_in_thread, submit
-from .clock import DEADLINE, SystemClock
+from .clock import DEADLINE, DRIVEN, SystemClock
 from .gateway import Approve, Attempt, Execute, Sleep
 from .guards.approval import ApprovalDecision, ApprovalRequest
 from .guards.killswitch import Cancelled
@@ -211,14 +214,6 @@ async def execute_async(op: Execute) -> Attempt:
     )
 
 
-def _under_run_deadline(op: Execute, started: float) -> float | None:
-    """The run's deadline when it bounded ``op`` (its timeout is below the tool's own);
-    what the flow does next with the attempt (output hygiene) must end by it."""
-    if op.timeout < op.eff.timeout:
-        return started + op.timeout
-    return None
-
-
 # -- models and approvers ----------------------------------------------------------------
 def _respond(op: CallModel) -> Any:
     return op.model.respond(op.request)
@@ -271,35 +266,25 @@ async def _approve_async(approver: Any, op: Approve) -> Any:
 
 
 # -- the drivers -------------------------------------------------------------------------
-def _send_under(flow: Generator[Any, Any, Any], result: Any, deadline: float | None) -> Any:
-    if deadline is None:
-        return flow.send(result)
-    token = DEADLINE.set(deadline)
-    try:
-        return flow.send(result)
-    finally:
-        DEADLINE.reset(token)
-
-
 def drive_sync(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> Any:
     """Run ``flow`` to completion, waiting in this thread."""
+    token = DEADLINE.set(DRIVEN)
     try:
         op = next(flow)
         while True:
             if isinstance(op, Execute):
-                started = time.monotonic()
                 result: Any = execute_sync(op)
-                op = _send_under(flow, result, _under_run_deadline(op, started))
-                continue
-            if isinstance(op, CallModel):
+            elif isinstance(op, CallModel):
                 result = call_sync(_respond, op, op.timeout, op.watch, _model_name(op))
             elif isinstance(op, Approve):
-                try:
+                DEADLINE.set(DRIVEN)  # the wait is not the run's: what follows, until the
+                try:  # flow checks the run's time again, waits as it would outside a run
                     result = _approve_sync(approver, op)
                 except Exception as exc:  # the channel failed: the flow decides (fail closed)
                     op = flow.throw(exc)
                     continue
             elif isinstance(op, Sleep):
+                DEADLINE.set(DRIVEN)  # the pause may be an approval's, its next poll follows
                 clock.sleep(op.seconds)
                 result = None
             else:  # pragma: no cover - the flows yield only the ops above
@@ -307,27 +292,29 @@ def drive_sync(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> 
             op = flow.send(result)
     except StopIteration as done:
         return done.value
+    finally:
+        DEADLINE.reset(token)
 
 
 async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> Any:
     """Run ``flow`` to completion, awaiting on the running event loop."""
+    token = DEADLINE.set(DRIVEN)
     try:
         op = next(flow)
         while True:
             if isinstance(op, Execute):
-                started = time.monotonic()
                 result: Any = await execute_async(op)
-                op = _send_under(flow, result, _under_run_deadline(op, started))
-                continue
-            if isinstance(op, CallModel):
+            elif isinstance(op, CallModel):
                 result = await _call_model_async(op)
             elif isinstance(op, Approve):
+                DEADLINE.set(DRIVEN)  # as in drive_sync
                 try:
                     result = await _approve_async(approver, op)
                 except Exception as exc:  # the channel failed: the flow decides (fail closed)
                     op = flow.throw(exc)
                     continue
             elif isinstance(op, Sleep):
+                DEADLINE.set(DRIVEN)
                 if isinstance(clock, SystemClock):
                     await asyncio.sleep(op.seconds)
                 else:
@@ -338,6 +325,8 @@ async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: A
             op = flow.send(result)
     except StopIteration as done:
         return done.value
+    finally:
+        DEADLINE.reset(token)
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:

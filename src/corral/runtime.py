@@ -32,9 +32,6 @@ from .stores.memory import MemoryStore
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
-#: How far past the run's deadline its store calls may still wait (seconds): room to
-#: record what the run did at its very end, too little to matter to its caller.
-STORE_GRACE = 0.03
 _GAVE_UP = "not tried: the store gave no answer by the run's deadline"
 
 log = logging.getLogger("corral")
@@ -180,11 +177,10 @@ class RunCore:
         self.id = run_id or new_run_id()
         self.stop: StopInfo | None = None
         self._seq = 0
-        # The store's waits are clamped to the run's deadline (real time only): see
-        # _store_call. Provisional timing until the run's own starts, below.
-        self._timed_store = isinstance(self.clock, SystemClock) and not isinstance(
-            store, MemoryStore
-        )
+        # Waits on the run's behalf end at its deadline (on the real clock only): see
+        # check_time and _store_call. Provisional timing until the run's own starts, below.
+        self._real_clock = isinstance(self.clock, SystemClock)
+        self._timed_store = self._real_clock and not isinstance(store, MemoryStore)
         self._store_gave_up = False
         self.started, self.waiting, self._prior_active = self.clock.monotonic(), 0.0, 0.0
         self.max_seconds = policy_limits.max_seconds
@@ -306,18 +302,24 @@ class RunCore:
         """``fn(*args, **kwargs)`` on the store; a failure stops the run (fail closed).
 
         The store waits (locks, busy handler, pool, statements) no longer than the run
-        has left plus :data:`STORE_GRACE` (:data:`~corral.clock.DEADLINE`). A store that
-        failed past the deadline is not waited on again: the run stops ``max_seconds``.
+        has left (:data:`~corral.clock.DEADLINE`; past it, one short attempt). Once a
+        store call failed past the deadline the store is not waited on again: the run
+        stops with ``max_seconds``.
         """
         if not self._timed_store:
             try:
                 return fn(*args, **kwargs)
             except StoreError as exc:
                 raise self._store_failed(exc) from exc
-        until = self.deadline + STORE_GRACE
-        if self._store_gave_up and time.monotonic() > until:
+        deadline = self.deadline
+        if self._store_gave_up and time.monotonic() > deadline:
             raise self._store_failed(StoreError(_GAVE_UP))
-        token = DEADLINE.set(until)
+        if DEADLINE.get() == deadline:  # set by check_time for this flow already
+            try:
+                return fn(*args, **kwargs)
+            except StoreError as exc:
+                raise self._store_failed(exc) from exc
+        token = DEADLINE.set(deadline)
         try:
             return fn(*args, **kwargs)
         except StoreError as exc:
@@ -328,9 +330,11 @@ class RunCore:
     def _store_failed(self, exc: StoreError) -> Stop:
         """The stop for a failed store call: ``max_seconds`` once the run's time is up (the
         wait was cut by it), else ``control_plane_unavailable``."""
-        if self._timed_store and self.remaining() <= 0:
-            self._store_gave_up = True
-            return self._out_of_time(self.remaining())
+        if self._timed_store:
+            over = self.remaining()
+            if over <= 0:
+                self._store_gave_up = True
+                return self._out_of_time(over)
         return self.stamp(
             Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
         )
@@ -417,9 +421,20 @@ class RunCore:
         ) - self.clock.monotonic()
 
     def check_time(self) -> None:
-        over = self.remaining()
+        """Raise ``max_seconds`` when the run's time is up.
+
+        Inside a driver (which sets :data:`~corral.clock.DEADLINE` while it runs a flow),
+        also bound the rest of the flow by the run's deadline: the waits on the store and
+        output hygiene (until the flow next waits for an approval or a pause).
+        """
+        deadline = self.started + self.waiting + self.max_seconds - self._prior_active
+        over = deadline - self.clock.monotonic()
         if over <= 0:
             raise self._out_of_time(over)
+        if self._real_clock:
+            current = DEADLINE.get()
+            if current is not None and current != deadline:
+                DEADLINE.set(deadline)
         if self.observes("budgets") and not self._time_watched:
             used = self._prior_active + self.active_seconds()
             if used > self.limits.max_seconds:
@@ -615,10 +630,11 @@ class RunCore:
         with self._lock:
             pending, self._pending = self._pending, []
             outstanding, self._grants = list(self._grants.values()), {}
-        # Recording the end waits on the store no longer than other calls of the run.
-        token = DEADLINE.set(self.deadline + STORE_GRACE) if self._timed_store else None
+        # Recording the end waits on the store no longer than other calls of the run (a
+        # run ended by its deadline gets one short attempt per write).
+        token = DEADLINE.set(self.deadline) if self._timed_store else None
         try:
-            if self._store_gave_up and time.monotonic() > self.deadline + STORE_GRACE:
+            if self._store_gave_up and time.monotonic() > self.deadline:
                 raise StoreError(_GAVE_UP)
             # A shared hold still outstanding at the end (a call authorized and never
             # reported) is settled at what it held: the action may have happened, so its

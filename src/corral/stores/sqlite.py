@@ -844,7 +844,8 @@ class _Locked:
         if store._pid != os.getpid():
             store._forked()
         self._lock = store._lock
-        if DEADLINE.get() is None:
+        deadline = DEADLINE.get()
+        if deadline is None or deadline - time.monotonic() >= store.busy_timeout:
             self._lock.acquire()
             busy = store._busy_ms
         else:  # a run's call: no wait, here or in SQLite, past what the run has left
