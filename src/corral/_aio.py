@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 import weakref
@@ -24,6 +25,7 @@ from ._inline import Watch, timeout_error
 from .guards.killswitch import WATCH_SECONDS
 
 T = TypeVar("T")
+log = logging.getLogger("corral")
 
 #: How long a cancelled call is given to end before it is abandoned (seconds).
 CANCEL_GRACE = 0.05
@@ -148,18 +150,38 @@ def _on_sigint(
     return handler, count
 
 
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Drop a task that ignores its cancellation along with its loop: its coroutine is
+    closed (its ``finally`` blocks run now), and it is said once, in corral's log."""
+    log.warning(
+        "%s ignored its cancellation; it was abandoned and is dropped with corral.run()'s "
+        "event loop",
+        task.get_coro(),
+    )
+    with contextlib.suppress(AttributeError):
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # said above
+    with contextlib.suppress(Exception):
+        task.get_coro().close()
+    ended = _ABANDONED.pop(task, None)
+    if ended is not None and not ended.done():
+        ended.set_result(None)  # it will never run again
+
+
 def _close(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left, wait at most CANCEL_GRACE for it, finalize async generators."""
+    """Cancel what is left and wait at most CANCEL_GRACE for it (tasks abandoned already had
+    theirs: they are only cancelled again), then finalize async generators."""
     left = asyncio.all_tasks(loop)
     if left:
         for task in left:
             task.cancel()
-        loop.run_until_complete(asyncio.wait(left, timeout=CANCEL_GRACE))
+        fresh = [task for task in left if task not in _ABANDONED]
+        if fresh:
+            loop.run_until_complete(asyncio.wait(fresh, timeout=CANCEL_GRACE))
+        else:  # one turn of the loop: the cancellations are delivered, quick tasks end
+            loop.run_until_complete(asyncio.sleep(0))
         for task in left:
             if not task.done():
-                ended = _ABANDONED.pop(task, None)
-                if ended is not None and not ended.done():
-                    ended.set_result(None)  # its loop is gone: it will never run again
+                _drop(task)
             elif not task.cancelled() and task.exception() is not None:
                 loop.call_exception_handler(
                     {
