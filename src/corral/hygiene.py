@@ -245,8 +245,9 @@ def clean_output(value: Any, *, strip_html: bool, max_chars: int) -> Any:
     """
     if isinstance(value, str):
         # Only the part that would be parsed is looked at: past it nothing is shown.
-        head = value[: max(HTML_INPUT_FACTOR * max_chars, HTML_INPUT_FLOOR)]
-        if strip_html and looks_like_html(head):
+        if strip_html and looks_like_html(
+            value[: max(HTML_INPUT_FACTOR * max_chars, HTML_INPUT_FLOOR)]
+        ):
             return html_to_text(value, max_chars)
         return cap(value, max_chars)
     if value is None or isinstance(value, bool | int):
