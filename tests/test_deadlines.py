@@ -424,21 +424,24 @@ def test_model_call_of_the_callers_own_stops_at_max_seconds() -> None:
 # -- kill switch: a sync model call in flight ---------------------------------------------
 @pytest.mark.parametrize("where", ["main thread", "worker thread"])
 def test_stop_all_reaches_a_sync_model_call_in_flight(where: str) -> None:
-    """A stop_all switch set while a sync model runs stops the run within ~0.2 s."""
+    """A stop_all switch set while a sync model runs (5 s) stops the run within a watch
+    period or two of the switch (the contract: within 1 s)."""
     store = MemoryStore()
-    timer = threading.Timer(0.2, lambda: killswitch.enable(store, mode="stop_all"))
+    set_at: list[float] = []
+
+    def switch() -> None:
+        killswitch.enable(store, mode="stop_all")
+        set_at.append(time.monotonic())
 
     def go() -> Any:
-        timer.start()
+        threading.Timer(0.2, switch).start()
         return corral.run("t", model=SleepyModel(), policy=policy(30), store=store)
 
-    name = f"stop_all, sync model in flight, {where} (after the switch)"
-    started = time.monotonic()
     result = go() if where == "main thread" else in_thread(go)
-    elapsed = time.monotonic() - started
-    OVERSHOOT[name] = elapsed - 0.2
+    latency = time.monotonic() - set_at[0]
+    OVERSHOOT[f"stop_all, sync model in flight, {where} (after the switch)"] = latency
     assert result.stop_reason == "kill_switch"
-    assert elapsed < 0.2 + 0.1 + SLACK  # the switch, a watch period, slack
+    assert latency < 0.5
 
 
 # -- output hygiene ---------------------------------------------------------------------
