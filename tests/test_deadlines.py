@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 import corral
+import corral.approvals
 from corral import killswitch
 from corral.clock import DEADLINE
 from corral.exceptions import StoreError
@@ -579,6 +580,37 @@ def test_waiting_for_an_approver_is_not_charged_to_max_seconds() -> None:
     )
     assert result.stop_reason == "ok"
     assert result.usage.waiting_seconds >= 0.4
+
+
+def test_an_approval_wait_through_the_store_is_not_bounded_by_max_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's queue: while the run waits for a decision (past what would have been its
+    deadline) its polls and heartbeats wait on a busy store as long as the store allows, not
+    as long as the run had left; the write then goes ahead."""
+    monkeypatch.setattr(corral.approvals, "HEARTBEAT_SECONDS", 0.05)  # writes while it waits
+    path = tmp_path / "corral.db"
+    store = SQLiteStore(path)
+    pol = approval_policy(0.3, 10)
+
+    def operator() -> None:
+        time.sleep(0.5)  # past the run's 0.3 s: its time is not running while it waits
+        with locked(path):
+            time.sleep(0.3)  # the store busy: the run's polls must wait, not fail
+        (pending,) = store.list_approvals()
+        corral.approvals.approve(store, pending.id, approver="alice")
+
+    helper = threading.Thread(target=operator)
+    helper.start()
+    try:
+        result = with_run(
+            pol, lambda r: r.finish(r.call("pay.send", {"amount": 5})), tools=[pay], store=store
+        )
+    finally:
+        helper.join()
+        store.close()
+    assert result.stop_reason == "ok"
+    assert result.usage.waiting_seconds >= 0.8
 
 
 # -- the store: SQLite ------------------------------------------------------------------------
