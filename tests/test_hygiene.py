@@ -304,6 +304,17 @@ def test_a_page_cut_inside_a_script_shows_nothing_of_the_script() -> None:
     assert "not read]" in answer  # it says the page was cut
 
 
+@pytest.mark.parametrize(
+    "page", ["<p>x</p><![foo[bar]]>tail", "<p>x</p><![foo[", "<b>x" + "<![x[" * 3]
+)
+def test_markup_the_parser_rejects_ends_the_page_instead_of_raising(page: str) -> None:
+    """A marked section the HTML parser rejects (it raised out of hygiene before) ends what
+    is read of the page: the text before it is kept, and the page is said to be cut."""
+    answer = observation(page, 200)
+    assert answer.startswith("x") and "not read]" in answer
+    assert "<!" not in answer
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     value=st.recursive(

@@ -15,6 +15,7 @@ Every step is bounded, whatever a tool returns:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -139,7 +140,8 @@ def html_to_text(text: str, max_chars: int | None = None) -> str:
     if unread == 0:
         rest = parser.rawdata
         if not parser.in_hidden and not _MARKUP_START.match(rest):
-            parser.close()  # flush trailing text (a character reference at the very end)
+            with contextlib.suppress(Exception):
+                parser.close()  # flush trailing text (a character reference at the very end)
     # Otherwise what the parser still holds is cut markup (half a tag, an open comment)
     # or hidden text: it is dropped, never shown.
     parser.end_text()

@@ -306,26 +306,20 @@ class RunCore:
         store call failed past the deadline the store is not waited on again: the run
         stops with ``max_seconds``.
         """
-        if not self._timed_store:
-            try:
-                return fn(*args, **kwargs)
-            except StoreError as exc:
-                raise self._store_failed(exc) from exc
-        deadline = self.deadline
-        if self._store_gave_up and time.monotonic() > deadline:
-            raise self._store_failed(StoreError(_GAVE_UP))
-        if DEADLINE.get() == deadline:  # set by check_time for this flow already
-            try:
-                return fn(*args, **kwargs)
-            except StoreError as exc:
-                raise self._store_failed(exc) from exc
-        token = DEADLINE.set(deadline)
+        token = None
+        if self._timed_store:
+            deadline = self.deadline
+            if self._store_gave_up and time.monotonic() > deadline:
+                raise self._store_failed(StoreError(_GAVE_UP))
+            if DEADLINE.get() != deadline:  # else check_time set it for this flow already
+                token = DEADLINE.set(deadline)
         try:
             return fn(*args, **kwargs)
         except StoreError as exc:
             raise self._store_failed(exc) from exc
         finally:
-            DEADLINE.reset(token)
+            if token is not None:
+                DEADLINE.reset(token)
 
     def _store_failed(self, exc: StoreError) -> Stop:
         """The stop for a failed store call: ``max_seconds`` once the run's time is up (the
@@ -334,7 +328,7 @@ class RunCore:
             over = self.remaining()
             if over <= 0:
                 self._store_gave_up = True
-                return self._out_of_time(over)
+                return self._out_of_time(over, f"its store did not answer in time: {exc}")
         return self.stamp(
             Stop("control_plane_unavailable", "store", message=str(exc), retryable=True)
         )
@@ -451,8 +445,9 @@ class RunCore:
                     )
                 )
 
-    def _out_of_time(self, over: float) -> Stop:
+    def _out_of_time(self, over: float, why: str | None = None) -> Stop:
         limit = self.max_seconds
+        message = f"the run has used its {limit:g} s" + (f" ({why})" if why else "")
         return self.stamp(
             Stop(
                 "max_seconds",
@@ -460,7 +455,7 @@ class RunCore:
                 scope="run",
                 limit=limit,
                 observed=round(limit - over, 3),
-                message=f"the run has used its {limit:g} s",
+                message=message,
             )
         )
 
