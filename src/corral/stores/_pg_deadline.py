@@ -51,29 +51,31 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     cancel_sent = False
 
-    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        until = UNTIL.get()
-        if until is None or not SUPPORTED:
-            return super().wait(gen, interval, timeout)
-        left = max(0.0, until - time.monotonic())
-        try:
-            return super().wait(gen, interval, left if timeout is None else min(timeout, left))
-        except _WaitTimeout:
-            pass
-        # The statement runs on: cancel it, so that the server rolls it back, and take
-        # the answer it then gives (its result if it ended first, else QueryCanceled).
-        self.cancel_sent = True
-        try:
-            self.cancel_safe(timeout=CANCEL_WAIT)
-        except Exception:
-            pass  # the server does not take the cancellation either: it is not answering
-        else:
+    if SUPPORTED:  # else psycopg's own wait, whatever its signature
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            until = UNTIL.get()
+            if until is None:
+                return super().wait(gen, interval, timeout)
+            left = max(0.0, until - time.monotonic())
             try:
-                return super().wait(gen, interval, CANCEL_WAIT)
+                return super().wait(gen, interval, left if timeout is None else min(timeout, left))
             except _WaitTimeout:
                 pass
-        self.pgconn.finish()  # nothing more can be said on it
-        raise NoAnswer(f"the server gave no answer within {max(left, 0.0):.3g} s")
+            # The statement runs on: cancel it, so that the server rolls it back, and take
+            # the answer it then gives (its result if it ended first, else QueryCanceled).
+            self.cancel_sent = True
+            try:
+                self.cancel_safe(timeout=CANCEL_WAIT)
+            except Exception:
+                pass  # the server does not take the cancellation either: it is not answering
+            else:
+                try:
+                    return super().wait(gen, interval, CANCEL_WAIT)
+                except _WaitTimeout:
+                    pass
+            self.pgconn.finish()  # nothing more can be said on it
+            raise NoAnswer(f"the server gave no answer within {left:.3g} s")
 
 
 def settle(conn: Any) -> None:
