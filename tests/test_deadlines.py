@@ -388,12 +388,13 @@ def test_async_run_model_turn_stops_at_max_seconds(model: Any, path: str) -> Non
 )
 def test_async_models_stop_at_max_seconds(model: Any, path: str) -> None:
     """An async model is cancelled at the deadline; one ignoring it is abandoned in time."""
-    if "Run.model_turn" in path:
-        go: Callable[[], Any] = lambda: with_run(  # noqa: E731
-            policy(0.4), lambda r: r.model_turn(model, [{"role": "user", "content": "hi"}])
-        )
-    else:
-        go = lambda: corral.run("t", model=model, policy=policy(0.4), store="memory://")  # noqa: E731
+
+    def go() -> Any:
+        if "Run.model_turn" in path:
+            turn = [{"role": "user", "content": "hi"}]
+            return with_run(policy(0.4), lambda r: r.model_turn(model, turn))
+        return corral.run("t", model=model, policy=policy(0.4), store="memory://")
+
     assert bounded(path, 0.4, go).stop_reason == "max_seconds"
 
 
@@ -773,21 +774,18 @@ def test_a_postgres_server_that_stops_answering_stops_the_run_at_max_seconds(
     with crash_pg().fresh_store(proxied(pg_url, proxy.port), max_size=2) as store:
 
         def body(run: corral.Run) -> None:
-            run.call("quick.read", {"q": "first"})
+            if when == "mid-run":
+                run.call("quick.read", {"q": "first"})
             proxy.silent = True
             forever(run, "quick.read")
 
         if when == "from the start":
-            proxy.silent = True
-            go: Callable[[], Any] = lambda: with_run(  # noqa: E731
-                policy(0.4, "quick.read"),
-                lambda r: r.call("quick.read", {"q": "a"}),
-                tools=[quick_read],
-                store=store,
-            )
-        else:
-            go = lambda: with_run(policy(0.4, "quick.read"), body, tools=[quick_read], store=store)  # noqa: E731
-        result = bounded(f"PostgreSQL silent {when}", 0.4, go)
+            proxy.silent = True  # before the run records its start
+        result = bounded(
+            f"PostgreSQL silent {when}",
+            0.4,
+            lambda: with_run(policy(0.4, "quick.read"), body, tools=[quick_read], store=store),
+        )
         proxy.silent = False
     assert result.stop_reason == "max_seconds"
 
