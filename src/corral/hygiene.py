@@ -246,11 +246,11 @@ def clean_output(value: Any, *, strip_html: bool, max_chars: int) -> Any:
     without changing their meaning, so an oversized one is a problem, not a cut.
     """
     if isinstance(value, str):
-        # Only the part that would be parsed is looked at: past it nothing is shown.
-        if strip_html and looks_like_html(
-            value[: max(HTML_INPUT_FACTOR * max_chars, HTML_INPUT_FLOOR)]
-        ):
-            return html_to_text(value, max_chars)
+        if strip_html and "<" in value:
+            # Only the part that would be parsed is looked at: past it nothing is shown.
+            limit = max(HTML_INPUT_FACTOR * max_chars, HTML_INPUT_FLOOR)
+            if _TAG.search(value if len(value) <= limit else value[:limit]):
+                return html_to_text(value, max_chars)
         return cap(value, max_chars)
     if value is None or isinstance(value, bool | int):
         return value
