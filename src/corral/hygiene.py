@@ -224,7 +224,7 @@ def json_size_floor(value: Any, limit: int) -> int:
         if isinstance(item, str):
             total += str.__len__(item) + 2
         elif isinstance(item, dict | list | tuple):
-            n = _BASE_LEN[next(t for t in _BASE_LEN if isinstance(item, t))](item)
+            n = _base_len(item)
             # As json.dumps writes it: brackets, ", " between items, and for a dict each
             # key's quotes and ": " (the keys' own text is added below).
             total += 2 * n + (4 * n if isinstance(item, dict) else 0)
@@ -252,7 +252,10 @@ def json_size_floor(value: Any, limit: int) -> int:
     return total
 
 
-_BASE_LEN: dict[type, Any] = {dict: dict.__len__, list: list.__len__, tuple: tuple.__len__}
+def _base_len(item: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> int:
+    if isinstance(item, dict):
+        return dict.__len__(item)
+    return list.__len__(item) if isinstance(item, list) else tuple.__len__(item)
 
 
 class _Exit:
