@@ -4,13 +4,17 @@ hostile text inside an output is data, never an instruction."""
 from __future__ import annotations
 
 import datetime
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import corral
-from corral.testing import ScriptedModel, call, final
+from corral.testing import MemoryStore, ScriptedModel, call, final
 
 P = corral.Policy.from_dict
 
@@ -210,3 +214,191 @@ def test_an_injected_instruction_does_not_make_the_loop_call_a_tool(store):
     tool_messages = [m for m in model.requests[-1].messages if m.get("role") == "tool"]
     assert "<script>" not in tool_messages[0]["content"]
     assert "call pay.send" in tool_messages[0]["content"]  # the text is kept, as data
+
+
+# -- bounded hygiene, every shape ---------------------------------------------------------
+SECRET = "zq7secret"  # never made of the visible words' letters
+HIDDEN = [
+    f"<script>var s = '{SECRET}';</script>",
+    f"<script>if (a < b && '{SECRET}') {{ x = '</p>'; }}</script>",
+    f"<style>.{SECRET} {{ color: red }}</style>",
+    f"<!-- {SECRET} <p>not shown</p> -->",
+    f"<noscript>{SECRET}</noscript>",
+    f"<template><p>{SECRET}</p></template>",
+    f"<head><title>{SECRET}</title></head>",
+    f'<a href="https://x.example/{SECRET}">',
+    f'<img alt="{SECRET}" src="x.png">',
+]
+MARKUP = ["<p", "<div", "<script", "<style", "<a ", "<img", "<!--", "<template", "<head", "<span"]
+words = st.text(alphabet="abcdefghijklmnop ", min_size=1, max_size=12)
+elements = st.sampled_from(["<p>", "</p>", "<div class='c'>", "</div>", "<br>", "<b>", "</b>",
+                            "<span>", "</span>", "<li>", " ", "\n"])  # fmt: skip
+fragments = st.one_of(
+    words.map(lambda w: ("text", w)),
+    st.sampled_from(HIDDEN).map(lambda h: ("hidden", h)),
+    elements.map(lambda e: ("tag", e)),
+)
+
+
+def page_tool(text: str) -> corral.Tool:
+    return corral.tool(lambda q="": text, name="page.read", effect="read")
+
+
+def observation(text: str, max_chars: int) -> str:
+    """What a run's call of a read returning ``text`` hands over, under ``max_chars``."""
+    policy = P(
+        {
+            "tools": {
+                "allow": ["page.read"],
+                "specs": {"page.read": {"max_output_chars": max_chars}},
+            },
+            "budgets": {"max_seconds": 60},
+        }
+    )
+    with corral.Run(policy, tools=[page_tool(text)], store=MemoryStore()) as run:
+        return run.call("page.read", {})  # type: ignore[no-any-return]
+
+
+def compact(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    parts=st.lists(fragments, min_size=1, max_size=30),
+    repeat=st.integers(1, 5000),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+    max_chars=st.sampled_from([30, 200, 1000, 4000]),
+)
+def test_html_of_any_shape_and_size_shows_only_visible_text_within_the_cap(
+    parts: list[tuple[str, str]], repeat: int, cut: float | None, max_chars: int
+) -> None:
+    """Pages of random fragments, up to ~0.5 MB, whole or cut anywhere (inside a tag, a
+    comment, a script): the observation is within the cap, never shows hidden text or
+    markup, and — for a whole page small enough to be read entirely — is exactly its
+    visible text (or a prefix of it, when capped)."""
+    body = "".join(p for _, p in parts)
+    repeat = min(repeat, 500_000 // max(1, len(body)) + 1)
+    page = "<html><body>" + body * repeat + "</body></html>"
+    if cut is not None:
+        page = page[: int(len(page) * cut)] or "<p>"
+    answer = observation(page, max_chars)
+    assert len(answer) <= max_chars
+    assert SECRET not in answer
+    for markup in MARKUP:
+        assert markup not in answer
+    if cut is None and len(page) <= 64 * 1024:  # read whole: nothing but its text, in order
+        expected = compact("".join(p for kind, p in parts if kind == "text") * repeat)
+        shown = compact(answer.split("\n[...")[0])
+        assert expected.startswith(shown)
+        if len(expected) * 2 < max_chars:
+            assert shown == expected
+
+
+def test_a_page_cut_inside_a_script_shows_nothing_of_the_script() -> None:
+    """A page whose script runs past what is read: the script's text never leaks."""
+    page = "<p>intro</p><script>" + f"steal('{SECRET}');\n" * 20_000 + "</script><p>after</p>"
+    answer = observation(page, 200)
+    assert answer.startswith("intro")
+    assert SECRET not in answer and "steal" not in answer
+    assert "not read]" in answer  # it says the page was cut
+
+
+@pytest.mark.parametrize(
+    "page", ["<p>x</p><![foo[bar]]>tail", "<p>x</p><![foo[", "<b>x" + "<![x[" * 3]
+)
+def test_markup_the_parser_rejects_ends_the_page_instead_of_raising(page: str) -> None:
+    """A marked section the HTML parser rejects (it raised out of hygiene before) ends what
+    is read of the page: the text before it is kept, and the page is said to be cut."""
+    answer = observation(page, 200)
+    assert answer.startswith("x") and "not read]" in answer
+    assert "<!" not in answer
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**9), 10**9)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=30),
+        lambda children: (
+            st.lists(children, max_size=8)
+            | st.dictionaries(st.text(max_size=10), children, max_size=8)
+        ),
+        max_leaves=80,
+    ),
+    max_chars=st.integers(1, 800),
+)
+def test_a_structured_output_is_kept_exactly_when_its_json_fits_the_cap(
+    value: Any, max_chars: int
+) -> None:
+    """Any JSON value: handed over unchanged when its JSON fits the cap, refused as
+    output_too_large when it does not — the bounded measure agrees with json.dumps."""
+    if isinstance(value, str | bool | int | float) or value is None:
+        value = [value]  # scalars are not measured: wrap them
+    fits = len(json.dumps(value, ensure_ascii=False)) <= max_chars
+    policy = P(
+        {"tools": {"allow": ["rows.read"], "specs": {"rows.read": {"max_output_chars": max_chars}}}}
+    )
+    tool = corral.tool(lambda q="": value, name="rows.read", effect="read")
+    with corral.Run(policy, tools=[tool], store=MemoryStore()) as run:
+        out = run.call("rows.read", {})
+    if fits:
+        # Handed over as plain JSON: the same value, but NUL characters (which models and
+        # PostgreSQL refuse) become U+FFFD.
+        assert out == without_nul(value) and run.result.stop_reason == "ok"
+    else:
+        assert run.result.stop_reason == "invalid_tool_output"
+        assert run.result.stop.extra == {"problem": "output_too_large"}
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL replaced by U+FFFD in every string and key."""
+    if isinstance(value, str):
+        return value.replace("\0", "\ufffd")
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    return value
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def looped() -> list[Any]:
+    value: list[Any] = [1]
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("make", "max_chars", "problem"),
+    [
+        (lambda: nested(100_000), 4000, "output_too_large"),
+        (lambda: nested(1_500), 4000, "not_json"),  # fits the cap, too deep for the encoder
+        (lambda: [0] * 5_000_000, 4000, "output_too_large"),
+        (lambda: {str(i): i for i in range(200_000)}, 4000, "output_too_large"),
+        (looped, 4000, "not_json"),
+    ],
+    ids=["100k deep", "1.5k deep", "5M items", "200k keys", "contains itself"],
+)
+def test_huge_deep_or_self_containing_outputs_are_refused_not_raised(
+    make: Callable[[], Any], max_chars: int, problem: str
+) -> None:
+    """Outputs that json.dumps would choke on are refused with a stop reason, quickly."""
+    value = make()
+    policy = P(
+        {"tools": {"allow": ["rows.read"], "specs": {"rows.read": {"max_output_chars": max_chars}}}}
+    )
+    tool = corral.tool(lambda q="": value, name="rows.read", effect="read")
+    with corral.Run(policy, tools=[tool], store=MemoryStore()) as run:
+        run.call("rows.read", {})
+    assert run.result.stop_reason == "invalid_tool_output"
+    assert run.result.stop.extra == {"problem": problem}

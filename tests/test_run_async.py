@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 import corral
+from corral import leases
+from corral.stores.sqlite import SQLiteStore
 from corral.testing import ManualClock, MemoryStore, ScriptedModel, call, final, prices
 
 T = TypeVar("T")
@@ -271,3 +276,89 @@ def test_concurrent_calls_never_pass_the_cap_and_the_run_ends_stopped() -> None:
     assert sum(isinstance(o, corral.Stop) for o in outcomes) == 7
     assert str(result.stop) == "max_tool_calls:run (limit 3, would be 4)"
     assert result.usage.tool_calls == 3
+
+
+# -- bounded waiting: calls that ignore their cancellation ---------------------------------
+def test_a_tool_swallowing_its_cancellation_is_abandoned_after_a_short_grace() -> None:
+    """The issue's example: an async tool that catches CancelledError and sleeps 2 s more
+    held the run 2 s past max_seconds; it is now abandoned after a grace of ~50 ms."""
+
+    @corral.tool(name="search.read", effect="read")
+    async def stubborn(query: str) -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(2)
+        return "late"
+
+    async def main() -> tuple[corral.RunResult, float]:
+        started = time.monotonic()
+        async with new_run(policy(budgets={"max_seconds": 0.3}), tools=[stubborn]) as run:
+            await run.call("search.read", {"query": "a"})
+        return run.result, time.monotonic() - started
+
+    result, elapsed = run_async(main)
+    assert result.stop_reason == "max_seconds"
+    assert elapsed < 0.3 + 0.15
+
+
+def test_an_abandoned_async_write_keeps_its_key_in_flight_until_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that ignores its cancellation is abandoned at its deadline but may still
+    happen: its claim stays renewed (in flight) while it runs, and lapses to unknown once
+    it has ended with no outcome recorded."""
+    lease = 0.4
+    monkeypatch.setattr(leases, "LEASE_SECONDS", lease)
+    monkeypatch.setattr(leases, "RENEWER", leases.Renewer(interval=0.1))
+    store = SQLiteStore(tmp_path / "corral.db")
+
+    def states() -> set[str]:
+        return {c.status for c in store.list_claims(now=time.time())}
+
+    async def main() -> tuple[corral.RunResult, set[str], set[str]]:
+        release = asyncio.Event()
+
+        @corral.tool(name="crm.write", effect="write", timeout=0.2)
+        async def stubborn_write(note: str) -> str:
+            while not release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await release.wait()
+            return "saved"
+
+        async with new_run(tools=[stubborn_write], store=store) as run:
+            await run.call("crm.write", {"note": "refund"}, idempotency_key="N-1")
+        await asyncio.sleep(lease + 0.1)
+        while_running = states()
+        release.set()
+        await asyncio.sleep(lease + 0.3)
+        return run.result, while_running, states()
+
+    try:
+        result, while_running, after = run_async(main)
+    finally:
+        store.close()
+    assert result.stop_reason == "tool_error"  # timed out, with time left in the run
+    assert while_running == {"in_flight"}
+    assert after == {"unknown"}
+
+
+def test_a_sync_model_in_async_run_is_bounded_by_the_models_timeout() -> None:
+    """A plain (blocking) respond() under AsyncRun is cut at models.timeout_seconds."""
+
+    class Blocking:
+        name = "blocking"
+
+        def respond(self, request: Any) -> Any:
+            time.sleep(3)
+            raise AssertionError("not reached")
+
+    async def main() -> tuple[corral.RunResult, float]:
+        started = time.monotonic()
+        async with new_run(policy(models={"timeout_seconds": 0.2})) as run:
+            await run.model_turn(Blocking(), [{"role": "user", "content": "hi"}])
+        return run.result, time.monotonic() - started
+
+    result, elapsed = run_async(main)
+    assert str(result.stop) == "model_error:blocking"
+    assert elapsed < 0.2 + 0.15

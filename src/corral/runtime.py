@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from . import redact, sinks, windows
 from .budgets import Charge, Hold, Limits, Meter, Usage, limits_from_policy
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import DEADLINE, SYSTEM_CLOCK, Clock, SystemClock
 from .exceptions import ConfigError, Stop, StoreError, StoreGone
 from .guards.arguments import check_constraints
 from .policy import ArgConstraint, Guard, Policy
@@ -32,6 +32,7 @@ from .stores.memory import MemoryStore
 from .tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
+_GAVE_UP = "not tried: the store gave no answer by the run's deadline"
 
 log = logging.getLogger("corral")
 T = TypeVar("T")
@@ -185,6 +186,13 @@ class RunCore:
         self.stop: StopInfo | None = None
         self._seq = 0
         self._damaged_usage = False
+        # Waits on the run's behalf end at its deadline (on the real clock only): see
+        # check_time and _store_call. Provisional timing until the run's own starts, below.
+        self._real_clock = isinstance(self.clock, SystemClock)
+        self._timed_store = self._real_clock and not isinstance(store, MemoryStore)
+        self._store_gave_up = False
+        self.started, self.waiting, self._prior_active = self.clock.monotonic(), 0.0, 0.0
+        self.max_seconds = policy_limits.max_seconds
         try:
             existing = self._load(run_id)
         except Stop:
@@ -324,23 +332,50 @@ class RunCore:
                 "set writes.require_approval: false for these tools"
             )
 
-    # -- store access, fail closed ---------------------------------------------------
+    # -- store access, fail closed, within the run's time ----------------------------
     def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the store; whatever it raises (a store object may
-        raise anything) stops the run with ``control_plane_unavailable``."""
+        raise anything) stops the run (fail closed).
+
+        The store waits (locks, busy handler, pool, statements) no longer than the run
+        has left (:data:`~corral.clock.DEADLINE`; past it, one short attempt). Once a
+        store call failed past the deadline the store is not waited on again: the run
+        stops with ``max_seconds``.
+        """
+        token = None
+        if self._timed_store:
+            deadline = self.deadline
+            if self._store_gave_up and time.monotonic() > deadline:
+                raise self._store_failed(StoreError(_GAVE_UP))
+            if DEADLINE.get() != deadline:  # else check_time set it for this flow already
+                token = DEADLINE.set(deadline)
         try:
             return fn(*args, **kwargs)
         except Stop:
             raise
         except Exception as exc:
-            raise self.stamp(
-                Stop(
-                    "control_plane_unavailable",
-                    "store",
-                    message=str(StoreError.of(exc)),
-                    retryable=not isinstance(exc, StoreGone),
-                )
-            ) from exc
+            raise self._store_failed(StoreError.of(exc)) from exc
+        finally:
+            if token is not None:
+                DEADLINE.reset(token)
+
+    def _store_failed(self, exc: StoreError) -> Stop:
+        """The stop for a failed store call: ``max_seconds`` once the run's time is up (the
+        wait was cut by it), else ``control_plane_unavailable`` (not retryable when the
+        store's file is gone for good)."""
+        if self._timed_store:
+            over = self.remaining()
+            if over <= 0:
+                self._store_gave_up = True
+                return self._out_of_time(over, f"its store did not answer in time: {exc}")
+        return self.stamp(
+            Stop(
+                "control_plane_unavailable",
+                "store",
+                message=str(exc),
+                retryable=not isinstance(exc, StoreGone),
+            )
+        )
 
     # -- tools -----------------------------------------------------------------------
     def effective(self, name: str) -> Effective:
@@ -428,19 +463,20 @@ class RunCore:
         ) - self.clock.monotonic()
 
     def check_time(self) -> None:
-        over = self.remaining()
+        """Raise ``max_seconds`` when the run's time is up.
+
+        Inside a driver (which sets :data:`~corral.clock.DEADLINE` while it runs a flow),
+        also bound the rest of the flow by the run's deadline: the waits on the store and
+        output hygiene (until the flow next waits for an approval or a pause).
+        """
+        deadline = self.started + self.waiting + self.max_seconds - self._prior_active
+        over = deadline - self.clock.monotonic()
         if over <= 0:
-            limit = self.max_seconds
-            raise self.stamp(
-                Stop(
-                    "max_seconds",
-                    "run",
-                    scope="run",
-                    limit=limit,
-                    observed=round(limit - over, 3),
-                    message=f"the run has used its {limit:g} s",
-                )
-            )
+            raise self._out_of_time(over)
+        if self._real_clock:
+            current = DEADLINE.get()
+            if current is not None and current != deadline:
+                DEADLINE.set(deadline)
         if self.observes("budgets") and not self._time_watched:
             used = self._prior_active + self.active_seconds()
             if used > self.limits.max_seconds:
@@ -456,6 +492,20 @@ class RunCore:
                         message=f"the run has used its {limit:g} s",
                     )
                 )
+
+    def _out_of_time(self, over: float, why: str | None = None) -> Stop:
+        limit = self.max_seconds
+        message = f"the run has used its {limit:g} s" + (f" ({why})" if why else "")
+        return self.stamp(
+            Stop(
+                "max_seconds",
+                "run",
+                scope="run",
+                limit=limit,
+                observed=round(limit - over, 3),
+                message=message,
+            )
+        )
 
     # -- budgets ---------------------------------------------------------------------
     def fits(self, charge: Charge) -> None:
@@ -649,7 +699,12 @@ class RunCore:
         with self._lock:
             pending, self._pending = self._pending, []
             outstanding, self._grants = list(self._grants.values()), {}
+        # Recording the end waits on the store no longer than other calls of the run (a
+        # run ended by its deadline gets one short attempt per write).
+        token = DEADLINE.set(self.deadline) if self._timed_store else None
         try:
+            if self._store_gave_up and time.monotonic() > self.deadline:
+                raise StoreError(_GAVE_UP)
             if not self.recorded:
                 self.store.create_run(self._new_record())
                 self.recorded = True
@@ -674,6 +729,9 @@ class RunCore:
             )
         except Exception as exc:  # a store object may raise anything: the end is unrecorded
             return f"the end of the run could not be recorded: {StoreError.of(exc)}"
+        finally:
+            if token is not None:
+                DEADLINE.reset(token)
         return None
 
 

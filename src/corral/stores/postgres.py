@@ -34,9 +34,13 @@ parent's connections are never touched in the child.
 It fails closed, and never hangs: a server that cannot be reached, a pool with no
 free connection, a statement (lock waits included) that runs too long each raise
 :class:`~corral.exceptions.StoreError` after ``connect_timeout``, ``pool_timeout``
-or ``statement_timeout``. A deadlock is retried; so is a connection that died
-under a call, except for calls that must not be sent twice because they may have
-committed (reservations, claims, event appends).
+or ``statement_timeout``; a server that stops answering altogether, a second after
+``statement_timeout`` (the client's own bound, :mod:`._pg_deadline`). A call made
+for a run (:data:`corral.clock.DEADLINE` set) waits no longer than the run has left:
+each of these waits is clamped to it, a statement still running then is cancelled
+on the server. A deadlock is retried; so is a connection that died under a call,
+except for calls that must not be sent twice because they may have committed
+(reservations, claims, event appends), and no call is retried past the deadline.
 
 Isolation (tests, several deployments in one database): ``schema="name"`` or a
 ``?schema=name`` URL parameter keeps every table in that schema, created if
@@ -68,8 +72,10 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from ..clock import DEADLINE, wait_budget
 from ..exceptions import ConfigError, StoreError
 from ..leases import LEASE_SECONDS, Renewer
+from . import _pg_deadline
 from . import _postgres_sql as q
 from .base import (
     ApprovalRecord,
@@ -108,6 +114,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Transient conflicts PostgreSQL resolves by aborting one side; the transaction is retried.
 _RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
 _ATTEMPTS = 3
+# How much longer than the server's statement_timeout the client waits for an answer.
+_CLIENT_SLACK = 1.0
 
 
 _OPEN: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
@@ -121,6 +129,12 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _out_of_time() -> bool:
+    """Whether the deadline of the run this call is made for has passed (no more retries)."""
+    deadline = DEADLINE.get()
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _connection_lost(exc: psycopg.Error) -> bool:
@@ -179,16 +193,20 @@ class PostgresStore:
         try:
             # One direct connection first: it names the cause of a failure (refused, auth, no
             # such database) and prepares the schema before the pool fills in the background.
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect) as conn:
+            with _pg_deadline.BoundedConnection.connect(
+                conninfo, autocommit=True, connect_timeout=connect
+            ) as conn:
                 if migrate:
                     _prepare(conn, self.schema, self._sealer)
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
         self._pool_timeout = pool_timeout
+        self._statement_timeout = statement_timeout
         self._new_pool = partial(
             ConnectionPool[Conn],
             conninfo,
             kwargs={"autocommit": True, "connect_timeout": connect},
+            connection_class=_pg_deadline.BoundedConnection,
             min_size=min_size,
             max_size=max(min_size, max_size),
             timeout=pool_timeout,
@@ -228,24 +246,38 @@ class PostgresStore:
         work back, so it is tried again; so is a connection found dead (a restarted
         server) unless ``once``: the work may have committed before the connection
         dropped, and doing it twice would hold a budget twice or lose a claim.
+
+        Waits are bounded: for a free connection by ``pool_timeout``, for the answer by
+        ``statement_timeout`` (the server's) and, on the client, a second more (a server
+        that never answers); each clamped to :data:`corral.clock.DEADLINE` when a run's
+        deadline is nearer (see :mod:`._pg_deadline`). Retries stop at the deadline.
         """
         for attempt in range(1, _ATTEMPTS + 1):
+            pool_wait = wait_budget(self._pool_timeout)
+            answer_wait = wait_budget(self._statement_timeout + _CLIENT_SLACK)
+            token = _pg_deadline.UNTIL.set(time.monotonic() + answer_wait)
             try:
-                with self._current_pool().connection(timeout=self._pool_timeout) as conn:
-                    return fn(conn)
+                with self._current_pool().connection(timeout=pool_wait) as conn:
+                    try:
+                        return fn(conn)
+                    finally:
+                        _pg_deadline.settle(conn)
+            except _pg_deadline.NoAnswer as exc:
+                raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
             except _RETRYABLE as exc:
-                if attempt == _ATTEMPTS:
+                if attempt == _ATTEMPTS or _out_of_time():
                     raise StoreError(f"PostgreSQL store: {exc}") from exc
             except PoolTimeout as exc:
                 raise StoreError(
-                    f"PostgreSQL store unavailable: no connection within {self._pool_timeout:g} s "
-                    f"({exc})"
+                    f"PostgreSQL store unavailable: no connection within {pool_wait:.3g} s ({exc})"
                 ) from exc
             except psycopg.OperationalError as exc:
-                if once or attempt > 1 or not _connection_lost(exc):
+                if once or attempt > 1 or not _connection_lost(exc) or _out_of_time():
                     raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
             except psycopg.Error as exc:
                 raise StoreError(f"PostgreSQL store: {exc}") from exc
+            finally:
+                _pg_deadline.UNTIL.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def schema_version(self) -> int:

@@ -7,7 +7,9 @@ locking, so it holds across processes, not only threads: every read-modify-write
 reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
 survives the process being killed (``FULL`` also survives power loss, at a cost
 per commit). Readers never wait for the writer; a writer waits up to
-``busy_timeout`` seconds for another.
+``busy_timeout`` seconds for another, and a call made for a run (with
+:data:`corral.clock.DEADLINE` set) no longer than the run has left, also for the
+store's own lock when another thread of the process holds it.
 
 Each store object holds one connection behind a lock, so threads of one process
 queue on a mutex rather than on SQLite's sleeping busy handler; a process forked
@@ -54,6 +56,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, cast
 
+from ..clock import DEADLINE, wait_budget
 from ..exceptions import ConfigError, StoreError, StoreGone
 from ..leases import LEASE_SECONDS, Renewer
 from .base import (
@@ -155,6 +158,8 @@ class SQLiteStore:
             self.path = os.path.abspath(self.path)  # a later chdir must not move the store
         self.synchronous = sync
         self.busy_timeout = busy_timeout
+        self._busy_ms = int(busy_timeout * 1000)  # the busy wait outside a run's deadline
+        self._busy_now = self._busy_ms
         self.closed = False
         self._where = f"SQLite database {self.path}"
         self._sealer = Sealer.from_env()
@@ -194,9 +199,10 @@ class SQLiteStore:
 
     # -- connection --------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        timeout = wait_budget(self.busy_timeout)
         conn = sqlite3.connect(
             self.path,
-            timeout=self.busy_timeout,
+            timeout=timeout,
             isolation_level=None,  # autocommit: transactions are begun explicitly
             check_same_thread=False,  # one thread at a time, under self._lock
         )
@@ -208,6 +214,7 @@ class SQLiteStore:
         except BaseException:
             conn.close()
             raise
+        self._busy_now = int(timeout * 1000)  # what the connection's busy handler waits now
         return conn
 
     def _locked(self) -> _Locked:
@@ -885,9 +892,25 @@ class _Locked:
         if store._pid != os.getpid():
             store._forked()
         self._lock = store._lock
-        self._lock.acquire()
+        deadline = DEADLINE.get()
+        if deadline is None or deadline - time.monotonic() >= store.busy_timeout:
+            self._lock.acquire()
+            busy = store._busy_ms
+        else:  # a run's call: no wait, here or in SQLite, past what the run has left
+            wait = wait_budget(store.busy_timeout)
+            if not self._lock.acquire(timeout=wait):
+                raise StoreError(
+                    f"{store._where}: busy in this process for {wait:.3g} s "
+                    "(the time the run had left)"
+                )
+            busy = int(wait_budget(store.busy_timeout) * 1000)
         try:
-            return store._open()
+            conn = store._open()
+            if busy != store._busy_now:
+                # Set only while the time left is below busy_timeout (and restored after).
+                conn.execute(f"PRAGMA busy_timeout = {busy}")
+                store._busy_now = busy
+            return conn
         except BaseException as exc:
             self._leave(exc)
             raise
