@@ -25,6 +25,14 @@ sys.path.insert(0, str(Path(__file__).parent / "stores"))
 from pg import fresh_store, require_postgres
 
 CAP = Decimal("0.01")
+
+# psycopg_pool's worker threads draw from the global `random` (reconnection jitter) whenever
+# they open a connection: if one does so while Hypothesis draws an example, Hypothesis takes it
+# for a strategy using `random`. The strategies here use none.
+POOL_RANDOM = (
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
 PRICE = {"input_usd_per_mtok": 10, "output_usd_per_mtok": 20}  # $0.00001 in, $0.00002 out
 MESSAGES = [{"role": "user", "content": "what is the vendor status? " * 4}]  # a bound of 100+
 _tenants = itertools.count()
@@ -146,6 +154,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         store.close()
 
 
+@pytest.mark.filterwarnings(POOL_RANDOM)
 def test_usage_figures_never_credit_a_budget_or_pass_a_cap(any_store: Any) -> None:
     """Over random sequences of runs (corral's loop and the caller's own model calls, sync and
     async) whose model calls report any figures (negative, huge, float, NaN, inf, bool, text,

@@ -889,6 +889,14 @@ PERS = ("tenant", "agent", "tool", "global")
 WINDOW_SECONDS = {"15m": 900, "1h": 3600, "60m": 3600, "1d": 86400, "24h": 86400}
 _examples = iter(range(10**9))
 
+# psycopg_pool's worker threads draw from the global `random` (reconnection jitter) whenever
+# they open a connection: if one does so while Hypothesis draws an example, Hypothesis takes it
+# for a strategy using `random`. The strategies here use none.
+POOL_RANDOM = (
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
 cents = st.integers(min_value=0, max_value=150)
 # (per, window, rolling, max_usd in cents or None, max_calls or None, which tool)
 limit_entries = st.lists(
@@ -926,6 +934,7 @@ def _cents(value: int) -> Decimal:
     return Decimal(value) / 100
 
 
+@pytest.mark.filterwarnings(POOL_RANDOM)
 def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
     """Over random limit entries (same and different scopes, windows, rolling, caps, duplicates)
     and random reserve/settle/refund sequences, each scope's usage is what was committed plus
@@ -1057,6 +1066,7 @@ raw_ops = st.lists(
 )
 
 
+@pytest.mark.filterwarnings(POOL_RANDOM)
 def test_a_store_handed_one_scope_twice_counts_it_once(store: Store) -> None:
     """Charges naming one scope several times, at reserve or settle, count once on every
     backend: the largest figure of each dimension, against the tightest cap of each."""
