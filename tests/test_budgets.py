@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import corral
 from corral.stores.base import KillSwitchState
@@ -397,3 +400,77 @@ def test_threads_sharing_one_run_never_pass_its_caps(store):
     assert len(ran) == 8
     assert (run.result.usage.tool_calls, run.result.usage.usd) == (8, Decimal("2.00"))
     assert run.result.stop_reason == "max_usd"
+
+
+# -- figures no action can have used are never a credit ---------------------------------------
+_bad_counts = st.sampled_from([-1, -(10**9), 1.5, float("nan"), True, "3", None])
+_bad_usd = st.sampled_from(
+    [Decimal("-0.01"), Decimal("-1E+9"), Decimal("NaN"), Decimal("-Infinity"), -1, 0.5, None]
+)
+_count = st.one_of(st.integers(0, 50), _bad_counts)
+_usd = st.one_of(st.integers(0, 500).map(lambda c: Decimal(c) / 100), _bad_usd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    held=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 99), st.integers(0, 99)),
+    actual=st.tuples(_count, _count, _count, _count, _usd),
+    commit=st.booleans(),
+)
+def test_a_settlement_never_lowers_committed_usage(
+    held: tuple[int, int, int, int], actual: tuple[Any, ...], commit: bool
+) -> None:
+    """Meter.settle and Meter.commit replace a negative, non-finite or ill-typed figure by the
+    hold's own (0 for a commit): committed usage never goes below what it was."""
+    from corral.budgets import Charge, Limits, Meter
+
+    meter = Meter(Limits(max_steps=100, max_tool_calls=100))
+    steps, calls, tin, tout = held
+    before = meter.usage()
+    hold_charge = Charge(steps=steps, tool_calls=calls, input_tokens=tin, output_tokens=tout,
+                         usd=Decimal(tin) / 100)  # fmt: skip
+    a_steps, a_calls, a_in, a_out, a_usd = actual
+    reported = Charge(steps=a_steps, tool_calls=a_calls, input_tokens=a_in, output_tokens=a_out,
+                      usd=a_usd)  # fmt: skip
+    if commit:
+        meter.commit(reported)
+        floor = Charge()
+    else:
+        recorded = meter.settle(meter.reserve(hold_charge), reported)
+        floor = hold_charge
+        for name in ("steps", "tool_calls", "input_tokens", "output_tokens", "usd"):
+            value = getattr(recorded, name)
+            assert type(value) in (int, Decimal) and value >= 0, name
+    after = meter.usage()
+    for name, got in (
+        ("steps", a_steps),
+        ("tool_calls", a_calls),
+        ("input_tokens", a_in),
+        ("output_tokens", a_out),
+        ("usd", a_usd),
+    ):
+        good = type(got) in ((Decimal,) if name == "usd" else (int,)) and got == got and got >= 0
+        expected = getattr(before, name) + (got if good else getattr(floor, name))
+        assert getattr(after, name) == expected, name
+    assert after.usd.is_finite()
+
+
+def test_a_tool_cost_that_cannot_be_right_is_refused_in_code_and_in_the_policy() -> None:
+    """A negative, non-finite or non-numeric cost_usd is refused where it is declared: in
+    @corral.tool, in a Tool built directly, and in the policy's tool specs."""
+    from dataclasses import replace
+
+    def fn(q: str) -> str:
+        return q
+
+    for bad in (-1, "-0.01", "nan", "inf", "-inf", "lots", True, None, [1]):
+        with pytest.raises(corral.ToolDefinitionError, match="cost_usd"):
+            corral.tool(fn, name="x.read", effect="read", cost_usd=bad)
+    ok = corral.tool(fn, name="x.read", effect="read", cost_usd=0.1)
+    assert ok.cost_usd == Decimal("0.1")
+    for bad in (Decimal(-1), Decimal("NaN"), 0.1, 1):
+        with pytest.raises(corral.ToolDefinitionError, match="cost_usd"):
+            replace(ok, cost_usd=bad)
+    for bad in (-1, "nan", "inf", True):
+        with pytest.raises(corral.PolicyError, match="cost_usd"):
+            P({"tools": {"allow": ["x.read"], "specs": {"x.read": {"cost_usd": bad}}}})

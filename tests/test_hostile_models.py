@@ -94,10 +94,13 @@ RESPONSES: dict[str, tuple[Any, str]] = {
     "calls_list_subclass": (resp(tool_calls=RaisingIter([tc()])), "ok"),
     "calls_item_dict": (resp(tool_calls=[{"name": "t.read"}]), "invalid"),
     "calls_1000": (resp(tool_calls=[tc()] * 1000), "invalid"),
-    "input_tokens_str": (resp(text="x", input_tokens="5"), "invalid"),
-    "output_tokens_float": (resp(text="x", output_tokens=1.5), "invalid"),
-    "output_tokens_none": (resp(text="x", output_tokens=None), "invalid"),
-    "input_tokens_bool": (resp(text="x", input_tokens=True), "invalid"),
+    # Token counts that cannot be right are usage, not output: model_error, why invalid_usage.
+    "input_tokens_str": (resp(text="x", input_tokens="5"), "usage"),
+    "output_tokens_float": (resp(text="x", output_tokens=1.5), "usage"),
+    "output_tokens_none": (resp(text="x", output_tokens=None), "usage"),
+    "input_tokens_bool": (resp(text="x", input_tokens=True), "usage"),
+    "input_tokens_negative": (resp(text="x", input_tokens=-(10**9)), "usage"),
+    "output_tokens_huge": (resp(text="x", output_tokens=10**5000), "usage"),
     "model_int": (resp(text="x", model=5), "invalid"),
     "finish_none": (resp(text="x", finish_reason=None), "invalid"),
     "returns_none": (None, "invalid"),
@@ -184,7 +187,8 @@ FACES = {
 @pytest.mark.parametrize("shape", sorted(RESPONSES))
 def test_a_hostile_response_ends_invalid_model_output(shape: str, face: str) -> None:
     """Each hostile response shape, from a sync or async model, through every face, ends
-    invalid_model_output naming the model (or is usable and the run goes on)."""
+    invalid_model_output naming the model, model_error (why invalid_usage) for token counts
+    that cannot be right, or is usable and the run goes on."""
     response, expected = RESPONSES[shape]
     for make in (Model, AsyncModel):
         result = FACES[face](make(response))
@@ -192,6 +196,11 @@ def test_a_hostile_response_ends_invalid_model_output(shape: str, face: str) -> 
         if expected == "invalid":
             assert result.stop_reason == "invalid_model_output", result.stop
             assert result.stop is not None and result.stop.detail == "m"
+            assert len(result.stop.message) < 1000
+        elif expected == "usage":
+            assert result.stop_reason == "model_error", result.stop
+            assert result.stop is not None and result.stop.detail == "m"
+            assert result.stop.extra == {"why": "invalid_usage"}
             assert len(result.stop.message) < 1000
         elif face in ("run", "arun"):
             # Usable: the loop runs the call (or hands the model its mistake) and goes on.
@@ -246,9 +255,10 @@ def test_system_exit_from_a_model_is_cancellation(face: str) -> None:
 def test_an_invalid_response_settles_at_the_reservation() -> None:
     """A response that cannot be used was still a call whose usage is unknown: the worst
     case reserved for it stays charged, never a credit."""
-    result = via_run(Model(resp(text="x", input_tokens="5")))
-    assert result.stop_reason == "invalid_model_output"
-    assert result.usage.output_tokens > 0 and result.usage.input_tokens > 0
+    for response in (resp(text=5), resp(text="x", input_tokens="5")):
+        result = via_run(Model(response))
+        assert result.stop_reason in ("invalid_model_output", "model_error")
+        assert result.usage.output_tokens > 0 and result.usage.input_tokens > 0
 
 
 # -- property: generated responses ------------------------------------------------------------

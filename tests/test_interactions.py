@@ -216,7 +216,7 @@ def test_an_approved_write_reserves_after_the_decision_and_settles(sqlite: Share
     )
     result = waiter.done()
     assert result.stop_reason == "ok" and refunds.sent == ["o-1"]
-    assert sqlite.store.scope_usage(tenant_scope(pol)) == (0, Decimal("0.70"))
+    assert sqlite.store.scope_usage(tenant_scope(pol)) == (1, Decimal("0.70"))  # one call
     assert result.usage.waiting_seconds > 0
 
 
@@ -340,7 +340,7 @@ def test_a_dead_holders_rolling_hold_is_reclaimed_from_its_own_sub_bucket() -> N
     second = store.reserve(held, now=t1)  # reserve reclaims the lapsed first hold
     assert isinstance(second, str)
     scope = held[0].scope
-    assert store.scope_usage(scope) == (0, Decimal("0.70"))
+    assert store.scope_usage(scope) == (1, Decimal("0.70"))  # scopes count calls too
     later = t0 + 3600.0 + 61.0  # the first bucket has left the window, the second has not
     store.renew_grants(later - 0.5)
     assert store.reclaim(later) == 0
@@ -348,7 +348,7 @@ def test_a_dead_holders_rolling_hold_is_reclaimed_from_its_own_sub_bucket() -> N
         windows.scoped(pol, charge, tenant="acme", agent=None, now=later), now=later
     )
     assert isinstance(third, str)
-    assert store.scope_usage(scope) == (0, Decimal("1.40"))
+    assert store.scope_usage(scope) == (2, Decimal("1.40"))
     store.settle(first, windows.settled(held, charge))  # late: it may have happened after all
     store.settle(second, windows.settled(held, charge))
     store.settle(third, windows.settled(held, charge))
@@ -643,9 +643,9 @@ def test_stop_all_on_an_async_write_in_flight_settles_its_hold_and_spares_the_br
     unknown = shared.store.list_claims(now=time.time(), status="unknown", tenant="acme")
     assert sorted(c.key for c in unknown) == [f"caller:{WRITE}:o-{i}" for i in (1, 2, 3)]
     scope = tenant_scope(pol)
-    assert shared.store.scope_usage(scope) == (0, Decimal("2.10"))
+    assert shared.store.scope_usage(scope) == (3, Decimal("2.10"))  # scopes count calls too
     assert shared.store.reclaim(time.time() + 7200) == 0
-    assert shared.store.scope_usage(scope) == (0, Decimal("2.10"))
+    assert shared.store.scope_usage(scope) == (3, Decimal("2.10"))
     assert shared.store.breaker(WRITE, now=time.time()).state == "closed"
     again = asyncio.run(one("o-1"))
     assert again.stop is not None and again.stop.why == "outcome_unknown"

@@ -939,3 +939,17 @@ def test_another_process_sees_a_switch_within_1_s_on_postgres() -> None:
             child.close()
     report("PostgreSQL", delays)
     assert max(delays) <= 1.0
+
+
+def test_enable_with_target_none_is_the_global_switch_on_sqlite_too(tmp_path: Path) -> None:
+    """Issue 10: killswitch.enable(store, target=None) worked on memory and raised a raw
+    StoreError on SQLite; it is the global switch on both, and a scoped switch without a
+    target is a ConfigError naming its scope on both."""
+    for store in (MemoryStore(), SQLiteStore(tmp_path / "k.db")):
+        switch = killswitch.enable(store, target=None, mode="stop_all")
+        assert (switch.scope, switch.target) == ("global", "")
+        assert [(s.scope, s.target) for s in store.kill_switches()] == [("global", "")]
+        with pytest.raises(ConfigError, match="a tenant kill switch needs a target"):
+            killswitch.enable(store, scope="tenant", target=None)
+        assert killswitch.disable(store, target=None) is True
+        store.close()

@@ -21,10 +21,10 @@ import corral
 from corral import windows
 from corral.budgets import Charge
 from corral.leases import Renewer
-from corral.testing import MemoryStore, ScriptedModel, call, prices
+from corral.testing import MemoryStore, ScriptedModel, call, final, prices
 
 sys.path.insert(0, str(Path(__file__).parent / "stores"))
-from pg import drop_schema, new_schema, require_postgres
+from pg import drop_schema, fresh_store, new_schema, require_postgres
 
 SPAWN = multiprocessing.get_context("spawn")
 CAP = Decimal("50.00")
@@ -106,7 +106,8 @@ def test_agent_and_global_scopes_apply_together_all_or_nothing() -> None:
         agent="bot",
         now=time.time(),
     )[1].scope
-    assert store.scope_usage(scope) == (0, Decimal("1.40"))
+    # The global scope counts the two calls made (it caps only USD, but counts both).
+    assert store.scope_usage(scope) == (2, Decimal("1.40"))
 
 
 def test_a_failed_attempt_is_charged_and_not_executed_is_refunded() -> None:
@@ -175,6 +176,128 @@ def test_model_spend_counts_toward_the_tenant_budget() -> None:
     assert result.stop_reason == "max_usd"
     assert result.stop is not None and result.stop.detail in ("tenant/1d", "run")
     assert result.usage.usd <= Decimal("0.01")
+
+
+# -- limits on one scope and window: usage counted once, every cap enforced ------------------
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh store of each backend, closed afterwards."""
+    if request.param == "postgres":
+        with fresh_store(require_postgres()) as pg:
+            yield pg
+        return
+    from corral.stores.sqlite import SQLiteStore
+
+    store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "w.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def dime_calls(policy: corral.Policy, store: Any, calls: int = 15, **who: Any) -> corral.RunResult:
+    """``calls`` calls at $0.10 each under ``policy``, as tenant acme unless told otherwise."""
+    who.setdefault("tenant", "acme")
+    with corral.Run(policy, tools=[browse_tool("0.10")], store=store, **who) as run:
+        for i in range(calls):
+            run.call("browser.open", {"url": f"https://x.example/{i}"})
+    return run.result
+
+
+def tenant_usage(policy: corral.Policy, store: Any, tenant: str = "acme") -> tuple[int, Decimal]:
+    (scope,) = windows.scoped(
+        policy, Charge(tool_calls=1, tool="browser.open"), tenant=tenant, agent=None,
+        now=time.time(),
+    )  # fmt: skip
+    return store.scope_usage(scope.scope)
+
+
+def test_a_usd_cap_and_a_calls_cap_on_one_tenant_day_are_both_enforced(any_store: Any) -> None:
+    """Issue 10, break 1: {max_usd: 1} and {max_calls: 100} on tenant/1d let 15 calls at $0.10
+    through; the USD cap now stops the 11th, on every backend, and the day counts each once."""
+    policy = limited(
+        {"per": "tenant", "window": "1d", "max_usd": 1},
+        {"per": "tenant", "window": "1d", "max_calls": 100},
+    )
+    result = dime_calls(policy, any_store)
+    assert result.stop_reason == "max_usd"
+    assert str(result.stop) == "max_usd:tenant/1d (limit 1.00, would be 1.10)"
+    assert (result.usage.tool_calls, result.usage.usd) == (10, Decimal("1.00"))
+    assert tenant_usage(policy, any_store) == (10, Decimal("1.00"))
+
+
+def test_two_calls_caps_on_one_tenant_day_enforce_the_tighter_once(any_store: Any) -> None:
+    """Issue 10, break 1: max_calls 5 and 50 on tenant/1d stopped after 3 calls (counted
+    twice); now after 5, on every backend."""
+    policy = limited(
+        {"per": "tenant", "window": "1d", "max_calls": 5},
+        {"per": "tenant", "window": "1d", "max_calls": 50},
+    )
+    result = dime_calls(policy, any_store)
+    assert str(result.stop) == "max_tool_calls:tenant/1d (limit 5, would be 6)"
+    assert result.usage.tool_calls == 5
+    assert tenant_usage(policy, any_store) == (5, Decimal("0.50"))
+
+
+def test_policies_capping_one_tenant_differently_see_one_usage(any_store: Any) -> None:
+    """A run under a USD-only cap and one under a calls-only cap on the same tenant day see
+    each other's usage: every scope counts both calls and USD."""
+    usd_cap = limited({"per": "tenant", "window": "1d", "max_usd": "1.00"})
+    calls_cap = limited({"per": "tenant", "window": "1d", "max_calls": 6})
+    assert dime_calls(usd_cap, any_store, calls=4).stop_reason == "ok"
+    second = dime_calls(calls_cap, any_store)
+    assert str(second.stop) == "max_tool_calls:tenant/1d (limit 6, would be 7)"
+    assert second.usage.tool_calls == 2
+    third = dime_calls(usd_cap, any_store)
+    assert str(third.stop) == "max_usd:tenant/1d (limit 1.00, would be 1.10)"
+    assert third.usage.tool_calls == 4
+    assert tenant_usage(usd_cap, any_store) == (10, Decimal("1.00"))
+
+
+def test_a_window_written_two_ways_is_one_scope() -> None:
+    """1d and 24h (and 60m and 1h) are one window length, so one scope: both caps apply to
+    one usage, and the stop names it in its largest unit."""
+    store = MemoryStore()
+    policy = limited(
+        {"per": "tenant", "window": "24h", "max_usd": "1.00"},
+        {"per": "tenant", "window": "1d", "max_calls": 100},
+        {"per": "agent", "window": "60m", "max_calls": 8},
+        {"per": "agent", "window": "1h", "max_usd": "5"},
+    )
+    charge = Charge(tool_calls=1, usd=Decimal("0.10"), tool="browser.open")
+    scopes = windows.scoped(policy, charge, tenant="acme", agent="bot", now=time.time())
+    assert [s.scope.split("@")[0] for s in scopes] == ["tenant:acme/1d", "agent:bot/1h"]
+    assert [(s.max_usd, s.max_calls) for s in scopes] == [
+        (Decimal("1.00"), 100),
+        (Decimal("5"), 8),
+    ]
+    result = dime_calls(policy, store, agent="bot")
+    assert str(result.stop) == "max_tool_calls:agent/1h (limit 8, would be 9)"
+
+
+def test_a_tenant_name_holding_a_slash_keeps_the_stop_label() -> None:
+    """The stop names the window after the subject, whatever characters the subject holds."""
+    store = MemoryStore()
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": "0.30"})
+    result = dime_calls(policy, store, tenant="acme/eu@1d")
+    assert str(result.stop) == "max_usd:tenant/1d (limit 0.30, would be 0.40)"
+
+
+def test_model_spend_counts_in_a_scope_that_caps_only_calls() -> None:
+    """A scope with only a calls cap still counts the USD of priced model calls (its usage is
+    the true usage, for any policy capping USD on the same scope)."""
+    store = MemoryStore()
+    policy = limited({"per": "tenant", "window": "1d", "max_calls": 100})
+    model = ScriptedModel([call("browser.open", url="u"), call("browser.open", url="v")])
+    model.price = prices(1000, 1000)
+    model.script.append(final("done"))
+    result = corral.run(
+        "t", model=model, tools=[browse_tool("0.10")], policy=policy, store=store,
+        tenant="acme", max_tokens=32,
+    )  # fmt: skip
+    assert result.stop_reason == "ok"
+    calls, usd = tenant_usage(policy, store)
+    assert calls == 2 and usd == result.usage.usd > Decimal("0.20")
 
 
 # -- rolling windows -----------------------------------------------------------------------

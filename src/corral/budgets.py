@@ -8,7 +8,7 @@ never overshot by anything corral started.
 >>> from decimal import Decimal
 >>> m = Meter(Limits(max_tool_calls=2, max_usd=Decimal("1.00")))
 >>> h = m.reserve(Charge(tool_calls=1, usd=Decimal("0.70")))
->>> m.settle(h, Charge(tool_calls=1, usd=Decimal("0.70")))
+>>> _ = m.settle(h, Charge(tool_calls=1, usd=Decimal("0.70")))
 >>> m.reserve(Charge(tool_calls=1, usd=Decimal("0.70")))
 Traceback (most recent call last):
 corral.exceptions.Stop: max_usd:run (limit 1.00, would be 1.40)
@@ -16,6 +16,7 @@ corral.exceptions.Stop: max_usd:run (limit 1.00, would be 1.40)
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ._safe import shown
 from .exceptions import ConfigError, Stop
 from .stops import StopReason
 
@@ -100,18 +102,57 @@ class Usage:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """The usage :meth:`to_dict` wrote (missing fields are 0).
+
+        Raises :class:`ValueError` naming the field for a figure no run could have
+        used: not a whole count, a negative one, USD or seconds that are not finite
+        decimals from 0. A stored record that fails this is damaged: resuming from it
+        must not start with a credit.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"usage must be a mapping, got {type(data).__name__}")
+        by_tool = data.get("tool_calls_by_tool", {})
+        if not isinstance(by_tool, Mapping):
+            raise ValueError(f"tool_calls_by_tool must be a mapping, got {shown(by_tool)}")
         return cls(
-            steps=int(data.get("steps", 0)),
-            tool_calls=int(data.get("tool_calls", 0)),
-            input_tokens=int(data.get("input_tokens", 0)),
-            output_tokens=int(data.get("output_tokens", 0)),
-            usd=Decimal(str(data.get("usd", "0"))),
-            active_seconds=float(data.get("active_seconds", 0.0)),
-            waiting_seconds=float(data.get("waiting_seconds", 0.0)),
-            tool_calls_by_tool=MappingProxyType(dict(data.get("tool_calls_by_tool", {}))),
-            overrun_tokens=int(data.get("overrun_tokens", 0)),
-            overrun_usd=Decimal(str(data.get("overrun_usd", "0"))),
+            steps=_count(data, "steps"),
+            tool_calls=_count(data, "tool_calls"),
+            input_tokens=_count(data, "input_tokens"),
+            output_tokens=_count(data, "output_tokens"),
+            usd=_amount(data, "usd"),
+            active_seconds=_seconds(data, "active_seconds"),
+            waiting_seconds=_seconds(data, "waiting_seconds"),
+            tool_calls_by_tool=MappingProxyType(
+                {str(k): _count(by_tool, k, "tool_calls_by_tool.") for k in by_tool}
+            ),
+            overrun_tokens=_count(data, "overrun_tokens"),
+            overrun_usd=_amount(data, "overrun_usd"),
         )
+
+
+def _count(data: Mapping[str, Any], key: str, prefix: str = "") -> int:
+    value = data.get(key, 0)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{prefix}{key} must be a whole number >= 0, got {shown(value)}")
+    return value
+
+
+def _amount(data: Mapping[str, Any], key: str) -> Decimal:
+    value = data.get(key, "0")
+    try:
+        amount = Decimal(value) if isinstance(value, str | int) else None
+    except ArithmeticError:
+        amount = None
+    if isinstance(value, bool) or amount is None or not amount.is_finite() or amount < 0:
+        raise ValueError(f"{key} must be a finite amount >= 0, got {shown(value)}")
+    return amount
+
+
+def _seconds(data: Mapping[str, Any], key: str) -> float:
+    value = data.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{key} must be a finite number of seconds >= 0, got {shown(value)}")
+    return float(value)
 
 
 @dataclass(slots=True)  # not frozen: one is built per call, and frozen __init__ costs 3x
@@ -226,11 +267,14 @@ class Meter:
             self._held.add(charge)
             return Hold(self._next, charge)
 
-    def settle(self, hold: Hold, actual: Charge) -> None:
-        """Replace the held amount with what was actually used.
+    def settle(self, hold: Hold, actual: Charge) -> Charge:
+        """Replace the held amount with what was actually used; returns what was recorded.
 
         ``actual`` may exceed the hold (a provider ignored ``max_tokens``): it is
         recorded as it is, never trimmed, and the excess is added to :attr:`overrun`.
+        A figure no action can have used (negative, not finite, not a whole count) is
+        never recorded: the hold's own figure stands in for it, so a settlement
+        never credits the budget.
         """
         with self._lock:
             charge = self._holds.pop(hold.id, None)
@@ -239,7 +283,8 @@ class Meter:
             self._held.add(charge, -1)
             if actual is charge:
                 self._committed.add(actual)  # the common case: used exactly what was held
-                return
+                return actual
+            actual = _no_credit(actual, charge)
             if actual.tool is None and charge.tool is not None:
                 actual = replace(actual, tool=charge.tool)
             self._committed.add(actual)
@@ -253,11 +298,13 @@ class Meter:
                     output_tokens=o.output_tokens + over_out,
                     usd=o.usd + over_usd,
                 )
+            return actual
 
     def commit(self, actual: Charge) -> None:
-        """Record usage that was not reserved here (observe mode's watching meter)."""
+        """Record usage that was not reserved here (observe mode's watching meter); a
+        figure no action can have used counts as 0, never as a credit."""
         with self._lock:
-            self._committed.add(actual)
+            self._committed.add(_no_credit(actual, _NOTHING))
 
     def refund(self, hold: Hold) -> None:
         """Give back a hold whose action did not happen (denied, refused, not started)."""
@@ -292,6 +339,43 @@ class Meter:
                 output_tokens=h.output_tokens,
                 usd=h.usd,
             )
+
+
+_NOTHING = Charge()
+
+
+def _no_credit(actual: Charge, held: Charge) -> Charge:
+    """``actual`` with each figure no action can have used (negative, not finite, not a
+    whole count) replaced by ``held``'s: usage only ever adds to a budget."""
+    steps, calls, tin, tout, usd = (
+        actual.steps,
+        actual.tool_calls,
+        actual.input_tokens,
+        actual.output_tokens,
+        actual.usd,
+    )
+    if (
+        type(steps) is int
+        and steps >= 0
+        and type(calls) is int
+        and calls >= 0
+        and type(tin) is int
+        and tin >= 0
+        and type(tout) is int
+        and tout >= 0
+        and type(usd) is Decimal
+        and usd.is_finite()
+        and usd >= 0
+    ):
+        return actual
+    return Charge(
+        steps=steps if type(steps) is int and steps >= 0 else held.steps,
+        tool_calls=calls if type(calls) is int and calls >= 0 else held.tool_calls,
+        input_tokens=tin if type(tin) is int and tin >= 0 else held.input_tokens,
+        output_tokens=tout if type(tout) is int and tout >= 0 else held.output_tokens,
+        usd=usd if type(usd) is Decimal and usd.is_finite() and usd >= 0 else held.usd,
+        tool=actual.tool,
+    )
 
 
 def _refuse(reason: StopReason, scope: str, c: Charge, limit: Any, would_be: Any) -> Stop:

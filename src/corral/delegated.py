@@ -15,7 +15,8 @@ from .budgets import Charge, Hold
 from .clock import SystemClock
 from .exceptions import ConfigError, Stop, ToolRejected
 from .gateway import Approve, Attempt, Execute, Sleep
-from .modelcalls import price_of
+from .modelcalls import invalid_usage, price_of
+from .models.base import InvalidUsage, usage_problem
 from .runtime import RunCore
 
 
@@ -56,7 +57,8 @@ class ModelCall:
 
     Use ``max_tokens`` (clamped to what the budgets allow) in the request, then
     :meth:`settle` with the reported usage. Leaving the block without settling
-    charges the reserved worst case; an exception inside it is ``model_error``.
+    charges the reserved worst case; an exception inside it is ``model_error``
+    (an :class:`~corral.models.InvalidUsage` charges the worst case too).
     """
 
     def __init__(self, core: RunCore, hold: Hold, max_tokens: int, model: Any) -> None:
@@ -70,9 +72,19 @@ class ModelCall:
         return str(getattr(self._model, "name", "model"))
 
     def settle(self, *, input_tokens: int, output_tokens: int) -> None:
-        """Charge what the provider reported (recorded as it is, also above the reservation)."""
+        """Charge what the provider reported (recorded as it is, also above the reservation).
+
+        Counts that cannot be right (not whole numbers from 0 to
+        :data:`~corral.models.base.MAX_CALL_TOKENS`) are never charged: the
+        reservation is, and the run stops with ``model_error`` (why
+        ``invalid_usage``), raised here as :class:`~corral.Stop`.
+        """
         if self._hold is None:
             raise ConfigError("this model call was already settled")
+        problem = usage_problem(input_tokens, output_tokens)
+        if problem is not None:
+            hold, self._hold = self._hold, None
+            raise invalid_usage(self._core, hold, self._name, problem)
         price = price_of(self._core, self._model, input_tokens=input_tokens)
         usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
         actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
@@ -105,6 +117,8 @@ class ModelCall:
                 usd=str(hold.charge.usd),
             )
             return
+        if isinstance(exc, InvalidUsage):  # from settle_from_response: usage that cannot be right
+            raise invalid_usage(self._core, hold, self._name, str(exc)) from exc
         self._core.settle(hold, Charge(steps=1))
         if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
             self._core.event("model_call", model=self._name, outcome="error", error=repr(exc))

@@ -46,8 +46,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast, get_args
 
+from ._safe import shown
 from .exceptions import ConfigError, StoreError, StoreGone
-from .stores.base import Event, KillMode, KillScope, KillSwitchState, Store
+from .stores.base import Event, KillMode, KillScope, KillSwitchState, Store, kill_target
 from .stores.memory import MemoryStore
 
 #: How long one read of the switches is reused (seconds, ``time.monotonic``).
@@ -211,39 +212,41 @@ def active(store: Store) -> tuple[KillSwitchState, ...]:
     return cache_for(store).switches(store)
 
 
-def check_switch(scope: str, target: str = "", mode: str | None = None) -> None:
-    """Raise :class:`~corral.exceptions.ConfigError` for a switch that cannot mean anything."""
-    if scope not in SCOPES:
-        raise ConfigError(f"unknown kill-switch scope {scope!r} (one of {', '.join(SCOPES)})")
+def check_switch(scope: str, target: str | None = "", mode: str | None = None) -> str:
+    """The target a switch at ``scope`` is kept under (``""`` for ``global``, whose
+    target may be given as ``None``); :class:`~corral.exceptions.ConfigError` for a
+    switch that cannot mean anything: an unknown scope or mode, a target on
+    ``global`` or none on any other scope (the same rule every store applies:
+    :func:`~corral.stores.base.kill_target`), a tool switch not naming a tool."""
     if mode is not None and mode not in MODES:
-        raise ConfigError(f"unknown kill-switch mode {mode!r} (one of {', '.join(MODES)})")
-    if scope == "global" and target:
-        raise ConfigError(f"a global kill switch has no target, got {target!r}")
-    if scope != "global" and not target:
-        raise ConfigError(f"a {scope} kill switch needs a target (which {scope})")
+        raise ConfigError(f"unknown kill-switch mode {shown(mode)} (one of {', '.join(MODES)})")
+    target = kill_target(scope, target)
     if scope == "tool" and not _TOOL_NAME.fullmatch(target):
         raise ConfigError(
-            f"{target!r} is not a tool name: tool names match exactly and use only "
+            f"{shown(target)} is not a tool name: tool names match exactly and use only "
             "lowercase letters, digits, '_', '.' and '-'"
         )
+    return target
 
 
 def enable(
     store: Store,
     *,
     scope: KillScope = "global",
-    target: str = "",
+    target: str | None = "",
     mode: KillMode | None = None,
     reason: str = "",
     actor: str | None = None,
 ) -> KillSwitchState:
     """Turn a switch on (or replace the one at the same scope and target); returns it.
 
-    ``actor`` defaults to :func:`default_actor`. The change is written to the audit log
-    in the same transaction (see :func:`audit_event`). Runs in this process see it at
-    once; others within :data:`REFRESH_SECONDS` plus the time of a read.
+    ``target`` is ``""`` or ``None`` for ``global`` and required for every other scope
+    (see :func:`check_switch`). ``actor`` defaults to :func:`default_actor`. The change
+    is written to the audit log in the same transaction (see :func:`audit_event`). Runs
+    in this process see it at once; others within :data:`REFRESH_SECONDS` plus the
+    time of a read.
     """
-    check_switch(scope, target, mode)
+    target = check_switch(scope, target, mode)
     switch = KillSwitchState(
         scope=scope,
         target=target,
@@ -264,17 +267,17 @@ def disable(
     store: Store,
     *,
     scope: KillScope = "global",
-    target: str = "",
+    target: str | None = "",
     reason: str = "",
     actor: str | None = None,
 ) -> bool:
     """Turn the switch at ``scope``/``target`` off; ``False`` if none was on there.
 
-    A switch turned off is written to the audit log with ``actor`` (default
-    :func:`default_actor`) and ``reason``, in the same transaction; nothing is
-    recorded when no switch was on there.
+    ``target`` as for :func:`enable`. A switch turned off is written to the audit log
+    with ``actor`` (default :func:`default_actor`) and ``reason``, in the same
+    transaction; nothing is recorded when no switch was on there.
     """
-    check_switch(scope, target)
+    target = check_switch(scope, target)
     off = KillSwitchState(
         scope=scope,
         target=target,

@@ -5,6 +5,11 @@ size of the request: no tokenizer produces more tokens than bytes, plus a small
 per-message overhead) at the input price, plus ``max_tokens`` at the output
 price. ``max_tokens`` is clamped to what the token and USD budgets have left; a
 call that cannot fit even a minimal answer is refused before any request.
+
+The usage a model reports is checked before it is charged
+(:func:`~corral.models.base.usage_problem`): a figure that cannot be right is
+charged at the reservation and stops the run with ``model_error`` (why
+``invalid_usage``, see :func:`invalid_usage`), never credited.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from . import breaker
-from ._safe import error_text, text, type_name
-from .budgets import Charge
+from ._safe import error_text, shown, text, type_name
+from .budgets import Charge, Hold
 from .exceptions import ConfigError, Stop
 from .execution import CallModel
 from .gateway import Attempt
 from .guards import killswitch
 from .models import pricing
 from .models.base import (
+    MAX_CALL_TOKENS,
+    InvalidUsage,
     Model,
     ModelOutputError,
     ModelRequest,
@@ -74,8 +81,13 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
     budgets leave after the input bound. The call is refused when what is left is
     below a minimal answer (``MIN_ANSWER_TOKENS``, or ``wanted`` if smaller).
     """
-    if wanted is not None and wanted < 1:
-        raise ConfigError(f"max_tokens must be a positive integer, got {wanted!r}")
+    if wanted is not None and (type(wanted) is not int or wanted < 1):
+        raise ConfigError(f"max_tokens must be a positive integer, got {shown(wanted)}")
+    if type(input_bound) is not int or not 0 <= input_bound <= MAX_CALL_TOKENS:
+        raise ConfigError(
+            f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
+            f"got {shown(input_bound)}"
+        )
     core.fits(Charge(steps=1))
     lim = core.meter.limits  # in observe mode, the backstops
     used, held = core.meter.usage(), core.meter.held()
@@ -180,6 +192,34 @@ def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
     )
 
 
+def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
+    """The stop for a model call whose reported usage cannot be right (``problem``): the
+    call was made and what it used is unknown, so its reservation (the worst case) is
+    charged, never the reported figure; a ``model_call`` error is recorded."""
+    worst = hold.charge
+    core.settle(hold, worst)
+    core.event(
+        "model_call",
+        model=name,
+        outcome="error",
+        why="invalid_usage",
+        error=problem,
+        input_tokens=worst.input_tokens,
+        output_tokens=worst.output_tokens,
+        usd=str(worst.usd),
+    )
+    core.flush()
+    return core.stamp(
+        Stop(
+            "model_error",
+            name,
+            message=f"the model reported usage that cannot be right ({problem}); "
+            "the call is charged at its reservation",
+            extra={"why": "invalid_usage"},
+        )
+    )
+
+
 def model_flow(
     core: RunCore,
     model: Model,
@@ -225,8 +265,10 @@ def model_flow(
         core.flush()
         raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
-    endpoint_ok = result.ok or isinstance(result.error, ModelOutputError)
+    endpoint_ok = result.ok or isinstance(result.error, ModelOutputError | InvalidUsage)
     breaker.record(core, endpoint, endpoint_ok, probe=decision == "probe")
+    if isinstance(result.error, InvalidUsage):  # an adapter found the usage unusable
+        raise invalid_usage(core, hold, name, str(result.error))
     if not result.ok:
         core.settle(hold, Charge(steps=1))
         error = result.error
@@ -239,7 +281,9 @@ def model_flow(
             raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
         raise core.stamp(Stop("model_error", name, message=what))
     try:
-        response = validate_response(result.value)  # structure and types; figures below
+        response = validate_response(result.value)  # structure, types and usage figures
+    except InvalidUsage as bad:
+        raise invalid_usage(core, hold, name, str(bad)) from None
     except ModelOutputError as bad:
         # The call happened and what it used is unknown: the reservation (worst case) stands.
         core.settle(hold, hold.charge)

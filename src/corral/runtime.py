@@ -185,6 +185,7 @@ class RunCore:
         self.recorded = False
         self.stop: StopInfo | None = None
         self._seq = 0
+        self._damaged_usage = False
         # Waits on the run's behalf end at its deadline (on the real clock only): see
         # check_time and _store_call. Provisional timing until the run's own starts, below.
         self._real_clock = isinstance(self.clock, SystemClock)
@@ -199,7 +200,7 @@ class RunCore:
             # `with Run(...)` records it like any other.
             existing = None
         if existing is not None:
-            prior = Usage.from_dict(existing.usage)
+            prior = self._prior_usage(existing)
             self.resumed = True
         if self.observes("budgets"):
             # Enforce only the backstops; the policy's own limits are watched.
@@ -288,6 +289,26 @@ class RunCore:
         if record is not None and record.tenant != self.tenant:
             raise ConfigError(f"run {run_id!r} belongs to another tenant")
         return record
+
+    def _prior_usage(self, record: RunRecord) -> Usage | None:
+        """The stored usage a resumed run starts from. A damaged one (negative, not finite,
+        malformed) would start the run with a credit: fail closed instead, as for a store
+        that cannot be read (the first action stops with ``control_plane_unavailable``)."""
+        try:
+            return Usage.from_dict(record.usage)
+        except ValueError as exc:
+            # The record stays (it is not re-created at the end) and its usage as found,
+            # so that every later resume refuses too.
+            self._damaged_usage = self.recorded = True
+            self.stamp(
+                Stop(
+                    "control_plane_unavailable",
+                    "store",
+                    message=f"run {record.id!r} has damaged usage in the store ({exc}); "
+                    "it cannot be resumed",
+                )
+            )
+            return None
 
     def _check_approval_channel(self) -> None:
         """Refuse at start a policy needing approvals that nobody could give: with no
@@ -541,7 +562,7 @@ class RunCore:
             self.observed(refusal)
 
     def settle(self, hold: Hold, actual: Charge) -> None:
-        self.meter.settle(hold, actual)
+        actual = self.meter.settle(hold, actual)  # as recorded: never a credit
         if self._grants:
             self._settle_shared(hold, actual)
         if self.shadow is not None:
@@ -702,7 +723,7 @@ class RunCore:
                 stop_reason=reason,
                 stop=self.redactor.data(info.to_dict()) if info else None,
                 answer=answer,
-                usage=usage.to_dict(),
+                **({} if self._damaged_usage else {"usage": usage.to_dict()}),
                 ended_at=time.time(),
                 would_stop=[self.redactor.data(w.to_dict()) for w in self.would_stop],
             )

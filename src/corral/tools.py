@@ -25,6 +25,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from ._safe import shown
 from .exceptions import ToolDefinitionError
 from .policy import CREDENTIAL_NAME, TOOL_NAME
 
@@ -91,6 +92,13 @@ class Tool:
     _args_model: type[BaseModel] | None = None
     _args_validator: Any = None
     _output_validator: Any = None
+
+    def __post_init__(self) -> None:
+        cost = self.cost_usd
+        if type(cost) is not Decimal or not cost.is_finite() or cost < 0:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: cost_usd must be a finite amount >= 0, got {shown(cost)}"
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function directly, outside any governance (for tests and scripts)."""
@@ -266,7 +274,7 @@ def tool(
             effect=effect or "write",
             effect_declared=effect is not None,
             description=doc.strip().split("\n\n")[0],
-            cost_usd=Decimal(str(cost_usd)),
+            cost_usd=_cost(tool_name, cost_usd),
             expensive=expensive,
             timeout=timeout,
             retries=retries,
@@ -286,6 +294,20 @@ def tool(
     if fn is not None:
         return build(fn)
     return build
+
+
+def _cost(name: str, value: Any) -> Decimal:
+    """A declared cost as an exact Decimal (``0.7`` is read as ``"0.7"``), refusing what
+    is not a finite amount >= 0 (a negative cost would credit every budget it meets)."""
+    try:
+        cost = None if isinstance(value, bool) else Decimal(str(value))
+    except Exception:  # not a number (or an object whose str() raises)
+        cost = None
+    if cost is None or not cost.is_finite() or cost < 0:
+        raise ToolDefinitionError(
+            f"tool {name!r}: cost_usd must be a finite amount >= 0, got {shown(value)}"
+        )
+    return cost
 
 
 def _credential_names(

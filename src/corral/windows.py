@@ -6,7 +6,10 @@ atomicity), so many runs in many processes sharing a tenant budget cannot pass
 it: the zero-overshoot guarantee. A refusal names the scope and when its window
 reopens (``max_usd:tenant/1d (limit 50.00, would be 50.70)``, ``retry_after``).
 
-A calendar window is one scope per period (``tenant:acme/1d@<start>``), which starts
+Limit entries on the same subject and window share one scope, and every scope counts
+both tool calls and USD: ``{per: tenant, window: 1d, max_usd: 1}`` and
+``{per: tenant, window: 1d, max_calls: 100}`` enforce both caps on one usage, counted
+once. A calendar window is one scope per period (``tenant:acme/1d@<start>``), which starts
 from zero. A *rolling* window of length W is one scope (``tenant:acme/1d rolling``)
 whose usage is kept in sub-buckets of W/60, aligned to multiples of W/60 since the
 epoch: a charge at ``t`` goes to the bucket holding ``t``, and counts until W after
@@ -26,10 +29,11 @@ to fit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .budgets import Charge
 from .exceptions import Stop
@@ -54,48 +58,73 @@ def _subject(limit: WindowLimit, *, tenant: str | None, agent: str | None) -> st
     return limit.tool
 
 
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+@functools.lru_cache(maxsize=256)
+def window_length(window: str) -> tuple[int, str]:
+    """A policy window (``15m``, ``24h``, ``1d``: validated by the policy) as seconds and
+    the name its scopes and stops use, in the largest unit it is a whole number of (``24h``
+    and ``1440m`` are both ``1d``): windows of one length are one scope. Cached: this runs
+    on every reservation under a window limit."""
+    seconds = int(window[:-1]) * _UNIT_SECONDS[window[-1]]
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds % size == 0:
+            return seconds, f"{seconds // size}{unit}"
+    return seconds, f"{seconds // 60}m"
+
+
 def scoped(
     policy: Policy, charge: Charge, *, tenant: str | None, agent: str | None, now: float
 ) -> list[ScopedCharge]:
-    """The shared-scope charges that ``charge`` makes under ``policy``'s window limits."""
-    out: list[ScopedCharge] = []
+    """The shared-scope charges that ``charge`` makes under ``policy``'s window limits.
+
+    One charge per scope (per, subject, window length, calendar or rolling): limit
+    entries naming the same scope share it, each cap enforced (the tightest of each
+    dimension). Every scope counts both tool calls and USD, whichever caps a policy
+    puts on it, so runs under policies capping one tenant differently see one usage.
+    """
+    calls, usd = charge.tool_calls, charge.usd
+    if not calls and not usd:
+        return []
+    out: dict[str, ScopedCharge] = {}
     for limit in policy.limits:
         if limit.per == "tool" and charge.tool != limit.tool:
             continue
-        calls = charge.tool_calls if limit.max_calls is not None else 0
-        usd = charge.usd if limit.max_usd is not None else ZERO
-        if not calls and not usd:
-            continue
-        size = limit.seconds
+        size, label = window_length(limit.window)
         subject = _subject(limit, tenant=tenant, agent=agent)
         if limit.rolling:
             bucket = size / BUCKETS
             start = math.floor(now / bucket) * bucket
-            scope, ends = f"{limit.per}:{subject}/{limit.window} rolling", start + bucket + size
+            scope, ends = f"{limit.per}:{subject}/{label} rolling", start + bucket + size
         else:
             start = math.floor(now / size) * size
-            scope, ends = f"{limit.per}:{subject}/{limit.window}@{start}", start + size
-        out.append(
-            ScopedCharge(
-                scope=scope,
-                calls=calls,
-                usd=usd,
-                max_calls=limit.max_calls,
-                max_usd=limit.max_usd,
-                window_ends=float(ends),
-                rolling=limit.rolling,
-            )
+            scope, ends = f"{limit.per}:{subject}/{label}@{start}", start + size
+        same = out.get(scope)
+        out[scope] = ScopedCharge(
+            scope=scope,
+            calls=calls,
+            usd=usd,
+            max_calls=_tightest(limit.max_calls, same.max_calls if same else None),
+            max_usd=_tightest(limit.max_usd, same.max_usd if same else None),
+            window_ends=float(ends),
+            rolling=limit.rolling,
         )
-    return out
+    return list(out.values())
+
+
+def _tightest(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def settled(held: Sequence[ScopedCharge], actual: Charge) -> list[ScopedCharge]:
-    """What each held scope is settled to, given what the action actually used."""
+    """What each held scope is settled to, given what the action actually used: its
+    tool calls and USD, in every scope (each counts both)."""
     return [
         ScopedCharge(
             scope=h.scope,
-            calls=actual.tool_calls if h.calls else 0,
-            usd=actual.usd if h.max_usd is not None else ZERO,
+            calls=actual.tool_calls,
+            usd=actual.usd,
             window_ends=h.window_ends,
             rolling=h.rolling,
         )
@@ -104,8 +133,10 @@ def settled(held: Sequence[ScopedCharge], actual: Charge) -> list[ScopedCharge]:
 
 
 def refusal_stop(refusal: Refusal, tool: str | None) -> Stop:
+    """The stop for a window refusal: ``max_usd:tenant/1d (limit 1.00, would be 1.10)``."""
     per, _, rest = refusal.scope.partition(":")
-    window = rest.split("/", 1)[1].split("@", 1)[0] if "/" in rest else ""
+    # The window is after the last "/" (a tenant or agent name may hold one itself).
+    window = rest.rpartition("/")[2].split("@", 1)[0] if "/" in rest else ""
     label = f"{per}/{window}"
     reason: StopReason = "max_usd" if refusal.dimension == "usd" else "max_tool_calls"
     if refusal.retry_after is None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pg import fresh_store, require_postgres
 
 from conftest import POSTGRES_URL
@@ -876,3 +878,457 @@ def test_settling_a_rolling_grant_changes_its_own_bucket(store: Store) -> None:
     assert store.scope_usage("r") == (0, Decimal("1.00"))
     assert isinstance(_spend(store, "0.20", 70.0), str)
     assert store.scope_usage("r") == (0, Decimal("1.00"))
+
+
+# -- limits per window: one usage per scope, every cap on it enforced ---------------------------
+# The same store serves every example; each example has scope names of its own (a fresh tenant,
+# agent and tool names, or a fresh prefix; for the fleet, calendar windows days apart), so no
+# example sees another's usage.
+NOW = 1_700_000_123.0  # one moment, inside every window an example uses
+PERS = ("tenant", "agent", "tool", "global")
+WINDOW_SECONDS = {"15m": 900, "1h": 3600, "60m": 3600, "1d": 86400, "24h": 86400}
+_examples = iter(range(10**9))
+
+# psycopg_pool's worker threads draw from the global `random` (reconnection jitter) whenever
+# they open a connection: if one does so while Hypothesis draws an example, Hypothesis takes it
+# for a strategy using `random`. The strategies here use none.
+POOL_RANDOM = (
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
+cents = st.integers(min_value=0, max_value=150)
+# (per, window, rolling, max_usd in cents or None, max_calls or None, which tool)
+limit_entries = st.lists(
+    st.tuples(
+        st.sampled_from(PERS),
+        st.sampled_from(sorted(WINDOW_SECONDS)),
+        st.booleans(),
+        st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+        st.one_of(st.none(), st.integers(min_value=1, max_value=6)),
+        st.sampled_from("ab"),
+    ).filter(lambda e: e[3] is not None or e[4] is not None),
+    min_size=1,
+    max_size=6,
+)
+# ("reserve", calls, cents, tool) | ("settle", which grant, calls, cents) | ("refund", which)
+_reserve_op = st.tuples(st.just("reserve"), st.integers(0, 2), cents, st.sampled_from("ab"))
+budget_ops = st.lists(
+    st.one_of(
+        _reserve_op,
+        _reserve_op,  # twice as likely: enough holds to reach the caps
+        st.tuples(st.just("settle"), st.integers(0, 9), st.integers(0, 3), cents),
+        st.tuples(st.just("refund"), st.integers(0, 9)),
+    ),
+    min_size=3,
+    max_size=16,
+)
+
+
+def _examples_for(store: Store, *, fast: int, postgres: int) -> int:
+    """Hypothesis examples for ``store``: fewer on PostgreSQL, where each op is a round trip."""
+    return postgres if type(store).__name__ == "PostgresStore" else fast
+
+
+def _cents(value: int) -> Decimal:
+    return Decimal(value) / 100
+
+
+@pytest.mark.filterwarnings(POOL_RANDOM)
+def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
+    """Over random limit entries (same and different scopes, windows, rolling, caps, duplicates)
+    and random reserve/settle/refund sequences, each scope's usage is what was committed plus
+    held, and a reservation is refused exactly when some cap (the tightest) would be passed."""
+    from corral import windows
+    from corral.budgets import Charge
+    from corral.policy import Policy
+
+    @settings(
+        max_examples=_examples_for(store, fast=60, postgres=15),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(entries=limit_entries, ops=budget_ops)
+    def play(entries: list[tuple[Any, ...]], ops: list[tuple[Any, ...]]) -> None:
+        n = next(_examples)
+        tenant, agent, tools = f"ten{n}", f"ag{n}", {w: f"t{n}.{w}" for w in "ab"}
+        now = NOW + n * 3 * 86400  # the fleet's calendar windows are this example's alone
+        dicts = []
+        for per, window, rolling, usd_cap, calls_cap, which in entries:
+            # The fleet's rolling scope has one name for every example: left out here.
+            rolling = rolling and per != "global"
+            d: dict[str, Any] = {"per": per, "window": window, "rolling": rolling}
+            if per == "tool":
+                d["tool"] = tools[which]
+            if usd_cap is not None:
+                d["max_usd"] = str(_cents(usd_cap))
+            if calls_cap is not None:
+                d["max_calls"] = calls_cap
+            dicts.append(d)
+        policy = Policy.from_dict({"limits": dicts})
+
+        # The model: one group per (per, subject, window length, rolling), its caps the
+        # tightest of its entries', its scope named as a single-entry policy names it.
+        def key(d: dict[str, Any]) -> tuple[Any, ...]:
+            subject = {"tenant": tenant, "agent": agent, "global": "*"}.get(d["per"], d.get("tool"))
+            return (d["per"], subject, WINDOW_SECONDS[d["window"]], d["rolling"])
+
+        caps: dict[tuple[Any, ...], list[Any]] = {}
+        names: dict[tuple[Any, ...], str] = {}
+        for d in dicts:
+            cap = caps.setdefault(key(d), [None, None])
+            if "max_calls" in d:
+                cap[0] = d["max_calls"] if cap[0] is None else min(cap[0], d["max_calls"])
+            if "max_usd" in d:
+                usd_cap = int(Decimal(d["max_usd"]) * 100)
+                cap[1] = usd_cap if cap[1] is None else min(cap[1], usd_cap)
+            one = Policy.from_dict({"limits": [d]})
+            probe = Charge(tool_calls=1, tool=d.get("tool"))
+            (only,) = windows.scoped(one, probe, tenant=tenant, agent=agent, now=now)
+            names[key(d)] = only.scope
+        used = {k: [0, 0] for k in caps}
+        grants: list[tuple[str, list[ScopedCharge], dict[Any, tuple[int, int]]]] = []
+
+        def touched(tool: str) -> list[tuple[Any, ...]]:
+            return sorted({key(d) for d in dicts if d["per"] != "tool" or d["tool"] == tool})
+
+        for op in ops:
+            if op[0] == "reserve":
+                _, calls, usd, which = op
+                charge = Charge(tool_calls=calls, usd=_cents(usd), tool=tools[which])
+                held = windows.scoped(policy, charge, tenant=tenant, agent=agent, now=now)
+                groups = touched(tools[which]) if calls or usd else []
+                assert sorted(c.scope for c in held) == sorted(names[g] for g in groups)
+                refusing = set()
+                for g in groups:
+                    if caps[g][0] is not None and calls and used[g][0] + calls > caps[g][0]:
+                        refusing.add((names[g], "calls", caps[g][0], used[g][0] + calls))
+                    if caps[g][1] is not None and usd and used[g][1] + usd > caps[g][1]:
+                        refusing.add(
+                            (names[g], "usd", _cents(caps[g][1]), _cents(used[g][1] + usd))
+                        )
+                if not held:
+                    continue
+                got = store.reserve(held, now=now)
+                if refusing:
+                    assert isinstance(got, Refusal)
+                    assert (got.scope, got.dimension, got.limit, got.would_be) in refusing
+                else:
+                    assert isinstance(got, str), got
+                    for g in groups:
+                        used[g][0] += calls
+                        used[g][1] += usd
+                    grants.append((got, held, {g: (calls, usd) for g in groups}))
+            elif grants:
+                grant, held, amounts = grants.pop(op[1] % len(grants))
+                actual = (op[2], op[3]) if op[0] == "settle" else (0, 0)
+                report = (
+                    windows.settled(held, Charge(tool_calls=actual[0], usd=_cents(actual[1])))
+                    if op[0] == "settle"
+                    else []
+                )
+                store.settle(grant, report)
+                for g, (calls, usd) in amounts.items():
+                    used[g][0] += actual[0] - calls
+                    used[g][1] += actual[1] - usd
+            for g, (calls, usd) in used.items():
+                assert store.scope_usage(names[g]) == (calls, _cents(usd)), (g, names[g])
+        for grant, _, _ in grants:
+            store.settle(grant, [])
+
+    play()
+
+
+# (scope index, calls, usd in cents, max_calls or None, max_usd in cents or None)
+raw_charges = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.integers(0, 2),
+        cents,
+        st.one_of(st.none(), st.integers(0, 6)),
+        st.one_of(st.none(), st.integers(0, 300)),
+    ),
+    max_size=6,
+)
+raw_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), raw_charges),
+        st.tuples(st.just("reserve"), raw_charges),
+        st.tuples(
+            st.just("settle"),
+            st.integers(0, 9),
+            st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), cents), max_size=5),
+        ),
+        st.tuples(st.just("refund"), st.integers(0, 9)),
+    ),
+    min_size=3,
+    max_size=14,
+)
+
+
+@pytest.mark.filterwarnings(POOL_RANDOM)
+def test_a_store_handed_one_scope_twice_counts_it_once(store: Store) -> None:
+    """Charges naming one scope several times, at reserve or settle, count once on every
+    backend: the largest figure of each dimension, against the tightest cap of each."""
+
+    @settings(
+        max_examples=_examples_for(store, fast=60, postgres=15),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(ops=raw_ops)
+    def play(ops: list[tuple[Any, ...]]) -> None:
+        n = next(_examples)
+        names = [f"raw{n}/calendar", f"raw{n}/open", f"raw{n}/rolling"]
+        ends = [NOW + 600.0, None, NOW + 300.0]
+        used = [[0, 0] for _ in names]
+        grants: list[tuple[str, dict[int, tuple[int, int]]]] = []
+        for op in ops:
+            if op[0] == "reserve":
+                merged: dict[int, list[Any]] = {}
+                for i, calls, usd, max_calls, max_usd in op[1]:
+                    m = merged.setdefault(i, [0, 0, None, None])
+                    m[0], m[1] = max(m[0], calls), max(m[1], usd)
+                    if max_calls is not None:
+                        m[2] = max_calls if m[2] is None else min(m[2], max_calls)
+                    if max_usd is not None:
+                        m[3] = max_usd if m[3] is None else min(m[3], max_usd)
+                refuses = any(
+                    (mc is not None and c and used[i][0] + c > mc)
+                    or (mu is not None and u and used[i][1] + u > mu)
+                    for i, (c, u, mc, mu) in merged.items()
+                )
+                got = store.reserve(
+                    [
+                        ScopedCharge(
+                            scope=names[i],
+                            calls=calls,
+                            usd=_cents(usd),
+                            max_calls=max_calls,
+                            max_usd=None if max_usd is None else _cents(max_usd),
+                            window_ends=ends[i],
+                            rolling=i == 2,
+                        )
+                        for i, calls, usd, max_calls, max_usd in op[1]
+                    ],
+                    now=NOW,
+                )
+                assert isinstance(got, Refusal) == refuses, (got, merged, used)
+                if not refuses:
+                    assert isinstance(got, str)
+                    for i, (c, u, _, _) in merged.items():
+                        used[i][0] += c
+                        used[i][1] += u
+                    grants.append((got, {i: (m[0], m[1]) for i, m in merged.items()}))
+            elif grants:
+                grant, held = grants.pop(op[1] % len(grants))
+                report = op[2] if op[0] == "settle" else []
+                actual: dict[int, list[int]] = {}
+                for i, calls, usd in report:
+                    a = actual.setdefault(i, [0, 0])
+                    a[0], a[1] = max(a[0], calls), max(a[1], usd)
+                store.settle(
+                    grant,
+                    [
+                        ScopedCharge(
+                            scope=names[i] if i < 3 else f"raw{n}/other", calls=c, usd=_cents(u)
+                        )
+                        for i, c, u in report
+                    ],
+                )
+                for i, (c, u) in held.items():
+                    a_calls, a_usd = actual.get(i, [0, 0])
+                    used[i][0] += a_calls - c
+                    used[i][1] += a_usd - u
+            for i, name in enumerate(names):
+                assert store.scope_usage(name) == (used[i][0], _cents(used[i][1])), name
+        for grant, _ in grants:
+            store.settle(grant, [])
+
+    play()
+
+
+def test_one_scope_charged_with_two_windows_is_refused(store: Store) -> None:
+    """Two charges naming one scope must agree on its window: a programming error otherwise."""
+    with pytest.raises(ValueError, match="different windows"):
+        store.reserve(
+            [
+                ScopedCharge(scope="w2", calls=1, max_calls=5, window_ends=100.0),
+                ScopedCharge(scope="w2", calls=1, max_calls=5, window_ends=200.0),
+            ],
+            now=0.0,
+        )
+    assert store.scope_usage("w2") == (0, Decimal(0))
+
+
+BAD_COUNTS = [-1, -(10**9), True, 1.0, float("nan"), "1", None, 10**9 + 1, Decimal(1)]
+BAD_AMOUNTS = [
+    Decimal("-0.01"),
+    Decimal("NaN"),
+    Decimal("sNaN"),
+    Decimal("Infinity"),
+    Decimal("-Infinity"),
+    0.5,
+    1,
+    True,
+    "0.10",
+    None,
+]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("calls", v) for v in BAD_COUNTS]
+    + [("usd", v) for v in BAD_AMOUNTS]
+    + [("max_calls", v) for v in (-1, True, 2.0, "5")]
+    + [("max_usd", v) for v in (Decimal("-1"), Decimal("NaN"), 1.0)]
+    + [("window_ends", v) for v in (float("nan"), float("inf"), "100")]
+    + [("scope", v) for v in ("", None, 7)],
+)
+def test_a_reservation_with_an_impossible_figure_is_refused_and_holds_nothing(
+    store: Store, field: str, value: Any
+) -> None:
+    """A negative, non-finite or ill-typed figure is a programming error (ValueError) on every
+    backend, never a credit: nothing is held, and the scope's usage is unchanged."""
+    good = ScopedCharge(scope="v", calls=1, usd=Decimal("0.50"), max_usd=Decimal("1.00"))
+    grant = store.reserve([good], now=0.0)
+    assert isinstance(grant, str)
+    bad = ScopedCharge(**{**_fields(good), field: value})
+    with pytest.raises(ValueError, match=field if field != "scope" else "scope"):
+        store.reserve([good, bad], now=0.0)
+    assert store.scope_usage("v") == (1, Decimal("0.50"))
+
+
+@pytest.mark.parametrize(
+    "field,value", [("calls", v) for v in BAD_COUNTS] + [("usd", v) for v in BAD_AMOUNTS]
+)
+def test_a_settlement_with_an_impossible_figure_is_refused_and_changes_nothing(
+    store: Store, field: str, value: Any
+) -> None:
+    """Settling with a negative, non-finite or ill-typed figure raises ValueError and leaves
+    the grant outstanding, so it can still be settled correctly."""
+    grant = store.reserve(
+        [ScopedCharge(scope="s", calls=1, usd=Decimal("0.50"), max_usd=Decimal("1.00"))], now=0.0
+    )
+    assert isinstance(grant, str)
+    bad = ScopedCharge(**{"scope": "s", "calls": 1, "usd": Decimal("0.50"), field: value})
+    with pytest.raises(ValueError, match=field):
+        store.settle(grant, [bad])
+    assert store.scope_usage("s") == (1, Decimal("0.50"))
+    store.settle(grant, [ScopedCharge(scope="s", calls=1, usd=Decimal("0.20"))])
+    assert store.scope_usage("s") == (1, Decimal("0.20"))
+
+
+def _fields(c: ScopedCharge) -> dict[str, Any]:
+    return {f: getattr(c, f) for f in ScopedCharge.__slots__}
+
+
+# -- kill-switch calls: every scope and target shape, the same on every backend ------------------
+TARGETS: dict[str, Any] = {
+    "none": None,
+    "empty": "",
+    "name": "browser.open",
+    "unicode": "tënant-ü-€-😀",
+    "longest": "x" * 512,
+    "longest_wide": "😀" * 512,  # 2 kB of UTF-8: still fits PostgreSQL's key index
+    "too_long": "y" * 513,
+    "nul": "a\x00b",
+    "surrogate": "a\ud800b",
+    "not_text": 5,
+}
+KILL_SCOPES = ("global", "tenant", "agent", "tool", "run")
+
+
+def _stored_target(scope: str, shape: str) -> str | None:
+    """The target a switch is stored under, or None when the switch must be refused."""
+    if scope == "global":
+        return "" if shape in ("none", "empty") else None
+    return TARGETS[shape] if shape in ("name", "unicode", "longest", "longest_wide") else None
+
+
+@pytest.mark.parametrize("shape", sorted(TARGETS))
+@pytest.mark.parametrize("scope", KILL_SCOPES)
+def test_a_kill_switch_is_kept_under_one_target_rule_on_every_backend(
+    store: Store, scope: str, shape: str
+) -> None:
+    """global takes no target (None or ""); every other scope needs storable text of at most
+    512 characters. A valid switch is set once (re-enabling replaces it), cleared once; an
+    invalid one is a ConfigError naming the scope, on set and on clear, and nothing is kept."""
+    from corral.exceptions import ConfigError
+
+    target, expected = TARGETS[shape], _stored_target(scope, shape)
+    switch = KillSwitchState(scope=scope, target=target, mode="stop_all")  # type: ignore[arg-type]
+    if expected is None:
+        with pytest.raises(ConfigError, match=scope if shape in ("none", "empty") else "target"):
+            store.set_kill_switch(switch)
+        with pytest.raises(ConfigError):
+            store.clear_kill_switch(scope, target)  # type: ignore[arg-type]
+        assert store.kill_switches() == []
+        return
+    store.set_kill_switch(switch)
+    store.set_kill_switch(KillSwitchState(scope=scope, target=target, mode="disable_writes"))  # type: ignore[arg-type]
+    assert [(s.scope, s.target, s.mode) for s in store.kill_switches()] == [
+        (scope, expected, "disable_writes")
+    ]
+    assert store.clear_kill_switch(scope, target) is True  # type: ignore[arg-type]
+    assert store.clear_kill_switch(scope, target) is False  # type: ignore[arg-type]
+    assert store.kill_switches() == []
+
+
+@pytest.mark.parametrize("shape", sorted(TARGETS))
+@pytest.mark.parametrize("scope", KILL_SCOPES)
+def test_enable_and_disable_agree_on_every_backend(store: Store, scope: str, shape: str) -> None:
+    """corral.killswitch.enable/disable accept and refuse the same switches on every backend:
+    enable(target=None) is the global switch; a scope needing a target without one is a
+    ConfigError naming it; each change is audited once, a clear of nothing not at all."""
+    from corral import killswitch
+    from corral.exceptions import ConfigError
+
+    target, expected = TARGETS[shape], _stored_target(scope, shape)
+    if scope == "tool" and shape in ("unicode", "longest_wide"):
+        expected = None  # not a tool name
+    if expected is None:
+        with pytest.raises(ConfigError) as raised:
+            killswitch.enable(store, scope=scope, target=target, mode="stop_all")  # type: ignore[arg-type]
+        if shape in ("none", "empty"):
+            assert f"a {scope} kill switch needs a target" in str(raised.value)
+        with pytest.raises(ConfigError):
+            killswitch.disable(store, scope=scope, target=target)  # type: ignore[arg-type]
+        assert store.kill_switches() == [] and list(audit_records(store)) == []
+        return
+    first = killswitch.enable(store, scope=scope, target=target, mode="stop_all", actor="ops")  # type: ignore[arg-type]
+    again = killswitch.enable(store, scope=scope, target=target, actor="ops")  # type: ignore[arg-type]
+    assert (first.scope, first.target, first.mode) == (scope, expected, "stop_all")
+    assert (again.target, again.mode) == (expected, None)
+    assert [(s.scope, s.target) for s in killswitch.active(store)] == [(scope, expected)]
+    assert killswitch.disable(store, scope=scope, target=target, actor="ops") is True  # type: ignore[arg-type]
+    assert killswitch.disable(store, scope=scope, target=target, actor="ops") is False  # type: ignore[arg-type]
+    actions = [(r.data["action"], r.data["target"]) for r in audit_records(store)]
+    assert actions == [("enable", expected), ("enable", expected), ("disable", expected)]
+    assert verify(store).ok
+
+
+@pytest.mark.parametrize("scope", KILL_SCOPES)
+def test_clearing_a_switch_that_is_not_set_reports_false_and_records_nothing(
+    store: Store, scope: str
+) -> None:
+    """A clear that finds nothing returns False and appends no audit record, for every scope."""
+    target = "" if scope == "global" else "nobody"
+    audit = Event(run_id="-", seq=0, kind="kill_switch", at=1.0, data={"action": "disable"})
+    assert store.clear_kill_switch(scope, target, audit=audit) is False  # type: ignore[arg-type]
+    assert list(audit_records(store)) == []
+
+
+def test_kill_switch_modes_and_text_fields_are_checked_alike(store: Store) -> None:
+    """An unknown mode, or a reason or actor no backend can store, is a ConfigError everywhere."""
+    from corral.exceptions import ConfigError
+
+    for bad in (
+        KillSwitchState(scope="global", mode="off"),  # type: ignore[arg-type]
+        KillSwitchState(scope="global", reason="a\x00b"),
+        KillSwitchState(scope="global", actor="\udc80"),
+        KillSwitchState(scope="unknown"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigError):
+            store.set_kill_switch(bad)
+    assert store.kill_switches() == []

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from .base import (
     FREE,
+    MAX_CALL_TOKENS,
+    InvalidUsage,
     Message,
     Model,
     ModelOutputError,
@@ -18,6 +20,7 @@ from .base import (
     ModelResponse,
     Price,
     ToolCallRequest,
+    usage_problem,
 )
 
 if TYPE_CHECKING:
@@ -27,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FREE",
+    "MAX_CALL_TOKENS",
     "AnthropicModel",
+    "InvalidUsage",
     "Message",
     "Model",
     "ModelAPIError",
@@ -39,6 +44,7 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "ToolCallRequest",
+    "usage_problem",
 ]
 
 _LAZY = {

@@ -6,11 +6,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._safe import shown
 from ..delegated import ModelCall
 from ..exceptions import ConfigError
 from ..governed import wire_name
 from ..modelcalls import input_token_bound
-from .base import ModelRequest, ModelResponse, ToolCallRequest
+from .base import MAX_CALL_TOKENS, InvalidUsage, ModelRequest, ModelResponse, ToolCallRequest
 
 #: Body keys an adapter sets itself; ``options`` may not override them.
 RESERVED = frozenset(
@@ -103,10 +104,20 @@ def worst_case_usage(request: ModelRequest) -> tuple[int, int]:
     return input_token_bound(request.messages, request.tools), request.max_tokens
 
 
-def count(value: Any) -> int | None:
-    """A token count from a usage field, or ``None`` when absent or not a count."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def count(value: Any, name: str = "token count") -> int | None:
+    """A token count from a usage field, or ``None`` when the field is absent.
+
+    A count that is present but cannot be right (not a whole number from 0 to
+    :data:`~corral.models.base.MAX_CALL_TOKENS`) raises :class:`InvalidUsage`: the
+    call is then charged at its reservation, never at the endpoint's figure.
+    """
+    if value is None:
         return None
+    if type(value) is not int or not 0 <= value <= MAX_CALL_TOKENS:
+        raise InvalidUsage(
+            f"the endpoint reported {name} {shown(value)}, not a whole number of tokens "
+            f"from 0 to {MAX_CALL_TOKENS}"
+        )
     return value
 
 
@@ -145,7 +156,9 @@ def settle_from(
     """Settle ``mc`` with the usage ``response`` reports; returns ``response``.
 
     A response without usage leaves the call unsettled: leaving the block then
-    charges the reserved worst case. A stream is refused (it carries no usage).
+    charges the reserved worst case. Usage that cannot be right raises
+    :class:`InvalidUsage`, which the ``model_call`` block turns into its worst-case
+    charge and a ``model_error`` stop. A stream is refused (it carries no usage).
     """
     if is_stream(response):
         raise ConfigError(STREAMING_REFUSED)

@@ -193,7 +193,8 @@ def parse(
 
     ``stop_reason: max_tokens`` becomes ``finish_reason="length"`` with the tool calls
     dropped (a truncated call is never executed); corral then stops with
-    ``invalid_model_output``. Without usage, the reserved worst case is reported.
+    ``invalid_model_output``. Without usage, the reserved worst case is reported; usage
+    that cannot be right raises :class:`~corral.models.InvalidUsage`.
     """
     content = data.get("content")
     if not isinstance(content, list):
@@ -230,15 +231,17 @@ def parse(
 
 def usage_of(response: Any) -> tuple[int, int] | None:
     """``(input_tokens, output_tokens)`` of a Messages answer (SDK object or dict), with
-    cache reads and writes counted as input; ``None`` when it carries no usage."""
+    cache reads and writes counted as input; ``None`` when it carries no usage; raises
+    :class:`~corral.models.InvalidUsage` for counts that cannot be right."""
     usage = field(response, "usage")
     if usage is None:
         return None
-    tin, tout = count(field(usage, "input_tokens")), count(field(usage, "output_tokens"))
+    tin = count(field(usage, "input_tokens"), "input_tokens")
+    tout = count(field(usage, "output_tokens"), "output_tokens")
     if tin is None or tout is None:
         return None
     for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-        tin += count(field(usage, extra)) or 0
+        tin += count(field(usage, extra), extra) or 0
     return tin, tout
 
 

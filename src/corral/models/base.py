@@ -4,27 +4,71 @@ Any object with a ``name`` and an ``async respond(request)`` (or a plain
 ``respond``) returning :class:`ModelResponse` can drive :func:`corral.run`.
 A model signals unusable output by raising :class:`ModelOutputError`; any
 other exception is a model failure (``model_error``).
+
+The usage a model reports is checked before it is charged (:func:`usage_problem`):
+token counts are whole numbers from 0 to :data:`MAX_CALL_TOKENS`. A call whose
+usage fails this (or whose adapter raises :class:`InvalidUsage`) is charged at its
+reservation, the worst case, and stops the run with ``model_error`` (why
+``invalid_usage``): a bad figure is never a credit.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
-from .._safe import text, type_name
+from .._safe import shown, text, type_name
+from ..exceptions import ConfigError
 
 Message = Mapping[str, Any]
 
 
+#: The most tokens one model call may report, in or out. No model takes or writes anywhere
+#: near a billion tokens in one call: a larger figure is a broken count, not usage.
+MAX_CALL_TOKENS = 10**9
+
+
+def usage_problem(input_tokens: object, output_tokens: object) -> str | None:
+    """What is wrong with the token counts a model call reported, or ``None`` when both
+    are whole numbers (``int``, not ``bool``) from 0 to :data:`MAX_CALL_TOKENS`."""
+    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        if type(value) is not int or not 0 <= value <= MAX_CALL_TOKENS:
+            return (
+                f"{name} must be a whole number of tokens from 0 to {MAX_CALL_TOKENS}, "
+                f"got {shown(value)}"
+            )
+    return None
+
+
+class InvalidUsage(Exception):
+    """A model (or its endpoint) reported usage that cannot be right (negative, not a whole
+    number, absurdly large). The call was made: it is charged at its reservation, and the
+    run stops with ``model_error`` (why ``invalid_usage``)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Price:
-    """USD per million tokens, in and out."""
+    """USD per million tokens, in and out: finite decimals (or whole numbers) from 0;
+    anything else (negative, NaN, infinite, a float, text) raises
+    :class:`~corral.exceptions.ConfigError` when the price is built."""
 
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+
+    def __post_init__(self) -> None:
+        for name in ("input_usd_per_mtok", "output_usd_per_mtok"):
+            rate = getattr(self, name)
+            if type(rate) is int:
+                rate = Decimal(rate)
+                object.__setattr__(self, name, rate)  # frozen: set once, here
+            if type(rate) is not Decimal or not rate.is_finite() or rate < 0:
+                raise ConfigError(
+                    f"Price.{name} must be a finite Decimal >= 0 (USD per million tokens), "
+                    f"got {shown(rate)}"
+                )
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         return (
@@ -93,16 +137,17 @@ def validate_response(response: Any) -> ModelResponse:
     or tuple of at most :data:`MAX_TOOL_CALLS` :class:`ToolCallRequest`, each with a
     non-empty string name (no NUL, at most :data:`MAX_TOOL_NAME_CHARS`), a string ``id``,
     and arguments that are a JSON object or its text (at most
-    :data:`MAX_ARGUMENT_CHARS`); token counts integers, ``model`` and
-    ``finish_reason`` strings. The *figures* (tokens within bounds) are judged where
-    usage is settled. ``str`` subclasses come back as plain strings. Reading the
-    response never raises anything else.
+    :data:`MAX_ARGUMENT_CHARS`); ``model`` and ``finish_reason`` strings. Then the usage:
+    token counts that :func:`usage_problem` finds wrong raise :class:`InvalidUsage`
+    (the call is charged at its reservation, ``model_error``). ``str`` subclasses come
+    back as plain strings, a subclass of :class:`ModelResponse` as a plain one holding
+    the figures read once. Reading the response never raises anything else.
     """
     if not isinstance(response, ModelResponse):
         raise ModelOutputError(f"the model returned {type_name(response)}, not a ModelResponse")
     try:
         return _validated(response)
-    except ModelOutputError:
+    except (ModelOutputError, InvalidUsage):
         raise
     except Exception as exc:  # a subclass whose fields raise when read
         raise ModelOutputError(f"the response cannot be read: {type_name(exc)}") from None
@@ -122,29 +167,31 @@ def _validated(r: ModelResponse) -> ModelResponse:
             f"{len(calls)} tool calls in one turn, the limit is {MAX_TOOL_CALLS}"
         )
     checked = [_call(i, call) for i, call in enumerate(calls)]
-    for field_name in ("input_tokens", "output_tokens"):
-        value = getattr(r, field_name)
-        if type(value) is not int:
-            raise ModelOutputError(f"{field_name} must be an integer, got {type_name(value)}")
-    for field_name in ("model", "finish_reason"):
-        value = getattr(r, field_name)
+    model, finish = r.model, r.finish_reason
+    for field_name, value in (("model", model), ("finish_reason", finish)):
         if not isinstance(value, str):
             raise ModelOutputError(f"{field_name} must be a string, got {type_name(value)}")
+    tin, tout = r.input_tokens, r.output_tokens  # read once: these are what is charged
+    problem = usage_problem(tin, tout)
+    if problem is not None:
+        raise InvalidUsage(problem)
     unchanged = all(a is b for a, b in zip(checked, calls, strict=True))
     if (
-        unchanged
+        type(r) is ModelResponse  # a subclass could answer a second read differently
+        and unchanged
         and calls is r.tool_calls
         and (answer is None or type(answer) is str)
-        and type(r.model) is str
-        and type(r.finish_reason) is str
+        and type(model) is str
+        and type(finish) is str
     ):
         return r  # the usual case: nothing to copy
-    return replace(
-        r,
+    return ModelResponse(
         text=None if answer is None else str.__str__(answer),
         tool_calls=tuple(checked),
-        model=str.__str__(r.model),
-        finish_reason=str.__str__(r.finish_reason),
+        input_tokens=tin,
+        output_tokens=tout,
+        model=str.__str__(model),
+        finish_reason=str.__str__(finish),
     )
 
 

@@ -174,7 +174,8 @@ def parse(
 
     A turn cut at ``max_tokens`` keeps its text but drops its tool calls (a truncated
     call is never executed); corral then stops with ``invalid_model_output``. When
-    the endpoint reports no usage, the reserved worst case is reported.
+    the endpoint reports no usage, the reserved worst case is reported; usage that
+    cannot be right raises :class:`~corral.models.InvalidUsage`.
     """
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
@@ -209,12 +210,13 @@ def parse(
 
 def usage_of(response: Any) -> tuple[int, int] | None:
     """``(input_tokens, output_tokens)`` of a chat completion or a Responses API answer
-    (an SDK object or a dict), or ``None`` when it carries no usage."""
+    (an SDK object or a dict), or ``None`` when it carries no usage; raises
+    :class:`~corral.models.InvalidUsage` for counts that cannot be right."""
     usage = field(response, "usage")
     if usage is None:
         return None
     for names in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-        tin, tout = (count(field(usage, n)) for n in names)
+        tin, tout = (count(field(usage, n), n) for n in names)
         if tin is not None and tout is not None:
             return tin, tout
     return None

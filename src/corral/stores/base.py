@@ -14,7 +14,10 @@ in-process locks, so it holds across replicas:
   Refunds and late charges apply only while the window (or a rolling scope's
   sub-bucket) charged still counts. The Python stores share one rule for all of this
   (:func:`reserve_in`, :func:`settle_in`, :class:`ScopeState`); PostgreSQL runs the
-  same in SQL;
+  same in SQL. Every backend first passes what it is given through :func:`held_charges`
+  and :func:`settled_charges`: figures are checked (a negative, non-finite or
+  ill-typed one is a :class:`ValueError`, and nothing changes), and entries naming
+  one scope are merged, so a scope's usage is counted once whatever list it came in;
 - **degrade counters**: per tool (or model endpoint) and UTC-aligned window bucket
   (``floor(now / size) * size``), the attempts, failures and retries every process
   counted. ``degrade_add`` adds attempts and failures and returns the window (the
@@ -24,7 +27,9 @@ in-process locks, so it holds across replicas:
   starts a fresh window (the breaker opened or closed);
 - **kill switches**, **approvals**, **idempotency claims**, **breakers**; a kill
   switch's change and its audit record (``audit=``) are written in one transaction
-  (a clear that finds nothing records nothing); an approval changes state only by
+  (a clear that finds nothing records nothing); every backend keys a switch by
+  :func:`kill_target` (``global`` has no target, every other scope needs one), so
+  they accept and refuse the same switches; an approval changes state only by
   ``transition_approval`` (from the status the caller expects, or not at all), so of
   two processes deciding or consuming it at once one wins;
 - **runs and their events** (trace and decisions). The store records which process
@@ -54,10 +59,12 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
+from .._safe import shown
+from ..exceptions import ConfigError
 from ..leases import LEASE_SECONDS, RENEWER, Held, Renewer
 from .owner import RUN_LEASE_SECONDS, RunOwner
 
@@ -217,36 +224,120 @@ class ScopeState:
             bucket[1] += usd
 
 
-def reserve_in(
-    states: Mapping[str, ScopeState | None], charges: Sequence[ScopedCharge], now: float
-) -> dict[str, ScopeState] | Refusal:
-    """Check ``charges`` against the scopes' ``states`` (all or nothing): the new states of
-    every scope charged, or the first refusal met. On a refusal nothing in ``states`` has
-    changed but the pruning of buckets that had left their window anyway."""
-    out: dict[str, ScopeState] = {}
-    distinct = len({c.scope for c in charges}) == len(charges)
+#: The most calls one charge may add to a scope: a charge pays for one action (a tool
+#: call's attempt), so anything near this is a bug, and totals stay far inside 64 bits.
+MAX_CHARGE_CALLS = 10**9
+_MAX_CAP_CALLS = 2**63 - 1  # a BIGINT column
+
+
+def held_charges(charges: Sequence[ScopedCharge]) -> list[ScopedCharge]:
+    """``charges`` as a reservation holds them: checked, and one per scope.
+
+    Calls must be whole numbers from 0 to :data:`MAX_CHARGE_CALLS`, USD finite
+    decimals from 0, caps ``None`` or of the same kinds, ``window_ends`` ``None`` or
+    finite; anything else raises :class:`ValueError` (a programming error: nothing
+    is held). Entries naming the same scope describe one usage under several caps
+    (two limit entries on one tenant and window): they merge into one charge that
+    counts it once (the largest figure given of each dimension) against the tightest
+    cap of each. They must agree on the window (``window_ends``, ``rolling``).
+    """
     for c in charges:
-        state = out.get(c.scope)
-        if state is None:
-            old = states.get(c.scope)
-            state = ScopeState.opened(old if distinct else _copy(old), c, now)
-            out[c.scope] = state
-        refusal = state.refusal(c, now)
-        if refusal is not None:
-            return refusal
-        if not distinct:
-            state.add(c)  # a later charge to the same scope sees this one
-    if distinct:
-        for c in charges:
-            out[c.scope].add(c)
+        _check(c, caps=True)
+    if len({c.scope for c in charges}) == len(charges):
+        return list(charges)
+    merged: dict[str, ScopedCharge] = {}
+    for c in charges:
+        m = merged.get(c.scope)
+        if m is None:
+            merged[c.scope] = c
+            continue
+        if (m.window_ends, m.rolling) != (c.window_ends, c.rolling):
+            raise ValueError(
+                f"scope {c.scope!r} is charged twice with different windows "
+                f"(window_ends {m.window_ends!r} and {c.window_ends!r}, "
+                f"rolling {m.rolling} and {c.rolling})"
+            )
+        merged[c.scope] = ScopedCharge(
+            scope=c.scope,
+            calls=max(m.calls, c.calls),
+            usd=max(m.usd, c.usd),
+            max_calls=_tightest(m.max_calls, c.max_calls),
+            max_usd=_tightest(m.max_usd, c.max_usd),
+            window_ends=m.window_ends,
+            rolling=m.rolling,
+        )
+    return list(merged.values())
+
+
+def settled_charges(actual: Sequence[ScopedCharge]) -> dict[str, ScopedCharge]:
+    """What a settlement reports, by scope: checked like :func:`held_charges` (caps and
+    windows are not read), entries naming one scope merged the same way."""
+    out: dict[str, ScopedCharge] = {}
+    for c in actual:
+        _check(c, caps=False)
+        m = out.get(c.scope)
+        out[c.scope] = (
+            c
+            if m is None
+            else ScopedCharge(scope=c.scope, calls=max(m.calls, c.calls), usd=max(m.usd, c.usd))
+        )
     return out
 
 
-def _copy(state: ScopeState | None) -> ScopeState | None:
-    if state is None:
-        return None
-    buckets = None if state.buckets is None else {e: list(b) for e, b in state.buckets.items()}
-    return ScopeState(state.calls, state.usd, state.window_ends, buckets)
+def _tightest(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _check(c: ScopedCharge, *, caps: bool) -> None:
+    # Exact types: a bool is not a count, a float not an amount of money.
+    scope, calls, usd = c.scope, c.calls, c.usd
+    if type(scope) is not str or not scope:
+        raise ValueError(f"a scoped charge needs a scope name, got {shown(scope)}")
+    if type(calls) is not int or not 0 <= calls <= MAX_CHARGE_CALLS:
+        raise ValueError(
+            f"scope {scope!r}: calls must be a whole number from 0 to {MAX_CHARGE_CALLS}, "
+            f"got {shown(calls)}"
+        )
+    if type(usd) is not Decimal or not usd.is_finite() or usd < 0:
+        raise ValueError(f"scope {scope!r}: usd must be a finite Decimal >= 0, got {shown(usd)}")
+    if not caps:
+        return
+    cap_calls, cap_usd, ends = c.max_calls, c.max_usd, c.window_ends
+    if cap_calls is not None and (
+        type(cap_calls) is not int or not 0 <= cap_calls <= _MAX_CAP_CALLS
+    ):
+        raise ValueError(
+            f"scope {scope!r}: max_calls must be a whole number >= 0, got {shown(cap_calls)}"
+        )
+    if cap_usd is not None and (
+        type(cap_usd) is not Decimal or not cap_usd.is_finite() or cap_usd < 0
+    ):
+        raise ValueError(
+            f"scope {scope!r}: max_usd must be a finite Decimal >= 0, got {shown(cap_usd)}"
+        )
+    if ends is not None and (type(ends) not in (int, float) or not math.isfinite(ends)):
+        raise ValueError(f"scope {scope!r}: window_ends must be a finite time, got {shown(ends)}")
+    if type(c.rolling) is not bool:
+        raise ValueError(f"scope {scope!r}: rolling must be a bool, got {shown(c.rolling)}")
+
+
+def reserve_in(
+    states: Mapping[str, ScopeState | None], charges: Sequence[ScopedCharge], now: float
+) -> dict[str, ScopeState] | Refusal:
+    """Check ``charges`` (one per scope: see :func:`held_charges`) against the scopes'
+    ``states`` (all or nothing): the new states of every scope charged, or the first
+    refusal met. On a refusal nothing in ``states`` has changed but the pruning of
+    buckets that had left their window anyway."""
+    out: dict[str, ScopeState] = {}
+    for c in charges:
+        state = ScopeState.opened(states.get(c.scope), c, now)
+        refusal = state.refusal(c, now)
+        if refusal is not None:
+            return refusal
+        out[c.scope] = state
+    for c in charges:
+        out[c.scope].add(c)
+    return out
 
 
 def settle_in(
@@ -302,8 +393,6 @@ class GrantLeases:
         renewer: Renewer | None = None,
     ) -> None:
         if not lease > 0:
-            from ..exceptions import ConfigError
-
             raise ConfigError(f"grant_lease: must be a positive number of seconds, got {lease!r}")
         self.lease = lease
         self.renewer = RENEWER if renewer is None else renewer
@@ -389,6 +478,70 @@ class KillSwitchState:
     actor: str = ""
     set_at: float = 0.0
     """When the switch was last set (epoch seconds); the store fills it in."""
+
+
+KILL_SCOPES: tuple[KillScope, ...] = get_args(KillScope)
+KILL_MODES: tuple[KillMode, ...] = get_args(KillMode)
+#: The longest kill-switch target, in characters. PostgreSQL keys switches by (scope, target)
+#: in a B-tree, whose entries hold at most about 2.7 kB: 512 characters of UTF-8 fit.
+MAX_KILL_TARGET = 512
+
+
+def kill_target(scope: str, target: str | None) -> str:
+    """The target a switch at ``scope`` is stored under, the same on every backend.
+
+    ``global`` has no target (``None`` or ``""``); every other scope needs one (no
+    target there is a developer mistake): text of at most :data:`MAX_KILL_TARGET`
+    characters that every backend can store (no NUL, valid Unicode). Anything else
+    raises :class:`~corral.exceptions.ConfigError` naming the scope.
+    """
+    if scope not in KILL_SCOPES:
+        raise ConfigError(
+            f"unknown kill-switch scope {shown(scope)} (one of {', '.join(KILL_SCOPES)})"
+        )
+    if target is None or target == "":
+        if scope == "global":
+            return ""
+        raise ConfigError(f"a {scope} kill switch needs a target (which {scope}), got {target!r}")
+    if not isinstance(target, str):
+        raise ConfigError(
+            f"a {scope} kill switch's target must be text, got {type(target).__name__}"
+        )
+    if scope == "global":
+        raise ConfigError(f"a global kill switch has no target, got {shown(target)}")
+    if len(target) > MAX_KILL_TARGET:
+        raise ConfigError(
+            f"a {scope} kill switch's target has at most {MAX_KILL_TARGET} characters, "
+            f"got {len(target)}"
+        )
+    _storable(f"a {scope} kill switch's target", target)
+    return target
+
+
+def checked_switch(switch: KillSwitchState) -> KillSwitchState:
+    """``switch`` as every backend stores it (its target from :func:`kill_target`, a known
+    mode, storable text), or :class:`~corral.exceptions.ConfigError`."""
+    target = kill_target(switch.scope, switch.target)
+    if switch.mode is not None and switch.mode not in KILL_MODES:
+        raise ConfigError(
+            f"unknown kill-switch mode {shown(switch.mode)} (one of {', '.join(KILL_MODES)})"
+        )
+    for name in ("reason", "actor"):
+        value = getattr(switch, name)
+        if not isinstance(value, str):
+            raise ConfigError(f"a kill switch's {name} must be text, got {type(value).__name__}")
+        _storable(f"a kill switch's {name}", value)
+    return switch if target == switch.target else replace(switch, target=target)
+
+
+def _storable(what: str, text: str) -> None:
+    # PostgreSQL's text holds no NUL, and no database holds a lone surrogate.
+    if "\x00" in text:
+        raise ConfigError(f"{what} may not contain a NUL character")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -31,13 +31,17 @@ from .base import (
     RunRecord,
     ScopedCharge,
     ScopeState,
+    checked_switch,
     claim_state,
     decide_pending,
     degrade_bucket,
     grant_ends,
+    held_charges,
+    kill_target,
     reserve_in,
     retry_fits,
     settle_in,
+    settled_charges,
 )
 from .chain import Sealer
 from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
@@ -207,6 +211,7 @@ class MemoryStore:
     # shared budgets
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
         leases = self.leases
+        charges = held_charges(charges)
         with self._lock:
             self._check()
             if leases.reclaim_due(now):
@@ -217,17 +222,17 @@ class MemoryStore:
             self._scopes.update(states)
             grant = f"g{next(self._grant_ids)}"
             self._grants[grant] = _Grant(
-                list(charges), now + leases.lease, leases.holder, grant_ends(charges, now)
+                charges, now + leases.lease, leases.holder, grant_ends(charges, now)
             )
         leases.granted(grant)
         return grant
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
+        by_scope = settled_charges(actual)
         with self._lock:
             self._check()
             held = self._grants.pop(grant, None)
-            if held is not None and (held.reclaimed or actual != held.charges):
-                by_scope = {c.scope: c for c in actual}
+            if held is not None:
                 for c in held.charges:
                     real = by_scope.get(c.scope, ScopedCharge(scope=c.scope))
                     settle_in(self._scopes.get(c.scope), c, real, reclaimed=held.reclaimed)
@@ -282,6 +287,7 @@ class MemoryStore:
             return list(self._kill.values())
 
     def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
+        switch = checked_switch(switch)
         with self._lock:
             self._check()
             self._kill[(switch.scope, switch.target)] = replace(switch, set_at=time.time())
@@ -291,6 +297,7 @@ class MemoryStore:
     def clear_kill_switch(
         self, scope: KillScope, target: str = "", *, audit: Event | None = None
     ) -> bool:
+        target = kill_target(scope, target)
         with self._lock:
             self._check()
             cleared = self._kill.pop((scope, target), None) is not None

@@ -95,9 +95,13 @@ from .base import (
     Refusal,
     RunRecord,
     ScopedCharge,
+    checked_switch,
     decide_pending,
     degrade_bucket,
     grant_ends,
+    held_charges,
+    kill_target,
+    settled_charges,
 )
 from .chain import Sealed, Sealer
 from .migrate import POSTGRES, current_version, migrate
@@ -467,6 +471,7 @@ class PostgresStore:
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
         """Hold every charge or none (``corral_reserve``: lock scopes in order, check, write)."""
         leases = self.leases
+        charges = held_charges(charges)
         if leases.reclaim_due(now):
             self.reclaim(now)
         grant = uuid.uuid4().hex
@@ -514,6 +519,7 @@ class PostgresStore:
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
         """Replace a grant's holds by the actual amounts (refunding the unused part), once."""
+        actual = list(settled_charges(actual).values())
         self._call(
             lambda conn: conn.execute(
                 "SELECT corral_settle(%s, %s::text[], %s::int8[], %s::numeric[])",
@@ -575,6 +581,7 @@ class PostgresStore:
         ]
 
     def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
+        switch = checked_switch(switch)
         statement = (
             "WITH s AS (INSERT INTO corral_kill_switches (scope, target, mode, reason, actor) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope, target) DO UPDATE SET "
@@ -598,6 +605,7 @@ class PostgresStore:
     def clear_kill_switch(
         self, scope: KillScope, target: str = "", *, audit: Event | None = None
     ) -> bool:
+        target = kill_target(scope, target)
         statement = (
             "WITH s AS (DELETE FROM corral_kill_switches WHERE scope = %s AND target = %s "
             f"RETURNING scope, target) {q.NOTIFY_KILL}"

@@ -79,13 +79,17 @@ from .base import (
     RunRecord,
     ScopedCharge,
     ScopeState,
+    checked_switch,
     claim_state,
     decide_pending,
     degrade_bucket,
     grant_ends,
+    held_charges,
+    kill_target,
     reserve_in,
     retry_fits,
     settle_in,
+    settled_charges,
 )
 from .chain import Sealer
 from .filewatch import FileWatch
@@ -507,6 +511,7 @@ class SQLiteStore:
     # -- shared budgets ------------------------------------------------------------------
     def reserve(self, charges: Sequence[ScopedCharge], *, now: float) -> str | Refusal:
         leases = self.leases
+        charges = held_charges(charges)
         with self._write() as conn:
             if leases.reclaim_due(now):
                 _reclaim(conn, now)
@@ -531,7 +536,7 @@ class SQLiteStore:
         return grant
 
     def settle(self, grant: str, actual: Sequence[ScopedCharge]) -> None:
-        by_scope = {c.scope: c for c in actual}
+        by_scope = settled_charges(actual)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT charges, reclaimed FROM corral_grants WHERE id = ?", (grant,)
@@ -598,6 +603,7 @@ class SQLiteStore:
         ]
 
     def set_kill_switch(self, switch: KillSwitchState, *, audit: Event | None = None) -> None:
+        switch = checked_switch(switch)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO corral_kill_switches (scope, target, mode, reason, actor, set_at) "
@@ -619,6 +625,7 @@ class SQLiteStore:
     def clear_kill_switch(
         self, scope: KillScope, target: str = "", *, audit: Event | None = None
     ) -> bool:
+        target = kill_target(scope, target)
         with self._write() as conn:
             cur = conn.execute(
                 "DELETE FROM corral_kill_switches WHERE scope = ? AND target = ?", (scope, target)
