@@ -187,7 +187,7 @@ DENIED_URLS = [
     ("https://127.0.0.1/", "not in the allowed hosts"),
     ("https:docs.example.com", "no host"),
     ("https:///docs.example.com/x", "no host"),
-    ("", "scheme"),
+    ("", "no host"),
 ]
 
 
