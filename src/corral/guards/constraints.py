@@ -231,7 +231,11 @@ def _address_problem(value: Any, allowed: list[str]) -> Violation | None:
             "must be an ASCII address (an internationalised domain in its xn-- form)",
             "not an ASCII address",
         )
-    if len(value) > MAX_ADDRESS or len(local) > MAX_LOCAL or not _LOCAL.match(local):
+    if len(value) > MAX_ADDRESS or len(local) > MAX_LOCAL:
+        return Violation(
+            f"must be at most {MAX_ADDRESS} characters, {MAX_LOCAL} before the @", "too long"
+        )
+    if not _LOCAL.match(local):
         return Violation(
             "must be a plain address: letters, digits and .#$&'*+/=?^_`{|}~- before the @ "
             "(no quotes, comments, display name, % or !)",
