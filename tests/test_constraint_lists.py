@@ -154,7 +154,7 @@ def test_a_domains_rule_on_something_that_is_not_text_denies_it():
     [
         ({"domains": ["Example.com"]}, "did you mean 'example.com'?"),
         ({"domains": ["exämple.com"]}, "did you mean 'xn--exmple-cua.com'?"),
-        ({"domains": ["@example.com"]}, "not a plain ASCII host name"),
+        ({"domains": ["ann@example.com"]}, "did you mean 'example.com'?"),
         ({"domains": ["192.0.2.1"]}, "mail domains are names, not an IP address"),
         ({"domains": DOMAINS, "hosts": DOMAINS}, "one argument cannot be both"),
         ({"items": {"domains": ["example.com."]}}, "items.domains"),

@@ -141,7 +141,7 @@ def test_a_bare_host_argument_can_be_limited_with_hosts():
         (["Docs.Example.com"], "did you mean 'docs.example.com'?"),
         (["bücher.example"], "did you mean 'xn--bcher-kva.example'?"),
         (["docs..example.com"], "not a plain ASCII host name"),
-        (["docs.example.com/"], "not a plain ASCII host name"),
+        (["https://docs.example.com/"], "did you mean 'docs.example.com'?"),
         (["*.*.example.com"], "not a plain ASCII host name"),
         (["127.1"], "not an IPv4 address in dotted form"),
         (["*.192.0.2.1"], "a wildcard cannot cover an IP address"),

@@ -12,6 +12,7 @@ subdomains only (``a.example.com``, ``b.a.example.com``), never ``example.com`` 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 #: A host name as a client sends it: lower-case ASCII labels, no empty one.
@@ -37,13 +38,13 @@ def name_problem(name: str) -> str | None:
 def entry_problem(entry: str, what: str) -> str | None:
     """Why a policy entry of ``hosts`` or ``domains`` (``what``) is not one, or ``None``."""
     bare = entry[2:] if entry.startswith("*.") else entry
-    usage = (
-        f"{what} are lower-case names such as 'example.com' or '*.example.com' "
-        "(an internationalised name in its xn-- form)"
-    )
+    usage = f"{what} are lower-case names such as 'example.com' or '*.example.com'"
+    if "/" in bare or "@" in bare:  # a URL or an address where a name belongs
+        return f"{usage}, got {entry!r}{_name_hint(entry)}"
     if bare != bare.lower() or not bare.isascii():
-        hint = _idna_hint(bare)
-        return f"{usage}, got {entry!r}{hint}"
+        return f"{usage} (an internationalised one in its xn-- form), got {entry!r}" + _idna_hint(
+            bare
+        )
     problem = name_problem(bare)
     if problem is not None:
         return f"{usage}, got {entry!r}, which {problem}"
@@ -51,6 +52,14 @@ def entry_problem(entry: str, what: str) -> str | None:
         why = "a wildcard cannot cover" if bare is not entry else "mail domains are names, not"
         return f"{why} an IP address, got {entry!r}"
     return None
+
+
+def _name_hint(entry: str) -> str:
+    try:
+        name = urlsplit(entry if "//" in entry else "//" + entry.rpartition("@")[2]).hostname
+    except ValueError:
+        return ""
+    return f" (did you mean {name!r}?)" if name and name_problem(name) is None else ""
 
 
 def _idna_hint(name: str) -> str:

@@ -96,7 +96,7 @@ def _convert(value: Any, depth: int, left: list[int]) -> Any:
         return out
     if isinstance(value, list | tuple | set | frozenset):
         items = []
-        for child in value:
+        for child in _items(value) if isinstance(value, list | tuple) else value:
             left[0] -= 2
             items.append(_convert(child, depth + 1, left) if left[0] >= 0 else child)
         return items
