@@ -161,7 +161,7 @@ def test_an_oversized_structured_output_with_an_output_schema_is_refused_not_cut
 def test_an_oversized_structured_output_without_a_schema_is_cut_as_json_text(store):
     """Without an output schema, a dict over the cap reaches the model as its JSON text, cut
     to the cap with a marker counting what was cut; the run goes on."""
-    value = {"rows": ["x" * 100] * 100}
+    value = {"rows": ["x" * 100] * 40}
     run = observe(value, store, max_output_chars=1000)
     answer = run.result.answer
     assert run.result.stop_reason == "ok"
@@ -170,6 +170,17 @@ def test_an_oversized_structured_output_without_a_schema_is_cut_as_json_text(sto
     text = json.dumps(value, ensure_ascii=False)
     assert text.startswith(kept)
     assert marker == f"{len(text) - len(kept)} more characters of JSON cut]"
+
+
+def test_a_structured_output_far_over_the_cap_is_written_only_as_far_as_its_cut_needs(store):
+    """A value whose JSON is longer than twice the cap and 4,096 characters more is written
+    only that far; the marker says the rest is "over" what it counts."""
+    value = {"rows": ["x" * 100] * 1_000}
+    answer = observe(value, store, max_output_chars=1000).result.answer
+    kept, marker = answer.split("\n[... ")
+    assert json.dumps(value).startswith(kept)
+    counted = re.fullmatch(r"over (\d+) more characters of JSON cut\]", marker)
+    assert counted and len(kept) + int(counted.group(1)) >= 2 * 1000 + 4096
 
 
 HOSTILE = [

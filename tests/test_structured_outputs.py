@@ -224,7 +224,7 @@ def test_only_what_the_cap_can_show_is_converted():
 
 # -- over the cap: cut as text, or refused with a schema ------------------------------------
 
-BIG = {"results": [{"title": f"result {i}", "url": f"https://e.example/{i}"} for i in range(200)]}
+BIG = {"results": [{"title": f"result {i}", "url": f"https://e.example/{i}"} for i in range(50)]}
 
 
 def test_a_structured_output_over_the_cap_without_a_schema_reaches_the_model_cut():

@@ -46,6 +46,9 @@ HTML_INPUT_FLOOR = 64 * 1024
 PARSE_BUDGET = 0.05
 #: Even past the run's deadline, a page gets this long to yield some text (seconds).
 PARSE_FLOOR = 0.005
+#: A structured output cut as text is written to JSON_READ_FACTOR times the cap plus
+#: JSON_READ_EXTRA characters (its marker counts exactly what was cut up to there).
+JSON_READ_FACTOR, JSON_READ_EXTRA = 2, 4096
 _CHUNK = 16 * 1024
 #: Markup left unconsumed (an unterminated tag, comment or script) beyond this ends parsing.
 _MAX_PENDING = 256 * 1024
@@ -336,14 +339,15 @@ def clean_output(
 
 def _cut_json(value: Any, max_chars: int, scrub: Scrubber | None, body: str | None) -> str:
     """``value`` (scrubbed) as JSON text within ``max_chars``, cut with a marker counting
-    what was cut. The text is written as far as an HTML page is read (16 times the cap,
-    64 KiB at least): well past the cut, so that scrubbing it again (for a secret JSON
-    escaping or joining strings could have formed) sees whatever the cut could split; the
-    marker says "over" when the JSON is longer still. ``body``: the whole text, if known."""
+    what was cut. The text is written to twice the cap and 4,096 characters more: well
+    past the cut, so that scrubbing it again (for a secret JSON escaping or joining
+    strings could have formed) sees whatever the cut could split, and no further (the
+    writing is Python, a few milliseconds); the marker says "over" when the JSON is longer
+    still. ``body``: the whole text, when it is known."""
     if body is not None:
         text, complete = body, True
     else:
-        text, complete = json_prefix(value, max(HTML_INPUT_FACTOR * max_chars, HTML_INPUT_FLOOR))
+        text, complete = json_prefix(value, JSON_READ_FACTOR * max_chars + JSON_READ_EXTRA)
     guard = None
     if scrub is not None:
         text, guard = scrub.secrets_only(text), scrub.cut_tail
