@@ -12,9 +12,9 @@ bar reads it, as ``https://`` followed by the value, so it is allowed only when
 depends on the page it is met on) is refused.
 
 Email addresses (``domains``): exactly one ``@``, a dot-atom local part of ASCII
-letters, digits and ``!#$&'*+/=?^_`{|}~-`` (no ``%``, no ``!``: the old routing
-tricks ``user%evil.example@good.example`` and ``evil.example!user@good.example``), an
-ASCII domain; no display name, no quoted local part, no comment, no domain literal.
+letters, digits and ``#$&'*+/=?^_`{|}~-`` (not ``%`` nor ``!``: the old routing tricks
+``user%evil.example@good.example`` and ``evil.example!user@good.example``), an ASCII
+domain; no display name, no quoted local part, no comment, no domain literal.
 A domain matches like a host, case-insensitively.
 
 Lists (``items``, ``max_items``): ``items`` is a constraint every item must meet.
