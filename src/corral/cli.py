@@ -20,17 +20,20 @@ app = typer.Typer(
 def check(
     file: Annotated[Path, typer.Argument(help="Policy file (.yaml, .yml or .json).")],
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 1 while a checklist item is missing.")
+        bool,
+        typer.Option("--strict", help="Exit 1 while a checklist item or a tool's need is missing."),
     ] = False,
     tools: Annotated[
         str | None, typer.Option("--tools", help="module:object holding your registered tools.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Validate a policy and report readiness against the production checklist.
+    """Validate a policy and report readiness: the production checklist, and per tool
+    what the field guide's decision aid asks of a tool that can write, browse or serve
+    several tenants.
 
     Exit 0 when valid, 2 when invalid (one line per problem), 1 with --strict
-    while a checklist item is missing.
+    while a checklist item or a tool's need is missing.
     """
     from ._check_cli import check_command
 
