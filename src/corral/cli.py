@@ -28,12 +28,15 @@ def check(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Validate a policy and report readiness: the production checklist, and per tool
-    what the field guide's decision aid asks of a tool that can write, browse or serve
-    several tenants.
+    """Validate a policy; report the readiness checklist and what each tool needs.
 
-    Exit 0 when valid, 2 when invalid (one line per problem), 1 with --strict
-    while a checklist item or a tool's need is missing.
+    A tool that can write needs approvals, idempotency and audit.
+
+    A tool that can browse needs budgets, dedupe, degrade mode and host constraints.
+
+    In a multi-tenant policy, every tool needs scoped credentials.
+
+    Exit 0 valid, 2 invalid (one line per problem); --strict exits 1 while anything is missing.
     """
     from ._check_cli import check_command
 
