@@ -5,7 +5,9 @@ block is written to NAME (a later block of the same name replaces it, as the pag
 ``<!-- run -->`` block's ``$`` commands are run and what they print is compared with what the
 page shows (run and approval ids, times, durations and the policy digest aside), a
 ``<!-- start -->`` command runs in the background until its ``<!-- finish -->`` block. The
-tests below then check what each step claims.
+page's scripts run in this process as ``__main__`` and ``corral`` through typer's runner (no
+interpreter start-up each); ``python -m`` and the background run are subprocesses. The tests
+below then check what each step claims.
 
 After a change of behaviour, regenerate the outputs the page shows with
 ``python tests/test_migration.py --update`` (and read the diff).
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -308,9 +309,8 @@ def cli_json(directory: Path, *args: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def walked() -> Iterator[Walk]:
-    with tempfile.TemporaryDirectory(prefix="corral-migration-") as directory:
-        yield walk(Path(directory))
+def walked(tmp_path_factory: pytest.TempPathFactory) -> Walk:
+    return walk(tmp_path_factory.mktemp("migration"))
 
 
 # -- the page as a whole ----------------------------------------------------------------------
@@ -382,6 +382,7 @@ def test_budgets_stop_the_runaway_before_the_write(walked: Walk) -> None:
 def test_default_deny_refuses_the_browser(walked: Walk) -> None:
     """Step 3 stops the runaway at its first browser call, for six cents."""
     run = walked.commands("Step 3", "python governed.py")[0]
+    assert "posted" not in run.printed
     lines = run.printed.splitlines()
     assert lines[0] == "stopped, stop: tool_denied:browser.open, answer: None"
     assert lines[1].startswith("7 steps, 6 tool calls, $0.06, ")
@@ -442,6 +443,7 @@ def test_check_names_what_the_browser_lacks_then_passes(walked: Walk) -> None:
 def test_bounded_autonomy_stops_at_the_browsers_cap(walked: Walk) -> None:
     """Step 5's run browses twice, then stops at the browser's own cap."""
     (run,) = walked.commands("Step 5", "python governed.py")
+    assert "posted" not in run.printed
     assert run.printed.splitlines()[0] == (
         "stopped, stop: max_tool_calls:tool/browser.open (limit 2, would be 3), answer: None"
     )
