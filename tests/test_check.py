@@ -599,9 +599,7 @@ def test_budgets_that_are_only_observed_do_not_cap() -> None:
     """A cap in an observed guard is named, and the hint asks to enforce it."""
     verdict = one_tool({**BROWSER, "max_calls": 3}, degrade={}, mode={"budgets": "observe"})
     assert verdict["missing"] == ["budgets"]
-    assert (
-        verdict["hints"]["budgets"] == "set mode: enforce for budgets (its caps are only observed)"
-    )
+    assert verdict["hints"]["budgets"] == "set mode.budgets: enforce (its caps are only observed)"
     assert verdict["why"]["budgets"].endswith("(max_calls 3 per run)")
 
 
@@ -816,3 +814,12 @@ def test_the_policy_reference_shows_real_check_output(tmp_path: Path) -> None:
     path.write_text(text)
     out = CliRunner().invoke(app, ["check", str(path)]).stdout
     assert shown in out
+
+
+def test_window_limits_that_are_only_observed_do_not_cap() -> None:
+    """A per-tool window limit under mode.limits: observe asks to enforce that guard."""
+    limit = {"per": "tool", "tool": "t.x", "window": "1d", "max_calls": 200}
+    verdict = one_tool(
+        {**BROWSER, "cost_usd": 0}, degrade={}, limits=[limit], mode={"limits": "observe"}
+    )
+    assert verdict["hints"] == {"budgets": "set mode.limits: enforce (its caps are only observed)"}

@@ -262,7 +262,8 @@ def _budgets(policy: Policy, name: str, code: Mapping[str, CodeTool] | None) -> 
         hint = ""
     elif run_caps or window_caps:
         guards = [g for g, caps in (("budgets", run_caps), ("limits", window_caps)) if caps]
-        hint = f"set mode: enforce for {' and '.join(guards)} (its caps are only observed)"
+        hint = " and ".join(f"set mode.{g}: enforce" for g in guards)
+        hint += " (its caps are only observed)"
     else:
         hint = (
             f"cap it: tools.specs.{name}.max_calls (per run), or a cost_usd with budgets.max_usd,"
