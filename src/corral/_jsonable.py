@@ -9,7 +9,8 @@ unserialisable is an :class:`OutputProblem`: an object pydantic does not know, b
 that are not UTF-8, and on purpose iterators and generators, which pydantic would read
 to the end (reading one consumes it, and it may never end). Both functions are bounded
 by the output cap, never by the size of the output: past the cap nothing is converted
-(what is never shown is never read).
+(what is never shown is never read), though one object pydantic converts (a model holding
+a million rows) is converted whole, in pydantic's compiled code.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def _has_foreign(value: Any, limit: int) -> bool:
                 if not isinstance(key, _KEYS):
                     return True
                 todo.append(child)
-        elif isinstance(item, list | tuple):
-            size += 2 + 2 * len(item)
-            todo.extend(list.__iter__(item) if isinstance(item, list) else tuple.__iter__(item))
+        elif isinstance(item, list):  # the base type's methods, as json.dumps reads it
+            size += 2 + 2 * list.__len__(item)
+            todo.extend(list.__iter__(item))
+        elif isinstance(item, tuple):
+            size += 2 + 2 * tuple.__len__(item)
+            todo.extend(tuple.__iter__(item))
         else:
             return True
     return False
@@ -105,7 +109,9 @@ def _convert(value: Any, depth: int, left: list[int]) -> Any:
 
 def leaf(value: Any) -> Any:
     """One value JSON cannot write (a model, a dataclass, a date, ...), as pydantic writes
-    it; :class:`OutputProblem` for bytes, iterators and what pydantic cannot serialise."""
+    it (whole: one model is converted in one call, in pydantic's compiled code);
+    :class:`OutputProblem` for iterators, bytes that are not UTF-8 and what pydantic
+    cannot serialise."""
     kind = type(value).__name__
     if isinstance(value, Iterator):
         raise OutputProblem("not_json", f"output holds an iterator ({kind}): return a list instead")
