@@ -46,6 +46,13 @@ def replay_notice(key: str | None) -> str:
     )
 
 
+class _LoopRun(AsyncRun):
+    """The bounded loop's run: it executes every call itself, so it offers no tool that
+    the policy alone describes (there is no function to run it)."""
+
+    _describes = False
+
+
 async def arun(
     task: str,
     *,
@@ -75,7 +82,7 @@ async def arun(
     it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
     each model turn's answer (it is clamped further to what the budgets allow).
     """
-    run = AsyncRun(
+    run = _LoopRun(
         policy,
         tools=tools,
         store=store,
