@@ -47,7 +47,7 @@ from .policy import Policy
 from .result import CallInfo, RunResult
 from .runtime import RunCore, status_of
 from .secrets import SecretProvider
-from .stops import StopInfo, StopReason
+from .stops import StopInfo, StopReason, money
 from .stores import Store, default_url, display_url, open_store
 from .stores.unavailable import UnavailableStore
 from .tools import Tool, as_registry, described_tool
@@ -130,14 +130,18 @@ def _log_end(result: RunResult) -> None:
     u = result.usage
     log.log(
         level,
-        "run %s %s (%d steps, %d tool calls, $%s, %.2f s)",
+        "run %s %s (%s, %s, $%s, %.2f s)",
         result.run_id,
         what,
-        u.steps,
-        u.tool_calls,
-        u.usd,
+        _count(u.steps, "step"),
+        _count(u.tool_calls, "tool call"),
+        money(u.usd),
         u.active_seconds,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 class _RunBase:
