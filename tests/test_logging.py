@@ -236,3 +236,23 @@ def test_warnings_are_seen_by_default_and_info_is_not(tmp_path: Path) -> None:
         "it only reads"
     ]
     assert done.stdout == ""
+
+
+def test_the_demo_never_waits_for_an_approval_nor_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`corral demo` declares every tool's effect and files no approval, so it has no waiting
+    line or start warning to show (were it to wait, the WARNING would reach its output)."""
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    caplog.set_level(logging.WARNING, LOGGER)
+    url = f"memory://docs-demo-{uuid.uuid4().hex}"
+    result = CliRunner().invoke(app, ["demo", "--json", "--runs", "12", "--db", url])
+    assert result.exit_code == 0, result.output
+    store = corral.open_store(url)
+    runs = store.list_runs(limit=1000)
+    kinds = {e.kind for r in runs for e in store.events(r.id)}
+    assert runs and "approval_requested" not in kinds and "warning" not in kinds
+    assert lines(caplog, logging.WARNING) == []
