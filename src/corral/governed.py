@@ -422,7 +422,9 @@ class Run(_RunBase):
         else by the run, the tool and the arguments (so an identical write in the same
         run is replayed, not run twice). :attr:`last_call` says whether a call was
         replayed. Raises :class:`Stop` when the run must stop, :class:`ToolRejected`
-        when the call was refused but the run may go on (show ``.message`` to the model).
+        when the call was refused but the run may go on (show ``.message`` to the model),
+        and :class:`ConfigError` for a tool described only by the policy (nothing here
+        can execute it: :meth:`authorize` it and :meth:`report` its outcome).
         """
         flow = call_flow(
             self._core,
@@ -441,7 +443,17 @@ class Run(_RunBase):
         idempotency_key: str | None = None,
         call_id: str | None = None,
     ) -> Ticket:
-        """Pass the gateway up to execution; execute the tool yourself, then :meth:`report`."""
+        """Pass the gateway up to execution (approval included); execute the tool yourself
+        with the :class:`Ticket`'s arguments, then :meth:`report` or :meth:`report_failure`.
+
+        >>> import corral
+        >>> policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"], "specs": {
+        ...     "kb.read": {"effect": "read", "args_schema": {"type": "object"}}}}})
+        >>> with corral.Run(policy, store="memory://") as run:  # kb.read: no function here
+        ...     ticket = run.authorize("kb.read", {"q": "vendor"})
+        ...     run.report(ticket, "<b>up</b>")
+        'up'
+        """
         core = self._core
         flow = call_flow(
             core,

@@ -81,6 +81,8 @@ async def arun(
     result is returned. ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel
     it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
     each model turn's answer (it is clamped further to what the budgets allow).
+    ``instructions`` are appended to corral's pinned system prompt (the tools on offer,
+    the budgets, tool text is data), and like it never trimmed.
     """
     run = _LoopRun(
         policy,

@@ -284,8 +284,8 @@ class RunCore:
             if message is None:
                 continue
             self.event("warning", tool=name, message=message)
-            if (policy.digest, name) not in _WARNED:
-                _WARNED.add((policy.digest, name))
+            if (policy.digest, message) not in _WARNED:
+                _WARNED.add((policy.digest, message))
                 log.warning(message)
 
     def _undeclared_effect(self, name: str) -> str | None:
@@ -797,6 +797,7 @@ ERROR_REASONS: frozenset[str] = frozenset(
     }
 )
 
+#: (policy digest, message) of the start warnings logged by this process.
 _WARNED: set[tuple[str, str]] = set()
 
 _UNREGISTERED = (
