@@ -104,6 +104,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     saved = dict(os.environ)
     root, corral_log = logging.getLogger(), logging.getLogger("corral")
     handlers, levels = list(root.handlers), (root.level, corral_log.level)
+    installed = list(sinks._SINKS)
     yield url
     os.environ.clear()
     os.environ.update(saved)
@@ -113,7 +114,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     metrics.disable()
     tracing.disable()
     for sink in list(sinks._SINKS):
-        sinks.remove_sink(sink)
+        if sink not in installed:  # a snippet's exporter, not one the suite had on
+            sinks.remove_sink(sink)
 
 
 # -- Python ------------------------------------------------------------------------------

@@ -266,6 +266,21 @@ def test_enable_is_idempotent_and_disable_stops_counting() -> None:
     assert value(first, "corral_runs_total", stop_reason="ok", status="ok") == 1
 
 
+def test_enabling_again_after_disable_goes_on_counting_on_the_same_metrics() -> None:
+    """``enable`` after ``disable`` on one registry reuses its metrics (no duplicate
+    registration), and the counts go on from where they were."""
+    registry = CollectorRegistry()
+    first = metrics.enable(registry=registry)
+    run([final("done")], P({}))
+    metrics.disable(first)
+    run([final("done")], P({}))  # not counted
+    again = metrics.enable(registry=registry)
+    run([final("done")], P({}))
+    metrics.disable(again)
+    assert again is first
+    assert value(again, "corral_runs_total", status="ok", stop_reason="ok") == 2
+
+
 def test_the_default_registry_is_corrals_own() -> None:
     """Without a registry, metrics go to corral's own registry, which ``render`` reads."""
     installed = metrics.enable()

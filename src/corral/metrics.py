@@ -273,13 +273,17 @@ def default_registry() -> CollectorRegistry:
 def enable(registry: CollectorRegistry | None = None) -> Metrics:
     """Count every run's events on ``registry`` (default :func:`default_registry`).
 
-    Idempotent per registry: enabling twice returns the same :class:`Metrics`.
+    Idempotent per registry: enabling twice, or again after :func:`disable`, returns the
+    same :class:`Metrics` (a registry holds each metric once; their values go on).
     """
     registry = registry if registry is not None else default_registry()
     with _lock:
-        metrics = _installed.get(id(registry))
-        if metrics is None or metrics.registry is not registry:
-            metrics = _installed[id(registry)] = Metrics(registry)
+        # Kept on the registry itself: it lives as long as the metrics registered on it.
+        metrics = getattr(registry, "_corral_metrics", None)
+        if not isinstance(metrics, Metrics):
+            metrics = Metrics(registry)
+            setattr(registry, "_corral_metrics", metrics)  # noqa: B010 (not a declared field)
+        _installed[id(registry)] = metrics
     sinks.add_sink(metrics)
     return metrics
 
