@@ -12,6 +12,9 @@
 - A block preceded by ``<!-- no-test: why -->`` (needs an API key, the network, minutes of
   work) is not run; each one is reported as a skipped test with its reason, so nothing is
   left out silently. Output samples (```json, ```text, bare fences) are not code.
+- docs/migration.md is walked by tests/test_migration.py, which writes its
+  ``<!-- file: NAME -->`` blocks and runs its ``<!-- run -->`` commands, comparing their
+  output: blocks under those markers are left to it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ YAML = {"yaml", "yml"}
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 _NO_TEST = re.compile(r"^\s*<!--\s*no-test:\s*(?P<why>.*?)\s*-->\s*$")
+#: The markers of the page tests/test_migration.py walks (its MARKER), and that page.
+_WALKED = re.compile(r"^<!-- (file: \S+|run|start|finish|runs table) -->$")
+WALKED_PAGE = "docs/migration.md"
 _EXPECTED = re.compile(r"^\s*print\(.*\)\s+#\s?(?P<out>.*)$")
 _PLACEHOLDER = re.compile(r"^<[^>]+>$|\.\.\.|…|^[A-Z][A-Z_]+$")
 
@@ -55,6 +61,7 @@ class Block:
     lang: str
     code: str
     skip: str | None
+    walked: bool = False
 
     @property
     def where(self) -> str:
@@ -83,11 +90,13 @@ def blocks(path: Path) -> list[Block]:
         marked = _NO_TEST.match(before)
         why = marked.group("why") if marked else None
         rel = str(path.relative_to(ROOT))
-        out.append(Block(rel, start + 1, lang, "\n".join(body) + "\n", why))
+        walked = bool(_WALKED.match(before.strip()))
+        out.append(Block(rel, start + 1, lang, "\n".join(body) + "\n", why, walked))
     return out
 
 
-ALL = [b for doc in DOCUMENTS for b in blocks(doc)]
+FOUND = [b for doc in DOCUMENTS for b in blocks(doc)]
+ALL = [b for b in FOUND if not b.walked]  # the walked page's blocks are test_migration's
 SKIPPED = [b for b in ALL if b.skip is not None]
 
 
@@ -239,6 +248,13 @@ def test_blocks_marked_no_test(block: Block | None) -> None:
     assert block.skip, f"{block.where}: a no-test marker needs a reason"
     assert block.lang in PYTHON | SHELL | YAML, f"{block.where}: only code blocks are marked"
     pytest.skip(f"{block.where} ({block.lang}) not run: {block.skip}")
+
+
+def test_blocks_left_to_the_migration_walk_are_on_the_page_it_walks() -> None:
+    """Only docs/migration.md is walked by tests/test_migration.py: its markers anywhere
+    else would leave a block run by nobody."""
+    walked = {b.doc for b in FOUND if b.walked}
+    assert walked <= {WALKED_PAGE}, f"walk markers outside {WALKED_PAGE}: {walked}"
 
 
 def test_the_docs_have_snippets_to_run() -> None:
