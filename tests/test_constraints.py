@@ -537,3 +537,24 @@ def test_corral_check_with_tools_reports_a_constraint_on_an_argument_the_tool_la
     policy_file.write_text(policy_file.read_text().replace("uri:", "url:"))
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_constraints_on_a_tool_described_only_by_the_policy_are_checked_and_enforced(store):
+    """A remote tool (``args_schema`` in the policy, no code): a constraint on an argument
+    its schema lacks fails at start; one on a declared argument denies at ``authorize``."""
+
+    def described(arg: str) -> corral.Policy:
+        spec = {
+            "effect": "read",
+            "args_schema": {"type": "object", "properties": {"url": {"type": "string"}}},
+            "constraints": {arg: {"hosts": ["docs.example.com"]}},
+        }
+        return P({"tools": {"allow": ["web.get"], "specs": {"web.get": spec}}})
+
+    with pytest.raises(corral.ConfigError, match=r"web\.get takes no argument 'uri'"):
+        corral.Run(described("uri"), store=store)
+    with corral.Run(described("url"), store=store) as run:
+        run.authorize("web.get", {"url": "docs.example.com.evil.example/x"})
+    assert str(run.result.stop) == (
+        "tool_denied:web.get (argument_not_allowed: host docs.example.com.evil.example)"
+    )
