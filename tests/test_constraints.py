@@ -3,10 +3,13 @@ that deny a call before anything is reserved."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel
 
 import corral
 
@@ -187,7 +190,7 @@ DENIED_URLS = [
     ("https://127.0.0.1/", "not in the allowed hosts"),
     ("https:docs.example.com", "no host"),
     ("https:///docs.example.com/x", "no host"),
-    ("", "scheme"),
+    ("", "no host"),
 ]
 
 
@@ -447,3 +450,111 @@ def test_a_constraint_on_an_argument_the_tool_does_not_take_is_a_config_error(st
     )
     with pytest.raises(corral.ConfigError, match=r"tools\.specs\.http\.get\.constraints\.uri"):
         corral.Run(policy, tools=[fetcher.tool], store=store)
+
+
+class Query(BaseModel):
+    """A tool's arguments as a pydantic model: its default schema has no
+    ``additionalProperties: false``, so any argument name is valid JSON Schema."""
+
+    url: str
+    timeout: float = 10
+
+
+def open_schema_fetcher(schema: dict[str, Any]) -> Any:
+    @corral.tool(name="http.get", effect="read", args_schema=schema)
+    def get(**kwargs: Any) -> str:
+        return "page"
+
+    return get
+
+
+def with_constraints(constraints: dict[str, Any]) -> corral.Policy:
+    return P(
+        {"tools": {"allow": ["http.get"], "specs": {"http.get": {"constraints": constraints}}}}
+    )
+
+
+def test_a_misspelt_constraint_is_an_error_also_when_the_tools_schema_is_open(store):
+    """A pydantic model's schema admits any argument name; a constraint on ``uri`` (the tool
+    takes ``url``) still fails at start, naming what the tool takes."""
+    tool = open_schema_fetcher(Query.model_json_schema())
+    assert "additionalProperties" not in tool.args_schema
+    policy = with_constraints({"uri": {"hosts": ["docs.example.com"]}})
+    with pytest.raises(corral.ConfigError) as raised:
+        corral.Run(policy, tools=[tool], store=store)
+    assert (
+        "tools.specs.http.get.constraints.uri: http.get takes no argument 'uri' "
+        "(it takes timeout, url)"
+    ) in str(raised.value)
+
+
+def test_a_constraint_on_a_declared_argument_of_an_open_schema_is_enforced(store):
+    """With the argument under ``properties`` (or matched by ``patternProperties``, or
+    inside an ``allOf`` branch) the constraint starts and applies."""
+    schemas = [
+        Query.model_json_schema(),
+        {"type": "object", "patternProperties": {"^u[a-z]+$": {"type": "string"}}},
+        {"allOf": [{"type": "object", "properties": {"url": {"type": "string"}}}]},
+    ]
+    for schema in schemas:
+        policy = with_constraints({"url": {"hosts": ["docs.example.com"]}})
+        with corral.Run(policy, tools=[open_schema_fetcher(schema)], store=store) as run:
+            run.call("http.get", {"url": "https://evil.example/"})
+        assert run.result.stop.why == "argument_not_allowed", schema
+
+
+def test_a_constraint_on_a_tool_whose_schema_names_no_argument_is_an_error(store):
+    """``{"type": "object"}`` declares nothing: a constraint there could only be a guess."""
+    policy = with_constraints({"url": {"hosts": ["docs.example.com"]}})
+    with pytest.raises(corral.ConfigError, match="its schema names no argument"):
+        corral.Run(policy, tools=[open_schema_fetcher({"type": "object"})], store=store)
+
+
+def test_corral_check_with_tools_reports_a_constraint_on_an_argument_the_tool_lacks(tmp_path):
+    """``corral check FILE --tools m:o`` exits 2 with one line for the misspelt constraint,
+    as the run would refuse to start with it."""
+    (tmp_path / "mytools.py").write_text(
+        "import corral\n"
+        "from pydantic import BaseModel\n"
+        "class Query(BaseModel):\n"
+        "    url: str\n"
+        "@corral.tool(name='http.get', effect='read', args_schema=Query.model_json_schema())\n"
+        "def get(**kwargs):\n"
+        "    return 'page'\n"
+        "TOOLS = [get]\n"
+    )
+    policy_file = tmp_path / "corral.yaml"
+    policy_file.write_text(
+        "tools:\n  allow: [http.get]\n  specs:\n    http.get:\n"
+        "      constraints: {uri: {hosts: [docs.example.com]}}\n"
+    )
+    argv = [sys.executable, "-m", "corral", "check", str(policy_file), "--tools", "mytools:TOOLS"]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        "tools.specs.http.get.constraints.uri: http.get takes no argument 'uri' (it takes url)"
+    ) in proc.stdout.splitlines()
+    policy_file.write_text(policy_file.read_text().replace("uri:", "url:"))
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_constraints_on_a_tool_described_only_by_the_policy_are_checked_and_enforced(store):
+    """A remote tool (``args_schema`` in the policy, no code): a constraint on an argument
+    its schema lacks fails at start; one on a declared argument denies at ``authorize``."""
+
+    def described(arg: str) -> corral.Policy:
+        spec = {
+            "effect": "read",
+            "args_schema": {"type": "object", "properties": {"url": {"type": "string"}}},
+            "constraints": {arg: {"hosts": ["docs.example.com"]}},
+        }
+        return P({"tools": {"allow": ["web.get"], "specs": {"web.get": spec}}})
+
+    with pytest.raises(corral.ConfigError, match=r"web\.get takes no argument 'uri'"):
+        corral.Run(described("uri"), store=store)
+    with corral.Run(described("url"), store=store) as run:
+        run.authorize("web.get", {"url": "docs.example.com.evil.example/x"})
+    assert str(run.result.stop) == (
+        "tool_denied:web.get (argument_not_allowed: host docs.example.com.evil.example)"
+    )

@@ -458,9 +458,10 @@ def test_a_huge_output_at_the_deadline_stops_the_run_in_time(tool: corral.Tool) 
         0.5,
         lambda: corral.run("t", model=model, tools=[tool], policy=pol, store="memory://"),
     )
-    # The page is cut at the deadline; the list is refused as over the cap, measured
-    # only up to the cap (never serialised whole).
-    assert result.stop_reason == ("max_seconds" if tool is page_read else "invalid_tool_output")
+    # The page is cut at the deadline; the list (no output schema) is cut as JSON text,
+    # measured and written only as far as the cap needs (never serialised whole), in
+    # milliseconds: the run then ends before the deadline, or at it on a busy machine.
+    assert result.stop_reason in (("max_seconds",) if tool is page_read else ("ok", "max_seconds"))
 
 
 def test_a_huge_page_under_max_seconds_1_is_reduced_in_time() -> None:

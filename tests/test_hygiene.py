@@ -3,7 +3,6 @@ hostile text inside an output is data, never an instruction."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from collections.abc import Callable
@@ -131,29 +130,57 @@ def test_a_valid_structured_output_is_handed_over_as_is(store):
 @pytest.mark.parametrize(
     "output",
     [
-        {"when": datetime.datetime(2024, 1, 1)},
-        {1, 2},
-        b"raw bytes",
+        b"\xff\xfe not UTF-8",
         object(),
         {"nested": [object()]},
         float("nan"),
         float("inf"),
         {"x": float("nan")},
         (x for x in range(3)),
+        {"rows": iter([1, 2])},
     ],
 )
 def test_an_output_that_is_not_json_is_invalid_tool_output(store, output):
-    """Outputs that cannot be JSON (datetimes, sets, bytes, NaN, objects) are refused."""
+    """Outputs that neither JSON nor pydantic can write (bytes that are not UTF-8, unknown
+    objects, NaN) and iterators (never read: they may not end) are refused."""
     run = observe(output, store)
     assert run.result.stop_reason == "invalid_tool_output"
     assert run.result.stop.extra == {"problem": "not_json"}
 
 
-def test_an_oversized_structured_output_is_refused_not_cut(store):
-    """A dict over the cap as JSON is ``invalid_tool_output``: cutting it would change it."""
-    run = observe({"rows": ["x" * 100] * 100}, store, max_output_chars=1000)
+def test_an_oversized_structured_output_with_an_output_schema_is_refused_not_cut(store):
+    """With an output schema, a dict over the cap as JSON is ``invalid_tool_output``: a cut
+    value is not the value that was validated."""
+    schema = {"type": "object"}
+    run = observe({"rows": ["x" * 100] * 100}, store, max_output_chars=1000, output_schema=schema)
     assert run.result.stop_reason == "invalid_tool_output"
     assert run.result.stop.extra == {"problem": "output_too_large"}
+    assert "a value with an output schema is never cut" in run.result.stop.message
+
+
+def test_an_oversized_structured_output_without_a_schema_is_cut_as_json_text(store):
+    """Without an output schema, a dict over the cap reaches the model as its JSON text, cut
+    to the cap with a marker counting what was cut; the run goes on."""
+    value = {"rows": ["x" * 100] * 40}
+    run = observe(value, store, max_output_chars=1000)
+    answer = run.result.answer
+    assert run.result.stop_reason == "ok"
+    assert isinstance(answer, str) and len(answer) <= 1000
+    kept, marker = answer.split("\n[... ")
+    text = json.dumps(value, ensure_ascii=False)
+    assert text.startswith(kept)
+    assert marker == f"{len(text) - len(kept)} more characters of JSON cut]"
+
+
+def test_a_structured_output_far_over_the_cap_is_written_only_as_far_as_its_cut_needs(store):
+    """A value whose JSON is longer than twice the cap and 4,096 characters more is written
+    only that far; the marker says the rest is "over" what it counts."""
+    value = {"rows": ["x" * 100] * 1_000}
+    answer = observe(value, store, max_output_chars=1000).result.answer
+    kept, marker = answer.split("\n[... ")
+    assert json.dumps(value).startswith(kept)
+    counted = re.fullmatch(r"over (\d+) more characters of JSON cut\]", marker)
+    assert counted and len(kept) + int(counted.group(1)) >= 2 * 1000 + 4096
 
 
 HOSTILE = [
@@ -334,8 +361,8 @@ def test_markup_the_parser_rejects_ends_the_page_instead_of_raising(page: str) -
 def test_a_structured_output_is_kept_exactly_when_its_json_fits_the_cap(
     value: Any, max_chars: int
 ) -> None:
-    """Any JSON value: handed over unchanged when its JSON fits the cap, refused as
-    output_too_large when it does not — the bounded measure agrees with json.dumps."""
+    """Any JSON value: handed over unchanged when its JSON fits the cap, else its JSON text
+    cut to the cap (no output schema) — the bounded measure agrees with json.dumps."""
     if isinstance(value, str | bool | int | float) or value is None:
         value = [value]  # scalars are not measured: wrap them
     fits = len(json.dumps(value, ensure_ascii=False)) <= max_chars
@@ -345,13 +372,15 @@ def test_a_structured_output_is_kept_exactly_when_its_json_fits_the_cap(
     tool = corral.tool(lambda q="": value, name="rows.read", effect="read")
     with corral.Run(policy, tools=[tool], store=MemoryStore()) as run:
         out = run.call("rows.read", {})
+    assert run.result.stop_reason == "ok"
     if fits:
         # Handed over as plain JSON: the same value, but NUL characters (which models and
         # PostgreSQL refuse) become U+FFFD.
-        assert out == without_nul(value) and run.result.stop_reason == "ok"
+        assert out == without_nul(value)
     else:
-        assert run.result.stop_reason == "invalid_tool_output"
-        assert run.result.stop.extra == {"problem": "output_too_large"}
+        # Its JSON text, cut to the cap (with a marker when one fits).
+        assert isinstance(out, str) and len(out) <= max_chars
+        assert json.dumps(value, ensure_ascii=False).startswith(out.split("\n[... ")[0])
 
 
 def without_nul(value: Any) -> Any:
@@ -379,26 +408,36 @@ def looped() -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("make", "max_chars", "problem"),
+    ("make", "cut", "refused"),
     [
-        (lambda: nested(100_000), 4000, "output_too_large"),
-        (lambda: nested(1_500), 4000, "not_json"),  # fits the cap, too deep for the encoder
-        (lambda: [0] * 5_000_000, 4000, "output_too_large"),
-        (lambda: {str(i): i for i in range(200_000)}, 4000, "output_too_large"),
-        (looped, 4000, "not_json"),
+        (lambda: nested(100_000), "too_deep", "output_too_large"),
+        (lambda: nested(1_500), "not_json", "not_json"),  # fits the cap, too deep to encode
+        (lambda: [0] * 5_000_000, "cut", "output_too_large"),
+        (lambda: {str(i): i for i in range(200_000)}, "cut", "output_too_large"),
+        (looped, "not_json", "not_json"),
     ],
     ids=["100k deep", "1.5k deep", "5M items", "200k keys", "contains itself"],
 )
-def test_huge_deep_or_self_containing_outputs_are_refused_not_raised(
-    make: Callable[[], Any], max_chars: int, problem: str
+@pytest.mark.parametrize("schema", [False, True], ids=["no schema", "schema"])
+def test_huge_deep_or_self_containing_outputs_end_well_quickly(
+    make: Callable[[], Any], cut: str, refused: str, schema: bool
 ) -> None:
-    """Outputs that json.dumps would choke on are refused with a stop reason, quickly."""
+    """Outputs that json.dumps would choke on: without an output schema a huge one is cut
+    as JSON text (written only as far as the cap needs), one nested too deep or holding
+    itself is refused; with an output schema each is refused. Never raised, quickly."""
     value = make()
-    policy = P(
-        {"tools": {"allow": ["rows.read"], "specs": {"rows.read": {"max_output_chars": max_chars}}}}
-    )
+    spec: dict[str, Any] = {"max_output_chars": 4000}
+    if schema:
+        spec["output_schema"] = {"type": ["array", "object"]}
+    policy = P({"tools": {"allow": ["rows.read"], "specs": {"rows.read": spec}}})
     tool = corral.tool(lambda q="": value, name="rows.read", effect="read")
     with corral.Run(policy, tools=[tool], store=MemoryStore()) as run:
-        run.call("rows.read", {})
+        out = run.call("rows.read", {}) if not schema and cut == "cut" else None
+        if out is None:
+            run.call("rows.read", {})
+    if out is not None:
+        assert run.result.stop_reason == "ok"
+        assert len(out) <= 4000 and "more characters of JSON cut]" in out
+        return
     assert run.result.stop_reason == "invalid_tool_output"
-    assert run.result.stop.extra == {"problem": problem}
+    assert run.result.stop.extra == {"problem": refused if schema else cut}

@@ -36,6 +36,7 @@ FIELDS: dict[str, str] = {
     "tools.specs.*.constraints.*.min": "float",
     "tools.specs.*.constraints.*.max": "float",
     "tools.specs.*.constraints.*.max_length": "int",
+    "tools.specs.*.constraints.*.max_items": "int",
     "writes.approval_timeout_seconds": "float",
     "kill_switch.expensive_cost_usd": "usd",
     "limits[].max_usd": "usd",
@@ -143,14 +144,18 @@ def test_quoted_usd_in_yaml_is_refused_and_exponents_are_numbers() -> None:
     assert (policy.budgets.max_usd, policy.budgets.max_seconds) == (Decimal("0.001"), 200.0)
 
 
-def numeric_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Paths of the int, float and Decimal fields of ``model``, nested models included."""
+def numeric_paths(
+    model: type[BaseModel], prefix: str = "", within: tuple[type[BaseModel], ...] = ()
+) -> list[str]:
+    """Paths of the int, float and Decimal fields of ``model``, nested models included
+    (a model nested in itself, a constraint's ``items``, has the same fields: once)."""
     out: list[str] = []
     for name, field in model.model_fields.items():
         annotation, suffix = _unwrap(field.annotation)
         path = f"{prefix}{name}{suffix}"
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out += numeric_paths(annotation, path + ".")
+            if annotation not in (model, *within):
+                out += numeric_paths(annotation, path + ".", (*within, model))
         elif annotation in (int, float, Decimal):
             out.append(path)
     return out

@@ -1,7 +1,8 @@
 """``corral check FILE [--strict] [--tools module:object] [--json]``.
 
 Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
-problem, never a traceback), or ``--tools`` cannot be loaded; 1 with ``--strict``
+problem, never a traceback; with ``--tools``, a constraint naming an argument its tool
+does not take is one), or ``--tools`` cannot be loaded; 1 with ``--strict``
 while a checklist item is missing or an allowed tool misses a need of the decision
 aid (:mod:`corral.decision_aid`). Warnings never change the exit code.
 
@@ -34,6 +35,7 @@ from ._safe import error_text
 from .checklist import Report, readiness
 from .decision_aid import ToolNeeds
 from .exceptions import PolicyError
+from .guards.arguments import constraint_problems
 from .policy import Policy, load_policy
 
 EXIT_OK = 0
@@ -57,6 +59,11 @@ def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) ->
             registered = load_tools(tools)
         except ToolsSpecError as exc:
             problems.append(f"--tools: {exc}")
+    if policy is not None and registered is not None:
+        # A constraint on an argument no registered tool takes would never apply: a run
+        # refuses to start with it, so the check says so too.
+        by_name = {str(getattr(t, "name", "")): t for t in registered}
+        problems += constraint_problems(policy, by_name)
     if problems or policy is None:
         _print_invalid(file, problems, as_json)
         return EXIT_INVALID

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._jsonable import MAX_DEPTH, OutputProblem, jsonable
 from ._safe import error_text, text
-from .hygiene import OutputProblem
+
+__all__ = ["MAX_DEPTH", "as_json", "json_depth", "jsonable", "plain", "problem"]
 
 _PLAIN = (str, bool, float, type(None))
-
-#: The deepest an output may be nested: far below Python's recursion limit, so that
-#: copying, scrubbing and rendering it (recursive code) can never hit that limit.
-MAX_DEPTH = 64
 #: The longest problem message kept (a schema error quotes the whole output).
 MAX_MESSAGE = 500
 #: What a NUL character in an output becomes.

@@ -5,7 +5,8 @@
     → fit check (no hold) → approval (writes) → kill switch again → budget reservation
     → idempotency claim (writes) → audit the authorization (writes)
     → execute with timeout (bounded retries)
-    → output validation and hygiene (registered secrets scrubbed before the cap) → settle → trace
+    → output validation and hygiene (made JSON as pydantic would, registered secrets
+      scrubbed before the cap) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
 (:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
@@ -373,11 +374,17 @@ def _call_flow(
     # any cut (hygiene.clean_output). A run without secrets pays nothing for it.
     scrub = core.redactor if core.redactor.has_secrets else None
     try:
+        if type(value) is not str:  # models, dataclasses, dates...: JSON as pydantic writes it
+            value = _outputs.jsonable(value, eff.max_output_chars)
         problems = eff.tool.validate_output(value, eff.output_schema)
         if problems:
             raise OutputProblem("schema", "; ".join(problems))
         observation = clean_output(
-            value, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+            value,
+            strip_html=eff.strip_html,
+            max_chars=eff.max_output_chars,
+            scrub=scrub,
+            cut_json=eff.output_schema is None,  # a validated value is never cut
         )
         if type(observation) is not str or "\0" in observation:
             observation = _outputs.as_json(observation)

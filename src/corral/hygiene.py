@@ -9,8 +9,9 @@ Every step is bounded, whatever a tool returns:
   Text is only ever taken from complete text nodes outside hidden elements: a cut
   inside a tag, a comment, a ``<script>`` or ``<style>`` shows nothing of it.
 - A structured output is measured (iteratively, stopping at the cap) before it is
-  serialised, so a huge or deeply nested value is refused in time proportional to
-  the cap, never to its own size.
+  serialised. One over the cap is written as JSON text only as far as the cap needs and
+  cut with a marker, or refused when it has an output schema (a cut value could not be
+  validated), in time proportional to the cap, never to its own size.
 """
 
 from __future__ import annotations
@@ -24,7 +25,19 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any, Protocol
 
+from ._jsonable import OutputProblem, json_prefix
 from .clock import DEADLINE
+
+__all__ = [
+    "OutputProblem",
+    "Scrubber",
+    "cap",
+    "clean_output",
+    "html_to_text",
+    "json_size_floor",
+    "looks_like_html",
+    "render",
+]
 
 #: At most this many times the cap of markup is parsed (at least HTML_INPUT_FLOOR).
 HTML_INPUT_FACTOR = 16
@@ -33,6 +46,9 @@ HTML_INPUT_FLOOR = 64 * 1024
 PARSE_BUDGET = 0.05
 #: Even past the run's deadline, a page gets this long to yield some text (seconds).
 PARSE_FLOOR = 0.005
+#: A structured output cut as text is written to JSON_READ_FACTOR times the cap plus
+#: JSON_READ_EXTRA characters (its marker counts exactly what was cut up to there).
+JSON_READ_FACTOR, JSON_READ_EXTRA = 2, 4096
 _CHUNK = 16 * 1024
 #: Markup left unconsumed (an unterminated tag, comment or script) beyond this ends parsing.
 _MAX_PENDING = 256 * 1024
@@ -196,14 +212,6 @@ class Scrubber(Protocol):
     def cut_tail(self, text: str, limit: int | None = None) -> str: ...
 
 
-class OutputProblem(Exception):
-    """The output cannot be handed to the model; ``detail`` is a short code."""
-
-    def __init__(self, detail: str, message: str) -> None:
-        self.detail = detail
-        super().__init__(message)
-
-
 def json_size_floor(value: Any, limit: int) -> int:
     """A lower bound of the length of ``value`` as JSON, counted until it passes ``limit``.
 
@@ -266,15 +274,22 @@ class _Exit:
 
 
 def clean_output(
-    value: Any, *, strip_html: bool, max_chars: int, scrub: Scrubber | None = None
+    value: Any,
+    *,
+    strip_html: bool,
+    max_chars: int,
+    scrub: Scrubber | None = None,
+    cut_json: bool = True,
 ) -> Any:
     """Return what the model may see of ``value``.
 
     Text is stripped of HTML (when enabled), scrubbed of secrets (``scrub``), then
     capped, so no cut can split a secret past the scrubbing. Structured values are
-    scrubbed first, and must be JSON-serialisable and within the cap once serialised:
-    they cannot be cut without changing their meaning, so an oversized one is a
-    problem, not a cut.
+    scrubbed first and must be JSON-serialisable; one within the cap once serialised is
+    handed over as it is. One over the cap becomes its JSON text, scrubbed again and cut
+    with a marker, when ``cut_json`` (the tool has no output schema); otherwise it is a
+    problem (``output_too_large``): a cut value would not be the value the schema
+    validated.
     """
     if scrub is not None and type(value) is not str:
         try:
@@ -300,24 +315,55 @@ def clean_output(
             raise OutputProblem("not_json", f"output {value!r} is not a JSON number")
         return value
     floor = json_size_floor(value, max_chars)
-    if floor > max_chars:
-        raise OutputProblem(
-            "output_too_large",
-            f"output is more than {max_chars} characters as JSON (the cap is {max_chars})",
-        )
-    try:
-        body = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise OutputProblem("not_json", f"output is not JSON-serialisable: {exc}") from None
-    except RecursionError:
-        raise OutputProblem(
-            "not_json", "output is nested too deeply to serialise as JSON"
-        ) from None
-    if len(body) > max_chars:
-        raise OutputProblem(
-            "output_too_large", f"output is {len(body)} characters as JSON, the cap is {max_chars}"
-        )
-    return value
+    body = None
+    if floor <= max_chars:
+        try:
+            body = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise OutputProblem("not_json", f"output is not JSON-serialisable: {exc}") from None
+        except RecursionError:
+            raise OutputProblem(
+                "not_json", "output is nested too deeply to serialise as JSON"
+            ) from None
+        if len(body) <= max_chars:
+            return value
+    if cut_json:
+        return _cut_json(value, max_chars, scrub, body)
+    size = f"{len(body)} characters" if body else f"more than {max_chars} characters"
+    raise OutputProblem(
+        "output_too_large",
+        f"output is {size} as JSON, the cap is {max_chars}; a value with an output "
+        "schema is never cut",
+    )
+
+
+def _cut_json(value: Any, max_chars: int, scrub: Scrubber | None, body: str | None) -> str:
+    """``value`` (scrubbed) as JSON text within ``max_chars``, cut with a marker counting
+    what was cut. The text is written to twice the cap and 4,096 characters more: well
+    past the cut, so that scrubbing it again (for a secret JSON escaping or joining
+    strings could have formed) sees whatever the cut could split, and no further (the
+    writing is Python, a few milliseconds); the marker says "over" when the JSON is longer
+    still. ``body``: the whole text, when it is known."""
+    if body is not None:
+        text, complete = body, True
+    else:
+        text, complete = json_prefix(value, JSON_READ_FACTOR * max_chars + JSON_READ_EXTRA)
+    guard = None
+    if scrub is not None:
+        text, guard = scrub.secrets_only(text), scrub.cut_tail
+    if complete and len(text) <= max_chars:
+        return text
+    over = "" if complete else "over "
+    keep = max_chars
+    while True:  # as in cap(): the marker's length depends on the count it reports
+        marker = f"\n[... {over}{len(text) - keep} more characters of JSON cut]"
+        fitted = max_chars - len(marker)
+        if fitted < 0:
+            marker, fitted = "", max_chars
+        if fitted == keep or not marker:
+            kept = text[:fitted]
+            return (kept if guard is None else guard(kept, fitted)) + marker
+        keep = fitted
 
 
 def render(value: Any) -> str:

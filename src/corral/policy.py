@@ -32,12 +32,14 @@ from pydantic import (
     StrictBool,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import to_jsonable_python
 
 from ._errors import format_validation_error, number_hint, render_value
+from ._hostnames import entry_problem
 from ._policy_input import (
     check_size,
     decimal_problem,
@@ -169,15 +171,22 @@ class _Section(BaseModel):
 
 
 class ArgConstraint(_Section):
-    """Allowed values of one argument. A call outside them is denied before anything is reserved."""
+    """Allowed values of one argument. A call outside them is denied before anything is reserved.
+
+    ``schemes`` and ``hosts`` judge a URL, ``domains`` an email address, ``items`` each
+    item of a list (with the same keys) and ``max_items`` its length.
+    """
 
     schemes: list[str] | None = None
     hosts: list[str] | None = None
+    domains: list[str] | None = None
     enum: list[Any] | None = None
     min: Number | None = None
     max: Number | None = None
     pattern: str | None = None
     max_length: PositiveInt | None = None
+    max_items: PositiveInt | None = None
+    items: ArgConstraint | None = None
 
     @field_validator("schemes")
     @classmethod
@@ -188,9 +197,14 @@ class ArgConstraint(_Section):
         return value
 
     @model_validator(mode="after")
-    def _range(self) -> ArgConstraint:
+    def _consistent(self) -> ArgConstraint:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min must not exceed max, got min {self.min:g} and max {self.max:g}")
+        if self.domains is not None and (self.schemes is not None or self.hosts is not None):
+            raise ValueError(
+                "domains judges an email address, schemes and hosts a URL: "
+                "one argument cannot be both (use items for a list of addresses)"
+            )
         return self
 
     @field_validator("pattern")
@@ -202,18 +216,13 @@ class ArgConstraint(_Section):
                 raise ValueError(f"{why}, got {render_value(value)}")
         return value
 
-    @field_validator("hosts")
+    @field_validator("hosts", "domains")
     @classmethod
-    def _hosts(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        for host in value:
-            bare = host[2:] if host.startswith("*.") else host
-            if not bare or "/" in bare or ":" in bare or "*" in bare or bare != bare.lower():
-                raise ValueError(
-                    "hosts are lower-case names such as 'example.com' or '*.example.com',"
-                    f" got {host!r}"
-                )
+    def _names(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        for entry in value or ():
+            why = entry_problem(entry, info.field_name or "hosts")
+            if why is not None:
+                raise ValueError(why)
         return value
 
 

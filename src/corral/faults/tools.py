@@ -321,7 +321,8 @@ def huge_tool(
     **options: Any,
 ) -> FaultyTool:
     """A tool returning ``chars`` characters of text (capped by hygiene), or with
-    ``structured=True`` a JSON object that large (refused as too large to cut).
+    ``structured=True`` a JSON object that large (cut as JSON text, or refused when the
+    tool has an output schema).
 
     >>> len(huge_tool("dump.read", chars=10).tool.fn())
     10

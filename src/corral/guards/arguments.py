@@ -1,32 +1,34 @@
 """Arguments: schema validation (errors go back to the model, a bounded number of times)
-and value constraints (allowed URL schemes and hosts, enumerations, ranges, patterns).
+and value constraints (:mod:`corral.guards.constraints`: URL schemes and hosts, email
+domains, list items, enumerations, ranges, patterns).
 
 Constraints are checked on the validated values, so a value the schema coerced is
-judged as the tool will receive it. URLs are judged strictly: anything a client
-could read two ways (whitespace or control characters, ``@`` in the authority,
-non-ASCII or percent-encoded host names, empty labels) is refused rather than
-guessed at; an allowed host matches exactly (case-insensitively, one trailing dot
-ignored) or, for ``*.example.com``, as a proper subdomain.
+judged as the tool will receive it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Mapping
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
-from urllib.parse import urlsplit
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jsonschema
 
-from .._safe import shown
 from ..exceptions import ConfigError, Stop, ToolRejected
-from ..patterns import MAX_MATCH_CHARS
-from ..policy import ArgConstraint, Policy
+from ..policy import Policy
 from ..tools import ArgumentsInvalid, Tool, _jsonschema_problem
-from .denial import count_mistake, deny, one_line
+from .constraints import Violation, violation
+from .denial import count_mistake, deny
+
+__all__ = [
+    "Violation",
+    "check_constraints",
+    "constraint_problems",
+    "refuse",
+    "validate",
+    "violation",
+]
 
 if TYPE_CHECKING:
     from ..runtime import Effective, RunCore
@@ -36,29 +38,72 @@ def check_constraints(policy: Policy, tools: Mapping[str, Tool]) -> None:
     """Raise :class:`ConfigError` if a constraint names an argument its tool does not take.
 
     Such a constraint would never apply: a typo in a policy must not quietly switch a
-    guard off. Tools whose schema admits any argument name are not judged.
+    guard off. See :func:`constraint_problems`.
     """
-    problems = []
-    for name, spec in sorted(policy.tools.specs.items()):
-        tool = tools.get(name)
-        if tool is None or not spec.constraints:
-            continue
-        props = tool.args_schema.get("properties")
-        closed = (
-            tool.args_schema.get("additionalProperties") is False or tool._args_model is not None
-        )
-        if not isinstance(props, Mapping) or not closed:
-            continue
-        for arg in sorted(set(spec.constraints) - set(props)):
-            takes = ", ".join(sorted(props)) or "no arguments"
-            problems.append(
-                f"tools.specs.{name}.constraints.{arg}: {name} takes no argument "
-                f"{arg!r} (it takes {takes})"
-            )
+    problems = constraint_problems(policy, tools)
     if problems:
         raise ConfigError(
             "the policy constrains arguments no tool takes:\n  " + "\n  ".join(problems)
         )
+
+
+def constraint_problems(policy: Policy, tools: Mapping[str, Any]) -> list[str]:
+    """One line per constraint naming an argument its registered tool does not declare.
+
+    An argument is declared when the tool's argument schema names it under
+    ``properties`` (also inside ``allOf``/``anyOf``/``oneOf``) or one of its
+    ``patternProperties`` matches it -- also when the schema is open (pydantic's
+    default, no ``additionalProperties: false``): a name nothing declares is a typo,
+    not an argument. Tools that are not registered, or carry no schema, are skipped.
+    """
+    problems = []
+    for name, spec in sorted(policy.tools.specs.items()):
+        schema = getattr(tools.get(name), "args_schema", None)
+        if not isinstance(schema, Mapping) or not spec.constraints:
+            continue
+        names, patterns = _declared(schema)
+        for arg in sorted(spec.constraints):
+            if arg in names or any(_search(p, arg) for p in patterns):
+                continue
+            takes = ", ".join(sorted(names)) if names else "none: its schema names no argument"
+            problems.append(
+                f"tools.specs.{name}.constraints.{arg}: {name} takes no argument "
+                f"{arg!r} (it takes {takes})"
+            )
+    return problems
+
+
+def _declared(schema: Mapping[str, Any]) -> tuple[set[str], list[str]]:
+    """The argument names a schema declares, and its ``patternProperties`` patterns."""
+    names: set[str] = set()
+    patterns: list[str] = []
+    for part in _branches(schema, 0):
+        props = part.get("properties")
+        if isinstance(props, Mapping):
+            names.update(k for k in props if isinstance(k, str))
+        more = part.get("patternProperties")
+        if isinstance(more, Mapping):
+            patterns += [k for k in more if isinstance(k, str)]
+    return names, patterns
+
+
+def _branches(schema: Mapping[str, Any], depth: int) -> Iterator[Mapping[str, Any]]:
+    yield schema
+    if depth >= 8:  # a tool's own schema; bounded all the same
+        return
+    for key in ("allOf", "anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list):
+            for branch in branches:
+                if isinstance(branch, Mapping):
+                    yield from _branches(branch, depth + 1)
+
+
+def _search(pattern: str, name: str) -> bool:
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False
 
 
 def _parse(raw: Any) -> Any:
@@ -133,121 +178,3 @@ def _check_policy_schema(schema: Mapping[str, Any], args: Any) -> None:
     errors = sorted(cached[1].iter_errors(args), key=lambda e: list(e.absolute_path))
     if errors:
         raise ArgumentsInvalid([_jsonschema_problem(e) for e in errors[:5]])
-
-
-# A host name as a client sends it: ASCII labels of letters, digits, '-' and '_'.
-_HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
-_UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
-
-
-def _host_ok(host: str, allowed: list[str]) -> bool:
-    for pattern in allowed:
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-
-
-def _in_enum(value: Any, allowed: list[Any]) -> bool:
-    # ``True == 1`` in Python; in an enumeration a boolean and a number are different values.
-    return any(
-        value == item and isinstance(value, bool) == isinstance(item, bool) for item in allowed
-    )
-
-
-class Violation(NamedTuple):
-    """Why a value breaks a constraint: the full ``message`` (for the model and the log)
-    and a short ``note`` for the stop's one-line text (``host evil.com``)."""
-
-    message: str
-    note: str
-
-
-def _url_problem(value: Any, rule: ArgConstraint) -> Violation | None:
-    if not isinstance(value, str):
-        if type(value).__name__ not in ("Url", "AnyUrl", "HttpUrl", "AnyHttpUrl"):
-            return Violation("must be a URL", "not a URL")
-        value = str(value)  # a pydantic URL type: judge its text form
-    if _UNSAFE.search(value):
-        return Violation(
-            "must not contain spaces, control characters or backslashes", "unsafe characters"
-        )
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        return Violation("is not a valid URL", "invalid URL")
-    scheme = parts.scheme.lower()
-    if rule.schemes is not None and scheme not in rule.schemes:
-        return Violation(
-            f"uses scheme {parts.scheme!r}; allowed: {', '.join(rule.schemes)}",
-            f"scheme {one_line(parts.scheme)}",
-        )
-    if "@" in parts.netloc:
-        return Violation("must not carry credentials (user@host)", "credentials in the URL")
-    if rule.hosts is None:
-        return None
-    host = (parts.hostname or "").lower()
-    host = host[:-1] if host.endswith(".") else host
-    if not host:
-        return Violation("has no host", "no host")
-    if parts.netloc.startswith("[") or not _HOST.match(host):
-        return Violation(
-            f"points to host {host!r}, which is not a plain ASCII host name",
-            f"host {one_line(host)}",
-        )
-    if port == 0:
-        return Violation("is not a valid URL (port 0)", "invalid URL")
-    if not _host_ok(host, rule.hosts):
-        return Violation(
-            f"points to host {host!r}, which is not in the allowed hosts", f"host {one_line(host)}"
-        )
-    return None
-
-
-def violation(value: Any, rule: ArgConstraint) -> Violation | None:
-    """Why ``value`` breaks ``rule``, or ``None``."""
-    if rule.enum is not None and not _in_enum(value, rule.enum):
-        return Violation(
-            f"must be one of {shown(rule.enum, 200)}, got {shown(value)}", "not an allowed value"
-        )
-    if rule.min is not None or rule.max is not None:
-        if not _number(value) or (isinstance(value, float | Decimal) and not math.isfinite(value)):
-            return Violation(f"must be a finite number, got {shown(value)}", "not a finite number")
-        if rule.min is not None and value < rule.min:
-            return Violation(f"must be >= {rule.min:g}, got {shown(value)}", "below the minimum")
-        if rule.max is not None and value > rule.max:
-            return Violation(f"must be <= {rule.max:g}, got {shown(value)}", "above the maximum")
-    if rule.max_length is not None:
-        if not isinstance(value, str | list | tuple | dict):
-            return Violation(
-                f"must be a string or a list, got {type(value).__name__}", "not a string or list"
-            )
-        if len(value) > rule.max_length:
-            return Violation(
-                f"must be at most {rule.max_length} long, got {len(value)}", "too long"
-            )
-    if rule.pattern is not None:
-        if not isinstance(value, str):
-            return Violation(
-                f"must be a string matching {rule.pattern!r}, got {type(value).__name__}",
-                "does not match the pattern",
-            )
-        if len(value) > MAX_MATCH_CHARS:
-            # Bounded input: a pattern's time grows with the text it runs on.
-            return Violation(
-                f"is {len(value)} characters, longer than a pattern is matched on "
-                f"({MAX_MATCH_CHARS})",
-                "too long to match",
-            )
-        if not re.fullmatch(rule.pattern, value):
-            return Violation(f"must match {rule.pattern!r}", "does not match the pattern")
-    if rule.schemes is not None or rule.hosts is not None:
-        return _url_problem(value, rule)
-    return None

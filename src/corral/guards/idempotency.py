@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from .. import leases
+from .._jsonable import jsonable
 from ..breaker import wall
 from ..exceptions import NotExecuted, Stop, ToolRejected
 from ..hygiene import clean_output
@@ -194,9 +195,14 @@ def reconcile(
     try:
         found = hook(key, dict(args), ctx)
         scrub = core.redactor if core.redactor.has_secrets else None  # the hook has the creds
+        found = jsonable(found, eff.max_output_chars)  # as pydantic writes it, like a tool's
         outcome = {
             "output": clean_output(
-                found, strip_html=eff.strip_html, max_chars=eff.max_output_chars, scrub=scrub
+                found,
+                strip_html=eff.strip_html,
+                max_chars=eff.max_output_chars,
+                scrub=scrub,
+                cut_json=eff.output_schema is None,
             )
         }
     except NotExecuted:
