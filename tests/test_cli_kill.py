@@ -69,7 +69,8 @@ def test_enable_status_disable_round_trip(
         "--reason", "incident 7", "--by", "alice", "--db", db,
     )  # fmt: skip
     assert on.returncode == 0, on.stderr
-    assert on.stdout.strip() == "kill switch on: tenant/acme, stop_all (by alice)"
+    assert on.stdout.splitlines()[0] == "kill switch on: tenant/acme, stop_all (by alice)"
+    assert on.stderr == f"store: {db}\n"
     monkeypatch.setenv("USER", "bob")
     assert invoke("kill", "enable", "--reason", "writes off", "--db", db).exit_code == 0
 
@@ -106,7 +107,7 @@ def test_enable_status_disable_round_trip(
         f"kill switch off: tenant/acme (by bob@{socket.gethostname()})",
     )
     assert invoke("kill", "disable", "--db", db).exit_code == 0
-    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout)["switches"] == []
     assert outcome(db, probe, tenant="acme") == {"kb.read": "ok", "kb.write": "ok"}
 
 
@@ -115,16 +116,20 @@ def test_disabling_a_switch_that_is_not_on_says_so_and_exits_1(db: str) -> None:
     assert invoke("kill", "enable", "--tool", "browser.open", "--db", db).exit_code == 0
     result = invoke("kill", "disable", "--tool", "browser.opn", "--db", db)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (
-        "corral kill: no kill switch is on at tool/browser.opn (on: tool/browser.open)"
-    )
+    assert result.stderr.splitlines() == [
+        f"store: {db}",
+        "corral kill disable: no kill switch is on at tool/browser.opn (on: tool/browser.open)",
+    ]
 
 
 def test_a_tool_switch_without_a_mode_warns_what_it_may_leave_running(db: str) -> None:
     """A mode-less tool switch is set, with a note that a read tool may keep running."""
     result = invoke("kill", "enable", "--tool", "browser.open", "--db", db)
     assert result.exit_code == 0
-    assert "give --mode stop_all to turn the tool off everywhere" in result.stderr
+    assert (
+        "corral kill enable --tool browser.open --mode stop_all turns it off everywhere"
+        in result.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,14 +151,14 @@ def test_bad_combinations_are_one_line_and_exit_2(db: str, args: list[str], mess
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
-    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout)["switches"] == []
 
 
 def test_errors_from_the_real_command_carry_no_traceback() -> None:
     """Through ``python -m corral``: two scopes exit 2 with one line and no traceback."""
     two = corral_cli("kill", "disable", "--tenant", "a", "--agent", "b", "--db", "memory://")
     assert two.returncode == 2
-    assert two.stderr.startswith("corral kill: give at most one of")
+    assert two.stderr.startswith("corral kill disable: give at most one of")
     assert len(two.stderr.strip().splitlines()) == 1
 
 
@@ -162,7 +167,7 @@ def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
     (tmp_path / "text.db").write_text("not a database")
     down = invoke("kill", "status", "--db", f"sqlite:///{tmp_path / 'text.db'}")
     assert down.exit_code == 1
-    assert down.stderr.startswith("corral kill: the store cannot be reached")
+    assert down.stderr.startswith("corral kill status: --db: cannot open the store")
     assert "Traceback" not in down.output
 
 
@@ -173,7 +178,8 @@ def test_a_store_that_does_not_exist_is_not_created(tmp_path: Path, verb: list[s
     path = tmp_path / "no" / "such" / "x.db"
     down = invoke("kill", *verb, "--db", f"sqlite:///{path}")
     assert down.exit_code == 1
-    assert down.stderr == f"corral kill: no corral store at {path}\n"
+    assert down.stderr.startswith(f"corral kill {verb[0]}: no corral store at {path}; ")
+    assert len(down.stderr.splitlines()) == 1
     assert not path.parent.exists()
 
 
@@ -229,7 +235,9 @@ def test_a_disable_that_finds_nothing_records_nothing(db: str) -> None:
     """``disable`` where no switch is on exits 1 with a clear line and writes no record."""
     result = invoke("kill", "disable", "--agent", "bot", "--reason", "x", "--db", db)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "corral kill: no kill switch is on at agent/bot (none is on)"
+    assert result.stderr.splitlines()[-1] == (
+        "corral kill disable: no kill switch is on at agent/bot (none is on)"
+    )
     assert kill_records(db) == []
 
 

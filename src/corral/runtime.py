@@ -253,6 +253,8 @@ class RunCore:
             observed=sorted(self.observing),
             tenant=self.tenant,
             agent=self.agent,
+            # What a kill switch set without a mode applies here (`corral kill enable` reports it).
+            kill_mode=policy.kill_switch.mode_when_enabled,
         )
         for name in policy.tools.allow:
             if name not in self.tools:
