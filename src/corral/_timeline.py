@@ -3,7 +3,8 @@
 :func:`describe` turns a timeline entry (see :mod:`corral.cli_show`) into
 ``(event, subject, detail, style)``. Each kind corral writes has its own wording; a
 kind this version does not know (written by a newer one) is shown as ``key=value``
-pairs, never as raw JSON.
+pairs, never as raw JSON. (The audit log's fleet records, ``kill_switch`` and
+``idempotency_resolved``, belong to no run: ``corral audit export`` shows them.)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ _WHY = {
     "argument_not_allowed": "an argument is outside the policy's constraints",
     "idempotency_mismatch": "idempotency key reused with other arguments",
     "missing_credential": "a credential the tool needs is missing",
-    "degraded": "dependency degraded (breaker open)",
+    "degraded": "its breaker is open",
     "loop_detected": "the same call again (loop)",
 }
 
@@ -243,30 +244,6 @@ def _run_end(data: Mapping[str, Any], entry: Mapping[str, Any]) -> Line:
     return "stop", reason, detail, f"bold {style}".strip()
 
 
-def _kill_switch(data: Mapping[str, Any], entry: Mapping[str, Any]) -> Line:
-    scope, target = str(data.get("scope") or ""), str(data.get("target") or "")
-    where = f"{scope}/{target}" if target else scope
-    if data.get("action") == "disable":
-        detail = "off"
-    else:
-        mode = data.get("mode") or "each run's mode_when_enabled"
-        detail = f"on: {mode}"
-    if entry.get("actor"):
-        detail += f" by {entry['actor']}"
-    if data.get("reason"):
-        detail += f": {cut(str(data['reason']), 120)}"
-    return "kill switch", where, detail, "red" if data.get("action") != "disable" else "green"
-
-
-def _idempotency_resolved(data: Mapping[str, Any], entry: Mapping[str, Any]) -> Line:
-    detail = f"resolved as {data.get('outcome')}"
-    if entry.get("actor"):
-        detail += f" by {entry['actor']}"
-    if data.get("reason"):
-        detail += f": {cut(str(data['reason']), 120)}"
-    return "resolved", str(data.get("key") or ""), detail, "dim"
-
-
 _KINDS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], Line]] = {
     "run_start": _run_start,
     "step": _step,
@@ -284,8 +261,6 @@ _KINDS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], Line]] = {
     "warning": _warning,
     "interrupted": _interrupted,
     "run_end": _run_end,
-    "kill_switch": _kill_switch,
-    "idempotency_resolved": _idempotency_resolved,
 }
 
 #: The event kinds :func:`describe` has its own wording for.
