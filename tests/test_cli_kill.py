@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli import app
+from corral.stores.base import RunRecord
 from corral.stores.sqlite import SQLiteStore
 
 FIELDS = ["scope", "target", "mode", "reason", "by", "since"]
@@ -250,3 +252,105 @@ def test_status_shows_when_each_switch_was_set(db: str) -> None:
     assert before <= since <= datetime.now(UTC)
     table = invoke("kill", "status", "--db", db).stdout
     assert row["since"] in table
+
+
+# -- what a switch reaches -----------------------------------------------------------------------
+
+
+def policy_with(mode: str) -> corral.Policy:
+    return corral.Policy.from_dict(
+        {"tools": {"allow": ["kb.read"]}, "kill_switch": {"mode_when_enabled": mode}}
+    )
+
+
+def test_enable_reports_the_running_runs_it_reaches_by_tenant_and_agent(db: str) -> None:
+    """Without --mode each running run applies its policy's mode, grouped by tenant and agent,
+    with a note on how to stop everything; a finished run is not counted; with --tenant and
+    --mode only that tenant's runs, under the switch's mode."""
+    with corral.Run(policy_with("disable_writes"), store=db, tenant="acme", agent="x") as done:
+        done.finish("over")
+    with contextlib.ExitStack() as stack:
+        for tenant, agent, mode in [
+            ("acme", "bot1", "disable_writes"),
+            ("acme", "bot1", "disable_writes"),
+            ("globex", "bot2", "stop_all"),
+        ]:
+            stack.enter_context(corral.Run(policy_with(mode), store=db, tenant=tenant, agent=agent))
+        body = json.loads(invoke("kill", "enable", "--json", "--db", db).stdout)
+        assert body["reach"]["runs"] == 3 and body["reach"]["scanned_all"] is True
+        groups = [
+            (g["tenant"], g["agent"], g["runs"], g["mode"], g["mode_source"])
+            for g in body["reach"]["groups"]
+        ]
+        assert groups == [
+            ("acme", "bot1", 2, "disable_writes", "policy"),
+            ("globex", "bot2", 1, "stop_all", "policy"),
+        ]
+        assert body["switch"]["mode"] is None
+        assert "to stop everything: corral kill enable --mode stop_all" in body["note"]
+        text = invoke("kill", "enable", "--db", db).stdout.splitlines()
+        assert text[0].startswith(
+            "kill switch on: global, each run's kill_switch.mode_when_enabled"
+        )
+        assert text[1] == "it reaches 3 running runs in this store:"
+        assert text[2].split() == ["acme", "/", "bot1", "2", "runs", "disable_writes", "(its",
+                                   "policy):", "writes", "refused;", "reads", "and", "model",
+                                   "calls", "go", "on"]  # fmt: skip
+        assert text[3].startswith("  globex / bot2  1 run   stop_all (its policy): ")
+        assert text[4].startswith("note: without --mode, each run applies its policy's")
+        tenant = json.loads(
+            invoke(
+                "kill", "enable", "--tenant", "acme", "--mode", "stop_all", "--json", "--db", db
+            ).stdout
+        )
+        assert [(g["tenant"], g["runs"], g["mode"], g["mode_source"]) for g in
+                tenant["reach"]["groups"]] == [("acme", 2, "stop_all", "switch")]  # fmt: skip
+        assert tenant["note"] is None
+        assert invoke("kill", "disable", "--db", db).exit_code == 0
+        assert invoke("kill", "disable", "--tenant", "acme", "--db", db).exit_code == 0
+
+
+def test_enable_reaching_no_running_run_says_an_agent_may_use_another_store(db: str) -> None:
+    """With no run going in the store, enable still sets the switch and says where a running
+    agent's store comes from."""
+    result = invoke("kill", "enable", "--mode", "stop_all", "--db", db)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1] == (
+        "it reaches no running run in this store now; runs that start or call later obey it. "
+        "If an agent is running, it uses another store (check its CORRAL_DB or store=)"
+    )
+
+
+def test_a_run_that_recorded_no_mode_shows_as_unknown(db: str) -> None:
+    """A running run recorded without its kill mode (by an older corral) is counted, its mode
+    unknown and said so."""
+    store = SQLiteStore(db.removeprefix("sqlite:///"))
+    try:
+        store.create_run(RunRecord(id="run_old", tenant="acme", agent="old", started_at=1.0))
+    finally:
+        store.close()
+    body = json.loads(invoke("kill", "enable", "--json", "--db", db).stdout)
+    (group,) = body["reach"]["groups"]
+    assert (group["agent"], group["mode"], group["mode_source"]) == ("old", None, "unknown")
+    text = invoke("kill", "enable", "--db", db).stdout
+    assert "not recorded: the run started on an older corral" in text
+
+
+def test_a_run_whose_process_died_is_not_reached(db: str) -> None:
+    """A run left running by a process that died is not counted as reached."""
+    crash = subprocess.run(
+        [sys.executable, "-c", DIES, db], capture_output=True, text=True, timeout=60
+    )
+    assert crash.returncode == 9, crash.stderr
+    done = corral_cli("kill", "enable", "--json", "--db", db)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reach"] == {"runs": 0, "scanned_all": True, "groups": []}
+
+
+DIES = """
+import os, sys
+import corral
+run = corral.Run(corral.Policy.from_dict({}), store=sys.argv[1], tenant="acme", agent="gone")
+run.__enter__()
+os._exit(9)
+"""

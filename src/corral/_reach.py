@@ -4,18 +4,17 @@ A run counts while its record says ``running`` and its process is alive or its
 heartbeat recent (:func:`corral.stores.owner.interruption`: the rule the stores use to
 mark dead runs ``interrupted``). A switch set with a mode applies that mode to every run
 it covers; one set without applies each run's ``kill_switch.mode_when_enabled``, which
-the run records at start (``kill_mode`` in its ``run_start`` event; a run started by an
-older corral did not record it, and its mode shows as unknown).
+the run record keeps (``RunRecord.kill_mode``, written when the run starts or resumes; a
+run recorded by an older corral has none, and its mode shows as unknown).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import Literal, cast
 
-from .stores.base import Event, KillMode, KillSwitchState, RunRecord, Store
+from .stores.base import KillMode, KillSwitchState, RunRecord, Store
 from .stores.owner import RUN_LEASE_SECONDS, interruption
 
 #: How many of the newest runs are looked through for running ones.
@@ -67,7 +66,7 @@ def reach(store: Store, switch: KillSwitchState, *, now: float | None = None) ->
     live = [r for r in records if _live(r, moment) and _covers(switch, r)]
     found_groups: dict[tuple[str | None, str | None, str | None, str], list[str]] = {}
     for record in live:
-        mode, source = _mode(store, switch, record)
+        mode, source = _mode(switch, record)
         found_groups.setdefault((record.tenant, record.agent, mode, source), []).append(record.id)
     groups = [
         Group(
@@ -103,17 +102,7 @@ def _covers(switch: KillSwitchState, record: RunRecord) -> bool:
     return True
 
 
-def _mode(store: Store, switch: KillSwitchState, record: RunRecord) -> tuple[str | None, str]:
+def _mode(switch: KillSwitchState, record: RunRecord) -> tuple[str | None, str]:
     if switch.mode is not None:
         return switch.mode, "switch"
-    recorded = run_kill_mode(store.events(record.id))
-    return (recorded, "policy") if recorded is not None else (None, "unknown")
-
-
-def run_kill_mode(events: Sequence[Event]) -> KillMode | None:
-    """The ``kill_switch.mode_when_enabled`` a run recorded at its latest start, if any."""
-    for event in reversed(events):
-        if event.kind == "run_start":
-            mode = event.data.get("kill_mode")
-            return cast(KillMode, mode) if mode in get_args(KillMode) else None
-    return None
+    return (record.kill_mode, "policy") if record.kill_mode is not None else (None, "unknown")

@@ -44,8 +44,6 @@ def _run_start(data: Mapping[str, Any], entry: Mapping[str, Any]) -> Line:
     observed = data.get("observed")
     if observed and data.get("mode") == "mixed":
         detail += " · observing " + ", ".join(map(str, observed))
-    if data.get("kill_mode"):
-        detail += f" · kill switch default {data['kill_mode']}"
     return ("resumed" if data.get("resumed") else "start"), "", detail, "dim"
 
 

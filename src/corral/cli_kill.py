@@ -162,8 +162,8 @@ def _reach_lines(sw: KillSwitchState, reached: Reach) -> list[str]:
     if not reached.runs:
         return [
             f"it reaches no running run in this store now{more}; runs that start or call "
-            "later obey it. If an agent is running, it uses another store: check its "
-            "CORRAL_DB or store="
+            "later obey it. If an agent is running, it uses another store (check its "
+            "CORRAL_DB or store=)"
         ]
     lines = [f"it reaches {_plural(reached.runs, 'running run')} in this store{more}{calls}:"]
     rows = [

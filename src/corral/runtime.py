@@ -253,8 +253,6 @@ class RunCore:
             observed=sorted(self.observing),
             tenant=self.tenant,
             agent=self.agent,
-            # What a kill switch set without a mode applies here (`corral kill enable` reports it).
-            kill_mode=policy.kill_switch.mode_when_enabled,
         )
         for name in policy.tools.allow:
             if name not in self.tools:
@@ -272,7 +270,13 @@ class RunCore:
         self.recorded = True
         events = self._store_call(self.store.events, self.id)
         self._seq = max((e.seq for e in events), default=0)
-        self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
+        self._store_call(
+            self.store.update_run,
+            self.id,
+            status="running",
+            ended_at=None,
+            kill_mode=self.policy.kill_switch.mode_when_enabled,  # this segment's policy
+        )
 
     def _new_record(self) -> RunRecord:
         return RunRecord(
@@ -282,6 +286,7 @@ class RunCore:
             task=self.task,
             policy_digest=self.policy.digest,
             started_at=self.started_at,
+            kill_mode=self.policy.kill_switch.mode_when_enabled,
         )
 
     def _load(self, run_id: str | None) -> RunRecord | None:

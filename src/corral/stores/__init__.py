@@ -229,13 +229,13 @@ _SCHEME_GUESSES = {
 def _not_a_store_url(url: str) -> str:
     """Why ``url`` is no store URL, with the one it probably meant (passwords hidden)."""
     scheme, sep, rest = url.partition("://")
-    shown = display_url(url)
+    shown = _hide_password(url)
     if sep:
         meant = _SCHEME_GUESSES.get(scheme.lower())
         if scheme.lower() == "file" and rest.startswith("/"):  # file:///tmp/x.db: absolute
             return f"unsupported store URL scheme 'file': did you mean {sqlite_url(unquote(rest))}?"
         if meant is not None:
-            guess = display_url(f"{meant}://{rest}")
+            guess = _hide_password(f"{meant}://{rest}")
             return f"unsupported store URL scheme {scheme!r}: did you mean {guess}?"
         return f"unsupported store URL scheme {scheme!r}: {_KINDS}"
     head, colon, tail = url.partition(":")
@@ -245,7 +245,7 @@ def _not_a_store_url(url: str) -> str:
     if meant == "memory":
         return f"store URL {shown!r} is not a store URL: did you mean memory://?"
     if meant == "postgresql":
-        guess = display_url(f"postgresql://{tail.lstrip('/')}")
+        guess = _hide_password(f"postgresql://{tail.lstrip('/')}")
         return f"store URL {shown!r} is not a store URL: did you mean {guess}?"
     drive = colon and len(head) == 1 and head.isalpha()  # C:\\corral.db
     if url and (not colon or drive or url.startswith(("/", ".", "~"))):
@@ -271,6 +271,10 @@ def display_url(url: str) -> str:
             except ValueError:  # a NUL in the path: shown as given
                 return url
         return url
+    return _hide_password(url)
+
+
+def _hide_password(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
