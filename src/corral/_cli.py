@@ -32,7 +32,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Store URL (default: CORRAL_DB, then the per-user store; corral init shows where).",
+        help="Store URL (default: CORRAL_DB, else the per-user store in your data directory).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]

@@ -45,7 +45,6 @@ def _options(
     """A production control layer for tool-calling AI agents."""
 
 
-@app.command()
 def version() -> None:
     """Print corral's version."""
     typer.echo(f"corral {__version__}")
@@ -111,6 +110,7 @@ def _register_command_groups() -> None:
     ):
         if importlib.util.find_spec(f"corral.{name}") is not None:
             importlib.import_module(f"corral.{name}").register(app)
+    app.command("version")(version)  # listed last in --help
 
 
 _register_command_groups()

@@ -1,10 +1,10 @@
 """The SQLite store: one file, shared by every process on the machine.
 
-The default store (``sqlite:///corral.db``). Contended state relies on SQLite's own
-locking, so it holds across processes, not only threads: every read-modify-write
-(scoped reservations, idempotency claims, approval decisions) runs in one
-``BEGIN IMMEDIATE`` transaction, which takes the database's write lock before it
-reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
+The default store (one file per user: :func:`corral.stores.default_path`). Contended
+state relies on SQLite's own locking, so it holds across processes, not only threads:
+every read-modify-write (scoped reservations, idempotency claims, approval decisions)
+runs in one ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock
+before it reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
 survives the process being killed (``FULL`` also survives power loss, at a cost
 per commit). Readers never wait for the writer; a writer waits up to
 ``busy_timeout`` seconds for another, and a call made for a run (with
