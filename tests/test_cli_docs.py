@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from clitree import commands, options
 
 ROOT = Path(__file__).resolve().parent.parent
