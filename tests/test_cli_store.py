@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from clitree import with_option
+from clitree import commands, with_option
 from corral.cli import app
 from corral.stores import open_store
 from corral.stores.base import ApprovalRecord
@@ -120,6 +120,36 @@ def test_no_operator_command_creates_a_missing_store(path: tuple[str, ...], tmp_
     assert result.stderr.startswith(f"corral {' '.join(path)}: no corral store at {missing}; ")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("path", sorted(ARGS), ids=" ".join)
+def test_a_url_naming_no_store_is_a_usage_error_for_every_command(
+    path: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Exit 2 and one line saying what the URL probably meant, whatever the command."""
+    result = invoke(*path, *args_for(path, "run_x", tmp_path), "--db", "sqlite:/corral.db")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"corral {path[0]}")
+    assert "did you mean sqlite:///corral.db" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", sorted(ARGS), ids=" ".join)
+def test_a_store_that_cannot_be_reached_is_a_failure_for_every_command(
+    path: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Exit 1 and one line naming the store, never a traceback, whatever the command."""
+    url = "postgresql://nobody@127.0.0.1:1/corral?connect_timeout=1"
+    result = invoke(*path, *args_for(path, "run_x", tmp_path), "--db", url)
+    assert result.exit_code == 1, result.output
+    assert "postgresql://nobody@127.0.0.1:1/corral" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("path", sorted(commands()), ids=" ".join)
+def test_an_unknown_option_is_a_usage_error_for_every_command(path: tuple[str, ...]) -> None:
+    """Typer's own usage errors exit 2 as well."""
+    assert invoke(*path, "--no-such-option").exit_code == 2
 
 
 def test_an_empty_file_or_another_applications_database_is_no_store(tmp_path: Path) -> None:

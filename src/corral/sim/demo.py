@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import origin, say_store
+from .._cli import one_line, origin, say_store
 from ..exceptions import ConfigError, StoreError
 from ..stores import default_url, display_url, open_store
 from ..stores.memory import MemoryStore
@@ -57,9 +57,12 @@ def demo_command(
     if not problems:
         try:
             open_store(db)
-        except (ConfigError, StoreError) as exc:
-            problems.append(f"{origin(db)}: {exc}")
-            code = 2 if isinstance(exc, ConfigError) else 1
+        except ConfigError as exc:
+            problems.append(f"{origin(db)}: {one_line(exc)}")
+        except StoreError as exc:
+            shown = display_url(db if db is not None else default_url())
+            problems.append(f"{origin(db)}: cannot open the store {shown}: {one_line(exc)}")
+            code = 1
     if problems:
         for line in problems:
             print(f"corral demo: {line}", file=sys.stderr)
