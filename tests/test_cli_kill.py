@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli import app
+from corral.exceptions import StoreError
 from corral.stores.base import RunRecord
 from corral.stores.sqlite import SQLiteStore
 
@@ -354,3 +355,27 @@ run = corral.Run(corral.Policy.from_dict({}), store=sys.argv[1], tenant="acme", 
 run.__enter__()
 os._exit(9)
 """
+
+
+def test_a_switch_whose_reach_cannot_be_read_is_still_reported_on(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When listing the running runs fails after the switch was set, enable still exits 0,
+    saying the switch is on and why its reach is unknown."""
+
+    def fail(self: SQLiteStore, **kwargs: Any) -> list[Any]:
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteStore, "list_runs", fail)
+    result = invoke("kill", "enable", "--mode", "stop_all", "--json", "--db", db)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["reach"] is None and body["switch"]["mode"] == "stop_all"
+    assert (
+        body["note"] == "the switch is on, but the running runs could not be read: disk I/O error"
+    )
+    text = invoke("kill", "enable", "--mode", "stop_all", "--db", db).stdout
+    assert "could not be read: disk I/O error" in text
+    monkeypatch.undo()
+    switches = json.loads(invoke("kill", "status", "--json", "--db", db).stdout)["switches"]
+    assert [s["mode"] for s in switches] == ["stop_all"]

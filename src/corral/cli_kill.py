@@ -27,7 +27,8 @@ found no switch there; 2 a usage error (one line, never a traceback).
 
 ``mode_source`` is ``switch`` (``--mode`` given), ``policy`` (the run's
 ``mode_when_enabled``) or ``unknown`` (a run started by a corral that did not record
-it; ``mode`` is then ``null``). ``disable --json`` prints ``{"store": str, "cleared":
+it; ``mode`` is then ``null``). ``reach`` is ``null`` when the runs could not be read
+once the switch was set (the note says why; the switch is on, the exit code 0). ``disable --json`` prints ``{"store": str, "cleared":
 bool, "scope": str, "target": str, "by": str}``; ``status --json`` prints::
 
     {"store": str, "switches": [{switch}]}
@@ -46,8 +47,19 @@ from typing import Annotated, Any
 import typer
 
 from . import approvals, killswitch
-from ._cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
+from ._cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DbOption,
+    Fail,
+    JsonOption,
+    guarded,
+    one_line,
+    open_db,
+)
 from ._reach import EFFECTS, SCAN_LIMIT, Reach, reach
+from .exceptions import StoreError
 from .stores.base import KillScope, KillSwitchState
 
 kill_app = typer.Typer(
@@ -131,13 +143,18 @@ def enable(
             store, scope=scope, target=target, mode=chosen, reason=reason, actor=by
         )
         cancelled = approvals.cancel_covered(store, sw)
-        reached = reach(store, sw)
+        try:
+            reached: Reach | None = reach(store, sw)
+        except StoreError as exc:  # the switch is on: only the account of its reach failed
+            reached, unread = None, one_line(exc)
         note = _note(sw, reached)
+        if reached is None:
+            note = f"the switch is on, but the running runs could not be read: {unread}"
         if json_out:
             body = {
                 "store": url,
                 "switch": _row(sw),
-                "reach": _reach_json(reached),
+                "reach": _reach_json(reached) if reached is not None else None,
                 "cancelled_approvals": [a.id for a in cancelled],
                 "note": note,
             }
@@ -145,7 +162,7 @@ def enable(
             return EXIT_OK
         what = sw.mode or "each run's kill_switch.mode_when_enabled"
         typer.echo(f"kill switch on: {killswitch.describe(sw)}, {what} (by {sw.actor})")
-        for line in _reach_lines(sw, reached):
+        for line in _reach_lines(sw, reached) if reached is not None else []:
             typer.echo(line)
         if cancelled:
             typer.echo(f"cancelled {len(cancelled)} pending approval(s) it covers")
@@ -187,12 +204,11 @@ def _mode_text(mode: str | None, source: str) -> str:
     return f"{mode}{where}: {EFFECTS[mode]}"
 
 
-def _note(sw: KillSwitchState, reached: Reach) -> str | None:
+def _note(sw: KillSwitchState, reached: Reach | None) -> str | None:
     """What an operator who meant to stop everything must know, or None."""
     if sw.mode is not None:
         return None
-    modes = {g.mode for g in reached.groups}
-    if reached.runs and modes == {"stop_all"}:
+    if reached is not None and reached.runs and {g.mode for g in reached.groups} == {"stop_all"}:
         return None
     if sw.scope == "tool":
         return (
