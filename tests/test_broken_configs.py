@@ -63,7 +63,13 @@ def test_check_json_lists_the_problems(name: str, capsys: pytest.CaptureFixture[
     code = check_command(BROKEN / name, strict=True, tools=None, as_json=True)
     body = json.loads(capsys.readouterr().out)
     assert code == 2
-    assert body == {"valid": False, "problems": EXPECTED[name], "items": [], "warnings": []}
+    assert body == {
+        "valid": False,
+        "problems": EXPECTED[name],
+        "items": [],
+        "tools": [],
+        "warnings": [],
+    }
 
 
 def test_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

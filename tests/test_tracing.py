@@ -109,6 +109,30 @@ def test_chat_spans_follow_the_genai_conventions(traces: Traces) -> None:
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
 
 
+def test_chat_spans_name_the_provider_the_model_declares(traces: Traces) -> None:
+    """``gen_ai.provider.name`` comes from the model's ``genai_provider`` (``openai`` for the
+    OpenAI adapter, ``anthropic`` for Anthropic's), from ``model_call(provider=...)`` for a
+    call of your own, and is absent for a model that names none."""
+    from corral.models.anthropic import AnthropicModel
+    from corral.models.openai import OpenAIModel
+
+    assert (OpenAIModel.genai_provider, AnthropicModel.genai_provider) == ("openai", "anthropic")
+    declared = ScriptedModel([final("done")], name="gpt-test")
+    declared.genai_provider = "openai"  # type: ignore[attr-defined]
+    corral.run("t", model=declared, policy=ALLOW, store=MemoryStore())
+    corral.run("t", model=ScriptedModel([final("done")]), policy=ALLOW, store=MemoryStore())
+    with corral.Run(ALLOW, store=MemoryStore()) as governed:
+        with governed.model_call(model="claude-x", provider="anthropic", input_tokens=10) as mc:
+            mc.settle(input_tokens=10, output_tokens=5)
+        governed.finish("ok")
+    chats = sorted(traces.named("chat"), key=lambda s: s.start_time or 0)
+    assert [(c.attributes or {}).get("gen_ai.provider.name") for c in chats] == [
+        "openai",
+        None,
+        "anthropic",
+    ]
+
+
 def test_execute_tool_spans_name_the_tool_and_mark_failures(traces: Traces) -> None:
     """A failed tool call is an ``execute_tool`` span with status ERROR and ``error.type``."""
     result = run([call("kb.read", q="a"), call("vendor.read", q="b")])

@@ -2,11 +2,14 @@
 
 Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
 problem, never a traceback), or ``--tools`` cannot be loaded; 1 with ``--strict``
-while a checklist item is missing. Warnings never change the exit code.
+while a checklist item is missing or an allowed tool misses a need of the decision
+aid (:mod:`corral.decision_aid`). Warnings never change the exit code.
 
 ``--json`` prints one object whose shape is stable::
 
     {"valid": bool, "problems": [str], "items": [{"key", "title", "met", "why", "hint"}],
+     "tools": [{"name", "kinds": [str], "because": [str], "needs": [str],
+                "missing": [str], "why": {need: str}, "hints": {need: str}}],
      "warnings": [str]}
 """
 
@@ -29,6 +32,7 @@ from rich.text import Text
 
 from ._safe import error_text
 from .checklist import Report, readiness
+from .decision_aid import ToolNeeds
 from .exceptions import PolicyError
 from .policy import Policy, load_policy
 
@@ -57,8 +61,8 @@ def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) ->
         _print_invalid(file, problems, as_json)
         return EXIT_INVALID
     report = readiness(policy, registered)
-    _print_report(file, report, as_json)
-    return EXIT_MISSING if strict and not report.all_met else EXIT_OK
+    _print_report(file, report, as_json, registered)
+    return EXIT_MISSING if strict and not report.ready else EXIT_OK
 
 
 # -- --tools module:object ----------------------------------------------------------------------
@@ -189,7 +193,9 @@ def _print_invalid(file: Path, problems: list[str], as_json: bool) -> None:
         out.line(out.text(problem))
 
 
-def _print_report(file: Path, report: Report, as_json: bool) -> None:
+def _print_report(
+    file: Path, report: Report, as_json: bool, registered_from: list[object] | None
+) -> None:
     if as_json:
         print(_to_json(valid=True, problems=[], report=report))
         return
@@ -204,6 +210,19 @@ def _print_report(file: Path, report: Report, as_json: bool) -> None:
             out.line(out.text(f"  {out.cross} ", "red"), out.text(item.title))
             out.line(out.text(f"      why: {item.why}", "dim"))
             out.line(out.text(f"      fix: {item.hint}", "yellow"))
+    if report.tools:
+        out.line()
+        out.line(out.text("Per tool (the field guide's decision aid)", "bold"))
+        for needs in report.tools:
+            _print_tool(out, needs)
+        if registered_from is None:
+            out.line(
+                out.text(
+                    "  (judged from the policy alone; --tools MODULE:OBJECT adds what the code"
+                    " declares: effects, costs, argument schemas, credentials)",
+                    "dim",
+                )
+            )
     if report.warnings:
         out.line()
         out.line(out.text("Warnings", "bold"))
@@ -211,10 +230,31 @@ def _print_report(file: Path, report: Report, as_json: bool) -> None:
             out.line(out.text(f"  {out.bang} ", "yellow"), out.text(warning))
     out.line()
     summary = report.summary
+    if report.tools_summary:
+        summary += f", {report.tools_summary}"
     if report.warnings:
         n = len(report.warnings)
         summary += f", {n} warning{'s' if n != 1 else ''}"
-    out.line(out.text(summary, "bold green" if report.all_met else "bold yellow"))
+    out.line(out.text(summary, "bold green" if report.ready else "bold yellow"))
+
+
+def _print_tool(out: _Printer, needs: ToolNeeds) -> None:
+    if not needs.details:
+        out.line(
+            out.text(f"  {out.tick} ", "green"),
+            out.text(f"{needs.name}: reads, in a closed world; nothing more needed"),
+        )
+        return
+    mark = (out.cross, "red") if needs.missing else (out.tick, "green")
+    out.line(
+        out.text(f"  {mark[0]} ", mark[1]), out.text(f"{needs.name}: {'; '.join(needs.because)}")
+    )
+    has = [need.key for need in needs.details if need.met]
+    if has:
+        out.line(out.text(f"      has {', '.join(has)}", "dim"))
+    for need in needs.details:
+        if not need.met:
+            out.line(out.text(f"      missing {need.key}: {need.hint}", "yellow"))
 
 
 def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) -> str:
@@ -222,6 +262,7 @@ def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) 
         "valid": valid,
         "problems": problems,
         "items": [item.to_dict() for item in report.items] if report else [],
+        "tools": [needs.to_dict() for needs in report.tools] if report else [],
         "warnings": list(report.warnings) if report else [],
     }
     return json.dumps(body, indent=2, ensure_ascii=not _is_utf(sys.stdout.encoding))
@@ -233,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="corral check", description="Validate a policy and report production readiness."
     )
     parser.add_argument("file", type=Path, help="policy file (.yaml, .yml or .json)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 while an item is missing")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 while an item or a tool's need is missing"
+    )
     parser.add_argument("--tools", metavar="MODULE:OBJECT", help="the registered tools to compare")
     parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
     args = parser.parse_args(argv)

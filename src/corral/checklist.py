@@ -1,4 +1,4 @@
-"""The production readiness report: which of the field guide's checklist items a policy meets.
+"""The production readiness report: the field guide's checklist, and its decision aid per tool.
 
 >>> from corral.policy import Policy
 >>> report = readiness(Policy.from_dict({"tools": {"allow": ["kb.read"]}}))
@@ -6,6 +6,13 @@
 ['budgets', 'output_validation', 'monitoring', 'kill_switch']
 >>> report.summary
 '3/7 checklist items met'
+>>> [(t.name, t.kinds, t.missing) for t in report.tools]
+[('kb.read', ['write'], [])]
+>>> report.tools_summary
+'1/1 tools have what they need'
+
+The per-tool part (what a tool that can write, browse or serve several tenants needs)
+is :mod:`corral.decision_aid`. ``ready`` is false while either part misses something.
 
 What meets each item (the report reads the config, and the registered tools when given):
 
@@ -28,9 +35,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
+from ._tool_facts import CodeTool, effect_of, name_of, registered
+from .decision_aid import ToolNeeds, tool_needs
 from .policy import Policy, Tracked
 
 
@@ -56,14 +65,22 @@ class Item:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Report:
-    """The checklist items, in the field guide's order, and warnings about the config."""
+    """The checklist items, in the field guide's order, what each allowed tool needs
+    (the decision aid), and warnings about the config."""
 
     items: list[Item]
     warnings: list[str]
+    tools: list[ToolNeeds] = field(default_factory=list)
 
     @property
     def all_met(self) -> bool:
+        """Every checklist item is met (the per-tool needs aside)."""
         return all(item.met for item in self.items)
+
+    @property
+    def ready(self) -> bool:
+        """Every checklist item is met and no tool misses a need (``--strict`` passes)."""
+        return self.all_met and not any(t.missing for t in self.tools)
 
     @property
     def missing(self) -> list[Item]:
@@ -74,27 +91,31 @@ class Report:
         met = sum(item.met for item in self.items)
         return f"{met}/{len(self.items)} checklist items met"
 
+    @property
+    def tools_summary(self) -> str:
+        """``"2/3 tools have what they need"``; empty when no tool is allowed."""
+        if not self.tools:
+            return ""
+        fine = sum(not t.missing for t in self.tools)
+        return f"{fine}/{len(self.tools)} tools have what they need"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"items": [i.to_dict() for i in self.items], "warnings": list(self.warnings)}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Code:
-    """What the registered code says of one tool."""
-
-    effect: str | None  # None: not declared
-    output_schema: bool
-    expensive: bool
+        return {
+            "items": [i.to_dict() for i in self.items],
+            "tools": [t.to_dict() for t in self.tools],
+            "warnings": list(self.warnings),
+        }
 
 
 def readiness(policy: Policy, tools: Sequence[object] | None = None) -> Report:
     """Check ``policy`` against the production checklist.
 
     ``tools`` are the registered tool objects (each with ``.name`` and ``.effect``);
-    given, they add warnings where code and policy disagree, and a tool's own
-    output schema counts for output validation.
+    given, they add warnings where code and policy disagree, a tool's own output
+    schema counts for output validation, and its cost, argument schema and
+    credentials count in the decision aid.
     """
-    code = _registered(tools) if tools is not None else None
+    code = registered(tools) if tools is not None else None
     items = [
         _allowlist(policy),
         _budgets(policy),
@@ -107,7 +128,7 @@ def readiness(policy: Policy, tools: Sequence[object] | None = None) -> Report:
     warnings = [*policy.warnings(), *_policy_warnings(policy, code)]
     if tools is not None:
         warnings += _code_warnings(policy, tools, code or {})
-    return Report(items=items, warnings=warnings)
+    return Report(items=items, warnings=warnings, tools=tool_needs(policy, code))
 
 
 # -- the items --------------------------------------------------------------------------------
@@ -143,7 +164,7 @@ def _budgets(policy: Policy) -> Item:
     )
 
 
-def _output_validation(policy: Policy, code: dict[str, _Code] | None) -> Item:
+def _output_validation(policy: Policy, code: dict[str, CodeTool] | None) -> Item:
     allowed = policy.tools.allow
     lacking = [
         name
@@ -210,7 +231,7 @@ def _kill_switch(policy: Policy) -> Item:
     )
 
 
-def _write_approvals(policy: Policy, code: dict[str, _Code] | None) -> Item:
+def _write_approvals(policy: Policy, code: dict[str, CodeTool] | None) -> Item:
     hints = []
     if not policy.writes.require_approval:
         hints.append("set writes.require_approval: true")
@@ -219,7 +240,7 @@ def _write_approvals(policy: Policy, code: dict[str, _Code] | None) -> Item:
         for name in policy.tools.allow
         if (spec := policy.spec(name)) is not None
         and spec.require_approval is False
-        and _effect(policy, name, code) != "read"
+        and effect_of(policy, name, code) != "read"
     ]
     if opted_out:
         specs = ", ".join(f"tools.specs.{name}" for name in opted_out)
@@ -239,7 +260,7 @@ def _write_approvals(policy: Policy, code: dict[str, _Code] | None) -> Item:
 # -- warnings ---------------------------------------------------------------------------------
 
 
-def _policy_warnings(policy: Policy, code: dict[str, _Code] | None) -> list[str]:
+def _policy_warnings(policy: Policy, code: dict[str, CodeTool] | None) -> list[str]:
     out = []
     observed = policy.observed_guards
     if observed:
@@ -264,9 +285,9 @@ def _policy_warnings(policy: Policy, code: dict[str, _Code] | None) -> list[str]
     return out
 
 
-def _code_warnings(policy: Policy, tools: Sequence[object], code: dict[str, _Code]) -> list[str]:
+def _code_warnings(policy: Policy, tools: Sequence[object], code: dict[str, CodeTool]) -> list[str]:
     out = []
-    names = [_name(t) for t in tools]
+    names = [name_of(t) for t in tools]
     for name in sorted({n for n in names if names.count(n) > 1}):
         out.append(f"tool {name!r}: registered twice")
     for name in policy.tools.allow:
@@ -298,44 +319,12 @@ def _code_warnings(policy: Policy, tools: Sequence[object], code: dict[str, _Cod
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _name(tool: object) -> str:
-    name = getattr(tool, "name", None)
-    if not isinstance(name, str):
-        raise TypeError(f"a registered tool needs a str .name, got {tool!r}")
-    return name
-
-
-def _registered(tools: Sequence[object]) -> dict[str, _Code]:
-    out: dict[str, _Code] = {}
-    for tool in tools:
-        effect = getattr(tool, "effect", None)
-        effect = getattr(effect, "value", effect)  # an Enum's value
-        if effect not in ("read", "write") or getattr(tool, "effect_declared", True) is False:
-            effect = None
-        out[_name(tool)] = _Code(
-            effect=effect,
-            output_schema=bool(getattr(tool, "output_schema", None)),
-            expensive=getattr(tool, "expensive", False) is True,
-        )
-    return out
-
-
 def _policy_output_schema(policy: Policy, name: str) -> bool:
     spec = policy.spec(name)
     return spec is not None and spec.output_schema is not None
 
 
-def _effect(policy: Policy, name: str, code: dict[str, _Code] | None) -> str | None:
-    """The effect corral applies: the stricter of policy and code; ``None`` when neither says."""
-    spec = policy.spec(name)
-    said = {spec.effect if spec else None, code[name].effect if code and name in code else None}
-    said.discard(None)
-    if not said:
-        return None
-    return "write" if "write" in said else "read"
-
-
-def _anything_expensive(policy: Policy, code: dict[str, _Code] | None) -> bool:
+def _anything_expensive(policy: Policy, code: dict[str, CodeTool] | None) -> bool:
     if policy.kill_switch.expensive_cost_usd is not None:
         return True
     for name in policy.tools.allow:

@@ -54,17 +54,23 @@ def version() -> None:
 def check(
     file: Annotated[Path, typer.Argument(help="Policy file (.yaml, .yml or .json).")],
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 1 while a checklist item is missing.")
+        bool,
+        typer.Option("--strict", help="Exit 1 while a checklist item or a tool's need is missing."),
     ] = False,
     tools: Annotated[
         str | None, typer.Option("--tools", help="module:object holding your registered tools.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Validate a policy and report readiness against the production checklist.
+    """Validate a policy; report the readiness checklist and what each tool needs.
 
-    Exit 0 when valid, 2 when invalid (one line per problem), 1 with --strict
-    while a checklist item is missing.
+    A tool that can write needs approvals, idempotency and audit.
+
+    A tool that can browse needs budgets, dedupe, degrade mode and host constraints.
+
+    In a multi-tenant policy, every tool needs scoped credentials.
+
+    Exit 0 valid, 2 invalid (one line per problem); --strict exits 1 while anything is missing.
     """
     from ._check_cli import check_command
 

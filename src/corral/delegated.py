@@ -16,7 +16,7 @@ from .clock import SystemClock
 from .exceptions import ConfigError, Stop, ToolRejected
 from .gateway import Approve, Attempt, Execute, Sleep
 from .modelcalls import invalid_usage, price_of
-from .models.base import InvalidUsage, usage_problem
+from .models.base import InvalidUsage, genai_provider, usage_problem
 from .runtime import RunCore
 
 
@@ -66,6 +66,8 @@ class ModelCall:
         self._hold: Hold | None = hold
         self.max_tokens = max_tokens
         self._model = model
+        provider = genai_provider(model)
+        self._provider = {"provider": provider} if provider else {}
 
     @property
     def _name(self) -> str:
@@ -94,6 +96,7 @@ class ModelCall:
             "model_call",
             model=self._name,
             outcome="ok",
+            **self._provider,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             usd=str(usd),
@@ -140,9 +143,10 @@ class ModelCall:
 
 
 class _NamedModel:
-    def __init__(self, name: str, price: Any) -> None:
+    def __init__(self, name: str, price: Any, provider: str | None = None) -> None:
         self.name = name
         self.price = price
+        self.genai_provider = provider
 
 
 def _wait_sync(core: RunCore, op: Any) -> Any:

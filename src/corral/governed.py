@@ -266,19 +266,22 @@ class _RunBase:
         tools: Sequence[Mapping[str, Any]] = (),
         max_tokens: int | None = None,
         input_tokens: int | None = None,
+        provider: str | None = None,
     ) -> ModelCall:
         """Reserve a model call of your own (a step): kill switch, tokens and USD, before it.
 
         The input bound is computed from ``messages`` and ``tools`` (or given as
         ``input_tokens``); the price comes from ``models.prices``, else from the
-        model object's ``price``. Use it as ``with run.model_call(...) as mc:``
-        (``async with`` in async code), send ``mc.max_tokens``, then ``mc.settle``.
+        model object's ``price``. ``provider`` (``openai``, ``anthropic``, ...) names the
+        API for traces (``gen_ai.provider.name``) when ``model`` is a name. Use it as
+        ``with run.model_call(...) as mc:`` (``async with`` in async code), send
+        ``mc.max_tokens``, then ``mc.settle``.
         """
         core = self._core
         core.ensure_running()
         core.check_time()
         killswitch.check(core, None, None)
-        target = _NamedModel(model, None) if isinstance(model, str) else model
+        target = _NamedModel(model, None, provider) if isinstance(model, str) else model
         bound = input_tokens if input_tokens is not None else input_token_bound(messages, tools)
         clamped, charge = plan(core, target, bound, max_tokens)
         hold = core.reserve(charge)

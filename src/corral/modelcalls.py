@@ -35,6 +35,7 @@ from .models.base import (
     ModelRequest,
     ModelResponse,
     Price,
+    genai_provider,
     validate_response,
 )
 from .runtime import RunCore
@@ -233,6 +234,8 @@ def model_flow(
     core.check_time()
     killswitch.check(core, None, None)
     name = text(getattr(model, "name", type_name(model)), 200)
+    provider = genai_provider(model)
+    named = {"provider": provider} if provider else {}  # gen_ai.provider.name on its span
     # The model endpoint has a breaker like a tool: while it is open, no request is sent.
     # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
     # share it), else the model's name.
@@ -261,7 +264,9 @@ def model_flow(
     elapsed = core.now() - started
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
         core.settle(hold, Charge(steps=1))
-        core.event("model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6))
+        core.event(
+            "model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6), **named
+        )
         core.flush()
         raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
@@ -273,7 +278,7 @@ def model_flow(
         core.settle(hold, Charge(steps=1))
         error = result.error
         what = error_text(error)  # a model's exception may not even print
-        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed)
+        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)
         core.flush()
         if result.timed_out and core.remaining() <= 0:
             core.check_time()
@@ -287,7 +292,7 @@ def model_flow(
     except ModelOutputError as bad:
         # The call happened and what it used is unknown: the reservation (worst case) stands.
         core.settle(hold, hold.charge)
-        core.event("model_call", model=name, outcome="invalid", error=str(bad))
+        core.event("model_call", model=name, outcome="invalid", error=str(bad), **named)
         core.flush()
         raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
     price = price_of(core, model, input_tokens=response.input_tokens)
@@ -300,6 +305,7 @@ def model_flow(
         "model_call",
         model=response.model or name,
         outcome="ok",
+        **named,
         input_tokens=response.input_tokens,
         output_tokens=response.output_tokens,
         max_tokens=clamped,

@@ -238,6 +238,10 @@ class ToolSpec(_Section):
     credentials: list[CredentialName] = Field(default_factory=list)
     """Credentials the tool needs, on top of those its code declares: a call whose tenant
     lacks one is refused (``tool_denied``, why ``missing_credential``)."""
+    open_world: StrictBool | None = None
+    """Whether the tool reaches the open world (the web, any host), as MCP's
+    ``openWorldHint``. Unset, ``corral check`` infers it (a URL or host argument, or
+    ``expensive``); ``false`` says an inferred one is not. Read by ``corral check`` only."""
 
 
 class ToolsSection(_Section):

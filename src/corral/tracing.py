@@ -27,7 +27,9 @@ One trace per run (per segment of a resumed run):
   (``max_usd:run (limit 1.00, would be 1.40)``), ``corral.usd``, ``corral.steps``,
   ``corral.tool_calls``. Status ``ERROR`` (``error.type`` = the stop reason) when
   the run's status is ``error``.
-- ``chat {model}`` per model call: ``gen_ai.request.model``,
+- ``chat {model}`` per model call: ``gen_ai.provider.name`` (the model's
+  ``genai_provider``: ``openai``, ``anthropic``; absent when a model names none),
+  ``gen_ai.request.model``,
   ``gen_ai.request.max_tokens``, ``gen_ai.usage.*``,
   ``gen_ai.response.finish_reasons``, ``corral.usd``, ``corral.outcome``.
 - ``execute_tool {tool}`` per tool-call attempt: ``gen_ai.tool.name``,
@@ -351,6 +353,7 @@ def _chat_span(tracer: Tracer, context: Any, event: Event) -> None:
     model = str(data.get("model") or "")
     start, end = _span_times(event)
     attrs: dict[str, Any] = {"gen_ai.operation.name": "chat"}
+    _set(attrs, "gen_ai.provider.name", data.get("provider"))
     _set(attrs, "gen_ai.request.model", model)
     _set(attrs, "gen_ai.request.max_tokens", data.get("max_tokens"))
     _set(attrs, "gen_ai.usage.input_tokens", data.get("input_tokens"))

@@ -71,6 +71,9 @@ class AnthropicModel(PooledModel):
     streaming is refused. Use ``async with model:`` to keep one pooled connection.
     """
 
+    #: ``gen_ai.provider.name`` of its spans.
+    genai_provider = "anthropic"
+
     def __init__(
         self,
         name: str,

@@ -286,3 +286,10 @@ class Model(Protocol):
     def respond(self, request: ModelRequest) -> Any:
         """Return a :class:`ModelResponse`, or an awaitable of one."""
         ...
+
+
+def genai_provider(model: object) -> str | None:
+    """The provider a model names for traces (``gen_ai.provider.name``: ``openai``,
+    ``anthropic``, ...) in its ``genai_provider`` attribute, or ``None``."""
+    value = getattr(model, "genai_provider", None)
+    return value if isinstance(value, str) and value else None

@@ -70,6 +70,9 @@ class OpenAIModel(PooledModel):
     Use ``async with model:`` to keep one pooled connection for many calls.
     """
 
+    #: ``gen_ai.provider.name`` of its spans: the API it speaks (also at another address).
+    genai_provider = "openai"
+
     def __init__(
         self,
         name: str,
