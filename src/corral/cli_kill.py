@@ -28,8 +28,9 @@ found no switch there; 2 a usage error (one line, never a traceback).
 ``mode_source`` is ``switch`` (``--mode`` given), ``policy`` (the run's
 ``mode_when_enabled``) or ``unknown`` (a run started by a corral that did not record
 it; ``mode`` is then ``null``). ``reach`` is ``null`` when the runs could not be read
-once the switch was set (the note says why; the switch is on, the exit code 0). ``disable --json`` prints ``{"store": str, "cleared":
-bool, "scope": str, "target": str, "by": str}``; ``status --json`` prints::
+once the switch was set (the note says why; the switch is on, the exit code 0).
+``disable --json`` prints ``{"store": str, "cleared": bool, "scope": str, "target": str,
+"by": str}``; ``status --json`` prints::
 
     {"store": str, "switches": [{switch}]}
 
