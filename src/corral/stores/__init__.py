@@ -95,7 +95,7 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
         path = path if path == ":memory:" else os.path.abspath(path)
         key = "sqlite://" + path
         if path != ":memory:":
-            _prepare_sqlite(path, create)
+            _prepare_sqlite(path, create, known=_open_already(key))
 
         def factory() -> Store:
             return SQLiteStore(path, synchronous=synchronous)
@@ -103,8 +103,8 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
         url = f"{scheme}://{rest}"
         _check_postgres_url(url)
         key = url
-        if not create and key not in _shared:
-            _require_postgres_schema(url, scheme)
+        if not create and not _open_already(key):
+            _require_postgres_schema(url)
 
         def factory() -> Store:
             return _postgres(url, scheme)
@@ -116,12 +116,18 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
         return store
 
 
-def _prepare_sqlite(path: str, create: bool) -> None:
-    """Refuse a missing store when ``create`` is false; make the per-user directory when a
-    store is created there (a directory someone named must exist: a typo in it is an error,
-    not a new folder)."""
+def _open_already(key: str) -> bool:
+    store = _shared.get(key)
+    return store is not None and not getattr(store, "closed", False)
+
+
+def _prepare_sqlite(path: str, create: bool, *, known: bool) -> None:
+    """Refuse a missing store when ``create`` is false (the tables are looked for unless
+    this process has the store open: ``known``); make the per-user directory when a store
+    is created there (a directory someone named must exist: a typo in it is an error, not
+    a new folder)."""
     if os.path.exists(path):
-        if not create:
+        if not create and not known:
             _require_sqlite_schema(path)
         return
     if not create:
@@ -157,7 +163,7 @@ def _require_sqlite_schema(path: str) -> None:
         raise StoreMissing(f"no corral store at {path} (the file {what})")
 
 
-def _require_postgres_schema(url: str, scheme: str) -> None:
+def _require_postgres_schema(url: str) -> None:
     """StoreMissing when the database (or the URL's ``schema``) has no corral tables."""
     try:
         import psycopg
