@@ -185,7 +185,7 @@ def test_calls_saying_not_executed_cannot_loop_forever(store):
 def test_max_usd_stop_names_the_limit_and_what_usage_would_be(probe, store):
     """The refusal reads ``max_usd:run (limit 1.00, would be 1.40)``."""
     search = probe("search.read", cost_usd="0.70")
-    policy = allow("search.read", budgets={"max_usd": "1.00"})
+    policy = allow("search.read", budgets={"max_usd": 1.00})
     with corral.Run(policy, tools=[search.tool], store=store) as run:
         run.call("search.read", {"q": "a"})
         run.call("search.read", {"q": "b"})
@@ -380,7 +380,7 @@ def test_threads_sharing_one_run_never_pass_its_caps(store):
         time.sleep(0.001)
         return q
 
-    policy = allow("llm.read", budgets={"max_usd": "2.00", "max_tool_calls": 50})
+    policy = allow("llm.read", budgets={"max_usd": 2.00, "max_tool_calls": 50})
     with corral.Run(policy, tools=[llm], store=store) as run:
         barrier = threading.Barrier(16)
 

@@ -99,7 +99,7 @@ def test_tool_call_arguments_count_towards_the_size() -> None:
 def test_policy_prompt_lists_tools_and_budgets_and_appends_instructions() -> None:
     """The policy prompt names the tools, the budgets, and ends with the caller's instructions."""
     pol = corral.Policy.from_dict(
-        {"budgets": {"max_steps": 5, "max_tool_calls": 4, "max_seconds": 60, "max_usd": "2.50"}}
+        {"budgets": {"max_steps": 5, "max_tool_calls": 4, "max_seconds": 60, "max_usd": 2.50}}
     )
     text = policy_prompt(pol, ["kb.read", "search.read"], "  Answer in French.  ")
     assert "Tools you may call: kb.read, search.read." in text

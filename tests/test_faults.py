@@ -177,7 +177,7 @@ def build_policy(rng: random.Random, *, observe: bool, real_time: bool) -> corra
         "max_seconds": rng.choice([0.4, 0.6]) if real_time else rng.choice([2, 10, 30, 90]),
     }
     if rng.random() < 0.5:
-        budgets["max_usd"] = rng.choice(["0.02", "0.05", "0.2"])
+        budgets["max_usd"] = rng.choice([0.02, 0.05, 0.2])
     if rng.random() < 0.4:
         budgets["max_tokens"] = rng.choice([1500, 4000, 20_000])
     data: dict[str, Any] = {
@@ -187,8 +187,8 @@ def build_policy(rng: random.Random, *, observe: bool, real_time: bool) -> corra
             "on_denied": rng.choice(["stop", "tell_model"]),
             "max_invalid_args": rng.randint(0, 3),
             "specs": {
-                KB: {"cost_usd": rng.choice(["0", "0.01", "0.03"])},
-                TICKET: {"cost_usd": "0.01", "require_approval": True},
+                KB: {"cost_usd": rng.choice([0, 0.01, 0.03])},
+                TICKET: {"cost_usd": 0.01, "require_approval": True},
             },
         },
         "budgets": budgets,
@@ -467,7 +467,7 @@ def test_concurrent_faulty_runs_never_overshoot_a_shared_tenant_budget(
             "tools": {"allow": [SEARCH, KB], "on_denied": "tell_model"},
             "budgets": {"max_tool_calls": 6},
             "degrade": {"min_calls": 1000, "window_seconds": 3600},
-            "limits": [{"per": "tenant", "window": "1d", "max_calls": 20, "max_usd": "0.25"}],
+            "limits": [{"per": "tenant", "window": "1d", "max_calls": 20, "max_usd": 0.25}],
         }
     )
     results: list[corral.RunResult] = []
@@ -726,7 +726,7 @@ def test_usd_is_charged_per_attempt_within_max_usd() -> None:
     """A costly flaky read with retries never spends past max_usd (each attempt is billed)."""
     vendor = flaky_tool(SEARCH, rate=1.0, seed=3, retries=5, cost_usd="0.04")
     policy = corral.Policy.from_dict(
-        {"tools": {"allow": [SEARCH]}, "budgets": {"max_usd": "0.10", "max_tool_calls": 15}}
+        {"tools": {"allow": [SEARCH]}, "budgets": {"max_usd": 0.10, "max_tool_calls": 15}}
     )
     result = corral.run(
         "x",

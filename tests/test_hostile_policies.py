@@ -124,7 +124,7 @@ DICT_CASES: dict[str, tuple[Any, str]] = {
         {"tools": {"specs": {"a.b": {"constraints": {"x": {"enum": [object()]}}}}}},
         "must be text, a number",
     ),
-    "decimal_exponent_bomb": ({"budgets": {"max_usd": "1e999999999"}}, "1e-30 and 1e30"),
+    "decimal_exponent_bomb": ({"budgets": {"max_usd": Decimal("1e999999999")}}, "1e-30 and 1e30"),
     "decimal_object_bomb": ({"budgets": {"max_usd": Decimal("1e-999999999")}}, "1e30"),
     "too_many_values": ({"tools": {"allow": ["a.b"] * 200_000}}, "values"),
     "redos_constraint": (
@@ -185,7 +185,7 @@ def test_bounds_leave_real_policies_alone() -> None:
                 "specs": {
                     "a.b": {
                         "args_schema": schema,
-                        "cost_usd": "0.000001",
+                        "cost_usd": 0.000001,
                         "constraints": {"x": {"pattern": r"^[A-Z]{3}-\d+$"}},
                     }
                 },

@@ -184,7 +184,7 @@ def test_an_approval_wait_holds_no_budget_and_a_budget_spent_meanwhile_refuses_t
     """Waiting holds nothing (another run spends the tenant's budget meanwhile); the approved
     write then fails its reservation: it never runs, the stop names the tenant window, and the
     approval is consumed (single use: a retry after the window reopens asks again)."""
-    pol = policy({"per": "tenant", "window": "1d", "max_usd": "1.00", "rolling": rolling})
+    pol = policy({"per": "tenant", "window": "1d", "max_usd": 1.00, "rolling": rolling})
     refunds = Refunds()
     waiter = Agent(pol, refunds, shared.store, tenant="acme", agent="bot")
     request = pending(shared.store)
@@ -207,7 +207,7 @@ def test_an_approval_wait_holds_no_budget_and_a_budget_spent_meanwhile_refuses_t
 
 def test_an_approved_write_reserves_after_the_decision_and_settles(sqlite: Shared) -> None:
     """After approval the write reserves, runs once and settles its windowed charge exactly."""
-    pol = policy({"per": "tenant", "window": "1h", "max_usd": "5", "rolling": True})
+    pol = policy({"per": "tenant", "window": "1h", "max_usd": 5, "rolling": True})
     refunds = Refunds()
     waiter = Agent(pol, refunds, sqlite.store, tenant="acme", agent="bot")
     request = pending(sqlite.store)
@@ -330,7 +330,7 @@ def test_a_dead_holders_rolling_hold_is_reclaimed_from_its_own_sub_bucket() -> N
     live hold in another bucket keeps counting, also after the first bucket ages out."""
     idle = Renewer(interval=1e6)
     store = MemoryStore(grant_lease=1.0, renewer=idle)
-    pol = policy({"per": "tenant", "window": "1h", "max_usd": "2.00", "rolling": True})
+    pol = policy({"per": "tenant", "window": "1h", "max_usd": 2.00, "rolling": True})
     t0 = 3600.0 * 500_000 + 1.0
     charge = Charge(tool_calls=1, usd=Decimal("0.70"), tool=WRITE)
     first = store.reserve(windows.scoped(pol, charge, tenant="acme", agent=None, now=t0), now=t0)
@@ -376,7 +376,7 @@ def test_interleaved_reserve_settle_reclaim_renew_keep_the_scope_within_bounds(
     idle = Renewer(interval=1e6)
     store = MemoryStore(grant_lease=20.0, renewer=idle)
     cap = Decimal("3.00")
-    pol = policy({"per": "tenant", "window": "1d", "max_usd": str(cap), "rolling": rolling})
+    pol = policy({"per": "tenant", "window": "1d", "max_usd": cap, "rolling": rolling})
     now = 86400.0 * 20_000 + 7.0  # 30 steps of at most 90 s stay inside one day
     open_grants: list[tuple[str, list[ScopedCharge], Decimal, float]] = []
     settled_total = Decimal(0)
@@ -605,7 +605,7 @@ def test_stop_all_on_an_async_write_in_flight_settles_its_hold_and_spares_the_br
     becomes unknown (never re-run), the hold is settled as spent (nothing left to renew or
     reclaim), and the cancellations do not open the tool's breaker."""
     pol = policy(
-        {"per": "tenant", "window": "1h", "max_usd": "10", "rolling": True},
+        {"per": "tenant", "window": "1h", "max_usd": 10, "rolling": True},
         degrade={"min_calls": 2, "failure_rate": 0.5},
     )
     started = threading.Event()

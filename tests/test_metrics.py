@@ -31,7 +31,7 @@ def m() -> Iterator[metrics.Metrics]:
 
 def value(m: metrics.Metrics, name: str, **labels: str) -> float:
     """The value of sample ``name`` with exactly ``labels`` in the exposition, 0 if absent."""
-    for family in text_string_to_metric_families(metrics.render(m.registry).decode()):
+    for family in text_string_to_metric_families(metrics.render(m.registry)):
         for s in family.samples:
             if s.name == name and s.labels == labels:
                 return float(s.value)
@@ -42,7 +42,7 @@ def total(m: metrics.Metrics, name: str) -> float:
     """The sum of every sample called ``name``, whatever its labels."""
     return sum(
         float(s.value)
-        for family in text_string_to_metric_families(metrics.render(m.registry).decode())
+        for family in text_string_to_metric_families(metrics.render(m.registry))
         for s in family.samples
         if s.name == name
     )
@@ -72,7 +72,7 @@ def test_runs_are_counted_by_stop_reason_and_status(m: metrics.Metrics) -> None:
     """``corral_runs_total`` counts each ended run under its stop reason and status."""
     run([call("kb.read", q="a"), final("done")], P({"tools": {"allow": ["kb.read"]}}))
     run([call("mail.send", to="x")], P({"tools": {"allow": ["kb.read"]}}))
-    text = metrics.render(m.registry).decode()
+    text = metrics.render(m.registry)
     assert 'corral_runs_total{status="ok",stop_reason="ok"} 1.0' in text
     assert 'corral_runs_total{status="stopped",stop_reason="tool_denied"} 1.0' in text
 
@@ -266,6 +266,21 @@ def test_enable_is_idempotent_and_disable_stops_counting() -> None:
     assert value(first, "corral_runs_total", stop_reason="ok", status="ok") == 1
 
 
+def test_enabling_again_after_disable_goes_on_counting_on_the_same_metrics() -> None:
+    """``enable`` after ``disable`` on one registry reuses its metrics (no duplicate
+    registration), and the counts go on from where they were."""
+    registry = CollectorRegistry()
+    first = metrics.enable(registry=registry)
+    run([final("done")], P({}))
+    metrics.disable(first)
+    run([final("done")], P({}))  # not counted
+    again = metrics.enable(registry=registry)
+    run([final("done")], P({}))
+    metrics.disable(again)
+    assert again is first
+    assert value(again, "corral_runs_total", status="ok", stop_reason="ok") == 2
+
+
 def test_the_default_registry_is_corrals_own() -> None:
     """Without a registry, metrics go to corral's own registry, which ``render`` reads."""
     installed = metrics.enable()
@@ -273,7 +288,7 @@ def test_the_default_registry_is_corrals_own() -> None:
         assert installed.registry is metrics.default_registry()
         before = value(installed, "corral_runs_total", stop_reason="ok", status="ok")
         run([final("done")], P({}))
-        assert b"corral_runs_total" in metrics.render()
+        assert "corral_runs_total" in metrics.render()
         assert value(installed, "corral_runs_total", stop_reason="ok", status="ok") == before + 1
     finally:
         metrics.disable(installed)
@@ -294,6 +309,17 @@ def test_start_http_server_serves_the_exposition() -> None:
         server.server_close()
         thread.join(timeout=5)
         metrics.disable(metrics.enable(registry=registry))
+
+
+def test_render_gives_text_in_the_format_its_content_type_names(m: metrics.Metrics) -> None:
+    """``render`` returns ``str`` (not bytes): Prometheus's text format 0.0.4, as
+    ``CONTENT_TYPE`` says, parsed back by prometheus_client's own parser."""
+    run([final("done")], P({}))
+    text = metrics.render(m.registry)
+    assert isinstance(text, str)
+    assert metrics.CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"corral_runs", "corral_tool_calls", "corral_spend_usd"} <= names
 
 
 def test_a_refused_approval_that_also_timed_out_counts_once(m: metrics.Metrics) -> None:
@@ -358,5 +384,5 @@ def test_live_spend_is_labelled_with_the_runs_tenant() -> None:
     policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
     with corral.Run(policy, tools=[kb], store=MemoryStore(), tenant="acme") as run:
         run.call("kb.read", {"q": "a"})
-    text = corral.metrics.render(registry).decode()
+    text = corral.metrics.render(registry)
     assert 'corral_spend_usd_total{tenant="acme"} 0.5' in text

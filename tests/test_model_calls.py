@@ -43,7 +43,7 @@ def test_worst_case_is_the_input_bound_at_input_price_plus_max_tokens_at_output_
     """max_tokens is what max_usd leaves after the request's input bound at the input price."""
     price = prices(3, 15)
     model = ScriptedModel([final("done")], price=price)
-    result = run_loop(model, policy(budgets={"max_usd": "0.01"}))
+    result = run_loop(model, policy(budgets={"max_usd": 0.01}))
     assert result.stop_reason == "ok"
     (request,) = model.requests
     bound = input_token_bound(request.messages, request.tools)
@@ -55,7 +55,7 @@ def test_worst_case_is_the_input_bound_at_input_price_plus_max_tokens_at_output_
 def test_a_reservation_that_exactly_fits_is_granted_and_one_token_more_is_clamped() -> None:
     """A worst case equal to the USD left fits; asking for more is clamped to what fits."""
     pol = policy(
-        budgets={"max_usd": "0.002"},
+        budgets={"max_usd": 0.002},
         models={"prices": {"m": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2}}},
     )
     with corral.Run(pol, tools=[search], store=MemoryStore()) as run:

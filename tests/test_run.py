@@ -475,7 +475,7 @@ PRICED = {"models": {"prices": {"gpt-x": {"input_usd_per_mtok": 1, "output_usd_p
 
 def test_model_call_reserves_clamps_and_settles_to_reported_usage() -> None:
     """model_call clamps max_tokens to the USD left and settles to the reported usage."""
-    pol = policy(budgets={"max_usd": "0.0019"}, **PRICED)
+    pol = policy(budgets={"max_usd": 0.0019}, **PRICED)
     with new_run(pol) as run:
         with run.model_call(model="gpt-x", input_tokens=1000, max_tokens=500) as mc:
             # 1000 input tokens cost 0.001; 0.0009 left buys 450 output tokens at $2/Mtok.
@@ -489,7 +489,7 @@ def test_model_call_reserves_clamps_and_settles_to_reported_usage() -> None:
 
 def test_model_call_holds_its_reservation_until_settled() -> None:
     """While one model call is reserved, a second that does not fit beside it is refused."""
-    pol = policy(budgets={"max_usd": "0.0019"}, **PRICED)
+    pol = policy(budgets={"max_usd": 0.0019}, **PRICED)
     with new_run(pol) as run, run.model_call(model="gpt-x", input_tokens=1000, max_tokens=500):
         run.model_call(model="gpt-x", input_tokens=1000, max_tokens=500)
     assert run.result.stop_reason == "max_usd"

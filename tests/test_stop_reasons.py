@@ -220,7 +220,7 @@ def test_max_usd_refuses_a_priced_tool_call() -> None:
         [call("browser.open", url=f"https://x.test/{i}") for i in range(3)] + [final("done")],
         price=prices("0.5", "1"),
     )
-    pol = policy(tools={"allow": ["browser.open"]}, budgets={"max_usd": "1.00"})
+    pol = policy(tools={"allow": ["browser.open"]}, budgets={"max_usd": 1.00})
     result = run_loop(model, pol, tools=[paid_browser])
     would_be = result.usage.usd + Decimal("0.40")
     stop = assert_stop(
@@ -236,7 +236,7 @@ def test_max_usd_refuses_a_priced_model_turn() -> None:
     model = ScriptedModel([call("search.read", query="a")], repeat_last=True, price=prices(10, 10))
     result = run_loop(
         model,
-        policy(budgets={"max_usd": "0.02", "max_steps": 30}, loops={"repeats": 30, "window": 30}),
+        policy(budgets={"max_usd": 0.02, "max_steps": 30}, loops={"repeats": 30, "window": 30}),
     )
     stop = assert_stop(
         result, "max_usd", "run", f"max_usd:run (limit 0.02, would be {_fmt(result)})"

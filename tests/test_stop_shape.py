@@ -196,3 +196,17 @@ def test_any_name_a_model_invents_gives_a_one_line_printable_stop(name: Any) -> 
     else:
         assert stop.why == "unknown_tool"
         assert text == f"tool_denied:{stop.detail} (unknown_tool)"
+
+
+def test_a_stop_has_a_message_like_a_rejection() -> None:
+    """``Stop.message`` is the stop's words (as ``ToolRejected.message`` is): the same
+    text the result's stop carries; ``""`` when the reason and detail say it all."""
+    policy = P({"tools": {"allow": ["fetch.get"]}, "budgets": {"max_tool_calls": 1}})
+    with corral.Run(policy, tools=[fetch], store="memory://") as run:
+        run.call("fetch.get", {"url": "https://a.example"})
+        with pytest.raises(corral.Stop) as stopped:
+            run.call("fetch.get", {"url": "https://b.example"})
+    stop = stopped.value
+    assert stop.reason == "max_tool_calls"
+    assert stop.message and stop.message == run.result.stop.message
+    assert corral.Stop("tool_denied", "browser.open").message == ""

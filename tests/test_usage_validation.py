@@ -79,7 +79,7 @@ def policy() -> corral.Policy:
             "tools": {"allow": ["browser.open"], "specs": {"browser.open": {"cache": False}}},
             "budgets": {"max_steps": 100, "max_tool_calls": 100},
             "loops": {"repeats": 100, "window": 100},
-            "limits": [{"per": "tenant", "window": "1d", "max_usd": str(CAP)}],
+            "limits": [{"per": "tenant", "window": "1d", "max_usd": CAP}],
             "models": {"prices": {"m": PRICE}},
         }
     )

@@ -62,7 +62,7 @@ def spend(
 def test_a_tenant_budget_spans_runs_and_names_its_scope() -> None:
     """Runs of one tenant share its daily USD cap; the stop says which scope and when it reopens."""
     store = MemoryStore()
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5.00"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 5.00})
     first = spend(policy, store, calls=3)
     second = spend(policy, store)
     assert first.stop_reason == "ok" and first.usage.usd == Decimal("2.10")
@@ -76,7 +76,7 @@ def test_a_tenant_budget_spans_runs_and_names_its_scope() -> None:
 def test_another_tenant_has_its_own_budget() -> None:
     """One tenant's spend never uses another tenant's budget."""
     store = MemoryStore()
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "1.40"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 1.40})
     assert spend(policy, store, tenant="acme").usage.usd == Decimal("1.40")
     assert spend(policy, store, tenant="globex").usage.usd == Decimal("1.40")
 
@@ -95,7 +95,7 @@ def test_agent_and_global_scopes_apply_together_all_or_nothing() -> None:
     store = MemoryStore()
     policy = limited(
         {"per": "agent", "window": "1h", "max_calls": 2},
-        {"per": "global", "window": "1d", "max_usd": "100"},
+        {"per": "global", "window": "1d", "max_usd": 100},
     )
     result = spend(policy, store, calls=5)
     assert result.usage.tool_calls == 2
@@ -121,7 +121,7 @@ def test_a_failed_attempt_is_charged_and_not_executed_is_refunded() -> None:
         raise ConnectionError("vendor down")
 
     tool = corral.tool(flaky, name="browser.open", effect="read", cost_usd="0.70")
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "10"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 10})
     with corral.Run(policy, tools=[tool], store=store, tenant="acme") as run:
         with pytest.raises(corral.ToolRejected):
             run.call("browser.open", {"url": "skip"})
@@ -138,7 +138,7 @@ def test_a_hold_never_reported_is_settled_at_what_it_held_when_the_run_ends() ->
     settled as spent (it may have happened), so nothing is left to renew or reclaim."""
     store = MemoryStore()
     tool = corral.tool(lambda url: url, name="browser.open", effect="read", cost_usd="0.70")
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "10"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 10})
     with corral.Run(policy, tools=[tool], store=store, tenant="acme") as run:
         run.authorize("browser.open", {"url": "https://x.example/"})  # executed, never reported
     scope = windows.scoped(
@@ -151,7 +151,7 @@ def test_a_hold_never_reported_is_settled_at_what_it_held_when_the_run_ends() ->
 
 def test_windows_are_utc_aligned_buckets() -> None:
     """A 1d window runs from UTC midnight to UTC midnight; the next day is a new scope."""
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 5})
     charge = Charge(usd=Decimal("1"))
     day = 86400 * 20_000
     a = windows.scoped(policy, charge, tenant="t", agent=None, now=day + 10)[0]
@@ -164,9 +164,7 @@ def test_windows_are_utc_aligned_buckets() -> None:
 def test_model_spend_counts_toward_the_tenant_budget() -> None:
     """A priced model's calls are reserved against the tenant window too."""
     store = MemoryStore()
-    policy = limited(
-        {"per": "tenant", "window": "1d", "max_usd": "0.01"}, budgets={"max_steps": 100}
-    )
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 0.01}, budgets={"max_steps": 100})
     model = ScriptedModel(
         [call("browser.open", url="u")], repeat_last=True, price=prices(1000, 1000)
     )
@@ -242,7 +240,7 @@ def test_two_calls_caps_on_one_tenant_day_enforce_the_tighter_once(any_store: An
 def test_policies_capping_one_tenant_differently_see_one_usage(any_store: Any) -> None:
     """A run under a USD-only cap and one under a calls-only cap on the same tenant day see
     each other's usage: every scope counts both calls and USD."""
-    usd_cap = limited({"per": "tenant", "window": "1d", "max_usd": "1.00"})
+    usd_cap = limited({"per": "tenant", "window": "1d", "max_usd": 1.00})
     calls_cap = limited({"per": "tenant", "window": "1d", "max_calls": 6})
     assert dime_calls(usd_cap, any_store, calls=4).stop_reason == "ok"
     second = dime_calls(calls_cap, any_store)
@@ -259,10 +257,10 @@ def test_a_window_written_two_ways_is_one_scope() -> None:
     one usage, and the stop names it in its largest unit."""
     store = MemoryStore()
     policy = limited(
-        {"per": "tenant", "window": "24h", "max_usd": "1.00"},
+        {"per": "tenant", "window": "24h", "max_usd": 1.00},
         {"per": "tenant", "window": "1d", "max_calls": 100},
         {"per": "agent", "window": "60m", "max_calls": 8},
-        {"per": "agent", "window": "1h", "max_usd": "5"},
+        {"per": "agent", "window": "1h", "max_usd": 5},
     )
     charge = Charge(tool_calls=1, usd=Decimal("0.10"), tool="browser.open")
     scopes = windows.scoped(policy, charge, tenant="acme", agent="bot", now=time.time())
@@ -278,7 +276,7 @@ def test_a_window_written_two_ways_is_one_scope() -> None:
 def test_a_tenant_name_holding_a_slash_keeps_the_stop_label() -> None:
     """The stop names the window after the subject, whatever characters the subject holds."""
     store = MemoryStore()
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "0.30"})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 0.30})
     result = dime_calls(policy, store, tenant="acme/eu@1d")
     assert str(result.stop) == "max_usd:tenant/1d (limit 0.30, would be 0.40)"
 
@@ -304,7 +302,7 @@ def test_model_spend_counts_in_a_scope_that_caps_only_calls() -> None:
 def test_a_rolling_limit_names_itself_in_the_stop() -> None:
     """A rolling limit's stop says so, and reopens about one window after the spend."""
     store = MemoryStore()
-    policy = limited({"per": "tenant", "window": "1d", "max_usd": "5.00", "rolling": True})
+    policy = limited({"per": "tenant", "window": "1d", "max_usd": 5.00, "rolling": True})
     result = spend(policy, store)
     assert result.usage.usd == Decimal("4.90")
     assert str(result.stop) == "max_usd:tenant/1d rolling (limit 5.00, would be 5.60)"
@@ -317,7 +315,7 @@ def test_a_rolling_limit_names_itself_in_the_stop() -> None:
 def test_rolling_must_be_a_boolean() -> None:
     """`rolling` is strictly true or false, and the error names the entry."""
     with pytest.raises(corral.PolicyError, match=r"limits\[0\]\.rolling: must be true or false"):
-        limited({"per": "tenant", "window": "1d", "max_usd": "5", "rolling": "yes"})
+        limited({"per": "tenant", "window": "1d", "max_usd": 5, "rolling": "yes"})
 
 
 def test_a_rolling_window_keeps_counting_past_the_utc_boundary() -> None:
@@ -326,7 +324,7 @@ def test_a_rolling_window_keeps_counting_past_the_utc_boundary() -> None:
     charge = Charge(usd=Decimal("4"))
     for rolling, expected in ((False, "granted"), (True, "refused")):
         store = MemoryStore()
-        policy = limited({"per": "tenant", "window": "1d", "max_usd": "5", "rolling": rolling})
+        policy = limited({"per": "tenant", "window": "1d", "max_usd": 5, "rolling": rolling})
         before = windows.scoped(policy, charge, tenant="t", agent=None, now=day - 60)
         grant = store.reserve(before, now=day - 60)
         assert isinstance(grant, str)
@@ -365,7 +363,7 @@ def test_a_rolling_window_never_admits_more_than_the_cap_in_any_span(
     events: list[tuple[float, int]],
 ) -> None:
     """Over any W-long span, admitted spend <= cap; a refusal means the last W + W/60 was full."""
-    policy = limited({"per": "tenant", "window": "1m", "max_usd": "5.00", "rolling": True})
+    policy = limited({"per": "tenant", "window": "1m", "max_usd": 5.00, "rolling": True})
     seen = _admit(policy, events)
     admitted = [(t, c) for t, c, ok in seen if ok]
     for t, _ in admitted:  # the worst span ends at an admission
@@ -382,7 +380,7 @@ def test_a_calendar_window_admits_up_to_the_cap_and_resets_at_the_utc_hour(
     events: list[tuple[float, int]],
 ) -> None:
     """Each UTC hour admits exactly what fits its cap; the next hour starts from zero."""
-    policy = limited({"per": "tenant", "window": "1h", "max_usd": "5.00"})
+    policy = limited({"per": "tenant", "window": "1h", "max_usd": 5.00})
     used: dict[int, int] = {}
     for t, cents, ok in _admit(policy, events):
         hour = int(t // 3600)
@@ -397,7 +395,7 @@ def _runs_in_threads(store_factory: Any, threads: int, exact: bool, start: Any, 
     """Child: ``threads`` concurrent runs spending against tenant acme; send total USD."""
     store = store_factory()
     policy = limited(
-        {"per": "tenant", "window": "1d", "max_usd": str(CAP)},
+        {"per": "tenant", "window": "1d", "max_usd": CAP},
         budgets={"max_tool_calls": 200, "max_steps": 200},
     )
     spent: list[Decimal] = []
@@ -516,7 +514,7 @@ def test_over_estimated_costs_never_pass_the_cap(shared_store: Any) -> None:
 
 # -- leases: a dead process's hold is reclaimed, a live one's is renewed ------------------
 LEASE = 1.5
-ONE_CALL = {"per": "tenant", "window": "1d", "max_usd": "1.00"}  # one $0.70 call fits, not two
+ONE_CALL = {"per": "tenant", "window": "1d", "max_usd": 1.00}  # one $0.70 call fits, not two
 
 
 def _slow_call(factory: Any, seconds: float, started: Any, done: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import math
 import re
 import types
 import typing
@@ -50,6 +51,21 @@ def render_value(value: Any) -> str:
 
 
 _got = render_value
+
+
+def number_hint(value: Any) -> str:
+    """For a number written as text (``"90"``), how to write it: numbers are never read
+    from strings, in any field (a quoted value is more often a template gone wrong than
+    a choice)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    return f" (text, not a number: write {value.strip()} without quotes)"
 
 
 # -- where an error is: the annotation and constraints of the field it concerns --------------
@@ -172,7 +188,8 @@ def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
         op = ">" if kind == "greater_than" else ">="
         return f"must be {op} {bound}, got {_got(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"):
-        return f"must be {_expected_number(root, loc, value)}, got {_got(value)}"
+        expected = _expected_number(root, loc, value)
+        return f"must be {expected}, got {_got(value)}{number_hint(value)}"
     if kind in ("decimal_type", "decimal_parsing"):
         return f"must be a number, got {_got(value)}"
     if kind in ("finite_number",):

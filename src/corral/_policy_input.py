@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import stat
 from decimal import Decimal
 from pathlib import Path
@@ -146,6 +147,13 @@ class StrictLoader(yaml.SafeLoader):
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+# YAML 1.1 (PyYAML) reads `1e-5` and `2E3` as text: a float needs a dot there. Numbers are
+# never read from text, so such a budget would be refused; read them as YAML 1.2 does.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _expanded_size(root: yaml.Node) -> int | None:

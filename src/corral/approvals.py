@@ -7,6 +7,9 @@ redactor, expiring after ``writes.approval_timeout_seconds`` (default 15 min) �
 and waits for someone to decide it from another process (``corral approvals
 approve ID``, or :func:`approve` / :func:`deny`). While it waits the run:
 
+- says so once per request on the ``corral`` logger, at WARNING so that it is seen
+  by default: ``waiting for approval apr_… for refund.send — corral approvals
+  approve apr_…`` (with ``--db`` when the store is not the default SQLite file);
 - polls the store with backoff (:data:`POLL_FIRST` doubling to
   :data:`POLL_MAX`); the async face awaits each pause, so the event loop stays
   free;
@@ -53,19 +56,27 @@ a switch without a mode takes the run's ``kill_switch.mode_when_enabled``.
 
 from __future__ import annotations
 
+import logging
+import os
+import shlex
 import time
 import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
 
 from .exceptions import ApprovalError, Stop, StoreError
 from .guards import approval as guard
 from .guards import killswitch as switch_guard
 from .killswitch import MODES, default_actor, describe
+from .stores import default_url
 from .stores.base import ApprovalRecord, ApprovalStatus, Event, KillSwitchState, Store
+from .stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from .runtime import Effective, RunCore
+
+log = logging.getLogger("corral")
 
 #: The first pause between two reads of a pending request (seconds).
 POLL_FIRST = 0.05
@@ -130,6 +141,14 @@ def wait(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Generator
         except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
             guard.unreachable(core, req, exc, core.now() - started)
         if verdict != "pending":
+            log.info(
+                "approval %s for %s %s by %s after %.1f s",
+                record.id,
+                req.tool,
+                verdict,
+                current.approver or "-",
+                core.now() - started,
+            )
             answer = guard.ApprovalDecision(
                 approved=verdict == "approved", approver=current.approver, reason=current.reason
             )
@@ -216,6 +235,19 @@ def _look(
     )
 
 
+def _db_option(store: Store) -> str:
+    """``--db URL`` for the command that decides a request, when the store is a SQLite
+    file other than the default one (which `corral` would open without the option)."""
+    if not isinstance(store, SQLiteStore) or store.path == ":memory:":
+        return ""
+    default = default_url()
+    if default.startswith("sqlite:///"):
+        path = unquote(default[len("sqlite:///") :].split("?", 1)[0])
+        if os.path.abspath(path) == store.path:
+            return ""
+    return " --db " + shlex.quote("sqlite:///" + store.path)
+
+
 def _must(store: Store, approval_id: str) -> ApprovalRecord:
     found = store.get_approval(approval_id)
     if found is None:
@@ -246,7 +278,15 @@ def _file(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Approval
 
 
 def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) -> ApprovalRecord:
-    """Record that the run waits on ``rec`` (filed now, or left by an earlier process)."""
+    """Record that the run waits on ``rec`` (filed now, or left by an earlier process), and
+    say so on the ``corral`` logger: a wait nobody sees is a run that looks hung."""
+    log.warning(
+        "waiting for approval %s for %s — corral approvals approve %s%s",
+        rec.id,
+        rec.tool,
+        rec.id,
+        _db_option(core.store),
+    )
     core.event(
         "approval_requested",
         approval_id=rec.id,

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .policy import Policy
+from .stops import money
 
 DROPPED = "[observation dropped to fit the context]"
 REASONING_DROPPED = "[earlier reasoning dropped]"
@@ -28,7 +29,7 @@ def policy_prompt(
     """The pinned system prompt: the tools on offer, the run's budgets, and how to answer."""
     b = policy.budgets
     tools = ", ".join(tool_names) if tool_names else "none"
-    spend = f", ${b.max_usd} of spend" if b.max_usd is not None else ""
+    spend = f", ${money(b.max_usd)} of spend" if b.max_usd is not None else ""
     lines = [
         "You are an agent running under a governed policy (corral).",
         f"Tools you may call: {tools}. Any other tool is denied.",

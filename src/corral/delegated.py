@@ -18,6 +18,7 @@ from .gateway import Approve, Attempt, Execute, Sleep
 from .modelcalls import invalid_usage, price_of
 from .models.base import InvalidUsage, genai_provider, usage_problem
 from .runtime import RunCore
+from .tools import ToolContext
 
 
 class Ticket:
@@ -45,6 +46,12 @@ class Ticket:
     @property
     def idempotency_key(self) -> str | None:
         return self._op.key if self._op else None
+
+    @property
+    def context(self) -> ToolContext | None:
+        """The call's context (idempotency key, attempt, deadline, the tool's credentials),
+        for a tool that takes one or is described only by the policy; else ``None``."""
+        return self._op.ctx if self._op else None
 
     @property
     def timeout(self) -> float:

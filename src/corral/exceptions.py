@@ -15,7 +15,7 @@
         └── StoreMissing           no store at the path a read-only command named
 
 A :class:`Stop` never means a bug: it is how a bound is enforced. Catch it to
-learn why (``stop.reason``, ``stop.detail``, ``stop.retryable``).
+learn why (``stop.reason``, ``stop.detail``, ``stop.message``, ``stop.retryable``).
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ class Stop(CorralError):
     def why(self) -> str | None:
         """The sub-reason (``not_allowed``, ``unknown_tool``, ...), if any."""
         return self.info.why
+
+    @property
+    def message(self) -> str:
+        """What happened, in words (``""`` when the reason and detail say it all), like
+        :attr:`ToolRejected.message`."""
+        return self.info.message
 
     @property
     def retryable(self) -> bool:

@@ -46,7 +46,7 @@ from .hygiene import OutputProblem, Scrubber, clean_output
 from .leases import Held
 from .redact import REDACTED
 from .runtime import Effective, RunCore, args_digest, canonical
-from .tools import ToolContext
+from .tools import ToolContext, not_local
 
 RETRY_BACKOFF = 0.1
 _NO_IDS: Mapping[str, str] = {}
@@ -152,6 +152,8 @@ def _call_flow(
     # registry check below does.
     killswitch.check(core, tool_name, eff)
     tool = names.resolve(core, name)
+    if tool.described and not external:  # no function: only the caller can execute it
+        raise ConfigError(not_local(tool.name))
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
     args = arguments.validate(core, eff, raw_args)

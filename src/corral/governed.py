@@ -29,6 +29,7 @@ ends its call as a failure (``tool_error``, ``model_error``), see :mod:`corral._
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -46,10 +47,12 @@ from .policy import Policy
 from .result import CallInfo, RunResult
 from .runtime import RunCore, status_of
 from .secrets import SecretProvider
-from .stops import StopInfo, StopReason
+from .stops import StopInfo, StopReason, money
 from .stores import Store, default_url, display_url, open_store
 from .stores.unavailable import UnavailableStore
-from .tools import Tool, as_registry
+from .tools import Tool, as_registry, described_tool
+
+log = logging.getLogger("corral")
 
 SpecFormat = Literal["openai", "anthropic", "neutral"]
 _FORMATS = ("openai", "anthropic", "neutral")
@@ -91,7 +94,61 @@ def _open(store: str | Store | None) -> Store:
         return cast(Store, UnavailableStore(f"cannot open the store {where}: {why}"))
 
 
+def _registry(
+    policy: Policy,
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None,
+    *,
+    described: bool,
+) -> dict[str, Tool]:
+    """The run's tools by name: those given, and (``described``) a tool for each allowed
+    name that the policy alone describes (``tools.specs.<name>.args_schema``) and no code
+    provides, for the caller to authorize, execute and report."""
+    registry = as_registry(tools)
+    if described:
+        for name in policy.tools.allow:
+            spec = policy.spec(name)
+            if name not in registry and spec is not None and spec.args_schema is not None:
+                registry[name] = described_tool(name, spec)
+    return registry
+
+
+#: Stops logged as warnings: governance could not work (the store), or the agent's own
+#: code failed. Every other end is a bound or a decision working as meant (INFO).
+_LOUD_STOPS = frozenset({"control_plane_unavailable", "agent_error"})
+
+
+def _log_end(result: RunResult) -> None:
+    """One line on the ``corral`` logger as a run ends (never per call)."""
+    level = logging.WARNING if result.stop_reason in _LOUD_STOPS else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    stop = result.stop
+    if stop is None:
+        what = "ended ok"
+    else:
+        what = f"stopped {stop}" + (f": {stop.message}" if stop.message else "")
+    u = result.usage
+    log.log(
+        level,
+        "run %s %s (%s, %s, $%s, %.2f s)",
+        result.run_id,
+        what,
+        _count(u.steps, "step"),
+        _count(u.tool_calls, "tool call"),
+        money(u.usd),
+        u.active_seconds,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 class _RunBase:
+    #: Whether the run registers the tools the policy alone describes (not in the bounded
+    #: loop, which could only refuse them).
+    _describes = True
+
     def __init__(
         self,
         policy: Policy,
@@ -110,7 +167,7 @@ class _RunBase:
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")
         self._core = RunCore(
             policy,
-            tools=as_registry(tools),
+            tools=_registry(policy, tools, described=self._describes),
             store=_open(store),
             clock=clock,
             tenant=tenant,
@@ -203,6 +260,7 @@ class _RunBase:
             would_stop=tuple(core.would_stop),
             error=error,
         )
+        _log_end(self._result)
         return self._result
 
     def _stopped(self, stop: Stop) -> RunResult:
@@ -212,7 +270,8 @@ class _RunBase:
 
     # -- tools on offer --------------------------------------------------------------
     def tool_specs(self, format: SpecFormat = "openai") -> list[dict[str, Any]]:
-        """Specs of the tools on offer now: allowed, registered, not kill-switched or degraded.
+        """Specs of the tools on offer now: allowed, registered (tools described only by the
+        policy included), not kill-switched or degraded.
 
         ``openai`` and ``anthropic`` formats use wire-safe names (dots become ``__``);
         map a name the model sends back with :meth:`tool_name`. Raises
@@ -231,6 +290,9 @@ class _RunBase:
             if core.degraded(name):
                 continue
             spec = eff.tool.spec()
+            policy_spec = core.policy.spec(name)
+            if policy_spec is not None and policy_spec.description is not None:
+                spec["description"] = policy_spec.description  # the operator's words win
             if format == "neutral":
                 out.append(spec)
                 continue
@@ -363,7 +425,9 @@ class Run(_RunBase):
         else by the run, the tool and the arguments (so an identical write in the same
         run is replayed, not run twice). :attr:`last_call` says whether a call was
         replayed. Raises :class:`Stop` when the run must stop, :class:`ToolRejected`
-        when the call was refused but the run may go on (show ``.message`` to the model).
+        when the call was refused but the run may go on (show ``.message`` to the model),
+        and :class:`ConfigError` for a tool described only by the policy (nothing here
+        can execute it: :meth:`authorize` it and :meth:`report` its outcome).
         """
         flow = call_flow(
             self._core,
@@ -382,7 +446,17 @@ class Run(_RunBase):
         idempotency_key: str | None = None,
         call_id: str | None = None,
     ) -> Ticket:
-        """Pass the gateway up to execution; execute the tool yourself, then :meth:`report`."""
+        """Pass the gateway up to execution (approval included); execute the tool yourself
+        with the :class:`Ticket`'s arguments, then :meth:`report` or :meth:`report_failure`.
+
+        >>> import corral
+        >>> policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"], "specs": {
+        ...     "kb.read": {"effect": "read", "args_schema": {"type": "object"}}}}})
+        >>> with corral.Run(policy, store="memory://") as run:  # kb.read: no function here
+        ...     ticket = run.authorize("kb.read", {"q": "vendor"})
+        ...     run.report(ticket, "<b>up</b>")
+        'up'
+        """
         core = self._core
         flow = call_flow(
             core,

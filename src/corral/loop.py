@@ -46,6 +46,13 @@ def replay_notice(key: str | None) -> str:
     )
 
 
+class _LoopRun(AsyncRun):
+    """The bounded loop's run: it executes every call itself, so it offers no tool that
+    the policy alone describes (there is no function to run it)."""
+
+    _describes = False
+
+
 async def arun(
     task: str,
     *,
@@ -74,8 +81,10 @@ async def arun(
     result is returned. ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel
     it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
     each model turn's answer (it is clamped further to what the budgets allow).
+    ``instructions`` are appended to corral's pinned system prompt (the tools on offer,
+    the budgets, tool text is data), and like it never trimmed.
     """
-    run = AsyncRun(
+    run = _LoopRun(
         policy,
         tools=tools,
         store=store,

@@ -3,7 +3,7 @@
 >>> from prometheus_client import CollectorRegistry
 >>> from corral import metrics
 >>> m = metrics.enable(registry=CollectorRegistry())
->>> b"corral_runs_total" in metrics.render(m.registry)
+>>> "corral_runs_total" in metrics.render(m.registry)
 True
 >>> metrics.disable(m)
 
@@ -11,7 +11,8 @@ True
 run's trace events into the metrics below, on corral's own
 :class:`~prometheus_client.CollectorRegistry` unless given another (pass
 ``prometheus_client.REGISTRY`` to serve them beside your own). :func:`render`
-gives the text exposition; :func:`start_http_server` serves it.
+gives the text exposition (a ``str``; serve it as :data:`CONTENT_TYPE`);
+:func:`start_http_server` serves it.
 
 =========================================  ==============================================
 ``corral_runs_total{stop_reason,status}``  runs ended, by stop reason and status
@@ -54,6 +55,7 @@ from ._decisions import DenialReader
 from .stores.base import Event
 
 __all__ = [
+    "CONTENT_TYPE",
     "MODEL_LATENCY_BUCKETS",
     "TOKEN_BUCKETS",
     "TOOL_CALLS_BUCKETS",
@@ -79,6 +81,9 @@ TOKEN_BUCKETS = (
 )  # fmt: skip
 #: Tool calls per run: every value up to the default budget of 15, then coarser.
 TOOL_CALLS_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100)
+
+#: The media type of :func:`render`'s text: Prometheus's text exposition format 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: The most runs in flight whose bookkeeping (tenant, spend so far) is kept.
 MAX_RUNS = 10_000
@@ -268,13 +273,17 @@ def default_registry() -> CollectorRegistry:
 def enable(registry: CollectorRegistry | None = None) -> Metrics:
     """Count every run's events on ``registry`` (default :func:`default_registry`).
 
-    Idempotent per registry: enabling twice returns the same :class:`Metrics`.
+    Idempotent per registry: enabling twice, or again after :func:`disable`, returns the
+    same :class:`Metrics` (a registry holds each metric once; their values go on).
     """
     registry = registry if registry is not None else default_registry()
     with _lock:
-        metrics = _installed.get(id(registry))
-        if metrics is None or metrics.registry is not registry:
-            metrics = _installed[id(registry)] = Metrics(registry)
+        # Kept on the registry itself: it lives as long as the metrics registered on it.
+        metrics = getattr(registry, "_corral_metrics", None)
+        if not isinstance(metrics, Metrics):
+            metrics = Metrics(registry)
+            setattr(registry, "_corral_metrics", metrics)  # noqa: B010 (not a declared field)
+        _installed[id(registry)] = metrics
     sinks.add_sink(metrics)
     return metrics
 
@@ -289,10 +298,11 @@ def disable(metrics: Metrics | None = None) -> None:
         sinks.remove_sink(m)
 
 
-def render(registry: CollectorRegistry | None = None) -> bytes:
+def render(registry: CollectorRegistry | None = None) -> str:
     """The text exposition of ``registry`` (default :func:`default_registry`), for a
-    ``/metrics`` endpoint: serve it as ``text/plain; version=0.0.4``."""
-    return generate_latest(registry if registry is not None else default_registry())
+    ``/metrics`` endpoint: serve it with the media type :data:`CONTENT_TYPE`."""
+    body = generate_latest(registry if registry is not None else default_registry())
+    return body.decode("utf-8")
 
 
 def start_http_server(

@@ -37,7 +37,7 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
-from ._errors import format_validation_error, render_value
+from ._errors import format_validation_error, number_hint, render_value
 from ._policy_input import (
     check_size,
     decimal_problem,
@@ -81,16 +81,19 @@ Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "la
 
 
 def _to_decimal(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {render_value(value)}")
+    """A USD amount: a number (int, float or Decimal), read exactly (``0.1`` is 0.1). Text
+    and booleans are refused like every other number of the policy: ``max_usd: "2"`` is
+    as much a mistake as ``max_seconds: "90"``."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a number, got {render_value(value)}{number_hint(value)}")
     if isinstance(value, Decimal):
         too_big = decimal_problem(value)
         if too_big is not None:
             raise ValueError(too_big)
         return value
-    if isinstance(value, int | float | str):
+    if isinstance(value, int | float):
         try:
-            result = Decimal(str(value).strip())
+            result = Decimal(str(value))
         except InvalidOperation:
             raise ValueError(f"must be a number, got {render_value(value)}") from None
         if not result.is_finite():
@@ -158,6 +161,7 @@ NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
 
 
 class _Section(BaseModel):
@@ -217,6 +221,8 @@ class ToolSpec(_Section):
     """What the policy says of one tool. Unset fields fall back to the tool's own declaration."""
 
     effect: Effect | None = None
+    description: Annotated[str, Field(strict=True)] | None = None
+    """What the model is told the tool does (instead of the code's docstring)."""
     cost_usd: USD | None = None
     expensive: StrictBool | None = None
     timeout_seconds: PositiveSeconds | None = None
@@ -297,11 +303,11 @@ class Degrade(_Section):
     ``retry_budget_floor``.
     """
 
-    failure_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    failure_rate: Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)] = 0.5
     min_calls: PositiveInt = 5
     window_seconds: PositiveSeconds = 60.0
     cool_down_seconds: PositiveSeconds = 30.0
-    retry_budget_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.2
+    retry_budget_ratio: Ratio = 0.2
     retry_budget_floor: NonNegativeInt = 3
     on_degraded: OnDegraded = "tell_model"
 

@@ -254,13 +254,62 @@ class RunCore:
             tenant=self.tenant,
             agent=self.agent,
         )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "run %s %s: tenant %s, agent %s, policy %s (%s)",
+                self.id,
+                "resumed" if self.resumed else "started",
+                tenant or "-",
+                agent or "-",
+                policy.digest,
+                policy.mode_name,
+            )
+        self._start_warnings()
+
+    def _start_warnings(self) -> None:
+        """Say at start what would otherwise surprise later: an allowed tool no code
+        registered (its calls are unknown tools), and one whose effect nobody declared
+        (a write: with approvals on, every call waits for a human). In the run's trace
+        every time; in the log once per process per policy and tool, so that a fleet of
+        runs does not flood it."""
+        policy = self.policy
         for name in policy.tools.allow:
+            message: str | None
             if name not in self.tools:
-                self.event("warning", tool=name, message=_UNREGISTERED.format(name=name))
-                if (policy.digest, name) not in _WARNED:
-                    # Once per process per policy and tool: a fleet of runs must not flood the log.
-                    _WARNED.add((policy.digest, name))
-                    log.warning(_UNREGISTERED.format(name=name))
+                spec = policy.spec(name)
+                described = spec is not None and spec.args_schema is not None
+                message = (_DESCRIBED if described else _UNREGISTERED).format(name=name)
+            else:
+                message = self._undeclared_effect(name)
+            if message is None:
+                continue
+            self.event("warning", tool=name, message=message)
+            if (policy.digest, message) not in _WARNED:
+                _WARNED.add((policy.digest, message))
+                log.warning(message)
+
+    def _undeclared_effect(self, name: str) -> str | None:
+        """The warning for tool ``name`` when neither its code nor the policy declares its
+        effect (so it is treated as a write), else None."""
+        tool = self.tools[name]
+        spec = self.policy.spec(name)
+        if tool.effect_declared or (spec is not None and spec.effect is not None):
+            return None
+        eff = self.effective(name)
+        fix = (
+            f"set tools.specs.{name}.effect: read"
+            if tool.described
+            else "declare effect='read' in @corral.tool"
+        )
+        if eff.require_approval and not self.observes("approvals"):
+            timeout = self.policy.writes.approval_timeout_seconds
+            what = f"each call waits for an approval (up to {timeout:g} s)"
+        else:
+            what = "it is never retried and a disable_writes kill switch stops it"
+        return (
+            f"tool {name} declares no effect, so it is treated as a write: {what} "
+            f"— {fix} if it only reads"
+        )
 
     def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
@@ -755,11 +804,17 @@ ERROR_REASONS: frozenset[str] = frozenset(
     }
 )
 
+#: (policy digest, message) of the start warnings logged by this process.
 _WARNED: set[tuple[str, str]] = set()
 
 _UNREGISTERED = (
     "tools.allow lists {name} but no tool of that name was given to the run; "
     "calls to it are handled as unknown tools"
+)
+_DESCRIBED = (
+    "tools.allow lists {name}, described only by the policy (tools.specs.{name}), but the "
+    "bounded loop has no function to run it: calls to it are handled as unknown tools; "
+    "give corral.run a tool of that name, or govern it with Run.authorize and Run.report"
 )
 
 

@@ -8,7 +8,7 @@ scripts match on them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 StopReason = Literal[
@@ -48,11 +48,19 @@ RETRYABLE_REASONS: frozenset[str] = frozenset(
 )
 
 
+def money(value: Decimal) -> str:
+    """A USD amount as people write it: at least two decimals (``2.50``), more only when
+    the amount has them (``0.0015``)."""
+    try:
+        cents = value.quantize(Decimal("0.01"))
+    except InvalidOperation:  # more digits than the context holds (policies allow 1e30)
+        return f"{value.normalize()}"
+    return f"{value:.2f}" if value == cents else f"{value.normalize()}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, Decimal):
-        return (
-            f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else f"{value.normalize()}"
-        )
+        return money(value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -11,6 +11,11 @@ explicit JSON Schema is given. A parameter annotated :class:`ToolContext` is
 left out of the schema and receives the call's context, with the credentials
 the tool declares (``credentials=("api_key",)``). A tool whose effect is not
 declared is treated as a write.
+
+A tool the caller executes elsewhere (a remote service, another process) needs no
+function here: described in the policy alone (``tools.specs.<name>`` with an
+``args_schema``), it is governed with ``run.authorize`` and ``run.report`` (see
+:func:`described_tool`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ._safe import shown
-from .exceptions import ToolDefinitionError
-from .policy import CREDENTIAL_NAME, TOOL_NAME
+from .exceptions import ConfigError, ToolDefinitionError
+from .policy import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
 
 Effect = Literal["read", "write"]
 
@@ -89,6 +94,9 @@ class Tool:
     """Names of the credentials the tool needs (``ctx.credentials``): a call whose tenant
     lacks one is refused before it runs."""
     is_async: bool = False
+    described: bool = False
+    """Described only by the policy, with no function: the caller executes its calls
+    (``run.authorize``, then ``run.report``); ``run.call`` refuses it."""
     _args_model: type[BaseModel] | None = None
     _args_validator: Any = None
     _output_validator: Any = None
@@ -136,6 +144,42 @@ class Tool:
             "description": self.description,
             "parameters": dict(self.args_schema),
         }
+
+
+def described_tool(name: str, spec: ToolSpec) -> Tool:
+    """The tool a policy describes on its own (``tools.specs.<name>`` with an
+    ``args_schema``): its arguments' schema, effect, description and the rest come from
+    the spec, and there is no function. ``Run`` registers one for each allowed name that
+    no code provides, so that ``run.authorize`` can govern its calls and ``run.report``
+    their outcomes; ``run.call`` refuses it (nothing could run it here), and so would the
+    bounded loop, which is why ``corral.run`` does not register them.
+
+    The arguments are checked against the policy's ``args_schema`` by the gateway
+    (``ticket.context`` carries the call's key, deadline and credentials).
+    """
+
+    def no_function(*args: Any, **kwargs: Any) -> Any:
+        raise ConfigError(not_local(name))
+
+    return Tool(
+        name=name,
+        fn=no_function,
+        effect=spec.effect or "write",
+        effect_declared=spec.effect is not None,
+        description=spec.description or "",
+        args_schema=dict(spec.args_schema or {}),
+        context_param="ctx",  # so that every call gets a ToolContext for its ticket
+        described=True,
+    )
+
+
+def not_local(name: str) -> str:
+    """Why a described tool cannot be called through ``run.call``."""
+    return (
+        f"{name} is described only by the policy (tools.specs.{name}), with no function "
+        "corral could run: use run.authorize(...), execute it yourself, then "
+        "run.report(...) or run.report_failure(...); or give the run a tool of that name"
+    )
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:

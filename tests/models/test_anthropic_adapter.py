@@ -91,7 +91,7 @@ def test_parallel_tool_uses_are_answered_in_one_user_turn(
 def test_max_tokens_on_the_wire_is_the_clamped_value(anthropic_server: AnthropicServer) -> None:
     """The body's max_tokens is what the USD budget leaves after the input bound."""
     anthropic_server.push(text("ok"))
-    pol = policy(budgets={"max_usd": "0.01"})
+    pol = policy(budgets={"max_usd": 0.01})
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
     async def turn() -> int:
@@ -151,6 +151,20 @@ def test_the_api_key_and_version_headers_are_sent(anthropic_server: AnthropicSer
     headers = anthropic_server.requests[0]["headers"]
     assert headers["x-api-key"] == "sk-ant-given"
     assert headers["anthropic-version"] == "2023-06-01"
+
+
+def test_no_api_key_at_anthropics_address_fails_when_the_model_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At Anthropic's address with no key, the constructor raises a ConfigError naming
+    ANTHROPIC_API_KEY; an x-api-key header or api_key="" is authentication enough."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(corral.ConfigError, match="ANTHROPIC_API_KEY is not set"):
+        AnthropicModel("claude-sonnet-4-5")
+    AnthropicModel("claude-sonnet-4-5", headers={"x-api-key": "sk-ant-header"})
+    AnthropicModel("claude-sonnet-4-5", api_key="")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    assert AnthropicModel("claude-sonnet-4-5")._headers["x-api-key"] == "sk-ant-env"
 
 
 def test_streaming_is_refused_with_a_clear_message() -> None:

@@ -44,7 +44,7 @@ def test_the_usd_cap_is_never_passed_across_hundreds_of_seeded_calls(protocol: s
         return Turn(text="ok", usage=(rng.randint(1, size // 4), out))
 
     async def one_run(m: Any, cap: Decimal, wanted: int) -> corral.RunResult:
-        pol = corral.Policy.from_dict({"budgets": {"max_usd": str(cap), "max_steps": 10_000}})
+        pol = corral.Policy.from_dict({"budgets": {"max_usd": cap, "max_steps": 10_000}})
         async with corral.AsyncRun(pol, store=MemoryStore()) as r:
             while True:
                 before = len(sent)
@@ -83,7 +83,7 @@ def test_a_provider_ignoring_max_tokens_is_recorded_as_an_overrun(
     price = corral.Price(input_usd_per_mtok=Decimal(1), output_usd_per_mtok=Decimal(10))
     openai_server.responder = lambda body: Turn(text="ok", usage=(40, 4 * body["max_tokens"]))
     cap = Decimal("0.01")
-    pol = corral.Policy.from_dict({"budgets": {"max_usd": str(cap)}})
+    pol = corral.Policy.from_dict({"budgets": {"max_usd": cap}})
 
     async def go() -> corral.RunResult:
         async with corral.AsyncRun(pol, store=MemoryStore()) as r:

@@ -8,6 +8,7 @@ import time
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
+import httpx
 import pytest
 from servers import OpenAIServer, Turn, calls, fail, text
 
@@ -99,7 +100,7 @@ def test_only_names_that_were_offered_are_mapped_back(openai_server: OpenAIServe
 def test_max_tokens_on_the_wire_is_the_clamped_value(openai_server: OpenAIServer) -> None:
     """The body's max_tokens is what the USD budget leaves after the input bound."""
     openai_server.push(text("ok"))
-    pol = policy(budgets={"max_usd": "0.002"})
+    pol = policy(budgets={"max_usd": 0.002})
     messages = [{"role": "user", "content": "hello"}]
 
     async def turn() -> int:
@@ -308,6 +309,33 @@ def test_the_api_key_goes_only_where_it_was_given(
     assert "authorization" not in first
     assert second["authorization"] == "Bearer sk-given"
     assert "sk-given" not in repr(model(openai_server, api_key="sk-given"))
+
+
+def test_no_api_key_at_openais_address_fails_when_the_model_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At OpenAI's address with no key (variable unset or empty), the constructor raises a
+    ConfigError naming OPENAI_API_KEY, not the first call deep in a run."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(corral.ConfigError, match="OPENAI_API_KEY is not set"):
+        OpenAIModel("gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    with pytest.raises(corral.ConfigError, match="OPENAI_API_KEY is empty"):
+        OpenAIModel("gpt-4o-mini")
+
+
+def test_a_model_authenticated_otherwise_needs_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key is needed from the environment for another address, with an authorization
+    header or a client carrying one, or with api_key="" (sent on purpose without one)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    OpenAIModel("llama3.1", base_url="http://127.0.0.1:11434/v1")
+    OpenAIModel("gpt-4o-mini", headers={"Authorization": "Bearer sk-header"})
+    OpenAIModel("gpt-4o-mini", api_key="")
+    client = httpx.AsyncClient(headers={"authorization": "Bearer sk-client"})
+    OpenAIModel("gpt-4o-mini", client=client)
+    asyncio.run(client.aclose())
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    assert OpenAIModel("gpt-4o-mini")._headers["authorization"] == "Bearer sk-env"
 
 
 def test_a_pooled_client_serves_many_calls(openai_server: OpenAIServer) -> None:

@@ -49,7 +49,7 @@ def test_the_provider_comes_from_the_api_address() -> None:
     assert pricing.lookup("gpt-4o-mini", api_url="http://127.0.0.1:8000/v1") is None
     local = OpenAIModel("gpt-4o-mini", base_url="http://127.0.0.1:8000/v1")
     assert pricing.price_for(local) is None
-    assert pricing.price_for(OpenAIModel("gpt-4o-mini")) == prices("0.15", "0.6")
+    assert pricing.price_for(OpenAIModel("gpt-4o-mini", api_key="sk-test")) == prices("0.15", "0.6")
 
 
 def test_an_unknown_model_stays_unpriced() -> None:
@@ -86,12 +86,12 @@ def test_the_policy_price_wins_over_the_model_and_the_table() -> None:
     with corral.Run(pol, store=MemoryStore()) as run:
         with run.model_call(model="gpt-4o-mini", input_tokens=10, max_tokens=10) as mc:
             mc.settle(input_tokens=10_000, output_tokens=0)
-        table_priced = OpenAIModel("gpt-4o-mini", price=prices(5, 5))
+        table_priced = OpenAIModel("gpt-4o-mini", api_key="sk-test", price=prices(5, 5))
         with run.model_call(model=table_priced, input_tokens=10, max_tokens=10) as mc:
             mc.settle(input_tokens=10_000, output_tokens=0)  # the policy names it: 10, not 5
     assert run.result.usage.usd == Decimal("0.2")
     pol = corral.Policy.from_dict({"budgets": {"max_usd": 1}})
-    model = OpenAIModel("gpt-4o-mini", price=prices(5, 5))
+    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", price=prices(5, 5))
     with (
         corral.Run(pol, store=MemoryStore()) as run,
         run.model_call(model=model, input_tokens=10, max_tokens=10) as mc,
@@ -102,7 +102,7 @@ def test_the_policy_price_wins_over_the_model_and_the_table() -> None:
 
 def test_a_sample_call_reserves_the_worst_case_and_settles_to_usage() -> None:
     """gpt-4o-mini, 1,000 tokens in, max_tokens 1,024: $0.0007644 held, $0.00027 settled."""
-    pol = corral.Policy.from_dict({"budgets": {"max_usd": "0.01"}})
+    pol = corral.Policy.from_dict({"budgets": {"max_usd": 0.01}})
     with corral.Run(pol, store=MemoryStore()) as run:
         with run.model_call(model="gpt-4o-mini", input_tokens=1_000, max_tokens=1_024) as mc:
             assert mc.max_tokens == 1_024
@@ -114,7 +114,7 @@ def test_a_sample_call_reserves_the_worst_case_and_settles_to_usage() -> None:
 
 def test_a_table_priced_model_is_not_refused_under_max_usd() -> None:
     """A model the table knows runs under a USD limit with no price in the policy."""
-    pol = corral.Policy.from_dict({"budgets": {"max_usd": "0.01"}})
+    pol = corral.Policy.from_dict({"budgets": {"max_usd": 0.01}})
     with (
         corral.Run(pol, store=MemoryStore()) as run,
         run.model_call(model="gpt-4o-mini", input_tokens=100) as mc,

@@ -31,7 +31,7 @@ def search(query: str) -> str:
 
 PRICED = {
     "tools": {"allow": ["search.read"]},
-    "budgets": {"max_usd": "0.05"},
+    "budgets": {"max_usd": 0.05},
     "models": {"prices": {"test-model": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2}}},
 }
 

@@ -961,7 +961,7 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
             if per == "tool":
                 d["tool"] = tools[which]
             if usd_cap is not None:
-                d["max_usd"] = str(_cents(usd_cap))
+                d["max_usd"] = _cents(usd_cap)
             if calls_cap is not None:
                 d["max_calls"] = calls_cap
             dicts.append(d)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,34 @@ def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             "(max_tokens is clamped to the budgets; one choice per call)"
         )
     return out
+
+
+def vendor_key(
+    adapter: str,
+    variable: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None,
+    client: Any,
+    auth_headers: tuple[str, ...],
+) -> str | None:
+    """The API key from ``variable`` for a vendor's own ``url``, or ``None`` when the
+    request is authenticated otherwise (a header given, or a client of the caller's own
+    carrying one). Without either, a :class:`~corral.ConfigError` naming the variable: a
+    model that cannot authenticate is a setup mistake, found when it is built rather
+    than at its first call, deep in a run (``api_key=""`` sends no key on purpose)."""
+    key = os.environ.get(variable)
+    if key:
+        return key
+    given = {name.lower() for name in (headers or {})}
+    given |= {name.lower() for name in getattr(client, "headers", None) or {}}
+    if given & set(auth_headers):
+        return None
+    state = "is empty" if key == "" else "is not set"
+    raise ConfigError(
+        f"{adapter} has no API key for {url}: {variable} {state}; set it, or pass "
+        f'api_key=... (api_key="" sends none, e.g. to a gateway that adds the key)'
+    )
 
 
 def offered_names(tools: Sequence[Mapping[str, Any]]) -> dict[str, str]:

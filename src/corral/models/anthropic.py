@@ -13,7 +13,6 @@ tokens the API reports, priced at the model's input and output prices.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from ._wire import (
     response,
     settle_from,
     text_of,
+    vendor_key,
 )
 from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
 
@@ -64,7 +64,10 @@ STOP_REASONS = {
 class AnthropicModel(PooledModel):
     """The Anthropic Messages API as a corral model.
 
-    ``api_key`` defaults to ``ANTHROPIC_API_KEY`` only for Anthropic's own address.
+    ``api_key`` defaults to ``ANTHROPIC_API_KEY`` only for Anthropic's own address;
+    there, with no key at all (none given, the variable unset or empty, no ``x-api-key``
+    or ``authorization`` header), the constructor raises :class:`~corral.ConfigError`
+    naming ``ANTHROPIC_API_KEY`` (``api_key=""`` sends none on purpose).
     The price comes from the policy, else ``price``, else the genai-prices table
     (by ``name`` at ``provider`` or at the provider behind ``base_url``).
     ``options`` adds body fields such as ``temperature`` or ``tool_choice``;
@@ -94,7 +97,14 @@ class AnthropicModel(PooledModel):
         self.price = price
         self.options = check_options(options)
         if api_key is None and self.base_url == ANTHROPIC_URL:
-            api_key = os.environ.get("ANTHROPIC_API_KEY")
+            api_key = vendor_key(
+                "AnthropicModel",
+                "ANTHROPIC_API_KEY",
+                ANTHROPIC_URL,
+                headers=headers,
+                client=client,
+                auth_headers=("x-api-key", "authorization"),
+            )
         self._headers = {
             "content-type": "application/json",
             "anthropic-version": API_VERSION,

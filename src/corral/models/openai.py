@@ -17,7 +17,6 @@ reservation in one line; :func:`settle_from_response` settles a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -39,6 +38,7 @@ from ._wire import (
     response,
     settle_from,
     text_of,
+    vendor_key,
 )
 from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
 
@@ -59,7 +59,10 @@ class OpenAIModel(PooledModel):
     """A chat-completions endpoint as a corral model.
 
     ``api_key`` defaults to ``OPENAI_API_KEY`` only for OpenAI's own address: a key
-    is never sent to another host unless given. The price comes from the policy's
+    is never sent to another host unless given. At OpenAI's address with no key (none
+    given, the variable unset or empty, no ``authorization`` header) the constructor
+    raises :class:`~corral.ConfigError` naming ``OPENAI_API_KEY``; ``api_key=""``
+    sends no key on purpose. The price comes from the policy's
     ``models.prices``, else ``price``, else the genai-prices table for ``name`` at
     ``provider`` (a genai-prices provider id) or at the provider behind
     ``base_url``; a local server is unpriced unless priced explicitly.
@@ -100,7 +103,14 @@ class OpenAIModel(PooledModel):
         self.max_tokens_field: MaxTokensField = max_tokens_field
         self.options = check_options(options)
         if api_key is None and self.base_url == OPENAI_URL:
-            api_key = os.environ.get("OPENAI_API_KEY")
+            api_key = vendor_key(
+                "OpenAIModel",
+                "OPENAI_API_KEY",
+                OPENAI_URL,
+                headers=headers,
+                client=client,
+                auth_headers=("authorization",),
+            )
         self._headers = {"content-type": "application/json", **(headers or {})}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
