@@ -129,8 +129,8 @@ def test_an_approval_of_another_tenant_cannot_be_decided(db: tuple[Store, str]) 
     store, url = db
     result = invoke("approvals", "approve", "apr_o1", "--tenant", "acme", "--as", "al", "--db", url)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (
-        "corral approvals: no approval 'apr_o1' in tenant acme (corral approvals list)"
+    assert result.stderr.splitlines()[-1] == (
+        "corral approvals approve: no approval 'apr_o1' in tenant acme (corral approvals list)"
     )
     still = store.get_approval("apr_o1")
     assert still is not None and still.status == "pending"
@@ -153,11 +153,12 @@ def test_deciding_twice_unknown_or_expired_is_one_line_and_exit_1(db: tuple[Stor
     assert invoke("approvals", "deny", "apr_a1", "--as", "bob", "--db", url).exit_code == 0
     again = invoke("approvals", "approve", "apr_a1", "--as", "carol", "--db", url)
     assert again.exit_code == 1
-    assert again.stderr.strip() == (
-        "corral approvals: cannot approve approval apr_a1: it is denied by bob"
-    )
+    assert again.stderr.splitlines() == [
+        f"store: {url}",
+        "corral approvals approve: cannot approve approval apr_a1: it is denied by bob",
+    ]
     unknown = invoke("approvals", "approve", "apr_nope", "--db", url)
-    assert (unknown.exit_code, len(unknown.stderr.strip().splitlines())) == (1, 1)
+    assert (unknown.exit_code, len(unknown.stderr.strip().splitlines())) == (1, 2)
     assert "no approval 'apr_nope'" in unknown.stderr
     past = time.time() - 5
     store.create_approval(
@@ -176,7 +177,8 @@ def test_usage_errors_exit_2_with_one_line(db: tuple[Store, str]) -> None:
     """An unknown --status or an empty --as: one line, exit 2, no traceback."""
     _, url = db
     bad = invoke("approvals", "list", "--status", "maybe", "--db", url)
-    assert bad.exit_code == 2 and bad.stderr.startswith("corral approvals: --status must be one of")
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("corral approvals list: --status must be one of")
     empty = invoke("approvals", "approve", "apr_a1", "--as", " ", "--db", url)
     assert empty.exit_code == 2 and "--as needs a name" in empty.stderr
     assert "Traceback" not in bad.output + empty.output

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli import app
+from corral.exceptions import StoreError
+from corral.stores.base import RunRecord
 from corral.stores.sqlite import SQLiteStore
 
 FIELDS = ["scope", "target", "mode", "reason", "by", "since"]
@@ -69,7 +72,8 @@ def test_enable_status_disable_round_trip(
         "--reason", "incident 7", "--by", "alice", "--db", db,
     )  # fmt: skip
     assert on.returncode == 0, on.stderr
-    assert on.stdout.strip() == "kill switch on: tenant/acme, stop_all (by alice)"
+    assert on.stdout.splitlines()[0] == "kill switch on: tenant/acme, stop_all (by alice)"
+    assert on.stderr == f"store: {db}\n"
     monkeypatch.setenv("USER", "bob")
     assert invoke("kill", "enable", "--reason", "writes off", "--db", db).exit_code == 0
 
@@ -106,7 +110,7 @@ def test_enable_status_disable_round_trip(
         f"kill switch off: tenant/acme (by bob@{socket.gethostname()})",
     )
     assert invoke("kill", "disable", "--db", db).exit_code == 0
-    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout)["switches"] == []
     assert outcome(db, probe, tenant="acme") == {"kb.read": "ok", "kb.write": "ok"}
 
 
@@ -115,16 +119,20 @@ def test_disabling_a_switch_that_is_not_on_says_so_and_exits_1(db: str) -> None:
     assert invoke("kill", "enable", "--tool", "browser.open", "--db", db).exit_code == 0
     result = invoke("kill", "disable", "--tool", "browser.opn", "--db", db)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (
-        "corral kill: no kill switch is on at tool/browser.opn (on: tool/browser.open)"
-    )
+    assert result.stderr.splitlines() == [
+        f"store: {db}",
+        "corral kill disable: no kill switch is on at tool/browser.opn (on: tool/browser.open)",
+    ]
 
 
 def test_a_tool_switch_without_a_mode_warns_what_it_may_leave_running(db: str) -> None:
     """A mode-less tool switch is set, with a note that a read tool may keep running."""
     result = invoke("kill", "enable", "--tool", "browser.open", "--db", db)
     assert result.exit_code == 0
-    assert "give --mode stop_all to turn the tool off everywhere" in result.stderr
+    assert (
+        "corral kill enable --tool browser.open --mode stop_all turns it off everywhere"
+        in result.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,14 +154,14 @@ def test_bad_combinations_are_one_line_and_exit_2(db: str, args: list[str], mess
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
-    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout) == {"switches": []}
+    assert json.loads(invoke("kill", "status", "--db", db, "--json").stdout)["switches"] == []
 
 
 def test_errors_from_the_real_command_carry_no_traceback() -> None:
     """Through ``python -m corral``: two scopes exit 2 with one line and no traceback."""
     two = corral_cli("kill", "disable", "--tenant", "a", "--agent", "b", "--db", "memory://")
     assert two.returncode == 2
-    assert two.stderr.startswith("corral kill: give at most one of")
+    assert two.stderr.startswith("corral kill disable: give at most one of")
     assert len(two.stderr.strip().splitlines()) == 1
 
 
@@ -162,7 +170,7 @@ def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
     (tmp_path / "text.db").write_text("not a database")
     down = invoke("kill", "status", "--db", f"sqlite:///{tmp_path / 'text.db'}")
     assert down.exit_code == 1
-    assert down.stderr.startswith("corral kill: the store cannot be reached")
+    assert down.stderr.startswith("corral kill status: --db: cannot open the store")
     assert "Traceback" not in down.output
 
 
@@ -173,7 +181,8 @@ def test_a_store_that_does_not_exist_is_not_created(tmp_path: Path, verb: list[s
     path = tmp_path / "no" / "such" / "x.db"
     down = invoke("kill", *verb, "--db", f"sqlite:///{path}")
     assert down.exit_code == 1
-    assert down.stderr == f"corral kill: no corral store at {path}\n"
+    assert down.stderr.startswith(f"corral kill {verb[0]}: no corral store at {path}; ")
+    assert len(down.stderr.splitlines()) == 1
     assert not path.parent.exists()
 
 
@@ -229,7 +238,9 @@ def test_a_disable_that_finds_nothing_records_nothing(db: str) -> None:
     """``disable`` where no switch is on exits 1 with a clear line and writes no record."""
     result = invoke("kill", "disable", "--agent", "bot", "--reason", "x", "--db", db)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "corral kill: no kill switch is on at agent/bot (none is on)"
+    assert result.stderr.splitlines()[-1] == (
+        "corral kill disable: no kill switch is on at agent/bot (none is on)"
+    )
     assert kill_records(db) == []
 
 
@@ -242,3 +253,129 @@ def test_status_shows_when_each_switch_was_set(db: str) -> None:
     assert before <= since <= datetime.now(UTC)
     table = invoke("kill", "status", "--db", db).stdout
     assert row["since"] in table
+
+
+# -- what a switch reaches -----------------------------------------------------------------------
+
+
+def policy_with(mode: str) -> corral.Policy:
+    return corral.Policy.from_dict(
+        {"tools": {"allow": ["kb.read"]}, "kill_switch": {"mode_when_enabled": mode}}
+    )
+
+
+def test_enable_reports_the_running_runs_it_reaches_by_tenant_and_agent(db: str) -> None:
+    """Without --mode each running run applies its policy's mode, grouped by tenant and agent,
+    with a note on how to stop everything; a finished run is not counted; with --tenant and
+    --mode only that tenant's runs, under the switch's mode."""
+    with corral.Run(policy_with("disable_writes"), store=db, tenant="acme", agent="x") as done:
+        done.finish("over")
+    with contextlib.ExitStack() as stack:
+        for tenant, agent, mode in [
+            ("acme", "bot1", "disable_writes"),
+            ("acme", "bot1", "disable_writes"),
+            ("globex", "bot2", "stop_all"),
+        ]:
+            stack.enter_context(corral.Run(policy_with(mode), store=db, tenant=tenant, agent=agent))
+        body = json.loads(invoke("kill", "enable", "--json", "--db", db).stdout)
+        assert body["reach"]["runs"] == 3 and body["reach"]["scanned_all"] is True
+        groups = [
+            (g["tenant"], g["agent"], g["runs"], g["mode"], g["mode_source"])
+            for g in body["reach"]["groups"]
+        ]
+        assert groups == [
+            ("acme", "bot1", 2, "disable_writes", "policy"),
+            ("globex", "bot2", 1, "stop_all", "policy"),
+        ]
+        assert body["switch"]["mode"] is None
+        assert "to stop everything: corral kill enable --mode stop_all" in body["note"]
+        text = invoke("kill", "enable", "--db", db).stdout.splitlines()
+        assert text[0].startswith(
+            "kill switch on: global, each run's kill_switch.mode_when_enabled"
+        )
+        assert text[1] == "it reaches 3 running runs in this store:"
+        assert text[2].split() == ["acme", "/", "bot1", "2", "runs", "disable_writes", "(its",
+                                   "policy):", "writes", "refused;", "reads", "and", "model",
+                                   "calls", "go", "on"]  # fmt: skip
+        assert text[3].startswith("  globex / bot2  1 run   stop_all (its policy): ")
+        assert text[4].startswith("note: without --mode, each run applies its policy's")
+        tenant = json.loads(
+            invoke(
+                "kill", "enable", "--tenant", "acme", "--mode", "stop_all", "--json", "--db", db
+            ).stdout
+        )
+        assert [(g["tenant"], g["runs"], g["mode"], g["mode_source"]) for g in
+                tenant["reach"]["groups"]] == [("acme", 2, "stop_all", "switch")]  # fmt: skip
+        assert tenant["note"] is None
+        assert invoke("kill", "disable", "--db", db).exit_code == 0
+        assert invoke("kill", "disable", "--tenant", "acme", "--db", db).exit_code == 0
+
+
+def test_enable_reaching_no_running_run_says_an_agent_may_use_another_store(db: str) -> None:
+    """With no run going in the store, enable still sets the switch and says where a running
+    agent's store comes from."""
+    result = invoke("kill", "enable", "--mode", "stop_all", "--db", db)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1] == (
+        "it reaches no running run in this store now; runs that start or call later obey it. "
+        "If an agent is running, it uses another store (check its CORRAL_DB or store=)"
+    )
+
+
+def test_a_run_that_recorded_no_mode_shows_as_unknown(db: str) -> None:
+    """A running run recorded without its kill mode (by an older corral) is counted, its mode
+    unknown and said so."""
+    store = SQLiteStore(db.removeprefix("sqlite:///"))
+    try:
+        store.create_run(RunRecord(id="run_old", tenant="acme", agent="old", started_at=1.0))
+    finally:
+        store.close()
+    body = json.loads(invoke("kill", "enable", "--json", "--db", db).stdout)
+    (group,) = body["reach"]["groups"]
+    assert (group["agent"], group["mode"], group["mode_source"]) == ("old", None, "unknown")
+    text = invoke("kill", "enable", "--db", db).stdout
+    assert "not recorded: the run started on an older corral" in text
+
+
+def test_a_run_whose_process_died_is_not_reached(db: str) -> None:
+    """A run left running by a process that died is not counted as reached."""
+    crash = subprocess.run(
+        [sys.executable, "-c", DIES, db], capture_output=True, text=True, timeout=60
+    )
+    assert crash.returncode == 9, crash.stderr
+    done = corral_cli("kill", "enable", "--json", "--db", db)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reach"] == {"runs": 0, "scanned_all": True, "groups": []}
+
+
+DIES = """
+import os, sys
+import corral
+run = corral.Run(corral.Policy.from_dict({}), store=sys.argv[1], tenant="acme", agent="gone")
+run.__enter__()
+os._exit(9)
+"""
+
+
+def test_a_switch_whose_reach_cannot_be_read_is_still_reported_on(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When listing the running runs fails after the switch was set, enable still exits 0,
+    saying the switch is on and why its reach is unknown."""
+
+    def fail(self: SQLiteStore, **kwargs: Any) -> list[Any]:
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteStore, "list_runs", fail)
+    result = invoke("kill", "enable", "--mode", "stop_all", "--json", "--db", db)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["reach"] is None and body["switch"]["mode"] == "stop_all"
+    assert (
+        body["note"] == "the switch is on, but the running runs could not be read: disk I/O error"
+    )
+    text = invoke("kill", "enable", "--mode", "stop_all", "--db", db).stdout
+    assert "could not be read: disk I/O error" in text
+    monkeypatch.undo()
+    switches = json.loads(invoke("kill", "status", "--json", "--db", db).stdout)["switches"]
+    assert [s["mode"] for s in switches] == ["stop_all"]

@@ -42,7 +42,7 @@ RUN_KEYS = {
     "would_stop",
 }
 SHOW_RUN_KEYS = RUN_KEYS | {"answer", "policy_digest", "usage"}
-ENTRY_KEYS = {"seq", "kind", "at", "t", "data", "denial"}
+ENTRY_KEYS = {"seq", "kind", "at", "t", "data", "denial", "actor"}
 
 
 @dataclass
@@ -249,11 +249,12 @@ def test_runs_with_bad_options_exit_2_with_one_line() -> None:
 
 
 def test_runs_on_an_empty_store_says_so(tmp_path: Path) -> None:
-    """A store with no runs prints a short message and exits 0."""
+    """A store with no runs prints a short message and exits 0, naming the store on stderr."""
     SQLiteStore(tmp_path / "empty.db").close()
     result = invoke("runs", "--db", f"sqlite:///{tmp_path / 'empty.db'}")
     assert result.exit_code == 0
-    assert "No runs in" in result.stdout
+    assert result.stdout == "No runs yet.\n"
+    assert result.stderr == f"store: sqlite:///{tmp_path / 'empty.db'}\n"
 
 
 def test_runs_reads_the_store_named_by_corral_db(recorded: Recorded) -> None:
@@ -265,24 +266,44 @@ def test_runs_reads_the_store_named_by_corral_db(recorded: Recorded) -> None:
     assert [r["run_id"] for r in json.loads(result.stdout)["runs"]] == [recorded.other_tenant]
 
 
-def test_an_unreachable_store_is_exit_2_with_one_line() -> None:
-    """A database that cannot be reached is exit 2 and one line on stderr, no traceback."""
+def test_an_unreachable_store_is_exit_1_with_one_line() -> None:
+    """A database that cannot be reached is exit 1 and one line on stderr, no traceback."""
     done = corral_cli("runs", "--db", "postgresql://nobody@127.0.0.1:1/corral?connect_timeout=2")
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("corral runs: --db: cannot open the store postgresql://")
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("url", ["sqlite:////etc/passwd", "mysql://x", "x"])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://x", "unsupported store URL scheme 'mysql'"),
+        ("x", "store URL 'x' has no scheme: did you mean sqlite:///x?"),
+        ("sqlite:/x.db", "did you mean sqlite:///x.db (relative: ./x.db) or sqlite:////x.db"),
+    ],
+)
 @pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
-def test_a_store_that_cannot_be_opened_is_exit_2(url: str, command: list[str]) -> None:
-    """A bad or unusable store URL is exit 2 with one line naming the URL."""
+def test_a_bad_store_url_is_exit_2(url: str, message: str, command: list[str]) -> None:
+    """A URL that cannot name a store is a usage error: exit 2, one line saying what it meant."""
     result = invoke(*command, "--db", url)
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr.startswith(f"corral {command[0]}: --db: cannot open the store {url}: ")
+    assert result.stderr.startswith(f"corral {command[0]}: --db: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "run_x"]])
+def test_a_store_that_cannot_be_opened_is_exit_1(command: list[str]) -> None:
+    """A file that is no database is an operation failure: exit 1, one line naming it."""
+    result = invoke(*command, "--db", "sqlite:////etc/passwd")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"corral {command[0]}: --db: cannot open the store sqlite:////etc/passwd: "
+    )
     assert result.stderr.count("\n") == 1
 
 
@@ -292,7 +313,8 @@ def test_a_store_that_does_not_exist_is_not_created(command: list[str], tmp_path
     path = tmp_path / "missing" / "corral.db"
     result = invoke(*command, "--db", f"sqlite:///{path}")
     assert result.exit_code == 1
-    assert result.stderr == f"corral {command[0]}: no corral store at {path}\n"
+    assert result.stderr.startswith(f"corral {command[0]}: no corral store at {path}; ")
+    assert result.stderr.count("\n") == 1
     assert not path.parent.exists()
 
 
@@ -317,7 +339,7 @@ def test_show_names_the_guard_of_a_denial(recorded: Recorded) -> None:
     result = invoke("show", recorded.denied, "--db", recorded.url)
     assert result.exit_code == 0, result.stderr
     assert "denied" in result.stdout
-    assert "allowlist: not_allowed" in result.stdout
+    assert "allowlist: not_allowed (not in the policy's allowlist)" in result.stdout
     assert "tool_denied:vendor.read" in result.stdout
 
 
@@ -379,5 +401,7 @@ def test_show_of_a_missing_run_is_exit_1(recorded: Recorded) -> None:
     result = invoke("show", "run_missing", "--db", recorded.url)
     assert result.exit_code == 1
     assert result.stdout == ""
-    expected = f"corral show: no run 'run_missing' in {recorded.url} (corral runs lists them)\n"
-    assert result.stderr == expected
+    assert result.stderr.splitlines() == [
+        f"store: {recorded.url}",
+        f"corral show: no run 'run_missing' in {recorded.url} (corral runs lists them)",
+    ]

@@ -136,7 +136,8 @@ def commands(block: Block) -> list[tuple[str, str]]:
 
 
 def normalise(text: str) -> list[str]:
-    """The lines that must match: ids, times, durations, digests and spacing set aside."""
+    """The lines that must match: ids, times, durations, digests, the store's directory and
+    spacing set aside."""
     out = []
     for line in text.splitlines():
         line = IDS.sub("<id>", line)
@@ -144,6 +145,7 @@ def normalise(text: str) -> list[str]:
         line = re.sub(r"\b\d{2}-\d{2} \d{2}:\d{2}:\d{2}\b", "<time>", line)
         line = re.sub(r"[+]?\b\d+(\.\d+)? ?(ms|s)\b", "<dur>", line)
         line = re.sub(r"\bpolicy [0-9a-f]{16}\b", "policy <digest>", line)
+        line = re.sub(r"sqlite:////(\S*/)?", "sqlite:////<dir>/", line)  # where the walk ran
         line = re.sub(r"─+", "─", line)
         line = " ".join(line.split())
         if line:

@@ -43,6 +43,10 @@ GUARD_OF_WHY: Mapping[str, str] = {
     "unknown_tool": "allowlist",
     "argument_not_allowed": "constraints",
     "idempotency_mismatch": "idempotency",
+    # Refusals recorded as ``denied`` by guards other than the allowlist:
+    "degraded": "degrade",
+    "loop_detected": "loop",
+    "missing_credential": "credentials",
 }
 
 #: Stop reasons whose guard records an event of its own before stopping the run.

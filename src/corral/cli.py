@@ -1,4 +1,9 @@
-"""The ``corral`` command line."""
+"""The ``corral`` command line: one typer app, a module per command group (``cli_*.py``).
+
+Every command exits 0 on success, 1 when the operation failed, 2 on a usage error; every
+command that touches state names the store it used (see :mod:`corral._cli`).
+docs/cli.md lists every command.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from . import __version__
+from ._cli import DbOption
+
 app = typer.Typer(
     name="corral",
     help="A production control layer for tool-calling AI agents.",
@@ -14,6 +22,32 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"corral {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print corral's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """A production control layer for tool-calling AI agents."""
+
+
+def version() -> None:
+    """Print corral's version."""
+    typer.echo(f"corral {__version__}")
 
 
 @app.command()
@@ -54,12 +88,10 @@ def demo(
         float,
         typer.Option("--failure-rate", help="Share of browser calls failing during the outage."),
     ] = 1.0,
-    db: Annotated[
-        str | None,
-        typer.Option("--db", help="Store URL (default CORRAL_DB, then sqlite:///corral.db)."),
-    ] = None,
+    db: DbOption = None,
 ) -> None:
-    """Replay the browser-outage incident twice: unbounded, then governed by corral."""
+    """Replay the browser-outage incident twice: unbounded, then governed by corral
+    (creates the store it records the governed runs in)."""
     from .sim.demo import demo_command
 
     raise typer.Exit(
@@ -73,7 +105,9 @@ def _register_command_groups() -> None:
     import importlib.util
 
     for name in (
+        "cli_init",
         "cli_runs",
+        "cli_show",
         "cli_audit",
         "cli_kill",
         "cli_approvals",
@@ -82,6 +116,7 @@ def _register_command_groups() -> None:
     ):
         if importlib.util.find_spec(f"corral.{name}") is not None:
             importlib.import_module(f"corral.{name}").register(app)
+    app.command("version")(version)  # listed last in --help
 
 
 _register_command_groups()

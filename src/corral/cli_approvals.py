@@ -14,8 +14,9 @@ log. ``--tenant`` scopes a command to one tenant: an approval of another tenant
 is not listed and cannot be decided. The run's own agent cannot approve.
 
 Exit codes: 0 done; 1 the approval is unknown, already decided, expired or may not
-be decided by this approver, or the store fails; 2 a usage error or a store that
-cannot be opened (one line, never a traceback).
+be decided by this approver, no store there, or the store fails; 2 a usage error or an
+invalid store URL (one line, never a traceback). Human output names the store on
+stderr (``store: URL``).
 
 ``list --json`` prints ``{"store": str, "count": int, "approvals": [row, ...]}`` and
 ``show --json`` prints ``{"store": str, "approval": row}``; a row is::
@@ -45,13 +46,9 @@ from typing import Annotated, Any, cast, get_args
 import typer
 
 from . import approvals
-from ._cli import DbOption, Fail, JsonOption, one_line, open_db
-from .exceptions import ApprovalError, ConfigError, StoreError
+from ._cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
+from .exceptions import ApprovalError
 from .stores.base import ApprovalRecord, ApprovalStatus
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 STATUSES: tuple[str, ...] = (*get_args(ApprovalStatus), "all")
 
@@ -76,21 +73,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(approvals_app, name="approvals")
 
 
-def _guarded(fn: Callable[[], int]) -> int:
-    try:
-        return fn()
-    except Fail as exc:
-        typer.echo(f"corral approvals: {exc}", err=True)
-        return exc.code
-    except ApprovalError as exc:
-        typer.echo(f"corral approvals: {exc}", err=True)
-        return EXIT_FAILED
-    except ConfigError as exc:
-        typer.echo(f"corral approvals: {exc}", err=True)
-        return EXIT_USAGE
-    except StoreError as exc:
-        typer.echo(f"corral approvals: the store cannot be reached: {one_line(exc)}", err=True)
-        return EXIT_FAILED
+def _guarded(command: str, fn: Callable[[], int]) -> int:
+    def body() -> int:
+        try:
+            return fn()
+        except ApprovalError as exc:  # unknown, decided, expired, not this approver's
+            raise Fail(EXIT_FAILED, str(exc)) from None
+
+    return guarded(f"approvals {command}", body)
 
 
 @approvals_app.command("list")
@@ -111,7 +101,7 @@ def list_(
                 f"--status must be one of {', '.join(STATUSES)}, got {approvals.quoted(status)}",
             )
         wanted = None if status == "all" else cast(ApprovalStatus, status)
-        store, url = open_db(db)
+        store, url = open_db(db, announce=not json_out)
         found = store.list_approvals(status=wanted, tenant=tenant)
         rows = [row(a) for a in found]
         if json_out:
@@ -123,7 +113,7 @@ def list_(
         _table(found)
         return EXIT_OK
 
-    raise typer.Exit(_guarded(go))
+    raise typer.Exit(_guarded("list", go))
 
 
 @approvals_app.command()
@@ -131,7 +121,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
     """Show one approval: its action, arguments, status and who decided it."""
 
     def go() -> int:
-        store, url = open_db(db)
+        store, url = open_db(db, announce=not json_out)
         record = store.get_approval(approval_id)
         if record is None:
             raise Fail(EXIT_FAILED, f"no approval {approvals.quoted(approval_id)} in {url}")
@@ -160,7 +150,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
         typer.echo(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
         return EXIT_OK
 
-    raise typer.Exit(_guarded(go))
+    raise typer.Exit(_guarded("show", go))
 
 
 @approvals_app.command()
@@ -172,7 +162,9 @@ def approve(
     db: DbOption = None,
 ) -> None:
     """Approve a pending write: the waiting run executes it, once."""
-    raise typer.Exit(_guarded(lambda: _decide(approval_id, True, reason, as_, tenant, db)))
+    raise typer.Exit(
+        _guarded("approve", lambda: _decide(approval_id, True, reason, as_, tenant, db))
+    )
 
 
 @approvals_app.command()
@@ -184,7 +176,7 @@ def deny(
     db: DbOption = None,
 ) -> None:
     """Deny a pending write: the waiting run stops with approval_denied."""
-    raise typer.Exit(_guarded(lambda: _decide(approval_id, False, reason, as_, tenant, db)))
+    raise typer.Exit(_guarded("deny", lambda: _decide(approval_id, False, reason, as_, tenant, db)))
 
 
 def _decide(

@@ -15,11 +15,13 @@ no keyed record fails: it was written, or rewritten, without the key. ``checkpoi
 verifies, then writes the chain's head (sequence number, hash, time) to ``--out``.
 ``export`` writes the records as JSON Lines, oldest first.
 
-Exit codes: 0 intact (or done); 1 the chain is broken (``verify``, ``checkpoint``);
-2 a usage error: a store that cannot be opened or read, an unreadable anchor, a
-keyed chain without the key (one line on stderr, never a traceback).
+Exit codes: 0 intact (or done); 1 the chain is broken (``verify``, ``checkpoint``), no
+store there, or a store that cannot be reached or read; 2 a usage error: an invalid
+store URL, an unreadable anchor, an ``--out`` that cannot be written, a keyed chain
+without the key (one line on stderr, never a traceback).
 
-``verify --json`` prints one object whose shape is stable::
+Human output names the store on stderr (``store: URL``); so does ``export``, whose
+stdout is only the records. ``verify --json`` prints one object whose shape is stable::
 
     {"store": str, "ok": bool, "checked": int, "head": int, "keyed": int,
      "keyed_from": int | null, "unkeyed": int, "anchor": int | null,
@@ -39,14 +41,20 @@ from typing import IO, Annotated, Any
 import typer
 
 from . import audit
-from ._cli import DbOption, Fail, JsonOption, one_line
-from .exceptions import ConfigError, StoreError, StoreMissing
-from .stores import Store, default_url, display_url, open_store
+from ._cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DbOption,
+    Fail,
+    JsonOption,
+    guarded,
+    one_line,
+    open_db,
+)
+from .exceptions import ConfigError, StoreError
 
-EXIT_OK = 0
 EXIT_BROKEN = 1
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 audit_app = typer.Typer(
     name="audit",
@@ -74,7 +82,7 @@ def verify(
     json_out: JsonOption = False,
 ) -> None:
     """Verify the hash chain: exit 0 when intact, 1 naming the first broken record."""
-    raise typer.Exit(_guarded("verify", lambda: verify_command(db, anchor, as_json=json_out)))
+    raise typer.Exit(guarded("audit verify", lambda: verify_command(db, anchor, as_json=json_out)))
 
 
 @audit_app.command("checkpoint")
@@ -89,7 +97,7 @@ def checkpoint(
     ] = None,
 ) -> None:
     """Verify the chain, then write its head to a file to keep elsewhere."""
-    raise typer.Exit(_guarded("checkpoint", lambda: checkpoint_command(db, out, anchor)))
+    raise typer.Exit(guarded("audit checkpoint", lambda: checkpoint_command(db, out, anchor)))
 
 
 @audit_app.command("export")
@@ -101,13 +109,13 @@ def export(
     ] = 0,
 ) -> None:
     """Write the audit records as JSON Lines, oldest first."""
-    raise typer.Exit(_guarded("export", lambda: export_command(db, out, after)))
+    raise typer.Exit(guarded("audit export", lambda: export_command(db, out, after)))
 
 
 # -- the commands ------------------------------------------------------------------------
 def verify_command(db: str | None, anchor: Path | None, *, as_json: bool = False) -> int:
     wanted = _anchor(anchor)
-    store, url = _open(db)
+    store, url = open_db(db, announce=not as_json)
     result: audit.VerifyResult = _read(url, lambda: audit.verify(store, anchor=wanted))
     if as_json:
         print(json.dumps({"store": url, **result.to_dict()}))
@@ -120,7 +128,7 @@ def verify_command(db: str | None, anchor: Path | None, *, as_json: bool = False
 
 def checkpoint_command(db: str | None, out: str, anchor: Path | None) -> int:
     previous = _anchor(anchor)
-    store, url = _open(db)
+    store, url = open_db(db)
     try:
         head = _read(url, lambda: audit.checkpoint(store, anchor=previous))
     except ValueError as exc:
@@ -137,7 +145,7 @@ def checkpoint_command(db: str | None, out: str, anchor: Path | None) -> int:
 
 
 def export_command(db: str | None, out: str, after: int) -> int:
-    store, url = _open(db)
+    store, url = open_db(db)
     try:
         with _output(out) as stream:
             count = _read(url, lambda: audit.export(store, stream, after=after))
@@ -150,14 +158,6 @@ def export_command(db: str | None, out: str, after: int) -> int:
 
 
 # -- plumbing ----------------------------------------------------------------------------
-def _guarded(command: str, body: Callable[[], int]) -> int:
-    try:
-        return body()
-    except Fail as exc:
-        print(f"corral audit {command}: {exc}", file=sys.stderr)
-        return exc.code
-
-
 def _anchor(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -167,29 +167,13 @@ def _anchor(path: Path | None) -> dict[str, Any] | None:
         raise Fail(EXIT_USAGE, f"--anchor: {exc}") from None
 
 
-def _open(db: str | None) -> tuple[Store, str]:
-    url = db if db is not None else default_url()
-    if db is not None:
-        where = "--db"
-    else:
-        where = "CORRAL_DB" if os.environ.get("CORRAL_DB") else "the default store"
-    try:
-        # Opening a missing file would create an empty database and call it intact.
-        return open_store(url, create=False), url
-    except StoreMissing as exc:
-        raise Fail(EXIT_FAILED, f"{where}: {exc}") from None
-    except (ConfigError, StoreError) as exc:
-        shown = display_url(url)
-        raise Fail(EXIT_USAGE, f"{where}: cannot open the store {shown}: {one_line(exc)}") from None
-
-
 def _read(url: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except audit.KeyRequired as exc:
         raise Fail(EXIT_USAGE, f"{url}: {exc}") from None
     except StoreError as exc:
-        raise Fail(EXIT_USAGE, f"cannot read the audit log from {url}: {one_line(exc)}") from None
+        raise Fail(EXIT_FAILED, f"cannot read the audit log from {url}: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager

@@ -15,12 +15,14 @@ outcome a resumed run replays; ``failed`` stores a failure (replayed as
 runs the tool). Each resolution is appended to the audit log (kind
 ``idempotency_resolved``, actor ``--as``, default ``$USER@host``).
 
-Exit codes: 0 done; 1 the claim is not unknown (one line says what it is) or the
-store cannot be reached; 2 a usage error.
+Exit codes: 0 done; 1 the claim is not unknown (one line says what it is), no store
+there, or the store cannot be reached; 2 a usage error or an invalid store URL. Human
+output names the store on stderr (``store: URL``).
 
 ``list --json`` prints one object whose shape is stable::
 
-    {"claims": [{"key", "tool", "tenant", "status", "created", "lease_until", "outcome"}]}
+    {"store": str, "count": int,
+     "claims": [{"key", "tool", "tenant", "status", "created", "lease_until", "outcome"}]}
 
 times are ISO 8601 UTC; ``outcome`` is the stored outcome or ``null``.
 """
@@ -29,22 +31,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import typer
 
-from ._cli import DbOption, Fail, JsonOption
+from ._cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
 from .breaker import PROBE_KEY
-from .exceptions import ConfigError, StoreError, StoreMissing
 from .killswitch import default_actor
-from .stores import Store, default_url, open_store
+from .stores import Store
 from .stores.base import ClaimRecord, ClaimState, Event
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 STATES = ("in_flight", "unknown", "done")
 OUTCOMES = ("succeeded", "failed", "not_executed")
@@ -62,28 +59,6 @@ idempotency_app = typer.Typer(
 Tenant = Annotated[
     str | None, typer.Option("--tenant", help="The tenant whose key it is (default: none).")
 ]
-
-
-def _guarded(fn: Callable[[], int]) -> int:
-    try:
-        return fn()
-    except ConfigError as exc:
-        typer.echo(f"corral idempotency: {exc}", err=True)
-        return EXIT_USAGE
-    except Fail as exc:
-        typer.echo(f"corral idempotency: {exc}", err=True)
-        return exc.code
-    except StoreMissing as exc:
-        typer.echo(f"corral idempotency: {exc}", err=True)
-        return EXIT_FAILED
-    except StoreError as exc:
-        typer.echo(f"corral idempotency: the store cannot be reached: {exc}", err=True)
-        return EXIT_FAILED
-
-
-def _open(db: str | None) -> Store:
-    # Operator state only: a store that does not exist is not created (no agent uses it).
-    return open_store(db or default_url(), create=False)
 
 
 @idempotency_app.command("list")
@@ -111,17 +86,19 @@ def list_claims(
         if limit < 1:
             raise Fail(EXIT_USAGE, f"--limit must be at least 1, got {limit}")
         wanted = cast(ClaimState, "unknown" if unknown else status) if unknown or status else None
-        claims = _open(db).list_claims(now=time.time(), status=wanted, tenant=tenant, limit=limit)
+        store, url = open_db(db, announce=not json_out)
+        claims = store.list_claims(now=time.time(), status=wanted, tenant=tenant, limit=limit)
         rows = [_row(c) for c in claims if not c.key.startswith(PROBE_KEY)]  # writes only
         if json_out:
-            typer.echo(json.dumps({"claims": rows}, default=str))
+            body = {"store": url, "count": len(rows), "claims": rows}
+            typer.echo(json.dumps(body, default=str))
         elif not rows:
             typer.echo("no claims" + (f" {wanted}" if wanted else ""))
         else:
             _print_table(rows)
         return EXIT_OK
 
-    raise typer.Exit(_guarded(go))
+    raise typer.Exit(guarded("idempotency list", go))
 
 
 @idempotency_app.command()
@@ -154,7 +131,7 @@ def resolve(
         if key.startswith(PROBE_KEY):
             raise Fail(EXIT_USAGE, f"{key} is a circuit breaker's probe, not a write")
         stored = _stored(outcome, output, reason)
-        store = _open(db)
+        store, _ = open_db(db)
         now = time.time()
         found = store.lookup_claim(key, tenant=tenant, now=now)
         if found is None or not store.resolve_claim(key, tenant=tenant, now=now, outcome=stored):
@@ -179,7 +156,7 @@ def resolve(
         typer.echo(f"resolved {key}: {outcome} (by {who})")
         return EXIT_OK
 
-    raise typer.Exit(_guarded(go))
+    raise typer.Exit(guarded("idempotency resolve", go))
 
 
 def _stored(outcome: str, output: str | None, reason: str) -> Mapping[str, Any] | None:

@@ -6,7 +6,8 @@ been stopped, by which guard (allowlist, budget, loop, ...), for which reason an
 tool; next to it, what enforce-mode runs of the same period were actually
 stopped by.
 
-Exit codes: 0 done; 2 an invalid option or a store that cannot be opened or read.
+Exit codes: 0 done; 1 no store there, or a store that cannot be reached or read; 2 an
+invalid option or store URL.
 
 ``corral report --json`` prints one object whose shape is stable::
 
@@ -33,7 +34,6 @@ report reads (:data:`SCAN_LIMIT`, newest first).
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,9 +46,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import DbOption, Fail, JsonOption, open_db
+from ._cli import EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
 from ._decisions import guard_of
-from .cli_runs import EXIT_OK, EXIT_USAGE, _console, _print_json, _read, iso
+from .cli_runs import console, iso, print_json, read
 from .runtime import ERROR_REASONS
 from .stores import Store
 from .stores.base import RunRecord
@@ -79,12 +79,14 @@ def report(
 ) -> None:
     """Summarise what observe mode would have stopped (by guard, reason and tool) next to
     what enforce mode stopped, over a period."""
-    try:
-        code = report_command(since=since, tenant=tenant, agent=agent, db=db, as_json=json_out)
-    except Fail as exc:
-        print(f"corral report: {exc}", file=sys.stderr)
-        code = exc.code
-    raise typer.Exit(code)
+    raise typer.Exit(
+        guarded(
+            "report",
+            lambda: report_command(
+                since=since, tenant=tenant, agent=agent, db=db, as_json=json_out
+            ),
+        )
+    )
 
 
 def parse_since(text: str, *, now: float) -> float:
@@ -175,7 +177,7 @@ def _mode(store: Store, url: str, record: RunRecord) -> str:
     guards, ``mixed``, counts as observe: it is the evidence for enforcing those guards)."""
     if record.would_stop:
         return "observe"  # only observe mode records stops that would have happened
-    for event in _read("events", url, store.events, record.id):
+    for event in read("events", url, store.events, record.id):
         if event.kind == "run_start":
             return "observe" if event.data.get("mode") in ("observe", "mixed") else "enforce"
     return "enforce"
@@ -243,8 +245,8 @@ def report_command(
     start = parse_since(since, now=until)
     if start > until:
         raise Fail(EXIT_USAGE, f"--since: {iso(start)} is in the future")
-    store, url = open_db(db)
-    records: list[RunRecord] = _read("runs", url, store.list_runs, limit=SCAN_LIMIT, tenant=tenant)
+    store, url = open_db(db, announce=not as_json)
+    records: list[RunRecord] = read("runs", url, store.list_runs, limit=SCAN_LIMIT, tenant=tenant)
     scanned_all = len(records) < SCAN_LIMIT or min(r.started_at for r in records) < start
     chosen = [
         r for r in records if start <= r.started_at <= until and (agent is None or r.agent == agent)
@@ -263,9 +265,9 @@ def report_command(
         "enforce": enforce,
     }
     if as_json:
-        _print_json(body)
+        print_json(body)
         return EXIT_OK
-    _render(_console(), body)
+    _render(console(), body)
     return EXIT_OK
 
 
@@ -273,37 +275,37 @@ def _pct(share: float) -> str:
     return f"{share * 100:.1f}%"
 
 
-def _render(console: Console, body: Mapping[str, Any]) -> None:
+def _render(out: Console, body: Mapping[str, Any]) -> None:
     who = "".join(
         f" · {label} {body[label]}" for label in ("tenant", "agent") if body[label] is not None
     )
-    console.print(f"Runs in {body['store']} since {body['since']}{who}: {body['runs']:,}")
+    out.print(f"Runs since {body['since']}{who}: {body['runs']:,}")
     if not body["scanned_all"]:
-        console.print(f"(only the newest {SCAN_LIMIT:,} runs were read)", style="yellow")
+        out.print(f"(only the newest {SCAN_LIMIT:,} runs were read)", style="yellow")
     obs = body["observe"]
-    console.print()
+    out.print()
     if not obs["runs"]:
-        console.print("Observe mode: no runs in the period.")
+        out.print("Observe mode: no runs in the period.")
     else:
-        console.print(
+        out.print(
             f"Observe mode: {obs['runs']:,} runs; {obs['affected']:,} ({_pct(obs['share'])}) "
             f"would have been stopped ({obs['would_stop']:,} would-be stops)."
         )
         if obs["rows"]:
-            console.print(_table("Would have stopped", obs["rows"], count_label="would-stops"))
+            out.print(_table("Would have stopped", obs["rows"], count_label="would-stops"))
             firsts = _firsts(obs["first"])
-            console.print(firsts)
+            out.print(firsts)
     enf = body["enforce"]
-    console.print()
+    out.print()
     if not enf["runs"]:
-        console.print("Enforce mode: no runs in the period.")
+        out.print("Enforce mode: no runs in the period.")
         return
-    console.print(
+    out.print(
         f"Enforce mode: {enf['runs']:,} runs; {enf['stopped']:,} ({_pct(enf['share'])}) "
         "stopped by a guard or a failure."
     )
     if enf["rows"]:
-        console.print(_table("Stopped", enf["rows"], count_label="stops"))
+        out.print(_table("Stopped", enf["rows"], count_label="stops"))
 
 
 def _table(title: str, rows: Sequence[Mapping[str, Any]], *, count_label: str) -> Table:

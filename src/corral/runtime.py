@@ -319,7 +319,13 @@ class RunCore:
         self.recorded = True
         events = self._store_call(self.store.events, self.id)
         self._seq = max((e.seq for e in events), default=0)
-        self._store_call(self.store.update_run, self.id, status="running", ended_at=None)
+        self._store_call(
+            self.store.update_run,
+            self.id,
+            status="running",
+            ended_at=None,
+            kill_mode=self.policy.kill_switch.mode_when_enabled,  # this segment's policy
+        )
 
     def _new_record(self) -> RunRecord:
         return RunRecord(
@@ -329,6 +335,7 @@ class RunCore:
             task=self.task,
             policy_digest=self.policy.digest,
             started_at=self.started_at,
+            kill_mode=self.policy.kill_switch.mode_when_enabled,
         )
 
     def _load(self, run_id: str | None) -> RunRecord | None:

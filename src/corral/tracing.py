@@ -172,8 +172,8 @@ def export_run(
     *,
     tracer_provider: TracerProvider | None = None,
 ) -> int:
-    """Emit the spans of a stored run (default store: ``CORRAL_DB``, then
-    ``sqlite:///corral.db``); returns how many spans were emitted.
+    """Emit the spans of a stored run (default store: ``CORRAL_DB``, then the per-user
+    store); returns how many spans were emitted.
 
     Raises :class:`~corral.exceptions.ConfigError` when there is no such run.
     """

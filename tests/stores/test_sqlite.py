@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from corral.audit import verify
-from corral.exceptions import ConfigError, StoreError
-from corral.stores import DEFAULT_URL, default_url, open_store
+from corral.exceptions import ConfigError, StoreError, StoreMissing
+from corral.stores import default_path, default_url, open_store
 from corral.stores.base import (
     ApprovalRecord,
     BreakerState,
@@ -247,17 +247,24 @@ def test_a_file_newer_than_the_code_is_refused(tmp_path: Path) -> None:
 # -- URLs -------------------------------------------------------------------------------
 
 
-def test_the_default_url_is_a_sqlite_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Without CORRAL_DB the default store is sqlite:///corral.db in the working directory."""
+def test_the_default_store_is_one_file_per_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without CORRAL_DB the default store is corral.db in the user data directory, whatever
+    the working directory; its folder appears only when a store is created there."""
     monkeypatch.delenv("CORRAL_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    assert default_url() == DEFAULT_URL == "sqlite:///corral.db"
+    expected = tmp_path / "data" / "corral" / "corral.db"
+    assert default_path() == str(expected)
+    assert default_url() == f"sqlite:///{expected}"
+    with pytest.raises(StoreMissing, match=f"no corral store at {expected}"):
+        open_store(create=False)
+    assert not (tmp_path / "data").exists()
     store = open_store()
     try:
-        assert isinstance(store, SQLiteStore)
-        assert Path(store.path) == tmp_path / "corral.db" and store.path == os.path.abspath(
-            "corral.db"
-        )
+        assert isinstance(store, SQLiteStore) and Path(store.path) == expected
+        assert not (tmp_path / "corral.db").exists()
     finally:
         store.close()
     monkeypatch.setenv("CORRAL_DB", "memory://from-env")
@@ -290,7 +297,7 @@ def test_sqlite_urls_name_files_and_share_one_store_each(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("sqlite://host/x.db", "use sqlite:///relative/path.db"),
+        ("sqlite://host/x.db", "did you mean sqlite:///host/x.db"),
         ("sqlite:///x.db?cache=shared", "unknown option 'cache'"),
         ("corral.db", "has no scheme"),
         ("redis://localhost", "unsupported store URL scheme 'redis'"),

@@ -23,8 +23,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .._cli import one_line, origin, say_store
 from ..exceptions import ConfigError, StoreError
-from ..stores import default_url, open_store
+from ..stores import default_url, display_url, open_store
 from ..stores.memory import MemoryStore
 from .loops import (
     BROWSER_SPEC,
@@ -44,23 +45,32 @@ def demo_command(
 ) -> int:
     """Run the demo and print the comparison (a table, or JSON with ``as_json``).
 
-    Returns the exit code: 0, or 2 for an invalid option or store URL (one line
-    per problem on stderr).
+    Returns the exit code: 0; 2 for an invalid option or store URL (one line per
+    problem on stderr); 1 when the store cannot be opened.
     """
     problems = []
     if not 1 <= runs <= MAX_RUNS:
         problems.append(f"--runs: must be between 1 and {MAX_RUNS:,}, got {runs}")
     if not 0.0 <= failure_rate <= 1.0:
         problems.append(f"--failure-rate: must be between 0 and 1, got {failure_rate:g}")
+    code = 2
     if not problems:
         try:
             open_store(db)
-        except (ConfigError, StoreError) as exc:
-            problems.append(f"{'--db' if db is not None else 'CORRAL_DB'}: {exc}")
+        except ConfigError as exc:
+            problems.append(f"{origin(db)}: {one_line(exc)}")
+        except StoreError as exc:
+            shown = display_url(db if db is not None else default_url())
+            problems.append(f"{origin(db)}: cannot open the store {shown}: {one_line(exc)}")
+            code = 1
     if problems:
         for line in problems:
             print(f"corral demo: {line}", file=sys.stderr)
-        return 2
+        return code
+    if not as_json:  # named once, as every command that touches state does (corral._cli)
+        url = db if db is not None else default_url()
+        fresh = db is None and url.startswith("memory://")
+        say_store("memory:// (a fresh one for this demo)" if fresh else display_url(url))
     prefix = new_run_prefix()
     figures = simulate(seed=seed, runs=runs, failure_rate=failure_rate, db=db, run_prefix=prefix)
     if as_json:
@@ -86,7 +96,7 @@ def simulate(
     """Run both sides and return the figures in their JSON form.
 
     ``db`` is a store URL for the governed runs; ``None`` means the default store
-    (``CORRAL_DB``, then ``sqlite:///corral.db``), except that an in-memory default
+    (``CORRAL_DB``, then the per-user store), except that an in-memory default
     gives a fresh store of its own (``memory://demo-...``), so repeated calls never
     mix. The governed runs' ids start with ``run_prefix`` (default: a new
     :func:`new_run_prefix`), so one invocation's runs stay apart from earlier ones
@@ -123,7 +133,7 @@ def simulate(
         "seed": seed,
         "runs": runs,
         "failure_rate": failure_rate,
-        "store": url,
+        "store": display_url(url),
         "outage": {
             "start": clock_time(scenario.outage_start),
             "end": clock_time(scenario.outage_end),

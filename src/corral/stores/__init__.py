@@ -1,40 +1,69 @@
 """Stores: shared state behind one Protocol, chosen by URL.
 
 =================================  ==========================================================
-``sqlite:///corral.db``            a SQLite file, relative to the working directory (default)
 ``sqlite:////var/lib/corral.db``   a SQLite file by absolute path; ``?synchronous=FULL``
                                    also survives power loss, at a cost per commit
+``sqlite:///corral.db``            a SQLite file, relative to the working directory
 ``sqlite://``                      SQLite in memory (also ``sqlite:///:memory:``)
 ``postgresql://user@host/db``      PostgreSQL, for several processes on several machines
 ``memory://`` / ``memory://NAME``  dictionaries in this process, for tests
 =================================  ==========================================================
 
-The default is ``CORRAL_DB`` if set, else ``sqlite:///corral.db``: the CLI and
-every run that names no store reach the same state.
+The default is ``CORRAL_DB`` if set, else one SQLite file per user in the platform's
+user data directory (:func:`default_path`: ``~/.local/share/corral/corral.db`` on Linux,
+``$XDG_DATA_HOME`` respected), so a script, a shell and ``corral kill`` of the same user
+reach the same state from any directory. That directory is made when a store is first
+created there. Scheme names are case-insensitive; a near miss (``sqlite:/corral.db``,
+``sqlite://corral.db``, a bare path) is refused with the URL it probably meant.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from ..exceptions import ConfigError, StoreMissing
+from ..exceptions import ConfigError, StoreError, StoreMissing
 from .base import Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
-DEFAULT_URL = "sqlite:///corral.db"
+#: What :func:`default_path` names inside the user data directory.
+DEFAULT_FILE = "corral.db"
 
 _shared: dict[str, Store] = {}
 _shared_lock = threading.Lock()
 
+_USERINFO = re.compile(r"([^:/@]+):[^:/@]*@")
+_KINDS = "use sqlite:///PATH, postgresql://... or memory://"
+
+
+def default_path() -> str:
+    """The per-user store file: ``corral.db`` in the platform's user data directory for
+    ``corral`` (``~/.local/share/corral/corral.db`` on Linux). Nothing is created."""
+    import platformdirs  # only when no store is named: keeps `import corral` light
+
+    return os.path.join(platformdirs.user_data_dir("corral", appauthor=False), DEFAULT_FILE)
+
 
 def default_url() -> str:
-    """``CORRAL_DB`` if set, else ``sqlite:///corral.db``."""
-    return os.environ.get("CORRAL_DB") or DEFAULT_URL
+    """``CORRAL_DB`` if set, else :func:`default_path` as a ``sqlite:///`` URL."""
+    return os.environ.get("CORRAL_DB") or sqlite_url(default_path())
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The ``sqlite:`` URL of a file, its path made absolute (``sqlite:////abs/x.db``).
+
+    >>> sqlite_url("/srv/corral.db")
+    'sqlite:////srv/corral.db'
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    # The URL's path is percent-decoded and cut at '?': keep both characters literal.
+    return "sqlite:///" + absolute.replace("%", "%25").replace("?", "%3F")
 
 
 def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
@@ -45,47 +74,115 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
     kill switch set through it reaches every run; a database URL opens its
     connection once. Raises :class:`~corral.exceptions.ConfigError` for a URL it
     cannot use, :class:`~corral.exceptions.StoreError` when the database cannot be
-    reached. With ``create=False`` a SQLite file that does not exist is not created:
-    :class:`~corral.exceptions.StoreMissing` (``no corral store at PATH``) instead, for
-    commands that only read or change operator state.
+    reached. With ``create=False`` no store is created: where none exists (no SQLite
+    file, an empty one or one without corral's tables; a PostgreSQL database or schema
+    without them) it raises :class:`~corral.exceptions.StoreMissing` (``no corral store
+    at ...``), for commands that only read or change operator state.
     """
     if url is None:
         url = default_url()
     if not isinstance(url, str):
         return url
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError(
-            f"store URL {url!r} has no scheme: use sqlite:///PATH, postgresql://... or memory://"
-        )
+    scheme = scheme.lower()
+    if not sep or scheme not in ("memory", "sqlite", "postgresql", "postgres"):
+        raise ConfigError(_not_a_store_url(url))
     factory: Callable[[], Store]
     if scheme == "memory":
-        key, factory = url, MemoryStore
+        key, factory = f"memory://{rest}", MemoryStore
     elif scheme == "sqlite":
         path, synchronous = _sqlite_target(url, rest)
         path = path if path == ":memory:" else os.path.abspath(path)
         key = "sqlite://" + path
-        if not create and path != ":memory:" and not os.path.exists(path):
-            raise StoreMissing(f"no corral store at {path}")
+        if path != ":memory:":
+            _prepare_sqlite(path, create, known=_open_already(key))
 
         def factory() -> Store:
             return SQLiteStore(path, synchronous=synchronous)
-    elif scheme in ("postgresql", "postgres"):
+    else:
+        url = f"{scheme}://{rest}"
         _check_postgres_url(url)
         key = url
+        if not create and not _open_already(key):
+            _require_postgres_schema(url)
 
         def factory() -> Store:
             return _postgres(url, scheme)
-    else:
-        raise ConfigError(
-            f"unsupported store URL scheme {scheme!r}: use sqlite:///PATH, "
-            "postgresql://... or memory://"
-        )
+
     with _shared_lock:
         store = _shared.get(key)
         if store is None or getattr(store, "closed", False):
             store = _shared[key] = factory()
         return store
+
+
+def _open_already(key: str) -> bool:
+    store = _shared.get(key)
+    return store is not None and not getattr(store, "closed", False)
+
+
+def _prepare_sqlite(path: str, create: bool, *, known: bool) -> None:
+    """Refuse a missing store when ``create`` is false (the tables are looked for unless
+    this process has the store open: ``known``); make the per-user directory when a store
+    is created there (a directory someone named must exist: a typo in it is an error, not
+    a new folder)."""
+    if os.path.exists(path):
+        if not create and not known:
+            _require_sqlite_schema(path)
+        return
+    if not create:
+        raise StoreMissing(f"no corral store at {path}")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder) and path == os.path.abspath(default_path()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create {folder} for the store: {exc.strerror or exc}"
+            ) from exc
+
+
+def _require_sqlite_schema(path: str) -> None:
+    """StoreMissing for an existing file that holds no corral store: empty (left by an older
+    version's read-only command), or another application's SQLite database."""
+    if os.path.isdir(path):
+        return  # SQLiteStore says what is wrong with it
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                ("corral_schema_migrations",),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # not readable as SQLite: SQLiteStore raises, naming why
+    if found is None:
+        what = "is empty" if os.path.getsize(path) == 0 else "has no corral tables"
+        raise StoreMissing(f"no corral store at {path} (the file {what})")
+
+
+def _require_postgres_schema(url: str) -> None:
+    """StoreMissing when the database (or the URL's ``schema``) has no corral tables."""
+    try:
+        import psycopg
+
+        from .postgres import _SCHEMA_NAME, _split_schema
+    except ImportError:
+        return  # _postgres says what is missing
+    conninfo, schema = _split_schema(url)
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        return  # PostgresStore refuses it, saying why
+    table = f"{schema}.corral_schema_migrations" if schema else "corral_schema_migrations"
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3, autocommit=True) as conn:
+            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
+    if row is None or row[0] is None:
+        where = f"schema {schema!r}" if schema else "the database"
+        raise StoreMissing(f"no corral store at {display_url(url)} ({where} has no corral tables)")
 
 
 def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
@@ -98,10 +195,7 @@ def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
         if "\0" in path:
             raise ConfigError(f"SQLite URL {url!r}: the path contains a NUL character")
     else:
-        raise ConfigError(
-            f"SQLite URL {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db "
-            "or sqlite:// (in memory)"
-        )
+        raise ConfigError(f"SQLite URL {url!r} has no path: {_sqlite_guess(where)}")
     synchronous = "NORMAL"
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name != "synchronous":
@@ -110,14 +204,90 @@ def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
     return path, synchronous
 
 
+def _sqlite_guess(path: str) -> str:
+    """``did you mean ...?`` for a SQLite file given with too few slashes."""
+    bare = path.lstrip("/")
+    if not bare:
+        return "use sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite://"
+    return (
+        f"did you mean sqlite:///{bare} (relative: ./{bare}) "
+        f"or sqlite:////{bare} (absolute: /{bare})?"
+    )
+
+
+_SCHEME_GUESSES = {
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "file": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "postgresql+psycopg2": "postgresql",
+    "postgresql+asyncpg": "postgresql",
+    "psql": "postgresql",
+    "pg": "postgresql",
+    "memory": "memory",
+    "mem": "memory",
+}
+
+
+def _not_a_store_url(url: str) -> str:
+    """Why ``url`` is no store URL, with the one it probably meant (passwords hidden)."""
+    scheme, sep, rest = url.partition("://")
+    shown = _hide_password(url)
+    if sep:
+        meant = _SCHEME_GUESSES.get(scheme.lower())
+        if scheme.lower() == "file" and rest.startswith("/"):  # file:///tmp/x.db: absolute
+            return f"unsupported store URL scheme 'file': did you mean {sqlite_url(unquote(rest))}?"
+        if meant is not None:
+            guess = _hide_password(f"{meant}://{rest}")
+            return f"unsupported store URL scheme {scheme!r}: did you mean {guess}?"
+        return f"unsupported store URL scheme {scheme!r}: {_KINDS}"
+    head, colon, tail = url.partition(":")
+    meant = _SCHEME_GUESSES.get(head.lower()) if colon and "/" not in head else None
+    if meant == "sqlite":
+        return f"store URL {shown!r} is not a SQLite URL: {_sqlite_guess(tail)}"
+    if meant == "memory":
+        return f"store URL {shown!r} is not a store URL: did you mean memory://?"
+    if meant == "postgresql":
+        guess = _hide_password(f"postgresql://{tail.lstrip('/')}")
+        return f"store URL {shown!r} is not a store URL: did you mean {guess}?"
+    drive = colon and len(head) == 1 and head.isalpha()  # C:\\corral.db
+    if url and (not colon or drive or url.startswith(("/", ".", "~"))):
+        path = os.path.expanduser(url)
+        guess = sqlite_url(path) if os.path.isabs(path) else f"sqlite:///{path}"
+        return f"store URL {shown!r} has no scheme: did you mean {guess}?"
+    return f"store URL {shown!r} has no scheme: {_KINDS}"
+
+
 def display_url(url: str) -> str:
-    """``url`` fit to show: a password in it replaced by ``***``."""
+    """``url`` fit to show: a SQLite path made absolute (the file it opens from here), a
+    password replaced by ``***``.
+
+    >>> display_url("postgresql://app:s3cret@db.example/corral")
+    'postgresql://app:***@db.example/corral'
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() == "sqlite":
+        where, mark, query = rest.partition("?")
+        if where.startswith("/") and len(where) > 1 and where != "/:memory:":
+            try:
+                return sqlite_url(unquote(where[1:])) + mark + query
+            except ValueError:  # a NUL in the path: shown as given
+                return url
+        return url
+    return _hide_password(url)
+
+
+def _hide_password(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
         return url.split("@", 1)[-1] if "@" in url else url
     if parts.password is None:
-        return url
+        # No authority parsed (``postgres:user:pw@host``, a near miss): hide what looks like one.
+        return _USERINFO.sub(r"\1:***@", url) if "@" in url else url
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
@@ -130,9 +300,9 @@ def _check_postgres_url(url: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is the check (":abc" raises)
     except ValueError as exc:
-        raise ConfigError(f"store URL {url!r} is malformed: {exc}") from None
+        raise ConfigError(f"store URL {display_url(url)!r} is malformed: {exc}") from None
     if "\0" in url:
-        raise ConfigError(f"store URL {url!r} contains a NUL character")
+        raise ConfigError(f"store URL {display_url(url)!r} contains a NUL character")
 
 
 def _postgres(url: str, scheme: str) -> Store:
@@ -160,11 +330,13 @@ def _close_shared() -> None:
 
 
 __all__ = [
-    "DEFAULT_URL",
+    "DEFAULT_FILE",
     "MemoryStore",
     "SQLiteStore",
     "Store",
+    "default_path",
     "default_url",
     "display_url",
     "open_store",
+    "sqlite_url",
 ]

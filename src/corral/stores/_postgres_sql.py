@@ -17,7 +17,7 @@ from .owner import RunOwner
 RUN_COLUMNS = (
     "id", "tenant", "agent", "status", "stop_reason", "stop", "task", "answer", "usage",
     "policy_digest", "started_at", "ended_at", "would_stop",
-    "owner_host", "owner_pid", "owner_node", "owner_started", "heartbeat_at",
+    "owner_host", "owner_pid", "owner_node", "owner_started", "heartbeat_at", "kill_mode",
 )  # fmt: skip
 RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"id"}
 OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_node", "owner_started")

@@ -687,6 +687,9 @@ class RunRecord:
     """The process running the run; the store fills it in when the run starts or resumes."""
     heartbeat_at: float | None = None
     """The last time (epoch seconds) the owner wrote to the run; the store keeps it."""
+    kill_mode: KillMode | None = None
+    """The mode a kill switch set without one applies to this run (its policy's
+    ``kill_switch.mode_when_enabled``); ``None`` for a run recorded before it was kept."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

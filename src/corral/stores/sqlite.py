@@ -1,10 +1,10 @@
 """The SQLite store: one file, shared by every process on the machine.
 
-The default store (``sqlite:///corral.db``). Contended state relies on SQLite's own
-locking, so it holds across processes, not only threads: every read-modify-write
-(scoped reservations, idempotency claims, approval decisions) runs in one
-``BEGIN IMMEDIATE`` transaction, which takes the database's write lock before it
-reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
+The default store (one file per user: :func:`corral.stores.default_path`). Contended
+state relies on SQLite's own locking, so it holds across processes, not only threads:
+every read-modify-write (scoped reservations, idempotency claims, approval decisions)
+runs in one ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock
+before it reads. The file is in WAL mode with ``synchronous=NORMAL``: a committed write
 survives the process being killed (``FULL`` also survives power loss, at a cost
 per commit). Readers never wait for the writer; a writer waits up to
 ``busy_timeout`` seconds for another, and a call made for a run (with
@@ -103,7 +103,7 @@ _INHERITED: list[sqlite3.Connection] = []
 _RUN_COLUMNS = (
     "id, tenant, agent, status, stop_reason, stop, task, answer, usage, policy_digest, "
     "started_at, ended_at, would_stop, owner_host, owner_pid, owner_node, owner_started, "
-    "heartbeat_at"
+    "heartbeat_at, kill_mode"
 )
 _PLAIN_FIELDS = frozenset(
     {
@@ -117,6 +117,7 @@ _PLAIN_FIELDS = frozenset(
         "started_at",
         "ended_at",
         "heartbeat_at",
+        "kill_mode",
     }
 )
 _RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
@@ -286,7 +287,7 @@ class SQLiteStore:
         with self._write() as conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO corral_runs ({_RUN_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.tenant,
@@ -303,6 +304,7 @@ class SQLiteStore:
                     _dumps(list(record.would_stop)),
                     *_owner_columns(owner),
                     heartbeat,
+                    record.kill_mode,
                 ),
             )
 
@@ -1105,6 +1107,7 @@ def _run(row: Sequence[Any]) -> RunRecord:
         would_stop=tuple(json.loads(row[12])),
         owner=_owner(row[13], row[14], row[15], row[16]),
         heartbeat_at=row[17],
+        kill_mode=row[18],
     )
 
 
