@@ -1,6 +1,6 @@
 """What a tool, a model or an approver raises that is not an ``Exception``.
 
-The drivers (``execution.py``) catch ``Exception``: a failure of what they wait for is
+The drivers (``gateway/drivers.py``) catch ``Exception``: a failure of what they wait for is
 handed to the flow as a failed attempt. A hostile dependency may raise a
 ``BaseException`` subclass of its own instead; that would escape the run with no stop
 reason. Here it is caught around the driver and handed back to the flow, which is still

@@ -9,7 +9,7 @@
       scrubbed before the cap) → settle → trace
 
 The flow is written once, as a generator that *yields* what must be waited for
-(:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``execution.py`` drives it
+(:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``gateway/drivers.py`` drives it
 synchronously or asynchronously. Each check lives in ``guards/``.
 
 Charges follow DESIGN.md: every attempt costs one tool call and the declared
@@ -28,7 +28,7 @@ output is never run again under its key; a resumed run gets the failure back).
 A write abandoned at its deadline may still be running in its thread: its claim
 is renewed until that thread ends, then, with no outcome, it becomes ``unknown``
 when the lease lapses (settled by the tool's ``reconcile`` hook or an operator);
-``NotExecuted`` releases it. See ``guards/idempotency.py``.
+``NotExecuted`` releases it. See ``gateway/guards/idempotency.py``.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _call_flow(
         req = approval.request(core, eff, args, digest, key=idem_key, call_id=call_id)
         core.flush()
         if core.approver is None:
-            # The store's queue: decided by another process, consumed once (approvals.py).
+            # The store's queue: decided by another process, consumed once (controls/approvals.py).
             yield from approvals.wait(core, eff, req)
         else:
             started = core.now()

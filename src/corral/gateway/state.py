@@ -1,7 +1,7 @@
 """The state of one governed run, shared by the gateway, the loop and ``Run``.
 
 Nothing here does I/O beyond the store: waiting (for a tool, a model or an
-approval) is done by the sync or async driver in ``execution.py``.
+approval) is done by the sync or async driver in ``gateway/drivers.py``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ tool is a read): name ``stop_all`` to turn a tool off whatever it is. Never
 observe-only. When the state cannot be read for 2 s, every check refuses with
 ``control_plane_unavailable`` (see :mod:`corral.controls.killswitch`).
 
-Calls in flight. :func:`watch` gives the drivers (``execution.py``) a check to make
+Calls in flight. :func:`watch` gives the drivers (``gateway/drivers.py``) a check to make
 while a call runs, at most every :data:`WATCH_SECONDS`: when a switch whose mode
 (its own, or the run's default) is ``stop_all`` comes to cover the call, the driver
 cancels it where it can (an async tool or model call: its task is cancelled; a sync
