@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import corral
-from corral import audit
+from corral.record import audit
 from corral.stores import Store
 from corral.stores.base import Event
 from corral.stores.sqlite import SQLiteStore

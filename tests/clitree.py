@@ -6,7 +6,7 @@ from typing import Any
 
 import typer.main
 
-from corral.cli import app
+from corral.cli.app import app
 
 
 def commands() -> dict[tuple[str, ...], Any]:

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 import corral
-from corral import approvals, audit
+from corral.controls import approvals
 from corral.exceptions import StoreError
+from corral.record import audit
 from corral.stores.base import ApprovalRecord, KillSwitchState, Store
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore
@@ -534,7 +535,7 @@ def test_corral_show_places_the_decision_where_it_happened(sqlite: Shared) -> No
     call it allowed in ``corral show``, not before the run's first event."""
     from typer.testing import CliRunner
 
-    from corral.cli import app
+    from corral.cli.app import app
 
     agent = Agent(sqlite.store, [{"amount": 3}])
     (request,) = pending(sqlite.store)

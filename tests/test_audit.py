@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import audit
-from corral.redact import REDACTED, Redactor, redactor
+from corral.record import audit
+from corral.record.redact import REDACTED, Redactor, redactor
 from corral.stores.base import AuditHead, Event
 from corral.stores.chain import Sealer
 from corral.stores.sqlite import SQLiteStore

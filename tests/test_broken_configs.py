@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corral._check_cli import check_command
+from corral.cli.check import check_command
 from corral.exceptions import PolicyError
-from corral.policy import load_policy
+from corral.policy.schema import load_policy
 
 BROKEN = Path(__file__).parent / "configs" / "broken"
 EXPECTED: dict[str, list[str]] = yaml.safe_load((BROKEN / "expected.yaml").read_text("utf-8"))
@@ -99,10 +99,10 @@ def test_binary_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     "name", ["many_problems.yaml", "invalid_yaml.yaml", "invalid_json.json", "empty.yaml"]
 )
 def test_module_entry_point_exits_2_without_traceback(name: str) -> None:
-    """`python -m corral._check_cli FILE` prints the same lines and exits 2."""
+    """`python -m corral.cli.check FILE` prints the same lines and exits 2."""
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
-        [sys.executable, "-m", "corral._check_cli", str(BROKEN / name)],
+        [sys.executable, "-m", "corral.cli.check", str(BROKEN / name)],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -117,7 +117,7 @@ def test_module_entry_point_exits_2_without_traceback(name: str) -> None:
 def test_module_entry_point_missing_file_exits_2(tmp_path: Path) -> None:
     """A missing file through the module entry point is exit 2, one line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "corral._check_cli", str(tmp_path / "nope.yaml"), "--json"],
+        [sys.executable, "-m", "corral.cli.check", str(tmp_path / "nope.yaml"), "--json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -422,7 +422,7 @@ def test_a_settlement_never_lowers_committed_usage(
 ) -> None:
     """Meter.settle and Meter.commit replace a negative, non-finite or ill-typed figure by the
     hold's own (0 for a commit): committed usage never goes below what it was."""
-    from corral.budgets import Charge, Limits, Meter
+    from corral.budgets.meter import Charge, Limits, Meter
 
     meter = Meter(Limits(max_steps=100, max_tool_calls=100))
     steps, calls, tin, tout = held

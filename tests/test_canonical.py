@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.runtime import args_digest, canonical
+from corral.gateway.state import args_digest, canonical
 
 scalars = st.one_of(
     st.none(),

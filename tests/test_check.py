@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from corral._check_cli import check_command
-from corral.checklist import readiness
-from corral.policy import Policy, load_policy
+from corral.cli.check import check_command
+from corral.policy.readiness import readiness
+from corral.policy.schema import Policy, load_policy
 
 CONFIGS = Path(__file__).parent / "configs"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -381,13 +381,13 @@ def test_bad_tools_option_is_a_clear_error(
 
 
 def test_module_entry_point_strict_json_with_tools() -> None:
-    """`python -m corral._check_cli FILE --strict --json --tools m:o` from the tools' directory."""
+    """`python -m corral.cli.check FILE --strict --json --tools m:o` from the tools' directory."""
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "corral._check_cli",
+            "corral.cli.check",
             str(REFERENCE),
             "--strict",
             "--json",
@@ -412,7 +412,7 @@ def test_module_entry_point_complete_config_exits_0() -> None:
     """The complete config passes --strict through the module entry point."""
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
-        [sys.executable, "-m", "corral._check_cli", str(COMPLETE), "--strict"],
+        [sys.executable, "-m", "corral.cli.check", str(COMPLETE), "--strict"],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -764,7 +764,7 @@ def test_strict_fails_on_a_tools_missing_need_with_every_item_met(tmp_path: Path
     """The complete config without its degrade section: 7/7 items, yet --strict exits 1."""
     from typer.testing import CliRunner
 
-    from corral.cli import app
+    from corral.cli.app import app
 
     text = COMPLETE.read_text().replace("degrade:\n  on_degraded: tell_model\n", "")
     path = tmp_path / "policy.yaml"
@@ -800,7 +800,7 @@ def test_the_policy_reference_shows_real_check_output(tmp_path: Path) -> None:
     """docs/policy.md's per-tool example is what `corral check` prints for that policy."""
     from typer.testing import CliRunner
 
-    from corral.cli import app
+    from corral.cli.app import app
 
     doc = (Path(__file__).parents[1] / "docs" / "policy.md").read_text()
     section = doc.split("## `corral check`", 1)[1]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from corral import audit
-from corral.cli import app
+from corral.cli.app import app
+from corral.record import audit
 from corral.stores.base import ApprovalRecord, Store
 from corral.stores.sqlite import SQLiteStore
 from crash import pg as crash_pg

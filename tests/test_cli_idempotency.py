@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral import leases
-from corral.audit import records
-from corral.cli import app
+from corral.cli.app import app
+from corral.controls import leases
+from corral.record.audit import records
 from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
 from crash import POLICY, effects, pay, pay_and_die, pay_tool

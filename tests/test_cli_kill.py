@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral.cli import app
+from corral.cli.app import app
 from corral.exceptions import StoreError
 from corral.stores.base import RunRecord
 from corral.stores.sqlite import SQLiteStore

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral.cli import app
+from corral.cli.app import app
 from corral.stores import open_store
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final, flaky_tool

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral.cli import app
-from corral.guards.approval import ApprovalDecision
+from corral.cli.app import app
+from corral.gateway.guards.approval import ApprovalDecision
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import ScriptedModel, call, final
 

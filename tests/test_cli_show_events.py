@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral.cli import app
-from corral.guards.approval import ApprovalDecision
+from corral.cli.app import app
+from corral.gateway.guards.approval import ApprovalDecision
 from corral.stores import open_store
 from corral.testing import ScriptedModel, call, error, final, turn
 

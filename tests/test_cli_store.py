@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import corral
 from clitree import commands, with_option
-from corral.cli import app
+from corral.cli.app import app
 from corral.stores import open_store
 from corral.stores.base import ApprovalRecord
 from corral.testing import ScriptedModel, final

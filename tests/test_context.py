@@ -1,4 +1,4 @@
-"""``corral.context``: the pinned policy prompt, and trimming oldest observations first."""
+"""``corral.loop.context``: the pinned policy prompt, and trimming oldest observations first."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import corral
-from corral.context import DROPPED, REASONING_DROPPED, policy_prompt, size, trim
+from corral.loop.context import DROPPED, REASONING_DROPPED, policy_prompt, size, trim
 
 SYSTEM = {"role": "system", "content": "You are governed. " * 20}
 TASK = {"role": "user", "content": "Find the vendor status."}

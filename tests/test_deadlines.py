@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import pytest
 
 import corral
-import corral.approvals
-from corral import killswitch
+import corral.controls.approvals
 from corral.clock import DEADLINE
+from corral.controls import killswitch
 from corral.exceptions import StoreError
 from corral.models.base import ModelResponse
 from corral.stores.base import RunRecord
@@ -590,7 +590,9 @@ def test_an_approval_wait_through_the_store_is_not_bounded_by_max_seconds(
     """The store's queue: while the run waits for a decision (past what would have been its
     deadline) its polls and heartbeats wait on a busy store as long as the store allows, not
     as long as the run had left; the write then goes ahead."""
-    monkeypatch.setattr(corral.approvals, "HEARTBEAT_SECONDS", 0.05)  # writes while it waits
+    monkeypatch.setattr(
+        corral.controls.approvals, "HEARTBEAT_SECONDS", 0.05
+    )  # writes while it waits
     path = tmp_path / "corral.db"
     store = SQLiteStore(path)
     pol = approval_policy(0.3, 10)
@@ -600,7 +602,7 @@ def test_an_approval_wait_through_the_store_is_not_bounded_by_max_seconds(
         with locked(path):
             time.sleep(0.3)  # the store busy: the run's polls must wait, not fail
         (pending,) = store.list_approvals()
-        corral.approvals.approve(store, pending.id, approver="alice")
+        corral.controls.approvals.approve(store, pending.id, approver="alice")
 
     helper = threading.Thread(target=operator)
     helper.start()

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 import corral
-from corral.sim import loops
+from corral.sim import sides as loops
 from corral.sim.agent import BROWSER, decide
 from corral.sim.demo import demo_command, render, simulate
 from corral.sim.world import Scenario, make_tasks

@@ -34,8 +34,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral import metrics, sinks, tracing
-from corral.cli import app
+from corral.cli.app import app
+from corral.record import metrics, sinks, tracing
 from corral.testing import ScriptedModel, final
 
 ROOT = Path(__file__).resolve().parent.parent

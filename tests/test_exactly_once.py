@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corral
-from corral import leases
-from corral.cli import app
+from corral.cli.app import app
+from corral.controls import leases
 from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
 from crash import POINTS, POLICY, effects, in_child, pay, pay_and_die, pay_tool

@@ -30,8 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import killswitch
-from corral.runtime import BACKSTOP, status_of
+from corral.controls import killswitch
+from corral.gateway.state import BACKSTOP, status_of
 from corral.stores import Store, open_store
 from corral.testing import (
     FaultyModel,

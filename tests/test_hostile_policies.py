@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral._check_cli import check_command
+from corral.cli.check import check_command
 from corral.exceptions import PolicyError
-from corral.policy import Policy, load_policy
+from corral.policy.schema import Policy, load_policy
 
 
 def problems_of(make: Any) -> list[str]:

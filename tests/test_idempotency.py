@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral import leases
+from corral.controls import leases
 from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
 from crash import POLICY, effects, pay, pay_and_die, pay_tool

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 import corral
-from corral import audit, killswitch
+from corral.controls import killswitch
+from corral.controls.killswitch import KillSwitchCache
 from corral.exceptions import ConfigError, StoreError
-from corral.killswitch import KillSwitchCache
+from corral.record import audit
 from corral.stores.base import KillSwitchState
 from corral.stores.memory import MemoryStore
 from corral.stores.sqlite import SQLiteStore

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral import approvals
+from corral.controls import approvals
 from corral.testing import FaultyStore, MemoryStore
 
 LOGGER = "corral"
@@ -245,7 +245,7 @@ def test_the_demo_never_waits_for_an_approval_nor_warns(
     line or start warning to show (were it to wait, the WARNING would reach its output)."""
     from typer.testing import CliRunner
 
-    from corral.cli import app
+    from corral.cli.app import app
 
     caplog.set_level(logging.WARNING, LOGGER)
     url = f"memory://docs-demo-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral.context import DROPPED
+from corral.loop.context import DROPPED
 from corral.testing import MemoryStore, ScriptedModel, call, final, raw_call, turn
 
 executed: list[tuple[str, str]] = []

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import corral
-from corral import metrics
-from corral.guards.approval import ApprovalDecision
+from corral.gateway.guards.approval import ApprovalDecision
+from corral.record import metrics
 from corral.stores.base import Event, KillSwitchState
 from corral.testing import MemoryStore, ScriptedModel, call, final, prices, turn
 
@@ -370,11 +370,11 @@ def test_live_spend_is_labelled_with_the_runs_tenant() -> None:
     from prometheus_client import CollectorRegistry
 
     import corral
-    import corral.metrics
+    import corral.record.metrics
     from corral.testing import MemoryStore
 
     registry = CollectorRegistry()
-    corral.metrics.enable(registry=registry)
+    corral.record.metrics.enable(registry=registry)
 
     @corral.tool(name="kb.read", effect="read", cost_usd="0.5")
     def kb(q: str) -> str:
@@ -384,5 +384,5 @@ def test_live_spend_is_labelled_with_the_runs_tenant() -> None:
     policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
     with corral.Run(policy, tools=[kb], store=MemoryStore(), tenant="acme") as run:
         run.call("kb.read", {"q": "a"})
-    text = corral.metrics.render(registry)
+    text = corral.record.metrics.render(registry)
     assert 'corral_spend_usd_total{tenant="acme"} 0.5' in text

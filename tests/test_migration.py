@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from corral.cli import app
+from corral.cli.app import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "migration.md"
 STORE = "sqlite:///migration.db"

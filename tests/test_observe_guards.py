@@ -130,7 +130,7 @@ def test_corral_check_warns_about_observed_guards_and_unapproved_writes(tmp_path
     """``corral check`` names the observed guards and warns that writes run unapproved."""
     from typer.testing import CliRunner
 
-    from corral.cli import app
+    from corral.cli.app import app
 
     path = tmp_path / "corral.yaml"
     path.write_text("mode: {budgets: observe, approvals: observe}\ntools: {allow: [kb.read]}\n")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from corral.exceptions import PolicyError
-from corral.policy import Policy, load_policy
+from corral.policy.schema import Policy, load_policy
 
 CONFIGS = Path(__file__).parent / "configs"
 REFERENCE = CONFIGS / "reference.yaml"

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from corral.exceptions import PolicyError
-from corral.policy import Policy
+from corral.policy.schema import Policy
 
 #: Every numeric field of the policy: a path (``*`` a name of the user's, ``[]`` an entry
 #: of a list) and its kind: ``int`` (whole numbers), ``float`` (seconds, ratios, bounds)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral.budgets import Charge, Hold, Limits, Meter
+from corral.budgets.meter import Charge, Hold, Limits, Meter
 
 DIMS = ("steps", "tool_calls", "input_tokens", "output_tokens", "usd")
 LIMIT_OF = {

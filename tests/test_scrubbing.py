@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral.hygiene import render
-from corral.policy import GUARDS
-from corral.redact import REDACTED, Redactor
+from corral.gateway.hygiene import render
+from corral.policy.schema import GUARDS
+from corral.record.redact import REDACTED, Redactor
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, error, final, truncated
 from crash import pg as crash_pg

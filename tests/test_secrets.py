@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import audit
-from corral.redact import REDACTED
+from corral.record import audit
+from corral.record.redact import REDACTED
 from corral.secrets import parse_variable
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore, ScriptedModel, call, final

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import approvals
+from corral.controls import approvals
 from corral.stops import STOP_REASONS
 from corral.stores.base import BreakerState, Store
 from corral.stores.sqlite import SQLiteStore

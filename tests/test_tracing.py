@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import corral
-from corral import tracing
+from corral.record import tracing
 from corral.stores.base import Event, RunRecord
 from corral.testing import MemoryStore, ScriptedModel, call, final, turn
 

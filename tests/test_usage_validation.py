@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import windows
-from corral.budgets import Charge, Usage
+from corral.budgets import windows
+from corral.budgets.meter import Charge, Usage
 from corral.models import MAX_CALL_TOKENS, ModelRequest, ModelResponse
 from corral.testing import MemoryStore, ScriptedModel, call, final
 

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral import windows
-from corral.budgets import Charge
-from corral.leases import Renewer
+from corral.budgets import windows
+from corral.budgets.meter import Charge
+from corral.controls.leases import Renewer
 from corral.testing import MemoryStore, ScriptedModel, call, final, prices
 
 sys.path.insert(0, str(Path(__file__).parent / "stores"))

@@ -8,10 +8,9 @@ exit has a stop reason.
 30
 """
 
-from .budgets import Charge, Limits, Usage
-from .clock import Clock, SystemClock
-from .delegated import ModelCall, Ticket
-from .exceptions import (
+from corral.budgets.meter import Charge, Limits, Usage
+from corral.clock import Clock, SystemClock
+from corral.exceptions import (
     ApprovalError,
     ConfigError,
     ControlSignal,
@@ -23,10 +22,11 @@ from .exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from .governed import AsyncRun, Run
-from .guards.approval import ApprovalDecision, ApprovalRequest
-from .loop import arun, run
-from .models.base import (
+from corral.gateway.guards.approval import ApprovalDecision, ApprovalRequest
+from corral.loop.bounded import arun, run
+from corral.loop.run import AsyncRun, Run
+from corral.loop.tickets import ModelCall, Ticket
+from corral.models.base import (
     Model,
     ModelOutputError,
     ModelRequest,
@@ -34,12 +34,12 @@ from .models.base import (
     Price,
     ToolCallRequest,
 )
-from .policy import Policy, load_policy
-from .result import CallInfo, RunResult
-from .secrets import EnvSecrets, FileSecrets, SecretProvider
-from .stops import STOP_REASONS, StopInfo, StopReason
-from .stores import Store, open_store
-from .tools import Tool, ToolContext, tool
+from corral.policy.schema import Policy, load_policy
+from corral.result import CallInfo, RunResult
+from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
+from corral.stops import STOP_REASONS, StopInfo, StopReason
+from corral.stores import Store, open_store
+from corral.tools import Tool, ToolContext, tool
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from corral.cli.app import main
 
 main()

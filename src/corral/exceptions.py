@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._safe import error_text
-from .stops import RETRYABLE_REASONS, StopInfo, StopReason
+from corral._safe import error_text
+from corral.stops import RETRYABLE_REASONS, StopInfo, StopReason
 
 
 class CorralError(Exception):

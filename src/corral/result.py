@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .budgets import Usage
-from .stops import StopInfo, StopReason
+from corral.budgets.meter import Usage
+from corral.stops import StopInfo, StopReason
 
 Status = Literal["ok", "stopped", "error"]
 CallOutcome = Literal["executed", "cached", "replayed"]

@@ -69,8 +69,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .exceptions import ConfigError, Stop
-from .policy import CREDENTIAL_NAME, TOOL_NAME
+from corral.exceptions import ConfigError, Stop
+from corral.policy.schema import CREDENTIAL_NAME, TOOL_NAME
 
 #: The environment variables :class:`EnvSecrets` reads start with this.
 ENV_PREFIX = "CORRAL_SECRET"

@@ -30,9 +30,9 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from ._safe import shown
-from .exceptions import ConfigError, ToolDefinitionError
-from .policy import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
+from corral._safe import shown
+from corral.exceptions import ConfigError, ToolDefinitionError
+from corral.policy.schema import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
 
 Effect = Literal["read", "write"]
 

@@ -11,7 +11,7 @@ import pytest
 from servers import AnthropicServer, Turn, calls, fail, text
 
 import corral
-from corral.modelcalls import input_token_bound
+from corral.gateway.model_turn import input_token_bound
 from corral.models import ModelRequest, RetryPolicy
 from corral.models.anthropic import AnthropicModel
 from corral.testing import MemoryStore, prices

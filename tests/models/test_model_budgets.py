@@ -12,7 +12,7 @@ import pytest
 from servers import AnthropicServer, OpenAIServer, ProtocolServer, Turn
 
 import corral
-from corral.modelcalls import input_token_bound
+from corral.gateway.model_turn import input_token_bound
 from corral.models import RetryPolicy
 from corral.models.anthropic import AnthropicModel
 from corral.models.openai import OpenAIModel

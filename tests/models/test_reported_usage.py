@@ -13,7 +13,7 @@ import pytest
 from servers import AnthropicServer, OpenAIServer, Turn
 
 import corral
-from corral.modelcalls import input_token_bound
+from corral.gateway.model_turn import input_token_bound
 from corral.models import MAX_CALL_TOKENS, InvalidUsage, RetryPolicy
 from corral.models import anthropic as anthropic_models
 from corral.models import openai as openai_models

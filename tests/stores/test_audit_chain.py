@@ -20,7 +20,7 @@ from pg import PG_URL as POSTGRES_URL
 from pg import fresh_store, new_schema, require_postgres
 from tamper import rewrite, tamperer
 
-from corral.audit import KeyRequired, checkpoint, verify
+from corral.record.audit import KeyRequired, checkpoint, verify
 from corral.stores import Store
 from corral.stores.base import AuditHead, AuditRecord, Event
 from corral.stores.chain import Sealer

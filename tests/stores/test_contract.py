@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from pg import fresh_store, require_postgres
 
 from conftest import POSTGRES_URL
-from corral.audit import KeyRequired, verify
-from corral.audit import records as audit_records
-from corral.leases import Renewer
+from corral.controls.leases import Renewer
+from corral.record.audit import KeyRequired, verify
+from corral.record.audit import records as audit_records
 from corral.stores import Store, open_store
 from corral.stores.base import (
     GENESIS,
@@ -939,9 +939,9 @@ def test_limit_entries_on_one_scope_count_its_usage_once(store: Store) -> None:
     """Over random limit entries (same and different scopes, windows, rolling, caps, duplicates)
     and random reserve/settle/refund sequences, each scope's usage is what was committed plus
     held, and a reservation is refused exactly when some cap (the tightest) would be passed."""
-    from corral import windows
-    from corral.budgets import Charge
-    from corral.policy import Policy
+    from corral.budgets import windows
+    from corral.budgets.meter import Charge
+    from corral.policy.schema import Policy
 
     @settings(
         max_examples=_examples_for(store, fast=60, postgres=15),
@@ -1278,10 +1278,10 @@ def test_a_kill_switch_is_kept_under_one_target_rule_on_every_backend(
 @pytest.mark.parametrize("shape", sorted(TARGETS))
 @pytest.mark.parametrize("scope", KILL_SCOPES)
 def test_enable_and_disable_agree_on_every_backend(store: Store, scope: str, shape: str) -> None:
-    """corral.killswitch.enable/disable accept and refuse the same switches on every backend:
+    """killswitch.enable/disable accept and refuse the same switches on every backend:
     enable(target=None) is the global switch; a scope needing a target without one is a
     ConfigError naming it; each change is audited once, a clear of nothing not at all."""
-    from corral import killswitch
+    from corral.controls import killswitch
     from corral.exceptions import ConfigError
 
     target, expected = TARGETS[shape], _stored_target(scope, shape)

@@ -26,13 +26,7 @@ from pg import (
 )
 
 from corral.exceptions import ConfigError, StoreError
-from corral.stores.base import (
-    Event,
-    KillSwitchState,
-    Refusal,
-    RunRecord,
-    ScopedCharge,
-)
+from corral.stores.base import Event, KillSwitchState, Refusal, RunRecord, ScopedCharge
 
 if TYPE_CHECKING:
     from corral.stores.postgres import PostgresStore

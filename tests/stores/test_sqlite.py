@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from corral.audit import verify
 from corral.exceptions import ConfigError, StoreError, StoreMissing
+from corral.record.audit import verify
 from corral.stores import default_path, default_url, open_store
 from corral.stores.base import (
     ApprovalRecord,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .base import (
+from corral.models.base import (
     FREE,
     MAX_CALL_TOKENS,
     InvalidUsage,
@@ -24,9 +24,9 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ._http import ModelAPIError, RetryBudget, RetryPolicy
-    from .anthropic import AnthropicModel
-    from .openai import OpenAIModel
+    from corral.models._http import ModelAPIError, RetryBudget, RetryPolicy
+    from corral.models.anthropic import AnthropicModel
+    from corral.models.openai import OpenAIModel
 
 __all__ = [
     "FREE",

@@ -25,7 +25,7 @@ from typing import Any, Self
 
 import httpx
 
-from .base import ModelOutputError
+from corral.models.base import ModelOutputError
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 #: Below this many seconds left, another attempt is not started.

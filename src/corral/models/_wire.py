@@ -7,12 +7,18 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._safe import shown
-from ..delegated import ModelCall
-from ..exceptions import ConfigError
-from ..governed import wire_name
-from ..modelcalls import input_token_bound
-from .base import MAX_CALL_TOKENS, InvalidUsage, ModelRequest, ModelResponse, ToolCallRequest
+from corral._safe import shown
+from corral.exceptions import ConfigError
+from corral.gateway.model_turn import input_token_bound
+from corral.loop.run import wire_name
+from corral.loop.tickets import ModelCall
+from corral.models.base import (
+    MAX_CALL_TOKENS,
+    InvalidUsage,
+    ModelRequest,
+    ModelResponse,
+    ToolCallRequest,
+)
 
 #: Body keys an adapter sets itself; ``options`` may not override them.
 RESERVED = frozenset(

@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 
-from ..delegated import ModelCall
-from ..exceptions import ConfigError
-from ..governed import AsyncRun, Run, wire_name
-from ..modelcalls import truncated
-from ._http import Caller, PooledModel, RetryBudget, RetryPolicy
-from ._wire import (
+from corral.exceptions import ConfigError
+from corral.gateway.model_turn import truncated
+from corral.loop.run import AsyncRun, Run, wire_name
+from corral.loop.tickets import ModelCall
+from corral.models._http import Caller, PooledModel, RetryBudget, RetryPolicy
+from corral.models._wire import (
     STREAMING_REFUSED,
     arguments_object,
     call_parts,
@@ -36,7 +36,14 @@ from ._wire import (
     text_of,
     vendor_key,
 )
-from .base import Message, ModelOutputError, ModelRequest, ModelResponse, Price, ToolCallRequest
+from corral.models.base import (
+    Message,
+    ModelOutputError,
+    ModelRequest,
+    ModelResponse,
+    Price,
+    ToolCallRequest,
+)
 
 __all__ = [
     "ANTHROPIC_URL",

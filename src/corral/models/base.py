@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
-from .._safe import shown, text, type_name
-from ..exceptions import ConfigError
+from corral._safe import shown, text, type_name
+from corral.exceptions import ConfigError
 
 Message = Mapping[str, Any]
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .base import Price
+from corral.models.base import Price
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot

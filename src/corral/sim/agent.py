@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ..models.base import ModelRequest, ModelResponse, Price, ToolCallRequest
-from ..tools import Tool, ToolContext, tool
-from .world import KnowledgeBase, Scenario, Vendor
+from corral.models.base import ModelRequest, ModelResponse, Price, ToolCallRequest
+from corral.sim.world import KnowledgeBase, Scenario, Vendor
+from corral.tools import Tool, ToolContext, tool
 
 BROWSER = "browser.open"
 KB = "kb.read"

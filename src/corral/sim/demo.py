@@ -23,11 +23,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .._cli import one_line, origin, say_store
-from ..exceptions import ConfigError, StoreError
-from ..stores import default_url, display_url, open_store
-from ..stores.memory import MemoryStore
-from .loops import (
+from corral.cli._common import one_line, origin, say_store
+from corral.exceptions import ConfigError, StoreError
+from corral.sim.sides import (
     BROWSER_SPEC,
     MAX_ATTEMPTS,
     Side,
@@ -35,7 +33,9 @@ from .loops import (
     run_governed,
     run_unbounded,
 )
-from .world import Scenario, Task, clock_time, make_tasks
+from corral.sim.world import Scenario, Task, clock_time, make_tasks
+from corral.stores import default_url, display_url, open_store
+from corral.stores.memory import MemoryStore
 
 MAX_RUNS = 10_000
 
@@ -67,7 +67,7 @@ def demo_command(
         for line in problems:
             print(f"corral demo: {line}", file=sys.stderr)
         return code
-    if not as_json:  # named once, as every command that touches state does (corral._cli)
+    if not as_json:  # named once, as every command that touches state does (corral.cli._common)
         url = db if db is not None else default_url()
         fresh = db is None and url.startswith("memory://")
         say_store("memory:// (a fresh one for this demo)" if fresh else display_url(url))

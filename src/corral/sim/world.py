@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ..clock import Clock
+from corral.clock import Clock
 
 VENDOR_HOST = "portal.vendor.example"
 SECTIONS = ("status", "shipping", "invoice", "returns")

@@ -27,10 +27,10 @@ import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from ..exceptions import ConfigError, StoreError, StoreMissing
-from .base import Store
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
+from corral.exceptions import ConfigError, StoreError, StoreMissing
+from corral.stores.base import Store
+from corral.stores.memory import MemoryStore
+from corral.stores.sqlite import SQLiteStore
 
 #: What :func:`default_path` names inside the user data directory.
 DEFAULT_FILE = "corral.db"
@@ -168,7 +168,7 @@ def _require_postgres_schema(url: str) -> None:
     try:
         import psycopg
 
-        from .postgres import _SCHEMA_NAME, _split_schema
+        from corral.stores.postgres import _SCHEMA_NAME, _split_schema
     except ImportError:
         return  # _postgres says what is missing
     conninfo, schema = _split_schema(url)
@@ -307,7 +307,7 @@ def _check_postgres_url(url: str) -> None:
 
 def _postgres(url: str, scheme: str) -> Store:
     try:
-        from .postgres import PostgresStore
+        from corral.stores.postgres import PostgresStore
     except ImportError as exc:
         if exc.name == f"{__name__}.postgres":
             raise ConfigError(

@@ -11,8 +11,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .base import ApprovalRecord, ClaimRecord, RunRecord, claim_state
-from .owner import RunOwner
+from corral.stores.base import ApprovalRecord, ClaimRecord, RunRecord, claim_state
+from corral.stores.owner import RunOwner
 
 RUN_COLUMNS = (
     "id", "tenant", "agent", "status", "stop_reason", "stop", "task", "answer", "usage",

@@ -63,10 +63,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-from .._safe import shown
-from ..exceptions import ConfigError
-from ..leases import LEASE_SECONDS, RENEWER, Held, Renewer
-from .owner import RUN_LEASE_SECONDS, RunOwner
+from corral._safe import shown
+from corral.controls.leases import LEASE_SECONDS, RENEWER, Held, Renewer
+from corral.exceptions import ConfigError
+from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner
 
 #: A store reclaims lapsed grants at most this often (seconds of wall time), from ``reserve``.
 RECLAIM_EVERY = 1.0
@@ -380,7 +380,7 @@ class GrantLeases:
 
     Each grant records a holder (this object in this process) and a lease expiry.
     While any grant is outstanding, one callback is registered with the process's
-    :class:`~corral.leases.Renewer`; it extends every grant of the holder at once
+    :class:`~corral.controls.leases.Renewer`; it extends every grant of the holder at once
     (the store's ``renew_grants(now)``, one statement). The last settlement releases it. A
     forked child is a new holder with nothing outstanding.
     """
@@ -586,7 +586,7 @@ class ApprovalRecord:
     the run proceeds on it, once. ``arguments`` are redacted. ``kill_modes`` (the
     switch modes that block the call; all three unless known) and ``kill_mode`` (the
     run's ``kill_switch.mode_when_enabled``) say which kill switches cover it. See
-    :mod:`corral.approvals`.
+    :mod:`corral.controls.approvals`.
     """
 
     id: str
@@ -608,7 +608,7 @@ class ApprovalRecord:
     context: Mapping[str, Any] = field(default_factory=dict)
     """What the approver is told besides the action (redacted): ``step``, ``call_id``,
     ``purpose`` (the model's text of that turn), ``cost_usd``, ``effect``,
-    ``idempotency_key`` (see :class:`~corral.guards.approval.ApprovalRequest`)."""
+    ``idempotency_key`` (see :class:`~corral.gateway.guards.approval.ApprovalRequest`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

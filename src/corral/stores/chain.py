@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from .base import GENESIS, AuditHead, AuditRecord, Event
+from corral.stores.base import GENESIS, AuditHead, AuditRecord, Event
 
 #: The environment variable holding the audit key.
 KEY_ENV = "CORRAL_AUDIT_KEY"

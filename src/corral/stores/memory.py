@@ -11,8 +11,8 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from ..leases import LEASE_SECONDS, Renewer
-from .base import (
+from corral.controls.leases import LEASE_SECONDS, Renewer
+from corral.stores.base import (
     ApprovalRecord,
     ApprovalStatus,
     AuditHead,
@@ -43,8 +43,8 @@ from .base import (
     settle_in,
     settled_charges,
 )
-from .chain import Sealer
-from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
+from corral.stores.chain import Sealer
+from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 _CLOSED = BreakerState()
 
@@ -94,7 +94,7 @@ class MemoryStore:
 
     def _check(self) -> None:
         if self.fail:
-            from ..exceptions import StoreError
+            from corral.exceptions import StoreError
 
             raise StoreError("memory store set to fail")
 

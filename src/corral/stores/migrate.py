@@ -37,7 +37,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import ConfigError
+from corral.exceptions import ConfigError
 
 TABLE = "corral_schema_migrations"
 

@@ -72,12 +72,12 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from ..clock import DEADLINE, wait_budget
-from ..exceptions import ConfigError, StoreError
-from ..leases import LEASE_SECONDS, Renewer
-from . import _pg_deadline
-from . import _postgres_sql as q
-from .base import (
+from corral.clock import DEADLINE, wait_budget
+from corral.controls.leases import LEASE_SECONDS, Renewer
+from corral.exceptions import ConfigError, StoreError
+from corral.stores import _pg_deadline
+from corral.stores import _postgres_sql as q
+from corral.stores.base import (
     ApprovalRecord,
     ApprovalStatus,
     AuditHead,
@@ -103,9 +103,9 @@ from .base import (
     kill_target,
     settled_charges,
 )
-from .chain import Sealed, Sealer
-from .migrate import POSTGRES, current_version, migrate
-from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
+from corral.stores.chain import Sealed, Sealer
+from corral.stores.migrate import POSTGRES, current_version, migrate
+from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]

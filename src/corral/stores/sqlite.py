@@ -56,10 +56,10 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, cast
 
-from ..clock import DEADLINE, wait_budget
-from ..exceptions import ConfigError, StoreError, StoreGone
-from ..leases import LEASE_SECONDS, Renewer
-from .base import (
+from corral.clock import DEADLINE, wait_budget
+from corral.controls.leases import LEASE_SECONDS, Renewer
+from corral.exceptions import ConfigError, StoreError, StoreGone
+from corral.stores.base import (
     ApprovalRecord,
     ApprovalStatus,
     AuditHead,
@@ -91,10 +91,10 @@ from .base import (
     settle_in,
     settled_charges,
 )
-from .chain import Sealer
-from .filewatch import FileWatch
-from .migrate import SQLITE, migrate
-from .owner import RUN_LEASE_SECONDS, RunOwner, interruption
+from corral.stores.chain import Sealer
+from corral.stores.filewatch import FileWatch
+from corral.stores.migrate import SQLITE, migrate
+from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 #: Connections inherited through ``fork``: never used or closed in the child (SQLite
 #: forbids both), only kept from being garbage-collected, which would close them.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..exceptions import StoreError
+from corral.exceptions import StoreError
 
 
 class UnavailableStore:

@@ -1,0 +1,301 @@
+"""``corral check FILE [--strict] [--tools module:object] [--json]``.
+
+Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
+problem, never a traceback; with ``--tools``, a constraint naming an argument its tool
+does not take is one), or ``--tools`` cannot be loaded; 1 with ``--strict``
+while a checklist item is missing or an allowed tool misses a need of the decision
+aid (:mod:`corral.policy.decision_aid`). Warnings never change the exit code.
+
+``--json`` prints one object whose shape is stable::
+
+    {"valid": bool, "problems": [str], "items": [{"key", "title", "met", "why", "hint"}],
+     "tools": [{"name", "kinds": [str], "because": [str], "needs": [str],
+                "missing": [str], "why": {need: str}, "hints": {need: str}}],
+     "warnings": [str]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from corral._safe import error_text
+from corral.exceptions import PolicyError
+from corral.gateway.guards.arguments import constraint_problems
+from corral.policy.decision_aid import ToolNeeds
+from corral.policy.readiness import Report, readiness
+from corral.policy.schema import Policy, load_policy
+
+EXIT_OK = 0
+EXIT_MISSING = 1
+EXIT_INVALID = 2
+
+
+def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) -> int:
+    """Validate ``file``, print the readiness report, and return the exit code."""
+    problems: list[str] = []
+    policy: Policy | None = None
+    try:
+        policy = load_policy(file)
+    except PolicyError as exc:
+        problems += exc.problems
+    except Exception as exc:  # never a traceback: one line naming what happened
+        problems.append(f"(file): cannot be checked ({' '.join(error_text(exc).split())})")
+    registered: list[object] | None = None
+    if tools is not None:
+        try:
+            registered = load_tools(tools)
+        except ToolsSpecError as exc:
+            problems.append(f"--tools: {exc}")
+    if policy is not None and registered is not None:
+        # A constraint on an argument no registered tool takes would never apply: a run
+        # refuses to start with it, so the check says so too.
+        by_name = {str(getattr(t, "name", "")): t for t in registered}
+        problems += constraint_problems(policy, by_name)
+    if problems or policy is None:
+        _print_invalid(file, problems, as_json)
+        return EXIT_INVALID
+    report = readiness(policy, registered)
+    _print_report(file, report, as_json, registered)
+    return EXIT_MISSING if strict and not report.ready else EXIT_OK
+
+
+# -- --tools module:object ----------------------------------------------------------------------
+
+
+class ToolsSpecError(Exception):
+    """``--tools`` does not name importable tools; the message is one line."""
+
+
+def load_tools(spec: str) -> list[object]:
+    """Import ``module:object`` (the current directory first on the path) and return its tools.
+
+    The object may be one tool, a list or tuple of tools, or a dict of name to tool.
+    Anything the module prints while importing goes to stderr, not into the report.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr or ":" in attr:
+        raise ToolsSpecError(f"expected module:object (e.g. myagent.tools:TOOLS), got {spec!r}")
+    module = _import(module_name)
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            public = [n for n in dir(value) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, public, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ToolsSpecError(f"{module_name!r} has no attribute {attr!r}{hint}")
+        value = getattr(value, part)
+    return _as_tools(value, spec)
+
+
+def _import(module_name: str) -> Any:
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise ToolsSpecError(
+                f"no module named {module_name!r} (looked in {cwd} and on sys.path)"
+            ) from None
+        raise ToolsSpecError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    except (Exception, SystemExit) as exc:
+        raise ToolsSpecError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _as_tools(value: Any, spec: str) -> list[object]:
+    if isinstance(getattr(value, "name", None), str):
+        return [value]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        pairs = [(None, item) for item in value]
+    else:
+        raise ToolsSpecError(
+            f"{spec!r} is not a tool, a list of tools or a dict of tools,"
+            f" got {type(value).__name__}"
+        )
+    out: list[object] = []
+    for index, (key, item) in enumerate(pairs):
+        if isinstance(getattr(item, "name", None), str):
+            out.append(item)
+        elif callable(item) and (key is not None or hasattr(item, "__name__")):
+            # A plain function is a tool whose effect is unknown (treated as a write).
+            name = key if key is not None else item.__name__
+            out.append(SimpleNamespace(name=str(name), effect=getattr(item, "effect", None)))
+        else:
+            where = f"key {key!r}" if key is not None else f"item {index}"
+            raise ToolsSpecError(f"{where} of {spec!r} is not a tool, got {type(item).__name__}")
+    return out
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _console() -> Console:
+    # soft_wrap: a problem stays on one line whatever the terminal width, so it can be grepped.
+    return Console(highlight=False, soft_wrap=True, emoji=False)
+
+
+def _is_utf(encoding: str | None) -> bool:
+    return (encoding or "").lower().replace("-", "").replace("_", "").startswith("utf")
+
+
+class _Printer:
+    """Plain lines with optional style; text the terminal cannot encode is escaped, not fatal."""
+
+    def __init__(self) -> None:
+        self.console = _console()
+        self.utf = _is_utf(self.console.encoding)
+        self.tick, self.cross, self.bang = ("✓", "✗", "!") if self.utf else ("+", "x", "!")
+
+    def text(self, value: str, style: str = "") -> Text:
+        if not self.utf:
+            encoding = self.console.encoding or "ascii"
+            value = value.encode(encoding, "backslashreplace").decode(encoding)
+        return Text(value, style=style)
+
+    def line(self, *parts: Text) -> None:
+        self.console.print(Text.assemble(*parts))
+
+
+def _print_invalid(file: Path, problems: list[str], as_json: bool) -> None:
+    if as_json:
+        print(_to_json(valid=False, problems=problems))
+        return
+    out = _Printer()
+    count = len(problems)
+    what = []
+    if any(not line.startswith("--tools: ") for line in problems):
+        what.append("invalid policy")
+    if any(line.startswith("--tools: ") for line in problems):
+        what.append("tools not loaded")
+    head = f"{out.cross} {file}: {' and '.join(what)} ({count} problem{'s' if count != 1 else ''})"
+    out.line(out.text(head, "bold red"))
+    for problem in problems:
+        out.line(out.text(problem))
+
+
+def _print_report(
+    file: Path, report: Report, as_json: bool, registered_from: list[object] | None
+) -> None:
+    if as_json:
+        print(_to_json(valid=True, problems=[], report=report))
+        return
+    out = _Printer()
+    out.line(out.text(f"{out.tick} {file}: valid policy", "bold green"))
+    out.line()
+    out.line(out.text("Production readiness", "bold"))
+    for item in report.items:
+        if item.met:
+            out.line(out.text(f"  {out.tick} ", "green"), out.text(item.title))
+        else:
+            out.line(out.text(f"  {out.cross} ", "red"), out.text(item.title))
+            out.line(out.text(f"      why: {item.why}", "dim"))
+            out.line(out.text(f"      fix: {item.hint}", "yellow"))
+    if report.tools:
+        out.line()
+        out.line(out.text("Per tool (the field guide's decision aid)", "bold"))
+        for needs in report.tools:
+            _print_tool(out, needs)
+        if registered_from is None:
+            out.line(
+                out.text(
+                    "  (judged from the policy alone; --tools MODULE:OBJECT adds what the code"
+                    " declares: effects, costs, argument schemas, credentials)",
+                    "dim",
+                )
+            )
+    if report.warnings:
+        out.line()
+        out.line(out.text("Warnings", "bold"))
+        for warning in report.warnings:
+            out.line(out.text(f"  {out.bang} ", "yellow"), out.text(warning))
+    out.line()
+    summary = report.summary
+    if report.tools_summary:
+        summary += f", {report.tools_summary}"
+    if report.warnings:
+        n = len(report.warnings)
+        summary += f", {n} warning{'s' if n != 1 else ''}"
+    out.line(out.text(summary, "bold green" if report.ready else "bold yellow"))
+
+
+def _print_tool(out: _Printer, needs: ToolNeeds) -> None:
+    if not needs.details:
+        out.line(
+            out.text(f"  {out.tick} ", "green"),
+            out.text(f"{needs.name}: reads, in a closed world; nothing more needed"),
+        )
+        return
+    mark = (out.cross, "red") if needs.missing else (out.tick, "green")
+    out.line(
+        out.text(f"  {mark[0]} ", mark[1]), out.text(f"{needs.name}: {'; '.join(needs.because)}")
+    )
+    has = [need.key for need in needs.details if need.met]
+    if has:
+        out.line(out.text(f"      has {', '.join(has)}", "dim"))
+    for need in needs.details:
+        if not need.met:
+            out.line(out.text(f"      missing {need.key}: {need.hint}", "yellow"))
+
+
+def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) -> str:
+    body: dict[str, Any] = {
+        "valid": valid,
+        "problems": problems,
+        "items": [item.to_dict() for item in report.items] if report else [],
+        "tools": [needs.to_dict() for needs in report.tools] if report else [],
+        "warnings": list(report.warnings) if report else [],
+    }
+    return json.dumps(body, indent=2, ensure_ascii=not _is_utf(sys.stdout.encoding))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``corral check`` from the command line (``python -m corral.cli.check``)."""
+    parser = argparse.ArgumentParser(
+        prog="corral check", description="Validate a policy and report production readiness."
+    )
+    parser.add_argument("file", type=Path, help="policy file (.yaml, .yml or .json)")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 while an item or a tool's need is missing"
+    )
+    parser.add_argument("--tools", metavar="MODULE:OBJECT", help="the registered tools to compare")
+    parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    args = parser.parse_args(argv)
+    code = EXIT_INVALID
+    try:
+        code = check_command(args.file, args.strict, args.tools, args.as_json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): exit quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Circuit breakers and retry budgets: stop hammering a dependency that is failing.
+
+Every process sharing a store counts each tool's (and each model endpoint's)
+attempts, failures and retries in the store (``degrade_add``, ``degrade_retry``),
+so all of them see one picture of the fleet:
+
+- **the window** is sliding, estimated from two UTC-aligned buckets of
+  ``degrade.window_seconds`` (``floor(now / window) * window``): the bucket
+  covering now plus the previous one weighted by the share of it still inside the
+  window (:class:`~corral.stores.base.DegradeWindow`). Buckets are the same in
+  every process, so no coordination is needed beyond the store's atomic adds.
+- **the breaker** opens when, after a failure, at least ``degrade.failure_rate``
+  of the window's attempts failed (over at least ``degrade.min_calls``), counted
+  across every process: several processes each seeing a few failures trip it
+  together. It opens *in the store*, so every process stops calling the tool at
+  once. After the cool-down it reads half-open: exactly one call across the fleet
+  (claimed through the store, like an idempotency key) probes the dependency; its
+  success closes the breaker, its failure opens it again; a probe that never
+  reports (its process died, or a kill switch cancelled it) opens it again once its
+  claim's lease (the cool-down) lapses. Opening or closing it starts a fresh window.
+- **the retry budget** keeps retries to ``retry_budget_ratio`` of the window's
+  attempts plus ``retry_budget_floor``, checked and spent in one atomic step in
+  the store, so N processes share one budget and retries cannot amplify an outage.
+
+The allow path stays free of extra round trips: a successful attempt is counted in
+this process and added to the store with the next failure or retry of the tool,
+or at most :data:`SYNC_SECONDS` later (with the next success after that), so
+other processes see this one's successes within about that; decisions made here
+always include them. Failures and retries are written when they happen. Counting
+that fails (the store is down) keeps the successes for the next write and never
+stops the call it counts; the breaker's state read before each call fails closed.
+
+Times: the shared state uses wall-clock seconds (``time.time()``) with the real
+clock, and the run's own clock when a run is driven by a virtual one (simulations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from corral.clock import SystemClock
+from corral.stores.base import BreakerState, DegradeWindow, degrade_bucket
+
+if TYPE_CHECKING:
+    from corral.gateway.state import RunCore
+
+Decision = Literal["closed", "probe", "open"]
+
+#: How long successful attempts may wait in this process before they are added to the
+#: store's counters (seconds, ``time.monotonic``).
+SYNC_SECONDS = 0.1
+
+_lock = threading.Lock()
+# Successes not yet in the store, per store object and tool: [bucket start, count,
+# monotonic time of the last write]. Keyed by id(store), with a weak reference to tell a
+# reused id from the store (a plain dict keeps the allow path's lookup cheap).
+_pending: dict[int, tuple[Callable[[], object], dict[str, list[float]]]] = {}
+
+
+def wall(core: RunCore) -> float:
+    """Seconds comparable across processes: wall time, or the run's virtual clock."""
+    return time.time() if isinstance(core.clock, SystemClock) else core.clock.monotonic()
+
+
+#: The half-open probe is claimed in the store like a write's idempotency key, under keys
+#: starting with this; they are the breaker's own, never a write an operator settles.
+PROBE_KEY = "breaker-probe:"
+
+
+def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
+    """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
+    call), or ``open`` (degraded)."""
+    now = wall(core)
+    state = core._store_call(core.store.breaker, name, now=now)
+    if state.state == "closed":
+        return "closed", state
+    if state.state == "open":
+        return "open", state
+    # Half-open: one probe for the whole fleet, claimed in the store.
+    claim = core._store_call(
+        core.store.claim,
+        f"{PROBE_KEY}{name}:{state.until!r}",
+        "probe",
+        tenant=None,
+        now=now,
+        lease=core.policy.degrade.cool_down_seconds,
+    )
+    if claim.status == "unknown":
+        # The probe's lease lapsed without an outcome (its process died, or the call was
+        # cancelled): open the breaker for another cool-down, after which a new probe goes.
+        state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
+        core._store_call(core.store.set_breaker, name, state)
+        core.event("breaker", tool=name, state="open", probe_lost=True)
+    return ("probe" if claim.status == "claimed" else "open"), state
+
+
+def _tools(store: Any) -> dict[str, list[float]]:
+    """This process's pending successes for ``store``, per tool (the caller holds _lock)."""
+    entry = _pending.get(id(store))
+    if entry is not None and entry[0]() is store:
+        return entry[1]
+    per_tool: dict[str, list[float]] = {}
+    key = id(store)
+
+    def forget(ref: object) -> None:
+        entry = _pending.get(key)
+        if entry is not None and entry[0] is ref:
+            _pending.pop(key, None)
+
+    try:
+        back: Callable[[], object] = weakref.ref(store, forget)
+    except TypeError:  # cannot be weakly referenced: kept, so its id is never reused
+        back = functools.partial(lambda s: s, store)
+    _pending[key] = (back, per_tool)
+    return per_tool
+
+
+def _take(store: Any, name: str, start: float) -> tuple[int, tuple[float, int] | None]:
+    """Take this process's pending successes: those of bucket ``start``, and those of an
+    older bucket (to be written there) if any."""
+    with _lock:
+        entry = _tools(store).get(name)
+        if entry is None or not entry[1]:
+            return 0, None
+        count = int(entry[1])
+        entry[1] = 0
+        entry[2] = time.monotonic()
+        if entry[0] == start:
+            return count, None
+        return 0, (entry[0], count)
+
+
+def _keep(store: Any, name: str, start: float, count: int) -> None:
+    """Put back successes a write could not add (only while their bucket is current)."""
+    with _lock:
+        entry = _tools(store).get(name)
+        if entry is not None and entry[0] == start:
+            entry[1] += count
+
+
+def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
+    start = now // size * size
+    mono = time.monotonic()
+    with _lock:
+        per_tool = _tools(core.store)
+        entry = per_tool.get(name)
+        if entry is None:
+            entry = per_tool[name] = [start, 0, mono]
+        if entry[0] == start:
+            entry[1] += 1
+            if mono - entry[2] < SYNC_SECONDS:
+                return  # the allow path: counted here, written later
+            write = [(start, int(entry[1]))]
+        else:  # a new bucket: write the old one's, start counting this one's
+            write = [(entry[0], int(entry[1]))] if entry[1] else []
+            write.append((start, 1))
+        entry[0], entry[1], entry[2] = start, 0, mono
+    for bucket, count in write:
+        try:
+            core.store.degrade_add(name, now=bucket, size=size, calls=count)
+        except Exception:  # whatever the store raises
+            _keep(core.store, name, bucket, count)
+
+
+def _write_older(core: RunCore, name: str, size: float, older: tuple[float, int] | None) -> None:
+    if older is not None:
+        # A past bucket's successes: if they cannot be written, the window has moved on.
+        with contextlib.suppress(Exception):  # whatever the store raises
+            core.store.degrade_add(name, now=older[0], size=size, calls=older[1])
+
+
+def _num(x: float) -> float | int:
+    return int(x) if x == int(x) else round(x, 3)
+
+
+def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
+    """Count one attempt's outcome; open or close the shared breaker when it is due."""
+    rule = core.policy.degrade
+    now = wall(core)
+    size = rule.window_seconds
+    if probe:
+        new = (
+            BreakerState() if ok else BreakerState(state="open", until=now + rule.cool_down_seconds)
+        )
+        core._store_call(core.store.set_breaker, name, new)
+        _take(core.store, name, degrade_bucket(now, size)[0])
+        core._store_call(core.store.degrade_reset, name)  # a fresh window either way
+        core.event("breaker", tool=name, state=new.state, probe=True)
+        return
+    if ok:
+        _count_success(core, name, now, size)
+        return
+    start, _ = degrade_bucket(now, size)
+    calls, older = _take(core.store, name, start)
+    _write_older(core, name, size, older)
+    try:
+        window: DegradeWindow = core.store.degrade_add(
+            name, now=now, size=size, calls=calls + 1, failures=1
+        )
+    except Exception:  # whatever the store raises
+        _keep(core.store, name, start, calls)
+        return  # not counted; the breaker's state is read (fail closed) before each call
+    trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
+    if not trip:
+        return
+    core._store_call(
+        core.store.set_breaker,
+        name,
+        BreakerState(state="open", until=now + rule.cool_down_seconds),
+    )
+    core._store_call(core.store.degrade_reset, name)
+    core.event(
+        "breaker",
+        tool=name,
+        state="open",
+        failures=_num(window.failures),
+        calls=_num(window.calls),
+        cool_down=rule.cool_down_seconds,
+    )
+
+
+def retry_allowed(core: RunCore, name: str) -> bool:
+    """Spend one retry from ``name``'s budget, shared by every process, if any is left."""
+    rule = core.policy.degrade
+    now = wall(core)
+    size = rule.window_seconds
+    start, _ = degrade_bucket(now, size)
+    calls, older = _take(core.store, name, start)
+    _write_older(core, name, size, older)
+    try:
+        allowed = core.store.degrade_retry(
+            name,
+            now=now,
+            size=size,
+            ratio=rule.retry_budget_ratio,
+            floor=rule.retry_budget_floor,
+            calls=calls,
+        )
+    except Exception:  # whatever the store raises
+        _keep(core.store, name, start, calls)
+        allowed = False  # no retry without the shared budget (fail closed)
+    if not allowed:
+        core.event("retry_budget", tool=name, exhausted=True)
+    return allowed

@@ -1,0 +1,334 @@
+"""Model calls under budget: reserve the worst case, clamp ``max_tokens``, settle to usage.
+
+The worst case of a model call is an upper bound of its input tokens (the UTF-8
+size of the request: no tokenizer produces more tokens than bytes, plus a small
+per-message overhead) at the input price, plus ``max_tokens`` at the output
+price. ``max_tokens`` is clamped to what the token and USD budgets have left; a
+call that cannot fit even a minimal answer is refused before any request.
+
+The usage a model reports is checked before it is charged
+(:func:`~corral.models.base.usage_problem`): a figure that cannot be right is
+charged at the reservation and stops the run with ``model_error`` (why
+``invalid_usage``, see :func:`invalid_usage`), never credited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping, Sequence
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from corral._safe import error_text, shown, text, type_name
+from corral.budgets.meter import Charge, Hold
+from corral.controls import breaker
+from corral.exceptions import ConfigError, Stop
+from corral.gateway.chain import Attempt
+from corral.gateway.drivers import CallModel
+from corral.gateway.guards import killswitch
+from corral.gateway.state import RunCore
+from corral.models import pricing
+from corral.models.base import (
+    MAX_CALL_TOKENS,
+    InvalidUsage,
+    Model,
+    ModelOutputError,
+    ModelRequest,
+    ModelResponse,
+    Price,
+    genai_provider,
+    validate_response,
+)
+from corral.stops import StopReason
+
+MIN_ANSWER_TOKENS = 16
+PER_MESSAGE_OVERHEAD = 8
+
+
+def input_token_bound(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> int:
+    """An upper bound of the input tokens of a request (bytes of its JSON, plus overhead)."""
+    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
+    return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
+
+
+def price_of(
+    core: RunCore, model: Any, *, input_tokens: int | None = None, at_most: bool = False
+) -> Price | None:
+    """The policy's price for the model (wins), else the model object's ``price``, else
+    the genai-prices table's (by name and provider), else ``None`` (unpriced).
+
+    ``input_tokens`` selects a long-context tier of the table's price (an upper bound
+    with ``at_most``, for reservations; exact for settlement).
+    """
+    name = str(getattr(model, "name", ""))
+    listed = core.policy.models.prices.get(name)
+    if listed is not None:
+        return Price(
+            input_usd_per_mtok=listed.input_usd_per_mtok,
+            output_usd_per_mtok=listed.output_usd_per_mtok,
+        )
+    own = getattr(model, "price", None)
+    if isinstance(own, Price):
+        return own
+    return pricing.price_for(model, input_tokens=input_tokens, at_most=at_most)
+
+
+def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
+    """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop.
+
+    ``wanted`` (else ``models.max_output_tokens``) is cut to what the token and USD
+    budgets leave after the input bound. The call is refused when what is left is
+    below a minimal answer (``MIN_ANSWER_TOKENS``, or ``wanted`` if smaller).
+    """
+    if wanted is not None and (type(wanted) is not int or wanted < 1):
+        raise ConfigError(f"max_tokens must be a positive integer, got {shown(wanted)}")
+    if type(input_bound) is not int or not 0 <= input_bound <= MAX_CALL_TOKENS:
+        raise ConfigError(
+            f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
+            f"got {shown(input_bound)}"
+        )
+    core.fits(Charge(steps=1))
+    lim = core.meter.limits  # in observe mode, the backstops
+    used, held = core.meter.usage(), core.meter.held()
+    tin = used.input_tokens + held.input_tokens
+    tout = used.output_tokens + held.output_tokens
+    asked = wanted if wanted is not None else core.policy.models.max_output_tokens
+    minimal = min(MIN_ANSWER_TOKENS, asked)
+    # (tokens left, scope, limit, what usage would be with a minimal answer)
+    rooms: list[tuple[int, StopReason, str, Any, Any]] = []
+    if lim.max_input_tokens is not None and tin + input_bound > lim.max_input_tokens:
+        raise core.stamp(
+            Stop(
+                "max_tokens",
+                "run/input",
+                scope="run/input",
+                limit=lim.max_input_tokens,
+                observed=tin + input_bound,
+                message="the request alone does not fit",
+            )
+        )
+    if lim.max_output_tokens is not None:
+        rooms.append(
+            (
+                lim.max_output_tokens - tout,
+                "max_tokens",
+                "run/output",
+                lim.max_output_tokens,
+                tout + minimal,
+            )
+        )
+    if lim.max_tokens is not None:
+        rooms.append(
+            (
+                lim.max_tokens - tin - tout - input_bound,
+                "max_tokens",
+                "run",
+                lim.max_tokens,
+                tin + tout + input_bound + minimal,
+            )
+        )
+    price = price_of(core, model, input_tokens=input_bound, at_most=True)
+    if price is None and core.limits.max_usd is not None:
+        name = getattr(model, "name", "?")
+        unpriced = Stop(
+            "max_usd",
+            "run",
+            scope="run",
+            extra={"why": "unpriced_model", "note": str(name)[:80]},
+            message=f"model {name!r} has no known price and the run has a USD limit; "
+            "give its price in models.prices or as the model's price (0 must be explicit)",
+        )
+        core.deny(
+            unpriced, "budgets"
+        )  # when budgets are observed: recorded as a stop that would have happened
+    if lim.max_usd is not None and price is not None:
+        usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
+        spent = used.usd + held.usd
+        left = lim.max_usd - spent - usd_in
+        if price.output_usd_per_mtok > 0:
+            tokens = left * Decimal(1_000_000) / price.output_usd_per_mtok
+            rooms.append(
+                (
+                    int(tokens.to_integral_value(ROUND_FLOOR)),
+                    "max_usd",
+                    "run",
+                    lim.max_usd,
+                    spent + usd_in + price.cost(0, minimal),
+                )
+            )
+        elif left < 0:
+            rooms.append((-1, "max_usd", "run", lim.max_usd, spent + usd_in))
+    max_tokens = asked
+    if rooms:
+        room, reason, scope, limit, observed = min(rooms, key=lambda r: r[0])
+        if room < minimal:
+            raise core.stamp(
+                Stop(
+                    reason,
+                    scope,
+                    scope=scope,
+                    limit=limit,
+                    observed=observed,
+                    message="not even a minimal answer fits in what the budget has left",
+                )
+            )
+        max_tokens = min(asked, room)
+    worst_usd = price.cost(input_bound, max_tokens) if price is not None else Decimal(0)
+    charge = Charge(steps=1, input_tokens=input_bound, output_tokens=max_tokens, usd=worst_usd)
+    return max_tokens, charge
+
+
+def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
+    """The run's stop for an answer cut at ``max_tokens`` (its tool calls never run)."""
+    return core.stamp(
+        Stop(
+            "invalid_model_output",
+            model,
+            extra={"why": "truncated"},
+            message=f"the answer was cut at max_tokens={max_tokens}; "
+            "a truncated tool call is never executed",
+        )
+    )
+
+
+def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
+    """The stop for a model call whose reported usage cannot be right (``problem``): the
+    call was made and what it used is unknown, so its reservation (the worst case) is
+    charged, never the reported figure; a ``model_call`` error is recorded."""
+    worst = hold.charge
+    core.settle(hold, worst)
+    core.event(
+        "model_call",
+        model=name,
+        outcome="error",
+        why="invalid_usage",
+        error=problem,
+        input_tokens=worst.input_tokens,
+        output_tokens=worst.output_tokens,
+        usd=str(worst.usd),
+    )
+    core.flush()
+    return core.stamp(
+        Stop(
+            "model_error",
+            name,
+            message=f"the model reported usage that cannot be right ({problem}); "
+            "the call is charged at its reservation",
+            extra={"why": "invalid_usage"},
+        )
+    )
+
+
+def model_flow(
+    core: RunCore,
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    tool_specs: Sequence[Mapping[str, Any]],
+    *,
+    max_tokens: int | None = None,
+) -> Generator[Any, Any, ModelResponse]:
+    """One governed model turn (a step): kill switch, reservation, call, settlement."""
+    core.ensure_running()
+    core.check_time()
+    killswitch.check(core, None, None)
+    name = text(getattr(model, "name", type_name(model)), 200)
+    provider = genai_provider(model)
+    named = {"provider": provider} if provider else {}  # gen_ai.provider.name on its span
+    # The model endpoint has a breaker like a tool: while it is open, no request is sent.
+    # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
+    # share it), else the model's name.
+    dependency = getattr(model, "dependency", None)
+    endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
+    decision, state = breaker.admit(core, endpoint)
+    if decision == "open":
+        core.event("denied", model=name, why="degraded")
+        raise core.stamp(
+            Stop(
+                "dependency_degraded",
+                name,
+                retry_after=max(0.0, state.until - breaker.wall(core)),
+                message=f"the model endpoint {name!r} is degraded (breaker open)",
+            )
+        )
+    bound = input_token_bound(messages, tool_specs)
+    clamped, charge = plan(core, model, bound, max_tokens)
+    hold = core.reserve(charge)
+    timeout = min(core.policy.models.timeout_seconds, core.remaining())
+    request = ModelRequest(
+        messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
+    )
+    started = core.now()
+    result: Attempt = yield CallModel(model, request, timeout, killswitch.watch(core, None))
+    elapsed = core.now() - started
+    if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
+        core.settle(hold, Charge(steps=1))
+        core.event(
+            "model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6), **named
+        )
+        core.flush()
+        raise core.stamp(result.error.stop)
+    # Unusable output is the model's fault, not the endpoint's: only failures count.
+    endpoint_ok = result.ok or isinstance(result.error, ModelOutputError | InvalidUsage)
+    breaker.record(core, endpoint, endpoint_ok, probe=decision == "probe")
+    if isinstance(result.error, InvalidUsage):  # an adapter found the usage unusable
+        raise invalid_usage(core, hold, name, str(result.error))
+    if not result.ok:
+        core.settle(hold, Charge(steps=1))
+        error = result.error
+        what = error_text(error)  # a model's exception may not even print
+        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)
+        core.flush()
+        if result.timed_out and core.remaining() <= 0:
+            core.check_time()
+        if isinstance(error, ModelOutputError):
+            raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
+        raise core.stamp(Stop("model_error", name, message=what))
+    try:
+        response = validate_response(result.value)  # structure, types and usage figures
+    except InvalidUsage as bad:
+        raise invalid_usage(core, hold, name, str(bad)) from None
+    except ModelOutputError as bad:
+        # The call happened and what it used is unknown: the reservation (worst case) stands.
+        core.settle(hold, hold.charge)
+        core.event("model_call", model=name, outcome="invalid", error=str(bad), **named)
+        core.flush()
+        raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
+    price = price_of(core, model, input_tokens=response.input_tokens)
+    usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
+    actual = Charge(
+        steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd
+    )
+    core.settle(hold, actual)
+    core.event(
+        "model_call",
+        model=response.model or name,
+        outcome="ok",
+        **named,
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        max_tokens=clamped,
+        usd=str(usd),
+        finish_reason=response.finish_reason,
+        tool_calls=[c.name for c in response.tool_calls],
+        seconds=round(elapsed, 6),
+    )
+    core.turn_text = response.text or None
+    if response.text:
+        core.last_text = response.text
+    if response.finish_reason in ("length", "max_tokens"):
+        core.flush()
+        raise truncated(core, name, clamped)
+    if not response.text and not response.tool_calls:
+        core.flush()
+        raise core.stamp(
+            Stop(
+                "invalid_model_output",
+                name,
+                message="neither text nor tool calls",
+                extra={"why": "empty"},
+            )
+        )
+    core.flush()
+    return response

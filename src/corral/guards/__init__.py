@@ -1,1 +1,0 @@
-"""The gateway's guards, one concern per module, applied in DESIGN.md's order by ``gateway.py``."""

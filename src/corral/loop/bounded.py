@@ -1,0 +1,219 @@
+"""The bounded agent loop: ``corral.run`` and ``corral.arun``.
+
+>>> import corral
+>>> from corral.testing import ScriptedModel, call, final
+>>> @corral.tool(name="search.read", effect="read")
+... def search(query: str) -> str:
+...     return "vendor is down since 09:12"
+>>> policy = corral.Policy.from_dict({"tools": {"allow": ["search.read"]}})
+>>> model = ScriptedModel([call("search.read", query="vendor status"), final("down since 09:12")])
+>>> result = corral.run("vendor status?", model=model, tools=[search], policy=policy, store="memory://")
+>>> result.status, result.stop_reason, result.answer, result.usage.tool_calls
+('ok', 'ok', 'down since 09:12', 1)
+
+Every turn is a step; each tool call the model asks for passes the gateway in
+order, and a stop skips the rest (recorded as skipped). Mistakes the model can
+fix (invalid arguments, an unknown tool) are handed back to it a bounded number
+of times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from corral.clock import Clock
+from corral.exceptions import ConfigError, Stop, ToolRejected
+from corral.gateway.drivers import run_coroutine
+from corral.gateway.hygiene import render
+from corral.loop.context import policy_prompt, trim
+from corral.loop.run import AsyncRun
+from corral.models.base import Model
+from corral.policy.schema import Policy
+from corral.result import RunResult
+from corral.secrets import SecretProvider
+from corral.stores import Store
+from corral.tools import Tool
+
+
+def replay_notice(key: str | None) -> str:
+    """What the model reads before a replayed write's stored result: it did not run now."""
+    return (
+        f"[replayed: this write already ran earlier in this run (idempotency key {key}); "
+        "it was NOT run again. Its recorded result follows.]\n"
+    )
+
+
+class _LoopRun(AsyncRun):
+    """The bounded loop's run: it executes every call itself, so it offers no tool that
+    the policy alone describes (there is no function to run it)."""
+
+    _describes = False
+
+
+async def arun(
+    task: str,
+    *,
+    model: Model,
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None = None,
+    policy: Policy,
+    store: str | Store | None = None,
+    tenant: str | None = None,
+    agent: str | None = None,
+    instructions: str | None = None,
+    run_id: str | None = None,
+    clock: Clock | None = None,
+    approver: Callable[..., Any] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+    max_tokens: int | None = None,
+    on_run: Callable[[AsyncRun], None] | None = None,
+) -> RunResult:
+    """Run ``model`` on ``task`` inside ``policy``; returns a :class:`RunResult` for every
+    way the run can end, stops and failures included.
+
+    Raises only for a setup mistake (:class:`~corral.ConfigError`), for cancellation,
+    which is re-raised after the run is recorded as ``cancelled``, and for what
+    ``on_run`` raises (recorded as ``agent_error``). A store that cannot be opened or
+    fails stops the run (``control_plane_unavailable``); anything else unexpected ends
+    it ``agent_error`` with the exception's text in ``result.error``: in every case the
+    result is returned. ``on_run`` receives the :class:`AsyncRun` as it starts (to cancel
+    it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
+    each model turn's answer (it is clamped further to what the budgets allow).
+    ``instructions`` are appended to corral's pinned system prompt (the tools on offer,
+    the budgets, tool text is data), and like it never trimmed.
+    """
+    run = _LoopRun(
+        policy,
+        tools=tools,
+        store=store,
+        tenant=tenant,
+        agent=agent,
+        run_id=run_id,
+        task=task,
+        clock=clock,
+        approver=approver,
+        credentials=credentials,
+    )
+    if on_run is not None:
+        try:
+            on_run(run)
+        except BaseException as exc:  # the caller's own code: recorded, then re-raised
+            run._exit(exc)
+            raise
+    try:
+        return await _loop(run, model, policy, task, instructions, max_tokens)
+    except ConfigError:
+        raise
+    except Exception:
+        # Something the loop did not expect (corral's own loop is the code here, not the
+        # caller's): the run ended agent_error, recorded with the exception's text.
+        return run.result
+
+
+async def _loop(
+    run: AsyncRun,
+    model: Model,
+    policy: Policy,
+    task: str,
+    instructions: str | None,
+    max_tokens: int | None,
+) -> RunResult:
+    core = run._core
+    async with run:
+        offered = run.tool_specs("neutral")
+        system = policy_prompt(policy, [s["name"] for s in offered], instructions)
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": task},
+        ]
+        for turn in itertools.count(1):
+            specs = run.tool_specs("neutral")
+            window = trim(messages, policy.context.max_chars)
+            response = await run.model_turn(model, window, tools=specs, max_tokens=max_tokens)
+            if not response.tool_calls:
+                await run.finish(response.text)
+                break
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": response.text or "",
+                    "tool_calls": [
+                        {
+                            "id": c.id or f"call_{turn}_{i}",
+                            "name": c.name,
+                            "arguments": c.arguments
+                            if isinstance(c.arguments, str)
+                            else json.dumps(c.arguments),
+                        }
+                        for i, c in enumerate(response.tool_calls)
+                    ],
+                }
+            )
+            for i, c in enumerate(response.tool_calls):
+                call_id = c.id or f"call_{turn}_{i}"  # unique in the conversation
+                try:
+                    # A write is keyed by its place in the run (turn and position), not
+                    # the provider's id: a resumed run making the same call at the same
+                    # point replays it, an identical call in a later turn is a new write.
+                    output = await run.call(c.name, c.arguments, call_id=f"turn-{turn}.{i}")
+                    observation = render(output)
+                    last = run.last_call
+                    if last is not None and last.replayed:
+                        observation = replay_notice(last.idempotency_key) + observation
+                except ToolRejected as rejected:
+                    observation = f"ERROR: {rejected.message}"
+                except Stop:
+                    skipped = [x.name for x in response.tool_calls[i + 1 :]]
+                    if skipped:
+                        core.event("skipped", tools=skipped)
+                    raise
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "name": c.name,
+                        "content": observation,
+                    }
+                )
+    return run.result
+
+
+def run(
+    task: str,
+    *,
+    model: Model,
+    tools: Iterable[Tool | Callable[..., Any]] | Mapping[str, Tool] | None = None,
+    policy: Policy,
+    store: str | Store | None = None,
+    tenant: str | None = None,
+    agent: str | None = None,
+    instructions: str | None = None,
+    run_id: str | None = None,
+    clock: Clock | None = None,
+    approver: Callable[..., Any] | None = None,
+    credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+    max_tokens: int | None = None,
+    on_run: Callable[[AsyncRun], None] | None = None,
+) -> RunResult:
+    """The synchronous face of :func:`arun` (same arguments, same result)."""
+    result: RunResult = run_coroutine(
+        arun(
+            task,
+            model=model,
+            tools=tools,
+            policy=policy,
+            store=store,
+            tenant=tenant,
+            agent=agent,
+            instructions=instructions,
+            run_id=run_id,
+            clock=clock,
+            approver=approver,
+            credentials=credentials,
+            max_tokens=max_tokens,
+            on_run=on_run,
+        )
+    )
+    return result
