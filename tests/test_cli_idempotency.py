@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.controls import leases
 from corral.record.audit import records
-from corral.stores import Store
+from corral.stores import Store, leases
 from corral.stores.sqlite import SQLiteStore
 from crash import POLICY, effects, pay, pay_and_die, pay_tool
 from crash import pg as crash_pg

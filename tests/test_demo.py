@@ -13,9 +13,10 @@ import pytest
 from rich.console import Console
 
 import corral
+from corral.cli.demo import demo_command
 from corral.sim import sides as loops
 from corral.sim.agent import BROWSER, decide
-from corral.sim.demo import demo_command, render, simulate
+from corral.sim.demo import render, simulate
 from corral.sim.world import Scenario, make_tasks
 from corral.stores.base import BreakerState
 from corral.testing import ScriptedModel, call, final

@@ -22,8 +22,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.controls import leases
-from corral.stores import Store
+from corral.stores import Store, leases
 from corral.stores.sqlite import SQLiteStore
 from crash import POINTS, POLICY, effects, in_child, pay, pay_and_die, pay_tool
 from crash import pg as crash_pg

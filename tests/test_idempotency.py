@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral.controls import leases
-from corral.stores import Store
+from corral.stores import Store, leases
 from corral.stores.sqlite import SQLiteStore
 from crash import POLICY, effects, pay, pay_and_die, pay_tool
 from crash import pg as crash_pg

@@ -30,10 +30,11 @@ import corral
 from corral.budgets import windows
 from corral.budgets.meter import Charge
 from corral.cli.app import app
-from corral.controls import approvals, killswitch, leases
-from corral.controls.leases import Renewer
+from corral.controls import approvals, killswitch
 from corral.record import audit
+from corral.stores import leases
 from corral.stores.base import ScopedCharge, Store
+from corral.stores.leases import Renewer
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore
 from crash import effects, pay_tool
@@ -483,13 +484,13 @@ DYING = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import corral
-import corral.controls.leases
+import corral.stores.leases
 from corral.stores import open_store
 from crash import DyingStore, pay_tool
 from pathlib import Path
 
 url, path, order, point, hook = sys.argv[2:7]
-corral.controls.leases.LEASE_SECONDS = 1.0  # the claim it leaves lapses quickly
+corral.stores.leases.LEASE_SECONDS = 1.0  # the claim it leaves lapses quickly
 policy = corral.Policy.from_dict({"tools": {"allow": ["pay.send"]},
     "writes": {"require_approval": True, "approval_timeout_seconds": 30}})
 tool = pay_tool(Path(path), point=point, reconcile=hook == "1")

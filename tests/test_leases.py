@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from corral.controls.leases import Renewer
+from corral.stores.leases import Renewer
 
 
 def test_a_held_lease_is_renewed_by_the_thread_until_released() -> None:

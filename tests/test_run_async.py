@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 import corral
-from corral.controls import leases
+from corral.stores import leases
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import ManualClock, MemoryStore, ScriptedModel, call, final, prices
 

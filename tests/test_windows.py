@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import corral
 from corral.budgets import windows
 from corral.budgets.meter import Charge
-from corral.controls.leases import Renewer
+from corral.stores.leases import Renewer
 from corral.testing import MemoryStore, ScriptedModel, call, final, prices
 
 sys.path.insert(0, str(Path(__file__).parent / "stores"))

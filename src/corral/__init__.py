@@ -8,6 +8,7 @@ exit has a stop reason.
 30
 """
 
+from corral._version import __version__
 from corral.budgets.meter import Charge, Limits, Usage
 from corral.clock import Clock, SystemClock
 from corral.exceptions import (
@@ -40,8 +41,6 @@ from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
 from corral.stops import STOP_REASONS, StopInfo, StopReason
 from corral.stores import Store, open_store
 from corral.tools import Tool, ToolContext, tool
-
-__version__ = "0.1.0"
 
 __all__ = [
     "STOP_REASONS",

@@ -7,6 +7,7 @@ knowing the run (its store, output hygiene): the run sets it around such work.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextvars import ContextVar
 from typing import Protocol
@@ -62,3 +63,24 @@ def wait_budget(default: float) -> float:
     if deadline is None:
         return default
     return min(default, max(deadline - time.monotonic(), WAIT_FLOOR))
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance(seconds)`` or ``sleep(seconds)``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        with self._lock:
+            self._now += seconds

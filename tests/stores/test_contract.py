@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from pg import fresh_store, require_postgres
 
 from conftest import POSTGRES_URL
-from corral.controls.leases import Renewer
 from corral.record.audit import KeyRequired, verify
 from corral.record.audit import records as audit_records
 from corral.stores import Store, open_store
@@ -35,6 +34,7 @@ from corral.stores.base import (
     ScopedCharge,
 )
 from corral.stores.chain import key_id, record_hash
+from corral.stores.leases import Renewer
 from corral.stores.memory import MemoryStore
 from corral.stores.owner import RunOwner
 from corral.stores.sqlite import SQLiteStore

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from corral import __version__
+from corral._version import __version__
 from corral.cli._common import DbOption
 
 app = typer.Typer(
@@ -92,7 +92,7 @@ def demo(
 ) -> None:
     """Replay the browser-outage incident twice: unbounded, then governed by corral
     (creates the store it records the governed runs in)."""
-    from corral.sim.demo import demo_command
+    from corral.cli.demo import demo_command
 
     raise typer.Exit(
         demo_command(seed=seed, runs=runs, failure_rate=failure_rate, db=db, as_json=json_out)
@@ -102,16 +102,7 @@ def demo(
 def _register_command_groups() -> None:
     # Command groups live in modules of their own (corral/cli/<group>.py, each with
     # `register(app)`), listed here in the order --help shows them.
-    from corral.cli import (
-        approvals,
-        audit,
-        idempotency,
-        init,
-        kill,
-        report,
-        runs,
-        show,
-    )
+    from corral.cli import approvals, audit, idempotency, init, kill, report, runs, show
 
     for group in (init, runs, show, audit, kill, approvals, idempotency, report):
         group.register(app)

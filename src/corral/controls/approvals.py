@@ -69,6 +69,7 @@ from corral.controls.killswitch import MODES, default_actor, describe
 from corral.exceptions import ApprovalError, Stop, StoreError
 from corral.gateway.guards import approval as guard
 from corral.gateway.guards import killswitch as switch_guard
+from corral.gateway.ops import Sleep
 from corral.stores import default_url
 from corral.stores.base import ApprovalRecord, ApprovalStatus, Event, KillSwitchState, Store
 from corral.stores.sqlite import SQLiteStore
@@ -113,7 +114,6 @@ def wait(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Generator
     """File (or re-attach to) ``req`` in the store and wait for a decision: returns once
     approved and consumed; raises :class:`~corral.Stop` (or ``ToolRejected`` for a denial
     under ``on_denied: tell_model``) otherwise. Yields the gateway's ``Sleep`` ops."""
-    from corral.gateway.chain import Sleep  # the gateway imports this module
 
     started = core.now()
     try:

@@ -18,8 +18,8 @@ from collections.abc import Generator
 from typing import Any, cast
 
 from corral._safe import error_text
-from corral.gateway.chain import Attempt
 from corral.gateway.drivers import drive_async, drive_sync
+from corral.gateway.ops import Attempt
 
 #: The ways of stopping: re-raised, never handed to a flow.
 CANCELLATION = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from corral.gateway.chain import Attempt
 from corral.gateway.guards.killswitch import WATCH_SECONDS, Cancelled
+from corral.gateway.ops import Attempt
 
 A = TypeVar("A")
 Watch = Callable[[], Cancelled | None]

@@ -18,8 +18,8 @@ from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
 from corral.gateway._inline import Watch, timeout_error
-from corral.gateway.chain import Attempt
 from corral.gateway.guards.killswitch import WATCH_SECONDS, Cancelled
+from corral.gateway.ops import Attempt
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

@@ -34,68 +34,26 @@ when the lease lapses (settled by the tool's ``reconcile`` hook or an operator);
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from corral import _safe
 from corral.budgets.meter import Hold
 from corral.controls import approvals, breaker
-from corral.controls.leases import Held
 from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from corral.gateway import _outputs
 from corral.gateway.guards import allowlist as names
 from corral.gateway.guards import approval, arguments, cache, degrade, idempotency, killswitch
 from corral.gateway.guards import loop_detection as loops
 from corral.gateway.hygiene import OutputProblem, Scrubber, clean_output
+from corral.gateway.ops import Approve, Attempt, Execute, Flow, Sleep
 from corral.gateway.state import Effective, RunCore, args_digest, canonical
 from corral.record.redact import REDACTED
+from corral.stores.leases import Held
 from corral.tools import ToolContext, not_local
 
 RETRY_BACKOFF = 0.1
 _NO_IDS: Mapping[str, str] = {}
-
-
-# Execute and Attempt are built on every call: plain slotted dataclasses, since a frozen
-# one's __init__ costs about three times as much (object.__setattr__ per field).
-@dataclass(slots=True)
-class Execute:
-    eff: Effective
-    args: Mapping[str, Any]
-    ctx: ToolContext | None
-    timeout: float
-    key: str | None = None
-    watch: Callable[[], killswitch.Cancelled | None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Approve:
-    request: approval.ApprovalRequest
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(slots=True)
-class Attempt:
-    """The result of one execution: a value, or an error (``timed_out`` for a deadline).
-
-    ``pending``: an attempt abandoned at its deadline whose thread still runs.
-    """
-
-    ok: bool
-    value: Any = None
-    error: BaseException | None = None
-    timed_out: bool = False
-    seconds: float = 0.0
-    pending: Future[Any] | None = None
-
-
-Op = Execute | Approve | Sleep
-Flow = Generator[Op, Any, Any]
 
 
 def call_flow(

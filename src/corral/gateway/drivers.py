@@ -47,27 +47,17 @@ import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
 from corral.gateway import _aio
 from corral.gateway._inline import Watch, can_alarm, expired, run_inline, timeout_error
 from corral.gateway._workers import run_in_thread, submit
-from corral.gateway.chain import Approve, Attempt, Execute, Sleep
 from corral.gateway.guards.approval import ApprovalDecision, ApprovalRequest
 from corral.gateway.guards.killswitch import Cancelled
-from corral.models.base import Model, ModelRequest
+from corral.gateway.ops import Approve, Attempt, CallModel, Execute, Sleep
 
 A = TypeVar("A")
-
-
-@dataclass(frozen=True, slots=True)
-class CallModel:
-    model: Model
-    request: ModelRequest
-    timeout: float
-    watch: Watch | None = None
 
 
 # -- calling a user's callable under a deadline ---------------------------------------

@@ -23,9 +23,8 @@ from corral._safe import error_text, shown, text, type_name
 from corral.budgets.meter import Charge, Hold
 from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop
-from corral.gateway.chain import Attempt
-from corral.gateway.drivers import CallModel
 from corral.gateway.guards import killswitch
+from corral.gateway.ops import Attempt, CallModel
 from corral.gateway.state import RunCore
 from corral.models import pricing
 from corral.models.base import (

@@ -497,9 +497,7 @@ class RunCore:
 
     def degraded(self, name: str) -> bool:
         """Whether tool ``name``'s breaker is open now (fail closed when it cannot be read)."""
-        from corral.controls.breaker import (
-            wall,  # breaker imports runtime's types only for checking
-        )
+        from corral.controls.breaker import wall
 
         state = self._store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
         return bool(state.state == "open")

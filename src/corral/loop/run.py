@@ -38,9 +38,10 @@ from corral.budgets.meter import Charge, Usage
 from corral.clock import Clock
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
-from corral.gateway.chain import Attempt, Execute, call_flow
+from corral.gateway.chain import call_flow
 from corral.gateway.guards import killswitch
 from corral.gateway.model_turn import input_token_bound, model_flow, plan
+from corral.gateway.ops import Attempt, Execute
 from corral.gateway.state import RunCore, status_of
 from corral.loop.tickets import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
 from corral.models.base import Model, ModelResponse

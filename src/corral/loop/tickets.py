@@ -14,8 +14,8 @@ from typing import Any
 from corral.budgets.meter import Charge, Hold
 from corral.clock import SystemClock
 from corral.exceptions import ConfigError, Stop, ToolRejected
-from corral.gateway.chain import Approve, Attempt, Execute, Sleep
 from corral.gateway.model_turn import invalid_usage, price_of
+from corral.gateway.ops import Approve, Attempt, Execute, Sleep
 from corral.gateway.state import RunCore
 from corral.models.base import InvalidUsage, genai_provider, usage_problem
 from corral.tools import ToolContext

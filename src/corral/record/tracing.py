@@ -98,7 +98,7 @@ def _tracer(provider: TracerProvider | None) -> Tracer:
         from opentelemetry import trace
     except ImportError as exc:
         raise ConfigError(_MISSING.format(name=exc.name or "opentelemetry")) from None
-    from corral import __version__
+    from corral._version import __version__
 
     if provider is None:
         return trace.get_tracer(_INSTRUMENTATION, __version__)

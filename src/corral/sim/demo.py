@@ -13,8 +13,6 @@ True
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 import uuid
 from decimal import Decimal
@@ -23,8 +21,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli._common import one_line, origin, say_store
-from corral.exceptions import ConfigError, StoreError
 from corral.sim.sides import (
     BROWSER_SPEC,
     MAX_ATTEMPTS,
@@ -36,48 +32,6 @@ from corral.sim.sides import (
 from corral.sim.world import Scenario, Task, clock_time, make_tasks
 from corral.stores import default_url, display_url, open_store
 from corral.stores.memory import MemoryStore
-
-MAX_RUNS = 10_000
-
-
-def demo_command(
-    *, seed: int, runs: int, failure_rate: float, db: str | None, as_json: bool
-) -> int:
-    """Run the demo and print the comparison (a table, or JSON with ``as_json``).
-
-    Returns the exit code: 0; 2 for an invalid option or store URL (one line per
-    problem on stderr); 1 when the store cannot be opened.
-    """
-    problems = []
-    if not 1 <= runs <= MAX_RUNS:
-        problems.append(f"--runs: must be between 1 and {MAX_RUNS:,}, got {runs}")
-    if not 0.0 <= failure_rate <= 1.0:
-        problems.append(f"--failure-rate: must be between 0 and 1, got {failure_rate:g}")
-    code = 2
-    if not problems:
-        try:
-            open_store(db)
-        except ConfigError as exc:
-            problems.append(f"{origin(db)}: {one_line(exc)}")
-        except StoreError as exc:
-            shown = display_url(db if db is not None else default_url())
-            problems.append(f"{origin(db)}: cannot open the store {shown}: {one_line(exc)}")
-            code = 1
-    if problems:
-        for line in problems:
-            print(f"corral demo: {line}", file=sys.stderr)
-        return code
-    if not as_json:  # named once, as every command that touches state does (corral.cli._common)
-        url = db if db is not None else default_url()
-        fresh = db is None and url.startswith("memory://")
-        say_store("memory:// (a fresh one for this demo)" if fresh else display_url(url))
-    prefix = new_run_prefix()
-    figures = simulate(seed=seed, runs=runs, failure_rate=failure_rate, db=db, run_prefix=prefix)
-    if as_json:
-        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
-    else:
-        render(figures, Console(), run_prefix=prefix)
-    return 0
 
 
 def new_run_prefix() -> str:

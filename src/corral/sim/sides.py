@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
+from corral.clock import ManualClock
 from corral.loop.bounded import run as corral_run
 from corral.policy.schema import Policy
 from corral.sim.agent import BROWSER, SimModel, make_tools
 from corral.sim.world import VENDOR_HOST, KnowledgeBase, Scenario, Task, Vendor
 from corral.stores.base import Store
-from corral.testing import ManualClock
 from corral.tools import ToolContext
 
 #: The reference configuration (DESIGN.md), unchanged, then the browser added to it.

@@ -1,7 +1,7 @@
 """The simulated world of the incident: a day of tickets, a vendor portal that goes down,
 and a knowledge base. Everything runs on a virtual clock and is deterministic per seed.
 
->>> from corral.testing import ManualClock
+>>> from corral.clock import ManualClock
 >>> scenario = Scenario()
 >>> tasks = make_tasks(seed=7, runs=3, scenario=scenario)
 >>> [len(t.urls) in (2, 3, 4) for t in tasks]

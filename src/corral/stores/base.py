@@ -64,8 +64,8 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from corral._safe import shown
-from corral.controls.leases import LEASE_SECONDS, RENEWER, Held, Renewer
 from corral.exceptions import ConfigError
+from corral.stores.leases import LEASE_SECONDS, RENEWER, Held, Renewer
 from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner
 
 #: A store reclaims lapsed grants at most this often (seconds of wall time), from ``reserve``.
@@ -380,7 +380,7 @@ class GrantLeases:
 
     Each grant records a holder (this object in this process) and a lease expiry.
     While any grant is outstanding, one callback is registered with the process's
-    :class:`~corral.controls.leases.Renewer`; it extends every grant of the holder at once
+    :class:`~corral.stores.leases.Renewer`; it extends every grant of the holder at once
     (the store's ``renew_grants(now)``, one statement). The last settlement releases it. A
     forked child is a new holder with nothing outstanding.
     """

@@ -11,7 +11,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from corral.controls.leases import LEASE_SECONDS, Renewer
 from corral.stores.base import (
     ApprovalRecord,
     ApprovalStatus,
@@ -44,6 +43,7 @@ from corral.stores.base import (
     settled_charges,
 )
 from corral.stores.chain import Sealer
+from corral.stores.leases import LEASE_SECONDS, Renewer
 from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 
 _CLOSED = BreakerState()

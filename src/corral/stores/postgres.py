@@ -73,7 +73,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from corral.clock import DEADLINE, wait_budget
-from corral.controls.leases import LEASE_SECONDS, Renewer
 from corral.exceptions import ConfigError, StoreError
 from corral.stores import _pg_deadline
 from corral.stores import _postgres_sql as q
@@ -104,6 +103,7 @@ from corral.stores.base import (
     settled_charges,
 )
 from corral.stores.chain import Sealed, Sealer
+from corral.stores.leases import LEASE_SECONDS, Renewer
 from corral.stores.migrate import POSTGRES, current_version, migrate
 from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 

@@ -57,7 +57,6 @@ from types import TracebackType
 from typing import Any, cast
 
 from corral.clock import DEADLINE, wait_budget
-from corral.controls.leases import LEASE_SECONDS, Renewer
 from corral.exceptions import ConfigError, StoreError, StoreGone
 from corral.stores.base import (
     ApprovalRecord,
@@ -93,6 +92,7 @@ from corral.stores.base import (
 )
 from corral.stores.chain import Sealer
 from corral.stores.filewatch import FileWatch
+from corral.stores.leases import LEASE_SECONDS, Renewer
 from corral.stores.migrate import SQLITE, migrate
 from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from corral.clock import ManualClock
 from corral.models.base import (
     FREE,
     ModelOutputError,
@@ -197,27 +198,6 @@ class ScriptedModel:
     @property
     def turns_played(self) -> int:
         return self._i
-
-
-class ManualClock:
-    """A clock that moves only when told: ``advance(seconds)`` or ``sleep(seconds)``."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def monotonic(self) -> float:
-        with self._lock:
-            return self._now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("time does not go backwards")
-        with self._lock:
-            self._now += seconds
 
 
 def prices(input_usd_per_mtok: float | str, output_usd_per_mtok: float | str) -> Price:

@@ -16,8 +16,8 @@ The life of a key, in the store (see ``docs/writes.md``):
   one whose outcome is unknown, for a tool with no ``reconcile`` hook, stops the run
   (``outcome_unknown``) before anyone is asked;
 - **claimed** before the side effect starts (:func:`claim`), durably, under a lease
-  (:data:`corral.controls.leases.LEASE_SECONDS`, read at each claim) that this process renews
-  through :data:`corral.controls.leases.RENEWER` while the write runs (:func:`hold`);
+  (:data:`corral.stores.leases.LEASE_SECONDS`, read at each claim) that this process renews
+  through :data:`corral.stores.leases.RENEWER` while the write runs (:func:`hold`);
 - **completed** with the outcome after it, or **released** when the tool raised
   :class:`~corral.NotExecuted`.
 
@@ -37,15 +37,16 @@ from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from corral.controls import leases
 from corral.controls.breaker import wall
 from corral.exceptions import NotExecuted, Stop, ToolRejected
 from corral.gateway._jsonable import jsonable
 from corral.gateway.guards.cache import copy_of
 from corral.gateway.guards.denial import count_mistake
 from corral.gateway.hygiene import clean_output
+from corral.gateway.ops import Sleep
 from corral.gateway.state import args_digest
 from corral.record.redact import REDACTED
+from corral.stores import leases
 from corral.tools import ToolContext
 
 if TYPE_CHECKING:
@@ -119,7 +120,6 @@ def claim(
     A generator: it yields :class:`~corral.gateway.chain.Sleep` while it waits for a claim in
     flight. Raises the run's :class:`Stop` for a claim still in flight or unknown.
     """
-    from corral.gateway.chain import Sleep  # the gateway imports this module
 
     name = eff.tool.name
     started = core.now()
