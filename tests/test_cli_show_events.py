@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.gateway.guards.approval import ApprovalDecision
+from corral.controls.approvals import ApprovalDecision
 from corral.stores import open_store
 from corral.testing import ScriptedModel, call, error, final, turn
 

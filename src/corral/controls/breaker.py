@@ -42,13 +42,27 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
-from corral.clock import SystemClock
-from corral.stores.base import BreakerState, DegradeWindow, degrade_bucket
+from corral.clock import Clock, SystemClock
+from corral.policy.schema import Policy
+from corral.stores.base import BreakerState, DegradeWindow, Store, degrade_bucket
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What the breaker needs of the run it counts for (the gateway's run state)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def policy(self) -> Policy: ...
+    def store_call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+    def event(self, kind: str, **data: Any) -> None: ...
+
 
 Decision = Literal["closed", "probe", "open"]
 
@@ -63,7 +77,7 @@ _lock = threading.Lock()
 _pending: dict[int, tuple[Callable[[], object], dict[str, list[float]]]] = {}
 
 
-def wall(core: RunCore) -> float:
+def wall(core: Host) -> float:
     """Seconds comparable across processes: wall time, or the run's virtual clock."""
     return time.time() if isinstance(core.clock, SystemClock) else core.clock.monotonic()
 
@@ -73,17 +87,17 @@ def wall(core: RunCore) -> float:
 PROBE_KEY = "breaker-probe:"
 
 
-def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
+def admit(core: Host, name: str) -> tuple[Decision, BreakerState]:
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
     call), or ``open`` (degraded)."""
     now = wall(core)
-    state = core._store_call(core.store.breaker, name, now=now)
+    state = core.store_call(core.store.breaker, name, now=now)
     if state.state == "closed":
         return "closed", state
     if state.state == "open":
         return "open", state
     # Half-open: one probe for the whole fleet, claimed in the store.
-    claim = core._store_call(
+    claim = core.store_call(
         core.store.claim,
         f"{PROBE_KEY}{name}:{state.until!r}",
         "probe",
@@ -95,7 +109,7 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
         # The probe's lease lapsed without an outcome (its process died, or the call was
         # cancelled): open the breaker for another cool-down, after which a new probe goes.
         state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
-        core._store_call(core.store.set_breaker, name, state)
+        core.store_call(core.store.set_breaker, name, state)
         core.event("breaker", tool=name, state="open", probe_lost=True)
     return ("probe" if claim.status == "claimed" else "open"), state
 
@@ -144,7 +158,7 @@ def _keep(store: Any, name: str, start: float, count: int) -> None:
             entry[1] += count
 
 
-def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
+def _count_success(core: Host, name: str, now: float, size: float) -> None:
     start = now // size * size
     mono = time.monotonic()
     with _lock:
@@ -168,7 +182,7 @@ def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
             _keep(core.store, name, bucket, count)
 
 
-def _write_older(core: RunCore, name: str, size: float, older: tuple[float, int] | None) -> None:
+def _write_older(core: Host, name: str, size: float, older: tuple[float, int] | None) -> None:
     if older is not None:
         # A past bucket's successes: if they cannot be written, the window has moved on.
         with contextlib.suppress(Exception):  # whatever the store raises
@@ -179,7 +193,7 @@ def _num(x: float) -> float | int:
     return int(x) if x == int(x) else round(x, 3)
 
 
-def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
+def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
     """Count one attempt's outcome; open or close the shared breaker when it is due."""
     rule = core.policy.degrade
     now = wall(core)
@@ -188,9 +202,9 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
         new = (
             BreakerState() if ok else BreakerState(state="open", until=now + rule.cool_down_seconds)
         )
-        core._store_call(core.store.set_breaker, name, new)
+        core.store_call(core.store.set_breaker, name, new)
         _take(core.store, name, degrade_bucket(now, size)[0])
-        core._store_call(core.store.degrade_reset, name)  # a fresh window either way
+        core.store_call(core.store.degrade_reset, name)  # a fresh window either way
         core.event("breaker", tool=name, state=new.state, probe=True)
         return
     if ok:
@@ -209,12 +223,12 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
     trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
     if not trip:
         return
-    core._store_call(
+    core.store_call(
         core.store.set_breaker,
         name,
         BreakerState(state="open", until=now + rule.cool_down_seconds),
     )
-    core._store_call(core.store.degrade_reset, name)
+    core.store_call(core.store.degrade_reset, name)
     core.event(
         "breaker",
         tool=name,
@@ -225,7 +239,7 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
     )
 
 
-def retry_allowed(core: RunCore, name: str) -> bool:
+def retry_allowed(core: Host, name: str) -> bool:
     """Spend one retry from ``name``'s budget, shared by every process, if any is left."""
     rule = core.policy.degrade
     now = wall(core)

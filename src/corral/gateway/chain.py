@@ -39,11 +39,19 @@ from typing import Any
 
 from corral import _safe
 from corral.budgets.meter import Hold
-from corral.controls import approvals, breaker
+from corral.controls import breaker
 from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from corral.gateway import _outputs
 from corral.gateway.guards import allowlist as names
-from corral.gateway.guards import approval, arguments, cache, degrade, idempotency, killswitch
+from corral.gateway.guards import (
+    approval,
+    approval_queue,
+    arguments,
+    cache,
+    degrade,
+    idempotency,
+    killswitch,
+)
 from corral.gateway.guards import loop_detection as loops
 from corral.gateway.hygiene import OutputProblem, Scrubber, clean_output
 from corral.gateway.ops import Approve, Attempt, Execute, Flow, Sleep
@@ -178,7 +186,7 @@ def _call_flow(
         core.flush()
         if core.approver is None:
             # The store's queue: decided by another process, consumed once (controls/approvals.py).
-            yield from approvals.wait(core, eff, req)
+            yield from approval_queue.wait(core, eff, req)
         else:
             started = core.now()
             try:
@@ -222,7 +230,7 @@ def _call_flow(
             # nothing is charged and the write's key is free again.
             core.refund(hold)
             if first_claim and idem_key is not None:
-                core._store_call(core.store.release, idem_key, tenant=core.tenant)
+                core.store_call(core.store.release, idem_key, tenant=core.tenant)
             core.flush()
             core.check_time()
         if write:
@@ -269,7 +277,7 @@ def _call_flow(
             # keeps saying so cannot keep a loop going for free.
             core.settle(hold, eff.call_only)
             if claimed and idem_key is not None:
-                core._store_call(core.store.release, idem_key, tenant=core.tenant)
+                core.store_call(core.store.release, idem_key, tenant=core.tenant)
             core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids)
             core.flush()
             raise ToolRejected(
@@ -309,7 +317,7 @@ def _call_flow(
             # run again under its key; while it is retried the key stays claimed, so no other
             # process replays a failure its retry may yet turn into a success. One that timed
             # out may still be running (abandoned): its key stays in flight.
-            core._store_call(
+            core.store_call(
                 core.store.complete,
                 idem_key,
                 {"error": what, "reason": "tool_error"},
@@ -370,7 +378,7 @@ def _call_flow(
         )
         if claimed and idem_key is not None and not core.observes("output"):
             # The side effect happened: record it, so a resumed run does not do it again.
-            core._store_call(
+            core.store_call(
                 core.store.complete,
                 idem_key,
                 {"error": problem, "reason": "invalid_tool_output"},
@@ -380,7 +388,7 @@ def _call_flow(
         core.deny(stop, "output")
         observation = _let_through(value, exc, eff, scrub)
     if claimed and idem_key is not None:
-        core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
+        core.store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
     core.last_call = ("executed", tool.name, idem_key)
@@ -452,5 +460,5 @@ def _audit_authorization(
         with contextlib.suppress(Stop):
             core.refund(hold)
             if release and key is not None:
-                core._store_call(core.store.release, key, tenant=core.tenant)
+                core.store_call(core.store.release, key, tenant=core.tenant)
         raise

@@ -22,8 +22,8 @@ from corral.budgets import windows
 from corral.budgets.meter import Charge, Hold, Limits, Meter, Usage, limits_from_policy
 from corral.clock import DEADLINE, SYSTEM_CLOCK, Clock, SystemClock
 from corral.exceptions import ConfigError, Stop, StoreError, StoreGone
-from corral.gateway.guards.arguments import check_constraints
 from corral.policy.schema import ArgConstraint, Guard, Policy
+from corral.policy.tool_args import check_constraints
 from corral.record import redact, sinks
 from corral.result import CallOutcome, Status
 from corral.secrets import Credentials, SecretProvider
@@ -188,7 +188,7 @@ class RunCore:
         self._seq = 0
         self._damaged_usage = False
         # Waits on the run's behalf end at its deadline (on the real clock only): see
-        # check_time and _store_call. Provisional timing until the run's own starts, below.
+        # check_time and store_call. Provisional timing until the run's own starts, below.
         self._real_clock = isinstance(self.clock, SystemClock)
         self._timed_store = self._real_clock and not isinstance(store, MemoryStore)
         self._store_gave_up = False
@@ -314,13 +314,13 @@ class RunCore:
 
     def _open_record(self, existing: RunRecord | None) -> None:
         if existing is None:
-            self._store_call(self.store.create_run, self._new_record())
+            self.store_call(self.store.create_run, self._new_record())
             self.recorded = True
             return
         self.recorded = True
-        events = self._store_call(self.store.events, self.id)
+        events = self.store_call(self.store.events, self.id)
         self._seq = max((e.seq for e in events), default=0)
-        self._store_call(
+        self.store_call(
             self.store.update_run,
             self.id,
             status="running",
@@ -342,7 +342,7 @@ class RunCore:
     def _load(self, run_id: str | None) -> RunRecord | None:
         if run_id is None:
             return None
-        record = self._store_call(self.store.get_run, run_id)
+        record = self.store_call(self.store.get_run, run_id)
         if record is not None and record.tenant != self.tenant:
             raise ConfigError(f"run {run_id!r} belongs to another tenant")
         return record
@@ -390,7 +390,7 @@ class RunCore:
             )
 
     # -- store access, fail closed, within the run's time ----------------------------
-    def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the store; whatever it raises (a store object may
         raise anything) stops the run (fail closed).
 
@@ -499,7 +499,7 @@ class RunCore:
         """Whether tool ``name``'s breaker is open now (fail closed when it cannot be read)."""
         from corral.controls.breaker import wall
 
-        state = self._store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
+        state = self.store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
         return bool(state.state == "open")
 
     # -- time ------------------------------------------------------------------------
@@ -590,13 +590,13 @@ class RunCore:
         if not wanted:
             return
         try:
-            grant = self._store_call(self.store.reserve, wanted, now=time.time())
+            grant = self.store_call(self.store.reserve, wanted, now=time.time())
             if isinstance(grant, Refusal) and self.observes("limits"):
                 # Observed shared limits are watched like the run's own: the refusal is a
                 # would-be stop, and the spend still counts in every scope.
                 self.observed(windows.refusal_stop(grant, charge.tool))
                 unlimited = [replace(c, max_calls=None, max_usd=None) for c in wanted]
-                grant = self._store_call(self.store.reserve, unlimited, now=time.time())
+                grant = self.store_call(self.store.reserve, unlimited, now=time.time())
         except Stop:
             self.meter.refund(hold)
             raise
@@ -609,7 +609,7 @@ class RunCore:
         entry = self._grants.pop(hold.id, None)
         if entry is not None:
             grant, held = entry
-            self._store_call(self.store.settle, grant, windows.settled(held, actual))
+            self.store_call(self.store.settle, grant, windows.settled(held, actual))
 
     def _watch(self, charge: Charge, *, hold: bool) -> None:
         if self.shadow is None:
@@ -729,7 +729,7 @@ class RunCore:
         self._write_events(pending)
 
     def _write_events(self, pending: list[Event]) -> None:
-        self._store_call(self.store.append_events, pending)
+        self.store_call(self.store.append_events, pending)
         if sinks._SINKS:
             sinks.emit(pending)
 

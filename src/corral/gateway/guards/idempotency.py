@@ -96,7 +96,7 @@ def lookup(
     replayed without a second approval (one the hook finds not done is approved, then
     taken over).
     """
-    record = core._store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
+    record = core.store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
     if record is None:
         return None
     if record.digest != digest:
@@ -127,7 +127,7 @@ def claim(
     pause = POLL_FIRST
     races = 0
     while True:
-        result = core._store_call(
+        result = core.store_call(
             core.store.claim,
             key,
             digest,
@@ -208,7 +208,7 @@ def reconcile(
     except NotExecuted:
         if not take_over:
             return None
-        taken = core._store_call(
+        taken = core.store_call(
             core.store.resolve_claim,
             key,
             tenant=core.tenant,
@@ -224,7 +224,7 @@ def reconcile(
         what = core.redactor.text(f"{type(exc).__name__}: {exc}")
         core.event("tool_call", tool=name, outcome="outcome_unknown", key=key, error=what)
         raise _conflict(core, eff, key, "unknown", hook_error=what) from exc
-    stored = core._store_call(
+    stored = core.store_call(
         core.store.resolve_claim, key, tenant=core.tenant, now=wall(core), outcome=outcome
     )
     if not stored:
@@ -252,7 +252,7 @@ def abandon(core: RunCore, key: str, renewals: list[leases.Held]) -> None:
     for held in renewals:
         held.release()
     renewals.clear()
-    core._store_call(core.store.renew_claim, key, tenant=core.tenant, now=wall(core), lease=0.0)
+    core.store_call(core.store.renew_claim, key, tenant=core.tenant, now=wall(core), lease=0.0)
 
 
 def keep_while(pending: Future[Any], core: RunCore, key: str) -> None:
