@@ -51,6 +51,10 @@ from corral.stores.base import BreakerState, DegradeWindow, Store, degrade_bucke
 T = TypeVar("T")
 
 
+class Events(Protocol):
+    def add(self, kind: str, **data: Any) -> None: ...
+
+
 class Host(Protocol):
     """What the breaker needs of the run it counts for (the gateway's run state)."""
 
@@ -61,7 +65,8 @@ class Host(Protocol):
     @property
     def policy(self) -> Policy: ...
     def store_call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
-    def event(self, kind: str, **data: Any) -> None: ...
+    @property
+    def events(self) -> Events: ...
 
 
 Decision = Literal["closed", "probe", "open"]
@@ -110,7 +115,7 @@ def admit(core: Host, name: str) -> tuple[Decision, BreakerState]:
         # cancelled): open the breaker for another cool-down, after which a new probe goes.
         state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
         core.store_call(core.store.set_breaker, name, state)
-        core.event("breaker", tool=name, state="open", probe_lost=True)
+        core.events.add("breaker", tool=name, state="open", probe_lost=True)
     return ("probe" if claim.status == "claimed" else "open"), state
 
 
@@ -205,7 +210,7 @@ def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
         core.store_call(core.store.set_breaker, name, new)
         _take(core.store, name, degrade_bucket(now, size)[0])
         core.store_call(core.store.degrade_reset, name)  # a fresh window either way
-        core.event("breaker", tool=name, state=new.state, probe=True)
+        core.events.add("breaker", tool=name, state=new.state, probe=True)
         return
     if ok:
         _count_success(core, name, now, size)
@@ -229,7 +234,7 @@ def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
         BreakerState(state="open", until=now + rule.cool_down_seconds),
     )
     core.store_call(core.store.degrade_reset, name)
-    core.event(
+    core.events.add(
         "breaker",
         tool=name,
         state="open",
@@ -260,5 +265,5 @@ def retry_allowed(core: Host, name: str) -> bool:
         _keep(core.store, name, start, calls)
         allowed = False  # no retry without the shared budget (fail closed)
     if not allowed:
-        core.event("retry_budget", tool=name, exhausted=True)
+        core.events.add("retry_budget", tool=name, exhausted=True)
     return allowed

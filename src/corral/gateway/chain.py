@@ -55,7 +55,7 @@ from corral.gateway.guards import (
 from corral.gateway.guards import loop_detection as loops
 from corral.gateway.hygiene import OutputProblem, Scrubber, clean_output
 from corral.gateway.ops import Approve, Attempt, Execute, Flow, Sleep
-from corral.gateway.state import Effective, RunCore, args_digest, canonical
+from corral.gateway.state import Effective, RunState, args_digest, canonical
 from corral.record.redact import REDACTED
 from corral.stores.leases import Held
 from corral.tools import ToolContext, not_local
@@ -65,7 +65,7 @@ _NO_IDS: Mapping[str, str] = {}
 
 
 def call_flow(
-    core: RunCore,
+    core: RunState,
     name: Any,
     raw_args: Any,
     *,
@@ -99,7 +99,7 @@ def call_flow(
 
 
 def _call_flow(
-    core: RunCore,
+    core: RunState,
     name: Any,
     raw_args: Any,
     key: str | None,
@@ -111,7 +111,7 @@ def _call_flow(
     # is the caller's text, so it is scrubbed like anything else recorded.
     ids = _NO_IDS if call_id is None else {"call_id": core.redactor.text(call_id)}
     core.ensure_running()
-    core.check_time()
+    core.time.check()
     if isinstance(name, str) and type(name) is not str:
         # A str subclass could hash or compare one way for the registry and another for
         # the allowlist; the gateway only ever looks up a plain copy of its text.
@@ -143,8 +143,10 @@ def _call_flow(
     if eff.cacheable:
         cached = cache.lookup(core, eff, digest)
         if not cache.is_miss(cached):
-            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest, **ids)
-            core.flush()
+            core.events.add(
+                "tool_call", tool=tool.name, outcome="cached", args_digest=digest, **ids
+            )
+            core.events.flush()
             core.last_call = ("cached", tool.name, None)
             # Scrubbed when cached; again of any secret the run resolved since.
             return _rescrub(core, cached) if core.redactor.has_secrets else cached
@@ -156,8 +158,8 @@ def _call_flow(
         # without asking again; a key reused with other arguments is refused here.
         done = idempotency.lookup(core, eff, idem_key, digest, args)
         if done is not None:
-            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
-            core.flush()
+            core.events.add("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
+            core.events.flush()
             core.last_call = ("replayed", tool.name, idem_key)
             return idempotency.replay(core, eff, idem_key, done)
 
@@ -181,21 +183,21 @@ def _call_flow(
         )
     elif eff.require_approval:
         # Check the fit before anyone is asked to approve; nothing is held while waiting.
-        core.fits(charge)
+        core.budget.fits(charge)
         req = approval.request(core, eff, args, digest, key=idem_key, call_id=call_id)
-        core.flush()
+        core.events.flush()
         if core.approver is None:
             # The store's queue: decided by another process, consumed once (controls/approvals.py).
             yield from approval_queue.wait(core, eff, req)
         else:
-            started = core.now()
+            started = core.time.now()
             try:
                 answer = yield Approve(req)
             except ConfigError:
                 raise
             except Exception as failure:
-                approval.unreachable(core, req, failure, core.now() - started)
-            approval.decide(core, req, answer, core.now() - started)
+                approval.unreachable(core, req, failure, core.time.now() - started)
+            approval.decide(core, req, answer, core.time.now() - started)
         killswitch.check(core, tool.name, eff)
         if not probe:
             # The wait may have been long: a breaker that opened meanwhile refuses the write
@@ -207,32 +209,34 @@ def _call_flow(
     claimed = False
     while True:
         attempt += 1
-        core.check_time()
-        hold = core.reserve(charge)
+        core.time.check()
+        hold = core.budget.reserve(charge)
         first_claim = write and not claimed and idem_key is not None
         if first_claim and idem_key is not None:
             try:
                 stored = yield from idempotency.claim(core, eff, idem_key, digest, args)
             except BaseException:
-                core.refund(hold)
+                core.budget.refund(hold)
                 raise
             if stored is not None:
-                core.refund(hold)
-                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
-                core.flush()
+                core.budget.refund(hold)
+                core.events.add(
+                    "tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids
+                )
+                core.events.flush()
                 core.last_call = ("replayed", tool.name, idem_key)
                 return idempotency.replay(core, eff, idem_key, stored)
             claimed = True
             renewals.append(idempotency.hold(core, idem_key))
-        timeout = min(eff.timeout, core.remaining())
+        timeout = min(eff.timeout, core.time.remaining())
         if timeout <= 0:
             # The run's time ran out since the check above: the call is not started, so
             # nothing is charged and the write's key is free again.
-            core.refund(hold)
+            core.budget.refund(hold)
             if first_claim and idem_key is not None:
                 core.store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.flush()
-            core.check_time()
+            core.events.flush()
+            core.time.check()
         if write:
             cache.clear(core)  # a write may change what any read returns, also when it fails
             _audit_authorization(core, tool.name, attempt, digest, idem_key, hold, first_claim)
@@ -245,54 +249,56 @@ def _call_flow(
                 agent=core.agent,
                 idempotency_key=idem_key,
                 attempt=attempt,
-                deadline=core.now() + timeout,
+                deadline=core.time.now() + timeout,
                 credentials=creds,
                 clock=core.clock,
             )
-        started = core.now()
+        started = core.time.now()
         watch = killswitch.watch(core, tool.name)
         result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key, watch)
-        elapsed = core.now() - started
+        elapsed = core.time.now() - started
         if isinstance(result.error, killswitch.Cancelled):
             # A stop_all switch cancelled the call in flight. It may have happened: charged
             # like a failure, not counted against the dependency, a write's key in flight.
-            core.settle(hold, charge if eff.charge_on_error else eff.call_only)
-            core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
+            core.budget.settle(hold, charge if eff.charge_on_error else eff.call_only)
+            core.events.add("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
                        seconds=round(elapsed, 6), **ids)  # fmt: skip
             if claimed and idem_key is not None:
                 if result.pending is not None:  # abandoned in its thread: it may still write
                     idempotency.keep_while(result.pending, core, idem_key)
                 else:  # cancelled where it ran: nothing will finish it, its outcome is unknown
                     idempotency.abandon(core, idem_key, renewals)
-            core.flush()
+            core.events.flush()
             raise core.stamp(result.error.stop)
         if not isinstance(result.error, NotExecuted):
             breaker.record(core, eff.breaker, result.ok, probe=probe)
         if result.ok:
-            core.settle(hold, charge)
+            core.budget.settle(hold, charge)
             break
         error = result.error
         if isinstance(error, NotExecuted):
             # Nothing happened, so no USD; the attempt still costs a call, so a tool that
             # keeps saying so cannot keep a loop going for free.
-            core.settle(hold, eff.call_only)
+            core.budget.settle(hold, eff.call_only)
             if claimed and idem_key is not None:
                 core.store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids)
-            core.flush()
+            core.events.add(
+                "tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids
+            )
+            core.events.flush()
             raise ToolRejected(
                 "tool_error",
                 f"{tool.name} did not run: {error}",
                 tool=tool.name,
                 detail="not_executed",
             )
-        core.settle(hold, charge if eff.charge_on_error else eff.call_only)
+        core.budget.settle(hold, charge if eff.charge_on_error else eff.call_only)
         what = core.redactor.text(
             f"timed out: {_safe.text(error)}"
             if result.timed_out
             else f"raised {_safe.error_text(error)}"
         )
-        core.event(
+        core.events.add(
             "tool_call",
             tool=tool.name,
             outcome="timeout" if result.timed_out else "error",
@@ -303,7 +309,7 @@ def _call_flow(
         )
         if claimed and idem_key is not None and result.pending is not None:
             idempotency.keep_while(result.pending, core, idem_key)
-        out_of_time = result.timed_out and core.remaining() <= 0
+        out_of_time = result.timed_out and core.time.remaining() <= 0
         retry = (
             not out_of_time
             and attempt <= eff.retries
@@ -324,14 +330,14 @@ def _call_flow(
                 tenant=core.tenant,
             )
         if out_of_time:
-            core.flush()
-            core.check_time()
+            core.events.flush()
+            core.time.check()
         if retry:
-            pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.remaining()))
+            pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.time.remaining()))
             if pause > 0:
                 yield Sleep(pause)
             continue
-        core.flush()
+        core.events.flush()
         raise core.stamp(
             Stop("tool_error", tool.name, tool=tool.name, message=what, extra={"attempts": attempt})
         )
@@ -361,7 +367,7 @@ def _call_flow(
     except Exception as raised:  # any shape a tool returns: a problem, never an escape
         exc = _outputs.problem(raised)
         problem = core.redactor.text(str(exc))  # a schema problem quotes the output
-        core.event(
+        core.events.add(
             "tool_call",
             tool=tool.name,
             outcome="invalid_output",
@@ -384,7 +390,7 @@ def _call_flow(
                 {"error": problem, "reason": "invalid_tool_output"},
                 tenant=core.tenant,
             )
-        core.flush()
+        core.events.flush()
         core.deny(stop, "output")
         observation = _let_through(value, exc, eff, scrub)
     if claimed and idem_key is not None:
@@ -392,7 +398,7 @@ def _call_flow(
     if write or eff.cacheable:
         cache.store(core, eff, digest, observation)
     core.last_call = ("executed", tool.name, idem_key)
-    core.trusted_event_flushed(  # the allow path: every value below is corral's own
+    core.events.add_trusted_and_flush(  # the allow path: every value below is corral's own
         "tool_call",
         tool=tool.name,
         outcome="ok",
@@ -405,7 +411,7 @@ def _call_flow(
     return observation
 
 
-def _rescrub(core: RunCore, value: Any) -> Any:
+def _rescrub(core: RunState, value: Any) -> Any:
     """An observation kept from earlier, scrubbed of the run's secrets as they are now."""
     try:
         return core.redactor.secrets_only(value)
@@ -429,20 +435,20 @@ def _let_through(value: Any, found: OutputProblem, eff: Effective, scrub: Scrubb
     return clean_output(raw, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
 
 
-def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
+def _credentials(core: RunState, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
     """The tool's credentials, or the run's stop when one it needs is missing (never
     observed: a tool does not run without what it needs)."""
     try:
         return core.credentials.require(tool, needed)
     except Stop as stop:
         if stop.info.extra.get("why") == "missing_credential":
-            core.event("denied", tool=tool, why="missing_credential")
-        core.flush()
+            core.events.add("denied", tool=tool, why="missing_credential")
+        core.events.flush()
         raise core.stamp(stop) from None
 
 
 def _audit_authorization(
-    core: RunCore,
+    core: RunState,
     tool: str,
     attempt: int,
     digest: str,
@@ -453,12 +459,12 @@ def _audit_authorization(
     """Write a write's authorization to the audit log before it runs; if the log cannot be
     written, refuse the write (refunded; ``release``: its key, just claimed, released)
     instead of running it unaudited."""
-    core.event("authorized", tool=tool, attempt=attempt, args_digest=digest, key=key)
+    core.events.add("authorized", tool=tool, attempt=attempt, args_digest=digest, key=key)
     try:
-        core.flush()
+        core.events.flush()
     except Stop:
         with contextlib.suppress(Stop):
-            core.refund(hold)
+            core.budget.refund(hold)
             if release and key is not None:
                 core.store_call(core.store.release, key, tenant=core.tenant)
         raise

@@ -25,7 +25,7 @@ from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop
 from corral.gateway.guards import killswitch
 from corral.gateway.ops import Attempt, CallModel
-from corral.gateway.state import RunCore
+from corral.gateway.state import RunState
 from corral.models import pricing
 from corral.models.base import (
     MAX_CALL_TOKENS,
@@ -53,7 +53,7 @@ def input_token_bound(
 
 
 def price_of(
-    core: RunCore, model: Any, *, input_tokens: int | None = None, at_most: bool = False
+    core: RunState, model: Any, *, input_tokens: int | None = None, at_most: bool = False
 ) -> Price | None:
     """The policy's price for the model (wins), else the model object's ``price``, else
     the genai-prices table's (by name and provider), else ``None`` (unpriced).
@@ -74,7 +74,7 @@ def price_of(
     return pricing.price_for(model, input_tokens=input_tokens, at_most=at_most)
 
 
-def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
+def plan(core: RunState, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
     """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop.
 
     ``wanted`` (else ``models.max_output_tokens``) is cut to what the token and USD
@@ -88,9 +88,9 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
             f"got {shown(input_bound)}"
         )
-    core.fits(Charge(steps=1))
-    lim = core.meter.limits  # in observe mode, the backstops
-    used, held = core.meter.usage(), core.meter.held()
+    core.budget.fits(Charge(steps=1))
+    lim = core.budget.meter.limits  # in observe mode, the backstops
+    used, held = core.budget.meter.usage(), core.budget.meter.held()
     tin = used.input_tokens + held.input_tokens
     tout = used.output_tokens + held.output_tokens
     asked = wanted if wanted is not None else core.policy.models.max_output_tokens
@@ -129,7 +129,7 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             )
         )
     price = price_of(core, model, input_tokens=input_bound, at_most=True)
-    if price is None and core.limits.max_usd is not None:
+    if price is None and core.budget.limits.max_usd is not None:
         name = getattr(model, "name", "?")
         unpriced = Stop(
             "max_usd",
@@ -179,7 +179,7 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
     return max_tokens, charge
 
 
-def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
+def truncated(core: RunState, model: str, max_tokens: int) -> Stop:
     """The run's stop for an answer cut at ``max_tokens`` (its tool calls never run)."""
     return core.stamp(
         Stop(
@@ -192,13 +192,13 @@ def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
     )
 
 
-def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
+def invalid_usage(core: RunState, hold: Hold, name: str, problem: str) -> Stop:
     """The stop for a model call whose reported usage cannot be right (``problem``): the
     call was made and what it used is unknown, so its reservation (the worst case) is
     charged, never the reported figure; a ``model_call`` error is recorded."""
     worst = hold.charge
-    core.settle(hold, worst)
-    core.event(
+    core.budget.settle(hold, worst)
+    core.events.add(
         "model_call",
         model=name,
         outcome="error",
@@ -208,7 +208,7 @@ def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
         output_tokens=worst.output_tokens,
         usd=str(worst.usd),
     )
-    core.flush()
+    core.events.flush()
     return core.stamp(
         Stop(
             "model_error",
@@ -221,7 +221,7 @@ def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
 
 
 def model_flow(
-    core: RunCore,
+    core: RunState,
     model: Model,
     messages: Sequence[Mapping[str, Any]],
     tool_specs: Sequence[Mapping[str, Any]],
@@ -230,7 +230,7 @@ def model_flow(
 ) -> Generator[Any, Any, ModelResponse]:
     """One governed model turn (a step): kill switch, reservation, call, settlement."""
     core.ensure_running()
-    core.check_time()
+    core.time.check()
     killswitch.check(core, None, None)
     name = text(getattr(model, "name", type_name(model)), 200)
     provider = genai_provider(model)
@@ -242,7 +242,7 @@ def model_flow(
     endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
     decision, state = breaker.admit(core, endpoint)
     if decision == "open":
-        core.event("denied", model=name, why="degraded")
+        core.events.add("denied", model=name, why="degraded")
         raise core.stamp(
             Stop(
                 "dependency_degraded",
@@ -253,20 +253,20 @@ def model_flow(
         )
     bound = input_token_bound(messages, tool_specs)
     clamped, charge = plan(core, model, bound, max_tokens)
-    hold = core.reserve(charge)
-    timeout = min(core.policy.models.timeout_seconds, core.remaining())
+    hold = core.budget.reserve(charge)
+    timeout = min(core.policy.models.timeout_seconds, core.time.remaining())
     request = ModelRequest(
         messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
     )
-    started = core.now()
+    started = core.time.now()
     result: Attempt = yield CallModel(model, request, timeout, killswitch.watch(core, None))
-    elapsed = core.now() - started
+    elapsed = core.time.now() - started
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
-        core.settle(hold, Charge(steps=1))
-        core.event(
+        core.budget.settle(hold, Charge(steps=1))
+        core.events.add(
             "model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6), **named
         )
-        core.flush()
+        core.events.flush()
         raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
     endpoint_ok = result.ok or isinstance(result.error, ModelOutputError | InvalidUsage)
@@ -274,13 +274,15 @@ def model_flow(
     if isinstance(result.error, InvalidUsage):  # an adapter found the usage unusable
         raise invalid_usage(core, hold, name, str(result.error))
     if not result.ok:
-        core.settle(hold, Charge(steps=1))
+        core.budget.settle(hold, Charge(steps=1))
         error = result.error
         what = error_text(error)  # a model's exception may not even print
-        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)
-        core.flush()
-        if result.timed_out and core.remaining() <= 0:
-            core.check_time()
+        core.events.add(
+            "model_call", model=name, outcome="error", error=what, seconds=elapsed, **named
+        )
+        core.events.flush()
+        if result.timed_out and core.time.remaining() <= 0:
+            core.time.check()
         if isinstance(error, ModelOutputError):
             raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
         raise core.stamp(Stop("model_error", name, message=what))
@@ -290,17 +292,17 @@ def model_flow(
         raise invalid_usage(core, hold, name, str(bad)) from None
     except ModelOutputError as bad:
         # The call happened and what it used is unknown: the reservation (worst case) stands.
-        core.settle(hold, hold.charge)
-        core.event("model_call", model=name, outcome="invalid", error=str(bad), **named)
-        core.flush()
+        core.budget.settle(hold, hold.charge)
+        core.events.add("model_call", model=name, outcome="invalid", error=str(bad), **named)
+        core.events.flush()
         raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
     price = price_of(core, model, input_tokens=response.input_tokens)
     usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
     actual = Charge(
         steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd
     )
-    core.settle(hold, actual)
-    core.event(
+    core.budget.settle(hold, actual)
+    core.events.add(
         "model_call",
         model=response.model or name,
         outcome="ok",
@@ -317,10 +319,10 @@ def model_flow(
     if response.text:
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):
-        core.flush()
+        core.events.flush()
         raise truncated(core, name, clamped)
     if not response.text and not response.tool_calls:
-        core.flush()
+        core.events.flush()
         raise core.stamp(
             Stop(
                 "invalid_model_output",
@@ -329,5 +331,5 @@ def model_flow(
                 extra={"why": "empty"},
             )
         )
-    core.flush()
+    core.events.flush()
     return response

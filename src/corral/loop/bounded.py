@@ -167,7 +167,7 @@ async def _loop(
                 except Stop:
                     skipped = [x.name for x in response.tool_calls[i + 1 :]]
                     if skipped:
-                        core.event("skipped", tools=skipped)
+                        core.events.add("skipped", tools=skipped)
                     raise
                 messages.append(
                     {

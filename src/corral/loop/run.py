@@ -42,7 +42,7 @@ from corral.gateway.chain import call_flow
 from corral.gateway.guards import killswitch
 from corral.gateway.model_turn import input_token_bound, model_flow, plan
 from corral.gateway.ops import Attempt, Execute
-from corral.gateway.state import RunCore, status_of
+from corral.gateway.state import RunState, status_of
 from corral.loop.tickets import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
 from corral.models.base import Model, ModelResponse
 from corral.policy.schema import Policy
@@ -166,7 +166,7 @@ class _RunBase:
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")
-        self._core = RunCore(
+        self._core = RunState(
             policy,
             tools=_registry(policy, tools, described=self._describes),
             store=_open(store),
@@ -189,7 +189,7 @@ class _RunBase:
     @property
     def usage(self) -> Usage:
         """What the run has used so far."""
-        return self._core.usage()
+        return self._core.budget.usage()
 
     @property
     def last_call(self) -> CallInfo | None:
@@ -211,10 +211,10 @@ class _RunBase:
     def _step(self) -> None:
         core = self._core
         core.ensure_running()
-        core.check_time()
-        hold = core.reserve(Charge(steps=1))
-        core.settle(hold, Charge(steps=1))
-        core.event("step", n=core.meter.usage().steps)
+        core.time.check()
+        hold = core.budget.reserve(Charge(steps=1))
+        core.budget.settle(hold, Charge(steps=1))
+        core.events.add("step", n=core.budget.meter.usage().steps)
 
     def _finish(self, answer: Any) -> RunResult:
         if self._result is not None:
@@ -256,7 +256,7 @@ class _RunBase:
             stop_reason=reason,
             answer=answer,
             partial=None if reason == "ok" else partial,
-            usage=core.usage(),
+            usage=core.budget.usage(),
             stop=info,
             would_stop=tuple(core.would_stop),
             error=error,
@@ -342,12 +342,12 @@ class _RunBase:
         """
         core = self._core
         core.ensure_running()
-        core.check_time()
+        core.time.check()
         killswitch.check(core, None, None)
         target = _NamedModel(model, None, provider) if isinstance(model, str) else model
         bound = input_tokens if input_tokens is not None else input_token_bound(messages, tools)
         clamped, charge = plan(core, target, bound, max_tokens)
-        hold = core.reserve(charge)
+        hold = core.budget.reserve(charge)
         return ModelCall(core, hold, clamped, target)
 
     # -- exit semantics --------------------------------------------------------------

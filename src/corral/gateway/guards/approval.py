@@ -34,14 +34,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 #: The longest stated purpose (the model's text of the turn) shown to an approver.
 PURPOSE_CHARS = 1000
 
 
 def request(
-    core: RunCore,
+    core: RunState,
     eff: Effective,
     args: Mapping[str, Any],
     digest: str,
@@ -59,7 +59,7 @@ def request(
         tenant=core.tenant,
         agent=core.agent,
         timeout=core.policy.writes.approval_timeout_seconds,
-        step=core.meter.usage().steps,
+        step=core.budget.meter.usage().steps,
         call_id=call_id,
         purpose=purpose,
         cost_usd=eff.cost_usd,
@@ -68,11 +68,11 @@ def request(
     )
 
 
-def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
+def unreachable(core: RunState, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
     """The approval channel failed: refuse the call (fail closed), retryable."""
-    core.waiting += waited
+    core.time.waiting += waited
     what = error_text(error)
-    core.event(
+    core.events.add(
         "approval",
         tool=req.tool,
         args_digest=req.args_digest,
@@ -105,7 +105,7 @@ def _decision(answer: Any) -> ApprovalDecision:
 
 
 def decide(
-    core: RunCore,
+    core: RunState,
     req: ApprovalRequest,
     answer: Any,
     waited: float,
@@ -117,10 +117,10 @@ def decide(
     With ``approval_id`` (the queue) the store already judged the timeout: a decision
     it recorded before the request expired stands.
     """
-    core.waiting += waited
+    core.time.waiting += waited
     decision = _decision(answer)
     extra = {} if approval_id is None else {"approval_id": approval_id}
-    core.event(
+    core.events.add(
         "approval",
         tool=req.tool,
         args_digest=req.args_digest,

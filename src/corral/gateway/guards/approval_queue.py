@@ -34,7 +34,7 @@ from corral.stores.base import ApprovalRecord, Store
 from corral.stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 log = logging.getLogger("corral")
 
@@ -46,18 +46,18 @@ POLL_MAX = 1.0
 HEARTBEAT_SECONDS = 1.0
 
 
-def wait(core: RunCore, eff: Effective, req: ApprovalRequest) -> Generator[Any, Any, None]:
+def wait(core: RunState, eff: Effective, req: ApprovalRequest) -> Generator[Any, Any, None]:
     """File (or re-attach to) ``req`` in the store and wait for a decision: returns once
     approved and consumed; raises :class:`~corral.Stop` (or ``ToolRejected`` for a denial
     under ``on_denied: tell_model``) otherwise. Yields the gateway's ``Sleep`` ops."""
 
-    started = core.now()
+    started = core.time.now()
     try:
         record = _file(core, eff, req)
     except Stop:
         raise
     except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
-        guard.unreachable(core, req, exc, core.now() - started)
+        guard.unreachable(core, req, exc, core.time.now() - started)
     delay = POLL_FIRST
     beat = started
     while True:
@@ -69,13 +69,13 @@ def wait(core: RunCore, eff: Effective, req: ApprovalRequest) -> Generator[Any, 
                 continue
             if verdict == "again":
                 continue  # decided just now: judge it again
-            if verdict == "pending" and core.now() - beat >= HEARTBEAT_SECONDS:
+            if verdict == "pending" and core.time.now() - beat >= HEARTBEAT_SECONDS:
                 core.store.heartbeat(core.id)
-                beat = core.now()
+                beat = core.time.now()
         except Stop:
             raise
         except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
-            guard.unreachable(core, req, exc, core.now() - started)
+            guard.unreachable(core, req, exc, core.time.now() - started)
         if verdict != "pending":
             log.info(
                 "approval %s for %s %s by %s after %.1f s",
@@ -83,14 +83,14 @@ def wait(core: RunCore, eff: Effective, req: ApprovalRequest) -> Generator[Any, 
                 req.tool,
                 verdict,
                 current.approver or "-",
-                core.now() - started,
+                core.time.now() - started,
             )
             answer = ApprovalDecision(
                 approved=verdict == "approved", approver=current.approver, reason=current.reason
             )
-            guard.decide(core, req, answer, core.now() - started, approval_id=record.id)
+            guard.decide(core, req, answer, core.time.now() - started, approval_id=record.id)
             return
-        left = min(current.expires - time.time(), req.timeout - (core.now() - started))
+        left = min(current.expires - time.time(), req.timeout - (core.time.now() - started))
         yield Sleep(max(0.0, min(delay, left)))
         delay = min(delay * 2, POLL_MAX)
 
@@ -99,7 +99,7 @@ _Verdict = Literal["pending", "approved", "denied", "used", "again"]
 
 
 def _look(
-    core: RunCore,
+    core: RunState,
     eff: Effective,
     req: ApprovalRequest,
     record: ApprovalRecord,
@@ -111,23 +111,23 @@ def _look(
     try:
         sw = switch_guard.blocking_switch(core, req.tool, eff)
     except Stop:
-        core.waiting += core.now() - started
+        core.time.waiting += core.time.now() - started
         raise
     if sw is not None:
         mode = sw.mode or core.policy.kill_switch.mode_when_enabled
         why = f"kill switch {describe(sw)} ({mode})" + (f": {sw.reason}" if sw.reason else "")
         settle(store, record, "cancelled", actor=sw.actor or SYSTEM_ACTOR, reason=why)
-        core.waiting += core.now() - started
+        core.time.waiting += core.time.now() - started
         switch_guard.check(core, req.tool, eff)  # raises kill_switch, naming the switch
     if core.cancelled:
         settle(store, record, "cancelled", actor=SYSTEM_ACTOR, reason="the run was cancelled")
-        core.waiting += core.now() - started
+        core.time.waiting += core.time.now() - started
         core.ensure_running()  # raises cancelled
     current = must(store, record.id)
     status = current.status
     if status == "pending":
         now = time.time()
-        if now < current.expires and core.now() - started < req.timeout:
+        if now < current.expires and core.time.now() - started < req.timeout:
             return "pending", current
         expired = settle(
             store,
@@ -147,7 +147,7 @@ def _look(
         return ("again", current) if used is None else ("approved", used)
     if status in ("denied", "used"):
         return status, current
-    core.waiting += core.now() - started
+    core.time.waiting += core.time.now() - started
     if status == "expired":
         raise core.stamp(
             Stop(
@@ -184,7 +184,7 @@ def _db_option(store: Store) -> str:
     return " --db " + shlex.quote("sqlite:///" + store.path)
 
 
-def _file(core: RunCore, eff: Effective, req: ApprovalRequest) -> ApprovalRecord:
+def _file(core: RunState, eff: Effective, req: ApprovalRequest) -> ApprovalRecord:
     """The run's open request for this action (a resumed run re-attaches), else a new one."""
     now = time.time()
     for rec in core.store.list_approvals(status=None, run_id=core.id):
@@ -206,7 +206,7 @@ def _file(core: RunCore, eff: Effective, req: ApprovalRequest) -> ApprovalRecord
     return _new(core, eff, req)
 
 
-def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) -> ApprovalRecord:
+def _attached(core: RunState, rec: ApprovalRecord, *, reattached: bool = True) -> ApprovalRecord:
     """Record that the run waits on ``rec`` (filed now, or left by an earlier process), and
     say so on the ``corral`` logger: a wait nobody sees is a run that looks hung."""
     log.warning(
@@ -216,7 +216,7 @@ def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) ->
         rec.id,
         _db_option(core.store),
     )
-    core.event(
+    core.events.add(
         "approval_requested",
         approval_id=rec.id,
         tool=rec.tool,
@@ -224,11 +224,11 @@ def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) ->
         expires=rec.expires,
         reattached=reattached,
     )
-    core.flush()
+    core.events.flush()
     return rec
 
 
-def _new(core: RunCore, eff: Effective, req: ApprovalRequest) -> ApprovalRecord:
+def _new(core: RunState, eff: Effective, req: ApprovalRequest) -> ApprovalRecord:
     now = time.time()
     record = ApprovalRecord(
         id=new_id(),

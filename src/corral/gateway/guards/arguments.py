@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 
 def _parse(raw: Any) -> Any:
@@ -47,7 +47,7 @@ def _parse(raw: Any) -> Any:
     return dict(raw) if isinstance(raw, Mapping) else raw
 
 
-def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
+def validate(core: RunState, eff: Effective, raw: Any) -> dict[str, Any]:
     """Validated arguments, a :class:`ToolRejected` for the model, or ``invalid_tool_args``."""
     name = eff.tool.name
     try:
@@ -74,12 +74,12 @@ def validate(core: RunCore, eff: Effective, raw: Any) -> dict[str, Any]:
     return args
 
 
-def refuse(core: RunCore, eff: Effective, problems: list[str]) -> NoReturn:
+def refuse(core: RunState, eff: Effective, problems: list[str]) -> NoReturn:
     """Hand invalid arguments back to the model (:class:`ToolRejected`), or, past the
     policy's bound on mistakes, stop the run with ``invalid_tool_args``."""
     name = eff.tool.name
     text = "; ".join(problems)
-    core.event("invalid_args", tool=name, problems=problems, count=core.invalid_calls + 1)
+    core.events.add("invalid_args", tool=name, problems=problems, count=core.invalid_calls + 1)
     if count_mistake(core):
         raise core.stamp(
             Stop("invalid_tool_args", name, tool=name, message=text, extra={"problems": problems})
