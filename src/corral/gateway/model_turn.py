@@ -14,7 +14,6 @@ charged at the reservation and stops the run with ``model_error`` (why
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -36,20 +35,12 @@ from corral.models.base import (
     ModelResponse,
     Price,
     genai_provider,
+    input_token_bound,
     validate_response,
 )
 from corral.stops import StopReason
 
 MIN_ANSWER_TOKENS = 16
-PER_MESSAGE_OVERHEAD = 8
-
-
-def input_token_bound(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
-) -> int:
-    """An upper bound of the input tokens of a request (bytes of its JSON, plus overhead)."""
-    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
-    return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
 
 
 def price_of(

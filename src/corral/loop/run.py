@@ -40,11 +40,11 @@ from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
 from corral.gateway.guards import killswitch
-from corral.gateway.model_turn import input_token_bound, model_flow, plan
+from corral.gateway.model_turn import model_flow, plan
 from corral.gateway.ops import Attempt, Execute
 from corral.gateway.state import RunState, status_of
 from corral.loop.tickets import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
-from corral.models.base import Model, ModelResponse
+from corral.models.base import Model, ModelResponse, input_token_bound, wire_name
 from corral.policy.schema import Policy
 from corral.result import CallInfo, RunResult
 from corral.secrets import SecretProvider
@@ -74,11 +74,6 @@ def _text_or_none(what: str, value: Any) -> str | None:
     if len(text) > MAX_KEY_CHARS:
         raise ConfigError(f"{what} must be at most {MAX_KEY_CHARS} characters, got {len(text)}")
     return text
-
-
-def wire_name(name: str) -> str:
-    """A tool name as OpenAI and Anthropic accept it (``[a-zA-Z0-9_-]``): dots become ``__``."""
-    return name.replace(".", "__")
 
 
 def _open(store: str | Store | None) -> Store:
