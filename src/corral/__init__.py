@@ -24,6 +24,7 @@ from corral.exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
+from corral.gateway.services import Services
 from corral.loop.bounded import arun, run
 from corral.loop.run import AsyncRun, Run
 from corral.loop.tickets import ModelCall, Ticket
@@ -69,6 +70,7 @@ __all__ = [
     "Run",
     "RunResult",
     "SecretProvider",
+    "Services",
     "Stop",
     "StopInfo",
     "StopReason",

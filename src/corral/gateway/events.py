@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from corral.record import sinks
 from corral.stores.base import Event
 
 if TYPE_CHECKING:
@@ -112,5 +111,5 @@ class EventLog:
     def _write(self, pending: list[Event]) -> None:
         run = self._run
         run.store_call(run.store.append_events, pending)
-        if sinks._SINKS:
-            sinks.emit(pending)
+        if run.services.sinks:
+            run.services.sinks.emit(pending)

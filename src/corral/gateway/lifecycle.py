@@ -17,7 +17,6 @@ from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
 from corral.policy.tool_args import check_constraints
-from corral.record import sinks
 from corral.result import Status
 from corral.stops import StopReason
 from corral.stores.base import RunRecord
@@ -260,8 +259,8 @@ def close(run: RunState, reason: StopReason, *, answer: str | None = None) -> st
             store.settle(grant, held)
         if pending:
             store.append_events(pending)
-            if sinks._SINKS:
-                sinks.emit(pending)
+            if run.services.sinks:
+                run.services.sinks.emit(pending)
         redact = run.redactor.data
         store.update_run(
             run.id,

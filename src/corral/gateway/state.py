@@ -26,6 +26,8 @@ from corral.gateway.deadline import RunTime
 from corral.gateway.effective import DEFAULT_TOOL_TIMEOUT, Effective, effective
 from corral.gateway.events import EventLog
 from corral.gateway.lifecycle import ERROR_REASONS, status_of
+from corral.gateway.services import DEFAULT as DEFAULT_SERVICES
+from corral.gateway.services import Services
 from corral.gateway.spend import BACKSTOP, RunBudget
 from corral.policy.schema import Guard, Policy
 from corral.record import redact
@@ -71,8 +73,12 @@ class RunState:
         task: str = "",
         approver: Callable[..., Any] | None = None,
         credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+        services: Services | None = None,
     ) -> None:
         self.policy = policy
+        # What the run shares with the process: sinks, breaker tally, kill-switch caches,
+        # lease renewal (gateway/services.py).
+        self.services = DEFAULT_SERVICES if services is None else services
         self.tools = dict(tools)
         self.store = store
         self.clock = clock or SYSTEM_CLOCK

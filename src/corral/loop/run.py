@@ -42,6 +42,7 @@ from corral.gateway.chain import call_flow
 from corral.gateway.guards import killswitch
 from corral.gateway.model_turn import model_flow, plan
 from corral.gateway.ops import Attempt, Execute
+from corral.gateway.services import Services
 from corral.gateway.state import RunState, status_of
 from corral.loop.tickets import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
 from corral.models.base import Model, ModelResponse, input_token_bound, wire_name
@@ -158,6 +159,7 @@ class _RunBase:
         clock: Clock | None = None,
         approver: Callable[..., Any] | None = None,
         credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+        services: Services | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")
@@ -172,6 +174,7 @@ class _RunBase:
             task=task,
             approver=approver,
             credentials=credentials,
+            services=services,
         )
         self._result: RunResult | None = None
         self._wire: dict[str, str] = {}

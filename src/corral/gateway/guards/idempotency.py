@@ -16,8 +16,9 @@ The life of a key, in the store (see ``docs/writes.md``):
   one whose outcome is unknown, for a tool with no ``reconcile`` hook, stops the run
   (``outcome_unknown``) before anyone is asked;
 - **claimed** before the side effect starts (:func:`claim`), durably, under a lease
-  (:data:`corral.stores.leases.LEASE_SECONDS`, read at each claim) that this process renews
-  through :data:`corral.stores.leases.RENEWER` while the write runs (:func:`hold`);
+  (the run's renewer's ``lease``, :data:`corral.stores.leases.LEASE_SECONDS` by default)
+  that this process renews through the run's renewer (``services.renewer``, see
+  :mod:`corral.gateway.services`) while the write runs (:func:`hold`);
 - **completed** with the outcome after it, or **released** when the tool raised
   :class:`~corral.NotExecuted`.
 
@@ -135,7 +136,7 @@ def claim(
             # Wall time: leases are compared by other processes and machines (a run's own
             # monotonic clock means nothing there).
             now=wall(core),
-            lease=leases.LEASE_SECONDS,
+            lease=core.services.renewer.lease,
             tool=name,
         )
         if result.status == "claimed":
@@ -214,7 +215,7 @@ def reconcile(
             tenant=core.tenant,
             now=wall(core),
             outcome=None,
-            lease=leases.LEASE_SECONDS,
+            lease=core.services.renewer.lease,
         )
         if not taken:
             return None
@@ -240,9 +241,9 @@ def hold(core: RunState, key: str) -> leases.Held:
     def renew(_now: float) -> None:
         # The run's wall time, not the renewer's: a run on a virtual clock compares leases
         # in that clock.
-        store.renew_claim(key, tenant=tenant, now=wall(core), lease=leases.LEASE_SECONDS)
+        store.renew_claim(key, tenant=tenant, now=wall(core), lease=core.services.renewer.lease)
 
-    return leases.RENEWER.hold(renew)
+    return core.services.renewer.hold(renew)
 
 
 def abandon(core: RunState, key: str, renewals: list[leases.Held]) -> None:

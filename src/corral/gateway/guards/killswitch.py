@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from corral.controls.killswitch import active, describe
+from corral.controls.killswitch import describe
 from corral.exceptions import Stop, StoreError, StoreGone
 from corral.stores.base import KillMode, KillSwitchState
 
@@ -82,7 +82,7 @@ def blocking_switch(
     Raises ``control_plane_unavailable`` when the state cannot be read (fail closed).
     """
     try:
-        switches = active(core.store)
+        switches = core.services.switches.active(core.store)
     except StoreError as exc:
         gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
         raise core.stamp(
@@ -146,7 +146,7 @@ def _watch(core: RunState, name: str | None) -> Callable[[], Cancelled | None]:
 
     def check_in_flight() -> Cancelled | None:
         try:
-            switches = active(core.store)
+            switches = core.services.switches.active(core.store)
         except StoreError:
             return None  # unknown is not stop_all: the next check before a call fails closed
         for sw in switches:
