@@ -6,13 +6,21 @@ Imports the clock and the exceptions; the run state gives the rest.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from corral.clock import DEADLINE, SystemClock
+from corral.clock import DEADLINE, Clock, SystemClock
 from corral.exceptions import Stop
+from corral.policy.schema import Guard
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunState
+
+class _Run(Protocol):
+    """What the run's time needs of the run (:class:`~corral.gateway.state.RunState`)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    def observes(self, guard: Guard) -> bool: ...
+    def observed(self, stop: Stop) -> None: ...
+    def stamp(self, stop: Stop) -> Stop: ...
 
 
 class RunTime:
@@ -23,20 +31,22 @@ class RunTime:
         "_run",
         "_watched",
         "max_seconds",
+        "policy_seconds",
         "prior_active",
         "prior_waiting",
         "started",
         "waiting",
     )
 
-    def __init__(self, run: RunState) -> None:
+    def __init__(self, run: _Run) -> None:
         self._run = run
         self._real_clock = isinstance(run.clock, SystemClock)
         self.started = run.clock.monotonic()
         self.waiting = 0.0  # seconds spent waiting for approvals: reported, not charged
         self.prior_active = 0.0  # a resumed run's time so far
         self.prior_waiting = 0.0
-        self.max_seconds = float("inf")  # set by the run once its limits are known
+        self.max_seconds = float("inf")  # enforced; set by the run once its limits are known
+        self.policy_seconds = float("inf")  # the policy's own, watched in observe mode
         self._watched = False
 
     @property
@@ -84,7 +94,7 @@ class RunTime:
         run = self._run
         if not self._watched and run.observes("budgets"):
             used = self.prior_active + self.active_seconds()
-            limit = run.budget.limits.max_seconds
+            limit = self.policy_seconds
             if used > limit:
                 self._watched = True
                 run.observed(

@@ -11,12 +11,26 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
-from corral.stores.base import Event
+from corral.gateway.services import Services
+from corral.record.redact import Redactor
+from corral.stores.base import Event, Store
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunState
+T = TypeVar("T")
+
+
+class _Run(Protocol):
+    """What the event log needs of the run (:class:`~corral.gateway.state.RunState`)."""
+
+    id: str
+    tenant: str | None
+    agent: str | None
+    redactor: Redactor
+    store: Store
+    services: Services
+
+    def store_call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
 
 
 def _event_maker() -> Callable[
@@ -63,7 +77,7 @@ class EventLog:
 
     __slots__ = ("_lock", "_pending", "_run", "seq")
 
-    def __init__(self, run: RunState) -> None:
+    def __init__(self, run: _Run) -> None:
         self._run = run
         self.seq = 0  # the number of the last event (a resumed run continues its numbering)
         self._pending: list[Event] = []

@@ -11,23 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
-from corral.budgets.meter import Usage
+from corral.budgets.meter import Usage, limits_from_policy
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
+from corral.gateway.state import GAVE_UP, RunState
+from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
 from corral.result import Status
 from corral.stops import StopReason
 from corral.stores.base import RunRecord
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunState
-
 log = logging.getLogger("corral")
-
-#: What a store call past the run's deadline says when the store already gave no answer.
-GAVE_UP = "not tried: the store gave no answer by the run's deadline"
 
 #: Stop reasons whose status is ``error`` (something failed) rather than ``stopped``
 #: (a bound or a decision ended the run).
@@ -64,6 +60,30 @@ def status_of(reason: StopReason) -> Status:
 
 
 # -- start ------------------------------------------------------------------------------
+def open_run(policy: Policy, *, run_id: str | None = None, **settings: Any) -> RunState:
+    """A run's state, started: a new run, or the stored one ``run_id`` names resumed from
+    its usage, its set-up checked and its start recorded (``settings`` are
+    :class:`~corral.gateway.state.RunState`'s).
+
+    A store that cannot be read does not raise here: the run's first action raises the
+    stop (fail closed, but inside the run, so that ``with Run(...)`` records it).
+    """
+    run = RunState(policy, run_id=run_id, **settings)
+    try:
+        existing = load(run, run_id)
+    except Stop:
+        existing = None
+    prior = None if existing is None else prior_usage(run, existing)
+    if existing is not None:
+        run.resumed = True
+        caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
+        run.set_limits(limits_from_policy(policy.budgets, caps), prior=prior)
+    if prior is None:
+        run.time.resume_from(0.0, 0.0)  # the run's time starts now, not before the load
+    begin(run, existing)
+    return run
+
+
 def load(run: RunState, run_id: str | None) -> RunRecord | None:
     """The stored record of the run being resumed (None for a new run)."""
     if run_id is None:

@@ -9,16 +9,34 @@ actually cost (never a credit). Imports the budgets and the stores' types.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeVar
 
 from corral.budgets import windows
 from corral.budgets.meter import Charge, Hold, Limits, Meter, Usage
 from corral.exceptions import Stop
-from corral.stores.base import Refusal, ScopedCharge
+from corral.gateway.deadline import RunTime
+from corral.policy.schema import Guard, Policy
+from corral.stores.base import Refusal, ScopedCharge, Store
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunState
+T = TypeVar("T")
+
+
+class _Run(Protocol):
+    """What the budgets need of the run (:class:`~corral.gateway.state.RunState`)."""
+
+    policy: Policy
+    tenant: str | None
+    agent: str | None
+    store: Store
+    time: RunTime
+
+    def store_call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+    def observes(self, guard: Guard) -> bool: ...
+    def observed(self, stop: Stop) -> None: ...
+    def stamp(self, stop: Stop) -> Stop: ...
+
 
 #: The run backstops: enforced even in observe mode.
 BACKSTOP = Limits()
@@ -29,7 +47,7 @@ class RunBudget:
 
     __slots__ = ("_grants", "_run", "limits", "meter", "shadow")
 
-    def __init__(self, run: RunState, limits: Limits, prior: Usage | None) -> None:
+    def __init__(self, run: _Run, limits: Limits, prior: Usage | None) -> None:
         self._run = run
         self.limits = limits
         if run.observes("budgets"):

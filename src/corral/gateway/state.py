@@ -1,8 +1,9 @@
 """The state of one governed run, shared by the gateway, the loop and ``Run``: who runs it
 (ids, tenant, agent), under what (policy, tools, store, clock, secrets), its stop, and its
 parts — the event log (:mod:`~corral.gateway.events`), its time
-(:mod:`~corral.gateway.deadline`) and its budgets (:mod:`~corral.gateway.spend`). Its
-start and end in the store are in :mod:`~corral.gateway.lifecycle`.
+(:mod:`~corral.gateway.deadline`) and its budgets (:mod:`~corral.gateway.spend`). A run
+state is made by :func:`corral.gateway.lifecycle.open_run`, which also loads a resumed run
+and records the start in the store; the end is :func:`corral.gateway.lifecycle.close`.
 
 Nothing here does I/O beyond the store: waiting (for a tool, a model or an
 approval) is done by the sync or async driver in ``gateway/drivers.py``.
@@ -16,16 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from corral.budgets.meter import limits_from_policy
+from corral.budgets.meter import Limits, Usage, limits_from_policy
 from corral.clock import DEADLINE, SYSTEM_CLOCK, Clock
 from corral.controls.breaker import wall
 from corral.exceptions import ConfigError, Stop, StoreError, StoreGone
-from corral.gateway import lifecycle
 from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.deadline import RunTime
 from corral.gateway.effective import DEFAULT_TOOL_TIMEOUT, Effective, effective
 from corral.gateway.events import EventLog
-from corral.gateway.lifecycle import ERROR_REASONS, status_of
 from corral.gateway.services import DEFAULT as DEFAULT_SERVICES
 from corral.gateway.services import Services
 from corral.gateway.spend import BACKSTOP, RunBudget
@@ -33,7 +32,7 @@ from corral.policy.schema import Guard, Policy
 from corral.record import redact
 from corral.result import CallOutcome
 from corral.secrets import Credentials, SecretProvider
-from corral.stops import StopInfo, StopReason
+from corral.stops import StopInfo
 from corral.stores.base import Store
 from corral.stores.memory import MemoryStore
 from corral.tools import Tool
@@ -41,16 +40,18 @@ from corral.tools import Tool
 __all__ = [
     "BACKSTOP",
     "DEFAULT_TOOL_TIMEOUT",
-    "ERROR_REASONS",
+    "GAVE_UP",
     "Effective",
     "RunState",
     "args_digest",
     "canonical",
     "new_run_id",
-    "status_of",
 ]
 
 T = TypeVar("T")
+
+#: What a store call past the run's deadline says when the store already gave no answer.
+GAVE_UP = "not tried: the store gave no answer by the run's deadline"
 
 
 def new_run_id() -> str:
@@ -107,29 +108,22 @@ class RunState:
         self.timed_store = self.time.real_clock and self.store_shared
         self.store_gave_up = False
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
-        limits = limits_from_policy(policy.budgets, caps)
-        # Provisional until the budgets are set: a store call made while loading the run
-        # (resuming it) is bounded by the policy's own time.
-        self.time.max_seconds = limits.max_seconds
-        try:
-            existing = lifecycle.load(self, run_id)
-        except Stop:
-            # Fail closed, but inside the run: the first action raises this stop, and
-            # `with Run(...)` records it like any other.
-            existing = None
-        prior = None if existing is None else lifecycle.prior_usage(self, existing)
-        self.resumed = existing is not None
+        self.resumed = False
+        self.set_limits(limits_from_policy(policy.budgets, caps), prior=None)
+
+    def set_limits(self, limits: Limits, *, prior: Usage | None) -> None:
+        """The run's budgets and time limit, counted from ``prior`` (a resumed run's usage).
+
+        In observe mode the backstops are enforced and the policy's own limits watched
+        (RunBudget's shadow meter; RunTime.check records the time it would have stopped at).
+        """
         self.budget = RunBudget(self, limits, prior)
-        # Like steps and calls: in observe mode the backstop is enforced and the policy's
-        # time is watched (RunTime.check records it as a stop that would have happened).
+        self.time.policy_seconds = limits.max_seconds
         self.time.max_seconds = (
             BACKSTOP.max_seconds if self.observes("budgets") else limits.max_seconds
         )
         if prior is not None:
             self.time.resume_from(prior.active_seconds, prior.waiting_seconds)
-        else:
-            self.time.started = self.clock.monotonic()
-        lifecycle.begin(self, existing)
 
     def _init_outcome(self) -> None:
         """The run's stop, answer and how its last tool call was served."""
@@ -169,7 +163,7 @@ class RunState:
         if self.timed_store:
             deadline = self.time.deadline
             if self.store_gave_up and time.monotonic() > deadline:
-                raise self._store_failed(StoreError(lifecycle.GAVE_UP))
+                raise self._store_failed(StoreError(GAVE_UP))
             if DEADLINE.get() != deadline:  # else check_time set it for this flow already
                 token = DEADLINE.set(deadline)
         try:
@@ -273,10 +267,6 @@ class RunState:
             raise self.stamp(Stop.from_info(self.stop))
         if self.finished:
             raise ConfigError(f"run {self.id} has finished; start a new run")
-
-    def close(self, reason: StopReason, *, answer: str | None = None) -> str | None:
-        """Persist the end of the run; see :func:`corral.gateway.lifecycle.close`."""
-        return lifecycle.close(self, reason, answer=answer)
 
     def _add_secrets(self, values: list[str]) -> None:
         """Scrub ``values`` from everything the run records or shows the model from now on."""

@@ -37,13 +37,14 @@ from corral._safe import error_text
 from corral.budgets.meter import Charge, Usage
 from corral.clock import Clock
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
+from corral.gateway import lifecycle
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
 from corral.gateway.guards import killswitch
+from corral.gateway.lifecycle import status_of
 from corral.gateway.model_turn import model_flow, plan
 from corral.gateway.ops import Attempt, Execute
 from corral.gateway.services import Services
-from corral.gateway.state import RunState, status_of
 from corral.loop.tickets import ModelCall, Ticket, _NamedModel, _report, _wait_async, _wait_sync
 from corral.models.base import Model, ModelResponse, input_token_bound, wire_name
 from corral.policy.schema import Policy
@@ -163,7 +164,7 @@ class _RunBase:
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")
-        self._core = RunState(
+        self._core = lifecycle.open_run(
             policy,
             tools=_registry(policy, tools, described=self._describes),
             store=_open(store),
@@ -240,7 +241,7 @@ class _RunBase:
         answer, partial = core.scrub_text(answer), core.scrub_text(core.partial or core.last_text)
         if error is not None:
             error = core.redactor.text(error)
-        unrecorded = core.close(reason, answer=answer)
+        unrecorded = lifecycle.close(core, reason, answer=answer)
         if unrecorded is not None:
             # Fail closed, and say so: a run whose end is not in the audit log did not end ok.
             error = unrecorded if error is None else f"{error}; {unrecorded}"
