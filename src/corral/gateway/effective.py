@@ -49,10 +49,13 @@ class Effective:
     credentials: tuple[str, ...] = ()
     """The credentials a call needs: the tool's declaration and the policy's, together."""
 
-    @property
-    def cacheable(self) -> bool:
-        """Whether identical calls may be served from the run's read cache."""
-        return self.effect == "read" and self.cache and self.cache_ttl > 0
+    cacheable: bool = False
+    """Whether identical calls may be served from the run's read cache (a read, with its
+    cache on and a positive time to live): set from the fields above when made."""
+
+    def __post_init__(self) -> None:
+        cacheable = self.effect == "read" and self.cache and self.cache_ttl > 0
+        object.__setattr__(self, "cacheable", cacheable)
 
 
 def effective(policy: Policy, tool: Tool, name: str) -> Effective:

@@ -125,5 +125,5 @@ class EventLog:
     def _write(self, pending: list[Event]) -> None:
         run = self._run
         run.store_call(run.store.append_events, pending)
-        if run.services.sinks:
+        if run.services.sinks.installed:
             run.services.sinks.emit(pending)

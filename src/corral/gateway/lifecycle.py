@@ -279,7 +279,7 @@ def close(run: RunState, reason: StopReason, *, answer: str | None = None) -> st
             store.settle(grant, held)
         if pending:
             store.append_events(pending)
-            if run.services.sinks:
+            if run.services.sinks.installed:
                 run.services.sinks.emit(pending)
         redact = run.redactor.data
         store.update_run(

@@ -80,6 +80,8 @@ class RunState:
         # What the run shares with the process: sinks, breaker tally, kill-switch caches,
         # lease renewal (gateway/services.py).
         self.services = DEFAULT_SERVICES if services is None else services
+        # The kill-switch cache of the run's store (guards/killswitch.py reads it per call).
+        self.switch_cache = self.services.switches.cache_for(store)
         self.tools = dict(tools)
         self.store = store
         self.clock = clock or SYSTEM_CLOCK

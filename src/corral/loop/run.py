@@ -84,8 +84,10 @@ class Run(RunBase):
             self._core,
             name,
             {} if args is None else args,
-            key=text_or_none("idempotency_key", idempotency_key),
-            call_id=text_or_none("call_id", call_id),
+            key=None
+            if idempotency_key is None
+            else text_or_none("idempotency_key", idempotency_key),
+            call_id=None if call_id is None else text_or_none("call_id", call_id),
         )
         return run_sync(flow, approver=self._core.approver, clock=self._core.clock)
 
@@ -113,8 +115,10 @@ class Run(RunBase):
             core,
             name,
             {} if args is None else args,
-            key=text_or_none("idempotency_key", idempotency_key),
-            call_id=text_or_none("call_id", call_id),
+            key=None
+            if idempotency_key is None
+            else text_or_none("idempotency_key", idempotency_key),
+            call_id=None if call_id is None else text_or_none("call_id", call_id),
             external=True,
         )
         try:
@@ -192,8 +196,10 @@ class AsyncRun(RunBase):
             self._core,
             name,
             {} if args is None else args,
-            key=text_or_none("idempotency_key", idempotency_key),
-            call_id=text_or_none("call_id", call_id),
+            key=None
+            if idempotency_key is None
+            else text_or_none("idempotency_key", idempotency_key),
+            call_id=None if call_id is None else text_or_none("call_id", call_id),
         )
         return await run_async(flow, approver=self._core.approver, clock=self._core.clock)
 
@@ -211,8 +217,10 @@ class AsyncRun(RunBase):
             core,
             name,
             {} if args is None else args,
-            key=text_or_none("idempotency_key", idempotency_key),
-            call_id=text_or_none("call_id", call_id),
+            key=None
+            if idempotency_key is None
+            else text_or_none("idempotency_key", idempotency_key),
+            call_id=None if call_id is None else text_or_none("call_id", call_id),
             external=True,
         )
         try:

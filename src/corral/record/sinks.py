@@ -21,28 +21,30 @@ log = logging.getLogger("corral")
 class Sinks:
     """A set of sinks a run's events are handed to (in the order they were added)."""
 
-    __slots__ = ("_sinks",)
+    __slots__ = ("installed",)
 
     def __init__(self) -> None:
-        self._sinks: tuple[Sink, ...] = ()
+        # The sinks, in order; replaced as a whole, so a run reads it without a lock (and
+        # the allow path checks it is empty without a call).
+        self.installed: tuple[Sink, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self._sinks)
+        return bool(self.installed)
 
     def __iter__(self) -> Iterator[Sink]:
-        return iter(self._sinks)
+        return iter(self.installed)
 
     def add(self, sink: Sink) -> None:
         """Send events to ``sink`` too (once per sink)."""
-        if sink not in self._sinks:
-            self._sinks = (*self._sinks, sink)
+        if sink not in self.installed:
+            self.installed = (*self.installed, sink)
 
     def remove(self, sink: Sink) -> None:
-        self._sinks = tuple(s for s in self._sinks if s is not sink and s != sink)
+        self.installed = tuple(s for s in self.installed if s is not sink and s != sink)
 
     def emit(self, events: Sequence[Event]) -> None:
         """Hand ``events`` to every sink; a failing sink is logged, never raised."""
-        for sink in self._sinks:
+        for sink in self.installed:
             try:
                 sink(events)
             except Exception:  # a broken exporter must not break a governed run

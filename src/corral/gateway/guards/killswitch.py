@@ -82,7 +82,7 @@ def blocking_switch(
     Raises ``control_plane_unavailable`` when the state cannot be read (fail closed).
     """
     try:
-        switches = core.services.switches.active(core.store)
+        switches = core.switch_cache.switches(core.store)
     except StoreError as exc:
         gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
         raise core.stamp(
@@ -146,7 +146,7 @@ def _watch(core: RunState, name: str | None) -> Callable[[], Cancelled | None]:
 
     def check_in_flight() -> Cancelled | None:
         try:
-            switches = core.services.switches.active(core.store)
+            switches = core.switch_cache.switches(core.store)
         except StoreError:
             return None  # unknown is not stop_all: the next check before a call fails closed
         for sw in switches:
