@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import importlib.resources
 import inspect
 import io
+import pickle
 import re
+import traceback
 import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,9 @@ EXPECTED = {
 
 EXPECTED_TESTING = {
     "HOSTILE_PAYLOADS",
+    "CapturedEvents",
+    "FunctionModel",
+    "capture_events",
     "Execution",
     "FaultyModel",
     "FaultyStore",
@@ -203,3 +210,107 @@ def test_the_readme_examples_run_and_print_what_they_say() -> None:
             exec(compile(block, str(README), "exec"), namespace)
     printed = [line.strip() for line in out.getvalue().splitlines()]
     assert printed[: len(expected)] == expected
+
+
+def _defined_in_corral(module: types.ModuleType) -> list[str]:
+    return [
+        name
+        for name in module.__all__
+        if inspect.isclass(getattr(module, name)) or inspect.isfunction(getattr(module, name))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "home"),
+    [(corral, "corral"), (corral.testing, "corral.testing")],
+    ids=["corral", "corral.testing"],
+)
+def test_public_names_say_the_path_users_import_from(module: types.ModuleType, home: str) -> None:
+    """Every public class and function defined under a package names that package as its
+    module, so reprs, tracebacks and pickles show ``corral.Run``."""
+    names = _defined_in_corral(module)
+    assert names
+    wrong = {
+        name: getattr(module, name).__module__
+        for name in names
+        if getattr(module, name).__module__ != home
+        # The in-memory store and the manual clock keep their own homes.
+        and not (module is corral.testing and name in {"ManualClock", "MemoryStore"})
+    }
+    assert wrong == {}
+
+
+def test_reprs_and_tracebacks_name_corral() -> None:
+    """repr(corral.Run) and a Stop's traceback name the public path, not an internal module."""
+    assert repr(corral.Run) == "<class 'corral.Run'>"
+    assert repr(corral.AsyncRun) == "<class 'corral.AsyncRun'>"
+    assert repr(corral.testing.ScriptedModel) == "<class 'corral.testing.ScriptedModel'>"
+    try:
+        raise corral.Stop("tool_denied", detail="browser.open")
+    except corral.Stop as stop:
+        text = "".join(traceback.format_exception(stop))
+    assert text.splitlines()[-1] == "corral.Stop: tool_denied:browser.open"
+
+
+@corral.tool(effect="read")
+def search(q: str) -> str:
+    """Echo the query (a tool the policies below do not allow)."""
+    return q
+
+
+def _stamped_stop() -> tuple[corral.Stop, str]:
+    policy = corral.Policy.from_dict({"tools": {"allow": []}})
+    with corral.Run(policy, tools=[search], store="memory://") as run:
+        try:
+            run.call("search", {"q": "x"})
+        except corral.Stop as stop:
+            return stop, run.id
+    raise AssertionError("the call was not stopped")
+
+
+def test_a_stop_round_trips_through_pickle_as_corral_stop() -> None:
+    """A Stop pickles by its public path and comes back whole, its run id included."""
+    stop, run_id = _stamped_stop()
+    assert pickle.dumps(stop, protocol=0).startswith(b"ccorral\nStop\n")
+    back = pickle.loads(pickle.dumps(stop))
+    assert type(back) is corral.Stop
+    assert back.info == stop.info
+    assert back.run_id == run_id
+    assert str(back) == str(stop)
+    assert copy.copy(stop).run_id == run_id
+    assert copy.deepcopy(stop).info == stop.info
+
+
+def test_stop_declares_the_run_it_ended() -> None:
+    """A Stop raised by a run carries that run's id; one raised by hand carries None."""
+    stop, run_id = _stamped_stop()
+    assert stop.run_id == run_id
+    assert corral.Stop("max_steps", "run").run_id is None
+
+
+def test_public_values_pickle_by_their_public_path() -> None:
+    """A policy and a model request pickle by corral's path and compare equal after."""
+    policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
+    assert pickle.loads(pickle.dumps(policy)) == policy
+    assert b"ccorral\nPolicy\n" in pickle.dumps(policy, protocol=0)
+    request = corral.ModelRequest(
+        messages=({"role": "user", "content": "hi"},), tools=(), max_tokens=9
+    )
+    assert pickle.loads(pickle.dumps(request)) == request
+
+
+@pytest.mark.parametrize("module", [corral, corral.testing], ids=["corral", "corral.testing"])
+def test_type_hints_of_public_names_resolve(module: types.ModuleType) -> None:
+    """typing.get_type_hints works on every public class and function after the rename."""
+    for name in _defined_in_corral(module):
+        typing.get_type_hints(getattr(module, name))
+
+
+def test_a_subclass_of_a_public_model_builds() -> None:
+    """A user's subclass of Policy (a pydantic model shown as corral.Policy) still builds."""
+
+    class Mine(corral.Policy):
+        team: str = "ops"
+
+    assert Mine().team == "ops"
+    assert typing.get_type_hints(Mine)["budgets"] is type(corral.Policy().budgets)

@@ -8,6 +8,7 @@ exit has a stop reason.
 30
 """
 
+from corral._public import present_as as _present_as
 from corral._version import __version__
 from corral.budgets.meter import Charge, Limits, Usage
 from corral.clock import Clock, SystemClock
@@ -91,3 +92,6 @@ __all__ = [
     "run",
     "tool",
 ]
+
+# Reprs, tracebacks and pickles say ``corral.Run``, the path users import from.
+_present_as("corral", globals(), __all__)

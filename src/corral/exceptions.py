@@ -61,6 +61,11 @@ class Stop(CorralError):
     ('tool_denied:browser.open', False)
     """
 
+    #: The id of the run this stop ended, set when the run records it (None until then,
+    #: and for a stop raised outside any run). A stop carried into another run's ``with``
+    #: block is that block's agent error, not its stop.
+    run_id: str | None = None
+
     def __init__(
         self,
         reason: StopReason,

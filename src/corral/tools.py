@@ -281,33 +281,12 @@ def tool(
 
     def build(f: Callable[..., Any]) -> Tool:
         tool_name = name if name is not None else f.__name__
-        if not isinstance(tool_name, str) or not TOOL_NAME.match(tool_name):
-            raise ToolDefinitionError(
-                f"tool name must match [a-z0-9_.-]+ (exact, lower case), got {tool_name!r}"
-            )
-        if effect not in (None, "read", "write"):
-            raise ToolDefinitionError(
-                f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}"
-            )
-        if reconcile is not None and not callable(reconcile):
-            raise ToolDefinitionError(
-                f"tool {tool_name!r}: reconcile must be a function, got {type(reconcile).__name__}"
-            )
-        if retries < 0 or (timeout is not None and timeout <= 0):
-            raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
+        _check_options(tool_name, effect, reconcile, retries, timeout)
         # An explicit schema describes the arguments itself: the signature only has to say
         # where the context goes (so ``def f(**kwargs)`` is fine).
         model, context_param = _signature_model(f, tool_name, fields=args_schema is None)
         needs = _credential_names(tool_name, credentials, context_param)
-        args_validator = None
-        if args_schema is not None:
-            args_validator = _validator(args_schema, f"argument schema of {tool_name}")
-            schema = dict(args_schema)
-            args_model = None
-        else:
-            schema = model.model_json_schema()
-            schema.pop("title", None)
-            args_model = model
+        schema, args_model, args_validator = _argument_schema(tool_name, model, args_schema)
         out_validator = (
             _validator(output_schema, f"output schema of {tool_name}") if output_schema else None
         )
@@ -338,6 +317,39 @@ def tool(
     if fn is not None:
         return build(fn)
     return build
+
+
+def _check_options(
+    tool_name: Any, effect: Any, reconcile: Any, retries: int, timeout: float | None
+) -> None:
+    """Refuse a tool's name and options that cannot work, one message each."""
+    if not isinstance(tool_name, str) or not TOOL_NAME.match(tool_name):
+        raise ToolDefinitionError(
+            f"tool name must match [a-z0-9_.-]+ (exact, lower case), got {tool_name!r}"
+        )
+    if effect not in (None, "read", "write"):
+        raise ToolDefinitionError(
+            f"tool {tool_name!r}: effect must be 'read' or 'write', got {effect!r}"
+        )
+    if reconcile is not None and not callable(reconcile):
+        raise ToolDefinitionError(
+            f"tool {tool_name!r}: reconcile must be a function, got {type(reconcile).__name__}"
+        )
+    if retries < 0 or (timeout is not None and timeout <= 0):
+        raise ToolDefinitionError(f"tool {tool_name!r}: retries must be >= 0 and timeout > 0")
+
+
+def _argument_schema(
+    tool_name: str, model: type[BaseModel], args_schema: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], type[BaseModel] | None, Any]:
+    """The JSON Schema of a tool's arguments, with what checks them: the model built from
+    its signature, or a validator of the schema given explicitly."""
+    if args_schema is not None:
+        validator = _validator(args_schema, f"argument schema of {tool_name}")
+        return dict(args_schema), None, validator
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema, model, None
 
 
 def _cost(name: str, value: Any) -> Decimal:

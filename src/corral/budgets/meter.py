@@ -11,7 +11,7 @@ never overshot by anything corral started.
 >>> _ = m.settle(h, Charge(tool_calls=1, usd=Decimal("0.70")))
 >>> m.reserve(Charge(tool_calls=1, usd=Decimal("0.70")))
 Traceback (most recent call last):
-corral.exceptions.Stop: max_usd:run (limit 1.00, would be 1.40)
+corral.Stop: max_usd:run (limit 1.00, would be 1.40)
 """
 
 from __future__ import annotations

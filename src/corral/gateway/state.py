@@ -213,7 +213,7 @@ class RunState:
     def stamp(self, stop: Stop) -> Stop:
         """Mark ``stop`` as this run's and record it: a stop ends the run, so every later
         action raises it again, also when the caller caught it (first stop wins)."""
-        stop.run_id = self.id  # type: ignore[attr-defined]
+        stop.run_id = self.id
         self.record_stop(self.scrub_stop(stop).info)
         return stop
 

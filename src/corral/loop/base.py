@@ -339,7 +339,7 @@ class RunBase:
                 self._end("ok", answer=core.answer)
             return False
         if isinstance(exc, Stop):
-            owner = getattr(exc, "run_id", None)
+            owner = exc.run_id
             if owner in (None, core.id):
                 self._stopped(exc)
                 return True

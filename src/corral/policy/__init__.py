@@ -1,6 +1,8 @@
 """The policy: what a run may do, loaded from YAML, JSON or a dict and validated strictly.
 
-- ``schema``: the policy model (sections, tool specs, constraints, window limits) and loading;
+- ``schema``: the policy model and its loading (every section re-exported);
+- ``sections``: the sections (tool specs, constraints, budgets, window limits, modes...);
+- ``fields``: names, option sets and checked field types the sections are built from;
 - ``_input``: bounds on what is read (size, depth, numbers, YAML aliases) before validation;
 - ``messages``: one line per problem, with its path (``budgets.max_steps: ...``);
 - ``readiness`` and ``decision_aid``: ``corral check``'s checklist and per-tool needs;

@@ -242,12 +242,15 @@ def _document_order(data: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def format_validation_error(exc: ValidationError, data: Any = None) -> list[str]:
-    """One ``path: message`` line per problem, in document order, without duplicates."""
-    from corral.policy import schema as _policy  # local import: policy imports this module
+def format_validation_error(
+    exc: ValidationError, data: Any = None, *, model: type[BaseModel] | None = None
+) -> list[str]:
+    """One ``path: message`` line per problem, in document order, without duplicates.
 
-    candidate = getattr(_policy, exc.title, None)
-    root = candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+    ``model`` is the model that was validated: its fields name the keys a mapping may
+    have and the numbers a field expects (without it, messages say less).
+    """
+    root = model
     found: list[tuple[tuple[int, ...], int, str]] = []
     seen: set[tuple[Any, ...]] = set()
     for index, err in enumerate(exc.errors(include_url=False)):

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.exceptions import ConfigError
 from corral.record import sinks
-from corral.record.decisions import DenialReader
+from corral.record.decisions import Denial, DenialReader
 from corral.stores import Store, open_store
 from corral.stores.base import Event, RunRecord
 
@@ -233,12 +233,50 @@ def _set(attrs: dict[str, Any], key: str, value: Any) -> None:
 def _emit_segment(
     events: list[Event], record: RunRecord | None, tracer: Tracer, dropped: int
 ) -> int:
+    """Emit one segment of a run as a trace: the run's span, a span per model and tool
+    call under it, and its decisions as span events. Returns how many spans."""
     from opentelemetry import trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    end_event = next((e for e in events if e.kind == "run_end"), None)
+    root, run_end = _start_run_span(events, end_event, record, tracer, dropped)
+    context = trace.set_span_in_context(root)
+    emitted = 1
+    tokens_in = tokens_out = 0
+    reader = DenialReader()
+    for event in events:
+        denial = reader.read(event)
+        if event.kind == "model_call":
+            tokens_in += int(event.data.get("input_tokens") or 0)
+            tokens_out += int(event.data.get("output_tokens") or 0)
+            _chat_span(tracer, context, event)
+            emitted += 1
+        elif event.kind == "tool_call":
+            _tool_span(tracer, context, event)
+            emitted += 1
+        _add_run_event(root, event, denial)
+    root.set_attribute("gen_ai.usage.input_tokens", tokens_in)
+    root.set_attribute("gen_ai.usage.output_tokens", tokens_out)
+    if end_event is not None:
+        _finish_run(root, end_event)
+    else:
+        _unfinished_run(root, record)
+    root.end(end_time=_ns(run_end))
+    return emitted
+
+
+def _start_run_span(
+    events: list[Event],
+    end_event: Event | None,
+    record: RunRecord | None,
+    tracer: Tracer,
+    dropped: int,
+) -> tuple[Span, float]:
+    """Start the run's span (``invoke_agent``) at the segment's first moment; returns it
+    with the moment it ends."""
+    from opentelemetry.trace import SpanKind
 
     run_id = events[0].run_id
     start_event = next((e for e in events if e.kind == "run_start"), None)
-    end_event = next((e for e in events if e.kind == "run_end"), None)
     info = start_event.data if start_event else {}
     agent = str(info.get("agent") or (record.agent if record else "") or "")
     tenant = str(info.get("tenant") or (record.tenant if record else "") or "")
@@ -266,55 +304,46 @@ def _emit_segment(
     root = tracer.start_span(
         name, kind=SpanKind.INTERNAL, attributes=attrs, start_time=_ns(run_start)
     )
-    context = trace.set_span_in_context(root)
-    emitted = 1
-    tokens_in = tokens_out = 0
-    reader = DenialReader()
-    for event in events:
-        data = event.data
-        denial = reader.read(event)
-        if event.kind == "model_call":
-            tokens_in += int(data.get("input_tokens") or 0)
-            tokens_out += int(data.get("output_tokens") or 0)
-            _chat_span(tracer, context, event)
-            emitted += 1
-        elif event.kind == "tool_call":
-            _tool_span(tracer, context, event)
-            emitted += 1
-        if denial is not None:
-            ev: dict[str, Any] = {
-                "corral.decision": "would_stop" if denial.observed else "denied",
-                "corral.guard": denial.guard,
-                "corral.reason": denial.reason,
-            }
-            _set(ev, "gen_ai.tool.name", denial.tool)
-            _set(ev, "corral.why", denial.why)
-            root.add_event(
-                "corral.would_stop" if denial.observed else "corral.denied",
-                attributes=ev,
-                timestamp=_ns(event.at),
-            )
-        elif event.kind in ("approval", "skipped", "step", "warning", "interrupted"):
-            ev = {}
-            for key, value in data.items():
-                _set(ev, f"corral.{key}", value)
-            if event.kind == "approval":
-                ev["corral.decision"] = "approved"
-                _set(ev, "gen_ai.tool.name", data.get("tool"))
-            root.add_event(f"corral.{event.kind}", attributes=ev, timestamp=_ns(event.at))
+    return root, run_end
 
-    root.set_attribute("gen_ai.usage.input_tokens", tokens_in)
-    root.set_attribute("gen_ai.usage.output_tokens", tokens_out)
-    if end_event is not None:
-        _finish_run(root, end_event)
-    else:
-        status = record.status if record is not None else "incomplete"
-        root.set_attribute("corral.status", status)
-        if status == "interrupted":
-            root.set_status(Status(StatusCode.ERROR, "the run's process died"))
-            root.set_attribute("error.type", "interrupted")
-    root.end(end_time=_ns(run_end))
-    return emitted
+
+def _add_run_event(root: Span, event: Event, denial: Denial | None) -> None:
+    """Record a decision (a denial, a would-be stop, an approval, a skip, a warning) as an
+    event of the run's span."""
+    data = event.data
+    if denial is not None:
+        ev: dict[str, Any] = {
+            "corral.decision": "would_stop" if denial.observed else "denied",
+            "corral.guard": denial.guard,
+            "corral.reason": denial.reason,
+        }
+        _set(ev, "gen_ai.tool.name", denial.tool)
+        _set(ev, "corral.why", denial.why)
+        root.add_event(
+            "corral.would_stop" if denial.observed else "corral.denied",
+            attributes=ev,
+            timestamp=_ns(event.at),
+        )
+    elif event.kind in ("approval", "skipped", "step", "warning", "interrupted"):
+        ev = {}
+        for key, value in data.items():
+            _set(ev, f"corral.{key}", value)
+        if event.kind == "approval":
+            ev["corral.decision"] = "approved"
+            _set(ev, "gen_ai.tool.name", data.get("tool"))
+        root.add_event(f"corral.{event.kind}", attributes=ev, timestamp=_ns(event.at))
+
+
+def _unfinished_run(root: Span, record: RunRecord | None) -> None:
+    """Mark a segment with no ``run_end``: the stored run's status (``interrupted`` when its
+    process died), or ``incomplete``."""
+    from opentelemetry.trace import Status, StatusCode
+
+    status = record.status if record is not None else "incomplete"
+    root.set_attribute("corral.status", status)
+    if status == "interrupted":
+        root.set_status(Status(StatusCode.ERROR, "the run's process died"))
+        root.set_attribute("error.type", "interrupted")
 
 
 def _finish_run(root: Span, end: Event) -> None:

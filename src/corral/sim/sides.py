@@ -258,10 +258,7 @@ def run_governed(
     # (ready at, arrival order, attempt, ticket): the earliest ready ticket runs next.
     queue = [(task.arrival, task.index, 1, task) for task in tasks]
     heapq.heapify(queue)
-    run_ids: list[str] = []
-    answered_at: dict[int, float] = {}
-    requeued: set[int] = set()
-    given_up = 0
+    tickets = _Tickets()
     while queue:
         ready, _, attempt, task = heapq.heappop(queue)
         now = clock.monotonic()
@@ -282,20 +279,43 @@ def run_governed(
             run_id=run_id,
             on_run=lambda r: model.bind(r, max_seconds),
         )
-        run_ids.append(result.run_id)
+        tickets.run_ids.append(result.run_id)
         if result.ok:
-            answered_at[task.index] = clock.monotonic()
+            tickets.answered_at[task.index] = clock.monotonic()
             continue
         stop = result.stop
         if not (requeue and stop is not None and stop.retryable and attempt < MAX_ATTEMPTS):
-            given_up += 1
+            tickets.given_up += 1
             continue
         wait = stop.retry_after
         if wait is None:
             wait = min(REQUEUE_BACKOFF * 2 ** (attempt - 1), REQUEUE_BACKOFF_MAX)
-        requeued.add(task.index)
+        tickets.requeued.add(task.index)
         heapq.heappush(queue, (clock.monotonic() + max(wait, 1.0), task.index, attempt + 1, task))
+    side = _side_from_records(store, tickets.run_ids, vendor, scenario)
+    side.tasks_answered = len(tickets.answered_at)
+    side.answered_first_try = len(tickets.answered_at.keys() - tickets.requeued)
+    side.tickets_requeued = len(tickets.requeued)
+    side.tickets_given_up = tickets.given_up
+    side.answered_at = tickets.answered_at
+    return side
 
+
+@dataclass(kw_only=True)
+class _Tickets:
+    """What became of the governed side's tickets: every run in order, when each ticket
+    was answered, which were queued again, how many were given up."""
+
+    run_ids: list[str] = field(default_factory=list)
+    answered_at: dict[int, float] = field(default_factory=dict)
+    requeued: set[int] = field(default_factory=set)
+    given_up: int = 0
+
+
+def _side_from_records(
+    store: Store, run_ids: Sequence[str], vendor: Vendor, scenario: Scenario
+) -> Side:
+    """The governed side's figures, read back from the store's records of ``run_ids``."""
     side = Side(vendor_calls=vendor.calls, browser_calls_in_outage=vendor.calls_in_outage)
     reasons: Counter[str] = Counter()
     for run_id in run_ids:
@@ -314,12 +334,7 @@ def run_governed(
         side.max_tool_calls_in_a_run = max(side.max_tool_calls_in_a_run, calls)
         side.max_steps_in_a_run = max(side.max_steps_in_a_run, int(usage.get("steps", 0)))
         side.longest_run_seconds = max(side.longest_run_seconds, seconds)
-    side.tasks_answered = len(answered_at)
-    side.answered_first_try = len(answered_at.keys() - requeued)
-    side.tickets_requeued = len(requeued)
-    side.tickets_given_up = given_up
     side.attempts = len(run_ids)
-    side.answered_at = answered_at
     side.stop_reasons = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     # Every browser attempt is billed (failed ones too); the knowledge base is free.
     side.tool_usd = scenario.browser_cost_usd * side.browser_calls

@@ -13,7 +13,7 @@ import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from corral.clock import SystemClock
 from corral.models._http import ModelAPIError
@@ -25,10 +25,7 @@ from corral.models.base import (
     Price,
     ToolCallRequest,
 )
-
-if TYPE_CHECKING:
-    from corral.testing import Turn
-
+from corral.testing.scripted import ScriptedModel, Turn, final
 
 _DIRECTIVE = re.compile(r"\bCALL\s+([A-Za-z0-9_.\-]+)(?:\s+(\{[^{}]*\}))?")
 
@@ -76,8 +73,6 @@ class GullibleModel:
         price: Price | None = FREE,
         clock: Any = None,
     ) -> None:
-        from corral.testing import ScriptedModel  # corral.testing re-exports this module
-
         self._scripted = ScriptedModel(script, name=name, price=price, clock=clock)
         self.name = name
         self.price = price
@@ -85,8 +80,6 @@ class GullibleModel:
         self.requests = self._scripted.requests
 
     async def respond(self, request: ModelRequest) -> ModelResponse:
-        from corral.testing import Turn, final
-
         order = None
         for message in reversed(request.messages):
             if message.get("role") != "tool":

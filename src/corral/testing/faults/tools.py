@@ -131,8 +131,11 @@ def flaky_tool(
     """A tool whose calls raise ``error()`` at ``rate`` (0..1), else return ``returns``.
 
     >>> vendor = flaky_tool("vendor.read", rate=0.5, seed=1)
-    >>> [_outcome(vendor) for _ in range(4)]
-    ['ok', 'ConnectionError', 'ok', 'ok']
+    >>> vendor.tool.fn()
+    'ok'
+    >>> vendor.tool.fn()
+    Traceback (most recent call last):
+    ConnectionError: vendor unavailable
     """
     if not 0 <= rate <= 1:
         raise ValueError(f"rate must be between 0 and 1, got {rate!r}")
@@ -219,8 +222,9 @@ def raising_tool(
     """A tool whose every call raises ``error()``.
 
     >>> broken = raising_tool("kb.read")
-    >>> _outcome(broken)
-    'RuntimeError'
+    >>> broken.tool.fn()
+    Traceback (most recent call last):
+    RuntimeError: internal error
     """
 
     def behave(rng: random.Random, ctx: ToolContext, query: str) -> Any:
@@ -392,12 +396,3 @@ def hostile_tool(
     return _build(
         name, behave, seed=seed, effect=effect, description="Returns hostile text.", **options
     )
-
-
-def _outcome(faulty: FaultyTool) -> str:
-    """Call a fault tool directly (for the examples): ``"ok"`` or the exception's type."""
-    try:
-        value = faulty.tool.fn()
-    except Exception as exc:
-        return type(exc).__name__
-    return str(value)
