@@ -5,6 +5,7 @@ cycle is made — imports inside functions and under TYPE_CHECKING included."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,17 @@ def test_a_store_importing_a_guard_fails(copy: Path) -> None:
 
 def test_production_code_importing_the_testing_kit_fails(copy: Path) -> None:
     _breaks(copy, "record/audit.py", "import corral.testing", "corral.testing")
+
+
+def test_the_architecture_doc_names_every_module_and_no_other() -> None:
+    """docs/architecture.md has one line per module: a module added, moved or removed is
+    seen there."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"^\| `(corral/[\w/]+\.py)` \|", doc, flags=re.M))
+    source = {
+        str(p.relative_to(ROOT / "src"))
+        for p in (ROOT / "src" / "corral").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert sorted(source - named) == [], "modules the document does not name"
+    assert sorted(named - source) == [], "modules the document names that do not exist"
