@@ -17,7 +17,7 @@ from one that had the store open reconnects on first use.
 
 A file removed, renamed or replaced while the store has it open (or its ``-wal`` or
 ``-shm`` file) is noticed at the next kill-switch read (every 0.1 s in a process that
-runs agents), heartbeat or failed statement (:mod:`.filewatch`): from then on every
+runs agents), heartbeat or failed statement (:mod:`corral.stores.filewatch`): from then on every
 call raises :class:`~corral.exceptions.StoreGone` and runs stop with
 ``control_plane_unavailable``, instead of writing on into a file nobody reads.
 
@@ -27,7 +27,7 @@ Mappings (events, usage, approval arguments, outcomes) are JSON; a value JSON
 cannot hold is stored as its ``str()``.
 
 Events are the audit log: each append reads the chain's head, seals the events
-(:mod:`.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
+(:mod:`corral.stores.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
 every process appending to the file extends one chain. An event's ``id`` (the
 table's rowid) is its place in the chain: no extra index to write per event.
 Triggers refuse to change or delete a sealed event. The chain's head is always read
@@ -241,7 +241,7 @@ class SQLiteStore:
 
     def _check_file(self) -> None:
         """Raise :class:`~corral.exceptions.StoreGone` once the file this store opened (or
-        its ``-wal`` or ``-shm`` file) was removed or replaced (:mod:`.filewatch`).
+        its ``-wal`` or ``-shm`` file) was removed or replaced (:mod:`corral.stores.filewatch`).
 
         From then on every call fails: nothing more goes into a file no other process
         reads. The connection is left open, never used again: closing it would make

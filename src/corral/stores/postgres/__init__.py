@@ -1,7 +1,7 @@
 """The PostgreSQL store: shared state for several processes and machines.
 
 ``PostgresStore("postgresql://user@host/db")`` opens a connection pool (psycopg 3)
-and brings the schema up to date with the shared migration runner (:mod:`.migrate`,
+and brings the schema up to date with the shared migration runner (:mod:`corral.stores.migrate`,
 files in ``migrations/postgres/``). Contended state relies on the database alone,
 never on an in-process lock, so it holds across processes and machines:
 
@@ -19,7 +19,7 @@ never on an in-process lock, so it holds across processes and machines:
   (still pending; still running with the heartbeat that was judged);
 - kill switches, breakers and runs are single-statement writes; setting or
   clearing a kill switch also sends ``NOTIFY corral_kill_switch`` (``scope:target``);
-- **events** are the audit log, sealed into one chain (:mod:`.chain`) by
+- **events** are the audit log, sealed into one chain (:mod:`corral.stores.chain`) by
   appenders on every machine. An append seals its events after the head this
   store last saw and writes them in one statement *if* the head is still that
   one (a compare-and-set on the head row): one round trip while this process is
@@ -35,7 +35,7 @@ It fails closed, and never hangs: a server that cannot be reached, a pool with n
 free connection, a statement (lock waits included) that runs too long each raise
 :class:`~corral.exceptions.StoreError` after ``connect_timeout``, ``pool_timeout``
 or ``statement_timeout``; a server that stops answering altogether, a second after
-``statement_timeout`` (the client's own bound, :mod:`._pg_deadline`). A call made
+``statement_timeout`` (the client's own bound, :mod:`.deadline`). A call made
 for a run (:data:`corral.clock.DEADLINE` set) waits no longer than the run has left:
 each of these waits is clamped to it, a statement still running then is cancelled
 on the server. A deadlock is retried; so is a connection that died under a call,
@@ -68,14 +68,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import errors
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from corral.clock import DEADLINE, wait_budget
 from corral.exceptions import ConfigError, StoreError
-from corral.stores import _pg_deadline
-from corral.stores import _postgres_sql as q
 from corral.stores.base import (
     ApprovalRecord,
     ApprovalStatus,
@@ -106,6 +105,8 @@ from corral.stores.chain import Sealed, Sealer
 from corral.stores.leases import LEASE_SECONDS, Renewer
 from corral.stores.migrate import POSTGRES, current_version, migrate
 from corral.stores.owner import RUN_LEASE_SECONDS, RunOwner, interruption
+from corral.stores.postgres import deadline as _pg_deadline
+from corral.stores.postgres import sql as q
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -250,7 +251,7 @@ class PostgresStore:
         Waits are bounded: for a free connection by ``pool_timeout``, for the answer by
         ``statement_timeout`` (the server's) and, on the client, a second more (a server
         that never answers); each clamped to :data:`corral.clock.DEADLINE` when a run's
-        deadline is nearer (see :mod:`._pg_deadline`). Retries stop at the deadline.
+        deadline is nearer (see :mod:`.deadline`). Retries stop at the deadline.
         """
         for attempt in range(1, _ATTEMPTS + 1):
             pool_wait = wait_budget(self._pool_timeout)
@@ -320,8 +321,8 @@ class PostgresStore:
         if changes.get("status") == "running":
             changes.setdefault("owner", RunOwner.current())
         columns = q.run_columns(changes)
-        query = sql.SQL("UPDATE corral_runs SET {} WHERE id = %s RETURNING 1").format(
-            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns)
+        query = pgsql.SQL("UPDATE corral_runs SET {} WHERE id = %s RETURNING 1").format(
+            pgsql.SQL(", ").join(pgsql.SQL("{} = %s").format(pgsql.Identifier(c)) for c in columns)
         )
         params = [*columns.values(), run_id]
         if self._call(lambda conn: conn.execute(query, params).fetchone()) is None:
@@ -658,12 +659,12 @@ class PostgresStore:
     ) -> ApprovalRecord | None:
         """Move the approval from ``expect`` to ``status`` by a conditional update (one
         caller wins), or None when it was not ``expect`` any more."""
-        cols = sql.SQL(", ").join(map(sql.Identifier, q.APPROVAL_FIELDS))
-        move = sql.SQL(
+        cols = pgsql.SQL(", ").join(map(pgsql.Identifier, q.APPROVAL_FIELDS))
+        move = pgsql.SQL(
             "UPDATE corral_approvals SET status = %s, approver = COALESCE(%s::text, approver), "
             "reason = COALESCE(%s::text, reason), {} = %s WHERE id = %s AND status = %s "
             "RETURNING {}"
-        ).format(sql.Identifier("used_at" if status == "used" else "decided_at"), cols)
+        ).format(pgsql.Identifier("used_at" if status == "used" else "decided_at"), cols)
         exists = "SELECT 1 FROM corral_approvals WHERE id = %s"
 
         def op(conn: Conn) -> tuple[tuple[Any, ...] | None, bool]:
@@ -951,12 +952,15 @@ def _seal_unsealed(sealer: Sealer, cur: Any) -> None:
 
 
 def _prepare(conn: Conn, schema: str | None, sealer: Sealer | None = None) -> list[int]:
-    """Create ``schema`` if needed, then apply the missing migrations (see :mod:`.migrate`)."""
+    """Create ``schema`` if needed, then apply the missing migrations (see
+    :mod:`corral.stores.migrate`)."""
     if schema is not None:
         # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: serialize it.
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"corral.schema:{schema}",))
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(
+                pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(schema))
+            )
     where = f"the PostgreSQL schema {schema!r}" if schema else "the PostgreSQL database"
     seal = partial(_seal_unsealed, sealer or Sealer.from_env())
     return migrate(conn, POSTGRES, where=where, after={2: seal})

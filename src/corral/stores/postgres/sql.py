@@ -1,4 +1,4 @@
-"""Statement texts and row conversions for the PostgreSQL store (:mod:`.postgres`)."""
+"""Statement texts and row conversions for the PostgreSQL store (:mod:`corral.stores.postgres`)."""
 
 from __future__ import annotations
 
