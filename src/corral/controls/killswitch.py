@@ -49,7 +49,6 @@ from typing import cast, get_args
 from corral._safe import shown
 from corral.exceptions import ConfigError, StoreError, StoreGone
 from corral.stores.base import Event, KillMode, KillScope, KillSwitchState, Store, kill_target
-from corral.stores.memory import MemoryStore
 
 #: How long one read of the switches is reused (seconds, ``time.monotonic``).
 REFRESH_SECONDS = 0.1
@@ -170,7 +169,7 @@ def cache_for(store: Store) -> KillSwitchCache:
         entry = _caches.get(id(store))
         if entry is not None and entry[0]() is store:
             return entry[1]
-        refresh = 0.0 if isinstance(store, MemoryStore) else REFRESH_SECONDS
+        refresh = REFRESH_SECONDS if store.shared else 0.0
         return _keep(store, KillSwitchCache(refresh=refresh))
 
 

@@ -29,7 +29,6 @@ from corral.result import CallOutcome, Status
 from corral.secrets import Credentials, SecretProvider
 from corral.stops import StopInfo, StopReason
 from corral.stores.base import Event, Refusal, RunRecord, ScopedCharge, Store
-from corral.stores.memory import MemoryStore
 from corral.tools import Tool
 
 DEFAULT_TOOL_TIMEOUT = 30.0
@@ -190,7 +189,7 @@ class RunCore:
         # Waits on the run's behalf end at its deadline (on the real clock only): see
         # check_time and _store_call. Provisional timing until the run's own starts, below.
         self._real_clock = isinstance(self.clock, SystemClock)
-        self._timed_store = self._real_clock and not isinstance(store, MemoryStore)
+        self._timed_store = self._real_clock and store.shared
         self._store_gave_up = False
         self.started, self.waiting, self._prior_active = self.clock.monotonic(), 0.0, 0.0
         self.max_seconds = policy_limits.max_seconds
@@ -373,7 +372,7 @@ class RunCore:
         reachable from no other process."""
         if self.approver is not None or self.observes("approvals"):
             return
-        if not isinstance(self.store, MemoryStore):
+        if self.store.shared:
             return
         needing = sorted(
             name

@@ -72,6 +72,9 @@ class MemoryStore:
     memory a hash protects nothing until someone looks, and appending stays cheap.
     """
 
+    #: This process alone sees it: no other process reads its kill switches or approvals.
+    shared = False
+
     def __init__(
         self, *, grant_lease: float = LEASE_SECONDS, renewer: Renewer | None = None
     ) -> None:

@@ -156,6 +156,9 @@ class PostgresStore:
     is keyed when ``CORRAL_AUDIT_KEY`` is set at construction.
     """
 
+    #: Every process and machine that names the database shares it.
+    shared = True
+
     def __init__(
         self,
         url: str,

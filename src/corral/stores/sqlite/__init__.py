@@ -141,6 +141,9 @@ class SQLiteStore:
     The audit chain is keyed when ``CORRAL_AUDIT_KEY`` is set at construction.
     """
 
+    #: A database: other processes may share it (a ``:memory:`` one too counts as one).
+    shared = True
+
     def __init__(
         self,
         path: str | os.PathLike[str] = "corral.db",
