@@ -168,11 +168,11 @@ def _require_postgres_schema(url: str) -> None:
     try:
         import psycopg
 
-        from corral.stores.postgres import _SCHEMA_NAME, _split_schema
+        from corral.stores.postgres.connection import SCHEMA_NAME, split_schema
     except ImportError:
         return  # _postgres says what is missing
-    conninfo, schema = _split_schema(url)
-    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+    conninfo, schema = split_schema(url)
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
         return  # PostgresStore refuses it, saying why
     table = f"{schema}.corral_schema_migrations" if schema else "corral_schema_migrations"
     try:
