@@ -1,6 +1,7 @@
 # The README's commands. Each sets up what it needs (a virtual environment in .venv) first:
 # `make demo` installs corral with its runtime dependencies only; `make test` adds the dev
-# extras (test tools, type checker, the SDKs the adapters are tested against).
+# extras (test tools, type checker, the SDKs the adapters are tested against) and checks the
+# architecture's import contracts (pyproject.toml, docs/architecture.md) before the tests.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -37,15 +38,17 @@ demo: $(RUNTIME_STAMP)
 	$(BIN)/corral demo
 
 test: $(DEV_STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/gateway_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

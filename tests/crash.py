@@ -20,6 +20,7 @@ from typing import Any
 
 import corral
 from corral.stores import Store
+from corral.stores.leases import Renewer
 
 POINTS = ("before_claim", "after_claim", "inside_tool", "after_tool", "before_outcome")
 """Where a write is killed: before its claim, right after it, inside the tool before the
@@ -114,14 +115,26 @@ def pay_tool(
 
 
 def pay(
-    store: Store, path: Path, order: str, *, reconcile: bool = False, run_id: str | None = None
+    store: Store,
+    path: Path,
+    order: str,
+    *,
+    reconcile: bool = False,
+    run_id: str | None = None,
+    services: corral.Services | None = None,
 ) -> corral.RunResult:
     """Pay ``order`` in a run of this process; returns the run's result."""
     tool = pay_tool(path, reconcile=reconcile)
-    with corral.Run(POLICY, tools=[tool], store=store, run_id=run_id) as run:
+    with corral.Run(POLICY, tools=[tool], store=store, run_id=run_id, services=services) as run:
         run.call(TOOL, {"order": order})
         run.finish("done")
     return run.result
+
+
+def quick_leases(lease: float, every: float = 0.1) -> corral.Services:
+    """Services whose idempotency claims are leased for ``lease`` seconds, renewed every
+    ``every``: a dead process's claim lapses quickly."""
+    return corral.Services(renewer=Renewer(interval=every, lease=lease))
 
 
 def in_child(work: Callable[[], None]) -> int:
@@ -139,12 +152,15 @@ def in_child(work: Callable[[], None]) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def pay_and_die(store: Store, path: Path, order: str, point: str) -> int:
+def pay_and_die(
+    store: Store, path: Path, order: str, point: str, services: corral.Services | None = None
+) -> int:
     """Pay ``order`` in a child process killed at ``point``; returns its wait status."""
 
     def work() -> None:
         tool = pay_tool(path, point=point)
-        with corral.Run(POLICY, tools=[tool], store=DyingStore(store, point)) as run:
+        dying = DyingStore(store, point)
+        with corral.Run(POLICY, tools=[tool], store=dying, services=services) as run:
             run.call(TOOL, {"order": order})
 
     return in_child(work)

@@ -105,6 +105,20 @@ def pending(store: Store, count: int = 1, timeout: float = 15.0) -> list[Approva
     pytest.fail(f"{count} pending approval(s) never appeared (found {store.list_approvals()})")
 
 
+def reattached(store: Store, run_id: str, timeout: float = 15.0) -> None:
+    """Wait until a second process resuming ``run_id`` has re-attached to its request (on a
+    loaded machine, starting a process takes longer than any fixed pause)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(
+            e.kind == "approval_requested" and e.data.get("reattached")
+            for e in store.events(run_id)
+        ):
+            return
+        time.sleep(0.01)
+    pytest.fail(f"no process re-attached to the request of {run_id}")
+
+
 class Agent(threading.Thread):
     """A governed run in a thread, offering ``calls`` in order; ``result`` when done."""
 
@@ -304,7 +318,7 @@ def test_two_processes_resuming_one_run_execute_its_approved_call_once(shared: S
         (request,) = pending(shared.store)
         second = agent_process(shared.url, 3.0, 5, request.run_id)
         try:
-            time.sleep(1.0)  # the second re-attached: still one request
+            reattached(shared.store, request.run_id)  # the second waits on it too: one request
             assert [a.id for a in shared.store.list_approvals(status=None)] == [request.id]
             approvals.approve(shared.store, request.id, approver="alice")
             results = [finished(first), finished(second)]

@@ -16,20 +16,18 @@ from typer.testing import CliRunner
 import corral
 from corral.cli.app import app
 from corral.record.audit import records
-from corral.stores import Store, leases
+from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
-from crash import POLICY, effects, pay, pay_and_die, pay_tool
+from crash import POLICY, effects, pay, pay_and_die, pay_tool, quick_leases
 from crash import pg as crash_pg
 
 LEASE = 0.4
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leases of 0.4 s renewed every 0.1 s."""
-    monkeypatch.setattr(leases, "LEASE_SECONDS", LEASE)
-    monkeypatch.setattr(leases, "RENEWER", leases.Renewer(interval=0.1))
+#: Leases of 0.4 s renewed every 0.1 s, so a dead process's claim lapses quickly: every
+#: run of this module is given them.
+QUICK = quick_leases(LEASE)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -58,9 +56,9 @@ def cli(*args: str) -> tuple[int, str]:
 def unknown_key(store: Store, tmp_path: Path, order: str, point: str = "after_claim") -> str:
     """The key of a payment whose process was killed at ``point``, once its lease lapsed."""
     path = tmp_path / "effects.log"
-    assert pay_and_die(store, path, order, point) < 0
+    assert pay_and_die(store, path, order, point, services=QUICK) < 0
     time.sleep(LEASE + 0.15)
-    result = pay(store, path, order)
+    result = pay(store, path, order, services=QUICK)
     assert result.stop.why == "outcome_unknown"
     key: str = result.stop.extra["key"]
     return key
@@ -71,7 +69,7 @@ def test_list_shows_claims_by_state_and_tenant(db, tmp_path):
     store, url = db
     path = tmp_path / "effects.log"
     key = unknown_key(store, tmp_path, "A-1")
-    assert pay(store, path, "B-2").status == "ok"
+    assert pay(store, path, "B-2", services=QUICK).status == "ok"
     code, out = cli("list", "--db", url)
     assert code == 0
     header, *rows = out.splitlines()
@@ -100,7 +98,9 @@ def test_resolve_succeeded_is_replayed_and_audited(db, tmp_path):
         "--reason", "seen in the ledger", "--as", "alice", "--db", url,
     )  # fmt: skip
     assert code == 0 and out.strip() == f"resolved {key}: succeeded (by alice)"
-    with corral.Run(POLICY, tools=[pay_tool(tmp_path / "effects.log")], store=store) as run:
+    with corral.Run(
+        POLICY, tools=[pay_tool(tmp_path / "effects.log")], store=store, services=QUICK
+    ) as run:
         assert run.call("pay.send", {"order": "A-1"}) == "paid A-1 (by hand)"
     assert effects(tmp_path / "effects.log") == ["A-1"]
     [event] = [r for r in records(store) if r.kind == "idempotency_resolved"]
@@ -113,7 +113,7 @@ def test_resolve_failed_replays_the_failure(db, tmp_path):
     store, url = db
     key = unknown_key(store, tmp_path, "A-1")
     assert cli("resolve", key, "--outcome", "failed", "--reason", "refused", "--db", url)[0] == 0
-    result = pay(store, tmp_path / "effects.log", "A-1")
+    result = pay(store, tmp_path / "effects.log", "A-1", services=QUICK)
     assert result.stop_reason == "tool_error" and "refused" in result.stop.message
     assert effects(tmp_path / "effects.log") == []
 
@@ -124,8 +124,8 @@ def test_resolve_not_executed_frees_the_key(db, tmp_path):
     key = unknown_key(store, tmp_path, "A-1")
     assert cli("resolve", key, "--outcome", "not_executed", "--db", url)[0] == 0
     path = tmp_path / "effects.log"
-    assert pay(store, path, "A-1").status == "ok"
-    assert pay(store, path, "A-1").status == "ok"
+    assert pay(store, path, "A-1", services=QUICK).status == "ok"
+    assert pay(store, path, "A-1", services=QUICK).status == "ok"
     assert effects(path) == ["A-1"]
 
 
@@ -134,7 +134,7 @@ def test_resolving_a_claim_that_is_not_unknown_fails_with_one_line(db, tmp_path)
     store, url = db
     key = unknown_key(store, tmp_path, "A-1")
     assert cli("resolve", key, "--outcome", "not_executed", "--db", url)[0] == 0
-    assert pay(store, tmp_path / "effects.log", "A-1").status == "ok"
+    assert pay(store, tmp_path / "effects.log", "A-1", services=QUICK).status == "ok"
     code, out = cli("resolve", key, "--outcome", "failed", "--db", url)
     assert code == 1 and len(out.strip().splitlines()) == 1
     assert "is already done: only an unknown claim can be resolved" in out

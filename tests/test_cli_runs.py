@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.gateway.guards.approval import ApprovalDecision
+from corral.controls.approvals import ApprovalDecision
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import ScriptedModel, call, final
 

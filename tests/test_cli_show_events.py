@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.gateway.guards.approval import ApprovalDecision
+from corral.controls.approvals import ApprovalDecision
 from corral.stores import open_store
 from corral.testing import ScriptedModel, call, error, final, turn
 
@@ -53,8 +53,9 @@ LABELS = {
 
 
 def kinds_in_source() -> set[str]:
-    """Every event kind corral's code writes: the first argument of ``event(...)``,
-    ``trusted_event(...)`` and ``trusted_event_flushed(...)``, and ``Event(kind=...)``,
+    """Every event kind corral's code writes: the first argument of ``events.add(...)``,
+    ``events.add_trusted(...)`` and ``events.add_trusted_and_flush(...)`` (the run's event
+    log), and ``Event(kind=...)``,
     a module-level string constant resolved to its value."""
     found: set[str] = set()
     for path in SOURCE.rglob("*.py"):
@@ -72,7 +73,9 @@ def kinds_in_source() -> set[str]:
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             values: list[ast.expr] = []
-            if name in ("event", "trusted_event", "trusted_event_flushed") and node.args:
+            owner = func.value if isinstance(func, ast.Attribute) else None
+            on_log = isinstance(owner, ast.Attribute) and owner.attr == "events"
+            if on_log and name in ("add", "add_trusted", "add_trusted_and_flush") and node.args:
                 values.append(node.args[0])
             if name == "Event":
                 values += [k.value for k in node.keywords if k.arg == "kind"]

@@ -27,6 +27,7 @@ import corral.controls.approvals
 from corral.clock import DEADLINE
 from corral.controls import killswitch
 from corral.exceptions import StoreError
+from corral.gateway.guards import approval_queue
 from corral.models.base import ModelResponse
 from corral.stores.base import RunRecord
 from corral.stores.sqlite import SQLiteStore
@@ -590,9 +591,7 @@ def test_an_approval_wait_through_the_store_is_not_bounded_by_max_seconds(
     """The store's queue: while the run waits for a decision (past what would have been its
     deadline) its polls and heartbeats wait on a busy store as long as the store allows, not
     as long as the run had left; the write then goes ahead."""
-    monkeypatch.setattr(
-        corral.controls.approvals, "HEARTBEAT_SECONDS", 0.05
-    )  # writes while it waits
+    monkeypatch.setattr(approval_queue, "HEARTBEAT_SECONDS", 0.05)  # writes while it waits
     path = tmp_path / "corral.db"
     store = SQLiteStore(path)
     pol = approval_policy(0.3, 10)

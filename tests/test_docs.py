@@ -113,7 +113,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     saved = dict(os.environ)
     root, corral_log = logging.getLogger(), logging.getLogger("corral")
     handlers, levels = list(root.handlers), (root.level, corral_log.level)
-    installed = list(sinks._SINKS)
+    installed = list(sinks.SINKS)
     yield url
     os.environ.clear()
     os.environ.update(saved)
@@ -122,7 +122,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     corral_log.setLevel(levels[1])
     metrics.disable()
     tracing.disable()
-    for sink in list(sinks._SINKS):
+    for sink in list(sinks.SINKS):
         if sink not in installed:  # a snippet's exporter, not one the suite had on
             sinks.remove_sink(sink)
 

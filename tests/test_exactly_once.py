@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.stores import Store, leases
+from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
-from crash import POINTS, POLICY, effects, in_child, pay, pay_and_die, pay_tool
+from crash import POINTS, POLICY, effects, in_child, pay, pay_and_die, pay_tool, quick_leases
 from crash import pg as crash_pg
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork and SIGKILL")
@@ -35,11 +35,9 @@ PER_POINT = {"sqlite": 24, "postgres": 4}
 RACES = {"sqlite": 20, "postgres": 5}
 
 
-@pytest.fixture(autouse=True)
-def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leases of 0.4 s renewed every 0.1 s, so a dead process's claim lapses quickly."""
-    monkeypatch.setattr(leases, "LEASE_SECONDS", LEASE)
-    monkeypatch.setattr(leases, "RENEWER", leases.Renewer(interval=0.1))
+#: Leases of 0.4 s renewed every 0.1 s, so a dead process's claim lapses quickly: every
+#: run of this module is given them.
+QUICK = quick_leases(LEASE)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -66,7 +64,7 @@ def test_sigkill_at_every_point_of_a_write_never_runs_a_key_twice(backend, tmp_p
     for i in range(PER_POINT[name]):
         for point in POINTS:
             order = f"{point}-{i}"
-            assert pay_and_die(store, path, order, point) == -signal.SIGKILL
+            assert pay_and_die(store, path, order, point, services=QUICK) == -signal.SIGKILL
             killed.append((point, order))
     iterations = len(killed)
     print(f"\nSIGKILL iterations on {name}: {iterations} ({len(POINTS)} points)")
@@ -85,7 +83,7 @@ def test_sigkill_at_every_point_of_a_write_never_runs_a_key_twice(backend, tmp_p
     # stop with outcome_unknown and are not run again.
     unknown: dict[str, str] = {}
     for point, order in killed:
-        result = pay(store, path, order)
+        result = pay(store, path, order, services=QUICK)
         if point == "before_claim":
             assert result.status == "ok", result.stop
         else:
@@ -108,14 +106,14 @@ def test_sigkill_at_every_point_of_a_write_never_runs_a_key_twice(backend, tmp_p
             args += ["--output", f'"paid {order}"'] if happened else []
             done = runner.invoke(app, [*args, "--as", "ops", "--reason", "checked the ledger"])
             assert done.exit_code == 0, done.output
-            result = pay(store, path, order)
+            result = pay(store, path, order, services=QUICK)
         else:
-            result = pay(store, path, order, reconcile=True)
+            result = pay(store, path, order, reconcile=True, services=QUICK)
         assert result.status == "ok", (point, order, result.stop)
 
     # Every key executed exactly once; asking again replays, never runs.
     for _point, order in killed:
-        assert pay(store, path, order).status == "ok"
+        assert pay(store, path, order, services=QUICK).status == "ok"
     seen = Counter(effects(path))
     assert {order for _, order in killed} == set(seen)
     assert set(seen.values()) == {1}
@@ -133,7 +131,7 @@ def test_two_processes_racing_one_key_execute_it_once(backend, tmp_path):
         def work(order: str = order, gate: int = gate_r) -> None:
             os.read(gate, 1)
             tool = pay_tool(path, sleep=0.02)
-            with corral.Run(POLICY, tools=[tool], store=store) as run:
+            with corral.Run(POLICY, tools=[tool], store=store, services=QUICK) as run:
                 assert run.call("pay.send", {"order": order}) == f"paid {order}"
 
         pids = []
@@ -171,7 +169,7 @@ def test_a_process_killed_at_a_random_moment_never_runs_a_key_twice(tmp_path):
 
             def work(batch: list[str] = batch) -> None:
                 for order in batch:
-                    pay(store, path, order, reconcile=True)
+                    pay(store, path, order, reconcile=True, services=QUICK)
 
             pid = os.fork()
             if pid == 0:
@@ -187,7 +185,7 @@ def test_a_process_killed_at_a_random_moment_never_runs_a_key_twice(tmp_path):
         assert max(Counter(effects(path)).values(), default=1) == 1
         time.sleep(LEASE + 0.2)
         for order in orders:
-            assert pay(store, path, order, reconcile=True).status == "ok"
+            assert pay(store, path, order, reconcile=True, services=QUICK).status == "ok"
         seen = Counter(effects(path))
         assert set(seen) == set(orders) and set(seen.values()) == {1}
     finally:

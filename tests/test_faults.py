@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 import corral
 from corral.controls import killswitch
-from corral.gateway.state import BACKSTOP, status_of
+from corral.gateway.lifecycle import status_of
+from corral.gateway.state import BACKSTOP
 from corral.stores import Store, open_store
 from corral.testing import (
     FaultyModel,

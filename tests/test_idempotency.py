@@ -15,19 +15,17 @@ from typing import Any
 import pytest
 
 import corral
-from corral.stores import Store, leases
+from corral.stores import Store
 from corral.stores.sqlite import SQLiteStore
-from crash import POLICY, effects, pay, pay_and_die, pay_tool
+from crash import POLICY, effects, pay, pay_and_die, pay_tool, quick_leases
 from crash import pg as crash_pg
 
 LEASE = 0.4
 
 
-@pytest.fixture(autouse=True)
-def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leases of 0.4 s renewed every 0.1 s."""
-    monkeypatch.setattr(leases, "LEASE_SECONDS", LEASE)
-    monkeypatch.setattr(leases, "RENEWER", leases.Renewer(interval=0.1))
+#: Leases of 0.4 s renewed every 0.1 s, so a dead process's claim lapses quickly: every
+#: run of this module is given them.
+QUICK = quick_leases(LEASE)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -46,7 +44,7 @@ def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def left_unknown(store: Store, path: Path, order: str, point: str) -> None:
     """Pay ``order`` in a process killed at ``point``, and wait until its claim is unknown."""
-    assert pay_and_die(store, path, order, point) < 0
+    assert pay_and_die(store, path, order, point, services=QUICK) < 0
     time.sleep(LEASE + 0.15)
     [claim] = store.list_claims(now=time.time(), status="unknown")
     assert claim.tool == "pay.send"
@@ -79,7 +77,9 @@ def test_a_live_write_keeps_its_claim_in_flight_past_its_lease(durable, tmp_path
 
 
 def pay_tool_run(store: Store, path: Path, order: str, *, sleep: float = 0.0) -> Any:
-    with corral.Run(POLICY, tools=[pay_tool(path, sleep=sleep)], store=store) as run:
+    with corral.Run(
+        POLICY, tools=[pay_tool(path, sleep=sleep)], store=store, services=QUICK
+    ) as run:
         return run.call("pay.send", {"order": order})
 
 
@@ -113,14 +113,14 @@ def test_a_claim_still_in_flight_after_the_wait_stops_retryable(durable):
         return "paid"
 
     def first() -> None:
-        with corral.Run(POLICY, tools=[slow_pay], store=durable) as run:
+        with corral.Run(POLICY, tools=[slow_pay], store=durable, services=QUICK) as run:
             run.call("pay.send", {"order": "A-1"}, idempotency_key="A-1")
         assert run.result.stop_reason == "tool_error"  # timed out, abandoned
 
     worker = threading.Thread(target=first)  # off the main thread: abandoned, not interrupted
     worker.start()
     worker.join()
-    with corral.Run(POLICY, tools=[slow_pay], store=durable) as run:
+    with corral.Run(POLICY, tools=[slow_pay], store=durable, services=QUICK) as run:
         run.call("pay.send", {"order": "A-1"}, idempotency_key="A-1")
     stop = run.result.stop
     assert (stop.reason, stop.why, stop.retryable) == ("tool_error", "in_flight", True)
@@ -145,7 +145,7 @@ def test_an_unknown_claim_is_never_run_again_without_a_hook(durable, tmp_path):
     """A claim whose process died mid-write stops the run: ``outcome_unknown``, not retryable."""
     path = tmp_path / "effects.log"
     left_unknown(durable, path, "A-1", "after_claim")
-    result = pay(durable, path, "A-1")
+    result = pay(durable, path, "A-1", services=QUICK)
     stop = result.stop
     assert (stop.reason, stop.why, stop.retryable) == ("tool_error", "outcome_unknown", False)
     assert "corral idempotency resolve" in stop.message and stop.extra["key"] in stop.message
@@ -157,11 +157,13 @@ def test_reconcile_that_finds_the_effect_stores_and_replays_it(durable, tmp_path
     """The hook says the payment happened: its outcome is stored and replayed, nothing reruns."""
     path = tmp_path / "effects.log"
     left_unknown(durable, path, "A-1", "after_tool")
-    result = pay(durable, path, "A-1", reconcile=True)
+    result = pay(durable, path, "A-1", reconcile=True, services=QUICK)
     assert result.status == "ok"
     [claim] = durable.list_claims(now=time.time())
     assert claim.status == "done" and claim.outcome == {"output": "paid A-1"}
-    assert pay(durable, path, "A-1").status == "ok"  # replayed, no hook needed any more
+    assert (
+        pay(durable, path, "A-1", services=QUICK).status == "ok"
+    )  # replayed, no hook needed any more
     assert effects(path) == ["A-1"]
 
 
@@ -169,8 +171,8 @@ def test_reconcile_not_executed_takes_the_claim_over_and_runs_once(durable, tmp_
     """The hook says nothing happened: this call takes the claim over and pays, once."""
     path = tmp_path / "effects.log"
     left_unknown(durable, path, "A-1", "inside_tool")
-    assert pay(durable, path, "A-1", reconcile=True).status == "ok"
-    assert pay(durable, path, "A-1", reconcile=True).status == "ok"
+    assert pay(durable, path, "A-1", reconcile=True, services=QUICK).status == "ok"
+    assert pay(durable, path, "A-1", reconcile=True, services=QUICK).status == "ok"
     assert effects(path) == ["A-1"]
     assert claim_states(durable) == {"done"}
 
@@ -188,7 +190,7 @@ def test_a_hook_that_cannot_tell_leaves_the_claim_unknown(durable, tmp_path):
     tool = corral.tool(
         base.fn, name="pay.send", idempotency_key_from=["order"], reconcile=ask_vendor
     )
-    with corral.Run(POLICY, tools=[tool], store=durable) as run:
+    with corral.Run(POLICY, tools=[tool], store=durable, services=QUICK) as run:
         run.call("pay.send", {"order": "A-1"})
     assert run.result.stop.why == "outcome_unknown"
     assert "vendor ledger unreachable" in run.result.stop.message
@@ -202,7 +204,7 @@ def test_only_one_of_several_runs_settles_an_unknown_claim(durable, tmp_path):
     results: list[str] = []
 
     def go() -> None:
-        results.append(pay(durable, path, "A-1", reconcile=True).status)
+        results.append(pay(durable, path, "A-1", reconcile=True, services=QUICK).status)
 
     threads = [threading.Thread(target=go) for _ in range(4)]
     for t in threads:
@@ -220,7 +222,7 @@ def test_an_async_run_reconciles_an_unknown_claim(durable, tmp_path):
 
     async def main() -> Any:
         tool = pay_tool(path, reconcile=True)
-        async with corral.AsyncRun(POLICY, tools=[tool], store=durable) as run:
+        async with corral.AsyncRun(POLICY, tools=[tool], store=durable, services=QUICK) as run:
             return await run.call("pay.send", {"order": "A-1"})
 
     assert asyncio.run(main()) == "paid A-1"
@@ -253,10 +255,12 @@ def test_a_done_write_is_replayed_without_asking_for_approval_again(store):
     policy = corral.Policy.from_dict(
         {"tools": {"allow": ["pay.send"]}, "writes": {"require_approval": True}}
     )
-    with corral.Run(policy, tools=[pay_once], store=store, approver=approver) as first:
+    with corral.Run(
+        policy, tools=[pay_once], store=store, approver=approver, services=QUICK
+    ) as first:
         assert first.call("pay.send", {"order": "A-1"}) == "paid A-1"
     with corral.Run(
-        policy, tools=[pay_once], store=store, approver=approver, run_id=first.id
+        policy, tools=[pay_once], store=store, approver=approver, run_id=first.id, services=QUICK
     ) as again:
         assert again.call("pay.send", {"order": "A-1"}) == "paid A-1"
         with pytest.raises(corral.ToolRejected) as rejected:
@@ -291,7 +295,7 @@ def test_a_write_is_retried_only_when_the_policy_declares_it_idempotent(store, i
             "writes": {"require_approval": False},
         }
     )
-    with corral.Run(policy, tools=[flaky], store=store) as run:
+    with corral.Run(policy, tools=[flaky], store=store, services=QUICK) as run:
         run.call("pay.send", {"order": "A-1"})
     assert len(tries) == runs
     assert run.result.stop_reason == ("ok" if idempotent else "tool_error")
@@ -313,7 +317,7 @@ def test_a_failed_attempt_of_a_retried_write_is_never_visible_as_its_outcome(dur
     policy = corral.Policy.from_dict(
         {"tools": {"allow": ["pay.send"]}, "writes": {"require_approval": False}}
     )
-    with corral.Run(policy, tools=[flaky], store=durable) as run:
+    with corral.Run(policy, tools=[flaky], store=durable, services=QUICK) as run:
         assert run.call("pay.send", {"order": "A-1"}, idempotency_key="A-1") == "paid"
     assert seen == ["in_flight", "in_flight"]
     [claim] = durable.list_claims(now=time.time())
@@ -329,7 +333,7 @@ def test_a_write_the_caller_executes_holds_its_claim_until_reported(durable, tmp
     import gc
 
     path = tmp_path / "effects.log"
-    with corral.Run(POLICY, tools=[pay_tool(path)], store=durable) as run:
+    with corral.Run(POLICY, tools=[pay_tool(path)], store=durable, services=QUICK) as run:
         ticket = run.authorize("pay.send", {"order": "A-1"})
         assert not ticket.replayed and ticket.idempotency_key
         time.sleep(3 * LEASE)
@@ -354,14 +358,16 @@ def test_a_run_killed_mid_write_and_resumed_by_id_never_pays_twice(durable, tmp_
 
     def work() -> None:
         tool = pay_tool(path, point="after_tool", by_order=False)
-        with corral.Run(POLICY, tools=[tool], store=DyingStore(durable, None), run_id=run_id) as r:
+        with corral.Run(
+            POLICY, tools=[tool], store=DyingStore(durable, None), run_id=run_id, services=QUICK
+        ) as r:
             r.call("pay.send", {"order": "A-1"})
 
     assert in_child(work) < 0
     time.sleep(LEASE + 0.15)
     for reconcile, detail in ((False, "outcome_unknown"), (True, "")):
         tool = pay_tool(path, reconcile=reconcile, by_order=False)
-        with corral.Run(POLICY, tools=[tool], store=durable, run_id=run_id) as run:
+        with corral.Run(POLICY, tools=[tool], store=durable, run_id=run_id, services=QUICK) as run:
             run.call("pay.send", {"order": "A-1"})
         assert (run.result.stop.why if run.result.stop else "") == detail
     assert run.result.status == "ok" and effects(path) == ["A-1"]

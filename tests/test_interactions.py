@@ -32,7 +32,6 @@ from corral.budgets.meter import Charge
 from corral.cli.app import app
 from corral.controls import approvals, killswitch
 from corral.record import audit
-from corral.stores import leases
 from corral.stores.base import ScopedCharge, Store
 from corral.stores.leases import Renewer
 from corral.stores.sqlite import SQLiteStore
@@ -80,11 +79,10 @@ def sqlite(tmp_path: Path) -> Iterator[Shared]:
 
 
 @pytest.fixture
-def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idempotency claims leased for 1 s (renewed every 0.2 s), so a dead process's claim
-    becomes unknown quickly."""
-    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.0)
-    monkeypatch.setattr(leases.RENEWER, "interval", 0.2)
+def short_leases() -> corral.Services:
+    """Services whose idempotency claims are leased for 1 s (renewed every 0.2 s), so a
+    dead process's claim becomes unknown quickly; given to the runs of the tests that ask."""
+    return corral.Services(renewer=Renewer(interval=0.2, lease=1.0))
 
 
 def policy(*limits: dict[str, Any], **extra: Any) -> corral.Policy:
@@ -490,12 +488,13 @@ from crash import DyingStore, pay_tool
 from pathlib import Path
 
 url, path, order, point, hook = sys.argv[2:7]
-corral.stores.leases.LEASE_SECONDS = 1.0  # the claim it leaves lapses quickly
+from corral.stores.leases import Renewer
+quick = corral.Services(renewer=Renewer(interval=0.2, lease=1.0))  # its claim lapses quickly
 policy = corral.Policy.from_dict({"tools": {"allow": ["pay.send"]},
     "writes": {"require_approval": True, "approval_timeout_seconds": 30}})
 tool = pay_tool(Path(path), point=point, reconcile=hook == "1")
 with corral.Run(policy, tools=[tool], store=DyingStore(open_store(url), point),
-                tenant="acme") as run:
+                tenant="acme", services=quick) as run:
     run.call("pay.send", {"order": order})
 """
 
@@ -520,7 +519,7 @@ def approved_pay_that_dies(
 
 @pytest.mark.parametrize("point", ["before_claim", "after_claim", "after_tool", "before_outcome"])
 def test_an_approved_write_killed_around_its_claim_never_runs_twice(
-    shared: Shared, tmp_path: Path, short_leases: None, point: str
+    shared: Shared, tmp_path: Path, short_leases: corral.Services, point: str
 ) -> None:
     """SIGKILL after the approval is consumed, before or after the claim, or after the side
     effect: resuming the run by id never pays twice, settles an unknown claim with the tool's
@@ -535,7 +534,12 @@ def test_an_approved_write_killed_around_its_claim_never_runs_twice(
 
     def resume() -> None:
         with corral.Run(
-            pay_policy(), tools=[tool], store=shared.store, tenant="acme", run_id=first.run_id
+            pay_policy(),
+            tools=[tool],
+            store=shared.store,
+            tenant="acme",
+            run_id=first.run_id,
+            services=short_leases,
         ) as run:
             run.call(PAY, {"order": "o-7"})
             run.finish("done")
@@ -556,7 +560,7 @@ def test_an_approved_write_killed_around_its_claim_never_runs_twice(
 
 @pytest.mark.parametrize("point", ["after_tool", "before_outcome"])
 def test_a_write_that_ran_before_its_process_died_needs_no_second_approval(
-    sqlite: Shared, tmp_path: Path, short_leases: None, point: str
+    sqlite: Shared, tmp_path: Path, short_leases: corral.Services, point: str
 ) -> None:
     """The side effect happened, the outcome was not stored: the resumed run settles the
     unknown claim through the tool's reconcile hook before asking anyone again."""
@@ -566,7 +570,12 @@ def test_a_write_that_ran_before_its_process_died_needs_no_second_approval(
     time.sleep(1.2)
     tool = pay_tool(path, reconcile=True)
     with corral.Run(
-        pay_policy(timeout=1), tools=[tool], store=sqlite.store, tenant="acme", run_id=first.run_id
+        pay_policy(timeout=1),
+        tools=[tool],
+        store=sqlite.store,
+        tenant="acme",
+        run_id=first.run_id,
+        services=short_leases,
     ) as run:
         assert run.call(PAY, {"order": "o-8"}) == "paid o-8"
     assert run.result.stop_reason == "ok"
@@ -575,7 +584,7 @@ def test_a_write_that_ran_before_its_process_died_needs_no_second_approval(
 
 
 def test_an_unknown_outcome_without_a_hook_stops_before_anyone_is_asked(
-    sqlite: Shared, tmp_path: Path, short_leases: None
+    sqlite: Shared, tmp_path: Path, short_leases: corral.Services
 ) -> None:
     """A dead process left a write's outcome unknown and the tool has no reconcile hook: the
     resumed run stops ``outcome_unknown`` at once instead of asking a human to approve a write
@@ -584,7 +593,13 @@ def test_an_unknown_outcome_without_a_hook_stops_before_anyone_is_asked(
     approved_pay_that_dies(sqlite, path, "o-9", "before_outcome", hook=False)
     assert effects(path) == ["o-9"]
     time.sleep(1.2)
-    with corral.Run(pay_policy(), tools=[pay_tool(path)], store=sqlite.store, tenant="acme") as run:
+    with corral.Run(
+        pay_policy(),
+        tools=[pay_tool(path)],
+        store=sqlite.store,
+        tenant="acme",
+        services=short_leases,
+    ) as run:
         run.call(PAY, {"order": "o-9"})
     assert run.result.stop is not None and run.result.stop.why == "outcome_unknown"
     assert sqlite.store.list_approvals(status="pending") == []
@@ -594,7 +609,13 @@ def test_an_unknown_outcome_without_a_hook_stops_before_anyone_is_asked(
         "--output", '"paid o-9"', "--db", sqlite.url,
     )  # fmt: skip
     assert out.exit_code == 0, out.output
-    with corral.Run(pay_policy(), tools=[pay_tool(path)], store=sqlite.store, tenant="acme") as run:
+    with corral.Run(
+        pay_policy(),
+        tools=[pay_tool(path)],
+        store=sqlite.store,
+        tenant="acme",
+        services=short_leases,
+    ) as run:
         assert run.call(PAY, {"order": "o-9"}) == "paid o-9"
     assert effects(path) == ["o-9"]
     assert len(sqlite.store.list_approvals(status=None)) == 1

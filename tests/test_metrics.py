@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import corral
-from corral.gateway.guards.approval import ApprovalDecision
+from corral.controls.approvals import ApprovalDecision
 from corral.record import metrics
 from corral.stores.base import Event, KillSwitchState
 from corral.testing import MemoryStore, ScriptedModel, call, final, prices, turn

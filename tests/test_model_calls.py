@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral.gateway.model_turn import input_token_bound
+from corral.models.base import input_token_bound
 from corral.testing import MemoryStore, ScriptedModel, call, final, prices
 
 

@@ -43,6 +43,7 @@ EXPECTED = {
     "Run",
     "RunResult",
     "SecretProvider",
+    "Services",
     "Stop",
     "StopInfo",
     "StopReason",

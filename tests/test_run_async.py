@@ -302,15 +302,12 @@ def test_a_tool_swallowing_its_cancellation_is_abandoned_after_a_short_grace() -
     assert elapsed < 0.3 + 0.15
 
 
-def test_an_abandoned_async_write_keeps_its_key_in_flight_until_it_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_abandoned_async_write_keeps_its_key_in_flight_until_it_ends(tmp_path: Path) -> None:
     """A write that ignores its cancellation is abandoned at its deadline but may still
     happen: its claim stays renewed (in flight) while it runs, and lapses to unknown once
     it has ended with no outcome recorded."""
     lease = 0.4
-    monkeypatch.setattr(leases, "LEASE_SECONDS", lease)
-    monkeypatch.setattr(leases, "RENEWER", leases.Renewer(interval=0.1))
+    quick = corral.Services(renewer=leases.Renewer(interval=0.1, lease=lease))
     store = SQLiteStore(tmp_path / "corral.db")
 
     def states() -> set[str]:
@@ -326,7 +323,7 @@ def test_an_abandoned_async_write_keeps_its_key_in_flight_until_it_ends(
                     await release.wait()
             return "saved"
 
-        async with new_run(tools=[stubborn_write], store=store) as run:
+        async with new_run(tools=[stubborn_write], store=store, services=quick) as run:
             await run.call("crm.write", {"note": "refund"}, idempotency_key="N-1")
         await asyncio.sleep(lease + 0.1)
         while_running = states()

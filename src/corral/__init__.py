@@ -11,6 +11,7 @@ exit has a stop reason.
 from corral._version import __version__
 from corral.budgets.meter import Charge, Limits, Usage
 from corral.clock import Clock, SystemClock
+from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import (
     ApprovalError,
     ConfigError,
@@ -23,7 +24,7 @@ from corral.exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from corral.gateway.guards.approval import ApprovalDecision, ApprovalRequest
+from corral.gateway.services import Services
 from corral.loop.bounded import arun, run
 from corral.loop.run import AsyncRun, Run
 from corral.loop.tickets import ModelCall, Ticket
@@ -69,6 +70,7 @@ __all__ = [
     "Run",
     "RunResult",
     "SecretProvider",
+    "Services",
     "Stop",
     "StopInfo",
     "StopReason",

@@ -11,9 +11,9 @@ import pytest
 from servers import AnthropicServer, Turn, calls, fail, text
 
 import corral
-from corral.gateway.model_turn import input_token_bound
 from corral.models import ModelRequest, RetryPolicy
 from corral.models.anthropic import AnthropicModel
+from corral.models.base import input_token_bound
 from corral.testing import MemoryStore, prices
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.02)

@@ -12,9 +12,9 @@ import pytest
 from servers import AnthropicServer, OpenAIServer, ProtocolServer, Turn
 
 import corral
-from corral.gateway.model_turn import input_token_bound
 from corral.models import RetryPolicy
 from corral.models.anthropic import AnthropicModel
+from corral.models.base import input_token_bound
 from corral.models.openai import OpenAIModel
 from corral.testing import MemoryStore
 

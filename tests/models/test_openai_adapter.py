@@ -13,8 +13,8 @@ import pytest
 from servers import OpenAIServer, Turn, calls, fail, text
 
 import corral
-from corral.gateway.model_turn import input_token_bound
 from corral.models import ModelAPIError, ModelRequest, RetryBudget, RetryPolicy
+from corral.models.base import input_token_bound
 from corral.models.openai import OpenAIModel
 from corral.testing import MemoryStore, prices
 

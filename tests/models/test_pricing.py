@@ -106,9 +106,9 @@ def test_a_sample_call_reserves_the_worst_case_and_settles_to_usage() -> None:
     with corral.Run(pol, store=MemoryStore()) as run:
         with run.model_call(model="gpt-4o-mini", input_tokens=1_000, max_tokens=1_024) as mc:
             assert mc.max_tokens == 1_024
-            assert run._core.meter.held().usd == Decimal("0.0007644")
+            assert run._core.budget.meter.held().usd == Decimal("0.0007644")
             mc.settle(input_tokens=1_000, output_tokens=200)
-        assert run._core.meter.held().usd == 0
+        assert run._core.budget.meter.held().usd == 0
     assert run.result.usage.usd == Decimal("0.00027")
 
 

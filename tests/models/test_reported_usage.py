@@ -13,10 +13,12 @@ import pytest
 from servers import AnthropicServer, OpenAIServer, Turn
 
 import corral
-from corral.gateway.model_turn import input_token_bound
+from corral.integrations import anthropic as anthropic_sdk
+from corral.integrations import openai as openai_sdk
 from corral.models import MAX_CALL_TOKENS, InvalidUsage, RetryPolicy
 from corral.models import anthropic as anthropic_models
 from corral.models import openai as openai_models
+from corral.models.base import input_token_bound
 from corral.testing import MemoryStore, prices
 
 FAST = RetryPolicy(max_attempts=1)
@@ -131,7 +133,7 @@ def test_usage_of_raises_invalid_usage_for_a_count_that_cannot_be_right(
 def test_settle_from_response_with_impossible_usage_stops_and_charges_the_hold(bad: Any) -> None:
     """settle_from_response on a response with impossible usage: the model_call block charges
     its reservation and the run stops with model_error (why invalid_usage)."""
-    for settle in (openai_models.settle_from_response, anthropic_models.settle_from_response):
+    for settle in (openai_sdk.settle_from_response, anthropic_sdk.settle_from_response):
         response = {"usage": {"input_tokens": bad, "output_tokens": 1}}
         with corral.Run(POLICY, store=MemoryStore()) as run:
             with run.model_call(model="m", input_tokens=100, max_tokens=30) as mc:
@@ -149,7 +151,7 @@ def test_the_openai_sdk_with_negative_usage_is_charged_the_worst_case(
     openai_server.push(Turn(text="fine", usage=(-(10**9), 3)))
     client = openai.OpenAI(base_url=f"{openai_server.url}/v1", api_key="sk-test", max_retries=0)
     with corral.Run(POLICY, store=MemoryStore()) as run, client:
-        openai_models.chat_completion(
+        openai_sdk.chat_completion(
             run, client, model="m", messages=[{"role": "user", "content": "x"}], max_tokens=20
         )
         run.finish("never")
@@ -165,7 +167,7 @@ def test_the_anthropic_sdk_with_negative_usage_is_charged_the_worst_case(
     anthropic_server.push(Turn(text="fine", usage=(5, -3)))
     client = anthropic.Anthropic(base_url=anthropic_server.url, api_key="k", max_retries=0)
     with corral.Run(POLICY, store=MemoryStore()) as run, client:
-        anthropic_models.create_message(
+        anthropic_sdk.create_message(
             run, client, model="m", messages=[{"role": "user", "content": "x"}], max_tokens=20
         )
         run.finish("never")

@@ -12,14 +12,10 @@ import pytest
 from servers import AnthropicServer, OpenAIServer, Turn, calls, text
 
 import corral
+from corral.integrations.anthropic import create_message
+from corral.integrations.openai import achat_completion, chat_completion, settle_from_response
 from corral.models import ModelRequest
-from corral.models.anthropic import create_message
-from corral.models.openai import (
-    OpenAIModel,
-    achat_completion,
-    chat_completion,
-    settle_from_response,
-)
+from corral.models.openai import OpenAIModel
 from corral.testing import MemoryStore
 
 

@@ -33,10 +33,10 @@ from rich.text import Text
 
 from corral._safe import error_text
 from corral.exceptions import PolicyError
-from corral.gateway.guards.arguments import constraint_problems
 from corral.policy.decision_aid import ToolNeeds
 from corral.policy.readiness import Report, readiness
 from corral.policy.schema import Policy, load_policy
+from corral.policy.tool_args import constraint_problems
 
 EXIT_OK = 0
 EXIT_MISSING = 1

@@ -48,7 +48,7 @@ from rich.table import Table
 
 from corral.cli._common import EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
 from corral.cli.runs import console, iso, print_json, read
-from corral.gateway.state import ERROR_REASONS
+from corral.gateway.lifecycle import ERROR_REASONS
 from corral.record.decisions import guard_of
 from corral.stores import Store
 from corral.stores.base import RunRecord

@@ -1,4 +1,6 @@
-"""Approvals through the store: a queue that another process decides.
+"""Approvals through the store: a queue that another process decides — the requests,
+the decisions (:func:`approve`, :func:`deny`, expiry, cancellation) and their audit.
+The waiting run's side lives in :mod:`corral.gateway.guards.approval_queue`.
 
 A write that needs approval, in a run given no in-process ``approver``, files an
 :class:`~corral.stores.base.ApprovalRecord` in the run's store — bound to (run,
@@ -10,10 +12,10 @@ approve ID``, or :func:`approve` / :func:`deny`). While it waits the run:
 - says so once per request on the ``corral`` logger, at WARNING so that it is seen
   by default: ``waiting for approval apr_… for refund.send — corral approvals
   approve apr_…`` (with ``--db`` when the store is not the default SQLite file);
-- polls the store with backoff (:data:`POLL_FIRST` doubling to
-  :data:`POLL_MAX`); the async face awaits each pause, so the event loop stays
-  free;
-- renews its heartbeat (:data:`HEARTBEAT_SECONDS`), so it is not taken for dead;
+- polls the store with backoff (``POLL_FIRST`` doubling to ``POLL_MAX``, in
+  :mod:`corral.gateway.guards.approval_queue`); the async face awaits each pause, so
+  the event loop stays free;
+- renews its heartbeat (``HEARTBEAT_SECONDS``), so it is not taken for dead;
 - re-checks the kill switch: a switch that covers the call cancels the request
   (``cancelled``) and stops the run with ``kill_switch``; ``run.cancel()`` cancels
   it too;
@@ -56,35 +58,17 @@ a switch without a mode takes the run's ``kill_switch.mode_when_enabled``.
 
 from __future__ import annotations
 
-import logging
-import os
-import shlex
 import time
 import uuid
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
-from corral.controls.killswitch import MODES, default_actor, describe
-from corral.exceptions import ApprovalError, Stop, StoreError
-from corral.gateway.guards import approval as guard
-from corral.gateway.guards import killswitch as switch_guard
-from corral.gateway.ops import Sleep
-from corral.stores import default_url
+from corral.controls.killswitch import default_actor, describe
+from corral.exceptions import ApprovalError, StoreError
 from corral.stores.base import ApprovalRecord, ApprovalStatus, Event, KillSwitchState, Store
-from corral.stores.sqlite import SQLiteStore
 
-if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
-
-log = logging.getLogger("corral")
-
-#: The first pause between two reads of a pending request (seconds).
-POLL_FIRST = 0.05
-#: The longest pause between two reads (the pause doubles up to it).
-POLL_MAX = 1.0
-#: How often a waiting run renews its heartbeat (seconds).
-HEARTBEAT_SECONDS = 1.0
 #: The actor of decisions corral takes itself (expiry).
 SYSTEM_ACTOR = "corral"
 #: The kind of the audit events that record decisions.
@@ -92,16 +76,60 @@ DECISION_EVENT = "approval_decision"
 
 __all__ = [
     "DECISION_EVENT",
-    "HEARTBEAT_SECONDS",
-    "POLL_FIRST",
-    "POLL_MAX",
     "SYSTEM_ACTOR",
+    "ApprovalDecision",
+    "ApprovalRequest",
     "approve",
     "cancel_covered",
     "covers",
     "deny",
+    "must",
     "new_id",
+    "settle",
 ]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalRequest:
+    """What an approver decides on: the exact action (run, tool, arguments and their
+    digest), who asks (tenant, agent), and why and at what cost: the run's ``step``, the
+    model's tool-call identity (``call_id``), the model's text of that turn (``purpose``,
+    its stated reason, cut to the approval guard's ``PURPOSE_CHARS``; ``None`` when there
+    was none), the tool's declared ``cost_usd`` and ``effect`` and the write's ``idempotency_key``.
+    The purpose is redacted of the run's secrets; the arguments are the model's own (the
+    store's queue keeps them redacted)."""
+
+    run_id: str
+    tool: str
+    arguments: Mapping[str, Any]
+    args_digest: str
+    tenant: str | None
+    agent: str | None
+    timeout: float
+    step: int = 0
+    call_id: str | None = None
+    purpose: str | None = None
+    cost_usd: Decimal = Decimal(0)
+    effect: str = "write"
+    idempotency_key: str | None = None
+
+    def context(self) -> dict[str, Any]:
+        """The fields beyond the action, as the store keeps them (JSON)."""
+        return {
+            "step": self.step,
+            "call_id": self.call_id,
+            "purpose": self.purpose,
+            "cost_usd": str(self.cost_usd),
+            "effect": self.effect,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalDecision:
+    approved: bool
+    approver: str = "local"
+    reason: str = ""
 
 
 def new_id() -> str:
@@ -109,218 +137,15 @@ def new_id() -> str:
     return "apr_" + uuid.uuid4().hex[:20]
 
 
-# -- the waiting run ----------------------------------------------------------------------
-def wait(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> Generator[Any, Any, None]:
-    """File (or re-attach to) ``req`` in the store and wait for a decision: returns once
-    approved and consumed; raises :class:`~corral.Stop` (or ``ToolRejected`` for a denial
-    under ``on_denied: tell_model``) otherwise. Yields the gateway's ``Sleep`` ops."""
-
-    started = core.now()
-    try:
-        record = _file(core, eff, req)
-    except Stop:
-        raise
-    except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
-        guard.unreachable(core, req, exc, core.now() - started)
-    delay = POLL_FIRST
-    beat = started
-    while True:
-        try:
-            verdict, current = _look(core, eff, req, record, started)
-            if verdict == "used":
-                # Another process resuming this run consumed it: this call needs its own.
-                record = _new(core, eff, req)
-                continue
-            if verdict == "again":
-                continue  # decided just now: judge it again
-            if verdict == "pending" and core.now() - beat >= HEARTBEAT_SECONDS:
-                core.store.heartbeat(core.id)
-                beat = core.now()
-        except Stop:
-            raise
-        except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
-            guard.unreachable(core, req, exc, core.now() - started)
-        if verdict != "pending":
-            log.info(
-                "approval %s for %s %s by %s after %.1f s",
-                record.id,
-                req.tool,
-                verdict,
-                current.approver or "-",
-                core.now() - started,
-            )
-            answer = guard.ApprovalDecision(
-                approved=verdict == "approved", approver=current.approver, reason=current.reason
-            )
-            guard.decide(core, req, answer, core.now() - started, approval_id=record.id)
-            return
-        left = min(current.expires - time.time(), req.timeout - (core.now() - started))
-        yield Sleep(max(0.0, min(delay, left)))
-        delay = min(delay * 2, POLL_MAX)
-
-
-_Verdict = Literal["pending", "approved", "denied", "used", "again"]
-
-
-def _look(
-    core: RunCore,
-    eff: Effective,
-    req: guard.ApprovalRequest,
-    record: ApprovalRecord,
-    started: float,
-) -> tuple[_Verdict, ApprovalRecord]:
-    """One look at the request: raise the stop that ends the wait, else say what was seen
-    (``approved`` only once this run has consumed it)."""
-    store = core.store
-    try:
-        sw = switch_guard.blocking_switch(core, req.tool, eff)
-    except Stop:
-        core.waiting += core.now() - started
-        raise
-    if sw is not None:
-        mode = sw.mode or core.policy.kill_switch.mode_when_enabled
-        why = f"kill switch {describe(sw)} ({mode})" + (f": {sw.reason}" if sw.reason else "")
-        _settle(store, record, "cancelled", actor=sw.actor or SYSTEM_ACTOR, reason=why)
-        core.waiting += core.now() - started
-        switch_guard.check(core, req.tool, eff)  # raises kill_switch, naming the switch
-    if core.cancelled:
-        _settle(store, record, "cancelled", actor=SYSTEM_ACTOR, reason="the run was cancelled")
-        core.waiting += core.now() - started
-        core.ensure_running()  # raises cancelled
-    current = _must(store, record.id)
-    status = current.status
-    if status == "pending":
-        now = time.time()
-        if now < current.expires and core.now() - started < req.timeout:
-            return "pending", current
-        expired = _settle(
-            store,
-            current,
-            "expired",
-            actor=SYSTEM_ACTOR,
-            reason=f"no decision within {req.timeout:g} s",
-            now=now,
-        )
-        if expired is None:
-            return "again", current  # decided at the last moment: judge that
-        status = "expired"
-    if status == "approved":
-        used = store.transition_approval(
-            record.id, expect="approved", status="used", at=time.time()
-        )
-        return ("again", current) if used is None else ("approved", used)
-    if status in ("denied", "used"):
-        return status, current
-    core.waiting += core.now() - started
-    if status == "expired":
-        raise core.stamp(
-            Stop(
-                "approval_timeout",
-                req.tool,
-                tool=req.tool,
-                message=f"no decision on approval {record.id} within {req.timeout:g} s",
-                extra={"approval": record.id},
-            )
-        )
-    by = f" by {current.approver}" if current.approver else ""
-    raise core.stamp(
-        Stop(
-            "kill_switch",
-            req.tool,
-            tool=req.tool,
-            message=f"approval {record.id} was {status}{by}"
-            + (f": {current.reason}" if current.reason else ""),
-            extra={"approval": record.id, "set_by": current.approver},
-        )
-    )
-
-
-def _db_option(store: Store) -> str:
-    """``--db URL`` for the command that decides a request, when the store is a SQLite
-    file other than the default one (which `corral` would open without the option)."""
-    if not isinstance(store, SQLiteStore) or store.path == ":memory:":
-        return ""
-    default = default_url()
-    if default.startswith("sqlite:///"):
-        path = unquote(default[len("sqlite:///") :].split("?", 1)[0])
-        if os.path.abspath(path) == store.path:
-            return ""
-    return " --db " + shlex.quote("sqlite:///" + store.path)
-
-
-def _must(store: Store, approval_id: str) -> ApprovalRecord:
+def must(store: Store, approval_id: str) -> ApprovalRecord:
     found = store.get_approval(approval_id)
     if found is None:
         raise StoreError(f"approval {approval_id} is gone from the store")
     return found
 
 
-def _file(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> ApprovalRecord:
-    """The run's open request for this action (a resumed run re-attaches), else a new one."""
-    now = time.time()
-    for rec in core.store.list_approvals(status=None, run_id=core.id):
-        if rec.tool != req.tool or rec.args_digest != req.args_digest:
-            continue
-        if rec.status == "approved":
-            return _attached(core, rec)
-        if rec.status == "pending":
-            if now < rec.expires:
-                return _attached(core, rec)
-            _settle(
-                core.store,
-                rec,
-                "expired",
-                actor=SYSTEM_ACTOR,
-                reason=f"no decision within {req.timeout:g} s",
-                now=now,
-            )
-    return _new(core, eff, req)
-
-
-def _attached(core: RunCore, rec: ApprovalRecord, *, reattached: bool = True) -> ApprovalRecord:
-    """Record that the run waits on ``rec`` (filed now, or left by an earlier process), and
-    say so on the ``corral`` logger: a wait nobody sees is a run that looks hung."""
-    log.warning(
-        "waiting for approval %s for %s — corral approvals approve %s%s",
-        rec.id,
-        rec.tool,
-        rec.id,
-        _db_option(core.store),
-    )
-    core.event(
-        "approval_requested",
-        approval_id=rec.id,
-        tool=rec.tool,
-        args_digest=rec.args_digest,
-        expires=rec.expires,
-        reattached=reattached,
-    )
-    core.flush()
-    return rec
-
-
-def _new(core: RunCore, eff: Effective, req: guard.ApprovalRequest) -> ApprovalRecord:
-    now = time.time()
-    record = ApprovalRecord(
-        id=new_id(),
-        run_id=core.id,
-        tool=req.tool,
-        args_digest=req.args_digest,
-        arguments=dict(core.redactor.data(dict(req.arguments))),
-        context=req.context(),
-        tenant=core.tenant,
-        agent=core.agent,
-        created=now,
-        expires=now + req.timeout,
-        kill_modes=tuple(m for m in MODES if switch_guard._blocks(m, eff)),
-        kill_mode=core.policy.kill_switch.mode_when_enabled,
-    )
-    core.store.create_approval(record)
-    return _attached(core, record, reattached=False)
-
-
 # -- deciding -----------------------------------------------------------------------------
-def _settle(
+def settle(
     store: Store,
     record: ApprovalRecord,
     status: ApprovalStatus,
@@ -431,7 +256,7 @@ def _decide(
         raise ApprovalError(f"cannot {verb} approval {approval_id}: it is {record.status}{by}")
     now = time.time()
     if now >= record.expires:
-        _settle(store, record, "expired", actor=SYSTEM_ACTOR, reason="expired", now=now)
+        settle(store, record, "expired", actor=SYSTEM_ACTOR, reason="expired", now=now)
         raise ApprovalError(
             f"cannot {verb} approval {approval_id}: it expired {now - record.expires:.0f} s ago"
         )
@@ -439,7 +264,7 @@ def _decide(
         approval_id, expect="pending", status=status, at=now, approver=who, reason=reason
     )
     if changed is None:
-        late = _must(store, approval_id)
+        late = must(store, approval_id)
         raise ApprovalError(
             f"cannot {verb} approval {approval_id}: it became {late.status} meanwhile"
         )
@@ -488,7 +313,7 @@ def cancel_covered(
     cancelled = []
     for record in store.list_approvals(status="pending"):
         if covers(switch, record):
-            done = _settle(store, record, "cancelled", actor=who, reason=why)
+            done = settle(store, record, "cancelled", actor=who, reason=why)
             if done is not None:
                 cancelled.append(done)
     return cancelled

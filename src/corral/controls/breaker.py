@@ -37,18 +37,43 @@ clock, and the run's own clock when a run is driven by a virtual one (simulation
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
-from corral.clock import SystemClock
-from corral.stores.base import BreakerState, DegradeWindow, degrade_bucket
+from corral.clock import Clock, SystemClock
+from corral.policy.schema import Policy
+from corral.stores.base import BreakerState, DegradeWindow, Store, degrade_bucket
+from corral.stores.per_store import PerStore
 
-if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+T = TypeVar("T")
+
+
+class Events(Protocol):
+    def add(self, kind: str, **data: Any) -> None: ...
+
+
+class _Services(Protocol):
+    @property
+    def successes(self) -> Successes: ...
+
+
+class Host(Protocol):
+    """What the breaker needs of the run it counts for (the gateway's run state)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def policy(self) -> Policy: ...
+    def store_call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+    @property
+    def events(self) -> Events: ...
+    @property
+    def services(self) -> _Services: ...
+
 
 Decision = Literal["closed", "probe", "open"]
 
@@ -56,14 +81,8 @@ Decision = Literal["closed", "probe", "open"]
 #: store's counters (seconds, ``time.monotonic``).
 SYNC_SECONDS = 0.1
 
-_lock = threading.Lock()
-# Successes not yet in the store, per store object and tool: [bucket start, count,
-# monotonic time of the last write]. Keyed by id(store), with a weak reference to tell a
-# reused id from the store (a plain dict keeps the allow path's lookup cheap).
-_pending: dict[int, tuple[Callable[[], object], dict[str, list[float]]]] = {}
 
-
-def wall(core: RunCore) -> float:
+def wall(core: Host) -> float:
     """Seconds comparable across processes: wall time, or the run's virtual clock."""
     return time.time() if isinstance(core.clock, SystemClock) else core.clock.monotonic()
 
@@ -73,17 +92,17 @@ def wall(core: RunCore) -> float:
 PROBE_KEY = "breaker-probe:"
 
 
-def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
+def admit(core: Host, name: str) -> tuple[Decision, BreakerState]:
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
     call), or ``open`` (degraded)."""
     now = wall(core)
-    state = core._store_call(core.store.breaker, name, now=now)
+    state = core.store_call(core.store.breaker, name, now=now)
     if state.state == "closed":
         return "closed", state
     if state.state == "open":
         return "open", state
     # Half-open: one probe for the whole fleet, claimed in the store.
-    claim = core._store_call(
+    claim = core.store_call(
         core.store.claim,
         f"{PROBE_KEY}{name}:{state.until!r}",
         "probe",
@@ -95,80 +114,73 @@ def admit(core: RunCore, name: str) -> tuple[Decision, BreakerState]:
         # The probe's lease lapsed without an outcome (its process died, or the call was
         # cancelled): open the breaker for another cool-down, after which a new probe goes.
         state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
-        core._store_call(core.store.set_breaker, name, state)
-        core.event("breaker", tool=name, state="open", probe_lost=True)
+        core.store_call(core.store.set_breaker, name, state)
+        core.events.add("breaker", tool=name, state="open", probe_lost=True)
     return ("probe" if claim.status == "claimed" else "open"), state
 
 
-def _tools(store: Any) -> dict[str, list[float]]:
-    """This process's pending successes for ``store``, per tool (the caller holds _lock)."""
-    entry = _pending.get(id(store))
-    if entry is not None and entry[0]() is store:
-        return entry[1]
-    per_tool: dict[str, list[float]] = {}
-    key = id(store)
+class Successes:
+    """Successful attempts this process counted and has not yet added to the store's
+    counters, per store object and tool: ``[bucket start, count, monotonic time of the
+    last write]``."""
 
-    def forget(ref: object) -> None:
-        entry = _pending.get(key)
-        if entry is not None and entry[0] is ref:
-            _pending.pop(key, None)
+    __slots__ = ("_kept", "_lock")
 
-    try:
-        back: Callable[[], object] = weakref.ref(store, forget)
-    except TypeError:  # cannot be weakly referenced: kept, so its id is never reused
-        back = functools.partial(lambda s: s, store)
-    _pending[key] = (back, per_tool)
-    return per_tool
+    def __init__(self) -> None:
+        self._kept: PerStore[dict[str, list[float]]] = PerStore()
+        self._lock = threading.Lock()
 
+    def take(self, store: Store, name: str, start: float) -> tuple[int, tuple[float, int] | None]:
+        """Take the pending successes: those of bucket ``start``, and those of an older
+        bucket (to be written there) if any."""
+        with self._lock:
+            entry = self._kept.get(store, dict).get(name)
+            if entry is None or not entry[1]:
+                return 0, None
+            count = int(entry[1])
+            entry[1] = 0
+            entry[2] = time.monotonic()
+            if entry[0] == start:
+                return count, None
+            return 0, (entry[0], count)
 
-def _take(store: Any, name: str, start: float) -> tuple[int, tuple[float, int] | None]:
-    """Take this process's pending successes: those of bucket ``start``, and those of an
-    older bucket (to be written there) if any."""
-    with _lock:
-        entry = _tools(store).get(name)
-        if entry is None or not entry[1]:
-            return 0, None
-        count = int(entry[1])
-        entry[1] = 0
-        entry[2] = time.monotonic()
-        if entry[0] == start:
-            return count, None
-        return 0, (entry[0], count)
+    def keep(self, store: Store, name: str, start: float, count: int) -> None:
+        """Put back successes a write could not add (only while their bucket is current)."""
+        with self._lock:
+            entry = self._kept.get(store, dict).get(name)
+            if entry is not None and entry[0] == start:
+                entry[1] += count
 
-
-def _keep(store: Any, name: str, start: float, count: int) -> None:
-    """Put back successes a write could not add (only while their bucket is current)."""
-    with _lock:
-        entry = _tools(store).get(name)
-        if entry is not None and entry[0] == start:
-            entry[1] += count
-
-
-def _count_success(core: RunCore, name: str, now: float, size: float) -> None:
-    start = now // size * size
-    mono = time.monotonic()
-    with _lock:
-        per_tool = _tools(core.store)
-        entry = per_tool.get(name)
-        if entry is None:
-            entry = per_tool[name] = [start, 0, mono]
-        if entry[0] == start:
-            entry[1] += 1
-            if mono - entry[2] < SYNC_SECONDS:
-                return  # the allow path: counted here, written later
-            write = [(start, int(entry[1]))]
-        else:  # a new bucket: write the old one's, start counting this one's
-            write = [(entry[0], int(entry[1]))] if entry[1] else []
-            write.append((start, 1))
-        entry[0], entry[1], entry[2] = start, 0, mono
-    for bucket, count in write:
-        try:
-            core.store.degrade_add(name, now=bucket, size=size, calls=count)
-        except Exception:  # whatever the store raises
-            _keep(core.store, name, bucket, count)
+    def count(self, store: Store, name: str, now: float, size: float) -> None:
+        """Count one success; add the tool's pending ones to the store when due."""
+        start = now // size * size
+        mono = time.monotonic()
+        with self._lock:
+            per_tool = self._kept.get(store, dict)
+            entry = per_tool.get(name)
+            if entry is None:
+                entry = per_tool[name] = [start, 0, mono]
+            if entry[0] == start:
+                entry[1] += 1
+                if mono - entry[2] < SYNC_SECONDS:
+                    return  # the allow path: counted here, written later
+                write = [(start, int(entry[1]))]
+            else:  # a new bucket: write the old one's, start counting this one's
+                write = [(entry[0], int(entry[1]))] if entry[1] else []
+                write.append((start, 1))
+            entry[0], entry[1], entry[2] = start, 0, mono
+        for bucket, count in write:
+            try:
+                store.degrade_add(name, now=bucket, size=size, calls=count)
+            except Exception:  # whatever the store raises
+                self.keep(store, name, bucket, count)
 
 
-def _write_older(core: RunCore, name: str, size: float, older: tuple[float, int] | None) -> None:
+#: This process's pending successes (the default :class:`~corral.gateway.services.Services`).
+SUCCESSES = Successes()
+
+
+def _write_older(core: Host, name: str, size: float, older: tuple[float, int] | None) -> None:
     if older is not None:
         # A past bucket's successes: if they cannot be written, the window has moved on.
         with contextlib.suppress(Exception):  # whatever the store raises
@@ -179,8 +191,9 @@ def _num(x: float) -> float | int:
     return int(x) if x == int(x) else round(x, 3)
 
 
-def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
+def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
     """Count one attempt's outcome; open or close the shared breaker when it is due."""
+    tally = core.services.successes
     rule = core.policy.degrade
     now = wall(core)
     size = rule.window_seconds
@@ -188,34 +201,34 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
         new = (
             BreakerState() if ok else BreakerState(state="open", until=now + rule.cool_down_seconds)
         )
-        core._store_call(core.store.set_breaker, name, new)
-        _take(core.store, name, degrade_bucket(now, size)[0])
-        core._store_call(core.store.degrade_reset, name)  # a fresh window either way
-        core.event("breaker", tool=name, state=new.state, probe=True)
+        core.store_call(core.store.set_breaker, name, new)
+        tally.take(core.store, name, degrade_bucket(now, size)[0])
+        core.store_call(core.store.degrade_reset, name)  # a fresh window either way
+        core.events.add("breaker", tool=name, state=new.state, probe=True)
         return
     if ok:
-        _count_success(core, name, now, size)
+        tally.count(core.store, name, now, size)
         return
     start, _ = degrade_bucket(now, size)
-    calls, older = _take(core.store, name, start)
+    calls, older = tally.take(core.store, name, start)
     _write_older(core, name, size, older)
     try:
         window: DegradeWindow = core.store.degrade_add(
             name, now=now, size=size, calls=calls + 1, failures=1
         )
     except Exception:  # whatever the store raises
-        _keep(core.store, name, start, calls)
+        tally.keep(core.store, name, start, calls)
         return  # not counted; the breaker's state is read (fail closed) before each call
     trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
     if not trip:
         return
-    core._store_call(
+    core.store_call(
         core.store.set_breaker,
         name,
         BreakerState(state="open", until=now + rule.cool_down_seconds),
     )
-    core._store_call(core.store.degrade_reset, name)
-    core.event(
+    core.store_call(core.store.degrade_reset, name)
+    core.events.add(
         "breaker",
         tool=name,
         state="open",
@@ -225,13 +238,14 @@ def record(core: RunCore, name: str, ok: bool, *, probe: bool) -> None:
     )
 
 
-def retry_allowed(core: RunCore, name: str) -> bool:
+def retry_allowed(core: Host, name: str) -> bool:
     """Spend one retry from ``name``'s budget, shared by every process, if any is left."""
+    tally = core.services.successes
     rule = core.policy.degrade
     now = wall(core)
     size = rule.window_seconds
     start, _ = degrade_bucket(now, size)
-    calls, older = _take(core.store, name, start)
+    calls, older = tally.take(core.store, name, start)
     _write_older(core, name, size, older)
     try:
         allowed = core.store.degrade_retry(
@@ -243,8 +257,8 @@ def retry_allowed(core: RunCore, name: str) -> bool:
             calls=calls,
         )
     except Exception:  # whatever the store raises
-        _keep(core.store, name, start, calls)
+        tally.keep(core.store, name, start, calls)
         allowed = False  # no retry without the shared budget (fail closed)
     if not allowed:
-        core.event("retry_budget", tool=name, exhausted=True)
+        core.events.add("retry_budget", tool=name, exhausted=True)
     return allowed

@@ -41,7 +41,6 @@ import re
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import cast, get_args
@@ -49,6 +48,7 @@ from typing import cast, get_args
 from corral._safe import shown
 from corral.exceptions import ConfigError, StoreError, StoreGone
 from corral.stores.base import Event, KillMode, KillScope, KillSwitchState, Store, kill_target
+from corral.stores.per_store import PerStore
 
 #: How long one read of the switches is reused (seconds, ``time.monotonic``).
 REFRESH_SECONDS = 0.1
@@ -150,65 +150,49 @@ class KillSwitchCache:
         self._snap = (switches, good_at, _NEVER, error)
 
 
-# id(store) -> (a callable giving the store back while it lives, its cache). A plain dict
-# keeps the lookup on every check cheap; the identity check guards against a reused id.
-_caches: dict[int, tuple[Callable[[], object], KillSwitchCache]] = {}
-_caches_lock = threading.Lock()
+class SwitchCaches:
+    """The kill-switch cache of each store this process governs calls with (one per store
+    object, made on first use): the in-memory store gets ``refresh=0`` (read on every
+    check), every other store the defaults."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: PerStore[KillSwitchCache] = PerStore()
+
+    def cache_for(self, store: Store) -> KillSwitchCache:
+        return self._kept.get(store, lambda: _new_cache(store))
+
+    def use(self, store: Store, cache: KillSwitchCache) -> KillSwitchCache:
+        """Make ``cache`` the one used for ``store`` (tests: a manual clock)."""
+        return self._kept.set(store, cache)
+
+    def active(self, store: Store) -> tuple[KillSwitchState, ...]:
+        """The switches as governed calls see them (cached, fail closed)."""
+        return self.cache_for(store).switches(store)
+
+
+def _new_cache(store: Store) -> KillSwitchCache:
+    return KillSwitchCache(refresh=REFRESH_SECONDS if store.shared else 0.0)
+
+
+#: The caches of this process (the default :class:`~corral.gateway.services.Services`).
+CACHES = SwitchCaches()
 
 
 def cache_for(store: Store) -> KillSwitchCache:
-    """The cache this process uses for ``store`` (made on first use).
-
-    The in-memory store gets ``refresh=0`` (read on every check); every other store
-    the defaults.
-    """
-    entry = _caches.get(id(store))
-    if entry is not None and entry[0]() is store:
-        return entry[1]
-    with _caches_lock:
-        entry = _caches.get(id(store))
-        if entry is not None and entry[0]() is store:
-            return entry[1]
-        refresh = REFRESH_SECONDS if store.shared else 0.0
-        return _keep(store, KillSwitchCache(refresh=refresh))
-
-
-def _keep(store: Store, cache: KillSwitchCache) -> KillSwitchCache:
-    key = id(store)
-
-    def forget(ref: object) -> None:
-        # Called while the store is being freed, possibly from the garbage collector with
-        # the lock held: no lock here. Its id cannot be reused before this returns.
-        entry = _caches.get(key)
-        if entry is not None and entry[0] is ref:
-            _caches.pop(key, None)
-
-    back: Callable[[], object]
-    try:
-        back = weakref.ref(store, forget)
-    except TypeError:  # cannot be weakly referenced: kept alive, so its id is never reused
-        back = _Strong(store)
-    _caches[key] = (back, cache)
-    return cache
-
-
-class _Strong:
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __call__(self) -> object:
-        return self._store
+    """The cache this process uses for ``store`` by default (made on first use)."""
+    return CACHES.cache_for(store)
 
 
 def use_cache(store: Store, cache: KillSwitchCache) -> KillSwitchCache:
     """Make ``cache`` the one this process uses for ``store`` (tests: a manual clock)."""
-    with _caches_lock:
-        return _keep(store, cache)
+    return CACHES.use(store, cache)
 
 
 def active(store: Store) -> tuple[KillSwitchState, ...]:
     """The switches as governed calls in this process see them (cached, fail closed)."""
-    return cache_for(store).switches(store)
+    return CACHES.active(store)
 
 
 def check_switch(scope: str, target: str | None = "", mode: str | None = None) -> str:
@@ -342,12 +326,14 @@ def as_mode(value: str | None) -> KillMode | None:
 
 
 __all__ = [
+    "CACHES",
     "FLEET_RUN_ID",
     "GRACE_SECONDS",
     "MODES",
     "REFRESH_SECONDS",
     "SCOPES",
     "KillSwitchCache",
+    "SwitchCaches",
     "active",
     "as_mode",
     "audit_event",

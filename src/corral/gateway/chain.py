@@ -1,22 +1,20 @@
 """The tool gateway: the single choke point every tool call passes, in this order::
 
-    kill switch → allowlist and registry → arguments and constraints → degrade state
-    → loop detection → read cache / idempotency replay → credentials (declared ones present)
+    kill switch → allowlist and registry → arguments and constraints → loop detection
+    → degrade state → read cache / idempotency replay → credentials (declared ones present)
     → fit check (no hold) → approval (writes) → kill switch again → budget reservation
     → idempotency claim (writes) → audit the authorization (writes)
     → execute with timeout (bounded retries)
     → output validation and hygiene (made JSON as pydantic would, registered secrets
       scrubbed before the cap) → settle → trace
 
-The flow is written once, as a generator that *yields* what must be waited for
-(:class:`Execute`, :class:`Approve`, :class:`Sleep`); ``gateway/drivers.py`` drives it
-synchronously or asynchronously. Each check lives in ``guards/``.
-
-Charges follow DESIGN.md: every attempt costs one tool call and the declared
-cost (also when it raises or times out, unless ``charge_on_error: false``);
-denied, invalid or refused calls are refunded; cache hits and idempotent replays
-cost nothing. A tool raising :class:`~corral.NotExecuted` costs one call and no
-USD (nothing happened, but a tool that keeps saying so must not loop for free).
+The order is :func:`_call_flow`'s, one named step per line; each check lives in
+``guards/`` (one module per guard), the per-call state in :class:`~corral.gateway.call.Call`,
+the cost of each outcome in :mod:`corral.gateway.charges`. The flow is a generator that
+*yields* what must be waited for (:class:`~corral.gateway.ops.Execute`,
+:class:`~corral.gateway.ops.Approve`, :class:`~corral.gateway.ops.Sleep`):
+``gateway/drivers.py`` drives it synchronously or asynchronously, and knows nothing of
+who asked (``Run.call``, the loop, ``Run.authorize``).
 
 Writes: the idempotency key is looked up before approval (a key already done
 replays its outcome, nobody is asked again); it is claimed, and the authorization
@@ -34,30 +32,42 @@ when the lease lapses (settled by the tool's ``reconcile`` hook or an operator);
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Generator, Mapping
+from typing import Any, NoReturn
 
 from corral import _safe
 from corral.budgets.meter import Hold
-from corral.controls import approvals, breaker
+from corral.controls import breaker
 from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
-from corral.gateway import _outputs
-from corral.gateway.guards import allowlist as names
-from corral.gateway.guards import approval, arguments, cache, degrade, idempotency, killswitch
-from corral.gateway.guards import loop_detection as loops
-from corral.gateway.hygiene import OutputProblem, Scrubber, clean_output
+from corral.gateway import _outputs, charges
+from corral.gateway.call import Call
+from corral.gateway.canonical import args_digest, canonical
+from corral.gateway.effective import Effective
+from corral.gateway.guards import (
+    allowlist,
+    approval,
+    approval_queue,
+    arguments,
+    cache,
+    degrade,
+    idempotency,
+    killswitch,
+    loop_detection,
+    output,
+)
 from corral.gateway.ops import Approve, Attempt, Execute, Flow, Sleep
-from corral.gateway.state import Effective, RunCore, args_digest, canonical
+from corral.gateway.state import RunState
 from corral.record.redact import REDACTED
-from corral.stores.leases import Held
 from corral.tools import ToolContext, not_local
 
 RETRY_BACKOFF = 0.1
 _NO_IDS: Mapping[str, str] = {}
+#: What a step returns when it did not serve the call from memory.
+_NOT_SERVED: Any = object()
 
 
 def call_flow(
-    core: RunCore,
+    core: RunState,
     name: Any,
     raw_args: Any,
     *,
@@ -71,10 +81,10 @@ def call_flow(
     (the model's tool call), which keys a write when no key is given (see
     ``guards/idempotency.py``). How the call was served is left in ``core.last_call``.
     """
-    renewals: list[Held] = []  # the idempotency claim this call holds, renewed meanwhile
+    call = Call(core, name, raw_args, key, call_id, external)
     core.last_call = None
     try:
-        return (yield from _call_flow(core, name, raw_args, key, call_id, external, renewals))
+        return (yield from _call_flow(call))
     except ToolRejected as rejected:
         # What a refusal quotes (the arguments, a tool's own words) reaches the model:
         # scrubbed like everything else it sees.
@@ -86,248 +96,347 @@ def call_flow(
         core.scrub_stop(stop)
         raise
     finally:
-        for held in renewals:  # the outcome is stored, the key released, or the flow ended
+        for held in call.renewals:  # the outcome is stored, the key released, or ended
             held.release()
 
 
-def _call_flow(
-    core: RunCore,
-    name: Any,
-    raw_args: Any,
-    key: str | None,
-    call_id: str | None,
-    external: bool,
-    renewals: list[Held],
-) -> Flow:
-    # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id); it
-    # is the caller's text, so it is scrubbed like anything else recorded.
-    ids = _NO_IDS if call_id is None else {"call_id": core.redactor.text(call_id)}
+def _call_flow(call: Call) -> Flow:
+    """The chain, in DESIGN.md's order."""
+    _admit(call)  # kill switch, allowlist and registry, arguments, loop detection, degrade
+    served = _from_memory(call)  # read cache, idempotency replay
+    if served is not _NOT_SERVED:
+        return served
+    _credentials(call)
+    yield from _approve(call)  # fit check, approval, kill switch and breaker again
+    attempt = yield from _attempts(call)  # reserve, claim, audit, execute, retry, settle
+    if not isinstance(attempt, Attempt):  # the write's claim found it done meanwhile
+        return _replayed(call, attempt)
+    return _observe(call, attempt)  # output checks and hygiene, outcome recorded
+
+
+# -- admission: the checks before anything is held -------------------------------------
+def _admit(call: Call) -> None:
+    core = call.run
+    if call.call_id is not None:
+        # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id);
+        # it is the caller's text, so it is scrubbed like anything else recorded.
+        call.ids = {"call_id": core.redactor.text(call.call_id)}
     core.ensure_running()
-    core.check_time()
+    core.time.check()
+    name = call.name
     if isinstance(name, str) and type(name) is not str:
         # A str subclass could hash or compare one way for the registry and another for
         # the allowlist; the gateway only ever looks up a plain copy of its text.
-        name = str.__str__(name)
-    tool_name = name if isinstance(name, str) else repr(name)
+        name = call.name = str.__str__(name)
+    call.tool_name = name if isinstance(name, str) else repr(name)
     known = isinstance(name, str) and name in core.tools
     eff = core.effective(name) if known else None
     # An unknown name has no effect to judge: only stop_all refuses it here, else the
     # registry check below does.
-    killswitch.check(core, tool_name, eff)
-    tool = names.resolve(core, name)
-    if tool.described and not external:  # no function: only the caller can execute it
+    killswitch.check(core, call.tool_name, eff)
+    tool = call.tool = allowlist.resolve(core, name)
+    if tool.described and not call.external:  # no function: only the caller can execute it
         raise ConfigError(not_local(tool.name))
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
-    args = arguments.validate(core, eff, raw_args)
+    call.eff = eff
+    args = call.args = arguments.validate(core, eff, call.raw_args)
     try:
-        text = canonical(args)
+        text = call.text = canonical(args)
     except (RecursionError, ValueError, TypeError) as unwritable:  # too deep, a huge int, ...
         problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
         arguments.refuse(core, eff, [problem])
-    loops.check(core, tool.name, text)
-    probe = degrade.check(core, tool.name, eff.breaker)
-
-    write = eff.effect == "write"
+    loop_detection.check(core, tool.name, text)
+    call.probe = degrade.check(core, tool.name, eff.breaker)
     # The canonical digest keys the cache, approvals and idempotency, and every outcome
     # is audited with it.
-    digest = args_digest(args, text=text)
+    call.digest = args_digest(args, text=text)
+
+
+def _from_memory(call: Call) -> Any:
+    """The call served from the run's read cache, or a write's outcome replayed from its
+    idempotency key (both free); else :data:`_NOT_SERVED`."""
+    core, eff, name = call.run, _eff(call), call.tool_name
     if eff.cacheable:
-        cached = cache.lookup(core, eff, digest)
+        cached = cache.lookup(core, eff, call.digest)
         if not cache.is_miss(cached):
-            core.event("tool_call", tool=tool.name, outcome="cached", args_digest=digest, **ids)
-            core.flush()
-            core.last_call = ("cached", tool.name, None)
+            core.events.add("tool_call", tool=name, outcome="cached", args_digest=call.digest,
+                            **call.ids)  # fmt: skip
+            core.events.flush()
+            core.last_call = ("cached", name, None)
             # Scrubbed when cached; again of any secret the run resolved since.
             return _rescrub(core, cached) if core.redactor.has_secrets else cached
+    if not call.write:
+        return _NOT_SERVED
+    key = call.idem_key = idempotency.key_for(
+        core, eff, call.args, call.digest, call.key, call.call_id
+    )
+    if key is None:
+        return _NOT_SERVED
+    # Before the fit check and approval: a write already done is replayed for free,
+    # without asking again; a key reused with other arguments is refused here.
+    done = idempotency.lookup(core, eff, key, call.digest, call.args)
+    return _NOT_SERVED if done is None else _replayed(call, done)
 
-    idem_key = idempotency.key_for(core, eff, args, digest, key, call_id) if write else None
-    charge = eff.charge
-    if idem_key is not None:
-        # Before the fit check and approval: a write already done is replayed for free,
-        # without asking again; a key reused with other arguments is refused here.
-        done = idempotency.lookup(core, eff, idem_key, digest, args)
-        if done is not None:
-            core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
-            core.flush()
-            core.last_call = ("replayed", tool.name, idem_key)
-            return idempotency.replay(core, eff, idem_key, done)
 
-    # Credentials are resolved before anything is held, claimed or asked for: a secret
-    # provider that fails, or a credential the tenant lacks, refuses the call with nothing
-    # to undo, and no human is asked to approve a write that could not run.
-    creds: Mapping[str, str] = {}
-    if tool.context_param is not None or eff.credentials:
-        creds = _credentials(core, tool.name, eff.credentials)
+def _replayed(call: Call, stored: Mapping[str, Any]) -> Any:
+    """The stored outcome of the call's write key, replayed for free."""
+    core, key = call.run, call.idem_key
+    assert key is not None
+    core.events.add("tool_call", tool=call.tool_name, outcome="replayed", key=key, **call.ids)
+    core.events.flush()
+    core.last_call = ("replayed", call.tool_name, key)
+    return idempotency.replay(core, _eff(call), key, stored)
 
-    if eff.require_approval and core.observes("approvals"):
+
+def _credentials(call: Call) -> None:
+    """Resolve the tool's credentials before anything is held, claimed or asked for: a
+    secret provider that fails, or a credential the tenant lacks, refuses the call with
+    nothing to undo, and no human is asked to approve a write that could not run (never
+    observed: a tool does not run without what it needs)."""
+    eff, core = _eff(call), call.run
+    if call.tool is None or (call.tool.context_param is None and not eff.credentials):
+        return
+    try:
+        call.credentials = core.credentials.require(call.tool_name, eff.credentials)
+    except Stop as stop:
+        if stop.info.extra.get("why") == "missing_credential":
+            core.events.add("denied", tool=call.tool_name, why="missing_credential")
+        core.events.flush()
+        raise core.stamp(stop) from None
+
+
+def _approve(call: Call) -> Generator[Any, Any, None]:
+    """A write that needs approval waits for one (nothing held meanwhile); a call that
+    waited meets the kill switch and its breaker again."""
+    core, eff, name = call.run, _eff(call), call.tool_name
+    if not eff.require_approval:
+        return
+    if core.observes("approvals"):
         # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
         # recorded as the denial it would have met.
         core.observed(
             Stop(
                 "approval_denied",
-                tool.name,
-                tool=tool.name,
-                message=f"{tool.name} ran without the approval it needs (approvals observed)",
+                name,
+                tool=name,
+                message=f"{name} ran without the approval it needs (approvals observed)",
             )
         )
-    elif eff.require_approval:
-        # Check the fit before anyone is asked to approve; nothing is held while waiting.
-        core.fits(charge)
-        req = approval.request(core, eff, args, digest, key=idem_key, call_id=call_id)
-        core.flush()
-        if core.approver is None:
-            # The store's queue: decided by another process, consumed once (controls/approvals.py).
-            yield from approvals.wait(core, eff, req)
-        else:
-            started = core.now()
-            try:
-                answer = yield Approve(req)
-            except ConfigError:
-                raise
-            except Exception as failure:
-                approval.unreachable(core, req, failure, core.now() - started)
-            approval.decide(core, req, answer, core.now() - started)
-        killswitch.check(core, tool.name, eff)
-        if not probe:
-            # The wait may have been long: a breaker that opened meanwhile refuses the write
-            # now, rather than letting it hit the failing dependency. (A call that is the
-            # half-open probe already holds the fleet's one probe slot.)
-            probe = degrade.check(core, tool.name, eff.breaker)
+        return
+    core.budget.fits(eff.charge)  # check the fit before anyone is asked to approve
+    req = approval.request(
+        core, eff, call.args, call.digest, key=call.idem_key, call_id=call.call_id
+    )
+    core.events.flush()
+    if core.approver is None:
+        # The store's queue: decided by another process, consumed once.
+        yield from approval_queue.wait(core, eff, req)
+    else:
+        started = core.time.now()
+        try:
+            answer = yield Approve(req)
+        except ConfigError:
+            raise
+        except Exception as failure:
+            approval.unreachable(core, req, failure, core.time.now() - started)
+        approval.decide(core, req, answer, core.time.now() - started)
+    killswitch.check(core, name, eff)
+    if not call.probe:
+        # The wait may have been long: a breaker that opened meanwhile refuses the write
+        # now, rather than letting it hit the failing dependency. (A call that is the
+        # half-open probe already holds the fleet's one probe slot.)
+        call.probe = degrade.check(core, name, eff.breaker)
 
-    attempt = 0
-    claimed = False
+
+# -- attempts ---------------------------------------------------------------------------
+def _attempts(call: Call) -> Generator[Any, Any, Attempt | Mapping[str, Any]]:
+    """Reserve, claim (a write's first attempt), audit, execute; retry what may be
+    retried. Returns the successful attempt (settled), or the write's outcome when its
+    claim found it stored meanwhile (refunded)."""
+    core, eff = call.run, _eff(call)
     while True:
-        attempt += 1
-        core.check_time()
-        hold = core.reserve(charge)
-        first_claim = write and not claimed and idem_key is not None
-        if first_claim and idem_key is not None:
-            try:
-                stored = yield from idempotency.claim(core, eff, idem_key, digest, args)
-            except BaseException:
-                core.refund(hold)
-                raise
+        call.attempt += 1
+        core.time.check()
+        hold = core.budget.reserve(eff.charge)
+        first_claim = call.write and not call.claimed and call.idem_key is not None
+        if first_claim:
+            stored = yield from _claim(call, hold)
             if stored is not None:
-                core.refund(hold)
-                core.event("tool_call", tool=tool.name, outcome="replayed", key=idem_key, **ids)
-                core.flush()
-                core.last_call = ("replayed", tool.name, idem_key)
-                return idempotency.replay(core, eff, idem_key, stored)
-            claimed = True
-            renewals.append(idempotency.hold(core, idem_key))
-        timeout = min(eff.timeout, core.remaining())
-        if timeout <= 0:
-            # The run's time ran out since the check above: the call is not started, so
-            # nothing is charged and the write's key is free again.
-            core.refund(hold)
-            if first_claim and idem_key is not None:
-                core._store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.flush()
-            core.check_time()
-        if write:
-            cache.clear(core)  # a write may change what any read returns, also when it fails
-            _audit_authorization(core, tool.name, attempt, digest, idem_key, hold, first_claim)
-        ctx = None
-        if tool.context_param is not None:
-            ctx = ToolContext(
-                tool=tool.name,
-                run_id=core.id,
-                tenant=core.tenant,
-                agent=core.agent,
-                idempotency_key=idem_key,
-                attempt=attempt,
-                deadline=core.now() + timeout,
-                credentials=creds,
-                clock=core.clock,
-            )
-        started = core.now()
-        watch = killswitch.watch(core, tool.name)
-        result: Attempt = yield Execute(eff, args, ctx, timeout, idem_key, watch)
-        elapsed = core.now() - started
+                return stored
+        timeout = _start(call, hold, first_claim)
+        started = core.time.now()
+        watch = killswitch.watch(core, call.tool_name)
+        result: Attempt = yield Execute(eff, call.args, _context(call, timeout), timeout,
+                                        call.idem_key, watch)  # fmt: skip
+        call.elapsed = core.time.now() - started
         if isinstance(result.error, killswitch.Cancelled):
-            # A stop_all switch cancelled the call in flight. It may have happened: charged
-            # like a failure, not counted against the dependency, a write's key in flight.
-            core.settle(hold, charge if eff.charge_on_error else eff.call_only)
-            core.event("tool_call", tool=tool.name, outcome="cancelled", attempt=attempt,
-                       seconds=round(elapsed, 6), **ids)  # fmt: skip
-            if claimed and idem_key is not None:
-                if result.pending is not None:  # abandoned in its thread: it may still write
-                    idempotency.keep_while(result.pending, core, idem_key)
-                else:  # cancelled where it ran: nothing will finish it, its outcome is unknown
-                    idempotency.abandon(core, idem_key, renewals)
-            core.flush()
-            raise core.stamp(result.error.stop)
+            _cancelled(call, hold, result)
         if not isinstance(result.error, NotExecuted):
-            breaker.record(core, eff.breaker, result.ok, probe=probe)
+            breaker.record(core, eff.breaker, result.ok, probe=call.probe)
         if result.ok:
-            core.settle(hold, charge)
-            break
-        error = result.error
-        if isinstance(error, NotExecuted):
-            # Nothing happened, so no USD; the attempt still costs a call, so a tool that
-            # keeps saying so cannot keep a loop going for free.
-            core.settle(hold, eff.call_only)
-            if claimed and idem_key is not None:
-                core._store_call(core.store.release, idem_key, tenant=core.tenant)
-            core.event("tool_call", tool=tool.name, outcome="not_executed", attempt=attempt, **ids)
-            core.flush()
-            raise ToolRejected(
-                "tool_error",
-                f"{tool.name} did not run: {error}",
-                tool=tool.name,
-                detail="not_executed",
-            )
-        core.settle(hold, charge if eff.charge_on_error else eff.call_only)
-        what = core.redactor.text(
-            f"timed out: {_safe.text(error)}"
-            if result.timed_out
-            else f"raised {_safe.error_text(error)}"
-        )
-        core.event(
-            "tool_call",
-            tool=tool.name,
-            outcome="timeout" if result.timed_out else "error",
-            attempt=attempt,
-            error=what,
-            seconds=round(elapsed, 6),
-            **ids,
-        )
-        if claimed and idem_key is not None and result.pending is not None:
-            idempotency.keep_while(result.pending, core, idem_key)
-        out_of_time = result.timed_out and core.remaining() <= 0
-        retry = (
-            not out_of_time
-            and attempt <= eff.retries
-            and not external
-            and not probe  # a failed probe reopened the breaker: no retries
-            and breaker.admit(core, eff.breaker)[0] != "open"
-            and breaker.retry_allowed(core, eff.breaker)
-        )
-        if claimed and idem_key is not None and not result.timed_out and not retry:
-            # A write that raised (and will not be retried) is recorded as failed and never
-            # run again under its key; while it is retried the key stays claimed, so no other
-            # process replays a failure its retry may yet turn into a success. One that timed
-            # out may still be running (abandoned): its key stays in flight.
-            core._store_call(
-                core.store.complete,
-                idem_key,
-                {"error": what, "reason": "tool_error"},
-                tenant=core.tenant,
-            )
-        if out_of_time:
-            core.flush()
-            core.check_time()
-        if retry:
-            pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), max(0.0, core.remaining()))
-            if pause > 0:
-                yield Sleep(pause)
-            continue
-        core.flush()
-        raise core.stamp(
-            Stop("tool_error", tool.name, tool=tool.name, message=what, extra={"attempts": attempt})
-        )
+            charges.settle(core.budget, hold, "ok", eff)
+            return result
+        pause = _failed(call, hold, result)
+        if pause > 0:
+            yield Sleep(pause)
 
+
+def _claim(call: Call, hold: Hold) -> Generator[Any, Any, Mapping[str, Any] | None]:
+    """Claim the write's key before it starts; its stored outcome when it was done
+    meanwhile (the attempt refunded)."""
+    core, eff, key = call.run, _eff(call), call.idem_key
+    assert key is not None
+    try:
+        stored = yield from idempotency.claim(core, eff, key, call.digest, call.args)
+    except BaseException:
+        charges.settle(core.budget, hold, "not_started", eff)
+        raise
+    if stored is not None:
+        charges.settle(core.budget, hold, "not_started", eff)
+        return stored
+    call.claimed = True
+    call.renewals.append(idempotency.hold(core, key))
+    return None
+
+
+def _start(call: Call, hold: Hold, first_claim: bool) -> float:
+    """Ready the attempt to start: the time it may take, a write's cache cleared and its
+    authorization audited. Not started when the run's time ran out since it was checked
+    (refunded, a key just claimed released)."""
+    core, eff = call.run, _eff(call)
+    timeout = min(eff.timeout, core.time.remaining())
+    if timeout <= 0:
+        charges.settle(core.budget, hold, "not_started", eff)
+        if first_claim and call.idem_key is not None:
+            core.store_call(core.store.release, call.idem_key, tenant=core.tenant)
+        core.events.flush()
+        core.time.check()
+    if call.write:
+        cache.clear(core)  # a write may change what any read returns, also when it fails
+        _audit_authorization(call, hold, first_claim)
+    return timeout
+
+
+def _context(call: Call, timeout: float) -> ToolContext | None:
+    """The :class:`~corral.ToolContext` for a tool that takes one."""
+    if call.tool is None or call.tool.context_param is None:
+        return None
+    core = call.run
+    return ToolContext(
+        tool=call.tool_name,
+        run_id=core.id,
+        tenant=core.tenant,
+        agent=core.agent,
+        idempotency_key=call.idem_key,
+        attempt=call.attempt,
+        deadline=core.time.now() + timeout,
+        credentials=call.credentials,
+        clock=core.clock,
+    )
+
+
+def _audit_authorization(call: Call, hold: Hold, release: bool) -> None:
+    """Write a write's authorization to the audit log before it runs; if the log cannot be
+    written, refuse the write (refunded; ``release``: its key, just claimed, released)
+    instead of running it unaudited."""
+    core, key = call.run, call.idem_key
+    core.events.add("authorized", tool=call.tool_name, attempt=call.attempt,
+                    args_digest=call.digest, key=key)  # fmt: skip
+    try:
+        core.events.flush()
+    except Stop:
+        with contextlib.suppress(Stop):
+            charges.settle(core.budget, hold, "not_started", _eff(call))
+            if release and key is not None:
+                core.store_call(core.store.release, key, tenant=core.tenant)
+        raise
+
+
+def _cancelled(call: Call, hold: Hold, result: Attempt) -> NoReturn:
+    """A stop_all switch cancelled the call in flight. It may have happened: charged like a
+    failure, not counted against the dependency, a write's key in flight."""
+    core, key = call.run, call.idem_key
+    assert isinstance(result.error, killswitch.Cancelled)
+    charges.settle(core.budget, hold, "cancelled", _eff(call))
+    core.events.add("tool_call", tool=call.tool_name, outcome="cancelled", attempt=call.attempt,
+                    seconds=round(call.elapsed, 6), **call.ids)  # fmt: skip
+    if call.claimed and key is not None:
+        if result.pending is not None:  # abandoned in its thread: it may still write
+            idempotency.keep_while(result.pending, core, key)
+        else:  # cancelled where it ran: nothing will finish it, its outcome is unknown
+            idempotency.abandon(core, key, call.renewals)
+    core.events.flush()
+    raise core.stamp(result.error.stop)
+
+
+def _failed(call: Call, hold: Hold, result: Attempt) -> float:
+    """Settle and record a failed attempt; the pause before the retry, or raise."""
+    core, eff, key, name = call.run, _eff(call), call.idem_key, call.tool_name
+    error = result.error
+    if isinstance(error, NotExecuted):
+        # Nothing happened, so no USD; the attempt still costs a call, so a tool that
+        # keeps saying so cannot keep a loop going for free.
+        charges.settle(core.budget, hold, "not_executed", eff)
+        if call.claimed and key is not None:
+            core.store_call(core.store.release, key, tenant=core.tenant)
+        core.events.add("tool_call", tool=name, outcome="not_executed", attempt=call.attempt,
+                        **call.ids)  # fmt: skip
+        core.events.flush()
+        raise ToolRejected(
+            "tool_error", f"{name} did not run: {error}", tool=name, detail="not_executed"
+        )
+    charges.settle(core.budget, hold, "timeout" if result.timed_out else "error", eff)
+    what = core.redactor.text(
+        f"timed out: {_safe.text(error)}"
+        if result.timed_out
+        else f"raised {_safe.error_text(error)}"
+    )
+    core.events.add("tool_call", tool=name, outcome="timeout" if result.timed_out else "error",
+                    attempt=call.attempt, error=what, seconds=round(call.elapsed, 6),
+                    **call.ids)  # fmt: skip
+    if call.claimed and key is not None and result.pending is not None:
+        idempotency.keep_while(result.pending, core, key)
+    out_of_time = result.timed_out and core.time.remaining() <= 0
+    retry = not out_of_time and _may_retry(call)
+    if call.claimed and key is not None and not result.timed_out and not retry:
+        # A write that raised (and will not be retried) is recorded as failed and never
+        # run again under its key; while it is retried the key stays claimed, so no other
+        # process replays a failure its retry may yet turn into a success. One that timed
+        # out may still be running (abandoned): its key stays in flight.
+        core.store_call(core.store.complete, key, {"error": what, "reason": "tool_error"},
+                        tenant=core.tenant)  # fmt: skip
+    if out_of_time:
+        core.events.flush()
+        core.time.check()
+    if retry:
+        backoff = RETRY_BACKOFF * 2.0 ** (call.attempt - 1)
+        return min(backoff, max(0.0, core.time.remaining()))
+    core.events.flush()
+    raise core.stamp(
+        Stop("tool_error", name, tool=name, message=what, extra={"attempts": call.attempt})
+    )
+
+
+def _may_retry(call: Call) -> bool:
+    """Whether a failed attempt is tried again: within the tool's retries, by corral (not
+    the caller), not the breaker's probe (its failure reopened the breaker), with the
+    breaker not open and the dependency's retry budget not spent."""
+    core, eff = call.run, _eff(call)
+    return (
+        call.attempt <= eff.retries
+        and not call.external
+        and not call.probe
+        and breaker.admit(core, eff.breaker)[0] != "open"
+        and breaker.retry_allowed(core, eff.breaker)
+    )
+
+
+# -- the outcome ------------------------------------------------------------------------
+def _observe(call: Call, result: Attempt) -> Any:
+    """The output checked (schema, JSON, hygiene, secrets) and recorded: the write's key
+    completed, the read cached, the call's event written."""
+    core, eff, key = call.run, _eff(call), call.idem_key
     value = result.value
     if type(value) is not str:
         value = _outputs.plain(value)
@@ -338,66 +447,28 @@ def _call_flow(
     try:
         if type(value) is not str:  # models, dataclasses, dates...: JSON as pydantic writes it
             value = _outputs.jsonable(value, eff.max_output_chars)
-        problems = eff.tool.validate_output(value, eff.output_schema)
-        if problems:
-            raise OutputProblem("schema", "; ".join(problems))
-        observation = clean_output(
-            value,
-            strip_html=eff.strip_html,
-            max_chars=eff.max_output_chars,
-            scrub=scrub,
-            cut_json=eff.output_schema is None,  # a validated value is never cut
-        )
-        if type(observation) is not str or "\0" in observation:
-            observation = _outputs.as_json(observation)
+        observation = output.checked(value, eff, scrub)
     except Exception as raised:  # any shape a tool returns: a problem, never an escape
-        exc = _outputs.problem(raised)
-        problem = core.redactor.text(str(exc))  # a schema problem quotes the output
-        core.event(
-            "tool_call",
-            tool=tool.name,
-            outcome="invalid_output",
-            attempt=attempt,
-            problem=problem,
-            **ids,
-        )
-        stop = Stop(
-            "invalid_tool_output",
-            tool.name,
-            tool=tool.name,
-            message=problem,
-            extra={"problem": exc.detail},
-        )
-        if claimed and idem_key is not None and not core.observes("output"):
-            # The side effect happened: record it, so a resumed run does not do it again.
-            core._store_call(
-                core.store.complete,
-                idem_key,
-                {"error": problem, "reason": "invalid_tool_output"},
-                tenant=core.tenant,
-            )
-        core.flush()
-        core.deny(stop, "output")
-        observation = _let_through(value, exc, eff, scrub)
-    if claimed and idem_key is not None:
-        core._store_call(core.store.complete, idem_key, {"output": observation}, tenant=core.tenant)
-    if write or eff.cacheable:
-        cache.store(core, eff, digest, observation)
-    core.last_call = ("executed", tool.name, idem_key)
-    core.trusted_event_flushed(  # the allow path: every value below is corral's own
+        observation = output.invalid(call, value, _outputs.problem(raised), scrub)
+    if call.claimed and key is not None:
+        core.store_call(core.store.complete, key, {"output": observation}, tenant=core.tenant)
+    if call.write or eff.cacheable:
+        cache.store(core, eff, call.digest, observation)
+    core.last_call = ("executed", call.tool_name, key)
+    core.events.add_trusted_and_flush(  # the allow path: every value below is corral's own
         "tool_call",
-        tool=tool.name,
+        tool=call.tool_name,
         outcome="ok",
-        attempt=attempt,
-        args_digest=digest,
+        attempt=call.attempt,
+        args_digest=call.digest,
         usd=str(eff.cost_usd),
-        seconds=round(elapsed, 6),
-        **ids,
+        seconds=round(call.elapsed, 6),
+        **call.ids,
     )
     return observation
 
 
-def _rescrub(core: RunCore, value: Any) -> Any:
+def _rescrub(core: RunState, value: Any) -> Any:
     """An observation kept from earlier, scrubbed of the run's secrets as they are now."""
     try:
         return core.redactor.secrets_only(value)
@@ -405,52 +476,8 @@ def _rescrub(core: RunCore, value: Any) -> Any:
         return REDACTED
 
 
-def _let_through(value: Any, found: OutputProblem, eff: Effective, scrub: Scrubber | None) -> Any:
-    """What the model sees of an output that failed its checks, in observe mode: the output
-    as plain JSON when it is one (a schema or size problem), else its text form; scrubbed
-    all the same (before any cut), capped, and never raising."""
-    if found.detail in ("schema", "output_too_large"):
-        try:
-            shown = _outputs.as_json(_outputs.plain(value))
-            return shown if scrub is None else scrub.secrets_only(shown)
-        except Exception:  # not JSON after all, or too deep to scrub: shown as text below
-            pass
-    # Read well past the cap, so that the cut below (after scrubbing) is what bounds it and
-    # no secret straddles a cut made before the scrubbing.
-    raw = _safe.text(value, 2 * eff.max_output_chars + 4096)
-    return clean_output(raw, strip_html=False, max_chars=eff.max_output_chars, scrub=scrub)
-
-
-def _credentials(core: RunCore, tool: str, needed: tuple[str, ...]) -> Mapping[str, str]:
-    """The tool's credentials, or the run's stop when one it needs is missing (never
-    observed: a tool does not run without what it needs)."""
-    try:
-        return core.credentials.require(tool, needed)
-    except Stop as stop:
-        if stop.info.extra.get("why") == "missing_credential":
-            core.event("denied", tool=tool, why="missing_credential")
-        core.flush()
-        raise core.stamp(stop) from None
-
-
-def _audit_authorization(
-    core: RunCore,
-    tool: str,
-    attempt: int,
-    digest: str,
-    key: str | None,
-    hold: Hold,
-    release: bool,
-) -> None:
-    """Write a write's authorization to the audit log before it runs; if the log cannot be
-    written, refuse the write (refunded; ``release``: its key, just claimed, released)
-    instead of running it unaudited."""
-    core.event("authorized", tool=tool, attempt=attempt, args_digest=digest, key=key)
-    try:
-        core.flush()
-    except Stop:
-        with contextlib.suppress(Stop):
-            core.refund(hold)
-            if release and key is not None:
-                core._store_call(core.store.release, key, tenant=core.tenant)
-        raise
+def _eff(call: Call) -> Effective:
+    """The call's tool as the run treats it (known once admitted)."""
+    eff = call.eff
+    assert eff is not None
+    return eff

@@ -50,10 +50,10 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
+from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.gateway import _aio
 from corral.gateway._inline import Watch, can_alarm, expired, run_inline, timeout_error
 from corral.gateway._workers import run_in_thread, submit
-from corral.gateway.guards.approval import ApprovalDecision, ApprovalRequest
 from corral.gateway.guards.killswitch import Cancelled
 from corral.gateway.ops import Approve, Attempt, CallModel, Execute, Sleep
 

@@ -14,18 +14,18 @@ charged at the reservation and stops the run with ``model_error`` (why
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Mapping, Sequence
-from decimal import ROUND_FLOOR, Decimal
-from typing import Any
+from decimal import Decimal
+from typing import Any, NoReturn
 
 from corral._safe import error_text, shown, text, type_name
+from corral.budgets import model_cost
 from corral.budgets.meter import Charge, Hold
 from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop
 from corral.gateway.guards import killswitch
 from corral.gateway.ops import Attempt, CallModel
-from corral.gateway.state import RunCore
+from corral.gateway.state import RunState
 from corral.models import pricing
 from corral.models.base import (
     MAX_CALL_TOKENS,
@@ -36,24 +36,13 @@ from corral.models.base import (
     ModelResponse,
     Price,
     genai_provider,
+    input_token_bound,
     validate_response,
 )
-from corral.stops import StopReason
-
-MIN_ANSWER_TOKENS = 16
-PER_MESSAGE_OVERHEAD = 8
-
-
-def input_token_bound(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
-) -> int:
-    """An upper bound of the input tokens of a request (bytes of its JSON, plus overhead)."""
-    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
-    return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
 
 
 def price_of(
-    core: RunCore, model: Any, *, input_tokens: int | None = None, at_most: bool = False
+    core: RunState, model: Any, *, input_tokens: int | None = None, at_most: bool = False
 ) -> Price | None:
     """The policy's price for the model (wins), else the model object's ``price``, else
     the genai-prices table's (by name and provider), else ``None`` (unpriced).
@@ -74,7 +63,7 @@ def price_of(
     return pricing.price_for(model, input_tokens=input_tokens, at_most=at_most)
 
 
-def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
+def plan(core: RunState, model: Any, input_bound: int, wanted: int | None) -> tuple[int, Charge]:
     """Clamp ``max_tokens`` and build the worst-case charge, or raise the binding stop.
 
     ``wanted`` (else ``models.max_output_tokens``) is cut to what the token and USD
@@ -88,48 +77,14 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
             f"got {shown(input_bound)}"
         )
-    core.fits(Charge(steps=1))
-    lim = core.meter.limits  # in observe mode, the backstops
-    used, held = core.meter.usage(), core.meter.held()
-    tin = used.input_tokens + held.input_tokens
-    tout = used.output_tokens + held.output_tokens
-    asked = wanted if wanted is not None else core.policy.models.max_output_tokens
-    minimal = min(MIN_ANSWER_TOKENS, asked)
-    # (tokens left, scope, limit, what usage would be with a minimal answer)
-    rooms: list[tuple[int, StopReason, str, Any, Any]] = []
-    if lim.max_input_tokens is not None and tin + input_bound > lim.max_input_tokens:
-        raise core.stamp(
-            Stop(
-                "max_tokens",
-                "run/input",
-                scope="run/input",
-                limit=lim.max_input_tokens,
-                observed=tin + input_bound,
-                message="the request alone does not fit",
-            )
-        )
-    if lim.max_output_tokens is not None:
-        rooms.append(
-            (
-                lim.max_output_tokens - tout,
-                "max_tokens",
-                "run/output",
-                lim.max_output_tokens,
-                tout + minimal,
-            )
-        )
-    if lim.max_tokens is not None:
-        rooms.append(
-            (
-                lim.max_tokens - tin - tout - input_bound,
-                "max_tokens",
-                "run",
-                lim.max_tokens,
-                tin + tout + input_bound + minimal,
-            )
-        )
+    core.budget.fits(Charge(steps=1))
+    meter = core.budget.meter
+    lim, used, held = meter.limits, meter.usage(), meter.held()  # in observe mode, backstops
+    too_big = model_cost.input_stop(lim, used, held, input_bound)
+    if too_big is not None:
+        raise core.stamp(too_big)
     price = price_of(core, model, input_tokens=input_bound, at_most=True)
-    if price is None and core.limits.max_usd is not None:
+    if price is None and core.budget.limits.max_usd is not None:
         name = getattr(model, "name", "?")
         unpriced = Stop(
             "max_usd",
@@ -139,47 +94,18 @@ def plan(core: RunCore, model: Any, input_bound: int, wanted: int | None) -> tup
             message=f"model {name!r} has no known price and the run has a USD limit; "
             "give its price in models.prices or as the model's price (0 must be explicit)",
         )
-        core.deny(
-            unpriced, "budgets"
-        )  # when budgets are observed: recorded as a stop that would have happened
-    if lim.max_usd is not None and price is not None:
-        usd_in = price.input_usd_per_mtok * input_bound / Decimal(1_000_000)
-        spent = used.usd + held.usd
-        left = lim.max_usd - spent - usd_in
-        if price.output_usd_per_mtok > 0:
-            tokens = left * Decimal(1_000_000) / price.output_usd_per_mtok
-            rooms.append(
-                (
-                    int(tokens.to_integral_value(ROUND_FLOOR)),
-                    "max_usd",
-                    "run",
-                    lim.max_usd,
-                    spent + usd_in + price.cost(0, minimal),
-                )
-            )
-        elif left < 0:
-            rooms.append((-1, "max_usd", "run", lim.max_usd, spent + usd_in))
-    max_tokens = asked
-    if rooms:
-        room, reason, scope, limit, observed = min(rooms, key=lambda r: r[0])
-        if room < minimal:
-            raise core.stamp(
-                Stop(
-                    reason,
-                    scope,
-                    scope=scope,
-                    limit=limit,
-                    observed=observed,
-                    message="not even a minimal answer fits in what the budget has left",
-                )
-            )
-        max_tokens = min(asked, room)
-    worst_usd = price.cost(input_bound, max_tokens) if price is not None else Decimal(0)
-    charge = Charge(steps=1, input_tokens=input_bound, output_tokens=max_tokens, usd=worst_usd)
-    return max_tokens, charge
+        # When budgets are observed: recorded as a stop that would have happened.
+        core.deny(unpriced, "budgets")
+    asked = wanted if wanted is not None else core.policy.models.max_output_tokens
+    planned = model_cost.answer_room(
+        lim, used, held, input_bound=input_bound, asked=asked, price=price
+    )
+    if isinstance(planned, Stop):
+        raise core.stamp(planned)
+    return planned
 
 
-def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
+def truncated(core: RunState, model: str, max_tokens: int) -> Stop:
     """The run's stop for an answer cut at ``max_tokens`` (its tool calls never run)."""
     return core.stamp(
         Stop(
@@ -192,13 +118,13 @@ def truncated(core: RunCore, model: str, max_tokens: int) -> Stop:
     )
 
 
-def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
+def invalid_usage(core: RunState, hold: Hold, name: str, problem: str) -> Stop:
     """The stop for a model call whose reported usage cannot be right (``problem``): the
     call was made and what it used is unknown, so its reservation (the worst case) is
     charged, never the reported figure; a ``model_call`` error is recorded."""
     worst = hold.charge
-    core.settle(hold, worst)
-    core.event(
+    core.budget.settle(hold, worst)
+    core.events.add(
         "model_call",
         model=name,
         outcome="error",
@@ -208,7 +134,7 @@ def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
         output_tokens=worst.output_tokens,
         usd=str(worst.usd),
     )
-    core.flush()
+    core.events.flush()
     return core.stamp(
         Stop(
             "model_error",
@@ -221,52 +147,38 @@ def invalid_usage(core: RunCore, hold: Hold, name: str, problem: str) -> Stop:
 
 
 def model_flow(
-    core: RunCore,
+    core: RunState,
     model: Model,
     messages: Sequence[Mapping[str, Any]],
     tool_specs: Sequence[Mapping[str, Any]],
     *,
     max_tokens: int | None = None,
 ) -> Generator[Any, Any, ModelResponse]:
-    """One governed model turn (a step): kill switch, reservation, call, settlement."""
+    """One governed model turn (a step): kill switch, breaker, reservation, call,
+    settlement."""
     core.ensure_running()
-    core.check_time()
+    core.time.check()
     killswitch.check(core, None, None)
     name = text(getattr(model, "name", type_name(model)), 200)
     provider = genai_provider(model)
     named = {"provider": provider} if provider else {}  # gen_ai.provider.name on its span
-    # The model endpoint has a breaker like a tool: while it is open, no request is sent.
-    # Its name: the model's ``dependency`` when it gives one (models of one endpoint can
-    # share it), else the model's name.
-    dependency = getattr(model, "dependency", None)
-    endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
-    decision, state = breaker.admit(core, endpoint)
-    if decision == "open":
-        core.event("denied", model=name, why="degraded")
-        raise core.stamp(
-            Stop(
-                "dependency_degraded",
-                name,
-                retry_after=max(0.0, state.until - breaker.wall(core)),
-                message=f"the model endpoint {name!r} is degraded (breaker open)",
-            )
-        )
+    endpoint, decision = _admit_endpoint(core, model, name)
     bound = input_token_bound(messages, tool_specs)
     clamped, charge = plan(core, model, bound, max_tokens)
-    hold = core.reserve(charge)
-    timeout = min(core.policy.models.timeout_seconds, core.remaining())
+    hold = core.budget.reserve(charge)
+    timeout = min(core.policy.models.timeout_seconds, core.time.remaining())
     request = ModelRequest(
         messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
     )
-    started = core.now()
+    started = core.time.now()
     result: Attempt = yield CallModel(model, request, timeout, killswitch.watch(core, None))
-    elapsed = core.now() - started
+    elapsed = core.time.now() - started
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
-        core.settle(hold, Charge(steps=1))
-        core.event(
+        core.budget.settle(hold, Charge(steps=1))
+        core.events.add(
             "model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6), **named
         )
-        core.flush()
+        core.events.flush()
         raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
     endpoint_ok = result.ok or isinstance(result.error, ModelOutputError | InvalidUsage)
@@ -274,33 +186,9 @@ def model_flow(
     if isinstance(result.error, InvalidUsage):  # an adapter found the usage unusable
         raise invalid_usage(core, hold, name, str(result.error))
     if not result.ok:
-        core.settle(hold, Charge(steps=1))
-        error = result.error
-        what = error_text(error)  # a model's exception may not even print
-        core.event("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)
-        core.flush()
-        if result.timed_out and core.remaining() <= 0:
-            core.check_time()
-        if isinstance(error, ModelOutputError):
-            raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
-        raise core.stamp(Stop("model_error", name, message=what))
-    try:
-        response = validate_response(result.value)  # structure, types and usage figures
-    except InvalidUsage as bad:
-        raise invalid_usage(core, hold, name, str(bad)) from None
-    except ModelOutputError as bad:
-        # The call happened and what it used is unknown: the reservation (worst case) stands.
-        core.settle(hold, hold.charge)
-        core.event("model_call", model=name, outcome="invalid", error=str(bad), **named)
-        core.flush()
-        raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
-    price = price_of(core, model, input_tokens=response.input_tokens)
-    usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
-    actual = Charge(
-        steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd
-    )
-    core.settle(hold, actual)
-    core.event(
+        _failed(core, hold, name, named, result, elapsed)
+    response, usd = _settled(core, model, hold, name, named, result.value)
+    core.events.add(
         "model_call",
         model=response.model or name,
         outcome="ok",
@@ -313,14 +201,79 @@ def model_flow(
         tool_calls=[c.name for c in response.tool_calls],
         seconds=round(elapsed, 6),
     )
+    _accept(core, name, response, clamped)
+    return response
+
+
+def _admit_endpoint(core: RunState, model: Model, name: str) -> tuple[str, str]:
+    """The model endpoint's breaker: (its name, the breaker's decision); while it is open no
+    request is sent. Its name: the model's ``dependency`` when it gives one (models of one
+    endpoint can share it), else the model's name."""
+    dependency = getattr(model, "dependency", None)
+    endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
+    decision, state = breaker.admit(core, endpoint)
+    if decision == "open":
+        core.events.add("denied", model=name, why="degraded")
+        raise core.stamp(
+            Stop(
+                "dependency_degraded",
+                name,
+                retry_after=max(0.0, state.until - breaker.wall(core)),
+                message=f"the model endpoint {name!r} is degraded (breaker open)",
+            )
+        )
+    return endpoint, decision
+
+
+def _failed(
+    core: RunState, hold: Hold, name: str, named: Mapping[str, str], result: Attempt, elapsed: float
+) -> NoReturn:
+    """A model call that raised or timed out: one step charged, the run stopped."""
+    core.budget.settle(hold, Charge(steps=1))
+    error = result.error
+    what = error_text(error)  # a model's exception may not even print
+    core.events.add("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)
+    core.events.flush()
+    if result.timed_out and core.time.remaining() <= 0:
+        core.time.check()
+    if isinstance(error, ModelOutputError):
+        raise core.stamp(Stop("invalid_model_output", name, message=text(error)))
+    raise core.stamp(Stop("model_error", name, message=what))
+
+
+def _settled(
+    core: RunState, model: Model, hold: Hold, name: str, named: Mapping[str, str], value: Any
+) -> tuple[ModelResponse, Decimal]:
+    """The response checked (structure, types, usage figures) and its cost settled."""
+    try:
+        response = validate_response(value)
+    except InvalidUsage as bad:
+        raise invalid_usage(core, hold, name, str(bad)) from None
+    except ModelOutputError as bad:
+        # The call happened and what it used is unknown: the reservation (worst case) stands.
+        core.budget.settle(hold, hold.charge)
+        core.events.add("model_call", model=name, outcome="invalid", error=str(bad), **named)
+        core.events.flush()
+        raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
+    price = price_of(core, model, input_tokens=response.input_tokens)
+    usd = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
+    actual = Charge(
+        steps=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=usd
+    )
+    core.budget.settle(hold, actual)
+    return response, usd
+
+
+def _accept(core: RunState, name: str, response: ModelResponse, clamped: int) -> None:
+    """Keep the turn's text; stop on an answer cut at its cap or one with nothing in it."""
     core.turn_text = response.text or None
     if response.text:
         core.last_text = response.text
     if response.finish_reason in ("length", "max_tokens"):
-        core.flush()
+        core.events.flush()
         raise truncated(core, name, clamped)
     if not response.text and not response.tool_calls:
-        core.flush()
+        core.events.flush()
         raise core.stamp(
             Stop(
                 "invalid_model_output",
@@ -329,5 +282,4 @@ def model_flow(
                 extra={"why": "empty"},
             )
         )
-    core.flush()
-    return response
+    core.events.flush()

@@ -28,6 +28,7 @@ from corral.clock import Clock
 from corral.exceptions import ConfigError, Stop, ToolRejected
 from corral.gateway.drivers import run_coroutine
 from corral.gateway.hygiene import render
+from corral.gateway.services import Services
 from corral.loop.context import policy_prompt, trim
 from corral.loop.run import AsyncRun
 from corral.models.base import Model
@@ -67,6 +68,7 @@ async def arun(
     clock: Clock | None = None,
     approver: Callable[..., Any] | None = None,
     credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+    services: Services | None = None,
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:
@@ -82,7 +84,9 @@ async def arun(
     it from elsewhere, or to read its result after a cancellation). ``max_tokens`` caps
     each model turn's answer (it is clamped further to what the budgets allow).
     ``instructions`` are appended to corral's pinned system prompt (the tools on offer,
-    the budgets, tool text is data), and like it never trimmed.
+    the budgets, tool text is data), and like it never trimmed. ``services`` are the
+    parts the run shares with its process (:class:`~corral.Services`; the process's own
+    by default).
     """
     run = _LoopRun(
         policy,
@@ -95,6 +99,7 @@ async def arun(
         clock=clock,
         approver=approver,
         credentials=credentials,
+        services=services,
     )
     if on_run is not None:
         try:
@@ -167,7 +172,7 @@ async def _loop(
                 except Stop:
                     skipped = [x.name for x in response.tool_calls[i + 1 :]]
                     if skipped:
-                        core.event("skipped", tools=skipped)
+                        core.events.add("skipped", tools=skipped)
                     raise
                 messages.append(
                     {
@@ -194,6 +199,7 @@ def run(
     clock: Clock | None = None,
     approver: Callable[..., Any] | None = None,
     credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
+    services: Services | None = None,
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:
@@ -212,6 +218,7 @@ def run(
             clock=clock,
             approver=approver,
             credentials=credentials,
+            services=services,
             max_tokens=max_tokens,
             on_run=on_run,
         )

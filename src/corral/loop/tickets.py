@@ -16,7 +16,7 @@ from corral.clock import SystemClock
 from corral.exceptions import ConfigError, Stop, ToolRejected
 from corral.gateway.model_turn import invalid_usage, price_of
 from corral.gateway.ops import Approve, Attempt, Execute, Sleep
-from corral.gateway.state import RunCore
+from corral.gateway.state import RunState
 from corral.models.base import InvalidUsage, genai_provider, usage_problem
 from corral.tools import ToolContext
 
@@ -68,7 +68,7 @@ class ModelCall:
     (an :class:`~corral.models.InvalidUsage` charges the worst case too).
     """
 
-    def __init__(self, core: RunCore, hold: Hold, max_tokens: int, model: Any) -> None:
+    def __init__(self, core: RunState, hold: Hold, max_tokens: int, model: Any) -> None:
         self._core = core
         self._hold: Hold | None = hold
         self.max_tokens = max_tokens
@@ -97,9 +97,9 @@ class ModelCall:
         price = price_of(self._core, self._model, input_tokens=input_tokens)
         usd = price.cost(input_tokens, output_tokens) if price else self._hold.charge.usd
         actual = Charge(steps=1, input_tokens=input_tokens, output_tokens=output_tokens, usd=usd)
-        self._core.settle(self._hold, actual)
+        self._core.budget.settle(self._hold, actual)
         self._hold = None
-        self._core.event(
+        self._core.events.add(
             "model_call",
             model=self._name,
             outcome="ok",
@@ -109,7 +109,7 @@ class ModelCall:
             usd=str(usd),
             max_tokens=self.max_tokens,
         )
-        self._core.flush()
+        self._core.events.flush()
 
     def _exit(self, exc: BaseException | None) -> None:
         hold, self._hold = self._hold, None
@@ -117,8 +117,8 @@ class ModelCall:
             return
         if exc is None:
             # Not settled: the provider's figures are unknown, so the worst case is charged.
-            self._core.settle(hold, hold.charge)
-            self._core.event(
+            self._core.budget.settle(hold, hold.charge)
+            self._core.events.add(
                 "model_call",
                 model=self._name,
                 outcome="unsettled",
@@ -129,9 +129,9 @@ class ModelCall:
             return
         if isinstance(exc, InvalidUsage):  # from settle_from_response: usage that cannot be right
             raise invalid_usage(self._core, hold, self._name, str(exc)) from exc
-        self._core.settle(hold, Charge(steps=1))
+        self._core.budget.settle(hold, Charge(steps=1))
         if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
-            self._core.event("model_call", model=self._name, outcome="error", error=repr(exc))
+            self._core.events.add("model_call", model=self._name, outcome="error", error=repr(exc))
             raise self._core.stamp(
                 Stop("model_error", self._name, message=f"{type(exc).__name__}: {exc}")
             ) from exc
@@ -156,7 +156,7 @@ class _NamedModel:
         self.genai_provider = provider
 
 
-def _wait_sync(core: RunCore, op: Any) -> Any:
+def _wait_sync(core: RunState, op: Any) -> Any:
     """Answer what an authorize flow waits for before execution (approval, pause)."""
     if isinstance(op, Approve):
         answer = core.approver(op.request) if core.approver else False
@@ -170,7 +170,7 @@ def _wait_sync(core: RunCore, op: Any) -> Any:
     return None
 
 
-async def _wait_async(core: RunCore, op: Any) -> Any:
+async def _wait_async(core: RunState, op: Any) -> Any:
     if isinstance(op, Approve):
         answer = core.approver(op.request) if core.approver else False
         return await answer if inspect.isawaitable(answer) else answer

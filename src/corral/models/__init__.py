@@ -2,6 +2,14 @@
 
 The adapters are imported on first use (``corral.models.OpenAIModel``, or
 ``from corral.models.openai import OpenAIModel``), so ``import corral`` stays light.
+
+- ``base``: the protocol (request, response, price), usage checks, a request's input-token
+  bound and a tool's name on the wire;
+- ``openai`` / ``anthropic``: the adapters; ``pricing``: the genai-prices table;
+- ``_http``: the pooled client and retries; ``_wire``: what both adapters share.
+
+Imports only the top-level modules: nothing of the loop, the gateway, the controls or the
+budgets. The helpers for your own SDK calls, which need a run, are in ``corral.integrations``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,26 @@
-"""What both adapters share: wire-safe tool names, arguments as JSON, usage fallbacks."""
+"""What both adapters share: wire-safe tool names, arguments as JSON, usage fallbacks.
+
+Imports ``corral.models.base`` and the top-level modules; nothing of the loop or the
+gateway (``corral.integrations`` reuses some of it for the SDK helpers).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from corral._safe import shown
 from corral.exceptions import ConfigError
-from corral.gateway.model_turn import input_token_bound
-from corral.loop.run import wire_name
-from corral.loop.tickets import ModelCall
 from corral.models.base import (
     MAX_CALL_TOKENS,
     InvalidUsage,
     ModelRequest,
     ModelResponse,
     ToolCallRequest,
+    input_token_bound,
+    wire_name,
 )
 
 #: Body keys an adapter sets itself; ``options`` may not override them.
@@ -125,15 +128,6 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
-def is_stream(response: Any) -> bool:
-    """Whether an SDK response is a stream of events rather than a whole answer."""
-    if isinstance(response, Mapping) or not (
-        hasattr(response, "__iter__") or hasattr(response, "__aiter__")
-    ):
-        return False
-    return all(getattr(response, key, None) is None for key in ("usage", "choices", "content"))
-
-
 def worst_case_usage(request: ModelRequest) -> tuple[int, int]:
     """Usage to report when the endpoint reported none: the reserved worst case."""
     return input_token_bound(request.messages, request.tools), request.max_tokens
@@ -183,21 +177,3 @@ def response(
         model=str(data.get("model") or ""),
         finish_reason=finish,
     )
-
-
-def settle_from(
-    mc: ModelCall, response: Any, usage_of: Callable[[Any], tuple[int, int] | None]
-) -> Any:
-    """Settle ``mc`` with the usage ``response`` reports; returns ``response``.
-
-    A response without usage leaves the call unsettled: leaving the block then
-    charges the reserved worst case. Usage that cannot be right raises
-    :class:`InvalidUsage`, which the ``model_call`` block turns into its worst-case
-    charge and a ``model_error`` stop. A stream is refused (it carries no usage).
-    """
-    if is_stream(response):
-        raise ConfigError(STREAMING_REFUSED)
-    tokens = usage_of(response)
-    if tokens is not None:
-        mc.settle(input_tokens=tokens[0], output_tokens=tokens[1])
-    return response

@@ -1,4 +1,4 @@
-"""Anthropic Messages: an adapter, and helpers for the ``anthropic`` SDK.
+"""Anthropic Messages: the adapter, and how usage is read.
 
 :class:`AnthropicModel` speaks ``POST {base_url}/v1/messages`` with tool use. System
 messages become the ``system`` field, tool results become ``tool_result`` blocks of
@@ -8,7 +8,12 @@ a user turn, and consecutive turns of one role are merged, as the API requires.
 AnthropicModel('claude-sonnet-4-5', base_url='https://api.anthropic.com')
 
 Usage is the input tokens (cache reads and writes included) and the output
-tokens the API reports, priced at the model's input and output prices.
+tokens the API reports, priced at the model's input and output prices. If you call
+the ``anthropic`` SDK yourself, see :mod:`corral.integrations.anthropic`
+(``create_message`` & co.).
+
+Imports ``corral.models`` (``base``, ``_http``, ``_wire``) and the top-level modules;
+nothing of the loop or the gateway.
 """
 
 from __future__ import annotations
@@ -18,13 +23,8 @@ from typing import Any
 
 import httpx
 
-from corral.exceptions import ConfigError
-from corral.gateway.model_turn import truncated
-from corral.loop.run import AsyncRun, Run, wire_name
-from corral.loop.tickets import ModelCall
 from corral.models._http import Caller, PooledModel, RetryBudget, RetryPolicy
 from corral.models._wire import (
-    STREAMING_REFUSED,
     arguments_object,
     call_parts,
     check_options,
@@ -32,7 +32,6 @@ from corral.models._wire import (
     field,
     offered_names,
     response,
-    settle_from,
     text_of,
     vendor_key,
 )
@@ -43,17 +42,10 @@ from corral.models.base import (
     ModelResponse,
     Price,
     ToolCallRequest,
+    wire_name,
 )
 
-__all__ = [
-    "ANTHROPIC_URL",
-    "API_VERSION",
-    "AnthropicModel",
-    "acreate_message",
-    "create_message",
-    "settle_from_response",
-    "usage_of",
-]
+__all__ = ["ANTHROPIC_URL", "API_VERSION", "AnthropicModel", "usage_of"]
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -246,7 +238,7 @@ def parse(
     )
 
 
-# -- the anthropic SDK, called by the user ---------------------------------------------
+# -- usage, also of a response of the anthropic SDK (corral.integrations.anthropic) ---
 
 
 def usage_of(response: Any) -> tuple[int, int] | None:
@@ -263,79 +255,3 @@ def usage_of(response: Any) -> tuple[int, int] | None:
     for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
         tin += count(field(usage, extra), extra) or 0
     return tin, tout
-
-
-def settle_from_response(mc: ModelCall, response: Any) -> Any:
-    """Settle ``mc`` with the usage an ``anthropic`` SDK response reports; returns it.
-
-    A response without usage leaves the call unsettled: leaving the block then
-    charges the reserved worst case. A stream is refused.
-    """
-    return settle_from(mc, response, usage_of)
-
-
-def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, Any]:
-    if kwargs.get("stream"):
-        raise ConfigError(STREAMING_REFUSED)
-    if "model" not in kwargs:
-        raise ConfigError("create_message needs model=...")
-    base_url = str(getattr(client, "base_url", ANTHROPIC_URL))
-    model = AnthropicModel(str(kwargs["model"]), base_url=base_url, price=price, api_key="")
-    return model, kwargs.pop("max_tokens", None)
-
-
-def _reserved(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    system = kwargs.get("system")
-    messages = list(kwargs.get("messages", ()))
-    if system is not None:
-        messages.insert(0, {"role": "system", "content": system})
-    return {"messages": messages, "tools": kwargs.get("tools", ())}
-
-
-def _truncated(core: Any, response: Any, max_tokens: int) -> None:
-    if STOP_REASONS.get(str(field(response, "stop_reason"))) == "length":
-        raise truncated(core, str(field(response, "model") or "model"), max_tokens)
-
-
-def create_message(
-    run: Run,
-    client: Any,
-    *,
-    price: Price | None = None,
-    allow_truncated: bool = False,
-    **create: Any,
-) -> Any:
-    """``client.messages.create(**create)`` as one governed model call (a step).
-
-    Reserved first (``max_tokens`` clamped to what the budgets leave, and sent),
-    settled to the response's usage after; the response is returned. A response
-    cut at ``max_tokens`` stops the run with ``invalid_model_output`` unless
-    ``allow_truncated``; an exception from the client is ``model_error``.
-
-        message = create_message(run, client, model="claude-sonnet-4-5", messages=messages)
-    """
-    model, wanted = _prepare(client, create, price)
-    with run.model_call(model=model, max_tokens=wanted, **_reserved(create)) as mc:
-        response = client.messages.create(**create, max_tokens=mc.max_tokens)
-        settle_from_response(mc, response)
-    if not allow_truncated:
-        _truncated(run._core, response, mc.max_tokens)
-    return response
-
-
-async def acreate_message(
-    run: AsyncRun,
-    client: Any,
-    *,
-    price: Price | None = None,
-    allow_truncated: bool = False,
-    **create: Any,
-) -> Any:
-    """:func:`create_message` for ``AsyncRun`` and ``anthropic.AsyncAnthropic``."""
-    model, wanted = _prepare(client, create, price)
-    async with run.model_call(model=model, max_tokens=wanted, **_reserved(create)) as mc:
-        response = await client.messages.create(**create, max_tokens=mc.max_tokens)
-        settle_from_response(mc, response)
-    if not allow_truncated:
-        _truncated(run._core, response, mc.max_tokens)
-    return response

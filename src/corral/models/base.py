@@ -10,6 +10,11 @@ token counts are whole numbers from 0 to :data:`MAX_CALL_TOKENS`. A call whose
 usage fails this (or whose adapter raises :class:`InvalidUsage`) is charged at its
 reservation, the worst case, and stops the run with ``model_error`` (why
 ``invalid_usage``): a bad figure is never a credit.
+
+Also the two facts of a request both the loop and the adapters need: its input-token
+bound (:func:`input_token_bound`) and a tool's name on the wire (:func:`wire_name`).
+
+Imports only the top-level modules (``corral._safe``, ``corral.exceptions``).
 """
 
 from __future__ import annotations
@@ -101,6 +106,33 @@ class ModelRequest:
     tools: Sequence[Mapping[str, Any]]
     max_tokens: int
     timeout: float | None = None
+
+
+#: Tokens added to a request's input bound per message and per tool spec (role markers,
+#: separators), on top of the size of its JSON.
+PER_MESSAGE_OVERHEAD = 8
+
+
+def input_token_bound(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> int:
+    """An upper bound of the input tokens of a request: the UTF-8 bytes of its JSON (no
+    tokenizer makes more tokens than bytes), plus a small overhead per message and tool.
+
+    The gateway reserves this before a call; an adapter reports it when the endpoint
+    reports no usage (the reserved worst case). It lives with the model protocol
+    because both need it and the adapters import nothing of the loop, the gateway or
+    the budgets.
+    """
+    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
+    return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
+
+
+def wire_name(name: str) -> str:
+    """A tool name as OpenAI and Anthropic accept it (``[a-zA-Z0-9_-]``): dots become ``__``.
+
+    The adapters send tools under this name and the run's ``tool_specs`` offers them
+    under it, so both spell a name the same way.
+    """
+    return name.replace(".", "__")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat completions: an adapter, and helpers for the ``openai`` SDK.
+"""OpenAI-compatible chat completions: the adapter, and how usage is read.
 
 :class:`OpenAIModel` speaks ``POST {base_url}/chat/completions`` with tool calling,
 to OpenAI or anything that speaks its protocol (vLLM, Ollama, llama.cpp server,
@@ -9,10 +9,12 @@ usage the endpoint returns.
 >>> model
 OpenAIModel('llama3.1', base_url='http://127.0.0.1:11434/v1')
 
-If you call the ``openai`` SDK yourself, :func:`chat_completion` (and
-:func:`achat_completion`) put that call inside the run's model-call
-reservation in one line; :func:`settle_from_response` settles a
-``run.model_call`` block from any SDK response.
+If you call the ``openai`` SDK yourself, the helpers in
+:mod:`corral.integrations.openai` (``chat_completion`` & co.) put that call inside
+the run's model-call reservation in one line.
+
+Imports ``corral.models`` (``base``, ``_http``, ``_wire``) and the top-level modules;
+nothing of the loop or the gateway.
 """
 
 from __future__ import annotations
@@ -23,12 +25,8 @@ from typing import Any, Literal
 import httpx
 
 from corral.exceptions import ConfigError
-from corral.gateway.model_turn import truncated
-from corral.loop.run import AsyncRun, Run, wire_name
-from corral.loop.tickets import ModelCall
 from corral.models._http import Caller, ModelAPIError, PooledModel, RetryBudget, RetryPolicy
 from corral.models._wire import (
-    STREAMING_REFUSED,
     arguments_text,
     call_parts,
     check_options,
@@ -36,7 +34,6 @@ from corral.models._wire import (
     field,
     offered_names,
     response,
-    settle_from,
     text_of,
     vendor_key,
 )
@@ -47,16 +44,10 @@ from corral.models.base import (
     ModelResponse,
     Price,
     ToolCallRequest,
+    wire_name,
 )
 
-__all__ = [
-    "OPENAI_URL",
-    "OpenAIModel",
-    "achat_completion",
-    "chat_completion",
-    "settle_from_response",
-    "usage_of",
-]
+__all__ = ["OPENAI_URL", "OpenAIModel", "usage_of"]
 
 OPENAI_URL = "https://api.openai.com/v1"
 MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
@@ -225,7 +216,7 @@ def parse(
     return response(data, request, text=text, calls=calls, finish=finish, usage=usage_of(data))
 
 
-# -- the openai SDK, called by the user ------------------------------------------------
+# -- usage, also of a response of the openai SDK (corral.integrations.openai) ---------
 
 
 def usage_of(response: Any) -> tuple[int, int] | None:
@@ -240,89 +231,3 @@ def usage_of(response: Any) -> tuple[int, int] | None:
         if tin is not None and tout is not None:
             return tin, tout
     return None
-
-
-def settle_from_response(mc: ModelCall, response: Any) -> Any:
-    """Settle ``mc`` with the usage an ``openai`` SDK response reports; returns ``response``.
-
-    A response without usage leaves the call unsettled: leaving the block then
-    charges the reserved worst case. A stream is refused (it carries no usage).
-    """
-    return settle_from(mc, response, usage_of)
-
-
-def _prepare(client: Any, kwargs: dict[str, Any], price: Price | None) -> tuple[Any, str, Any]:
-    if kwargs.get("stream"):
-        raise ConfigError(STREAMING_REFUSED)
-    if "model" not in kwargs:
-        raise ConfigError("chat_completion needs model=...")
-    field: MaxTokensField = (
-        "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
-    )
-    wanted = kwargs.pop(field, None)
-    base_url = str(getattr(client, "base_url", OPENAI_URL))
-    model = OpenAIModel(str(kwargs["model"]), base_url=base_url, price=price, api_key="")
-    return model, field, wanted
-
-
-def _truncated(core: Any, response: Any, max_tokens: int) -> None:
-    choices = field(response, "choices") or ()
-    if any(field(c, "finish_reason") == "length" for c in choices):
-        raise truncated(core, str(field(response, "model") or "model"), max_tokens)
-
-
-def chat_completion(
-    run: Run,
-    client: Any,
-    *,
-    price: Price | None = None,
-    allow_truncated: bool = False,
-    **create: Any,
-) -> Any:
-    """``client.chat.completions.create(**create)`` as one governed model call (a step).
-
-    The call is reserved first (its ``max_tokens``, or ``max_completion_tokens``, is
-    clamped to what the budgets leave and sent), then settled to the usage in the
-    response, which is returned. The price is found as for :class:`OpenAIModel`,
-    by model name at the client's ``base_url``, unless ``price`` or the policy
-    gives it. A response cut at the token limit stops the run with
-    ``invalid_model_output`` unless ``allow_truncated``. An exception from the
-    client is ``model_error``.
-
-        response = chat_completion(run, client, model="gpt-4o-mini", messages=messages)
-    """
-    model, field, wanted = _prepare(client, create, price)
-    with run.model_call(
-        model=model,
-        messages=create.get("messages", ()),
-        tools=create.get("tools", ()),
-        max_tokens=wanted,
-    ) as mc:
-        response = client.chat.completions.create(**create, **{field: mc.max_tokens})
-        settle_from_response(mc, response)
-    if not allow_truncated:
-        _truncated(run._core, response, mc.max_tokens)
-    return response
-
-
-async def achat_completion(
-    run: AsyncRun,
-    client: Any,
-    *,
-    price: Price | None = None,
-    allow_truncated: bool = False,
-    **create: Any,
-) -> Any:
-    """:func:`chat_completion` for ``AsyncRun`` and ``openai.AsyncOpenAI``."""
-    model, field, wanted = _prepare(client, create, price)
-    async with run.model_call(
-        model=model,
-        messages=create.get("messages", ()),
-        tools=create.get("tools", ()),
-        max_tokens=wanted,
-    ) as mc:
-        response = await client.chat.completions.create(**create, **{field: mc.max_tokens})
-        settle_from_response(mc, response)
-    if not allow_truncated:
-        _truncated(run._core, response, mc.max_tokens)
-    return response

@@ -9,31 +9,62 @@ outcome (the store, not a sink, is what governance relies on).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from corral.stores.base import Event
 
 Sink = Callable[[Sequence[Event]], None]
 
 log = logging.getLogger("corral")
-_SINKS: list[Sink] = []
+
+
+class Sinks:
+    """A set of sinks a run's events are handed to (in the order they were added)."""
+
+    __slots__ = ("installed",)
+
+    def __init__(self) -> None:
+        # The sinks, in order; replaced as a whole, so a run reads it without a lock (and
+        # the allow path checks it is empty without a call).
+        self.installed: tuple[Sink, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.installed)
+
+    def __iter__(self) -> Iterator[Sink]:
+        return iter(self.installed)
+
+    def add(self, sink: Sink) -> None:
+        """Send events to ``sink`` too (once per sink)."""
+        if sink not in self.installed:
+            self.installed = (*self.installed, sink)
+
+    def remove(self, sink: Sink) -> None:
+        self.installed = tuple(s for s in self.installed if s is not sink and s != sink)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """Hand ``events`` to every sink; a failing sink is logged, never raised."""
+        for sink in self.installed:
+            try:
+                sink(events)
+            except Exception:  # a broken exporter must not break a governed run
+                log.exception("corral event sink %r failed", sink)
+
+
+#: This process's sinks (the default :class:`~corral.gateway.services.Services`): the
+#: metrics and the trace exporters install theirs here.
+SINKS = Sinks()
 
 
 def add_sink(sink: Sink) -> None:
     """Send every run's events to ``sink`` too (once per sink)."""
-    if sink not in _SINKS:
-        _SINKS.append(sink)
+    SINKS.add(sink)
 
 
 def remove_sink(sink: Sink) -> None:
-    if sink in _SINKS:
-        _SINKS.remove(sink)
+    SINKS.remove(sink)
 
 
 def emit(events: Sequence[Event]) -> None:
-    """Hand ``events`` to every sink; a failing sink is logged, never raised."""
-    for sink in tuple(_SINKS):
-        try:
-            sink(events)
-        except Exception:  # a broken exporter must not break a governed run
-            log.exception("corral event sink %r failed", sink)
+    """Hand ``events`` to every sink of the process; a failing sink is logged, never raised."""
+    SINKS.emit(events)

@@ -33,7 +33,7 @@ The records they keep are in :mod:`.records`, the rules every backend applies al
 (each a package with one module per concern), with :mod:`.migrate` and
 ``migrations/`` for the schema, :mod:`.owner` for who runs a run, :mod:`.filewatch`
 for a SQLite file removed under a process, :mod:`.unavailable` for a store that could
-not be opened.
+not be opened, :mod:`.per_store` for what a process keeps per store object.
 
 What stores may import: the standard library, their drivers (``psycopg``,
 ``platformdirs``), and of corral only ``corral.exceptions``, ``corral.clock`` and

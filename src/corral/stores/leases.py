@@ -72,10 +72,13 @@ class Held:
 
 
 class Renewer:
-    """Renews registered leases every ``interval`` seconds from one daemon thread."""
+    """Renews registered leases every ``interval`` seconds from one daemon thread; the
+    leases it renews last ``lease`` seconds (a lease survives ``lease / interval - 1``
+    missed renewals)."""
 
-    def __init__(self, interval: float = RENEW_EVERY) -> None:
+    def __init__(self, interval: float = RENEW_EVERY, *, lease: float = LEASE_SECONDS) -> None:
         self.interval = interval
+        self.lease = lease
         self.failures = 0
         self._lock = threading.Lock()
         self._held: dict[int, Renew] = {}
@@ -156,5 +159,5 @@ def _reset_after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
-#: The process's renewer.
+#: The process's renewer (the default :class:`~corral.gateway.services.Services`).
 RENEWER = Renewer()

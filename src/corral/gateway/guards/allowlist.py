@@ -13,10 +13,10 @@ from corral.gateway.guards.denial import count_mistake, deny, offered, one_line,
 from corral.tools import Tool
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+    from corral.gateway.state import RunState
 
 
-def resolve(core: RunCore, name: object) -> Tool:
+def resolve(core: RunState, name: object) -> Tool:
     """The tool called ``name`` exactly, or a denial.
 
     Not in the allowlist → ``tool_denied:<name>`` (``why``: ``not_allowed``). Not
@@ -38,7 +38,7 @@ def resolve(core: RunCore, name: object) -> Tool:
         return tool  # observe mode: recorded, not blocked
     shown = quote(name)
     label = one_line(name if type(name) is str and name else repr(name))
-    core.event("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
+    core.events.add("denied", tool=label, why="unknown_tool", count=core.invalid_calls + 1)
     if count_mistake(core):
         raise core.stamp(
             Stop(

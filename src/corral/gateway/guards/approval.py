@@ -10,73 +10,38 @@ not charged to ``max_seconds``. Two channels:
   in the store and decided from another process (``corral approvals approve``).
 
 This module applies a channel's answer; the queue's waiting lives in
+:mod:`corral.gateway.guards.approval_queue`, the queue itself in
 :mod:`corral.controls.approvals`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral._safe import error_text
+from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import Stop, ToolRejected
 from corral.gateway.hygiene import cap as cut
 
-if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+__all__ = [
+    "PURPOSE_CHARS",
+    "ApprovalDecision",
+    "ApprovalRequest",
+    "decide",
+    "request",
+    "unreachable",
+]
 
+if TYPE_CHECKING:
+    from corral.gateway.state import Effective, RunState
 
 #: The longest stated purpose (the model's text of the turn) shown to an approver.
 PURPOSE_CHARS = 1000
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ApprovalRequest:
-    """What an approver decides on: the exact action (run, tool, arguments and their
-    digest), who asks (tenant, agent), and why and at what cost: the run's ``step``, the
-    model's tool-call identity (``call_id``), the model's text of that turn (``purpose``,
-    its stated reason, cut to :data:`PURPOSE_CHARS`; ``None`` when there was none), the
-    tool's declared ``cost_usd`` and ``effect`` and the write's ``idempotency_key``.
-    The purpose is redacted of the run's secrets; the arguments are the model's own (the
-    store's queue keeps them redacted)."""
-
-    run_id: str
-    tool: str
-    arguments: Mapping[str, Any]
-    args_digest: str
-    tenant: str | None
-    agent: str | None
-    timeout: float
-    step: int = 0
-    call_id: str | None = None
-    purpose: str | None = None
-    cost_usd: Decimal = Decimal(0)
-    effect: str = "write"
-    idempotency_key: str | None = None
-
-    def context(self) -> dict[str, Any]:
-        """The fields beyond the action, as the store keeps them (JSON)."""
-        return {
-            "step": self.step,
-            "call_id": self.call_id,
-            "purpose": self.purpose,
-            "cost_usd": str(self.cost_usd),
-            "effect": self.effect,
-            "idempotency_key": self.idempotency_key,
-        }
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ApprovalDecision:
-    approved: bool
-    approver: str = "local"
-    reason: str = ""
-
-
 def request(
-    core: RunCore,
+    core: RunState,
     eff: Effective,
     args: Mapping[str, Any],
     digest: str,
@@ -94,7 +59,7 @@ def request(
         tenant=core.tenant,
         agent=core.agent,
         timeout=core.policy.writes.approval_timeout_seconds,
-        step=core.meter.usage().steps,
+        step=core.budget.meter.usage().steps,
         call_id=call_id,
         purpose=purpose,
         cost_usd=eff.cost_usd,
@@ -103,11 +68,11 @@ def request(
     )
 
 
-def unreachable(core: RunCore, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
+def unreachable(core: RunState, req: ApprovalRequest, error: Exception, waited: float) -> NoReturn:
     """The approval channel failed: refuse the call (fail closed), retryable."""
-    core.waiting += waited
+    core.time.waiting += waited
     what = error_text(error)
-    core.event(
+    core.events.add(
         "approval",
         tool=req.tool,
         args_digest=req.args_digest,
@@ -140,7 +105,7 @@ def _decision(answer: Any) -> ApprovalDecision:
 
 
 def decide(
-    core: RunCore,
+    core: RunState,
     req: ApprovalRequest,
     answer: Any,
     waited: float,
@@ -152,10 +117,10 @@ def decide(
     With ``approval_id`` (the queue) the store already judged the timeout: a decision
     it recorded before the request expired stands.
     """
-    core.waiting += waited
+    core.time.waiting += waited
     decision = _decision(answer)
     extra = {} if approval_id is None else {"approval_id": approval_id}
-    core.event(
+    core.events.add(
         "approval",
         tool=req.tool,
         args_digest=req.args_digest,

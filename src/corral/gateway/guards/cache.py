@@ -12,19 +12,19 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 _MISS = object()
 
 
-def lookup(core: RunCore, eff: Effective, digest: str) -> Any:
+def lookup(core: RunState, eff: Effective, digest: str) -> Any:
     if eff.effect != "read" or not eff.cache:
         return _MISS
     hit = core.cache.get((eff.tool.name, digest))
     if hit is None:
         return _MISS
     at, value = hit
-    if core.now() - at > eff.cache_ttl:
+    if core.time.now() - at > eff.cache_ttl:
         core.cache.pop((eff.tool.name, digest), None)
         return _MISS
     return copy_of(value)
@@ -35,14 +35,14 @@ def copy_of(value: Any) -> Any:
     return value if value is None or isinstance(value, str | int | float) else copy.deepcopy(value)
 
 
-def store(core: RunCore, eff: Effective, digest: str, value: Any) -> None:
+def store(core: RunState, eff: Effective, digest: str, value: Any) -> None:
     if eff.effect == "write":
         core.cache.clear()
     elif eff.cache and eff.cache_ttl > 0:
-        core.cache[(eff.tool.name, digest)] = (core.now(), copy_of(value))
+        core.cache[(eff.tool.name, digest)] = (core.time.now(), copy_of(value))
 
 
-def clear(core: RunCore) -> None:
+def clear(core: RunState) -> None:
     """Forget every cached read (a write is about to run)."""
     core.cache.clear()
 

@@ -15,17 +15,17 @@ from corral.controls import breaker
 from corral.exceptions import Stop, ToolRejected
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+    from corral.gateway.state import RunState
 
 
-def check(core: RunCore, name: str, dependency: str | None = None) -> bool:
+def check(core: RunState, name: str, dependency: str | None = None) -> bool:
     """Refuse a call of a degraded tool (its breaker: ``dependency``, else its name); return
     whether this call is the half-open probe."""
     decision, state = breaker.admit(core, dependency or name)
     if decision != "open":
         return decision == "probe"
     retry_after = max(0.0, state.until - breaker.wall(core))
-    core.event("denied", tool=name, why="degraded", retry_after=round(retry_after, 3))
+    core.events.add("denied", tool=name, why="degraded", retry_after=round(retry_after, 3))
     if core.policy.degrade.on_degraded == "tell_model":
         raise ToolRejected(
             "dependency_degraded",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from corral.exceptions import Stop, ToolRejected
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+    from corral.gateway.state import RunState
 
 #: The longest piece of a model-chosen name quoted back in messages.
 QUOTE_CHARS = 80
@@ -40,20 +40,20 @@ def quote(name: object) -> str:
     return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 4] + "...'"
 
 
-def offered(core: RunCore) -> str:
+def offered(core: RunState) -> str:
     """The tools on offer (allowed and registered), for messages to the model."""
     names = sorted(n for n in core.tools if n in core.allowed)
     return ", ".join(names) if names else "(none)"
 
 
-def count_mistake(core: RunCore) -> bool:
+def count_mistake(core: RunState) -> bool:
     """Count one mistake handed back to the model; ``True`` once past the bound."""
     core.invalid_calls += 1
     return core.invalid_calls > core.policy.tools.max_invalid_args
 
 
 def deny(
-    core: RunCore,
+    core: RunState,
     tool: str,
     why: str,
     message: str,
@@ -69,11 +69,11 @@ def deny(
         "tool_denied", tool, tool=tool, message=message, extra={"why": why, **(extra or {})}
     )
     if core.observes("arguments" if why == "argument_not_allowed" else "allowlist"):
-        core.event("denied", tool=tool, why=why, observed=True)
+        core.events.add("denied", tool=tool, why=why, observed=True)
         core.observed(stop)
         return
     if core.policy.tools.on_denied == "tell_model" and not count_mistake(core):
-        core.event("denied", tool=tool, why=why, handed_back=True, count=core.invalid_calls)
+        core.events.add("denied", tool=tool, why=why, handed_back=True, count=core.invalid_calls)
         raise ToolRejected("tool_denied", f"{message}.{hint}", tool=tool, detail=why)
-    core.event("denied", tool=tool, why=why)
+    core.events.add("denied", tool=tool, why=why)
     raise core.stamp(stop)

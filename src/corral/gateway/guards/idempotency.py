@@ -16,8 +16,9 @@ The life of a key, in the store (see ``docs/writes.md``):
   one whose outcome is unknown, for a tool with no ``reconcile`` hook, stops the run
   (``outcome_unknown``) before anyone is asked;
 - **claimed** before the side effect starts (:func:`claim`), durably, under a lease
-  (:data:`corral.stores.leases.LEASE_SECONDS`, read at each claim) that this process renews
-  through :data:`corral.stores.leases.RENEWER` while the write runs (:func:`hold`);
+  (the run's renewer's ``lease``, :data:`corral.stores.leases.LEASE_SECONDS` by default)
+  that this process renews through the run's renewer (``services.renewer``, see
+  :mod:`corral.gateway.services`) while the write runs (:func:`hold`);
 - **completed** with the outcome after it, or **released** when the tool raised
   :class:`~corral.NotExecuted`.
 
@@ -50,7 +51,7 @@ from corral.stores import leases
 from corral.tools import ToolContext
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 #: The first pause while waiting for a claim in flight; it doubles up to :data:`POLL_MAX`.
 POLL_FIRST = 0.02
@@ -63,7 +64,7 @@ Reconcile = Callable[[str, Mapping[str, Any], ToolContext], Any]
 
 
 def key_for(
-    core: RunCore,
+    core: RunState,
     eff: Effective,
     args: Mapping[str, Any],
     digest: str,
@@ -86,7 +87,7 @@ def key_for(
 
 
 def lookup(
-    core: RunCore, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
+    core: RunState, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
 ) -> Mapping[str, Any] | None:
     """Before approval: the outcome of ``key`` if it is done (to replay), else ``None``.
 
@@ -96,7 +97,7 @@ def lookup(
     replayed without a second approval (one the hook finds not done is approved, then
     taken over).
     """
-    record = core._store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
+    record = core.store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
     if record is None:
         return None
     if record.digest != digest:
@@ -104,7 +105,7 @@ def lookup(
     if record.status == "unknown" and eff.tool.reconcile is None:
         # Nothing but an operator can settle it: stop now rather than ask someone to
         # approve a write that the claim would then refuse.
-        core.event("tool_call", tool=eff.tool.name, outcome="outcome_unknown", key=key)
+        core.events.add("tool_call", tool=eff.tool.name, outcome="outcome_unknown", key=key)
         raise _conflict(core, eff, key, "unknown")
     if record.status == "unknown":
         settled = reconcile(core, eff, key, args, take_over=False)
@@ -113,7 +114,7 @@ def lookup(
 
 
 def claim(
-    core: RunCore, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
+    core: RunState, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
 ) -> Generator[Any, Any, Mapping[str, Any] | None]:
     """Claim ``key``: ``None`` to go ahead (this call holds it), or a stored outcome to replay.
 
@@ -122,12 +123,12 @@ def claim(
     """
 
     name = eff.tool.name
-    started = core.now()
-    wait_until = started + max(0.0, min(eff.timeout, core.remaining()))
+    started = core.time.now()
+    wait_until = started + max(0.0, min(eff.timeout, core.time.remaining()))
     pause = POLL_FIRST
     races = 0
     while True:
-        result = core._store_call(
+        result = core.store_call(
             core.store.claim,
             key,
             digest,
@@ -135,7 +136,7 @@ def claim(
             # Wall time: leases are compared by other processes and machines (a run's own
             # monotonic clock means nothing there).
             now=wall(core),
-            lease=leases.LEASE_SECONDS,
+            lease=core.services.renewer.lease,
             tool=name,
         )
         if result.status == "claimed":
@@ -145,9 +146,9 @@ def claim(
         if result.status == "mismatch":
             _mismatch(core, eff, key)
         if result.status == "in_flight":
-            left = wait_until - core.now()
+            left = wait_until - core.time.now()
             if left <= 0:
-                raise _conflict(core, eff, key, "in_flight", waited=core.now() - started)
+                raise _conflict(core, eff, key, "in_flight", waited=core.time.now() - started)
             yield Sleep(min(pause, left))
             pause = min(pause * 2, POLL_MAX)
             continue
@@ -157,7 +158,7 @@ def claim(
             return None if settled is TAKEN_OVER else settled
         races += 1  # another process settled it first: look again
         if races >= SETTLE_RACES:
-            raise _conflict(core, eff, key, "in_flight", waited=core.now() - started)
+            raise _conflict(core, eff, key, "in_flight", waited=core.time.now() - started)
 
 
 TAKEN_OVER: Mapping[str, Any] = {}
@@ -165,7 +166,7 @@ TAKEN_OVER: Mapping[str, Any] = {}
 
 
 def reconcile(
-    core: RunCore, eff: Effective, key: str, args: Mapping[str, Any], *, take_over: bool = True
+    core: RunState, eff: Effective, key: str, args: Mapping[str, Any], *, take_over: bool = True
 ) -> Mapping[str, Any] | None:
     """Settle the unknown claim of ``key`` with the tool's ``reconcile`` hook.
 
@@ -180,7 +181,7 @@ def reconcile(
     name = eff.tool.name
     hook = eff.tool.reconcile
     if hook is None:
-        core.event("tool_call", tool=name, outcome="outcome_unknown", key=key)
+        core.events.add("tool_call", tool=name, outcome="outcome_unknown", key=key)
         raise _conflict(core, eff, key, "unknown")
     ctx = ToolContext(
         tool=name,
@@ -188,7 +189,7 @@ def reconcile(
         tenant=core.tenant,
         agent=core.agent,
         idempotency_key=key,
-        deadline=core.now() + max(0.0, min(eff.timeout, core.remaining())),
+        deadline=core.time.now() + max(0.0, min(eff.timeout, core.time.remaining())),
         credentials=core.credentials.get(name, {}),
         clock=core.clock,
     )
@@ -208,54 +209,54 @@ def reconcile(
     except NotExecuted:
         if not take_over:
             return None
-        taken = core._store_call(
+        taken = core.store_call(
             core.store.resolve_claim,
             key,
             tenant=core.tenant,
             now=wall(core),
             outcome=None,
-            lease=leases.LEASE_SECONDS,
+            lease=core.services.renewer.lease,
         )
         if not taken:
             return None
-        core.event("tool_call", tool=name, outcome="reconciled", found="not_executed", key=key)
+        core.events.add("tool_call", tool=name, outcome="reconciled", found="not_executed", key=key)
         return TAKEN_OVER
     except Exception as exc:  # the hook failed, or its outcome is unusable (OutputProblem)
         what = core.redactor.text(f"{type(exc).__name__}: {exc}")
-        core.event("tool_call", tool=name, outcome="outcome_unknown", key=key, error=what)
+        core.events.add("tool_call", tool=name, outcome="outcome_unknown", key=key, error=what)
         raise _conflict(core, eff, key, "unknown", hook_error=what) from exc
-    stored = core._store_call(
+    stored = core.store_call(
         core.store.resolve_claim, key, tenant=core.tenant, now=wall(core), outcome=outcome
     )
     if not stored:
         return None
-    core.event("tool_call", tool=name, outcome="reconciled", found="done", key=key)
+    core.events.add("tool_call", tool=name, outcome="reconciled", found="done", key=key)
     return outcome
 
 
-def hold(core: RunCore, key: str) -> leases.Held:
+def hold(core: RunState, key: str) -> leases.Held:
     """Renew the claim of ``key`` from this process until the handle is released."""
     store, tenant = core.store, core.tenant
 
     def renew(_now: float) -> None:
         # The run's wall time, not the renewer's: a run on a virtual clock compares leases
         # in that clock.
-        store.renew_claim(key, tenant=tenant, now=wall(core), lease=leases.LEASE_SECONDS)
+        store.renew_claim(key, tenant=tenant, now=wall(core), lease=core.services.renewer.lease)
 
-    return leases.RENEWER.hold(renew)
+    return core.services.renewer.hold(renew)
 
 
-def abandon(core: RunCore, key: str, renewals: list[leases.Held]) -> None:
+def abandon(core: RunState, key: str, renewals: list[leases.Held]) -> None:
     """Give up a claim whose call was cancelled where it ran: it may have happened, and
     nothing will finish it, so its lease ends now and it is ``unknown`` at once (a
     ``reconcile`` hook or an operator settles it), instead of after a lease of waiting."""
     for held in renewals:
         held.release()
     renewals.clear()
-    core._store_call(core.store.renew_claim, key, tenant=core.tenant, now=wall(core), lease=0.0)
+    core.store_call(core.store.renew_claim, key, tenant=core.tenant, now=wall(core), lease=0.0)
 
 
-def keep_while(pending: Future[Any], core: RunCore, key: str) -> None:
+def keep_while(pending: Future[Any], core: RunState, key: str) -> None:
     """Keep renewing ``key`` while an abandoned attempt still runs in its thread.
 
     Python cannot stop the thread: while it runs the write may still happen, so the
@@ -266,7 +267,7 @@ def keep_while(pending: Future[Any], core: RunCore, key: str) -> None:
     pending.add_done_callback(lambda _: held.release())
 
 
-def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -> Any:
+def replay(core: RunState, eff: Effective, key: str, stored: Mapping[str, Any]) -> Any:
     """The stored outcome of an earlier call with ``key``: its output, or its failure again."""
     if "output" in stored:
         # Stored scrubbed; scrubbed again of this run's secrets, which may differ.
@@ -289,10 +290,10 @@ def replay(core: RunCore, eff: Effective, key: str, stored: Mapping[str, Any]) -
     )
 
 
-def _mismatch(core: RunCore, eff: Effective, key: str) -> None:
+def _mismatch(core: RunState, eff: Effective, key: str) -> None:
     name = eff.tool.name
     message = f"{name}: idempotency key {key!r} was already used with different arguments"
-    core.event("denied", tool=name, why="idempotency_mismatch", count=core.invalid_calls + 1)
+    core.events.add("denied", tool=name, why="idempotency_mismatch", count=core.invalid_calls + 1)
     if count_mistake(core):  # handed back, but bounded like the model's other mistakes
         raise core.stamp(
             Stop(
@@ -307,7 +308,7 @@ def _mismatch(core: RunCore, eff: Effective, key: str) -> None:
 
 
 def _conflict(
-    core: RunCore,
+    core: RunState,
     eff: Effective,
     key: str,
     status: str,

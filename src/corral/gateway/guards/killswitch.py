@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from corral.controls.killswitch import active, describe
+from corral.controls.killswitch import describe
 from corral.exceptions import Stop, StoreError, StoreGone
 from corral.stores.base import KillMode, KillSwitchState
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunCore
+    from corral.gateway.state import Effective, RunState
 
 
 #: How often a call in flight looks at the switches (seconds); each look is a cached read.
@@ -51,7 +51,7 @@ class Cancelled(Exception):
         self.stop = stop
 
 
-def _covers(sw: KillSwitchState, core: RunCore, tool: str | None) -> bool:
+def _covers(sw: KillSwitchState, core: RunState, tool: str | None) -> bool:
     scope = sw.scope
     if scope == "global":
         return True
@@ -75,14 +75,14 @@ def _blocks(mode: KillMode, eff: Effective | None) -> bool:
 
 
 def blocking_switch(
-    core: RunCore, name: str | None, eff: Effective | None
+    core: RunState, name: str | None, eff: Effective | None
 ) -> KillSwitchState | None:
     """The first active switch that blocks this call (``name=None``: a model call).
 
     Raises ``control_plane_unavailable`` when the state cannot be read (fail closed).
     """
     try:
-        switches = active(core.store)
+        switches = core.switch_cache.switches(core.store)
     except StoreError as exc:
         gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
         raise core.stamp(
@@ -97,7 +97,7 @@ def blocking_switch(
     return None
 
 
-def check(core: RunCore, name: str | None, eff: Effective | None) -> None:
+def check(core: RunState, name: str | None, eff: Effective | None) -> None:
     """Raise ``kill_switch`` if a switch blocks this call (``name=None``: a model call)."""
     sw = blocking_switch(core, name, eff)
     if sw is None:
@@ -105,7 +105,9 @@ def check(core: RunCore, name: str | None, eff: Effective | None) -> None:
     raise core.stamp(_stop(core, sw, name))
 
 
-def _stop(core: RunCore, sw: KillSwitchState, name: str | None, *, in_flight: bool = False) -> Stop:
+def _stop(
+    core: RunState, sw: KillSwitchState, name: str | None, *, in_flight: bool = False
+) -> Stop:
     mode = sw.mode or core.policy.kill_switch.mode_when_enabled
     where = describe(sw)
     extra: dict[str, object] = {"mode": mode}
@@ -126,7 +128,7 @@ def _stop(core: RunCore, sw: KillSwitchState, name: str | None, *, in_flight: bo
     )
 
 
-def watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
+def watch(core: RunState, name: str | None) -> Callable[[], Cancelled | None]:
     """The check a driver makes while a call of ``name`` runs (``None``: a model call).
 
     Returns a :class:`Cancelled` once a ``stop_all`` switch covers the call, else
@@ -139,12 +141,12 @@ def watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
     return found
 
 
-def _watch(core: RunCore, name: str | None) -> Callable[[], Cancelled | None]:
+def _watch(core: RunState, name: str | None) -> Callable[[], Cancelled | None]:
     default = core.policy.kill_switch.mode_when_enabled
 
     def check_in_flight() -> Cancelled | None:
         try:
-            switches = active(core.store)
+            switches = core.switch_cache.switches(core.store)
         except StoreError:
             return None  # unknown is not stop_all: the next check before a call fails closed
         for sw in switches:

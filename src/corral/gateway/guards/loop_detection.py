@@ -17,10 +17,10 @@ from corral.exceptions import Stop, ToolRejected
 from corral.gateway.guards.denial import count_mistake
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunCore
+    from corral.gateway.state import RunState
 
 
-def check(core: RunCore, tool: str, canonical_args: str) -> None:
+def check(core: RunState, tool: str, canonical_args: str) -> None:
     rule = core.policy.loops
     key = (tool, canonical_args)
     recent = core.recent_calls
@@ -43,7 +43,7 @@ def check(core: RunCore, tool: str, canonical_args: str) -> None:
     )
     handed_back = rule.on_detected == "tell_model" and not core.observes("loops")
     if handed_back and not count_mistake(core):
-        core.event(
+        core.events.add(
             "denied", tool=tool, why="loop_detected", handed_back=True, count=core.invalid_calls
         )
         raise ToolRejected(

@@ -1,0 +1,88 @@
+"""The architecture is checked, not hoped for: import-linter's contracts (pyproject.toml,
+docs/architecture.md) hold for the source, and they do fail when a layer is crossed or a
+cycle is made — imports inside functions and under TYPE_CHECKING included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT = Path(sys.executable).parent / "lint-imports"
+
+
+def lint(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` over the package under ``root/src``, with the project's contracts."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    return subprocess.run(
+        [str(LINT), str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project's source and contracts to break on purpose."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "pyproject.toml", root)
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_the_source_keeps_every_contract() -> None:
+    result = lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broken" not in result.stdout.lower().replace("0 broken", "")
+
+
+def _breaks(copy: Path, path: str, line: str, contract: str) -> None:
+    target = copy / "src" / "corral" / path
+    original = target.read_text()
+    try:
+        target.write_text(original + "\n" + line + "\n")
+        result = lint(copy)
+    finally:
+        target.write_text(original)
+    assert result.returncode != 0, result.stdout
+    assert contract in result.stdout, result.stdout
+
+
+def test_a_cycle_hidden_in_a_function_fails(copy: Path) -> None:
+    """The run state imports the canonical digest; the digest importing the run state back,
+    inside a function, is still a cycle between siblings."""
+    _breaks(
+        copy,
+        "gateway/canonical.py",
+        "def _late() -> None:\n    from corral.gateway import state  # noqa: F401",
+        "No import cycles",
+    )
+
+
+def test_a_cycle_under_type_checking_fails(copy: Path) -> None:
+    _breaks(
+        copy,
+        "gateway/effective.py",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from corral.gateway import chain",
+        "No import cycles",
+    )
+
+
+def test_a_model_adapter_importing_the_loop_fails(copy: Path) -> None:
+    _breaks(copy, "models/base.py", "import corral.loop.run", "Model adapters")
+
+
+def test_a_store_importing_a_guard_fails(copy: Path) -> None:
+    _breaks(copy, "stores/memory/state.py", "import corral.gateway.guards", "Stores import no")
+
+
+def test_production_code_importing_the_testing_kit_fails(copy: Path) -> None:
+    _breaks(copy, "record/audit.py", "import corral.testing", "corral.testing")
