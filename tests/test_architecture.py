@@ -82,7 +82,7 @@ def test_a_model_adapter_importing_the_loop_fails(copy: Path) -> None:
 
 
 def test_a_store_importing_a_guard_fails(copy: Path) -> None:
-    _breaks(copy, "stores/memory.py", "import corral.gateway.guards.cache", "Stores import no")
+    _breaks(copy, "stores/memory/state.py", "import corral.gateway.guards", "Stores import no")
 
 
 def test_production_code_importing_the_testing_kit_fails(copy: Path) -> None:

@@ -24,13 +24,20 @@ from corral.stores import Store, open_store
 from corral.stores.base import (
     GENESIS,
     ApprovalRecord,
+    ApprovalStore,
     AuditHead,
     BreakerState,
+    BreakerStore,
+    BudgetStore,
+    ClaimStore,
     DegradeCounts,
     Event,
+    EventStore,
     KillSwitchState,
+    KillSwitchStore,
     Refusal,
     RunRecord,
+    RunStore,
     ScopedCharge,
 )
 from corral.stores.chain import key_id, record_hash
@@ -38,13 +45,33 @@ from corral.stores.leases import Renewer
 from corral.stores.memory import MemoryStore
 from corral.stores.owner import RunOwner
 from corral.stores.sqlite import SQLiteStore
+from corral.stores.unavailable import UnavailableStore
+from corral.testing import FaultyStore
 
 # The `store` fixture (tests/stores/conftest.py) runs each test against every backend.
 
 
 def test_backend_satisfies_the_protocol(store: Store) -> None:
-    """Every backend is a runtime-checkable Store."""
+    """Every backend is a runtime-checkable Store, and so each concern's Protocol."""
     assert isinstance(store, Store)
+    for concern in (
+        RunStore,
+        EventStore,
+        BudgetStore,
+        KillSwitchStore,
+        ApprovalStore,
+        ClaimStore,
+        BreakerStore,
+    ):
+        assert isinstance(store, concern)
+
+
+def test_a_store_says_whether_other_processes_share_it(store: Store) -> None:
+    """``shared``: a database (SQLite, PostgreSQL) is; the in-memory store is not, and a
+    store wrapped for fault injection says what it wraps."""
+    assert store.shared is (not isinstance(store, MemoryStore))
+    assert FaultyStore(store).shared is store.shared
+    assert UnavailableStore("down").shared is True
 
 
 def test_runs_are_created_updated_and_listed_newest_first(store: Store) -> None:

@@ -48,7 +48,6 @@ from typing import cast, get_args
 from corral._safe import shown
 from corral.exceptions import ConfigError, StoreError, StoreGone
 from corral.stores.base import Event, KillMode, KillScope, KillSwitchState, Store, kill_target
-from corral.stores.memory import MemoryStore
 from corral.stores.per_store import PerStore
 
 #: How long one read of the switches is reused (seconds, ``time.monotonic``).
@@ -174,7 +173,7 @@ class SwitchCaches:
 
 
 def _new_cache(store: Store) -> KillSwitchCache:
-    return KillSwitchCache(refresh=0.0 if isinstance(store, MemoryStore) else REFRESH_SECONDS)
+    return KillSwitchCache(refresh=REFRESH_SECONDS if store.shared else 0.0)
 
 
 #: The caches of this process (the default :class:`~corral.gateway.services.Services`).

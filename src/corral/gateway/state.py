@@ -34,7 +34,6 @@ from corral.result import CallOutcome
 from corral.secrets import Credentials, SecretProvider
 from corral.stops import StopInfo
 from corral.stores.base import Store
-from corral.stores.memory import MemoryStore
 from corral.tools import Tool
 
 __all__ = [
@@ -106,7 +105,7 @@ class RunState:
         self.time = RunTime(self)
         # Waits on the run's behalf end at its deadline (on the real clock only): see
         # RunTime.check and store_call.
-        self.store_shared = not isinstance(store, MemoryStore)
+        self.store_shared = store.shared
         self.timed_store = self.time.real_clock and self.store_shared
         self.store_gave_up = False
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}

@@ -15,6 +15,31 @@ user data directory (:func:`default_path`: ``~/.local/share/corral/corral.db`` o
 reach the same state from any directory. That directory is made when a store is first
 created there. Scheme names are case-insensitive; a near miss (``sqlite:/corral.db``,
 ``sqlite://corral.db``, a bare path) is refused with the URL it probably meant.
+
+Every backend answers the same :class:`~corral.stores.base.Store` Protocol, the union
+of one small Protocol per concern (:mod:`.base`):
+
+- **runs** (``RunStore``): records, owners, heartbeats, runs marked ``interrupted``;
+- **events and the audit log** (``EventStore``): each run's trace, sealed into one
+  hash chain (:mod:`.chain`);
+- **budgets** (``BudgetStore``): scoped reservations (:mod:`.scopes`) held by leased
+  grants (:mod:`.grants`, renewed by :mod:`.leases`);
+- **kill switches** (``KillSwitchStore``), **approvals** (``ApprovalStore``),
+  **idempotency claims** (``ClaimStore``), **breakers and degrade counters**
+  (``BreakerStore``).
+
+The records they keep are in :mod:`.records`, the rules every backend applies alike in
+:mod:`.rules`; the backends are :mod:`.memory`, :mod:`.sqlite` and :mod:`.postgres`
+(each a package with one module per concern), with :mod:`.migrate` and
+``migrations/`` for the schema, :mod:`.owner` for who runs a run, :mod:`.filewatch`
+for a SQLite file removed under a process, :mod:`.unavailable` for a store that could
+not be opened, :mod:`.per_store` for what a process keeps per store object.
+
+What stores may import: the standard library, their drivers (``psycopg``,
+``platformdirs``), and of corral only ``corral.exceptions``, ``corral.clock`` and
+``corral._safe``. The stores are the bottom layer: they import nothing of the
+policy, the gateway, the loop or the controls above them, so that any part of corral
+(and any future surface) can use them.
 """
 
 from __future__ import annotations
@@ -168,11 +193,11 @@ def _require_postgres_schema(url: str) -> None:
     try:
         import psycopg
 
-        from corral.stores.postgres import _SCHEMA_NAME, _split_schema
+        from corral.stores.postgres.connection import SCHEMA_NAME, split_schema
     except ImportError:
         return  # _postgres says what is missing
-    conninfo, schema = _split_schema(url)
-    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+    conninfo, schema = split_schema(url)
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
         return  # PostgresStore refuses it, saying why
     table = f"{schema}.corral_schema_migrations" if schema else "corral_schema_migrations"
     try:

@@ -20,6 +20,8 @@ class UnavailableStore:
     (``close`` does nothing). Not a store anyone can write to: nothing is recorded."""
 
     closed = False
+    #: Treated as the database it stands in for (its waits are timed, its queue assumed).
+    shared = True
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

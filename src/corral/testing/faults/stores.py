@@ -69,6 +69,11 @@ class FaultyStore:
             self._plans[method] = _Plan(nth, times, error)
         return self
 
+    @property
+    def shared(self) -> bool:
+        """The wrapped store's: whether other processes share it."""
+        return self.inner.shared
+
     def heal(self) -> None:
         """Forget every plan: from now on every call goes through."""
         with self._lock:

@@ -1,25 +1,22 @@
-"""Statement texts and row conversions for the PostgreSQL store (:mod:`.postgres`)."""
+"""The PostgreSQL store's statements: every SQL text it sends, in one place.
+
+Plain strings with ``%s`` placeholders, and :mod:`psycopg.sql` compositions (built
+once, or by a builder for the statements whose columns or conditions vary); the
+schema itself, with the ``corral_reserve``, ``corral_settle`` and ``corral_reclaim``
+functions, is in ``migrations/postgres/``. Imports nothing of corral.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from decimal import Decimal
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
-
-from corral.stores.base import ApprovalRecord, ClaimRecord, RunRecord, claim_state
-from corral.stores.owner import RunOwner
 
 RUN_COLUMNS = (
     "id", "tenant", "agent", "status", "stop_reason", "stop", "task", "answer", "usage",
     "policy_digest", "started_at", "ended_at", "would_stop",
     "owner_host", "owner_pid", "owner_node", "owner_started", "heartbeat_at", "kill_mode",
 )  # fmt: skip
-RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"id"}
 OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_node", "owner_started")
 # Insert the claim unless the key is held; otherwise read the holder. The primary key lets
 # exactly one claimant win. A holder that committed after this statement began is not visible
@@ -44,7 +41,7 @@ LOCK_HEAD = "SELECT seq, hash FROM corral_audit_head WHERE id = 1 FOR UPDATE"
 # the chain's head is still the one they were sealed after: the head row is locked only if it
 # is free (SKIP LOCKED: a busy head fails at once instead of queueing) and still holds the old
 # (seq, hash); then it moves to the new one and the events are written, else nothing is.
-# One statement: the fast path of an append whose store knew the head (see postgres.py).
+# One statement: the fast path of an append whose store knew the head (see events.py).
 # The parameters: old seq, old hash, new seq, new hash, mode, the ten arrays, now.
 _INSERT_SEALED = """
     INSERT INTO corral_events
@@ -112,31 +109,6 @@ APPROVAL_FIELDS = (
 )  # fmt: skip
 
 
-def default(value: Any) -> Any:
-    """JSON for what ``json`` cannot hold: decimals as their exact text, else ``str()``."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=default, separators=(",", ":"))
-
-
-def jsonb(value: Any) -> Jsonb:
-    """A JSONB parameter (see :func:`default`)."""
-    return Jsonb(value, dumps=dumps)
-
-
-def tenant_key(tenant: str | None) -> str:
-    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
-    return "" if tenant is None else ":" + tenant
-
-
 def upsert(table: str, columns: Sequence[str]) -> sql.Composed:
     """Insert a row, or replace every column of the row with the same id."""
     return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}").format(
@@ -154,47 +126,6 @@ def select(table: str, fields: Sequence[str], rest: str) -> sql.Composed:
     return sql.SQL("SELECT {} FROM {} ").format(
         sql.SQL(", ").join(map(sql.Identifier, fields)), sql.Identifier(table)
     ) + sql.SQL(rest)
-
-
-def run_columns(values: Mapping[str, Any]) -> dict[str, Any]:
-    """RunRecord fields → column values (the owner spans four columns; JSON as JSONB)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "owner":
-            parts = (
-                (None,) * 4 if value is None else (value.host, value.pid, value.node, value.started)
-            )
-            out.update(zip(OWNER_COLUMNS, parts, strict=True))
-        elif name in ("stop", "usage") and value is not None:
-            out[name] = jsonb(dict(value))
-        elif name == "would_stop":
-            out[name] = jsonb([dict(w) for w in value])
-        else:
-            out[name] = value
-    return out
-
-
-def run_owner(
-    host: str | None, pid: int | None, node: str | None, started: str | None
-) -> RunOwner | None:
-    if pid is None:
-        return None
-    return RunOwner(host=host or "", pid=pid, node=node or "", started=started or "")
-
-
-def run_record(row: Sequence[Any]) -> RunRecord:
-    data = dict(zip(RUN_COLUMNS, row, strict=True))
-    owner = run_owner(*(data.pop(c) for c in OWNER_COLUMNS))
-    return RunRecord(
-        **data | {"usage": data["usage"] or {}, "would_stop": tuple(data["would_stop"] or ())},
-        owner=owner,
-    )
-
-
-def approval_record(row: Sequence[Any]) -> ApprovalRecord:
-    data = dict(zip(APPROVAL_FIELDS, row, strict=True))
-    data["kill_modes"] = tuple(m for m in data["kill_modes"].split(",") if m)
-    return ApprovalRecord(**data)
 
 
 # Degrade counters: add to the bucket (name, start), drop the buckets before the previous one,
@@ -232,15 +163,134 @@ RETURNING d.retries
 """
 
 
-def claim_record(row: Sequence[Any], now: float) -> ClaimRecord:
-    tk, key, tool, digest, outcome, lease_until, created = row
-    return ClaimRecord(
-        key=key,
-        tenant=tk[1:] if tk else None,
-        tool=tool,
-        digest=digest,
-        status=claim_state(outcome, lease_until, now),
-        created=created,
-        lease_until=lease_until,
-        outcome=outcome,
+# -- runs ----------------------------------------------------------------------------------
+GET_RUN = select("corral_runs", RUN_COLUMNS, "WHERE id = %s")
+LIST_RUNS = select("corral_runs", RUN_COLUMNS, "ORDER BY started_at DESC, seq LIMIT %s")
+LIST_TENANT_RUNS = select(
+    "corral_runs", RUN_COLUMNS, "WHERE tenant = %s ORDER BY started_at DESC, seq LIMIT %s"
+)
+RUNNING_RUNS = select(
+    "corral_runs", ("id", *OWNER_COLUMNS, "heartbeat_at"), "WHERE status = 'running'"
+)
+HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = %s WHERE id = %s"
+
+
+def update_run(columns: Iterable[str]) -> sql.Composed:
+    """Set ``columns`` of one run (the last parameter is its id); a row comes back if it
+    exists."""
+    return sql.SQL("UPDATE corral_runs SET {} WHERE id = %s RETURNING 1").format(
+        sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns)
     )
+
+
+# -- events and the audit chain ------------------------------------------------------------
+RUN_EVENTS = (
+    "SELECT run_id, seq, kind, at, data, tenant, actor FROM corral_events "
+    "WHERE run_id = %s ORDER BY id"
+)
+AUDIT_HEAD = "SELECT seq, hash FROM corral_audit_head"
+AUDIT_RECORDS = (
+    f"SELECT {AUDIT_COLUMNS} FROM corral_events WHERE audit_seq > %s ORDER BY audit_seq LIMIT %s"
+)
+MOVE_HEAD = "UPDATE corral_audit_head SET seq = %s, hash = %s WHERE id = 1"
+# The events written before the audit chain existed (migration 2), to seal.
+UNSEALED = (
+    "SELECT id, run_id, seq, kind, at, data, tenant, actor FROM corral_events "
+    "WHERE audit_seq IS NULL ORDER BY id"
+)
+
+# -- shared budgets (the functions are the schema's) ---------------------------------------
+RESERVE = (
+    "SELECT * FROM corral_reserve(%s, %s, %s::text[], %s::float8[], %s::text[], "
+    "%s::int8[], %s::numeric[], %s::int8[], %s::numeric[], %s::float8[], "
+    "%s::bool[], %s, %s, %s)"
+)
+SETTLE = "SELECT corral_settle(%s, %s::text[], %s::int8[], %s::numeric[])"
+RENEW_GRANTS = "UPDATE corral_grants SET lease_until = %s WHERE holder = %s AND NOT reclaimed"
+RECLAIM = "SELECT corral_reclaim(%s)"
+SCOPE_USAGE = "SELECT calls, usd FROM corral_scopes WHERE scope = %s"
+
+# -- kill switches -------------------------------------------------------------------------
+KILL_SWITCHES = (
+    "SELECT scope, target, mode, reason, actor, extract(epoch FROM set_at) "
+    "FROM corral_kill_switches ORDER BY seq"
+)
+SET_KILL_SWITCH = (
+    "WITH s AS (INSERT INTO corral_kill_switches (scope, target, mode, reason, actor) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope, target) DO UPDATE SET "
+    "mode = EXCLUDED.mode, reason = EXCLUDED.reason, actor = EXCLUDED.actor, "
+    f"set_at = now() RETURNING scope, target) {NOTIFY_KILL}"
+)
+CLEAR_KILL_SWITCH = (
+    "WITH s AS (DELETE FROM corral_kill_switches WHERE scope = %s AND target = %s "
+    f"RETURNING scope, target) {NOTIFY_KILL}"
+)
+
+# -- approvals -----------------------------------------------------------------------------
+INSERT_APPROVAL = upsert("corral_approvals", APPROVAL_FIELDS)
+GET_APPROVAL = select("corral_approvals", APPROVAL_FIELDS, "WHERE id = %s")
+APPROVAL_EXISTS = "SELECT 1 FROM corral_approvals WHERE id = %s"
+
+
+def move_approval(when: str) -> sql.Composed:
+    """Move one approval from the status expected to another, stamping ``when``
+    (``decided_at`` or ``used_at``); the approval comes back if it moved."""
+    return sql.SQL(
+        "UPDATE corral_approvals SET status = %s, approver = COALESCE(%s::text, approver), "
+        "reason = COALESCE(%s::text, reason), {} = %s WHERE id = %s AND status = %s "
+        "RETURNING {}"
+    ).format(sql.Identifier(when), sql.SQL(", ").join(map(sql.Identifier, APPROVAL_FIELDS)))
+
+
+def list_approvals(columns: Sequence[str]) -> sql.Composed:
+    """Approvals in the order they were made, those whose ``columns`` equal the parameters."""
+    where = " AND ".join(f"{k} = %s" for k in columns)
+    return select(
+        "corral_approvals", APPROVAL_FIELDS, f"{'WHERE ' + where if where else ''} ORDER BY seq"
+    )
+
+
+# -- idempotency claims --------------------------------------------------------------------
+COMPLETE_CLAIM = "UPDATE corral_claims SET outcome = %s WHERE tenant_key = %s AND key = %s"
+RELEASE_CLAIM = "DELETE FROM corral_claims WHERE tenant_key = %s AND key = %s"
+RENEW_CLAIM = (
+    "UPDATE corral_claims SET lease_until = %s "
+    "WHERE tenant_key = %s AND key = %s AND outcome IS NULL"
+)
+LOOKUP_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM corral_claims WHERE tenant_key = %s AND key = %s"
+CLAIM_OF_TENANT = "tenant_key = %s"
+# What each derived status is in the table (the unknown and in-flight ones take now).
+CLAIM_STATUS = {
+    "done": "outcome IS NOT NULL",
+    "unknown": "outcome IS NULL AND lease_until <= %s",
+    "in_flight": "outcome IS NULL AND lease_until > %s",
+}
+RESOLVE_DONE = f"UPDATE corral_claims SET outcome = %s {UNKNOWN_CLAIM}"
+RESOLVE_TAKEN = f"UPDATE corral_claims SET lease_until = %s {UNKNOWN_CLAIM}"
+RESOLVE_FREED = f"DELETE FROM corral_claims {UNKNOWN_CLAIM}"
+
+
+def list_claims(where: Sequence[str]) -> str:
+    """Claims meeting every condition of ``where`` (none: all), oldest first (the last
+    parameter is the limit)."""
+    return (
+        f"SELECT {CLAIM_COLUMNS} FROM corral_claims WHERE {' AND '.join(['true', *where])} "
+        "ORDER BY created_at, key LIMIT %s"
+    )
+
+
+# -- breakers and degrade counters ---------------------------------------------------------
+BREAKER = "SELECT state, until FROM corral_breakers WHERE name = %s"
+SET_BREAKER = (
+    "INSERT INTO corral_breakers (name, state, until) VALUES (%s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, until = EXCLUDED.until"
+)
+DEGRADE_RESET = "DELETE FROM corral_degrade WHERE name = %s"
+
+# -- the schema ----------------------------------------------------------------------------
+# Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: it is serialized by this lock.
+LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+
+
+def create_schema(schema: str) -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))

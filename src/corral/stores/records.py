@@ -1,0 +1,240 @@
+"""The records every store keeps, the same on every backend.
+
+Frozen dataclasses and the literal types of their fields: runs (:class:`RunRecord`),
+trace events (:class:`Event`) and the audit records they are sealed into
+(:class:`AuditRecord`, :class:`AuditHead`), kill switches, approvals, idempotency
+claims, breakers and degrade counters. Imports nothing of corral but
+:mod:`corral.stores.owner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from corral.stores.owner import RunOwner
+
+KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
+KillScope = Literal["global", "tenant", "agent", "tool", "run"]
+ClaimStatus = Literal["claimed", "done", "in_flight", "mismatch", "unknown"]
+ClaimState = Literal["in_flight", "unknown", "done"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled", "used"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KillSwitchState:
+    scope: KillScope
+    target: str = ""
+    mode: KillMode | None = None
+    reason: str = ""
+    actor: str = ""
+    set_at: float = 0.0
+    """When the switch was last set (epoch seconds); the store fills it in."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    status: ClaimStatus
+    outcome: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClaimRecord:
+    """An idempotency claim as stored: what ``corral idempotency list`` shows.
+
+    ``status`` is derived when the claim is read: ``done`` once it has an outcome,
+    else ``in_flight`` while its lease runs (its process renews it) and ``unknown``
+    once the lease lapsed (the process died: whether the side effect happened is
+    not known).
+    """
+
+    key: str
+    tenant: str | None
+    tool: str
+    digest: str
+    status: ClaimState
+    created: float
+    lease_until: float
+    outcome: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalRecord:
+    """A request for a human decision on one write, bound to (run, tool, argument digest).
+
+    ``pending`` until decided (``approved``, ``denied``), ``expired`` at ``expires``
+    (epoch seconds), ``cancelled`` by a kill switch; an approval becomes ``used`` when
+    the run proceeds on it, once. ``arguments`` are redacted. ``kill_modes`` (the
+    switch modes that block the call; all three unless known) and ``kill_mode`` (the
+    run's ``kill_switch.mode_when_enabled``) say which kill switches cover it. See
+    :mod:`corral.controls.approvals`.
+    """
+
+    id: str
+    run_id: str
+    tool: str
+    args_digest: str
+    arguments: Mapping[str, Any]
+    tenant: str | None = None
+    agent: str | None = None
+    status: ApprovalStatus = "pending"
+    approver: str = ""
+    reason: str = ""
+    created: float = 0.0
+    expires: float = 0.0
+    kill_modes: tuple[KillMode, ...] = ("stop_all", "disable_writes", "disable_expensive")
+    kill_mode: KillMode | None = None
+    decided_at: float | None = None
+    used_at: float | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """What the approver is told besides the action (redacted): ``step``, ``call_id``,
+    ``purpose`` (the model's text of that turn), ``cost_usd``, ``effect``,
+    ``idempotency_key`` (see :class:`~corral.gateway.guards.approval.ApprovalRequest`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerState:
+    state: Literal["closed", "open", "half_open"] = "closed"
+    until: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DegradeCounts:
+    """What one tool (or model endpoint) saw in one window bucket: attempts, failures, retries."""
+
+    calls: int = 0
+    failures: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DegradeWindow:
+    """The sliding degrade window at a moment, from two UTC-aligned buckets of its length.
+
+    ``current`` is the bucket covering the moment, ``previous`` the one before it, and
+    ``weight`` the share of ``previous`` still inside the window (1 at the start of
+    ``current``, 0 at its end): each total is ``current + weight x previous``, the
+    standard sliding-window estimate.
+    """
+
+    current: DegradeCounts = field(default_factory=DegradeCounts)
+    previous: DegradeCounts = field(default_factory=DegradeCounts)
+    weight: float = 0.0
+
+    @property
+    def calls(self) -> float:
+        return self.current.calls + self.weight * self.previous.calls
+
+    @property
+    def failures(self) -> float:
+        return self.current.failures + self.weight * self.previous.failures
+
+    @property
+    def retries(self) -> float:
+        return self.current.retries + self.weight * self.previous.retries
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRecord:
+    id: str
+    tenant: str | None = None
+    agent: str | None = None
+    status: Literal["running", "ok", "stopped", "error", "interrupted"] = "running"
+    stop_reason: str | None = None
+    stop: Mapping[str, Any] | None = None
+    task: str = ""
+    answer: str | None = None
+    usage: Mapping[str, Any] = field(default_factory=dict)
+    policy_digest: str = ""
+    started_at: float = 0.0
+    ended_at: float | None = None
+    would_stop: Sequence[Mapping[str, Any]] = ()
+    owner: RunOwner | None = None
+    """The process running the run; the store fills it in when the run starts or resumes."""
+    heartbeat_at: float | None = None
+    """The last time (epoch seconds) the owner wrote to the run; the store keeps it."""
+    kill_mode: KillMode | None = None
+    """The mode a kill switch set without one applies to this run (its policy's
+    ``kill_switch.mode_when_enabled``); ``None`` for a run recorded before it was kept."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """One trace event: a step, a model call, a decision, a tool outcome, the stop.
+
+    ``tenant`` and ``actor`` (the agent, or the operator who acted) travel with each
+    event into the audit log.
+    """
+
+    run_id: str
+    seq: int
+    kind: str
+    at: float
+    data: Mapping[str, Any] = field(default_factory=dict)
+    tenant: str | None = None
+    actor: str | None = None
+
+
+#: The ``prev_hash`` of the first audit record.
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditRecord:
+    """One record of the audit log: an event as appended, sealed into the hash chain.
+
+    ``seq`` counts records from 1 across the whole store, without gaps; ``hash``
+    covers every other field (see :func:`corral.stores.chain.record_hash`); ``mode``
+    says how: ``sha256``, or ``hmac-sha256:<key id>`` when keyed.
+    """
+
+    seq: int
+    run_id: str
+    event_seq: int
+    kind: str
+    at: float
+    tenant: str | None
+    actor: str | None
+    data: Any
+    prev_hash: str
+    hash: str
+    mode: str
+
+    @property
+    def tool(self) -> str | None:
+        """The tool the record concerns, if any."""
+        tool = self.data.get("tool") if isinstance(self.data, Mapping) else None
+        return tool if isinstance(tool, str) else None
+
+    @property
+    def args_digest(self) -> str | None:
+        """SHA-256 of the call's canonical arguments, if the record concerns a call."""
+        digest = self.data.get("args_digest") if isinstance(self.data, Mapping) else None
+        return digest if isinstance(digest, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (one line of ``corral audit export``)."""
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "event_seq": self.event_seq,
+            "kind": self.kind,
+            "at": self.at,
+            "tenant": self.tenant,
+            "actor": self.actor,
+            "tool": self.tool,
+            "args_digest": self.args_digest,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditHead:
+    """The newest record of the audit log (``seq`` 0 and :data:`GENESIS` when empty)."""
+
+    seq: int = 0
+    hash: str = GENESIS

@@ -1,0 +1,119 @@
+"""Idempotency claims in the SQLite file (the idempotency concern).
+
+A claim is read and, when free, taken in one ``BEGIN IMMEDIATE`` transaction, so one
+claimant wins across processes; an ``unknown`` claim is settled by a conditional
+statement, so one resolver wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from corral.stores.records import Claim, ClaimRecord, ClaimState
+from corral.stores.sqlite.connection import SQLiteConnection
+from corral.stores.sqlite.rows import claim_record, dumps, tenant_key
+from corral.stores.sqlite.sql import (
+    CLAIM_HELD,
+    CLAIM_OF_TENANT,
+    CLAIM_STATUS,
+    COMPLETE_CLAIM,
+    INSERT_CLAIM,
+    LOOKUP_CLAIM,
+    RELEASE_CLAIM,
+    RENEW_CLAIM,
+    RESOLVE_DONE,
+    RESOLVE_FREED,
+    RESOLVE_TAKEN,
+    list_claims,
+)
+
+
+class Claims(SQLiteConnection):
+    """The idempotency part of :class:`~corral.stores.sqlite.SQLiteStore`."""
+
+    def claim(
+        self,
+        key: str,
+        digest: str,
+        *,
+        tenant: str | None,
+        now: float,
+        lease: float,
+        tool: str = "",
+    ) -> Claim:
+        with self._write() as conn:
+            row = conn.execute(CLAIM_HELD, (tenant_key(tenant), key)).fetchone()
+            if row is None:
+                conn.execute(
+                    INSERT_CLAIM,
+                    (tenant_key(tenant), key, digest, now + lease, time.time(), tool),
+                )
+                return Claim(status="claimed")
+        if row[0] != digest:
+            return Claim(status="mismatch")
+        if row[1] is not None:
+            return Claim(status="done", outcome=json.loads(row[1]))
+        if now >= row[2]:
+            return Claim(status="unknown")
+        return Claim(status="in_flight")
+
+    def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(COMPLETE_CLAIM, (dumps(outcome), tenant_key(tenant), key))
+
+    def release(self, key: str, *, tenant: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(RELEASE_CLAIM, (tenant_key(tenant), key))
+
+    def renew_claim(self, key: str, *, tenant: str | None, now: float, lease: float) -> bool:
+        with self._write() as conn:
+            changed = conn.execute(RENEW_CLAIM, (now + lease, tenant_key(tenant), key)).rowcount
+        return bool(changed)
+
+    def lookup_claim(self, key: str, *, tenant: str | None, now: float) -> ClaimRecord | None:
+        with self._locked() as conn:
+            row = conn.execute(LOOKUP_CLAIM, (tenant_key(tenant), key)).fetchone()
+        return None if row is None else claim_record(row, now)
+
+    def list_claims(
+        self,
+        *,
+        now: float,
+        status: ClaimState | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClaimRecord]:
+        where, params = list[str](), list[Any]()
+        if tenant is not None:
+            where.append(CLAIM_OF_TENANT)
+            params.append(tenant_key(tenant))
+        condition = None if status is None else CLAIM_STATUS.get(status)
+        if condition is not None:
+            where.append(condition)
+            if status != "done":
+                params.append(now)
+        with self._locked() as conn:
+            rows = conn.execute(list_claims(where), (*params, limit)).fetchall()
+        return [claim_record(row, now) for row in rows]
+
+    def resolve_claim(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        now: float,
+        outcome: Mapping[str, Any] | None,
+        lease: float | None = None,
+    ) -> bool:
+        where = (tenant_key(tenant), key, now)
+        with self._write() as conn:
+            if outcome is not None:
+                cur = conn.execute(RESOLVE_DONE, (dumps(outcome), *where))
+            elif lease is not None:
+                cur = conn.execute(RESOLVE_TAKEN, (now + lease, *where))
+            else:
+                cur = conn.execute(RESOLVE_FREED, where)
+            return bool(cur.rowcount)
