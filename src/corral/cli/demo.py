@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from corral.cli._common import DbOption, one_line, origin, say_store
+from corral.cli._common import DbOption, JsonOption, one_line, origin, say_store
 from corral.exceptions import ConfigError, StoreError
 from corral.stores import default_url, display_url, open_store
 
@@ -21,7 +21,7 @@ MAX_RUNS = 10_000
 
 
 def demo(
-    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    json_out: JsonOption = False,
     seed: Annotated[
         int, typer.Option(help="Random seed (the demo is deterministic per seed).")
     ] = 7,
