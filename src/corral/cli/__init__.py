@@ -1,8 +1,15 @@
-"""``corral``, the command line: one typer app (``app``), a module per command group.
+"""``corral``, the command line: one typer app (:mod:`corral.cli.app`), a module per command or
+command group, what they share in ``_common`` (options, the store, exit codes) and ``_format``.
 
-Sits at the top: imports anything below it.
+Sits at the top: imports anything below it; nothing below imports it. Importing the package
+loads no command: ``python -m corral.cli.check`` then runs that module once, not twice.
 """
 
-from corral.cli.app import app, main
+__all__ = ["main"]
 
-__all__ = ["app", "main"]
+
+def main() -> None:
+    """The ``corral`` entry point (``corral.cli:main``)."""
+    from corral.cli.app import main as run
+
+    run()

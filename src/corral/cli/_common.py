@@ -1,5 +1,8 @@
-"""What the command groups share: the ``--db`` and ``--json`` options, opening the store
-they name and saying which, the exit codes, and a failure carrying its exit code.
+"""What the commands share: their options (``--db``, ``--json``, ``--tenant``, ``--agent``,
+``--reason``, ``--as``), a command group's typer app, opening the store they name and saying
+which, reading from it, the exit codes, and a failure carrying its exit code.
+
+Imports only what lies below the command line (the stores, the exceptions); no command module.
 
 Every command uses the same exit codes: 0 success; 1 the operation failed (no store
 where one was looked for, a store that cannot be reached or read, nothing to act on,
@@ -17,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +31,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+#: How many of the newest runs a command looks through (filters, prefixes, reports, reach).
+SCAN_LIMIT = 10_000
+
+# -- options ---------------------------------------------------------------------------------
+
 DbOption = Annotated[
     str | None,
     typer.Option(
@@ -36,6 +44,38 @@ DbOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")]
+AgentOption = Annotated[str | None, typer.Option("--agent", help="Only this agent.")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
+
+
+def tenant_option(help: str) -> Any:
+    """``--tenant`` where it means more than a filter (the approvals it may decide, the
+    tenant a key belongs to)."""
+    return typer.Option("--tenant", help=help)
+
+
+def actor_option(*aliases: str) -> Any:
+    """``--as`` (and ``aliases``): who makes a change, recorded with it."""
+    return typer.Option(
+        "--as",
+        *aliases,
+        help="Who makes the change (recorded in the audit log; default $USER@host).",
+    )
+
+
+ActorOption = Annotated[str | None, actor_option()]
+
+
+def group(name: str, help: str) -> typer.Typer:
+    """A command group's app (``corral NAME SUBCOMMAND``), set up as the main app is."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
 
 
 class Fail(Exception):
@@ -110,3 +150,19 @@ def guarded(command: str, body: Callable[[], int]) -> int:
         message, code = f"the store failed: {one_line(exc)}", EXIT_FAILED
     print(f"corral {command}: {message}", file=sys.stderr)
     return code
+
+
+def read(what: str, url: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a store failing to answer is a failure naming ``what``."""
+    try:
+        return fn(*args, **kwargs)
+    except StoreError as exc:
+        raise Fail(EXIT_FAILED, f"cannot read {what} from {url}: {one_line(exc)}") from None
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a one-line message, cut to ``limit`` characters (an id or a key
+    comes from the command line, and may be anything)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -6,6 +6,8 @@ mark dead runs ``interrupted``). A switch set with a mode applies that mode to e
 it covers; one set without applies each run's ``kill_switch.mode_when_enabled``, which
 the run record keeps (``RunRecord.kill_mode``, written when the run starts or resumes; a
 run recorded by an older corral has none, and its mode shows as unknown).
+
+Imports the stores and :mod:`corral.cli._common`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from corral.cli._common import SCAN_LIMIT
 from corral.stores.base import KillMode, KillSwitchState, RunRecord, Store
 from corral.stores.owner import RUN_LEASE_SECONDS, interruption
-
-#: How many of the newest runs are looked through for running ones.
-SCAN_LIMIT = 10_000
 
 ModeSource = Literal["switch", "policy", "unknown"]
 

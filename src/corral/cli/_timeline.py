@@ -5,6 +5,8 @@
 kind this version does not know (written by a newer one) is shown as ``key=value``
 pairs, never as raw JSON. (The audit log's fleet records, ``kill_switch`` and
 ``idempotency_resolved``, belong to no run: ``corral audit export`` shows them.)
+
+Imports only :mod:`corral.cli._format`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from corral.cli._format import STATUS_STYLE, cut, seconds
+
 Line = tuple[str, str, str, str]
 """``(event, subject, detail, style)``."""
-
-#: Status colours, shared with the tables.
-STATUS_STYLE = {
-    "ok": "green",
-    "stopped": "yellow",
-    "error": "red",
-    "interrupted": "magenta",
-    "running": "cyan",
-}
 
 
 def describe(entry: Mapping[str, Any]) -> Line:
@@ -297,21 +292,3 @@ def _int(value: Any) -> int:
 
 def _float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-def cut(text: str, n: int) -> str:
-    """``text`` on one line, cut to ``n`` characters with an ellipsis."""
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def seconds(value: float) -> str:
-    """``0 s``, ``0.4 ms``, ``1.49 s``, ``2 min 05 s``."""
-    if value == 0:
-        return "0 s"
-    if value < 1:
-        return f"{value * 1000:.1f} ms"
-    if value < 120:
-        return f"{value:.2f} s"
-    whole = round(value)
-    return f"{whole // 60} min {whole % 60:02d} s"

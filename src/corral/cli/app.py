@@ -1,19 +1,22 @@
-"""The ``corral`` command line: one typer app, a module per command group (``cli_*.py``).
+"""The ``corral`` command line: one typer app, each command or command group in a module of its
+own, all registered here in the order ``corral --help`` lists them.
 
 Every command exits 0 on success, 1 when the operation failed, 2 on a usage error; every
 command that touches state names the store it used (see :mod:`corral.cli._common`).
 docs/cli.md lists every command.
+
+Imports the command modules of :mod:`corral.cli`; nothing imports this module but
+``corral.cli`` and ``corral/__main__.py``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from corral._version import __version__
-from corral.cli._common import DbOption
+from corral.cli import approvals, audit, check, demo, idempotency, init, kill, report, runs, show
 
 app = typer.Typer(
     name="corral",
@@ -50,69 +53,22 @@ def version() -> None:
     typer.echo(f"corral {__version__}")
 
 
-@app.command()
-def check(
-    file: Annotated[Path, typer.Argument(help="Policy file (.yaml, .yml or .json).")],
-    strict: Annotated[
-        bool,
-        typer.Option("--strict", help="Exit 1 while a checklist item or a tool's need is missing."),
-    ] = False,
-    tools: Annotated[
-        str | None, typer.Option("--tools", help="module:object holding your registered tools.")
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Validate a policy; report the readiness checklist and what each tool needs.
-
-    A tool that can write needs approvals, idempotency and audit.
-
-    A tool that can browse needs budgets, dedupe, degrade mode and host constraints.
-
-    In a multi-tenant policy, every tool needs scoped credentials.
-
-    Exit 0 valid, 2 invalid (one line per problem); --strict exits 1 while anything is missing.
-    """
-    from corral.cli.check import check_command
-
-    raise typer.Exit(check_command(file, strict=strict, tools=tools, as_json=json_out))
-
-
-@app.command()
-def demo(
-    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    seed: Annotated[
-        int, typer.Option(help="Random seed (the demo is deterministic per seed).")
-    ] = 7,
-    runs: Annotated[int, typer.Option(help="Tasks in the simulated day.")] = 200,
-    failure_rate: Annotated[
-        float,
-        typer.Option("--failure-rate", help="Share of browser calls failing during the outage."),
-    ] = 1.0,
-    db: DbOption = None,
-) -> None:
-    """Replay the browser-outage incident twice: unbounded, then governed by corral
-    (creates the store it records the governed runs in)."""
-    from corral.cli.demo import demo_command
-
-    raise typer.Exit(
-        demo_command(seed=seed, runs=runs, failure_rate=failure_rate, db=db, as_json=json_out)
-    )
-
-
-def _register_command_groups() -> None:
-    # Command groups live in modules of their own (corral/cli/<group>.py, each with
-    # `register(app)`), listed here in the order --help shows them.
-    from corral.cli import approvals, audit, idempotency, init, kill, report, runs, show
-
-    for group in (init, runs, show, audit, kill, approvals, idempotency, report):
-        group.register(app)
-    app.command("version")(version)  # listed last in --help
-
-
-_register_command_groups()
+# Commands first, then the groups (typer lists them so in --help whatever the order here).
+app.command("check")(check.check)
+app.command("demo")(demo.demo)
+app.command("init")(init.init)
+app.command("runs")(runs.runs)
+app.command("show")(show.show)
+app.command("report")(report.report)
+app.command("version")(version)
+app.add_typer(audit.audit_app, name="audit")
+app.add_typer(kill.kill_app, name="kill")
+app.add_typer(approvals.approvals_app, name="approvals")
+app.add_typer(idempotency.idempotency_app, name="idempotency")
 
 
 def main() -> None:
+    """The ``corral`` entry point."""
     app()
 
 

@@ -33,6 +33,9 @@ the model's text of that turn (its stated reason, redacted; ``null`` when it gav
 ``cost_usd`` (text) and ``effect`` the tool's declared cost and effect, and
 ``idempotency_key`` the key the write runs under once approved (``null`` for requests
 filed by an older version).
+
+Imports the approvals queue (:mod:`corral.controls.approvals`), the stores' records and
+the shared ``_common`` and ``_format``; no other command module.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast, get_args
 
 import typer
@@ -49,37 +51,30 @@ from corral.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    ActorOption,
     DbOption,
     Fail,
     JsonOption,
+    ReasonOption,
+    group,
     guarded,
     open_db,
+    quoted,
+    tenant_option,
 )
+from corral.cli._format import columns, iso
 from corral.controls import approvals
 from corral.exceptions import ApprovalError
 from corral.stores.base import ApprovalRecord, ApprovalStatus
 
 STATUSES: tuple[str, ...] = (*get_args(ApprovalStatus), "all")
 
-approvals_app = typer.Typer(
-    name="approvals",
-    help="List, show, approve and deny the writes agents are waiting for.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+approvals_app = group(
+    "approvals", help="List, show, approve and deny the writes agents are waiting for."
 )
 
-Tenant = Annotated[
-    str | None, typer.Option("--tenant", help="Only this tenant's approvals (refuse others).")
-]
-Reason = Annotated[str, typer.Option("--reason", help="Why (recorded and audited).")]
-As = Annotated[str | None, typer.Option("--as", help="Who decides (recorded; default $USER@host).")]
+Tenant = Annotated[str | None, tenant_option("Only this tenant's approvals (refuse others).")]
 ApprovalId = Annotated[str, typer.Argument(help="The approval's id (corral approvals list).")]
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``approvals`` command group to ``app``."""
-    app.add_typer(approvals_app, name="approvals")
 
 
 def _guarded(command: str, fn: Callable[[], int]) -> int:
@@ -107,7 +102,7 @@ def list_(
         if status not in STATUSES:
             raise Fail(
                 EXIT_USAGE,
-                f"--status must be one of {', '.join(STATUSES)}, got {approvals.quoted(status)}",
+                f"--status must be one of {', '.join(STATUSES)}, got {quoted(status)}",
             )
         wanted = None if status == "all" else cast(ApprovalStatus, status)
         store, url = open_db(db, announce=not json_out)
@@ -133,7 +128,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
         store, url = open_db(db, announce=not json_out)
         record = store.get_approval(approval_id)
         if record is None:
-            raise Fail(EXIT_FAILED, f"no approval {approvals.quoted(approval_id)} in {url}")
+            raise Fail(EXIT_FAILED, f"no approval {quoted(approval_id)} in {url}")
         data = row(record)
         if json_out:
             typer.echo(json.dumps({"store": url, "approval": data}, indent=2))
@@ -165,8 +160,8 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
 @approvals_app.command()
 def approve(
     approval_id: ApprovalId,
-    reason: Reason = "",
-    as_: As = None,
+    reason: ReasonOption = "",
+    as_: ActorOption = None,
     tenant: Tenant = None,
     db: DbOption = None,
 ) -> None:
@@ -179,8 +174,8 @@ def approve(
 @approvals_app.command()
 def deny(
     approval_id: ApprovalId,
-    reason: Reason = "",
-    as_: As = None,
+    reason: ReasonOption = "",
+    as_: ActorOption = None,
     tenant: Tenant = None,
     db: DbOption = None,
 ) -> None:
@@ -258,10 +253,7 @@ CONTEXT_FIELDS = ("step", "call_id", "purpose", "cost_usd", "effect", "idempoten
 
 
 def _iso(at: float | None) -> str | None:
-    if at is None or at <= 0:
-        return None
-    stamp = datetime.fromtimestamp(at, tz=UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if at is None or at <= 0 else iso(at)
 
 
 def _expiry(record: ApprovalRecord) -> str:
@@ -272,21 +264,20 @@ def _expiry(record: ApprovalRecord) -> str:
 
 
 def _table(records: list[ApprovalRecord]) -> None:
-    header = ("ID", "STATUS", "TOOL", "TENANT", "AGENT", "RUN", "EXPIRES IN", "BY")
     now = time.time()
-    lines = [
+    columns(
+        ("ID", "STATUS", "TOOL", "TENANT", "AGENT", "RUN", "EXPIRES IN", "BY"),
         (
-            r.id,
-            r.status,
-            r.tool,
-            r.tenant or "-",
-            r.agent or "-",
-            r.run_id,
-            f"{max(0.0, r.expires - now):.0f} s" if r.status == "pending" else "-",
-            r.approver or "-",
-        )
-        for r in records
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=False)]
-    for line in (header, *lines):
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            (
+                r.id,
+                r.status,
+                r.tool,
+                r.tenant or "-",
+                r.agent or "-",
+                r.run_id,
+                f"{max(0.0, r.expires - now):.0f} s" if r.status == "pending" else "-",
+                r.approver or "-",
+            )
+            for r in records
+        ),
+    )

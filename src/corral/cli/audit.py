@@ -26,6 +26,9 @@ stdout is only the records. ``verify --json`` prints one object whose shape is s
     {"store": str, "ok": bool, "checked": int, "head": int, "keyed": int,
      "keyed_from": int | null, "unkeyed": int, "anchor": int | null,
      "broken": {"seq": int, "why": str, "run_id": str | null, "kind": str | null} | null}
+
+Imports the audit chain (:mod:`corral.record.audit`) and the shared ``_common``; no other
+command module.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from corral.cli._common import (
     DbOption,
     Fail,
     JsonOption,
+    group,
     guarded,
     one_line,
     open_db,
@@ -56,23 +60,14 @@ from corral.record import audit
 
 EXIT_BROKEN = 1
 
-audit_app = typer.Typer(
-    name="audit",
-    help="The audit log: verify its hash chain, checkpoint its head, export it.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+audit_app = group(
+    "audit", help="The audit log: verify its hash chain, checkpoint its head, export it."
 )
 
 Anchor = Annotated[
     Path | None,
     typer.Option("--anchor", help="A checkpoint file: also detect truncation and rewrites."),
 ]
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``audit`` to the ``corral`` command line."""
-    app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")

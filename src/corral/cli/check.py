@@ -1,4 +1,5 @@
-"""``corral check FILE [--strict] [--tools module:object] [--json]``.
+"""``corral check FILE [--strict] [--tools module:object] [--json]``, also run on its own as
+``python -m corral.cli.check FILE ...``.
 
 Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
 problem, never a traceback; with ``--tools``, a constraint naming an argument its tool
@@ -12,11 +13,13 @@ aid (:mod:`corral.policy.decision_aid`). Warnings never change the exit code.
      "tools": [{"name", "kinds": [str], "because": [str], "needs": [str],
                 "missing": [str], "why": {need: str}, "hints": {need: str}}],
      "warnings": [str]}
+
+Touches no store. Imports the policy's schema and readiness checklist, the constraint
+check (:mod:`corral.policy.tool_args`) and the shared ``_common``; no other command module.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import importlib
@@ -26,25 +29,64 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.text import Text
 
 from corral._safe import error_text
+from corral.cli._common import JsonOption
 from corral.exceptions import PolicyError
-from corral.policy.decision_aid import ToolNeeds
-from corral.policy.readiness import Report, readiness
 from corral.policy.schema import Policy, load_policy
 from corral.policy.tool_args import constraint_problems
+
+if TYPE_CHECKING:
+    from corral.policy.decision_aid import ToolNeeds
+    from corral.policy.readiness import Report
 
 EXIT_OK = 0
 EXIT_MISSING = 1
 EXIT_INVALID = 2
 
 
+def check(
+    file: Annotated[Path, typer.Argument(help="Policy file (.yaml, .yml or .json).")],
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 while a checklist item or a tool's need is missing."),
+    ] = False,
+    tools: Annotated[
+        str | None,
+        typer.Option("--tools", help="module:object holding your registered tools."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Validate a policy; report the readiness checklist and what each tool needs.
+
+    A tool that can write needs approvals, idempotency and audit.
+
+    A tool that can browse needs budgets, dedupe, degrade mode and host constraints.
+
+    In a multi-tenant policy, every tool needs scoped credentials.
+
+    Exit 0 valid, 2 invalid (one line per problem); --strict exits 1 while anything is missing.
+    """
+    code = EXIT_INVALID
+    try:
+        code = check_command(file, strict=strict, tools=tools, as_json=json_out)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): exit quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(code)
+
+
 def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) -> int:
     """Validate ``file``, print the readiness report, and return the exit code."""
+    # The checklist loads when a policy is checked, not with every command's --help.
+    from corral.policy.readiness import readiness
+
     problems: list[str] = []
     policy: Policy | None = None
     try:
@@ -275,27 +317,12 @@ def _to_json(*, valid: bool, problems: list[str], report: Report | None = None) 
     return json.dumps(body, indent=2, ensure_ascii=not _is_utf(sys.stdout.encoding))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``corral check`` from the command line (``python -m corral.cli.check``)."""
-    parser = argparse.ArgumentParser(
-        prog="corral check", description="Validate a policy and report production readiness."
-    )
-    parser.add_argument("file", type=Path, help="policy file (.yaml, .yml or .json)")
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 while an item or a tool's need is missing"
-    )
-    parser.add_argument("--tools", metavar="MODULE:OBJECT", help="the registered tools to compare")
-    parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
-    args = parser.parse_args(argv)
-    code = EXIT_INVALID
-    try:
-        code = check_command(args.file, args.strict, args.tools, args.as_json)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head`): exit quietly, as other command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return code
+def main(argv: list[str] | None = None) -> None:
+    """``python -m corral.cli.check FILE ...``: the same command, on its own."""
+    alone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    alone.command()(check)
+    alone(args=argv, prog_name="corral check")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

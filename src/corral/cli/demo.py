@@ -1,19 +1,42 @@
 """``corral demo``: the command's face (options, the store line, JSON or the table) over the
-simulator in :mod:`corral.sim.demo`."""
+simulator in :mod:`corral.sim.demo`.
+
+Imports the simulator, the stores and :mod:`corral.cli._common`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
-from corral.cli._common import one_line, origin, say_store
+from corral.cli._common import DbOption, JsonOption, one_line, origin, say_store
 from corral.exceptions import ConfigError, StoreError
-from corral.sim.demo import new_run_prefix, render, simulate
 from corral.stores import default_url, display_url, open_store
 
 MAX_RUNS = 10_000
+
+
+def demo(
+    json_out: JsonOption = False,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (the demo is deterministic per seed).")
+    ] = 7,
+    runs: Annotated[int, typer.Option(help="Tasks in the simulated day.")] = 200,
+    failure_rate: Annotated[
+        float,
+        typer.Option("--failure-rate", help="Share of browser calls failing during the outage."),
+    ] = 1.0,
+    db: DbOption = None,
+) -> None:
+    """Replay the browser-outage incident twice: unbounded, then governed by corral
+    (creates the store it records the governed runs in)."""
+    raise typer.Exit(
+        demo_command(seed=seed, runs=runs, failure_rate=failure_rate, db=db, as_json=json_out)
+    )
 
 
 def demo_command(
@@ -43,6 +66,9 @@ def demo_command(
         for line in problems:
             print(f"corral demo: {line}", file=sys.stderr)
         return code
+    # The simulator loads when the demo runs, not with every command's --help.
+    from corral.sim.demo import new_run_prefix, render, simulate
+
     if not as_json:  # named once, as every command that touches state does (corral.cli._common)
         url = db if db is not None else default_url()
         fresh = db is None and url.startswith("memory://")

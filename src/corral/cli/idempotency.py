@@ -25,6 +25,9 @@ output names the store on stderr (``store: URL``).
      "claims": [{"key", "tool", "tenant", "status", "created", "lease_until", "outcome"}]}
 
 times are ISO 8601 UTC; ``outcome`` is the stored outcome or ``null``.
+
+Imports the stores, the breaker's probe key, the kill switch's default actor and the shared
+``_common`` and ``_format``; no other command module.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import typer
@@ -41,12 +43,19 @@ from corral.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    ActorOption,
     DbOption,
     Fail,
     JsonOption,
+    ReasonOption,
+    TenantOption,
+    group,
     guarded,
     open_db,
+    quoted,
+    tenant_option,
 )
+from corral.cli._format import columns, iso_seconds
 from corral.controls.breaker import PROBE_KEY
 from corral.controls.killswitch import default_actor
 from corral.stores import Store
@@ -57,17 +66,10 @@ OUTCOMES = ("succeeded", "failed", "not_executed")
 #: The audit event a resolution appends (``run_id`` is this word: no run did it).
 RESOLVED = "idempotency_resolved"
 
-idempotency_app = typer.Typer(
-    name="idempotency",
+idempotency_app = group(
+    "idempotency",
     help="Writes' idempotency claims: list them, settle those left unknown by a crash.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-
-Tenant = Annotated[
-    str | None, typer.Option("--tenant", help="The tenant whose key it is (default: none).")
-]
 
 
 @idempotency_app.command("list")
@@ -78,7 +80,7 @@ def list_claims(
     status: Annotated[
         str | None, typer.Option("--status", help="Only claims in this state: " + ", ".join(STATES))
     ] = None,
-    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's.")] = None,
+    tenant: TenantOption = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many, oldest first.")] = 1000,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -88,7 +90,7 @@ def list_claims(
     def go() -> int:
         if status is not None and status not in STATES:
             raise Fail(
-                EXIT_USAGE, f"--status must be one of {', '.join(STATES)}, got {_shown(status)}"
+                EXIT_USAGE, f"--status must be one of {', '.join(STATES)}, got {quoted(status)}"
             )
         if unknown and status not in (None, "unknown"):
             raise Fail(EXIT_USAGE, f"--unknown and --status {status} disagree: give one")
@@ -120,11 +122,11 @@ def resolve(
         str | None,
         typer.Option("--output", help="With succeeded: the output to replay, as JSON."),
     ] = None,
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")] = "",
-    tenant: Tenant = None,
-    actor: Annotated[
-        str | None, typer.Option("--as", help="Who resolves (recorded; default $USER@host).")
+    reason: ReasonOption = "",
+    tenant: Annotated[
+        str | None, tenant_option("The tenant whose key it is (default: none).")
     ] = None,
+    actor: ActorOption = None,
     db: DbOption = None,
 ) -> None:
     """Settle an unknown claim: the write succeeded, failed, or was not executed."""
@@ -132,7 +134,7 @@ def resolve(
     def go() -> int:
         if outcome not in OUTCOMES:
             choices = ", ".join(OUTCOMES)
-            raise Fail(EXIT_USAGE, f"--outcome must be one of {choices}, got {_shown(outcome)}")
+            raise Fail(EXIT_USAGE, f"--outcome must be one of {choices}, got {quoted(outcome)}")
         if output is not None and outcome != "succeeded":
             raise Fail(EXIT_USAGE, f"--output goes with --outcome succeeded, not {outcome}")
         if actor is not None and not actor.strip():
@@ -181,31 +183,19 @@ def _stored(outcome: str, output: str | None, reason: str) -> Mapping[str, Any] 
     return {"output": value}
 
 
-def _shown(text: str, limit: int = 80) -> str:
-    """``text`` quoted for a one-line message, cut to ``limit`` characters (an id or a key
-    comes from the command line, and may be anything)."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
-
-
 def _not_unknown(key: str, tenant: str | None, store: Store) -> str:
-    whose = f" for tenant {_shown(tenant)}" if tenant is not None else " (no tenant; see --tenant)"
+    whose = f" for tenant {quoted(tenant)}" if tenant is not None else " (no tenant; see --tenant)"
     now = time.time()
     current = store.lookup_claim(key, tenant=tenant, now=now)
     if current is None:
-        return f"no claim {_shown(key)}{whose}"
+        return f"no claim {quoted(key)}{whose}"
     if current.status == "in_flight":
         left = current.lease_until - now
         return (
-            f"claim {_shown(key)}{whose} is in flight (its process renews it; lease ends in "
+            f"claim {quoted(key)}{whose} is in flight (its process renews it; lease ends in "
             f"{left:.1f} s): only an unknown claim can be resolved"
         )
-    return f"claim {_shown(key)}{whose} is already done: only an unknown claim can be resolved"
-
-
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"claim {quoted(key)}{whose} is already done: only an unknown claim can be resolved"
 
 
 def _summary(outcome: Mapping[str, Any] | None) -> str:
@@ -223,31 +213,25 @@ def _row(c: ClaimRecord) -> dict[str, Any]:
         "tool": c.tool,
         "tenant": c.tenant,
         "status": c.status,
-        "created": _iso(c.created),
-        "lease_until": _iso(c.lease_until),
+        "created": iso_seconds(c.created),
+        "lease_until": iso_seconds(c.lease_until),
         "outcome": None if c.outcome is None else dict(c.outcome),
     }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("KEY", "TOOL", "TENANT", "STATUS", "CREATED", "LEASE UNTIL", "OUTCOME")
-    lines = [
+    columns(
+        ("KEY", "TOOL", "TENANT", "STATUS", "CREATED", "LEASE UNTIL", "OUTCOME"),
         (
-            r["key"],
-            r["tool"] or "-",
-            r["tenant"] if r["tenant"] is not None else "-",
-            r["status"],
-            r["created"],
-            r["lease_until"] if r["status"] != "done" else "-",
-            _summary(r["outcome"]),
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=False)]
-    for line in (header, *lines):
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``idempotency`` command group to ``app``."""
-    app.add_typer(idempotency_app, name="idempotency")
+            (
+                r["key"],
+                r["tool"] or "-",
+                r["tenant"] if r["tenant"] is not None else "-",
+                r["status"],
+                r["created"],
+                r["lease_until"] if r["status"] != "done" else "-",
+                _summary(r["outcome"]),
+            )
+            for r in rows
+        ),
+    )

@@ -13,6 +13,8 @@ invalid store URL.
 
 ``--json`` prints ``{"store": str, "created": bool, "schema_version": int | null}``
 (``null`` for an in-memory store, which has no schema).
+
+Imports the stores and the shared ``_common``; no other command module.
 """
 
 from __future__ import annotations
@@ -27,11 +29,6 @@ import typer
 from corral.cli._common import EXIT_FAILED, EXIT_OK, DbOption, Fail, JsonOption, guarded, open_db
 from corral.exceptions import ConfigError, StoreError, StoreMissing
 from corral.stores import SQLiteStore, Store, default_url, open_store
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``init`` to the ``corral`` command line."""
-    app.command("init")(init)
 
 
 def init(db: DbOption = None, json_out: JsonOption = False) -> None:

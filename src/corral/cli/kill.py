@@ -37,12 +37,14 @@ once the switch was set (the note says why; the switch is on, the exit code 0).
 where a switch is ``{"scope", "target", "mode", "reason", "by", "since"}``; ``mode`` is
 ``null`` for the run's default; ``since`` is when the switch was set, an ISO 8601 UTC
 time (``null`` only for a store that does not report it).
+
+Imports the kill switch and approvals queue (:mod:`corral.controls`), the stores, the
+shared ``_common``, ``_format`` and ``_reach``; no other command module.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -51,35 +53,32 @@ from corral.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    SCAN_LIMIT,
+    AgentOption,
     DbOption,
     Fail,
     JsonOption,
+    ReasonOption,
+    TenantOption,
+    actor_option,
+    group,
     guarded,
     one_line,
     open_db,
 )
-from corral.cli._reach import EFFECTS, SCAN_LIMIT, Reach, reach
+from corral.cli._format import columns, iso_seconds
+from corral.cli._reach import EFFECTS, Reach, reach
 from corral.controls import approvals, killswitch
 from corral.exceptions import StoreError
 from corral.stores.base import KillScope, KillSwitchState
 
-kill_app = typer.Typer(
-    name="kill",
-    help="Stop agents now: every run, a tenant's, an agent's, one tool, or one run.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+kill_app = group(
+    "kill", help="Stop agents now: every run, a tenant's, an agent's, one tool, or one run."
 )
 
-Tenant = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's runs.")]
-Agent = Annotated[str | None, typer.Option("--agent", help="Only this agent's runs.")]
 ToolName = Annotated[str | None, typer.Option("--tool", help="Only calls of this tool.")]
 RunId = Annotated[str | None, typer.Option("--run", help="Only this run (its id).")]
-Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
-Actor = Annotated[
-    str | None,
-    typer.Option("--as", "--by", help="Who (recorded in the audit log; default $USER@host)."),
-]
+Actor = Annotated[str | None, actor_option("--by")]
 
 
 def _scope(
@@ -122,11 +121,11 @@ def enable(
             "(default: each run's kill_switch.mode_when_enabled).",
         ),
     ] = None,
-    tenant: Tenant = None,
-    agent: Agent = None,
+    tenant: TenantOption = None,
+    agent: AgentOption = None,
     tool: ToolName = None,
     run: RunId = None,
-    reason: Reason = "",
+    reason: ReasonOption = "",
     by: Actor = None,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -250,11 +249,11 @@ def _plural(n: int, word: str) -> str:
 
 @kill_app.command()
 def disable(
-    tenant: Tenant = None,
-    agent: Agent = None,
+    tenant: TenantOption = None,
+    agent: AgentOption = None,
     tool: ToolName = None,
     run: RunId = None,
-    reason: Reason = "",
+    reason: ReasonOption = "",
     by: Actor = None,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -306,11 +305,7 @@ def status(
 
 
 def _row(sw: KillSwitchState) -> dict[str, Any]:
-    since = (
-        datetime.fromtimestamp(sw.set_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if sw.set_at > 0
-        else None
-    )
+    since = iso_seconds(sw.set_at) if sw.set_at > 0 else None
     return {
         "scope": sw.scope,
         "target": sw.target,
@@ -322,24 +317,17 @@ def _row(sw: KillSwitchState) -> dict[str, Any]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE")
-    lines = [
+    columns(
+        ("SCOPE", "TARGET", "MODE", "REASON", "BY", "SINCE"),
         (
-            r["scope"],
-            r["target"] or "-",
-            r["mode"] or "(run's default)",
-            r["reason"] or "-",
-            r["by"] or "-",
-            r["since"] or "-",
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=False)]
-    for line in (header, *lines):
-        text = "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
-        typer.echo(text.rstrip())
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``kill`` command group to ``app``."""
-    app.add_typer(kill_app, name="kill")
+            (
+                r["scope"],
+                r["target"] or "-",
+                r["mode"] or "(run's default)",
+                r["reason"] or "-",
+                r["by"] or "-",
+                r["since"] or "-",
+            )
+            for r in rows
+        ),
+    )

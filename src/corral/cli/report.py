@@ -28,7 +28,10 @@ invalid option or store URL.
 many would-be stops (or stops) a row gathers, ``runs`` how many runs they came from;
 ``first`` is the stop each affected run would have ended with (its first). Times are
 ISO 8601 in UTC. ``scanned_all`` is false when the period held more runs than one
-report reads (:data:`SCAN_LIMIT`, newest first).
+report reads (:data:`~corral.cli._common.SCAN_LIMIT`, newest first).
+
+Imports the stores, the decision reader (:mod:`corral.record.decisions`), the gateway's
+error reasons and the shared ``_common`` and ``_format``; no other command module.
 """
 
 from __future__ import annotations
@@ -46,23 +49,27 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from corral.cli._common import EXIT_OK, EXIT_USAGE, DbOption, Fail, JsonOption, guarded, open_db
-from corral.cli.runs import console, iso, print_json, read
+from corral.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    SCAN_LIMIT,
+    AgentOption,
+    DbOption,
+    Fail,
+    JsonOption,
+    TenantOption,
+    guarded,
+    open_db,
+    read,
+)
+from corral.cli._format import console, iso, print_json
 from corral.gateway.lifecycle import ERROR_REASONS
 from corral.record.decisions import guard_of
 from corral.stores import Store
 from corral.stores.base import RunRecord
 
-#: The most runs one report reads (newest first).
-SCAN_LIMIT = 10_000
-
 _PERIOD = re.compile(r"^([1-9][0-9]*)([mhdw])$")
 _PERIOD_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``report`` to the ``corral`` command line."""
-    app.command("report")(report)
 
 
 def report(
@@ -72,8 +79,8 @@ def report(
             "--since", help="Period: 30m, 24h, 7d, 2w, or an ISO 8601 date or time (UTC)."
         ),
     ] = "24h",
-    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")] = None,
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    tenant: TenantOption = None,
+    agent: AgentOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:

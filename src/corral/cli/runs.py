@@ -1,5 +1,6 @@
 """``corral runs``: the recorded runs, newest first, from any store (``corral show RUN``
-gives one run's timeline: :mod:`corral.cli.show`). Also the formatting both share.
+gives one run's timeline: :mod:`corral.cli.show`). The filters other than ``--tenant`` look
+through the newest :data:`~corral.cli._common.SCAN_LIMIT` runs.
 
 Exit codes: 0 done (an empty list included); 1 no store there, or a store that cannot
 be reached or read; 2 an invalid option or store URL (one line on stderr, never a
@@ -20,58 +21,51 @@ observe mode, the stops that would have happened (each like ``stop``); ``usd`` i
 a decimal string; times are ISO 8601 in UTC (``ended_at`` is ``null`` while
 running). A run that ended without its usage recorded (interrupted, still running)
 reports the usage its events show.
+
+Imports the stores, the stop reasons and the shared ``_common``, ``_format`` and
+``_run_rows``; no other command module.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from corral.cli._common import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    SCAN_LIMIT,
+    AgentOption,
     DbOption,
     Fail,
     JsonOption,
+    TenantOption,
     guarded,
-    one_line,
     open_db,
+    read,
 )
-from corral.cli._timeline import STATUS_STYLE, seconds
-from corral.exceptions import StoreError
+from corral.cli._format import STATUS_STYLE, console, local_time, money, print_json, seconds
+from corral.cli._run_rows import run_row
 from corral.stops import STOP_REASONS
 from corral.stores import Store
 from corral.stores.base import Event, RunRecord
 
 STATUSES = ("running", "ok", "stopped", "error", "interrupted")
-#: How many of the newest runs the filters other than ``--tenant`` look through.
-SCAN_LIMIT = 10_000
 MAX_LIMIT = 10_000
 #: Terminal columns from which ``corral runs`` also shows when each run started.
 WIDE = 140
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``runs`` to the ``corral`` command line."""
-    app.command("runs")(runs)
-
-
 def runs(
     db: DbOption = None,
-    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")] = None,
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    tenant: TenantOption = None,
+    agent: AgentOption = None,
     status: Annotated[
         str | None, typer.Option("--status", help=f"Only this status: {', '.join(STATUSES)}.")
     ] = None,
@@ -96,14 +90,6 @@ def runs(
             ),
         )
     )
-
-
-def read(what: str, url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``; a store failing to answer is a failure naming ``what``."""
-    try:
-        return fn(*args, **kwargs)
-    except StoreError as exc:
-        raise Fail(EXIT_FAILED, f"cannot read {what} from {url}: {one_line(exc)}") from None
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -202,100 +188,3 @@ def _events_if_needed(store: Store, url: str, record: RunRecord) -> list[Event] 
         return None
     events: list[Event] = read("events", url, store.events, record.id)
     return events
-
-
-def run_row(record: RunRecord, events: Sequence[Event] | None = None) -> dict[str, Any]:
-    """The JSON form of one run (see the module docstring)."""
-    usage: Mapping[str, Any] = record.usage or (usage_from_events(events) if events else {})
-    return {
-        "run_id": record.id,
-        "tenant": record.tenant,
-        "agent": record.agent,
-        "status": record.status,
-        "stop_reason": record.stop_reason,
-        "stop": dict(record.stop) if record.stop else None,
-        "steps": int(usage.get("steps", 0)),
-        "tool_calls": int(usage.get("tool_calls", 0)),
-        "input_tokens": int(usage.get("input_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
-        "usd": str(decimal(usage.get("usd"))),
-        "active_seconds": usage.get("active_seconds"),
-        "waiting_seconds": usage.get("waiting_seconds"),
-        "started_at": iso(record.started_at),
-        "ended_at": iso(record.ended_at) if record.ended_at else None,
-        "task": record.task,
-        "would_stop": [dict(w) for w in record.would_stop],
-    }
-
-
-#: Tool-call outcomes that used a call of the budget.
-_CHARGED = frozenset({"ok", "error", "timeout", "invalid_output", "not_executed"})
-
-
-def usage_from_events(events: Sequence[Event]) -> dict[str, Any]:
-    """What a run's events show it used (for a run whose usage was never written)."""
-    steps = tool_calls = tokens_in = tokens_out = 0
-    usd = Decimal(0)
-    for e in events:
-        if e.kind == "step":
-            steps += 1
-        elif e.kind == "model_call":
-            steps += 1
-            tokens_in += int(e.data.get("input_tokens") or 0)
-            tokens_out += int(e.data.get("output_tokens") or 0)
-            usd += decimal(e.data.get("usd"))
-        elif e.kind == "tool_call" and e.data.get("outcome") in _CHARGED:
-            tool_calls += 1
-            usd += decimal(e.data.get("usd"))
-    return {
-        "steps": steps,
-        "tool_calls": tool_calls,
-        "input_tokens": tokens_in,
-        "output_tokens": tokens_out,
-        "tokens": tokens_in + tokens_out,
-        "usd": str(usd),
-    }
-
-
-# -- formatting ------------------------------------------------------------------------
-def console() -> Console:
-    """A console for tables: piped output keeps rows on one line unless COLUMNS is set."""
-    probe = Console()
-    wide = not probe.is_terminal and "COLUMNS" not in os.environ
-    return Console(width=200) if wide else probe
-
-
-def print_json(value: Any) -> None:
-    """``value`` as indented JSON on stdout."""
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def decimal(value: Any) -> Decimal:
-    """``value`` as a Decimal (0 when missing or not a number)."""
-    try:
-        return Decimal(str(value)) if value is not None else Decimal(0)
-    except InvalidOperation:
-        return Decimal(0)
-
-
-def money(usd: Decimal) -> str:
-    """``$0``, ``$0.0014``, ``$2.11``, ``$1,300.00``."""
-    if usd == 0:
-        return "$0"
-    if abs(usd) < Decimal("0.01"):
-        return f"${usd:.4f}"
-    return f"${usd:,.2f}"
-
-
-def iso(at: float) -> str:
-    """Epoch seconds as ISO 8601 in UTC, to the millisecond."""
-    stamp = datetime.fromtimestamp(at, tz=UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def local_time(stamp: str) -> str:
-    """An ISO 8601 stamp as local time: ``11-24 09:12:05`` (``2025-11-24 09:12:05`` if not
-    this year)."""
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
-    same_year = moment.year == datetime.now().astimezone().year
-    return moment.strftime("%m-%d %H:%M:%S" if same_year else "%Y-%m-%d %H:%M:%S")

@@ -16,6 +16,9 @@ is ``{"guard", "reason", "why", "tool", "observed"}`` for an event that records 
 refusal, else ``null``; ``actor`` is who wrote the event (the agent, or the operator
 who decided an approval). Every kind of event has a readable line in the human output
 (:mod:`corral.cli._timeline`).
+
+Imports the stores, the decision reader (:mod:`corral.record.decisions`) and the shared
+``_common``, ``_format``, ``_run_rows`` and ``_timeline``; no other command module.
 """
 
 from __future__ import annotations
@@ -28,28 +31,33 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from corral.cli._common import EXIT_FAILED, EXIT_OK, DbOption, Fail, JsonOption, guarded, open_db
-from corral.cli._timeline import STATUS_STYLE, cut, describe, seconds
-from corral.cli.runs import (
+from corral.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
     SCAN_LIMIT,
+    DbOption,
+    Fail,
+    JsonOption,
+    guarded,
+    open_db,
+    read,
+)
+from corral.cli._format import (
+    STATUS_STYLE,
     console,
+    cut,
     decimal,
     iso,
     local_time,
     money,
     print_json,
-    read,
-    run_row,
-    usage_from_events,
+    seconds,
 )
+from corral.cli._run_rows import run_row, usage_from_events
+from corral.cli._timeline import describe
 from corral.record.decisions import Denial, DenialReader
 from corral.stores import Store
 from corral.stores.base import Event, RunRecord
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``show`` to the ``corral`` command line."""
-    app.command("show")(show)
 
 
 def show(

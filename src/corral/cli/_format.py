@@ -1,0 +1,101 @@
+"""How the commands write what they print: JSON, consoles for tables, aligned plain columns,
+money, durations and times.
+
+Imports nothing of corral: it formats values the commands have already read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import typer
+from rich.console import Console
+
+#: Status colours, shared by the tables and the timeline.
+STATUS_STYLE = {
+    "ok": "green",
+    "stopped": "yellow",
+    "error": "red",
+    "interrupted": "magenta",
+    "running": "cyan",
+}
+
+
+def console() -> Console:
+    """A console for tables: piped output keeps rows on one line unless COLUMNS is set."""
+    probe = Console()
+    wide = not probe.is_terminal and "COLUMNS" not in os.environ
+    return Console(width=200) if wide else probe
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def columns(header: Sequence[str], lines: Iterable[Sequence[object]]) -> None:
+    """``header`` and ``lines`` as plain columns, each as wide as its widest cell."""
+    rows = [tuple(header), *(tuple(line) for line in lines)]
+    widths = [max(len(str(c)) for c in col) for col in zip(*rows, strict=False)]
+    for row in rows:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def decimal(value: Any) -> Decimal:
+    """``value`` as a Decimal (0 when missing or not a number)."""
+    try:
+        return Decimal(str(value)) if value is not None else Decimal(0)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def money(usd: Decimal) -> str:
+    """``$0``, ``$0.0014``, ``$2.11``, ``$1,300.00``."""
+    if usd == 0:
+        return "$0"
+    if abs(usd) < Decimal("0.01"):
+        return f"${usd:.4f}"
+    return f"${usd:,.2f}"
+
+
+def iso(at: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC, to the millisecond."""
+    stamp = datetime.fromtimestamp(at, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_seconds(at: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC, to the second (``2025-11-24T09:12:05Z``)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def local_time(stamp: str) -> str:
+    """An ISO 8601 stamp as local time: ``11-24 09:12:05`` (``2025-11-24 09:12:05`` if not
+    this year)."""
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+    same_year = moment.year == datetime.now().astimezone().year
+    return moment.strftime("%m-%d %H:%M:%S" if same_year else "%Y-%m-%d %H:%M:%S")
+
+
+def cut(text: str, n: int) -> str:
+    """``text`` on one line, cut to ``n`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def seconds(value: float) -> str:
+    """``0 s``, ``0.4 ms``, ``1.49 s``, ``2 min 05 s``."""
+    if value == 0:
+        return "0 s"
+    if value < 1:
+        return f"{value * 1000:.1f} ms"
+    if value < 120:
+        return f"{value:.2f} s"
+    whole = round(value)
+    return f"{whole // 60} min {whole % 60:02d} s"
