@@ -37,7 +37,7 @@ SYSTEM_CLOCK = SystemClock()
 
 #: When the work being done now for a run must end (``time.monotonic()`` seconds), or
 #: None. A store clamps its waits (lock, busy handler, pool, statements) to it; output
-#: hygiene stops parsing at it. Set by the run (see ``RunState.check_time`` and
+#: hygiene stops parsing at it. Set by the run (see ``RunTime.check`` and
 #: ``RunState.store_call``) and by the drivers (``gateway/drivers.py``).
 DEADLINE: ContextVar[float | None] = ContextVar("corral_deadline", default=None)
 #: What a driver sets DEADLINE to while it runs a flow: no deadline yet (infinitely far),

@@ -34,7 +34,7 @@ abandoned, an async call is cancelled — and the flow gets a
 ``kill_switch``.
 
 While a driver runs a flow, :data:`corral.clock.DEADLINE` is set (to
-:data:`~corral.clock.DRIVEN` until the run's ``check_time`` sets its deadline), so
+:data:`~corral.clock.DRIVEN` until the run's time check (``RunTime.check``) sets its deadline), so
 that the waits on the run's behalf that follow (the store's, output hygiene) end at
 the run's deadline; it is cleared again before an approval or a pause, whose waits
 are not the run's.

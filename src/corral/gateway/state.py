@@ -165,7 +165,7 @@ class RunState:
             deadline = self.time.deadline
             if self.store_gave_up and time.monotonic() > deadline:
                 raise self._store_failed(StoreError(GAVE_UP))
-            if DEADLINE.get() != deadline:  # else check_time set it for this flow already
+            if DEADLINE.get() != deadline:  # else RunTime.check set it for this flow already
                 token = DEADLINE.set(deadline)
         try:
             return fn(*args, **kwargs)
