@@ -9,7 +9,7 @@ The run's own things (usage, limits, ids, clock, store) stay on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,30 +22,40 @@ _NONE: Mapping[str, str] = {}  # never written to
 
 
 class Call:
-    """The per-call state the chain's steps read and write."""
+    """The per-call state the chain's steps read and write.
 
-    __slots__ = (
-        "args",
-        "attempt",
-        "call_id",
-        "claimed",
-        "credentials",
-        "digest",
-        "eff",
-        "elapsed",
-        "external",
-        "idem_key",
-        "ids",
-        "key",
-        "name",
-        "probe",
-        "raw_args",
-        "renewals",
-        "run",
-        "text",
-        "tool",
-        "tool_name",
-    )
+    The class holds the defaults, so that making one sets only what the caller asked (the
+    allow path makes one per call); ``eff`` and ``tool`` are set by the chain's first step,
+    before any other reads them.
+    """
+
+    ids: Mapping[str, str] = _NONE
+    """What goes on each of the call's events to identify it (its ``call_id``, scrubbed)."""
+    tool_name = ""
+    """The name as shown (``repr`` of a name that is not a string)."""
+    eff: Effective = None  # type: ignore[assignment]  # set when admitted
+    """The tool as the run treats it."""
+    tool: Tool = None  # type: ignore[assignment]  # set when admitted
+    write = False
+    """Whether the tool is a write (set when admitted)."""
+    args: dict[str, Any]
+    """The checked arguments (set when admitted)."""
+    text = ""
+    """The canonical JSON of :attr:`args`."""
+    digest = ""
+    """Its SHA-256: keys the cache, approvals and idempotency."""
+    probe = False
+    """Whether this call is its breaker's one half-open probe."""
+    idem_key: str | None = None
+    """A write's idempotency key, once derived."""
+    credentials: Mapping[str, str] = _NONE
+    attempt = 0
+    claimed = False
+    """Whether this call holds its write's idempotency claim."""
+    renewals: Sequence[Held] = ()
+    """The claim's lease renewals (a list once there is one), released when the call ends."""
+    elapsed = 0.0
+    """How long the last attempt ran (seconds)."""
 
     def __init__(
         self,
@@ -62,23 +72,3 @@ class Call:
         self.key = key  # the caller's idempotency key
         self.call_id = call_id  # the call's identity in the run (the model's tool call)
         self.external = external  # the caller executes the tool (Run.authorize/report)
-        # What goes on each of the call's events to identify it (its call_id, scrubbed).
-        self.ids: Mapping[str, str] = _NONE
-        self.tool_name = ""  # the name as shown (repr of a name that is not a string)
-        self.eff: Effective | None = None  # the tool as the run treats it, once admitted
-        self.tool: Tool | None = None
-        self.args: dict[str, Any] = {}
-        self.text = ""  # the canonical JSON of args
-        self.digest = ""  # its SHA-256: keys the cache, approvals and idempotency
-        self.probe = False  # whether this call is its breaker's one half-open probe
-        self.idem_key: str | None = None  # a write's idempotency key, once derived
-        self.credentials: Mapping[str, str] = _NONE
-        self.attempt = 0
-        self.claimed = False  # whether this call holds its write's idempotency claim
-        # The claim's lease renewals, released when the call ends.
-        self.renewals: list[Held] = []
-        self.elapsed = 0.0  # how long the last attempt ran (seconds)
-
-    @property
-    def write(self) -> bool:
-        return self.eff is not None and self.eff.effect == "write"

@@ -42,7 +42,6 @@ from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from corral.gateway import _outputs, charges
 from corral.gateway.call import Call
 from corral.gateway.canonical import args_digest, canonical
-from corral.gateway.effective import Effective
 from corral.gateway.guards import (
     allowlist,
     approval,
@@ -101,17 +100,41 @@ def call_flow(
 
 
 def _call_flow(call: Call) -> Flow:
-    """The chain, in DESIGN.md's order."""
+    """The chain, in DESIGN.md's order: each step is a named function below."""
     _admit(call)  # kill switch, allowlist and registry, arguments, loop detection, degrade
     served = _from_memory(call)  # read cache, idempotency replay
     if served is not _NOT_SERVED:
         return served
-    _credentials(call)
-    yield from _approve(call)  # fit check, approval, kill switch and breaker again
-    attempt = yield from _attempts(call)  # reserve, claim, audit, execute, retry, settle
-    if not isinstance(attempt, Attempt):  # the write's claim found it done meanwhile
-        return _replayed(call, attempt)
-    return _observe(call, attempt)  # output checks and hygiene, outcome recorded
+    core, eff = call.run, call.eff
+    if call.tool.context_param is not None or eff.credentials:
+        _credentials(call)  # before anything is held, claimed or asked for
+    if eff.require_approval:
+        yield from _approve(call)  # fit check, approval, kill switch and breaker again
+    while True:  # the attempts: reserve, claim, audit, execute, settle; retry what may be
+        call.attempt += 1
+        core.time.check()
+        hold = core.budget.reserve(eff.charge)
+        first_claim = call.write and not call.claimed and call.idem_key is not None
+        if first_claim:
+            stored = yield from _claim(call, hold)
+            if stored is not None:  # its outcome was stored meanwhile: replayed
+                return _replayed(call, stored)
+        timeout = _start(call, hold, first_claim)
+        started = core.time.now()
+        watch = killswitch.watch(core, call.tool_name)
+        ctx = None if call.tool.context_param is None else _context(call, timeout)
+        result: Attempt = yield Execute(eff, call.args, ctx, timeout, call.idem_key, watch)
+        call.elapsed = core.time.now() - started
+        if isinstance(result.error, killswitch.Cancelled):
+            _cancelled(call, hold, result)  # a stop_all switch cancelled it in flight
+        if not isinstance(result.error, NotExecuted):  # the tool says it did not run
+            breaker.record(core, eff.breaker, result.ok, probe=call.probe)
+        if result.ok:
+            charges.settle(core.budget, hold, "ok", eff)
+            return _observe(call, result)  # output checks and hygiene, outcome recorded
+        pause = _failed(call, hold, result)  # raises unless it is retried
+        if pause > 0:
+            yield Sleep(pause)
 
 
 # -- admission: the checks before anything is held -------------------------------------
@@ -140,6 +163,7 @@ def _admit(call: Call) -> None:
     if eff is None:  # resolve refuses names no code registered: for the type checker
         eff = core.effective(tool.name)
     call.eff = eff
+    call.write = eff.effect == "write"
     args = call.args = arguments.validate(core, eff, call.raw_args)
     try:
         text = call.text = canonical(args)
@@ -156,7 +180,7 @@ def _admit(call: Call) -> None:
 def _from_memory(call: Call) -> Any:
     """The call served from the run's read cache, or a write's outcome replayed from its
     idempotency key (both free); else :data:`_NOT_SERVED`."""
-    core, eff, name = call.run, _eff(call), call.tool_name
+    core, eff, name = call.run, call.eff, call.tool_name
     if eff.cacheable:
         cached = cache.lookup(core, eff, call.digest)
         if not cache.is_miss(cached):
@@ -186,7 +210,7 @@ def _replayed(call: Call, stored: Mapping[str, Any]) -> Any:
     core.events.add("tool_call", tool=call.tool_name, outcome="replayed", key=key, **call.ids)
     core.events.flush()
     core.last_call = ("replayed", call.tool_name, key)
-    return idempotency.replay(core, _eff(call), key, stored)
+    return idempotency.replay(core, call.eff, key, stored)
 
 
 def _credentials(call: Call) -> None:
@@ -194,9 +218,7 @@ def _credentials(call: Call) -> None:
     secret provider that fails, or a credential the tenant lacks, refuses the call with
     nothing to undo, and no human is asked to approve a write that could not run (never
     observed: a tool does not run without what it needs)."""
-    eff, core = _eff(call), call.run
-    if call.tool is None or (call.tool.context_param is None and not eff.credentials):
-        return
+    eff, core = call.eff, call.run
     try:
         call.credentials = core.credentials.require(call.tool_name, eff.credentials)
     except Stop as stop:
@@ -209,9 +231,7 @@ def _credentials(call: Call) -> None:
 def _approve(call: Call) -> Generator[Any, Any, None]:
     """A write that needs approval waits for one (nothing held meanwhile); a call that
     waited meets the kill switch and its breaker again."""
-    core, eff, name = call.run, _eff(call), call.tool_name
-    if not eff.require_approval:
-        return
+    core, eff, name = call.run, call.eff, call.tool_name
     if core.observes("approvals"):
         # Named in the policy (`mode: {approvals: observe}`): the write goes ahead unapproved,
         # recorded as the denial it would have met.
@@ -250,42 +270,10 @@ def _approve(call: Call) -> Generator[Any, Any, None]:
 
 
 # -- attempts ---------------------------------------------------------------------------
-def _attempts(call: Call) -> Generator[Any, Any, Attempt | Mapping[str, Any]]:
-    """Reserve, claim (a write's first attempt), audit, execute; retry what may be
-    retried. Returns the successful attempt (settled), or the write's outcome when its
-    claim found it stored meanwhile (refunded)."""
-    core, eff = call.run, _eff(call)
-    while True:
-        call.attempt += 1
-        core.time.check()
-        hold = core.budget.reserve(eff.charge)
-        first_claim = call.write and not call.claimed and call.idem_key is not None
-        if first_claim:
-            stored = yield from _claim(call, hold)
-            if stored is not None:
-                return stored
-        timeout = _start(call, hold, first_claim)
-        started = core.time.now()
-        watch = killswitch.watch(core, call.tool_name)
-        result: Attempt = yield Execute(eff, call.args, _context(call, timeout), timeout,
-                                        call.idem_key, watch)  # fmt: skip
-        call.elapsed = core.time.now() - started
-        if isinstance(result.error, killswitch.Cancelled):
-            _cancelled(call, hold, result)
-        if not isinstance(result.error, NotExecuted):
-            breaker.record(core, eff.breaker, result.ok, probe=call.probe)
-        if result.ok:
-            charges.settle(core.budget, hold, "ok", eff)
-            return result
-        pause = _failed(call, hold, result)
-        if pause > 0:
-            yield Sleep(pause)
-
-
 def _claim(call: Call, hold: Hold) -> Generator[Any, Any, Mapping[str, Any] | None]:
     """Claim the write's key before it starts; its stored outcome when it was done
     meanwhile (the attempt refunded)."""
-    core, eff, key = call.run, _eff(call), call.idem_key
+    core, eff, key = call.run, call.eff, call.idem_key
     assert key is not None
     try:
         stored = yield from idempotency.claim(core, eff, key, call.digest, call.args)
@@ -296,7 +284,7 @@ def _claim(call: Call, hold: Hold) -> Generator[Any, Any, Mapping[str, Any] | No
         charges.settle(core.budget, hold, "not_started", eff)
         return stored
     call.claimed = True
-    call.renewals.append(idempotency.hold(core, key))
+    call.renewals = [idempotency.hold(core, key)]
     return None
 
 
@@ -304,7 +292,7 @@ def _start(call: Call, hold: Hold, first_claim: bool) -> float:
     """Ready the attempt to start: the time it may take, a write's cache cleared and its
     authorization audited. Not started when the run's time ran out since it was checked
     (refunded, a key just claimed released)."""
-    core, eff = call.run, _eff(call)
+    core, eff = call.run, call.eff
     timeout = min(eff.timeout, core.time.remaining())
     if timeout <= 0:
         charges.settle(core.budget, hold, "not_started", eff)
@@ -318,10 +306,8 @@ def _start(call: Call, hold: Hold, first_claim: bool) -> float:
     return timeout
 
 
-def _context(call: Call, timeout: float) -> ToolContext | None:
+def _context(call: Call, timeout: float) -> ToolContext:
     """The :class:`~corral.ToolContext` for a tool that takes one."""
-    if call.tool is None or call.tool.context_param is None:
-        return None
     core = call.run
     return ToolContext(
         tool=call.tool_name,
@@ -347,7 +333,7 @@ def _audit_authorization(call: Call, hold: Hold, release: bool) -> None:
         core.events.flush()
     except Stop:
         with contextlib.suppress(Stop):
-            charges.settle(core.budget, hold, "not_started", _eff(call))
+            charges.settle(core.budget, hold, "not_started", call.eff)
             if release and key is not None:
                 core.store_call(core.store.release, key, tenant=core.tenant)
         raise
@@ -358,21 +344,23 @@ def _cancelled(call: Call, hold: Hold, result: Attempt) -> NoReturn:
     failure, not counted against the dependency, a write's key in flight."""
     core, key = call.run, call.idem_key
     assert isinstance(result.error, killswitch.Cancelled)
-    charges.settle(core.budget, hold, "cancelled", _eff(call))
+    charges.settle(core.budget, hold, "cancelled", call.eff)
     core.events.add("tool_call", tool=call.tool_name, outcome="cancelled", attempt=call.attempt,
                     seconds=round(call.elapsed, 6), **call.ids)  # fmt: skip
     if call.claimed and key is not None:
         if result.pending is not None:  # abandoned in its thread: it may still write
             idempotency.keep_while(result.pending, core, key)
         else:  # cancelled where it ran: nothing will finish it, its outcome is unknown
-            idempotency.abandon(core, key, call.renewals)
+            renewals = call.renewals
+            assert isinstance(renewals, list)  # a claimed call holds its lease renewal
+            idempotency.abandon(core, key, renewals)
     core.events.flush()
     raise core.stamp(result.error.stop)
 
 
 def _failed(call: Call, hold: Hold, result: Attempt) -> float:
     """Settle and record a failed attempt; the pause before the retry, or raise."""
-    core, eff, key, name = call.run, _eff(call), call.idem_key, call.tool_name
+    core, eff, key, name = call.run, call.eff, call.idem_key, call.tool_name
     error = result.error
     if isinstance(error, NotExecuted):
         # Nothing happened, so no USD; the attempt still costs a call, so a tool that
@@ -422,7 +410,7 @@ def _may_retry(call: Call) -> bool:
     """Whether a failed attempt is tried again: within the tool's retries, by corral (not
     the caller), not the breaker's probe (its failure reopened the breaker), with the
     breaker not open and the dependency's retry budget not spent."""
-    core, eff = call.run, _eff(call)
+    core, eff = call.run, call.eff
     return (
         call.attempt <= eff.retries
         and not call.external
@@ -436,7 +424,7 @@ def _may_retry(call: Call) -> bool:
 def _observe(call: Call, result: Attempt) -> Any:
     """The output checked (schema, JSON, hygiene, secrets) and recorded: the write's key
     completed, the read cached, the call's event written."""
-    core, eff, key = call.run, _eff(call), call.idem_key
+    core, eff, key = call.run, call.eff, call.idem_key
     value = result.value
     if type(value) is not str:
         value = _outputs.plain(value)
@@ -474,10 +462,3 @@ def _rescrub(core: RunState, value: Any) -> Any:
         return core.redactor.secrets_only(value)
     except ValueError:  # nested too deep to scrub: not shown at all
         return REDACTED
-
-
-def _eff(call: Call) -> Effective:
-    """The call's tool as the run treats it (known once admitted)."""
-    eff = call.eff
-    assert eff is not None
-    return eff

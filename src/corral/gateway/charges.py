@@ -43,7 +43,10 @@ def cost(outcome: Outcome, eff: Effective) -> Charge | None:
 
 
 def settle(budget: RunBudget, hold: Hold, outcome: Outcome, eff: Effective) -> None:
-    """Settle ``hold`` at what ``outcome`` costs (or refund it)."""
+    """Settle ``hold`` at what ``outcome`` costs (:func:`cost`), or refund it."""
+    if outcome == "ok":  # the allow path, without a second call
+        budget.settle(hold, eff.charge)
+        return
     charge = cost(outcome, eff)
     if charge is None:
         budget.refund(hold)

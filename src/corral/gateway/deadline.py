@@ -30,6 +30,7 @@ class RunTime:
         "_real_clock",
         "_run",
         "_watched",
+        "_watching",
         "max_seconds",
         "policy_seconds",
         "prior_active",
@@ -48,6 +49,8 @@ class RunTime:
         self.max_seconds = float("inf")  # enforced; set by the run once its limits are known
         self.policy_seconds = float("inf")  # the policy's own, watched in observe mode
         self._watched = False
+        # In observe mode the policy's own time is watched (recorded once when passed).
+        self._watching = run.observes("budgets")
 
     @property
     def real_clock(self) -> bool:
@@ -91,8 +94,8 @@ class RunTime:
             current = DEADLINE.get()
             if current is not None and current != deadline:
                 DEADLINE.set(deadline)
-        run = self._run
-        if not self._watched and run.observes("budgets"):
+        if self._watching and not self._watched:
+            run = self._run
             used = self.prior_active + self.active_seconds()
             limit = self.policy_seconds
             if used > limit:
