@@ -29,6 +29,12 @@ class Call:
     before any other reads them.
     """
 
+    key: str | None = None
+    """The caller's idempotency key."""
+    call_id: str | None = None
+    """The call's identity in the run (the model's tool call)."""
+    external = False
+    """Whether the caller executes the tool (``Run.authorize``/``report``)."""
     ids: Mapping[str, str] = _NONE
     """What goes on each of the call's events to identify it (its ``call_id``, scrubbed)."""
     tool_name = ""
@@ -69,6 +75,10 @@ class Call:
         self.run = run
         self.name = name  # as asked (any object: the registry check refuses non-names)
         self.raw_args = raw_args
-        self.key = key  # the caller's idempotency key
-        self.call_id = call_id  # the call's identity in the run (the model's tool call)
-        self.external = external  # the caller executes the tool (Run.authorize/report)
+        # The rest only when given (the class holds the defaults).
+        if key is not None:
+            self.key = key
+        if call_id is not None:
+            self.call_id = call_id
+        if external:
+            self.external = external

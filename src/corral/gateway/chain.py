@@ -102,10 +102,11 @@ def call_flow(
 def _call_flow(call: Call) -> Flow:
     """The chain, in DESIGN.md's order: each step is a named function below."""
     _admit(call)  # kill switch, allowlist and registry, arguments, loop detection, degrade
-    served = _from_memory(call)  # read cache, idempotency replay
-    if served is not _NOT_SERVED:
-        return served
     core, eff = call.run, call.eff
+    if eff.cacheable or call.write:
+        served = _from_memory(call)  # read cache, idempotency replay
+        if served is not _NOT_SERVED:
+            return served
     if call.tool.context_param is not None or eff.credentials:
         _credentials(call)  # before anything is held, claimed or asked for
     if eff.require_approval:
