@@ -165,14 +165,14 @@ def _admit(call: Call) -> None:
         eff = core.effective(tool.name)
     call.eff = eff
     call.write = eff.effect == "write"
-    args = call.args = arguments.validate(core, eff, call.raw_args)
+    args = call.args = arguments.validate(call)
     try:
         text = call.text = canonical(args)
     except (RecursionError, ValueError, TypeError) as unwritable:  # too deep, a huge int, ...
         problem = f"arguments cannot be written as JSON: {_safe.text(unwritable)}"
         arguments.refuse(core, eff, [problem])
-    loop_detection.check(core, tool.name, text)
-    call.probe = degrade.check(core, tool.name, eff.breaker)
+    loop_detection.check(call)
+    call.probe = degrade.check(call)
     # The canonical digest keys the cache, approvals and idempotency, and every outcome
     # is audited with it.
     call.digest = args_digest(args, text=text)
@@ -183,7 +183,7 @@ def _from_memory(call: Call) -> Any:
     idempotency key (both free); else :data:`_NOT_SERVED`."""
     core, eff, name = call.run, call.eff, call.tool_name
     if eff.cacheable:
-        cached = cache.lookup(core, eff, call.digest)
+        cached = cache.lookup(call)
         if not cache.is_miss(cached):
             core.events.add("tool_call", tool=name, outcome="cached", args_digest=call.digest,
                             **call.ids)  # fmt: skip
@@ -193,14 +193,12 @@ def _from_memory(call: Call) -> Any:
             return _rescrub(core, cached) if core.redactor.has_secrets else cached
     if not call.write:
         return _NOT_SERVED
-    key = call.idem_key = idempotency.key_for(
-        core, eff, call.args, call.digest, call.key, call.call_id
-    )
+    key = call.idem_key = idempotency.key_for(call)
     if key is None:
         return _NOT_SERVED
     # Before the fit check and approval: a write already done is replayed for free,
     # without asking again; a key reused with other arguments is refused here.
-    done = idempotency.lookup(core, eff, key, call.digest, call.args)
+    done = idempotency.lookup(call, key)
     return _NOT_SERVED if done is None else _replayed(call, done)
 
 
@@ -246,9 +244,7 @@ def _approve(call: Call) -> Generator[Any, Any, None]:
         )
         return
     core.budget.fits(eff.charge)  # check the fit before anyone is asked to approve
-    req = approval.request(
-        core, eff, call.args, call.digest, key=call.idem_key, call_id=call.call_id
-    )
+    req = approval.request(call)
     core.events.flush()
     if core.approver is None:
         # The store's queue: decided by another process, consumed once.
@@ -267,7 +263,7 @@ def _approve(call: Call) -> Generator[Any, Any, None]:
         # The wait may have been long: a breaker that opened meanwhile refuses the write
         # now, rather than letting it hit the failing dependency. (A call that is the
         # half-open probe already holds the fleet's one probe slot.)
-        call.probe = degrade.check(core, name, eff.breaker)
+        call.probe = degrade.check(call)
 
 
 # -- attempts ---------------------------------------------------------------------------
@@ -277,7 +273,7 @@ def _claim(call: Call, hold: Hold) -> Generator[Any, Any, Mapping[str, Any] | No
     core, eff, key = call.run, call.eff, call.idem_key
     assert key is not None
     try:
-        stored = yield from idempotency.claim(core, eff, key, call.digest, call.args)
+        stored = yield from idempotency.claim(call, key)
     except BaseException:
         charges.settle(core.budget, hold, "not_started", eff)
         raise
@@ -442,7 +438,7 @@ def _observe(call: Call, result: Attempt) -> Any:
     if call.claimed and key is not None:
         core.store_call(core.store.complete, key, {"output": observation}, tenant=core.tenant)
     if call.write or eff.cacheable:
-        cache.store(core, eff, call.digest, observation)
+        cache.store(call, observation)
     core.last_call = ("executed", call.tool_name, key)
     core.events.add_trusted_and_flush(  # the allow path: every value below is corral's own
         "tool_call",

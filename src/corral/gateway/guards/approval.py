@@ -16,7 +16,6 @@ This module applies a channel's answer; the queue's waiting lives in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral._safe import error_text
@@ -34,21 +33,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunState
+    from corral.gateway.call import Call
+    from corral.gateway.state import RunState
 
 #: The longest stated purpose (the model's text of the turn) shown to an approver.
 PURPOSE_CHARS = 1000
 
 
-def request(
-    core: RunState,
-    eff: Effective,
-    args: Mapping[str, Any],
-    digest: str,
-    *,
-    key: str | None = None,
-    call_id: str | None = None,
-) -> ApprovalRequest:
+def request(call: Call) -> ApprovalRequest:
+    """What the approver is asked about this call."""
+    core, eff, args, digest = call.run, call.eff, call.args, call.digest
+    key, call_id = call.idem_key, call.call_id
     text = core.turn_text
     purpose = None if not text else core.redactor.text(cut(text, PURPOSE_CHARS))
     return ApprovalRequest(

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from corral.gateway.call import Call
     from corral.gateway.state import Effective, RunState
 
 
@@ -47,8 +48,10 @@ def _parse(raw: Any) -> Any:
     return dict(raw) if isinstance(raw, Mapping) else raw
 
 
-def validate(core: RunState, eff: Effective, raw: Any) -> dict[str, Any]:
-    """Validated arguments, a :class:`ToolRejected` for the model, or ``invalid_tool_args``."""
+def validate(call: Call) -> dict[str, Any]:
+    """The call's validated arguments, a :class:`ToolRejected` for the model, or
+    ``invalid_tool_args``."""
+    core, eff, raw = call.run, call.eff, call.raw_args
     name = eff.tool.name
     try:
         parsed = _parse(raw)

@@ -12,12 +12,15 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corral.gateway.state import Effective, RunState
+    from corral.gateway.call import Call
+    from corral.gateway.state import RunState
 
 _MISS = object()
 
 
-def lookup(core: RunState, eff: Effective, digest: str) -> Any:
+def lookup(call: Call) -> Any:
+    """The call's cached observation, or a miss (:func:`is_miss`)."""
+    core, eff, digest = call.run, call.eff, call.digest
     if eff.effect != "read" or not eff.cache:
         return _MISS
     hit = core.cache.get((eff.tool.name, digest))
@@ -35,7 +38,9 @@ def copy_of(value: Any) -> Any:
     return value if value is None or isinstance(value, str | int | float) else copy.deepcopy(value)
 
 
-def store(core: RunState, eff: Effective, digest: str, value: Any) -> None:
+def store(call: Call, value: Any) -> None:
+    """Keep the call's observation (a write clears the cache instead)."""
+    core, eff, digest = call.run, call.eff, call.digest
     if eff.effect == "write":
         core.cache.clear()
     elif eff.cache and eff.cache_ttl > 0:

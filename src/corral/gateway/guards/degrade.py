@@ -15,12 +15,13 @@ from corral.controls import breaker
 from corral.exceptions import Stop, ToolRejected
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunState
+    from corral.gateway.call import Call
 
 
-def check(core: RunState, name: str, dependency: str | None = None) -> bool:
-    """Refuse a call of a degraded tool (its breaker: ``dependency``, else its name); return
-    whether this call is the half-open probe."""
+def check(call: Call) -> bool:
+    """Refuse a call of a degraded tool (its breaker: its ``dependency``, else its name);
+    return whether this call is the half-open probe."""
+    core, name, dependency = call.run, call.tool_name, call.eff.breaker
     decision, state = breaker.admit(core, dependency or name)
     if decision != "open":
         return decision == "probe"

@@ -51,6 +51,7 @@ from corral.stores import leases
 from corral.tools import ToolContext
 
 if TYPE_CHECKING:
+    from corral.gateway.call import Call
     from corral.gateway.state import Effective, RunState
 
 #: The first pause while waiting for a claim in flight; it doubles up to :data:`POLL_MAX`.
@@ -63,15 +64,10 @@ Reconcile = Callable[[str, Mapping[str, Any], ToolContext], Any]
 """A tool's ``reconcile`` hook: ``(key, arguments, ctx)`` → the outcome, or raises."""
 
 
-def key_for(
-    core: RunState,
-    eff: Effective,
-    args: Mapping[str, Any],
-    digest: str,
-    given: str | None,
-    call_id: str | None = None,
-) -> str:
+def key_for(call: Call) -> str:
     """The idempotency key of a write (see the module docstring for the order)."""
+    core, eff, args, digest = call.run, call.eff, call.args, call.digest
+    given, call_id = call.key, call.call_id
     if given:
         return f"caller:{eff.tool.name}:{given}"
     fields = eff.tool.idempotency_key_from
@@ -86,9 +82,7 @@ def key_for(
     return f"run:{core.id}:{eff.tool.name}:{digest}"
 
 
-def lookup(
-    core: RunState, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
-) -> Mapping[str, Any] | None:
+def lookup(call: Call, key: str) -> Mapping[str, Any] | None:
     """Before approval: the outcome of ``key`` if it is done (to replay), else ``None``.
 
     A key used with other arguments is refused here, before anyone is asked; so is an
@@ -97,6 +91,7 @@ def lookup(
     replayed without a second approval (one the hook finds not done is approved, then
     taken over).
     """
+    core, eff, digest, args = call.run, call.eff, call.digest, call.args
     record = core.store_call(core.store.lookup_claim, key, tenant=core.tenant, now=wall(core))
     if record is None:
         return None
@@ -113,15 +108,14 @@ def lookup(
     return record.outcome if record.status == "done" else None
 
 
-def claim(
-    core: RunState, eff: Effective, key: str, digest: str, args: Mapping[str, Any]
-) -> Generator[Any, Any, Mapping[str, Any] | None]:
+def claim(call: Call, key: str) -> Generator[Any, Any, Mapping[str, Any] | None]:
     """Claim ``key``: ``None`` to go ahead (this call holds it), or a stored outcome to replay.
 
     A generator: it yields :class:`~corral.gateway.chain.Sleep` while it waits for a claim in
     flight. Raises the run's :class:`Stop` for a claim still in flight or unknown.
     """
 
+    core, eff, digest, args = call.run, call.eff, call.digest, call.args
     name = eff.tool.name
     started = core.time.now()
     wait_until = started + max(0.0, min(eff.timeout, core.time.remaining()))

@@ -17,10 +17,12 @@ from corral.exceptions import Stop, ToolRejected
 from corral.gateway.guards.denial import count_mistake
 
 if TYPE_CHECKING:
-    from corral.gateway.state import RunState
+    from corral.gateway.call import Call
 
 
-def check(core: RunState, tool: str, canonical_args: str) -> None:
+def check(call: Call) -> None:
+    """Refuse (or, observed, record) the call when it repeats too often in the run."""
+    core, tool, canonical_args = call.run, call.tool.name, call.text
     rule = core.policy.loops
     key = (tool, canonical_args)
     recent = core.recent_calls
