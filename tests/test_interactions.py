@@ -36,7 +36,7 @@ from corral.stores.base import ScopedCharge, Store
 from corral.stores.leases import Renewer
 from corral.stores.sqlite import SQLiteStore
 from corral.testing import MemoryStore
-from crash import effects, pay_tool
+from crash import effects, pay_tool, quick_leases
 from crash import pg as crash_pg
 
 WRITE = "refund.send"
@@ -82,7 +82,7 @@ def sqlite(tmp_path: Path) -> Iterator[Shared]:
 def short_leases() -> corral.Services:
     """Services whose idempotency claims are leased for 1 s (renewed every 0.2 s), so a
     dead process's claim becomes unknown quickly; given to the runs of the tests that ask."""
-    return corral.Services(renewer=Renewer(interval=0.2, lease=1.0))
+    return quick_leases(1.0, every=0.2)
 
 
 def policy(*limits: dict[str, Any], **extra: Any) -> corral.Policy:
@@ -482,14 +482,12 @@ DYING = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import corral
-import corral.stores.leases
 from corral.stores import open_store
-from crash import DyingStore, pay_tool
+from crash import DyingStore, pay_tool, quick_leases
 from pathlib import Path
 
 url, path, order, point, hook = sys.argv[2:7]
-from corral.stores.leases import Renewer
-quick = corral.Services(renewer=Renewer(interval=0.2, lease=1.0))  # its claim lapses quickly
+quick = quick_leases(1.0, every=0.2)  # the claim it leaves lapses quickly
 policy = corral.Policy.from_dict({"tools": {"allow": ["pay.send"]},
     "writes": {"require_approval": True, "approval_timeout_seconds": 30}})
 tool = pay_tool(Path(path), point=point, reconcile=hook == "1")

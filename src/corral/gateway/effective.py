@@ -62,7 +62,6 @@ def effective(policy: Policy, tool: Tool, name: str) -> Effective:
     """Tool ``name`` as a run under ``policy`` treats it: the tool's declaration merged with
     the policy's spec (the stricter wins; a write stays a write)."""
     spec = policy.spec(name)
-    p = policy
     effect = "write" if "write" in (tool.effect, spec.effect if spec else None) else "read"
     if spec is not None and spec.effect == "read" and not tool.effect_declared:
         effect = "read"
@@ -72,10 +71,10 @@ def effective(policy: Policy, tool: Tool, name: str) -> Effective:
     require = (
         spec.require_approval
         if spec and spec.require_approval is not None
-        else (effect == "write" and p.writes.require_approval)
+        else (effect == "write" and policy.writes.require_approval)
     )
     cost = spec.cost_usd if spec and spec.cost_usd is not None else tool.cost_usd
-    threshold = p.kill_switch.expensive_cost_usd
+    threshold = policy.kill_switch.expensive_cost_usd
     expensive = bool(spec.expensive if spec and spec.expensive is not None else tool.expensive)
     if threshold is not None and cost >= threshold:
         expensive = True
@@ -90,10 +89,14 @@ def effective(policy: Policy, tool: Tool, name: str) -> Effective:
         output_schema=(spec.output_schema if spec and spec.output_schema else tool.output_schema),
         constraints=spec.constraints if spec else {},
         max_output_chars=(
-            spec.max_output_chars if spec and spec.max_output_chars else p.observations.max_chars
+            spec.max_output_chars
+            if spec and spec.max_output_chars
+            else policy.observations.max_chars
         ),
         strip_html=(
-            spec.strip_html if spec and spec.strip_html is not None else p.observations.strip_html
+            spec.strip_html
+            if spec and spec.strip_html is not None
+            else policy.observations.strip_html
         ),
         cache=spec.cache if spec else True,
         cache_ttl=spec.cache_ttl_seconds if spec else 60.0,

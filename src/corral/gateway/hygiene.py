@@ -145,7 +145,7 @@ def html_to_text(
     until = _parse_until(DEADLINE.get())
     parser = _Visible()
     read = 0
-    try:
+    with contextlib.suppress(Exception):  # markup the parser rejects: keep the text read
         while read < limit:
             end = min(limit, read + _CHUNK)
             parser.feed(text[read:end])
@@ -154,8 +154,6 @@ def html_to_text(
                 break  # enough text: the rest would be cut anyway
             if time.monotonic() >= until or len(parser.rawdata) > _MAX_PENDING:
                 break
-    except Exception:  # markup the parser rejects: keep the text read before it
-        pass
     unread = len(text) - read
     if unread == 0:
         rest = parser.rawdata

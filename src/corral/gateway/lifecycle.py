@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from corral.budgets.meter import Usage, limits_from_policy
+from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
 from corral.gateway.state import GAVE_UP, RunState
@@ -76,8 +76,7 @@ def open_run(policy: Policy, *, run_id: str | None = None, **settings: Any) -> R
     prior = None if existing is None else prior_usage(run, existing)
     if existing is not None:
         run.resumed = True
-        caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
-        run.set_limits(limits_from_policy(policy.budgets, caps), prior=prior)
+        run.set_limits(run.budget.limits, prior=prior)  # counted from the stored usage
     if prior is None:
         run.time.resume_from(0.0, 0.0)  # the run's time starts now, not before the load
     begin(run, existing)

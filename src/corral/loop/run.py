@@ -84,10 +84,8 @@ class Run(RunBase):
             self._core,
             name,
             {} if args is None else args,
-            key=None
-            if idempotency_key is None
-            else text_or_none("idempotency_key", idempotency_key),
-            call_id=None if call_id is None else text_or_none("call_id", call_id),
+            key=text_or_none("idempotency_key", idempotency_key),
+            call_id=text_or_none("call_id", call_id),
         )
         return run_sync(flow, approver=self._core.approver, clock=self._core.clock)
 
@@ -115,10 +113,8 @@ class Run(RunBase):
             core,
             name,
             {} if args is None else args,
-            key=None
-            if idempotency_key is None
-            else text_or_none("idempotency_key", idempotency_key),
-            call_id=None if call_id is None else text_or_none("call_id", call_id),
+            key=text_or_none("idempotency_key", idempotency_key),
+            call_id=text_or_none("call_id", call_id),
             external=True,
         )
         try:
@@ -196,10 +192,8 @@ class AsyncRun(RunBase):
             self._core,
             name,
             {} if args is None else args,
-            key=None
-            if idempotency_key is None
-            else text_or_none("idempotency_key", idempotency_key),
-            call_id=None if call_id is None else text_or_none("call_id", call_id),
+            key=text_or_none("idempotency_key", idempotency_key),
+            call_id=text_or_none("call_id", call_id),
         )
         return await run_async(flow, approver=self._core.approver, clock=self._core.clock)
 
@@ -217,10 +211,8 @@ class AsyncRun(RunBase):
             core,
             name,
             {} if args is None else args,
-            key=None
-            if idempotency_key is None
-            else text_or_none("idempotency_key", idempotency_key),
-            call_id=None if call_id is None else text_or_none("call_id", call_id),
+            key=text_or_none("idempotency_key", idempotency_key),
+            call_id=text_or_none("call_id", call_id),
             external=True,
         )
         try:

@@ -241,7 +241,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _LongNumber(ValueError):
-    pass
+    """A number with more digits than a policy may hold (``MAX_INT_DIGITS``)."""
 
 
 def _bounded_int(text: str) -> int:

@@ -9,8 +9,9 @@ the records.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import get_args
+from typing import Any, get_args
 
 from corral._safe import shown
 from corral.exceptions import ConfigError
@@ -100,3 +101,32 @@ def retry_fits(window: DegradeWindow, *, ratio: float, floor: int) -> bool:
     One rule for every backend that checks in Python (PostgreSQL checks the same in SQL).
     """
     return window.retries + 1 <= ratio * window.calls + floor
+
+
+def tenant_key(tenant: str | None) -> str:
+    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
+    return "" if tenant is None else ":" + tenant
+
+
+def claim_filter(
+    of_tenant: str,
+    by_status: Mapping[str, str],
+    *,
+    tenant: str | None,
+    status: ClaimState | None,
+    now: float,
+) -> tuple[list[str], list[Any]]:
+    """The conditions (in a backend's own SQL: ``of_tenant``, ``by_status``) and their
+    parameters that list the claims of ``tenant`` in ``status`` (None: any); the unknown
+    and in-flight conditions compare the lease with ``now``."""
+    where: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        where.append(of_tenant)
+        params.append(tenant_key(tenant))
+    condition = None if status is None else by_status.get(status)
+    if condition is not None:
+        where.append(condition)
+        if status != "done":
+            params.append(now)
+    return where, params

@@ -8,6 +8,7 @@ Imports the gateway's hygiene and the per-call state.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from corral import _safe
@@ -64,11 +65,10 @@ def _let_through(value: Any, found: OutputProblem, eff: Effective, scrub: Scrubb
     as plain JSON when it is one (a schema or size problem), else its text form; scrubbed
     all the same (before any cut), capped, and never raising."""
     if found.detail in ("schema", "output_too_large"):
-        try:
+        # Not JSON after all, or too deep to scrub: shown as text below.
+        with contextlib.suppress(Exception):
             shown = _outputs.as_json(_outputs.plain(value))
             return shown if scrub is None else scrub.secrets_only(shown)
-        except Exception:  # not JSON after all, or too deep to scrub: shown as text below
-            pass
     # Read well past the cap, so that the cut below (after scrubbing) is what bounds it and
     # no secret straddles a cut made before the scrubbing.
     raw = _safe.text(value, 2 * eff.max_output_chars + 4096)

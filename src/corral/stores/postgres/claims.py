@@ -13,7 +13,7 @@ from typing import Any
 
 from corral.exceptions import StoreError
 from corral.stores.postgres.connection import ATTEMPTS, Conn, PostgresConnection
-from corral.stores.postgres.rows import claim_record, jsonb, tenant_key
+from corral.stores.postgres.rows import claim_record, jsonb
 from corral.stores.postgres.sql import (
     CLAIM,
     CLAIM_OF_TENANT,
@@ -28,6 +28,7 @@ from corral.stores.postgres.sql import (
     list_claims,
 )
 from corral.stores.records import Claim, ClaimRecord, ClaimState
+from corral.stores.rules import claim_filter, tenant_key
 
 
 class Claims(PostgresConnection):
@@ -91,15 +92,9 @@ class Claims(PostgresConnection):
         tenant: str | None = None,
         limit: int = 1000,
     ) -> list[ClaimRecord]:
-        where, params = list[str](), list[Any]()
-        if tenant is not None:
-            where.append(CLAIM_OF_TENANT)
-            params.append(tenant_key(tenant))
-        condition = None if status is None else CLAIM_STATUS.get(status)
-        if condition is not None:
-            where.append(condition)
-            if status != "done":
-                params.append(now)
+        where, params = claim_filter(
+            CLAIM_OF_TENANT, CLAIM_STATUS, tenant=tenant, status=status, now=now
+        )
         query = list_claims(where)
         params.append(limit)
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())

@@ -16,6 +16,7 @@ server's ``statement_timeout`` only.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from contextvars import ContextVar
@@ -58,22 +59,19 @@ class BoundedConnection(psycopg.Connection[Any]):
             if until is None:
                 return super().wait(gen, interval, timeout)
             left = max(0.0, until - time.monotonic())
-            try:
+            with contextlib.suppress(_WaitTimeout):  # not answered in time: cancelled below
                 return super().wait(gen, interval, left if timeout is None else min(timeout, left))
-            except _WaitTimeout:
-                pass
             # The statement runs on: cancel it, so that the server rolls it back, and take
             # the answer it then gives (its result if it ended first, else QueryCanceled).
             self.cancel_sent = True
             try:
                 self.cancel_safe(timeout=CANCEL_WAIT)
-            except Exception:
-                pass  # the server does not take the cancellation either: it is not answering
-            else:
-                try:
+                cancelled = True
+            except Exception:  # the server does not take the cancellation either
+                cancelled = False
+            if cancelled:
+                with contextlib.suppress(_WaitTimeout):  # nor its answer to it: not answering
                     return super().wait(gen, interval, CANCEL_WAIT)
-                except _WaitTimeout:
-                    pass
             self.pgconn.finish()  # nothing more can be said on it
             raise NoAnswer(f"the server gave no answer within {left:.3g} s")
 

@@ -44,11 +44,6 @@ def jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=dumps)
 
 
-def tenant_key(tenant: str | None) -> str:
-    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
-    return "" if tenant is None else ":" + tenant
-
-
 def run_columns(values: Mapping[str, Any]) -> dict[str, Any]:
     """RunRecord fields → column values (the owner spans four columns; JSON as JSONB)."""
     out: dict[str, Any] = {}

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.stores.records import Claim, ClaimRecord, ClaimState
+from corral.stores.rules import claim_filter, tenant_key
 from corral.stores.sqlite.connection import SQLiteConnection
-from corral.stores.sqlite.rows import claim_record, dumps, tenant_key
+from corral.stores.sqlite.rows import claim_record, dumps
 from corral.stores.sqlite.sql import (
     CLAIM_HELD,
     CLAIM_OF_TENANT,
@@ -86,15 +87,9 @@ class Claims(SQLiteConnection):
         tenant: str | None = None,
         limit: int = 1000,
     ) -> list[ClaimRecord]:
-        where, params = list[str](), list[Any]()
-        if tenant is not None:
-            where.append(CLAIM_OF_TENANT)
-            params.append(tenant_key(tenant))
-        condition = None if status is None else CLAIM_STATUS.get(status)
-        if condition is not None:
-            where.append(condition)
-            if status != "done":
-                params.append(now)
+        where, params = claim_filter(
+            CLAIM_OF_TENANT, CLAIM_STATUS, tenant=tenant, status=status, now=now
+        )
         with self._locked() as conn:
             rows = conn.execute(list_claims(where), (*params, limit)).fetchall()
         return [claim_record(row, now) for row in rows]

@@ -70,11 +70,6 @@ def loads(text: Any) -> Any:
         return text
 
 
-def tenant_key(tenant: str | None) -> str:
-    """``''`` for no tenant, ``':' + tenant`` otherwise: the two never collide."""
-    return "" if tenant is None else ":" + tenant
-
-
 def run_record(row: Sequence[Any]) -> RunRecord:
     return RunRecord(
         id=row[0],
