@@ -20,7 +20,7 @@ import corral
 from corral.exceptions import ConfigError, StoreError
 from corral.record.audit import verify
 from corral.stores import open_store, sqlite_url
-from corral.stores.base import Event, RunRecord
+from corral.stores.base import BreakerState, Event, RunRecord
 from corral.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
@@ -142,6 +142,21 @@ def test_a_group_that_cannot_be_written_fails_the_next_append_then_is_written(
     assert [e.seq for e in store.events("r")] == [1, 2, 3]
     assert verify(store).ok
     store.close()
+
+
+def test_a_breaker_tripped_elsewhere_is_seen_within_the_window(tmp_path: Path) -> None:
+    """Group commit reuses a breaker's row for the window: another process's change shows
+    within it, the store object's own change at once."""
+    path = tmp_path / "g.db"
+    with SQLiteStore(path, commit="group", window=0.2) as grouped, SQLiteStore(path) as other:
+        assert grouped.breaker("t", now=0.0).state == "closed"
+        other.set_breaker("t", BreakerState(state="open", until=10**10))
+        deadline = time.monotonic() + 10
+        while grouped.breaker("t", now=0.0).state != "open":
+            assert time.monotonic() < deadline, "the tripped breaker was never seen"
+            time.sleep(0.02)
+        grouped.set_breaker("t", BreakerState(state="closed"))
+        assert grouped.breaker("t", now=0.0).state == "closed"
 
 
 @pytest.mark.parametrize(
