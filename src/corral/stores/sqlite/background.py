@@ -5,8 +5,10 @@ calls) from inside whichever commit first finds the log over its threshold: one 
 few hundred waited milliseconds for it. The store's connection checkpoints only as a
 backstop (:data:`BACKSTOP_PAGES`); once :data:`CHECKPOINT_COMMITS` commits were made since
 the last checkpoint, this thread runs a ``PASSIVE`` checkpoint on a connection of its own,
-which never blocks a writer (they keep appending to the log meanwhile; the next writer
-after a complete checkpoint starts the log over).
+which never blocks a writer (they keep appending to the log meanwhile), repeated up to
+:data:`PASSES` times until it is complete, so that the next writer starts the log over.
+Writers that never pause outrun it: their log grows to the backstop, which then
+checkpoints inside a commit as SQLite always did (a quarter as often as by default).
 
 In group-commit mode (``commit="group"``) the same thread commits the events buffered by
 :meth:`~corral.stores.sqlite.events.Events.append_events` once the oldest is ``window``
@@ -42,7 +44,10 @@ log = logging.getLogger("corral")
 CHECKPOINT_COMMITS = 250
 #: The store connection's own checkpoint threshold (pages), reached only when this thread
 #: cannot keep up.
-BACKSTOP_PAGES = 8000
+BACKSTOP_PAGES = 4000
+#: Checkpoints in a row while writers keep appending meanwhile: only a complete one lets
+#: the next writer start the log over (else it grows until the backstop).
+PASSES = 4
 #: How long the idle thread sleeps before it looks whether its store still exists (seconds).
 IDLE_SECONDS = 1.0
 
@@ -84,7 +89,10 @@ class Background:
                 self._conn = sqlite3.connect(
                     uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
                 )
-            self._conn.execute(CHECKPOINT).fetchall()
+            for _ in range(PASSES):
+                busy, log_frames, done = self._conn.execute(CHECKPOINT).fetchone()
+                if busy or done >= log_frames:
+                    break  # another checkpoints, or complete: the next writer starts over
         except sqlite3.Error as exc:
             log.debug("corral: a background checkpoint of %s failed: %s", self.path, exc)
 

@@ -128,6 +128,7 @@ class SQLiteConnection:
         # Group commit: the events held (under _held_lock), since when (monotonic), and
         # why the thread last failed to write them (raised by the next append).
         self.commit = commit
+        self._grouped = commit == "group"
         self.window = float(window)
         self._held: list[Event] = []
         self._held_since = 0.0
@@ -336,11 +337,10 @@ class SQLiteConnection:
                 self._bg = Background(self, self.path)
             return self._bg
 
-    def _committed(self) -> None:
-        """Count a commit; wake the thread to checkpoint every CHECKPOINT_COMMITS."""
-        self._commits += 1
-        if self._commits >= CHECKPOINT_COMMITS and self._watch is not None:
-            self._commits = 0
+    def _checkpoint_soon(self) -> None:
+        """Have the thread checkpoint (every CHECKPOINT_COMMITS commits: see _Write)."""
+        self._commits = 0
+        if self._watch is not None:
             self._checkpoint_due = True
             self._background().wake()
 
@@ -446,9 +446,12 @@ class _Write(_Locked):
     ) -> None:
         try:
             if exc is None:
-                cast(sqlite3.Cursor, self._store._cur).execute(COMMIT)
+                store = self._store
+                cast(sqlite3.Cursor, store._cur).execute(COMMIT)
                 self._taken = None
-                self._store._committed()
+                store._commits += 1
+                if store._commits >= CHECKPOINT_COMMITS:
+                    store._checkpoint_soon()
             else:
                 self._undo()
         except BaseException as failed:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from corral.stores.records import AuditHead, AuditRecord, Event
+from corral.stores.sqlite.audit import append
 from corral.stores.sqlite.connection import SQLiteConnection
 from corral.stores.sqlite.rows import audit_record
 from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, RUN_EVENTS
@@ -50,9 +51,17 @@ class Events(SQLiteConnection):
         group-commit mode a read's outcome is held and written within the window."""
         if not events:
             return
-        if self.commit == "group" and deferrable(events):
+        if self._grouped and deferrable(events):
             self._hold(events)
             return
+        mono = time.monotonic()
+        beats = self._beats
+        if len(events) == 1:  # the allow path's case: inline, no list of runs built
+            run_id = events[0].run_id
+            if mono - beats.get(run_id, _NEVER) < HEARTBEAT_SECONDS:
+                with self._write():
+                    append(cast(sqlite3.Cursor, self._cur), self._sealer, events)
+                return
         due = self._beats_due(events)
         if due:  # at most once a second per run: also look at the files
             self._check_file()
