@@ -35,14 +35,14 @@ inside the write transaction (another process may have moved it since). Appendin
 also renews the runs' heartbeat, at most once per
 :data:`~corral.stores.sqlite.events.HEARTBEAT_SECONDS`.
 
-The log is checkpointed by a daemon thread (:mod:`.background`), not inside a caller's
-commit. ``commit="group"`` (URL ``?commit=group&window_ms=N``) holds the outcomes of read
-tools and commits them in one transaction within the window (:mod:`.events`); everything
-else, a write's authorization first, stays synchronous.
+``commit="group"`` (URL ``?commit=group&window_ms=N``) holds the outcomes of read tools
+and commits them in one transaction within the window, from a daemon thread
+(:mod:`.events`, :mod:`.background`); everything else, a write's authorization first,
+stays synchronous.
 
 The package: :mod:`.sql` holds every statement, :mod:`.rows` the conversions between
 rows and records, :mod:`.connection` the connection and its transactions,
-:mod:`.audit` the sealing of appended events, :mod:`.background` the daemon thread;
+:mod:`.audit` the sealing of appended events, :mod:`.background` the group-commit thread;
 one module per concern of the :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`,
 :mod:`.events`, :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`,
 :mod:`.breakers`) holds that part of :class:`SQLiteStore` (:mod:`.store`). It

@@ -14,7 +14,6 @@ WAL = "PRAGMA journal_mode=WAL"
 SYNCHRONOUS = "PRAGMA synchronous={}"
 BUSY_TIMEOUT = "PRAGMA busy_timeout = {}"
 AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = {}"
-CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"  # never waits for, nor blocks, a writer
 BEGIN = "BEGIN IMMEDIATE"  # takes the write lock before the transaction reads anything
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
