@@ -68,7 +68,9 @@ _MAX_BEATS = 4096
 #: call's commits write 3 to 10 pages); 4000 makes that four times rarer, below the p99 of
 #: reads and writes alike, for a log of at most 16 MB whose index still fits the first
 #: 32 KB block of the ``-shm`` file (4096 frames). A checkpoint costs about the same
-#: whatever the log's length: it copies each page changed once, and syncs twice.
+#: whatever the log's length: it copies each page changed once, and syncs twice. Only with
+#: ``synchronous=NORMAL``: with ``FULL`` every commit syncs the log, and syncing it while it
+#: grows (over a longer stretch) cost more than the rarer checkpoints saved.
 CHECKPOINT_PAGES = 4000
 #: Commit modes: each append committed before it returns, or reads' events in groups.
 COMMIT_MODES = ("each", "group")
@@ -161,7 +163,8 @@ class SQLiteConnection:
         try:
             if self.path != ":memory:":
                 conn.execute(WAL)
-                conn.execute(AUTOCHECKPOINT.format(CHECKPOINT_PAGES))
+                if self.synchronous == "NORMAL":
+                    conn.execute(AUTOCHECKPOINT.format(CHECKPOINT_PAGES))
             conn.execute(SYNCHRONOUS.format(self.synchronous))
             migrate(
                 conn, SQLITE, where=self._where, after={2: partial(seal_unsealed, self._sealer)}
