@@ -5,11 +5,13 @@ chain that verifies and a run that says it was interrupted."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 import corral
-from corral.exceptions import ConfigError, StoreError
+from corral.exceptions import ConfigError, StoreError, StoreGone
 from corral.record.audit import verify
 from corral.stores import open_store, sqlite_url
 from corral.stores.base import BreakerState, Event, RunRecord
@@ -157,6 +159,122 @@ def test_a_breaker_tripped_elsewhere_is_seen_within_the_window(tmp_path: Path) -
             time.sleep(0.02)
         grouped.set_breaker("t", BreakerState(state="closed"))
         assert grouped.breaker("t", now=0.0).state == "closed"
+
+
+def test_a_removed_file_fails_the_next_append(tmp_path: Path) -> None:
+    """The file removed with events held: the group is never written anywhere, and the next
+    append raises StoreGone (the run stops), as every call does once the file is gone."""
+    path = tmp_path / "g.db"
+    store = SQLiteStore(path, commit="group", window=0.01)
+    store.create_run(RunRecord(id="r"))
+    store.append_events([Event(run_id="r", seq=1, kind="tool_call", at=1.0, data={})])
+    os.remove(path)
+    deadline = time.monotonic() + 10
+    while store._held_error is None:
+        assert time.monotonic() < deadline, "the group commit never failed"
+        time.sleep(0.01)
+    with pytest.raises(StoreGone):
+        store.append_events([Event(run_id="r", seq=2, kind="tool_call", at=2.0, data={})])
+    assert not path.exists()  # nothing made a new file there
+    store.close()  # logs the events it could not write (every call since raised StoreGone)
+    assert not path.exists()
+
+
+def group_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "corral-sqlite-group-commit")
+
+
+def test_the_thread_ends_with_its_store(tmp_path: Path) -> None:
+    """One thread per store holding events; it ends when the store closes, or within a
+    second when the store is dropped unclosed."""
+    before = group_threads()
+    stores = [SQLiteStore(tmp_path / f"{i}.db", commit="group", window=0.01) for i in range(3)]
+    for store in stores:
+        store.append_events([Event(run_id="r", seq=1, kind="tool_call", at=1.0, data={})])
+    assert group_threads() == before + 3
+    stores.pop().close()
+    dropped = stores.pop()
+    dropped.flush()
+    del dropped, store
+    gc.collect()  # a store is in reference cycles (its leases renew through it)
+    deadline = time.monotonic() + 10
+    while group_threads() > before + 1:
+        assert time.monotonic() < deadline, "a thread outlived its store"
+        time.sleep(0.05)
+    stores.pop().close()
+    while group_threads() > before:
+        assert time.monotonic() < deadline, "a thread outlived its store"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_writes_only_its_own_events(tmp_path: Path) -> None:
+    """Events held when the process forks are the parent's: the child writes its own only,
+    the parent writes its own once."""
+    path = tmp_path / "g.db"
+    store = SQLiteStore(path, commit="group", window=60.0)
+    store.create_run(RunRecord(id="parent"))
+    store.create_run(RunRecord(id="child"))
+    store.append_events([Event(run_id="parent", seq=1, kind="tool_call", at=1.0, data={})])
+    pid = os.fork()
+    if pid == 0:  # the child: its own event, written when it closes the store
+        code = 1
+        try:
+            store.append_events([Event(run_id="child", seq=1, kind="tool_call", at=2.0, data={})])
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.close()
+    with SQLiteStore(path) as again:
+        assert [e.seq for e in again.events("parent")] == [1]
+        assert [e.seq for e in again.events("child")] == [1]
+        assert verify(again).ok
+
+
+def append_grouped(path: str, name: str, count: int, out: Any) -> None:
+    """Child: append ``count`` reads' events to run ``name`` in group mode, then close."""
+    store = SQLiteStore(path, commit="group", window=0.002)
+    store.create_run(RunRecord(id=name))
+    for seq in range(1, count + 1):
+        store.append_events(
+            [Event(run_id=name, seq=seq, kind="tool_call", at=time.time(), data={"n": seq})]
+        )
+    store.close()
+    out.send(count)
+    out.close()
+
+
+def test_processes_in_group_mode_extend_one_chain(tmp_path: Path) -> None:
+    """Three processes appending in groups to one file, a fourth synchronously: one chain
+    that verifies, every event kept, each run's in order."""
+    path = tmp_path / "g.db"
+    SQLiteStore(path).close()
+    pipes = [SPAWN.Pipe(duplex=False) for _ in range(3)]
+    procs = [
+        SPAWN.Process(target=append_grouped, args=(str(path), f"p{i}", 400, send))
+        for i, (_, send) in enumerate(pipes)
+    ]
+    for p in procs:
+        p.start()
+    with SQLiteStore(path) as sync:
+        sync.create_run(RunRecord(id="sync"))
+        for seq in range(1, 201):
+            sync.append_events([Event(run_id="sync", seq=seq, kind="step", at=time.time())])
+    try:
+        assert [recv.recv() for recv, _ in pipes] == [400, 400, 400]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    with SQLiteStore(path) as store:
+        chain = verify(store)
+        assert chain.ok and chain.checked == store.audit_head().seq
+        for run_id, count in (("p0", 400), ("p1", 400), ("p2", 400), ("sync", 200)):
+            # (a child's run, left running when it exited, is marked interrupted after them)
+            kept = [e.seq for e in store.events(run_id) if e.kind != "interrupted"]
+            assert kept == list(range(1, count + 1))
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,10 @@ class SQLiteConnection:
                 self.flush()
             except Exception as exc:  # closed all the same; the caller learns why
                 failed = exc
+        elif self._held and self._lost is not None:  # every call since said so: StoreGone
+            log.error(
+                "corral: %d events held for %s were not written", len(self._held), self._where
+            )
         bg, self._bg = self._bg, None
         if bg is not None:
             bg.stop()
@@ -289,6 +293,8 @@ class SQLiteConnection:
     def _hold(self, events: Sequence[Event]) -> None:
         """Group commit: hold ``events`` for the thread to write within the window. Raises
         (after writing them itself) what kept the thread from writing earlier ones."""
+        if self._pid != os.getpid():
+            self._forked()  # what the parent held is the parent's to write
         if self._lost is not None:
             raise StoreGone(self._lost)
         if self._held_error is not None or len(self._held) >= MAX_HELD:
@@ -303,7 +309,7 @@ class SQLiteConnection:
                 self._held_since = time.monotonic()
         if first:
             bg = self._bg
-            if bg is None or self._pid != os.getpid():
+            if bg is None:
                 bg = self._background()
             bg.wake()
 
