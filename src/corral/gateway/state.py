@@ -149,6 +149,8 @@ class RunState:
         self.recent_calls: list[tuple[str, str]] = []  # guards/loop_detection.py
         # The kill-switch check made while a call of a name runs (guards/killswitch.watch).
         self.watches: dict[str | None, Callable[[], Any]] = {}
+        # How ``Run.call`` calls each tool: directly, or through the flow (gateway/direct.py).
+        self.plans: dict[str, Any] = {}
 
     # -- store access, fail closed, within the run's time ----------------------------
     def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
