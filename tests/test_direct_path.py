@@ -127,8 +127,8 @@ def test_the_direct_path_and_the_flow_are_indistinguishable(
 
 
 def test_a_plain_read_takes_the_direct_path_and_the_rest_the_flow() -> None:
-    vendor = Vendor()
-    with corral.Run(corral.Policy.from_dict(POLICY), tools=vendor.tools(), store="memory://") as run:
+    pol = corral.Policy.from_dict(POLICY)
+    with corral.Run(pol, tools=Vendor().tools(), store="memory://") as run:
         run.call("kb.read", {"query": "a"})
         run.call("kb.write", {"text": "t"})
         plans = run._core.plans
