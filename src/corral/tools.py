@@ -117,8 +117,8 @@ class Tool:
         if not isinstance(args, dict):
             raise ArgumentsInvalid([f"arguments must be a JSON object, got {type(args).__name__}"])
         if self._args_model is not None:
-            try:
-                model = self._args_model.model_validate(args)
+            try:  # BaseModel.model_validate's own call, without its frame
+                model = self._args_model.__pydantic_validator__.validate_python(args)
             except ValidationError as exc:
                 raise ArgumentsInvalid(_pydantic_problems(exc)) from None
             return dict(model.__dict__)

@@ -64,6 +64,9 @@ class _Services(Protocol):
 class Host(Protocol):
     """What the breaker needs of the run it counts for (the gateway's run state)."""
 
+    breaker_cache: dict[str, float] | None
+    """:meth:`BreakerStates.of` the run's store when it may be used (:func:`cache_for`)."""
+
     @property
     def clock(self) -> Clock: ...
     @property
@@ -125,8 +128,10 @@ class BreakerStates:
 BREAKERS = BreakerStates()
 
 
-def _cacheable(core: Host) -> bool:
-    return core.store.shared and isinstance(core.clock, SystemClock)
+def cache_for(store: Store, clock: Clock, states: BreakerStates) -> dict[str, float] | None:
+    """The breakers read closed that a run on ``store`` and ``clock`` may rely on: kept
+    only for a shared store on the real clock (see :class:`BreakerStates`)."""
+    return states.of(store) if store.shared and isinstance(clock, SystemClock) else None
 
 
 def _set(core: Host, name: str, state: BreakerState) -> None:
@@ -139,7 +144,7 @@ def admit(core: Host, name: str, *, fresh: bool = False) -> tuple[Decision, Brea
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
     call), or ``open`` (degraded). ``fresh``: read the store even if the breaker was read
     closed lately (a call that waited, a retry after a failure)."""
-    cache = core.services.breakers.of(core.store) if _cacheable(core) else None
+    cache = core.breaker_cache
     if cache is not None and not fresh and time.monotonic() < cache.get(name, 0.0):
         return "closed", _CLOSED  # read closed within REFRESH_SECONDS
     now = wall(core)
