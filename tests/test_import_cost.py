@@ -7,6 +7,8 @@ anything (the figure is bench/import_time.py's).
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import corral
 from corral._public import LazyNames
 
 # What ``import corral`` must not load: the policy model and its validators, YAML, the HTML
@@ -110,16 +113,18 @@ def test_the_test_kit_loads_no_http_client_cli_or_sqlite_backend() -> None:
 
 def test_every_public_name_resolves_in_a_fresh_interpreter() -> None:
     """Every name of ``corral.__all__`` imports with ``from corral import X``, is in
-    ``dir(corral)`` before it is loaded, and says ``corral`` as its module."""
+    ``dir(corral)`` before it is loaded, says ``corral`` as its module and has type hints
+    that resolve (taken in reverse order: the order of first use does not matter)."""
     out = _python(
         """
-        import inspect, json, sys
+        import inspect, json, sys, typing
         import corral
         listed = set(dir(corral)) >= set(corral.__all__)
         homes = {}
-        for name in corral.__all__:
+        for name in reversed(corral.__all__):
             exec(f"from corral import {name} as value", globals())
             if inspect.isclass(value) or inspect.isfunction(value):
+                typing.get_type_hints(value)
                 homes[name] = value.__module__
         print(json.dumps({"listed": listed, "homes": homes, "cli": "corral.cli" in sys.modules}))
         """
@@ -146,6 +151,32 @@ def test_what_a_run_loads_is_presented_with_it() -> None:
         """
     )
     assert out == ["corral", True]
+
+
+def test_the_lazy_table_and_the_type_checkers_imports_agree() -> None:
+    """Every public name is imported at once or listed in ``corral._LAZY``, which names the
+    module the ``TYPE_CHECKING`` imports take it from; that module's object is ``corral``'s."""
+    tree = ast.parse(Path(corral.__file__).read_text(encoding="utf-8"))
+    for_checkers = {
+        alias.asname or alias.name: node.module
+        for block in tree.body
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "_typing.TYPE_CHECKING"
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    lazy: dict[str, str] = corral._LAZY  # type: ignore[attr-defined]
+    assert for_checkers == lazy
+    at_once = {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert set(corral.__all__) == set(lazy) | (at_once & set(corral.__all__))
+    assert not set(lazy) & at_once
+    for name, home in lazy.items():
+        assert getattr(importlib.import_module(home), name) is getattr(corral, name)
 
 
 def test_unknown_names_and_submodules() -> None:
