@@ -25,14 +25,16 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from corral._safe import shown
 from corral.exceptions import ConfigError, ToolDefinitionError
 from corral.policy.schema import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
+
+if TYPE_CHECKING:
+    import jsonschema
 
 Effect = Literal["read", "write"]
 
@@ -197,6 +199,8 @@ def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
 
 
 def _validator(schema: Mapping[str, Any], what: str) -> Any:
+    import jsonschema  # on first use: tools typed by their signature never need it
+
     try:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(dict(schema))
