@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import corral
 from corral.gateway import direct
+from corral.stores.base import KillSwitchState
 from corral.testing import ManualClock, MemoryStore
 
 TIMINGS = {"seconds", "at", "retry_after"}
@@ -72,19 +73,45 @@ args = st.one_of(
     st.sampled_from([{}, {"query": 7}, {"query": "a", "extra": 1}, '{"query": "json"}', "[1]"]),
     st.just(None),
 )
+switches = st.sampled_from(
+    [("switch", "stop_all"), ("switch", "disable_writes"), ("switch", "disable_expensive")]
+)
 calls = st.lists(
-    st.tuples(st.sampled_from(["kb.read", "kb.read", "kb.read", "kb.write", "nope"]), args),
+    st.one_of(
+        st.tuples(st.sampled_from(["kb.read", "kb.read", "kb.read", "kb.write", "nope"]), args),
+        switches,
+        st.just(("clear", None)),
+    ),
     max_size=14,
 )
 cache_on = st.booleans()
+#: Policy variants on top of POLICY: observe mode (every guard, or budgets only), argument
+#: constraints on the read, loops and degrade handed back to the model.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "enforce": {},
+    "observe": {"mode": "observe"},
+    "observe budgets": {"mode": {"budgets": "observe", "loops": "observe"}},
+    "constraints": {"read_constraints": {"query": {"pattern": "^[a-z ]+$"}}},
+    "tell model": {
+        "loops": {"repeats": 2, "window": 4, "on_detected": "tell_model"},
+        "degrade": {"min_calls": 2, "failure_rate": 0.5, "on_degraded": "tell_model"},
+    },
+}
+variants = st.sampled_from(sorted(VARIANTS))
 
 
 def scenario(
-    steps: list[tuple[str, Any]], cache: bool, *, directly: bool
+    steps: list[tuple[str, Any]], cache: bool, *, directly: bool, variant: str = "enforce"
 ) -> tuple[list[Any], list[Any], Any, int]:
     pol = dict(POLICY)
+    extra = dict(VARIANTS[variant])
+    constraints = extra.pop("read_constraints", None)
+    pol.update(extra)
     tools = dict(pol["tools"])  # type: ignore[arg-type]
-    tools["specs"] = {"kb.read": {"max_output_chars": 200, "cache": cache}}
+    spec: dict[str, Any] = {"max_output_chars": 200, "cache": cache}
+    if constraints:
+        spec["constraints"] = constraints
+    tools["specs"] = {"kb.read": spec}
     pol["tools"] = tools
     store = MemoryStore()
     vendor = Vendor()
@@ -99,6 +126,12 @@ def scenario(
         if not directly:
             run._core.plans.update({"kb.read": None, "kb.write": None})
         for name, arguments in steps:
+            if name == "switch":
+                store.set_kill_switch(KillSwitchState(scope="global", mode=arguments))
+                continue
+            if name == "clear":
+                store.clear_kill_switch("global")
+                continue
             try:
                 seen.append(("ok", run.call(name, arguments)))
             except corral.Stop as stop:
@@ -118,12 +151,13 @@ def scenario(
     return seen, events, (result.status, result.stop_reason, result.usage), vendor.calls
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=calls, cache=cache_on)
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=calls, cache=cache_on, variant=variants)
 def test_the_direct_path_and_the_flow_are_indistinguishable(
-    steps: list[tuple[str, Any]], cache: bool
+    steps: list[tuple[str, Any]], cache: bool, variant: str
 ) -> None:
-    assert scenario(steps, cache, directly=True) == scenario(steps, cache, directly=False)
+    direct_run = scenario(steps, cache, directly=True, variant=variant)
+    assert direct_run == scenario(steps, cache, directly=False, variant=variant)
 
 
 def test_a_plain_read_takes_the_direct_path_and_the_rest_the_flow() -> None:
