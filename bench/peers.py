@@ -55,7 +55,7 @@ Samples = dict[str, list[float]]  # side -> microseconds, one per iteration
 clock = time.perf_counter_ns
 TOOL_CALLS = 10  # tool calls in a loop run
 QUERIES = [{"query": f"vendor status {i}"} for i in range(8)]  # loop detection never trips
-PEERS_HINT = "not installed (pip install -e '.[bench]')"
+PEERS_HINT = "the peers install with: pip install -e '.[bench]'"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -654,19 +654,20 @@ def report(all_cases: list[Case], opts: argparse.Namespace) -> dict[str, Any]:
 
 def print_tables(out: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=140)
+    console = Console(width=160)
     quick = " (--quick: too few iterations to read)" if out["quick"] else ""
     figures = Table(
         title=f"corral and peers, one process, medians of {out['rounds']} interleaved rounds{quick}"
         " (µs; range = min–max over rounds)"
     )
     for col in ("case", "p50", "p99", "overhead p50", "p50 range", "per tool call"):
-        figures.add_column(col, justify="left" if col == "case" else "right")
+        figures.add_column(col, justify="left" if col == "case" else "right", no_wrap=True)
     for c in out["cases"].values():
         if "missing" in c:
-            figures.add_row(c["label"], c["missing"], "", "", "", "")
+            figures.add_row(c["label"], "not installed", "", "", "", "")
             continue
         f = c["figures"]
         if "per_call" in f:
@@ -697,13 +698,17 @@ def print_tables(out: dict[str, Any]) -> None:
                 "",
             )
     console.print(figures)
+    missing = [c["missing"] for c in out["cases"].values() if "missing" in c]
+    if missing:
+        names = ", ".join(dict.fromkeys(m.removeprefix("not installed: ") for m in missing))
+        console.print(escape(f"not installed: {names}; {PEERS_HINT}"))
 
     ratios = Table(title="paired ratios (computed within each round; median and range over rounds)")
     for col in ("ratio", "median", "range", "target", "met"):
-        ratios.add_column(col, justify="left" if col == "ratio" else "right")
+        ratios.add_column(col, justify="left" if col == "ratio" else "right", no_wrap=True)
     for r in out["ratios"].values():
         if "missing" in r:
-            ratios.add_row(r["label"], "peer " + PEERS_HINT, "", "", "")
+            ratios.add_row(r["label"], "peer not installed", "", "", "")
             continue
         ratios.add_row(
             r["label"],
@@ -761,7 +766,7 @@ def main() -> int:
             try:
                 c.measure = c.setup()
             except ImportError as exc:
-                c.missing = f"{PEERS_HINT}: {exc.name or exc}"
+                c.missing = f"not installed: {exc.name or exc}"
                 continue
             c.measure(max(2, c.iterations // 4))
         runnable = [c for c in all_cases if c.missing is None]
