@@ -20,7 +20,9 @@ Cases:
   (``Runner.run`` with a minimal fake ``Model``), each doing runs of 10 tool calls (one
   per turn, then a final answer) interleaved with runs of 0 tool calls; per tool call =
   (p50 of the 10-call run − p50 of the 0-call run) / 10, the fixed cost per run = p50 of
-  the 0-call run.
+  the 0-call run;
+- ``import corral`` and the import of AGT's parts used here, each in a fresh interpreter
+  (``python -c``) paired with ``python -c pass``: the import's cost is the difference.
 
 A peer that is not installed is reported as such (``pip install -e '.[bench]'``).
 
@@ -35,8 +37,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +59,10 @@ Samples = dict[str, list[float]]  # side -> microseconds, one per iteration
 clock = time.perf_counter_ns
 TOOL_CALLS = 10  # tool calls in a loop run
 QUERIES = [{"query": f"vendor status {i}"} for i in range(8)]  # loop detection never trips
+AGT_IMPORT = (
+    "from agent_os.base_agent import ToolUsingAgent; "
+    "from agent_os.integrations.base import PolicyInterceptor"
+)
 PEERS_HINT = "the peers install with: pip install -e '.[bench]'"
 
 
@@ -108,7 +116,8 @@ class Case:
     iterations: int
     setup: Callable[[], Callable[[int], Samples]]
     measure: Callable[[int], Samples] | None = None
-    missing: str | None = None  # why the case cannot run (a peer not installed)
+    missing: str | None = None  # why the case did not run (a peer not installed)
+    in_quick: bool = True  # run with --quick
     rounds: list[Samples] = field(default_factory=list)
 
 
@@ -447,6 +456,22 @@ def openai_agents_loop() -> Callable[[int], Samples]:
     return lambda n: loop_samples(n, one_run)
 
 
+def imports(statement: str, needs: str | None = None) -> Callable[[], Callable[[int], Samples]]:
+    """``python -c STATEMENT`` in a fresh interpreter against ``python -c pass``, paired."""
+
+    def setup() -> Callable[[int], Samples]:
+        if needs is not None and importlib.util.find_spec(needs) is None:
+            raise ModuleNotFoundError(f"No module named {needs!r}", name=needs)
+        quiet = "import warnings; warnings.simplefilter('ignore'); "
+
+        def python(code: str) -> None:
+            subprocess.run([sys.executable, "-c", quiet + code], check=True)
+
+        return lambda n: timed_pairs(n, lambda i: python("pass"), lambda i: python(statement))
+
+    return setup
+
+
 LOOPS: list[asyncio.AbstractEventLoop] = []
 SCRATCH: list[Path] = []
 
@@ -458,6 +483,9 @@ def scratch(name: str) -> Path:
 def cases(scale: float) -> list[Case]:
     def n(base: int) -> int:
         return max(2, int(base * scale))
+
+    def few(base: int) -> int:  # a case of a second or so an iteration
+        return max(1, round(base * scale))
 
     def sqlite_store() -> SQLiteStore:
         return SQLiteStore(scratch(f"loop{len(LOOPS)}-{time.monotonic_ns()}.db"))
@@ -477,10 +505,23 @@ def cases(scale: float) -> list[Case]:
         Case("agt.intercept", "AGT PolicyInterceptor.intercept", n(4000), agt_intercept),
         Case("agt.composite", "AGT check + count + audit record", n(4000), agt_composite),
         Case("agt.use_tool", "AGT ToolUsingAgent._use_tool", n(4000), agt_use_tool),
-        Case("loop.corral.memory", "corral.run loop, memory://", n(60), corral_loop(MemoryStore)),
-        Case("loop.corral.sqlite", "corral.run loop, SQLite", n(40), corral_loop(sqlite_store)),
-        Case("loop.pydantic_ai", "Pydantic AI Agent loop", n(12), pydantic_ai_loop),
-        Case("loop.openai_agents", "OpenAI Agents SDK Runner.run loop", n(12), openai_agents_loop),
+        Case("loop.corral.memory", "corral.run loop, memory://", n(100), corral_loop(MemoryStore)),
+        Case("loop.corral.sqlite", "corral.run loop, SQLite", n(60), corral_loop(sqlite_store)),
+        Case("loop.pydantic_ai", "Pydantic AI Agent loop", n(20), pydantic_ai_loop),
+        Case("loop.openai_agents", "OpenAI Agents SDK Runner.run loop", n(20), openai_agents_loop),
+        Case(
+            "import.corral",
+            "import corral (a fresh interpreter)",
+            few(2),
+            imports("import corral"),
+            in_quick=False,
+        ),
+        Case(
+            "import.agt",
+            "import AGT's agent and interceptor",
+            few(2),
+            imports(AGT_IMPORT, "agent_os"),
+        ),
     ]
 
 
@@ -557,6 +598,12 @@ RATIOS = [
         ("corral.allow.memory", "p50"),
     ),
     Ratio(
+        "import_over_agt",
+        "import corral / import AGT (over a bare interpreter)",
+        ("import.corral", "overhead_p50"),
+        ("import.agt", "overhead_p50"),
+    ),
+    Ratio(
         "sqlite_over_memory",
         "corral Run.call SQLite / memory, p50",
         ("corral.allow.sqlite", "p50"),
@@ -592,6 +639,7 @@ TARGETS = [
     ("loop.corral.memory", "per_call", "per tool call", 60.0),
     ("loop.corral.memory", "run0_p50", "fixed cost per run", 80.0),
     ("loop.corral.sqlite", "per_call", "per tool call", 150.0),
+    ("import.corral", "overhead_p50", "import, over a bare interpreter", 120_000.0),
 ]
 
 
@@ -667,7 +715,7 @@ def print_tables(out: dict[str, Any]) -> None:
         figures.add_column(col, justify="left" if col == "case" else "right", no_wrap=True)
     for c in out["cases"].values():
         if "missing" in c:
-            figures.add_row(c["label"], "not installed", "", "", "", "")
+            figures.add_row(c["label"], c["missing"].partition(":")[0], "", "", "", "")
             continue
         f = c["figures"]
         if "per_call" in f:
@@ -698,7 +746,11 @@ def print_tables(out: dict[str, Any]) -> None:
                 "",
             )
     console.print(figures)
-    missing = [c["missing"] for c in out["cases"].values() if "missing" in c]
+    missing = [
+        c["missing"]
+        for c in out["cases"].values()
+        if c.get("missing", "").startswith("not installed:")
+    ]
     if missing:
         names = ", ".join(dict.fromkeys(m.removeprefix("not installed: ") for m in missing))
         console.print(escape(f"not installed: {names}; {PEERS_HINT}"))
@@ -708,7 +760,7 @@ def print_tables(out: dict[str, Any]) -> None:
         ratios.add_column(col, justify="left" if col == "ratio" else "right", no_wrap=True)
     for r in out["ratios"].values():
         if "missing" in r:
-            ratios.add_row(r["label"], "peer not installed", "", "", "")
+            ratios.add_row(r["label"], "not run", "", "", "")
             continue
         ratios.add_row(
             r["label"],
@@ -763,12 +815,15 @@ def main() -> int:
         SCRATCH.append(Path(tmp))
         all_cases = cases(opts.scale)
         for c in all_cases:  # set up, check and warm every case before any timing
+            if opts.quick and not c.in_quick:
+                c.missing = "not run with --quick"
+                continue
             try:
                 c.measure = c.setup()
             except ImportError as exc:
                 c.missing = f"not installed: {exc.name or exc}"
                 continue
-            c.measure(max(2, c.iterations // 4))
+            c.measure(max(1, c.iterations // 4))
         runnable = [c for c in all_cases if c.missing is None]
         for r in range(opts.rounds):
             shift = r % len(runnable)  # rotate the order so no case always follows another

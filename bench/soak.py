@@ -138,12 +138,14 @@ def main() -> int:
                     errors.append(f"run {i} ended {result.stop_reason}: {result.error}")
                     break
                 if i % every == 0 or i == opts.runs:
-                    s = sample(i, started)
+                    s, previous = sample(i, started), samples[-1]
+                    seconds = max(s["seconds"] - previous["seconds"], 1e-9)
+                    s["runs_per_second"] = round((i - previous["runs"]) / seconds, 1)
                     samples.append(s)
-                    rate = i / max(s["seconds"], 1e-9)
                     print(
                         f"runs {i:>7,}/{opts.runs:,}  rss {s['rss_mb']:7.1f} MB  "
-                        f"threads {s['threads']:>3}  fds {s['fds']:>4}  {rate:,.0f} runs/s",
+                        f"threads {s['threads']:>3}  fds {s['fds']:>4}  "
+                        f"{s['runs_per_second']:,.0f} runs/s",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -186,6 +188,12 @@ def summarize(
         "seconds": seconds,
         "runs_per_second": round(last["runs"] / max(seconds, 1e-9), 1),
         "store_mb": round(db_mb, 1),
+        # throughput in the first interval after the warm-up and in the last one: a run
+        # that slows as the store grows shows here (so does a busy machine)
+        "interval_runs_per_second": [
+            after[1 if len(after) > 1 else 0].get("runs_per_second"),
+            last.get("runs_per_second"),
+        ],
         "baseline": base,
         "last": last,
         "growth_after_warmup": growth,
@@ -201,7 +209,11 @@ def print_summary(f: dict[str, Any]) -> None:
         f"soak: {f['runs']:,} runs of {f['calls_per_run']} tool calls on SQLite in "
         f"{f['seconds']:,.1f} s ({f['runs_per_second']:,.0f} runs/s); store {f['store_mb']} MB"
     )
-    print(f"  baseline after {base['runs']:,} runs (warm-up {f['warmup_runs']:,} runs)")
+    first, end = f["interval_runs_per_second"]
+    print(
+        f"  baseline after {base['runs']:,} runs (warm-up {f['warmup_runs']:,} runs); "
+        f"runs/s in the first interval after it {first}, in the last {end}"
+    )
     rows = [
         ("RSS MB", "rss_mb", "rss", f"<= {RSS_TARGET_MB:g}"),
         ("threads", "threads", "threads", "0"),
