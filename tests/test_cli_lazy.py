@@ -264,3 +264,13 @@ def test_a_command_loads_its_own_module_only(args: list[str], module: str) -> No
     found = _loaded_by(*args)
     assert found["code"] == 0
     assert _under(found["modules"], *COMMAND_MODULES) == [module]
+
+
+def test_check_loads_no_store() -> None:
+    """``corral check FILE`` touches no store: it loads neither the stores nor another
+    command's module (the shared options import the stores only to open one)."""
+    policy = Path(__file__).parent / "configs" / "reference.yaml"
+    found = _loaded_by("check", str(policy))
+    assert found["code"] == 0
+    assert _under(found["modules"], "corral.stores", "sqlite3") == []
+    assert _under(found["modules"], *COMMAND_MODULES) == ["corral.cli.check"]
