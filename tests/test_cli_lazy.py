@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NoReturn, cast
 
 import pytest
 import typer
+import typer.core
 import typer.main
 from typer.core import TyperGroup
 from typer.testing import CliRunner
@@ -113,6 +114,17 @@ def test_every_help_page_is_the_same_as_built_at_once() -> None:
     for path in every:
         args = [*path, "--help"]
         assert outcome(app, args) == outcome(eager, args), args
+
+
+def test_plain_help_pages_are_the_same_as_built_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without rich (``TYPER_USE_RICH=0``), click's plain help lists the same commands with
+    the same shortened lines."""
+    monkeypatch.setattr(typer.core, "HAS_RICH", False)
+    eager = eager_app()
+    for args in (["--help"], [], ["kill", "--help"], ["version", "--help"]):
+        lazy_out = outcome(app, args)
+        assert lazy_out == outcome(eager, args), args
+        assert "╭" not in lazy_out[1] + lazy_out[2]  # the plain page indeed
 
 
 @pytest.mark.parametrize(
