@@ -27,7 +27,7 @@ import typer.main
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 if TYPE_CHECKING:
-    from typer._click import Command, Context, HelpFormatter, Parameter
+    from typer._click import Command, Context, HelpFormatter
 
 #: What an entry's loader returns: a command's function, or a command group's app.
 Target = Callable[..., Any] | typer.Typer
@@ -42,19 +42,20 @@ class Entry:
     load: Callable[[], Target]
 
 
-def plain_flag(option: Parameter | None) -> None:
+def plain_flag(option: TyperOption | None) -> None:
     """Let a ``--help`` flag keep its value: ``None`` when absent, ``True`` when given.
 
-    typer (0.2x) coerces a parameter's value through a pydantic adapter it builds on first
-    use, for a flag left out too (``None`` comes back ``None`` all the same); the help flag
-    needs no coercion, so it gets typer's own pass-through, which returns ``None`` and
-    ``True`` as they are. Where typer lacks these internals, nothing changes.
+    typer (0.29) coerces a parameter's value through a pydantic adapter it builds on the
+    parameter's first use, for a flag left out too, whose ``None`` comes back ``None`` all the
+    same: the one import of pydantic ``corral version`` would make. The help flag needs no
+    coercion; it gets typer's own pass-through, which needs no pydantic. Where typer lacks
+    these internals, nothing changes.
     """
     try:
         from typer._coercion import PassThroughRuntimeParam
     except ImportError:  # pragma: no cover - another typer
         return
-    if not isinstance(option, TyperOption) or getattr(option, "_runtime_param", 0) is not None:
+    if option is None or getattr(option, "_runtime_param", 0) is not None:
         return
     if option.type_descriptor.annotation is bool:
         option._runtime_param = PassThroughRuntimeParam(
@@ -65,7 +66,7 @@ def plain_flag(option: Parameter | None) -> None:
 class PlainHelpCommand(TyperCommand):
     """A command as typer builds it, its ``--help`` flag plain (:func:`plain_flag`)."""
 
-    def get_help_option(self, ctx: Context) -> Any:
+    def get_help_option(self, ctx: Context) -> TyperOption | None:
         option = super().get_help_option(ctx)
         plain_flag(option)
         return option
@@ -125,7 +126,7 @@ class LazyGroup(TyperGroup):
         super().__init__(**attrs)
         self.commands = _Commands(self, self.commands)
 
-    def get_help_option(self, ctx: Context) -> Any:
+    def get_help_option(self, ctx: Context) -> TyperOption | None:
         option = super().get_help_option(ctx)
         plain_flag(option)
         return option
@@ -163,7 +164,9 @@ class LazyGroup(TyperGroup):
         as itself."""
         built = cast(_Commands, self.commands)._built
         listed = copy.copy(self)
-        listed.commands = {name: built.get(name) or self._stand_in(name) for name in self.commands}
+        listed.commands = {
+            name: built[name] if name in built else self._stand_in(name) for name in self.commands
+        }
         return listed
 
     def _stand_in(self, name: str) -> Command:
