@@ -235,6 +235,52 @@ def test_breaker_state_is_shared_through_a_durable_store(tmp_path: Path) -> None
         )
 
 
+def test_a_breaker_another_process_opens_is_obeyed_within_the_refresh(tmp_path: Path) -> None:
+    """On the real clock a closed breaker is read at most every REFRESH_SECONDS: one opened
+    through another store object (another process) is obeyed within that, never later; one
+    this process opens is obeyed at once."""
+    from corral.controls import breaker
+
+    path = tmp_path / "shared.db"
+    calls: list[str] = []
+
+    @corral.tool(name="browser.open", effect="read")
+    def browse(url: str) -> str:
+        calls.append(url)
+        return "page"
+
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["browser.open"], "specs": {"browser.open": {"cache": False}}},
+            "budgets": {"max_tool_calls": 10**6, "max_steps": 10**6, "max_seconds": 60},
+            "degrade": {"on_degraded": "stop"},
+        }
+    )
+    with SQLiteStore(path) as a, SQLiteStore(path) as b:
+        with corral.Run(pol, tools=[browse], store=a) as run:
+            run.call("browser.open", {"url": "https://x/1"})  # read closed, kept
+            b.set_breaker("browser.open", BreakerState(state="open", until=time.time() + 60))
+            opened = time.monotonic()
+            with pytest.raises(corral.Stop) as stopped:
+                for i in range(10**6):
+                    run.call("browser.open", {"url": f"https://x/{i + 2}"})
+            seen = time.monotonic() - opened
+        assert stopped.value.info.reason == "dependency_degraded"
+        assert seen < breaker.REFRESH_SECONDS + 0.5
+        served = len(calls)
+        b.set_breaker("browser.open", BreakerState())
+        # This process's own trip: obeyed by its next call, with no wait.
+        states = corral.Services().breakers
+        with corral.Run(pol, tools=[browse], store=a) as run:
+            run.call("browser.open", {"url": "https://y/1"})
+            assert "browser.open" in states.of(a)
+            core = run._core
+            breaker._set(core, "browser.open", BreakerState(state="open", until=time.time() + 60))
+            with pytest.raises(corral.Stop):
+                run.call("browser.open", {"url": "https://y/2"})
+        assert len(calls) == served + 1
+
+
 def test_a_failing_model_endpoint_opens_its_breaker_and_no_request_is_sent() -> None:
     """Model endpoint failures open its breaker; the next run stops before any request."""
     from corral.testing import ScriptedModel, error

@@ -8,11 +8,12 @@ exit has a stop reason.
 30
 """
 
+import typing as _typing
+
+from corral._public import LazyNames as _LazyNames
 from corral._public import present_as as _present_as
 from corral._version import __version__
-from corral.budgets.meter import Charge, Limits, Usage
 from corral.clock import Clock, SystemClock
-from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import (
     ApprovalError,
     ConfigError,
@@ -25,24 +26,28 @@ from corral.exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from corral.gateway.services import Services
-from corral.loop.bounded import arun, run
-from corral.loop.run import AsyncRun, Run
-from corral.loop.tickets import ModelCall, Ticket
-from corral.models.base import (
-    Model,
-    ModelOutputError,
-    ModelRequest,
-    ModelResponse,
-    Price,
-    ToolCallRequest,
-)
-from corral.policy.schema import Policy, load_policy
-from corral.result import CallInfo, RunResult
-from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
 from corral.stops import STOP_REASONS, StopInfo, StopReason
-from corral.stores import Store, open_store
-from corral.tools import Tool, ToolContext, tool
+
+if _typing.TYPE_CHECKING:
+    from corral.budgets.meter import Charge, Limits, Usage
+    from corral.controls.approvals import ApprovalDecision, ApprovalRequest
+    from corral.gateway.services import Services
+    from corral.loop.bounded import arun, run
+    from corral.loop.run import AsyncRun, Run
+    from corral.loop.tickets import ModelCall, Ticket
+    from corral.models.base import (
+        Model,
+        ModelOutputError,
+        ModelRequest,
+        ModelResponse,
+        Price,
+        ToolCallRequest,
+    )
+    from corral.policy.schema import Policy, load_policy
+    from corral.result import CallInfo, RunResult
+    from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
+    from corral.stores import Store, open_store
+    from corral.tools import Tool, ToolContext, tool
 
 __all__ = [
     "STOP_REASONS",
@@ -93,5 +98,46 @@ __all__ = [
     "tool",
 ]
 
-# Reprs, tracebacks and pickles say ``corral.Run``, the path users import from.
-_present_as("corral", globals(), __all__)
+# Imported on first use (PEP 562), so ``import corral`` loads neither pydantic, jsonschema nor
+# the stores; the TYPE_CHECKING imports above are the same names for type checkers.
+_LAZY = {
+    "ApprovalDecision": "corral.controls.approvals",
+    "ApprovalRequest": "corral.controls.approvals",
+    "AsyncRun": "corral.loop.run",
+    "CallInfo": "corral.result",
+    "Charge": "corral.budgets.meter",
+    "EnvSecrets": "corral.secrets",
+    "FileSecrets": "corral.secrets",
+    "Limits": "corral.budgets.meter",
+    "Model": "corral.models.base",
+    "ModelCall": "corral.loop.tickets",
+    "ModelOutputError": "corral.models.base",
+    "ModelRequest": "corral.models.base",
+    "ModelResponse": "corral.models.base",
+    "Policy": "corral.policy.schema",
+    "Price": "corral.models.base",
+    "Run": "corral.loop.run",
+    "RunResult": "corral.result",
+    "SecretProvider": "corral.secrets",
+    "Services": "corral.gateway.services",
+    "Store": "corral.stores",
+    "Ticket": "corral.loop.tickets",
+    "Tool": "corral.tools",
+    "ToolCallRequest": "corral.models.base",
+    "ToolContext": "corral.tools",
+    "Usage": "corral.budgets.meter",
+    "arun": "corral.loop.bounded",
+    "load_policy": "corral.policy.schema",
+    "open_store": "corral.stores",
+    "run": "corral.loop.bounded",
+    "tool": "corral.tools",
+}
+
+# Reprs, tracebacks and pickles say ``corral.Run``, the path users import from: the names
+# loaded now are presented now, the others when first resolved.
+_present_as("corral", globals(), [name for name in __all__ if name not in _LAZY])
+_lazy = _LazyNames("corral", globals(), __all__, _LAZY)
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catch-all __getattr__
+    __getattr__ = _lazy.resolve
+    __dir__ = _lazy.names

@@ -27,7 +27,23 @@ from corral.stops import RETRYABLE_REASONS, StopInfo, StopReason
 
 
 class CorralError(Exception):
-    """Base of everything corral raises."""
+    """Base of everything corral raises.
+
+    Every one survives ``pickle`` and ``copy.deepcopy`` whole (its message and attributes):
+    results and stops cross process boundaries (a worker pool, a task queue).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without calling __init__ again: subclasses' constructors take other
+        # arguments than the message that ``Exception`` would hand them back.
+        return (_rebuilt, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuilt(cls: type[CorralError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(CorralError):

@@ -371,10 +371,12 @@ class Credentials:
         self._register = register
         self.provider: SecretProvider | None = None
         self.static: dict[str, dict[str, str]] = {}
+        if given is None:  # most runs (checked first: the protocol check costs ~10 us)
+            return
         if isinstance(given, SecretProvider):
             given.check(tenant)
             self.provider = given
-        elif given is not None:
+        else:
             if not isinstance(given, Mapping):
                 raise ConfigError(
                     "credentials: expected {tool: {name: value}} or a secret provider "

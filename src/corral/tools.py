@@ -25,14 +25,16 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from corral._safe import shown
 from corral.exceptions import ConfigError, ToolDefinitionError
 from corral.policy.schema import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
+
+if TYPE_CHECKING:
+    import jsonschema
 
 Effect = Literal["read", "write"]
 
@@ -117,8 +119,8 @@ class Tool:
         if not isinstance(args, dict):
             raise ArgumentsInvalid([f"arguments must be a JSON object, got {type(args).__name__}"])
         if self._args_model is not None:
-            try:
-                model = self._args_model.model_validate(args)
+            try:  # BaseModel.model_validate's own call, without its frame
+                model = self._args_model.__pydantic_validator__.validate_python(args)
             except ValidationError as exc:
                 raise ArgumentsInvalid(_pydantic_problems(exc)) from None
             return dict(model.__dict__)
@@ -197,6 +199,8 @@ def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
 
 
 def _validator(schema: Mapping[str, Any], what: str) -> Any:
+    import jsonschema  # on first use: tools typed by their signature never need it
+
     try:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(dict(schema))

@@ -19,16 +19,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from corral._safe import shown
 from corral.exceptions import ConfigError, Stop
 from corral.stops import StopReason
 
 ZERO = Decimal(0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,6 +44,23 @@ class Limits:
     max_output_tokens: int | None = None
     max_usd: Decimal | None = None
     tool_caps: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_with_mapping, (Limits, _fields_of(self), "tool_caps"))
+
+
+def _fields_of(value: Any) -> dict[str, Any]:
+    """A dataclass's fields, its read-only mappings as plain dicts (a ``mappingproxy``
+    cannot be pickled or deep-copied)."""
+    return {
+        f.name: dict(v) if isinstance(v := getattr(value, f.name), MappingProxyType) else v
+        for f in fields(value)
+    }
+
+
+def _with_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
+    """``cls(**values)`` with the field ``name`` made read-only again."""
+    return cls(**{**values, name: MappingProxyType(dict(values[name]))})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,6 +94,9 @@ class Usage:
     tool_calls_by_tool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     overrun_tokens: int = 0
     overrun_usd: Decimal = ZERO
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_with_mapping, (Usage, _fields_of(self), "tool_calls_by_tool"))
 
     @property
     def tokens(self) -> int:

@@ -2,7 +2,8 @@
 ``--reason``, ``--as``), a command group's typer app, opening the store they name and saying
 which, reading from it, the exit codes, and a failure carrying its exit code.
 
-Imports only what lies below the command line (the stores, the exceptions); no command module.
+Imports only what lies below the command line (the exceptions; the stores when one is
+opened, so that ``corral check``, which touches none, does not load them); no command module.
 
 Every command uses the same exit codes: 0 success; 1 the operation failed (no store
 where one was looked for, a store that cannot be reached or read, nothing to act on,
@@ -20,12 +21,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from corral.exceptions import ConfigError, StoreError, StoreMissing
-from corral.stores import Store, default_url, display_url, open_store
+
+if TYPE_CHECKING:
+    from corral.stores import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -111,6 +114,8 @@ def open_db(db: str | None, *, announce: bool = True, create: bool = False) -> t
     PATH`` (exit 1). A URL that cannot mean a store is a usage error (exit 2) naming
     where it came from; a store that cannot be reached is a failure (exit 1).
     """
+    from corral.stores import default_url, display_url, open_store
+
     url = db if db is not None else default_url()
     shown = display_url(url)
     try:

@@ -1,12 +1,18 @@
 """The ``corral`` command line: one typer app, each command or command group in a module of its
-own, all registered here in the order ``corral --help`` lists them.
+own, all listed here in the order ``corral --help`` lists them (commands first, then groups).
+
+A command's module loads only when that command runs (or shows its own ``--help``): the table
+:data:`COMMANDS` holds each command's one-line help and a loader importing its module, and the
+app's group (:class:`corral.cli._lazy.LazyGroup`) lists the commands from the table and builds
+one when it is named. ``corral --help`` and ``corral version`` load no command module.
+tests/test_cli_lazy.py holds the table to the commands (each loads, its line is its help's).
 
 Every command exits 0 on success, 1 when the operation failed, 2 on a usage error; every
 command that touches state names the store it used (see :mod:`corral.cli._common`).
 docs/cli.md lists every command.
 
-Imports the command modules of :mod:`corral.cli`; nothing imports this module but
-``corral.cli`` and ``corral/__main__.py``.
+Imports the command modules of :mod:`corral.cli`, each in its loader; nothing imports this
+module but ``corral.cli`` and ``corral/__main__.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,136 @@ from typing import Annotated
 import typer
 
 from corral._version import __version__
-from corral.cli import approvals, audit, check, demo, idempotency, init, kill, report, runs, show
+from corral.cli._lazy import Entry, LazyGroup, Target
+
+
+def version() -> None:
+    """Print corral's version."""
+    typer.echo(f"corral {__version__}")
+
+
+# -- the loaders: each imports its command's module when the command is named -----------------
+
+
+def _check() -> Target:
+    from corral.cli import check
+
+    return check.check
+
+
+def _demo() -> Target:
+    from corral.cli import demo
+
+    return demo.demo
+
+
+def _init() -> Target:
+    from corral.cli import init
+
+    return init.init
+
+
+def _runs() -> Target:
+    from corral.cli import runs
+
+    return runs.runs
+
+
+def _show() -> Target:
+    from corral.cli import show
+
+    return show.show
+
+
+def _report() -> Target:
+    from corral.cli import report
+
+    return report.report
+
+
+def _version() -> Target:
+    return version
+
+
+def _audit() -> Target:
+    from corral.cli import audit
+
+    return audit.audit_app
+
+
+def _kill() -> Target:
+    from corral.cli import kill
+
+    return kill.kill_app
+
+
+def _approvals() -> Target:
+    from corral.cli import approvals
+
+    return approvals.approvals_app
+
+
+def _idempotency() -> Target:
+    from corral.cli import idempotency
+
+    return idempotency.idempotency_app
+
+
+#: Every command and group, in ``--help``'s order, with the first paragraph of its help (a
+#: command's docstring, a group's ``help=``) exactly as written there.
+COMMANDS: dict[str, Entry] = {
+    "check": Entry(
+        help="Validate a policy; report the readiness checklist and what each tool needs.",
+        load=_check,
+    ),
+    "demo": Entry(
+        help=(
+            "Replay the browser-outage incident twice: unbounded, then governed by corral\n"
+            "(creates the store it records the governed runs in)."
+        ),
+        load=_demo,
+    ),
+    "init": Entry(
+        help="Create the store (or bring it up to date) and say where it is; safe to run again.",
+        load=_init,
+    ),
+    "runs": Entry(help="List recorded runs, newest first.", load=_runs),
+    "show": Entry(
+        help="Show one run: its steps, model and tool calls, decisions and stop, on a timeline.",
+        load=_show,
+    ),
+    "report": Entry(
+        help=(
+            "Summarise what observe mode would have stopped (by guard, reason and tool) next to\n"
+            "what enforce mode stopped, over a period."
+        ),
+        load=_report,
+    ),
+    "version": Entry(help="Print corral's version.", load=_version),
+    "audit": Entry(
+        help="The audit log: verify its hash chain, checkpoint its head, export it.",
+        load=_audit,
+    ),
+    "kill": Entry(
+        help="Stop agents now: every run, a tenant's, an agent's, one tool, or one run.",
+        load=_kill,
+    ),
+    "approvals": Entry(
+        help="List, show, approve and deny the writes agents are waiting for.",
+        load=_approvals,
+    ),
+    "idempotency": Entry(
+        help="Writes' idempotency claims: list them, settle those left unknown by a crash.",
+        load=_idempotency,
+    ),
+}
+
+
+class CorralGroup(LazyGroup):
+    """The ``corral`` group: its commands are :data:`COMMANDS`."""
+
+    entries = COMMANDS
+
 
 app = typer.Typer(
     name="corral",
@@ -24,6 +159,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CorralGroup,
 )
 
 
@@ -46,25 +182,6 @@ def _options(
     ] = False,
 ) -> None:
     """A production control layer for tool-calling AI agents."""
-
-
-def version() -> None:
-    """Print corral's version."""
-    typer.echo(f"corral {__version__}")
-
-
-# Commands first, then the groups (typer lists them so in --help whatever the order here).
-app.command("check")(check.check)
-app.command("demo")(demo.demo)
-app.command("init")(init.init)
-app.command("runs")(runs.runs)
-app.command("show")(show.show)
-app.command("report")(report.report)
-app.command("version")(version)
-app.add_typer(audit.audit_app, name="audit")
-app.add_typer(kill.kill_app, name="kill")
-app.add_typer(approvals.approvals_app, name="approvals")
-app.add_typer(idempotency.idempotency_app, name="idempotency")
 
 
 def main() -> None:

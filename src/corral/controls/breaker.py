@@ -57,10 +57,15 @@ class Events(Protocol):
 class _Services(Protocol):
     @property
     def successes(self) -> Successes: ...
+    @property
+    def breakers(self) -> BreakerStates: ...
 
 
 class Host(Protocol):
     """What the breaker needs of the run it counts for (the gateway's run state)."""
+
+    breaker_cache: dict[str, float] | None
+    """:meth:`BreakerStates.of` the run's store when it may be used (:func:`cache_for`)."""
 
     @property
     def clock(self) -> Clock: ...
@@ -92,12 +97,61 @@ def wall(core: Host) -> float:
 PROBE_KEY = "breaker-probe:"
 
 
-def admit(core: Host, name: str) -> tuple[Decision, BreakerState]:
+#: How long a closed breaker, once read, is taken as closed without reading it again
+#: (seconds, ``time.monotonic``): a breaker another process opened is obeyed within this.
+REFRESH_SECONDS = 0.1
+_CLOSED = BreakerState()
+
+
+class BreakerStates:
+    """Which breakers this process read closed, and until when it takes them as closed
+    without reading the store again (:data:`REFRESH_SECONDS`), per store object.
+
+    Only a closed breaker is kept: an open or half-open one is read on every call (its
+    retry time, its probe). A breaker this process opens or closes is forgotten at once.
+    Kept only for a store shared with other processes, read on the real clock (the
+    in-memory store, and runs on a virtual clock, read the store on every call, as the
+    kill switch does).
+    """
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: PerStore[dict[str, float]] = PerStore()
+
+    def of(self, store: Store) -> dict[str, float]:
+        """Breaker name -> ``time.monotonic()`` until which it is taken as closed."""
+        return self._kept.get(store, dict)
+
+
+#: This process's breaker states (the default :class:`~corral.gateway.services.Services`).
+BREAKERS = BreakerStates()
+
+
+def cache_for(store: Store, clock: Clock, states: BreakerStates) -> dict[str, float] | None:
+    """The breakers read closed that a run on ``store`` and ``clock`` may rely on: kept
+    only for a shared store on the real clock (see :class:`BreakerStates`)."""
+    return states.of(store) if store.shared and isinstance(clock, SystemClock) else None
+
+
+def _set(core: Host, name: str, state: BreakerState) -> None:
+    """Open or close breaker ``name`` in the store (forgotten as closed here first)."""
+    core.services.breakers.of(core.store).pop(name, None)
+    core.store_call(core.store.set_breaker, name, state)
+
+
+def admit(core: Host, name: str, *, fresh: bool = False) -> tuple[Decision, BreakerState]:
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
-    call), or ``open`` (degraded)."""
+    call), or ``open`` (degraded). ``fresh``: read the store even if the breaker was read
+    closed lately (a call that waited, a retry after a failure)."""
+    cache = core.breaker_cache
+    if cache is not None and not fresh and time.monotonic() < cache.get(name, 0.0):
+        return "closed", _CLOSED  # read closed within REFRESH_SECONDS
     now = wall(core)
     state = core.store_call(core.store.breaker, name, now=now)
     if state.state == "closed":
+        if cache is not None:
+            cache[name] = time.monotonic() + REFRESH_SECONDS
         return "closed", state
     if state.state == "open":
         return "open", state
@@ -114,7 +168,7 @@ def admit(core: Host, name: str) -> tuple[Decision, BreakerState]:
         # The probe's lease lapsed without an outcome (its process died, or the call was
         # cancelled): open the breaker for another cool-down, after which a new probe goes.
         state = BreakerState(state="open", until=now + core.policy.degrade.cool_down_seconds)
-        core.store_call(core.store.set_breaker, name, state)
+        _set(core, name, state)
         core.events.add("breaker", tool=name, state="open", probe_lost=True)
     return ("probe" if claim.status == "claimed" else "open"), state
 
@@ -201,7 +255,7 @@ def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
         new = (
             BreakerState() if ok else BreakerState(state="open", until=now + rule.cool_down_seconds)
         )
-        core.store_call(core.store.set_breaker, name, new)
+        _set(core, name, new)
         tally.take(core.store, name, degrade_bucket(now, size)[0])
         core.store_call(core.store.degrade_reset, name)  # a fresh window either way
         core.events.add("breaker", tool=name, state=new.state, probe=True)
@@ -222,11 +276,7 @@ def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
     trip = window.calls >= rule.min_calls and window.failures >= rule.failure_rate * window.calls
     if not trip:
         return
-    core.store_call(
-        core.store.set_breaker,
-        name,
-        BreakerState(state="open", until=now + rule.cool_down_seconds),
-    )
+    _set(core, name, BreakerState(state="open", until=now + rule.cool_down_seconds))
     core.store_call(core.store.degrade_reset, name)
     core.events.add(
         "breaker",

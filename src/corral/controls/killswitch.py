@@ -96,12 +96,11 @@ class KillSwitchCache:
         last ``grace`` seconds.
         """
         now = self._monotonic()
+        if self.refresh <= 0:  # read every time (the in-memory store): nothing to share
+            return self._read(store, now)
         switches, good_at, tried_at, error = self._snap
-        if error is None:
-            if now - tried_at < self.refresh:
-                return switches  # the allow path: no lock, no read
-            if self.refresh <= 0:
-                return self._read(store, now)  # read every time: nothing to share
+        if error is None and now - tried_at < self.refresh:
+            return switches  # the allow path: no lock, no read
         if not self._lock.acquire(blocking=False):
             # Another thread is reading: reuse the last state while it may still stand.
             if now - good_at < self.grace:

@@ -62,7 +62,7 @@ from corral.tools import ToolContext, not_local
 RETRY_BACKOFF = 0.1
 _NO_IDS: Mapping[str, str] = {}
 #: What a step returns when it did not serve the call from memory.
-_NOT_SERVED: Any = object()
+NOT_SERVED: Any = object()
 
 
 def call_flow(
@@ -85,11 +85,7 @@ def call_flow(
     try:
         return (yield from _call_flow(call))
     except ToolRejected as rejected:
-        # What a refusal quotes (the arguments, a tool's own words) reaches the model:
-        # scrubbed like everything else it sees.
-        rejected.message = core.redactor.text(rejected.message)
-        rejected.args = (rejected.message,)
-        rejected.tool = core.redactor.secrets_only(rejected.tool)
+        scrubbed(core, rejected)
         raise
     except Stop as stop:
         core.scrub_stop(stop)
@@ -99,13 +95,22 @@ def call_flow(
             held.release()
 
 
+def scrubbed(core: RunState, rejected: ToolRejected) -> ToolRejected:
+    """``rejected`` scrubbed in place: what a refusal quotes (the arguments, a tool's own
+    words) reaches the model, scrubbed like everything else it sees."""
+    rejected.message = core.redactor.text(rejected.message)
+    rejected.args = (rejected.message,)
+    rejected.tool = core.redactor.secrets_only(rejected.tool)
+    return rejected
+
+
 def _call_flow(call: Call) -> Flow:
     """The chain, in DESIGN.md's order: each step is a named function below."""
     _admit(call)  # kill switch, allowlist and registry, arguments, loop detection, degrade
     core, eff = call.run, call.eff
     if eff.cacheable or call.write:
-        served = _from_memory(call)  # read cache, idempotency replay
-        if served is not _NOT_SERVED:
+        served = from_memory(call)  # read cache, idempotency replay
+        if served is not NOT_SERVED:
             return served
     if call.tool.context_param is not None or eff.credentials:
         _credentials(call)  # before anything is held, claimed or asked for
@@ -120,22 +125,40 @@ def _call_flow(call: Call) -> Flow:
             stored = yield from _claim(call, hold)
             if stored is not None:  # its outcome was stored meanwhile: replayed
                 return _replayed(call, stored)
-        timeout = _start(call, hold, first_claim)
+        timeout = start(call, hold, first_claim)
         started = core.time.now()
         watch = killswitch.watch(core, call.tool_name)
         ctx = None if call.tool.context_param is None else _context(call, timeout)
         result: Attempt = yield Execute(eff, call.args, ctx, timeout, call.idem_key, watch)
-        call.elapsed = core.time.now() - started
-        if isinstance(result.error, killswitch.Cancelled):
-            _cancelled(call, hold, result)  # a stop_all switch cancelled it in flight
-        if not isinstance(result.error, NotExecuted):  # the tool says it did not run
-            breaker.record(core, eff.breaker, result.ok, probe=call.probe)
-        if result.ok:
-            charges.settle(core.budget, hold, "ok", eff)
-            return _observe(call, result)  # output checks and hygiene, outcome recorded
-        pause = _failed(call, hold, result)  # raises unless it is retried
-        if pause > 0:
-            yield Sleep(pause)
+        ended = attempted(call, hold, started, result)  # settled, checked, recorded
+        if type(ended) is not Retry:
+            return ended
+        if ended.pause > 0:
+            yield Sleep(ended.pause)
+
+
+class Retry:
+    """What :func:`attempted` returns for a failed attempt that is tried again."""
+
+    __slots__ = ("pause",)
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause  # seconds to wait first
+
+
+def attempted(call: Call, hold: Hold, started: float, result: Attempt) -> Any:
+    """The end of an attempt that started at ``started``: the observation (output checks
+    and hygiene, outcome recorded), a :class:`Retry`, or the stop or refusal raised."""
+    core, eff = call.run, call.eff
+    call.elapsed = core.time.now() - started
+    if isinstance(result.error, killswitch.Cancelled):
+        _cancelled(call, hold, result)  # a stop_all switch cancelled it in flight
+    if not isinstance(result.error, NotExecuted):  # the tool says it did not run
+        breaker.record(core, eff.breaker, result.ok, probe=call.probe)
+    if result.ok:
+        charges.settle(core.budget, hold, "ok", eff)
+        return _observe(call, result)
+    return Retry(_failed(call, hold, result))  # raises unless it is retried
 
 
 # -- admission: the checks before anything is held -------------------------------------
@@ -165,6 +188,14 @@ def _admit(call: Call) -> None:
         eff = core.effective(tool.name)
     call.eff = eff
     call.write = eff.effect == "write"
+    vet(call)
+
+
+def vet(call: Call) -> None:
+    """The checks of a known, allowed tool's call after the kill switch: arguments and
+    constraints, loop detection, degrade state; sets the call's canonical arguments and
+    their digest."""
+    core, eff = call.run, call.eff
     args = call.args = arguments.validate(call)
     try:
         text = call.text = canonical(args)
@@ -178,9 +209,9 @@ def _admit(call: Call) -> None:
     call.digest = args_digest(args, text=text)
 
 
-def _from_memory(call: Call) -> Any:
+def from_memory(call: Call) -> Any:
     """The call served from the run's read cache, or a write's outcome replayed from its
-    idempotency key (both free); else :data:`_NOT_SERVED`."""
+    idempotency key (both free); else :data:`NOT_SERVED`."""
     core, eff, name = call.run, call.eff, call.tool_name
     if eff.cacheable:
         cached = cache.lookup(call)
@@ -192,14 +223,14 @@ def _from_memory(call: Call) -> Any:
             # Scrubbed when cached; again of any secret the run resolved since.
             return _rescrub(core, cached) if core.redactor.has_secrets else cached
     if not call.write:
-        return _NOT_SERVED
+        return NOT_SERVED
     key = call.idem_key = idempotency.key_for(call)
     if key is None:
-        return _NOT_SERVED
+        return NOT_SERVED
     # Before the fit check and approval: a write already done is replayed for free,
     # without asking again; a key reused with other arguments is refused here.
     done = idempotency.lookup(call, key)
-    return _NOT_SERVED if done is None else _replayed(call, done)
+    return NOT_SERVED if done is None else _replayed(call, done)
 
 
 def _replayed(call: Call, stored: Mapping[str, Any]) -> Any:
@@ -263,7 +294,7 @@ def _approve(call: Call) -> Generator[Any, Any, None]:
         # The wait may have been long: a breaker that opened meanwhile refuses the write
         # now, rather than letting it hit the failing dependency. (A call that is the
         # half-open probe already holds the fleet's one probe slot.)
-        call.probe = degrade.check(call)
+        call.probe = degrade.check(call, fresh=True)
 
 
 # -- attempts ---------------------------------------------------------------------------
@@ -285,7 +316,7 @@ def _claim(call: Call, hold: Hold) -> Generator[Any, Any, Mapping[str, Any] | No
     return None
 
 
-def _start(call: Call, hold: Hold, first_claim: bool) -> float:
+def start(call: Call, hold: Hold, first_claim: bool) -> float:
     """Ready the attempt to start: the time it may take, a write's cache cleared and its
     authorization audited. Not started when the run's time ran out since it was checked
     (refunded, a key just claimed released)."""
@@ -412,7 +443,7 @@ def _may_retry(call: Call) -> bool:
         call.attempt <= eff.retries
         and not call.external
         and not call.probe
-        and breaker.admit(core, eff.breaker)[0] != "open"
+        and breaker.admit(core, eff.breaker, fresh=True)[0] != "open"
         and breaker.retry_allowed(core, eff.breaker)
     )
 

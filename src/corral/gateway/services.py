@@ -1,7 +1,7 @@
 """The machinery a run shares with the other runs of its process, in one object a run is
 given (``Run(..., services=...)``) or gets by default: where its events go besides the
-store (sinks), the breaker's successes not yet written, the kill-switch caches, and the
-thread that renews its leases (with their length).
+store (sinks), the breaker's successes not yet written and the breakers read closed, the
+kill-switch caches, and the thread that renews its leases (with their length).
 
 The default is the process's own (:data:`DEFAULT`), as before: the metrics and trace
 exporters install their sinks there. A test, or a host running runs side by side that
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corral.controls.breaker import SUCCESSES, Successes
+from corral.controls.breaker import BREAKERS, SUCCESSES, BreakerStates, Successes
 from corral.controls.killswitch import CACHES, SwitchCaches
 from corral.record.sinks import SINKS, Sinks
 from corral.stores.leases import RENEWER, Renewer
@@ -37,6 +37,8 @@ class Services:
     """Where the run's events go besides the store (metrics, exporters)."""
     successes: Successes = SUCCESSES
     """The breaker's successful attempts counted here and not yet added to the store."""
+    breakers: BreakerStates = BREAKERS
+    """Which breakers were read closed, taken as closed for ``REFRESH_SECONDS``."""
     switches: SwitchCaches = CACHES
     """The kill-switch cache of each store (read at most every ``REFRESH_SECONDS``)."""
     renewer: Renewer = RENEWER

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from corral.budgets.meter import Limits, Usage, limits_from_policy
 from corral.clock import DEADLINE, SYSTEM_CLOCK, Clock
+from corral.controls.breaker import cache_for as breaker_cache_for
 from corral.controls.breaker import wall
 from corral.exceptions import ConfigError, Stop, StoreError, StoreGone
 from corral.gateway.canonical import args_digest, canonical
@@ -81,9 +82,11 @@ class RunState:
         self.services = DEFAULT_SERVICES if services is None else services
         # The kill-switch cache of the run's store (guards/killswitch.py reads it per call).
         self.switch_cache = self.services.switches.cache_for(store)
+        self.clock = clock or SYSTEM_CLOCK
+        # The breakers read closed lately, when the run may rely on them (controls/breaker.py).
+        self.breaker_cache = breaker_cache_for(store, self.clock, self.services.breakers)
         self.tools = dict(tools)
         self.store = store
-        self.clock = clock or SYSTEM_CLOCK
         self.tenant = tenant
         self.agent = agent
         self.approver = approver
@@ -149,6 +152,8 @@ class RunState:
         self.recent_calls: list[tuple[str, str]] = []  # guards/loop_detection.py
         # The kill-switch check made while a call of a name runs (guards/killswitch.watch).
         self.watches: dict[str | None, Callable[[], Any]] = {}
+        # How ``Run.call`` calls each tool: directly, or through the flow (gateway/direct.py).
+        self.plans: dict[str, Any] = {}
 
     # -- store access, fail closed, within the run's time ----------------------------
     def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from corral.gateway import direct
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
 from corral.gateway.model_turn import model_flow
@@ -80,14 +81,19 @@ class Run(RunBase):
         and :class:`ConfigError` for a tool described only by the policy (nothing here
         can execute it: :meth:`authorize` it and :meth:`report` its outcome).
         """
+        core = self._core
+        if type(name) is str and idempotency_key is None and call_id is None:
+            plan = direct.plan_for(core, name)
+            if plan is not None:  # a plain read: the chain called directly
+                return direct.call(plan, {} if args is None else args)
         flow = call_flow(
-            self._core,
+            core,
             name,
             {} if args is None else args,
             key=text_or_none("idempotency_key", idempotency_key),
             call_id=text_or_none("call_id", call_id),
         )
-        return run_sync(flow, approver=self._core.approver, clock=self._core.clock)
+        return run_sync(flow, approver=core.approver, clock=core.clock)
 
     def authorize(
         self,

@@ -21,11 +21,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
-
-import httpx
+from typing import TYPE_CHECKING, Any, Self
 
 from corral.models.base import ModelOutputError
+
+if TYPE_CHECKING:
+    import httpx
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 #: Below this many seconds left, another attempt is not started.
@@ -182,6 +183,8 @@ class Caller:
 
     async def open(self) -> None:
         if self._client is None and self._owned is None:
+            import httpx  # here, not at import: the test kit's fakes share this module
+
             self._owned = httpx.AsyncClient()
 
     async def aclose(self) -> None:
@@ -203,6 +206,8 @@ class Caller:
         Raises :class:`ModelAPIError` when the call fails for good, and
         :class:`~corral.ModelOutputError` when a 2xx answer is not a JSON object.
         """
+        import httpx  # here, not at import: the test kit's fakes share this module
+
         policy = self.retry
         deadline = None if timeout is None else time.monotonic() + timeout
         self.budget.request()
@@ -258,6 +263,8 @@ class Caller:
         headers: Mapping[str, str],
         per_attempt: float,
     ) -> httpx.Response:
+        import httpx
+
         connect = _smallest(self.retry.connect_timeout, per_attempt)
         timeout = httpx.Timeout(per_attempt, connect=connect)
         client = self._client or self._owned

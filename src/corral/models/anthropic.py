@@ -19,9 +19,7 @@ nothing of the loop or the gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from corral.models._http import Caller, PooledModel, RetryBudget, RetryPolicy
 from corral.models._wire import (
@@ -44,6 +42,9 @@ from corral.models.base import (
     ToolCallRequest,
     wire_name,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ANTHROPIC_URL", "API_VERSION", "AnthropicModel", "usage_of"]
 

@@ -20,9 +20,7 @@ nothing of the loop or the gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from corral.exceptions import ConfigError
 from corral.models._http import Caller, ModelAPIError, PooledModel, RetryBudget, RetryPolicy
@@ -46,6 +44,9 @@ from corral.models.base import (
     ToolCallRequest,
     wire_name,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["OPENAI_URL", "OpenAIModel", "usage_of"]
 

@@ -13,7 +13,6 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from corral.policy._input import decimal_problem
@@ -100,6 +99,8 @@ def _credential_name(name: str) -> str:
 def _json_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is None:
         return None
+    import jsonschema  # on first use: a policy without schemas never needs it
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:

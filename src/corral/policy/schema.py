@@ -31,7 +31,6 @@ from corral.exceptions import PolicyError
 from corral.policy._input import (
     check_size,
     parse_json,
-    parse_yaml,
     plain_tree,
     read_text,
 )
@@ -190,6 +189,8 @@ class Policy(Section):
         """
         check_size(text, source)
         _not_empty(text, source)
+        from corral.policy._yaml import parse_yaml  # PyYAML on first use: see _yaml
+
         data = parse_yaml(text, source)  # bounded: see corral.policy._input
         return cls.from_dict(_document(data, source), source=source)
 

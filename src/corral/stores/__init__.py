@@ -52,13 +52,15 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from corral.exceptions import ConfigError, StoreError, StoreMissing
 from corral.stores.base import Store
 from corral.stores.memory import MemoryStore
-from corral.stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from corral.stores.sqlite import SQLiteStore
 
 #: What :func:`default_path` names inside the user data directory.
 DEFAULT_FILE = "corral.db"
@@ -126,6 +128,8 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
             _prepare_sqlite(path, create, known=_open_already(key))
 
         def factory() -> Store:
+            from corral.stores.sqlite import SQLiteStore  # on first use, like PostgreSQL's
+
             return SQLiteStore(path, **options)
     else:
         url = f"{scheme}://{rest}"
@@ -384,3 +388,18 @@ __all__ = [
     "open_store",
     "sqlite_url",
 ]
+
+
+def _lazy(name: str) -> Any:
+    """``SQLiteStore``, imported on first use: ``import corral`` and runs on ``memory://``
+    do not load the SQLite backend."""
+    if name == "SQLiteStore":
+        from corral.stores.sqlite import SQLiteStore
+
+        globals()[name] = SQLiteStore  # a whole class, stored once: later lookups skip this
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if not TYPE_CHECKING:  # type checkers see the import above, not a catch-all __getattr__
+    __getattr__ = _lazy

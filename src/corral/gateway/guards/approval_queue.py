@@ -31,7 +31,6 @@ from corral.gateway.guards import killswitch as switch_guard
 from corral.gateway.ops import Sleep
 from corral.stores import default_url
 from corral.stores.base import ApprovalRecord, Store
-from corral.stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from corral.gateway.state import Effective, RunState
@@ -174,6 +173,8 @@ def _look(
 def _db_option(store: Store) -> str:
     """``--db URL`` for the command that decides a request, when the store is a SQLite
     file other than the default one (which `corral` would open without the option)."""
+    from corral.stores.sqlite import SQLiteStore  # here: runs on memory:// never load it
+
     if not isinstance(store, SQLiteStore) or store.path == ":memory:":
         return ""
     default = default_url()

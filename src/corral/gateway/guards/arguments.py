@@ -12,8 +12,6 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import jsonschema
-
 from corral.exceptions import Stop, ToolRejected
 from corral.gateway.guards.constraints import Violation, violation
 from corral.gateway.guards.denial import count_mistake, deny
@@ -100,6 +98,8 @@ _POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
 def _check_policy_schema(schema: Mapping[str, Any], args: Any) -> None:
     cached = _POLICY_VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
+        import jsonschema  # once per schema: runs whose policy has no schemas never load it
+
         validator = jsonschema.validators.validator_for(schema)(schema)
         cached = _POLICY_VALIDATORS[id(schema)] = (schema, validator)
     errors = sorted(cached[1].iter_errors(args), key=lambda e: list(e.absolute_path))

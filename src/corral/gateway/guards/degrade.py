@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from corral.gateway.call import Call
 
 
-def check(call: Call) -> bool:
+def check(call: Call, *, fresh: bool = False) -> bool:
     """Refuse a call of a degraded tool (its breaker: its ``dependency``, else its name);
-    return whether this call is the half-open probe."""
+    return whether this call is the half-open probe. ``fresh``: read the breaker from the
+    store (a call that waited), not as lately read."""
     core, name, dependency = call.run, call.tool_name, call.eff.breaker
-    decision, state = breaker.admit(core, dependency or name)
+    decision, state = breaker.admit(core, dependency or name, fresh=fresh)
     if decision != "open":
         return decision == "probe"
     retry_after = max(0.0, state.until - breaker.wall(core))

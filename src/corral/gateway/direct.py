@@ -1,0 +1,125 @@
+"""The chain called directly: ``Run.call`` of a plain read, without a flow and a driver.
+
+Most calls an agent makes are reads of sync tools that need no approval, no credentials
+and no context. For those, ``Run.call`` takes this path: the same steps as
+:func:`~corral.gateway.chain.call_flow`, in the same order and through the same functions
+(kill switch, arguments and constraints, loop detection, degrade, read cache, budget
+reservation, execution under the deadline, output checks, settlement, the event), called
+one after the other instead of through a generator and
+:func:`~corral.gateway.drivers.drive_sync`. Nothing is skipped: what a plan decides once
+is only what cannot change during a run (the tool, how the run treats it, that the
+allowlist lets it through). A call that is anything else — a write, a tool needing
+approval, credentials or a :class:`~corral.ToolContext`, an async tool, a described tool,
+an idempotency key or a call id, a name that is not a plain ``str`` — goes through the
+flow.
+
+Like the drivers, this path sets :data:`~corral.clock.DEADLINE` while it runs (so that
+the store's waits end at the run's deadline), hands what a tool raises that is not an
+``Exception`` back as the failure it is (``gateway/_escapes.py``), and scrubs what a
+refusal or a stop quotes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.clock import DEADLINE, DRIVEN
+from corral.exceptions import Stop, ToolRejected
+from corral.gateway import chain
+from corral.gateway._escapes import CANCELLATION, Escaped
+from corral.gateway.call import Call
+from corral.gateway.drivers import execute_sync
+from corral.gateway.effective import Effective
+from corral.gateway.guards import killswitch
+from corral.gateway.ops import Attempt, Execute
+from corral.gateway.state import RunState
+
+
+class Plan:
+    """What one run knows once of one read tool: its name and how it treats it."""
+
+    __slots__ = ("core", "eff", "name")
+
+    def __init__(self, core: RunState, name: str, eff: Effective) -> None:
+        self.core = core
+        self.name = name
+        self.eff = eff
+
+
+def plan_for(core: RunState, name: str) -> Plan | None:
+    """The plan for calls of ``name`` (a plain ``str``) in ``core``'s run; ``None`` when
+    its calls take the flow. Made at the first call, kept for the run."""
+    plans: dict[str, Plan | None] = core.plans
+    if name in plans:
+        return plans[name]
+    plan = plans[name] = _plan(core, name)
+    return plan
+
+
+def _plan(core: RunState, name: str) -> Plan | None:
+    tool = core.tools.get(name)
+    if tool is None or tool.name not in core.allowed:  # refused by the flow, with its events
+        return None
+    if tool.described or tool.is_async or tool.context_param is not None:
+        return None
+    eff = core.effective(name)
+    if eff.effect != "read" or eff.require_approval or eff.credentials:
+        return None
+    return Plan(core, name, eff)
+
+
+def call(plan: Plan, raw_args: Any) -> Any:
+    """Govern one call of the plan's tool; the observation, or the stop or refusal."""
+    core = plan.core
+    call = Call(core, plan.name, raw_args, None, None, False)
+    core.last_call = None
+    token = DEADLINE.set(DRIVEN)
+    try:
+        return _chain(call, plan)
+    except ToolRejected as rejected:
+        chain.scrubbed(core, rejected)
+        raise
+    except Stop as stop:
+        core.scrub_stop(stop)
+        raise
+    finally:
+        DEADLINE.reset(token)
+
+
+def _chain(call: Call, plan: Plan) -> Any:
+    """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read."""
+    core, eff, name = plan.core, plan.eff, plan.name
+    call.tool_name, call.tool, call.eff = name, eff.tool, eff
+    core.ensure_running()
+    core.time.check()
+    killswitch.check(core, name, eff)
+    chain.vet(call)  # arguments and constraints, loop detection, degrade state
+    if eff.cacheable:
+        served = chain.from_memory(call)
+        if served is not chain.NOT_SERVED:
+            return served
+    while True:  # the attempts, as in the flow
+        call.attempt += 1
+        core.time.check()
+        hold = core.budget.reserve(eff.charge)
+        timeout = chain.start(call, hold, False)
+        started = core.time.now()
+        op = Execute(eff, call.args, None, timeout, None, killswitch.watch(core, name))
+        ended = chain.attempted(call, hold, started, _execute(op))
+        if type(ended) is not chain.Retry:
+            return ended
+        if ended.pause > 0:
+            DEADLINE.set(DRIVEN)  # the pause is not the run's wait (as in drive_sync)
+            core.clock.sleep(ended.pause)
+
+
+def _execute(op: Execute) -> Attempt:
+    """One attempt; a ``BaseException`` the tool raised of its own is its failure."""
+    try:
+        return execute_sync(op)
+    except CANCELLATION:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # the driver's own failure, not the tool's
+            raise
+        return Attempt(False, error=Escaped(exc))

@@ -1,0 +1,117 @@
+"""The peers and soak benchmarks run to the end and report every case (timings not judged).
+
+Each bench runs in a subprocess with ``--quick``, as CI's smoke of it: a few iterations
+of every case, nothing asserted about time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CORRAL_CASES = {
+    "corral.allow.memory",
+    "corral.allow.sqlite",
+    "corral.async",
+    "corral.write.sqlite",
+    "loop.corral.memory",
+    "loop.corral.sqlite",
+}
+PEERS = {  # case -> the module it needs
+    "agt.intercept": "agent_os",
+    "agt.composite": "agent_os",
+    "agt.use_tool": "agent_os",
+    "loop.pydantic_ai": "pydantic_ai",
+    "loop.openai_agents": "agents",
+}
+# Runs bench/peers.py with the peers' packages made unimportable, as where they are not
+# installed.
+WITHOUT_PEERS = """
+import runpy, sys
+BLOCKED = {"agent_os", "pydantic_ai", "agents"}
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+sys.argv = ["bench/peers.py", "--quick"]
+runpy.run_path("bench/peers.py", run_name="__main__")
+"""
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def test_peers_quick_reports_every_case_with_figures() -> None:
+    """`bench/peers.py --quick --json` exits 0 with figures for every corral case and peer."""
+    done = bench("bench/peers.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout)
+    cases = out["cases"]
+    assert CORRAL_CASES | set(PEERS) <= set(cases)
+    for key in CORRAL_CASES:
+        figures = cases[key]["figures"]
+        assert len(next(iter(figures.values()))["rounds"]) == out["rounds"] == 2
+    assert cases["corral.allow.memory"]["figures"]["overhead_p50"]["median"] > 0
+    assert cases["loop.corral.memory"]["figures"]["run10_p50"]["median"] > 0
+    for key, module in PEERS.items():
+        if installed(module):
+            assert "figures" in cases[key], cases[key]
+            assert cases[key]["figures"]["p50" if key.startswith("agt") else "run10_p50"]
+        else:
+            assert "not installed" in cases[key]["missing"]
+    assert out["ratios"]["async_over_sync"]["target"] == "<= 1.3"
+    assert {t["case"] for t in out["targets"]} >= {"corral.allow.sqlite", "loop.corral.sqlite"}
+
+
+def test_peers_not_installed_are_reported_in_the_table() -> None:
+    """Without the peers' packages the table still prints, each peer marked not installed."""
+    done = bench("-c", WITHOUT_PEERS)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    for label in (
+        "corral Run.call, read, memory://",
+        "corral Run.call, read, SQLite",
+        "corral AsyncRun.call, async tool",
+        "corral write, durable claim, SQLite",
+        "corral.run loop, memory://",
+        "corral.run loop, SQLite",
+        "AsyncRun.call / Run.call",
+    ):
+        assert label in table, label
+    assert table.count("not installed") >= len(PEERS)
+    assert "AGT ToolUsingAgent._use_tool" in table
+    assert "Traceback" not in done.stderr
+
+
+def test_soak_quick_reports_growth_after_warmup() -> None:
+    """`bench/soak.py --quick` exits 0 and reports RSS, thread and fd growth after warm-up."""
+    done = bench("bench/soak.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["runs"] == 300 and out["errors"] == []
+    assert set(out["growth_after_warmup"]) >= {"rss_mb", "threads", "fds"}
+    assert out["baseline"]["runs"] >= out["warmup_runs"]
+    assert out["last"]["rss_mb"] > 0 and out["last"]["fds"] > 0
+    assert "runs     300/300" in done.stderr  # the progress line
+    table = bench("bench/soak.py", "--quick", "--runs", "60")
+    assert table.returncode == 0, table.stderr
+    assert "RSS MB" in table.stdout and "open fds" in table.stdout
