@@ -11,6 +11,10 @@
    power loss): p50/p99 of each, interleaved in the same run as in gateway_overhead.py.
 
     python bench/audit_append.py [--n 2000] [--postgres URL] [--json]
+                                 [--commit each|group] [--window-ms 10]
+
+``--commit group`` measures the allow path with SQLite's group commit (reads' events
+committed within ``--window-ms``; see docs/cli.md) instead of a commit per call.
 
 PostgreSQL: ``--postgres URL``, else ``CORRAL_TEST_POSTGRES_URL``, else the local server
 (database ``test``); skipped with a message when it cannot be reached. Work happens in a
@@ -174,13 +178,23 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000, help="appends / timed calls per figure")
     parser.add_argument("--postgres", default=None, help="PostgreSQL URL")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--commit", default="each", choices=("each", "group"))
+    parser.add_argument("--window-ms", type=float, default=10.0, help="with --commit group")
     opts = parser.parse_args()
+    grouped: dict[str, Any] = (
+        {"commit": "group", "window": opts.window_ms / 1000} if opts.commit == "group" else {}
+    )
     pg_url = (
         opts.postgres
         or os.environ.get("CORRAL_TEST_POSTGRES_URL")
         or f"postgresql://{os.environ.get('PGUSER') or 'postgres'}@127.0.0.1:5432/test"
     )
-    report: dict[str, Any] = {"n": opts.n, "append_records_per_s": {}, "allow_path": {}}
+    report: dict[str, Any] = {
+        "n": opts.n,
+        "commit": opts.commit,
+        "append_records_per_s": {},
+        "allow_path": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         with SQLiteStore(Path(tmp) / "append.db") as store:
             report["append_records_per_s"]["sqlite"] = append_figures(
@@ -199,7 +213,7 @@ def main() -> int:
             finally:
                 drop_schema(pg_url, detail)
         for sync in ("NORMAL", "FULL"):
-            with SQLiteStore(Path(tmp) / f"allow-{sync}.db", synchronous=sync) as store:
+            with SQLiteStore(Path(tmp) / f"allow-{sync}.db", synchronous=sync, **grouped) as store:
                 report["allow_path"][f"sqlite_{sync.lower()}"] = allow_path(store, opts.n)
     if opts.json:
         print(json.dumps(report))
@@ -211,7 +225,8 @@ def main() -> int:
             continue
         line = "   ".join(f"{k.replace('_', ' ')}: {v:>7,}" for k, v in figures.items())
         print(f"  {backend:9s} {line}")
-    print(f"allow path, read tool, audit durable in SQLite, {opts.n} calls each (interleaved)")
+    how = "audit durable" if opts.commit == "each" else f"group commit {opts.window_ms:g} ms"
+    print(f"allow path, read tool, {how} in SQLite, {opts.n} calls each (interleaved)")
     for mode, f in report["allow_path"].items():
         print(f"  synchronous={mode.split('_')[1].upper()}")
         rows = (("bare call", "bare"), ("through corral", "governed"), ("overhead", "overhead"))

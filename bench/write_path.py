@@ -14,6 +14,10 @@ Prints p50/p99 of each in microseconds, the write path's overhead over the bare 
 and the ratio write/read.
 
     python bench/write_path.py [--n 5000] [--synchronous NORMAL|FULL] [--json]
+                               [--commit each|group] [--window-ms 10]
+
+``--commit group``: SQLite's group commit (reads' events committed within ``--window-ms``;
+a write's claim and authorization stay synchronous; see docs/cli.md).
 
 Target (DESIGN.md): write path with a durable idempotency record, p50 <= 1 ms.
 """
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import corral
 from corral.stores.sqlite import SQLiteStore
@@ -42,7 +47,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5_000, help="timed calls per side")
     parser.add_argument("--synchronous", default="NORMAL", help="NORMAL (default) or FULL")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--commit", default="each", choices=("each", "group"))
+    parser.add_argument("--window-ms", type=float, default=10.0, help="with --commit group")
     opts = parser.parse_args()
+    grouped: dict[str, Any] = (
+        {"commit": "group", "window": opts.window_ms / 1000} if opts.commit == "group" else {}
+    )
 
     @corral.tool(name="kb.read", effect="read")
     def kb_read(query: str) -> str:
@@ -63,7 +73,7 @@ def main() -> int:
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteStore(Path(tmp) / "corral.db", synchronous=opts.synchronous)
+        store = SQLiteStore(Path(tmp) / "corral.db", synchronous=opts.synchronous, **grouped)
         run = corral.Run(policy, tools=[kb_read, ledger_write], store=store)
         fn = ledger_write.fn
         queries = [{"query": f"vendor status {i}"} for i in range(8)]
@@ -102,6 +112,7 @@ def main() -> int:
     figures = {
         "n": opts.n,
         "synchronous": opts.synchronous.upper(),
+        "commit": opts.commit,
         **{f"{k}_p50_us": round(v, 2) for k, v in p50.items()},
         **{f"{k}_p99_us": round(v, 2) for k, v in p99.items()},
         "write_overhead_p50_us": round(p50["write"] - p50["bare"], 2),
@@ -113,7 +124,10 @@ def main() -> int:
         print(json.dumps(figures))
     else:
         sync = figures["synchronous"]
-        print(f"write path, durable claim on SQLite (synchronous={sync}), n={opts.n}")
+        print(
+            f"write path, durable claim on SQLite (synchronous={sync}, commit={opts.commit}), "
+            f"n={opts.n}"
+        )
         for side in ("bare", "read", "write"):
             print(f"  {side:<6} p50 {p50[side]:9.2f} us   p99 {p99[side]:9.2f} us")
         print(

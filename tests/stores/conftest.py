@@ -1,5 +1,6 @@
-"""Every store test runs against every backend: in memory, SQLite (a temporary file) and
-PostgreSQL (a schema of its own; skipped when the server is unusable, failed under CI)."""
+"""Every store test runs against every backend: in memory, SQLite (a temporary file; also in
+group-commit mode, ``sqlite-group``) and PostgreSQL (a schema of its own; skipped when the
+server is unusable, failed under CI)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,21 @@ from corral.stores import Store
 from corral.stores.memory import MemoryStore
 from corral.stores.sqlite import SQLiteStore
 
-BACKENDS = ("memory", "sqlite", "postgres")
+BACKENDS = ("memory", "sqlite", "sqlite-group", "postgres")
 
 #: The local test server: database ``test``, trust auth, user ``PGUSER`` or ``postgres``.
 POSTGRES_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL") or (
     f"postgresql://{os.environ.get('PGUSER') or 'postgres'}@127.0.0.1:5432/test"
 )
+
+
+def local_store(backend: str, path: Path) -> Store:
+    """A fresh store of a backend in this process or file."""
+    if backend == "memory":
+        return MemoryStore()
+    if backend == "sqlite-group":
+        return SQLiteStore(path, commit="group", window=0.005)
+    return SQLiteStore(path)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -31,7 +41,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         with fresh_store(require_postgres(POSTGRES_URL)) as pg:
             yield pg
         return
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "corral.db")
+    s = local_store(str(request.param), tmp_path / "corral.db")
     try:
         yield s
     finally:
@@ -55,7 +65,7 @@ def new_store(
                 yield pg
             return
         path = tmp_path / f"corral-{next(files)}.db"
-        s: Store = MemoryStore() if backend == "memory" else SQLiteStore(path)
+        s = local_store(backend, path)
         try:
             yield s
         finally:

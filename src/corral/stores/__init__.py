@@ -2,7 +2,9 @@
 
 =================================  ==========================================================
 ``sqlite:////var/lib/corral.db``   a SQLite file by absolute path; ``?synchronous=FULL``
-                                   also survives power loss, at a cost per commit
+                                   also survives power loss, at a cost per commit;
+                                   ``?commit=group&window_ms=10`` commits reads' events
+                                   in groups, within the window (:mod:`.sqlite`)
 ``sqlite:///corral.db``            a SQLite file, relative to the working directory
 ``sqlite://``                      SQLite in memory (also ``sqlite:///:memory:``)
 ``postgresql://user@host/db``      PostgreSQL, for several processes on several machines
@@ -119,7 +121,7 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
     if scheme == "memory":
         key, factory = f"memory://{rest}", MemoryStore
     elif scheme == "sqlite":
-        path, synchronous = _sqlite_target(url, rest)
+        path, options = _sqlite_target(url, rest)
         path = path if path == ":memory:" else os.path.abspath(path)
         key = "sqlite://" + path
         if path != ":memory:":
@@ -128,7 +130,7 @@ def open_store(url: str | Store | None = None, *, create: bool = True) -> Store:
         def factory() -> Store:
             from corral.stores.sqlite import SQLiteStore  # on first use, like PostgreSQL's
 
-            return SQLiteStore(path, synchronous=synchronous)
+            return SQLiteStore(path, **options)
     else:
         url = f"{scheme}://{rest}"
         _check_postgres_url(url)
@@ -215,8 +217,9 @@ def _require_postgres_schema(url: str) -> None:
         raise StoreMissing(f"no corral store at {display_url(url)} ({where} has no corral tables)")
 
 
-def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
-    """The file (or ``:memory:``) and the ``synchronous`` setting a SQLite URL names."""
+def _sqlite_target(url: str, rest: str) -> tuple[str, dict[str, Any]]:
+    """The file (or ``:memory:``) a SQLite URL names, and its options as SQLiteStore's
+    arguments: ``synchronous``, ``commit`` (``each`` or ``group``) and ``window_ms``."""
     where, _, query = rest.partition("?")
     if where in ("", "/:memory:"):
         path = ":memory:"
@@ -226,12 +229,27 @@ def _sqlite_target(url: str, rest: str) -> tuple[str, str]:
             raise ConfigError(f"SQLite URL {url!r}: the path contains a NUL character")
     else:
         raise ConfigError(f"SQLite URL {url!r} has no path: {_sqlite_guess(where)}")
-    synchronous = "NORMAL"
+    options: dict[str, Any] = {"synchronous": "NORMAL"}
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name != "synchronous":
-            raise ConfigError(f"SQLite URL {url!r}: unknown option {name!r} (known: synchronous)")
-        synchronous = value.upper()
-    return path, synchronous
+        if name == "synchronous":
+            options["synchronous"] = value.upper()
+        elif name == "commit":
+            options["commit"] = value.lower()
+        elif name == "window_ms":
+            try:
+                options["window"] = float(value) / 1000
+            except ValueError:
+                raise ConfigError(
+                    f"SQLite URL {url!r}: window_ms must be a number of milliseconds, got {value!r}"
+                ) from None
+        else:
+            raise ConfigError(
+                f"SQLite URL {url!r}: unknown option {name!r} "
+                "(known: synchronous, commit, window_ms)"
+            )
+    if "window" in options and options.get("commit") != "group":
+        raise ConfigError(f"SQLite URL {url!r}: window_ms applies only with commit=group")
+    return path, options
 
 
 def _sqlite_guess(path: str) -> str:

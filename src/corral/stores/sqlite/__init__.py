@@ -35,11 +35,16 @@ inside the write transaction (another process may have moved it since). Appendin
 also renews the runs' heartbeat, at most once per
 :data:`~corral.stores.sqlite.events.HEARTBEAT_SECONDS`.
 
+``commit="group"`` (URL ``?commit=group&window_ms=N``) holds the outcomes of read tools
+and commits them in one transaction within the window, from a daemon thread
+(:mod:`.events`, :mod:`.background`); everything else, a write's authorization first,
+stays synchronous.
+
 The package: :mod:`.sql` holds every statement, :mod:`.rows` the conversions between
 rows and records, :mod:`.connection` the connection and its transactions,
-:mod:`.audit` the sealing of appended events; one module per concern of the
-:class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
-:mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`,
+:mod:`.audit` the sealing of appended events, :mod:`.background` the group-commit thread;
+one module per concern of the :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`,
+:mod:`.events`, :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`,
 :mod:`.breakers`) holds that part of :class:`SQLiteStore` (:mod:`.store`). It
 imports the stores' shared modules (records, rules, scopes, grants, chain, migrate,
 owner, filewatch, leases), never a backend of its own kind.

@@ -6,6 +6,13 @@ Events are the audit log: each append reads the chain's head, seals the events
 ``id`` (the table's rowid) is its place in the chain: no extra index to write per
 event. Appending also renews the runs' heartbeat, at most once per
 :data:`HEARTBEAT_SECONDS`.
+
+In group-commit mode (``commit="group"``) an append made only of read tools' outcomes
+(``tool_call`` events that carry no idempotency key) is held in memory and written
+within the store's ``window`` (:mod:`.connection`); every other append (a write's
+authorization and outcome, a run's start and end, approvals, kill switches, ...) is
+written before it returns, after the events held. Reading this store object's events
+or audit log writes what it holds first.
 """
 
 from __future__ import annotations
@@ -20,14 +27,19 @@ from corral.stores.records import AuditHead, AuditRecord, Event
 from corral.stores.sqlite.audit import append
 from corral.stores.sqlite.connection import SQLiteConnection
 from corral.stores.sqlite.rows import audit_record
-from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, HEARTBEAT_RUNNING, RUN_EVENTS
+from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, RUN_EVENTS
 
 #: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
 #: heartbeat keeps is an hour; renewing it on every append would write one more page to the
 #: WAL per event, about a tenth of the cost of a durable tool call.
 HEARTBEAT_SECONDS = 1.0
-_MAX_BEATS = 4096
 _NEVER = float("-inf")
+
+
+def deferrable(events: Sequence[Event]) -> bool:
+    """Whether group commit may hold ``events``: all outcomes of calls without an
+    idempotency key (a read tool's; a write's authorization is never one)."""
+    return all(e.kind == "tool_call" and e.data.get("key") is None for e in events)
 
 
 class Events(SQLiteConnection):
@@ -35,36 +47,44 @@ class Events(SQLiteConnection):
 
     def append_events(self, events: Sequence[Event]) -> None:
         """Append events in order, sealed into the audit chain; renews their runs' heartbeat
-        (at most every :data:`HEARTBEAT_SECONDS` per run from this store object)."""
+        (at most every :data:`HEARTBEAT_SECONDS` per run from this store object). In
+        group-commit mode a read's outcome is held and written within the window."""
         if not events:
             return
+        if self._grouped and deferrable(events):
+            self._hold(events)
+            return
+        mono = time.monotonic()
+        beats = self._beats
+        if len(events) == 1:  # the allow path's case: inline, no list of runs built
+            run_id = events[0].run_id
+            if mono - beats.get(run_id, _NEVER) < HEARTBEAT_SECONDS:
+                with self._write():
+                    append(cast(sqlite3.Cursor, self._cur), self._sealer, events)
+                return
+        due = self._beats_due(events)
+        if due:  # at most once a second per run: also look at the files
+            self._check_file()
+        with self._write():
+            self._write_events(cast(sqlite3.Cursor, self._cur), events, due)
+
+    def _beats_due(self, events: Sequence[Event]) -> list[str]:
+        """The runs of ``events`` whose heartbeat this store object renewed over
+        :data:`HEARTBEAT_SECONDS` ago (or never)."""
         mono = time.monotonic()
         beats = self._beats
         if len(events) == 1:  # the allow path's case
             run_id = events[0].run_id
-            due = [run_id] if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS else []
-        else:
-            due = [
-                run_id
-                for run_id in dict.fromkeys(e.run_id for e in events)
-                if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
-            ]
-        if due:  # at most once a second per run: also look at the files
-            self._check_file()
-        with self._write() as conn:
-            cur = cast(sqlite3.Cursor, self._cur)
-            append(cur, self._sealer, events)
-            if len(due) == 1:  # the usual case: execute skips executemany's setup
-                cur.execute(HEARTBEAT_RUNNING, (time.time(), due[0]))
-            elif due:
-                now = time.time()
-                conn.executemany(HEARTBEAT_RUNNING, [(now, run_id) for run_id in due])
-        if len(beats) > _MAX_BEATS:
-            beats.clear()  # forgetting only means the next append renews
-        for run_id in due:
-            beats[run_id] = mono
+            return [run_id] if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS else []
+        return [
+            run_id
+            for run_id in dict.fromkeys(e.run_id for e in events)
+            if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
+        ]
 
     def events(self, run_id: str) -> list[Event]:
+        if self._held:
+            self.flush()
         with self._locked() as conn:
             rows = conn.execute(RUN_EVENTS, (run_id,)).fetchall()
         return [
@@ -81,12 +101,16 @@ class Events(SQLiteConnection):
         ]
 
     def audit_head(self) -> AuditHead:
+        if self._held:
+            self.flush()
         with self._locked() as conn:
             row = conn.execute(AUDIT_HEAD).fetchone()
         return AuditHead() if row is None else AuditHead(seq=row[0], hash=row[1])
 
     def audit_records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Records with ``seq`` above ``after``, in chain order, at most ``limit``."""
+        if self._held:
+            self.flush()
         with self._locked() as conn:
             rows = conn.execute(AUDIT_RECORDS, (after, limit)).fetchall()
         return [audit_record(r) for r in rows]

@@ -114,6 +114,8 @@ class Runs(SQLiteConnection):
         """Mark ``interrupted`` the running runs whose owner died or whose lease lapsed;
         return their ids. Each gets an ``interrupted`` event saying why."""
         now = time.time() if now is None else now
+        if self._held:  # their heartbeats first, as if they had been written when given
+            self.flush()
         with self._locked() as conn:
             rows = conn.execute(RUNNING_RUNS).fetchall()
         found = []

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 WAL = "PRAGMA journal_mode=WAL"
 SYNCHRONOUS = "PRAGMA synchronous={}"
 BUSY_TIMEOUT = "PRAGMA busy_timeout = {}"
+AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = {}"
 BEGIN = "BEGIN IMMEDIATE"  # takes the write lock before the transaction reads anything
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"

@@ -30,6 +30,14 @@ class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breake
     :class:`~corral.exceptions.StoreError` when the file cannot be opened and
     :class:`~corral.exceptions.ConfigError` when its schema is newer than this code.
     The audit chain is keyed when ``CORRAL_AUDIT_KEY`` is set at construction.
+
+    ``commit="each"`` (the default) commits every append before it returns: a tool
+    call's outcome survives the process being killed once the call has returned.
+    ``commit="group"`` holds the outcomes of read tools and commits them in one
+    transaction within ``window`` seconds (:mod:`.events`); a process killed meanwhile
+    loses at most that window of reads' outcomes, and its run shows as ``interrupted``
+    when the store is next opened. Writes' authorizations, claims and every other
+    state change stay synchronous in both modes.
     """
 
     #: A database: other processes may share it (a ``:memory:`` one too counts as one).
@@ -43,9 +51,13 @@ class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breake
         busy_timeout: float = 10.0,
         grant_lease: float = LEASE_SECONDS,
         renewer: Renewer | None = None,
+        commit: str = "each",
+        window: float = 0.01,
     ) -> None:
         self.leases = GrantLeases(self.renew_grants, lease=grant_lease, renewer=renewer)
-        super().__init__(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        super().__init__(
+            path, synchronous=synchronous, busy_timeout=busy_timeout, commit=commit, window=window
+        )
         try:
             with self._locked():
                 pass  # connect and migrate now, so a bad path or schema fails here
@@ -55,4 +67,6 @@ class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breake
             raise
 
     def __repr__(self) -> str:
+        if self.commit == "group":
+            return f"SQLiteStore({self.path!r}, commit='group', window={self.window!r})"
         return f"SQLiteStore({self.path!r})"
