@@ -359,3 +359,81 @@ def test_a_sync_model_in_async_run_is_bounded_by_the_models_timeout() -> None:
     result, elapsed = run_async(main)
     assert str(result.stop) == "model_error:blocking"
     assert elapsed < 0.2 + 0.15
+
+
+# -- an async call runs in the caller's task, as if in a task of its own ------------------
+def test_a_tool_keeping_its_own_timeout_gets_its_result_and_no_stop() -> None:
+    """A tool that bounds its own wait with ``asyncio.timeout`` and handles the expiry
+    returns normally: its own cancellation is not taken for the run's or the caller's."""
+
+    @corral.tool(name="search.read", effect="read")
+    async def patient(query: str) -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            await asyncio.sleep(0.01)
+            return "fallback"
+        return "never"
+
+    async def main() -> tuple[Any, corral.RunResult]:
+        async with new_run(tools=[patient]) as run:
+            out = await run.call("search.read", {"query": "a"})
+            await run.finish(out)
+        return out, run.result
+
+    out, result = run_async(main)
+    assert (out, result.stop_reason) == ("fallback", "ok")
+
+
+def test_a_tool_setting_a_context_variable_does_not_change_the_callers() -> None:
+    """A tool runs in a copy of the caller's context, as a task would: what it sets there
+    stays there, whether it finishes at once or after waiting."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="caller")
+
+    @corral.tool(name="search.read", effect="read")
+    async def setter(query: str) -> str:
+        seen = var.get()
+        var.set("tool")
+        if query == "wait":
+            await asyncio.sleep(0.001)
+        return seen + ":" + var.get()
+
+    async def main() -> list[str]:
+        var.set("run")
+        async with new_run(tools=[setter]) as run:
+            outs = [await run.call("search.read", {"query": q}) for q in ("now", "wait")]
+            return [*outs, var.get()]
+
+    assert run_async(main) == ["run:tool", "run:tool", "run"]
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_cancelling_the_caller_cancels_the_tool_and_is_re_raised(swallow: bool) -> None:
+    """The caller's cancellation reaches the tool where it waits and is re-raised, also
+    when the tool swallows it and returns."""
+    got: list[str] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def waiting(query: str) -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            got.append("cancelled")
+            if not swallow:
+                raise
+        return "swallowed"
+
+    async def main() -> None:
+        async with new_run(tools=[waiting]) as run:
+            task = asyncio.ensure_future(run.call("search.read", {"query": "a"}))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert task.cancelled()
+
+    run_async(main)
+    assert got == ["cancelled"]

@@ -153,9 +153,12 @@ def model_flow(
     tool_specs: Sequence[Mapping[str, Any]],
     *,
     max_tokens: int | None = None,
+    input_bound: int | None = None,
 ) -> Generator[Any, Any, ModelResponse]:
     """One governed model turn (a step): kill switch, breaker, reservation, call,
-    settlement."""
+    settlement. ``input_bound``: the request's
+    :func:`~corral.models.base.input_token_bound` when the caller knows it already (the
+    loop measures its history as it grows), else it is computed here."""
     core.ensure_running()
     core.time.check()
     killswitch.check(core, None, None)
@@ -163,7 +166,7 @@ def model_flow(
     provider = genai_provider(model)
     named = {"provider": provider} if provider else {}  # gen_ai.provider.name on its span
     endpoint, decision = _admit_endpoint(core, model, name)
-    bound = input_token_bound(messages, tool_specs)
+    bound = input_token_bound(messages, tool_specs) if input_bound is None else input_bound
     clamped, charge = plan(core, model, bound, max_tokens)
     hold = core.budget.reserve(charge)
     timeout = min(core.policy.models.timeout_seconds, core.time.remaining())

@@ -256,7 +256,19 @@ class AsyncRun(RunBase):
     ) -> ModelResponse:
         """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
-        flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
+        return await self._model_turn(model, messages, specs, max_tokens, None)
+
+    async def _model_turn(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        specs: Sequence[Mapping[str, Any]],
+        max_tokens: int | None,
+        input_bound: int | None,
+    ) -> ModelResponse:
+        flow = model_flow(
+            self._core, model, messages, specs, max_tokens=max_tokens, input_bound=input_bound
+        )
         result: ModelResponse = await run_async(
             flow, approver=self._core.approver, clock=self._core.clock
         )
