@@ -20,9 +20,11 @@ abandoned as above.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import logging
+import os
 import signal
 import threading
 import types
@@ -340,14 +342,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     As ``asyncio.run`` does, the first Ctrl-C (on the main thread) cancels ``coro``
     and raises ``KeyboardInterrupt`` once it has ended.
+
+    A loop that ends as clean as it started (see :func:`_pristine`) is not closed but kept
+    for the thread's next call: a loop costs a selector, a socket pair and their closing.
     """
-    loop = asyncio.new_event_loop()
+    loop = _take_spare() or asyncio.new_event_loop()
+    clean = False
     try:
         asyncio.set_event_loop(loop)
         main = loop.create_task(coro)
         sigint = _on_sigint(loop, main)
         try:
-            return loop.run_until_complete(main)
+            result = loop.run_until_complete(main)
         except asyncio.CancelledError:
             if sigint is not None and sigint[1][0] and main.uncancel() == 0:
                 raise KeyboardInterrupt() from None
@@ -355,12 +361,114 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             if sigint is not None and signal.getsignal(signal.SIGINT) is sigint[0]:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+        clean = True
+        return result
     finally:
         try:
-            _close(loop)
+            clean = _close(loop) and clean
         finally:
             asyncio.set_event_loop(None)
+            if not (clean and _pristine(loop) and _keep(loop)):
+                loop.close()
+
+
+# -- the loop kept between runs -----------------------------------------------------------
+class _Spare:
+    """Holds a thread's kept loop; closes it when the thread ends (its locals are dropped).
+
+    After a fork the loop is the parent's too (its selector is shared): a child never uses
+    it, nor closes it (closing unregisters the parent's wake-up socket from the selector);
+    it is only marked closed.
+    """
+
+    __slots__ = ("loop", "pid")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = loop
+        self.pid = os.getpid()
+
+    def take(self) -> asyncio.AbstractEventLoop | None:
+        loop, self.loop = self.loop, None
+        if loop is None or loop.is_closed():
+            return None
+        if self.pid != os.getpid():
+            _disown(loop)
+            return None
+        return loop
+
+    def __del__(self) -> None:
+        loop, self.loop = self.loop, None
+        if loop is None or loop.is_closed():
+            return
+        if self.pid != os.getpid():
+            _disown(loop)
+            return
+        with contextlib.suppress(Exception):  # also late in the interpreter's shutdown
             loop.close()
+
+
+_spares = threading.local()
+
+
+def _disown(loop: asyncio.AbstractEventLoop) -> None:
+    """Mark a loop inherited through a fork closed without touching its selector."""
+    with contextlib.suppress(AttributeError):
+        loop._closed = True  # type: ignore[attr-defined]
+
+
+def _take_spare() -> asyncio.AbstractEventLoop | None:
+    spare: _Spare | None = getattr(_spares, "spare", None)
+    if spare is None:
+        return None
+    _spares.spare = None
+    return spare.take()
+
+
+def _keep(loop: asyncio.AbstractEventLoop) -> bool:
+    """Keep ``loop`` for this thread's next run, unless one is kept already (a run inside
+    a run's thread made its own)."""
+    if getattr(_spares, "spare", None) is not None:
+        return False
+    _spares.spare = _Spare(loop)
+    return True
+
+
+def _close_spare() -> None:
+    spare: _Spare | None = getattr(_spares, "spare", None)
+    _spares.spare = None
+    if spare is not None:
+        spare.__del__()
+
+
+atexit.register(_close_spare)  # the main thread's (a worker's goes with its thread)
+
+
+def _pristine(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is as a new one: asyncio's own selector loop, nothing ready or
+    scheduled, no reader or writer but its own wake-up socket, no signal handler, no
+    executor, exception handler or task factory set, not in debug mode. Then its cancelled
+    timer handles are dropped. Anything else (or another loop class): closed as before."""
+    if type(loop) is not asyncio.SelectorEventLoop:
+        return False
+    try:
+        if (
+            loop._ready  # type: ignore[attr-defined]
+            or loop._default_executor is not None  # type: ignore[attr-defined]
+            or loop._exception_handler is not None  # type: ignore[attr-defined]
+            or loop._task_factory is not None  # type: ignore[attr-defined]
+            or getattr(loop, "_signal_handlers", None)
+            or loop.get_debug()
+            or len(loop._selector.get_map()) != 1  # type: ignore[attr-defined]
+        ):
+            return False
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        if any(not handle.cancelled() for handle in scheduled):
+            return False
+        scheduled.clear()
+        loop._timer_cancelled_count = 0  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - another asyncio than this one
+        return False
+    return True
 
 
 def _on_sigint(
@@ -406,9 +514,10 @@ def _drop(task: asyncio.Task[Any]) -> None:
         ended.set_result(None)  # it will never run again
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> None:
+def _close(loop: asyncio.AbstractEventLoop) -> bool:
     """Cancel what is left and wait at most CANCEL_GRACE for it (tasks abandoned already had
-    theirs: they are only cancelled again), then finalize async generators."""
+    theirs: they are only cancelled again), then finalize async generators. Whether there
+    was nothing to do."""
     left = asyncio.all_tasks(loop)
     if left:
         for task in left:
@@ -429,5 +538,9 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
                         "task": task,
                     }
                 )
+    alive = getattr(loop, "_asyncgens", None)  # asyncio's own loops keep them in a WeakSet
+    if alive is not None and not alive:  # none alive: nothing to finalize, no task for it
+        return not left
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), CANCEL_GRACE))
+    return False
