@@ -19,6 +19,7 @@ abandoned as above.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
 import asyncio
 import atexit
 import contextlib
@@ -38,6 +39,8 @@ from corral.gateway.guards.killswitch import WATCH_SECONDS
 
 T = TypeVar("T")
 log = logging.getLogger("corral")
+_SIGINT = int(signal.SIGINT)
+_MAIN_IDENT = threading.main_thread().ident
 
 #: How long a cancelled call is given to end before it is abandoned (seconds).
 CANCEL_GRACE = 0.05
@@ -359,8 +362,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
                 raise KeyboardInterrupt() from None
             raise
         finally:
-            if sigint is not None and signal.getsignal(signal.SIGINT) is sigint[0]:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            if sigint is not None and _signal.getsignal(_SIGINT) is sigint[0]:
+                _signal.signal(_SIGINT, signal.default_int_handler)
         clean = True
         return result
     finally:
@@ -476,9 +479,10 @@ def _on_sigint(
 ) -> tuple[Callable[[int, Any], None], list[int]] | None:
     """As ``asyncio.Runner``: on the main thread, the first Ctrl-C cancels ``main``; returns
     the handler installed and the count of interruptions."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != _MAIN_IDENT:
         return None
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    # The C-level calls: ``signal.getsignal``/``signal.signal`` convert to enums (~5 us each).
+    if _signal.getsignal(_SIGINT) is not signal.default_int_handler:
         return None
     count = [0]
 
@@ -491,7 +495,7 @@ def _on_sigint(
         raise KeyboardInterrupt()
 
     try:
-        signal.signal(signal.SIGINT, handler)
+        _signal.signal(_SIGINT, handler)
     except ValueError:  # signals unavailable in this interpreter
         return None
     return handler, count
