@@ -17,6 +17,7 @@ from corral.clock import Clock
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway import lifecycle
 from corral.gateway._escapes import CANCELLATION
+from corral.gateway.direct import Plan
 from corral.gateway.guards import killswitch
 from corral.gateway.lifecycle import status_of
 from corral.gateway.model_turn import plan
@@ -155,6 +156,7 @@ class RunBase:
         )
         self._result: RunResult | None = None
         self._wire: dict[str, str] = {}
+        self._plans: dict[str, Plan | None] = {}  # AsyncRun's direct path, tool by tool
 
     # -- identity and state ------------------------------------------------------------
     @property
