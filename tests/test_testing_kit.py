@@ -186,3 +186,5 @@ def test_the_scripted_models_estimate_is_the_requests_json_as_the_conversation_g
         body = json.dumps([list(request.messages), list(request.tools)], default=str)
         assert response.input_tokens == max(1, len(body) // 4)
         messages.append({"role": "tool", "content": "x" * i, "tool_call_id": f"c{i}"})
+        if i == 3:  # the tools on offer change
+            tools = [*tools, {"name": "kb.search", "description": "", "parameters": {}}]

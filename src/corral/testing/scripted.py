@@ -161,10 +161,12 @@ def _estimate(request: ModelRequest, sizes: dict[int, tuple[Any, int]] | None) -
     With ``sizes`` (a model's own), each message is measured once, the first time it is
     sent, and kept (with the message, so that its id stays its own): a conversation that
     grows is not encoded again every turn. A message changed in place after it was sent
-    keeps its first size (messages are not changed once sent; the loop's never are).
+    keeps its first size (messages are not changed once sent; the loop's never are). The
+    tools are measured again only when they differ from the last turn's.
     """
+    tools = list(request.tools)
     if sizes is None:
-        return len(json.dumps([list(request.messages), list(request.tools)], default=str))
+        return len(json.dumps([list(request.messages), tools], default=str))
     messages = list(request.messages)
     total = 0
     for message in messages:
@@ -173,7 +175,10 @@ def _estimate(request: ModelRequest, sizes: dict[int, tuple[Any, int]] | None) -
             known = sizes[id(message)] = (message, len(json.dumps(message, default=str)))
         total += known[1]
     listed = 2 + total + 2 * max(len(messages) - 1, 0)  # "[m, m]"
-    return 1 + listed + 2 + len(json.dumps(list(request.tools), default=str)) + 1
+    last = sizes.get(0)  # (the last turn's tools, their size): 0 is no object's id
+    if last is None or last[0] != tools:
+        last = sizes[0] = (tools, len(json.dumps(tools, default=str)))
+    return 1 + listed + 2 + last[1] + 1
 
 
 async def play(
