@@ -15,7 +15,20 @@ from hypothesis import strategies as st
 
 import corral
 from corral.gateway import direct
-from corral.testing import ManualClock, MemoryStore, ScriptedModel, call, final
+from corral.gateway._escapes import run_async
+from corral.gateway.model_turn import model_flow
+from corral.testing import (
+    ManualClock,
+    MemoryStore,
+    ScriptedModel,
+    call,
+    error,
+    final,
+    malformed,
+    prices,
+    slow,
+    truncated,
+)
 from test_direct_path import POLICY, TIMINGS, Flaky, args
 
 queries_calls = st.lists(
@@ -146,3 +159,71 @@ def test_the_loops_reads_take_the_direct_path(is_async: bool) -> None:
     assert runs[0]._plans["kb.write"] is None
     calls = [e.data for e in store.events(result.run_id) if e.kind == "tool_call"]
     assert [c.get("call_id") for c in calls] == ["turn-1.0", "turn-2.0"]
+
+
+# -- model turns ---------------------------------------------------------------------------
+class Hostile(BaseException):
+    """Not an Exception: a model raising it fails its turn (model_error)."""
+
+
+TURNS = {
+    "answer": [final("done")],
+    "call": [call("kb.read", query="a")],
+    "malformed": [malformed()],
+    "raises": [error(RuntimeError("endpoint down"))],
+    "hostile": [error(Hostile("boom"))],
+    "truncated": [truncated()],
+    "bad usage": [final("done", input_tokens=-1)],
+    "priced": [final("done", input_tokens=1200, output_tokens=300)],
+    "timeout": [slow(final("late"), 1.0)],
+}
+
+
+def turn_scenario(script: list[Any], *, directly: bool) -> tuple[Any, list[Any], Any]:
+    """One model turn, taken directly (AsyncRun.model_turn) or through the flow."""
+    store = MemoryStore()
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["kb.read"]},
+            "models": {"timeout_seconds": 0.05},
+            "budgets": {"max_usd": 1},
+        }
+    )
+    model = ScriptedModel(script, price=prices(2, 8))
+    messages = [{"role": "user", "content": "vendor status?"}]
+
+    async def main() -> tuple[Any, corral.AsyncRun]:
+        run = corral.AsyncRun(pol, tools=AsyncVendor(True).tools(), store=store)
+        async with run:
+            try:
+                if directly:
+                    response = await run.model_turn(model, messages)
+                else:
+                    flow = model_flow(run._core, model, messages, run.tool_specs("neutral"))
+                    response = await run_async(flow, approver=None, clock=run._core.clock)
+                seen: Any = ("ok", response.text, [c.name for c in response.tool_calls])
+            except corral.Stop as stop:
+                seen = ("stop", stop.info.to_dict())
+        return seen, run
+
+    seen, run = asyncio.run(main())
+    events = [(e.kind, _untimed(e.data)) for e in store.events(run.id)]
+    result = run.result
+    return _untimed(seen), events, (result.status, _untimed(result.usage.to_dict()))
+
+
+def _untimed(value: Any) -> Any:
+    """``value`` without the times in it (the turns run on the real clock)."""
+    timings = TIMINGS | {"active_seconds", "waiting_seconds"}
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in timings}
+    if isinstance(value, list | tuple):
+        return [_untimed(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("script", TURNS.values(), ids=TURNS.keys())
+def test_a_model_turn_taken_directly_is_the_flows(script: list[Any]) -> None:
+    """A model turn of AsyncRun (and of the loop) takes open_turn and close_turn around the
+    awaited call: what it returns or raises, its events and the usage are the flow's."""
+    assert turn_scenario(script, directly=True) == turn_scenario(script, directly=False)

@@ -1,5 +1,6 @@
 """The chain called directly from async code: ``AsyncRun.call`` of a plain read (and so
-every read of corral's loop), without a flow and a driver.
+every read of corral's loop), and every model turn of ``AsyncRun`` (and of the loop),
+without a flow and a driver.
 
 The async twin of :mod:`corral.gateway.direct`: the same steps as
 :func:`~corral.gateway.chain.call_flow`, in the same order and through the same functions,
@@ -11,6 +12,9 @@ a write, a tool needing approval, credentials or a :class:`~corral.ToolContext`,
 described tool, an idempotency key, a name that is not a plain ``str`` — goes through the
 flow.
 
+A model turn is :func:`~corral.gateway.model_turn.model_flow`'s two halves called around
+the awaited call.
+
 As :func:`~corral.gateway.drivers.drive_async` does, this path sets
 :data:`~corral.clock.DEADLINE` while it runs, pauses between attempts on the event loop
 (on the run's clock when it is not the system's), hands what a tool raises that is not an
@@ -21,6 +25,7 @@ refusal or a stop quotes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
@@ -29,10 +34,12 @@ from corral.gateway import chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
 from corral.gateway.direct import Plan
-from corral.gateway.drivers import execute_async
+from corral.gateway.drivers import call_model_async, execute_async
 from corral.gateway.guards import killswitch
-from corral.gateway.ops import Attempt, Execute
+from corral.gateway.model_turn import close_turn, open_turn
+from corral.gateway.ops import Attempt, CallModel, Execute
 from corral.gateway.state import RunState
+from corral.models.base import Model, ModelResponse
 
 
 def plan_for(plans: dict[str, Plan | None], core: RunState, name: str) -> Plan | None:
@@ -108,11 +115,34 @@ async def _chain(call: Call, plan: Plan) -> Any:
 
 async def _execute(op: Execute) -> Attempt:
     """One attempt; a ``BaseException`` the tool raised of its own is its failure."""
+    return await _escaping(execute_async, op)
+
+
+async def model_turn(
+    core: RunState,
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    tool_specs: Sequence[Mapping[str, Any]],
+    max_tokens: int | None,
+    input_bound: int | None,
+) -> ModelResponse:
+    """One governed model turn (see :func:`~corral.gateway.model_turn.model_flow`)."""
+    token = DEADLINE.set(DRIVEN)
     try:
-        return await execute_async(op)
+        turn = open_turn(core, model, messages, tool_specs, max_tokens, input_bound)
+        return close_turn(core, turn, await _escaping(call_model_async, turn.op))
+    finally:
+        DEADLINE.reset(token)
+
+
+async def _escaping(wait: Callable[[Any], Awaitable[Attempt]], op: Execute | CallModel) -> Attempt:
+    """``wait(op)``; a ``BaseException`` the tool or model raised of its own is its failure
+    (as ``gateway/_escapes.py`` hands it to a flow)."""
+    try:
+        return await wait(op)
     except CANCELLATION:
         raise
     except BaseException as exc:
-        if isinstance(exc, Exception):  # the driver's own failure, not the tool's
+        if isinstance(exc, Exception):  # the driver's own failure, not the call's
             raise
         return Attempt(False, error=Escaped(exc))

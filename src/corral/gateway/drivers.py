@@ -214,7 +214,8 @@ def _model_name(op: CallModel) -> str:
     return f"model {getattr(op.model, 'name', type(op.model).__name__)!s}"
 
 
-async def _call_model_async(op: CallModel) -> Attempt:
+async def call_model_async(op: CallModel) -> Attempt:
+    """Call the model of ``op`` from async code, within its timeout."""
     coroutine_function = inspect.iscoroutinefunction(op.model.respond)
     return await call_async(
         _respond, op, op.timeout, op.watch, _model_name(op), coroutine_function=coroutine_function
@@ -296,7 +297,7 @@ async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: A
             if isinstance(op, Execute):
                 result: Any = await execute_async(op)
             elif isinstance(op, CallModel):
-                result = await _call_model_async(op)
+                result = await call_model_async(op)
             elif isinstance(op, Approve):
                 DEADLINE.set(DRIVEN)  # as in drive_sync
                 try:

@@ -272,10 +272,6 @@ class AsyncRun(RunBase):
         max_tokens: int | None,
         input_bound: int | None,
     ) -> ModelResponse:
-        flow = model_flow(
-            self._core, model, messages, specs, max_tokens=max_tokens, input_bound=input_bound
+        return await direct_async.model_turn(
+            self._core, model, messages, specs, max_tokens, input_bound
         )
-        result: ModelResponse = await run_async(
-            flow, approver=self._core.approver, clock=self._core.clock
-        )
-        return result
