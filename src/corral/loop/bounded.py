@@ -169,9 +169,9 @@ async def _loop(
                     # point replays it, an identical call in a later turn is a new write.
                     output = await run.call(c.name, c.arguments, call_id=f"turn-{turn}.{i}")
                     observation = render(output)
-                    last = run.last_call
-                    if last is not None and last.replayed:
-                        observation = replay_notice(last.idempotency_key) + observation
+                    last = core.last_call  # (outcome, tool, idempotency key), as run.last_call
+                    if last is not None and last[0] == "replayed":
+                        observation = replay_notice(last[2]) + observation
                 except ToolRejected as rejected:
                     observation = f"ERROR: {rejected.message}"
                 except Stop:

@@ -181,6 +181,18 @@ def _estimate(request: ModelRequest, sizes: dict[int, tuple[Any, int]] | None) -
     return 1 + listed + 2 + last[1] + 1
 
 
+def _answer_size(step: Turn, sizes: dict[int, tuple[Any, int]] | None) -> int:
+    """The characters of the turn's answer: its text and its calls' arguments as JSON
+    (measured once per turn of the script, with ``sizes``)."""
+    known = None if sizes is None else sizes.get(id(step))
+    if known is None or known[0] is not step:
+        args = json.dumps([c.arguments for c in step.calls], default=str)
+        known = (step, len(step.text or "") + len(args))
+        if sizes is not None:
+            sizes[id(step)] = known
+    return known[1]
+
+
 async def play(
     step: Turn,
     request: ModelRequest,
@@ -203,10 +215,10 @@ async def play(
         in_tokens = step.input_tokens
     else:
         in_tokens = max(1, _estimate(request, sizes) // 4)
-    out_text = (step.text or "") + json.dumps([c.arguments for c in step.calls], default=str)
-    out_tokens = (
-        step.output_tokens if step.output_tokens is not None else max(1, len(out_text) // 4)
-    )
+    if step.output_tokens is not None:
+        out_tokens = step.output_tokens
+    else:
+        out_tokens = max(1, _answer_size(step, sizes) // 4)
     if step.output_tokens is None:
         out_tokens = min(out_tokens, request.max_tokens)  # an estimate never beyond the bound
     return ModelResponse(
