@@ -437,3 +437,29 @@ def test_cancelling_the_caller_cancels_the_tool_and_is_re_raised(swallow: bool) 
 
     run_async(main)
     assert got == ["cancelled"]
+
+
+def test_a_tool_using_anyio_cancel_scopes_runs_and_is_cut_at_its_deadline() -> None:
+    """anyio's cancel scopes (httpx runs on them) cancel the task they run in: a tool's own
+    scope is its business, while the run's deadline still cuts a tool that waits too long."""
+    anyio = pytest.importorskip("anyio")
+
+    @corral.tool(name="search.read", effect="read")
+    async def scoped(query: str) -> str:
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(5)
+        if query == "wait":
+            await anyio.sleep(5)
+        return f"moved on: {scope.cancel_called}"
+
+    async def main() -> tuple[Any, corral.RunResult, float]:
+        started = time.monotonic()
+        async with new_run(policy(budgets={"max_seconds": 0.3}), tools=[scoped]) as run:
+            first = await run.call("search.read", {"query": "a"})
+            await run.call("search.read", {"query": "wait"})
+        return first, run.result, time.monotonic() - started
+
+    first, result, elapsed = run_async(main)
+    assert first == "moved on: True"
+    assert result.stop_reason == "max_seconds"
+    assert elapsed < 0.3 + 0.15

@@ -24,6 +24,7 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import signal
@@ -146,10 +147,7 @@ class Bound:
             return False
         self._task = task
         self._base = task.cancelling()
-        if self._loop.time() >= self.deadline:
-            self._cancel(timeout_error("the call", self.timeout))
-        else:
-            self._arm(self._loop.time())
+        self._arm(self._loop.time())  # past the deadline: it fires at the loop's next turn
         return True
 
     def _stop(self) -> bool:
@@ -164,11 +162,6 @@ class Bound:
         if self.reason is not None:
             task.uncancel()
         return task.cancelling() > self._base
-
-    def _asked(self) -> bool:
-        """Whether the call was asked to end (by this bound or the caller's cancellation)."""
-        task = self._task
-        return self.reason is not None or (task is not None and task.cancelling() > self._base)
 
 
 def _steps(call: Any) -> Any:
@@ -189,9 +182,11 @@ def awaiting(call: Any, bound: Bound) -> Generator[Any, Any, Any]:
     Nothing is armed until the call first suspends. Then one timer handle looks at
     ``bound.watch`` every WATCH_SECONDS and, at the deadline or on a stop_all switch,
     cancels the caller's task: the cancellation reaches the call where it waits. A call
-    still running after its cancellation (it caught it and waits again) is moved to a task
-    of its own, given :data:`CANCEL_GRACE` seconds and then abandoned
-    (``bound.pending``). The caller's own cancellation does the same and is re-raised.
+    still running after that cancellation (it caught it, or cleans up) is driven on in the
+    caller's task for :data:`CANCEL_GRACE` seconds, then moved to a task of its own and
+    abandoned (``bound.pending``). Any other cancellation (the caller's, or one the call
+    makes of its own, as ``asyncio.timeout`` and anyio's cancel scopes do) is handed to the
+    call; once the call ends, a cancellation of the caller still pending is raised.
     """
     it = _steps(call)
     run = bound.context.run
@@ -213,30 +208,23 @@ def awaiting(call: Any, bound: Bound) -> Generator[Any, Any, Any]:
     error: BaseException | None = None
     try:
         while True:
+            if bound.reason is not None:  # cut by the bound, and it goes on
+                yield from _graced(it, yielded, bound)
+                break
             try:
                 sent = yield yielded
             except GeneratorExit:
                 it.close()
                 raise
             except BaseException as exc:  # a cancellation, or what the task throws in
-                try:
-                    yielded = run(it.throw, exc)
-                except StopIteration as done:
-                    value = done.value
-                    break
-                if bound._asked():  # it ignored its cancellation: abandoned after a grace
-                    adopted = bound._loop.create_task(_carry_on(it, yielded), context=bound.context)
-                    try:
-                        yield from _grace(adopted).__await__()
-                    finally:
-                        bound.pending = abandoned(adopted)
-                    break
+                step, arg = it.throw, exc
             else:
-                try:
-                    yielded = run(it.send, sent)
-                except StopIteration as done:
-                    value = done.value
-                    break
+                step, arg = it.send, sent
+            try:
+                yielded = run(step, arg)
+            except StopIteration as done:
+                value = done.value
+                break
     except GeneratorExit:
         bound._stop()
         raise
@@ -251,6 +239,63 @@ def awaiting(call: Any, bound: Bound) -> Generator[Any, Any, Any]:
     if error is not None:
         raise error
     return value
+
+
+def _graced(it: Any, yielded: Any, bound: Bound) -> Generator[Any, Any, None]:
+    """Drive ``it``, cancelled by ``bound`` and still running, in the caller's task until it
+    ends or :data:`CANCEL_GRACE` seconds have passed; then move it to a task of its own,
+    abandoned (``bound.pending``). Also at once when the caller is cancelled meanwhile."""
+    loop, run = bound._loop, bound.context.run
+    until = loop.time() + CANCEL_GRACE
+    while True:
+        if loop.time() >= until:
+            _adopt(it, yielded, bound)
+            return
+        if isinstance(yielded, asyncio.Future) and yielded.get_loop() is loop:
+            # Wait for what it waits for, or for the grace's end, whichever comes first.
+            woken: asyncio.Future[None] = loop.create_future()
+            wake = functools.partial(_wake, woken)
+            yielded.add_done_callback(wake)
+            timer = loop.call_at(until, wake)
+            try:
+                yield woken
+            except BaseException:
+                _adopt(it, yielded, bound)
+                raise
+            finally:
+                timer.cancel()
+                yielded.remove_done_callback(wake)
+            if not yielded.done():
+                continue  # the grace is over
+            step, arg = it.send, None
+        else:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                it.close()
+                raise
+            except BaseException as exc:
+                step, arg = it.throw, exc
+            else:
+                step, arg = it.send, sent
+        try:
+            yielded = run(step, arg)
+        except StopIteration:
+            return
+
+
+def _wake(woken: asyncio.Future[None], *_: Any) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
+def _adopt(it: Any, yielded: Any, bound: Bound) -> None:
+    """Move ``it`` (which has just yielded ``yielded``) to a task of its own, abandoned."""
+    task = bound._loop.create_task(_carry_on(it, yielded), context=bound.context)
+    ended: Future[None] = Future()
+    _ABANDONED[task] = ended
+    task.add_done_callback(lambda t: _ended(t, ended))
+    bound.pending = ended
 
 
 async def _carry_on(it: Any, yielded: Any) -> Any:
