@@ -8,12 +8,14 @@ Imports the gateway below it; ``loop/run.py`` holds the two faces.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from corral._safe import error_text
 from corral.budgets.meter import Charge, Usage
-from corral.clock import Clock
+from corral.clock import Clock, SystemClock
+from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway import lifecycle
 from corral.gateway._escapes import CANCELLATION
@@ -22,6 +24,7 @@ from corral.gateway.guards import killswitch
 from corral.gateway.lifecycle import status_of
 from corral.gateway.model_turn import plan
 from corral.gateway.services import Services
+from corral.gateway.state import RunState
 from corral.loop.tickets import ModelCall, _NamedModel
 from corral.models.base import Model, input_token_bound, wire_name
 from corral.policy.schema import Policy
@@ -117,6 +120,20 @@ def _log_end(result: RunResult) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _degraded(core: RunState, dependency: str) -> bool:
+    """Whether breaker ``dependency`` (a tool's) is open now, read as the degrade guard reads
+    it: one read closed lately is taken as closed for
+    :data:`~corral.controls.breaker.REFRESH_SECONDS` on a shared store on the real clock."""
+    kept = core.services.breakers.of(core.store)
+    cacheable = core.store_shared and isinstance(core.clock, SystemClock)
+    if cacheable and time.monotonic() < kept.get(dependency, 0.0):
+        return False
+    state = core.store_call(core.store.breaker, dependency, now=breaker.wall(core))
+    if cacheable and state.state == "closed":  # only a closed one is kept, as admit does
+        kept[dependency] = time.monotonic() + breaker.REFRESH_SECONDS
+    return bool(state.state == "open")
 
 
 class RunBase:
@@ -265,7 +282,7 @@ class RunBase:
             eff = core.effective(name)
             if killswitch.blocking_switch(core, name, eff) is not None:
                 continue
-            if core.degraded(name):
+            if _degraded(core, eff.breaker):
                 continue
             spec = eff.tool.spec()
             policy_spec = core.policy.spec(name)
