@@ -14,7 +14,7 @@ from typing import Any, Literal, cast
 
 from corral._safe import error_text
 from corral.budgets.meter import Charge, Usage
-from corral.clock import Clock, SystemClock
+from corral.clock import Clock
 from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway import lifecycle
@@ -126,12 +126,11 @@ def _degraded(core: RunState, dependency: str) -> bool:
     """Whether breaker ``dependency`` (a tool's) is open now, read as the degrade guard reads
     it: one read closed lately is taken as closed for
     :data:`~corral.controls.breaker.REFRESH_SECONDS` on a shared store on the real clock."""
-    kept = core.services.breakers.of(core.store)
-    cacheable = core.store_shared and isinstance(core.clock, SystemClock)
-    if cacheable and time.monotonic() < kept.get(dependency, 0.0):
+    kept = core.breaker_cache  # None where every read goes to the store
+    if kept is not None and time.monotonic() < kept.get(dependency, 0.0):
         return False
     state = core.store_call(core.store.breaker, dependency, now=breaker.wall(core))
-    if cacheable and state.state == "closed":  # only a closed one is kept, as admit does
+    if kept is not None and state.state == "closed":  # only a closed one is kept, as admit
         kept[dependency] = time.monotonic() + breaker.REFRESH_SECONDS
     return bool(state.state == "open")
 
