@@ -463,3 +463,29 @@ def test_a_tool_using_anyio_cancel_scopes_runs_and_is_cut_at_its_deadline() -> N
     assert first == "moved on: True"
     assert result.stop_reason == "max_seconds"
     assert elapsed < 0.3 + 0.15
+
+
+def test_a_tool_cleaning_up_after_its_deadline_finishes_in_its_own_task_within_the_grace() -> None:
+    """A tool cut at the deadline that awaits its clean-up briefly finishes it within the
+    grace, in the task it ran in (its cancel scopes and locks stay its own), before the run
+    goes on."""
+    seen: list[Any] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def tidy(query: str) -> str:
+        running = asyncio.current_task()
+        try:
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.sleep(0.01)
+            seen.append(asyncio.current_task() is running)
+        return "never"
+
+    async def main() -> corral.RunResult:
+        async with new_run(policy(budgets={"max_seconds": 0.2}), tools=[tidy]) as run:
+            await run.call("search.read", {"query": "a"})
+        return run.result
+
+    result = run_async(main)
+    assert result.stop_reason == "max_seconds"
+    assert seen == [True]

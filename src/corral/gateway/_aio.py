@@ -258,8 +258,11 @@ def _graced(it: Any, yielded: Any, bound: Bound) -> Generator[Any, Any, None]:
             yielded.add_done_callback(wake)
             timer = loop.call_at(until, wake)
             try:
-                yield woken
-            except BaseException:
+                yield from woken  # as ``await woken``
+            except GeneratorExit:  # the caller's coroutine is closed: so is the call
+                it.close()
+                raise
+            except BaseException:  # the caller was cancelled meanwhile: abandoned now
                 _adopt(it, yielded, bound)
                 raise
             finally:
