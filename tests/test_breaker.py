@@ -501,3 +501,30 @@ def test_a_dependency_name_is_checked(bad: Any) -> None:
         )
     [line] = problem.value.problems
     assert line.startswith("tools.specs.a.b.dependency:")
+
+
+def test_the_tools_on_offer_follow_a_breaker_another_process_opens(tmp_path: Path) -> None:
+    """The tools on offer read a tool's breaker as the degrade guard does: one read closed is
+    taken as closed for REFRESH_SECONDS on a shared store, then read again; a half-open one
+    is read every time."""
+    from corral.controls.breaker import REFRESH_SECONDS
+
+    @corral.tool(name="browser.open", effect="read")
+    def browse(url: str) -> str:
+        return "page"
+
+    pol = corral.Policy.from_dict({"tools": {"allow": ["browser.open"]}})
+    path = tmp_path / "shared.db"
+    with (
+        SQLiteStore(path) as store,
+        SQLiteStore(path) as other,
+        corral.Run(pol, tools=[browse], store=store) as run,
+    ):
+        assert [s["name"] for s in run.tool_specs("neutral")] == ["browser.open"]
+        other.set_breaker("browser.open", BreakerState(state="open", until=time.time() + 60))
+        time.sleep(REFRESH_SECONDS + 0.05)
+        assert run.tool_specs("neutral") == []  # read again: degraded, not offered
+        other.set_breaker("browser.open", BreakerState(state="half_open", until=time.time() - 1))
+        assert [s["name"] for s in run.tool_specs("neutral")] == ["browser.open"]
+        other.set_breaker("browser.open", BreakerState(state="open", until=time.time() + 60))
+        assert run.tool_specs("neutral") == []  # half-open was not kept as closed

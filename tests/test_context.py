@@ -5,8 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import corral
-from corral.loop.context import DROPPED, REASONING_DROPPED, policy_prompt, size, trim
+from corral.loop.context import DROPPED, REASONING_DROPPED, History, policy_prompt, size, trim
+from corral.models.base import input_token_bound
 
 SYSTEM = {"role": "system", "content": "You are governed. " * 20}
 TASK = {"role": "user", "content": "Find the vendor status."}
@@ -113,3 +117,51 @@ def test_policy_prompt_without_tools_says_none() -> None:
     text = policy_prompt(corral.Policy.from_dict({}), [])
     assert "Tools you may call: none." in text
     assert "$" not in text
+
+
+# -- the loop's history, measured as it grows ---------------------------------------------
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["assistant", "tool", "user"]), "content": _text},
+    optional={
+        "name": _text,
+        "tool_calls": st.lists(
+            st.fixed_dictionaries({"id": _text, "name": _text, "arguments": _text}), max_size=2
+        ),
+    },
+)
+_spec = st.fixed_dictionaries(
+    {"name": _text, "description": _text, "parameters": st.dictionaries(_text, _text)}
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=st.lists(_message, max_size=12),
+    specs=st.lists(_spec, max_size=4, unique_by=lambda s: s["name"]),
+    max_chars=st.integers(min_value=0, max_value=2_000),
+)
+def test_the_history_gives_the_window_and_input_bound_a_full_pass_would(
+    messages: list[dict[str, Any]], specs: list[dict[str, Any]], max_chars: int
+) -> None:
+    """Measured message by message as it grows, the history gives the same window as
+    trim() and the same input bound as encoding the whole request again."""
+    grown = History([SYSTEM, TASK])
+    for message in messages:
+        grown.append(message)
+        everything = [SYSTEM, TASK, *grown.messages[2:]]
+        window = grown.window(max_chars)
+        assert window == trim(everything, max_chars)
+        bound = grown.input_bound(window, specs)
+        if window is grown.messages:
+            assert bound == input_token_bound(window, specs)
+        else:
+            assert bound is None  # a trimmed window is measured when the call is made
+
+
+def test_the_history_leaves_a_message_it_cannot_measure_to_the_model_call() -> None:
+    """A message whose JSON cannot be encoded (a lone surrogate) is not measured here: the
+    model call computes the bound itself, and fails as it always did."""
+    grown = History([SYSTEM, TASK])
+    grown.append({"role": "tool", "content": "\ud800"})
+    assert grown.input_bound(grown.messages, []) is None

@@ -462,3 +462,26 @@ def test_calls_without_ids_get_ids_unique_in_the_conversation() -> None:
     assert len(ids) == len(set(ids)) == 3
     assistant_ids = [c["id"] for m in model.requests[-1].messages for c in m.get("tool_calls", [])]
     assert assistant_ids == ids
+
+
+def test_corral_run_keeps_a_clean_event_loop_for_the_next_run_and_closes_a_busy_one() -> None:
+    """A run that leaves its event loop as it found it hands it to the thread's next run;
+    one that leaves something scheduled on it gets it closed, and the next run a new one."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def seen(query: str) -> str:
+        loop = asyncio.get_running_loop()
+        loops.append(loop)
+        if query == "leave":
+            loop.call_later(60, lambda: None)  # still scheduled when the run ends
+        return "seen"
+
+    policy = corral.Policy.from_dict({"tools": {"allow": ["search.read"]}})
+    for query in ("first", "leave", "after"):
+        model = ScriptedModel([call("search.read", query=query), final("done")])
+        result = corral.run("t", model=model, tools=[seen], policy=policy, store=MemoryStore())
+        assert result.status == "ok"
+    assert loops[0] is loops[1]
+    assert loops[1].is_closed()
+    assert loops[2] is not loops[1] and not loops[2].is_running()

@@ -359,3 +359,133 @@ def test_a_sync_model_in_async_run_is_bounded_by_the_models_timeout() -> None:
     result, elapsed = run_async(main)
     assert str(result.stop) == "model_error:blocking"
     assert elapsed < 0.2 + 0.15
+
+
+# -- an async call runs in the caller's task, as if in a task of its own ------------------
+def test_a_tool_keeping_its_own_timeout_gets_its_result_and_no_stop() -> None:
+    """A tool that bounds its own wait with ``asyncio.timeout`` and handles the expiry
+    returns normally: its own cancellation is not taken for the run's or the caller's."""
+
+    @corral.tool(name="search.read", effect="read")
+    async def patient(query: str) -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            await asyncio.sleep(0.01)
+            return "fallback"
+        return "never"
+
+    async def main() -> tuple[Any, corral.RunResult]:
+        async with new_run(tools=[patient]) as run:
+            out = await run.call("search.read", {"query": "a"})
+            await run.finish(out)
+        return out, run.result
+
+    out, result = run_async(main)
+    assert (out, result.stop_reason) == ("fallback", "ok")
+
+
+def test_a_tool_setting_a_context_variable_does_not_change_the_callers() -> None:
+    """A tool runs in a copy of the caller's context, as a task would: what it sets there
+    stays there, whether it finishes at once or after waiting."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="caller")
+
+    @corral.tool(name="search.read", effect="read")
+    async def setter(query: str) -> str:
+        seen = var.get()
+        var.set("tool")
+        if query == "wait":
+            await asyncio.sleep(0.001)
+        return seen + ":" + var.get()
+
+    async def main() -> list[str]:
+        var.set("run")
+        async with new_run(tools=[setter]) as run:
+            outs = [await run.call("search.read", {"query": q}) for q in ("now", "wait")]
+            return [*outs, var.get()]
+
+    assert run_async(main) == ["run:tool", "run:tool", "run"]
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_cancelling_the_caller_cancels_the_tool_and_is_re_raised(swallow: bool) -> None:
+    """The caller's cancellation reaches the tool where it waits and is re-raised, also
+    when the tool swallows it and returns."""
+    got: list[str] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def waiting(query: str) -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            got.append("cancelled")
+            if not swallow:
+                raise
+        return "swallowed"
+
+    async def main() -> None:
+        async with new_run(tools=[waiting]) as run:
+            task = asyncio.ensure_future(run.call("search.read", {"query": "a"}))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert task.cancelled()
+
+    run_async(main)
+    assert got == ["cancelled"]
+
+
+def test_a_tool_using_anyio_cancel_scopes_runs_and_is_cut_at_its_deadline() -> None:
+    """anyio's cancel scopes (httpx runs on them) cancel the task they run in: a tool's own
+    scope is its business, while the run's deadline still cuts a tool that waits too long."""
+    anyio = pytest.importorskip("anyio")
+
+    @corral.tool(name="search.read", effect="read")
+    async def scoped(query: str) -> str:
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(5)
+        if query == "wait":
+            await anyio.sleep(5)
+        return f"moved on: {scope.cancel_called}"
+
+    async def main() -> tuple[Any, corral.RunResult, float]:
+        started = time.monotonic()
+        async with new_run(policy(budgets={"max_seconds": 0.3}), tools=[scoped]) as run:
+            first = await run.call("search.read", {"query": "a"})
+            await run.call("search.read", {"query": "wait"})
+        return first, run.result, time.monotonic() - started
+
+    first, result, elapsed = run_async(main)
+    assert first == "moved on: True"
+    assert result.stop_reason == "max_seconds"
+    assert elapsed < 0.3 + 0.15
+
+
+def test_a_tool_cleaning_up_after_its_deadline_finishes_in_its_own_task_within_the_grace() -> None:
+    """A tool cut at the deadline that awaits its clean-up briefly finishes it within the
+    grace, in the task it ran in (its cancel scopes and locks stay its own), before the run
+    goes on."""
+    seen: list[Any] = []
+
+    @corral.tool(name="search.read", effect="read")
+    async def tidy(query: str) -> str:
+        running = asyncio.current_task()
+        try:
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.sleep(0.01)
+            seen.append(asyncio.current_task() is running)
+        return "never"
+
+    async def main() -> corral.RunResult:
+        async with new_run(policy(budgets={"max_seconds": 0.2}), tools=[tidy]) as run:
+            await run.call("search.read", {"query": "a"})
+        return run.result
+
+    result = run_async(main)
+    assert result.stop_reason == "max_seconds"
+    assert seen == [True]

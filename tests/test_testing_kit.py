@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 import corral
+from corral.models.base import ModelRequest
 from corral.record import sinks
 from corral.testing import (
     CapturedEvents,
@@ -169,3 +172,19 @@ def test_nested_captures_each_see_the_events() -> None:
         corral.run("b", model=ScriptedModel([final("b")]), policy=POLICY, store="memory://")
     assert len(inner.run_ids()) == 1
     assert len(outer.run_ids()) == 2
+
+
+def test_the_scripted_models_estimate_is_the_requests_json_as_the_conversation_grows() -> None:
+    """Measuring each message once, the scripted model still estimates a turn's input as a
+    quarter of the whole request's JSON, turn after turn."""
+    model = ScriptedModel([final("a")], repeat_last=True)
+    tools = [{"name": "kb.read", "description": "Read ü", "parameters": {"type": "object"}}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "task é"}]
+    for i in range(6):
+        request = ModelRequest(messages=list(messages), tools=tools, max_tokens=50)
+        response = asyncio.run(model.respond(request))
+        body = json.dumps([list(request.messages), list(request.tools)], default=str)
+        assert response.input_tokens == max(1, len(body) // 4)
+        messages.append({"role": "tool", "content": "x" * i, "tool_call_id": f"c{i}"})
+        if i == 3:  # the tools on offer change
+            tools = [*tools, {"name": "kb.search", "description": "", "parameters": {}}]

@@ -7,17 +7,31 @@ that it is *abandoned*: it runs on in the background while its loop runs, its
 result ignored, like a sync call abandoned in its thread. :func:`abandoned` gives
 a :class:`~concurrent.futures.Future` that is done when the task ends (or when its
 loop closes), so that a write's claim stays renewed meanwhile.
+
+:func:`awaiting` bounds a call without a task of its own: the call's coroutine (or a
+future) is driven in the caller's task, in a copy of its context, and only once it
+suspends are a deadline and the kill-switch watch armed, as one timer handle on the loop
+that cancels the caller's task (the way ``asyncio.timeout`` does). A call that never
+suspends costs no task, no timer and no turn of the loop. One that ignores its
+cancellation is moved into a task of its own at that point, given its grace, and then
+abandoned as above.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
 import asyncio
+import atexit
 import contextlib
+import contextvars
+import functools
 import logging
+import os
 import signal
 import threading
+import types
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -26,6 +40,8 @@ from corral.gateway.guards.killswitch import WATCH_SECONDS
 
 T = TypeVar("T")
 log = logging.getLogger("corral")
+_SIGINT = int(signal.SIGINT)
+_MAIN_IDENT = threading.main_thread().ident
 
 #: How long a cancelled call is given to end before it is abandoned (seconds).
 CANCEL_GRACE = 0.05
@@ -66,6 +82,282 @@ async def bounded(task: asyncio.Future[T], timeout: float, watch: Watch | None) 
             await _grace(task)
 
 
+class Bound:
+    """One call awaited by :func:`awaiting`: its deadline, its kill-switch watch, and once it
+    has ended, :attr:`pending` — a future done when it ends, if it was abandoned."""
+
+    __slots__ = (
+        "_at_deadline",
+        "_base",
+        "_handle",
+        "_loop",
+        "_task",
+        "context",
+        "deadline",
+        "pending",
+        "reason",
+        "timeout",
+        "watch",
+    )
+
+    def __init__(self, timeout: float, watch: Watch | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.deadline = self._loop.time() + timeout
+        self.watch = watch
+        self.context = contextvars.copy_context()  # the call's own, as a task would have
+        self.reason: BaseException | None = None  # why this bound cancelled the call
+        self.pending: Future[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._base = 0
+        self._at_deadline = False
+
+    def _arm(self, now: float) -> None:
+        at = self.deadline if self.watch is None else min(self.deadline, now + WATCH_SECONDS)
+        self._at_deadline = at >= self.deadline
+        self._handle = self._loop.call_at(at, self._tick)
+
+    def _tick(self) -> None:
+        """The timer: look at the kill switch, else at the deadline, else wait on."""
+        self._handle = None
+        if self.watch is not None:
+            try:
+                cancelled = self.watch()
+            except Exception as exc:  # the call fails with it, as if raised where it waits
+                self._cancel(exc)
+                return
+            if cancelled is not None:
+                self._cancel(cancelled)
+                return
+        if self._at_deadline:
+            self._cancel(timeout_error("the call", self.timeout))
+            return
+        self._arm(self._loop.time())
+
+    def _cancel(self, reason: BaseException) -> None:
+        assert self._task is not None
+        self.reason = reason
+        self._task.cancel()
+
+    def _start(self) -> bool:
+        """Arm the bound as the call suspends; False when there is no task to cancel."""
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            return False
+        self._task = task
+        self._base = task.cancelling()
+        self._arm(self._loop.time())  # past the deadline: it fires at the loop's next turn
+        return True
+
+    def _stop(self) -> bool:
+        """Disarm (once); whether a cancellation of the caller's task is still asked (not
+        this bound's, nor one the call took back, as its own ``asyncio.timeout`` does)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task, self._task = self._task, None
+        if task is None:
+            return False
+        if self.reason is not None:
+            task.uncancel()
+        return task.cancelling() > self._base
+
+
+def _steps(call: Any) -> Any:
+    """What drives ``call`` step by step: a coroutine (or generator-based one) itself, else
+    its ``__await__`` iterator (a future, an awaitable object)."""
+    if hasattr(call, "send") and hasattr(call, "throw"):
+        return call
+    return call.__await__()
+
+
+@types.coroutine
+def awaiting(call: Any, bound: Bound) -> Generator[Any, Any, Any]:
+    """Await ``call`` (a coroutine, a future or another awaitable) under ``bound``, in the
+    caller's task: the result of ``call``, else (the call cut at its deadline) a
+    ``TimeoutError`` for which :func:`~corral.gateway._inline.expired` is true, or the
+    ``Cancelled`` the kill-switch watch returned.
+
+    Nothing is armed until the call first suspends. Then one timer handle looks at
+    ``bound.watch`` every WATCH_SECONDS and, at the deadline or on a stop_all switch,
+    cancels the caller's task: the cancellation reaches the call where it waits. A call
+    still running after that cancellation (it caught it, or cleans up) is driven on in the
+    caller's task for :data:`CANCEL_GRACE` seconds, then moved to a task of its own and
+    abandoned (``bound.pending``). Any other cancellation (the caller's, or one the call
+    makes of its own, as ``asyncio.timeout`` and anyio's cancel scopes do) is handed to the
+    call; once the call ends, a cancellation of the caller still pending is raised.
+    """
+    it = _steps(call)
+    run = bound.context.run
+    try:
+        yielded = run(it.send, None)
+    except StopIteration as done:
+        return done.value
+    if not bound._start():  # pragma: no cover - not in a task: one of its own, as before
+        task = bound._loop.create_task(_carry_on(it, yielded), context=bound.context)
+        try:
+            return (
+                yield from bounded(
+                    task, bound.deadline - bound._loop.time(), bound.watch
+                ).__await__()
+            )
+        finally:
+            bound.pending = abandoned(task)
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            if bound.reason is not None:  # cut by the bound, and it goes on
+                yield from _graced(it, yielded, bound)
+                break
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                it.close()
+                raise
+            except BaseException as exc:  # a cancellation, or what the task throws in
+                step, arg = it.throw, exc
+            else:
+                step, arg = it.send, sent
+            try:
+                yielded = run(step, arg)
+            except StopIteration as done:
+                value = done.value
+                break
+    except GeneratorExit:
+        bound._stop()
+        raise
+    except BaseException as exc:  # what the call raised (or the caller's cancellation)
+        error = exc
+    if bound._stop():  # the caller was cancelled meanwhile
+        if isinstance(error, asyncio.CancelledError):
+            raise error
+        raise asyncio.CancelledError()
+    if bound.reason is not None:
+        raise bound.reason
+    if error is not None:
+        raise error
+    return value
+
+
+def _graced(it: Any, yielded: Any, bound: Bound) -> Generator[Any, Any, None]:
+    """Drive ``it``, cancelled by ``bound`` and still running, in the caller's task until it
+    ends or :data:`CANCEL_GRACE` seconds have passed; then move it to a task of its own,
+    abandoned (``bound.pending``). Also at once when the caller is cancelled meanwhile."""
+    loop, run = bound._loop, bound.context.run
+    until = loop.time() + CANCEL_GRACE
+    while True:
+        if loop.time() >= until:
+            _adopt(it, yielded, bound)
+            return
+        if isinstance(yielded, asyncio.Future) and yielded.get_loop() is loop:
+            # Wait for what it waits for, or for the grace's end, whichever comes first.
+            woken: asyncio.Future[None] = loop.create_future()
+            wake = functools.partial(_wake, woken)
+            yielded.add_done_callback(wake)
+            timer = loop.call_at(until, wake)
+            try:
+                yield from woken  # as ``await woken``
+            except GeneratorExit:  # the caller's coroutine is closed: so is the call
+                it.close()
+                raise
+            except BaseException:  # the caller was cancelled meanwhile: abandoned now
+                _adopt(it, yielded, bound)
+                raise
+            finally:
+                timer.cancel()
+                yielded.remove_done_callback(wake)
+            if not yielded.done():
+                continue  # the grace is over
+            step, arg = it.send, None
+        else:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                it.close()
+                raise
+            except BaseException as exc:
+                step, arg = it.throw, exc
+            else:
+                step, arg = it.send, sent
+        try:
+            yielded = run(step, arg)
+        except StopIteration:
+            return
+
+
+def _wake(woken: asyncio.Future[None], *_: Any) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
+def _adopt(it: Any, yielded: Any, bound: Bound) -> None:
+    """Move ``it`` (which has just yielded ``yielded``) to a task of its own, abandoned."""
+    task = bound._loop.create_task(_carry_on(it, yielded), context=bound.context)
+    ended: Future[None] = Future()
+    _ABANDONED[task] = ended
+    task.add_done_callback(lambda t: _ended(t, ended))
+    bound.pending = ended
+
+
+async def _carry_on(it: Any, yielded: Any) -> Any:
+    """Go on driving ``it``, which has just yielded ``yielded``: the body of the task a call
+    is moved into when it ignores its cancellation."""
+    return await _resumed(it, yielded)
+
+
+@types.coroutine
+def _resumed(it: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            it.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = it.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = it.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
+def chained(thread: Future[Any]) -> asyncio.Future[Any]:
+    """A future of the running loop that takes ``thread``'s outcome when it is done (a
+    lighter ``asyncio.wrap_future``: one hop back to the loop, nothing chained back)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def done(source: Future[Any]) -> None:  # in the worker thread
+        if loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_copy, source, waiter)
+
+    thread.add_done_callback(done)
+    return waiter
+
+
+def _copy(source: Future[Any], waiter: asyncio.Future[Any]) -> None:
+    if waiter.done():  # cancelled at its deadline
+        return
+    if source.cancelled():
+        waiter.cancel()
+        return
+    error = source.exception()
+    if error is None:
+        waiter.set_result(source.result())
+    elif isinstance(error, StopIteration):  # a future cannot hold one
+        waiter.set_exception(RuntimeError(f"the call raised {error!r}"))
+    else:
+        waiter.set_exception(error)
+
+
 async def _grace(task: asyncio.Future[Any]) -> None:
     """Give a cancelled ``task`` CANCEL_GRACE seconds to end, then abandon it."""
     try:
@@ -101,27 +393,133 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     As ``asyncio.run`` does, the first Ctrl-C (on the main thread) cancels ``coro``
     and raises ``KeyboardInterrupt`` once it has ended.
+
+    A loop that ends as clean as it started (see :func:`_pristine`) is not closed but kept
+    for the thread's next call: a loop costs a selector, a socket pair and their closing.
     """
-    loop = asyncio.new_event_loop()
+    loop = _take_spare() or asyncio.new_event_loop()
+    clean = False
     try:
         asyncio.set_event_loop(loop)
         main = loop.create_task(coro)
         sigint = _on_sigint(loop, main)
         try:
-            return loop.run_until_complete(main)
+            result = loop.run_until_complete(main)
         except asyncio.CancelledError:
             if sigint is not None and sigint[1][0] and main.uncancel() == 0:
                 raise KeyboardInterrupt() from None
             raise
         finally:
-            if sigint is not None and signal.getsignal(signal.SIGINT) is sigint[0]:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            if sigint is not None and _signal.getsignal(_SIGINT) is sigint[0]:
+                _signal.signal(_SIGINT, signal.default_int_handler)
+        clean = True
+        return result
     finally:
         try:
-            _close(loop)
+            clean = _close(loop) and clean
         finally:
             asyncio.set_event_loop(None)
+            if not (clean and _pristine(loop) and _keep(loop)):
+                loop.close()
+
+
+# -- the loop kept between runs -----------------------------------------------------------
+class _Spare:
+    """Holds a thread's kept loop; closes it when the thread ends (its locals are dropped).
+
+    After a fork the loop is the parent's too (its selector is shared): a child never uses
+    it, nor closes it (closing unregisters the parent's wake-up socket from the selector);
+    it is only marked closed.
+    """
+
+    __slots__ = ("loop", "pid")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = loop
+        self.pid = os.getpid()
+
+    def take(self) -> asyncio.AbstractEventLoop | None:
+        loop, self.loop = self.loop, None
+        if loop is None or loop.is_closed():
+            return None
+        if self.pid != os.getpid():
+            _disown(loop)
+            return None
+        return loop
+
+    def __del__(self) -> None:
+        loop, self.loop = self.loop, None
+        if loop is None or loop.is_closed():
+            return
+        if self.pid != os.getpid():
+            _disown(loop)
+            return
+        with contextlib.suppress(Exception):  # also late in the interpreter's shutdown
             loop.close()
+
+
+_spares = threading.local()
+
+
+def _disown(loop: asyncio.AbstractEventLoop) -> None:
+    """Mark a loop inherited through a fork closed without touching its selector."""
+    with contextlib.suppress(AttributeError):
+        loop._closed = True  # type: ignore[attr-defined]
+
+
+def _take_spare() -> asyncio.AbstractEventLoop | None:
+    spare: _Spare | None = getattr(_spares, "spare", None)
+    if spare is None:
+        return None
+    _spares.spare = None
+    return spare.take()
+
+
+def _keep(loop: asyncio.AbstractEventLoop) -> bool:
+    """Keep ``loop`` for this thread's next run, unless one is kept already (a run inside
+    a run's thread made its own)."""
+    if getattr(_spares, "spare", None) is not None:
+        return False
+    _spares.spare = _Spare(loop)
+    return True
+
+
+def _close_spare() -> None:
+    spare: _Spare | None = getattr(_spares, "spare", None)
+    _spares.spare = None
+    if spare is not None:
+        spare.__del__()
+
+
+atexit.register(_close_spare)  # the main thread's (a worker's goes with its thread)
+
+
+def _pristine(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is as a new one: asyncio's own selector loop, nothing ready or
+    scheduled, no reader or writer but its own wake-up socket, no signal handler, no
+    executor, exception handler or task factory set, not in debug mode. Then its cancelled
+    timer handles are dropped. Anything else (or another loop class): closed as before."""
+    if type(loop) is not asyncio.SelectorEventLoop:
+        return False
+    try:
+        if (
+            loop._ready  # type: ignore[attr-defined]
+            or loop._default_executor is not None  # type: ignore[attr-defined]
+            or loop._exception_handler is not None  # type: ignore[attr-defined]
+            or loop._task_factory is not None  # type: ignore[attr-defined]
+            or getattr(loop, "_signal_handlers", None)
+            or loop.get_debug()
+            or len(loop._selector.get_map()) != 1  # type: ignore[attr-defined]
+        ):
+            return False
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        if any(not handle.cancelled() for handle in scheduled):
+            return False
+        scheduled.clear()
+        loop._timer_cancelled_count = 0  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - another asyncio than this one
+        return False
+    return True
 
 
 def _on_sigint(
@@ -129,9 +527,10 @@ def _on_sigint(
 ) -> tuple[Callable[[int, Any], None], list[int]] | None:
     """As ``asyncio.Runner``: on the main thread, the first Ctrl-C cancels ``main``; returns
     the handler installed and the count of interruptions."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != _MAIN_IDENT:
         return None
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    # The C-level calls: ``signal.getsignal``/``signal.signal`` convert to enums (~5 us each).
+    if _signal.getsignal(_SIGINT) is not signal.default_int_handler:
         return None
     count = [0]
 
@@ -144,7 +543,7 @@ def _on_sigint(
         raise KeyboardInterrupt()
 
     try:
-        signal.signal(signal.SIGINT, handler)
+        _signal.signal(_SIGINT, handler)
     except ValueError:  # signals unavailable in this interpreter
         return None
     return handler, count
@@ -167,9 +566,10 @@ def _drop(task: asyncio.Task[Any]) -> None:
         ended.set_result(None)  # it will never run again
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> None:
+def _close(loop: asyncio.AbstractEventLoop) -> bool:
     """Cancel what is left and wait at most CANCEL_GRACE for it (tasks abandoned already had
-    theirs: they are only cancelled again), then finalize async generators."""
+    theirs: they are only cancelled again), then finalize async generators. Whether there
+    was nothing to do."""
     left = asyncio.all_tasks(loop)
     if left:
         for task in left:
@@ -190,5 +590,9 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
                         "task": task,
                     }
                 )
+    alive = getattr(loop, "_asyncgens", None)  # asyncio's own loops keep them in a WeakSet
+    if alive is not None and not alive:  # none alive: nothing to finalize, no task for it
+        return not left
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), CANCEL_GRACE))
+    return False

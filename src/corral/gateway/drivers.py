@@ -100,14 +100,17 @@ async def _attempt(
     started: float,
     thread: Future[Any] | None = None,
 ) -> Attempt:
-    """Await what ``make()`` returns within ``timeout`` seconds, as an attempt."""
-    task: asyncio.Future[Any] | None = None
+    """Await what ``make()`` returns within ``timeout`` seconds, as an attempt (in the
+    caller's task, see :func:`corral.gateway._aio.awaiting`)."""
+    bound = _aio.Bound(timeout, watch)
     try:
-        task = asyncio.ensure_future(make())
-        value = await _aio.bounded(task, timeout, watch)
+        value = await _aio.awaiting(make(), bound)
     except Cancelled as exc:
         return Attempt(
-            False, error=exc, seconds=time.monotonic() - started, pending=_pending(task, thread)
+            False,
+            error=exc,
+            seconds=time.monotonic() - started,
+            pending=_pending(bound, thread),
         )
     except TimeoutError as exc:
         error = timeout_error(what, timeout) if expired(exc) else exc
@@ -116,18 +119,19 @@ async def _attempt(
             error=error,
             timed_out=True,
             seconds=time.monotonic() - started,
-            pending=_pending(task, thread),
+            pending=_pending(bound, thread),
         )
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
     return Attempt(True, value=value, seconds=time.monotonic() - started)
 
 
-def _pending(task: asyncio.Future[Any] | None, thread: Future[Any] | None) -> Future[Any] | None:
+def _pending(bound: _aio.Bound, thread: Future[Any] | None) -> Future[Any] | None:
     """What an abandoned call still runs as: its thread, or its task (None once ended)."""
     if thread is not None:
         return None if thread.done() else thread
-    return None if task is None else _aio.abandoned(task)
+    pending = bound.pending
+    return None if pending is None or pending.done() else pending
 
 
 async def call_async(
@@ -152,9 +156,7 @@ async def call_async(
         first = run_inline(fn, arg, timeout, watch, what)
     else:
         thread = submit(fn, arg)
-        first = await _attempt(
-            lambda: asyncio.wrap_future(thread), timeout, watch, what, started, thread
-        )
+        first = await _attempt(lambda: _aio.chained(thread), timeout, watch, what, started, thread)
     if not (first.ok and inspect.isawaitable(first.value)):
         return first
     awaitable = first.value
@@ -200,9 +202,7 @@ async def execute_async(op: Execute) -> Attempt:
     if op.eff.tool.is_async:
         return await _attempt(lambda: _invoke(op), op.timeout, op.watch, name, started)
     thread = submit(_invoke, op)
-    return await _attempt(
-        lambda: asyncio.wrap_future(thread), op.timeout, op.watch, name, started, thread
-    )
+    return await _attempt(lambda: _aio.chained(thread), op.timeout, op.watch, name, started, thread)
 
 
 # -- models and approvers ----------------------------------------------------------------
@@ -214,7 +214,8 @@ def _model_name(op: CallModel) -> str:
     return f"model {getattr(op.model, 'name', type(op.model).__name__)!s}"
 
 
-async def _call_model_async(op: CallModel) -> Attempt:
+async def call_model_async(op: CallModel) -> Attempt:
+    """Call the model of ``op`` from async code, within its timeout."""
     coroutine_function = inspect.iscoroutinefunction(op.model.respond)
     return await call_async(
         _respond, op, op.timeout, op.watch, _model_name(op), coroutine_function=coroutine_function
@@ -296,7 +297,7 @@ async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: A
             if isinstance(op, Execute):
                 result: Any = await execute_async(op)
             elif isinstance(op, CallModel):
-                result = await _call_model_async(op)
+                result = await call_model_async(op)
             elif isinstance(op, Approve):
                 DEADLINE.set(DRIVEN)  # as in drive_sync
                 try:

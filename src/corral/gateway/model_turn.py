@@ -153,9 +153,50 @@ def model_flow(
     tool_specs: Sequence[Mapping[str, Any]],
     *,
     max_tokens: int | None = None,
+    input_bound: int | None = None,
 ) -> Generator[Any, Any, ModelResponse]:
     """One governed model turn (a step): kill switch, breaker, reservation, call,
-    settlement."""
+    settlement. ``input_bound``: the request's
+    :func:`~corral.models.base.input_token_bound` when the caller knows it already (the
+    loop measures its history as it grows), else it is computed here.
+
+    Its two halves, :func:`open_turn` and :func:`close_turn`, are also called directly
+    around an awaited call (``gateway/direct_async.py``)."""
+    turn = open_turn(core, model, messages, tool_specs, max_tokens, input_bound)
+    result: Attempt = yield turn.op
+    return close_turn(core, turn, result)
+
+
+class Turn:
+    """A model turn between its admission and its settlement: what the second half needs
+    of the first, and the call to make (``op``)."""
+
+    __slots__ = ("clamped", "decision", "endpoint", "hold", "name", "named", "op", "started")
+
+    def __init__(
+        self,
+        name: str,
+        named: dict[str, str],
+        endpoint: str,
+        decision: str,
+        hold: Hold,
+        clamped: int,
+        op: CallModel,
+        started: float,
+    ) -> None:
+        self.name, self.named, self.endpoint, self.decision = name, named, endpoint, decision
+        self.hold, self.clamped, self.op, self.started = hold, clamped, op, started
+
+
+def open_turn(
+    core: RunState,
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    tool_specs: Sequence[Mapping[str, Any]],
+    max_tokens: int | None,
+    input_bound: int | None,
+) -> Turn:
+    """The turn admitted (run, time, kill switch, breaker) and reserved; its call to make."""
     core.ensure_running()
     core.time.check()
     killswitch.check(core, None, None)
@@ -163,16 +204,21 @@ def model_flow(
     provider = genai_provider(model)
     named = {"provider": provider} if provider else {}  # gen_ai.provider.name on its span
     endpoint, decision = _admit_endpoint(core, model, name)
-    bound = input_token_bound(messages, tool_specs)
+    bound = input_token_bound(messages, tool_specs) if input_bound is None else input_bound
     clamped, charge = plan(core, model, bound, max_tokens)
     hold = core.budget.reserve(charge)
     timeout = min(core.policy.models.timeout_seconds, core.time.remaining())
     request = ModelRequest(
         messages=list(messages), tools=list(tool_specs), max_tokens=clamped, timeout=timeout
     )
-    started = core.time.now()
-    result: Attempt = yield CallModel(model, request, timeout, killswitch.watch(core, None))
-    elapsed = core.time.now() - started
+    op = CallModel(model, request, timeout, killswitch.watch(core, None))
+    return Turn(name, named, endpoint, decision, hold, clamped, op, core.time.now())
+
+
+def close_turn(core: RunState, turn: Turn, result: Attempt) -> ModelResponse:
+    """The turn settled from the call's ``result``: the response, or the stop raised."""
+    name, named, hold, clamped = turn.name, turn.named, turn.hold, turn.clamped
+    elapsed = core.time.now() - turn.started
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
         core.budget.settle(hold, Charge(steps=1))
         core.events.add(
@@ -182,12 +228,12 @@ def model_flow(
         raise core.stamp(result.error.stop)
     # Unusable output is the model's fault, not the endpoint's: only failures count.
     endpoint_ok = result.ok or isinstance(result.error, ModelOutputError | InvalidUsage)
-    breaker.record(core, endpoint, endpoint_ok, probe=decision == "probe")
+    breaker.record(core, turn.endpoint, endpoint_ok, probe=turn.decision == "probe")
     if isinstance(result.error, InvalidUsage):  # an adapter found the usage unusable
         raise invalid_usage(core, hold, name, str(result.error))
     if not result.ok:
         _failed(core, hold, name, named, result, elapsed)
-    response, usd = _settled(core, model, hold, name, named, result.value)
+    response, usd = _settled(core, turn.op.model, hold, name, named, result.value)
     core.events.add(
         "model_call",
         model=response.model or name,

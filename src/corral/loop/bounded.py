@@ -29,7 +29,7 @@ from corral.exceptions import ConfigError, Stop, ToolRejected
 from corral.gateway.drivers import run_coroutine
 from corral.gateway.hygiene import render
 from corral.gateway.services import Services
-from corral.loop.context import policy_prompt, trim
+from corral.loop.context import History, policy_prompt
 from corral.loop.run import AsyncRun
 from corral.models.base import Model
 from corral.policy.schema import Policy
@@ -127,20 +127,25 @@ async def _loop(
 ) -> RunResult:
     core = run._core
     async with run:
-        offered = run.tool_specs("neutral")
+        offered: list[dict[str, Any]] | None = run.tool_specs("neutral")
+        assert offered is not None
         system = policy_prompt(policy, [s["name"] for s in offered], instructions)
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": task},
-        ]
+        history = History(
+            [{"role": "system", "content": system}, {"role": "user", "content": task}]
+        )
+        max_chars = policy.context.max_chars
         for turn in itertools.count(1):
-            specs = run.tool_specs("neutral")
-            window = trim(messages, policy.context.max_chars)
-            response = await run.model_turn(model, window, tools=specs, max_tokens=max_tokens)
+            # The tools on offer now (the first turn's are those the prompt names).
+            specs = run.tool_specs("neutral") if offered is None else offered
+            offered = None
+            window = history.window(max_chars)
+            response = await run._model_turn(
+                model, window, specs, max_tokens, history.input_bound(window, specs)
+            )
             if not response.tool_calls:
                 await run.finish(response.text)
                 break
-            messages.append(
+            history.append(
                 {
                     "role": "assistant",
                     "content": response.text or "",
@@ -164,9 +169,9 @@ async def _loop(
                     # point replays it, an identical call in a later turn is a new write.
                     output = await run.call(c.name, c.arguments, call_id=f"turn-{turn}.{i}")
                     observation = render(output)
-                    last = run.last_call
-                    if last is not None and last.replayed:
-                        observation = replay_notice(last.idempotency_key) + observation
+                    last = core.last_call  # (outcome, tool, idempotency key), as run.last_call
+                    if last is not None and last[0] == "replayed":
+                        observation = replay_notice(last[2]) + observation
                 except ToolRejected as rejected:
                     observation = f"ERROR: {rejected.message}"
                 except Stop:
@@ -174,7 +179,7 @@ async def _loop(
                     if skipped:
                         core.events.add("skipped", tools=skipped)
                     raise
-                messages.append(
+                history.append(
                     {
                         "role": "tool",
                         "tool_call_id": call_id,

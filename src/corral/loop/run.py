@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.gateway import direct
+from corral.gateway import direct, direct_async
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
 from corral.gateway.model_turn import model_flow
@@ -194,14 +194,20 @@ class AsyncRun(RunBase):
         call_id: str | None = None,
     ) -> Any:
         """Call a tool through the gateway; see :meth:`Run.call`."""
+        core = self._core
+        if type(name) is str and idempotency_key is None:
+            plan = direct_async.plan_for(self._plans, core, name)
+            if plan is not None:  # a plain read: the chain called directly
+                checked = text_or_none("call_id", call_id)
+                return await direct_async.call(plan, {} if args is None else args, checked)
         flow = call_flow(
-            self._core,
+            core,
             name,
             {} if args is None else args,
             key=text_or_none("idempotency_key", idempotency_key),
             call_id=text_or_none("call_id", call_id),
         )
-        return await run_async(flow, approver=self._core.approver, clock=self._core.clock)
+        return await run_async(flow, approver=core.approver, clock=core.clock)
 
     async def authorize(
         self,
@@ -256,8 +262,16 @@ class AsyncRun(RunBase):
     ) -> ModelResponse:
         """One governed turn of a :class:`~corral.Model` (a step)."""
         specs = self.tool_specs("neutral") if tools is None else tools
-        flow = model_flow(self._core, model, messages, specs, max_tokens=max_tokens)
-        result: ModelResponse = await run_async(
-            flow, approver=self._core.approver, clock=self._core.clock
+        return await self._model_turn(model, messages, specs, max_tokens, None)
+
+    async def _model_turn(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        specs: Sequence[Mapping[str, Any]],
+        max_tokens: int | None,
+        input_bound: int | None,
+    ) -> ModelResponse:
+        return await direct_async.model_turn(
+            self._core, model, messages, specs, max_tokens, input_bound
         )
-        return result

@@ -113,6 +113,10 @@ class ModelRequest:
 PER_MESSAGE_OVERHEAD = 8
 
 
+# json.dumps(value, ensure_ascii=False, default=str), without building an encoder per call.
+_REQUEST_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 def input_token_bound(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> int:
     """An upper bound of the input tokens of a request: the UTF-8 bytes of its JSON (no
     tokenizer makes more tokens than bytes), plus a small overhead per message and tool.
@@ -122,8 +126,30 @@ def input_token_bound(messages: Sequence[Message], tools: Sequence[Mapping[str, 
     because both need it and the adapters import nothing of the loop, the gateway or
     the budgets.
     """
-    body = json.dumps([list(messages), list(tools)], ensure_ascii=False, default=str)
+    body = _REQUEST_JSON([list(messages), list(tools)])
     return len(body.encode()) + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
+
+
+def json_bytes(item: Any) -> int:
+    """The UTF-8 bytes of one message's or tool spec's JSON, as :func:`input_token_bound`
+    counts it inside the request (raises as it would)."""
+    return len(_REQUEST_JSON(item).encode())
+
+
+def bound_of(message_bytes: int, messages: int, tool_bytes: int, tools: int) -> int:
+    """:func:`input_token_bound` of ``messages`` messages and ``tools`` tool specs whose
+    :func:`json_bytes` add up to ``message_bytes`` and ``tool_bytes``: the same figure,
+    for a history whose messages were measured once, as they were added.
+
+    >>> msgs, specs = [{"role": "user", "content": "hé"}, {"role": "tool"}], [{"name": "t"}]
+    >>> sizes = sum(map(json_bytes, msgs)), sum(map(json_bytes, specs))
+    >>> bound_of(sizes[0], 2, sizes[1], 1) == input_token_bound(msgs, specs)
+    True
+    """
+    # "[[m, m, ...], [t, ...]]": two brackets each, ", " between items and between lists
+    body = 4 + message_bytes + 2 + 2 * max(messages - 1, 0) + tool_bytes + 2
+    body += 2 * max(tools - 1, 0)
+    return body + PER_MESSAGE_OVERHEAD * (messages + tools) + 16
 
 
 def wire_name(name: str) -> str:

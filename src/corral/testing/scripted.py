@@ -127,6 +127,7 @@ class ScriptedModel:
         self.requests: list[ModelRequest] = []
         self._i = 0
         self._lock = threading.Lock()
+        self._sizes: dict[int, tuple[Any, int]] = {}  # see _estimate
 
     def _next(self) -> Turn:
         with self._lock:
@@ -145,16 +146,64 @@ class ScriptedModel:
 
     async def respond(self, request: ModelRequest) -> ModelResponse:
         self.requests.append(request)
-        return await play(self._next(), request, name=self.name, clock=self.clock)
+        return await play(
+            self._next(), request, name=self.name, clock=self.clock, sizes=self._sizes
+        )
 
     @property
     def turns_played(self) -> int:
         return self._i
 
 
-async def play(step: Turn, request: ModelRequest, *, name: str, clock: Any = None) -> ModelResponse:
+def _estimate(request: ModelRequest, sizes: dict[int, tuple[Any, int]] | None) -> int:
+    """The characters of the request's JSON (``json.dumps([messages, tools])``).
+
+    With ``sizes`` (a model's own), each message is measured once, the first time it is
+    sent, and kept (with the message, so that its id stays its own): a conversation that
+    grows is not encoded again every turn. A message changed in place after it was sent
+    keeps its first size (messages are not changed once sent; the loop's never are). The
+    tools are measured again only when they differ from the last turn's.
+    """
+    tools = list(request.tools)
+    if sizes is None:
+        return len(json.dumps([list(request.messages), tools], default=str))
+    messages = list(request.messages)
+    total = 0
+    for message in messages:
+        known = sizes.get(id(message))
+        if known is None or known[0] is not message:
+            known = sizes[id(message)] = (message, len(json.dumps(message, default=str)))
+        total += known[1]
+    listed = 2 + total + 2 * max(len(messages) - 1, 0)  # "[m, m]"
+    last = sizes.get(0)  # (the last turn's tools, their size): 0 is no object's id
+    if last is None or last[0] != tools:
+        last = sizes[0] = (tools, len(json.dumps(tools, default=str)))
+    return 1 + listed + 2 + last[1] + 1
+
+
+def _answer_size(step: Turn, sizes: dict[int, tuple[Any, int]] | None) -> int:
+    """The characters of the turn's answer: its text and its calls' arguments as JSON
+    (measured once per turn of the script, with ``sizes``)."""
+    known = None if sizes is None else sizes.get(id(step))
+    if known is None or known[0] is not step:
+        args = json.dumps([c.arguments for c in step.calls], default=str)
+        known = (step, len(step.text or "") + len(args))
+        if sizes is not None:
+            sizes[id(step)] = known
+    return known[1]
+
+
+async def play(
+    step: Turn,
+    request: ModelRequest,
+    *,
+    name: str,
+    clock: Any = None,
+    sizes: dict[int, tuple[Any, int]] | None = None,
+) -> ModelResponse:
     """``step`` as the response to ``request``: after its latency (on ``clock`` if given,
-    else real time), raising what it raises, its usage estimated when it gives none."""
+    else real time), raising what it raises, its usage estimated when it gives none
+    (``sizes``: see :func:`_estimate`)."""
     if step.latency:
         if clock is not None:
             clock.sleep(step.latency)
@@ -162,12 +211,14 @@ async def play(step: Turn, request: ModelRequest, *, name: str, clock: Any = Non
             await asyncio.sleep(step.latency)
     if step.raises is not None:
         raise step.raises
-    body = json.dumps([list(request.messages), list(request.tools)], default=str)
-    in_tokens = step.input_tokens if step.input_tokens is not None else max(1, len(body) // 4)
-    out_text = (step.text or "") + json.dumps([c.arguments for c in step.calls], default=str)
-    out_tokens = (
-        step.output_tokens if step.output_tokens is not None else max(1, len(out_text) // 4)
-    )
+    if step.input_tokens is not None:
+        in_tokens = step.input_tokens
+    else:
+        in_tokens = max(1, _estimate(request, sizes) // 4)
+    if step.output_tokens is not None:
+        out_tokens = step.output_tokens
+    else:
+        out_tokens = max(1, _answer_size(step, sizes) // 4)
     if step.output_tokens is None:
         out_tokens = min(out_tokens, request.max_tokens)  # an estimate never beyond the bound
     return ModelResponse(
