@@ -108,7 +108,9 @@ class BreakerStates:
     without reading the store again (:data:`REFRESH_SECONDS`), per store object.
 
     Only a closed breaker is kept: an open or half-open one is read on every call (its
-    retry time, its probe). A breaker this process opens or closes is forgotten at once.
+    retry time, its probe). A breaker this process opens or closes is forgotten at once, and
+    so is one whose tool just failed here: while a dependency fails, every call reads its
+    breaker, so a breaker another process opened stops this one's next call.
     Kept only for a store shared with other processes, read on the real clock (the
     in-memory store, and runs on a virtual clock, read the store on every call, as the
     kill switch does).
@@ -263,6 +265,10 @@ def record(core: Host, name: str, ok: bool, *, probe: bool) -> None:
     if ok:
         tally.count(core.store, name, now, size)
         return
+    if core.breaker_cache is not None:
+        # A failure may be one of many across the fleet: the next call reads the breaker
+        # (another process may just have opened it), not the closed state read lately.
+        core.breaker_cache.pop(name, None)
     start, _ = degrade_bucket(now, size)
     calls, older = tally.take(core.store, name, start)
     _write_older(core, name, size, older)
