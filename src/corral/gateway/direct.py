@@ -52,15 +52,18 @@ def plan_for(core: RunState, name: str) -> Plan | None:
     plans: dict[str, Plan | None] = core.plans
     if name in plans:
         return plans[name]
-    plan = plans[name] = _plan(core, name)
+    plan = plans[name] = plan_of(core, name, async_tools=False)
     return plan
 
 
-def _plan(core: RunState, name: str) -> Plan | None:
+def plan_of(core: RunState, name: str, *, async_tools: bool) -> Plan | None:
+    """A plan for ``name`` when its calls may take a direct path: a registered, allowed
+    read that needs no approval, credentials or context, not described by the policy alone
+    (``async_tools``: an async tool too); else ``None``."""
     tool = core.tools.get(name)
     if tool is None or tool.name not in core.allowed:  # refused by the flow, with its events
         return None
-    if tool.described or tool.is_async or tool.context_param is not None:
+    if tool.described or tool.context_param is not None or (tool.is_async and not async_tools):
         return None
     eff = core.effective(name)
     if eff.effect != "read" or eff.require_approval or eff.credentials:

@@ -33,7 +33,7 @@ from corral.exceptions import Stop, ToolRejected
 from corral.gateway import chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
-from corral.gateway.direct import Plan
+from corral.gateway.direct import Plan, plan_of
 from corral.gateway.drivers import call_model_async, execute_async
 from corral.gateway.guards import killswitch
 from corral.gateway.model_turn import close_turn, open_turn
@@ -47,20 +47,8 @@ def plan_for(plans: dict[str, Plan | None], core: RunState, name: str) -> Plan |
     (the async run's own); ``None`` when its calls take the flow."""
     if name in plans:
         return plans[name]
-    plan = plans[name] = _plan(core, name)
+    plan = plans[name] = plan_of(core, name, async_tools=True)
     return plan
-
-
-def _plan(core: RunState, name: str) -> Plan | None:
-    tool = core.tools.get(name)
-    if tool is None or tool.name not in core.allowed:  # refused by the flow, with its events
-        return None
-    if tool.described or tool.context_param is not None:
-        return None
-    eff = core.effective(name)
-    if eff.effect != "read" or eff.require_approval or eff.credentials:
-        return None
-    return Plan(core, name, eff)
 
 
 async def call(plan: Plan, raw_args: Any, call_id: str | None) -> Any:
