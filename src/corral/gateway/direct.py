@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.budgets.meter import Hold
 from corral.clock import DEADLINE, DRIVEN
 from corral.exceptions import Stop, ToolRejected
 from corral.gateway import chain
@@ -89,31 +90,45 @@ def call(plan: Plan, raw_args: Any) -> Any:
         DEADLINE.reset(token)
 
 
-def _chain(call: Call, plan: Plan) -> Any:
-    """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read."""
+def admitted(call: Call, plan: Plan) -> Any:
+    """The flow's admission for a plain read (its registry and allowlist settled by the
+    plan): the run running and in time, the kill switch, arguments and constraints, loop
+    detection, degrade state; then the read cache. The cached observation, else
+    :data:`~corral.gateway.chain.NOT_SERVED`."""
     core, eff, name = plan.core, plan.eff, plan.name
     call.tool_name, call.tool, call.eff = name, eff.tool, eff
     core.ensure_running()
     core.time.check()
     killswitch.check(core, name, eff)
-    chain.vet(call)  # arguments and constraints, loop detection, degrade state
-    if eff.cacheable:
-        served = chain.from_memory(call)
-        if served is not chain.NOT_SERVED:
-            return served
+    chain.vet(call)
+    return chain.from_memory(call) if eff.cacheable else chain.NOT_SERVED
+
+
+def attempt(call: Call, plan: Plan) -> tuple[Hold, float, Execute]:
+    """The next attempt readied as in the flow: the run's time, the hold, the deadline; the
+    hold, when it started, and what to execute."""
+    core, eff = plan.core, plan.eff
+    call.attempt += 1
+    core.time.check()
+    hold = core.budget.reserve(eff.charge)
+    timeout = chain.start(call, hold, False)
+    watch = killswitch.watch(core, plan.name)
+    return hold, core.time.now(), Execute(eff, call.args, None, timeout, None, watch)
+
+
+def _chain(call: Call, plan: Plan) -> Any:
+    """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read."""
+    served = admitted(call, plan)
+    if served is not chain.NOT_SERVED:
+        return served
     while True:  # the attempts, as in the flow
-        call.attempt += 1
-        core.time.check()
-        hold = core.budget.reserve(eff.charge)
-        timeout = chain.start(call, hold, False)
-        started = core.time.now()
-        op = Execute(eff, call.args, None, timeout, None, killswitch.watch(core, name))
+        hold, started, op = attempt(call, plan)
         ended = chain.attempted(call, hold, started, _execute(op))
         if type(ended) is not chain.Retry:
             return ended
         if ended.pause > 0:
             DEADLINE.set(DRIVEN)  # the pause is not the run's wait (as in drive_sync)
-            core.clock.sleep(ended.pause)
+            plan.core.clock.sleep(ended.pause)
 
 
 def _execute(op: Execute) -> Attempt:

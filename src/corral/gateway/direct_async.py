@@ -33,9 +33,8 @@ from corral.exceptions import Stop, ToolRejected
 from corral.gateway import chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
-from corral.gateway.direct import Plan, plan_of
+from corral.gateway.direct import Plan, admitted, attempt, plan_of
 from corral.gateway.drivers import call_model_async, execute_async
-from corral.gateway.guards import killswitch
 from corral.gateway.model_turn import close_turn, open_turn
 from corral.gateway.ops import Attempt, CallModel, Execute
 from corral.gateway.state import RunState
@@ -71,25 +70,14 @@ async def call(plan: Plan, raw_args: Any, call_id: str | None) -> Any:
 
 async def _chain(call: Call, plan: Plan) -> Any:
     """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read, awaited."""
-    core, eff, name = plan.core, plan.eff, plan.name
+    core = plan.core
     if call.call_id is not None:  # as the flow's admission: the call's id on its events
         call.ids = {"call_id": core.redactor.text(call.call_id)}
-    call.tool_name, call.tool, call.eff = name, eff.tool, eff
-    core.ensure_running()
-    core.time.check()
-    killswitch.check(core, name, eff)
-    chain.vet(call)  # arguments and constraints, loop detection, degrade state
-    if eff.cacheable:
-        served = chain.from_memory(call)
-        if served is not chain.NOT_SERVED:
-            return served
+    served = admitted(call, plan)
+    if served is not chain.NOT_SERVED:
+        return served
     while True:  # the attempts, as in the flow
-        call.attempt += 1
-        core.time.check()
-        hold = core.budget.reserve(eff.charge)
-        timeout = chain.start(call, hold, False)
-        started = core.time.now()
-        op = Execute(eff, call.args, None, timeout, None, killswitch.watch(core, name))
+        hold, started, op = attempt(call, plan)
         ended = chain.attempted(call, hold, started, await _execute(op))
         if type(ended) is not chain.Retry:
             return ended
