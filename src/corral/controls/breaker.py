@@ -28,7 +28,8 @@ or at most :data:`SYNC_SECONDS` later (with the next success after that), so
 other processes see this one's successes within about that; decisions made here
 always include them. Failures and retries are written when they happen. Counting
 that fails (the store is down) keeps the successes for the next write and never
-stops the call it counts; the breaker's state read before each call fails closed.
+stops the call it counts; the breaker's state read before a call fails closed. A breaker
+read closed is reused for :data:`REFRESH_SECONDS` on a shared store (:class:`BreakerStates`).
 
 Times: the shared state uses wall-clock seconds (``time.time()``) with the real
 clock, and the run's own clock when a run is driven by a virtual one (simulations).
