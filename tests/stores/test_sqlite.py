@@ -111,7 +111,7 @@ def test_appends_renew_the_heartbeat_at_most_once_per_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Appends within HEARTBEAT_SECONDS renew a run's heartbeat once; after it, again."""
-    from corral.stores.sqlite import events as sqlite_events
+    from corral.stores.sqlite import connection as sqlite_connection
 
     with SQLiteStore(tmp_path / "hb.db") as store:
         store.create_run(RunRecord(id="r1", heartbeat_at=1.0))
@@ -120,7 +120,7 @@ def test_appends_renew_the_heartbeat_at_most_once_per_interval(
         store.append_events([Event(run_id="r1", seq=2, kind="step", at=1.0)])
         run = store.get_run("r1")
         assert run is not None and run.heartbeat_at == 2.0
-        monkeypatch.setattr(sqlite_events, "HEARTBEAT_SECONDS", 0.0)
+        monkeypatch.setattr(sqlite_connection, "HEARTBEAT_SECONDS", 0.0)
         store.append_events([Event(run_id="r1", seq=3, kind="step", at=1.0)])
         run = store.get_run("r1")
         assert run is not None and run.heartbeat_at is not None

@@ -33,7 +33,7 @@ table's rowid) is its place in the chain: no extra index to write per event.
 Triggers refuse to change or delete a sealed event. The chain's head is always read
 inside the write transaction (another process may have moved it since). Appending
 also renews the runs' heartbeat, at most once per
-:data:`~corral.stores.sqlite.events.HEARTBEAT_SECONDS`.
+:data:`~corral.stores.sqlite.connection.HEARTBEAT_SECONDS`.
 
 ``commit="group"`` (URL ``?commit=group&window_ms=N``) holds the outcomes of read tools
 and commits them in one transaction within the window, from a daemon thread

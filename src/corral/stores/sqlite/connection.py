@@ -82,6 +82,13 @@ MAX_HELD = 10_000
 _INHERITED: list[sqlite3.Connection] = []
 
 
+#: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
+#: heartbeat keeps is an hour; renewing it on every append would write one more page to the
+#: WAL per event, about a tenth of the cost of a durable tool call.
+HEARTBEAT_SECONDS = 1.0
+_NEVER = float("-inf")
+
+
 class SQLiteConnection:
     """One SQLite file's connection for a store object, and the plumbing every call uses."""
 
@@ -265,8 +272,18 @@ class SQLiteConnection:
 
     # -- events ------------------------------------------------------------------------
     def _beats_due(self, events: Sequence[Event]) -> list[str]:
-        """The runs of ``events`` whose heartbeat is due (:mod:`.events` says when)."""
-        raise NotImplementedError
+        """The runs of ``events`` whose heartbeat this store object renewed over
+        :data:`HEARTBEAT_SECONDS` ago (or never)."""
+        mono = time.monotonic()
+        beats = self._beats
+        if len(events) == 1:  # the allow path's case: no list of runs built
+            run_id = events[0].run_id
+            return [run_id] if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS else []
+        return [
+            run_id
+            for run_id in dict.fromkeys(e.run_id for e in events)
+            if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
+        ]
 
     def _write_events(
         self, cur: sqlite3.Cursor, events: Sequence[Event], due: list[str] | None = None

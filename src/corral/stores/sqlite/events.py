@@ -5,7 +5,7 @@ Events are the audit log: each append reads the chain's head, seals the events
 (:mod:`.audit`), so every process appending to the file extends one chain. An event's
 ``id`` (the table's rowid) is its place in the chain: no extra index to write per
 event. Appending also renews the runs' heartbeat, at most once per
-:data:`HEARTBEAT_SECONDS`.
+:data:`~corral.stores.sqlite.connection.HEARTBEAT_SECONDS`.
 
 In group-commit mode (``commit="group"``) an append made only of read tools' outcomes
 (``tool_call`` events that carry no idempotency key) is held in memory and written
@@ -19,21 +19,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import cast
 
 from corral.stores.records import AuditHead, AuditRecord, Event
-from corral.stores.sqlite.audit import append
 from corral.stores.sqlite.connection import SQLiteConnection
 from corral.stores.sqlite.rows import audit_record
 from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, RUN_EVENTS
-
-#: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
-#: heartbeat keeps is an hour; renewing it on every append would write one more page to the
-#: WAL per event, about a tenth of the cost of a durable tool call.
-HEARTBEAT_SECONDS = 1.0
-_NEVER = float("-inf")
 
 
 def deferrable(events: Sequence[Event]) -> bool:
@@ -47,40 +39,18 @@ class Events(SQLiteConnection):
 
     def append_events(self, events: Sequence[Event]) -> None:
         """Append events in order, sealed into the audit chain; renews their runs' heartbeat
-        (at most every :data:`HEARTBEAT_SECONDS` per run from this store object). In
+        (at most every :data:`~.connection.HEARTBEAT_SECONDS` per run from this store object). In
         group-commit mode a read's outcome is held and written within the window."""
         if not events:
             return
         if self._grouped and deferrable(events):
             self._hold(events)
             return
-        mono = time.monotonic()
-        beats = self._beats
-        if len(events) == 1:  # the allow path's case: inline, no list of runs built
-            run_id = events[0].run_id
-            if mono - beats.get(run_id, _NEVER) < HEARTBEAT_SECONDS:
-                with self._write():
-                    append(cast(sqlite3.Cursor, self._cur), self._sealer, events)
-                return
         due = self._beats_due(events)
         if due:  # at most once a second per run: also look at the files
             self._check_file()
         with self._write():
             self._write_events(cast(sqlite3.Cursor, self._cur), events, due)
-
-    def _beats_due(self, events: Sequence[Event]) -> list[str]:
-        """The runs of ``events`` whose heartbeat this store object renewed over
-        :data:`HEARTBEAT_SECONDS` ago (or never)."""
-        mono = time.monotonic()
-        beats = self._beats
-        if len(events) == 1:  # the allow path's case
-            run_id = events[0].run_id
-            return [run_id] if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS else []
-        return [
-            run_id
-            for run_id in dict.fromkeys(e.run_id for e in events)
-            if mono - beats.get(run_id, _NEVER) >= HEARTBEAT_SECONDS
-        ]
 
     def events(self, run_id: str) -> list[Event]:
         if self._held:
