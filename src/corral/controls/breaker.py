@@ -143,19 +143,27 @@ def _set(core: Host, name: str, state: BreakerState) -> None:
     core.store_call(core.store.set_breaker, name, state)
 
 
+def read(core: Host, name: str, *, fresh: bool = False) -> BreakerState:
+    """Breaker ``name``'s state: taken as closed when read closed within
+    :data:`REFRESH_SECONDS` (where the run may rely on that, :func:`cache_for`), else read
+    from the store (``fresh``: always)."""
+    cache = core.breaker_cache
+    if cache is not None and not fresh and time.monotonic() < cache.get(name, 0.0):
+        return _CLOSED
+    state = core.store_call(core.store.breaker, name, now=wall(core))
+    if cache is not None and state.state == "closed":
+        cache[name] = time.monotonic() + REFRESH_SECONDS
+    return state
+
+
 def admit(core: Host, name: str, *, fresh: bool = False) -> tuple[Decision, BreakerState]:
     """Whether a call of ``name`` may go ahead: ``closed``, ``probe`` (the one half-open
     call), or ``open`` (degraded). ``fresh``: read the store even if the breaker was read
     closed lately (a call that waited, a retry after a failure)."""
-    cache = core.breaker_cache
-    if cache is not None and not fresh and time.monotonic() < cache.get(name, 0.0):
-        return "closed", _CLOSED  # read closed within REFRESH_SECONDS
-    now = wall(core)
-    state = core.store_call(core.store.breaker, name, now=now)
+    state = read(core, name, fresh=fresh)
     if state.state == "closed":
-        if cache is not None:
-            cache[name] = time.monotonic() + REFRESH_SECONDS
         return "closed", state
+    now = wall(core)
     if state.state == "open":
         return "open", state
     # Half-open: one probe for the whole fleet, claimed in the store.

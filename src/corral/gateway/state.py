@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 from corral.budgets.meter import Limits, Usage, limits_from_policy
 from corral.clock import DEADLINE, SYSTEM_CLOCK, Clock
 from corral.controls.breaker import cache_for as breaker_cache_for
-from corral.controls.breaker import wall
 from corral.exceptions import ConfigError, Stop, StoreError, StoreGone
 from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.deadline import RunTime
@@ -207,11 +206,6 @@ class RunState:
         if eff is None:
             eff = self._effective[name] = effective(self.policy, self.tools[name], name)
         return eff
-
-    def degraded(self, name: str) -> bool:
-        """Whether tool ``name``'s breaker is open now (fail closed when it cannot be read)."""
-        state = self.store_call(self.store.breaker, self.effective(name).breaker, now=wall(self))
-        return bool(state.state == "open")
 
     # -- stops -----------------------------------------------------------------------
     def stamp(self, stop: Stop) -> Stop:

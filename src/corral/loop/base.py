@@ -8,7 +8,6 @@ Imports the gateway below it; ``loop/run.py`` holds the two faces.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -24,7 +23,6 @@ from corral.gateway.guards import killswitch
 from corral.gateway.lifecycle import status_of
 from corral.gateway.model_turn import plan
 from corral.gateway.services import Services
-from corral.gateway.state import RunState
 from corral.loop.tickets import ModelCall, _NamedModel
 from corral.models.base import Model, input_token_bound, wire_name
 from corral.policy.schema import Policy
@@ -120,19 +118,6 @@ def _log_end(result: RunResult) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _degraded(core: RunState, dependency: str) -> bool:
-    """Whether breaker ``dependency`` (a tool's) is open now, read as the degrade guard reads
-    it: one read closed lately is taken as closed for
-    :data:`~corral.controls.breaker.REFRESH_SECONDS` on a shared store on the real clock."""
-    kept = core.breaker_cache  # None where every read goes to the store
-    if kept is not None and time.monotonic() < kept.get(dependency, 0.0):
-        return False
-    state = core.store_call(core.store.breaker, dependency, now=breaker.wall(core))
-    if kept is not None and state.state == "closed":  # only a closed one is kept, as admit
-        kept[dependency] = time.monotonic() + breaker.REFRESH_SECONDS
-    return bool(state.state == "open")
 
 
 class RunBase:
@@ -281,7 +266,7 @@ class RunBase:
             eff = core.effective(name)
             if killswitch.blocking_switch(core, name, eff) is not None:
                 continue
-            if _degraded(core, eff.breaker):
+            if breaker.read(core, eff.breaker).state == "open":
                 continue
             spec = eff.tool.spec()
             policy_spec = core.policy.spec(name)

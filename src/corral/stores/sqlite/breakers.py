@@ -3,18 +3,12 @@
 A retry is checked against the budget and spent in one ``BEGIN IMMEDIATE``
 transaction (the rule of :func:`corral.stores.rules.retry_fits`), so processes
 cannot overspend it together.
-
-In group-commit mode, a breaker's row read is reused for the store's ``window`` (the
-staleness its user accepted for reads' events, at most 60 s): another process's change
-is seen within the window, this store object's own at once. Otherwise every read is a
-read of the file.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
-from typing import Any, cast
+from typing import cast
 
 from corral.stores.records import BreakerState, DegradeCounts, DegradeWindow
 from corral.stores.rules import degrade_bucket, retry_fits
@@ -30,28 +24,14 @@ from corral.stores.sqlite.sql import (
 )
 
 _CLOSED = BreakerState()
-_MAX_CACHED = 1024
 
 
 class Breakers(SQLiteConnection):
     """The breakers part of :class:`~corral.stores.sqlite.SQLiteStore`."""
 
     def breaker(self, name: str, *, now: float) -> BreakerState:
-        row: Any
-        if self.commit == "group":
-            mono = time.monotonic()
-            cached = self._breaker_rows.get(name)
-            if cached is not None and mono - cached[1] < self.window:
-                row = cached[0]
-            else:
-                with self._locked():
-                    row = cast(sqlite3.Cursor, self._cur).execute(BREAKER, (name,)).fetchone()
-                if len(self._breaker_rows) > _MAX_CACHED:
-                    self._breaker_rows.clear()
-                self._breaker_rows[name] = (row, mono)
-        else:
-            with self._locked():
-                row = cast(sqlite3.Cursor, self._cur).execute(BREAKER, (name,)).fetchone()
+        with self._locked():
+            row = cast(sqlite3.Cursor, self._cur).execute(BREAKER, (name,)).fetchone()
         if row is None:
             return _CLOSED
         if row[0] == "open" and now >= row[1]:
@@ -59,7 +39,6 @@ class Breakers(SQLiteConnection):
         return BreakerState(state=row[0], until=row[1])
 
     def set_breaker(self, name: str, state: BreakerState) -> None:
-        self._breaker_rows.pop(name, None)
         with self._write() as conn:
             conn.execute(SET_BREAKER, (name, state.state, state.until))
 

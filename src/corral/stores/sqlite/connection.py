@@ -144,7 +144,6 @@ class SQLiteConnection:
         self._held_lock = threading.Lock()
         self._held_error: BaseException | None = None
         # Group commit: breakers' rows as read, and when (monotonic; see .breakers).
-        self._breaker_rows: dict[str, tuple[Any, float]] = {}
         if commit == "group":
             _GROUPED.add(self)
 
