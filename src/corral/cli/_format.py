@@ -1,7 +1,8 @@
 """How the commands write what they print: JSON, consoles for tables, aligned plain columns,
 money, durations and times.
 
-Imports nothing of corral: it formats values the commands have already read.
+Imports the times and numbers of :mod:`corral.record.views` (the JSON the commands print
+is written there); it formats values the commands have already read.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import typer
 from rich.console import Console
+
+from corral.record.views import iso as iso
+from corral.record.views import iso_seconds as iso_seconds
 
 #: Status colours, shared by the tables and the timeline.
 STATUS_STYLE = {
@@ -47,14 +51,6 @@ def columns(header: Sequence[str], lines: Iterable[Sequence[object]]) -> None:
         typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def decimal(value: Any) -> Decimal:
-    """``value`` as a Decimal (0 when missing or not a number)."""
-    try:
-        return Decimal(str(value)) if value is not None else Decimal(0)
-    except InvalidOperation:
-        return Decimal(0)
-
-
 def money(usd: Decimal) -> str:
     """``$0``, ``$0.0014``, ``$2.11``, ``$1,300.00``."""
     if usd == 0:
@@ -62,17 +58,6 @@ def money(usd: Decimal) -> str:
     if abs(usd) < Decimal("0.01"):
         return f"${usd:.4f}"
     return f"${usd:,.2f}"
-
-
-def iso(at: float) -> str:
-    """Epoch seconds as ISO 8601 in UTC, to the millisecond."""
-    stamp = datetime.fromtimestamp(at, tz=UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_seconds(at: float) -> str:
-    """Epoch seconds as ISO 8601 in UTC, to the second (``2025-11-24T09:12:05Z``)."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_time(stamp: str) -> str:

@@ -34,7 +34,8 @@ the model's text of that turn (its stated reason, redacted; ``null`` when it gav
 ``idempotency_key`` the key the write runs under once approved (``null`` for requests
 filed by an older version).
 
-Imports the approvals queue (:mod:`corral.controls.approvals`), the stores' records and
+Imports the approvals queue (:mod:`corral.controls.approvals`), the rows of
+:mod:`corral.record.views` (the HTTP API answers with the same), the stores' records and
 the shared ``_common`` and ``_format``; no other command module.
 """
 
@@ -62,9 +63,10 @@ from corral.cli._common import (
     quoted,
     tenant_option,
 )
-from corral.cli._format import columns, iso
+from corral.cli._format import columns
 from corral.controls import approvals
 from corral.exceptions import ApprovalError
+from corral.record.views import approval_row
 from corral.stores.base import ApprovalRecord, ApprovalStatus
 
 STATUSES: tuple[str, ...] = (*get_args(ApprovalStatus), "all")
@@ -107,7 +109,7 @@ def list_(
         wanted = None if status == "all" else cast(ApprovalStatus, status)
         store, url = open_db(db, announce=not json_out)
         found = store.list_approvals(status=wanted, tenant=tenant)
-        rows = [row(a) for a in found]
+        rows = [approval_row(a) for a in found]
         if json_out:
             typer.echo(json.dumps({"store": url, "count": len(rows), "approvals": rows}, indent=2))
             return EXIT_OK
@@ -129,7 +131,7 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
         record = store.get_approval(approval_id)
         if record is None:
             raise Fail(EXIT_FAILED, f"no approval {quoted(approval_id)} in {url}")
-        data = row(record)
+        data = approval_row(record)
         if json_out:
             typer.echo(json.dumps({"store": url, "approval": data}, indent=2))
             return EXIT_OK
@@ -225,35 +227,6 @@ def _flat(text: str, limit: int) -> str:
     """``text`` on one line (whitespace and control characters as single spaces), cut."""
     flat = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 2]).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def row(record: ApprovalRecord) -> dict[str, Any]:
-    """The stable JSON form of an approval (see the module docstring)."""
-    return {
-        "id": record.id,
-        "status": record.status,
-        "run_id": record.run_id,
-        "tool": record.tool,
-        "tenant": record.tenant,
-        "agent": record.agent,
-        "args_digest": record.args_digest,
-        "arguments": dict(record.arguments),
-        "created": _iso(record.created),
-        "expires": _iso(record.expires),
-        "approver": record.approver or None,
-        "reason": record.reason or None,
-        "decided_at": _iso(record.decided_at),
-        "used_at": _iso(record.used_at),
-        **{key: record.context.get(key) for key in CONTEXT_FIELDS},
-    }
-
-
-#: What an approval says beyond the action (``ApprovalRecord.context``), in this order.
-CONTEXT_FIELDS = ("step", "call_id", "purpose", "cost_usd", "effect", "idempotency_key")
-
-
-def _iso(at: float | None) -> str | None:
-    return None if at is None or at <= 0 else iso(at)
 
 
 def _expiry(record: ApprovalRecord) -> str:

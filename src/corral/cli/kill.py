@@ -66,10 +66,11 @@ from corral.cli._common import (
     one_line,
     open_db,
 )
-from corral.cli._format import columns, iso_seconds
+from corral.cli._format import columns
 from corral.cli._reach import EFFECTS, Reach, reach
 from corral.controls import approvals, killswitch
 from corral.exceptions import StoreError
+from corral.record.views import switch_row
 from corral.stores.base import KillScope, KillSwitchState
 
 kill_app = group(
@@ -153,7 +154,7 @@ def enable(
         if json_out:
             body = {
                 "store": url,
-                "switch": _row(sw),
+                "switch": switch_row(sw),
                 "reach": _reach_json(reached) if reached is not None else None,
                 "cancelled_approvals": [a.id for a in cancelled],
                 "note": note,
@@ -291,7 +292,7 @@ def status(
 
     def go() -> int:
         store, url = open_db(db, announce=not json_out)
-        rows = [_row(sw) for sw in store.kill_switches()]
+        rows = [switch_row(sw) for sw in store.kill_switches()]
         if json_out:
             typer.echo(json.dumps({"store": url, "switches": rows}))
             return EXIT_OK
@@ -302,18 +303,6 @@ def status(
         return EXIT_OK
 
     raise typer.Exit(guarded("kill status", go))
-
-
-def _row(sw: KillSwitchState) -> dict[str, Any]:
-    since = iso_seconds(sw.set_at) if sw.set_at > 0 else None
-    return {
-        "scope": sw.scope,
-        "target": sw.target,
-        "mode": sw.mode,
-        "reason": sw.reason,
-        "by": sw.actor,
-        "since": since,
-    }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -22,8 +22,8 @@ a decimal string; times are ISO 8601 in UTC (``ended_at`` is ``null`` while
 running). A run that ended without its usage recorded (interrupted, still running)
 reports the usage its events show.
 
-Imports the stores, the stop reasons and the shared ``_common``, ``_format`` and
-``_run_rows``; no other command module.
+Imports the stores, the stop reasons, the rows of :mod:`corral.record.views` and the
+shared ``_common`` and ``_format``; no other command module.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from corral.cli._common import (
     read,
 )
 from corral.cli._format import STATUS_STYLE, console, local_time, money, print_json, seconds
-from corral.cli._run_rows import run_row
+from corral.record.views import run_row
 from corral.stops import STOP_REASONS
 from corral.stores import Store
 from corral.stores.base import Event, RunRecord

@@ -17,8 +17,9 @@ refusal, else ``null``; ``actor`` is who wrote the event (the agent, or the oper
 who decided an approval). Every kind of event has a readable line in the human output
 (:mod:`corral.cli._timeline`).
 
-Imports the stores, the decision reader (:mod:`corral.record.decisions`) and the shared
-``_common``, ``_format``, ``_run_rows`` and ``_timeline``; no other command module.
+Imports the stores, the JSON views of :mod:`corral.record.views` (the HTTP API answers
+with the same) and the shared ``_common``, ``_format`` and ``_timeline``; no other
+command module.
 """
 
 from __future__ import annotations
@@ -46,16 +47,13 @@ from corral.cli._format import (
     STATUS_STYLE,
     console,
     cut,
-    decimal,
-    iso,
     local_time,
     money,
     print_json,
     seconds,
 )
-from corral.cli._run_rows import run_row, usage_from_events
 from corral.cli._timeline import describe
-from corral.record.decisions import Denial, DenialReader
+from corral.record.views import as_decimal, run_row, timeline_of, usage_from_events
 from corral.stores import Store
 from corral.stores.base import Event, RunRecord
 
@@ -109,37 +107,6 @@ def _find(store: Store, url: str, run_id: str) -> RunRecord:
     raise Fail(EXIT_FAILED, f"no run {run_id!r} in {url} (corral runs lists them)")
 
 
-def timeline_of(record: RunRecord, events: Sequence[Event]) -> list[dict[str, Any]]:
-    """The JSON timeline of a run's events (see the module docstring)."""
-    origin = min([record.started_at, *(e.at for e in events)]) if events else record.started_at
-    reader = DenialReader()
-    out = []
-    for e in events:
-        denial = reader.read(e)
-        out.append(
-            {
-                "seq": e.seq,
-                "kind": e.kind,
-                "at": iso(e.at),
-                "t": round(e.at - origin, 6),
-                "data": dict(e.data),
-                "denial": _denial_json(denial) if denial else None,
-                "actor": e.actor,
-            }
-        )
-    return out
-
-
-def _denial_json(d: Denial) -> dict[str, Any]:
-    return {
-        "guard": d.guard,
-        "reason": d.reason,
-        "why": d.why,
-        "tool": d.tool,
-        "observed": d.observed,
-    }
-
-
 def _render(
     out: Console,
     record: RunRecord,
@@ -181,7 +148,7 @@ def _render(
             Text(subject),
             Text(detail),
             seconds(took) if isinstance(took, int | float) else "",
-            money(decimal(usd)) if usd is not None else "",
+            money(as_decimal(usd)) if usd is not None else "",
         )
     out.print(table)
     out.print(Text("usage: " + usage_line(usage)))
@@ -216,7 +183,7 @@ def usage_line(usage: Mapping[str, Any]) -> str:
     parts.append(
         f"{usage.get('input_tokens', 0):,} in / {usage.get('output_tokens', 0):,} out tokens"
     )
-    parts.append(money(decimal(usage.get("usd"))))
+    parts.append(money(as_decimal(usage.get("usd"))))
     if "active_seconds" in usage:
         parts.append(
             f"{seconds(usage.get('active_seconds') or 0)} active, "
