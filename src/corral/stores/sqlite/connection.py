@@ -42,7 +42,7 @@ from typing import Any, Self, cast
 
 from corral.clock import DEADLINE, wait_budget
 from corral.exceptions import ConfigError, StoreError, StoreGone
-from corral.stores.chain import Sealer
+from corral.stores.chain import Sealed, Sealer
 from corral.stores.filewatch import FileWatch
 from corral.stores.grants import GrantLeases
 from corral.stores.migrate import SQLITE, migrate
@@ -127,6 +127,10 @@ class SQLiteConnection:
         # costs about half a microsecond); used only under the lock, each result fetched at
         # once, so that no statement is left open between calls.
         self._cur: sqlite3.Cursor | None = None
+        # The chain's head as this object last wrote it (a guess, checked in the write
+        # transaction: see .audit.append), and whether to guess at all (see _write_events).
+        self._head: Sealed | None = None
+        self._guessing = False
         # When this object last renewed each run's heartbeat (monotonic): see append_events.
         self._beats: dict[str, float] = {}
         # The files as connected, and why they are gone once they are (see _check_file).
@@ -285,15 +289,30 @@ class SQLiteConnection:
         ]
 
     def _write_events(
-        self, cur: sqlite3.Cursor, events: Sequence[Event], due: list[str] | None = None
+        self,
+        cur: sqlite3.Cursor,
+        events: Sequence[Event],
+        due: list[str] | None = None,
+        guess: Sequence[Sealed] | None = None,
     ) -> None:
         """Seal ``events`` into the chain and renew the heartbeat of the runs ``due``
         (:meth:`_beats_due` when not given); the caller holds the write transaction (and
-        looked at the files when a heartbeat is due). Heartbeats renewed are remembered
-        (monotonic) in ``_beats``."""
+        looked at the files when a heartbeat is due). ``guess``: the events as
+        :meth:`_guess` sealed them before the transaction (sealed here when not given).
+        Heartbeats renewed are remembered (monotonic) in ``_beats``."""
         if due is None:
             due = self._beats_due(events)
-        append(cur, self._sealer, events)
+        if guess is None:
+            guess = self._guess(events)
+        head = self._head
+        sealed = append(cur, self._sealer, events, guess)
+        # Guess next time only if the head was the one this object left (or it knew
+        # none): while other connections append in between, a guess is sealed twice.
+        first = sealed[0]
+        self._guessing = head is None or (
+            first.seq == head.seq + 1 and first.prev_hash == head.hash
+        )
+        self._head = sealed[-1]
         if len(due) == 1:  # the usual case: execute skips executemany's setup
             cur.execute(HEARTBEAT_RUNNING, (time.time(), due[0]))
         elif due:
@@ -305,6 +324,15 @@ class SQLiteConnection:
         mono = time.monotonic()
         for run_id in due:
             beats[run_id] = mono
+
+    def _guess(self, events: Sequence[Event]) -> Sequence[Sealed] | None:
+        """``events`` sealed after the head this object last wrote, to be checked inside
+        the write transaction (:func:`.audit.append`); ``None`` when it knows no head or
+        its last guess missed (another connection appended in between)."""
+        head = self._head
+        if head is None or not self._guessing:
+            return None
+        return self._sealer.seal_after(head.seq, head.hash, events)
 
     def _hold(self, events: Sequence[Event]) -> None:
         """Group commit: hold ``events`` for the thread to write within the window. Raises

@@ -49,8 +49,11 @@ class Events(SQLiteConnection):
         due = self._beats_due(events)
         if due:  # at most once a second per run: also look at the files
             self._check_file()
+        # Sealed before the write lock is taken, after the head this object last wrote
+        # (checked inside the transaction). Events held go first: then sealed inside.
+        guess = None if self._held else self._guess(events)
         with self._write():
-            self._write_events(cast(sqlite3.Cursor, self._cur), events, due)
+            self._write_events(cast(sqlite3.Cursor, self._cur), events, due, guess)
 
     def events(self, run_id: str) -> list[Event]:
         if self._held:

@@ -64,6 +64,8 @@ AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash
 AUDIT_RECORDS = f"SELECT {AUDIT_COLUMNS} FROM corral_events WHERE id > ? ORDER BY id LIMIT ?"
 AUDIT_HEAD = "SELECT seq, hash FROM corral_audit_head"
 MOVE_HEAD = "UPDATE corral_audit_head SET seq = ?, hash = ?"
+# Moves the head only if it is still the one given (the last two parameters).
+MOVE_HEAD_FROM = "UPDATE corral_audit_head SET seq = ?, hash = ? WHERE seq = ? AND hash = ?"
 INSERT_EVENT = (
     "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
     "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
