@@ -145,9 +145,11 @@ CLAIM_COLUMNS = "tenant_key, key, tool, digest, outcome, lease_until, created_at
 CLAIM_HELD = (
     "SELECT digest, outcome, lease_until FROM corral_claims WHERE tenant_key = ? AND key = ?"
 )
+# Takes a free key; changes nothing (no row counted) when the key is held already.
 INSERT_CLAIM = (
     "INSERT INTO corral_claims (tenant_key, key, digest, outcome, lease_until, "
-    "created_at, tool) VALUES (?, ?, ?, NULL, ?, ?, ?)"
+    "created_at, tool) VALUES (?, ?, ?, NULL, ?, ?, ?) "
+    "ON CONFLICT (tenant_key, key) DO NOTHING"
 )
 COMPLETE_CLAIM = "UPDATE corral_claims SET outcome = ? WHERE tenant_key = ? AND key = ?"
 RELEASE_CLAIM = "DELETE FROM corral_claims WHERE tenant_key = ? AND key = ?"
