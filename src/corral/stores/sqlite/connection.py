@@ -82,6 +82,21 @@ MAX_HELD = 10_000
 _INHERITED: list[sqlite3.Connection] = []
 
 
+class _Process:
+    """This process's id, kept current in a forked child (``os.register_at_fork``): every
+    store call compares it with the id its connection was opened in, without a system call."""
+
+    pid = os.getpid()
+
+
+def _forked_child() -> None:
+    _Process.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # no fork where it is missing (Windows)
+    os.register_at_fork(after_in_child=_forked_child)
+
+
 #: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
 #: heartbeat keeps is an hour; renewing it on every append would write one more page to the
 #: WAL per event, about a tenth of the cost of a durable tool call.
@@ -121,7 +136,7 @@ class SQLiteConnection:
         self._where = f"SQLite database {self.path}"
         self._sealer = Sealer.from_env()
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._pid = _Process.pid
         self._conn: sqlite3.Connection | None = None
         # One cursor kept for the statements every call runs (creating one per statement
         # costs about half a microsecond); used only under the lock, each result fetched at
@@ -237,7 +252,7 @@ class SQLiteConnection:
             _INHERITED.append(self._conn)
         self._conn = self._cur = None
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._pid = _Process.pid
         self._bg = None  # its thread stayed in the parent
         # The events held are the parent's to write, not this child's.
         self._held_lock = threading.Lock()
@@ -249,7 +264,7 @@ class SQLiteConnection:
         calls raise :class:`~corral.exceptions.StoreError`. Raises the error that kept the
         events held from being written, if any (the store is closed all the same)."""
         self.leases.close()
-        if self._pid != os.getpid():
+        if self._pid != _Process.pid:
             self._forked()
         failed: BaseException | None = None
         if self._held and not self.closed and self._lost is None:
@@ -337,7 +352,7 @@ class SQLiteConnection:
     def _hold(self, events: Sequence[Event]) -> None:
         """Group commit: hold ``events`` for the thread to write within the window. Raises
         (after writing them itself) what kept the thread from writing earlier ones."""
-        if self._pid != os.getpid():
+        if self._pid != _Process.pid:
             self._forked()  # what the parent held is the parent's to write
         if self._lost is not None:
             raise StoreGone(self._lost)
@@ -378,7 +393,7 @@ class SQLiteConnection:
     # -- the group-commit thread -------------------------------------------------------
     def _background(self) -> Background:
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != _Process.pid:
                 self._forked()
             if self._bg is None:
                 if self.closed:
@@ -414,7 +429,7 @@ class _Locked:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        if store._pid != os.getpid():
+        if store._pid != _Process.pid:
             store._forked()
         self._lock = store._lock
         deadline = DEADLINE.get()
@@ -430,7 +445,9 @@ class _Locked:
                 )
             busy = int(wait_budget(store.busy_timeout) * 1000)
         try:
-            conn = store._open()
+            conn = store._conn
+            if conn is None:
+                conn = store._open()
             if busy != store._busy_now:
                 # Set only while the time left is below busy_timeout (and restored after).
                 conn.execute(BUSY_TIMEOUT.format(busy))
@@ -518,7 +535,7 @@ _GROUPED: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 @atexit.register
 def _flush_grouped() -> None:
     for store in list(_GROUPED):
-        if store.closed or store._pid != os.getpid():
+        if store.closed or store._pid != _Process.pid:
             continue
         try:
             store.flush()

@@ -31,6 +31,9 @@ from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, RUN_EVENTS
 def deferrable(events: Sequence[Event]) -> bool:
     """Whether group commit may hold ``events``: all outcomes of calls without an
     idempotency key (a read tool's; a write's authorization is never one)."""
+    if len(events) == 1:  # a read's outcome: no generator set up
+        e = events[0]
+        return e.kind == "tool_call" and e.data.get("key") is None
     return all(e.kind == "tool_call" and e.data.get("key") is None for e in events)
 
 
