@@ -29,6 +29,49 @@ from corral.stores.sqlite.sql import (
 )
 
 
+class Appender:
+    """Seals one store object's appends, remembering the chain's head it last wrote.
+
+    :meth:`guess` seals events after that head, before the write transaction; :meth:`write`
+    (inside it) checks the guess with one conditional statement, or reads the head and
+    seals again (:func:`append`). While other connections append in between, guesses would
+    miss: after a miss it reads the head until it finds the one it left again.
+    """
+
+    __slots__ = ("_guessing", "_head", "sealer")
+
+    def __init__(self, sealer: Sealer) -> None:
+        self.sealer = sealer
+        self._head: Sealed | None = None
+        self._guessing = False
+
+    def guess(self, events: Sequence[Event]) -> Sequence[Sealed] | None:
+        """``events`` sealed after the head this object last wrote, or ``None`` (it knows
+        none, or its last guess missed)."""
+        head = self._head
+        if head is None or not self._guessing:
+            return None
+        return self.sealer.seal_after(head.seq, head.hash, events)
+
+    def write(
+        self,
+        cur: sqlite3.Cursor,
+        events: Sequence[Event],
+        guess: Sequence[Sealed] | None = None,
+    ) -> None:
+        """Seal and write ``events`` in the caller's write transaction (``guess``: as
+        :meth:`guess` sealed them; sealed here when not given)."""
+        if guess is None:
+            guess = self.guess(events)
+        head = self._head
+        sealed = append(cur, self.sealer, events, guess)
+        first = sealed[0]
+        self._guessing = head is None or (
+            first.seq == head.seq + 1 and first.prev_hash == head.hash
+        )
+        self._head = sealed[-1]
+
+
 def append(
     conn: sqlite3.Connection | sqlite3.Cursor,
     sealer: Sealer,

@@ -47,8 +47,9 @@ from corral.stores.filewatch import FileWatch
 from corral.stores.grants import GrantLeases
 from corral.stores.migrate import SQLITE, migrate
 from corral.stores.records import Event
-from corral.stores.sqlite.audit import append, seal_unsealed
+from corral.stores.sqlite.audit import Appender, seal_unsealed
 from corral.stores.sqlite.background import IDLE_SECONDS, Background
+from corral.stores.sqlite.forks import INHERITED, Process, keep_unclosed
 from corral.stores.sqlite.sql import (
     AUTOCHECKPOINT,
     BEGIN,
@@ -76,26 +77,6 @@ CHECKPOINT_PAGES = 4000
 COMMIT_MODES = ("each", "group")
 #: Events held in group-commit mode past which an append commits them itself.
 MAX_HELD = 10_000
-
-#: Connections inherited through ``fork``: never used or closed in the child (SQLite
-#: forbids both), only kept from being garbage-collected, which would close them.
-_INHERITED: list[sqlite3.Connection] = []
-
-
-class _Process:
-    """This process's id, kept current in a forked child (``os.register_at_fork``): every
-    store call compares it with the id its connection was opened in, without a system call."""
-
-    pid = os.getpid()
-
-
-def _forked_child() -> None:
-    _Process.pid = os.getpid()
-
-
-if hasattr(os, "register_at_fork"):  # no fork where it is missing (Windows)
-    os.register_at_fork(after_in_child=_forked_child)
-
 
 #: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
 #: heartbeat keeps is an hour; renewing it on every append would write one more page to the
@@ -136,16 +117,15 @@ class SQLiteConnection:
         self._where = f"SQLite database {self.path}"
         self._sealer = Sealer.from_env()
         self._lock = threading.RLock()
-        self._pid = _Process.pid
+        self._pid = Process.pid
         self._conn: sqlite3.Connection | None = None
         # One cursor kept for the statements every call runs (creating one per statement
         # costs about half a microsecond); used only under the lock, each result fetched at
         # once, so that no statement is left open between calls.
         self._cur: sqlite3.Cursor | None = None
-        # The chain's head as this object last wrote it (a guess, checked in the write
-        # transaction: see .audit.append), and whether to guess at all (see _write_events).
-        self._head: Sealed | None = None
-        self._guessing = False
+        # Seals appends after the chain's head this object last wrote (checked in the
+        # write transaction: see .audit.Appender).
+        self._appender = Appender(self._sealer)
         # When this object last renewed each run's heartbeat (monotonic): see append_events.
         self._beats: dict[str, float] = {}
         # The files as connected, and why they are gone once they are (see _check_file).
@@ -240,7 +220,7 @@ class SQLiteConnection:
                     "(restart it against the store in use)"
                 )
                 if self._conn is not None:
-                    _keep_unclosed(self._conn)
+                    keep_unclosed(self._conn)
                 self._conn = self._cur = None
                 if self._bg is not None:
                     self._bg.stop(join=False)
@@ -249,10 +229,10 @@ class SQLiteConnection:
 
     def _forked(self) -> None:
         if self._conn is not None:
-            _INHERITED.append(self._conn)
+            INHERITED.append(self._conn)
         self._conn = self._cur = None
         self._lock = threading.RLock()
-        self._pid = _Process.pid
+        self._pid = Process.pid
         self._bg = None  # its thread stayed in the parent
         # The events held are the parent's to write, not this child's.
         self._held_lock = threading.Lock()
@@ -264,7 +244,7 @@ class SQLiteConnection:
         calls raise :class:`~corral.exceptions.StoreError`. Raises the error that kept the
         events held from being written, if any (the store is closed all the same)."""
         self.leases.close()
-        if self._pid != _Process.pid:
+        if self._pid != Process.pid:
             self._forked()
         failed: BaseException | None = None
         if self._held and not self.closed and self._lost is None:
@@ -312,22 +292,12 @@ class SQLiteConnection:
     ) -> None:
         """Seal ``events`` into the chain and renew the heartbeat of the runs ``due``
         (:meth:`_beats_due` when not given); the caller holds the write transaction (and
-        looked at the files when a heartbeat is due). ``guess``: the events as
-        :meth:`_guess` sealed them before the transaction (sealed here when not given).
+        looked at the files when a heartbeat is due). ``guess``: the events as the
+        appender sealed them before the transaction (:class:`.audit.Appender`).
         Heartbeats renewed are remembered (monotonic) in ``_beats``."""
         if due is None:
             due = self._beats_due(events)
-        if guess is None:
-            guess = self._guess(events)
-        head = self._head
-        sealed = append(cur, self._sealer, events, guess)
-        # Guess next time only if the head was the one this object left (or it knew
-        # none): while other connections append in between, a guess is sealed twice.
-        first = sealed[0]
-        self._guessing = head is None or (
-            first.seq == head.seq + 1 and first.prev_hash == head.hash
-        )
-        self._head = sealed[-1]
+        self._appender.write(cur, events, guess)
         if len(due) == 1:  # the usual case: execute skips executemany's setup
             cur.execute(HEARTBEAT_RUNNING, (time.time(), due[0]))
         elif due:
@@ -340,19 +310,10 @@ class SQLiteConnection:
         for run_id in due:
             beats[run_id] = mono
 
-    def _guess(self, events: Sequence[Event]) -> Sequence[Sealed] | None:
-        """``events`` sealed after the head this object last wrote, to be checked inside
-        the write transaction (:func:`.audit.append`); ``None`` when it knows no head or
-        its last guess missed (another connection appended in between)."""
-        head = self._head
-        if head is None or not self._guessing:
-            return None
-        return self._sealer.seal_after(head.seq, head.hash, events)
-
     def _hold(self, events: Sequence[Event]) -> None:
         """Group commit: hold ``events`` for the thread to write within the window. Raises
         (after writing them itself) what kept the thread from writing earlier ones."""
-        if self._pid != _Process.pid:
+        if self._pid != Process.pid:
             self._forked()  # what the parent held is the parent's to write
         if self._lost is not None:
             raise StoreGone(self._lost)
@@ -393,7 +354,7 @@ class SQLiteConnection:
     # -- the group-commit thread -------------------------------------------------------
     def _background(self) -> Background:
         with self._lock:
-            if self._pid != _Process.pid:
+            if self._pid != Process.pid:
                 self._forked()
             if self._bg is None:
                 if self.closed:
@@ -429,7 +390,7 @@ class _Locked:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        if store._pid != _Process.pid:
+        if store._pid != Process.pid:
             store._forked()
         self._lock = store._lock
         deadline = DEADLINE.get()
@@ -519,15 +480,6 @@ class _Write(_Locked):
             self._store._give_back(taken)
 
 
-def _keep_unclosed(conn: sqlite3.Connection) -> None:
-    """Keep ``conn`` from ever being closed, even at interpreter exit (see
-    ``SQLiteConnection._check_file``): one deliberate leak per store whose file was lost."""
-    import ctypes  # only on this rare path
-
-    _INHERITED.append(conn)
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
-
-
 #: Stores in group-commit mode: the events they hold are written when the interpreter exits.
 _GROUPED: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 
@@ -535,7 +487,7 @@ _GROUPED: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 @atexit.register
 def _flush_grouped() -> None:
     for store in list(_GROUPED):
-        if store.closed or store._pid != _Process.pid:
+        if store.closed or store._pid != Process.pid:
             continue
         try:
             store.flush()
