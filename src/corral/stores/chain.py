@@ -164,6 +164,7 @@ def _make_json() -> Callable[[Any], str]:
 
 
 _string: Callable[[str], str] = json.encoder.encode_basestring
+_sha256 = hashlib.sha256
 _json = _make_json()
 
 
@@ -210,12 +211,13 @@ class Sealer:
     the one set when the store was opened.
     """
 
-    __slots__ = ("_key", "mode")
+    __slots__ = ("_key", "_mode_text", "mode")
 
     def __init__(self, key: str | bytes | None = None) -> None:
         raw = key.encode() if isinstance(key, str) else key
         self._key = raw or None
         self.mode = PLAIN if self._key is None else f"{KEYED}:{key_id(self._key)}"
+        self._mode_text = _string(self.mode)
 
     @classmethod
     def from_env(cls) -> Sealer:
@@ -254,7 +256,8 @@ class Sealer:
         """:meth:`seal_rows` after the record ``seq`` whose hash is ``prev`` (an appender
         that read the head as a row need not build an :class:`AuditHead`)."""
         out = []
-        mode, key = self.mode, self._key
+        key, mode_text = self._key, self._mode_text
+        s = _string
         for e in events:
             seq += 1
             data = plain(e.data)
@@ -262,8 +265,18 @@ class Sealer:
             at, event_seq = float(e.at), int(e.seq)
             tenant = None if e.tenant is None else str(e.tenant)
             actor = None if e.actor is None else str(e.actor)
-            head_text = _head_text(seq, prev, mode, e.run_id, event_seq, e.kind, at, tenant, actor)
-            digest = _digest(head_text, text, key)
+            # The canonical JSON of the hashed record (see _head_text), built in one go:
+            # this runs for every event appended.
+            message = (
+                f"[{FORMAT},{int.__repr__(seq)},{s(prev)},{mode_text},{s(e.run_id)},"
+                f"{int.__repr__(event_seq)},{s(e.kind)},{_number(at)},"
+                f"{'null' if tenant is None else s(tenant)},"
+                f"{'null' if actor is None else s(actor)},{text}]"
+            ).encode("utf-8", "surrogatepass")
+            if key is None:
+                digest = _sha256(message).hexdigest()
+            else:
+                digest = hmac.new(key, message, _sha256).hexdigest()
             out.append(
                 Sealed(
                     seq, e.run_id, event_seq, e.kind, at, tenant, actor, data, text, prev, digest

@@ -26,12 +26,15 @@ the write transaction, so a :class:`~decimal.Decimal` round-trips unchanged.
 Mappings (events, usage, approval arguments, outcomes) are JSON; a value JSON
 cannot hold is stored as its ``str()`` (:mod:`.rows`).
 
-Events are the audit log: each append reads the chain's head, seals the events
-(:mod:`corral.stores.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction, so
-every process appending to the file extends one chain. An event's ``id`` (the
-table's rowid) is its place in the chain: no extra index to write per event.
-Triggers refuse to change or delete a sealed event. The chain's head is always read
-inside the write transaction (another process may have moved it since). Appending
+Events are the audit log: each append seals the events (:mod:`corral.stores.chain`) after
+the chain's head and moves the head in its ``BEGIN IMMEDIATE`` transaction, so every
+process appending to the file extends one chain. An event's ``id`` (the table's rowid)
+is its place in the chain: no extra index to write per event. Triggers refuse to change
+or delete a sealed event. The head is never taken on trust: a store object seals an
+append, before the transaction, after the head it last wrote, and one conditional
+statement inside the transaction moves the head only if it is still that one; otherwise
+(another connection appended since) the head is read there and the events sealed again
+(:mod:`.audit`). Appending
 also renews the runs' heartbeat, at most once per
 :data:`~corral.stores.sqlite.connection.HEARTBEAT_SECONDS`.
 
@@ -42,7 +45,8 @@ stays synchronous.
 
 The package: :mod:`.sql` holds every statement, :mod:`.rows` the conversions between
 rows and records, :mod:`.connection` the connection and its transactions,
-:mod:`.audit` the sealing of appended events, :mod:`.background` the group-commit thread;
+:mod:`.audit` the sealing of appended events, :mod:`.background` the group-commit thread,
+:mod:`.forks` the connection across ``fork``;
 one module per concern of the :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`,
 :mod:`.events`, :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`,
 :mod:`.breakers`) holds that part of :class:`SQLiteStore` (:mod:`.store`). It

@@ -1,16 +1,18 @@
 """Idempotency claims in the SQLite file (the idempotency concern).
 
-A claim is read and, when free, taken in one ``BEGIN IMMEDIATE`` transaction, so one
-claimant wins across processes; an ``unknown`` claim is settled by a conditional
+A claim is taken when free (an insert that does nothing when the key is held) and
+otherwise read, in one ``BEGIN IMMEDIATE`` transaction, so one claimant wins across
+processes; an ``unknown`` claim is settled by a conditional
 statement, so one resolver wins.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from corral.stores.records import Claim, ClaimRecord, ClaimState
 from corral.stores.rules import claim_filter, tenant_key
@@ -45,14 +47,14 @@ class Claims(SQLiteConnection):
         lease: float,
         tool: str = "",
     ) -> Claim:
-        with self._write() as conn:
-            row = conn.execute(CLAIM_HELD, (tenant_key(tenant), key)).fetchone()
-            if row is None:
-                conn.execute(
-                    INSERT_CLAIM,
-                    (tenant_key(tenant), key, digest, now + lease, time.time(), tool),
-                )
+        where = (tenant_key(tenant), key)
+        with self._write():
+            cur = cast(sqlite3.Cursor, self._cur)
+            # The usual case, a free key, in one statement; a held one is read after.
+            cur.execute(INSERT_CLAIM, (*where, digest, now + lease, time.time(), tool))
+            if cur.rowcount == 1:
                 return Claim(status="claimed")
+            row = cur.execute(CLAIM_HELD, where).fetchone()
         if row[0] != digest:
             return Claim(status="mismatch")
         if row[1] is not None:
@@ -62,8 +64,10 @@ class Claims(SQLiteConnection):
         return Claim(status="in_flight")
 
     def complete(self, key: str, outcome: Mapping[str, Any], *, tenant: str | None) -> None:
-        with self._write() as conn:
-            conn.execute(COMPLETE_CLAIM, (dumps(outcome), tenant_key(tenant), key))
+        with self._write():
+            cast(sqlite3.Cursor, self._cur).execute(
+                COMPLETE_CLAIM, (dumps(outcome), tenant_key(tenant), key)
+            )
 
     def release(self, key: str, *, tenant: str | None) -> None:
         with self._write() as conn:

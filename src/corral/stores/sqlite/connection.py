@@ -42,13 +42,14 @@ from typing import Any, Self, cast
 
 from corral.clock import DEADLINE, wait_budget
 from corral.exceptions import ConfigError, StoreError, StoreGone
-from corral.stores.chain import Sealer
+from corral.stores.chain import Sealed, Sealer
 from corral.stores.filewatch import FileWatch
 from corral.stores.grants import GrantLeases
 from corral.stores.migrate import SQLITE, migrate
 from corral.stores.records import Event
-from corral.stores.sqlite.audit import append, seal_unsealed
+from corral.stores.sqlite.audit import Appender, seal_unsealed
 from corral.stores.sqlite.background import IDLE_SECONDS, Background
+from corral.stores.sqlite.forks import INHERITED, Process, keep_unclosed
 from corral.stores.sqlite.sql import (
     AUTOCHECKPOINT,
     BEGIN,
@@ -76,11 +77,6 @@ CHECKPOINT_PAGES = 4000
 COMMIT_MODES = ("each", "group")
 #: Events held in group-commit mode past which an append commits them itself.
 MAX_HELD = 10_000
-
-#: Connections inherited through ``fork``: never used or closed in the child (SQLite
-#: forbids both), only kept from being garbage-collected, which would close them.
-_INHERITED: list[sqlite3.Connection] = []
-
 
 #: How often appending a run's events renews its heartbeat, at most (seconds). The lease the
 #: heartbeat keeps is an hour; renewing it on every append would write one more page to the
@@ -121,12 +117,15 @@ class SQLiteConnection:
         self._where = f"SQLite database {self.path}"
         self._sealer = Sealer.from_env()
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._pid = Process.pid
         self._conn: sqlite3.Connection | None = None
         # One cursor kept for the statements every call runs (creating one per statement
         # costs about half a microsecond); used only under the lock, each result fetched at
         # once, so that no statement is left open between calls.
         self._cur: sqlite3.Cursor | None = None
+        # Seals appends after the chain's head this object last wrote (checked in the
+        # write transaction: see .audit.Appender).
+        self._appender = Appender(self._sealer)
         # When this object last renewed each run's heartbeat (monotonic): see append_events.
         self._beats: dict[str, float] = {}
         # The files as connected, and why they are gone once they are (see _check_file).
@@ -221,7 +220,7 @@ class SQLiteConnection:
                     "(restart it against the store in use)"
                 )
                 if self._conn is not None:
-                    _keep_unclosed(self._conn)
+                    keep_unclosed(self._conn)
                 self._conn = self._cur = None
                 if self._bg is not None:
                     self._bg.stop(join=False)
@@ -230,10 +229,10 @@ class SQLiteConnection:
 
     def _forked(self) -> None:
         if self._conn is not None:
-            _INHERITED.append(self._conn)
+            INHERITED.append(self._conn)
         self._conn = self._cur = None
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._pid = Process.pid
         self._bg = None  # its thread stayed in the parent
         # The events held are the parent's to write, not this child's.
         self._held_lock = threading.Lock()
@@ -245,7 +244,7 @@ class SQLiteConnection:
         calls raise :class:`~corral.exceptions.StoreError`. Raises the error that kept the
         events held from being written, if any (the store is closed all the same)."""
         self.leases.close()
-        if self._pid != os.getpid():
+        if self._pid != Process.pid:
             self._forked()
         failed: BaseException | None = None
         if self._held and not self.closed and self._lost is None:
@@ -285,15 +284,20 @@ class SQLiteConnection:
         ]
 
     def _write_events(
-        self, cur: sqlite3.Cursor, events: Sequence[Event], due: list[str] | None = None
+        self,
+        cur: sqlite3.Cursor,
+        events: Sequence[Event],
+        due: list[str] | None = None,
+        guess: Sequence[Sealed] | None = None,
     ) -> None:
         """Seal ``events`` into the chain and renew the heartbeat of the runs ``due``
         (:meth:`_beats_due` when not given); the caller holds the write transaction (and
-        looked at the files when a heartbeat is due). Heartbeats renewed are remembered
-        (monotonic) in ``_beats``."""
+        looked at the files when a heartbeat is due). ``guess``: the events as the
+        appender sealed them before the transaction (:class:`.audit.Appender`).
+        Heartbeats renewed are remembered (monotonic) in ``_beats``."""
         if due is None:
             due = self._beats_due(events)
-        append(cur, self._sealer, events)
+        self._appender.write(cur, events, guess)
         if len(due) == 1:  # the usual case: execute skips executemany's setup
             cur.execute(HEARTBEAT_RUNNING, (time.time(), due[0]))
         elif due:
@@ -309,7 +313,7 @@ class SQLiteConnection:
     def _hold(self, events: Sequence[Event]) -> None:
         """Group commit: hold ``events`` for the thread to write within the window. Raises
         (after writing them itself) what kept the thread from writing earlier ones."""
-        if self._pid != os.getpid():
+        if self._pid != Process.pid:
             self._forked()  # what the parent held is the parent's to write
         if self._lost is not None:
             raise StoreGone(self._lost)
@@ -350,7 +354,7 @@ class SQLiteConnection:
     # -- the group-commit thread -------------------------------------------------------
     def _background(self) -> Background:
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != Process.pid:
                 self._forked()
             if self._bg is None:
                 if self.closed:
@@ -386,7 +390,7 @@ class _Locked:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        if store._pid != os.getpid():
+        if store._pid != Process.pid:
             store._forked()
         self._lock = store._lock
         deadline = DEADLINE.get()
@@ -402,7 +406,9 @@ class _Locked:
                 )
             busy = int(wait_budget(store.busy_timeout) * 1000)
         try:
-            conn = store._open()
+            conn = store._conn
+            if conn is None:
+                conn = store._open()
             if busy != store._busy_now:
                 # Set only while the time left is below busy_timeout (and restored after).
                 conn.execute(BUSY_TIMEOUT.format(busy))
@@ -474,15 +480,6 @@ class _Write(_Locked):
             self._store._give_back(taken)
 
 
-def _keep_unclosed(conn: sqlite3.Connection) -> None:
-    """Keep ``conn`` from ever being closed, even at interpreter exit (see
-    ``SQLiteConnection._check_file``): one deliberate leak per store whose file was lost."""
-    import ctypes  # only on this rare path
-
-    _INHERITED.append(conn)
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
-
-
 #: Stores in group-commit mode: the events they hold are written when the interpreter exits.
 _GROUPED: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 
@@ -490,7 +487,7 @@ _GROUPED: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 @atexit.register
 def _flush_grouped() -> None:
     for store in list(_GROUPED):
-        if store.closed or store._pid != os.getpid():
+        if store.closed or store._pid != Process.pid:
             continue
         try:
             store.flush()

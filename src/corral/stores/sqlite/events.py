@@ -1,8 +1,10 @@
 """A run's events in the SQLite file, and the audit log they make (the events concern).
 
-Events are the audit log: each append reads the chain's head, seals the events
-(:mod:`corral.stores.chain`) and moves the head in its ``BEGIN IMMEDIATE`` transaction
-(:mod:`.audit`), so every process appending to the file extends one chain. An event's
+Events are the audit log: each append seals the events (:mod:`corral.stores.chain`) after
+the chain's head and moves the head in its ``BEGIN IMMEDIATE`` transaction (:mod:`.audit`:
+sealed beforehand after the head this store object last wrote, that head checked inside
+the transaction, read there only when another connection moved it), so every process
+appending to the file extends one chain. An event's
 ``id`` (the table's rowid) is its place in the chain: no extra index to write per
 event. Appending also renews the runs' heartbeat, at most once per
 :data:`~corral.stores.sqlite.connection.HEARTBEAT_SECONDS`.
@@ -31,6 +33,9 @@ from corral.stores.sqlite.sql import AUDIT_HEAD, AUDIT_RECORDS, RUN_EVENTS
 def deferrable(events: Sequence[Event]) -> bool:
     """Whether group commit may hold ``events``: all outcomes of calls without an
     idempotency key (a read tool's; a write's authorization is never one)."""
+    if len(events) == 1:  # a read's outcome: no generator set up
+        e = events[0]
+        return e.kind == "tool_call" and e.data.get("key") is None
     return all(e.kind == "tool_call" and e.data.get("key") is None for e in events)
 
 
@@ -49,8 +54,11 @@ class Events(SQLiteConnection):
         due = self._beats_due(events)
         if due:  # at most once a second per run: also look at the files
             self._check_file()
+        # Sealed before the write lock is taken, after the head this object last wrote
+        # (checked inside the transaction). Events held go first: then sealed inside.
+        guess = None if self._held else self._appender.guess(events)
         with self._write():
-            self._write_events(cast(sqlite3.Cursor, self._cur), events, due)
+            self._write_events(cast(sqlite3.Cursor, self._cur), events, due, guess)
 
     def events(self, run_id: str) -> list[Event]:
         if self._held:

@@ -64,6 +64,8 @@ AUDIT_COLUMNS = "id, run_id, seq, kind, at, tenant, actor, data, prev_hash, hash
 AUDIT_RECORDS = f"SELECT {AUDIT_COLUMNS} FROM corral_events WHERE id > ? ORDER BY id LIMIT ?"
 AUDIT_HEAD = "SELECT seq, hash FROM corral_audit_head"
 MOVE_HEAD = "UPDATE corral_audit_head SET seq = ?, hash = ?"
+# Moves the head only if it is still the one given (the last two parameters).
+MOVE_HEAD_FROM = "UPDATE corral_audit_head SET seq = ?, hash = ? WHERE seq = ? AND hash = ?"
 INSERT_EVENT = (
     "INSERT INTO corral_events (id, run_id, seq, kind, at, tenant, actor, data, "
     "prev_hash, hash, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -143,9 +145,11 @@ CLAIM_COLUMNS = "tenant_key, key, tool, digest, outcome, lease_until, created_at
 CLAIM_HELD = (
     "SELECT digest, outcome, lease_until FROM corral_claims WHERE tenant_key = ? AND key = ?"
 )
+# Takes a free key; changes nothing (no row counted) when the key is held already.
 INSERT_CLAIM = (
     "INSERT INTO corral_claims (tenant_key, key, digest, outcome, lease_until, "
-    "created_at, tool) VALUES (?, ?, ?, NULL, ?, ?, ?)"
+    "created_at, tool) VALUES (?, ?, ?, NULL, ?, ?, ?) "
+    "ON CONFLICT (tenant_key, key) DO NOTHING"
 )
 COMPLETE_CLAIM = "UPDATE corral_claims SET outcome = ? WHERE tenant_key = ? AND key = ?"
 RELEASE_CLAIM = "DELETE FROM corral_claims WHERE tenant_key = ? AND key = ?"
