@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from corral.gateway import _inline
 from corral.gateway._inline import Watch, timeout_error
 from corral.gateway.guards.killswitch import WATCH_SECONDS
 
@@ -526,7 +527,9 @@ def _on_sigint(
     loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]
 ) -> tuple[Callable[[int, Any], None], list[int]] | None:
     """As ``asyncio.Runner``: on the main thread, the first Ctrl-C cancels ``main``; returns
-    the handler installed and the count of interruptions."""
+    the handler installed and the count of interruptions. While a sync call runs inline
+    (holding the loop, where a cancellation cannot reach it), Ctrl-C raises
+    ``KeyboardInterrupt`` inside it at once, as it does outside an event loop."""
     if threading.get_ident() != _MAIN_IDENT:
         return None
     # The C-level calls: ``signal.getsignal``/``signal.signal`` convert to enums (~5 us each).
@@ -536,7 +539,7 @@ def _on_sigint(
 
     def handler(signum: int, frame: Any) -> None:
         count[0] += 1
-        if count[0] == 1 and not main.done():
+        if count[0] == 1 and not main.done() and not _inline.busy():
             main.cancel()
             loop.call_soon_threadsafe(lambda: None)  # wake a select() with a long timeout
             return

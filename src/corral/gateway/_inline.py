@@ -142,6 +142,11 @@ def can_alarm() -> bool:
     return False
 
 
+def busy() -> bool:
+    """Whether a call runs inline under the timer signal now (in the main thread)."""
+    return _armed
+
+
 def timeout_error(what: str, timeout: float) -> TimeoutError:
     """The error of a call cut at its deadline (see :func:`expired`)."""
     error = TimeoutError(f"{what} gave no result within {timeout:.3g} s")
