@@ -210,13 +210,28 @@ async def execute_async(op: Execute) -> Attempt:
     return await _attempt(lambda: _aio.chained(thread), op.timeout, op.watch, name, started, thread)
 
 
+#: asyncio's registry of the tasks of every loop (CPython 3.11's; ``None`` where it has
+#: another shape, and :func:`_alone` asks ``asyncio.all_tasks``).
+_TASKS: Any = getattr(asyncio.tasks, "_all_tasks", None)
+
+
+def _alone() -> bool:
+    """Whether the calling task is the only task on its loop. One task in the whole process's
+    registry, and it is this one, says so in a fraction of ``asyncio.all_tasks``' time;
+    else (tasks of other loops, done ones not yet collected) ``all_tasks`` decides."""
+    tasks = _TASKS
+    if tasks is not None and len(tasks) == 1 and asyncio.current_task() in tasks:
+        return True
+    return len(asyncio.all_tasks()) == 1
+
+
 def runs_inline(op: Execute) -> bool:
     """Whether an attempt asked for from an event loop that corral owns (``corral.run``'s)
     may hold that loop and run inline, as :meth:`~corral.Run.call` runs it: a sync tool, on
     the main thread with the timer signal free (:func:`~corral.gateway._inline.can_alarm`),
     and the calling task the only one on the loop — no other task (an abandoned call, one of
     the model's or the caller's) waits for the loop meanwhile."""
-    return not op.eff.tool.is_async and can_alarm() and len(asyncio.all_tasks()) == 1
+    return not op.eff.tool.is_async and can_alarm() and _alone()
 
 
 def execute_held(op: Execute) -> Attempt:
