@@ -174,6 +174,35 @@ def test_an_inline_sync_tool_is_cut_at_the_runs_deadline_as_in_a_thread() -> Non
     assert stops == [("max_seconds", 1), ("max_seconds", 1)]
 
 
+def test_an_inline_sync_tool_past_its_own_timeout_fails_as_in_a_thread() -> None:
+    """A tool timeout shorter than the run's time: interrupted inline (abandoned in a thread),
+    the same failed attempt, events and stop either way."""
+    seen = []
+    for inline in (True, False):
+        started, interrupted = threading.Event(), threading.Event()
+        fetch = slow_tool(started, interrupted).fn
+        slow = corral.tool(fetch, name="vendor.fetch", effect="read", timeout=0.2)
+        store = MemoryStore()
+        result = run_either(
+            inline,
+            model=ScriptedModel([call("vendor.fetch", q="x"), final("done")]),
+            tools=[slow],
+            policy=corral.Policy.from_dict({"tools": {"allow": ["vendor.fetch"]}}),
+            store=store,
+            run_id="run-1",
+        )
+        assert interrupted.is_set() is inline
+        events = []
+        for e in store.events(result.run_id):
+            data = {k: v for k, v in e.data.items() if k not in TIMINGS}
+            if "usage" in data:  # on the real clock: seconds differ
+                data["usage"] = {k: v for k, v in data["usage"].items() if "seconds" not in k}
+            events.append((e.kind, data))
+        seen.append((result.stop_reason, result.usage.tool_calls, events))
+    assert seen[0] == seen[1]
+    assert seen[0][0] == "tool_error"
+
+
 def test_an_inline_sync_tool_is_interrupted_by_a_stop_all_switch_within_1_s() -> None:
     """A stop_all switch set while the tool runs inline raises inside it (the watcher
     signals the main thread): the run stops kill_switch, the call cancelled in flight."""
