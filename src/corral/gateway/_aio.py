@@ -47,6 +47,19 @@ _MAIN_IDENT = threading.main_thread().ident
 #: How long a cancelled call is given to end before it is abandoned (seconds).
 CANCEL_GRACE = 0.05
 
+#: asyncio's registry of the tasks of every loop (CPython 3.11's: done tasks stay until they are
+#: collected); ``None`` where it has another shape, and :func:`alone` answers ``False``.
+_TASKS: Any = getattr(asyncio.tasks, "_all_tasks", None)
+
+
+def alone(task: asyncio.Future[Any] | None) -> bool:
+    """Whether ``task`` is the only task in the process, done or not (asyncio's registry
+    holds it and nothing else): a fraction of ``asyncio.all_tasks``' time. ``False`` also
+    when that cannot be told so cheaply; then ask ``all_tasks``."""
+    tasks = _TASKS
+    return tasks is not None and len(tasks) == 1 and task in tasks
+
+
 # A task abandoned after its grace -> a future done when it ends or its loop closes.
 _ABANDONED: weakref.WeakKeyDictionary[asyncio.Future[Any], Future[None]] = (
     weakref.WeakKeyDictionary()
@@ -400,6 +413,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """
     loop = _take_spare() or asyncio.new_event_loop()
     clean = False
+    main: asyncio.Task[T] | None = None
     try:
         asyncio.set_event_loop(loop)
         main = loop.create_task(coro)
@@ -417,7 +431,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return result
     finally:
         try:
-            clean = _close(loop) and clean
+            clean = _close(loop, main) and clean
         finally:
             asyncio.set_event_loop(None)
             if not (clean and _pristine(loop) and _keep(loop)):
@@ -569,11 +583,11 @@ def _drop(task: asyncio.Task[Any]) -> None:
         ended.set_result(None)  # it will never run again
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> bool:
+def _close(loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any] | None) -> bool:
     """Cancel what is left and wait at most CANCEL_GRACE for it (tasks abandoned already had
     theirs: they are only cancelled again), then finalize async generators. Whether there
     was nothing to do."""
-    left = asyncio.all_tasks(loop)
+    left = set() if alone(main) else asyncio.all_tasks(loop)  # main has ended
     if left:
         for task in left:
             task.cancel()

@@ -210,19 +210,10 @@ async def execute_async(op: Execute) -> Attempt:
     return await _attempt(lambda: _aio.chained(thread), op.timeout, op.watch, name, started, thread)
 
 
-#: asyncio's registry of the tasks of every loop (CPython 3.11's; ``None`` where it has
-#: another shape, and :func:`_alone` asks ``asyncio.all_tasks``).
-_TASKS: Any = getattr(asyncio.tasks, "_all_tasks", None)
-
-
 def _alone() -> bool:
-    """Whether the calling task is the only task on its loop. One task in the whole process's
-    registry, and it is this one, says so in a fraction of ``asyncio.all_tasks``' time;
-    else (tasks of other loops, done ones not yet collected) ``all_tasks`` decides."""
-    tasks = _TASKS
-    if tasks is not None and len(tasks) == 1 and asyncio.current_task() in tasks:
-        return True
-    return len(asyncio.all_tasks()) == 1
+    """Whether the calling task is the only task on its loop (the only one in the process
+    says so cheaply; else ``asyncio.all_tasks`` decides)."""
+    return _aio.alone(asyncio.current_task()) or len(asyncio.all_tasks()) == 1
 
 
 def runs_inline(op: Execute) -> bool:
