@@ -6,9 +6,10 @@ every figure is compared with a baseline taken in the same rounds):
 - the bounded loop (``corral.run`` with ``corral.testing.ScriptedModel``): runs of 10
   tool calls, one per turn, then a final answer, against runs that answer at once;
   per tool call = (median of the 10-call runs - median of the 0-call runs) / 10, fixed
-  cost per run = the median of the 0-call runs; a sync tool (run in a worker thread, as
-  the loop runs on an event loop) on the in-memory store and on SQLite (a file in a
-  temporary directory), and an async tool on the in-memory store;
+  cost per run = the median of the 0-call runs; a sync tool (called inline on the loop's
+  own event loop, bounded by the timer signal as ``Run.call`` bounds it, since the bench
+  runs on the main thread) on the in-memory store and on SQLite (a file in a temporary
+  directory), and an async tool on the in-memory store;
 - ``AsyncRun.call`` with an async tool and with a sync tool (a worker thread), each
   against ``Run.call`` with the sync tool, as a ratio of the medians of the rounds.
 
@@ -189,7 +190,7 @@ def main() -> int:
             f"  {kind:18s} per tool call {f[f'loop_per_tool_call_{kind}_us']:8.1f} us   "
             f"fixed per run {f[f'loop_fixed_per_run_{kind}_us']:8.1f} us"
         )
-    print("  (memory and sqlite: a sync tool, in a worker thread; memory_async_tool: async)")
+    print("  (memory and sqlite: a sync tool, called inline; memory_async_tool: async)")
     print("  targets: per tool call <= 60 us (memory), <= 150 us (SQLite); fixed <= 80 us")
     print("single calls (median of the rounds)")
     print(f"  Run.call, sync tool            {f['run_call_sync_tool_us']:8.1f} us")

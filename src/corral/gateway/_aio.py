@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from corral.gateway import _inline
 from corral.gateway._inline import Watch, timeout_error
 from corral.gateway.guards.killswitch import WATCH_SECONDS
 
@@ -45,6 +46,19 @@ _MAIN_IDENT = threading.main_thread().ident
 
 #: How long a cancelled call is given to end before it is abandoned (seconds).
 CANCEL_GRACE = 0.05
+
+#: asyncio's registry of the tasks of every loop (CPython 3.11's: done tasks stay until they are
+#: collected); ``None`` where it has another shape, and :func:`alone` answers ``False``.
+_TASKS: Any = getattr(asyncio.tasks, "_all_tasks", None)
+
+
+def alone(task: asyncio.Future[Any] | None) -> bool:
+    """Whether ``task`` is the only task in the process, done or not (asyncio's registry
+    holds it and nothing else): a fraction of ``asyncio.all_tasks``' time. ``False`` also
+    when that cannot be told so cheaply; then ask ``all_tasks``."""
+    tasks = _TASKS
+    return tasks is not None and len(tasks) == 1 and task in tasks
+
 
 # A task abandoned after its grace -> a future done when it ends or its loop closes.
 _ABANDONED: weakref.WeakKeyDictionary[asyncio.Future[Any], Future[None]] = (
@@ -399,6 +413,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """
     loop = _take_spare() or asyncio.new_event_loop()
     clean = False
+    main: asyncio.Task[T] | None = None
     try:
         asyncio.set_event_loop(loop)
         main = loop.create_task(coro)
@@ -416,7 +431,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return result
     finally:
         try:
-            clean = _close(loop) and clean
+            clean = _close(loop, main) and clean
         finally:
             asyncio.set_event_loop(None)
             if not (clean and _pristine(loop) and _keep(loop)):
@@ -526,7 +541,9 @@ def _on_sigint(
     loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]
 ) -> tuple[Callable[[int, Any], None], list[int]] | None:
     """As ``asyncio.Runner``: on the main thread, the first Ctrl-C cancels ``main``; returns
-    the handler installed and the count of interruptions."""
+    the handler installed and the count of interruptions. While a sync call runs inline
+    (holding the loop, where a cancellation cannot reach it), Ctrl-C raises
+    ``KeyboardInterrupt`` inside it at once, as it does outside an event loop."""
     if threading.get_ident() != _MAIN_IDENT:
         return None
     # The C-level calls: ``signal.getsignal``/``signal.signal`` convert to enums (~5 us each).
@@ -536,7 +553,7 @@ def _on_sigint(
 
     def handler(signum: int, frame: Any) -> None:
         count[0] += 1
-        if count[0] == 1 and not main.done():
+        if count[0] == 1 and not main.done() and not _inline.busy():
             main.cancel()
             loop.call_soon_threadsafe(lambda: None)  # wake a select() with a long timeout
             return
@@ -566,11 +583,11 @@ def _drop(task: asyncio.Task[Any]) -> None:
         ended.set_result(None)  # it will never run again
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> bool:
+def _close(loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any] | None) -> bool:
     """Cancel what is left and wait at most CANCEL_GRACE for it (tasks abandoned already had
     theirs: they are only cancelled again), then finalize async generators. Whether there
     was nothing to do."""
-    left = asyncio.all_tasks(loop)
+    left = set() if alone(main) else asyncio.all_tasks(loop)  # main has ended
     if left:
         for task in left:
             task.cancel()

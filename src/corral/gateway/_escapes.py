@@ -46,12 +46,12 @@ def run_sync(flow: Flow, *, approver: Any, clock: Any) -> Any:
             driven = _resume(flow, exc)
 
 
-async def run_async(flow: Flow, *, approver: Any, clock: Any) -> Any:
+async def run_async(flow: Flow, *, approver: Any, clock: Any, owned: bool = False) -> Any:
     """:func:`~corral.gateway.drivers.drive_async`, with escapes handed back to ``flow``."""
     driven = flow
     while True:
         try:
-            return await drive_async(driven, approver=approver, clock=clock)
+            return await drive_async(driven, approver=approver, clock=clock, owned=owned)
         except BaseException as exc:
             driven = _resume(flow, exc)
 

@@ -1,7 +1,8 @@
 """Synchronous calls bounded in the caller's own thread by a timer signal.
 
 On the main thread (with no other ``SIGALRM`` handler installed), a sync tool, a
-sync model call or a sync approver is called inline under ``setitimer``: at its
+sync model call or a sync approver is called inline under ``setitimer`` (a sync tool of
+``corral.run``'s own event loop too: :func:`corral.gateway.drivers.execute_loop`): at its
 deadline the signal handler raises inside the call, which unwinds it. No thread
 hop, and nothing is left running. Elsewhere the drivers use worker threads
 (:mod:`corral.gateway._workers`).
@@ -140,6 +141,11 @@ def can_alarm() -> bool:
         signal.signal(signal.SIGALRM, _on_alarm)
         return True
     return False
+
+
+def busy() -> bool:
+    """Whether a call runs inline under the timer signal now (in the main thread)."""
+    return _armed
 
 
 def timeout_error(what: str, timeout: float) -> TimeoutError:

@@ -6,7 +6,8 @@ The async twin of :mod:`corral.gateway.direct`: the same steps as
 :func:`~corral.gateway.chain.call_flow`, in the same order and through the same functions,
 awaited one after the other. The tool may be async (awaited in the caller's task under its
 deadline, :func:`corral.gateway._aio.awaiting`) or sync (in a worker thread, so the event
-loop goes on), as :func:`~corral.gateway.drivers.execute_async` runs it; a call id is
+loop goes on), as :func:`~corral.gateway.drivers.execute_async` runs it (on ``corral.run``'s
+own loop, as :func:`~corral.gateway.drivers.execute_loop` does: inline); a call id is
 allowed (it only names the call on its events, a read is not keyed by it). Anything else —
 a write, a tool needing approval, credentials or a :class:`~corral.ToolContext`, a
 described tool, an idempotency key, a name that is not a plain ``str`` — goes through the
@@ -34,7 +35,7 @@ from corral.gateway import chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
 from corral.gateway.direct import Plan, admitted, attempt, plan_of
-from corral.gateway.drivers import call_model_async, execute_async
+from corral.gateway.drivers import call_model_async, execute_async, execute_loop
 from corral.gateway.model_turn import close_turn, open_turn
 from corral.gateway.ops import Attempt, CallModel, Execute
 from corral.gateway.state import RunState
@@ -50,14 +51,16 @@ def plan_for(plans: dict[str, Plan | None], core: RunState, name: str) -> Plan |
     return plan
 
 
-async def call(plan: Plan, raw_args: Any, call_id: str | None) -> Any:
-    """Govern one call of the plan's tool; the observation, or the stop or refusal."""
+async def call(plan: Plan, raw_args: Any, call_id: str | None, owned: bool = False) -> Any:
+    """Govern one call of the plan's tool; the observation, or the stop or refusal
+    (``owned``: called from an event loop of corral's own, see
+    :func:`~corral.gateway.drivers.execute_loop`)."""
     core = plan.core
     call = Call(core, plan.name, raw_args, None, call_id, False)
     core.last_call = None
     token = DEADLINE.set(DRIVEN)
     try:
-        return await _chain(call, plan)
+        return await _chain(call, plan, owned)
     except ToolRejected as rejected:
         chain.scrubbed(core, rejected)
         raise
@@ -68,7 +71,7 @@ async def call(plan: Plan, raw_args: Any, call_id: str | None) -> Any:
         DEADLINE.reset(token)
 
 
-async def _chain(call: Call, plan: Plan) -> Any:
+async def _chain(call: Call, plan: Plan, owned: bool) -> Any:
     """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read, awaited."""
     core = plan.core
     if call.call_id is not None:  # as the flow's admission: the call's id on its events
@@ -78,7 +81,7 @@ async def _chain(call: Call, plan: Plan) -> Any:
         return served
     while True:  # the attempts, as in the flow
         hold, started, op = attempt(call, plan)
-        ended = chain.attempted(call, hold, started, await _execute(op))
+        ended = chain.attempted(call, hold, started, await _execute(op, owned))
         if type(ended) is not chain.Retry:
             return ended
         if ended.pause > 0:
@@ -89,9 +92,9 @@ async def _chain(call: Call, plan: Plan) -> Any:
                 core.clock.sleep(ended.pause)
 
 
-async def _execute(op: Execute) -> Attempt:
+async def _execute(op: Execute, owned: bool) -> Attempt:
     """One attempt; a ``BaseException`` the tool raised of its own is its failure."""
-    return await _escaping(execute_async, op)
+    return await _escaping(execute_loop if owned else execute_async, op)
 
 
 async def model_turn(

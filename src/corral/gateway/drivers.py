@@ -12,9 +12,13 @@ in-process approver by the approval timeout. How depends on the call:
   installed) is called inline and interrupted at its deadline by a timer signal
   (:mod:`corral.gateway._inline`): sync tools from ``Run``, sync models and approvers from
   either face (a sync model blocks the event loop while it runs, as it always did);
+- a sync tool called by ``corral.run``'s own loop (the event loop that the sync entry point
+  owns) is called inline the same way, through :func:`execute_sync`, when its task is the
+  only one on that loop (nothing else waits for the loop meanwhile; see :func:`execute_loop`);
 - elsewhere a sync call runs in a worker thread and is *abandoned* at its deadline
   (:mod:`corral.gateway._workers`: Python cannot stop a thread; its result is ignored): sync
-  tools under ``AsyncRun``/``arun``, and every sync call made off the main thread;
+  tools under ``AsyncRun``/``arun`` (whose event loop is the caller's, never blocked by a
+  tool), and every sync call made off the main thread;
 - an async call is cancelled at its deadline; one that ignores its cancellation is
   given :data:`~corral.gateway._aio.CANCEL_GRACE` seconds, then abandoned
   (:mod:`corral.gateway._aio`).
@@ -43,6 +47,7 @@ are not the run's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
@@ -205,6 +210,43 @@ async def execute_async(op: Execute) -> Attempt:
     return await _attempt(lambda: _aio.chained(thread), op.timeout, op.watch, name, started, thread)
 
 
+def _alone() -> bool:
+    """Whether the calling task is the only task on its loop (the only one in the process
+    says so cheaply; else ``asyncio.all_tasks`` decides)."""
+    return _aio.alone(asyncio.current_task()) or len(asyncio.all_tasks()) == 1
+
+
+def runs_inline(op: Execute) -> bool:
+    """Whether an attempt asked for from an event loop that corral owns (``corral.run``'s)
+    may hold that loop and run inline, as :meth:`~corral.Run.call` runs it: a sync tool, on
+    the main thread with the timer signal free (:func:`~corral.gateway._inline.can_alarm`),
+    and the calling task the only one on the loop — no other task (an abandoned call, one of
+    the model's or the caller's) waits for the loop meanwhile."""
+    return not op.eff.tool.is_async and can_alarm() and _alone()
+
+
+def execute_held(op: Execute) -> Attempt:
+    """:func:`execute_sync` from inside the running event loop, which it holds until the
+    attempt ends. The tool sees what it would see in a worker thread: no running event loop
+    (so one of its own, ``asyncio.run`` inside it, works) and a copy of the caller's
+    context."""
+    loop = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    try:
+        attempt: Attempt = contextvars.copy_context().run(execute_sync, op)
+    finally:
+        asyncio._set_running_loop(loop)
+    return attempt
+
+
+async def execute_loop(op: Execute) -> Attempt:
+    """One attempt of a tool from ``corral.run``'s own event loop: inline when
+    :func:`runs_inline`, else as :func:`execute_async` runs it."""
+    if runs_inline(op):
+        return execute_held(op)
+    return await execute_async(op)
+
+
 # -- models and approvers ----------------------------------------------------------------
 def _respond(op: CallModel) -> Any:
     return op.model.respond(op.request)
@@ -288,14 +330,17 @@ def drive_sync(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> 
         DEADLINE.reset(token)
 
 
-async def drive_async(flow: Generator[Any, Any, Any], *, approver: Any, clock: Any) -> Any:
-    """Run ``flow`` to completion, awaiting on the running event loop."""
+async def drive_async(
+    flow: Generator[Any, Any, Any], *, approver: Any, clock: Any, owned: bool = False
+) -> Any:
+    """Run ``flow`` to completion, awaiting on the running event loop (``owned``: a loop
+    of corral's own, whose tool attempts run as :func:`execute_loop` runs them)."""
     token = DEADLINE.set(DRIVEN)
     try:
         op = next(flow)
         while True:
             if isinstance(op, Execute):
-                result: Any = await execute_async(op)
+                result: Any = await (execute_loop(op) if owned else execute_async(op))
             elif isinstance(op, CallModel):
                 result = await call_model_async(op)
             elif isinstance(op, Approve):

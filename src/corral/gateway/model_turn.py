@@ -40,6 +40,9 @@ from corral.models.base import (
     validate_response,
 )
 
+#: One step, no tokens or spend (immutable: shared by every turn rather than built each time).
+ONE_STEP = Charge(steps=1)
+
 
 def price_of(
     core: RunState, model: Any, *, input_tokens: int | None = None, at_most: bool = False
@@ -77,7 +80,7 @@ def plan(core: RunState, model: Any, input_bound: int, wanted: int | None) -> tu
             f"input_tokens must be a whole number from 0 to {MAX_CALL_TOKENS}, "
             f"got {shown(input_bound)}"
         )
-    core.budget.fits(Charge(steps=1))
+    core.budget.fits(ONE_STEP)
     meter = core.budget.meter
     lim, used, held = meter.limits, meter.usage(), meter.held()  # in observe mode, backstops
     too_big = model_cost.input_stop(lim, used, held, input_bound)
@@ -220,7 +223,7 @@ def close_turn(core: RunState, turn: Turn, result: Attempt) -> ModelResponse:
     name, named, hold, clamped = turn.name, turn.named, turn.hold, turn.clamped
     elapsed = core.time.now() - turn.started
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
-        core.budget.settle(hold, Charge(steps=1))
+        core.budget.settle(hold, ONE_STEP)
         core.events.add(
             "model_call", model=name, outcome="cancelled", seconds=round(elapsed, 6), **named
         )
@@ -275,7 +278,7 @@ def _failed(
     core: RunState, hold: Hold, name: str, named: Mapping[str, str], result: Attempt, elapsed: float
 ) -> NoReturn:
     """A model call that raised or timed out: one step charged, the run stopped."""
-    core.budget.settle(hold, Charge(steps=1))
+    core.budget.settle(hold, ONE_STEP)
     error = result.error
     what = error_text(error)  # a model's exception may not even print
     core.events.add("model_call", model=name, outcome="error", error=what, seconds=elapsed, **named)

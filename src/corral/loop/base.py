@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from corral._safe import error_text
-from corral.budgets.meter import Charge, Usage
+from corral.budgets.meter import Usage
 from corral.clock import Clock
 from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
@@ -21,7 +21,7 @@ from corral.gateway._escapes import CANCELLATION
 from corral.gateway.direct import Plan
 from corral.gateway.guards import killswitch
 from corral.gateway.lifecycle import status_of
-from corral.gateway.model_turn import plan
+from corral.gateway.model_turn import ONE_STEP, plan
 from corral.gateway.services import Services
 from corral.loop.tickets import ModelCall, _NamedModel
 from corral.models.base import Model, input_token_bound, wire_name
@@ -190,8 +190,8 @@ class RunBase:
         core = self._core
         core.ensure_running()
         core.time.check()
-        hold = core.budget.reserve(Charge(steps=1))
-        core.budget.settle(hold, Charge(steps=1))
+        hold = core.budget.reserve(ONE_STEP)
+        core.budget.settle(hold, ONE_STEP)
         core.events.add("step", n=core.budget.meter.usage().steps)
 
     def _finish(self, answer: Any) -> RunResult:

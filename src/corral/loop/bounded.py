@@ -88,19 +88,40 @@ async def arun(
     parts the run shares with its process (:class:`~corral.Services`; the process's own
     by default).
     """
-    run = _LoopRun(
+    return await _governed(
+        False,
+        task,
+        model,
         policy,
+        instructions,
+        max_tokens,
+        on_run,
         tools=tools,
         store=store,
         tenant=tenant,
         agent=agent,
         run_id=run_id,
-        task=task,
         clock=clock,
         approver=approver,
         credentials=credentials,
         services=services,
     )
+
+
+async def _governed(
+    owns_loop: bool,
+    task: str,
+    model: Model,
+    policy: Policy,
+    instructions: str | None,
+    max_tokens: int | None,
+    on_run: Callable[[AsyncRun], None] | None,
+    **options: Any,
+) -> RunResult:
+    """:func:`arun`'s body; ``owns_loop``: the event loop is ``corral.run``'s own, which a
+    sync tool may hold while it runs (see :func:`corral.gateway.drivers.execute_loop`)."""
+    run = _LoopRun(policy, task=task, **options)
+    run._owns_loop = owns_loop
     if on_run is not None:
         try:
             on_run(run)
@@ -208,24 +229,31 @@ def run(
     max_tokens: int | None = None,
     on_run: Callable[[AsyncRun], None] | None = None,
 ) -> RunResult:
-    """The synchronous face of :func:`arun` (same arguments, same result)."""
+    """The synchronous face of :func:`arun` (same arguments, same result).
+
+    It runs on an event loop of its own, which nothing else uses: a sync tool is called
+    inline there, bounded by a timer signal as :meth:`Run.call` bounds it, when it can be
+    (on the main thread, with no other ``SIGALRM`` handler, and nothing else running on the
+    loop); else in a worker thread, as under :func:`arun`.
+    """
     result: RunResult = run_coroutine(
-        arun(
+        _governed(
+            True,
             task,
-            model=model,
+            model,
+            policy,
+            instructions,
+            max_tokens,
+            on_run,
             tools=tools,
-            policy=policy,
             store=store,
             tenant=tenant,
             agent=agent,
-            instructions=instructions,
             run_id=run_id,
             clock=clock,
             approver=approver,
             credentials=credentials,
             services=services,
-            max_tokens=max_tokens,
-            on_run=on_run,
         )
     )
     return result

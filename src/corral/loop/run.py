@@ -171,6 +171,11 @@ class AsyncRun(RunBase):
     block) are not coroutines.
     """
 
+    #: Whether the run's event loop is corral's own (``corral.run``'s), which a sync tool
+    #: may hold while it runs inline (see :func:`corral.gateway.drivers.execute_loop`);
+    #: never a caller's loop.
+    _owns_loop = False
+
     async def __aenter__(self) -> AsyncRun:
         return self
 
@@ -199,7 +204,8 @@ class AsyncRun(RunBase):
             plan = direct_async.plan_for(self._plans, core, name)
             if plan is not None:  # a plain read: the chain called directly
                 checked = text_or_none("call_id", call_id)
-                return await direct_async.call(plan, {} if args is None else args, checked)
+                args = {} if args is None else args
+                return await direct_async.call(plan, args, checked, self._owns_loop)
         flow = call_flow(
             core,
             name,
@@ -207,7 +213,9 @@ class AsyncRun(RunBase):
             key=text_or_none("idempotency_key", idempotency_key),
             call_id=text_or_none("call_id", call_id),
         )
-        return await run_async(flow, approver=core.approver, clock=core.clock)
+        return await run_async(
+            flow, approver=core.approver, clock=core.clock, owned=self._owns_loop
+        )
 
     async def authorize(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 from corral.budgets.meter import Charge, Hold
 from corral.clock import SystemClock
 from corral.exceptions import ConfigError, Stop, ToolRejected
-from corral.gateway.model_turn import invalid_usage, price_of
+from corral.gateway.model_turn import ONE_STEP, invalid_usage, price_of
 from corral.gateway.ops import Approve, Attempt, Execute, Sleep
 from corral.gateway.state import RunState
 from corral.models.base import InvalidUsage, genai_provider, usage_problem
@@ -129,7 +129,7 @@ class ModelCall:
             return
         if isinstance(exc, InvalidUsage):  # from settle_from_response: usage that cannot be right
             raise invalid_usage(self._core, hold, self._name, str(exc)) from exc
-        self._core.budget.settle(hold, Charge(steps=1))
+        self._core.budget.settle(hold, ONE_STEP)
         if isinstance(exc, Exception) and not isinstance(exc, Stop | ToolRejected):
             self._core.events.add("model_call", model=self._name, outcome="error", error=repr(exc))
             raise self._core.stamp(

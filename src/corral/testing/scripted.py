@@ -29,6 +29,8 @@ from corral.models.base import (
 )
 
 _ids = itertools.count(1)
+#: ``json.dumps(value, default=str)``, without building an encoder for every call.
+_dumps = json.JSONEncoder(default=str).encode
 
 
 def new_call_id() -> str:
@@ -166,18 +168,18 @@ def _estimate(request: ModelRequest, sizes: dict[int, tuple[Any, int]] | None) -
     """
     tools = list(request.tools)
     if sizes is None:
-        return len(json.dumps([list(request.messages), tools], default=str))
+        return len(_dumps([list(request.messages), tools]))
     messages = list(request.messages)
     total = 0
     for message in messages:
         known = sizes.get(id(message))
         if known is None or known[0] is not message:
-            known = sizes[id(message)] = (message, len(json.dumps(message, default=str)))
+            known = sizes[id(message)] = (message, len(_dumps(message)))
         total += known[1]
     listed = 2 + total + 2 * max(len(messages) - 1, 0)  # "[m, m]"
     last = sizes.get(0)  # (the last turn's tools, their size): 0 is no object's id
     if last is None or last[0] != tools:
-        last = sizes[0] = (tools, len(json.dumps(tools, default=str)))
+        last = sizes[0] = (tools, len(_dumps(tools)))
     return 1 + listed + 2 + last[1] + 1
 
 
@@ -186,7 +188,7 @@ def _answer_size(step: Turn, sizes: dict[int, tuple[Any, int]] | None) -> int:
     (measured once per turn of the script, with ``sizes``)."""
     known = None if sizes is None else sizes.get(id(step))
     if known is None or known[0] is not step:
-        args = json.dumps([c.arguments for c in step.calls], default=str)
+        args = _dumps([c.arguments for c in step.calls])
         known = (step, len(step.text or "") + len(args))
         if sizes is not None:
             sizes[id(step)] = known
