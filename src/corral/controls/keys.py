@@ -288,7 +288,7 @@ def check_owner(tenant: str | None, role: Role) -> None:
     if tenant is None:
         if role != "admin":
             raise ConfigError(
-                f"only an admin key can be global (for every tenant); a {role} key "
+                f"only an admin key can be global (for every tenant); an {role} key "
                 "belongs to one tenant"
             )
         return
