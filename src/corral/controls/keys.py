@@ -172,9 +172,9 @@ def check(principal: Principal, action: Action, tenant: str | None) -> None:
         return
     role = getattr(principal, "role", "?")
     own = getattr(principal, "tenant", None)
-    whose = "a global" if own is None else f"tenant {own!r}'s"
+    whose = "every tenant" if own is None else f"tenant {own!r}"
     where = "every tenant" if tenant is None else f"tenant {tenant!r}"
-    raise Forbidden(f"{whose} {role} key may not {action} for {where}")
+    raise Forbidden(f"this key ({role} of {whose}) may not {action} for {where}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

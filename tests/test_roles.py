@@ -124,7 +124,9 @@ def test_check_raises_forbidden_naming_role_action_and_tenant() -> None:
     """``check`` passes what ``permits`` allows and names what it refuses."""
     agent = principal("agent")
     check(agent, Action.TOOL_AUTHORIZE, "acme")
-    with pytest.raises(Forbidden, match=r"tenant 'acme''s agent key may not approvals.decide"):
+    with pytest.raises(
+        Forbidden, match=r"this key \(agent of tenant 'acme'\) may not approvals.decide for"
+    ):
         check(agent, Action.APPROVALS_DECIDE, "acme")
     with pytest.raises(Forbidden, match="for tenant 'other'"):
         check(agent, Action.RUNS_READ, "other")
