@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from corral.controls import keys
 from corral.controls.keys import ROLES, Action, Principal, check, create_key, permits
-from corral.exceptions import ConfigError, Forbidden, InvalidKey
+from corral.exceptions import ConfigError, Forbidden, InvalidKey, StoreError
 from corral.stores.memory import MemoryStore
 
 A, P, D = "agent", "approver", "admin"
@@ -194,11 +194,25 @@ def test_an_id_taken_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     assert store.get_key(first.key.id) == first.key
 
 
+def test_a_store_refusing_every_fresh_id_creates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that reports every id taken: StoreError after a few draws, never a loop."""
+    store = MemoryStore()
+    monkeypatch.setattr(store, "add_key", lambda record, audit=None: False)
+    with pytest.raises(StoreError, match="refused 3 fresh key ids"):
+        create_key(store, tenant="acme", role="agent")
+
+
 def test_a_stored_record_that_breaks_the_rules_does_not_authenticate() -> None:
-    """A row edited to an unknown role, or to a global agent, is refused (fail closed)."""
+    """A row edited to an unknown role, to a global agent, or to a digest that is not hex
+    is refused with InvalidKey (fail closed)."""
     store = MemoryStore()
     new = create_key(store, tenant="acme", role="agent")
-    for bad in (replace(new.key, role="root"), replace(new.key, tenant=None)):  # type: ignore[arg-type]
+    edits = (
+        replace(new.key, role="root"),  # type: ignore[arg-type]
+        replace(new.key, tenant=None),
+        replace(new.key, digest="é" * 64),
+    )
+    for bad in edits:
         store._keys[new.key.id] = bad
         with pytest.raises(InvalidKey):
             keys.authenticate(store, new.token)
