@@ -10,6 +10,9 @@
     │   └── ToolRejected           a call was refused but the run goes on: tell the model
     ├── ApprovalError              an operator's decision cannot be applied (unknown,
     │                              already decided, expired, another tenant's, self-approval)
+    ├── AccessError                an API key cannot do what was asked
+    │   ├── InvalidKey             malformed, unknown, revoked or expired (never says which)
+    │   └── Forbidden              a valid key whose role or tenant does not permit it
     └── StoreError                 the control plane's state cannot be read or written
         ├── StoreGone              its file was removed or replaced while open: for good
         └── StoreMissing           no store at the path a read-only command named
@@ -177,6 +180,22 @@ class ToolRejected(ControlSignal):
 class ApprovalError(CorralError):
     """An approval cannot be decided as asked: it does not exist (for this tenant), it
     was already decided or has expired, or the approver is the run's own agent."""
+
+
+class AccessError(CorralError):
+    """An API key cannot be used for what was asked (see :mod:`corral.controls.keys`)."""
+
+
+class InvalidKey(AccessError):
+    """The API key is not one corral accepts: malformed, unknown, revoked or expired. The
+    message is the same for all four and never repeats the key."""
+
+    def __init__(self, message: str = "invalid API key") -> None:
+        super().__init__(message)
+
+
+class Forbidden(AccessError):
+    """A valid API key whose role or tenant does not permit the action asked."""
 
 
 class StoreError(CorralError):

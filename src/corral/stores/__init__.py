@@ -28,7 +28,7 @@ of one small Protocol per concern (:mod:`.base`):
   grants (:mod:`.grants`, renewed by :mod:`.leases`);
 - **kill switches** (``KillSwitchStore``), **approvals** (``ApprovalStore``),
   **idempotency claims** (``ClaimStore``), **breakers and degrade counters**
-  (``BreakerStore``).
+  (``BreakerStore``), **API keys** (``KeyStore``: digests of their secrets only).
 
 The records they keep are in :mod:`.records`, the rules every backend applies alike in
 :mod:`.rules`; the backends are :mod:`.memory`, :mod:`.sqlite` and :mod:`.postgres`

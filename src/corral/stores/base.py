@@ -30,6 +30,10 @@ that code needing one concern can say so (``def f(store: KillSwitchStore)``):
   two processes deciding or consuming it at once one wins.
 - :class:`ClaimStore`, **idempotency claims**, held under a lease their process
   renews.
+- :class:`KeyStore`, **API keys**: a key's record holds the SHA-256 digest of its
+  secret, never the secret; adding and revoking a key are each written with their
+  audit record (``audit=``) in one transaction; ``add_key`` never replaces a key
+  (``False`` when the id is taken), ``revoke_key`` changes a key once.
 - :class:`BreakerStore`, **breakers and degrade counters**: per tool (or model
   endpoint) and UTC-aligned window bucket (``floor(now / size) * size``), the
   attempts, failures and retries every process counted. ``degrade_add`` adds
@@ -74,6 +78,8 @@ from corral.stores.records import (
     DegradeCounts,
     DegradeWindow,
     Event,
+    KeyRecord,
+    KeyRole,
     KillMode,
     KillScope,
     KillSwitchState,
@@ -279,6 +285,26 @@ class BreakerStore(Protocol):
 
 
 @runtime_checkable
+class KeyStore(Protocol):
+    """API keys: records holding a digest of each secret, each change with its audit record."""
+
+    def add_key(self, record: KeyRecord, *, audit: Event | None = None) -> bool:
+        """Store ``record`` (and ``audit``, in the same transaction); ``False``, and nothing
+        written, when a key with its id exists."""
+        ...
+
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+    def list_keys(self, *, tenant: str | None = None) -> list[KeyRecord]:
+        """Keys, oldest first; only ``tenant``'s when given (global keys have none)."""
+        ...
+
+    def revoke_key(self, key_id: str, *, at: float, audit: Event | None = None) -> bool:
+        """Mark the key revoked at ``at`` (and write ``audit``, in the same transaction);
+        ``False``, and nothing written, when it is unknown or already revoked."""
+        ...
+
+
+@runtime_checkable
 class Store(
     RunStore,
     EventStore,
@@ -287,6 +313,7 @@ class Store(
     ApprovalStore,
     ClaimStore,
     BreakerStore,
+    KeyStore,
     Protocol,
 ):
     """What corral needs from shared state: every concern, and the store's life. See the
@@ -325,6 +352,9 @@ __all__ = [
     "Event",
     "EventStore",
     "GrantLeases",
+    "KeyRecord",
+    "KeyRole",
+    "KeyStore",
     "KillMode",
     "KillScope",
     "KillSwitchState",

@@ -3,7 +3,7 @@
 Frozen dataclasses and the literal types of their fields: runs (:class:`RunRecord`),
 trace events (:class:`Event`) and the audit records they are sealed into
 (:class:`AuditRecord`, :class:`AuditHead`), kill switches, approvals, idempotency
-claims, breakers and degrade counters. Imports nothing of corral but
+claims, breakers and degrade counters, API keys (:class:`KeyRecord`). Imports nothing of corral but
 :mod:`corral.stores.owner`.
 """
 
@@ -20,6 +20,7 @@ KillScope = Literal["global", "tenant", "agent", "tool", "run"]
 ClaimStatus = Literal["claimed", "done", "in_flight", "mismatch", "unknown"]
 ClaimState = Literal["in_flight", "unknown", "done"]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "cancelled", "used"]
+KeyRole = Literal["agent", "approver", "admin"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,6 +92,58 @@ class ApprovalRecord:
     """What the approver is told besides the action (redacted): ``step``, ``call_id``,
     ``purpose`` (the model's text of that turn), ``cost_usd``, ``effect``,
     ``idempotency_key`` (see :class:`~corral.gateway.guards.approval.ApprovalRequest`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyRecord:
+    """An API key as the store keeps it: never its secret, only the secret's SHA-256
+    ``digest`` (hex). ``tenant`` is ``None`` for a global admin key. ``created``,
+    ``expires`` (``None``: never) and ``revoked`` (``None``: not revoked) are epoch
+    seconds; ``created_by`` is who made it. See :mod:`corral.controls.keys`."""
+
+    id: str
+    tenant: str | None
+    role: KeyRole
+    name: str = ""
+    digest: str
+    created: float
+    expires: float | None = None
+    revoked: float | None = None
+    created_by: str = ""
+
+
+#: The columns of ``corral_api_keys`` in the order :func:`key_row` and :func:`key_of_row` use.
+KEY_COLUMNS = "id, tenant, role, name, digest, created, expires, revoked, created_by"
+
+
+def key_row(record: KeyRecord) -> tuple[Any, ...]:
+    """``record`` as a row of ``corral_api_keys`` (:data:`KEY_COLUMNS` order)."""
+    return (
+        record.id,
+        record.tenant,
+        record.role,
+        record.name,
+        record.digest,
+        record.created,
+        record.expires,
+        record.revoked,
+        record.created_by,
+    )
+
+
+def key_of_row(row: Sequence[Any]) -> KeyRecord:
+    """A row of ``corral_api_keys`` (:data:`KEY_COLUMNS` order) as a record."""
+    return KeyRecord(
+        id=row[0],
+        tenant=row[1],
+        role=row[2],
+        name=row[3],
+        digest=row[4],
+        created=float(row[5]),
+        expires=None if row[6] is None else float(row[6]),
+        revoked=None if row[7] is None else float(row[7]),
+        created_by=row[8],
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -22,6 +22,7 @@ from corral.stores.records import (
     BreakerState,
     DegradeCounts,
     Event,
+    KeyRecord,
     KillSwitchState,
     RunRecord,
 )
@@ -63,6 +64,7 @@ class MemoryState:
         self._claims: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._breakers: dict[str, BreakerState] = {}
         self._degrade: dict[str, dict[float, DegradeCounts]] = {}  # name -> bucket start -> counts
+        self._keys: dict[str, KeyRecord] = {}
         self.fail = False
 
     def _check(self) -> None:
