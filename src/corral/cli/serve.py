@@ -1,0 +1,71 @@
+"""``corral serve``: the control plane's HTTP API over a store (:mod:`corral.server`).
+
+Serves, until stopped (Ctrl-C), the ``/v1`` API (runs and timelines, approvals, the kill
+switch, the audit chain), ``/healthz``, ``/readyz``, ``/metrics`` and the API's OpenAPI
+document (``/openapi.json``, browsable at ``/docs``). Every ``/v1`` request needs an API
+key (``corral keys create``). The store is the same default as every command's; it is
+created when missing, as by ``corral init``.
+
+Exit codes: 0 stopped by Ctrl-C (SIGTERM ends it as the signal does); 1 the store cannot be opened, the address is taken, or the
+``serve`` extra is not installed; 2 an invalid option or store URL.
+
+Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from corral.cli._common import EXIT_FAILED, EXIT_OK, DbOption, Fail, guarded, open_db
+
+#: The port ``corral serve`` listens on unless told.
+DEFAULT_PORT = 8420
+
+
+def serve(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = DEFAULT_PORT,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="uvicorn's log level: debug, info, warning.")
+    ] = "info",
+) -> None:
+    """Serve the HTTP API of the control plane: runs, approvals, kill switch, audit."""
+
+    def go() -> int:
+        try:
+            import uvicorn
+
+            from corral.server import create_app
+        except ImportError as exc:
+            raise Fail(
+                EXIT_FAILED,
+                f"the server needs the serve extra ({exc.name} is missing): "
+                "pip install 'corral[serve]'",
+            ) from None
+        store, shown = open_db(db, create=True)
+        shown_host = f"[{host}]" if ":" in host else host
+        print(
+            f"corral serve: http://{shown_host}:{port} (API documents at /docs); "
+            f"store {shown}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level)
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down
+            pass
+        finally:
+            store.close()
+        if not server.started:
+            raise Fail(EXIT_FAILED, f"could not listen on {shown_host}:{port}")
+        return EXIT_OK
+
+    raise typer.Exit(guarded("serve", go))
