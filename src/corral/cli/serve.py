@@ -6,8 +6,9 @@ document (``/openapi.json``, browsable at ``/docs``). Every ``/v1`` request need
 key (``corral keys create``). The store is the same default as every command's; it is
 created when missing, as by ``corral init``.
 
-Exit codes: 0 stopped by Ctrl-C (SIGTERM ends it as the signal does); 1 the store cannot be opened, the address is taken, or the
-``serve`` extra is not installed; 2 an invalid option or store URL.
+Exit codes: 0 stopped by Ctrl-C (SIGTERM ends it as the signal does); 1 the store cannot
+be opened, the address is taken, or the ``serve`` extra is not installed; 2 an invalid
+option or store URL.
 
 Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts.
 """
