@@ -6,6 +6,9 @@ Imports the server's parts, the record's metrics and the stores.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,22 +17,47 @@ from fastapi.responses import JSONResponse, Response
 from corral._version import __version__
 from corral.controls.keys import Action
 from corral.exceptions import StoreError
+from corral.policy.schema import Policy
 from corral.record import metrics
-from corral.server import errors, operators
+from corral.server import agents, errors, operators
 from corral.server.auth import key_of, require
+from corral.server.runs import IDLE_SECONDS, Runs
 from corral.stores.base import Store
 
 
-def create_app(store: Store, *, max_body: int = errors.MAX_BODY) -> FastAPI:
-    """The control plane's HTTP API over ``store`` (see :mod:`corral.server`)."""
+def create_app(
+    store: Store,
+    *,
+    policies: Mapping[str, Policy] | None = None,
+    max_body: int = errors.MAX_BODY,
+    idle_seconds: float = IDLE_SECONDS,
+) -> FastAPI:
+    """The control plane's HTTP API over ``store`` (see :mod:`corral.server`); agents'
+    runs start under the named ``policies``."""
+    runs = Runs(store, policies, idle_seconds=idle_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(runs.sweeper())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await runs.close()
+
     app = FastAPI(
         title="corral control plane",
         version=__version__,
         description="Govern tool-calling agents: runs, approvals, kill switch, audit.",
+        lifespan=lifespan,
     )
     app.state.store = store
+    app.state.runs = runs
     errors.install(app)
     app.add_middleware(errors.BodyCap, limit=max_body)
+    app.include_router(agents.router)
     app.include_router(operators.router)
 
     @app.get("/healthz", summary="The process answers", tags=["health"])

@@ -37,6 +37,15 @@ class NotFound(Exception):
     (another tenant's run or approval answers the same: its existence is not told)."""
 
 
+class Conflict(Exception):
+    """A request that cannot be done in the state things are in (409), with its own code:
+    ``run_ended``, ``run_not_held``, ``ticket_reported``..."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
     """The error response: ``{"error": {"code": code, "message": message}}``."""
     body = {"error": {"code": code, "message": message}}
@@ -48,6 +57,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (InvalidKey, 401, "invalid_key"),
     (Forbidden, 403, "forbidden"),
     (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
     (ApprovalError, 409, "approval_conflict"),
     (ConfigError, 400, "invalid_request"),
     (StoreError, 503, "control_plane_unavailable"),
@@ -59,6 +69,8 @@ def install(app: FastAPI) -> None:
     errors in the one shape."""
 
     async def corral_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, Conflict):
+            return error(409, exc.code, str(exc))
         for kind, status, code in STATUS:
             if isinstance(exc, kind):
                 extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
