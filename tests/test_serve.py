@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +22,19 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn", reason="corral serve needs the serve extra")
 
 import corral  # noqa: E402
-from corral.controls.keys import create_key  # noqa: E402
 from corral.server import create_app  # noqa: E402
 from corral.stores.base import ApprovalRecord, Store  # noqa: E402
 from corral.stores.sqlite import SQLiteStore  # noqa: E402
-
-
-@dataclass
-class Served:
-    store: Store
-    url: str
-    keys: dict[str, str]
-
-    def client(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-
-def _keys(store: Store) -> dict[str, str]:
-    made = {
-        "acme-agent": ("acme", "agent"),
-        "acme-approver": ("acme", "approver"),
-        "acme-admin": ("acme", "admin"),
-        "beta-agent": ("beta", "agent"),
-        "beta-approver": ("beta", "approver"),
-        "beta-admin": ("beta", "admin"),
-        "root": (None, "admin"),
-    }
-    return {
-        name: create_key(store, tenant=t, role=r, name=name, actor="test").token
-        for name, (t, r) in made.items()
-    }
+from serving import Served, serving  # noqa: E402
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     store = SQLiteStore(str(tmp_path / "corral.db"))
-    config = uvicorn.Config(create_app(store), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Served(store, f"http://127.0.0.1:{port}", _keys(store))
+        with serving(store) as running:
+            yield running
     finally:
-        server.should_exit = True
-        thread.join(10)
         store.close()
 
 
@@ -105,7 +67,8 @@ def test_health_needs_no_key_and_every_v1_endpoint_needs_one(served: Served) -> 
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json() == {"status": "ready"}
         for method, path in ENDPOINTS:
-            response = http.request(method, path.format(run="run_x", approval="apr_x"), json={})
+            where = path.format(run="run_x", approval="apr_x", ticket="tkt_x", model_call="mdl_x")
+            response = http.request(method, where, json={})
             _error(response, 401, "invalid_key")
             assert response.headers["www-authenticate"] == "Bearer"
         forged = served.keys["root"][:-1] + ("A" if served.keys["root"][-1] != "A" else "B")
@@ -389,6 +352,14 @@ def test_bad_requests_get_the_error_shape(served: Served) -> None:
 
 #: Every /v1 endpoint, for the key checks.
 ENDPOINTS = [
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs/{run}/tools"),
+    ("POST", "/v1/runs/{run}/steps"),
+    ("POST", "/v1/runs/{run}/tool-calls"),
+    ("POST", "/v1/runs/{run}/tool-calls/{ticket}/report"),
+    ("POST", "/v1/runs/{run}/model-calls"),
+    ("POST", "/v1/runs/{run}/model-calls/{model_call}/settle"),
+    ("POST", "/v1/runs/{run}/end"),
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{run}"),
     ("GET", "/v1/runs/{run}/timeline"),
@@ -416,10 +387,13 @@ def test_every_endpoint_is_listed_here() -> None:
         for m in (k.upper() for k in item)
         if path.startswith("/v1") or path == "/metrics"
     }
-    listed = {
-        (m, p.replace("{run}", "{run_id}").replace("{approval}", "{approval_id}"))
-        for m, p in ENDPOINTS
-    }
+    names = {"{run}": "{run_id}", "{approval}": "{approval_id}", "{ticket}": "{ticket_id}",
+             "{model_call}": "{call_id}"}  # fmt: skip
+    listed = set()
+    for method, path in ENDPOINTS:
+        for short, long in names.items():
+            path = path.replace(short, long)
+        listed.add((method, path))
     assert paths == listed
 
 

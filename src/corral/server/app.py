@@ -31,14 +31,16 @@ def create_app(
     policies: Mapping[str, Policy] | None = None,
     max_body: int = errors.MAX_BODY,
     idle_seconds: float = IDLE_SECONDS,
+    sweep_seconds: float = 30.0,
 ) -> FastAPI:
     """The control plane's HTTP API over ``store`` (see :mod:`corral.server`); agents'
     runs start under the named ``policies``."""
     runs = Runs(store, policies, idle_seconds=idle_seconds)
+    # The idle runs are looked for every ``sweep_seconds``.
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(runs.sweeper())
+        sweeper = asyncio.create_task(runs.sweeper(sweep_seconds))
         try:
             yield
         finally:
