@@ -70,6 +70,7 @@ class StartRun(BaseModel):
     key only — one given whole (``policy_inline``)."""
 
     policy: Text | None = None
+    policy_digest: Text | None = None
     policy_inline: dict[str, Any] | None = None
     tenant: Text | None = None
     agent: Text | None = None
@@ -79,7 +80,7 @@ class StartRun(BaseModel):
 @router.post("", status_code=201, summary="Start a governed run")
 async def start(request: Request, who: Who, body: StartRun) -> dict[str, Any]:
     runs = _runs(request)
-    policy = runs.policy(who, body.policy, body.policy_inline)
+    policy = runs.policy(who, body.policy, body.policy_inline, digest=body.policy_digest)
     held = runs.start(who, policy, tenant=body.tenant, agent=body.agent, task=body.task)
     run = held.run
     return {
@@ -269,9 +270,14 @@ async def settle(
 
 # -- end ------------------------------------------------------------------------------------
 class EndRun(BaseModel):
-    """The run's answer."""
+    """The run's answer; or the error the agent's own code failed with (``agent_error``)."""
 
     answer: Annotated[str, Field(max_length=1_000_000)] | None = None
+    error: Annotated[str, Field(max_length=20_000)] | None = None
+
+
+class AgentFailed(Exception):
+    """The agent's own code failed, as it reported."""
 
 
 @router.post("/{run_id}/end", summary="End the run with its answer")
@@ -284,5 +290,6 @@ async def end(request: Request, who: Who, run_id: str, body: EndRun) -> dict[str
         if conflict.code != "run_ended" or ended is None:
             raise
         return {"result": ended.to_dict()}  # ending twice answers the same
-    result = await runs.end(held, answer=body.answer)
+    failure = None if body.error is None else AgentFailed(body.error)
+    result = await runs.end(held, answer=body.answer, failure=failure)
     return {"result": result.to_dict()}

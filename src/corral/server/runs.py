@@ -91,9 +91,20 @@ class Runs:
         return len(self._held)
 
     # -- start ----------------------------------------------------------------------------
-    def policy(self, who: Principal, named: str | None, inline: Any) -> Policy:
-        """The policy a run starts under: a named one of the policy folder, or (an admin's
-        key only: a policy is what bounds an agent) one given inline."""
+    def policy(
+        self, who: Principal, named: str | None, inline: Any, *, digest: str | None = None
+    ) -> Policy:
+        """The policy a run starts under: a named one of the policy folder (by its name, or
+        by its digest: the remote client sends the digest of the policy it was given), or
+        (an admin's key only: a policy is what bounds an agent) one given inline."""
+        if digest is not None:
+            for candidate in self.policies.values():
+                if candidate.digest == digest:
+                    return candidate
+            raise ConfigError(
+                f"the server has no policy with digest {digest[:16]}...: put the policy file "
+                "in its --policy-dir, or name one of its policies"
+            )
         if inline is not None:
             if who.role != "admin":
                 raise ConfigError("only an admin key may start a run under an inline policy")
@@ -171,12 +182,20 @@ class Runs:
 
     # -- end ------------------------------------------------------------------------------
     async def end(
-        self, held: Held, *, answer: Any = None, stop: BaseException | None = None
+        self,
+        held: Held,
+        *,
+        answer: Any = None,
+        stop: BaseException | None = None,
+        failure: BaseException | None = None,
     ) -> RunResult:
-        """End ``held``: with ``answer`` (``ok``), or with the stop it raised; forget it."""
+        """End ``held``: with ``answer`` (``ok``), with the stop it raised, or with the
+        agent's own ``failure`` (``agent_error``); forget it."""
         run = held.run
         if held.result is None:
-            if stop is not None:
+            if failure is not None:
+                await run.__aexit__(type(failure), failure, None)
+            elif stop is not None:
                 await run.__aexit__(type(stop), stop, None)
             else:
                 try:
