@@ -57,6 +57,9 @@ class AsyncRun:
             self.id = (await self._send("POST", "/v1/runs", self._start))["run_id"]
         except Stop as stop:  # the server cannot be used: the first action says so
             self._stop = stop
+        except BaseException:  # refused: a key, a role, a policy (nothing to end)
+            await self._close()
+            raise
         if not self.id:
             await self._close()
         return self

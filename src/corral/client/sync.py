@@ -51,6 +51,9 @@ class Run:
             self.id = self._send("POST", "/v1/runs", body)["run_id"]
         except Stop as stop:  # the server cannot be used: the first action says so
             self._stop = stop
+        except BaseException:  # refused: a key, a role, a policy (nothing to end)
+            self._close()
+            raise
         if not self.id:
             self._close()
 
