@@ -11,7 +11,8 @@ Cases:
 - corral, the allow path of a read tool through ``Run.call`` on ``memory://`` and on a
   durable SQLite file, each interleaved with bare calls of the same function (overhead =
   governed p50 − bare p50); ``AsyncRun.call`` of an async tool, interleaved with bare
-  awaits of it (and of a sync tool, the thread hop, in a pass of its own); a write with a durable idempotency claim on SQLite;
+  awaits of it (and of a sync tool, the thread hop, in a pass of its own); a write with a
+  durable idempotency claim on SQLite;
 - Agent Governance Toolkit (``agent-governance-toolkit[core]``): ``PolicyInterceptor.
   intercept``; check + count + in-memory audit record built from its own parts;
   ``ToolUsingAgent._use_tool`` (allowlist, the kernel's policy check, an audit entry);
