@@ -227,3 +227,23 @@ def test_a_server_gone_mid_run_stops_the_run_and_nothing_runs_unasked(tmp_path: 
         assert run.result.stop_reason == "control_plane_unavailable"
     finally:
         store.close()
+
+
+def test_moving_to_the_server_is_one_argument(served: Served) -> None:
+    """``corral.Run(..., server=URL)`` is the remote run; ``store=`` and the other things
+    only a local run has are refused beside it."""
+    tools = Tools()
+    key = served.keys["acme-agent"]
+    with corral.Run(POLICY, tools=tools.all, server=served.url, key=key) as run:
+        assert isinstance(run, Run)
+        assert run.call("kb.read", {"q": "one"}) == {"q": "one", "status": "up"}
+    assert run.result.usage.tool_calls == 1 and tools.ran == ["read one"]
+
+    async def agent() -> Any:
+        async with corral.AsyncRun(POLICY, tools=tools.all, server=served.url, key=key) as arun:
+            assert isinstance(arun, AsyncRun)
+            return await arun.call("kb.aread", {"q": "two"})
+
+    assert asyncio.run(agent()) == "async two"
+    with pytest.raises(ConfigError, match="store: not with server="):
+        corral.Run(POLICY, server=served.url, key=key, store="memory://")

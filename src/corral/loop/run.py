@@ -171,6 +171,8 @@ class AsyncRun(RunBase):
     block) are not coroutines.
     """
 
+    _remote_async = True  # with server=, corral.client.AsyncRun
+
     async def __aenter__(self) -> AsyncRun:
         return self
 
