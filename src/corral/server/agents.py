@@ -25,10 +25,10 @@ from pydantic import BaseModel, Field
 from corral.controls.keys import Action, Principal
 from corral.exceptions import Stop, ToolRejected
 from corral.server.auth import key_of
-from corral.server.errors import Conflict, NotFound
+from corral.server.errors import REFUSALS, Conflict, NotFound
 from corral.server.runs import Held, Runs
 
-router = APIRouter(prefix="/v1/runs")
+router = APIRouter(prefix="/v1/runs", responses=REFUSALS)
 Who = Annotated[Principal, Depends(key_of)]
 Text = Annotated[str, Field(max_length=512)]
 

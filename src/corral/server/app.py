@@ -66,7 +66,13 @@ def create_app(
     def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The store answers", tags=["health"], response_model=None)
+    @app.get(
+        "/readyz",
+        summary="The store answers",
+        tags=["health"],
+        response_model=None,
+        responses={503: errors.REFUSALS[503]},
+    )
     def readyz() -> JSONResponse | dict[str, Any]:
         try:
             store.kill_switches()
@@ -74,7 +80,12 @@ def create_app(
             return errors.error(503, "control_plane_unavailable", f"the store fails: {exc}")
         return {"status": "ready"}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **errors.REFUSALS},
+    )
     def metrics_text(request: Request) -> Response:
         require(key_of(request), Action.METRICS_READ, None)  # fleet-wide figures
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from corral.exceptions import (
@@ -30,6 +31,33 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+#: The refusals every ``/v1`` endpoint may answer with, for the OpenAPI document.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "the request cannot mean anything (invalid_request)"),
+        (401, "no API key, or one corral does not accept (invalid_key)"),
+        (403, "the key's role or tenant may not do this (forbidden)"),
+        (404, "nothing there, or nothing this key may see (not_found)"),
+        (409, "not in the state things are in (a code of its own)"),
+        (413, "the body is over the cap (too_large)"),
+        (422, "the body or a parameter does not fit its schema (invalid_request)"),
+        (503, "the store does not answer (control_plane_unavailable)"),
+    )
+}
 
 
 class NotFound(Exception):

@@ -25,10 +25,10 @@ from corral.controls.keys import Action, Principal
 from corral.record import audit
 from corral.record.views import approval_row, run_row, switch_row, timeline_of
 from corral.server.auth import key_of, may_see, require, visible_tenant
-from corral.server.errors import NotFound
+from corral.server.errors import REFUSALS, NotFound
 from corral.stores.base import ApprovalRecord, ApprovalStatus, KillScope, KillSwitchState, Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=REFUSALS)
 Who = Annotated[Principal, Depends(key_of)]
 
 #: The longest a waiter may hold a request open for an approval's decision (seconds).
