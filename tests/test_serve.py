@@ -368,6 +368,7 @@ ENDPOINTS = [
     ("POST", "/v1/approvals/{approval}/approve"),
     ("POST", "/v1/approvals/{approval}/deny"),
     ("GET", "/v1/approvals/{approval}/wait"),
+    ("GET", "/v1/approvals/stream"),
     ("GET", "/v1/killswitch"),
     ("POST", "/v1/killswitch"),
     ("DELETE", "/v1/killswitch"),
@@ -432,3 +433,49 @@ def test_corral_serve_starts_answers_and_stops(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"http://127.0.0.1:{port}" in err and "served.db" in err
+
+
+def test_the_approvals_stream_tells_of_new_requests_and_their_decisions(served: Served) -> None:
+    def request(approval_id: str, tenant: str) -> None:
+        now = time.time()
+        served.store.create_approval(
+            ApprovalRecord(
+                id=approval_id,
+                run_id=f"run_{approval_id}",
+                tool="refund.send",
+                args_digest="d",
+                arguments={"amount": 1},
+                tenant=tenant,
+                agent="bot",
+                created=now,
+                expires=now + 600,
+            )
+        )
+
+    request("apr_first", "acme")
+    events: list[dict[str, Any]] = []
+    with (
+        served.client("acme-approver") as http,
+        http.stream("GET", "/v1/approvals/stream") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        request("apr_beta", "beta")  # another tenant's: never shown here
+        request("apr_second", "acme")
+        while len(events) < 3:
+            line = next(lines)
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+                if len(events) == 2:
+                    with served.client("acme-admin") as admin:
+                        admin.post("/v1/approvals/apr_first/deny", json={"reason": "no"})
+    assert [(e["id"], e["status"]) for e in events] == [
+        ("apr_first", "pending"),
+        ("apr_second", "pending"),
+        ("apr_first", "denied"),
+    ]
+    with (
+        served.client("beta-agent") as other,
+        other.stream("GET", "/v1/approvals/stream", params={"tenant": "acme"}) as refused,
+    ):
+        assert refused.status_code == 403

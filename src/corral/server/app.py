@@ -19,7 +19,7 @@ from corral.controls.keys import Action
 from corral.exceptions import StoreError
 from corral.policy.schema import Policy
 from corral.record import metrics
-from corral.server import agents, errors, operators
+from corral.server import agents, errors, operators, streams
 from corral.server.auth import key_of, require
 from corral.server.runs import IDLE_SECONDS, Runs
 from corral.stores.base import Store
@@ -60,6 +60,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(errors.BodyCap, limit=max_body)
     app.include_router(agents.router)
+    app.include_router(streams.router)  # before operators': /approvals/stream is no approval id
     app.include_router(operators.router)
 
     @app.get("/healthz", summary="The process answers", tags=["health"])
