@@ -372,3 +372,49 @@ def test_the_javascript_example_drives_a_governed_run(served: Served) -> None:
     run_id = lines[0].split()[-1]
     record = served.store.get_run(run_id)
     assert record is not None and record.status == "ok" and record.usage["tool_calls"] == 2
+
+
+def test_credentials_are_resolved_there_and_given_to_the_executor_only(tmp_path: Path) -> None:
+    secret = "tok-4f9a1c2e8b7d6a5f3e2d1c0b"
+    provider = corral.EnvSecrets(environ={})
+    environ = {provider.variable("acme", "crm.read", "token"): secret}
+    provider = corral.EnvSecrets(environ=environ)
+    policy = corral.Policy.from_dict(
+        {
+            "tools": {
+                "allow": ["crm.read"],
+                "specs": {
+                    "crm.read": {
+                        "effect": "read",
+                        "args_schema": READ_SCHEMA,
+                        "credentials": ["token"],
+                    }
+                },
+            }
+        }
+    )
+    store = SQLiteStore(str(tmp_path / "creds.db"))
+    try:
+        with (
+            serving(store, policies={"crm": policy}, secrets=provider) as served,
+            served.client("acme-agent") as http,
+        ):
+            run_id = start(http, policy="crm")
+            specs = http.get(f"/v1/runs/{run_id}/tools").text
+            allowed = http.post(
+                f"/v1/runs/{run_id}/tool-calls",
+                json={"tool": "crm.read", "arguments": {"q": "x"}},
+            ).json()
+            assert allowed["credentials"] == {"token": secret}
+            echoed = f"the token is {secret}"  # a tool echoing its credential
+            report = f"/v1/runs/{run_id}/tool-calls/{allowed['ticket']}/report"
+            observation = http.post(report, json={"output": echoed}).json()["observation"]
+            http.post(f"/v1/runs/{run_id}/end", json={"answer": "done"})
+            timeline = http.get(f"/v1/runs/{run_id}/timeline").text
+            with served.client("root") as root:
+                records = root.get("/v1/audit/records", params={"limit": 1000}).text
+        assert secret not in specs and secret not in observation
+        assert secret not in timeline and secret not in records
+        assert all(secret not in str(e.data) for e in store.events(run_id))
+    finally:
+        store.close()

@@ -34,6 +34,7 @@ from corral.cli._common import (
     open_db,
 )
 from corral.exceptions import ConfigError
+from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
 
 #: The port ``corral serve`` listens on unless told.
 DEFAULT_PORT = 8420
@@ -50,6 +51,14 @@ def serve(
         typer.Option(
             "--policy-dir",
             help="Folder of the policies agents' runs start under (NAME.yaml is policy NAME).",
+        ),
+    ] = None,
+    secrets: Annotated[
+        str | None,
+        typer.Option(
+            "--secrets",
+            help="Where tools' credentials come from: 'env' (CORRAL_SECRET_* variables) or a "
+            "folder (FileSecrets).",
         ),
     ] = None,
     log_level: Annotated[
@@ -74,6 +83,7 @@ def serve(
             policies = load_policies(policy_dir)
         except ConfigError as exc:
             raise Fail(EXIT_USAGE, f"--policy-dir: {one_line(exc)}") from None
+        provider = _secrets(secrets)
         store, shown = open_db(db, create=True)
         shown_host = f"[{host}]" if ":" in host else host
         print(
@@ -82,7 +92,7 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-        app = create_app(store, policies=policies)
+        app = create_app(store, policies=policies, secrets=provider)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
         server = uvicorn.Server(config)
         try:
@@ -96,3 +106,14 @@ def serve(
         return EXIT_OK
 
     raise typer.Exit(guarded("serve", go))
+
+
+def _secrets(where: str | None) -> SecretProvider | None:
+    """The secret provider ``--secrets`` names."""
+    if where is None:
+        return None
+    if where == "env":
+        return EnvSecrets()
+    if not Path(where).is_dir():
+        raise Fail(EXIT_USAGE, f"--secrets: 'env' or a folder of secrets, got {where!r}")
+    return FileSecrets(where)

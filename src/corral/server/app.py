@@ -19,6 +19,7 @@ from corral.controls.keys import Action
 from corral.exceptions import StoreError
 from corral.policy.schema import Policy
 from corral.record import metrics
+from corral.secrets import SecretProvider
 from corral.server import agents, errors, operators, streams
 from corral.server.auth import key_of, require
 from corral.server.runs import IDLE_SECONDS, Runs
@@ -32,10 +33,12 @@ def create_app(
     max_body: int = errors.MAX_BODY,
     idle_seconds: float = IDLE_SECONDS,
     sweep_seconds: float = 30.0,
+    secrets: SecretProvider | None = None,
 ) -> FastAPI:
     """The control plane's HTTP API over ``store`` (see :mod:`corral.server`); agents'
-    runs start under the named ``policies``."""
-    runs = Runs(store, policies, idle_seconds=idle_seconds)
+    runs start under the named ``policies``, their tools' credentials resolved by
+    ``secrets`` (handed to the agent that executes the call, never shown elsewhere)."""
+    runs = Runs(store, policies, idle_seconds=idle_seconds, secrets=secrets)
     # The idle runs are looked for every ``sweep_seconds``.
 
     @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ from corral.loop.run import AsyncRun
 from corral.loop.tickets import ModelCall, Ticket
 from corral.policy.schema import Policy, load_policy
 from corral.result import RunResult
+from corral.secrets import SecretProvider
 from corral.server.errors import Conflict, NotFound
 from corral.stores.base import Store
 
@@ -78,8 +79,10 @@ class Runs:
         *,
         idle_seconds: float = IDLE_SECONDS,
         max_runs: int = MAX_RUNS,
+        secrets: SecretProvider | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets  # the tools' credentials, resolved here, for executors only
         self.policies = dict(policies or {})
         self.idle_seconds = idle_seconds
         self.max_runs = max_runs
@@ -127,7 +130,14 @@ class Runs:
         check(who, Action.RUN_START, tenant)
         if len(self._held) >= self.max_runs:
             raise Conflict("server_busy", f"this server holds {self.max_runs} runs already")
-        run = AsyncRun(policy, store=self.store, tenant=tenant, agent=agent, task=task)
+        run = AsyncRun(
+            policy,
+            store=self.store,
+            tenant=tenant,
+            agent=agent,
+            task=task,
+            credentials=self.secrets,
+        )
         held = self._held[run.id] = Held(run, tenant)
         return held
 
