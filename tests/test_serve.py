@@ -479,3 +479,26 @@ def test_the_approvals_stream_tells_of_new_requests_and_their_decisions(served: 
         other.stream("GET", "/v1/approvals/stream", params={"tenant": "acme"}) as refused,
     ):
         assert refused.status_code == 403
+
+
+def test_a_body_trickled_or_left_unfinished_is_refused_as_too_slow(tmp_path: Path) -> None:
+    import socket
+
+    store = SQLiteStore(str(tmp_path / "slow.db"))
+    try:
+        with serving(store, body_seconds=0.5) as served:
+            host, port = served.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                head = (
+                    "POST /v1/killswitch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Authorization: Bearer {served.keys['root']}\r\nContent-Length: 100\r\n\r\n"
+                )
+                conn.sendall(head.encode() + b'{"reason": "')  # ... and the rest never comes
+                started = time.monotonic()
+                answer = conn.recv(65536).decode()
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert '"too_slow"' in answer and time.monotonic() - started < 5
+            with served.client("root") as http:  # nothing was switched on; the server serves on
+                assert http.get("/v1/killswitch").json()["count"] == 0
+    finally:
+        store.close()

@@ -31,6 +31,7 @@ def create_app(
     *,
     policies: Mapping[str, Policy] | None = None,
     max_body: int = errors.MAX_BODY,
+    body_seconds: float = errors.BODY_SECONDS,
     idle_seconds: float = IDLE_SECONDS,
     sweep_seconds: float = 30.0,
     secrets: SecretProvider | None = None,
@@ -61,7 +62,7 @@ def create_app(
     app.state.store = store
     app.state.runs = runs
     errors.install(app)
-    app.add_middleware(errors.BodyCap, limit=max_body)
+    app.add_middleware(errors.BodyCap, limit=max_body, seconds=body_seconds)
     app.include_router(agents.router)
     app.include_router(streams.router)  # before operators': /approvals/stream is no approval id
     app.include_router(operators.router)

@@ -6,6 +6,7 @@ Imports corral's exceptions; Starlette (through FastAPI) for the responses.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from corral.exceptions import (
 
 #: The largest request body the API reads (bytes); a larger one is refused with 413.
 MAX_BODY = 1 << 20
+#: The longest a request's body may take to arrive (seconds); then 408.
+BODY_SECONDS = 30.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +56,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
         (403, "the key's role or tenant may not do this (forbidden)"),
         (404, "nothing there, or nothing this key may see (not_found)"),
         (409, "not in the state things are in (a code of its own)"),
+        (408, "the body took too long to arrive (too_slow)"),
         (413, "the body is over the cap (too_large)"),
         (422, "the body or a parameter does not fit its schema (invalid_request)"),
         (503, "the store does not answer (control_plane_unavailable)"),
@@ -118,7 +122,7 @@ def install(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+        code = {404: "not_found", 405: "method_not_allowed", 408: "too_slow", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
         return error(exc.status_code, code, str(exc.detail))
@@ -129,11 +133,13 @@ def install(app: FastAPI) -> None:
 
 class BodyCap:
     """ASGI middleware: a request whose body is over ``limit`` bytes is refused with 413
-    before the endpoint reads it, whether it says its length or streams it."""
+    before the endpoint reads it, whether it says its length or streams it; one whose body
+    takes over ``seconds`` to arrive (a client trickling it, or gone quiet) with 408."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, seconds: float = BODY_SECONDS) -> None:
         self.app = app
         self.limit = limit
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,14 +150,25 @@ class BodyCap:
             await self._refuse(scope, receive, send)
             return
         seen = 0
+        complete = False
+        deadline = asyncio.get_running_loop().time() + self.seconds
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # the body is in: later reads wait for a disconnect, unbounded
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the request body took over {self.seconds:g} s to arrive"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise HTTPException(413, f"the request body is over {self.limit} bytes")
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)
