@@ -21,7 +21,7 @@ import corral
 from clitree import commands, with_option
 from corral.cli.app import app
 from corral.stores import open_store
-from corral.stores.base import ApprovalRecord
+from corral.stores.base import ApprovalRecord, KeyRecord
 from corral.testing import ScriptedModel, final
 
 #: Arguments that make each command touching state do its work (``{run}``: a run's id).
@@ -43,6 +43,9 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("approvals", "deny"): ["apr_1", "--as", "alice"],
     ("idempotency", "list"): [],
     ("idempotency", "resolve"): ["k", "--outcome", "failed"],
+    ("keys", "create"): ["--tenant", "acme", "--role", "agent"],
+    ("keys", "list"): [],
+    ("keys", "revoke"): ["0123456789abcdef"],
 }
 #: Commands that take --db but run until stopped (their store line: tests/test_serve.py).
 SERVING = {("serve",)}
@@ -60,7 +63,8 @@ def args_for(path: tuple[str, ...], run_id: str, tmp: Path) -> list[str]:
 
 @pytest.fixture
 def recorded(tmp_path: Path) -> tuple[str, str]:
-    """A SQLite store holding one finished run and one pending approval: URL and run id."""
+    """A SQLite store holding one finished run, one pending approval and one API key: URL
+    and run id."""
     url = f"sqlite:///{tmp_path / 'corral.db'}"
     result = corral.run(
         "t", model=ScriptedModel([final("done")]), policy=corral.Policy.from_dict({}), store=url
@@ -74,6 +78,9 @@ def recorded(tmp_path: Path) -> tuple[str, str]:
             arguments={},
             expires=time.time() + 600,
         )
+    )
+    open_store(url).add_key(
+        KeyRecord(id="0123456789abcdef", tenant="acme", role="agent", digest="0" * 64, created=1.0)
     )
     return url, result.run_id
 

@@ -103,6 +103,12 @@ def _idempotency() -> Target:
     return idempotency.idempotency_app
 
 
+def _keys() -> Target:
+    from corral.cli import keys
+
+    return keys.keys_app
+
+
 #: Every command and group, in ``--help``'s order, with the first paragraph of its help (a
 #: command's docstring, a group's ``help=``) exactly as written there.
 COMMANDS: dict[str, Entry] = {
@@ -153,6 +159,10 @@ COMMANDS: dict[str, Entry] = {
     "idempotency": Entry(
         help="Writes' idempotency claims: list them, settle those left unknown by a crash.",
         load=_idempotency,
+    ),
+    "keys": Entry(
+        help="Create, list and revoke the API keys of tenants and their roles.",
+        load=_keys,
     ),
 }
 

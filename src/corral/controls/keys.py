@@ -56,7 +56,7 @@ from enum import StrEnum
 from typing import Final, get_args
 
 from corral.controls.killswitch import FLEET_RUN_ID, default_actor
-from corral.exceptions import ConfigError, Forbidden, InvalidKey
+from corral.exceptions import ConfigError, Forbidden, InvalidKey, StoreError
 from corral.stores.base import Event, KeyRecord, KeyRole, KeyStore
 
 #: A key's role; see the module docstring for what each permits.
@@ -72,6 +72,8 @@ _ID = re.compile(r"[0-9a-f]{16}", re.ASCII)
 #: Compared against when a key id is unknown, so that an unknown id and a wrong secret
 #: take the same steps.
 _NO_DIGEST: Final = "0" * 64
+#: Fresh ids drawn before giving up (a second collision of 64-bit ids means a broken store).
+ID_DRAWS: Final = 3
 MAX_TENANT = 200
 MAX_NAME = 200
 
@@ -172,9 +174,9 @@ def check(principal: Principal, action: Action, tenant: str | None) -> None:
         return
     role = getattr(principal, "role", "?")
     own = getattr(principal, "tenant", None)
-    whose = "a global" if own is None else f"tenant {own!r}'s"
+    whose = "every tenant" if own is None else f"tenant {own!r}"
     where = "every tenant" if tenant is None else f"tenant {tenant!r}"
-    raise Forbidden(f"{whose} {role} key may not {action} for {where}")
+    raise Forbidden(f"this key ({role} of {whose}) may not {action} for {where}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -224,7 +226,7 @@ def create_key(
         raise ConfigError(f"a key's lifetime must be positive, got {expires_in!r} seconds")
     at = time.time() if now is None else now
     who = default_actor() if actor is None else actor
-    while True:  # a 64-bit id is taken only by a collision: then draw another
+    for _ in range(ID_DRAWS):  # a 64-bit id is taken only by a collision: draw another
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(SECRET_BYTES)
         record = KeyRecord(
             id=key_id,
@@ -238,6 +240,7 @@ def create_key(
         )
         if store.add_key(record, audit=audit_event("create", record, who)):
             return NewKey(token=f"{PREFIX}{key_id}_{secret}", key=record)
+    raise StoreError(f"the store refused {ID_DRAWS} fresh key ids in a row: no key was created")
 
 
 def authenticate(store: KeyStore, token: object, *, now: float | None = None) -> Principal:
@@ -250,7 +253,8 @@ def authenticate(store: KeyStore, token: object, *, now: float | None = None) ->
         raise InvalidKey()
     key_id, secret = found.groups()
     record = store.get_key(key_id)
-    same = hmac.compare_digest(digest(secret), _NO_DIGEST if record is None else record.digest)
+    stored = _NO_DIGEST if record is None else str(record.digest)
+    same = hmac.compare_digest(digest(secret).encode(), stored.encode())
     if record is None or not same or not usable(record, time.time() if now is None else now):
         raise InvalidKey()
     return Principal(key_id=record.id, tenant=record.tenant, role=record.role, name=record.name)
@@ -288,7 +292,7 @@ def check_owner(tenant: str | None, role: Role) -> None:
     if tenant is None:
         if role != "admin":
             raise ConfigError(
-                f"only an admin key can be global (for every tenant); a {role} key "
+                f"only an admin key can be global (for every tenant); an {role} key "
                 "belongs to one tenant"
             )
         return
