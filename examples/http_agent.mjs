@@ -39,10 +39,13 @@ console.log(`run started: ${run.run_id}`);
 let notes = [];
 for (const q of ["vendor A", "vendor B"]) {
   await api("POST", `/v1/runs/${run.run_id}/steps`);
-  const decision = await api("POST", `/v1/runs/${run.run_id}/tool-calls`, {
-    tool: "kb.read",
-    arguments: { q },
-  });
+  const call = { tool: "kb.read", arguments: { q } };
+  let decision = await api("POST", `/v1/runs/${run.run_id}/tool-calls`, call);
+  while (decision.decision === "pending") {
+    // A write waiting for an operator: wait for the decision, then ask again.
+    await api("GET", `/v1/approvals/${decision.approval_id}/wait?timeout=20`);
+    decision = await api("POST", `/v1/runs/${run.run_id}/tool-calls`, call);
+  }
   if (decision.decision === "stop") {
     console.log(`stopped: ${decision.stop.reason} (${decision.stop.detail})`);
     process.exit(1);

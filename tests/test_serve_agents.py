@@ -176,14 +176,44 @@ def test_a_fixable_mistake_is_rejected_and_the_run_goes_on_a_denial_stops_it(
         assert result["status"] == "stopped" and result["stop_reason"] == "max_tool_calls"
 
 
-def test_a_write_waits_for_its_approval_then_runs_once(served: Served) -> None:
+def test_a_write_is_pending_until_approved_then_runs_once(served: Served) -> None:
+    with served.client("acme-agent") as http, served.client("acme-approver") as approver:
+        run_id = start(http)
+        call = {"tool": "refund.send", "arguments": {"amount": 5}, "idempotency_key": "ord-1"}
+        first = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
+        assert first["decision"] == "pending" and first["tool"] == "refund.send"
+        approval = first["approval_id"]
+        listed = approver.get("/v1/approvals").json()["approvals"]
+        assert [(a["id"], a["run_id"], a["arguments"]) for a in listed] == [
+            (approval, run_id, {"amount": 5})
+        ]
+        again = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
+        assert again["decision"] == "pending" and again["approval_id"] == approval  # the same
+        waited = http.get(f"/v1/approvals/{approval}/wait", params={"timeout": 0.2}).json()
+        assert waited["waited_out"] is True
+        assert approver.post(f"/v1/approvals/{approval}/approve", json={}).status_code == 200
+        allowed = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
+        assert allowed["decision"] == "allow" and allowed["idempotency_key"].endswith(":ord-1")
+        done = http.post(
+            f"/v1/runs/{run_id}/tool-calls/{allowed['ticket']}/report", json={"output": "refunded"}
+        ).json()
+        assert done == {"decision": "ok", "observation": "refunded"}
+        replay = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
+        assert replay == {"decision": "replayed", "tool": "refund.send", "output": "refunded"}
+        result = http.post(f"/v1/runs/{run_id}/end", json={}).json()["result"]
+        assert result["usage"]["tool_calls"] == 1
+        assert Decimal(result["usage"]["usd"]) == Decimal("0.10")
+    assert [a.status for a in served.store.list_approvals(status=None)] == ["used"]
+
+
+def test_a_held_authorize_answers_once_decided_and_a_denial_stops_the_run(served: Served) -> None:
     answers: dict[str, Any] = {}
     with served.client("acme-agent") as http:
         run_id = start(http)
-        call = {"tool": "refund.send", "arguments": {"amount": 5}, "idempotency_key": "ord-1"}
+        call = {"tool": "refund.send", "arguments": {"amount": 9}, "hold": 30}
 
         def authorize() -> None:
-            answers["first"] = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
+            answers.update(http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json())
 
         waiting = threading.Thread(target=authorize)
         waiting.start()
@@ -192,23 +222,12 @@ def test_a_write_waits_for_its_approval_then_runs_once(served: Served) -> None:
             while not (pending := approver.get("/v1/approvals").json()["approvals"]):
                 assert time.monotonic() < deadline, "no approval became pending"
                 time.sleep(0.02)
-            assert pending[0]["run_id"] == run_id and pending[0]["arguments"] == {"amount": 5}
-            assert waiting.is_alive()  # the authorize is held until the decision
-            decided = approver.post(f"/v1/approvals/{pending[0]['id']}/approve", json={})
-            assert decided.status_code == 200
+            time.sleep(0.2)
+            assert waiting.is_alive()  # held: the decision is awaited within the request
+            denied = approver.post(f"/v1/approvals/{pending[0]['id']}/deny", json={"reason": "no"})
+            assert denied.status_code == 200
         waiting.join(20)
-        first = answers["first"]
-        assert first["decision"] == "allow" and first["idempotency_key"].endswith(":ord-1")
-        done = http.post(
-            f"/v1/runs/{run_id}/tool-calls/{first['ticket']}/report", json={"output": "refunded"}
-        ).json()
-        assert done == {"decision": "ok", "observation": "refunded"}
-        replay = http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()
-        assert replay == {"decision": "replayed", "tool": "refund.send", "output": "refunded"}
-        result = http.post(f"/v1/runs/{run_id}/end", json={}).json()["result"]
-        assert result["usage"]["tool_calls"] == 1 and Decimal(result["usage"]["usd"]) == Decimal(
-            "0.10"
-        )
+    assert answers["decision"] == "stop" and answers["stop"]["reason"] == "approval_denied"
 
 
 def test_a_failure_reported_ends_the_run_with_tool_error(served: Served) -> None:

@@ -169,7 +169,7 @@ def test_two_replicas_share_the_budget_the_switch_the_approvals_and_the_chain(
     with replicas.client(1, "agent") as http, replicas.client(0, "approver") as approver:
         run_id = _start(http)
         answers: dict[str, Any] = {}
-        call = {"tool": "refund.send", "arguments": {"amount": 7}}
+        call = {"tool": "refund.send", "arguments": {"amount": 7}, "hold": 30}
         waiting = threading.Thread(
             target=lambda: answers.update(
                 http.post(f"/v1/runs/{run_id}/tool-calls", json=call).json()

@@ -40,8 +40,8 @@ class AsyncRun:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._tools = as_registry(tools)
-        self._approval_wait = p.approval_wait(policy)
         self._own_http = http is None
+        self._timeout = timeout
         self._http = http or httpx.AsyncClient(base_url=server, timeout=timeout)
         self._headers = {"Authorization": f"Bearer {p.key_of(key)}"}
         self._result: RunResult | None = None
@@ -159,7 +159,16 @@ class AsyncRun:
         """Pass the server's gateway up to execution (a write needing approval waits for the
         decision); execute the tool, then :meth:`report` or :meth:`report_failure`."""
         body = p.tool_body(name, args, idempotency_key, call_id)
-        answer = await self._governed("POST", "/tool-calls", body, timeout=self._approval_wait)
+        answer = await self._governed("POST", "/tool-calls", body, timeout=p.HOLD + self._timeout)
+        while (approval := p.pending_of(answer)) is not None:
+            await self._send(
+                "GET",
+                f"/v1/approvals/{approval}/wait?timeout={p.HOLD:g}",
+                timeout=p.HOLD + self._timeout,
+            )  # decided, or still pending: ask again either way (the server judges)
+            answer = await self._governed(
+                "POST", "/tool-calls", body, timeout=p.HOLD + self._timeout
+            )
         return p.ticket_of(answer)
 
     async def report(self, ticket: RemoteTicket, output: Any) -> Any:

@@ -21,11 +21,11 @@ from corral.result import RunResult
 from corral.stops import StopInfo
 from corral.tools import Tool
 
-#: Seconds a request may take by default (a write waiting for approval gets the policy's
-#: approval timeout on top).
+#: Seconds a request may take by default.
 TIMEOUT = 30.0
-#: Added to the server's approval timeout for an authorize that may wait for a decision.
-APPROVAL_SLACK = 30.0
+#: How long one authorize is held on the server for an approval's decision, and one wait
+#: for it (seconds): short enough for any proxy between the client and the server.
+HOLD = 20.0
 
 
 def key_of(key: str | None) -> str:
@@ -48,12 +48,6 @@ def start_body(
     else:
         raise ConfigError(f"policy must be a policy's name or a corral.Policy, got {policy!r}")
     return body
-
-
-def approval_wait(policy: Policy | str | None) -> float:
-    """How long an authorize may be held for an approval, as far as the client knows."""
-    seconds = policy.writes.approval_timeout_seconds if isinstance(policy, Policy) else 900.0
-    return float(seconds) + APPROVAL_SLACK
 
 
 def unavailable(why: str) -> Stop:
@@ -175,13 +169,19 @@ def outcome_body(
 def tool_body(
     name: str, args: Any, idempotency_key: str | None, call_id: str | None
 ) -> dict[str, Any]:
-    """An authorize request."""
+    """An authorize request (held on the server up to :data:`HOLD` for an approval)."""
     return {
         "tool": name,
         "arguments": {} if args is None else args,
         "idempotency_key": idempotency_key,
         "call_id": call_id,
+        "hold": HOLD,
     }
+
+
+def pending_of(answer: Mapping[str, Any]) -> str | None:
+    """The approval an authorize waits for (``pending``), else ``None``."""
+    return str(answer["approval_id"]) if answer.get("decision") == "pending" else None
 
 
 def model_body(

@@ -6,9 +6,10 @@ allowlist, arguments and constraints, loop detection, degrade, budgets, approval
 chain as ``Run.authorize`` in-process, since it *is* ``AsyncRun.authorize``), executes the
 tool itself when allowed, and reports the outcome (output checks and hygiene, settlement,
 audit); each model call of its own is reserved before and settled after. Every answer about
-the run has a ``decision``: ``allow``, ``replayed`` (do not execute: use ``output``),
-``rejected`` (the run goes on: show ``message`` to the model), ``ok``, or ``stop`` (the run
-has ended, ``stop`` says why). HTTP errors are for requests that cannot be read or may not
+the run has a ``decision``: ``allow``, ``pending`` (an approval is needed: wait for it,
+then ask again), ``replayed`` (do not execute: use ``output``), ``rejected`` (the run goes
+on: show ``message`` to the model), ``ok``, or ``stop`` (the run has ended, ``stop`` says
+why). HTTP errors are for requests that cannot be read or may not
 be made.
 
 Imports the loop's tickets, the server's runs, auth and errors.
@@ -16,14 +17,19 @@ Imports the loop's tickets, the server's runs, auth and errors.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from corral.controls.keys import Action, Principal
 from corral.exceptions import Stop, ToolRejected
+from corral.record.views import approval_row
 from corral.server.auth import key_of
 from corral.server.errors import REFUSALS, Conflict, NotFound
 from corral.server.runs import Held, Runs
@@ -121,49 +127,98 @@ async def step(request: Request, who: Who, run_id: str) -> dict[str, Any]:
 
 
 # -- tool calls -----------------------------------------------------------------------------
+#: The longest an authorize may be held for an approval's decision (seconds).
+MAX_HOLD = 60.0
+#: How often a held authorize looks whether its call now waits for an approval.
+LOOK_EVERY = 0.05
+
+
 class ToolCall(BaseModel):
-    """A tool call the agent wants to make."""
+    """A tool call the agent wants to make. ``hold``: seconds to wait for an approval's
+    decision before answering ``pending`` (0, the default: answer as soon as the request
+    is filed)."""
 
     tool: Text
     arguments: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Text | None = None
     call_id: Text | None = None
+    hold: Annotated[float, Field(ge=0, le=MAX_HOLD)] = 0.0
+
+    def key(self) -> str:
+        """The call's identity: the same call asked again joins the one in flight."""
+        return json.dumps(
+            [self.tool, self.arguments, self.idempotency_key, self.call_id],
+            sort_keys=True,
+            default=str,
+        )
 
 
 @router.post(
     "/{run_id}/tool-calls",
     summary="Authorize a tool call (the gateway up to execution)",
-    description="A write that needs approval answers once it is decided (within the policy's "
-    "`writes.approval_timeout_seconds`): give the HTTP client a longer timeout.",
+    description="A write that needs approval answers `pending` with the approval's id once the "
+    "request is filed (or after `hold` seconds): wait for the decision "
+    "(`GET /v1/approvals/{id}/wait`, or the stream), then ask again with the same call — it "
+    "joins the one in flight and answers `allow` (or the stop).",
 )
 async def authorize(request: Request, who: Who, run_id: str, body: ToolCall) -> dict[str, Any]:
     runs = _runs(request)
     held = runs.get(who, run_id, Action.TOOL_AUTHORIZE)
+    key = body.key()
+    task = held.inflight.get(key)
+    if task is None:
+        task = asyncio.create_task(_governed(runs, held, _authorized(runs, held, body)))
+        held.inflight[key] = task
+    hold_until = time.monotonic() + body.hold
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=LOOK_EVERY)
+        if done:
+            held.inflight.pop(key, None)
+            return task.result()
+        if time.monotonic() >= hold_until:
+            waiting = await _pending_approval(runs, held, body.tool)
+            if waiting is not None:
+                return waiting
 
-    async def authorized() -> dict[str, Any]:
-        ticket = await held.run.authorize(
-            body.tool,
-            body.arguments,
-            idempotency_key=body.idempotency_key,
-            call_id=body.call_id,
-        )
-        if ticket.replayed:
-            return {"decision": "replayed", "tool": body.tool, "output": ticket.output}
-        ticket_id = runs.keep(held.tickets, ticket, "tkt_")
-        answer: dict[str, Any] = {
-            "decision": "allow",
-            "ticket": ticket_id,
-            "tool": ticket.tool,
-            "arguments": dict(ticket.arguments),
-            "idempotency_key": ticket.idempotency_key,
-            "timeout": ticket.timeout,
-        }
-        context = ticket.context
-        if context is not None and context.credentials:
-            answer["credentials"] = dict(context.credentials)  # for the executor only
-        return answer
 
-    return await _governed(runs, held, authorized())
+async def _authorized(runs: Runs, held: Held, body: ToolCall) -> dict[str, Any]:
+    ticket = await held.run.authorize(
+        body.tool,
+        body.arguments,
+        idempotency_key=body.idempotency_key,
+        call_id=body.call_id,
+    )
+    if ticket.replayed:
+        return {"decision": "replayed", "tool": body.tool, "output": ticket.output}
+    ticket_id = runs.keep(held.tickets, ticket, "tkt_")
+    answer: dict[str, Any] = {
+        "decision": "allow",
+        "ticket": ticket_id,
+        "tool": ticket.tool,
+        "arguments": dict(ticket.arguments),
+        "idempotency_key": ticket.idempotency_key,
+        "timeout": ticket.timeout,
+    }
+    context = ticket.context
+    if context is not None and context.credentials:
+        answer["credentials"] = dict(context.credentials)  # for the executor only
+    return answer
+
+
+async def _pending_approval(runs: Runs, held: Held, tool: str) -> dict[str, Any] | None:
+    """The ``pending`` answer for a call of ``tool`` waiting for an approval in this run,
+    or ``None`` when it waits for nothing of the kind (it is still on its way)."""
+    found = await run_in_threadpool(runs.store.list_approvals, status="pending", run_id=held.run.id)
+    mine = [a for a in found if a.tool == tool]
+    if not mine:
+        return None
+    record = max(mine, key=lambda a: a.created)
+    return {
+        "decision": "pending",
+        "tool": tool,
+        "approval_id": record.id,
+        "expires": approval_row(record)["expires"],
+    }
 
 
 class Outcome(BaseModel):

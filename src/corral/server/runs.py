@@ -64,6 +64,8 @@ class Held:
     run: AsyncRun
     tenant: str | None
     tickets: dict[str, Ticket] = field(default_factory=dict)
+    # Authorizations still on their way (waiting for an approval), by the call's identity.
+    inflight: dict[str, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     model_calls: dict[str, ModelCall] = field(default_factory=dict)
     touched: float = field(default_factory=time.monotonic)
     result: RunResult | None = None
@@ -218,6 +220,10 @@ class Runs:
 
     def _forget(self, held: Held) -> None:
         assert held.result is not None
+        current = asyncio.current_task()
+        for task in held.inflight.values():  # the run has ended: nothing more to wait for
+            if task is not current:
+                task.cancel()
         run_id = held.run.id
         self._held.pop(run_id, None)
         self._ended[run_id] = (held.tenant, held.result)
