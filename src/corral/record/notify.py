@@ -29,11 +29,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from corral.record.views import approval_row
 from corral.stores.base import ApprovalRecord
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("corral")
 
@@ -105,6 +107,8 @@ class Notifier:
                 self._thread.start()
 
     def _run(self) -> None:
+        import httpx  # only once there is something to announce: runs without it never load it
+
         with httpx.Client() as http:
             while True:
                 item = self._queue.get()
@@ -130,7 +134,7 @@ class Notifier:
                     self.sent += 1
                     return
                 why = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # httpx's errors, and anything else: logged, never raised
                 why = f"{type(exc).__name__}: {exc}"
             if attempt < TRIES:
                 time.sleep(pause)
