@@ -115,3 +115,19 @@ def test_soak_quick_reports_growth_after_warmup() -> None:
     table = bench("bench/soak.py", "--quick", "--runs", "60")
     assert table.returncode == 0, table.stderr
     assert "RSS MB" in table.stdout and "open fds" in table.stdout
+
+
+def test_the_serve_decisions_bench_runs_a_server_and_reports_every_figure() -> None:
+    """bench/serve_decisions.py --quick: a real corral serve in a subprocess, driven over
+    sockets; every figure reported, no errors (timings not judged)."""
+    if not installed("uvicorn"):
+        import pytest
+
+        pytest.skip("corral serve needs the serve extra")
+    done = bench("bench/serve_decisions.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["decisions"] > 0 and figures["errors"] == 0
+    for name in ("bare", "authorize", "report"):
+        p50, p99 = figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"]
+        assert 0 < p50 <= p99

@@ -38,6 +38,7 @@ FIELDS: dict[str, str] = {
     "tools.specs.*.constraints.*.max_length": "int",
     "tools.specs.*.constraints.*.max_items": "int",
     "writes.approval_timeout_seconds": "float",
+    "approvals.notify_timeout_seconds": "float",
     "kill_switch.expensive_cost_usd": "usd",
     "limits[].max_usd": "usd",
     "limits[].max_calls": "int",

@@ -51,6 +51,12 @@ def _init() -> Target:
     return init.init
 
 
+def _serve() -> Target:
+    from corral.cli import serve
+
+    return serve.serve
+
+
 def _runs() -> Target:
     from corral.cli import runs
 
@@ -120,6 +126,10 @@ COMMANDS: dict[str, Entry] = {
     "init": Entry(
         help="Create the store (or bring it up to date) and say where it is; safe to run again.",
         load=_init,
+    ),
+    "serve": Entry(
+        help="Serve the HTTP API of the control plane: runs, approvals, kill switch, audit.",
+        load=_serve,
     ),
     "runs": Entry(help="List recorded runs, newest first.", load=_runs),
     "show": Entry(

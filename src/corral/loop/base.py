@@ -39,6 +39,9 @@ SpecFormat = Literal["openai", "anthropic", "neutral"]
 _FORMATS = ("openai", "anthropic", "neutral")
 
 
+#: What only a run governed here takes (``server=`` refuses them).
+_LOCAL_ONLY = frozenset({"store", "clock", "approver", "credentials", "services", "run_id"})
+
 #: The longest idempotency key or call id accepted (they are stored and audited).
 MAX_KEY_CHARS = 512
 
@@ -125,6 +128,23 @@ class RunBase:
     #: loop, which could only refuse them).
     _describes = True
 
+    def __new__(cls, *args: Any, server: str | None = None, **kwargs: Any) -> Any:
+        """A run governed here; with ``server=``, one governed by that ``corral serve``
+        (:mod:`corral.client`: the same interface, your tools still run here)."""
+        if server is None:
+            return super().__new__(cls)
+        from corral.client import AsyncRun as RemoteAsyncRun
+        from corral.client import Run as RemoteRun
+
+        remote = RemoteAsyncRun if getattr(cls, "_remote_async", False) else RemoteRun
+        local = sorted(set(kwargs) & _LOCAL_ONLY)
+        if local:
+            raise ConfigError(
+                f"{', '.join(local)}: not with server= (the server has the store, the clock, "
+                "the approvals and the credentials)"
+            )
+        return remote(*args, server=server, **kwargs)
+
     def __init__(
         self,
         policy: Policy,
@@ -139,6 +159,7 @@ class RunBase:
         approver: Callable[..., Any] | None = None,
         credentials: Mapping[str, Mapping[str, str]] | SecretProvider | None = None,
         services: Services | None = None,
+        server: None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a corral.Policy, got {type(policy).__name__}")

@@ -171,6 +171,7 @@ class AsyncRun(RunBase):
     block) are not coroutines.
     """
 
+    _remote_async = True  # with server=, corral.client.AsyncRun
     #: Whether the run's event loop is corral's own (``corral.run``'s), which a sync tool
     #: may hold while it runs inline (see :func:`corral.gateway.drivers.execute_loop`);
     #: never a caller's loop.

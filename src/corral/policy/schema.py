@@ -61,6 +61,7 @@ from corral.policy.fields import (
 )
 from corral.policy.messages import format_validation_error, render_value
 from corral.policy.sections import (
+    Approvals,
     ArgConstraint,
     Budgets,
     Context,
@@ -137,6 +138,7 @@ class Policy(Section):
     tools: ToolsSection = Field(default_factory=ToolsSection)
     budgets: Budgets = Field(default_factory=Budgets)
     writes: Writes = Field(default_factory=Writes)
+    approvals: Approvals = Field(default_factory=Approvals)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     kill_switch: KillSwitch = Field(default_factory=KillSwitch)
     degrade: Degrade = Field(default_factory=Degrade)

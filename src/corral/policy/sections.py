@@ -183,6 +183,33 @@ class Writes(Section):
     on_denied: OnDenied = "stop"
 
 
+class Approvals(Section):
+    """Where new pending approval requests are announced: ``notify_url`` gets each one as
+    a signed JSON POST (HMAC-SHA256 with the secret in the environment variable
+    ``notify_secret_env``), so that approvers need not poll."""
+
+    notify_url: str | None = None
+    notify_secret_env: str = "CORRAL_APPROVALS_SECRET"
+    notify_timeout_seconds: PositiveSeconds = 5.0
+
+    @field_validator("notify_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not rest or value != value.strip():
+            raise ValueError(f"must be an http:// or https:// URL, got {render_value(value)}")
+        return value
+
+    @field_validator("notify_secret_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+            raise ValueError(f"must be an environment variable's name, got {render_value(value)}")
+        return value
+
+
 class Monitoring(Section):
     track: list[Tracked] = Field(default_factory=list)
 

@@ -29,6 +29,7 @@ from corral.exceptions import Stop
 from corral.gateway.guards import approval as guard
 from corral.gateway.guards import killswitch as switch_guard
 from corral.gateway.ops import Sleep
+from corral.record.notify import NOTIFIER
 from corral.stores import default_url
 from corral.stores.base import ApprovalRecord, Store
 
@@ -246,4 +247,9 @@ def _new(core: RunState, eff: Effective, req: ApprovalRequest) -> ApprovalRecord
         kill_mode=core.policy.kill_switch.mode_when_enabled,
     )
     core.store.create_approval(record)
+    settings = core.policy.approvals
+    if settings.notify_url is not None:  # after it is in the store: it can be decided
+        NOTIFIER.announce(
+            settings.notify_url, settings.notify_secret_env, settings.notify_timeout_seconds, record
+        )
     return _attached(core, record, reattached=False)

@@ -1,0 +1,255 @@
+"""The runs a server drives for agents that reach it over HTTP: each an
+:class:`~corral.AsyncRun` held by this process from its start to its end, with the tickets
+of the tool calls it authorized and the model calls it reserved, by id.
+
+A run is held where it started. Its shared state — budgets across runs, the kill switch,
+approvals, idempotency claims, the audit chain — is in the store, where every replica and
+process sees it; its own counters (steps, tool calls, tokens, the loop detector, the read
+cache) are in this process. A request for a run this process does not hold is answered
+``run_not_held`` (409): behind several replicas, route the requests of one run to one replica
+(by the run id in the path). A run left without a request for ``idle_seconds`` is ended as
+``cancelled``, and so is every held run when the server stops.
+
+Imports the loop (``AsyncRun``), the policy, the keys and the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from corral.controls.keys import Action, Principal, check, permits
+from corral.exceptions import ConfigError, Stop
+from corral.loop.run import AsyncRun
+from corral.loop.tickets import ModelCall, Ticket
+from corral.policy.schema import Policy, load_policy
+from corral.result import RunResult
+from corral.secrets import SecretProvider
+from corral.server.errors import Conflict, NotFound
+from corral.stores.base import Store
+
+#: How long a held run may go without a request before it is ended as cancelled (seconds).
+IDLE_SECONDS = 3600.0
+#: The most runs one process holds at once; a start past it is refused (503).
+MAX_RUNS = 10_000
+#: The most open tickets and model calls one run holds at once.
+MAX_OPEN = 1000
+
+
+def load_policies(folder: str | Path | None) -> dict[str, Policy]:
+    """The named policies of ``folder``: every ``*.yaml`` / ``*.yml`` file, by its stem;
+    an invalid one raises :class:`~corral.exceptions.PolicyError` naming its file."""
+    if folder is None:
+        return {}
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"--policy-dir {str(root)!r} is not a directory")
+    found: dict[str, Policy] = {}
+    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")]):
+        if path.stem in found:
+            raise ConfigError(f"two policies are named {path.stem!r} in {root}")
+        found[path.stem] = load_policy(path)
+    return found
+
+
+@dataclass(eq=False)
+class Held:
+    """One run this process drives, and what it has open."""
+
+    run: AsyncRun
+    tenant: str | None
+    tickets: dict[str, Ticket] = field(default_factory=dict)
+    # Authorizations still on their way (waiting for an approval), by the call's identity.
+    inflight: dict[str, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
+    model_calls: dict[str, ModelCall] = field(default_factory=dict)
+    touched: float = field(default_factory=time.monotonic)
+    result: RunResult | None = None
+
+
+class Runs:
+    """The runs of one server process (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        policies: Mapping[str, Policy] | None = None,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        max_runs: int = MAX_RUNS,
+        secrets: SecretProvider | None = None,
+    ) -> None:
+        self.store = store
+        self.secrets = secrets  # the tools' credentials, resolved here, for executors only
+        self.policies = dict(policies or {})
+        self.idle_seconds = idle_seconds
+        self.max_runs = max_runs
+        self._held: dict[str, Held] = {}
+        # The latest ended runs, for a late request: their tenant and result.
+        self._ended: dict[str, tuple[str | None, RunResult]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    # -- start ----------------------------------------------------------------------------
+    def policy(
+        self, who: Principal, named: str | None, inline: Any, *, digest: str | None = None
+    ) -> Policy:
+        """The policy a run starts under: a named one of the policy folder (by its name, or
+        by its digest: the remote client sends the digest of the policy it was given), or
+        (an admin's key only: a policy is what bounds an agent) one given inline."""
+        if digest is not None:
+            for candidate in self.policies.values():
+                if candidate.digest == digest:
+                    return candidate
+            raise ConfigError(
+                f"the server has no policy with digest {digest[:16]}...: put the policy file "
+                "in its --policy-dir, or name one of its policies"
+            )
+        if inline is not None:
+            if who.role != "admin":
+                raise ConfigError("only an admin key may start a run under an inline policy")
+            return Policy.from_dict(inline, source="the request")
+        if named is None:
+            if "default" in self.policies:
+                return self.policies["default"]
+            raise ConfigError("name a policy (the server has no policy named 'default')")
+        found = self.policies.get(named)
+        if found is None:
+            known = ", ".join(sorted(self.policies)) or "none: start the server with --policy-dir"
+            raise ConfigError(f"no policy named {named!r} (known: {known})")
+        return found
+
+    def start(
+        self, who: Principal, policy: Policy, *, tenant: str | None, agent: str | None, task: str
+    ) -> Held:
+        """A new run of ``tenant`` (a tenant key's own when not given), held here."""
+        tenant = who.tenant if tenant is None else tenant
+        check(who, Action.RUN_START, tenant)
+        if len(self._held) >= self.max_runs:
+            raise Conflict("server_busy", f"this server holds {self.max_runs} runs already")
+        run = AsyncRun(
+            policy,
+            store=self.store,
+            tenant=tenant,
+            agent=agent,
+            task=task,
+            credentials=self.secrets,
+        )
+        held = self._held[run.id] = Held(run, tenant)
+        return held
+
+    # -- lookup ---------------------------------------------------------------------------
+    def get(self, who: Principal, run_id: str, action: Action) -> Held:
+        """The held run ``run_id`` if ``who`` may drive it; a run of another tenant is not
+        found, one that ended answers with its end, one held elsewhere ``run_not_held``."""
+        held = self._held.get(run_id)
+        if held is None:
+            self._not_held(who, run_id, action)
+        if not permits(who, action, held.tenant):
+            raise NotFound(f"no run {run_id!r}")
+        held.touched = time.monotonic()
+        return held
+
+    def _not_held(self, who: Principal, run_id: str, action: Action) -> NoReturn:
+        """Raise what a request for a run not held here gets: ``run_ended`` for one that
+        ended, ``run_not_held`` for one running elsewhere, not found for the rest (and for
+        another tenant's)."""
+        ended = self._ended.get(run_id)
+        if ended is not None:
+            tenant, status = ended[0], "ended"
+        else:
+            record = self.store.get_run(run_id)
+            if record is None:
+                raise NotFound(f"no run {run_id!r}")
+            tenant, status = record.tenant, record.status
+        if not permits(who, action, tenant):
+            raise NotFound(f"no run {run_id!r}")
+        if status != "running":
+            raise Conflict("run_ended", f"run {run_id!r} has ended")
+        raise Conflict(
+            "run_not_held",
+            f"run {run_id!r} is driven by another server process (send its requests to the "
+            "replica that started it)",
+        )
+
+    def ended(self, run_id: str) -> RunResult | None:
+        """The result of a run that ended here lately."""
+        found = self._ended.get(run_id)
+        return None if found is None else found[1]
+
+    # -- open work ------------------------------------------------------------------------
+    @staticmethod
+    def keep(table: dict[str, Any], item: Any, prefix: str) -> str:
+        """Keep ``item`` in ``table`` under a new id; refuse past :data:`MAX_OPEN`."""
+        if len(table) >= MAX_OPEN:
+            raise Conflict("too_many_open", f"this run has {MAX_OPEN} unreported calls open")
+        key = prefix + secrets.token_hex(10)
+        table[key] = item
+        return key
+
+    # -- end ------------------------------------------------------------------------------
+    async def end(
+        self,
+        held: Held,
+        *,
+        answer: Any = None,
+        stop: BaseException | None = None,
+        failure: BaseException | None = None,
+    ) -> RunResult:
+        """End ``held``: with ``answer`` (``ok``), with the stop it raised, or with the
+        agent's own ``failure`` (``agent_error``); forget it."""
+        run = held.run
+        if held.result is None:
+            if failure is not None:
+                await run.__aexit__(type(failure), failure, None)
+            elif stop is not None:
+                await run.__aexit__(type(stop), stop, None)
+            else:
+                try:
+                    await run.finish(answer)
+                except Stop as raised:  # the run had stopped: its stop is its end
+                    await run.__aexit__(Stop, raised, None)
+            held.result = run.result
+        self._forget(held)
+        return held.result
+
+    def _forget(self, held: Held) -> None:
+        assert held.result is not None
+        current = asyncio.current_task()
+        for task in held.inflight.values():  # the run has ended: nothing more to wait for
+            if task is not current:
+                task.cancel()
+        run_id = held.run.id
+        self._held.pop(run_id, None)
+        self._ended[run_id] = (held.tenant, held.result)
+        while len(self._ended) > self.max_runs:  # the oldest first
+            self._ended.pop(next(iter(self._ended)))
+
+    async def sweep(self, now: float | None = None) -> int:
+        """End the runs idle past :attr:`idle_seconds` as cancelled; how many."""
+        at = time.monotonic() if now is None else now
+        idle = [h for h in self._held.values() if at - h.touched > self.idle_seconds]
+        for held in idle:
+            await self.cancel(held, "idle")
+        return len(idle)
+
+    async def cancel(self, held: Held, why: str) -> None:
+        held.run.cancel()
+        message = {"idle": f"no request for {self.idle_seconds:.0f} s"}.get(why, why)
+        await self.end(held, stop=Stop("cancelled", "server", message=message))
+
+    async def close(self) -> None:
+        """End every held run as cancelled (the server is stopping)."""
+        for held in list(self._held.values()):
+            await self.cancel(held, "the server stopped")
+
+    async def sweeper(self, every: float = 30.0) -> None:
+        """Sweep idle runs every ``every`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            await self.sweep()

@@ -1,0 +1,66 @@
+"""``corral serve``'s application on a real socket for tests: uvicorn in a thread on a free
+port of 127.0.0.1, and API keys of two tenants and a global admin."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from corral.controls.keys import create_key
+from corral.server import create_app
+from corral.stores.base import Store
+
+#: The keys every served app gets: name -> (tenant, role).
+KEYS = {
+    "acme-agent": ("acme", "agent"),
+    "acme-approver": ("acme", "approver"),
+    "acme-admin": ("acme", "admin"),
+    "beta-agent": ("beta", "agent"),
+    "beta-approver": ("beta", "approver"),
+    "beta-admin": ("beta", "admin"),
+    "root": (None, "admin"),
+}
+
+
+@dataclass
+class Served:
+    store: Store
+    url: str
+    keys: dict[str, str]
+    app: Any
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+
+@contextmanager
+def serving(store: Store, **app_options: Any) -> Iterator[Served]:
+    """``create_app(store, **app_options)`` served until the block ends."""
+    import uvicorn
+
+    app = create_app(store, **app_options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    keys = {
+        name: create_key(store, tenant=tenant, role=role, name=name, actor="test").token
+        for name, (tenant, role) in KEYS.items()
+    }
+    try:
+        yield Served(store, f"http://127.0.0.1:{port}", keys, app)
+    finally:
+        server.should_exit = True
+        thread.join(10)
