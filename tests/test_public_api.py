@@ -23,7 +23,10 @@ import corral.testing
 EXPECTED = {
     "STOP_REASONS",
     "ApprovalDecision",
+    "AccessError",
     "ApprovalError",
+    "Forbidden",
+    "InvalidKey",
     "ApprovalRequest",
     "AsyncRun",
     "CallInfo",

@@ -15,10 +15,13 @@ from corral._public import present_as as _present_as
 from corral._version import __version__
 from corral.clock import Clock, SystemClock
 from corral.exceptions import (
+    AccessError,
     ApprovalError,
     ConfigError,
     ControlSignal,
     CorralError,
+    Forbidden,
+    InvalidKey,
     NotExecuted,
     PolicyError,
     Stop,
@@ -51,6 +54,7 @@ if _typing.TYPE_CHECKING:
 
 __all__ = [
     "STOP_REASONS",
+    "AccessError",
     "ApprovalDecision",
     "ApprovalError",
     "ApprovalRequest",
@@ -63,6 +67,8 @@ __all__ = [
     "CorralError",
     "EnvSecrets",
     "FileSecrets",
+    "Forbidden",
+    "InvalidKey",
     "Limits",
     "Model",
     "ModelCall",
