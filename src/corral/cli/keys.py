@@ -36,7 +36,7 @@ Imports the keys (:mod:`corral.controls.keys`), the stores' records and the shar
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich import box
@@ -59,6 +59,7 @@ from corral.cli._common import (
 )
 from corral.cli._format import console, iso_seconds, print_json
 from corral.controls import keys
+from corral.record.views import key_row
 from corral.stores.base import KeyRecord
 
 keys_app = group("keys", help="Create, list and revoke the API keys of tenants and their roles.")
@@ -104,7 +105,7 @@ def create(
             store, tenant=owner, role=checked, name=name, expires_in=lifetime, actor=by
         )
         if json_out:
-            print_json({"store": url, "token": new.token, "key": row(new.key)})
+            print_json({"store": url, "token": new.token, "key": key_row(new.key)})
             return EXIT_OK
         typer.echo(new.token)
         print(f"created {_describe(new.key)}", file=sys.stderr)
@@ -142,7 +143,7 @@ def list_(
     def go() -> int:
         store, url = open_db(db, announce=not json_out)
         found: list[KeyRecord] = read("the keys", url, store.list_keys, tenant=tenant)
-        rows = [row(k) for k in found]
+        rows = [key_row(k) for k in found]
         if json_out:
             print_json({"store": url, "count": len(rows), "keys": rows})
             return EXIT_OK
@@ -204,7 +205,7 @@ def revoke(
         record = store.get_key(key_id)
         assert record is not None  # keys are never deleted
         if json_out:
-            print_json({"store": url, "revoked": now, "key": row(record)})
+            print_json({"store": url, "revoked": now, "key": key_row(record)})
         elif now:
             typer.echo(f"revoked {_describe(record)}")
         else:
@@ -213,20 +214,6 @@ def revoke(
         return EXIT_OK
 
     raise typer.Exit(guarded("keys revoke", go))
-
-
-def row(key: KeyRecord) -> dict[str, Any]:
-    """A key as ``--json`` shows it: no secret, no digest."""
-    return {
-        "id": key.id,
-        "tenant": key.tenant,
-        "role": key.role,
-        "name": key.name,
-        "created": iso_seconds(key.created),
-        "expires": None if key.expires is None else iso_seconds(key.expires),
-        "revoked": None if key.revoked is None else iso_seconds(key.revoked),
-        "created_by": key.created_by,
-    }
 
 
 def _describe(key: KeyRecord) -> str:

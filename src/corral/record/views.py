@@ -1,6 +1,6 @@
-"""What is recorded, as JSON: a run's row, its timeline, an approval, a kill switch — the
-shapes ``corral runs / show / approvals / kill --json`` print and the HTTP API of
-``corral serve`` answers with, written in one place so that both say the same.
+"""What is recorded, as JSON: a run's row, its timeline, an approval, a kill switch, an API
+key — the shapes ``corral runs / show / approvals / kill / keys --json`` print and the HTTP
+API of ``corral serve`` answers with, written in one place so that both say the same.
 
 Imports the stores' record types and :mod:`corral.record.decisions`.
 """
@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from corral.record.decisions import Denial, DenialReader
-from corral.stores.base import ApprovalRecord, Event, KillSwitchState, RunRecord
+from corral.stores.base import ApprovalRecord, Event, KeyRecord, KillSwitchState, RunRecord
 
 __all__ = [
     "APPROVAL_CONTEXT",
@@ -21,6 +21,7 @@ __all__ = [
     "as_decimal",
     "iso",
     "iso_seconds",
+    "key_row",
     "run_row",
     "switch_row",
     "timeline_of",
@@ -172,4 +173,18 @@ def switch_row(sw: KillSwitchState) -> dict[str, Any]:
         "reason": sw.reason,
         "by": sw.actor,
         "since": iso_seconds(sw.set_at) if sw.set_at > 0 else None,
+    }
+
+
+def key_row(key: KeyRecord) -> dict[str, Any]:
+    """The JSON form of an API key: never its secret, nor the secret's digest."""
+    return {
+        "id": key.id,
+        "tenant": key.tenant,
+        "role": key.role,
+        "name": key.name,
+        "created": iso_seconds(key.created),
+        "expires": None if key.expires is None else iso_seconds(key.expires),
+        "revoked": None if key.revoked is None else iso_seconds(key.revoked),
+        "created_by": key.created_by,
     }
