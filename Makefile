@@ -21,7 +21,7 @@ define install
 	fi
 endef
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench openapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv --without-pip $(VENV)
@@ -49,6 +49,10 @@ lint: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/gateway_overhead.py
+
+# The HTTP API's OpenAPI document, published in docs/ (tests/test_serve_openapi.py checks it).
+openapi: $(DEV_STAMP)
+	$(BIN)/python -c "from corral.server.openapi import main; main()" > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
