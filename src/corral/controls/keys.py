@@ -41,7 +41,7 @@ True
 >>> authenticate(store, new.token)
 Traceback (most recent call last):
 ...
-corral.exceptions.InvalidKey: invalid API key
+corral.InvalidKey: invalid API key
 """
 
 from __future__ import annotations
