@@ -1,5 +1,5 @@
 """The application: :func:`create_app` over one store, with the health endpoints and the
-metrics beside the ``/v1`` API.
+metrics beside the ``/v1`` API, and the dashboard under ``/ui``.
 
 Imports the server's parts, the record's metrics and the stores.
 """
@@ -15,7 +15,7 @@ from corral._version import __version__
 from corral.controls.keys import Action
 from corral.exceptions import StoreError
 from corral.record import metrics
-from corral.server import errors, operators
+from corral.server import dashboard, errors, operators
 from corral.server.auth import key_of, require
 from corral.stores.base import Store
 
@@ -31,6 +31,7 @@ def create_app(store: Store, *, max_body: int = errors.MAX_BODY) -> FastAPI:
     errors.install(app)
     app.add_middleware(errors.BodyCap, limit=max_body)
     app.include_router(operators.router)
+    dashboard.mount(app)  # the operators' pages under /ui
 
     @app.get("/healthz", summary="The process answers", tags=["health"])
     def healthz() -> dict[str, Any]:
