@@ -13,20 +13,22 @@ Imports the controls, the exceptions, the server's access and the dashboard's pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from corral.controls import approvals
+from corral._safe import shown
+from corral.controls import approvals, killswitch
 from corral.controls.keys import authenticate
 from corral.exceptions import ConfigError, InvalidKey
 from corral.server import access
 from corral.server.dashboard import render, web
 from corral.server.dashboard.session import Session
 from corral.server.dashboard.web import Viewer
-from corral.stores.base import KillMode, KillScope
+from corral.stores.base import KillMode, KillScope, Store
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -34,7 +36,9 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 MAX_REASON = 2000
 
 
-def _login_page(request: Request, session: Session, *, error: str = "", status: int = 200) -> Response:
+def _login_page(
+    request: Request, session: Session, *, error: str = "", status: int = 200
+) -> Response:
     kept = web.sessions(request)
     response = render.page(
         "login.html",
@@ -97,16 +101,28 @@ async def logout(request: Request) -> Response:
     return response
 
 
-async def _checked(request: Request) -> tuple[Viewer | None, dict[str, str], Response | None]:
-    """The viewer and the form of a POST that changes something, or the response that
-    refuses it (logged out, or a token that is not this session's)."""
+#: A change: what it does for the viewer with the form's fields; where to look next.
+Change = Callable[[Store, Viewer, dict[str, str]], str]
+
+
+async def _change(request: Request, act: Change) -> Response:
+    """Do ``act`` for a POST that carries its session's CSRF token, then redirect to the
+    page it names; the login page when logged out, 403 for a missing or foreign token,
+    the refusal's page when ``act`` is refused."""
     viewer = await run_in_threadpool(web.viewer, request)
-    fields = await web.form(request)
+    try:
+        fields = await web.form(request)
+    except ConfigError as exc:
+        return web.refusal(viewer, exc)
     if viewer is None:
-        return None, fields, web.to_login(request)
+        return web.to_login(request)
     if not web.sessions(request).csrf_ok(viewer.session, fields.get("csrf")):
-        return viewer, fields, _forged(viewer)
-    return viewer, fields, None
+        return _forged(viewer)
+
+    def done() -> Response:
+        return web.see_other(act(web.store(request), viewer, fields))
+
+    return await run_in_threadpool(web.answer, viewer, done)
 
 
 def _reason(fields: dict[str, str]) -> str:
@@ -116,69 +132,57 @@ def _reason(fields: dict[str, str]) -> str:
     return reason
 
 
+def _scope(fields: dict[str, str]) -> KillScope:
+    return cast(KillScope, web.choice(fields.get("scope"), killswitch.SCOPES, "scope") or "global")
+
+
 @router.post("/approvals/{approval_id}/decide")
 async def decide(request: Request, approval_id: str) -> Response:
-    viewer, fields, refused = await _checked(request)
-    if refused is not None or viewer is None:
-        return refused or web.to_login(request)
-    verb = fields.get("verb", "")
-
-    def act() -> Response:
+    def act(store: Store, viewer: Viewer, fields: dict[str, str]) -> str:
+        verb = fields.get("verb", "")
         if verb not in ("approve", "deny"):
-            raise ConfigError(f"a decision is approve or deny, got {verb!r}")
-        access.decide(web.store(request), viewer.who, approval_id, verb, _reason(fields))
-        return web.see_other(f"/ui/approvals?done={verb}")
+            raise ConfigError(f"a decision is approve or deny, got {shown(verb)}")
+        access.decide(store, viewer.who, approval_id, verb, _reason(fields))
+        return f"/ui/approvals?done={verb}"
 
-    return await run_in_threadpool(web.answer, viewer, act)
+    return await _change(request, act)
+
+
+def _switch_on(store: Store, viewer: Viewer, fields: dict[str, str]) -> str:
+    if fields.get("confirm") != "yes":
+        raise ConfigError("tick the confirmation to turn a kill switch on")
+    scope = _scope(fields)
+    target = fields.get("target", "").strip()
+    if scope == "tenant" and not target and viewer.who.tenant is not None:
+        target = viewer.who.tenant
+    sw = access.enable_switch(
+        store,
+        viewer.who,
+        scope=scope,
+        target=target,
+        mode=cast(KillMode | None, web.choice(fields.get("mode"), killswitch.MODES, "mode")),
+        reason=_reason(fields),
+    )
+    approvals.cancel_covered(store, sw)  # as `corral kill enable` does
+    return "/ui/kill?done=on"
+
+
+def _switch_off(store: Store, viewer: Viewer, fields: dict[str, str]) -> str:
+    access.disable_switch(
+        store,
+        viewer.who,
+        scope=_scope(fields),
+        target=fields.get("target", ""),
+        reason=_reason(fields),
+    )
+    return "/ui/kill?done=off"
 
 
 @router.post("/kill")
 async def kill_on(request: Request) -> Response:
-    viewer, fields, refused = await _checked(request)
-    if refused is not None or viewer is None:
-        return refused or web.to_login(request)
-
-    def act() -> Response:
-        if fields.get("confirm") != "yes":
-            raise ConfigError("tick the confirmation to turn a kill switch on")
-        scope = fields.get("scope", "global")
-        target = fields.get("target", "").strip()
-        if scope == "tenant" and not target and viewer.who.tenant is not None:
-            target = viewer.who.tenant
-        mode = web.choice(fields.get("mode"), ("stop_all", "disable_writes", "disable_expensive"),
-                          "mode")  # fmt: skip
-        store = web.store(request)
-        sw = access.enable_switch(
-            store,
-            viewer.who,
-            scope=cast(KillScope, web.choice(scope, ("global", "tenant", "agent", "tool", "run"),
-                                             "scope")),  # fmt: skip
-            target=target,
-            mode=cast(KillMode | None, mode),
-            reason=_reason(fields),
-        )
-        approvals.cancel_covered(store, sw)
-        return web.see_other("/ui/kill?done=on")
-
-    return await run_in_threadpool(web.answer, viewer, act)
+    return await _change(request, _switch_on)
 
 
 @router.post("/kill/off")
 async def kill_off(request: Request) -> Response:
-    viewer, fields, refused = await _checked(request)
-    if refused is not None or viewer is None:
-        return refused or web.to_login(request)
-
-    def act() -> Response:
-        scope = web.choice(fields.get("scope"), ("global", "tenant", "agent", "tool", "run"),
-                           "scope") or "global"  # fmt: skip
-        access.disable_switch(
-            web.store(request),
-            viewer.who,
-            scope=cast(KillScope, scope),
-            target=fields.get("target", ""),
-            reason=_reason(fields),
-        )
-        return web.see_other("/ui/kill?done=off")
-
-    return await run_in_threadpool(web.answer, viewer, act)
+    return await _change(request, _switch_off)

@@ -76,7 +76,9 @@ def _number(value: float, unit: str) -> str:
     if unit == "$":
         return f"${value:,.2f}"
     if unit == "s":
-        return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+        if value < 0.001:
+            return f"{value * 1e6:.0f} µs"
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
     return f"{value:,.0f}" if value == int(value) else f"{value:,.2f}"
 
 
@@ -95,12 +97,12 @@ def columns(
         return Chart(title=title, width=WIDTH, height=HEIGHT, empty=True, note=note)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     step = plot_w / len(data)
-    bar = max(1.0, step * 0.7)
+    bar = min(48.0, max(1.0, step * 0.7))
     rects, texts = [], _y_axis(top, unit, plot_h)
     every = max(1, len(data) // 12)  # at most ~12 labels under the axis
     for i, (label, parts) in enumerate(data):
         x = LEFT + i * step + (step - bar) / 2
-        y = TOP + plot_h
+        y = float(TOP + plot_h)
         for s in series:
             value = parts.get(s, 0.0)
             if value <= 0:
@@ -131,9 +133,7 @@ def _y_axis(top: float, unit: str, plot_h: float) -> list[Text]:
     ]
 
 
-def rows(
-    title: str, data: Sequence[tuple[str, float]], *, unit: str = "", note: str = ""
-) -> Chart:
+def rows(title: str, data: Sequence[tuple[str, float]], *, unit: str = "", note: str = "") -> Chart:
     """Horizontal bars, one per ``(label, value)``, largest first, at most 12."""
     shown = sorted((d for d in data if d[1] > 0), key=lambda d: (-d[1], d[0]))[:12]
     if not shown:
@@ -147,8 +147,14 @@ def rows(
         y = TOP + i * line
         w = max(1.0, value / top * plot_w)
         rects.append(
-            Rect(x=label_w, y=y, w=w, h=line - 6, fill=colour(0), title=f"{label}: "
-                 f"{_number(value, unit)}")  # fmt: skip
+            Rect(
+                x=label_w,
+                y=y,
+                w=w,
+                h=line - 6,
+                fill=colour(0),
+                title=f"{label}: {_number(value, unit)}",
+            )
         )
         texts.append(Text(x=label_w - 8, y=y + 12, text=label[:28], anchor="end"))
         texts.append(Text(x=label_w + w + 6, y=y + 12, text=_number(value, unit), anchor="start"))

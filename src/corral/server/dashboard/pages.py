@@ -12,11 +12,14 @@ parts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from corral.controls import killswitch
 from corral.controls.keys import Action, period_seconds
 from corral.controls.reach import EFFECTS, reach
 from corral.record.views import approval_row, run_row, switch_row, timeline_of
@@ -32,8 +35,18 @@ STATUSES: Final = ("running", "ok", "stopped", "error", "interrupted")
 RUNS_SHOWN: Final = 200
 #: How many decided approvals the queue shows under the pending ones.
 DECIDED_SHOWN: Final = 20
-#: The kill switch's modes, as the form offers them ("" is each run's own).
-MODES: Final = ("stop_all", "disable_writes", "disable_expensive")
+
+
+Build = Callable[[Request, Viewer], dict[str, Any]]
+
+
+def _show(request: Request, template: str, build: Build) -> Response:
+    """``template`` rendered with what ``build`` reads for the request's viewer; the
+    login page for a browser logged out; the refusal's page for a refusal."""
+    viewer = web.viewer(request)
+    if viewer is None:
+        return web.to_login(request)
+    return web.answer(viewer, lambda: render.page(template, **build(request, viewer)))
 
 
 def _filters(request: Request, viewer: Viewer) -> dict[str, Any]:
@@ -68,49 +81,38 @@ def _runs(request: Request, viewer: Viewer) -> dict[str, Any]:
         "runs": rows,
         "statuses": STATUSES,
         "stop_reasons": STOP_REASONS,
-        "query": request.url.query,
+        "query": urlencode({k: v for k, v in chosen.items() if v is not None}),
         "limit": RUNS_SHOWN,
     }
 
 
 @router.get("/runs")
 def runs_page(request: Request) -> Response:
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-    return web.answer(viewer, lambda: render.page("runs.html", **_runs(request, viewer)))
+    return _show(request, "runs.html", _runs)
 
 
 @router.get("/runs/rows")
 def runs_rows(request: Request) -> Response:
     """The runs table's rows alone (what the page polls)."""
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-    return web.answer(viewer, lambda: render.page("_runs_rows.html", **_runs(request, viewer)))
+    return _show(request, "_runs_rows.html", _runs)
 
 
 @router.get("/runs/{run_id}")
 def run_page(request: Request, run_id: str) -> Response:
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-
-    def make() -> Response:
+    def build(request: Request, viewer: Viewer) -> dict[str, Any]:
         store = web.store(request)
         record = access.run_for(store, viewer.who, run_id, Action.TIMELINE_READ)
         events = store.events(run_id)
         asked = store.list_approvals(status=None, run_id=run_id)
-        return render.page(
-            "run.html",
-            viewer=viewer,
-            run=run_row(record, events),
-            answer=record.answer,
-            timeline=timeline_of(record, events),
-            approvals=[approval_row(a) for a in asked if a.tenant == record.tenant],
-        )
+        return {
+            "viewer": viewer,
+            "run": run_row(record, events),
+            "answer": record.answer,
+            "timeline": timeline_of(record, events),
+            "approvals": [approval_row(a) for a in asked if a.tenant == record.tenant],
+        }
 
-    return web.answer(viewer, make)
+    return _show(request, "run.html", build)
 
 
 def _queue(request: Request, viewer: Viewer) -> dict[str, Any]:
@@ -126,8 +128,10 @@ def _queue(request: Request, viewer: Viewer) -> dict[str, Any]:
     )[:DECIDED_SHOWN]
     return {
         "viewer": viewer,
-        "pending": [(approval_row(a), a.expires, viewer.may(Action.APPROVALS_DECIDE, a.tenant))
-                    for a in pending],  # fmt: skip
+        "pending": [
+            (approval_row(a), a.expires, viewer.may(Action.APPROVALS_DECIDE, a.tenant))
+            for a in pending
+        ],
         "decided": [approval_row(a) for a in decided],
         "done": request.query_params.get("done"),
         "now": time.time(),
@@ -136,19 +140,13 @@ def _queue(request: Request, viewer: Viewer) -> dict[str, Any]:
 
 @router.get("/approvals")
 def approvals_page(request: Request) -> Response:
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-    return web.answer(viewer, lambda: render.page("approvals.html", **_queue(request, viewer)))
+    return _show(request, "approvals.html", _queue)
 
 
 @router.get("/approvals/list")
 def approvals_list(request: Request) -> Response:
     """The queue alone (what the page polls)."""
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-    return web.answer(viewer, lambda: render.page("_approvals.html", **_queue(request, viewer)))
+    return _show(request, "_approvals.html", _queue)
 
 
 def _kill(request: Request, viewer: Viewer) -> dict[str, Any]:
@@ -175,9 +173,8 @@ def _kill(request: Request, viewer: Viewer) -> dict[str, Any]:
         "switches": shown,
         "stopped": [run_row(r) for r in stopped],
         "may_toggle": viewer.may(Action.KILL_TOGGLE, own),
-        "scopes": ("tenant", "run") if own is not None else ("global", "tenant", "agent", "tool",
-                                                               "run"),  # fmt: skip
-        "modes": MODES,
+        "scopes": ("tenant", "run") if own is not None else killswitch.SCOPES,
+        "modes": killswitch.MODES,
         "effects": EFFECTS,
         "done": request.query_params.get("done"),
     }
@@ -185,22 +182,16 @@ def _kill(request: Request, viewer: Viewer) -> dict[str, Any]:
 
 @router.get("/kill")
 def kill_page(request: Request) -> Response:
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-    return web.answer(viewer, lambda: render.page("kill.html", **_kill(request, viewer)))
+    return _show(request, "kill.html", _kill)
+
+
+def _charts(request: Request, viewer: Viewer) -> dict[str, Any]:
+    asked = (request.query_params.get("tenant") or "").strip() or None
+    tenant = asked if viewer.who.tenant is None else viewer.who.tenant
+    drawn = figures.charts(web.store(request), viewer.who, tenant)
+    return {"viewer": viewer, "charts": drawn, "tenant": tenant}
 
 
 @router.get("/charts")
 def charts_page(request: Request) -> Response:
-    viewer = web.viewer(request)
-    if viewer is None:
-        return web.to_login(request)
-
-    def make() -> Response:
-        asked = (request.query_params.get("tenant") or "").strip() or None
-        tenant = asked if viewer.who.tenant is None else viewer.who.tenant
-        drawn = figures.charts(web.store(request), viewer.who, tenant)
-        return render.page("charts.html", viewer=viewer, charts=drawn, tenant=tenant)
-
-    return web.answer(viewer, make)
+    return _show(request, "charts.html", _charts)

@@ -67,7 +67,7 @@ class Sessions:
             )
         #: Whether the secret is this process's own: sessions end with the process.
         self.ephemeral = given is None
-        self._secret = (given.encode() if given is not None else secrets.token_bytes(32))
+        self._secret = given.encode() if given is not None else secrets.token_bytes(32)
         self._signer = URLSafeTimedSerializer(self._secret, salt="corral.dashboard.session")
 
     def new(self, key_id: str | None = None) -> Session:
