@@ -596,13 +596,20 @@ def _pending(store: Store) -> ApprovalRecord:
     pytest.fail("no approval became pending")
 
 
-def _decide_in_browser(tab: Tab, served: Served, verb: str, reason: str) -> ApprovalRecord:
+def _decide_in_browser(
+    tab: Tab, served: Served, verb: str, reason: str, *, across_a_poll: bool = False
+) -> ApprovalRecord:
     request = _pending(served.store)
     tab.login(served.keys["acme-approver"])
     tab.page.goto(f"{served.url}/ui/approvals")
     card = tab.page.locator(f"article[data-approval='{request.id}']")
     assert "42" in card.locator("pre.arguments").inner_text()
     card.locator("input[name=reason]").fill(reason)
+    if across_a_poll:  # the queue reloads itself every 2 s: what is typed stays
+        with tab.page.expect_response(lambda r: r.url.endswith("/ui/approvals/list")):
+            pass
+        tab.page.wait_for_timeout(100)
+        assert card.locator("input[name=reason]").input_value() == reason
     card.locator(f"button[value={verb}]").click()
     tab.page.wait_for_url(f"{served.url}/ui/approvals?done={verb}")
     return request
@@ -615,7 +622,7 @@ def test_a_waiting_agent_is_approved_from_the_browser_and_proceeds(
     reason, and the agent's write runs once."""
     sent: list[int] = []
     agent = _refund_agent(served, sent)
-    request = _decide_in_browser(tab, served, "approve", "checked the order")
+    request = _decide_in_browser(tab, served, "approve", "checked the order", across_a_poll=True)
     agent.join(20)
     assert agent.outcome == "sent 42" and sent == [42] and agent.stop_reason == "ok"
     record = served.store.get_approval(request.id)
