@@ -484,6 +484,21 @@ def test_charts_draw_bars_in_proportion_and_nothing_for_no_data() -> None:
     assert columns("e", []).empty and rows("e", [("x", 0.0)]).empty
 
 
+def test_times_read_as_people_say_them() -> None:
+    """Latencies and time left: µs, ms, s, minutes, hours; a deadline gone is ``past``."""
+    from corral.server.dashboard.render import duration, left
+
+    assert [duration(x) for x in (0.000085, 0.0085, 12.34, 245, 7800)] == [
+        "85 µs",
+        "8.5 ms",
+        "12.3 s",
+        "4m 05s",
+        "2h 10m",
+    ]
+    assert left(1000.0, now=755.0) == "4m 05s" and left(1000.0, now=1001.0) == "past"
+    assert duration(None) == left(None) == "—"
+
+
 # -- in the browser -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:

@@ -47,11 +47,13 @@ def left(expires: float | None, now: float | None = None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``seconds`` as ``850 ms``, ``12.3 s``, ``4m 05s`` or ``2h 10m``."""
+    """``seconds`` as ``85 µs``, ``8.5 ms``, ``12.3 s``, ``4m 05s`` or ``2h 10m``."""
     if seconds is None:
         return "—"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
     if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
     whole = int(seconds)
