@@ -22,19 +22,20 @@ from typing import Any
 import httpx
 import pytest
 
-uvicorn = pytest.importorskip("uvicorn", reason="corral serve needs the serve extra")
+pytest.importorskip("uvicorn", reason="corral serve needs the serve extra")
 pytest.importorskip("jinja2", reason="the dashboard needs the serve extra")
 
-import corral  # noqa: E402
-from corral.controls import killswitch  # noqa: E402
-from corral.controls.keys import authenticate, create_key, revoke_key  # noqa: E402
-from corral.server import create_app  # noqa: E402
-from corral.server.dashboard import figures  # noqa: E402
-from corral.server.dashboard.charts import columns, rows  # noqa: E402
-from corral.server.dashboard.render import CSP, STATIC, TEMPLATES  # noqa: E402
-from corral.server.dashboard.session import COOKIE, Sessions  # noqa: E402
-from corral.stores.base import ApprovalRecord, Store  # noqa: E402
-from corral.stores.sqlite import SQLiteStore  # noqa: E402
+import corral
+from corral.controls import killswitch
+from corral.controls.keys import authenticate, create_key, revoke_key
+from corral.server import create_app
+from corral.server.dashboard import figures
+from corral.server.dashboard.charts import columns, rows
+from corral.server.dashboard.render import CSP, STATIC, TEMPLATES
+from corral.server.dashboard.session import COOKIE, Sessions
+from corral.stores.base import ApprovalRecord, Store
+from corral.stores.sqlite import SQLiteStore
+from serving import first_pending, make_keys, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"
@@ -53,38 +54,24 @@ class Served:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def _keys(store: Store) -> dict[str, str]:
-    made = {
-        "acme-agent": ("acme", "agent"),
-        "acme-approver": ("acme", "approver"),
-        "acme-admin": ("acme", "admin"),
-        "beta-admin": ("beta", "admin"),
-        "root": (None, "admin"),
-    }
-    return {
-        name: create_key(store, tenant=t, role=r, name=name, actor="test").token
-        for name, (t, r) in made.items()
-    }
+#: The keys every test has: (tenant, role) by name.
+KEYS: dict[str, tuple[str | None, str]] = {
+    "acme-agent": ("acme", "agent"),
+    "acme-approver": ("acme", "approver"),
+    "acme-admin": ("acme", "admin"),
+    "beta-admin": ("beta", "admin"),
+    "root": (None, "admin"),
+}
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     path = tmp_path / "corral.db"
     store = SQLiteStore(str(path))
-    config = uvicorn.Config(create_app(store), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Served(store, f"http://127.0.0.1:{port}", path, _keys(store))
+        with serving(store) as url:
+            yield Served(store, url, path, make_keys(store, KEYS))
     finally:
-        server.should_exit = True
-        thread.join(10)
         store.close()
 
 
@@ -601,20 +588,10 @@ def _refund_agent(served: Served, sent: list[int]) -> Agent:
     return agent
 
 
-def _pending(store: Store) -> ApprovalRecord:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = store.list_approvals()
-        if found:
-            return found[0]
-        time.sleep(0.02)
-    pytest.fail("no approval became pending")
-
-
 def _decide_in_browser(
     tab: Tab, served: Served, verb: str, reason: str, *, across_a_poll: bool = False
 ) -> ApprovalRecord:
-    request = _pending(served.store)
+    request = first_pending(served.store)
     tab.login(served.keys["acme-approver"])
     tab.page.goto(f"{served.url}/ui/approvals")
     card = tab.page.locator(f"article[data-approval='{request.id}']")
