@@ -33,7 +33,7 @@ from corral.server.dashboard import figures
 from corral.server.dashboard.charts import columns, rows
 from corral.server.dashboard.render import CSP, STATIC, TEMPLATES
 from corral.server.dashboard.session import COOKIE, Sessions
-from corral.stores.base import ApprovalRecord, Store
+from corral.stores.base import ApprovalRecord, RunRecord, Store
 from corral.stores.sqlite import SQLiteStore
 from serving import first_pending, make_keys, serving
 
@@ -408,6 +408,40 @@ def test_a_pending_request_stays_pending_when_a_waiter_gives_up(served: Served) 
     pending, decided = queue.split("Decided lately")
     assert 'data-approval="apr_waited"' in pending and "left" in pending
     assert "apr_waited" not in decided
+
+
+def test_filters_find_a_run_older_than_the_newest_page(tmp_path: Path) -> None:
+    """Filtering by agent, status or stop reason looks past the newest 200 runs, and the
+    time filter keeps only runs started within it."""
+    from starlette.testclient import TestClient
+
+    from corral.testing import MemoryStore
+
+    store = MemoryStore()
+    token = make_keys(store, {"root": (None, "admin")})["root"]
+    store.create_run(
+        RunRecord(
+            id="run_two_hours_ago",
+            tenant="acme",
+            agent="needle-bot",
+            status="ok",
+            stop_reason="ok",
+            started_at=time.time() - 7200,
+        )
+    )
+    needle = _finished_run(store, "acme", "needle-bot")
+    for _ in range(210):
+        _finished_run(store, "acme", "hay-bot")
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as http:
+        page = http.get("/ui/login")
+        http.post("/ui/login", data={"csrf": _csrf(page.text), "key": token})
+        assert needle not in http.get("/ui/runs").text  # 200 newer runs come first
+        found = http.get("/ui/runs/rows", params={"agent": "needle-bot"}).text
+        assert needle in found and "run_two_hours_ago" in found
+        assert found.count('class="run"') == 2
+        recent = http.get("/ui/runs/rows", params={"agent": "needle-bot", "since": "1h"}).text
+        assert needle in recent and "run_two_hours_ago" not in recent
+        assert http.get("/ui/runs/rows", params={"since": "15x"}).status_code == 400
 
 
 def test_the_demo_runs_show_in_the_dashboard(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 STATUSES: Final = ("running", "ok", "stopped", "error", "interrupted")
 #: How many runs the runs page lists at most.
 RUNS_SHOWN: Final = 200
+#: How many of the newest runs a filter by agent, status or stop reason looks through.
+SCANNED: Final = 5000
 #: How many decided approvals the queue shows under the pending ones.
 DECIDED_SHOWN: Final = 20
 
@@ -72,9 +74,9 @@ def _runs(request: Request, viewer: Viewer) -> dict[str, Any]:
         agent=chosen["agent"],
         status=chosen["status"],
         stop_reason=chosen["stop_reason"],
-        limit=RUNS_SHOWN,
+        limit=SCANNED if any(chosen[k] for k in ("agent", "status", "stop_reason")) else RUNS_SHOWN,
     )
-    rows = [run_row(r) for r in found if after is None or r.started_at >= after]
+    rows = [run_row(r) for r in found if after is None or r.started_at >= after][:RUNS_SHOWN]
     return {
         "viewer": viewer,
         "filters": chosen,
@@ -83,6 +85,7 @@ def _runs(request: Request, viewer: Viewer) -> dict[str, Any]:
         "stop_reasons": STOP_REASONS,
         "query": urlencode({k: v for k, v in chosen.items() if v is not None}),
         "limit": RUNS_SHOWN,
+        "scanned": SCANNED,
     }
 
 
