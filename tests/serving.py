@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +14,7 @@ import httpx
 
 from corral.controls.keys import create_key
 from corral.server import create_app
-from corral.stores.base import Store
+from corral.stores.base import ApprovalRecord, Store
 
 #: The keys every served app gets: name -> (tenant, role).
 KEYS = {
@@ -55,12 +55,28 @@ def serving(store: Store, **app_options: Any) -> Iterator[Served]:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    keys = {
-        name: create_key(store, tenant=tenant, role=role, name=name, actor="test").token
-        for name, (tenant, role) in KEYS.items()
-    }
+    keys = make_keys(store, KEYS)
     try:
         yield Served(store, f"http://127.0.0.1:{port}", keys, app)
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def make_keys(store: Store, made: Mapping[str, tuple[str | None, str]]) -> dict[str, str]:
+    """A key per ``name: (tenant, role)``, named ``name``; their tokens by name."""
+    return {
+        name: create_key(store, tenant=tenant, role=role, name=name, actor="test").token
+        for name, (tenant, role) in made.items()
+    }
+
+
+def first_pending(store: Store, *, within: float = 20.0) -> ApprovalRecord:
+    """The first pending approval in ``store``, waited for; AssertionError after ``within``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = store.list_approvals()
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError("no approval became pending")

@@ -506,3 +506,28 @@ def test_a_body_trickled_or_left_unfinished_is_refused_as_too_slow(tmp_path: Pat
                 assert http.get("/v1/killswitch").json()["count"] == 0
     finally:
         store.close()
+
+
+def test_a_switch_set_over_http_cancels_the_approvals_it_covers(served: Served) -> None:
+    now = time.time()
+    for approval_id, tenant in (("apr_a", "acme"), ("apr_b", "beta")):
+        served.store.create_approval(
+            ApprovalRecord(
+                id=approval_id,
+                run_id=f"run_{approval_id}",
+                tool="refund.send",
+                args_digest="d",
+                arguments={"amount": 1},
+                tenant=tenant,
+                agent="bot",
+                created=now,
+                expires=now + 600,
+            )
+        )
+    with served.client("acme-admin") as http:
+        switch = {"scope": "tenant", "target": "acme", "mode": "disable_writes", "reason": "drill"}
+        assert http.post("/v1/killswitch", json=switch).status_code == 200
+    cancelled = served.store.get_approval("apr_a")
+    untouched = served.store.get_approval("apr_b")
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert untouched is not None and untouched.status == "pending"  # another tenant's

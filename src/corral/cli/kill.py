@@ -14,7 +14,7 @@ change, on and off, is written to the audit log (kind ``kill_switch``, run id
 ``-``) with who (``--as``, alias ``--by``, default ``$USER@host``), why
 (``--reason``), the scope, target and mode, in the same transaction as the change.
 ``enable`` then says what it reached: the running runs (live heartbeat) of that store
-it covers, by tenant and agent, and the mode each applies (see :mod:`corral.cli._reach`).
+it covers, by tenant and agent, and the mode each applies (see :mod:`corral.controls.reach`).
 
 Exit codes: 0 done; 1 no store there, the store cannot be reached, or ``disable``
 found no switch there; 2 a usage error (one line, never a traceback).
@@ -39,7 +39,7 @@ where a switch is ``{"scope", "target", "mode", "reason", "by", "since"}``; ``mo
 time (``null`` only for a store that does not report it).
 
 Imports the kill switch and approvals queue (:mod:`corral.controls`), the stores, the
-shared ``_common``, ``_format`` and ``_reach``; no other command module.
+shared ``_common`` and ``_format``, and :mod:`corral.controls.reach`; no other command module.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ from corral.cli._common import (
     open_db,
 )
 from corral.cli._format import columns
-from corral.cli._reach import EFFECTS, Reach, reach
 from corral.controls import approvals, killswitch
+from corral.controls.reach import EFFECTS, Reach, reach
 from corral.exceptions import StoreError
 from corral.record.views import switch_row
 from corral.stores.base import KillScope, KillSwitchState
@@ -145,7 +145,7 @@ def enable(
         )
         cancelled = approvals.cancel_covered(store, sw)
         try:
-            reached: Reach | None = reach(store, sw)
+            reached: Reach | None = reach(store, sw, limit=SCAN_LIMIT)
         except StoreError as exc:  # the switch is on: only the account of its reach failed
             reached, unread = None, one_line(exc)
         note = _note(sw, reached)

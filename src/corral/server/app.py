@@ -1,5 +1,5 @@
 """The application: :func:`create_app` over one store, with the health endpoints and the
-metrics beside the ``/v1`` API.
+metrics beside the ``/v1`` API, and the dashboard under ``/ui``.
 
 Imports the server's parts, the record's metrics and the stores.
 """
@@ -20,7 +20,7 @@ from corral.exceptions import StoreError
 from corral.policy.schema import Policy
 from corral.record import metrics
 from corral.secrets import SecretProvider
-from corral.server import agents, errors, operators, streams
+from corral.server import agents, dashboard, errors, operators, streams
 from corral.server.auth import key_of, require
 from corral.server.runs import IDLE_SECONDS, Runs
 from corral.stores.base import Store
@@ -66,6 +66,7 @@ def create_app(
     app.include_router(agents.router)
     app.include_router(streams.router)  # before operators': /approvals/stream is no approval id
     app.include_router(operators.router)
+    dashboard.mount(app)  # the operators' pages under /ui
 
     @app.get("/healthz", summary="The process answers", tags=["health"])
     def healthz() -> dict[str, Any]:

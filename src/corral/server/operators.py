@@ -20,13 +20,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from corral.controls import approvals, killswitch
+from corral.controls import approvals
 from corral.controls.keys import Action, Principal
 from corral.record import audit
 from corral.record.views import approval_row, run_row, switch_row, timeline_of
-from corral.server.auth import key_of, may_see, require, visible_tenant
-from corral.server.errors import REFUSALS, NotFound
-from corral.stores.base import ApprovalRecord, ApprovalStatus, KillScope, KillSwitchState, Store
+from corral.server import access
+from corral.server.auth import key_of, require, visible_tenant
+from corral.server.errors import REFUSALS
+from corral.stores.base import ApprovalStatus, KillScope, Store
 
 router = APIRouter(prefix="/v1", responses=REFUSALS)
 Who = Annotated[Principal, Depends(key_of)]
@@ -55,25 +56,21 @@ def list_runs(
     stop_reason: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> dict[str, Any]:
-    scope = visible_tenant(who, tenant)
-    require(who, Action.RUNS_READ, scope if who.tenant is not None else who.tenant)
-    found = _store(request).list_runs(limit=limit, tenant=scope)
-    rows = [
-        run_row(r)
-        for r in found
-        if (agent is None or r.agent == agent)
-        and (status is None or r.status == status)
-        and (stop_reason is None or r.stop_reason == stop_reason)
-    ]
+    found = access.find_runs(
+        _store(request),
+        who,
+        tenant=tenant,
+        agent=agent,
+        status=status,
+        stop_reason=stop_reason,
+        limit=limit,
+    )
+    rows = [run_row(r) for r in found]
     return {"count": len(rows), "runs": rows}
 
 
 def _run(request: Request, who: Who, run_id: str, action: Action) -> Any:
-    record = _store(request).get_run(run_id)
-    if record is None:
-        raise NotFound(f"no run {run_id!r}")
-    may_see(who, action, record.tenant, f"run {run_id!r}")
-    return record
+    return access.run_for(_store(request), who, run_id, action)
 
 
 @router.get("/runs/{run_id}", summary="One run: its row, answer and usage")
@@ -99,12 +96,7 @@ class Decision(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-def _approval(store: Store, who: Principal, approval_id: str) -> ApprovalRecord:
-    record = store.get_approval(approval_id)
-    if record is None:
-        raise NotFound(f"no approval {approval_id!r}")
-    may_see(who, Action.APPROVALS_READ, record.tenant, f"approval {approval_id!r}")
-    return record
+_approval = access.approval_for
 
 
 @router.get("/approvals", summary="Approval requests (pending by default)")
@@ -130,12 +122,8 @@ def get_approval(request: Request, who: Who, approval_id: str) -> dict[str, Any]
 
 
 def _decide(request: Request, who: Principal, approval_id: str, verb: str, reason: str) -> Any:
-    store = _store(request)
-    record = _approval(store, who, approval_id)
-    require(who, Action.APPROVALS_DECIDE, record.tenant)
-    decide = approvals.approve if verb == "approve" else approvals.deny
-    by = who.name or f"key {who.key_id}"
-    return {"approval": approval_row(decide(store, approval_id, approver=by, reason=reason))}
+    decided = access.decide(_store(request), who, approval_id, verb, reason)
+    return {"approval": approval_row(decided)}
 
 
 @router.post("/approvals/{approval_id}/approve", summary="Approve a pending request")
@@ -183,43 +171,21 @@ class Switch(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-def _switch_tenant(store: Store, scope: str, target: str) -> str | None:
-    """The tenant a switch concerns: its own for ``tenant``, the run's for ``run``;
-    ``None`` (every tenant: only a global key) for the others."""
-    if scope == "tenant":
-        return target
-    if scope == "run":
-        run = store.get_run(target)
-        return run.tenant if run is not None else None
-    return None
-
-
-def _sees(store: Store, who: Principal, sw: KillSwitchState) -> bool:
-    if who.tenant is None or sw.scope in ("global", "agent", "tool"):
-        return True  # a fleet-wide switch stops this tenant's calls too: it may know
-    return _switch_tenant(store, sw.scope, sw.target) == who.tenant
-
-
 @router.get("/killswitch", summary="The kill switches that are on")
 def switches(request: Request, who: Who) -> dict[str, Any]:
-    store = _store(request)
-    require(who, Action.KILL_STATUS, who.tenant)
-    rows = [switch_row(sw) for sw in store.kill_switches() if _sees(store, who, sw)]
+    rows = [switch_row(sw) for sw in access.switches_for(_store(request), who)]
     return {"count": len(rows), "switches": rows}
 
 
 @router.post("/killswitch", summary="Turn a kill switch on")
 def enable(request: Request, who: Who, body: Switch) -> dict[str, Any]:
-    store = _store(request)
-    target = killswitch.check_switch(body.scope, body.target, body.mode)
-    require(who, Action.KILL_TOGGLE, _switch_tenant(store, body.scope, target))
-    sw = killswitch.enable(
-        store,
+    sw = access.enable_switch(
+        _store(request),
+        who,
         scope=body.scope,
-        target=target,
+        target=body.target,
         mode=body.mode,
         reason=body.reason,
-        actor=who.name or f"key {who.key_id}",
     )
     return {"switch": switch_row(sw)}
 
@@ -232,12 +198,7 @@ def disable(
     target: str = "",
     reason: Annotated[str, Query(max_length=2000)] = "",
 ) -> dict[str, Any]:
-    store = _store(request)
-    target = killswitch.check_switch(scope, target)
-    require(who, Action.KILL_TOGGLE, _switch_tenant(store, scope, target))
-    cleared = killswitch.disable(
-        store, scope=scope, target=target, reason=reason, actor=who.name or f"key {who.key_id}"
-    )
+    cleared = access.disable_switch(_store(request), who, scope=scope, target=target, reason=reason)
     return {"cleared": cleared}
 
 

@@ -7,7 +7,7 @@ it covers; one set without applies each run's ``kill_switch.mode_when_enabled``,
 the run record keeps (``RunRecord.kill_mode``, written when the run starts or resumes; a
 run recorded by an older corral has none, and its mode shows as unknown).
 
-Imports the stores and :mod:`corral.cli._common`.
+Used by ``corral kill enable`` and the dashboard's kill-switch page. Imports the stores.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from corral.cli._common import SCAN_LIMIT
 from corral.stores.base import KillMode, KillSwitchState, RunRecord, Store
 from corral.stores.owner import RUN_LEASE_SECONDS, interruption
 
 ModeSource = Literal["switch", "policy", "unknown"]
+
+#: How many of the newest runs :func:`reach` looks through by default.
+SCAN_LIMIT = 10_000
 
 #: What each mode refuses, in a few words.
 EFFECTS: dict[str, str] = {
@@ -54,18 +56,30 @@ class Reach:
         return sum(len(g.run_ids) for g in self.groups)
 
 
-def reach(store: Store, switch: KillSwitchState, *, now: float | None = None) -> Reach:
-    """The running runs ``switch`` covers in ``store`` and the mode each applies."""
+def reach(
+    store: Store,
+    switch: KillSwitchState,
+    *,
+    now: float | None = None,
+    limit: int = SCAN_LIMIT,
+    tenant: str | None = None,
+) -> Reach:
+    """The running runs ``switch`` covers in ``store`` (of ``tenant`` only, when given)
+    and the mode each applies, looking through the newest ``limit`` runs."""
     moment = time.time() if now is None else now
     if switch.scope == "run":
         found = store.get_run(switch.target)
         records, scanned_all = ([found] if found is not None else []), True
     else:
-        records = store.list_runs(limit=SCAN_LIMIT)
-        scanned_all = len(records) < SCAN_LIMIT
-    live = [r for r in records if _live(r, moment) and _covers(switch, r)]
+        records = store.list_runs(limit=limit, tenant=tenant)
+        scanned_all = len(records) < limit
+    running = [
+        r
+        for r in records
+        if live(r, moment) and covers(switch, r) and (tenant is None or r.tenant == tenant)
+    ]
     found_groups: dict[tuple[str | None, str | None, str | None, str], list[str]] = {}
-    for record in live:
+    for record in running:
         mode, source = _mode(switch, record)
         found_groups.setdefault((record.tenant, record.agent, mode, source), []).append(record.id)
     groups = [
@@ -82,7 +96,9 @@ def reach(store: Store, switch: KillSwitchState, *, now: float | None = None) ->
     return Reach(groups=tuple(groups), scanned_all=scanned_all)
 
 
-def _live(record: RunRecord, now: float) -> bool:
+def live(record: RunRecord, now: float) -> bool:
+    """Whether ``record`` is a run still running (its process alive, or its heartbeat
+    recent)."""
     if record.status != "running":
         return False
     why = interruption(
@@ -91,7 +107,8 @@ def _live(record: RunRecord, now: float) -> bool:
     return why is None
 
 
-def _covers(switch: KillSwitchState, record: RunRecord) -> bool:
+def covers(switch: KillSwitchState, record: RunRecord) -> bool:
+    """Whether ``switch`` applies to the run ``record``."""
     # A tool switch covers every run: it applies to each run's calls of that tool.
     if switch.scope == "tenant":
         return record.tenant == switch.target
