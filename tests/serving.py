@@ -80,3 +80,24 @@ def first_pending(store: Store, *, within: float = 20.0) -> ApprovalRecord:
             return found[0]
         time.sleep(0.02)
     raise AssertionError("no approval became pending")
+
+
+def file_request(
+    store: Store, approval_id: str, tenant: str, *, run_id: str | None = None
+) -> ApprovalRecord:
+    """A pending approval request of ``tenant`` for refund.send, filed straight into the
+    store (as a waiting run would), expiring in 10 minutes."""
+    now = time.time()
+    record = ApprovalRecord(
+        id=approval_id,
+        run_id=run_id or f"run_{approval_id}",
+        tool="refund.send",
+        args_digest="d",
+        arguments={"amount": 1},
+        tenant=tenant,
+        agent="bot",
+        created=now,
+        expires=now + 600,
+    )
+    store.create_approval(record)
+    return record

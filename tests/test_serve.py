@@ -25,7 +25,7 @@ import corral  # noqa: E402
 from corral.server import create_app  # noqa: E402
 from corral.stores.base import ApprovalRecord, Store  # noqa: E402
 from corral.stores.sqlite import SQLiteStore  # noqa: E402
-from serving import Served, serving  # noqa: E402
+from serving import Served, file_request, serving  # noqa: E402
 
 
 @pytest.fixture
@@ -219,20 +219,7 @@ def test_a_denial_over_http_stops_the_agent_and_a_waiter_hears_it(served: Served
 
 
 def test_a_wait_that_times_out_says_pending_never_denied(served: Served) -> None:
-    now = time.time()
-    served.store.create_approval(
-        ApprovalRecord(
-            id="apr_wait",
-            run_id="run_w",
-            tool="refund.send",
-            args_digest="d",
-            arguments={"amount": 1},
-            tenant="acme",
-            agent="bot",
-            created=now,
-            expires=now + 600,
-        )
-    )
+    file_request(served.store, "apr_wait", "acme", run_id="run_w")
     with served.client("acme-approver") as http:
         started = time.monotonic()
         out = http.get("/v1/approvals/apr_wait/wait", params={"timeout": 0.3}).json()
@@ -437,20 +424,7 @@ def test_corral_serve_starts_answers_and_stops(tmp_path: Path) -> None:
 
 def test_the_approvals_stream_tells_of_new_requests_and_their_decisions(served: Served) -> None:
     def request(approval_id: str, tenant: str) -> None:
-        now = time.time()
-        served.store.create_approval(
-            ApprovalRecord(
-                id=approval_id,
-                run_id=f"run_{approval_id}",
-                tool="refund.send",
-                args_digest="d",
-                arguments={"amount": 1},
-                tenant=tenant,
-                agent="bot",
-                created=now,
-                expires=now + 600,
-            )
-        )
+        file_request(served.store, approval_id, tenant)
 
     request("apr_first", "acme")
     events: list[dict[str, Any]] = []
@@ -509,21 +483,8 @@ def test_a_body_trickled_or_left_unfinished_is_refused_as_too_slow(tmp_path: Pat
 
 
 def test_a_switch_set_over_http_cancels_the_approvals_it_covers(served: Served) -> None:
-    now = time.time()
     for approval_id, tenant in (("apr_a", "acme"), ("apr_b", "beta")):
-        served.store.create_approval(
-            ApprovalRecord(
-                id=approval_id,
-                run_id=f"run_{approval_id}",
-                tool="refund.send",
-                args_digest="d",
-                arguments={"amount": 1},
-                tenant=tenant,
-                agent="bot",
-                created=now,
-                expires=now + 600,
-            )
-        )
+        file_request(served.store, approval_id, tenant)
     with served.client("acme-admin") as http:
         switch = {"scope": "tenant", "target": "acme", "mode": "disable_writes", "reason": "drill"}
         assert http.post("/v1/killswitch", json=switch).status_code == 200

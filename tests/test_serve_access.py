@@ -5,7 +5,6 @@ acme's (0 cross-tenant reads, spends or approvals), and acme's state unchanged a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,8 @@ pytest.importorskip("uvicorn", reason="corral serve needs the serve extra")
 
 import corral
 from corral.controls.keys import Action, authenticate, permits
-from corral.stores.base import ApprovalRecord
 from corral.stores.sqlite import SQLiteStore
-from serving import Served, serving
+from serving import Served, file_request, serving
 
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}}
 POLICY = corral.Policy.from_dict(
@@ -111,20 +109,7 @@ def _acme(served: Served) -> dict[str, str]:
         call = http.post(
             f"/v1/runs/{run}/model-calls", json={"model": "m", "input_tokens": 1}
         ).json()["model_call"]
-    now = time.time()
-    served.store.create_approval(
-        ApprovalRecord(
-            id="apr_0001",
-            run_id=run,
-            tool="refund.send",
-            args_digest="d",
-            arguments={"amount": 1},
-            tenant="acme",
-            agent="bot",
-            created=now,
-            expires=now + 600,
-        )
-    )
+    file_request(served.store, "apr_0001", "acme", run_id=run)
     return {"run": run, "ticket": ticket, "call": call, "approval": "apr_0001"}
 
 

@@ -17,6 +17,7 @@ Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -96,9 +97,8 @@ def serve(
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
         server = uvicorn.Server(config)
         try:
-            server.run()
-        except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down
-            pass
+            with contextlib.suppress(KeyboardInterrupt):  # uvicorn hands Ctrl-C back once down
+                server.run()
         finally:
             store.close()
         if not server.started:

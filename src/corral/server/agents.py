@@ -31,12 +31,18 @@ from corral.controls.keys import Action, Principal
 from corral.exceptions import Stop, ToolRejected
 from corral.record.views import approval_row
 from corral.server.auth import key_of
-from corral.server.errors import REFUSALS, Conflict, NotFound
+from corral.server.errors import REFUSALS, Conflict
 from corral.server.runs import Held, Runs
 
 router = APIRouter(prefix="/v1/runs", responses=REFUSALS)
 Who = Annotated[Principal, Depends(key_of)]
 Text = Annotated[str, Field(max_length=512)]
+#: An error as the agent reports it (a tool's, a model call's, its own code's).
+ErrorText = Annotated[str, Field(max_length=20_000)]
+
+
+class Reported(Exception):
+    """A failure as the agent reported it: a tool's, a model call's or its own code's."""
 
 
 def _runs(request: Request) -> Runs:
@@ -226,12 +232,8 @@ class Outcome(BaseModel):
     out)."""
 
     output: Any = None
-    error: Annotated[str, Field(max_length=20_000)] | None = None
+    error: ErrorText | None = None
     timed_out: bool = False
-
-
-class ToolFailed(Exception):
-    """A tool's failure as its executor reported it."""
 
 
 @router.post("/{run_id}/tool-calls/{ticket_id}/report", summary="Report a tool call's outcome")
@@ -240,13 +242,11 @@ async def report(
 ) -> dict[str, Any]:
     runs = _runs(request)
     held = runs.get(who, run_id, Action.TOOL_REPORT)
-    ticket = held.tickets.pop(ticket_id, None)
-    if ticket is None:
-        raise NotFound(f"no open ticket {ticket_id!r} in run {run_id!r}")
+    ticket = runs.take(held.tickets, ticket_id, "ticket", run_id)
 
     async def reported() -> dict[str, Any]:
         if body.error is not None or body.timed_out:
-            failure = ToolFailed(body.error or "timed out")
+            failure = Reported(body.error or "timed out")
             observation = await held.run.report_failure(ticket, failure, timed_out=body.timed_out)
         else:
             observation = await held.run.report(ticket, body.output)
@@ -293,11 +293,7 @@ class Settlement(BaseModel):
 
     input_tokens: int | None = None
     output_tokens: int | None = None
-    error: Annotated[str, Field(max_length=20_000)] | None = None
-
-
-class ModelFailed(Exception):
-    """A model call's failure as the agent reported it."""
+    error: ErrorText | None = None
 
 
 @router.post("/{run_id}/model-calls/{call_id}/settle", summary="Settle a model call")
@@ -306,13 +302,11 @@ async def settle(
 ) -> dict[str, Any]:
     runs = _runs(request)
     held = runs.get(who, run_id, Action.MODEL_SETTLE)
-    mc = held.model_calls.pop(call_id, None)
-    if mc is None:
-        raise NotFound(f"no open model call {call_id!r} in run {run_id!r}")
+    mc = runs.take(held.model_calls, call_id, "model call", run_id)
 
     async def settled() -> dict[str, Any]:
         if body.error is not None:
-            await mc.__aexit__(ModelFailed, ModelFailed(body.error), None)
+            await mc.__aexit__(Reported, Reported(body.error), None)
         elif body.input_tokens is None or body.output_tokens is None:
             await mc.__aexit__(None, None, None)  # usage unknown: the worst case is charged
         else:
@@ -328,11 +322,7 @@ class EndRun(BaseModel):
     """The run's answer; or the error the agent's own code failed with (``agent_error``)."""
 
     answer: Annotated[str, Field(max_length=1_000_000)] | None = None
-    error: Annotated[str, Field(max_length=20_000)] | None = None
-
-
-class AgentFailed(Exception):
-    """The agent's own code failed, as it reported."""
+    error: ErrorText | None = None
 
 
 @router.post("/{run_id}/end", summary="End the run with its answer")
@@ -345,6 +335,6 @@ async def end(request: Request, who: Who, run_id: str, body: EndRun) -> dict[str
         if conflict.code != "run_ended" or ended is None:
             raise
         return {"result": ended.to_dict()}  # ending twice answers the same
-    failure = None if body.error is None else AgentFailed(body.error)
+    failure = None if body.error is None else Reported(body.error)
     result = await runs.end(held, answer=body.answer, failure=failure)
     return {"result": result.to_dict()}

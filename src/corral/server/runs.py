@@ -192,6 +192,15 @@ class Runs:
         table[key] = item
         return key
 
+    @staticmethod
+    def take(table: dict[str, Any], key: str, what: str, run_id: str) -> Any:
+        """The open ``what`` kept under ``key``, taken out (each is settled once); not
+        found when there is none."""
+        item = table.pop(key, None)
+        if item is None:
+            raise NotFound(f"no open {what} {key!r} in run {run_id!r}")
+        return item
+
     # -- end ------------------------------------------------------------------------------
     async def end(
         self,
