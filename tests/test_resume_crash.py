@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -21,19 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent / "stores"))
-
-from crash import effects, in_child  # noqa: E402
-from pg import PG_URL, drop_schema, new_schema, require_postgres  # noqa: E402
-
-import corral  # noqa: E402
-from corral.gateway.lifecycle import at_least  # noqa: E402
-from corral.record.views import usage_from_events  # noqa: E402
-from corral.stores import Store  # noqa: E402
-from corral.stores.base import Event  # noqa: E402
-from corral.stores.postgres import PostgresStore  # noqa: E402
-from corral.stores.sqlite import SQLiteStore  # noqa: E402
-from corral.testing import ScriptedModel, call  # noqa: E402
+import corral
+from corral.gateway.lifecycle import at_least
+from corral.record.views import usage_from_events
+from corral.stores import Store
+from corral.stores.base import Event
+from corral.stores.postgres import PostgresStore
+from corral.stores.sqlite import SQLiteStore
+from corral.testing import ScriptedModel, call
+from crash import effects, in_child
+from crash import pg as crash_pg
 
 TOOL = "search.read"
 COST = Decimal("0.30")
@@ -66,12 +62,13 @@ def _tool(path: Path) -> corral.Tool:
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
     """Opens the same store again, in whichever process calls it."""
     if request.param == "postgres":
-        url = require_postgres(PG_URL)
-        schema = new_schema()
+        pg = crash_pg()
+        url = pg.require_postgres()
+        schema = pg.new_schema()
         try:
             yield lambda: PostgresStore(url, schema=schema)
         finally:
-            drop_schema(url, schema)
+            pg.drop_schema(url, schema)
         return
     path = tmp_path / "corral.db"
     if request.param == "sqlite-group":
@@ -131,7 +128,9 @@ def test_a_run_killed_mid_run_resumes_with_what_it_spent(
     assert result.usage.tool_calls_by_tool == {TOOL: 3}
 
 
-def test_tool_call_limit_holds_across_the_crash(opener: Callable[[], Store], tmp_path: Path) -> None:
+def test_tool_call_limit_holds_across_the_crash(
+    opener: Callable[[], Store], tmp_path: Path
+) -> None:
     path = tmp_path / "effects"
     policy = _policy(max_usd=None, max_tool_calls=5)
     assert _die_after(opener, policy, path, calls=4) == -9

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL
 from pg import drop_schema, new_schema, require_postgres
 
+from conftest import POSTGRES_URL
 from corral.stores import Store
 from corral.stores.base import RunRecord
 from corral.stores.owner import RunOwner
