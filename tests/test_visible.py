@@ -211,3 +211,19 @@ def test_every_dashboard_page_shows_hostile_text_without_acting_on_it(hostile_db
                 assert "\\u202e0001\\u202c" in approvals
     finally:
         store.close()
+
+
+# -- the logs -----------------------------------------------------------------------------
+def test_log_lines_show_hostile_text_without_acting_on_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
+    with caplog.at_level("INFO", logger="corral"), corral.Run(
+        policy, store="memory://", agent=HOSTILE, tenant=f"t{HOSTILE}"
+    ):  # fmt: skip
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("corral")]
+    assert any("started" in line for line in lines)
+    for line in lines:
+        assert _acting(line) == [] and "\n" not in line, line
+    assert any("\\u001b[2J" in line for line in lines)

@@ -19,15 +19,20 @@ same meaning when it is made visible.
 >>> visible("two\\nlines", newlines=False)
 'two\\\\nlines'
 
+The loggers ``corral`` and ``corral.server`` carry :class:`VisibleLogs`, which does the
+same to the text a log line takes from its arguments.
+
 Imports nothing of corral.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["acts", "visible", "visible_tree"]
+__all__ = ["VisibleLogs", "acts", "guard_logs", "visible", "visible_tree"]
 
 # C0 but tab and newline; DEL and C1; the bidirectional marks, embeddings, overrides and
 # isolates; zero-width spaces and joiners, the word joiner and invisible operators; line and
@@ -73,3 +78,29 @@ def visible_tree(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [visible_tree(v) for v in value]
     return value
+
+
+class VisibleLogs(logging.Filter):
+    """A filter for corral's loggers: the text arguments of a record (an agent's name, a
+    tenant, a stop's message) made :func:`visible`, on one line, before any handler formats
+    it; corral's own message templates are left as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_one_line(a) for a in args)
+        elif isinstance(args, Mapping):
+            record.args = {k: _one_line(v) for k, v in args.items()}
+        return True
+
+
+def _one_line(value: Any) -> Any:
+    return visible(value, newlines=False) if isinstance(value, str) else value
+
+
+def guard_logs(*names: str) -> None:
+    """Give each named logger a :class:`VisibleLogs` filter (once)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, VisibleLogs) for f in logger.filters):
+            logger.addFilter(VisibleLogs())
