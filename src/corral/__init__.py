@@ -29,6 +29,7 @@ from corral.exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
+from corral.record.visible import guard_logs as _guard_logs
 from corral.stops import STOP_REASONS, StopInfo, StopReason
 
 if _typing.TYPE_CHECKING:
@@ -147,3 +148,7 @@ _lazy = _LazyNames("corral", globals(), __all__, _LAZY)
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catch-all __getattr__
     __getattr__ = _lazy.resolve
     __dir__ = _lazy.names
+
+# What corral logs takes text from callers and models (an agent's name, a stop's message):
+# shown in the log, never acted on by the terminal that shows it (corral.record.visible).
+_guard_logs("corral", "corral.server")
