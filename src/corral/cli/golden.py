@@ -47,7 +47,6 @@ from corral.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    DbOption,
     Fail,
     JsonOption,
     group,
@@ -90,9 +89,11 @@ def run(
     json_out: JsonOption = False,
 ) -> None:
     """Run a suite's tasks, check their expectations, compare with a baseline."""
-    options = {"repeat": repeat, "jobs": jobs, "db": db, "as_json": json_out}
     code = guarded(
-        "golden run", lambda: run_command(suite, model, baseline, save_baseline, **options)
+        "golden run",
+        lambda: run_command(
+            suite, model, baseline, save_baseline, repeat=repeat, jobs=jobs, db=db, as_json=json_out
+        ),
     )
     raise typer.Exit(code)
 
@@ -119,7 +120,9 @@ def run_command(
     store = open_db(db, announce=not as_json, create=True)[0] if db is not None else None
     total = len(loaded.suite.tasks) * repeat
     with _progress(total, quiet=as_json) as tick:
-        result = asyncio.run(run_suite(loaded, spec, repeat=repeat, jobs=jobs, store=store, on_done=tick))
+        result = asyncio.run(
+            run_suite(loaded, spec, repeat=repeat, jobs=jobs, store=store, on_done=tick)
+        )
     rows = compare(result, was, loaded.suite.thresholds) if was is not None else []
     if save_path is not None:
         try:
@@ -191,7 +194,9 @@ def _render(
         title_justify="left",
     )
     for name in ("task", "stop", "tool calls", "tokens/request", "cost", "expectations"):
-        table.add_column(name, justify="right" if name in ("tool calls", "tokens/request") else "left")
+        table.add_column(
+            name, justify="right" if name in ("tool calls", "tokens/request") else "left"
+        )
     for task in result.tasks:
         stops = ", ".join(sorted({r.stop_reason for r in task.runs}))
         calls = span([r.tool_calls for r in task.runs])
@@ -210,7 +215,9 @@ def _render(
     if baseline is not None:
         bad = drifted(rows)
         if bad:
-            drift = Table(title=f"drift against {baseline}", box=box.SIMPLE_HEAD, title_justify="left")
+            drift = Table(
+                title=f"drift against {baseline}", box=box.SIMPLE_HEAD, title_justify="left"
+            )
             for name in ("task", "figure", "baseline", "now", "allowed", "verdict"):
                 drift.add_column(name)
             for r in bad:
@@ -225,5 +232,3 @@ def _render(
         out.print(f"baseline saved to {saved}")
     verdict = "passed" if not result.failures and not drifted(rows) else "FAILED"
     print(f"golden suite {result.suite}: {verdict}", file=sys.stdout)
-
-

@@ -129,9 +129,7 @@ def span(values: Sequence[float]) -> str:
     return number(lo) if lo == hi else f"{number(lo)}–{number(hi)}"
 
 
-def _numbers(
-    task: str, figure: str, was: list[float], now: list[float], tol: Tolerance
-) -> Drift:
+def _numbers(task: str, figure: str, was: list[float], now: list[float], tol: Tolerance) -> Drift:
     lo, hi = min(was), max(was)
     slack = max(tol.abs, tol.rel * abs(hi))
     low, high = max(0.0, lo - slack), hi + slack
@@ -154,9 +152,7 @@ def _cut(text: str | None, limit: int = 40) -> str:
 
 def _answers(task: str, was: list[Figures], now: list[Figures], wanted: float) -> Drift:
     def best(answer: str | None) -> float:
-        return max(
-            difflib.SequenceMatcher(None, answer or "", b.answer or "").ratio() for b in was
-        )
+        return max(difflib.SequenceMatcher(None, answer or "", b.answer or "").ratio() for b in was)
 
     worst = min(best(r.answer) for r in now)
     allowed = "same text" if wanted >= 1 else f"similarity >= {wanted:.2f}"
@@ -184,6 +180,10 @@ def _stops(task: str, was: list[Figures], now: list[Figures]) -> Drift:
     )
 
 
+def _calls_of(tool: str) -> Callable[[Figures], float]:
+    return lambda r: float(r.by_tool.get(tool, 0))
+
+
 def compare_task(
     task: str, was: list[Figures], now: list[Figures], thresholds: Thresholds
 ) -> list[Drift]:
@@ -198,10 +198,7 @@ def compare_task(
     ]
     tools = sorted({name for r in (*was, *now) for name in r.by_tool})
     for name in tools:
-        figures.insert(
-            len(figures) - 2,
-            (f"calls {name}", lambda r, n=name: float(r.by_tool.get(n, 0)), thresholds.tool_calls),
-        )
+        figures.insert(len(figures) - 2, (f"calls {name}", _calls_of(name), thresholds.tool_calls))
     for figure, read, tol in figures:
         rows.append(_numbers(task, figure, [read(r) for r in was], [read(r) for r in now], tol))
     if thresholds.answer_similarity > 0:

@@ -51,12 +51,13 @@ def read(value: Any, path: str) -> tuple[bool, Any]:
     element."""
     node = value
     for step in parse(path):
-        if isinstance(step, int) and isinstance(node, list) and -len(node) <= step < len(node):
-            node = node[step]
-        elif isinstance(step, str) and isinstance(node, dict) and step in node:
-            node = node[step]
+        if isinstance(step, int):
+            found = isinstance(node, list) and -len(node) <= step < len(node)
         else:
+            found = isinstance(node, dict) and step in node
+        if not found:
             return False, None
+        node = node[step]
     return True, node
 
 

@@ -7,7 +7,8 @@ value a problem names (or the nearest enclosing one).
 
 >>> import tempfile, os
 >>> f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
->>> _ = f.write("suite: s\\ntasks:\\n  - id: a\\n    task: hi\\n    expect: {tool_calls: {max: x}}\\n")
+>>> _ = f.write("suite: s\\ntasks:\\n  - id: a\\n    task: hi\\n")
+>>> _ = f.write("    expect: {tool_calls: {max: x}}\\n")
 >>> f.close()
 >>> try:
 ...     load_suite(f.name)

@@ -60,7 +60,9 @@ class ModelSpec:
         try:
             made = self.factory()
         except Exception as exc:
-            raise ConfigError(f"--model {self.label}: the factory raised {error_text(exc)}") from None
+            raise ConfigError(
+                f"--model {self.label}: the factory raised {error_text(exc)}"
+            ) from None
         if not isinstance(made, Model):
             raise ConfigError(
                 f"--model {self.label}: the factory returned {type(made).__name__}, "
@@ -71,7 +73,7 @@ class ModelSpec:
 
 def parse_spec(spec: str) -> ModelSpec:
     """The :class:`ModelSpec` ``spec`` names (see the module docstring)."""
-    kind, sep, rest = spec.partition(":")
+    kind, _, rest = spec.partition(":")
     if kind == "scripted":
         script = load_script(rest) if rest else None
         return ModelSpec(kind="scripted", label=spec, script=script)
