@@ -5,7 +5,6 @@ it with a report naming task and figure, ``--repeat`` tolerates what the baselin
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 

@@ -55,6 +55,7 @@ from corral.cli._common import (
     open_db,
 )
 from corral.cli._format import console, money, print_json
+from corral.exceptions import SuiteError
 
 golden_app = group(
     "golden", help="Golden tasks: run a suite against a model, check it, compare a baseline."
@@ -89,13 +90,24 @@ def run(
     json_out: JsonOption = False,
 ) -> None:
     """Run a suite's tasks, check their expectations, compare with a baseline."""
-    code = guarded(
-        "golden run",
-        lambda: run_command(
-            suite, model, baseline, save_baseline, repeat=repeat, jobs=jobs, db=db, as_json=json_out
-        ),
-    )
-    raise typer.Exit(code)
+
+    def body() -> int:
+        try:
+            return run_command(
+                suite,
+                model,
+                baseline,
+                save_baseline,
+                repeat=repeat,
+                jobs=jobs,
+                db=db,
+                as_json=json_out,
+            )
+        except SuiteError as exc:  # one line per problem, not one line for all of them
+            print(f"corral golden run: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    raise typer.Exit(guarded("golden run", body))
 
 
 def run_command(
@@ -116,7 +128,14 @@ def run_command(
 
     loaded = load_suite(suite_path)  # a SuiteError is a ConfigError: exit 2
     spec = parse_spec(spec_text)
+    _same_tasks(loaded, spec)
     was = load_baseline(baseline_path) if baseline_path is not None else None
+    if was is not None and was.suite != loaded.suite.suite:
+        raise Fail(
+            EXIT_USAGE,
+            f"--baseline {baseline_path} is a baseline of suite {was.suite!r}, "
+            f"not {loaded.suite.suite!r}",
+        )
     store = open_db(db, announce=not as_json, create=True)[0] if db is not None else None
     total = len(loaded.suite.tasks) * repeat
     with _progress(total, quiet=as_json) as tick:
@@ -148,6 +167,19 @@ def run_command(
     else:
         _render(console(), result, rows, baseline_path, save_path)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _same_tasks(loaded: Any, spec: Any) -> None:
+    """A script file naming a task the suite lacks is a typo, not a task: refuse it."""
+    if spec.script is None:
+        return
+    unknown = sorted(set(spec.script.tasks) - {t.id for t in loaded.suite.tasks})
+    if unknown:
+        raise Fail(
+            EXIT_USAGE,
+            f"--model {spec.label}: the script names tasks the suite does not have: "
+            + ", ".join(unknown),
+        )
 
 
 class _progress:

@@ -61,11 +61,9 @@ def check(expect: Expect, run: Figures) -> list[Failure]:
 
 
 def _checks(expect: Expect, run: Figures) -> Iterator[Failure]:
-    wanted = expect.stop_reason
-    if wanted is not None:
-        allowed = [wanted] if isinstance(wanted, str) else wanted
-        if run.stop_reason not in allowed:
-            yield Failure(check="stop_reason", expected=" or ".join(allowed), got=run.stop_reason)
+    allowed = expect.stop_reason
+    if allowed is not None and run.stop_reason not in allowed:
+        yield Failure(check="stop_reason", expected=" or ".join(allowed), got=run.stop_reason)
     yield from _bounds("tool_calls", expect.tool_calls, float(run.tool_calls))
     yield from _bounds("tokens", expect.tokens, float(run.tokens))
     yield from _bounds("usd", expect.usd, float(run.usd))

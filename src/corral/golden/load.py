@@ -52,7 +52,7 @@ class Document:
         for key in self.lines:
             if len(key) > len(best) and path.startswith(key) and path[len(key) :][:1] in ":.[ ":
                 best = key
-        return self.lines.get(best)
+        return self.lines.get(best or "(top level)")
 
     def problem(self, line: str) -> str:
         """``line`` (``path: message``) prefixed with the file and the line it names."""

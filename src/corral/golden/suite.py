@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from corral.golden import jsonpath
 from corral.policy.fields import (
@@ -160,8 +160,12 @@ class AnswerChecks(Section):
     model_config = Section.model_config | {"populate_by_name": True}
 
 
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
 class Expect(Section):
-    stop_reason: StopReason | list[StopReason] | None = None
+    stop_reason: Annotated[list[StopReason], BeforeValidator(_listed)] | None = None
     tool_calls: Bounds | None = None
     tokens: Bounds | None = None
     usd: Bounds | None = None
