@@ -240,7 +240,7 @@ def _render(
     if result.failures:
         failed = Table(title="failed expectations", box=box.SIMPLE_HEAD, title_justify="left")
         for name in ("task", "run", "check", "expected", "got"):
-            failed.add_column(name)
+            failed.add_column(name, no_wrap=name in ("task", "check"))
         for f in result.failures:
             failed.add_row(f.task, str(f.run), f.check, f.expected, f.got)
         out.print(failed)
@@ -251,7 +251,9 @@ def _render(
                 title=f"drift against {baseline}", box=box.SIMPLE_HEAD, title_justify="left"
             )
             for name in ("task", "figure", "baseline", "now", "allowed", "verdict"):
-                drift.add_column(name)
+                drift.add_column(
+                    name, no_wrap=name in ("task", "figure", "verdict"), overflow="fold"
+                )
             for r in bad:
                 drift.add_row(r.task, r.figure, r.baseline, r.now, r.allowed, "[red]drift[/]")
             out.print(drift)

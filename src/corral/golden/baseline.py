@@ -119,8 +119,8 @@ def load_baseline(path: str | Path) -> Baseline:
 
 # -- the rule ------------------------------------------------------------------------------
 def number(value: float) -> str:
-    """A figure as the report shows it: four significant digits, whole above 1000."""
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    """A figure as the report shows it: three significant digits, whole from 1000."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def span(values: Sequence[float]) -> str:

@@ -80,7 +80,7 @@ def _checks(expect: Expect, run: Figures) -> Iterator[Failure]:
 
 def _answer(checks: AnswerChecks, answer: str | None) -> Iterator[Failure]:
     text = answer or ""
-    got = shown(answer, 60)
+    got = shown(answer, 40)
     if checks.equals is not None and text != checks.equals:
         yield Failure(check="answer equals", expected=shown(checks.equals, 60), got=got)
     for part in checks.contains:
@@ -100,7 +100,7 @@ def _answer(checks: AnswerChecks, answer: str | None) -> Iterator[Failure]:
 def _json(item: JsonCheck, parsed: bool, value: object, got: str) -> Iterator[Failure]:
     name = f"answer json {item.path}"
     if not parsed:
-        yield Failure(check=name, expected="the answer is JSON", got=got)
+        yield Failure(check=name, expected="the answer is JSON", got=f"not JSON: {got}")
         return
     found, at = jsonpath.read(value, item.path)
     if not found:
