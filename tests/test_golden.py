@@ -238,3 +238,15 @@ def test_one_store_for_every_run_with_db(tmp_path: Path) -> None:
     listed = CliRunner().invoke(app, ["runs", "--db", url, "--json"])
     runs = json.loads(listed.stdout)["runs"]
     assert len(runs) == 4 and {r["agent"] for r in runs} == {"golden:small"}
+
+
+def test_the_suite_in_the_docs_loads_and_passes(tmp_path: Path) -> None:
+    """docs/golden.md's example suite (marked as no policy for tests/test_docs.py) is a
+    valid suite whose task meets its expectations."""
+    doc = (ROOT / "docs" / "golden.md").read_text(encoding="utf-8")
+    marker = doc.index("<!-- no-test: a golden suite, not a policy")
+    body = doc[marker:].split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    suite = write(tmp_path / "doc.yaml", body)
+    result = golden(str(suite), "--model", "scripted", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["tasks"][0]["runs"][0]["by_tool"] == {"kb.search": 1}
