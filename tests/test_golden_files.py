@@ -323,3 +323,11 @@ def test_any_json_path_parses_or_says_where(path: str) -> None:
         return
     assert steps
     jsonpath.read({"a": [1, {"b": None}]}, path)
+
+
+def test_a_task_without_a_script_cannot_run_scripted(tmp_path: Path) -> None:
+    """``--model scripted`` with a task that has no turns: exit 2 naming the task."""
+    suite = tmp_path / "s.yaml"
+    suite.write_text(GOOD + "  - {id: bare, task: nothing to play}\n")
+    result = golden(str(suite), "--model", "scripted")
+    assert result.exit_code == 2 and "no script for the tasks bare" in result.stderr

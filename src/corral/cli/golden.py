@@ -128,7 +128,7 @@ def run_command(
 
     loaded = load_suite(suite_path)  # a SuiteError is a ConfigError: exit 2
     spec = parse_spec(spec_text)
-    _same_tasks(loaded, spec)
+    _runnable(loaded, spec)
     was = load_baseline(baseline_path) if baseline_path is not None else None
     if was is not None and was.suite != loaded.suite.suite:
         raise Fail(
@@ -169,17 +169,12 @@ def run_command(
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _same_tasks(loaded: Any, spec: Any) -> None:
-    """A script file naming a task the suite lacks is a typo, not a task: refuse it."""
-    if spec.script is None:
-        return
-    unknown = sorted(set(spec.script.tasks) - {t.id for t in loaded.suite.tasks})
-    if unknown:
-        raise Fail(
-            EXIT_USAGE,
-            f"--model {spec.label}: the script names tasks the suite does not have: "
-            + ", ".join(unknown),
-        )
+def _runnable(loaded: Any, spec: Any) -> None:
+    """A spec that cannot play the suite (a script naming unknown tasks, a task without
+    turns) is a usage error, before anything runs."""
+    problems = spec.problems(loaded.suite)
+    if problems:
+        raise Fail(EXIT_USAGE, f"--model {spec.label}: " + "; ".join(problems))
 
 
 class _progress:

@@ -64,7 +64,7 @@ def fixture_tool(name: str, fixture: ToolFixture) -> Tool:
         run,
         name=name,
         effect=fixture.effect,
-        description=fixture.description or f"{name} (a golden fixture)",
+        description=fixture.description,
         cost_usd=fixture.cost_usd,
         args_schema=fixture.args_schema or ANY_ARGUMENTS,
     )

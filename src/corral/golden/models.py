@@ -46,6 +46,18 @@ class ModelSpec:
     model_name: str = ""
     base_url: str | None = None
 
+    def problems(self, suite: Suite) -> list[str]:
+        """Why this spec cannot run ``suite``: a script file naming tasks the suite lacks (a
+        typo), a task with no turns to play. Empty when it can."""
+        if self.kind != "scripted":
+            return []
+        named = set(self.script.tasks) if self.script is not None else set()
+        unknown = sorted(named - {t.id for t in suite.tasks})
+        found = [f"the script names tasks the suite does not have: {', '.join(unknown)}"]
+        bare = [t.id for t in suite.tasks if t.script is None and t.id not in named]
+        found.append(f"no script for the tasks {', '.join(bare)}")
+        return [line for line, bad in zip(found, (unknown, bare), strict=True) if bad]
+
     def build(self, suite: Suite, task: Task) -> Model:
         if self.kind == "scripted":
             turns = task.script
