@@ -67,6 +67,7 @@ def test_the_drift_report_as_json_has_a_stable_shape() -> None:
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {
+        "store",
         "suite",
         "model",
         "repeat",

@@ -7,7 +7,9 @@ expectations, and compare them with a saved baseline (for CI).
                       [--repeat N] [--jobs N] [--db URL] [--json]
 
 Every task runs ``--repeat`` times, ``--jobs`` runs at once, each in an in-memory store of
-its own (``--db`` names one store for all of them instead). Human output: a progress bar
+its own (``--db`` names one store for all of them instead, created if needed, and named as
+every command names its store: ``store: URL`` on stderr, ``store`` in ``--json``, ``null``
+without ``--db``). Human output: a progress bar
 (on stderr), a table of the tasks, the failed expectations and, with ``--baseline``, the
 figures that drifted (task, figure, baseline, now, allowed, verdict). docs/golden.md
 describes the suite file, the model specs and the drift rule.
@@ -19,7 +21,8 @@ work, a store URL that cannot mean a store.
 
 ``--json`` prints one object whose shape is stable::
 
-    {"suite": str, "model": str, "repeat": int, "ok": bool, "baseline": str | null,
+    {"store": str | null, "suite": str, "model": str, "repeat": int, "ok": bool,
+     "baseline": str | null,
      "tasks": [{"id": str, "ok": bool, "failures": [{"task", "run", "check", "expected",
                 "got"}], "runs": [{"stop_reason", "answer", "tool_calls", "by_tool",
                 "requests", "tokens", "tokens_per_request", "usd", "error"}]}],
@@ -136,7 +139,9 @@ def run_command(
             f"--baseline {baseline_path} is a baseline of suite {was.suite!r}, "
             f"not {loaded.suite.suite!r}",
         )
-    store = open_db(db, announce=not as_json, create=True)[0] if db is not None else None
+    store, shown = (
+        open_db(db, announce=not as_json, create=True) if db is not None else (None, None)
+    )
     total = len(loaded.suite.tasks) * repeat
     with _progress(total, quiet=as_json) as tick:
         result = asyncio.run(
@@ -153,6 +158,7 @@ def run_command(
     if as_json:
         print_json(
             {
+                "store": shown,
                 "suite": result.suite,
                 "model": result.model,
                 "repeat": result.repeat,
