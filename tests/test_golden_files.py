@@ -331,3 +331,11 @@ def test_a_task_without_a_script_cannot_run_scripted(tmp_path: Path) -> None:
     suite.write_text(GOOD + "  - {id: bare, task: nothing to play}\n")
     result = golden(str(suite), "--model", "scripted")
     assert result.exit_code == 2 and "no script for the tasks bare" in result.stderr
+
+
+def test_a_baseline_that_cannot_be_written_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """``--save-baseline`` into a folder that does not exist: exit 2 at once."""
+    target = tmp_path / "no" / "such" / "b.json"
+    result = golden(str(SUITE), "--model", "scripted", "--save-baseline", str(target))
+    assert result.exit_code == 2 and "no folder" in result.stderr
+    assert "golden suite" not in result.stdout  # nothing ran

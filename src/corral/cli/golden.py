@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -59,6 +59,12 @@ from corral.cli._common import (
 )
 from corral.cli._format import console, money, print_json
 from corral.exceptions import SuiteError
+
+if TYPE_CHECKING:
+    from corral.golden.baseline import Drift
+    from corral.golden.load import LoadedSuite
+    from corral.golden.models import ModelSpec
+    from corral.golden.runner import SuiteResult
 
 golden_app = group(
     "golden", help="Golden tasks: run a suite against a model, check it, compare a baseline."
@@ -132,6 +138,8 @@ def run_command(
     loaded = load_suite(suite_path)  # a SuiteError is a ConfigError: exit 2
     spec = parse_spec(spec_text)
     _runnable(loaded, spec)
+    if save_path is not None and not save_path.parent.is_dir():
+        raise Fail(EXIT_USAGE, f"--save-baseline {save_path}: no folder {save_path.parent}")
     was = load_baseline(baseline_path) if baseline_path is not None else None
     if was is not None and was.suite != loaded.suite.suite:
         raise Fail(
@@ -143,7 +151,7 @@ def run_command(
         open_db(db, announce=not as_json, create=True) if db is not None else (None, None)
     )
     total = len(loaded.suite.tasks) * repeat
-    with _progress(total, quiet=as_json) as tick:
+    with _Progress(total, quiet=as_json) as tick:
         result = asyncio.run(
             run_suite(loaded, spec, repeat=repeat, jobs=jobs, store=store, on_done=tick)
         )
@@ -175,7 +183,7 @@ def run_command(
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _runnable(loaded: Any, spec: Any) -> None:
+def _runnable(loaded: LoadedSuite, spec: ModelSpec) -> None:
     """A spec that cannot play the suite (a script naming unknown tasks, a task without
     turns) is a usage error, before anything runs."""
     problems = spec.problems(loaded.suite)
@@ -183,7 +191,7 @@ def _runnable(loaded: Any, spec: Any) -> None:
         raise Fail(EXIT_USAGE, f"--model {spec.label}: " + "; ".join(problems))
 
 
-class _progress:
+class _Progress:
     """A progress bar on stderr, ticked as each run ends (nothing with ``quiet``)."""
 
     def __init__(self, total: int, *, quiet: bool) -> None:
@@ -216,7 +224,11 @@ class _progress:
 
 
 def _render(
-    out: Console, result: Any, rows: list[Any], baseline: Path | None, saved: Path | None
+    out: Console,
+    result: SuiteResult,
+    rows: list[Drift],
+    baseline: Path | None,
+    saved: Path | None,
 ) -> None:
     from corral.golden.baseline import drifted, span
 
