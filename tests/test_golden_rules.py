@@ -92,6 +92,7 @@ suite: rules
 tools:
   flaky.read: {sequence: [{error: down}, {returns: up}]}
   kb.search: {responses: [{when: {q: known}, returns: found}]}
+  pay.send: {effect: write, responses: [{returns: sent}]}
 tasks:
   - id: failing-tool
     task: check
@@ -116,12 +117,26 @@ tasks:
       - {answer: done}
     policy: {tools: {allow: [kb.search, flaky.read], specs: {flaky.read: {retries: 1}}}}
     expect: {stop_reason: ok, called: [kb.search, flaky.read]}
+  - id: write-approved
+    task: pay
+    tools: [pay.send]
+    approvals: approve
+    script: [{call: pay.send, args: {to: acme}}, {answer: paid}]
+    policy: {tools: {allow: [pay.send]}}
+    expect: {stop_reason: ok, called: [pay.send]}
+  - id: write-denied
+    task: pay
+    tools: [pay.send]
+    script: [{call: pay.send, args: {to: acme}}, {answer: paid}]
+    policy: {tools: {allow: [pay.send]}}
+    expect: {stop_reason: approval_denied, not_called: [pay.send]}
 """
 
 
 def test_failures_of_tools_and_models_end_runs_as_the_gateway_ends_them(tmp_path: Path) -> None:
     """A fixture's error and an unmatched call are tool errors; an ``error`` turn is a model
-    error; running out of script is unusable output; every expectation as written holds."""
+    error; running out of script is unusable output; a write needing approval is approved
+    or denied at once as the task says; every expectation as written holds."""
     path = tmp_path / "rules.yaml"
     path.write_text(SUITE)
     result = asyncio.run(run_suite(load_suite(path), parse_spec("scripted"), jobs=2))
@@ -132,6 +147,8 @@ def test_failures_of_tools_and_models_end_runs_as_the_gateway_ends_them(tmp_path
         "model-fails": "model_error",
         "script-runs-out": "invalid_model_output",
         "several-calls": "ok",
+        "write-approved": "ok",
+        "write-denied": "approval_denied",
     }
     assert result.failures == []
     several = next(t for t in result.tasks if t.id == "several-calls").runs[0]

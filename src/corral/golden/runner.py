@@ -1,6 +1,7 @@
 """Running a suite: every task ``repeat`` times through :func:`corral.arun`, ``jobs`` at a
 time, each run with fresh fixture tools, a fresh model from the spec and (unless a store is
 given) an in-memory store of its own, so runs share nothing; then each run's expectations.
+A write the policy sends for approval is approved or denied at once, as the task says.
 
 >>> import asyncio, tempfile, os
 >>> from corral.golden.load import load_suite
@@ -105,6 +106,13 @@ async def run_suite(
     return SuiteResult(suite=loaded.suite.suite, model=spec.label, repeat=repeat, tasks=results)
 
 
+def _approver(task: Task) -> Callable[[object], bool]:
+    """The in-process approver of a write the policy sends for approval: the task's
+    ``approvals`` decides at once (a golden run never waits for a person)."""
+    decision = task.approvals == "approve"
+    return lambda request: decision
+
+
 async def _run_task(
     loaded: LoadedSuite, spec: ModelSpec, task: Task, store: Store | None
 ) -> Figures:
@@ -117,5 +125,6 @@ async def _run_task(
         store=store if store is not None else MemoryStore(),
         agent=f"golden:{suite.suite}",
         instructions=task.instructions,
+        approver=_approver(task),
     )
     return Figures.of(result)

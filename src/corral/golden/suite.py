@@ -201,6 +201,7 @@ class Task(Section):
     tools: list[ToolName] | None = None
     policy: PolicyRef | None = None
     instructions: Text | None = None
+    approvals: Literal["approve", "deny"] = "deny"
     script: Script | None = None
     expect: Expect = Expect()
 
