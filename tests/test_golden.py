@@ -21,8 +21,9 @@ DRIFTED = EXAMPLES / "support.drifted.yaml"
 
 
 def golden(*args: str) -> Any:
-    """``corral golden run ARGS`` in this process, stdout and stderr apart."""
-    return CliRunner().invoke(app, ["golden", "run", *args])
+    """``corral golden run ARGS`` in this process, stdout and stderr apart; tables one row
+    a line (wide enough, whatever the terminal)."""
+    return CliRunner(env={"COLUMNS": "250"}).invoke(app, ["golden", "run", *args])
 
 
 def write(path: Path, text: str) -> Path:

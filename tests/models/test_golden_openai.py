@@ -71,7 +71,8 @@ def answering(extra_calls: int = 0) -> Any:
 
 
 def golden(*args: str, env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(app, ["golden", "run", *args], env=env)
+    """``corral golden run ARGS``, its tables one row a line."""
+    return CliRunner().invoke(app, ["golden", "run", *args], env={"COLUMNS": "250", **(env or {})})
 
 
 def test_the_openai_spec_runs_a_suite_against_a_compatible_endpoint(
