@@ -46,11 +46,16 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("keys", "create"): ["--tenant", "acme", "--role", "agent"],
     ("keys", "list"): [],
     ("keys", "revoke"): ["0123456789abcdef"],
+    ("golden", "run"): [
+        str(Path(__file__).parent.parent / "examples" / "golden" / "support.yaml"),
+        "--model",
+        "scripted",
+    ],
 }
 #: Commands that take --db but run until stopped (their store line: tests/test_serve.py).
 SERVING = {("serve",)}
 #: The commands that create the store they name (the others refuse a missing one).
-CREATES = {("init",), ("demo",)}
+CREATES = {("init",), ("demo",), ("golden", "run")}
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:

@@ -3,6 +3,7 @@
     CorralError
     ├── ConfigError                developer mistakes: fix the code or the config
     │   ├── PolicyError            a policy file or dict is invalid (one line per problem)
+    │   ├── SuiteError             a golden suite, script or baseline file is invalid
     │   └── ToolDefinitionError    a @tool cannot be built (bad name, bad schema)
     ├── Stop                       enforced outcomes: the run is over, with a stop reason
     ├── ControlSignal              control flow between corral and tools, not failures
@@ -65,6 +66,20 @@ class PolicyError(ConfigError):
         where = f"{source}: " if source else ""
         count = len(self.problems)
         head = f"{where}invalid policy ({count} problem{'s' if count != 1 else ''})"
+        super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
+
+
+class SuiteError(ConfigError):
+    """A golden suite (or its script or baseline file) is invalid. ``problems`` holds one
+    ``FILE:LINE: path: message`` line per problem (the line where the file says it)."""
+
+    def __init__(self, problems: list[str] | str, *, source: str | None = None) -> None:
+        lines = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [" ".join(p.splitlines()) for p in lines]
+        self.source = source
+        count = len(self.problems)
+        where = f"{source}: " if source else ""
+        head = f"{where}invalid golden file ({count} problem{'s' if count != 1 else ''})"
         super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
 
 

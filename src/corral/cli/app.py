@@ -103,6 +103,12 @@ def _idempotency() -> Target:
     return idempotency.idempotency_app
 
 
+def _golden() -> Target:
+    from corral.cli import golden
+
+    return golden.golden_app
+
+
 def _keys() -> Target:
     from corral.cli import keys
 
@@ -163,6 +169,10 @@ COMMANDS: dict[str, Entry] = {
     "keys": Entry(
         help="Create, list and revoke the API keys of tenants and their roles.",
         load=_keys,
+    ),
+    "golden": Entry(
+        help="Golden tasks: run a suite against a model, check it, compare a baseline.",
+        load=_golden,
     ),
 }
 
