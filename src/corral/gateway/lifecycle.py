@@ -16,6 +16,7 @@ from typing import Any
 from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
+from corral.gateway.canonical import args_digest
 from corral.gateway.state import GAVE_UP, RunState
 from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
@@ -130,6 +131,7 @@ def begin(run: RunState, existing: RunRecord | None) -> None:
         observed=sorted(run.observing),
         tenant=run.tenant,
         agent=run.agent,
+        tools=tool_digests(run),
     )
     if log.isEnabledFor(logging.INFO):
         log.info(
@@ -142,6 +144,19 @@ def begin(run: RunState, existing: RunRecord | None) -> None:
             policy.mode_name,
         )
     _start_warnings(run)
+
+
+def tool_digests(run: RunState) -> dict[str, str]:
+    """Each allowed tool's definition digest (name, description, argument and output
+    schemas, effect, as the code declares them): what ``corral drift`` compares across
+    windows to name a changed tool as the likely cause."""
+    out = {}
+    for name, tool in run.tools.items():
+        if name in run.allowed:
+            spec = tool.spec()
+            spec.update(output_schema=tool.output_schema, effect=tool.effect)
+            out[name] = args_digest(spec)[:16]
+    return out
 
 
 def new_record(run: RunState) -> RunRecord:
