@@ -132,6 +132,8 @@ def begin(run: RunState, existing: RunRecord | None) -> None:
         tenant=run.tenant,
         agent=run.agent,
         tools=tool_digests(run),
+        # The figures the metrics export for this run (record/metrics.py).
+        track=list(policy.monitoring.track) if policy.monitoring.metrics else [],
     )
     if log.isEnabledFor(logging.INFO):
         log.info(
