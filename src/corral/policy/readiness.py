@@ -221,10 +221,7 @@ def _monitoring(policy: Policy) -> Item:
         key="monitoring",
         title="Monitoring for drift (tool calls, tokens, stop reasons, latency)",
         met=not hints,
-        why=(
-            "drift shows first in tool calls per run, tokens per request, stop reasons and "
-            "latency; corral drift compares them between windows against thresholds"
-        ),
+        why="drift shows first in tool calls per run, tokens per request, stop reasons and latency",
         hint="; ".join(hints),
     )
 
