@@ -41,7 +41,9 @@ shares = st.dictionaries(
 
 
 @given(shares, shares)
-def test_total_variation_is_a_distance_between_0_and_1(p: dict[str, float], q: dict[str, float]) -> None:  # fmt: skip
+def test_total_variation_is_a_distance_between_0_and_1(
+    p: dict[str, float], q: dict[str, float]
+) -> None:
     """Symmetric, 0 for the same mix, within [0, 1], 1 for mixes with no reason in common."""
     assert total_variation(p, q) == total_variation(q, p)
     assert total_variation(p, p) == 0

@@ -75,7 +75,11 @@ def windows(*, start: float, split: float, end: float) -> dict[str, Any]:
     return {"window": f"{end - split:.0f}s", "against": f"{split - start:.0f}s", "now": end}
 
 
-def drift(day: Day, split: float, end: float, capsys: pytest.CaptureFixture[str], **kw: Any) -> tuple[int, str]:  # fmt: skip
+def drift(
+    day: Day, split: float, end: float, capsys: pytest.CaptureFixture[str], **kw: Any
+) -> tuple[int, str]:
+    """``corral drift`` over the runs from ``split`` to ``end`` against those before: its exit
+    code and what it printed."""
     code = drift_command(
         db=day.url, min_runs=10, **windows(start=day.start, split=split, end=end), **kw
     )
@@ -138,9 +142,7 @@ def test_the_json_report(day: Day, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_a_threshold_turned_off_is_not_judged(day: Day, capsys: pytest.CaptureFixture[str]) -> None:
     """``--threshold tool_calls_per_run=off``: the figure is shown, not judged; no drift."""
-    code, out = drift(
-        day, day.changed, day.end, capsys, thresholds=["tool_calls_per_run=off"]
-    )
+    code, out = drift(day, day.changed, day.end, capsys, thresholds=["tool_calls_per_run=off"])
     assert code == 0, out
     assert "not judged" in out
 

@@ -412,10 +412,12 @@ def test_approvals_hold_the_write_until_approved(walked: Walk) -> None:
 
 
 def test_step_4_says_replay_is_not_built_and_it_is_not(walked: Walk) -> None:
-    """The page says replay and golden tasks are not built; corral has no such commands yet."""
+    """The page says replay and golden tasks are not built; corral has no such commands yet
+    (``corral drift`` exists: the page says so and links docs/drift.md)."""
     text = DOC.read_text()
     assert "## Step 4: replay and golden tasks — not built yet" in text
-    for command in ("replay", "whatif", "golden", "drift"):
+    assert "`corral drift` compares windows of live runs" in text
+    for command in ("replay", "whatif", "golden"):
         code, printed = execute(f"corral {command} --help", walked.directory, environment())
         assert code == 2, f"corral {command} exists now: update docs/migration.md"
         assert "No such command" in printed

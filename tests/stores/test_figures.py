@@ -12,9 +12,18 @@ from corral.stores.base import Event, RunFigures, RunRecord
 T0 = 1_000_000.0
 
 
-def record(store: Store, run_id: str, *, at: float, events: list[tuple[str, dict[str, Any]]],
-           tenant: str = "acme", agent: str = "bot", status: str = "ok",
-           stop_reason: str | None = "ok", usage: dict[str, Any] | None = None) -> None:  # fmt: skip
+def record(
+    store: Store,
+    run_id: str,
+    *,
+    at: float,
+    events: list[tuple[str, dict[str, Any]]],
+    tenant: str = "acme",
+    agent: str = "bot",
+    status: str = "ok",
+    stop_reason: str | None = "ok",
+    usage: dict[str, Any] | None = None,
+) -> None:
     """A run that started at ``at``, its events, and its end (unless still running)."""
     store.create_run(
         RunRecord(id=run_id, tenant=tenant, agent=agent, started_at=at, policy_digest="pd1")
