@@ -134,3 +134,47 @@ def test_figures_left_out_rather_than_made_up(store: Store) -> None:
     (odd,) = store.run_figures(since=T0, until=T0 + 1)
     assert (odd.tool_calls, odd.usd, odd.requests, odd.tokens) == (0, Decimal(0), 1, 5)
     assert (odd.tool_seconds, odd.models, odd.tool_digests) == ((), ("m",), {})
+
+
+def test_the_query_agrees_with_the_runs_events(store: Store) -> None:
+    """Real governed runs (answered and failed model calls, tool calls that ran, were cached
+    or failed): each backend's one query gives what folding the run's own events gives."""
+    import corral
+    from corral.stores.figures import from_events
+    from corral.testing import ScriptedModel, call, error, final
+
+    @corral.tool(name="kb.read", effect="read")
+    def kb(q: str) -> str:
+        return f"notes on {q}"
+
+    @corral.tool(name="web.read", effect="read", retries=1)
+    def web(url: str) -> str:
+        raise ConnectionError("down")
+
+    policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read", "web.read"]}})
+    scripts = [
+        [call("kb.read", q="a"), call("kb.read", q="a"), call("web.read", url="u"), final("ok")],
+        [call("kb.read", q="b"), error(RuntimeError("model down"))],
+        [final("nothing to do")],
+    ]
+    start = 0.0
+    for script in scripts:
+        corral.run("task", model=ScriptedModel(script, name="m-x"), tools=[kb, web],
+                   policy=policy, store=store, tenant="acme", agent="bot")  # fmt: skip
+    got = store.run_figures(since=start, until=2e10, tenant="acme")
+    assert len(got) == 3
+    for figures in got:
+        record = store.get_run(figures.run_id)
+        assert record is not None
+        expected = from_events(record, store.events(figures.run_id))
+        assert figures == expected.__class__(
+            **{**_fields(expected), "tool_seconds": figures.tool_seconds}
+        )
+        assert sorted(figures.tool_seconds) == sorted(expected.tool_seconds)
+    by_answer = {f.requests: f for f in got}
+    assert by_answer[3].tool_calls == 3 and by_answer[3].models == ("m-x",)
+    assert set(by_answer[3].tool_digests) == {"kb.read", "web.read"}
+
+
+def _fields(figures: RunFigures) -> dict[str, Any]:
+    return {name: getattr(figures, name) for name in RunFigures.__dataclass_fields__}
