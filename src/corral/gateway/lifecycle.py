@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from typing import Any
 
 from corral.budgets.meter import Usage
@@ -23,6 +24,7 @@ from corral.policy.tool_args import check_constraints
 from corral.result import Status
 from corral.stops import StopReason
 from corral.stores.base import RunRecord
+from corral.tools import Tool
 
 log = logging.getLogger("corral")
 
@@ -152,13 +154,28 @@ def tool_digests(run: RunState) -> dict[str, str]:
     """Each allowed tool's definition digest (name, description, argument and output
     schemas, effect, as the code declares them): what ``corral drift`` compares across
     windows to name a changed tool as the likely cause."""
-    out = {}
-    for name, tool in run.tools.items():
-        if name in run.allowed:
-            spec = tool.spec()
-            spec.update(output_schema=tool.output_schema, effect=tool.effect)
-            out[name] = args_digest(spec)[:16]
-    return out
+    return {name: _tool_digest(tool) for name, tool in run.tools.items() if name in run.allowed}
+
+
+#: id(tool) -> (the tool, weakly; its digest): a tool's definition is frozen, so its digest
+#: is computed once per tool object, not at every run's start.
+_DIGESTS: dict[int, tuple[weakref.ref[Tool], str]] = {}
+
+
+def _tool_digest(tool: Tool) -> str:
+    key = id(tool)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0]() is tool:
+        return known[1]
+    spec = tool.spec()
+    spec.update(output_schema=tool.output_schema, effect=tool.effect)
+    digest = args_digest(spec)[:16]
+
+    def forget(_: object) -> None:  # with the tool: its id may then name another
+        _DIGESTS.pop(key, None)
+
+    _DIGESTS[key] = (weakref.ref(tool, forget), digest)
+    return digest
 
 
 def new_record(run: RunState) -> RunRecord:
