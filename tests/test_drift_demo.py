@@ -22,6 +22,7 @@ from corral.sim.world import Scenario, make_tasks
 from corral.stores.sqlite import SQLiteStore
 
 RUNS = 12
+AGENT = sides.AGENT
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,22 @@ def test_too_few_runs_say_so_and_pass(day: Day) -> None:
     assert result.exit_code == 0, result.output
     assert "Too few runs to judge: the baseline window has fewer than 5" in result.output
     assert "too few runs" in result.output
+    as_json = CliRunner().invoke(
+        app, ["drift", "--db", day.url, "--window", "1h", "--agent", AGENT, "--json"]
+    )
+    body = json.loads(as_json.stdout)
+    assert (as_json.exit_code, body["enough_runs"], body["drifted"]) == (0, False, [])
+    assert (body["agent"], body["baseline"]["runs"], body["recent"]["runs"]) == (AGENT, 0, 3 * RUNS)
+    assert {f["verdict"] for f in body["figures"]} == {"too_few_runs"}
+
+
+def test_tenant_and_agent_narrow_both_windows(day: Day, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another agent's runs are not this one's: an agent with none has nothing to judge."""
+    code, out = drift(day, day.changed, day.end, capsys, agent="someone-else", as_json=True)
+    body = json.loads(out)
+    assert code == 0 and (body["baseline"]["runs"], body["recent"]["runs"]) == (0, 0)
+    code, out = drift(day, day.changed, day.end, capsys, tenant=sides.TENANT, as_json=True)
+    assert code == 1 and json.loads(out)["recent"]["runs"] == RUNS
 
 
 @pytest.mark.parametrize(
