@@ -3,6 +3,7 @@ port of 127.0.0.1, and API keys of two tenants and a global admin."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -101,3 +102,20 @@ def file_request(
     )
     store.create_approval(record)
     return record
+
+
+def csrf(html: str) -> str:
+    """The CSRF token a dashboard page carries in its forms."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def login(http: httpx.Client, token: str) -> str:
+    """Log ``http`` in to the dashboard with ``token``; the CSRF token of its session."""
+    page = http.get("/ui/login")
+    assert page.status_code == 200
+    done = http.post("/ui/login", data={"csrf": csrf(page.text), "key": token})
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == "/ui/runs"
+    return csrf(http.get("/ui/runs").text)

@@ -11,7 +11,6 @@ browser fails. Screenshots go to ``build/screenshots/`` (git-ignored)."""
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from corral.server.dashboard.render import CSP, STATIC, TEMPLATES
 from corral.server.dashboard.session import COOKIE, Sessions
 from corral.stores.base import ApprovalRecord, RunRecord, Store
 from corral.stores.sqlite import SQLiteStore
-from serving import first_pending, make_keys, serving
+from serving import csrf, first_pending, login, make_keys, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"
@@ -105,20 +104,8 @@ def _file_approval(store: Store, approval_id: str, tenant: str, arguments: Any) 
     )
 
 
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
-def _login(http: httpx.Client, token: str) -> str:
-    """Log ``http`` in with ``token``; the CSRF token of its session."""
-    page = http.get("/ui/login")
-    assert page.status_code == 200
-    done = http.post("/ui/login", data={"csrf": _csrf(page.text), "key": token})
-    assert done.status_code == 303, done.text
-    assert done.headers["location"] == "/ui/runs"
-    return _csrf(http.get("/ui/runs").text)
+_csrf = csrf
+_login = login
 
 
 PAGES = (

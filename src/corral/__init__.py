@@ -13,6 +13,7 @@ import typing as _typing
 from corral._public import LazyNames as _LazyNames
 from corral._public import present_as as _present_as
 from corral._version import __version__
+from corral._visible import guard_logs as _guard_logs
 from corral.clock import Clock, SystemClock
 from corral.exceptions import (
     AccessError,
@@ -147,3 +148,7 @@ _lazy = _LazyNames("corral", globals(), __all__, _LAZY)
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catch-all __getattr__
     __getattr__ = _lazy.resolve
     __dir__ = _lazy.names
+
+# What corral logs takes text from callers and models (an agent's name, a stop's message):
+# shown in the log, never acted on by the terminal that shows it (corral._visible).
+_guard_logs("corral", "corral.server")

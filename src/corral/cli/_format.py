@@ -1,5 +1,6 @@
-"""How the commands write what they print: JSON, consoles for tables, aligned plain columns,
-money, durations and times.
+"""How the commands write what they print: money, durations and times; and, from
+:mod:`corral.cli._output`, JSON, consoles for tables and aligned plain columns, every one of
+them made visible on its way out.
 
 Imports the times and numbers of :mod:`corral.record.views` (the JSON the commands print
 is written there); it formats values the commands have already read.
@@ -7,17 +8,14 @@ is written there); it formats values the commands have already read.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
-import typer
-from rich.console import Console
-
+from corral.cli._output import SafeConsole as SafeConsole
+from corral.cli._output import columns as columns
+from corral.cli._output import console as console
+from corral.cli._output import echo as echo
+from corral.cli._output import print_json as print_json
 from corral.record.views import iso as iso
 from corral.record.views import iso_seconds as iso_seconds
 
@@ -29,26 +27,6 @@ STATUS_STYLE = {
     "interrupted": "magenta",
     "running": "cyan",
 }
-
-
-def console() -> Console:
-    """A console for tables: piped output keeps rows on one line unless COLUMNS is set."""
-    probe = Console()
-    wide = not probe.is_terminal and "COLUMNS" not in os.environ
-    return Console(width=200) if wide else probe
-
-
-def print_json(value: Any) -> None:
-    """``value`` as indented JSON on stdout."""
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def columns(header: Sequence[str], lines: Iterable[Sequence[object]]) -> None:
-    """``header`` and ``lines`` as plain columns, each as wide as its widest cell."""
-    rows = [tuple(header), *(tuple(line) for line in lines)]
-    widths = [max(len(str(c)) for c in col) for col in zip(*rows, strict=False)]
-    for row in rows:
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def money(usd: Decimal) -> str:

@@ -63,7 +63,7 @@ from corral.cli._common import (
     quoted,
     tenant_option,
 )
-from corral.cli._format import columns
+from corral.cli._format import columns, echo
 from corral.controls import approvals
 from corral.exceptions import ApprovalError
 from corral.record.views import approval_row
@@ -111,10 +111,10 @@ def list_(
         found = store.list_approvals(status=wanted, tenant=tenant)
         rows = [approval_row(a) for a in found]
         if json_out:
-            typer.echo(json.dumps({"store": url, "count": len(rows), "approvals": rows}, indent=2))
+            echo(json.dumps({"store": url, "count": len(rows), "approvals": rows}, indent=2))
             return EXIT_OK
         if not rows:
-            typer.echo(f"no {'' if status == 'all' else status + ' '}approvals")
+            echo(f"no {'' if status == 'all' else status + ' '}approvals")
             return EXIT_OK
         _table(found)
         return EXIT_OK
@@ -133,27 +133,27 @@ def show(approval_id: ApprovalId, db: DbOption = None, json_out: JsonOption = Fa
             raise Fail(EXIT_FAILED, f"no approval {quoted(approval_id)} in {url}")
         data = approval_row(record)
         if json_out:
-            typer.echo(json.dumps({"store": url, "approval": data}, indent=2))
+            echo(json.dumps({"store": url, "approval": data}, indent=2))
             return EXIT_OK
         for key in ("id", "status", "tool", "run_id", "tenant", "agent", "args_digest"):
-            typer.echo(f"{key + ':':<12} {data[key] if data[key] is not None else '-'}")
-        typer.echo(f"{'created:':<12} {data['created']}")
-        typer.echo(f"{'expires:':<12} {data['expires']}{_expiry(record)}")
+            echo(f"{key + ':':<12} {data[key] if data[key] is not None else '-'}")
+        echo(f"{'created:':<12} {data['created']}")
+        echo(f"{'expires:':<12} {data['expires']}{_expiry(record)}")
         if record.status != "pending":
-            typer.echo(f"{'decided by:':<12} {record.approver or '-'}")
-            typer.echo(f"{'reason:':<12} {record.reason or '-'}")
-            typer.echo(f"{'decided at:':<12} {data['decided_at'] or '-'}")
+            echo(f"{'decided by:':<12} {record.approver or '-'}")
+            echo(f"{'reason:':<12} {record.reason or '-'}")
+            echo(f"{'decided at:':<12} {data['decided_at'] or '-'}")
         if record.used_at is not None:
-            typer.echo(f"{'used at:':<12} {data['used_at']}")
+            echo(f"{'used at:':<12} {data['used_at']}")
         for key in ("step", "effect", "cost_usd", "call_id", "idempotency_key"):
             if data[key] is not None:
-                typer.echo(f"{key.replace('_', ' ') + ':':<12} {_flat(str(data[key]), 200)}")
+                echo(f"{key.replace('_', ' ') + ':':<12} {_flat(str(data[key]), 200)}")
         if data["purpose"]:
-            typer.echo("purpose (the model's text of that turn):")
-            typer.echo("  " + _flat(str(data["purpose"]), 1000))
-        typer.echo("arguments:")
+            echo("purpose (the model's text of that turn):")
+            echo("  " + _flat(str(data["purpose"]), 1000))
+        echo("arguments:")
         shown = _bounded(data["arguments"])
-        typer.echo(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
+        echo(json.dumps(shown, indent=2, sort_keys=True, ensure_ascii=False))
         return EXIT_OK
 
     raise typer.Exit(_guarded("show", go))
@@ -201,7 +201,7 @@ def _decide(
     decide = approvals.approve if approve_it else approvals.deny
     record = decide(store, approval_id, approver=who, reason=reason, tenant=tenant)
     verb = "approved" if approve_it else "denied"
-    typer.echo(
+    echo(
         f"{verb} {record.id}: {record.tool} for run {record.run_id} "
         f"(by {record.approver}" + (f": {record.reason})" if record.reason else ")")
     )

@@ -55,6 +55,7 @@ from corral.cli._common import (
     one_line,
     open_db,
 )
+from corral.cli._format import echo
 from corral.exceptions import ConfigError, StoreError
 from corral.record import audit
 
@@ -113,11 +114,11 @@ def verify_command(db: str | None, anchor: Path | None, *, as_json: bool = False
     store, url = open_db(db, announce=not as_json)
     result: audit.VerifyResult = _read(url, lambda: audit.verify(store, anchor=wanted))
     if as_json:
-        print(json.dumps({"store": url, **result.to_dict()}))
+        echo(json.dumps({"store": url, **result.to_dict()}))
     elif result.ok:
-        print(result)
+        echo(result)
     else:
-        print(f"corral audit verify: {url}: {result}", file=sys.stderr)
+        echo(f"corral audit verify: {url}: {result}", err=True)
     return EXIT_OK if result.ok else EXIT_BROKEN
 
 
@@ -129,13 +130,13 @@ def checkpoint_command(db: str | None, out: str, anchor: Path | None) -> int:
     except ValueError as exc:
         raise Fail(EXIT_BROKEN, f"{url}: {exc}; no checkpoint written") from None
     if out == "-":
-        print(json.dumps(head, indent=2))
+        echo(json.dumps(head, indent=2))
         return EXIT_OK
     try:
         audit.write_anchor(head, out)
     except OSError as exc:
         raise Fail(EXIT_USAGE, f"--out: cannot write {out}: {exc.strerror or exc}") from None
-    print(f"checkpoint of record {head['seq']} ({head['hash'][:16]}...) written to {out}")
+    echo(f"checkpoint of record {head['seq']} ({head['hash'][:16]}...) written to {out}")
     return EXIT_OK
 
 
@@ -148,7 +149,7 @@ def export_command(db: str | None, out: str, after: int) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     if out != "-":
-        print(f"{count} records written to {out}")
+        echo(f"{count} records written to {out}")
     return EXIT_OK
 
 

@@ -37,6 +37,7 @@ from rich.text import Text
 
 from corral._safe import error_text
 from corral.cli._common import JsonOption
+from corral.cli._output import SafeConsole, echo
 from corral.exceptions import PolicyError
 from corral.policy.schema import Policy, load_policy
 from corral.policy.tool_args import constraint_problems
@@ -200,7 +201,7 @@ def _as_tools(value: Any, spec: str) -> list[object]:
 
 def _console() -> Console:
     # soft_wrap: a problem stays on one line whatever the terminal width, so it can be grepped.
-    return Console(highlight=False, soft_wrap=True, emoji=False)
+    return SafeConsole(highlight=False, soft_wrap=True, emoji=False)
 
 
 def _is_utf(encoding: str | None) -> bool:
@@ -227,7 +228,7 @@ class _Printer:
 
 def _print_invalid(file: Path, problems: list[str], as_json: bool) -> None:
     if as_json:
-        print(_to_json(valid=False, problems=problems))
+        echo(_to_json(valid=False, problems=problems))
         return
     out = _Printer()
     count = len(problems)
@@ -246,7 +247,7 @@ def _print_report(
     file: Path, report: Report, as_json: bool, registered_from: list[object] | None
 ) -> None:
     if as_json:
-        print(_to_json(valid=True, problems=[], report=report))
+        echo(_to_json(valid=True, problems=[], report=report))
         return
     out = _Printer()
     out.line(out.text(f"{out.tick} {file}: valid policy", "bold green"))

@@ -11,9 +11,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from corral.cli._common import DbOption, JsonOption, one_line, origin, say_store
+from corral.cli._output import SafeConsole
 from corral.exceptions import ConfigError, StoreError
 from corral.stores import default_url, display_url, open_store
 
@@ -78,5 +78,5 @@ def demo_command(
     if as_json:
         sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     else:
-        render(figures, Console(), run_prefix=prefix)
+        render(figures, SafeConsole(), run_prefix=prefix)
     return 0

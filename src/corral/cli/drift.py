@@ -14,7 +14,7 @@ Exit codes: 0 no figure drifted (or too few runs to judge); 1 a figure drifted; 
 error: a bad option, policy or store URL, no store there, a store that cannot be read.
 ``--json`` prints the shape of :mod:`corral.drift.report` with ``"store"`` added.
 
-Imports the drift package, the policy's loader and the shared ``_common`` and ``_format``.
+Imports the drift package, the policy's loader and the shared ``_common`` and ``_output``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from corral.cli._common import (
     open_db,
     read,
 )
-from corral.cli._format import console, print_json
+from corral.cli._output import console, print_json
 from corral.drift.compare import Comparison, parse_threshold
 from corral.drift.figures import parse_period
 from corral.drift.report import cells, iso, to_json, tool_mix, value_text

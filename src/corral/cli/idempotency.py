@@ -55,7 +55,7 @@ from corral.cli._common import (
     quoted,
     tenant_option,
 )
-from corral.cli._format import columns, iso_seconds
+from corral.cli._format import columns, echo, iso_seconds
 from corral.controls.breaker import PROBE_KEY
 from corral.controls.killswitch import default_actor
 from corral.stores import Store
@@ -102,9 +102,9 @@ def list_claims(
         rows = [_row(c) for c in claims if not c.key.startswith(PROBE_KEY)]  # writes only
         if json_out:
             body = {"store": url, "count": len(rows), "claims": rows}
-            typer.echo(json.dumps(body, default=str))
+            echo(json.dumps(body, default=str))
         elif not rows:
-            typer.echo("no claims" + (f" {wanted}" if wanted else ""))
+            echo("no claims" + (f" {wanted}" if wanted else ""))
         else:
             _print_table(rows)
         return EXIT_OK
@@ -164,7 +164,7 @@ def resolve(
                 )
             ]
         )
-        typer.echo(f"resolved {key}: {outcome} (by {who})")
+        echo(f"resolved {key}: {outcome} (by {who})")
         return EXIT_OK
 
     raise typer.Exit(guarded("idempotency resolve", go))

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import typer
 
 from corral.cli._common import EXIT_FAILED, EXIT_OK, DbOption, Fail, JsonOption, guarded, open_db
+from corral.cli._format import echo
 from corral.exceptions import ConfigError, StoreError, StoreMissing
 from corral.stores import SQLiteStore, Store, default_url, open_store
 
@@ -47,16 +48,16 @@ def init_command(db: str | None, *, as_json: bool = False) -> int:
     version = _schema_version(store)
     if as_json:
         body = {"store": shown, "created": created, "schema_version": version}
-        typer.echo(json.dumps(body, indent=2))
+        echo(json.dumps(body, indent=2))
         return EXIT_OK
     if _in_memory(url):
-        typer.echo("created a corral store in memory: it ends with this command")
+        echo("created a corral store in memory: it ends with this command")
         return EXIT_OK
     schema = f" (schema version {version})" if version is not None else ""
     if created:
-        typer.echo(f"created a corral store{schema}")
+        echo(f"created a corral store{schema}")
     else:
-        typer.echo(f"a corral store is already there{schema}: nothing to create")
+        echo(f"a corral store is already there{schema}: nothing to create")
     return EXIT_OK
 
 

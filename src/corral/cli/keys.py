@@ -35,7 +35,6 @@ Imports the keys (:mod:`corral.controls.keys`), the stores' records and the shar
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -57,7 +56,7 @@ from corral.cli._common import (
     read,
     tenant_option,
 )
-from corral.cli._format import console, iso_seconds, print_json
+from corral.cli._format import console, echo, iso_seconds, print_json
 from corral.controls import keys
 from corral.record.views import key_row
 from corral.stores.base import KeyRecord
@@ -107,12 +106,12 @@ def create(
         if json_out:
             print_json({"store": url, "token": new.token, "key": key_row(new.key)})
             return EXIT_OK
-        typer.echo(new.token)
-        print(f"created {_describe(new.key)}", file=sys.stderr)
-        print(
+        echo(new.token)
+        echo(f"created {_describe(new.key)}", err=True)
+        echo(
             "this token is shown once and never again: store it now "
             "(corral keeps only a digest of it)",
-            file=sys.stderr,
+            err=True,
         )
         return EXIT_OK
 
@@ -207,10 +206,10 @@ def revoke(
         if json_out:
             print_json({"store": url, "revoked": now, "key": key_row(record)})
         elif now:
-            typer.echo(f"revoked {_describe(record)}")
+            echo(f"revoked {_describe(record)}")
         else:
             when = iso_seconds(record.revoked) if record.revoked is not None else "?"
-            typer.echo(f"{_describe(record)} was already revoked (at {when})")
+            echo(f"{_describe(record)} was already revoked (at {when})")
         return EXIT_OK
 
     raise typer.Exit(guarded("keys revoke", go))

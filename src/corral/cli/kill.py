@@ -66,7 +66,7 @@ from corral.cli._common import (
     one_line,
     open_db,
 )
-from corral.cli._format import columns
+from corral.cli._format import columns, echo
 from corral.controls import approvals, killswitch
 from corral.controls.reach import EFFECTS, Reach, reach
 from corral.exceptions import StoreError
@@ -159,16 +159,16 @@ def enable(
                 "cancelled_approvals": [a.id for a in cancelled],
                 "note": note,
             }
-            typer.echo(json.dumps(body, indent=2))
+            echo(json.dumps(body, indent=2))
             return EXIT_OK
         what = sw.mode or "each run's kill_switch.mode_when_enabled"
-        typer.echo(f"kill switch on: {killswitch.describe(sw)}, {what} (by {sw.actor})")
+        echo(f"kill switch on: {killswitch.describe(sw)}, {what} (by {sw.actor})")
         for line in _reach_lines(sw, reached) if reached is not None else []:
-            typer.echo(line)
+            echo(line)
         if cancelled:
-            typer.echo(f"cancelled {len(cancelled)} pending approval(s) it covers")
+            echo(f"cancelled {len(cancelled)} pending approval(s) it covers")
         if note:
-            typer.echo(f"note: {note}")
+            echo(f"note: {note}")
         return EXIT_OK
 
     raise typer.Exit(guarded("kill enable", go))
@@ -271,9 +271,9 @@ def disable(
         cleared = killswitch.disable(store, scope=scope, target=target, reason=reason, actor=who)
         if json_out:
             body = {"store": url, "cleared": cleared, "scope": scope, "target": target, "by": who}
-            typer.echo(json.dumps(body, indent=2))
+            echo(json.dumps(body, indent=2))
         elif cleared:
-            typer.echo(f"kill switch off: {where} (by {who})")
+            echo(f"kill switch off: {where} (by {who})")
         if cleared:
             return EXIT_OK
         left = [killswitch.describe(sw) for sw in store.kill_switches()]
@@ -294,10 +294,10 @@ def status(
         store, url = open_db(db, announce=not json_out)
         rows = [switch_row(sw) for sw in store.kill_switches()]
         if json_out:
-            typer.echo(json.dumps({"store": url, "switches": rows}))
+            echo(json.dumps({"store": url, "switches": rows}))
             return EXIT_OK
         if not rows:
-            typer.echo("no kill switch is on")
+            echo("no kill switch is on")
             return EXIT_OK
         _print_table(rows)
         return EXIT_OK

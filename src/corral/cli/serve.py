@@ -18,9 +18,11 @@ Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -62,6 +64,24 @@ def serve(
             "folder (FileSecrets).",
         ),
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            help="Where other replicas reach this one (http://host:port): a request for a run "
+            "another replica holds is passed on to it. Default: http://HOST:PORT (the machine's "
+            "name for 0.0.0.0); 'none' for a single server.",
+        ),
+    ] = None,
+    takeover_after: Annotated[
+        float,
+        typer.Option(
+            "--takeover-after",
+            min=1.0,
+            help="Seconds without a heartbeat after which another replica's run is taken over "
+            "when that replica cannot be reached.",
+        ),
+    ] = 90.0,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn's log level: debug, info, warning.")
     ] = "info",
@@ -85,15 +105,23 @@ def serve(
         except ConfigError as exc:
             raise Fail(EXIT_USAGE, f"--policy-dir: {one_line(exc)}") from None
         provider = _secrets(secrets)
+        address = _address(advertise, host, port)
         store, shown = open_db(db, create=True)
         shown_host = f"[{host}]" if ":" in host else host
+        relaying = f"reached by other replicas at {address}" if address else "a single server"
         print(
             f"corral serve: http://{shown_host}:{port} (API documents at /docs); "
-            f"store {shown}; {len(policies)} named policies; Ctrl-C stops",
+            f"store {shown}; {len(policies)} named policies; {relaying}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
-        app = create_app(store, policies=policies, secrets=provider)
+        app = create_app(
+            store,
+            policies=policies,
+            secrets=provider,
+            address=address,
+            takeover_after=takeover_after,
+        )
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
         server = uvicorn.Server(config)
         try:
@@ -106,6 +134,33 @@ def serve(
         return EXIT_OK
 
     raise typer.Exit(guarded("serve", go))
+
+
+def _address(advertise: str | None, host: str, port: int) -> str | None:
+    """Where other replicas reach this server: ``--advertise`` as given (``none``: nowhere,
+    one server), else ``http://HOST:PORT`` (the machine's name when listening on every
+    address; none for port 0, which is not known before the server listens)."""
+    if advertise is not None:
+        if advertise.lower() == "none":
+            return None
+        url = _base_url(advertise)
+        if url is None:
+            raise Fail(EXIT_USAGE, f"--advertise: {advertise!r} is not an http(s)://host:port URL")
+        return url
+    if port == 0:
+        return None
+    name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+def _base_url(text: str) -> str | None:
+    """``text`` as a base URL (scheme and host, no path), or None when it is not one."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _secrets(where: str | None) -> SecretProvider | None:

@@ -12,6 +12,9 @@ import contextlib
 import logging
 import time
 import weakref
+from collections.abc import Sequence
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from corral.budgets.meter import Usage
@@ -21,9 +24,10 @@ from corral.gateway.canonical import args_digest
 from corral.gateway.state import GAVE_UP, RunState
 from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
+from corral.record.views import usage_from_events
 from corral.result import Status
 from corral.stops import StopReason
-from corral.stores.base import RunRecord
+from corral.stores.base import Event, RunRecord
 from corral.tools import Tool
 
 log = logging.getLogger("corral")
@@ -72,17 +76,20 @@ def open_run(policy: Policy, *, run_id: str | None = None, **settings: Any) -> R
     stop (fail closed, but inside the run, so that ``with Run(...)`` records it).
     """
     run = RunState(policy, run_id=run_id, **settings)
+    events: list[Event] = []
     try:
         existing = load(run, run_id)
+        if existing is not None:
+            events = run.store_call(run.store.events, run.id)
     except Stop:
         existing = None
-    prior = None if existing is None else prior_usage(run, existing)
+    prior = None if existing is None else prior_usage(run, existing, events)
     if existing is not None:
         run.resumed = True
         run.set_limits(run.budget.limits, prior=prior)  # counted from the stored usage
     if prior is None:
         run.time.resume_from(0.0, 0.0)  # the run's time starts now, not before the load
-    begin(run, existing)
+    begin(run, existing, events)
     return run
 
 
@@ -96,12 +103,16 @@ def load(run: RunState, run_id: str | None) -> RunRecord | None:
     return record
 
 
-def prior_usage(run: RunState, record: RunRecord) -> Usage | None:
-    """The stored usage a resumed run starts from. A damaged one (negative, not finite,
-    malformed) would start the run with a credit: fail closed instead, as for a store
-    that cannot be read (the first action stops with ``control_plane_unavailable``)."""
+def prior_usage(run: RunState, record: RunRecord, events: Sequence[Event]) -> Usage | None:
+    """The usage a resumed run starts from: the stored one, and no less than its events
+    show (a run whose process died mid-run never wrote its usage, but each call it made
+    was recorded as it ended: resuming it must not start its budgets from zero).
+
+    A damaged stored usage (negative, not finite, malformed) would start the run with a
+    credit: fail closed instead, as for a store that cannot be read (the first action stops
+    with ``control_plane_unavailable``)."""
     try:
-        return Usage.from_dict(record.usage)
+        return at_least(Usage.from_dict(record.usage), Usage.from_dict(usage_from_events(events)))
     except ValueError as exc:
         # The record stays (it is not re-created at the end) and its usage as found,
         # so that every later resume refuses too.
@@ -117,13 +128,31 @@ def prior_usage(run: RunState, record: RunRecord) -> Usage | None:
         return None
 
 
-def begin(run: RunState, existing: RunRecord | None) -> None:
+def at_least(stored: Usage, shown: Usage) -> Usage:
+    """Each figure of ``stored``, raised to what ``shown`` (the events) says where that is
+    more."""
+    by_tool = dict(stored.tool_calls_by_tool)
+    for tool, calls in shown.tool_calls_by_tool.items():
+        by_tool[tool] = max(by_tool.get(tool, 0), calls)
+    return replace(
+        stored,
+        steps=max(stored.steps, shown.steps),
+        tool_calls=max(stored.tool_calls, shown.tool_calls),
+        input_tokens=max(stored.input_tokens, shown.input_tokens),
+        output_tokens=max(stored.output_tokens, shown.output_tokens),
+        usd=max(stored.usd, shown.usd),
+        active_seconds=max(stored.active_seconds, shown.active_seconds),
+        tool_calls_by_tool=MappingProxyType(by_tool),
+    )
+
+
+def begin(run: RunState, existing: RunRecord | None, events: Sequence[Event] = ()) -> None:
     """Check the run's set-up, open its record and say it started."""
     _check_approval_channel(run)
     check_constraints(run.policy, run.tools)
     if run.stop is None:
         with contextlib.suppress(Stop):
-            _open_record(run, existing)
+            _open_record(run, existing, events)
     policy = run.policy
     run.events.add(
         "run_start",
@@ -190,13 +219,12 @@ def new_record(run: RunState) -> RunRecord:
     )
 
 
-def _open_record(run: RunState, existing: RunRecord | None) -> None:
+def _open_record(run: RunState, existing: RunRecord | None, events: Sequence[Event]) -> None:
     if existing is None:
         run.store_call(run.store.create_run, new_record(run))
         run.recorded = True
         return
     run.recorded = True
-    events = run.store_call(run.store.events, run.id)
     run.events.seq = max((e.seq for e in events), default=0)
     run.store_call(
         run.store.update_run,

@@ -77,25 +77,37 @@ def run_row(record: RunRecord, events: Sequence[Event] | None = None) -> dict[st
     }
 
 
-#: Tool-call outcomes that used a call of the budget.
-_CHARGED = frozenset({"ok", "error", "timeout", "invalid_output", "not_executed"})
+#: Tool-call outcomes that used a call of the budget (gateway/charges.py: every attempt
+#: that started, whatever became of it).
+_CHARGED = frozenset({"ok", "error", "timeout", "invalid_output", "not_executed", "cancelled"})
 
 
 def usage_from_events(events: Sequence[Event]) -> dict[str, Any]:
-    """What a run's events show it used (for a run whose usage was never written)."""
+    """What a run's events show it used, in :meth:`corral.Usage.to_dict`'s shape: for a run
+    whose usage was never written (its process died), and as the floor a resumed run's
+    usage starts from. Each model call is a step with its tokens and USD; each attempt of a
+    tool that started is a call with its USD; the seconds are those the calls took (the
+    time between them is not in the events, so this is a lower bound)."""
     steps = tool_calls = tokens_in = tokens_out = 0
     usd = Decimal(0)
+    seconds = 0.0
+    by_tool: dict[str, int] = {}
     for e in events:
+        data = e.data
         if e.kind == "step":
             steps += 1
         elif e.kind == "model_call":
             steps += 1
-            tokens_in += int(e.data.get("input_tokens") or 0)
-            tokens_out += int(e.data.get("output_tokens") or 0)
-            usd += as_decimal(e.data.get("usd"))
-        elif e.kind == "tool_call" and e.data.get("outcome") in _CHARGED:
+            tokens_in += _whole(data.get("input_tokens"))
+            tokens_out += _whole(data.get("output_tokens"))
+            usd += _money(data.get("usd"))
+            seconds += _seconds(data.get("seconds"))
+        elif e.kind == "tool_call" and data.get("outcome") in _CHARGED:
             tool_calls += 1
-            usd += as_decimal(e.data.get("usd"))
+            tool = str(data.get("tool", ""))
+            by_tool[tool] = by_tool.get(tool, 0) + 1
+            usd += _money(data.get("usd"))
+            seconds += _seconds(data.get("seconds"))
     return {
         "steps": steps,
         "tool_calls": tool_calls,
@@ -103,7 +115,25 @@ def usage_from_events(events: Sequence[Event]) -> dict[str, Any]:
         "output_tokens": tokens_out,
         "tokens": tokens_in + tokens_out,
         "usd": str(usd),
+        "active_seconds": round(seconds, 6),
+        "tool_calls_by_tool": by_tool,
     }
+
+
+def _whole(value: Any) -> int:
+    """A count as recorded (anything else counts 0: a damaged event adds nothing)."""
+    return value if type(value) is int and value > 0 else 0
+
+
+def _money(value: Any) -> Decimal:
+    amount = as_decimal(value)
+    return amount if amount.is_finite() and amount > 0 else Decimal(0)
+
+
+def _seconds(value: Any) -> float:
+    if type(value) in (int, float) and 0 < value < float("inf"):
+        return float(value)
+    return 0.0
 
 
 def timeline_of(record: RunRecord, events: Sequence[Event]) -> list[dict[str, Any]]:

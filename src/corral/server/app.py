@@ -20,7 +20,7 @@ from corral.exceptions import StoreError
 from corral.policy.schema import Policy
 from corral.record import metrics
 from corral.secrets import SecretProvider
-from corral.server import agents, dashboard, errors, operators, streams
+from corral.server import agents, dashboard, errors, operators, relay, streams
 from corral.server.auth import key_of, require
 from corral.server.runs import IDLE_SECONDS, Runs
 from corral.stores.base import Store
@@ -35,11 +35,19 @@ def create_app(
     idle_seconds: float = IDLE_SECONDS,
     sweep_seconds: float = 30.0,
     secrets: SecretProvider | None = None,
+    address: str | None = None,
+    takeover_after: float = relay.TAKEOVER_AFTER,
 ) -> FastAPI:
     """The control plane's HTTP API over ``store`` (see :mod:`corral.server`); agents'
     runs start under the named ``policies``, their tools' credentials resolved by
-    ``secrets`` (handed to the agent that executes the call, never shown elsewhere)."""
-    runs = Runs(store, policies, idle_seconds=idle_seconds, secrets=secrets)
+    ``secrets`` (handed to the agent that executes the call, never shown elsewhere).
+
+    ``address`` is where other replicas reach this one (``http://host:port``): given, a
+    request for a run another replica holds is relayed to it, and a run whose replica is
+    gone (no heartbeat for ``takeover_after`` seconds, or its process dead on this node) is
+    taken over (:mod:`corral.server.relay`)."""
+    runs = Runs(store, policies, idle_seconds=idle_seconds, secrets=secrets, address=address)
+    relayer: list[relay.Relay] = []  # the middleware, once Starlette has built it
     # The idle runs are looked for every ``sweep_seconds``.
 
     @contextlib.asynccontextmanager
@@ -52,6 +60,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await runs.close()
+            for middleware in relayer:
+                await middleware.close()
 
     app = FastAPI(
         title="corral control plane",
@@ -62,6 +72,16 @@ def create_app(
     app.state.store = store
     app.state.runs = runs
     errors.install(app)
+    if address is not None:
+
+        def relaying(inner: Any) -> relay.Relay:
+            middleware = relay.Relay(
+                inner, runs=runs, address=address, takeover_after=takeover_after
+            )
+            relayer.append(middleware)
+            return middleware
+
+        app.add_middleware(relaying)  # inside the body cap
     app.add_middleware(errors.BodyCap, limit=max_body, seconds=body_seconds)
     app.include_router(agents.router)
     app.include_router(streams.router)  # before operators': /approvals/stream is no approval id

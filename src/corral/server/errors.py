@@ -96,18 +96,26 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
 )
 
 
+def answer_for(exc: BaseException) -> JSONResponse | None:
+    """The answer to one of corral's exceptions (:data:`STATUS`); None for any other."""
+    if isinstance(exc, Conflict):
+        return error(409, exc.code, str(exc))
+    for kind, status, code in STATUS:
+        if isinstance(exc, kind):
+            extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+            return error(status, code, str(exc), **extra)
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Answer corral's exceptions, FastAPI's validation errors and Starlette's HTTP
     errors in the one shape."""
 
     async def corral_error(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, Conflict):
-            return error(409, exc.code, str(exc))
-        for kind, status, code in STATUS:
-            if isinstance(exc, kind):
-                extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
-                return error(status, code, str(exc), **extra)
-        raise exc  # pragma: no cover - registered only for the classes above
+        answer = answer_for(exc)
+        if answer is None:  # pragma: no cover - registered only for the classes above
+            raise exc
+        return answer
 
     for kind, _, _ in STATUS:
         app.add_exception_handler(kind, corral_error)

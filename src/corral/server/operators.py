@@ -214,7 +214,7 @@ def verify(request: Request, who: Who) -> dict[str, Any]:
 def audit_records(
     request: Request,
     who: Who,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> dict[str, Any]:
     require(who, Action.AUDIT_EXPORT, None)

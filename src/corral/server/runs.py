@@ -5,10 +5,14 @@ of the tool calls it authorized and the model calls it reserved, by id.
 A run is held where it started. Its shared state — budgets across runs, the kill switch,
 approvals, idempotency claims, the audit chain — is in the store, where every replica and
 process sees it; its own counters (steps, tool calls, tokens, the loop detector, the read
-cache) are in this process. A request for a run this process does not hold is answered
-``run_not_held`` (409): behind several replicas, route the requests of one run to one replica
-(by the run id in the path). A run left without a request for ``idle_seconds`` is ended as
-``cancelled``, and so is every held run when the server stops.
+cache) are in this process. Its record names the address of the server holding it
+(``served_by``): behind several replicas, a request reaching another one is relayed to the
+holder, and a run whose holder is gone is taken over (:mod:`corral.server.relay`). A server
+with no address (``address=None``: one replica) answers a request for a run it does not hold
+``run_not_held`` (409). A run left without a request for ``idle_seconds`` is ended as
+``cancelled``, and so is every held run when the server stops; the sweeper renews the
+heartbeat of the runs held here meanwhile (a write renews it too), so that other replicas
+can tell a quiet holder from a dead one.
 
 Imports the loop (``AsyncRun``), the policy, the keys and the stores.
 """
@@ -16,12 +20,15 @@ Imports the loop (``AsyncRun``), the policy, the keys and the stores.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from starlette.concurrency import run_in_threadpool
 
 from corral.controls.keys import Action, Principal, check, permits
 from corral.exceptions import ConfigError, Stop
@@ -31,7 +38,9 @@ from corral.policy.schema import Policy, load_policy
 from corral.result import RunResult
 from corral.secrets import SecretProvider
 from corral.server.errors import Conflict, NotFound
-from corral.stores.base import Store
+from corral.stores.base import RunRecord, Store
+
+log = logging.getLogger("corral.server")
 
 #: How long a held run may go without a request before it is ended as cancelled (seconds).
 IDLE_SECONDS = 3600.0
@@ -82,8 +91,10 @@ class Runs:
         idle_seconds: float = IDLE_SECONDS,
         max_runs: int = MAX_RUNS,
         secrets: SecretProvider | None = None,
+        address: str | None = None,
     ) -> None:
         self.store = store
+        self.address = address  # where other replicas reach this one (None: one replica)
         self.secrets = secrets  # the tools' credentials, resolved here, for executors only
         self.policies = dict(policies or {})
         self.idle_seconds = idle_seconds
@@ -91,6 +102,8 @@ class Runs:
         self._held: dict[str, Held] = {}
         # The latest ended runs, for a late request: their tenant and result.
         self._ended: dict[str, tuple[str | None, RunResult]] = {}
+        # Runs being taken over here, so that two requests for one take it over once.
+        self._taking: dict[str, asyncio.Lock] = {}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -103,9 +116,9 @@ class Runs:
         by its digest: the remote client sends the digest of the policy it was given), or
         (an admin's key only: a policy is what bounds an agent) one given inline."""
         if digest is not None:
-            for candidate in self.policies.values():
-                if candidate.digest == digest:
-                    return candidate
+            found = self._policy_with(digest)
+            if found is not None:
+                return found
             raise ConfigError(
                 f"the server has no policy with digest {digest[:16]}...: put the policy file "
                 "in its --policy-dir, or name one of its policies"
@@ -141,7 +154,65 @@ class Runs:
             credentials=self.secrets,
         )
         held = self._held[run.id] = Held(run, tenant)
+        if self.address is not None:
+            self.store.take_run(run.id, was=None, now=self.address)  # its holder: here
         return held
+
+    # -- take-over ------------------------------------------------------------------------
+    def holds(self, run_id: str) -> bool:
+        """Whether this process holds ``run_id``, or ended it lately."""
+        return run_id in self._held or run_id in self._ended
+
+    async def take_over(self, record: RunRecord, address: str) -> Held | None:
+        """Hold the run ``record`` describes here, resumed from the store, if this server
+        wins it from the holder the record names; None when another server took it first.
+        Refused (``run_not_held``) for a run under a policy this server does not have."""
+        lock = self._taking.setdefault(record.id, asyncio.Lock())
+        async with lock:
+            try:
+                held = self._held.get(record.id)
+                if held is not None:
+                    return held
+                policy = self._policy_with(record.policy_digest)
+                if policy is None:
+                    raise Conflict(
+                        "run_not_held",
+                        f"run {record.id!r} was held by {record.served_by}, which is gone; "
+                        f"this server has no policy with its digest ({record.policy_digest[:16]}) "
+                        "to go on with it: give every replica the same --policy-dir",
+                    )
+                if len(self._held) >= self.max_runs:
+                    raise Conflict("server_busy", f"this server holds {self.max_runs} runs already")
+                won = await run_in_threadpool(
+                    self.store.take_run, record.id, was=record.served_by, now=address
+                )
+                if not won:
+                    return None
+                run = AsyncRun(
+                    policy,
+                    store=self.store,
+                    tenant=record.tenant,
+                    agent=record.agent,
+                    run_id=record.id,
+                    task=record.task,
+                    credentials=self.secrets,
+                )
+                held = self._held[run.id] = Held(run, record.tenant)
+                log.warning(
+                    "run %s taken over from %s, which is gone (resumed: %s)",
+                    record.id,
+                    record.served_by,
+                    run.usage.to_dict(),
+                )
+                return held
+            finally:
+                self._taking.pop(record.id, None)
+
+    def _policy_with(self, digest: str) -> Policy | None:
+        for candidate in self.policies.values():
+            if candidate.digest == digest:
+                return candidate
+        return None
 
     # -- lookup ---------------------------------------------------------------------------
     def get(self, who: Principal, run_id: str, action: Action) -> Held:
@@ -173,8 +244,9 @@ class Runs:
             raise Conflict("run_ended", f"run {run_id!r} has ended")
         raise Conflict(
             "run_not_held",
-            f"run {run_id!r} is driven by another server process (send its requests to the "
-            "replica that started it)",
+            f"run {run_id!r} is driven by another server process (give each replica an "
+            "address, corral serve --advertise, so that they pass requests on to each other; "
+            "or send a run's requests to the replica that started it)",
         )
 
     def ended(self, run_id: str) -> RunResult | None:
@@ -258,7 +330,22 @@ class Runs:
             await self.cancel(held, "the server stopped")
 
     async def sweeper(self, every: float = 30.0) -> None:
-        """Sweep idle runs every ``every`` seconds, until cancelled."""
+        """Every ``every`` seconds, until cancelled: sweep idle runs, and renew the
+        heartbeat of the runs held here that wrote nothing meanwhile."""
         while True:
             await asyncio.sleep(every)
             await self.sweep()
+            await self.beat(older_than=every)
+
+    async def beat(self, *, older_than: float = 0.0) -> int:
+        """Renew the heartbeat of each held run without a request for ``older_than``
+        seconds; how many (a store that fails is tried again at the next sweep)."""
+        now = time.monotonic()
+        quiet = [h.run.id for h in self._held.values() if now - h.touched >= older_than]
+        for run_id in quiet:
+            try:
+                await run_in_threadpool(self.store.heartbeat, run_id)
+            except Exception as exc:  # a store object may raise anything: the next sweep
+                log.warning("could not renew the heartbeat of run %s: %s", run_id, exc)
+                return 0
+        return len(quiet)

@@ -210,6 +210,9 @@ class RunRecord:
     kill_mode: KillMode | None = None
     """The mode a kill switch set without one applies to this run (its policy's
     ``kill_switch.mode_when_enabled``); ``None`` for a run recorded before it was kept."""
+    served_by: str | None = None
+    """The address of the ``corral serve`` process holding the run, for a run an agent
+    drives over HTTP (:meth:`~corral.stores.base.RunStore.take_run` changes it)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from corral._visible import visible
 from corral.record.views import iso_seconds
 
 #: Where the templates and the static files are (shipped in the package).
@@ -72,10 +74,20 @@ def pretty(value: Any) -> str:
     return json.dumps(value, sort_keys=True, indent=2, default=str, ensure_ascii=False)
 
 
+def _shown(value: Any) -> Any:
+    """What a ``{{ }}`` puts on a page: text that acts (controls, bidirectional overrides,
+    zero-width characters) escaped, so that an approver reads what is there
+    (:mod:`corral._visible`); the pages' own markup as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return visible(value)
+    return value
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=True,  # every template, whatever its name: hostile text renders as text
+        finalize=_shown,
         trim_blocks=True,
         lstrip_blocks=True,
     )

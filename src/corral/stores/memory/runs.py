@@ -50,6 +50,22 @@ class Runs(MemoryState):
             if run is not None:
                 self._runs[run_id] = replace(run, heartbeat_at=time.time())
 
+    def take_run(self, run_id: str, *, was: str | None, now: str) -> bool:
+        with self._lock:
+            self._check()
+            run = self._runs.get(run_id)
+            if run is None or run.served_by != was or run.status not in ("running", "interrupted"):
+                return False
+            self._runs[run_id] = replace(
+                run,
+                served_by=now,
+                status="running",
+                ended_at=None,
+                owner=RunOwner.current(),
+                heartbeat_at=time.time(),
+            )
+            return True
+
     def mark_interrupted(
         self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS
     ) -> list[str]:

@@ -23,6 +23,7 @@ from corral.stores.postgres.sql import (
     LOCK_HEAD,
     MARK_INTERRUPTED,
     RUNNING_RUNS,
+    TAKE_RUN,
     update_run,
     upsert,
 )
@@ -69,6 +70,11 @@ class Runs(PostgresConnection):
     def heartbeat(self, run_id: str) -> None:
         """Renew a run's heartbeat (during a long wait that writes nothing else)."""
         self._call(lambda conn: conn.execute(HEARTBEAT, (time.time(), run_id)))
+
+    def take_run(self, run_id: str, *, was: str | None, now: str) -> bool:
+        me = RunOwner.current()
+        params = (now, time.time(), me.host, me.pid, me.node, me.started, run_id, was)
+        return self._call(lambda conn: conn.execute(TAKE_RUN, params).fetchone()) is not None
 
     def mark_interrupted(
         self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS

@@ -16,6 +16,7 @@ RUN_COLUMNS = (
     "id", "tenant", "agent", "status", "stop_reason", "stop", "task", "answer", "usage",
     "policy_digest", "started_at", "ended_at", "would_stop",
     "owner_host", "owner_pid", "owner_node", "owner_started", "heartbeat_at", "kill_mode",
+    "served_by",
 )  # fmt: skip
 OWNER_COLUMNS = ("owner_host", "owner_pid", "owner_node", "owner_started")
 # Insert the claim unless the key is held; otherwise read the holder. The primary key lets
@@ -173,6 +174,15 @@ RUNNING_RUNS = select(
     "corral_runs", ("id", *OWNER_COLUMNS, "heartbeat_at"), "WHERE status = 'running'"
 )
 HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = %s WHERE id = %s"
+
+
+# A server taking over a run: only from the holder it saw, and only a run not ended.
+TAKE_RUN = """
+UPDATE corral_runs SET served_by = %s, status = 'running', ended_at = NULL, heartbeat_at = %s,
+    owner_host = %s, owner_pid = %s, owner_node = %s, owner_started = %s
+WHERE id = %s AND served_by IS NOT DISTINCT FROM %s AND status IN ('running', 'interrupted')
+RETURNING 1
+"""
 
 
 def update_run(columns: Iterable[str]) -> sql.Composed:

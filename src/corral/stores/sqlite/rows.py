@@ -39,6 +39,7 @@ PLAIN_FIELDS = frozenset(
         "ended_at",
         "heartbeat_at",
         "kill_mode",
+        "served_by",
     }
 )
 RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
@@ -88,6 +89,7 @@ def run_record(row: Sequence[Any]) -> RunRecord:
         owner=run_owner(row[13], row[14], row[15], row[16]),
         heartbeat_at=row[17],
         kill_mode=row[18],
+        served_by=row[19],
     )
 
 

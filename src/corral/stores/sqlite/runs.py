@@ -32,6 +32,7 @@ from corral.stores.sqlite.sql import (
     MARK_INTERRUPTED,
     NEXT_EVENT_SEQ,
     RUNNING_RUNS,
+    TAKE_RUN,
     update_run,
 )
 
@@ -62,6 +63,7 @@ class Runs(SQLiteConnection):
                     *owner_columns(owner),
                     heartbeat,
                     record.kill_mode,
+                    record.served_by,
                 ),
             )
 
@@ -107,6 +109,13 @@ class Runs(SQLiteConnection):
         self._check_file()
         with self._write() as conn:
             conn.execute(HEARTBEAT, (time.time(), run_id))
+
+    def take_run(self, run_id: str, *, was: str | None, now: str) -> bool:
+        self._check_file()
+        owner = owner_columns(RunOwner.current())
+        with self._write() as conn:
+            cursor = conn.execute(TAKE_RUN, (now, time.time(), *owner, run_id, was))
+            return cursor.rowcount == 1
 
     def mark_interrupted(
         self, *, now: float | None = None, lease: float = RUN_LEASE_SECONDS

@@ -22,11 +22,11 @@ ROLLBACK = "ROLLBACK"
 RUN_COLUMNS = (
     "id, tenant, agent, status, stop_reason, stop, task, answer, usage, policy_digest, "
     "started_at, ended_at, would_stop, owner_host, owner_pid, owner_node, owner_started, "
-    "heartbeat_at, kill_mode"
+    "heartbeat_at, kill_mode, served_by"
 )
 INSERT_RUN = (
     f"INSERT OR REPLACE INTO corral_runs ({RUN_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM corral_runs WHERE id = ?"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM corral_runs ORDER BY started_at DESC, rowid LIMIT ?"
@@ -35,6 +35,12 @@ LIST_TENANT_RUNS = (
     "ORDER BY started_at DESC, rowid LIMIT ?"
 )
 HEARTBEAT = "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ?"
+# A server taking over a run: only from the holder it saw, and only a run not ended.
+TAKE_RUN = (
+    "UPDATE corral_runs SET served_by = ?, status = 'running', ended_at = NULL, "
+    "heartbeat_at = ?, owner_host = ?, owner_pid = ?, owner_node = ?, owner_started = ? "
+    "WHERE id = ? AND served_by IS ? AND status IN ('running', 'interrupted')"
+)
 # The heartbeat renewed by an append: a run already ended keeps its last one.
 HEARTBEAT_RUNNING = "UPDATE corral_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'"
 RUNNING_RUNS = (
