@@ -31,6 +31,7 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("runs",): [],
     ("show",): ["{run}"],
     ("report",): [],
+    ("drift",): ["--window", "1h"],
     ("audit", "verify"): [],
     ("audit", "checkpoint"): ["--out", "{tmp}/anchor.json"],
     ("audit", "export"): [],
@@ -56,6 +57,14 @@ ARGS: dict[tuple[str, ...], list[str]] = {
 SERVING = {("serve",)}
 #: The commands that create the store they name (the others refuse a missing one).
 CREATES = {("init",), ("demo",), ("golden", "run")}
+#: Commands whose exit 1 means something else (``corral drift``: a figure drifted): a store
+#: missing or unreachable is an error there, exit 2.
+ONE_MEANS_MORE = {("drift",)}
+
+
+def failed(path: tuple[str, ...]) -> int:
+    """The exit code of a failed operation for the command at ``path``."""
+    return 2 if path in ONE_MEANS_MORE else 1
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
@@ -127,10 +136,11 @@ def test_idempotency_list_json_counts_its_claims(recorded: tuple[str, str]) -> N
 
 @pytest.mark.parametrize("path", sorted(set(ARGS) - CREATES), ids=" ".join)
 def test_no_operator_command_creates_a_missing_store(path: tuple[str, ...], tmp_path: Path) -> None:
-    """A path with no store: exit 1, one line ``no corral store at PATH``, nothing created."""
+    """A path with no store: exit 1 (2 for ``drift``), one line ``no corral store at PATH``,
+    nothing created."""
     missing = tmp_path / "no" / "such" / "corral.db"
     result = invoke(*path, *args_for(path, "run_x", tmp_path), "--db", f"sqlite:///{missing}")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == failed(path), result.output
     assert result.stderr.startswith(f"corral {' '.join(path)}: no corral store at {missing}; ")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "no").exists()
@@ -152,10 +162,11 @@ def test_a_url_naming_no_store_is_a_usage_error_for_every_command(
 def test_a_store_that_cannot_be_reached_is_a_failure_for_every_command(
     path: tuple[str, ...], tmp_path: Path
 ) -> None:
-    """Exit 1 and one line naming the store, never a traceback, whatever the command."""
+    """Exit 1 (2 for ``drift``) and one line naming the store, never a traceback, whatever
+    the command."""
     url = "postgresql://nobody@127.0.0.1:1/corral?connect_timeout=1"
     result = invoke(*path, *args_for(path, "run_x", tmp_path), "--db", url)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == failed(path), result.output
     assert "postgresql://nobody@127.0.0.1:1/corral" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
 

@@ -412,13 +412,14 @@ def test_approvals_hold_the_write_until_approved(walked: Walk) -> None:
 
 
 def test_step_4_says_replay_is_not_built_and_it_is_not(walked: Walk) -> None:
-    """The page says golden tasks are built and replay, what-if and drift are not; corral
-    has the one command and none of the others yet."""
+    """The page says golden tasks and drift are built and replay and what-if are not; corral
+    has those two commands and neither of the others yet."""
     text = DOC.read_text()
     assert "## Step 4: golden tasks (replay not built yet)" in text
+    assert "`corral drift` compares windows of live runs" in text
     code, printed = execute("corral golden --help", walked.directory, environment())
     assert code == 0 and "run" in printed
-    for command in ("replay", "whatif", "drift"):
+    for command in ("replay", "whatif"):
         code, printed = execute(f"corral {command} --help", walked.directory, environment())
         assert code == 2, f"corral {command} exists now: update docs/migration.md"
         assert "No such command" in printed

@@ -56,6 +56,12 @@ FIELDS: dict[str, str] = {
     "models.timeout_seconds": "float",
     "models.prices.*.input_usd_per_mtok": "usd",
     "models.prices.*.output_usd_per_mtok": "usd",
+    "monitoring.thresholds.tool_calls_per_run": "float",
+    "monitoring.thresholds.tokens_per_request": "float",
+    "monitoring.thresholds.stop_reason": "float",
+    "monitoring.thresholds.latency_p95": "float",
+    "monitoring.thresholds.spend_per_run": "float",
+    "monitoring.min_runs": "int",
 }
 
 #: Values each kind takes, and what it reads them as.

@@ -158,6 +158,8 @@ COMMANDS = (
     ["kill", "status", "--json"],
     ["report", "--since", "1d"],
     ["report", "--since", "1d", "--json"],
+    ["drift", "--window", "1h", "--min-runs", "1"],
+    ["drift", "--window", "1h", "--json"],
     ["audit", "verify"],
 )
 

@@ -75,6 +75,12 @@ def _report() -> Target:
     return report.report
 
 
+def _drift() -> Target:
+    from corral.cli import drift
+
+    return drift.drift
+
+
 def _version() -> Target:
     return version
 
@@ -148,6 +154,13 @@ COMMANDS: dict[str, Entry] = {
             "what enforce mode stopped, over a period."
         ),
         load=_report,
+    ),
+    "drift": Entry(
+        help=(
+            "Compare recent runs' figures (tool calls, tokens, stop reasons, latency, spend) with\n"
+            "the runs before them; exit 1 on drift."
+        ),
+        load=_drift,
     ),
     "version": Entry(help="Print corral's version.", load=_version),
     "audit": Entry(

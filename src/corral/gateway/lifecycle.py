@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from typing import Any
 from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
+from corral.gateway.canonical import args_digest
 from corral.gateway.state import GAVE_UP, RunState
 from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
@@ -26,6 +28,7 @@ from corral.record.views import usage_from_events
 from corral.result import Status
 from corral.stops import StopReason
 from corral.stores.base import Event, RunRecord
+from corral.tools import Tool
 
 log = logging.getLogger("corral")
 
@@ -159,6 +162,9 @@ def begin(run: RunState, existing: RunRecord | None, events: Sequence[Event] = (
         observed=sorted(run.observing),
         tenant=run.tenant,
         agent=run.agent,
+        tools=tool_digests(run),
+        # The figures the metrics export for this run (record/metrics.py).
+        track=list(policy.monitoring.track) if policy.monitoring.metrics else [],
     )
     if log.isEnabledFor(logging.INFO):
         log.info(
@@ -171,6 +177,34 @@ def begin(run: RunState, existing: RunRecord | None, events: Sequence[Event] = (
             policy.mode_name,
         )
     _start_warnings(run)
+
+
+def tool_digests(run: RunState) -> dict[str, str]:
+    """Each allowed tool's definition digest (name, description, argument and output
+    schemas, effect, as the code declares them): what ``corral drift`` compares across
+    windows to name a changed tool as the likely cause."""
+    return {name: _tool_digest(tool) for name, tool in run.tools.items() if name in run.allowed}
+
+
+#: id(tool) -> (the tool, weakly; its digest): a tool's definition is frozen, so its digest
+#: is computed once per tool object, not at every run's start.
+_DIGESTS: dict[int, tuple[weakref.ref[Tool], str]] = {}
+
+
+def _tool_digest(tool: Tool) -> str:
+    key = id(tool)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0]() is tool:
+        return known[1]
+    spec = tool.spec()
+    spec.update(output_schema=tool.output_schema, effect=tool.effect)
+    digest = args_digest(spec)[:16]
+
+    def forget(_: object) -> None:  # with the tool: its id may then name another
+        _DIGESTS.pop(key, None)
+
+    _DIGESTS[key] = (weakref.ref(tool, forget), digest)
+    return digest
 
 
 def new_record(run: RunState) -> RunRecord:

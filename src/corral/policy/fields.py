@@ -44,7 +44,17 @@ KillMode = Literal["disable_writes", "disable_expensive", "stop_all"]
 OnDenied = Literal["stop", "tell_model"]
 OnDegraded = Literal["stop", "tell_model"]
 OnLoop = Literal["stop", "tell_model"]
-Tracked = Literal["tool_calls_per_run", "tokens_per_request", "stop_reason", "latency_p95"]
+#: The per-run figures ``monitoring.track`` may name (see docs/drift.md).
+Tracked = Literal[
+    "tool_calls_per_run", "tokens_per_request", "stop_reason", "latency_p95", "spend_per_run"
+]
+#: The drift signals the readiness checklist asks ``monitoring.track`` to name.
+DRIFT_SIGNALS: tuple[Tracked, ...] = (
+    "tool_calls_per_run",
+    "tokens_per_request",
+    "stop_reason",
+    "latency_p95",
+)
 
 
 def _to_decimal(value: Any) -> Any:
@@ -131,3 +141,5 @@ PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)
 NonNegativeSeconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
+#: A relative change (0.25: a quarter up or down) or a distance past which a figure drifted.
+Threshold = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]

@@ -187,6 +187,11 @@ def _message(err: Any, root: Any, loc: tuple[Any, ...]) -> str:
             return f"must be zero or more, got {_got(value)}"
         op = ">" if kind == "greater_than" else ">="
         return f"must be {op} {bound}, got {_got(value)}"
+    if kind in ("less_than", "less_than_equal"):
+        op, bound = ("<", ctx.get("lt")) if kind == "less_than" else ("<=", ctx.get("le"))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # 1, as the policy's documentation writes it, not 1.0
+        return f"must be {op} {bound}, got {_got(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"):
         expected = _expected_number(root, loc, value)
         return f"must be {expected}, got {_got(value)}{number_hint(value)}"

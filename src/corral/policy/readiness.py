@@ -23,8 +23,13 @@ What meets each item (the report reads the config, and the registered tools when
 - ``output_validation``: at least one tool is allowed, and every allowed tool has an
   output schema, in ``tools.specs.<name>.output_schema`` or declared by its code.
 - ``stop_reasons``: always met; every run ends with a stop reason from a closed list.
-- ``monitoring``: ``monitoring.track`` names all four drift signals: tool calls per run,
-  tokens per request, stop reason and p95 latency.
+- ``monitoring``: drift monitoring is in force: ``monitoring.track`` names all four drift
+  signals (tool calls per run, tokens per request, stop reason and p95 latency; spend per
+  run may be added), every tracked figure has a threshold (the defaults count; ``null``
+  turns one off), and ``monitoring.metrics`` is on, so the tracked figures are exported
+  per run wherever the process enables corral's metrics. The figures themselves are read
+  from the store's runs and events, which every run with a store records
+  (``corral drift`` compares them; docs/drift.md).
 - ``kill_switch``: the policy sets ``kill_switch.mode_when_enabled`` itself, so a switch
   thrown without a mode does what was decided, not what a default says.
 - ``write_approvals``: ``writes.require_approval`` is on and no allowed tool that writes
@@ -36,11 +41,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 from corral.policy._tool_facts import CodeTool, effect_of, name_of, registered
 from corral.policy.decision_aid import ToolNeeds, tool_needs
-from corral.policy.schema import Policy, Tracked
+from corral.policy.fields import DRIFT_SIGNALS
+from corral.policy.schema import Policy
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,17 +205,24 @@ def _stop_reasons() -> Item:
     )
 
 
-_TRACKED: tuple[str, ...] = get_args(Tracked)
-
-
 def _monitoring(policy: Policy) -> Item:
-    missing = [name for name in _TRACKED if name not in policy.monitoring.track]
+    monitoring = policy.monitoring
+    hints = []
+    missing = [name for name in DRIFT_SIGNALS if name not in monitoring.track]
+    if missing:
+        hints.append(f"add to monitoring.track: {', '.join(missing)}")
+    unjudged = [name for name in monitoring.track if getattr(monitoring.thresholds, name) is None]
+    if unjudged:
+        names = ", ".join(f"monitoring.thresholds.{name}" for name in unjudged)
+        hints.append(f"give a threshold to {names} (null judges nothing)")
+    if not monitoring.metrics:
+        hints.append("set monitoring.metrics: true (the tracked figures are not exported)")
     return Item(
         key="monitoring",
         title="Monitoring for drift (tool calls, tokens, stop reasons, latency)",
-        met=not missing,
+        met=not hints,
         why="drift shows first in tool calls per run, tokens per request, stop reasons and latency",
-        hint=f"add to monitoring.track: {', '.join(missing)}" if missing else "",
+        hint="; ".join(hints),
     )
 
 

@@ -45,6 +45,7 @@ from corral.policy.fields import (
     PositiveInt,
     PositiveSeconds,
     Ratio,
+    Threshold,
     ToolName,
     Tracked,
 )
@@ -210,8 +211,40 @@ class Approvals(Section):
         return value
 
 
+class Thresholds(Section):
+    """How far each figure may move between ``corral drift``'s windows before it has drifted.
+
+    A number figure drifts when its relative change passes its threshold (``0.25``: a
+    quarter up or down); the stop-reason mix drifts when its total variation distance
+    (half the sum of the changes in each reason's share, 0 to 1) passes ``stop_reason``.
+    ``null`` turns a figure's judgement off (and ``corral check``'s monitoring item with it).
+    """
+
+    tool_calls_per_run: Threshold | None = 0.25
+    tokens_per_request: Threshold | None = 0.25
+    stop_reason: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=1)] | None = 0.15
+    latency_p95: Threshold | None = 0.5
+    spend_per_run: Threshold | None = 0.25
+
+
 class Monitoring(Section):
+    """Drift monitoring: the per-run figures tracked (``track``), how far each may move
+    (``thresholds``), the fewest runs a window needs to be judged (``min_runs``), and whether
+    the tracked figures are exported per run as Prometheus metrics (``metrics``, when the
+    process enables corral's metrics). See docs/drift.md."""
+
     track: list[Tracked] = Field(default_factory=list)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    min_runs: PositiveInt = 20
+    metrics: StrictBool = True
+
+    @field_validator("track")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once")
+        return value
 
 
 class KillSwitch(Section):

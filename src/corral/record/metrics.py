@@ -30,6 +30,23 @@ gives the text exposition (a ``str``; serve it as :data:`CONTENT_TYPE`);
 ``corral_model_overrun_tokens_total``      tokens a provider billed above the reservation
 =========================================  ==============================================
 
+The figures ``monitoring.track`` names (:mod:`corral.record.figures`), one value per run
+when it ends, for runs whose policy tracks them (and keeps ``monitoring.metrics`` on), by
+``tenant`` and ``agent``: what ``corral drift`` compares, for dashboards and alerts.
+
+==================================================  ===========================================
+``corral_run_tool_calls{tenant,agent}``             histogram: ``tool_calls_per_run``
+``corral_run_tokens_per_request{tenant,agent}``     histogram: ``tokens_per_request``
+``corral_run_stop_reasons_total{tenant,agent,``     ``stop_reason``: runs ended, by stop reason
+``stop_reason}``
+``corral_run_tool_latency_p95_seconds{tenant,``     histogram: ``latency_p95``, the run's own
+``agent}``
+``corral_run_spend_usd{tenant,agent}``              histogram: ``spend_per_run``
+==================================================  ===========================================
+
+A resumed run's figures are those of its first segment here (its later segments' ends
+are not counted again); ``corral drift`` reads the whole run from the store.
+
 Guards: ``allowlist``, ``arguments``, ``constraints``, ``idempotency``,
 ``approval``, ``kill_switch``, ``budget``, ``loop``, ``degrade``, ``output``,
 ``control_plane``. A refusal that concerns the run or a model call, not a tool,
@@ -42,7 +59,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -50,13 +67,15 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
-from corral.record import sinks
+from corral.record import figures, sinks
 from corral.record.decisions import DenialReader
 from corral.stores.base import Event
+from corral.stores.figures import RunFigures
 
 __all__ = [
     "CONTENT_TYPE",
     "MODEL_LATENCY_BUCKETS",
+    "SPEND_BUCKETS",
     "TOKEN_BUCKETS",
     "TOOL_CALLS_BUCKETS",
     "TOOL_LATENCY_BUCKETS",
@@ -82,6 +101,9 @@ TOKEN_BUCKETS = (
 #: Tool calls per run: every value up to the default budget of 15, then coarser.
 TOOL_CALLS_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100)
 
+#: USD a run spent: from a fraction of a cent to a runaway run.
+SPEND_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0)
+
 #: The media type of :func:`render`'s text: Prometheus's text exposition format 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -92,8 +114,14 @@ MAX_RUNS = 10_000
 @dataclass
 class _RunState:
     tenant: str = ""
+    agent: str = ""
     resumed: bool = False
     counted_usd: Decimal = Decimal(0)
+    #: The figures its policy tracks, and what they are computed from.
+    track: tuple[str, ...] = ()
+    requests: int = 0
+    tokens: int = 0
+    seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -150,10 +178,36 @@ class Metrics:
             "Tokens a provider billed above what was reserved (it ignored max_tokens).",
             registry=r,
         )
+        self._per_run(r)
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         self._denials = DenialReader(max_runs=MAX_RUNS)
+
+    def _per_run(self, r: CollectorRegistry) -> None:
+        who = ["tenant", "agent"]
+        self.run_tool_calls = Histogram(
+            "corral_run_tool_calls", "Tool calls of a run whose policy tracks them.", who,
+            buckets=TOOL_CALLS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.run_tokens_per_request = Histogram(
+            "corral_run_tokens_per_request",
+            "Tokens per model call of a run whose policy tracks them.", who,
+            buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.run_stop_reasons = Counter(
+            "corral_run_stop_reasons", "Runs whose policy tracks stop reasons, ended.",
+            [*who, "stop_reason"], registry=r,
+        )  # fmt: skip
+        self.run_latency_p95 = Histogram(
+            "corral_run_tool_latency_p95_seconds",
+            "The p95 tool-call latency of a run whose policy tracks it.", who,
+            buckets=TOOL_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.run_spend = Histogram(
+            "corral_run_spend_usd", "USD a run whose policy tracks it spent.", who,
+            buckets=SPEND_BUCKETS, registry=r,
+        )  # fmt: skip
 
     # The sink: called with each batch of events the store accepted.
     def __call__(self, events: Sequence[Event]) -> None:
@@ -189,7 +243,11 @@ class Metrics:
     def _start(self, event: Event) -> None:
         state = self._state(event.run_id)
         state.tenant = str(event.data.get("tenant") or "")
+        state.agent = str(event.data.get("agent") or "")
         state.resumed = bool(event.data.get("resumed"))
+        track = event.data.get("track")
+        if isinstance(track, list) and not state.resumed:
+            state.track = tuple(name for name in track if name in figures.FIGURES)
 
     def _spend(self, run_id: str, usd: Decimal) -> None:
         if usd > 0:
@@ -203,7 +261,12 @@ class Metrics:
             self.model_latency.labels(model=str(data.get("model") or "")).observe(seconds)
         tokens_in, tokens_out = data.get("input_tokens"), data.get("output_tokens")
         if data.get("outcome") == "ok" and isinstance(tokens_in, int | float):
-            self.tokens_per_request.observe(tokens_in + (_number(tokens_out) or 0))
+            tokens = tokens_in + (_number(tokens_out) or 0)
+            self.tokens_per_request.observe(tokens)
+            state = self._runs.get(run_id)
+            if state is not None and state.track:
+                state.requests += 1
+                state.tokens += int(tokens)
         self._spend(run_id, _usd(data.get("usd")))
 
     def _tool_call(self, run_id: str, data: Mapping[str, Any]) -> None:
@@ -212,6 +275,9 @@ class Metrics:
         seconds = _number(data.get("seconds"))
         if seconds is not None:
             self.tool_latency.labels(tool=tool).observe(seconds)
+            state = self._runs.get(run_id)
+            if state is not None and state.track:
+                state.seconds.append(seconds)
         self._spend(run_id, _usd(data.get("usd")))
 
     def _end(self, run_id: str, data: Mapping[str, Any]) -> None:
@@ -238,6 +304,37 @@ class Metrics:
         self._ended[run_id] = _Ended(usd=total_usd, overrun_tokens=overrun)
         while len(self._ended) > MAX_RUNS:
             self._ended.popitem(last=False)
+        if state.track:
+            self._figures(state, data, usage, total_usd)
+
+    def _figures(
+        self, state: _RunState, data: Mapping[str, Any], usage: Mapping[str, Any], usd: Decimal
+    ) -> None:
+        """The tracked figures of a run that ended (:mod:`corral.record.figures`)."""
+        run = RunFigures(
+            run_id="",
+            status=str(data.get("status") or ""),
+            stop_reason=str(data.get("stop_reason") or "") or None,
+            tool_calls=int(_number(usage.get("tool_calls")) or 0),
+            usd=usd,
+            requests=state.requests,
+            tokens=state.tokens,
+            tool_seconds=tuple(state.seconds),
+        )
+        who = {"tenant": state.tenant, "agent": state.agent}
+        histograms = {
+            "tool_calls_per_run": self.run_tool_calls,
+            "tokens_per_request": self.run_tokens_per_request,
+            "latency_p95": self.run_latency_p95,
+            "spend_per_run": self.run_spend,
+        }
+        for name in state.track:
+            if name == "stop_reason":
+                self.run_stop_reasons.labels(**who, stop_reason=figures.stop_reason(run)).inc()
+                continue
+            value = figures.value(name, run)
+            if value is not None:
+                histograms[name].labels(**who).observe(value)
 
 
 def _number(value: Any) -> float | None:

@@ -2,7 +2,8 @@
 in corral's model protocol, and the tools it uses.
 
 The brain decides from the messages it receives, as a model does: it looks up the
-ticket in the knowledge base once, then opens the ticket's vendor pages in order,
+ticket in the knowledge base (once, or ``kb_lookups`` times with a new query each),
+then opens the ticket's vendor pages in order,
 counting the pages read since the last failure. After a failure it starts the pages
 over (re-browsing, as autonomous agents do); once every page is read it answers.
 
@@ -54,13 +55,18 @@ def _task(messages: Sequence[Mapping[str, Any]]) -> str:
     return next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
 
 
-def decide(messages: Sequence[Mapping[str, Any]]) -> Decision:
-    """The agent's next move, from the conversation so far."""
+def decide(messages: Sequence[Mapping[str, Any]], *, kb_lookups: int = 1) -> Decision:
+    """The agent's next move, from the conversation so far: ``kb_lookups`` knowledge-base
+    lookups (each query new, so none is a repeat), then the vendor pages."""
     task = _task(messages)
     urls = _URL.findall(task)
-    if not any(m.get("role") == "tool" for m in messages):
+    tools = [m.get("name") for m in messages if m.get("role") == "tool"]
+    if not tools or (BROWSER not in tools and len(tools) < kb_lookups):
         ticket = _TICKET.search(task)
-        return Decision(tool=KB, arguments={"query": ticket.group(0) if ticket else task[:40]})
+        query = ticket.group(0) if ticket else task[:40]
+        if tools:  # a lookup again: a new query, or loop detection would rightly stop it
+            query = f"{query} ({len(tools) + 1})"
+        return Decision(tool=KB, arguments={"query": query})
     read = 0
     for m in reversed(messages):
         if m.get("role") != "tool":
@@ -121,7 +127,7 @@ class SimModel:
             self.clock.sleep(max(0.0, remaining))
             raise TimeoutError(f"{self.name} gave no answer within {max(0.0, remaining):.1f} s")
         self.clock.sleep(latency)
-        decision = decide(messages)
+        decision = decide(messages, kb_lookups=self.scenario.kb_lookups)
         prompt = json.dumps([list(messages), list(tools)], default=str)
         if decision.tool is None:
             out = decision.answer or ""

@@ -42,6 +42,10 @@ class Scenario:
     hang: tuple[float, float] = (16.0, 22.0)
     kb_latency: tuple[float, float] = (0.2, 0.5)
     model_latency: tuple[float, float] = (0.8, 2.0)
+    #: How many times the agent looks a ticket up in the knowledge base before browsing. A
+    #: new prompt or model that makes it look more changes its tool-call mix: the behaviour
+    #: ``corral drift`` is there to flag (tests/test_drift_demo.py changes it on purpose).
+    kb_lookups: int = 1
 
     def in_outage(self, t: float) -> bool:
         return self.outage_start <= t < self.outage_end

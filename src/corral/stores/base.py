@@ -42,6 +42,9 @@ that code needing one concern can say so (``def f(store: KillSwitchStore)``):
   spends one retry if :func:`~corral.stores.rules.retry_fits` (check and spend in one
   atomic step, so processes cannot overspend the budget together); ``degrade_reset``
   starts a fresh window (the breaker opened or closed).
+- :class:`FigureStore`, **the figures drift is judged on**: ``run_figures`` returns, in
+  one query, the :class:`~corral.stores.figures.RunFigures` of every ended run that
+  started in a time window (oldest first), its record and an aggregate of its events.
 
 Contended state must use the backend's own atomicity, not in-process locks, so it
 holds across replicas. ``shared`` says whether other processes see the same state
@@ -62,6 +65,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
+from corral.stores.figures import MAX_FIGURE_RUNS, RunFigures
 from corral.stores.grants import RECLAIM_EVERY, GrantLeases
 from corral.stores.owner import RUN_LEASE_SECONDS
 from corral.stores.records import (
@@ -311,6 +315,25 @@ class KeyStore(Protocol):
 
 
 @runtime_checkable
+class FigureStore(Protocol):
+    """The figures of ended runs in a time window (see the module docstring)."""
+
+    def run_figures(
+        self,
+        *,
+        since: float,
+        until: float,
+        tenant: str | None = None,
+        agent: str | None = None,
+        limit: int = MAX_FIGURE_RUNS,
+    ) -> list[RunFigures]:
+        """Every run that started at or after ``since`` and before ``until`` (epoch
+        seconds) and is no longer running, of ``tenant`` and ``agent`` when given, oldest
+        first, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
 class Store(
     RunStore,
     EventStore,
@@ -320,6 +343,7 @@ class Store(
     ClaimStore,
     BreakerStore,
     KeyStore,
+    FigureStore,
     Protocol,
 ):
     """What corral needs from shared state: every concern, and the store's life. See the
@@ -338,6 +362,7 @@ __all__ = [
     "KILL_MODES",
     "KILL_SCOPES",
     "MAX_CHARGE_CALLS",
+    "MAX_FIGURE_RUNS",
     "MAX_KILL_TARGET",
     "RECLAIM_EVERY",
     "ApprovalRecord",
@@ -357,6 +382,7 @@ __all__ = [
     "DegradeWindow",
     "Event",
     "EventStore",
+    "FigureStore",
     "GrantLeases",
     "KeyRecord",
     "KeyRole",
@@ -366,6 +392,7 @@ __all__ = [
     "KillSwitchState",
     "KillSwitchStore",
     "Refusal",
+    "RunFigures",
     "RunRecord",
     "RunStore",
     "ScopeState",

@@ -301,6 +301,34 @@ DEGRADE_RESET = "DELETE FROM corral_degrade WHERE name = %s"
 # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: it is serialized by this lock.
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext(%s))"
 
+# The figures of ended runs that started in [since, until), with an aggregate of their events
+# (see corral.stores.figures): answered model calls and their tokens, tool calls' seconds, the
+# model ids, the tool definitions' digests of the run's start.
+RUN_FIGURES = """
+SELECT r.id, r.tenant, r.agent, r.status, r.stop_reason, r.started_at, r.policy_digest, r.usage,
+    COUNT(e.id) FILTER (WHERE e.kind = 'model_call' AND e.data->>'outcome' = 'ok'),
+    COALESCE(SUM(
+        (CASE WHEN jsonb_typeof(e.data->'input_tokens') = 'number'
+              THEN (e.data->>'input_tokens')::numeric ELSE 0 END)
+      + (CASE WHEN jsonb_typeof(e.data->'output_tokens') = 'number'
+              THEN (e.data->>'output_tokens')::numeric ELSE 0 END)
+    ) FILTER (WHERE e.kind = 'model_call' AND e.data->>'outcome' = 'ok'), 0),
+    array_agg((e.data->>'seconds')::float8 ORDER BY e.id) FILTER (WHERE e.kind = 'tool_call'
+        AND jsonb_typeof(e.data->'seconds') = 'number'),
+    array_agg(DISTINCT e.data->>'model') FILTER (WHERE e.kind = 'model_call'
+        AND jsonb_typeof(e.data->'model') = 'string'),
+    (array_agg(e.data->'tools' ORDER BY e.id) FILTER (WHERE e.kind = 'run_start'
+        AND jsonb_typeof(e.data->'tools') = 'object'))[1]
+FROM corral_runs AS r
+LEFT JOIN corral_events AS e
+    ON e.run_id = r.id AND e.kind IN ('run_start', 'model_call', 'tool_call')
+WHERE r.started_at >= %s AND r.started_at < %s AND r.status <> 'running'
+    AND (%s::text IS NULL OR r.tenant = %s) AND (%s::text IS NULL OR r.agent = %s)
+GROUP BY r.id
+ORDER BY r.started_at, r.id
+LIMIT %s
+"""
+
 
 def create_schema(schema: str) -> sql.Composed:
     return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))

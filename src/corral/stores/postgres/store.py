@@ -3,7 +3,7 @@
 :class:`PostgresStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`),
+:mod:`.keys`, :mod:`.figures`),
 each over the pool of :mod:`.connection`.
 """
 
@@ -16,12 +16,15 @@ from corral.stores.postgres.breakers import Breakers
 from corral.stores.postgres.budgets import Budgets
 from corral.stores.postgres.claims import Claims
 from corral.stores.postgres.events import Events
+from corral.stores.postgres.figures import Figures
 from corral.stores.postgres.keys import Keys
 from corral.stores.postgres.runs import Runs
 from corral.stores.postgres.switches import KillSwitches
 
 
-class PostgresStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys):
+class PostgresStore(
+    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures
+):
     """A complete :class:`~corral.stores.base.Store` in PostgreSQL, safe across processes.
 
     ``url`` is a libpq URL or DSN (``postgresql://user@host:5432/db``), optionally

@@ -198,3 +198,33 @@ DEGRADE_PRUNE = "DELETE FROM corral_degrade WHERE name = ? AND start < ?"
 DEGRADE_BUCKETS = "SELECT start, calls, failures, retries FROM corral_degrade WHERE name = ?"
 DEGRADE_SPEND_RETRY = "UPDATE corral_degrade SET retries = retries + 1 WHERE name = ? AND start = ?"
 DEGRADE_RESET = "DELETE FROM corral_degrade WHERE name = ?"
+
+# The figures of ended runs that started in [since, until), with an aggregate of their events
+# (see corral.stores.figures): answered model calls and their tokens, tool calls' seconds, the
+# model ids, the tool definitions' digests of the run's start.
+RUN_FIGURES = """
+SELECT r.id, r.tenant, r.agent, r.status, r.stop_reason, r.started_at, r.policy_digest, r.usage,
+    SUM(CASE WHEN e.kind = 'model_call' AND json_extract(e.data, '$.outcome') = 'ok'
+        THEN 1 ELSE 0 END),
+    SUM(CASE WHEN e.kind = 'model_call' AND json_extract(e.data, '$.outcome') = 'ok'
+        THEN (CASE WHEN json_type(e.data, '$.input_tokens') = 'integer'
+                   THEN json_extract(e.data, '$.input_tokens') ELSE 0 END)
+           + (CASE WHEN json_type(e.data, '$.output_tokens') = 'integer'
+                   THEN json_extract(e.data, '$.output_tokens') ELSE 0 END)
+        ELSE 0 END),
+    json_group_array(CASE WHEN e.kind = 'tool_call'
+        AND json_type(e.data, '$.seconds') IN ('integer', 'real')
+        THEN json_extract(e.data, '$.seconds') END),
+    json_group_array(DISTINCT CASE WHEN e.kind = 'model_call'
+        THEN json_extract(e.data, '$.model') END),
+    MAX(CASE WHEN e.kind = 'run_start' AND json_type(e.data, '$.tools') = 'object'
+        THEN json_extract(e.data, '$.tools') END)
+FROM corral_runs AS r
+LEFT JOIN corral_events AS e
+    ON e.run_id = r.id AND e.kind IN ('run_start', 'model_call', 'tool_call')
+WHERE r.started_at >= ? AND r.started_at < ? AND r.status != 'running'
+    AND (? IS NULL OR r.tenant = ?) AND (? IS NULL OR r.agent = ?)
+GROUP BY r.id
+ORDER BY r.started_at, r.id
+LIMIT ?
+"""

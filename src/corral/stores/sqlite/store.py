@@ -3,7 +3,7 @@
 :class:`SQLiteStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`),
+:mod:`.keys`, :mod:`.figures`),
 each over the one connection of :mod:`.connection`.
 """
 
@@ -18,12 +18,13 @@ from corral.stores.sqlite.breakers import Breakers
 from corral.stores.sqlite.budgets import Budgets
 from corral.stores.sqlite.claims import Claims
 from corral.stores.sqlite.events import Events
+from corral.stores.sqlite.figures import Figures
 from corral.stores.sqlite.keys import Keys
 from corral.stores.sqlite.runs import Runs
 from corral.stores.sqlite.switches import KillSwitches
 
 
-class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys):
+class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures):
     """A complete :class:`~corral.stores.base.Store` in one SQLite file.
 
     ``path`` is a file (created with its schema if missing, upgraded if older) or

@@ -1,0 +1,46 @@
+"""The figures of ended runs in a time window, from PostgreSQL (the figures concern).
+
+One statement: the runs that started in the window, each joined to an aggregate of its
+``run_start``, ``model_call`` and ``tool_call`` events (found through the events' index
+by run), folded into :class:`~corral.stores.figures.RunFigures` rows.
+"""
+
+from __future__ import annotations
+
+from corral.stores.figures import MAX_FIGURE_RUNS, RunFigures, run_figures
+from corral.stores.postgres.connection import PostgresConnection
+from corral.stores.postgres.sql import RUN_FIGURES
+
+
+class Figures(PostgresConnection):
+    """The figures part of :class:`~corral.stores.postgres.PostgresStore`."""
+
+    def run_figures(
+        self,
+        *,
+        since: float,
+        until: float,
+        tenant: str | None = None,
+        agent: str | None = None,
+        limit: int = MAX_FIGURE_RUNS,
+    ) -> list[RunFigures]:
+        params = (since, until, tenant, tenant, agent, agent, limit)
+        rows = self._call(lambda conn: conn.execute(RUN_FIGURES, params).fetchall())
+        return [
+            run_figures(
+                run_id=r[0],
+                tenant=r[1],
+                agent=r[2],
+                status=r[3],
+                stop_reason=r[4],
+                started_at=r[5],
+                policy_digest=r[6],
+                usage=r[7],
+                requests=r[8],
+                tokens=r[9],
+                tool_seconds=r[10],
+                models=r[11],
+                tool_digests=r[12],
+            )
+            for r in rows
+        ]
