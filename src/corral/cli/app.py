@@ -109,6 +109,12 @@ def _keys() -> Target:
     return keys.keys_app
 
 
+def _mcp() -> Target:
+    from corral.cli import mcp
+
+    return mcp.mcp_app
+
+
 #: Every command and group, in ``--help``'s order, with the first paragraph of its help (a
 #: command's docstring, a group's ``help=``) exactly as written there.
 COMMANDS: dict[str, Entry] = {
@@ -163,6 +169,10 @@ COMMANDS: dict[str, Entry] = {
     "keys": Entry(
         help="Create, list and revoke the API keys of tenants and their roles.",
         load=_keys,
+    ),
+    "mcp": Entry(
+        help="Put corral's policy in front of MCP servers: proxy, pin definitions.",
+        load=_mcp,
     ),
 }
 
