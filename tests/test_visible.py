@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import corral
+from corral._visible import acts, visible
 from corral.cli.app import app
 from corral.controls import killswitch
-from corral.record.visible import acts, visible
 from corral.stores.base import ApprovalRecord, KillSwitchState
 from corral.stores.sqlite import SQLiteStore
 

@@ -13,6 +13,7 @@ import typing as _typing
 from corral._public import LazyNames as _LazyNames
 from corral._public import present_as as _present_as
 from corral._version import __version__
+from corral._visible import guard_logs as _guard_logs
 from corral.clock import Clock, SystemClock
 from corral.exceptions import (
     AccessError,
@@ -29,7 +30,6 @@ from corral.exceptions import (
     ToolDefinitionError,
     ToolRejected,
 )
-from corral.record.visible import guard_logs as _guard_logs
 from corral.stops import STOP_REASONS, StopInfo, StopReason
 
 if _typing.TYPE_CHECKING:
@@ -150,5 +150,5 @@ if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catc
     __dir__ = _lazy.names
 
 # What corral logs takes text from callers and models (an agent's name, a stop's message):
-# shown in the log, never acted on by the terminal that shows it (corral.record.visible).
+# shown in the log, never acted on by the terminal that shows it (corral._visible).
 _guard_logs("corral", "corral.server")

@@ -1,10 +1,10 @@
 """How the commands write to the terminal: JSON, consoles for tables, aligned plain
-columns, lines. Everything printed passes :func:`corral.record.visible.visible` on its way
+columns, lines. Everything printed passes :func:`corral._visible.visible` on its way
 out (:func:`echo`, :func:`print_json`, :func:`columns`, and every string a :func:`console`
 renders): a task, an answer, an agent's name or an approval's arguments written by a model
 or a caller are shown, never acted on by the terminal.
 
-Imports rich, typer and :mod:`corral.record.visible` only (``corral check`` loads no store).
+Imports rich, typer and :mod:`corral._visible` only (``corral check`` loads no store).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from rich.console import Console, ConsoleOptions, RenderableType
 from rich.segment import Segment
 from rich.text import Text
 
-from corral.record.visible import acts, visible
+from corral._visible import acts, visible
 
 __all__ = ["SafeConsole", "columns", "console", "echo", "print_json"]
 
 
 class SafeConsole(Console):
     """A rich console that shows every character it is given: strings are made
-    :func:`~corral.record.visible.visible` before they are measured (text, table cells),
+    :func:`~corral._visible.visible` before they are measured (text, table cells),
     and, as a backstop for :class:`~rich.text.Text` built from data, every segment of text
     it renders too. Its own styling and cursor control (control segments) are unaffected."""
 

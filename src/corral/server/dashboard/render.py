@@ -16,8 +16,8 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from corral._visible import visible
 from corral.record.views import iso_seconds
-from corral.record.visible import visible
 
 #: Where the templates and the static files are (shipped in the package).
 HERE: Final = Path(__file__).parent
@@ -77,7 +77,7 @@ def pretty(value: Any) -> str:
 def _shown(value: Any) -> Any:
     """What a ``{{ }}`` puts on a page: text that acts (controls, bidirectional overrides,
     zero-width characters) escaped, so that an approver reads what is there
-    (:mod:`corral.record.visible`); the pages' own markup as it is."""
+    (:mod:`corral._visible`); the pages' own markup as it is."""
     if isinstance(value, str) and not isinstance(value, Markup):
         return visible(value)
     return value
