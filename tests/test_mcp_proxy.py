@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 import corral
 from corral.cli.app import app
-from corral.controls import approvals
+from corral.controls import approvals, killswitch
 from corral.mcp.definitions import digest, effect_of
 from corral.mcp.pins import Pins, read_lock
 from corral.mcp.proxy import Proxy, Upstream
@@ -206,6 +206,36 @@ def test_a_write_waits_for_its_approval_and_runs_once(tmp_path: Path) -> None:
 
     anyio.run(go)
     assert (tmp_path / "ledger" / "payments.log").read_text() == "acme 5\n"
+
+
+def test_a_stop_all_kill_switch_stops_a_proxied_call_in_flight(tmp_path: Path) -> None:
+    policy = _policy(
+        tools={
+            **POLICY["tools"],  # type: ignore[dict-item]
+            "specs": {"ledger.slow": {"effect": "read", "cache": False, "timeout_seconds": 60}},
+        }
+    )
+
+    def kill_soon(db: Path) -> None:
+        time.sleep(0.5)
+        with SQLiteStore(db) as store:
+            killswitch.enable(store, mode="stop_all", reason="incident", actor="ops")
+
+    async def go() -> float:
+        async with proxied(tmp_path, policy) as (client, _, _):
+            killer = threading.Thread(target=kill_soon, args=(tmp_path / "corral.db",))
+            started = time.monotonic()
+            killer.start()
+            stopped = await client.call_tool("ledger.slow", {"seconds": 30})
+            took = time.monotonic() - started
+            killer.join()
+            assert stopped.is_error and _text(stopped).startswith("kill_switch"), _text(stopped)
+            later = await client.call_tool("ledger.balance", {"account": "acme"})
+            assert later.is_error and _text(later).startswith("kill_switch")
+            return took
+
+    took = anyio.run(go)
+    assert took < 0.5 + 1.0, f"the switch took {took - 0.5:.2f} s to reach the call in flight"
 
 
 def test_a_tool_whose_definition_changes_is_hidden_and_denied(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,12 +229,17 @@ class Proxy:
         client = self.clients[entry.upstream]
         try:
             with anyio.fail_after(max(ticket.timeout, 0.001)):
-                result = await client.call_tool(entry.tool.name, dict(ticket.arguments))
+                result, killed = await _watched(
+                    ticket, lambda: client.call_tool(entry.tool.name, dict(ticket.arguments))
+                )
         except TimeoutError as exc:
             observed = await run.report_failure(ticket, exc, timed_out=True)
             return _error(str(observed))
         except Exception as exc:
             observed = await run.report_failure(ticket, exc)
+            return _error(str(observed))
+        if killed is not None:  # a stop_all switch: the call was cancelled in flight
+            observed = await run.report_failure(ticket, killed)  # raises the run's stop
             return _error(str(observed))
         # An error result is the tool's answer (MCP: "so the model can see it and correct
         # itself"), checked and passed on like any output; a call that fails (the server
@@ -287,6 +292,35 @@ def _result(observed: Any) -> types.CallToolResult:
             return types.CallToolResult.model_validate(dict(observed))
     text = observed if isinstance(observed, str) else repr(observed)
     return types.CallToolResult(content=[types.TextContent(text=text)])
+
+
+#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
+WATCH_EVERY = 0.1
+
+
+async def _watched(
+    ticket: Ticket, call: Callable[[], Awaitable[types.CallToolResult]]
+) -> tuple[Any, BaseException | None]:
+    """``call()``'s result, or, when a ``stop_all`` kill switch covers the call while it
+    runs, ``(None, failure)`` with the call cancelled (the SDK tells the server)."""
+    killed: BaseException | None = None
+    result: Any = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            nonlocal killed
+            while True:
+                await anyio.sleep(WATCH_EVERY)
+                found = ticket.killed()
+                if found is not None:
+                    killed = found
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        result = await call()
+        group.cancel_scope.cancel()
+    return result, killed
 
 
 async def _all_tools(client: Client) -> list[types.Tool]:
