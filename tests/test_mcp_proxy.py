@@ -517,3 +517,38 @@ def test_fetch_reaches_only_the_hosts_its_constraint_allows(tmp_path: Path) -> N
     assert "all systems normal" in page
     assert refused.startswith("tool_denied:fetch.fetch"), refused
     assert "argument_not_allowed" in refused
+
+
+def test_git_commit_retried_by_the_client_commits_once(tmp_path: Path) -> None:
+    """A client that sends the same commit again (it timed out waiting, say) gets the first
+    outcome back, replayed: the write's idempotency key is derived from the run, the tool and
+    the arguments, so one session commits once."""
+    pytest.importorskip("mcp_server_git")
+    repo = _git_repo(tmp_path / "repo")
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "mcp_server_git", "--repository", str(repo)]
+    )
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["git.git_commit"]}, "writes": {"require_approval": False}}
+    )
+    args = {"repo_path": str(repo), "message": "second"}
+
+    async def go() -> tuple[str, str]:
+        store = SQLiteStore(tmp_path / "corral.db")
+        try:
+            async with Proxy(policy, [Upstream("git", server)], store=store) as proxy, Client(
+                proxy.server()
+            ) as client:  # fmt: skip
+                first = await client.call_tool("git.git_commit", args)
+                again = await client.call_tool("git.git_commit", args)
+                return _text(first), _text(again)
+        finally:
+            store.close()
+
+    first, again = anyio.run(go)
+    assert "second" in first or "commit" in first.lower(), first
+    assert again == first
+    log = subprocess.run(
+        ["git", "-C", str(repo), "log", "--format=%s"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert log == ["second", "first"]
