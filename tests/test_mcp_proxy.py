@@ -552,3 +552,62 @@ def test_git_commit_retried_by_the_client_commits_once(tmp_path: Path) -> None:
         ["git", "-C", str(repo), "log", "--format=%s"], check=True, capture_output=True, text=True
     ).stdout.split()
     assert log == ["second", "first"]
+
+
+def test_corral_mcp_serve_over_streamable_http_a_run_per_session(tmp_path: Path) -> None:
+    """--listen: clients of both eras over HTTP; each 2025-11-25 session is a run of its own
+    (its budget its own), a stateless 2026-07-28 client is its own session."""
+    pytest.importorskip("uvicorn", reason="--listen needs the serve extra")
+    import socket
+
+    policy = json.loads(json.dumps(POLICY))
+    policy["budgets"] = {"max_tool_calls": 2}
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(policy))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "corral", "mcp", "serve", "--policy", str(policy_file),
+            "--db", f"sqlite:///{tmp_path / 'corral.db'}", "--listen", f"127.0.0.1:{port}",
+            "--stdio", f"time={sys.executable} -m mcp_server_time --local-timezone UTC",
+        ],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "corral mcp serve --listen did not start"
+                time.sleep(0.1)
+
+        async def session(mode: str, n: int) -> list[bool]:
+            async with Client(url, mode=mode) as client:  # type: ignore[arg-type]
+                assert {t.name for t in (await client.list_tools()).tools} == {"time.convert_time"}
+                out = []
+                for i in range(n):
+                    got = await client.call_tool(
+                        "time.convert_time", {**CONVERT, "time": f"1{i}:00"}
+                    )
+                    out.append(got.is_error)
+                return out
+
+        assert anyio.run(session, "legacy", 3) == [False, False, True]  # its own budget of 2
+        assert anyio.run(session, "legacy", 2) == [False, False]  # a new session, a new run
+        assert anyio.run(session, "auto", 2) == [False, False]  # stateless: the client's run
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    with SQLiteStore(tmp_path / "corral.db") as store:
+        runs = store.list_runs()
+    assert len(runs) == 3, err
+    assert sorted(r.status for r in runs) == ["ok", "ok", "stopped"], (runs, err)
+    assert sorted(r.usage.get("tool_calls", 0) for r in runs) == [2, 2, 2]

@@ -14,6 +14,7 @@ command runs.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -75,6 +76,14 @@ def serve(
     db: DbOption = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="The runs' tenant.")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="The runs' agent.")] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="Serve streamable HTTP on HOST:PORT (at /mcp) instead of stdio (needs the "
+            "serve extra).",
+        ),
+    ] = None,
 ) -> None:
     """Serve an MCP server on stdio whose tools are the upstreams', each call governed."""
 
@@ -88,6 +97,7 @@ def serve(
         upstreams = _upstreams(stdio, http)
         path = lock if lock is not None else default_lock(policy)
         pins = Pins(locked=read_lock(path)) if path.exists() or lock is not None else Pins()
+        address = None if listen is None else _host_port(listen)
         store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
 
         async def main() -> None:
@@ -97,6 +107,9 @@ def serve(
                 rules, upstreams, store=store, pins=pins, tenant=tenant, agent=agent
             ) as proxy:
                 server = proxy.server()
+                if address is not None:
+                    await _serve_http(server, *address)
+                    return
                 async with stdio_server() as (read, write):
                     await server.run(read, write, server.create_initialization_options())
 
@@ -172,6 +185,46 @@ def pin(
         return EXIT_OK
 
     raise typer.Exit(guarded("mcp pin", go))
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Fail(EXIT_USAGE, f"--listen {text!r}: give HOST:PORT (127.0.0.1:8421)")
+    return host.strip("[]"), int(port)
+
+
+async def _serve_http(server: Any, host: str, port: int) -> None:
+    """Serve ``server`` over streamable HTTP at ``http://HOST:PORT/mcp`` until stopped."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise Fail(
+            EXIT_USAGE,
+            f"--listen needs the serve extra ({exc.name} is missing): pip install 'corral[serve]'",
+        ) from None
+    import signal
+
+    import anyio
+
+    app = server.streamable_http_app(host=host)
+    echo(f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops", err=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    http = uvicorn.Server(config)
+    # uvicorn would take SIGINT/SIGTERM and raise them again once down, ending the process
+    # before the sessions' runs are ended and recorded: the signals are taken here instead.
+    http.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+
+    async def stop_on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for _ in received:
+                http.should_exit = True
+                return
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(stop_on_signal)
+        await http.serve()
+        group.cancel_scope.cancel()
 
 
 def default_lock(policy: Path) -> Path:

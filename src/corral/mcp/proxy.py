@@ -275,14 +275,21 @@ class Proxy:
 
 
 def session_of(ctx: ServerRequestContext[Any]) -> str:
-    """The downstream session a request belongs to: over streamable HTTP, its
-    ``Mcp-Session-Id``; over stdio, the connection itself (one client per proxy process)."""
-    headers = getattr(ctx.request, "headers", None)
-    if headers is not None:
-        found = headers.get("mcp-session-id")
-        if found:
-            return f"http:{found}"
-    return "stdio"
+    """The downstream session a request belongs to (its run): over streamable HTTP, its
+    ``Mcp-Session-Id`` (2025-11-25 clients); a stateless (2026-07-28) request has none, so
+    its client is the session: its address and the name it gives (``clientInfo``); over
+    stdio, the connection itself (one client per proxy process)."""
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return "stdio"
+    found = headers.get("mcp-session-id")
+    if found:
+        return f"http:{found}"
+    peer = getattr(getattr(request, "client", None), "host", None) or "unknown"
+    info = (ctx.meta or {}).get("io.modelcontextprotocol/clientInfo")
+    name = info.get("name") if isinstance(info, Mapping) else None
+    return f"client:{peer}:{name or '-'}"
 
 
 def _result(observed: Any) -> types.CallToolResult:
