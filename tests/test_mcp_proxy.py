@@ -69,7 +69,7 @@ POLICY = {
             "ledger.broken": {"effect": "read", "cache": False},
             "ledger.slow": {"effect": "read", "cache": False, "timeout_seconds": 0.5},
             "ledger.notes": {"effect": "read"},
-            "ledger.pay": {"effect": "write"},
+            "ledger.pay": {"effect": "write", "constraints": {"account": {"max_length": 64}}},
         },
     },
     "writes": {"require_approval": False},
@@ -611,3 +611,97 @@ def test_corral_mcp_serve_over_streamable_http_a_run_per_session(tmp_path: Path)
     assert len(runs) == 3, err
     assert sorted(r.status for r in runs) == ["ok", "ok", "stopped"], (runs, err)
     assert sorted(r.usage.get("tool_calls", 0) for r in runs) == [2, 2, 2]
+
+
+# -- bad input -----------------------------------------------------------------------------
+def _serve_stdio(tmp_path: Path, *upstreams: str) -> subprocess.Popen[bytes]:
+    policy = json.loads(json.dumps(POLICY))
+    policy["tools"]["on_denied"] = "tell_model"  # a refused call is answered; the run goes on
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(policy))
+    command = [sys.executable, "-m", "corral", "mcp", "serve", "--policy", str(policy_file)]
+    command += ["--db", f"sqlite:///{tmp_path / 'corral.db'}"]
+    for upstream in upstreams:
+        command += ["--stdio", upstream]
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+
+
+def _ask(proc: subprocess.Popen[bytes], line: bytes) -> dict[str, Any] | None:
+    """Write one line to the proxy; its next answer (None when it gives none in time)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    if not ready:
+        return None
+    answer: dict[str, Any] = json.loads(proc.stdout.readline())
+    return answer
+
+
+def test_malformed_and_hostile_requests_get_errors_and_the_proxy_serves_on(tmp_path: Path) -> None:
+    state = tmp_path / "ledger"
+    state.mkdir()
+    proc = _serve_stdio(tmp_path, f"ledger={sys.executable} {LEDGER} {state}")
+    try:
+        hello = {
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "1"}},
+        }  # fmt: skip
+        answer = _ask(proc, json.dumps(hello).encode())
+        assert answer is not None and answer["result"]["serverInfo"]["name"] == "corral-mcp"
+        _ask_nothing = proc.stdin
+        assert _ask_nothing is not None
+        _ask_nothing.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        bad = [
+            b"this is not json",
+            b'{"jsonrpc": "2.0", "id": 2, "method": "no/such/method"}',
+            b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": 7}}',
+            b'{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": '
+            b'"ledger.pay", "arguments": {"account": "' + b"x" * 200_000 + b'", "amount": 1}}}',
+            b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": '
+            b'"ledger.pay", "arguments": [1, 2]}}',
+        ]
+        for line in bad:
+            got = _ask(proc, line)
+            if got is None:
+                continue  # a line that is not JSON-RPC at all may get no answer
+            assert "error" in got or got.get("result", {}).get("isError"), got
+        call = {
+            "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "ledger.balance", "arguments": {"account": "acme"}},
+        }  # fmt: skip
+        ok = _ask(proc, json.dumps(call).encode())
+        assert ok is not None and "acme: 100" in json.dumps(ok["result"]), ok
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
+    assert not (state / "payments.log").exists()  # nothing ran that the policy did not allow
+
+
+def test_an_upstream_that_speaks_garbage_is_left_out(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.py"
+    garbage.write_text("import sys\nfor line in sys.stdin:\n    print('{not json at all')\n")
+
+    async def go() -> set[str]:
+        store = SQLiteStore(tmp_path / "corral.db")
+        junk = StdioServerParameters(command=sys.executable, args=[str(garbage)])
+        try:
+            async with Proxy(
+                _policy(), [Upstream("ledger", junk), Upstream("time", _time_server())], store=store
+            ) as proxy, Client(proxy.server()) as client:  # fmt: skip
+                with anyio.fail_after(60):
+                    return {t.name for t in (await client.list_tools()).tools}
+        finally:
+            store.close()
+
+    assert anyio.run(go) == {"time.convert_time"}

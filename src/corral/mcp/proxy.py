@@ -49,6 +49,11 @@ from corral.stores.base import Store
 
 log = logging.getLogger("corral")
 
+#: How long an upstream may take to connect or list its tools (seconds).
+UPSTREAM_SECONDS = 10.0
+#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
+WATCH_EVERY = 0.1
+
 __all__ = ["Proxy", "Upstream", "session_of", "stop_text"]
 
 
@@ -74,7 +79,8 @@ def stop_text(head: str, why: str | None = None, message: str = "") -> str:
 
 
 def _stopped(stop: Stop) -> types.CallToolResult:
-    return _error(stop_text(str(stop.info), stop.why, stop.message))
+    label, why = str(stop.info), stop.why
+    return _error(stop_text(label, None if why is None or why in label else why, stop.message))
 
 
 def _error(text: str) -> types.CallToolResult:
@@ -111,13 +117,16 @@ class Proxy:
         self._runs: dict[str, AsyncRun] = {}
         self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
         self._stack = contextlib.AsyncExitStack()
+        #: How long an upstream may take to answer anything but a tool call (connecting,
+        #: listing): past it, it is left out (seconds).
+        self.timeout = UPSTREAM_SECONDS
 
     # -- upstreams ------------------------------------------------------------------------
     async def __aenter__(self) -> Proxy:
         await self._stack.__aenter__()
         for upstream in self.upstreams.values():
             try:
-                client = Client(upstream.target, cache=None)
+                client = Client(upstream.target, cache=None, read_timeout_seconds=self.timeout)
                 self.clients[upstream.name] = await self._stack.enter_async_context(client)
             except Exception as exc:  # left out: the others are served
                 log.warning("MCP upstream %s cannot be reached: %s", upstream.name, exc)
@@ -230,7 +239,12 @@ class Proxy:
         try:
             with anyio.fail_after(max(ticket.timeout, 0.001)):
                 result, killed = await _watched(
-                    ticket, lambda: client.call_tool(entry.tool.name, dict(ticket.arguments))
+                    ticket,
+                    lambda: client.call_tool(
+                        entry.tool.name,
+                        dict(ticket.arguments),
+                        read_timeout_seconds=max(ticket.timeout, 0.001) + 1.0,
+                    ),
                 )
         except TimeoutError as exc:
             observed = await run.report_failure(ticket, exc, timed_out=True)
@@ -299,10 +313,6 @@ def _result(observed: Any) -> types.CallToolResult:
             return types.CallToolResult.model_validate(dict(observed))
     text = observed if isinstance(observed, str) else repr(observed)
     return types.CallToolResult(content=[types.TextContent(text=text)])
-
-
-#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
-WATCH_EVERY = 0.1
 
 
 async def _watched(
