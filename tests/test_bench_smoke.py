@@ -131,3 +131,18 @@ def test_the_serve_decisions_bench_runs_a_server_and_reports_every_figure() -> N
     for name in ("bare", "authorize", "report"):
         p50, p99 = figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"]
         assert 0 < p50 <= p99
+
+
+def test_the_mcp_proxy_bench_reports_both_sides() -> None:
+    """bench/mcp_proxy.py --quick: the time server directly and through corral mcp serve,
+    both over stdio; every figure reported (timings not judged)."""
+    if not (installed("mcp") and installed("mcp_server_time")):
+        import pytest
+
+        pytest.skip("the MCP proxy bench needs the mcp extra and mcp-server-time")
+    done = bench("bench/mcp_proxy.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    for side in ("direct", "proxied"):
+        assert 0 < figures[side]["p50_ms"] <= figures[side]["p99_ms"]
+    assert set(figures["added"]) == {"p50_ms", "p99_ms"}

@@ -198,6 +198,13 @@ def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
     return f"{path}: {err.message}"
 
 
+def schema_validator(schema: Mapping[str, Any], what: str) -> Any:
+    """A JSON Schema validator for ``schema`` (``what`` names it in the error): a
+    :class:`ToolDefinitionError` when it is not a valid schema. For tools built from
+    definitions of their own (an MCP server's ``inputSchema``)."""
+    return _validator(schema, what)
+
+
 def _validator(schema: Mapping[str, Any], what: str) -> Any:
     import jsonschema  # on first use: tools typed by their signature never need it
 

@@ -121,6 +121,12 @@ def _keys() -> Target:
     return keys.keys_app
 
 
+def _mcp() -> Target:
+    from corral.cli import mcp
+
+    return mcp.mcp_app
+
+
 #: Every command and group, in ``--help``'s order, with the first paragraph of its help (a
 #: command's docstring, a group's ``help=``) exactly as written there.
 COMMANDS: dict[str, Entry] = {
@@ -186,6 +192,10 @@ COMMANDS: dict[str, Entry] = {
     "golden": Entry(
         help="Golden tasks: run a suite against a model, check it, compare a baseline.",
         load=_golden,
+    ),
+    "mcp": Entry(
+        help="Put corral's policy in front of MCP servers: proxy, pin definitions.",
+        load=_mcp,
     ),
 }
 

@@ -58,6 +58,14 @@ class Ticket:
         """Seconds the call may take (clamped to the time the run has left)."""
         return self._op.timeout if self._op else 0.0
 
+    def killed(self) -> BaseException | None:
+        """Look, while the call runs, whether a ``stop_all`` kill switch now covers it:
+        the failure to report (``run.report_failure(ticket, failure)``: the run stops with
+        ``kill_switch``, the call charged as cancelled in flight) once one does, else None.
+        Reads the switches through the process's cache: cheap enough to ask every 100 ms."""
+        watch = self._op.watch if self._op else None
+        return None if watch is None else watch()
+
 
 class ModelCall:
     """A model call of the caller's own, reserved before and settled after.

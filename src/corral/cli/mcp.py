@@ -1,0 +1,271 @@
+"""``corral mcp``: corral's policy in front of MCP servers.
+
+- ``corral mcp serve --policy FILE --stdio NAME=COMMAND [--http NAME=URL] [--lock FILE]``
+  serves an MCP server on stdin/stdout (for desktop clients and agent frameworks that spawn
+  one) whose tools are the upstreams' tools the policy allows, each call governed
+  (:mod:`corral.mcp.proxy`). Nothing but the protocol is written to stdout.
+- ``corral mcp pin --policy FILE --stdio ... [--lock FILE] [--json]`` lists the upstreams'
+  allowed tools and writes their definitions' digests to the lock file, saying what changed
+  since the last pin.
+
+Imports the shared ``_common``, ``_output``; the MCP package (and the ``mcp`` SDK) when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from corral.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    DbOption,
+    Fail,
+    JsonOption,
+    group,
+    guarded,
+    one_line,
+    open_db,
+)
+from corral.cli._output import console, echo, print_json
+from corral.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from corral.mcp.proxy import Upstream
+    from corral.policy.schema import Policy
+
+mcp_app = group("mcp", help="Put corral's policy in front of MCP servers: proxy, pin definitions.")
+
+PolicyOption = Annotated[
+    Path, typer.Option("--policy", help="The policy file (YAML or JSON) the proxy enforces.")
+]
+StdioOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stdio",
+        help="An upstream MCP server run as a command over stdio: NAME=COMMAND (repeatable).",
+    ),
+]
+HttpOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--http", help="An upstream MCP server over streamable HTTP: NAME=URL (repeatable)."
+    ),
+]
+LockOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--lock",
+        help="The lock file of pinned tool definitions (default: POLICY.mcp-lock.json beside "
+        "the policy; without one, definitions are pinned as first seen).",
+    ),
+]
+
+
+@mcp_app.command()
+def serve(
+    policy: PolicyOption,
+    stdio: StdioOption = None,
+    http: HttpOption = None,
+    lock: LockOption = None,
+    db: DbOption = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="The runs' tenant.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="The runs' agent.")] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="Serve streamable HTTP on HOST:PORT (at /mcp) instead of stdio (needs the "
+            "serve extra).",
+        ),
+    ] = None,
+) -> None:
+    """Serve an MCP server on stdio whose tools are the upstreams', each call governed."""
+
+    def go() -> int:
+        import anyio
+
+        from corral.mcp.pins import Pins, read_lock
+        from corral.mcp.proxy import Proxy
+
+        rules = _policy(policy)
+        upstreams = _upstreams(stdio, http)
+        path = lock if lock is not None else default_lock(policy)
+        pins = Pins(locked=read_lock(path)) if path.exists() or lock is not None else Pins()
+        address = None if listen is None else _host_port(listen)
+        store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
+
+        async def main() -> None:
+            from mcp.server.stdio import stdio_server
+
+            async with Proxy(
+                rules, upstreams, store=store, pins=pins, tenant=tenant, agent=agent
+            ) as proxy:
+                server = proxy.server()
+                if address is not None:
+                    await _serve_http(server, *address)
+                    return
+                async with stdio_server() as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+
+        try:
+            anyio.run(main)
+        finally:
+            store.close()
+        return EXIT_OK
+
+    raise typer.Exit(guarded("mcp serve", go))
+
+
+@mcp_app.command()
+def pin(
+    policy: PolicyOption,
+    stdio: StdioOption = None,
+    http: HttpOption = None,
+    lock: LockOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Pin the allowed upstream tools' definitions: write their digests to the lock file."""
+
+    def go() -> int:
+        import anyio
+
+        from corral.mcp.pins import read_lock, write_lock
+        from corral.mcp.proxy import Proxy
+        from corral.stores.memory import MemoryStore
+
+        rules = _policy(policy)
+        upstreams = _upstreams(stdio, http)
+        path = lock if lock is not None else default_lock(policy)
+        before = read_lock(path) if path.exists() else {}
+        found: dict[str, str] = {}
+        missing: list[str] = []
+
+        async def main() -> None:
+            async with Proxy(rules, upstreams, store=MemoryStore()) as proxy:
+                for name in rules.tools.allow:
+                    entry = proxy.listed.get(name)
+                    if entry is None:
+                        if name.split(".", 1)[0] in proxy.upstreams:
+                            missing.append(name)
+                        continue
+                    found[name] = entry.digest
+
+        anyio.run(main)
+        write_lock(path, found)
+        rows = [
+            {
+                "tool": name,
+                "digest": value,
+                "change": "new"
+                if name not in before
+                else "same"
+                if before[name] == value
+                else "changed",
+            }
+            for name, value in sorted(found.items())
+        ]
+        dropped = sorted(set(before) - set(found))
+        if json_out:
+            print_json({"lock": str(path), "tools": rows, "dropped": dropped, "missing": missing})
+            return EXIT_OK
+        out = console()
+        for row in rows:
+            out.print(f"{row['tool']:<40} {row['digest'][:16]}  {row['change']}")
+        for name in dropped:
+            out.print(f"{name:<40} {'-':<16}  dropped (no longer listed or allowed)")
+        for name in missing:
+            out.print(f"{name:<40} {'-':<16}  allowed, but its server does not list it")
+        echo(f"pinned {len(found)} tool definition(s) in {path}", err=True)
+        return EXIT_OK
+
+    raise typer.Exit(guarded("mcp pin", go))
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Fail(EXIT_USAGE, f"--listen {text!r}: give HOST:PORT (127.0.0.1:8421)")
+    return host.strip("[]"), int(port)
+
+
+async def _serve_http(server: Any, host: str, port: int) -> None:
+    """Serve ``server`` over streamable HTTP at ``http://HOST:PORT/mcp`` until stopped."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise Fail(
+            EXIT_USAGE,
+            f"--listen needs the serve extra ({exc.name} is missing): pip install 'corral[serve]'",
+        ) from None
+    import signal
+
+    import anyio
+
+    app = server.streamable_http_app(host=host)
+    echo(f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops", err=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    http = uvicorn.Server(config)
+    # uvicorn would take SIGINT/SIGTERM and raise them again once down, ending the process
+    # before the sessions' runs are ended and recorded: the signals are taken here instead.
+    http.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+
+    async def stop_on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for _ in received:
+                http.should_exit = True
+                return
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(stop_on_signal)
+        await http.serve()
+        group.cancel_scope.cancel()
+
+
+def default_lock(policy: Path) -> Path:
+    """The lock file beside a policy: ``support.yaml`` -> ``support.mcp-lock.json``."""
+    return policy.with_name(f"{policy.stem}.mcp-lock.json")
+
+
+def _policy(path: Path) -> Policy:
+    from corral.policy.schema import load_policy
+
+    try:
+        return load_policy(path)
+    except ConfigError as exc:
+        raise Fail(EXIT_USAGE, f"--policy: {one_line(exc)}") from None
+    except OSError as exc:
+        raise Fail(EXIT_USAGE, f"--policy: cannot read {path}: {exc.strerror}") from None
+
+
+def _upstreams(stdio: list[str] | None, http: list[str] | None) -> list[Upstream]:
+    from mcp import StdioServerParameters
+
+    from corral.mcp.proxy import Upstream
+
+    out: list[Upstream] = []
+    for flag, values in (("--stdio", stdio or []), ("--http", http or [])):
+        for value in values:
+            name, sep, rest = value.partition("=")
+            if not sep or not name or not rest.strip():
+                raise Fail(
+                    EXIT_USAGE,
+                    f"{flag} {value!r}: give NAME=" + ("COMMAND" if flag == "--stdio" else "URL"),
+                )
+            target: Any
+            if flag == "--stdio":
+                words = shlex.split(rest)
+                target = StdioServerParameters(command=words[0], args=words[1:])
+            else:
+                target = rest.strip()
+            out.append(Upstream(name, target))
+    if not out:
+        raise Fail(
+            EXIT_USAGE, "name at least one upstream: --stdio NAME=COMMAND or --http NAME=URL"
+        )
+    return out

@@ -1,0 +1,352 @@
+"""The MCP proxy: corral's gateway in front of MCP servers, with no change to the client or
+the servers. Both sides are the official ``mcp`` SDK: upstreams are ``mcp.Client``s (each
+negotiates its own protocol era: it probes ``server/discover`` and falls back to
+``initialize``), and the downstream side is an ``mcp`` low-level ``Server`` (which speaks
+both eras to clients).
+
+- ``tools/list`` offers the upstream tools the policy allows, named ``<server>.<tool>``,
+  whose definitions match their pins (:mod:`corral.mcp.pins`); the listing depends on who
+  asks, so it is marked private and never cacheable.
+- ``tools/call`` is a governed call of the session's run (each downstream session is a run,
+  with budgets, stop reasons and a run id in ``corral runs``; over stdio the session is the
+  connection, over streamable HTTP its ``Mcp-Session-Id``): ``AsyncRun.authorize``
+  (kill switch, allowlist, arguments and constraints, loop detection, degrade, budgets,
+  approval, idempotency), then the upstream call, then ``report`` (settlement, output checks
+  and hygiene, audit) — the same chain as an in-process call. A result with ``isError`` is
+  the tool's answer, passed on; a call that fails (a timeout, the server gone) is the tool
+  failing, as in-process (``tool_error`` after the tool's retries). A refusal or a stop reaches
+  the client as a tool error result (``isError: true``) with a readable text
+  (``tool_denied:git.git_reset (not_allowed)``); the proxy itself never fails on one.
+- An upstream that cannot be reached at start is left out (its tools are not offered; the
+  others are served); one that fails a call fails that call (the breaker and retry budget
+  of the tool count it).
+
+Imports the loop's ``AsyncRun``, the policy, the stores and the ``mcp`` SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import Client, StdioServerParameters
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+
+from corral._version import __version__
+from corral.exceptions import ConfigError, Stop, ToolRejected
+from corral.loop.run import AsyncRun
+from corral.loop.tickets import Ticket
+from corral.mcp.definitions import digest, mcp_tool, policy_name
+from corral.mcp.pins import Pins
+from corral.policy.schema import Policy
+from corral.stores.base import Store
+
+log = logging.getLogger("corral")
+
+#: How long an upstream may take to connect or list its tools (seconds).
+UPSTREAM_SECONDS = 10.0
+#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
+WATCH_EVERY = 0.1
+
+__all__ = ["Proxy", "Upstream", "session_of", "stop_text"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An MCP server behind the proxy: a command run over stdio, or a streamable HTTP URL."""
+
+    name: str
+    target: StdioServerParameters | str
+
+
+@dataclass
+class _Listed:
+    upstream: str
+    tool: types.Tool
+    digest: str
+
+
+def stop_text(head: str, why: str | None = None, message: str = "") -> str:
+    """What a client is shown for a refused call: ``reason:detail (why): message``."""
+    head += f" ({why})" if why else ""
+    return f"{head}: {message}" if message else head
+
+
+def _stopped(stop: Stop) -> types.CallToolResult:
+    label, why = str(stop.info), stop.why
+    return _error(stop_text(label, None if why is None or why in label else why, stop.message))
+
+
+def _error(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+
+
+class Proxy:
+    """The upstreams, the tools they offer, and a governed run per downstream session."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        upstreams: Sequence[Upstream],
+        *,
+        store: Store,
+        pins: Pins | None = None,
+        tenant: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        names = [u.name for u in upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two upstreams share a name: {', '.join(sorted(names))}")
+        for name in names:
+            if not name or "." in name:
+                raise ConfigError(f"an upstream's name must be non-empty, without dots: {name!r}")
+        self.policy = policy
+        self.upstreams = {u.name: u for u in upstreams}
+        self.store = store
+        self.pins = pins if pins is not None else Pins()
+        self.tenant = tenant
+        self.agent = agent
+        self.clients: dict[str, Client] = {}
+        self.listed: dict[str, _Listed] = {}
+        self._runs: dict[str, AsyncRun] = {}
+        self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
+        self._stack = contextlib.AsyncExitStack()
+        #: How long an upstream may take to answer anything but a tool call (connecting,
+        #: listing): past it, it is left out (seconds).
+        self.timeout = UPSTREAM_SECONDS
+
+    # -- upstreams ------------------------------------------------------------------------
+    async def __aenter__(self) -> Proxy:
+        await self._stack.__aenter__()
+        for upstream in self.upstreams.values():
+            try:
+                client = Client(upstream.target, cache=None, read_timeout_seconds=self.timeout)
+                self.clients[upstream.name] = await self._stack.enter_async_context(client)
+            except Exception as exc:  # left out: the others are served
+                log.warning("MCP upstream %s cannot be reached: %s", upstream.name, exc)
+        await self.refresh()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for run in list(self._runs.values()):
+            with contextlib.suppress(Exception):
+                await self._end(run)
+        self._runs.clear()
+        await self._stack.__aexit__(None, None, None)
+
+    async def refresh(self) -> None:
+        """List every upstream's tools again (a server may change them at any time)."""
+        listed: dict[str, _Listed] = {}
+        for server, client in self.clients.items():
+            try:
+                tools = await _all_tools(client)
+            except Exception as exc:
+                log.warning("MCP upstream %s does not list its tools: %s", server, exc)
+                continue
+            for tool in tools:
+                name = policy_name(server, tool.name)
+                if name in listed:
+                    raise ConfigError(f"two upstream tools are both named {name}")
+                listed[name] = _Listed(server, tool, digest(tool))
+        self.listed = listed
+
+    def offered(self) -> list[types.Tool]:
+        """The tools a client is offered: allowed, and as pinned."""
+        allowed = set(self.policy.tools.allow)
+        out = []
+        for name, entry in sorted(self.listed.items()):
+            if name not in allowed or self.pins.check(name, entry.digest) is not None:
+                continue
+            out.append(entry.tool.model_copy(update={"name": name}))
+        return out
+
+    # -- runs -----------------------------------------------------------------------------
+    def _tools(self) -> list[Any]:
+        """Every listed tool, for the run: the allowlist guard refuses the ones the policy
+        does not allow (``not_allowed``), as in-process."""
+        return [mcp_tool(name, entry.tool, self.policy) for name, entry in self.listed.items()]
+
+    async def run_of(self, session: str) -> AsyncRun:
+        """The run of a downstream session (started on its first call)."""
+        key = session
+        run = self._runs.get(key)
+        if run is None:
+            run = AsyncRun(
+                self.policy,
+                tools=self._tools(),
+                store=self.store,
+                tenant=self.tenant,
+                agent=self.agent,
+                task="MCP session",
+            )
+            await run.__aenter__()
+            self._runs[key] = run
+        return run
+
+    async def _end(self, run: AsyncRun, stop: Stop | None = None) -> None:
+        if stop is not None:
+            await run.__aexit__(Stop, stop, None)
+        else:
+            with contextlib.suppress(Stop):
+                await run.finish(None)
+
+    # -- a call ---------------------------------------------------------------------------
+    async def call(
+        self, session: str, name: str, arguments: Mapping[str, Any] | None
+    ) -> types.CallToolResult:
+        """A client's ``tools/call``, governed (see the module docstring)."""
+        ended = self._ended.get(session)
+        if ended is not None:  # every later call of the session: the stop that ended its run
+            return _stopped(ended)
+        run = await self.run_of(session)
+        entry = self.listed.get(name)
+        if entry is not None:
+            change = self.pins.check(name, entry.digest)
+            if change is not None:
+                why = "definition_changed" if change.pinned else "definition_not_pinned"
+                return _error(
+                    stop_text(
+                        f"tool_denied:{name}",
+                        why,
+                        "the server's definition of this tool is not the one approved; "
+                        "an operator must review it and pin it again (corral mcp pin)",
+                    )
+                )
+        try:
+            ticket = await run.authorize(name, dict(arguments or {}))
+            if ticket.replayed:
+                return _result(ticket.output)
+            return await self._execute(run, entry, ticket)
+        except ToolRejected as rejected:
+            return _error(stop_text(f"{rejected.reason}:{name}", rejected.detail, rejected.message))
+        except Stop as stop:
+            self._runs.pop(session, None)
+            self._ended[session] = stop
+            await self._end(run, stop)
+            return _stopped(stop)
+
+    async def _execute(
+        self, run: AsyncRun, entry: _Listed | None, ticket: Ticket
+    ) -> types.CallToolResult:
+        assert entry is not None  # authorize allows only tools the run was given
+        client = self.clients[entry.upstream]
+        try:
+            with anyio.fail_after(max(ticket.timeout, 0.001)):
+                result, killed = await _watched(
+                    ticket,
+                    lambda: client.call_tool(
+                        entry.tool.name,
+                        dict(ticket.arguments),
+                        read_timeout_seconds=max(ticket.timeout, 0.001) + 1.0,
+                    ),
+                )
+        except TimeoutError as exc:
+            observed = await run.report_failure(ticket, exc, timed_out=True)
+            return _error(str(observed))
+        except Exception as exc:
+            observed = await run.report_failure(ticket, exc)
+            return _error(str(observed))
+        if killed is not None:  # a stop_all switch: the call was cancelled in flight
+            observed = await run.report_failure(ticket, killed)  # raises the run's stop
+            return _error(str(observed))
+        # An error result is the tool's answer (MCP: "so the model can see it and correct
+        # itself"), checked and passed on like any output; a call that fails (the server
+        # gone, a timeout) is the tool failing, as in-process: the run stops (tool_error).
+        wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        wire.pop("resultType", None)
+        observed = await run.report(ticket, wire)
+        return _result(observed)
+
+    # -- the downstream server ------------------------------------------------------------
+    def server(self) -> Server[Any]:
+        """The MCP server clients talk to."""
+
+        async def list_tools(
+            ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+        ) -> types.ListToolsResult:
+            await self.refresh()
+            return types.ListToolsResult(tools=self.offered(), ttl_ms=0, cache_scope="private")
+
+        async def call_tool(
+            ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
+            return await self.call(session_of(ctx), params.name, params.arguments)
+
+        return Server(
+            "corral-mcp",
+            version=__version__,
+            instructions="MCP servers governed by corral: every tool call is checked, "
+            "budgeted, approved where needed and audited.",
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+        )
+
+
+def session_of(ctx: ServerRequestContext[Any]) -> str:
+    """The downstream session a request belongs to (its run): over streamable HTTP, its
+    ``Mcp-Session-Id`` (2025-11-25 clients); a stateless (2026-07-28) request has none, so
+    its client is the session: its address and the name it gives (``clientInfo``); over
+    stdio, the connection itself (one client per proxy process)."""
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return "stdio"
+    found = headers.get("mcp-session-id")
+    if found:
+        return f"http:{found}"
+    peer = getattr(getattr(request, "client", None), "host", None) or "unknown"
+    info = (ctx.meta or {}).get("io.modelcontextprotocol/clientInfo")
+    name = info.get("name") if isinstance(info, Mapping) else None
+    return f"client:{peer}:{name or '-'}"
+
+
+def _result(observed: Any) -> types.CallToolResult:
+    """The client's result from what the gateway let through (checked and cleaned)."""
+    if isinstance(observed, Mapping) and isinstance(observed.get("content"), list):
+        with contextlib.suppress(Exception):
+            return types.CallToolResult.model_validate(dict(observed))
+    text = observed if isinstance(observed, str) else repr(observed)
+    return types.CallToolResult(content=[types.TextContent(text=text)])
+
+
+async def _watched(
+    ticket: Ticket, call: Callable[[], Awaitable[types.CallToolResult]]
+) -> tuple[Any, BaseException | None]:
+    """``call()``'s result, or, when a ``stop_all`` kill switch covers the call while it
+    runs, ``(None, failure)`` with the call cancelled (the SDK tells the server)."""
+    killed: BaseException | None = None
+    result: Any = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            nonlocal killed
+            while True:
+                await anyio.sleep(WATCH_EVERY)
+                found = ticket.killed()
+                if found is not None:
+                    killed = found
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        result = await call()
+        group.cancel_scope.cancel()
+    return result, killed
+
+
+async def _all_tools(client: Client) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(1000):  # a server that pages for ever is cut off
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
