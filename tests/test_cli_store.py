@@ -53,8 +53,9 @@ ARGS: dict[tuple[str, ...], list[str]] = {
         "scripted",
     ],
 }
-#: Commands that take --db but run until stopped (their store line: tests/test_serve.py).
-SERVING = {("serve",)}
+#: Commands that take --db but run until stopped (their store line: tests/test_serve.py;
+#: ``corral mcp serve``'s: tests/test_mcp_proxy.py, which runs it over stdio and HTTP).
+SERVING = {("serve",), ("mcp", "serve")}
 #: The commands that create the store they name (the others refuse a missing one).
 CREATES = {("init",), ("demo",), ("golden", "run")}
 #: Commands whose exit 1 means something else (``corral drift``: a figure drifted): a store
