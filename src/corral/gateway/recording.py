@@ -1,0 +1,179 @@
+"""The run's recording for replay, as the gateway makes it: started with the run (tools,
+the shared state met), fed by the model turns and the tool attempts, saved at the end.
+
+The hot path pays an attribute check and an append per call: bodies are redacted,
+capped and serialized once, when the run ends (:func:`finish`), and written with its end.
+What is recorded: :mod:`corral.record.recording`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from corral.controls import breaker
+from corral.gateway.guards.killswitch import Cancelled
+from corral.gateway.ops import Attempt
+from corral.models.base import Price
+from corral.record.recording import (
+    Recorder,
+    canonical_json,
+    error_of,
+    policy_document,
+    request_digest,
+    response_body,
+)
+from corral.stores.base import RecordedRun
+
+if TYPE_CHECKING:
+    from corral.gateway.call import Call
+    from corral.gateway.model_turn import Turn
+    from corral.gateway.state import RunState
+
+#: Policy documents by digest, made once per process (a policy's document never changes).
+_DOCUMENTS: dict[str, dict[str, Any]] = {}
+_MAX_DOCUMENTS = 64
+
+
+def start(run: RunState) -> None:
+    """Start recording a new run (when its policy says to): its tools and the shared state
+    it meets at the start (the clock, kill switches, its tools' breakers)."""
+    settings = run.policy.recording
+    if not settings.enabled or run.resumed:
+        return
+    rec = Recorder(policy=run.policy.digest, max_bytes=settings.max_bytes)
+    rec.add_tools(run.tools)
+    rec.shared["wall"] = breaker.wall(run)
+    run.recording = rec
+    try:
+        switches = run.store.kill_switches()
+        rec.shared["kill_switches"] = [asdict(s) for s in switches]
+        for name in sorted({run.effective(n).breaker for n in run.tools if n in run.allowed}):
+            _breaker(run, rec, name)
+    except Exception:  # the store fails: the run's first action stops it (fail closed)
+        rec.shared["incomplete"] = True
+
+
+def _breaker(run: RunState, rec: Recorder, name: str) -> None:
+    """What the breaker ``name`` holds now: its state, its window, this process's
+    successes not yet written."""
+    now = breaker.wall(run)
+    size = run.policy.degrade.window_seconds
+    state = run.store.breaker(name, now=now)
+    window = run.store.degrade_window(name, now=now, size=size)
+    pending = run.services.successes.pending(run.store, name)
+    rec.shared["breakers"][name] = {
+        "state": state.state,
+        "until": state.until,
+        "size": size,
+        "current": asdict(window.current),
+        "previous": asdict(window.previous),
+        "start": now // size * size,
+        "pending": list(pending) if pending else None,
+    }
+
+
+def endpoint(run: RunState, endpoint: str) -> None:
+    """The model endpoint's breaker, the first time the run calls it."""
+    rec = run.recording
+    if rec is None or endpoint in rec.shared["breakers"]:
+        return
+    try:
+        _breaker(run, rec, endpoint)
+    except Exception:  # as in start
+        rec.shared["incomplete"] = True
+
+
+def model_call(run: RunState, turn: Turn, result: Attempt, elapsed: float) -> None:
+    """One model call: the request's digest, the model, the response or the error."""
+    rec = run.recording
+    if rec is None:
+        return
+    model = turn.op.model
+    request = turn.op.request
+    price = getattr(model, "price", None)
+    dependency = getattr(model, "dependency", None)
+    step: dict[str, Any] = {
+        "request": request_digest(request.messages, request.tools, run.redactor),
+        "model": turn.name,
+        "endpoint": turn.endpoint,
+        "dependency": dependency if isinstance(dependency, str) else None,
+        "price": [str(price.input_usd_per_mtok), str(price.output_usd_per_mtok)]
+        if isinstance(price, Price)
+        else None,
+        "max_tokens": turn.clamped,
+        "seconds": elapsed,
+    }
+    if isinstance(result.error, Cancelled):
+        step["outcome"] = "cancelled"
+    elif result.ok:
+        step["outcome"] = "ok"
+        step["response"] = response_body(result.value)
+    else:
+        step["outcome"] = "timeout" if result.timed_out else "error"
+        step["error"] = error_of(result.error)
+    rec.model_call(step)
+
+
+def tool_failed(call: Call, result: Attempt) -> None:
+    """A tool attempt that raised, timed out, did not run or was cancelled."""
+    rec = call.run.recording
+    if rec is None:
+        return
+    if isinstance(result.error, Cancelled):
+        outcome = "cancelled"
+    elif type(result.error).__name__ == "NotExecuted":
+        outcome = "not_executed"
+    else:
+        outcome = "timeout" if result.timed_out else "error"
+    rec.tool_attempt({**_attempt(call), "outcome": outcome, "error": error_of(result.error)})
+
+
+def tool_output(call: Call, output: Any, outcome: str = "ok") -> None:
+    """A tool attempt that returned: the output as the model sees it (``ok``), or as it
+    was when its checks failed (``invalid``)."""
+    rec = call.run.recording
+    if rec is None:
+        return
+    rec.tool_attempt({**_attempt(call), "outcome": outcome, "output": output})
+
+
+def _attempt(call: Call) -> dict[str, Any]:
+    return {
+        "tool": call.tool_name,
+        "call_id": call.call_id,
+        "args": call.digest,
+        "attempt": call.attempt,
+        "seconds": call.elapsed,
+    }
+
+
+def finish(run: RunState) -> tuple[RecordedRun, dict[str, Any]] | None:
+    """The run's recording as stored, and its policy's document; None when not recording."""
+    rec = run.recording
+    if rec is None:
+        return None
+    body = rec.body(run.redactor)
+    text = canonical_json(body)
+    record = RecordedRun(
+        run_id=run.id,
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+        policy_digest=rec.policy,
+        saved_at=time.time(),
+        bytes=len(text),
+        body=body,
+    )
+    return record, document(run)
+
+
+def document(run: RunState) -> dict[str, Any]:
+    """The run's policy as a document (made once per digest in this process)."""
+    digest = run.policy.digest
+    found = _DOCUMENTS.get(digest)
+    if found is None:
+        if len(_DOCUMENTS) >= _MAX_DOCUMENTS:
+            _DOCUMENTS.clear()
+        found = _DOCUMENTS[digest] = policy_document(run.policy)
+    return found

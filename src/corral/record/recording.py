@@ -1,0 +1,210 @@
+"""What a run keeps so that ``corral replay`` can run it again offline: a recording.
+
+A :class:`Recorder` is filled as the run goes (the gateway calls it; nothing here does
+I/O) and turned into one JSON body when the run ends (:meth:`Recorder.body`):
+
+- ``policy``: the policy's digest (its document is stored once per digest beside it,
+  :func:`policy_document`);
+- ``tools``: each tool's definition (name, description, argument and output schemas,
+  effect, cost, timeout, retries, ...) and its digest (:func:`tool_definition`);
+- ``shared``: the shared state the run met, read when it first needed it: the clock's
+  reading at the start (``wall``), the kill switches, and each breaker's state and degrade
+  window (with this process's successes not yet written);
+- ``loop``: what ``corral.run`` was given besides the task (its instructions and
+  ``max_tokens``), or null for a run its caller drove with ``Run``;
+- ``steps``: in order, every model call (the request's digest over its messages and tool
+  definitions, the response: text, tool calls with their ids and arguments, usage, model
+  id, finish reason; or the error) and every executed tool attempt (tool, call id,
+  argument digest, attempt, outcome, seconds, and the output as the model saw it).
+
+Bodies (responses, outputs) are redacted at the end with the run's final redactor, as
+events are (:mod:`corral.record.redact`). Past ``max_bytes`` the oldest bodies are kept
+as their digest and size only (``summarised``): a replay then says it cannot reproduce
+the run past the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from corral.policy.schema import Policy
+from corral.record.redact import Redactor
+from corral.tools import Tool
+
+#: The version of a recording's layout (a replay refuses others).
+FORMAT = 1
+#: A step's body kept past the cap: only its digest and size.
+SUMMARISED = "summarised"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON: sorted keys, no spaces, amounts as numbers."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def digest_of(value: Any) -> str:
+    """The SHA-256 (hex) of ``value``'s canonical JSON."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def policy_document(policy: Policy) -> dict[str, Any]:
+    """The policy as a JSON document that :meth:`Policy.from_dict` rebuilds with the same
+    digest (defaults left out, amounts as numbers)."""
+    data: dict[str, Any] = json.loads(
+        canonical_json(policy.model_dump(mode="python", exclude_defaults=True))
+    )
+    return data
+
+
+def tool_definition(tool: Tool) -> dict[str, Any]:
+    """Everything about ``tool`` that governs its calls (its function aside)."""
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": dict(tool.args_schema),
+        "output_schema": dict(tool.output_schema) if tool.output_schema else None,
+        "effect": tool.effect,
+        "effect_declared": tool.effect_declared,
+        "cost_usd": str(tool.cost_usd),
+        "expensive": tool.expensive,
+        "timeout": tool.timeout,
+        "retries": tool.retries,
+        "idempotent": tool.idempotent,
+        "idempotency_key_from": list(tool.idempotency_key_from),
+        "context": tool.context_param is not None,
+        "credentials": list(tool.credentials),
+        "is_async": tool.is_async,
+        "described": tool.described,
+    }
+
+
+def request_digest(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]], redactor: Redactor
+) -> str:
+    """The digest of a model request: its messages and tool definitions, redacted as the
+    recording is (so that a replay, fed redacted bodies, asks the same)."""
+    return digest_of(redactor.value([list(messages), list(tools)]))
+
+
+def error_of(error: BaseException | None) -> dict[str, str]:
+    """An exception as the recording keeps it: its type's name and its text."""
+    if error is None:
+        return {"type": "Exception", "message": ""}
+    try:
+        message = str(error)
+    except Exception:  # an exception that does not even print
+        message = ""
+    return {"type": type(error).__name__, "message": message[:2000]}
+
+
+def response_body(value: Any) -> dict[str, Any]:
+    """A model's response (a :class:`~corral.models.base.ModelResponse`) as JSON."""
+    calls = []
+    for c in getattr(value, "tool_calls", ()) or ():
+        calls.append(
+            {
+                "id": getattr(c, "id", None),
+                "name": getattr(c, "name", None),
+                "arguments": getattr(c, "arguments", None),
+            }
+        )
+    return {
+        "text": getattr(value, "text", None),
+        "tool_calls": calls,
+        "input_tokens": getattr(value, "input_tokens", None),
+        "output_tokens": getattr(value, "output_tokens", None),
+        "model": getattr(value, "model", None),
+        "finish_reason": getattr(value, "finish_reason", None),
+    }
+
+
+class Recorder:
+    """One run's recording as it is made (see the module docstring)."""
+
+    __slots__ = ("loop", "max_bytes", "policy", "shared", "steps", "tools")
+
+    def __init__(self, *, policy: str, max_bytes: int) -> None:
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.tools: dict[str, dict[str, Any]] = {}
+        self.shared: dict[str, Any] = {"breakers": {}}
+        self.steps: list[dict[str, Any]] = []
+        #: What ``corral.run`` was given besides the task (``instructions``, ``max_tokens``);
+        #: None for a run driven by its caller's own loop.
+        self.loop: dict[str, Any] | None = None
+
+    def add_tools(self, tools: Mapping[str, Tool]) -> None:
+        for name, tool in tools.items():
+            definition = tool_definition(tool)
+            self.tools[name] = {"digest": digest_of(definition), "definition": definition}
+
+    def model_call(self, step: dict[str, Any]) -> None:
+        """A model call: ``request``, ``endpoint``, ``price``, ``seconds``, ``outcome``
+        and its ``response`` or ``error``."""
+        step["kind"] = "model"
+        self.steps.append(step)
+
+    def tool_attempt(self, step: dict[str, Any]) -> None:
+        """An executed tool attempt: ``tool``, ``call_id``, ``args``, ``attempt``,
+        ``outcome``, ``seconds`` and its ``output`` or ``error``."""
+        step["kind"] = "tool"
+        self.steps.append(step)
+
+    def body(self, redactor: Redactor) -> dict[str, Any]:
+        """The recording as stored: bodies redacted, the oldest summarised past the cap."""
+        steps = [_redacted(step, redactor) for step in self.steps]
+        head = {
+            "format": FORMAT,
+            "policy": self.policy,
+            "tools": self.tools,
+            "shared": self.shared,
+            "loop": self.loop,
+        }
+        size = len(canonical_json(head))
+        sizes = [len(canonical_json(step)) for step in steps]
+        total = size + sum(sizes)
+        summarised = 0
+        for i, step in enumerate(steps):
+            if total <= self.max_bytes:
+                break
+            small = _summary(step)
+            total -= sizes[i] - len(canonical_json(small))
+            steps[i] = small
+            summarised += 1
+        return {**head, "steps": steps, "summarised": summarised, "bytes": total}
+
+
+_BODIES = ("response", "output")
+
+
+def _redacted(step: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    out = dict(step)
+    for key in (*_BODIES, "error"):
+        if out.get(key) is not None:
+            out[key] = redactor.value(out[key])
+    return out
+
+
+def _summary(step: dict[str, Any]) -> dict[str, Any]:
+    """``step`` with its body replaced by its digest and size."""
+    out = dict(step)
+    for key in _BODIES:
+        if key in out and out[key] is not None:
+            text = canonical_json(out[key])
+            out[key] = {
+                SUMMARISED: hashlib.sha256(text.encode()).hexdigest(),
+                "bytes": len(text),
+            }
+    return out
