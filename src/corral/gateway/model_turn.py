@@ -224,7 +224,7 @@ def close_turn(core: RunState, turn: Turn, result: Attempt) -> ModelResponse:
     name, named, hold, clamped = turn.name, turn.named, turn.hold, turn.clamped
     elapsed = core.time.now() - turn.started
     if core.recording is not None:
-        recording.model_call(core, turn, result, elapsed)
+        recording.model_call(core, turn.op, (name, turn.endpoint, clamped), result, elapsed)
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
         core.budget.settle(hold, ONE_STEP)
         core.events.add(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.controls import breaker
 from corral.gateway.guards.killswitch import Cancelled
-from corral.gateway.ops import Attempt
+from corral.gateway.ops import Attempt, CallModel
 from corral.models.base import Price
 from corral.record.recording import (
     Recorder,
@@ -29,7 +29,6 @@ from corral.stores.base import RecordedRun
 
 if TYPE_CHECKING:
     from corral.gateway.call import Call
-    from corral.gateway.model_turn import Turn
     from corral.gateway.state import RunState
 
 #: Policy documents by digest, made once per process (a policy's document never changes).
@@ -86,24 +85,28 @@ def endpoint(run: RunState, endpoint: str) -> None:
         rec.shared["incomplete"] = True
 
 
-def model_call(run: RunState, turn: Turn, result: Attempt, elapsed: float) -> None:
-    """One model call: the request's digest, the model, the response or the error."""
+def model_call(
+    run: RunState, op: CallModel, names: tuple[str, str, int], result: Attempt, elapsed: float
+) -> None:
+    """One model call (``op``; ``names``: the model's name, its endpoint and the clamped
+    ``max_tokens``): the request's digest, the model, the response or the error."""
     rec = run.recording
     if rec is None:
         return
-    model = turn.op.model
-    request = turn.op.request
+    model = op.model
+    request = op.request
+    name, endpoint_name, clamped = names
     price = getattr(model, "price", None)
     dependency = getattr(model, "dependency", None)
     step: dict[str, Any] = {
         "request": request_digest(request.messages, request.tools, run.redactor),
-        "model": turn.name,
-        "endpoint": turn.endpoint,
+        "model": name,
+        "endpoint": endpoint_name,
         "dependency": dependency if isinstance(dependency, str) else None,
         "price": [str(price.input_usd_per_mtok), str(price.output_usd_per_mtok)]
         if isinstance(price, Price)
         else None,
-        "max_tokens": turn.clamped,
+        "max_tokens": clamped,
         "seconds": elapsed,
     }
     if isinstance(result.error, Cancelled):

@@ -40,7 +40,7 @@ def _raised(error: Mapping[str, Any] | None, timed_out: bool) -> BaseException:
         return TimeoutError(message)
     if name == "NotExecuted":
         return NotExecuted(message)
-    kind = type(name, (Exception,), {"__module__": "corral.replay"})
+    kind: type[Exception] = type(name, (Exception,), {"__module__": "corral.replay"})
     return kind(message)
 
 
@@ -70,9 +70,7 @@ class Player:
             )
         return step
 
-    def _diverge(
-        self, reason: DivergenceReason, message: str, expected: str | None = None
-    ) -> Any:
+    def _diverge(self, reason: DivergenceReason, message: str, expected: str | None = None) -> Any:
         self.divergence = Divergence(
             step=self.index, reason=reason, message=message, expected=expected
         )
@@ -107,14 +105,16 @@ class Player:
             ToolCallRequest(name=c.get("name"), arguments=c.get("arguments"), id=c.get("id"))
             for c in body.get("tool_calls") or ()
         )
-        return ModelResponse(
-            text=body.get("text"),
-            tool_calls=calls,
-            input_tokens=body.get("input_tokens"),
-            output_tokens=body.get("output_tokens"),
-            model=body.get("model"),
-            finish_reason=body.get("finish_reason") or "stop",
-        )
+        # As recorded, even figures the gateway will refuse (it must refuse them again).
+        fields_: dict[str, Any] = {
+            "text": body.get("text"),
+            "tool_calls": calls,
+            "input_tokens": body.get("input_tokens"),
+            "output_tokens": body.get("output_tokens"),
+            "model": body.get("model"),
+            "finish_reason": body.get("finish_reason") or "stop",
+        }
+        return ModelResponse(**fields_)
 
     # -- the tools ---------------------------------------------------------------------
     def execute(self, name: str, arguments: Mapping[str, Any], call_id: str | None) -> Any:

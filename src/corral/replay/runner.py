@@ -54,8 +54,7 @@ def replay(
     """Replay run ``run_id`` from ``store`` (a URL or a store; the default store when
     ``None``); see the module docstring. Raises :class:`~corral.ConfigError` when the store
     has no such run."""
-    opened = open_store(store) if not hasattr(store, "get_recording") else store
-    assert opened is not None
+    opened: Store = store if isinstance(store, Store) else open_store(store)
     try:
         return _replay(opened, run_id, policy, list(tools or ()))
     finally:

@@ -324,7 +324,9 @@ class RecordingStore(Protocol):
 
     def get_recording(self, run_id: str) -> RecordedRun | None: ...
     def policy_document(self, digest: str) -> Mapping[str, Any] | None: ...
-    def prune_recordings(self, *, ended_before: float, now: float, dry_run: bool = False) -> list[str]:
+    def prune_recordings(
+        self, *, ended_before: float, now: float, dry_run: bool = False
+    ) -> list[str]:
         """Drop the bodies of recordings of runs that ended before ``ended_before`` (their
         digests stay); the ids of those runs, oldest first. ``dry_run``: change nothing."""
         ...
@@ -386,9 +388,9 @@ __all__ = [
     "KillScope",
     "KillSwitchState",
     "KillSwitchStore",
-    "Refusal",
     "RecordedRun",
     "RecordingStore",
+    "Refusal",
     "RunRecord",
     "RunStore",
     "ScopeState",

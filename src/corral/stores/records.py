@@ -10,7 +10,6 @@ claims, breakers and degrade counters, API keys (:class:`KeyRecord`). Imports no
 from __future__ import annotations
 
 import json
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
