@@ -75,6 +75,18 @@ def _report() -> Target:
     return report.report
 
 
+def _replay() -> Target:
+    from corral.cli import replay
+
+    return replay.replay
+
+
+def _prune() -> Target:
+    from corral.cli import prune
+
+    return prune.prune
+
+
 def _version() -> Target:
     return version
 
@@ -142,6 +154,14 @@ COMMANDS: dict[str, Entry] = {
             "what enforce mode stopped, over a period."
         ),
         load=_report,
+    ),
+    "replay": Entry(
+        help="Run a recorded run again offline and report whether it did the same, or where not.",
+        load=_replay,
+    ),
+    "prune": Entry(
+        help="Drop the recorded bodies of runs that ended before a cutoff (their digests stay).",
+        load=_prune,
     ),
     "version": Entry(help="Print corral's version.", load=_version),
     "audit": Entry(

@@ -75,11 +75,14 @@ class ReplayResult:
 
     @property
     def summary(self) -> str:
-        """One line: ``reproduced: ...`` or ``diverged at step N: ...``."""
+        """One line: ``reproduced: ...``, ``diverged at step N (reason): ...``, or ``not
+        replayed (reason): ...`` when the recording could not be used at all."""
         if self.reproduced:
             return "reproduced: same decisions, same stop reason, same usage"
         assert self.divergence is not None
         d = self.divergence
+        if d.step == 0:
+            return f"not replayed ({d.reason}): {d.message}"
         return f"diverged at step {d.step} ({d.reason}): {d.message}"
 
     def to_dict(self) -> dict[str, Any]:
