@@ -180,7 +180,10 @@ class Recorder:
             if total <= self.max_bytes:
                 break
             small = _summary(step)
-            total -= sizes[i] - len(canonical_json(small))
+            saved = sizes[i] - len(canonical_json(small))
+            if saved <= 0:  # a body smaller than its digest stays
+                continue
+            total -= saved
             steps[i] = small
             summarised += 1
         return {**head, "steps": steps, "summarised": summarised, "bytes": total}

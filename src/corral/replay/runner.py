@@ -34,7 +34,7 @@ from corral.gateway.services import Services
 from corral.loop.bounded import run as corral_run
 from corral.policy.schema import Policy
 from corral.record.recording import FORMAT, canonical_json, digest_of, tool_definition
-from corral.record.redact import redactor
+from corral.record.redact import REDACTED, redactor
 from corral.record.sinks import Sinks
 from corral.replay.compare import decisions, first_difference, usage_of
 from corral.replay.player import Player, ReplayModel, replay_tool, seeded_store
@@ -195,6 +195,12 @@ def _drive(
     services = Services(
         sinks=Sinks(), successes=Successes(), breakers=BreakerStates(), switches=SwitchCaches()
     )
+    # Credentials the tools declare: the recorded outputs already hold them redacted.
+    credentials = {
+        name: {c: REDACTED for c in d.get("credentials") or ()}
+        for name, d in definitions.items()
+        if d.get("credentials")
+    }
     try:
         result = corral_run(
             record.task,
@@ -209,6 +215,7 @@ def _drive(
             run_id=record.id,
             clock=clock,
             services=services,
+            credentials=credentials or None,
         )
     except ConfigError as exc:
         return base.failed(_not(f"the run cannot be set up again: {exc}"))
