@@ -110,9 +110,7 @@ def test_a_changed_tool_definition_is_reported() -> None:
     """fetch now declares an output schema its recorded output fails: the replay diverges at
     that step, naming the tool definition that changed."""
 
-    @corral.tool(
-        name="fetch", effect="read", cost_usd=0.5, output_schema={"type": "object"}
-    )
+    @corral.tool(name="fetch", effect="read", cost_usd=0.5, output_schema={"type": "object"})
     def fetch_v2(url: str) -> dict[str, str]:
         """Fetch a page."""
         return {"page": url}
