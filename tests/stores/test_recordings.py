@@ -47,7 +47,7 @@ def test_prune_drops_the_bodies_of_runs_ended_before_the_cutoff(store: Store) ->
                 saved_at=ended,
                 bytes=3,
                 body={"x": 1},
-            )  # fmt: skip
+            )
         )
     store.create_run(RunRecord(id="running", started_at=1.0))
     store.save_recording(

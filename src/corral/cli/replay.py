@@ -43,6 +43,7 @@ from corral.record.views import as_decimal
 from corral.replay import ReplayResult
 from corral.replay import replay as replay_run
 from corral.stores import Store
+from corral.stores.base import RunRecord
 
 PolicyOption = Annotated[
     Path | None,
@@ -83,7 +84,7 @@ def replay_command(
 def _find(store: Store, url: str, run_id: str) -> str:
     if read("the run", url, store.get_run, run_id) is not None:
         return run_id
-    recent = read("runs", url, store.list_runs, limit=SCAN_LIMIT)
+    recent: list[RunRecord] = read("runs", url, store.list_runs, limit=SCAN_LIMIT)
     matches = [r.id for r in recent if r.id.startswith(run_id)] if run_id else []
     if len(matches) == 1:
         return matches[0]

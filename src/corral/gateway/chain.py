@@ -473,8 +473,10 @@ def _observe(call: Call, result: Attempt) -> Any:
             recording.tool_output(call, _invalid_output(core, value), "invalid")
         observation = output.invalid(call, value, _outputs.problem(raised), scrub)
     else:
-        if core.recording is not None:
-            recording.tool_output(call, observation)
+        rec = core.recording
+        if rec is not None:  # for replay (gateway/recording.py), as tool_output keeps it
+            rec.steps.append((call.tool_name, call.call_id, call.digest, call.attempt,
+                              call.elapsed, "ok", observation))  # fmt: skip
     if call.claimed and key is not None:
         core.store_call(core.store.complete, key, {"output": observation}, tenant=core.tenant)
     if call.write or eff.cacheable:

@@ -19,11 +19,11 @@ from corral.gateway.ops import Attempt, CallModel
 from corral.models.base import Price
 from corral.record.recording import (
     Recorder,
-    canonical_json,
+    digest_of,
     error_of,
     policy_document,
-    request_digest,
     response_body,
+    tool_definition,
 )
 from corral.stores.base import RecordedRun
 
@@ -43,7 +43,7 @@ def start(run: RunState) -> None:
     if not settings.enabled or run.resumed:
         return
     rec = Recorder(policy=run.policy.digest, max_bytes=settings.max_bytes)
-    rec.add_tools(run.tools)
+    rec.tools.update(_definitions(run))
     rec.shared["wall"] = breaker.wall(run)
     run.recording = rec
     try:
@@ -53,6 +53,24 @@ def start(run: RunState) -> None:
             _breaker(run, rec, name)
     except Exception:  # the store fails: the run's first action stops it (fail closed)
         rec.shared["incomplete"] = True
+
+
+#: Tools' recorded definitions and digests, made once per tool object: (tool, entry).
+_TOOLS: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _definitions(run: RunState) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, tool in run.tools.items():
+        known = _TOOLS.get(id(tool))
+        if known is None or known[0] is not tool:
+            if len(_TOOLS) >= 1024:
+                _TOOLS.clear()
+            definition = tool_definition(tool)
+            known = _TOOLS[id(tool)] = (tool, {"digest": digest_of(definition),
+                                                "definition": definition})  # fmt: skip
+        out[name] = known[1]
+    return out
 
 
 def _breaker(run: RunState, rec: Recorder, name: str) -> None:
@@ -99,7 +117,7 @@ def model_call(
     price = getattr(model, "price", None)
     dependency = getattr(model, "dependency", None)
     step: dict[str, Any] = {
-        "request": request_digest(request.messages, request.tools, run.redactor),
+        "request": rec.requests(request.messages, request.tools, run.redactor),
         "model": name,
         "endpoint": endpoint_name,
         "dependency": dependency if isinstance(dependency, str) else None,
@@ -131,26 +149,25 @@ def tool_failed(call: Call, result: Attempt) -> None:
         outcome = "not_executed"
     else:
         outcome = "timeout" if result.timed_out else "error"
-    rec.tool_attempt({**_attempt(call), "outcome": outcome, "error": error_of(result.error)})
+    rec.tool_attempt(
+        call.tool_name,
+        call.call_id,
+        call.digest,
+        call.attempt,
+        call.elapsed,
+        outcome,
+        error_of(result.error),
+    )
 
 
 def tool_output(call: Call, output: Any, outcome: str = "ok") -> None:
     """A tool attempt that returned: the output as the model sees it (``ok``), or as it
     was when its checks failed (``invalid``)."""
     rec = call.run.recording
-    if rec is None:
-        return
-    rec.tool_attempt({**_attempt(call), "outcome": outcome, "output": output})
-
-
-def _attempt(call: Call) -> dict[str, Any]:
-    return {
-        "tool": call.tool_name,
-        "call_id": call.call_id,
-        "args": call.digest,
-        "attempt": call.attempt,
-        "seconds": call.elapsed,
-    }
+    if rec is not None:
+        rec.steps.append(
+            (call.tool_name, call.call_id, call.digest, call.attempt, call.elapsed, outcome, output)
+        )
 
 
 def finish(run: RunState) -> tuple[RecordedRun, dict[str, Any]] | None:
@@ -158,8 +175,7 @@ def finish(run: RunState) -> tuple[RecordedRun, dict[str, Any]] | None:
     rec = run.recording
     if rec is None:
         return None
-    body = rec.body(run.redactor)
-    text = canonical_json(body)
+    body, text = rec.body(run.redactor)
     record = RecordedRun(
         run_id=run.id,
         digest=hashlib.sha256(text.encode()).hexdigest(),

@@ -90,12 +90,38 @@ def tool_definition(tool: Tool) -> dict[str, Any]:
     }
 
 
-def request_digest(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]], redactor: Redactor
-) -> str:
-    """The digest of a model request: its messages and tool definitions, redacted as the
-    recording is (so that a replay, fed redacted bodies, asks the same)."""
-    return digest_of(redactor.value([list(messages), list(tools)]))
+class RequestDigests:
+    """Digests of model requests: over each message redacted as the recording is (so that
+    a replay, fed redacted bodies, asks the same), then the tool definitions. A message's
+    own digest is computed once per message object: a loop's history grows a turn at a
+    time, and each turn's request repeats the ones before."""
+
+    __slots__ = ("_memo", "_tools")
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[Mapping[str, Any], str]] = {}
+        # The tools offered, by their names: a run's tool definitions do not change.
+        self._tools: dict[tuple[Any, ...], str] = {}
+
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        redactor: Redactor,
+    ) -> str:
+        memo = self._memo
+        parts = []
+        for message in messages:
+            known = memo.get(id(message))
+            if known is None or known[0] is not message:  # kept: its id stays its own
+                known = memo[id(message)] = (message, digest_of(redactor.value(message)))
+            parts.append(known[1])
+        names = tuple(t.get("name") for t in tools)
+        offered = self._tools.get(names)
+        if offered is None:
+            offered = self._tools[names] = digest_of(list(tools))
+        parts.append(offered)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def error_of(error: BaseException | None) -> dict[str, str]:
@@ -133,22 +159,19 @@ def response_body(value: Any) -> dict[str, Any]:
 class Recorder:
     """One run's recording as it is made (see the module docstring)."""
 
-    __slots__ = ("loop", "max_bytes", "policy", "shared", "steps", "tools")
+    __slots__ = ("loop", "max_bytes", "policy", "requests", "shared", "steps", "tools")
 
     def __init__(self, *, policy: str, max_bytes: int) -> None:
         self.policy = policy
         self.max_bytes = max_bytes
         self.tools: dict[str, dict[str, Any]] = {}
         self.shared: dict[str, Any] = {"breakers": {}}
-        self.steps: list[dict[str, Any]] = []
+        #: Model calls as dicts, tool attempts as tuples (see :meth:`tool_attempt`).
+        self.steps: list[dict[str, Any] | tuple[Any, ...]] = []
         #: What ``corral.run`` was given besides the task (``instructions``, ``max_tokens``);
         #: None for a run driven by its caller's own loop.
         self.loop: dict[str, Any] | None = None
-
-    def add_tools(self, tools: Mapping[str, Tool]) -> None:
-        for name, tool in tools.items():
-            definition = tool_definition(tool)
-            self.tools[name] = {"digest": digest_of(definition), "definition": definition}
+        self.requests = RequestDigests()
 
     def model_call(self, step: dict[str, Any]) -> None:
         """A model call: ``request``, ``endpoint``, ``price``, ``seconds``, ``outcome``
@@ -156,40 +179,77 @@ class Recorder:
         step["kind"] = "model"
         self.steps.append(step)
 
-    def tool_attempt(self, step: dict[str, Any]) -> None:
-        """An executed tool attempt: ``tool``, ``call_id``, ``args``, ``attempt``,
-        ``outcome``, ``seconds`` and its ``output`` or ``error``."""
-        step["kind"] = "tool"
-        self.steps.append(step)
+    def tool_attempt(
+        self,
+        tool: str,
+        call_id: str | None,
+        args: str,
+        attempt: int,
+        seconds: float,
+        outcome: str,
+        body: Any,
+    ) -> None:
+        """An executed tool attempt; ``body`` is its output (``ok``, ``invalid``) or its
+        error (:func:`error_of`). Kept as a tuple until the end: this is the allow path."""
+        self.steps.append((tool, call_id, args, attempt, seconds, outcome, body))
 
-    def body(self, redactor: Redactor) -> dict[str, Any]:
-        """The recording as stored: bodies redacted, the oldest summarised past the cap."""
-        steps = [_redacted(step, redactor) for step in self.steps]
-        head = {
+    def body(self, redactor: Redactor) -> tuple[dict[str, Any], str]:
+        """The recording as stored, and its canonical JSON: bodies redacted, the oldest
+        summarised when it would pass the cap."""
+        steps = [_redacted(_expanded(step), redactor) for step in self.steps]
+        body = {
             "format": FORMAT,
             "policy": self.policy,
             "tools": self.tools,
             "shared": self.shared,
             "loop": self.loop,
+            "steps": steps,
+            "summarised": 0,
         }
-        size = len(canonical_json(head))
-        sizes = [len(canonical_json(step)) for step in steps]
-        total = size + sum(sizes)
-        summarised = 0
-        for i, step in enumerate(steps):
-            if total <= self.max_bytes:
-                break
-            small = _summary(step)
-            saved = sizes[i] - len(canonical_json(small))
-            if saved <= 0:  # a body smaller than its digest stays
-                continue
-            total -= saved
-            steps[i] = small
-            summarised += 1
-        return {**head, "steps": steps, "summarised": summarised, "bytes": total}
+        text = canonical_json(body)
+        if len(text) > self.max_bytes:
+            body["summarised"] = _cap(steps, len(text) - self.max_bytes)
+            text = canonical_json(body)
+        return body, text
+
+
+def _cap(steps: list[dict[str, Any]], over: int) -> int:
+    """Summarise the oldest steps' bodies until ``over`` bytes are saved (or none is left
+    to save); how many were summarised."""
+    summarised = 0
+    for i, step in enumerate(steps):
+        if over <= 0:
+            break
+        small = _summary(step)
+        saved = len(canonical_json(step)) - len(canonical_json(small))
+        if saved <= 0:  # a body smaller than its digest stays
+            continue
+        over -= saved
+        steps[i] = small
+        summarised += 1
+    return summarised
 
 
 _BODIES = ("response", "output")
+#: A tool attempt's outcomes whose body is its output (the others' is their error).
+_OUTPUTS = frozenset({"ok", "invalid"})
+
+
+def _expanded(step: dict[str, Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """A step as stored: a tool attempt's tuple made a dict."""
+    if isinstance(step, dict):
+        return step
+    tool, call_id, args, attempt, seconds, outcome, body = step
+    return {
+        "kind": "tool",
+        "tool": tool,
+        "call_id": call_id,
+        "args": args,
+        "attempt": attempt,
+        "seconds": seconds,
+        "outcome": outcome,
+        ("output" if outcome in _OUTPUTS else "error"): body,
+    }
 
 
 def _redacted(step: dict[str, Any], redactor: Redactor) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from corral.clock import ManualClock
 from corral.exceptions import NotExecuted
 from corral.gateway.canonical import args_digest
 from corral.models.base import ModelRequest, ModelResponse, Price, ToolCallRequest
-from corral.record.recording import SUMMARISED, request_digest
+from corral.record.recording import SUMMARISED, RequestDigests
 from corral.record.redact import Redactor
 from corral.replay.result import Divergence, DivergenceReason
 from corral.stores.memory import MemoryStore
@@ -55,6 +55,7 @@ class Player:
         self.redactor = redactor
         self.index = 0  # steps handed out
         self.divergence: Divergence | None = None
+        self.requests = RequestDigests()
 
     def _next(self, kind: str, what: str) -> Mapping[str, Any]:
         if self.divergence is not None:
@@ -88,7 +89,7 @@ class Player:
     # -- the model ---------------------------------------------------------------------
     def respond(self, request: ModelRequest) -> ModelResponse:
         step = self._next("model", "a model call")
-        asked = request_digest(request.messages, request.tools, self.redactor)
+        asked = self.requests(request.messages, request.tools, self.redactor)
         if asked != step.get("request"):
             self._diverge(
                 "model_request_differs",

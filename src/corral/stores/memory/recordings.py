@@ -20,7 +20,7 @@ class Recordings(MemoryState):
     ) -> None:
         with self._lock:
             self._check()
-            self._recordings[record.run_id] = replace(record, body=copy.deepcopy(record.body))
+            self._recordings[record.run_id] = record  # read back as copies
             if policy is not None:
                 self._policies.setdefault(record.policy_digest, copy.deepcopy(dict(policy)))
 
