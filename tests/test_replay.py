@@ -179,17 +179,27 @@ def test_an_altered_recording_is_reported(tmp_path: Path) -> None:
         store.close()
 
 
+def kept_bytes(body: Any) -> int:
+    """The size of the bodies a recording kept whole."""
+    total = 0
+    for step in body["steps"]:
+        kept = step.get("response") or step.get("output")
+        if kept is not None and not (isinstance(kept, dict) and "summarised" in kept):
+            total += len(kept) if isinstance(kept, str) else len(json.dumps(kept))
+    return total
+
+
 def test_a_recording_past_its_cap_keeps_digests_and_replay_says_so() -> None:
-    """With a small cap the oldest bodies become digests: the recording stays within its cap
-    and a replay reports it cannot reproduce past the first summarised step."""
+    """With a small cap the oldest bodies become digests: the bodies kept stay within the
+    cap and a replay reports it cannot reproduce past the first summarised step."""
     store = MemoryStore()
-    small = policy(recording={"max_bytes": 3950})
+    small = policy(recording={"max_bytes": 500})
     run_id = recorded(store, small)
     rec = store.get_recording(run_id)
     assert rec is not None and rec.body is not None
     body = rec.body
     assert 1 <= body["summarised"] < len(body["steps"])
-    assert rec.bytes <= 3950
+    assert kept_bytes(body) <= 500
     first, last = body["steps"][0], body["steps"][-1]
     assert set(first["response"]) == {"summarised", "bytes"}
     assert last["response"]["text"] == "the vendor is down"  # the newest bodies are kept
@@ -321,3 +331,35 @@ def test_an_unknown_run_is_a_config_error() -> None:
     """corral.replay of a run the store does not have raises ConfigError."""
     with pytest.raises(corral.ConfigError, match="no run"):
         corral.replay("nope", store=MemoryStore())
+
+
+def test_a_long_run_holds_no_more_than_about_twice_its_cap() -> None:
+    """Hundreds of calls with large outputs: the oldest bodies are summarised while the run
+    goes, so it holds about twice its cap at most, and stores at most its cap."""
+
+    @corral.tool(name="big.read", effect="read")
+    def big(i: int) -> str:
+        """A large page."""
+        return f"{i} " + "x" * 3000
+
+    store = MemoryStore()
+    cap = 20_000
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["big.read"]},
+            "budgets": {"max_tool_calls": 1000, "max_steps": 1000},
+            "loops": {"repeats": 1000, "window": 1000},
+            "recording": {"max_bytes": cap},
+        }
+    )
+    with corral.Run(pol, tools=[big], store=store) as run:
+        for i in range(400):
+            run.call("big.read", {"i": i})
+            held = sum(len(s[-1]) for s in run._core.recording.steps if isinstance(s, tuple))  # type: ignore[union-attr]
+            assert held <= 2 * cap + 64 * 3100
+        run.finish("done")
+    rec = store.get_recording(run.id)
+    assert rec is not None and rec.body is not None
+    assert kept_bytes(rec.body) <= cap and rec.body["summarised"] > 390
+    assert rec.bytes < cap + 400 * 400  # each step's own fields stay: about 300 bytes
+    assert rec.body["steps"][-1]["output"].startswith("399 ")

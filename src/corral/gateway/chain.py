@@ -475,8 +475,11 @@ def _observe(call: Call, result: Attempt) -> Any:
     else:
         rec = core.recording
         if rec is not None:  # for replay (gateway/recording.py), as tool_output keeps it
-            rec.steps.append((call.tool_name, call.call_id, call.digest, call.attempt,
-                              call.elapsed, "ok", observation))  # fmt: skip
+            steps = rec.steps
+            steps.append((call.tool_name, call.call_id, call.digest, call.attempt,
+                          call.elapsed, "ok", observation))  # fmt: skip
+            if not len(steps) & 63:
+                rec.bound()
     if call.claimed and key is not None:
         core.store_call(core.store.complete, key, {"output": observation}, tenant=core.tenant)
     if call.write or eff.cacheable:

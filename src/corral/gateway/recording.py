@@ -165,8 +165,8 @@ def tool_output(call: Call, output: Any, outcome: str = "ok") -> None:
     was when its checks failed (``invalid``)."""
     rec = call.run.recording
     if rec is not None:
-        rec.steps.append(
-            (call.tool_name, call.call_id, call.digest, call.attempt, call.elapsed, outcome, output)
+        rec.tool_attempt(
+            call.tool_name, call.call_id, call.digest, call.attempt, call.elapsed, outcome, output
         )
 
 

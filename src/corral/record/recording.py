@@ -18,9 +18,9 @@ I/O) and turned into one JSON body when the run ends (:meth:`Recorder.body`):
   argument digest, attempt, outcome, seconds, and the output as the model saw it).
 
 Bodies (responses, outputs) are redacted at the end with the run's final redactor, as
-events are (:mod:`corral.record.redact`). Past ``max_bytes`` the oldest bodies are kept
-as their digest and size only (``summarised``): a replay then says it cannot reproduce
-the run past the first one.
+events are (:mod:`corral.record.redact`). Past ``max_bytes`` of bodies the oldest are kept
+as their digest and size only (``summarised``; a long run does so as it goes, holding about
+twice the cap at most): a replay then says it cannot reproduce the run past the first one.
 """
 
 from __future__ import annotations
@@ -159,7 +159,18 @@ def response_body(value: Any) -> dict[str, Any]:
 class Recorder:
     """One run's recording as it is made (see the module docstring)."""
 
-    __slots__ = ("loop", "max_bytes", "policy", "requests", "shared", "steps", "tools")
+    __slots__ = (
+        "_held",
+        "_kept_from",
+        "_measured",
+        "loop",
+        "max_bytes",
+        "policy",
+        "requests",
+        "shared",
+        "steps",
+        "tools",
+    )
 
     def __init__(self, *, policy: str, max_bytes: int) -> None:
         self.policy = policy
@@ -172,12 +183,34 @@ class Recorder:
         #: None for a run driven by its caller's own loop.
         self.loop: dict[str, Any] | None = None
         self.requests = RequestDigests()
+        self._held = 0  # bytes held by the steps measured so far (about)
+        self._measured = 0  # steps measured
+        self._kept_from = 0  # the oldest step whose body is still held
 
     def model_call(self, step: dict[str, Any]) -> None:
         """A model call: ``request``, ``endpoint``, ``price``, ``seconds``, ``outcome``
         and its ``response`` or ``error``."""
         step["kind"] = "model"
         self.steps.append(step)
+        self.bound()
+
+    def bound(self) -> None:
+        """Keep what the run holds near its cap: past twice ``max_bytes``, the oldest bodies
+        are summarised now rather than at the end (called each model turn, each failed
+        attempt, and every 64th step on the allow path)."""
+        steps = self.steps
+        for i in range(self._measured, len(steps)):
+            self._held += _held(steps[i])
+        self._measured = len(steps)
+        if self._held <= 2 * self.max_bytes:
+            return
+        for i in range(self._kept_from, len(steps)):
+            if self._held <= self.max_bytes:
+                break
+            before = _held(steps[i])
+            steps[i] = _summary(_expanded(steps[i]))
+            self._held -= before - _held(steps[i])
+            self._kept_from = i + 1
 
     def tool_attempt(
         self,
@@ -192,6 +225,7 @@ class Recorder:
         """An executed tool attempt; ``body`` is its output (``ok``, ``invalid``) or its
         error (:func:`error_of`). Kept as a tuple until the end: this is the allow path."""
         self.steps.append((tool, call_id, args, attempt, seconds, outcome, body))
+        self.bound()
 
     def body(self, redactor: Redactor) -> tuple[dict[str, Any], str]:
         """The recording as stored, and its canonical JSON: bodies redacted, the oldest
@@ -206,28 +240,46 @@ class Recorder:
             "steps": steps,
             "summarised": 0,
         }
-        text = canonical_json(body)
-        if len(text) > self.max_bytes:
-            body["summarised"] = _cap(steps, len(text) - self.max_bytes)
-            text = canonical_json(body)
-        return body, text
+        summarised = _cap(steps, self.max_bytes)
+        if summarised:
+            body["summarised"] = summarised
+        return body, canonical_json(body)
 
 
-def _cap(steps: list[dict[str, Any]], over: int) -> int:
-    """Summarise the oldest steps' bodies until ``over`` bytes are saved (or none is left
-    to save); how many were summarised."""
-    summarised = 0
+def _body_size(body: Any) -> int:
+    """About how many bytes a body takes (its text's length, else its JSON's)."""
+    if body is None:
+        return 0
+    if type(body) is str:
+        return len(body)
+    return len(canonical_json(body))
+
+
+def _held(step: dict[str, Any] | tuple[Any, ...]) -> int:
+    """About how many bytes of bodies a step holds (none once summarised)."""
+    if isinstance(step, tuple):
+        return _body_size(step[-1])
+    if _summarised(step):
+        return 0
+    return sum(_body_size(step.get(k)) for k in _BODIES)
+
+
+def _summarised(step: Mapping[str, Any]) -> bool:
+    return any(isinstance(step.get(k), Mapping) and SUMMARISED in step[k] for k in _BODIES)
+
+
+def _cap(steps: list[dict[str, Any]], max_bytes: int) -> int:
+    """Summarise the oldest steps' bodies until the bodies kept take at most ``max_bytes``;
+    how many steps are summarised in all."""
+    sizes = [_held(step) for step in steps]
+    over = sum(sizes) - max_bytes
     for i, step in enumerate(steps):
         if over <= 0:
             break
-        small = _summary(step)
-        saved = len(canonical_json(step)) - len(canonical_json(small))
-        if saved <= 0:  # a body smaller than its digest stays
-            continue
-        over -= saved
-        steps[i] = small
-        summarised += 1
-    return summarised
+        if sizes[i]:
+            steps[i] = _summary(step)
+            over -= sizes[i]
+    return sum(1 for step in steps if _summarised(step))
 
 
 _BODIES = ("response", "output")
@@ -264,7 +316,7 @@ def _summary(step: dict[str, Any]) -> dict[str, Any]:
     """``step`` with its body replaced by its digest and size."""
     out = dict(step)
     for key in _BODIES:
-        if key in out and out[key] is not None:
+        if key in out and out[key] is not None and not _summarised(out):
             text = canonical_json(out[key])
             out[key] = {
                 SUMMARISED: hashlib.sha256(text.encode()).hexdigest(),
