@@ -363,3 +363,27 @@ def test_a_long_run_holds_no_more_than_about_twice_its_cap() -> None:
     assert kept_bytes(rec.body) <= cap and rec.body["summarised"] > 390
     assert rec.bytes < cap + 400 * 400  # each step's own fields stay: about 300 bytes
     assert rec.body["steps"][-1]["output"].startswith("399 ")
+
+
+def test_what_a_window_limit_had_counted_is_replayed() -> None:
+    """A tenant's daily cap of 3 calls: a second run, refused at its second call because a
+    first run used two, replays to the same refusal (the window's use is seeded); the first
+    run replays too."""
+    store = MemoryStore()
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["kb.read"]},
+            "limits": [{"per": "tenant", "window": "1d", "max_calls": 3}],
+        }
+    )
+
+    def once() -> corral.RunResult:
+        model = ScriptedModel([call("kb.read", query="a"), call("kb.read", query="b"), final("x")])
+        return corral.run("go", model=model, tools=[kb], policy=pol, store=store, tenant="acme")
+
+    first, second = once(), once()
+    assert first.ok and second.stop_reason == "max_tool_calls"
+    for result in (first, second):
+        replayed = corral.replay(result.run_id, store=store)
+        assert replayed.reproduced, replayed.summary
+    assert corral.replay(second.run_id, store=store).stop_reason == "max_tool_calls"

@@ -13,10 +13,13 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from corral.budgets import windows
+from corral.budgets.meter import Charge
 from corral.controls import breaker
 from corral.gateway.guards.killswitch import Cancelled
 from corral.gateway.ops import Attempt, CallModel
 from corral.models.base import Price
+from corral.policy.schema import Policy
 from corral.record.recording import (
     Recorder,
     digest_of,
@@ -25,7 +28,7 @@ from corral.record.recording import (
     response_body,
     tool_definition,
 )
-from corral.stores.base import RecordedRun
+from corral.stores.base import RecordedRun, ScopedCharge
 
 if TYPE_CHECKING:
     from corral.gateway.call import Call
@@ -51,6 +54,8 @@ def start(run: RunState) -> None:
         rec.shared["kill_switches"] = [asdict(s) for s in switches]
         for name in sorted({run.effective(n).breaker for n in run.tools if n in run.allowed}):
             _breaker(run, rec, name)
+        if run.policy.limits:
+            rec.shared["windows"] = _windows(run)
     except Exception:  # the store fails: the run's first action stops it (fail closed)
         rec.shared["incomplete"] = True
 
@@ -70,6 +75,34 @@ def _definitions(run: RunState) -> dict[str, dict[str, Any]]:
             known = _TOOLS[id(tool)] = (tool, {"digest": digest_of(definition),
                                                 "definition": definition})  # fmt: skip
         out[name] = known[1]
+    return out
+
+
+def window_key(scope: str) -> str:
+    """A window scope without its window's start (``tenant:acme/1d@1733443200.0`` is
+    ``tenant:acme/1d``): what a replay, made in another window, matches it by."""
+    return scope.split("@", 1)[0]
+
+
+def window_scopes(
+    policy: Policy, tenant: str | None, agent: str | None, now: float
+) -> list[ScopedCharge]:
+    """The scopes of ``policy``'s window limits for a run of ``tenant`` and ``agent`` at
+    ``now`` (one per scope, whichever tool a limit names)."""
+    found: dict[str, ScopedCharge] = {}
+    for limit in policy.limits:
+        charge = Charge(tool_calls=1, tool=limit.tool)
+        for scoped in windows.scoped(policy, charge, tenant=tenant, agent=agent, now=now):
+            found.setdefault(scoped.scope, scoped)
+    return list(found.values())
+
+
+def _windows(run: RunState) -> dict[str, list[Any]]:
+    """What the run's window limits had counted when it started: (calls, USD) by scope."""
+    out = {}
+    for scoped in window_scopes(run.policy, run.tenant, run.agent, time.time()):
+        calls, usd = run.store.scope_usage(scoped.scope)
+        out[window_key(scoped.scope)] = [calls, str(usd)]
     return out
 
 

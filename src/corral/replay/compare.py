@@ -22,8 +22,20 @@ from corral.stores.records import Event
 
 #: Events that are not decisions.
 SKIPPED_KINDS = frozenset({"run_start", "warning"})
-#: Fields that vary between two executions of the same decisions.
-VARYING = frozenset({"seconds", "recording", "provider", "active_seconds", "waiting_seconds"})
+#: Fields that vary between two executions of the same decisions: timings, the recording's
+#: own digest, the provider's label, and how long a window has left (in a stop's
+#: ``retry_after`` and the sentence that says it, ``message``).
+VARYING = frozenset(
+    {
+        "seconds",
+        "recording",
+        "provider",
+        "active_seconds",
+        "waiting_seconds",
+        "retry_after",
+        "message",
+    }
+)
 #: A tool attempt's outcomes that executed it (each is one recorded step).
 EXECUTED = frozenset({"ok", "error", "timeout", "not_executed", "cancelled", "invalid_output"})
 #: Usage figures compared (time is reported, not compared: it is the clock's, not a decision).

@@ -10,20 +10,23 @@ call, which ends the replayed run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Any
 
 from corral.clock import ManualClock
 from corral.exceptions import NotExecuted
 from corral.gateway.canonical import args_digest
+from corral.gateway.recording import window_key
 from corral.models.base import ModelRequest, ModelResponse, Price, ToolCallRequest
 from corral.record.recording import SUMMARISED, RequestDigests
 from corral.record.redact import Redactor
 from corral.replay.result import Divergence, DivergenceReason
 from corral.stores.memory import MemoryStore
 from corral.stores.records import BreakerState, DegradeCounts, KillSwitchState
+from corral.stores.scopes import ScopedCharge
 from corral.tools import Tool, ToolContext, tool
 
 
@@ -213,10 +216,22 @@ class _WithDefaults(Tool):
         return checked
 
 
-def seeded_store(shared: Mapping[str, Any]) -> MemoryStore:
+def seeded_store(shared: Mapping[str, Any], scopes: list[ScopedCharge]) -> MemoryStore:
     """An in-memory store holding the shared state the run met: kill switches, breakers
-    and their degrade windows (with the successes not yet written counted in)."""
+    and their degrade windows (with the successes not yet written counted in), and what
+    its window limits had counted (put in ``scopes``, the same limits' scopes now)."""
     store = MemoryStore()
+    used = shared.get("windows") or {}
+    now = time.time()
+    for scoped in scopes:
+        found = used.get(window_key(scoped.scope))
+        if not found or not (found[0] or Decimal(found[1])):
+            continue
+        charge = replace(scoped, calls=int(found[0]), usd=Decimal(found[1]), max_calls=None,
+                         max_usd=None)  # fmt: skip
+        grant = store.reserve([charge], now=now)
+        if isinstance(grant, str):
+            store.settle(grant, [charge])
     for switch in shared.get("kill_switches") or ():
         store.set_kill_switch(KillSwitchState(**switch))
     for name, b in (shared.get("breakers") or {}).items():

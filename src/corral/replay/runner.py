@@ -23,6 +23,7 @@ usage are then compared with the recorded ones.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from corral.clock import ManualClock
 from corral.controls.breaker import BreakerStates, Successes
 from corral.controls.killswitch import SwitchCaches
 from corral.exceptions import ConfigError
+from corral.gateway.recording import window_scopes
 from corral.gateway.services import Services
 from corral.loop.bounded import run as corral_run
 from corral.policy.schema import Policy
@@ -190,7 +192,8 @@ def _drive(
     steps = list(body.get("steps") or [])
     player = Player(steps, clock, redactor(policy.redact.keys, policy.redact.patterns))
     first_model = next((s for s in steps if s.get("kind") == "model"), None)
-    memory = seeded_store(shared)
+    scopes = window_scopes(policy, record.tenant, record.agent, time.time())
+    memory = seeded_store(shared, scopes)
     loop = body.get("loop") or {}
     services = Services(
         sinks=Sinks(), successes=Successes(), breakers=BreakerStates(), switches=SwitchCaches()
