@@ -470,7 +470,7 @@ def _observe(call: Call, result: Attempt) -> Any:
         observation = output.checked(value, eff, scrub)
     except Exception as raised:  # any shape a tool returns: a problem, never an escape
         if core.recording is not None:
-            recording.tool_output(call, _invalid_output(core, value), "invalid")
+            recording.tool_output(call, recording.invalid_output(core, value), "invalid")
         observation = output.invalid(call, value, _outputs.problem(raised), scrub)
     else:
         rec = core.recording
@@ -496,15 +496,6 @@ def _observe(call: Call, result: Attempt) -> Any:
         **call.ids,
     )
     return observation
-
-
-def _invalid_output(core: RunState, value: Any) -> Any:
-    """An output that failed its checks, as a recording keeps it: plain JSON scrubbed of
-    the run's secrets, or its text when it is not JSON."""
-    try:
-        return core.redactor.secrets_only(_outputs.plain(value))
-    except Exception:  # any shape: its text, bounded
-        return core.redactor.text(_safe.text(value, 100_000))
 
 
 def _rescrub(core: RunState, value: Any) -> Any:

@@ -9,19 +9,24 @@ What is recorded: :mod:`corral.record.recording`.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from corral import _safe
 from corral.budgets import windows
 from corral.budgets.meter import Charge
 from corral.controls import breaker
+from corral.gateway import _outputs
 from corral.gateway.guards.killswitch import Cancelled
 from corral.gateway.ops import Attempt, CallModel
 from corral.models.base import Price
 from corral.policy.schema import Policy
 from corral.record.recording import (
     Recorder,
+    canonical_json,
     digest_of,
     error_of,
     policy_document,
@@ -33,6 +38,14 @@ from corral.stores.base import RecordedRun, ScopedCharge
 if TYPE_CHECKING:
     from corral.gateway.call import Call
     from corral.gateway.state import RunState
+
+log = logging.getLogger("corral")
+
+#: The most of an invalid tool output a recording keeps as JSON (characters).
+MAX_INVALID = 100_000
+#: The deepest an invalid tool output is kept as JSON (deeper: as text), as hygiene bounds
+#: a valid one.
+MAX_DEPTH = 64
 
 #: Policy documents by digest, made once per process (a policy's document never changes).
 _DOCUMENTS: dict[str, dict[str, Any]] = {}
@@ -46,7 +59,10 @@ def start(run: RunState) -> None:
     if not settings.enabled or run.resumed:
         return
     rec = Recorder(policy=run.policy.digest, max_bytes=settings.max_bytes)
-    rec.tools.update(_definitions(run))
+    try:
+        rec.tools.update(_definitions(run))
+    except Exception:  # a tool whose definition cannot be written: nothing is recorded
+        return
     rec.shared["wall"] = breaker.wall(run)
     run.recording = rec
     try:
@@ -140,10 +156,34 @@ def model_call(
     run: RunState, op: CallModel, names: tuple[str, str, int], result: Attempt, elapsed: float
 ) -> None:
     """One model call (``op``; ``names``: the model's name, its endpoint and the clamped
-    ``max_tokens``): the request's digest, the model, the response or the error."""
+    ``max_tokens``): the request's digest, the model, the response or the error. A request
+    or response that cannot be recorded (a hostile object, nested too deep) is kept as an
+    ``unrecordable`` step: the run goes on as it would have."""
     rec = run.recording
     if rec is None:
         return
+    try:
+        step = _model_step(run, rec, op, names, result, elapsed)
+    except Exception as exc:  # whatever a hostile request or response raises
+        step = {
+            "request": None,
+            "model": names[0],
+            "endpoint": names[1],
+            "seconds": elapsed,
+            "outcome": "unrecordable",
+            "error": error_of(exc),
+        }
+    rec.model_call(step)
+
+
+def _model_step(
+    run: RunState,
+    rec: Recorder,
+    op: CallModel,
+    names: tuple[str, str, int],
+    result: Attempt,
+    elapsed: float,
+) -> dict[str, Any]:
     model = op.model
     request = op.request
     name, endpoint_name, clamped = names
@@ -164,11 +204,44 @@ def model_call(
         step["outcome"] = "cancelled"
     elif result.ok:
         step["outcome"] = "ok"
-        step["response"] = response_body(result.value)
+        step["response"] = plain_json(response_body(result.value))
     else:
         step["outcome"] = "timeout" if result.timed_out else "error"
         step["error"] = error_of(result.error)
-    rec.model_call(step)
+    return step
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as plain JSON data (a copy); raises when it is not (too deep, circular,
+    a number too long to write, a hostile object)."""
+    return json.loads(canonical_json(value))
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests more than ``limit`` levels (walked without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def invalid_output(run: RunState, value: Any) -> Any:
+    """A tool output that failed its checks, as the recording keeps it: plain JSON scrubbed
+    of the run's secrets (at most :data:`MAX_INVALID` characters of it), else its text."""
+    try:
+        plain = plain_json(_outputs.plain(value))
+        if len(canonical_json(plain)) > MAX_INVALID or _deeper_than(plain, MAX_DEPTH):
+            raise ValueError("too large or too deep to keep whole")
+        return run.redactor.secrets_only(plain)
+    except Exception:  # any shape: its text, bounded
+        return run.redactor.text(_safe.text(value, MAX_INVALID))
 
 
 def tool_failed(call: Call, result: Attempt) -> None:
@@ -204,10 +277,19 @@ def tool_output(call: Call, output: Any, outcome: str = "ok") -> None:
 
 
 def finish(run: RunState) -> tuple[RecordedRun, dict[str, Any]] | None:
-    """The run's recording as stored, and its policy's document; None when not recording."""
+    """The run's recording as stored, and its policy's document; None when not recording,
+    or when it cannot be made (the run's end is never stopped by its recording)."""
     rec = run.recording
     if rec is None:
         return None
+    try:
+        return _finished(run, rec)
+    except Exception:  # whatever a body holds that cannot be written
+        log.warning("run %s: its recording could not be made; it cannot be replayed", run.id)
+        return None
+
+
+def _finished(run: RunState, rec: Recorder) -> tuple[RecordedRun, dict[str, Any]]:
     body, text = rec.body(run.redactor)
     record = RecordedRun(
         run_id=run.id,
