@@ -31,6 +31,8 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("runs",): [],
     ("show",): ["{run}"],
     ("report",): [],
+    ("replay",): ["{run}"],
+    ("prune",): ["--older-than", "30d"],
     ("audit", "verify"): [],
     ("audit", "checkpoint"): ["--out", "{tmp}/anchor.json"],
     ("audit", "export"): [],

@@ -411,11 +411,14 @@ def test_approvals_hold_the_write_until_approved(walked: Walk) -> None:
     }
 
 
-def test_step_4_says_replay_is_not_built_and_it_is_not(walked: Walk) -> None:
-    """The page says replay and golden tasks are not built; corral has no such commands yet."""
+def test_step_4_says_what_is_built_and_what_is_not(walked: Walk) -> None:
+    """The page says replay is built and golden tasks and drift are not: corral has the one
+    command and none of the others yet."""
     text = DOC.read_text()
-    assert "## Step 4: replay and golden tasks — not built yet" in text
-    for command in ("replay", "whatif", "golden", "drift"):
+    assert "## Step 4: replay today; golden tasks and drift — not built yet" in text
+    code, printed = execute("corral replay --help", walked.directory, environment())
+    assert code == 0 and "recorded run" in printed
+    for command in ("whatif", "golden", "drift"):
         code, printed = execute(f"corral {command} --help", walked.directory, environment())
         assert code == 2, f"corral {command} exists now: update docs/migration.md"
         assert "No such command" in printed

@@ -66,7 +66,7 @@ def start(run: RunState) -> None:
     rec.shared["wall"] = breaker.wall(run)
     run.recording = rec
     try:
-        switches = run.store.kill_switches()
+        switches = run.switch_cache.switches(run.store)
         rec.shared["kill_switches"] = [asdict(s) for s in switches]
         for name in sorted({run.effective(n).breaker for n in run.tools if n in run.allowed}):
             _breaker(run, rec, name)
