@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral import _safe
 from corral.budgets import windows
 from corral.budgets.meter import Charge
+from corral.clock import DEADLINE
 from corral.controls import breaker
 from corral.gateway import _outputs
 from corral.gateway.guards.killswitch import Cancelled
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from corral.gateway.call import Call
     from corral.gateway.state import RunState
 
+T = TypeVar("T")
 log = logging.getLogger("corral")
 
 #: The most of an invalid tool output a recording keeps as JSON (characters).
@@ -65,8 +68,11 @@ def start(run: RunState) -> None:
         return
     rec.shared["wall"] = breaker.wall(run)
     run.recording = rec
+    if run.stop is not None:  # the store already failed: the run stops at its first action
+        rec.shared["incomplete"] = True
+        return
     try:
-        switches = run.switch_cache.switches(run.store)
+        switches = _read(run, run.switch_cache.switches, run.store)
         rec.shared["kill_switches"] = [asdict(s) for s in switches]
         for name in sorted({run.effective(n).breaker for n in run.tools if n in run.allowed}):
             _breaker(run, rec, name)
@@ -94,6 +100,17 @@ def _definitions(run: RunState) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _read(run: RunState, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """A store read for the recording, waiting no longer than the run's own reads may (its
+    deadline): its failure is the recording's (``incomplete``), never the run's stop."""
+    token = DEADLINE.set(run.time.deadline) if run.timed_store else None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if token is not None:
+            DEADLINE.reset(token)
+
+
 def window_key(scope: str) -> str:
     """A window scope without its window's start (``tenant:acme/1d@1733443200.0`` is
     ``tenant:acme/1d``): what a replay, made in another window, matches it by."""
@@ -117,7 +134,7 @@ def _windows(run: RunState) -> dict[str, list[Any]]:
     """What the run's window limits had counted when it started: (calls, USD) by scope."""
     out = {}
     for scoped in window_scopes(run.policy, run.tenant, run.agent, time.time()):
-        calls, usd = run.store.scope_usage(scoped.scope)
+        calls, usd = _read(run, run.store.scope_usage, scoped.scope)
         out[window_key(scoped.scope)] = [calls, str(usd)]
     return out
 
@@ -127,8 +144,8 @@ def _breaker(run: RunState, rec: Recorder, name: str) -> None:
     successes not yet written."""
     now = breaker.wall(run)
     size = run.policy.degrade.window_seconds
-    state = run.store.breaker(name, now=now)
-    window = run.store.degrade_window(name, now=now, size=size)
+    state = _read(run, run.store.breaker, name, now=now)
+    window = _read(run, run.store.degrade_window, name, now=now, size=size)
     pending = run.services.successes.pending(run.store, name)
     rec.shared["breakers"][name] = {
         "state": state.state,
@@ -144,7 +161,7 @@ def _breaker(run: RunState, rec: Recorder, name: str) -> None:
 def endpoint(run: RunState, endpoint: str) -> None:
     """The model endpoint's breaker, the first time the run calls it."""
     rec = run.recording
-    if rec is None or endpoint in rec.shared["breakers"]:
+    if rec is None or endpoint in rec.shared["breakers"] or rec.shared.get("incomplete"):
         return
     try:
         _breaker(run, rec, endpoint)
