@@ -32,6 +32,8 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("show",): ["{run}"],
     ("report",): [],
     ("drift",): ["--window", "1h"],
+    ("replay",): ["{run}"],
+    ("prune",): ["--older-than", "30d"],
     ("audit", "verify"): [],
     ("audit", "checkpoint"): ["--out", "{tmp}/anchor.json"],
     ("audit", "export"): [],

@@ -411,15 +411,17 @@ def test_approvals_hold_the_write_until_approved(walked: Walk) -> None:
     }
 
 
-def test_step_4_says_replay_is_not_built_and_it_is_not(walked: Walk) -> None:
-    """The page says golden tasks and drift are built and replay and what-if are not; corral
-    has those two commands and neither of the others yet."""
+def test_step_4_says_what_is_built_and_what_is_not(walked: Walk) -> None:
+    """The page says golden tasks, drift and replay are built and what-if is not; corral has
+    those three commands and not the other yet."""
     text = DOC.read_text()
-    assert "## Step 4: golden tasks (replay not built yet)" in text
+    assert "## Step 4: golden tasks, drift and replay (what-if not built yet)" in text
     assert "`corral drift` compares windows of live runs" in text
     code, printed = execute("corral golden --help", walked.directory, environment())
     assert code == 0 and "run" in printed
-    for command in ("replay", "whatif"):
+    code, printed = execute("corral replay --help", walked.directory, environment())
+    assert code == 0 and "recorded run" in printed
+    for command in ("whatif",):
         code, printed = execute(f"corral {command} --help", walked.directory, environment())
         assert code == 2, f"corral {command} exists now: update docs/migration.md"
         assert "No such command" in printed

@@ -219,7 +219,8 @@ def test_every_problem_is_reported_at_once() -> None:
         "mode: must be one of 'enforce' or 'observe', got 'watch'",
         "budgets.max_steps: must be a positive integer, got -3",
         "extra: unknown key (known: approvals, budgets, context, degrade, kill_switch, limits,"
-        " loops, mode, models, monitoring, observations, redact, tools, version, writes)",
+        " loops, mode, models, monitoring, observations, recording, redact, tools, version,"
+        " writes)",
     ]
 
 

@@ -52,6 +52,7 @@ FIELDS: dict[str, str] = {
     "loops.window": "int",
     "observations.max_chars": "int",
     "context.max_chars": "int",
+    "recording.max_bytes": "int",
     "models.max_output_tokens": "int",
     "models.timeout_seconds": "float",
     "models.prices.*.input_usd_per_mtok": "usd",

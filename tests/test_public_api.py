@@ -47,6 +47,7 @@ EXPECTED = {
     "Policy",
     "PolicyError",
     "Price",
+    "ReplayResult",
     "Run",
     "RunResult",
     "SecretProvider",
@@ -68,6 +69,7 @@ EXPECTED = {
     "arun",
     "load_policy",
     "open_store",
+    "replay",
     "run",
     "tool",
 }

@@ -8,6 +8,8 @@ exit has a stop reason.
 30
 """
 
+import sys as _sys
+import types as _types
 import typing as _typing
 
 from corral._public import LazyNames as _LazyNames
@@ -48,6 +50,8 @@ if _typing.TYPE_CHECKING:
         ToolCallRequest,
     )
     from corral.policy.schema import Policy, load_policy
+    from corral.replay.result import ReplayResult
+    from corral.replay.runner import replay
     from corral.result import CallInfo, RunResult
     from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
     from corral.stores import Store, open_store
@@ -80,6 +84,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Price",
+    "ReplayResult",
     "Run",
     "RunResult",
     "SecretProvider",
@@ -101,6 +106,7 @@ __all__ = [
     "arun",
     "load_policy",
     "open_store",
+    "replay",
     "run",
     "tool",
 ]
@@ -123,6 +129,7 @@ _LAZY = {
     "ModelResponse": "corral.models.base",
     "Policy": "corral.policy.schema",
     "Price": "corral.models.base",
+    "ReplayResult": "corral.replay.result",
     "Run": "corral.loop.run",
     "RunResult": "corral.result",
     "SecretProvider": "corral.secrets",
@@ -136,6 +143,7 @@ _LAZY = {
     "arun": "corral.loop.bounded",
     "load_policy": "corral.policy.schema",
     "open_store": "corral.stores",
+    "replay": "corral.replay.runner",
     "run": "corral.loop.bounded",
     "tool": "corral.tools",
 }
@@ -148,6 +156,21 @@ _lazy = _LazyNames("corral", globals(), __all__, _LAZY)
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catch-all __getattr__
     __getattr__ = _lazy.resolve
     __dir__ = _lazy.names
+
+    class _Corral(_types.ModuleType):
+        """``corral.replay`` is the function (:func:`corral.replay.runner.replay`), also
+        after the package of the same name is imported: importing a package sets it on its
+        parent, which this ignores (the package stays in ``sys.modules``)."""
+
+        @property
+        def replay(self) -> _typing.Any:
+            return _lazy.resolve("replay")
+
+        @replay.setter
+        def replay(self, value: _typing.Any) -> None:
+            del value  # the package binding itself here: ignored, corral.replay stays the function
+
+    _sys.modules[__name__].__class__ = _Corral
 
 # What corral logs takes text from callers and models (an agent's name, a stop's message):
 # shown in the log, never acted on by the terminal that shows it (corral._visible).

@@ -81,6 +81,18 @@ def _drift() -> Target:
     return drift.drift
 
 
+def _replay() -> Target:
+    from corral.cli import replay
+
+    return replay.replay
+
+
+def _prune() -> Target:
+    from corral.cli import prune
+
+    return prune.prune
+
+
 def _version() -> Target:
     return version
 
@@ -167,6 +179,14 @@ COMMANDS: dict[str, Entry] = {
             "the runs before them; exit 1 on drift."
         ),
         load=_drift,
+    ),
+    "replay": Entry(
+        help="Run a recorded run again offline and report whether it did the same, or where not.",
+        load=_replay,
+    ),
+    "prune": Entry(
+        help="Drop the recorded bodies of runs that ended before a cutoff (their digests stay).",
+        load=_prune,
     ),
     "version": Entry(help="Print corral's version.", load=_version),
     "audit": Entry(

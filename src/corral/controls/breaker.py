@@ -209,6 +209,14 @@ class Successes:
                 return count, None
             return 0, (entry[0], count)
 
+    def pending(self, store: Store, name: str) -> tuple[float, int] | None:
+        """The successes of ``name`` counted here and not yet written: (bucket, count)."""
+        with self._lock:
+            entry = self._kept.get(store, dict).get(name)
+            if entry is None or not entry[1]:
+                return None
+            return entry[0], int(entry[1])
+
     def keep(self, store: Store, name: str, start: float, count: int) -> None:
         """Put back successes a write could not add (only while their bucket is current)."""
         with self._lock:

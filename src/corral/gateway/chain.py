@@ -39,7 +39,7 @@ from corral import _safe
 from corral.budgets.meter import Hold
 from corral.controls import breaker
 from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
-from corral.gateway import _outputs, charges
+from corral.gateway import _outputs, charges, recording
 from corral.gateway.call import Call
 from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.guards import (
@@ -152,12 +152,16 @@ def attempted(call: Call, hold: Hold, started: float, result: Attempt) -> Any:
     core, eff = call.run, call.eff
     call.elapsed = core.time.now() - started
     if isinstance(result.error, killswitch.Cancelled):
+        if core.recording is not None:
+            recording.tool_failed(call, result)
         _cancelled(call, hold, result)  # a stop_all switch cancelled it in flight
     if not isinstance(result.error, NotExecuted):  # the tool says it did not run
         breaker.record(core, eff.breaker, result.ok, probe=call.probe)
     if result.ok:
         charges.settle(core.budget, hold, "ok", eff)
         return _observe(call, result)
+    if core.recording is not None:
+        recording.tool_failed(call, result)
     return Retry(_failed(call, hold, result))  # raises unless it is retried
 
 
@@ -465,7 +469,17 @@ def _observe(call: Call, result: Attempt) -> Any:
             value = _outputs.jsonable(value, eff.max_output_chars)
         observation = output.checked(value, eff, scrub)
     except Exception as raised:  # any shape a tool returns: a problem, never an escape
+        if core.recording is not None:
+            recording.tool_output(call, recording.invalid_output(core, value), "invalid")
         observation = output.invalid(call, value, _outputs.problem(raised), scrub)
+    else:
+        rec = core.recording
+        if rec is not None:  # for replay (gateway/recording.py), as tool_output keeps it
+            steps = rec.steps
+            steps.append((call.tool_name, call.call_id, call.digest, call.attempt,
+                          call.elapsed, "ok", observation))  # fmt: skip
+            if not len(steps) & 63:
+                rec.bound()
     if call.claimed and key is not None:
         core.store_call(core.store.complete, key, {"output": observation}, tenant=core.tenant)
     if call.write or eff.cacheable:

@@ -21,6 +21,7 @@ from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
 from corral.gateway.canonical import args_digest
+from corral.gateway import recording
 from corral.gateway.state import GAVE_UP, RunState
 from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
@@ -154,6 +155,7 @@ def begin(run: RunState, existing: RunRecord | None, events: Sequence[Event] = (
         with contextlib.suppress(Stop):
             _open_record(run, existing, events)
     policy = run.policy
+    recording.start(run)
     run.events.add(
         "run_start",
         resumed=run.resumed,
@@ -313,12 +315,15 @@ def close(run: RunState, reason: StopReason, *, answer: str | None = None) -> st
     usage = run.budget.usage()
     info = run.stop if reason != "ok" else None
     status = status_of(reason)
+    recorded = recording.finish(run)
     run.events.add(
         "run_end",
         stop_reason=reason,
         status=status,
         usage=usage.to_dict(),
         stop=info.to_dict() if info else None,
+        # The recording's digest: the audit chain holds it, also once its body is pruned.
+        **({"recording": recorded[0].digest} if recorded else {}),
     )
     pending = run.events.take()
     outstanding = run.budget.take_outstanding()
@@ -353,6 +358,8 @@ def close(run: RunState, reason: StopReason, *, answer: str | None = None) -> st
             ended_at=time.time(),
             would_stop=[redact(w.to_dict()) for w in run.would_stop],
         )
+        if recorded is not None:
+            store.save_recording(recorded[0], policy=recorded[1])
     except Exception as exc:  # a store object may raise anything: the end is unrecorded
         return f"the end of the run could not be recorded: {StoreError.of(exc)}"
     finally:

@@ -23,6 +23,7 @@ from corral.budgets import model_cost
 from corral.budgets.meter import Charge, Hold
 from corral.controls import breaker
 from corral.exceptions import ConfigError, Stop
+from corral.gateway import recording
 from corral.gateway.guards import killswitch
 from corral.gateway.ops import Attempt, CallModel
 from corral.gateway.state import RunState
@@ -222,6 +223,8 @@ def close_turn(core: RunState, turn: Turn, result: Attempt) -> ModelResponse:
     """The turn settled from the call's ``result``: the response, or the stop raised."""
     name, named, hold, clamped = turn.name, turn.named, turn.hold, turn.clamped
     elapsed = core.time.now() - turn.started
+    if core.recording is not None:
+        recording.model_call(core, turn.op, (name, turn.endpoint, clamped), result, elapsed)
     if isinstance(result.error, killswitch.Cancelled):  # stop_all, while the call ran
         core.budget.settle(hold, ONE_STEP)
         core.events.add(
@@ -260,6 +263,8 @@ def _admit_endpoint(core: RunState, model: Model, name: str) -> tuple[str, str]:
     endpoint can share it), else the model's name."""
     dependency = getattr(model, "dependency", None)
     endpoint = dependency if isinstance(dependency, str) and dependency else f"model:{name}"
+    if core.recording is not None:
+        recording.endpoint(core, endpoint)
     decision, state = breaker.admit(core, endpoint)
     if decision == "open":
         core.events.add("denied", model=name, why="degraded")

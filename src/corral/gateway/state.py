@@ -30,6 +30,7 @@ from corral.gateway.services import Services
 from corral.gateway.spend import BACKSTOP, RunBudget
 from corral.policy.schema import Guard, Policy
 from corral.record import redact
+from corral.record.recording import Recorder
 from corral.result import CallOutcome
 from corral.secrets import Credentials, SecretProvider
 from corral.stops import StopInfo
@@ -112,6 +113,8 @@ class RunState:
         self.store_gave_up = False
         caps = {n: s.max_calls for n, s in policy.tools.specs.items() if s.max_calls is not None}
         self.resumed = False
+        # What the run keeps for replay (gateway/recording.py), once it has started.
+        self.recording: Recorder | None = None
         self.set_limits(limits_from_policy(policy.budgets, caps), prior=None)
 
     def set_limits(self, limits: Limits, *, prior: Usage | None) -> None:

@@ -147,6 +147,8 @@ async def _loop(
     max_tokens: int | None,
 ) -> RunResult:
     core = run._core
+    if core.recording is not None:  # what a replay must give the loop again
+        core.recording.loop = {"instructions": instructions, "max_tokens": max_tokens}
     async with run:
         offered: list[dict[str, Any]] | None = run.tool_specs("neutral")
         assert offered is not None

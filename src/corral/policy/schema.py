@@ -74,6 +74,7 @@ from corral.policy.sections import (
     ModeSetting,
     Monitoring,
     Observations,
+    Recording,
     Redact,
     Section,
     ToolSpec,
@@ -119,6 +120,7 @@ __all__ = [
     "PositiveInt",
     "PositiveSeconds",
     "Ratio",
+    "Recording",
     "Redact",
     "ToolName",
     "ToolSpec",
@@ -144,6 +146,7 @@ class Policy(Section):
     degrade: Degrade = Field(default_factory=Degrade)
     observations: Observations = Field(default_factory=Observations)
     context: Context = Field(default_factory=Context)
+    recording: Recording = Field(default_factory=Recording)
     loops: Loops = Field(default_factory=Loops)
     limits: list[WindowLimit] = Field(default_factory=list)
     models: Models = Field(default_factory=Models)

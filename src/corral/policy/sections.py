@@ -281,6 +281,14 @@ class Context(Section):
     max_chars: PositiveInt = 48_000
 
 
+class Recording(Section):
+    """What a run keeps for ``corral replay``: on by default, at most ``max_bytes`` of
+    recorded bodies per run (older ones are then kept as their digests only)."""
+
+    enabled: StrictBool = True
+    max_bytes: PositiveInt = 1_048_576
+
+
 _WINDOW = re.compile(r"^([1-9][0-9]*)(m|h|d)$")
 _WINDOW_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 

@@ -34,6 +34,9 @@ that code needing one concern can say so (``def f(store: KillSwitchStore)``):
   secret, never the secret; adding and revoking a key are each written with their
   audit record (``audit=``) in one transaction; ``add_key`` never replaces a key
   (``False`` when the id is taken), ``revoke_key`` changes a key once.
+- :class:`RecordingStore`, **recordings**: what each run recorded for replay
+  (:class:`~corral.stores.records.RecordedRun`), the policy documents by digest, and
+  pruning (bodies dropped, digests kept).
 - :class:`BreakerStore`, **breakers and degrade counters**: per tool (or model
   endpoint) and UTC-aligned window bucket (``floor(now / size) * size``), the
   attempts, failures and retries every process counted. ``degrade_add`` adds
@@ -87,6 +90,7 @@ from corral.stores.records import (
     KillMode,
     KillScope,
     KillSwitchState,
+    RecordedRun,
     RunRecord,
 )
 from corral.stores.rules import (
@@ -292,6 +296,9 @@ class BreakerStore(Protocol):
         self, name: str, *, now: float, size: float, ratio: float, floor: int, calls: int = 0
     ) -> bool: ...
     def degrade_reset(self, name: str) -> None: ...
+    def degrade_window(self, name: str, *, now: float, size: float) -> DegradeWindow:
+        """The window at ``now``, read only (what a recording keeps of it)."""
+        ...
 
 
 @runtime_checkable
@@ -330,6 +337,26 @@ class FigureStore(Protocol):
         """Every run that started at or after ``since`` and before ``until`` (epoch
         seconds) and is no longer running, of ``tenant`` and ``agent`` when given, oldest
         first, at most ``limit``."""
+
+
+@runtime_checkable
+class RecordingStore(Protocol):
+    """Runs' recordings for replay, and the policy documents they ran under (one per digest)."""
+
+    def save_recording(
+        self, record: RecordedRun, *, policy: Mapping[str, Any] | None = None
+    ) -> None:
+        """Store ``record`` (replacing the run's earlier one) and, when given, the policy
+        document of ``record.policy_digest`` if none is stored yet."""
+        ...
+
+    def get_recording(self, run_id: str) -> RecordedRun | None: ...
+    def policy_document(self, digest: str) -> Mapping[str, Any] | None: ...
+    def prune_recordings(
+        self, *, ended_before: float, now: float, dry_run: bool = False
+    ) -> list[str]:
+        """Drop the bodies of recordings of runs that ended before ``ended_before`` (their
+        digests stay); the ids of those runs, oldest first. ``dry_run``: change nothing."""
         ...
 
 
@@ -344,6 +371,7 @@ class Store(
     BreakerStore,
     KeyStore,
     FigureStore,
+    RecordingStore,
     Protocol,
 ):
     """What corral needs from shared state: every concern, and the store's life. See the
@@ -391,6 +419,8 @@ __all__ = [
     "KillScope",
     "KillSwitchState",
     "KillSwitchStore",
+    "RecordedRun",
+    "RecordingStore",
     "Refusal",
     "RunFigures",
     "RunRecord",

@@ -9,6 +9,7 @@ claims, breakers and degrade counters, API keys (:class:`KeyRecord`). Imports no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -294,3 +295,45 @@ class AuditHead:
 
     seq: int = 0
     hash: str = GENESIS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordedRun:
+    """What a run recorded for replay (:mod:`corral.record.recording`): its body, the
+    body's digest (also in the run's ``run_end`` event, so the audit chain holds it), its
+    size, when it was saved, and when it was pruned (the body is then ``None``; the digest
+    stays)."""
+
+    run_id: str
+    digest: str
+    policy_digest: str
+    saved_at: float
+    bytes: int = 0
+    body: Mapping[str, Any] | None = None
+    pruned_at: float | None = None
+
+
+def recorded_run(row: Any) -> RecordedRun:
+    """A ``corral_recordings`` row as a record (SQLite and PostgreSQL rows alike)."""
+    return RecordedRun(
+        run_id=row[0],
+        digest=row[1],
+        policy_digest=row[2],
+        saved_at=float(row[3]),
+        bytes=int(row[4]),
+        body=None if row[5] is None else json.loads(row[5]),
+        pruned_at=None if row[6] is None else float(row[6]),
+    )
+
+
+def recording_row(record: RecordedRun) -> tuple[Any, ...]:
+    body = None if record.body is None else json.dumps(record.body, separators=(",", ":"))
+    return (
+        record.run_id,
+        record.digest,
+        record.policy_digest,
+        record.saved_at,
+        record.bytes,
+        body,
+        record.pruned_at,
+    )

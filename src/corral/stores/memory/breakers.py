@@ -61,6 +61,24 @@ class Breakers(MemoryState):
             self._degrade_window(name, now, size, 0, 0, retries=1)
             return True
 
+    def degrade_window(self, name: str, *, now: float, size: float) -> DegradeWindow:
+        with self._lock:
+            self._check()
+            start, weight = degrade_bucket(now, size)
+            buckets = self._degrade.get(name, {})
+            return DegradeWindow(
+                current=buckets.get(start, DegradeCounts()),
+                previous=buckets.get(start - size, DegradeCounts()),
+                weight=weight,
+            )
+
+    def load_degrade(self, name: str, buckets: dict[float, DegradeCounts]) -> None:
+        """Set ``name``'s counters to ``buckets`` (bucket start -> counts): a replay
+        seeds the state a recorded run met."""
+        with self._lock:
+            self._check()
+            self._degrade[name] = dict(buckets)
+
     def degrade_reset(self, name: str) -> None:
         with self._lock:
             self._check()

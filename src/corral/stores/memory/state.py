@@ -24,6 +24,7 @@ from corral.stores.records import (
     Event,
     KeyRecord,
     KillSwitchState,
+    RecordedRun,
     RunRecord,
 )
 from corral.stores.scopes import ScopedCharge, ScopeState
@@ -65,6 +66,8 @@ class MemoryState:
         self._breakers: dict[str, BreakerState] = {}
         self._degrade: dict[str, dict[float, DegradeCounts]] = {}  # name -> bucket start -> counts
         self._keys: dict[str, KeyRecord] = {}
+        self._recordings: dict[str, RecordedRun] = {}
+        self._policies: dict[str, dict[str, Any]] = {}
         self.fail = False
 
     def _check(self) -> None:

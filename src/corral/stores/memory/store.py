@@ -3,7 +3,7 @@
 :class:`MemoryStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
 each over the tables of :mod:`.state`.
 """
 
@@ -18,11 +18,14 @@ from corral.stores.memory.claims import Claims
 from corral.stores.memory.events import Events
 from corral.stores.memory.figures import Figures
 from corral.stores.memory.keys import Keys
+from corral.stores.memory.recordings import Recordings
 from corral.stores.memory.runs import Runs
 from corral.stores.memory.switches import KillSwitches
 
 
-class MemoryStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures):
+class MemoryStore(
+    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
+):
     """A complete :class:`~corral.stores.base.Store` held in dictionaries under one lock.
 
     ``fail`` makes every call raise :class:`~corral.exceptions.StoreError`

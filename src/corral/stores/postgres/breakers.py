@@ -13,6 +13,7 @@ from corral.stores.postgres.connection import Conn, PostgresConnection
 from corral.stores.postgres.sql import (
     BREAKER,
     DEGRADE_ADD,
+    DEGRADE_BUCKETS,
     DEGRADE_RESET,
     DEGRADE_SPEND_RETRY,
     SET_BREAKER,
@@ -62,6 +63,16 @@ class Breakers(PostgresConnection):
             return spent is not None
 
         return self._call(op, once=True)
+
+    def degrade_window(self, name: str, *, now: float, size: float) -> DegradeWindow:
+        start, weight = degrade_bucket(now, size)
+        rows = self._call(lambda conn: conn.execute(DEGRADE_BUCKETS, (name,)).fetchall())
+        counts = {r[0]: DegradeCounts(calls=r[1], failures=r[2], retries=r[3]) for r in rows}
+        return DegradeWindow(
+            current=counts.get(start, DegradeCounts()),
+            previous=counts.get(start - size, DegradeCounts()),
+            weight=weight,
+        )
 
     def degrade_reset(self, name: str) -> None:
         self._call(lambda conn: conn.execute(DEGRADE_RESET, (name,)))

@@ -296,6 +296,7 @@ SET_BREAKER = (
     "ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, until = EXCLUDED.until"
 )
 DEGRADE_RESET = "DELETE FROM corral_degrade WHERE name = %s"
+DEGRADE_BUCKETS = "SELECT start, calls, failures, retries FROM corral_degrade WHERE name = %s"
 
 # -- the schema ----------------------------------------------------------------------------
 # Concurrent CREATE SCHEMA IF NOT EXISTS can still collide: it is serialized by this lock.

@@ -3,7 +3,7 @@
 :class:`PostgresStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
 each over the pool of :mod:`.connection`.
 """
 
@@ -18,12 +18,13 @@ from corral.stores.postgres.claims import Claims
 from corral.stores.postgres.events import Events
 from corral.stores.postgres.figures import Figures
 from corral.stores.postgres.keys import Keys
+from corral.stores.postgres.recordings import Recordings
 from corral.stores.postgres.runs import Runs
 from corral.stores.postgres.switches import KillSwitches
 
 
 class PostgresStore(
-    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures
+    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
 ):
     """A complete :class:`~corral.stores.base.Store` in PostgreSQL, safe across processes.
 

@@ -58,6 +58,17 @@ class Breakers(SQLiteConnection):
             conn.execute(DEGRADE_SPEND_RETRY, (name, degrade_bucket(now, size)[0]))
             return True
 
+    def degrade_window(self, name: str, *, now: float, size: float) -> DegradeWindow:
+        start, weight = degrade_bucket(now, size)
+        with self._locked() as conn:
+            rows = conn.execute(DEGRADE_BUCKETS, (name,)).fetchall()
+        counts = {r[0]: DegradeCounts(calls=r[1], failures=r[2], retries=r[3]) for r in rows}
+        return DegradeWindow(
+            current=counts.get(start, DegradeCounts()),
+            previous=counts.get(start - size, DegradeCounts()),
+            weight=weight,
+        )
+
     def degrade_reset(self, name: str) -> None:
         with self._write() as conn:
             conn.execute(DEGRADE_RESET, (name,))

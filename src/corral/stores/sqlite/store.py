@@ -3,7 +3,7 @@
 :class:`SQLiteStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
 each over the one connection of :mod:`.connection`.
 """
 
@@ -20,11 +20,14 @@ from corral.stores.sqlite.claims import Claims
 from corral.stores.sqlite.events import Events
 from corral.stores.sqlite.figures import Figures
 from corral.stores.sqlite.keys import Keys
+from corral.stores.sqlite.recordings import Recordings
 from corral.stores.sqlite.runs import Runs
 from corral.stores.sqlite.switches import KillSwitches
 
 
-class SQLiteStore(Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures):
+class SQLiteStore(
+    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
+):
     """A complete :class:`~corral.stores.base.Store` in one SQLite file.
 
     ``path`` is a file (created with its schema if missing, upgraded if older) or
