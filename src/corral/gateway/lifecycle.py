@@ -20,8 +20,8 @@ from typing import Any
 from corral.budgets.meter import Usage
 from corral.clock import DEADLINE
 from corral.exceptions import ConfigError, Stop, StoreError
-from corral.gateway.canonical import args_digest
 from corral.gateway import recording
+from corral.gateway.canonical import args_digest
 from corral.gateway.state import GAVE_UP, RunState
 from corral.policy.schema import Policy
 from corral.policy.tool_args import check_constraints
