@@ -514,6 +514,7 @@ def test_fetch_reaches_only_the_hosts_its_constraint_allows(tmp_path: Path) -> N
         page, refused = anyio.run(go)
     finally:
         site.shutdown()
+        site.server_close()
     assert "all systems normal" in page
     assert refused.startswith("tool_denied:fetch.fetch"), refused
     assert "argument_not_allowed" in refused
