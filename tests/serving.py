@@ -4,14 +4,19 @@ port of 127.0.0.1, and API keys of two tenants and a global admin."""
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from corral.controls.keys import create_key
 from corral.server import create_app
@@ -119,3 +124,33 @@ def login(http: httpx.Client, token: str) -> str:
     assert done.status_code == 303, done.text
     assert done.headers["location"] == "/ui/runs"
     return csrf(http.get("/ui/runs").text)
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve_process(db: str, policies: Path) -> tuple[str, subprocess.Popen[str]]:
+    """``corral serve`` over ``db`` with the policies of ``policies``, in a process of its
+    own on a free port (its address advertised by default), waited for until ready; its URL
+    and process."""
+    port = free_port()
+    command = [sys.executable, "-m", "corral", "serve", "--db", db, "--port", str(port)]
+    command += ["--policy-dir", str(policies), "--log-level", "warning"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"a replica did not start: {proc.communicate()[1]}")
+        time.sleep(0.1)

@@ -5,7 +5,6 @@ the ``with`` block's ends, async, and failing closed when the server is gone."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import corral
 from corral.client import AsyncRun, Run
 from corral.exceptions import ConfigError, Forbidden, InvalidKey
 from corral.stores.sqlite import SQLiteStore
-from serving import Served, serving
+from serving import Served, free_port, serving
 
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
 POLICY = corral.Policy.from_dict(
@@ -197,16 +196,9 @@ def test_wrong_keys_and_policies_raise_at_once(served: Served) -> None:
         Run(POLICY, server=served.url, key="")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_an_unreachable_server_is_a_stop_never_an_allow() -> None:
     tools = Tools()
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with Run(POLICY, tools=tools.all, server=url, key="crl_x", timeout=2) as run:
         run.call("kb.read", {"q": "x"})
     assert tools.ran == []

@@ -36,6 +36,7 @@ from corral.mcp.definitions import digest, effect_of
 from corral.mcp.pins import Pins, read_lock
 from corral.mcp.proxy import Proxy, Upstream
 from corral.stores.sqlite import SQLiteStore
+from serving import free_port
 
 pytest.importorskip("mcp_server_time", reason="the reference MCP servers are dev extras")
 
@@ -565,9 +566,7 @@ def test_corral_mcp_serve_over_streamable_http_a_run_per_session(tmp_path: Path)
     policy["budgets"] = {"max_tool_calls": 2}
     policy_file = tmp_path / "policy.json"
     policy_file.write_text(json.dumps(policy))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "corral", "mcp", "serve", "--policy", str(policy_file),

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import itertools
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ from corral.server import create_app
 from corral.server.relay import RELAYED
 from corral.stores.sqlite import SQLiteStore
 from crash import pg as crash_pg
+from serving import free_port, serve_process
 
 POLICY = """\
 tools:
@@ -49,13 +48,6 @@ tools:
       args_schema: {type: object, properties: {q: {type: string}}, required: [q]}
 budgets: {max_tool_calls: 6}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -75,7 +67,7 @@ def replica(db: Path, **options: Any) -> Iterator[Replica]:
     """A server over ``db`` on a port of its own, with its address known to it."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     store = SQLiteStore(db)
     policies = {"support": corral.Policy.from_yaml(POLICY)}
@@ -186,7 +178,7 @@ def test_a_holder_that_may_be_alive_is_never_taken_from(
     fleet: tuple[list[Replica], str], tmp_path: Path
 ) -> None:
     replicas, token = fleet
-    nobody = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with _client(replicas[0].url, token) as first, _client(replicas[1].url, token) as second:
         run_id = first.post("/v1/runs", json={"policy": "support"}).json()["run_id"]
         replicas[0].stop()  # the run's holder stops answering...
@@ -202,7 +194,7 @@ def test_a_gone_holders_run_is_taken_over_with_what_it_used(
     fleet: tuple[list[Replica], str], tmp_path: Path
 ) -> None:
     replicas, token = fleet
-    nobody = f"http://127.0.0.1:{_free_port()}"
+    nobody = f"http://127.0.0.1:{free_port()}"
     with _client(replicas[0].url, token) as first:
         run_id = first.post("/v1/runs", json={"policy": "support"}).json()["run_id"]
         for i in range(4):
@@ -251,7 +243,7 @@ def test_a_run_under_a_policy_the_taker_lacks_is_refused_clearly(tmp_path: Path)
         _point_at(db, run_id, first.url, heartbeat=time.time() - 3600, node="gone")
         import uvicorn
 
-        port = _free_port()
+        port = free_port()
         store = SQLiteStore(db)
         app = create_app(store, policies={}, address=f"http://127.0.0.1:{port}")
         server = uvicorn.Server(
@@ -273,23 +265,6 @@ def test_a_run_under_a_policy_the_taker_lacks_is_refused_clearly(tmp_path: Path)
 
 
 # -- corral serve processes over PostgreSQL ------------------------------------------------
-def _serve(db: str, policies: Path) -> tuple[str, subprocess.Popen[str]]:
-    port = _free_port()
-    command = [sys.executable, "-m", "corral", "serve", "--db", db, "--port", str(port)]
-    command += ["--policy-dir", str(policies), "--log-level", "warning"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"a replica did not start: {proc.communicate()[1]}")
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -301,7 +276,7 @@ def test_serve_processes_relay_and_take_over_a_killed_replicas_run(tmp_path: Pat
     with pg.fresh_store(url) as store:
         db = f"{url}?schema={store.schema}"
         token = create_key(store, tenant="acme", role="agent", name="bot", actor="test").token
-        started = [_serve(db, tmp_path / "policies") for _ in range(2)]
+        started = [serve_process(db, tmp_path / "policies") for _ in range(2)]
         (a_url, _), (b_url, b) = started
         try:
             with _client(a_url, token) as via_a, _client(b_url, token) as via_b:

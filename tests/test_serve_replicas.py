@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from corral.budgets.meter import Charge
 from corral.controls.keys import create_key
 from corral.stores.leases import LEASE_SECONDS
 from crash import pg as crash_pg
+from serving import serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -69,32 +68,6 @@ class Replicas:
         return httpx.Client(base_url=self.urls[replica], headers=headers, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _serve(db: str, policies: Path) -> tuple[str, subprocess.Popen[str]]:
-    port = _free_port()
-    command = [sys.executable, "-m", "corral", "serve", "--db", db, "--port", str(port)]
-    command += ["--policy-dir", str(policies), "--log-level", "warning"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"a replica did not start: {proc.communicate()[1]}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def replicas(tmp_path: Path) -> Iterator[Replicas]:
     pg = crash_pg()
@@ -109,7 +82,7 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
             "admin": create_key(store, tenant="acme", role="admin", name="ops").token,
             "root": create_key(store, tenant=None, role="admin", name="root").token,
         }
-        started = [_serve(db, tmp_path / "policies") for _ in range(2)]
+        started = [serve_process(db, tmp_path / "policies") for _ in range(2)]
         try:
             yield Replicas([u for u, _ in started], [p for _, p in started], keys, store)
         finally:

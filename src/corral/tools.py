@@ -160,18 +160,43 @@ def described_tool(name: str, spec: ToolSpec) -> Tool:
     (``ticket.context`` carries the call's key, deadline and credentials).
     """
 
+    return executed_elsewhere(
+        name,
+        effect=spec.effect or "write",
+        effect_declared=spec.effect is not None,
+        description=spec.description or "",
+        args_schema=spec.args_schema or {},
+    )
+
+
+def executed_elsewhere(
+    name: str,
+    *,
+    effect: Effect,
+    effect_declared: bool,
+    description: str,
+    args_schema: Mapping[str, Any],
+    validate: bool = False,
+) -> Tool:
+    """A tool with no function here: governed by ``run.authorize`` and ``run.report``, its
+    calls executed by the caller (:func:`described_tool`) or by another server (an MCP
+    upstream, :mod:`corral.mcp`). With ``validate`` the gateway checks the arguments
+    against ``args_schema`` itself (a :class:`ToolDefinitionError` when it is not a valid
+    JSON Schema); otherwise only the policy's ``args_schema`` checks them."""
+
     def no_function(*args: Any, **kwargs: Any) -> Any:
         raise ConfigError(not_local(name))
 
     return Tool(
         name=name,
         fn=no_function,
-        effect=spec.effect or "write",
-        effect_declared=spec.effect is not None,
-        description=spec.description or "",
-        args_schema=dict(spec.args_schema or {}),
+        effect=effect,
+        effect_declared=effect_declared,
+        description=description,
+        args_schema=dict(args_schema),
         context_param="ctx",  # so that every call gets a ToolContext for its ticket
         described=True,
+        _args_validator=_validator(args_schema, f"input schema of {name}") if validate else None,
     )
 
 
@@ -196,13 +221,6 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 def _jsonschema_problem(err: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in err.absolute_path) or "(value)"
     return f"{path}: {err.message}"
-
-
-def schema_validator(schema: Mapping[str, Any], what: str) -> Any:
-    """A JSON Schema validator for ``schema`` (``what`` names it in the error): a
-    :class:`ToolDefinitionError` when it is not a valid schema. For tools built from
-    definitions of their own (an MCP server's ``inputSchema``)."""
-    return _validator(schema, what)
 
 
 def _validator(schema: Mapping[str, Any], what: str) -> Any:

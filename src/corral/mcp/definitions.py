@@ -27,7 +27,7 @@ import mcp_types as types
 from corral.exceptions import ConfigError
 from corral.gateway.canonical import canonical
 from corral.policy.schema import Policy
-from corral.tools import Tool, not_local, schema_validator
+from corral.tools import Effect, Tool, executed_elsewhere
 
 __all__ = ["digest", "effect_of", "mcp_tool", "policy_name", "wire_definition"]
 
@@ -49,7 +49,7 @@ def digest(tool: types.Tool) -> str:
     return hashlib.sha256(canonical(wire_definition(tool)).encode()).hexdigest()
 
 
-def effect_of(name: str, tool: types.Tool, policy: Policy) -> str:
+def effect_of(name: str, tool: types.Tool, policy: Policy) -> Effect:
     """``read`` or ``write``: the policy's word, tightened by the server's annotations."""
     spec = policy.spec(name)
     declared = spec.effect if spec is not None else None
@@ -69,23 +69,16 @@ def mcp_tool(name: str, tool: types.Tool, policy: Policy) -> Tool:
     schema: Mapping[str, Any] = (
         spec.args_schema if spec is not None and spec.args_schema is not None else tool.input_schema
     )
-
-    def upstream_only(*args: Any, **kwargs: Any) -> Any:
-        raise ConfigError(not_local(name))
-
     try:
-        return Tool(
-            name=name,
-            fn=upstream_only,
-            effect=effect_of(name, tool, policy),  # type: ignore[arg-type]
+        return executed_elsewhere(
+            name,
+            effect=effect_of(name, tool, policy),
             effect_declared=True,
             description=(spec.description if spec is not None and spec.description else None)
             or tool.description
             or "",
-            args_schema=dict(schema),
-            context_param="ctx",
-            described=True,
-            _args_validator=schema_validator(schema, f"input schema of {name}"),
+            args_schema=schema,
+            validate=True,
         )
     except Exception as exc:
         raise ConfigError(f"the upstream tool {name} cannot be governed: {exc}") from None

@@ -107,6 +107,15 @@ def answer_for(exc: BaseException) -> JSONResponse | None:
     return None
 
 
+#: The codes of Starlette's HTTP errors (the rest are ``http_error``).
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "too_slow", 413: "too_large"}
+
+
+def http_answer(exc: HTTPException) -> JSONResponse:
+    """The answer to one of Starlette's HTTP errors (``BodyCap``'s 408 and 413 among them)."""
+    return error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
 def install(app: FastAPI) -> None:
     """Answer corral's exceptions, FastAPI's validation errors and Starlette's HTTP
     errors in the one shape."""
@@ -130,10 +139,7 @@ def install(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed", 408: "too_slow", 413: "too_large"}.get(
-            exc.status_code, "http_error"
-        )
-        return error(exc.status_code, code, str(exc.detail))
+        return http_answer(exc)
 
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)

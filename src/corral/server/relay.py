@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.server.errors import answer_for, error
+from corral.server.errors import answer_for, error, http_answer
 from corral.server.runs import Runs
 from corral.stores.base import RunRecord
 from corral.stores.owner import interruption
@@ -115,9 +115,7 @@ class Relay:
         try:
             body = await _body(receive)
         except HTTPException as exc:  # too large, too slow (errors.BodyCap)
-            await error(exc.status_code, _code(exc.status_code), str(exc.detail))(
-                scope, receive, send
-            )
+            await http_answer(exc)(scope, receive, send)
             return
         replay = _replayed(body, receive)
         if holder != self.address:
@@ -254,7 +252,3 @@ def _replayed(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return again
-
-
-def _code(status: int) -> str:
-    return {413: "too_large", 408: "too_slow"}.get(status, "bad_request")

@@ -10,7 +10,7 @@ durations, and the tool definitions' digests its ``run_start`` event recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -49,6 +49,19 @@ class RunFigures:
     """The model ids its model calls named, sorted."""
     tool_digests: Mapping[str, str] = field(default_factory=dict)
     """Each offered tool's definition digest, as its ``run_start`` event recorded it."""
+
+
+#: The columns each backend's ``RUN_FIGURES`` statement returns, in order (the keyword
+#: arguments of :func:`run_figures`).
+FIGURE_COLUMNS = (
+    "run_id", "tenant", "agent", "status", "stop_reason", "started_at", "policy_digest",
+    "usage", "requests", "tokens", "tool_seconds", "models", "tool_digests",
+)  # fmt: skip
+
+
+def figures_row(row: Sequence[Any]) -> RunFigures:
+    """A :class:`RunFigures` from one row of a backend's ``RUN_FIGURES`` statement."""
+    return run_figures(**dict(zip(FIGURE_COLUMNS, row, strict=True)))
 
 
 def run_figures(

@@ -7,7 +7,7 @@ by run), folded into :class:`~corral.stores.figures.RunFigures` rows.
 
 from __future__ import annotations
 
-from corral.stores.figures import MAX_FIGURE_RUNS, RunFigures, run_figures
+from corral.stores.figures import MAX_FIGURE_RUNS, RunFigures, figures_row
 from corral.stores.sqlite.connection import SQLiteConnection
 from corral.stores.sqlite.sql import RUN_FIGURES
 
@@ -30,21 +30,4 @@ class Figures(SQLiteConnection):
             rows = conn.execute(
                 RUN_FIGURES, (since, until, tenant, tenant, agent, agent, limit)
             ).fetchall()
-        return [
-            run_figures(
-                run_id=r[0],
-                tenant=r[1],
-                agent=r[2],
-                status=r[3],
-                stop_reason=r[4],
-                started_at=r[5],
-                policy_digest=r[6],
-                usage=r[7],
-                requests=r[8],
-                tokens=r[9],
-                tool_seconds=r[10],
-                models=r[11],
-                tool_digests=r[12],
-            )
-            for r in rows
-        ]
+        return [figures_row(r) for r in rows]
