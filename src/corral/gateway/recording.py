@@ -35,7 +35,7 @@ from corral.record.recording import (
     response_body,
     tool_definition,
 )
-from corral.stores.base import RecordedRun, ScopedCharge
+from corral.stores.base import DegradeCounts, RecordedRun, ScopedCharge
 
 if TYPE_CHECKING:
     from corral.gateway.call import Call
@@ -151,11 +151,16 @@ def _breaker(run: RunState, rec: Recorder, name: str) -> None:
         "state": state.state,
         "until": state.until,
         "size": size,
-        "current": asdict(window.current),
-        "previous": asdict(window.previous),
+        "current": _counts(window.current),
+        "previous": _counts(window.previous),
         "start": now // size * size,
         "pending": list(pending) if pending else None,
     }
+
+
+def _counts(counts: DegradeCounts) -> dict[str, int]:
+    # dataclasses.asdict, without its deep copy (the slowest part of a run's start)
+    return {"calls": counts.calls, "failures": counts.failures, "retries": counts.retries}
 
 
 def endpoint(run: RunState, endpoint: str) -> None:
@@ -179,8 +184,9 @@ def model_call(
     rec = run.recording
     if rec is None:
         return
+    size = None
     try:
-        step = _model_step(run, rec, op, names, result, elapsed)
+        step, size = _model_step(run, rec, op, names, result, elapsed)
     except Exception as exc:  # whatever a hostile request or response raises
         step = {
             "request": None,
@@ -190,7 +196,7 @@ def model_call(
             "outcome": "unrecordable",
             "error": error_of(exc),
         }
-    rec.model_call(step)
+    rec.model_call(step, size)
 
 
 def _model_step(
@@ -200,7 +206,8 @@ def _model_step(
     names: tuple[str, str, int],
     result: Attempt,
     elapsed: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """The step, and its response's size (its canonical JSON's length)."""
     model = op.model
     request = op.request
     name, endpoint_name, clamped = names
@@ -221,11 +228,13 @@ def _model_step(
         step["outcome"] = "cancelled"
     elif result.ok:
         step["outcome"] = "ok"
-        step["response"] = plain_json(response_body(result.value))
+        text = canonical_json(response_body(result.value))
+        step["response"] = json.loads(text)  # a plain copy, as plain_json makes it
+        return step, len(text)
     else:
         step["outcome"] = "timeout" if result.timed_out else "error"
         step["error"] = error_of(result.error)
-    return step
+    return step, 0
 
 
 def plain_json(value: Any) -> Any:
@@ -315,6 +324,7 @@ def _finished(run: RunState, rec: Recorder) -> tuple[RecordedRun, dict[str, Any]
         saved_at=time.time(),
         bytes=len(text),
         body=body,
+        text=text,
     )
     return record, document(run)
 

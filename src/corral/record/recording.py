@@ -163,6 +163,7 @@ class Recorder:
         "_held",
         "_kept_from",
         "_measured",
+        "_sizes",
         "loop",
         "max_bytes",
         "policy",
@@ -184,32 +185,39 @@ class Recorder:
         self.loop: dict[str, Any] | None = None
         self.requests = RequestDigests()
         self._held = 0  # bytes held by the steps measured so far (about)
+        #: Each step's body size as measured (0 once summarised), filled as steps are.
+        self._sizes: list[int] = []
         self._measured = 0  # steps measured
         self._kept_from = 0  # the oldest step whose body is still held
 
-    def model_call(self, step: dict[str, Any]) -> None:
+    def model_call(self, step: dict[str, Any], size: int | None = None) -> None:
         """A model call: ``request``, ``endpoint``, ``price``, ``seconds``, ``outcome``
-        and its ``response`` or ``error``."""
+        and its ``response`` or ``error``; ``size``: its response's canonical JSON's length
+        when the caller has it (else measured here)."""
         step["kind"] = "model"
-        self.steps.append(step)
+        steps = self.steps
+        self._sizes.extend(_held(steps[i]) for i in range(len(self._sizes), len(steps)))
+        steps.append(step)
+        self._sizes.append(_held(step) if size is None else size)
         self.bound()
 
     def bound(self) -> None:
         """Keep what the run holds near its cap: past twice ``max_bytes``, the oldest bodies
         are summarised now rather than at the end (called each model turn, each failed
         attempt, and every 64th step on the allow path)."""
-        steps = self.steps
+        steps, sizes = self.steps, self._sizes
+        sizes.extend(_held(steps[i]) for i in range(len(sizes), len(steps)))
         for i in range(self._measured, len(steps)):
-            self._held += _held(steps[i])
+            self._held += sizes[i]
         self._measured = len(steps)
         if self._held <= 2 * self.max_bytes:
             return
         for i in range(self._kept_from, len(steps)):
             if self._held <= self.max_bytes:
                 break
-            before = _held(steps[i])
             steps[i] = _summary(_expanded(steps[i]))
-            self._held -= before - _held(steps[i])
+            self._held -= sizes[i]
+            sizes[i] = 0
             self._kept_from = i + 1
 
     def tool_attempt(
@@ -230,7 +238,15 @@ class Recorder:
     def body(self, redactor: Redactor) -> tuple[dict[str, Any], str]:
         """The recording as stored, and its canonical JSON: bodies redacted, the oldest
         summarised when it would pass the cap."""
-        steps = [_redacted(_expanded(step), redactor) for step in self.steps]
+        sizes = self._sizes
+        sizes.extend(_held(self.steps[i]) for i in range(len(sizes), len(self.steps)))
+        steps = []
+        for i, step in enumerate(self.steps):
+            expanded = _expanded(step)
+            redacted = _redacted(expanded, redactor)
+            if redacted is not expanded:  # redaction changed a body: measure it again
+                sizes[i] = _held(redacted)
+            steps.append(redacted)
         body = {
             "format": FORMAT,
             "policy": self.policy,
@@ -240,7 +256,7 @@ class Recorder:
             "steps": steps,
             "summarised": 0,
         }
-        summarised = _cap(steps, self.max_bytes)
+        summarised = _cap(steps, self.max_bytes, sizes)
         if summarised:
             body["summarised"] = summarised
         return body, canonical_json(body)
@@ -268,10 +284,9 @@ def _summarised(step: Mapping[str, Any]) -> bool:
     return any(isinstance(step.get(k), Mapping) and SUMMARISED in step[k] for k in _BODIES)
 
 
-def _cap(steps: list[dict[str, Any]], max_bytes: int) -> int:
-    """Summarise the oldest steps' bodies until the bodies kept take at most ``max_bytes``;
-    how many steps are summarised in all."""
-    sizes = [_held(step) for step in steps]
+def _cap(steps: list[dict[str, Any]], max_bytes: int, sizes: list[int]) -> int:
+    """Summarise the oldest steps' bodies until the bodies kept take at most ``max_bytes``
+    (``sizes``: each step's, as measured); how many steps are summarised in all."""
     over = sum(sizes) - max_bytes
     for i, step in enumerate(steps):
         if over <= 0:
@@ -305,10 +320,16 @@ def _expanded(step: dict[str, Any] | tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _redacted(step: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
-    out = dict(step)
+    """``step`` with its bodies redacted: a copy when that changed one, else ``step``."""
+    out = step
     for key in (*_BODIES, "error"):
-        if out.get(key) is not None:
-            out[key] = redactor.value(out[key])
+        value = step.get(key)
+        if value is not None:
+            clean = redactor.value(value)
+            if clean is not value:
+                if out is step:
+                    out = dict(step)
+                out[key] = clean
     return out
 
 

@@ -311,6 +311,8 @@ class RecordedRun:
     bytes: int = 0
     body: Mapping[str, Any] | None = None
     pruned_at: float | None = None
+    #: The body as JSON text when its maker has it (written as is, not serialized again).
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 def recorded_run(row: Any) -> RecordedRun:
@@ -327,7 +329,9 @@ def recorded_run(row: Any) -> RecordedRun:
 
 
 def recording_row(record: RecordedRun) -> tuple[Any, ...]:
-    body = None if record.body is None else json.dumps(record.body, separators=(",", ":"))
+    body = record.text
+    if body is None and record.body is not None:
+        body = json.dumps(record.body, separators=(",", ":"))
     return (
         record.run_id,
         record.digest,
@@ -337,3 +341,18 @@ def recording_row(record: RecordedRun) -> tuple[Any, ...]:
         body,
         record.pruned_at,
     )
+
+
+#: Policy documents' JSON text by digest, made once per process (a digest's document
+#: never changes).
+_POLICY_TEXTS: dict[str, str] = {}
+
+
+def policy_text(digest: str, document: Mapping[str, Any]) -> str:
+    """The policy document of ``digest`` as the stores keep it (JSON text)."""
+    found = _POLICY_TEXTS.get(digest)
+    if found is None:
+        if len(_POLICY_TEXTS) >= 64:
+            _POLICY_TEXTS.clear()
+        found = _POLICY_TEXTS[digest] = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return found

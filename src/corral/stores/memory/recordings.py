@@ -20,9 +20,10 @@ class Recordings(MemoryState):
     ) -> None:
         with self._lock:
             self._check()
-            self._recordings[record.run_id] = record  # read back as copies
-            if policy is not None:
-                self._policies.setdefault(record.policy_digest, copy.deepcopy(dict(policy)))
+            # read back as copies; its JSON text is not kept (the body is)
+            self._recordings[record.run_id] = replace(record, text=None) if record.text else record
+            if policy is not None and record.policy_digest not in self._policies:
+                self._policies[record.policy_digest] = copy.deepcopy(dict(policy))
 
     def get_recording(self, run_id: str) -> RecordedRun | None:
         with self._lock:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.stores.postgres.connection import Conn, PostgresConnection
-from corral.stores.records import RecordedRun, recorded_run, recording_row
+from corral.stores.records import RecordedRun, policy_text, recorded_run, recording_row
 
 SAVE_RECORDING = (
     "INSERT INTO corral_recordings "
@@ -54,7 +54,7 @@ class Recordings(PostgresConnection):
             with conn.transaction():
                 conn.execute(SAVE_RECORDING, row)
                 if policy is not None:
-                    document = json.dumps(policy, sort_keys=True, separators=(",", ":"))
+                    document = policy_text(record.policy_digest, policy)
                     conn.execute(SAVE_POLICY, (record.policy_digest, document, record.saved_at))
 
         self._call(op)

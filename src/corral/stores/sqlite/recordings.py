@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from corral.stores.records import RecordedRun, recorded_run, recording_row
+from corral.stores.records import RecordedRun, policy_text, recorded_run, recording_row
 from corral.stores.sqlite.connection import SQLiteConnection
 
 SAVE_RECORDING = (
@@ -47,7 +47,7 @@ class Recordings(SQLiteConnection):
         with self._write() as conn:
             conn.execute(SAVE_RECORDING, recording_row(record))
             if policy is not None:
-                document = json.dumps(policy, sort_keys=True, separators=(",", ":"))
+                document = policy_text(record.policy_digest, policy)
                 conn.execute(SAVE_POLICY, (record.policy_digest, document, record.saved_at))
 
     def get_recording(self, run_id: str) -> RecordedRun | None:
