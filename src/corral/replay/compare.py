@@ -20,13 +20,18 @@ from typing import Any
 
 from corral.stores.records import Event
 
-#: Events that are not decisions.
-SKIPPED_KINDS = frozenset({"run_start", "warning"})
+#: Events that are not decisions (an approval's filing in the queue is bookkeeping: the
+#: decision is its ``approval`` event).
+SKIPPED_KINDS = frozenset({"run_start", "warning", "approval_requested"})
 #: Fields that vary between two executions of the same decisions: timings, the recording's
-#: own digest, the provider's label, and how long a window has left (in a stop's
-#: ``retry_after`` and the sentence that says it, ``message``).
+#: own digest, the provider's label, how long a window has left (in a stop's
+#: ``retry_after`` and the sentence that says it, ``message``), an approval's id in the
+#: queue and how long it waited.
 VARYING = frozenset(
     {
+        "approval",
+        "approval_id",
+        "waited",
         "seconds",
         "recording",
         "provider",

@@ -11,12 +11,14 @@ call, which ends the replayed run.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Any
 
 from corral.clock import ManualClock
+from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import NotExecuted
 from corral.gateway.canonical import args_digest
 from corral.gateway.recording import window_key
@@ -25,7 +27,7 @@ from corral.record.recording import SUMMARISED, RequestDigests
 from corral.record.redact import Redactor
 from corral.replay.result import Divergence, DivergenceReason
 from corral.stores.memory import MemoryStore
-from corral.stores.records import BreakerState, DegradeCounts, KillSwitchState
+from corral.stores.records import BreakerState, DegradeCounts, Event, KillSwitchState
 from corral.stores.scopes import ScopedCharge
 from corral.tools import Tool, ToolContext, tool
 
@@ -48,19 +50,34 @@ def _raised(error: Mapping[str, Any] | None, timed_out: bool) -> BaseException:
 
 
 class Player:
-    """The recording's steps, handed out in order to the replay's model and tools."""
+    """The recording's steps, handed out in order to the replay's model and tools.
+
+    ``lenient`` (what-if): a request that differs from the recorded one is kept as the
+    divergence but answered all the same — the model is assumed to answer as it did — and
+    a tool call is answered by the next recorded attempt of the same call before the next
+    model turn (recorded attempts the replay no longer makes are passed over); past the
+    divergence the replay is a counterfactual, not a reproduction.
+    """
 
     def __init__(
-        self, steps: list[Mapping[str, Any]], clock: ManualClock, redactor: Redactor
+        self,
+        steps: list[Mapping[str, Any]],
+        clock: ManualClock,
+        redactor: Redactor,
+        *,
+        lenient: bool = False,
     ) -> None:
         self.steps = steps
         self.clock = clock
         self.redactor = redactor
+        self.lenient = lenient
         self.index = 0  # steps handed out
         self.divergence: Divergence | None = None
         self.requests = RequestDigests()
 
     def _next(self, kind: str, what: str) -> Mapping[str, Any]:
+        if self.lenient:
+            return self._find(kind, what)
         if self.divergence is not None:
             raise ReplayDiverged(self.divergence.message)
         if self.index >= len(self.steps):
@@ -74,11 +91,32 @@ class Player:
             )
         return step
 
+    def _find(self, kind: str, what: str) -> Mapping[str, Any]:
+        """Lenient: the next recorded step of ``kind`` (a tool attempt: before the next
+        model turn); past ones not asked for are passed over."""
+        for i in range(self.index, len(self.steps)):
+            found = self.steps[i].get("kind")
+            if found == kind:
+                if i > self.index:  # recorded attempts this replay did not make
+                    self.index = i
+                    self._differs("decision_differs", "a recorded tool call is not made again")
+                self.index = i + 1
+                return self.steps[i]
+            if kind == "tool" and found == "model":
+                break
+        self._diverge("decision_differs", f"the replay asks for {what}; the recording has none")
+        raise AssertionError("unreachable")  # _diverge raises
+
     def _diverge(self, reason: DivergenceReason, message: str, expected: str | None = None) -> Any:
-        self.divergence = Divergence(
-            step=self.index, reason=reason, message=message, expected=expected
-        )
+        self._differs(reason, message, expected)
         raise ReplayDiverged(message)
+
+    def _differs(self, reason: DivergenceReason, message: str, expected: str | None = None) -> None:
+        """Keep the first divergence (the step it happened at)."""
+        if self.divergence is None:
+            self.divergence = Divergence(
+                step=self.index, reason=reason, message=message, expected=expected
+            )
 
     def _body(self, step: Mapping[str, Any], key: str) -> Any:
         body = step.get(key)
@@ -94,7 +132,7 @@ class Player:
         step = self._next("model", "a model call")
         asked = self.requests(request.messages, request.tools, self.redactor)
         if asked != step.get("request"):
-            self._diverge(
+            (self._differs if self.lenient else self._diverge)(
                 "model_request_differs",
                 "the model request differs from the recorded one (the prompt, the tools "
                 "offered or the history changed: code, prompt or policy)",
@@ -122,8 +160,11 @@ class Player:
 
     # -- the tools ---------------------------------------------------------------------
     def execute(self, name: str, arguments: Mapping[str, Any], call_id: str | None) -> Any:
-        step = self._next("tool", f"a call of {name}")
         digest = args_digest(arguments)
+        if self.lenient:
+            step = self._attempt(name, digest)
+        else:
+            step = self._next("tool", f"a call of {name}")
         if step.get("tool") != name or step.get("args") != digest:
             self._diverge(
                 "decision_differs",
@@ -135,6 +176,59 @@ class Player:
         if outcome in ("ok", "invalid"):
             return self._body(step, "output")
         raise _raised(step.get("error"), outcome == "timeout")
+
+
+    def _attempt(self, name: str, digest: str) -> Mapping[str, Any]:
+        """Lenient: the next recorded attempt of this call before the next model turn;
+        recorded attempts passed over (calls the replay no longer makes) make it diverge."""
+        for i in range(self.index, len(self.steps)):
+            step = self.steps[i]
+            if step.get("kind") == "model":
+                break
+            if step.get("tool") == name and step.get("args") == digest:
+                if i > self.index:
+                    self.index = i
+                    self._differs("decision_differs", "a recorded tool call is not made again")
+                self.index = i + 1
+                return step
+        self._diverge(
+            "decision_differs",
+            f"the replay calls {name} with arguments the recording has no output for",
+        )
+        raise AssertionError("unreachable")  # _diverge raises
+
+
+class RecordedApprovals:
+    """An in-process approver that gives each approval request the decision the recorded
+    run got for the same call (tool and argument digest, in order), and ``assume`` for a
+    request the recording has no decision for (kept in :attr:`assumed`)."""
+
+    def __init__(self, events: Sequence[Event], *, assume: bool = False) -> None:
+        self._decided: dict[tuple[str, str], deque[ApprovalDecision]] = {}
+        for e in events:
+            if e.kind == "approval" and not e.data.get("error"):
+                key = (str(e.data.get("tool")), str(e.data.get("args_digest")))
+                decision = ApprovalDecision(
+                    approved=e.data.get("approved") is True,
+                    approver=e.data.get("approver"),
+                    reason=e.data.get("reason"),
+                )
+                self._decided.setdefault(key, deque()).append(decision)
+        self.assume = assume
+        #: Requests the recording had no decision for: (tool, argument digest).
+        self.assumed: list[tuple[str, str]] = []
+
+    def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
+        queue = self._decided.get((request.tool, request.args_digest))
+        if queue:
+            return queue.popleft()
+        self.assumed.append((request.tool, request.args_digest))
+        what = "approved" if self.assume else "denied"
+        return ApprovalDecision(
+            approved=self.assume,
+            approver="corral whatif",
+            reason=f"{what} by assumption: the recorded run was never asked",
+        )
 
 
 def describe(step: Mapping[str, Any]) -> str:

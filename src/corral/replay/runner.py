@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from corral.clock import ManualClock
@@ -39,9 +40,17 @@ from corral.record.recording import FORMAT, canonical_json, digest_of, tool_defi
 from corral.record.redact import REDACTED, redactor
 from corral.record.sinks import Sinks
 from corral.replay.compare import decisions, first_difference, usage_of
-from corral.replay.player import Player, ReplayModel, replay_tool, seeded_store
+from corral.replay.player import (
+    Player,
+    RecordedApprovals,
+    ReplayModel,
+    replay_tool,
+    seeded_store,
+)
 from corral.replay.result import Divergence, DivergenceReason, ReplayResult
+from corral.result import RunResult
 from corral.stores import Store, open_store
+from corral.stores.memory import MemoryStore
 from corral.stores.records import Event, RecordedRun, RunRecord
 from corral.tools import Tool
 
@@ -176,6 +185,85 @@ def _definitions(
     return out, notes
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Played:
+    """A recorded run played again: its result, the in-memory store it ran on (with the
+    shared state it left), its events, the :class:`Player` (its divergence), the approver
+    (the requests it had to assume an answer for), and its clock and services."""
+
+    result: RunResult
+    store: MemoryStore
+    events: list[Event]
+    player: Player
+    approvals: RecordedApprovals
+    clock: ManualClock
+    services: Services
+
+
+def play(
+    record: RunRecord,
+    body: Mapping[str, Any],
+    events: list[Event],
+    policy: Policy,
+    definitions: Mapping[str, Mapping[str, Any]],
+    *,
+    shared: Mapping[str, Any] | None = None,
+    lenient: bool = False,
+    assume_approvals: bool = False,
+) -> Played:
+    """Drive :func:`corral.run` again over the recording ``body`` of run ``record`` (its
+    recorded ``events`` give the approvals' decisions), under ``policy`` and with the tool
+    ``definitions``; ``shared``: the shared state to start from instead of the recorded
+    one; ``lenient``: see :class:`Player`; ``assume_approvals``: the answer to an approval
+    request the recording has no decision for. Raises :class:`~corral.ConfigError` when the
+    run cannot be set up again."""
+    shared = (body.get("shared") or {}) if shared is None else shared
+    clock = ManualClock(start=float(shared.get("wall") or 0.0))
+    steps = list(body.get("steps") or [])
+    player = Player(
+        steps, clock, redactor(policy.redact.keys, policy.redact.patterns), lenient=lenient
+    )
+    first_model = next((s for s in steps if s.get("kind") == "model"), None)
+    scopes = window_scopes(policy, record.tenant, record.agent, time.time())
+    memory = seeded_store(shared, scopes)
+    loop = body.get("loop") or {}
+    services = Services(
+        sinks=Sinks(), successes=Successes(), breakers=BreakerStates(), switches=SwitchCaches()
+    )
+    approvals = RecordedApprovals(events, assume=assume_approvals)
+    # Credentials the tools declare: the recorded outputs already hold them redacted.
+    credentials = {
+        name: {c: REDACTED for c in d.get("credentials") or ()}
+        for name, d in definitions.items()
+        if d.get("credentials")
+    }
+    result = corral_run(
+        record.task,
+        model=ReplayModel(player, first_model),
+        tools=[replay_tool(d, player) for d in definitions.values()],
+        policy=policy,
+        store=memory,
+        tenant=record.tenant,
+        agent=record.agent,
+        instructions=loop.get("instructions"),
+        max_tokens=loop.get("max_tokens"),
+        run_id=record.id,
+        clock=clock,
+        services=services,
+        credentials=credentials or None,
+        approver=approvals,
+    )
+    return Played(
+        result=result,
+        store=memory,
+        events=memory.events(record.id),
+        player=player,
+        approvals=approvals,
+        clock=clock,
+        services=services,
+    )
+
+
 def _drive(
     base: _Base,
     store: Store,
@@ -187,48 +275,19 @@ def _drive(
     notes: list[str],
 ) -> ReplayResult:
     """The replayed run, and its comparison with the recorded one."""
-    shared = body.get("shared") or {}
-    clock = ManualClock(start=float(shared.get("wall") or 0.0))
-    steps = list(body.get("steps") or [])
-    player = Player(steps, clock, redactor(policy.redact.keys, policy.redact.patterns))
-    first_model = next((s for s in steps if s.get("kind") == "model"), None)
-    scopes = window_scopes(policy, record.tenant, record.agent, time.time())
-    memory = seeded_store(shared, scopes)
-    loop = body.get("loop") or {}
-    services = Services(
-        sinks=Sinks(), successes=Successes(), breakers=BreakerStates(), switches=SwitchCaches()
-    )
-    # Credentials the tools declare: the recorded outputs already hold them redacted.
-    credentials = {
-        name: {c: REDACTED for c in d.get("credentials") or ()}
-        for name, d in definitions.items()
-        if d.get("credentials")
-    }
     try:
-        result = corral_run(
-            record.task,
-            model=ReplayModel(player, first_model),
-            tools=[replay_tool(d, player) for d in definitions.values()],
-            policy=policy,
-            store=memory,
-            tenant=record.tenant,
-            agent=record.agent,
-            instructions=loop.get("instructions"),
-            max_tokens=loop.get("max_tokens"),
-            run_id=record.id,
-            clock=clock,
-            services=services,
-            credentials=credentials or None,
-        )
+        played = play(record, body, events, policy, definitions)
     except ConfigError as exc:
         return base.failed(_not(f"the run cannot be set up again: {exc}"))
-    replayed = memory.events(record.id)
-    mine, theirs = decisions(events), decisions(replayed)
+    result, player = played.result, played.player
+    steps = body.get("steps") or []
+    mine, theirs = decisions(events), decisions(played.events)
     diff = first_difference(mine, theirs)
     usage = usage_of(result.usage.to_dict())
     same = (
         diff is None
         and player.divergence is None
+        and not played.approvals.assumed
         and result.stop_reason == record.stop_reason
         and usage == usage_of(record.usage)
     )

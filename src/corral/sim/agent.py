@@ -98,12 +98,18 @@ class SimModel:
         self.price = MODEL_PRICE
         self.clock = clock
         self.scenario = scenario
+        self._seed = seed
         self._rng = random.Random(f"corral-demo/{seed}/model")
         self._ids = itertools.count(1)
         self._run: Any = None
         self._max_seconds: float | None = None
         #: The breaker this model's calls count against (``None``: ``model:<name>``).
         self.dependency: str | None = None
+
+    def begin(self, key: str) -> None:
+        """Start the draws and call ids of one run (as :meth:`Vendor.begin`)."""
+        self._rng = random.Random(f"corral-demo/{self._seed}/model/{key}")
+        self._ids = itertools.count(1)
 
     def bind(self, run: Any, max_seconds: float) -> None:
         """Follow ``run`` (a :class:`corral.AsyncRun`) so a turn never outlasts its time."""

@@ -159,6 +159,8 @@ def run_unbounded(
         if side.safety_cap_hit:
             break
         started = _start(clock, task)
+        for part in (vendor, kb, model):
+            part.begin(str(task.index))
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": AUTONOMOUS_PROMPT},
             {"role": "user", "content": task.text},
@@ -231,6 +233,7 @@ def run_governed(
     degrade: bool = True,
     requeue: bool = True,
     namespace: str | None = None,
+    policy: Policy | None = None,
 ) -> Side:
     """Run every ticket through :func:`corral.run`, one run at a time in order of readiness;
     the figures come from the store's records of these runs (ids
@@ -243,6 +246,9 @@ def run_governed(
 
     ``namespace`` prefixes the breakers' names (the vendor's and the model endpoint's), so
     that state left in ``store`` by earlier runs of the simulation is not this one's.
+    ``policy`` replaces the reference policy (:func:`governed_policy`; ``degrade`` and
+    ``namespace`` then change nothing of it). Each run meets the world afresh (its draws are
+    its ticket's and attempt's own), so the same day can be run again under another policy.
     """
     clock = ManualClock(start=0.0)
     vendor = Vendor(scenario, failure_rate=failure_rate, seed=f"{seed}/governed")
@@ -253,7 +259,8 @@ def run_governed(
     if namespace is not None:
         dependency = f"{namespace}/{VENDOR_HOST}"
         model.dependency = f"{namespace}/model:{model.name}"
-    policy = governed_policy(degrade=degrade, dependency=dependency)
+    if policy is None:
+        policy = governed_policy(degrade=degrade, dependency=dependency)
     max_seconds = float(policy.budgets.max_seconds)
     # (ready at, arrival order, attempt, ticket): the earliest ready ticket runs next.
     queue = [(task.arrival, task.index, 1, task) for task in tasks]
@@ -264,6 +271,8 @@ def run_governed(
         now = clock.monotonic()
         if now < ready:
             clock.advance(ready - now)
+        for part in (vendor, kb, model):
+            part.begin(f"{task.index}/{attempt}")
         run_id = None
         if run_prefix:
             run_id = f"{run_prefix}-{task.index:04d}" + (f"-r{attempt - 1}" if attempt > 1 else "")

@@ -98,10 +98,17 @@ class Vendor:
     def __init__(self, scenario: Scenario, *, failure_rate: float, seed: str) -> None:
         self.scenario = scenario
         self.failure_rate = failure_rate
+        self._seed = seed
         self._rng = random.Random(f"corral-demo/{seed}/vendor")
         self.calls = 0
         self.calls_in_outage = 0
         self.failures = 0
+
+    def begin(self, key: str) -> None:
+        """Start the draws of one run (``key``: its ticket and attempt): a run meets the
+        same vendor whatever the runs before it did, so a what-if can be checked by running
+        the day again under another policy."""
+        self._rng = random.Random(f"corral-demo/{self._seed}/vendor/{key}")
 
     def open(self, url: str, *, clock: Clock, deadline: float) -> str:
         """Fetch ``url`` (HTML), taking simulated time; raise on failure or at ``deadline``."""
@@ -141,8 +148,13 @@ class KnowledgeBase:
 
     def __init__(self, scenario: Scenario, *, seed: str) -> None:
         self.scenario = scenario
+        self._seed = seed
         self._rng = random.Random(f"corral-demo/{seed}/kb")
         self.calls = 0
+
+    def begin(self, key: str) -> None:
+        """Start the draws of one run (as :meth:`Vendor.begin`)."""
+        self._rng = random.Random(f"corral-demo/{self._seed}/kb/{key}")
 
     def read(self, query: str, *, clock: Clock) -> str:
         self.calls += 1
