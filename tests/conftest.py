@@ -1,11 +1,13 @@
-"""Shared fixtures: a fresh in-memory store, and tools that count their own calls."""
+"""Shared fixtures: a fresh in-memory store, tools that count their own calls, and Debian's
+Chromium driven by Playwright (``browser``; never ``playwright install``)."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,26 @@ from corral.testing import MemoryStore
 # Runs that name no store use the default store: keep them (and the CLI in subprocesses)
 # in memory, so the test suite never writes corral.db into the working directory.
 os.environ.setdefault("CORRAL_DB", "memory://")
+
+#: Debian's Chromium (``.ci/run`` installs it).
+CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium; a failure in CI without one, a skip elsewhere."""
+    if not Path(CHROMIUM).exists():
+        message = f"no Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra)")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @dataclass

@@ -10,7 +10,6 @@ browser fails. Screenshots go to ``build/screenshots/`` (git-ignored)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,11 +24,11 @@ pytest.importorskip("uvicorn", reason="corral serve needs the serve extra")
 pytest.importorskip("jinja2", reason="the dashboard needs the serve extra")
 
 import corral
+from corral.charts import columns, rows
 from corral.controls import killswitch
 from corral.controls.keys import authenticate, create_key, revoke_key
 from corral.server import create_app
 from corral.server.dashboard import figures
-from corral.server.dashboard.charts import columns, rows
 from corral.server.dashboard.render import CSP, STATIC, TEMPLATES
 from corral.server.dashboard.session import COOKIE, Sessions
 from corral.stores.base import ApprovalRecord, RunRecord, Store
@@ -38,7 +37,6 @@ from serving import csrf, first_pending, login, make_keys, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"
-CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
 HOSTILE = "<script>alert('pwned')</script>"
 
 
@@ -508,22 +506,6 @@ def test_times_read_as_people_say_them() -> None:
 
 
 # -- in the browser -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        message = f"no Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra)")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @dataclass
 class Tab:
     page: Any

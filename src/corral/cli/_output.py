@@ -17,12 +17,13 @@ from typing import Any
 
 import typer
 from rich.console import Console, ConsoleOptions, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.segment import Segment
 from rich.text import Text
 
 from corral._visible import acts, visible
 
-__all__ = ["SafeConsole", "columns", "console", "echo", "print_json"]
+__all__ = ["ProgressBar", "SafeConsole", "columns", "console", "echo", "print_json"]
 
 
 class SafeConsole(Console):
@@ -65,3 +66,39 @@ def columns(header: Sequence[str], lines: Iterable[Sequence[object]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(*rows, strict=False)]
     for row in rows:
         typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+class ProgressBar:
+    """A progress bar on stderr for long work, labelled ``label`` (nothing with ``quiet``,
+    and nothing left on the screen once done). :meth:`advance` ticks one item done;
+    :meth:`update` sets how many of how many (a total learnt as the work goes)."""
+
+    def __init__(self, label: str, *, total: int | None = None, quiet: bool = False) -> None:
+        self.bar: Progress | None = None
+        if not quiet:
+            self.bar = Progress(
+                TextColumn(visible(label)),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                console=SafeConsole(stderr=True),
+                transient=True,
+            )
+            self.job = self.bar.add_task("", total=total)
+
+    def __enter__(self) -> ProgressBar:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def advance(self, description: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(self.job, advance=1, description=visible(description))
+
+    def update(self, done: int, total: int, description: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(self.job, completed=done, total=total, description=visible(description))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -81,6 +81,12 @@ def _drift() -> Target:
     return drift.drift
 
 
+def _whatif() -> Target:
+    from corral.cli import whatif
+
+    return whatif.whatif
+
+
 def _replay() -> Target:
     from corral.cli import replay
 
@@ -183,6 +189,13 @@ COMMANDS: dict[str, Entry] = {
     "replay": Entry(
         help="Run a recorded run again offline and report whether it did the same, or where not.",
         load=_replay,
+    ),
+    "whatif": Entry(
+        help=(
+            "Re-evaluate recorded runs under another policy: which would have stopped earlier\n"
+            "and why, the calls denied or sent for approval, the tool calls and USD saved or lost."
+        ),
+        load=_whatif,
     ),
     "prune": Entry(
         help="Drop the recorded bodies of runs that ended before a cutoff (their digests stay).",

@@ -38,12 +38,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.cli._common import (
@@ -58,6 +57,7 @@ from corral.cli._common import (
     open_db,
 )
 from corral.cli._format import console, money, print_json
+from corral.cli._output import ProgressBar
 from corral.exceptions import SuiteError
 
 if TYPE_CHECKING:
@@ -151,9 +151,9 @@ def run_command(
         open_db(db, announce=not as_json, create=True) if db is not None else (None, None)
     )
     total = len(loaded.suite.tasks) * repeat
-    with _Progress(total, quiet=as_json) as tick:
+    with ProgressBar("golden", total=total, quiet=as_json) as bar:
         result = asyncio.run(
-            run_suite(loaded, spec, repeat=repeat, jobs=jobs, store=store, on_done=tick)
+            run_suite(loaded, spec, repeat=repeat, jobs=jobs, store=store, on_done=bar.advance)
         )
     rows = compare(result, was, loaded.suite.thresholds) if was is not None else []
     if save_path is not None:
@@ -189,38 +189,6 @@ def _runnable(loaded: LoadedSuite, spec: ModelSpec) -> None:
     problems = spec.problems(loaded.suite)
     if problems:
         raise Fail(EXIT_USAGE, f"--model {spec.label}: " + "; ".join(problems))
-
-
-class _Progress:
-    """A progress bar on stderr, ticked as each run ends (nothing with ``quiet``)."""
-
-    def __init__(self, total: int, *, quiet: bool) -> None:
-        self.bar: Progress | None = None
-        if not quiet:
-            self.bar = Progress(
-                TextColumn("golden"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.job = self.bar.add_task("", total=total)
-
-    def __enter__(self) -> Any:
-        if self.bar is None:
-            return None
-        self.bar.start()
-        bar = self.bar
-
-        def tick(task_id: str) -> None:
-            bar.update(self.job, advance=1, description=task_id)
-
-        return tick
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _render(

@@ -36,7 +36,7 @@ from collections.abc import Generator, Mapping
 from typing import Any, NoReturn
 
 from corral import _safe
-from corral.budgets.meter import Hold
+from corral.budgets.meter import Charge, Hold
 from corral.controls import breaker
 from corral.exceptions import ConfigError, NotExecuted, Stop, ToolRejected
 from corral.gateway import _outputs, charges, recording
@@ -371,14 +371,19 @@ def _audit_authorization(call: Call, hold: Hold, release: bool) -> None:
         raise
 
 
+def _usd(charge: Charge | None) -> str:
+    """What an attempt was charged in USD, as its event says it (``0``: refunded)."""
+    return "0" if charge is None else str(charge.usd)
+
+
 def _cancelled(call: Call, hold: Hold, result: Attempt) -> NoReturn:
     """A stop_all switch cancelled the call in flight. It may have happened: charged like a
     failure, not counted against the dependency, a write's key in flight."""
     core, key = call.run, call.idem_key
     assert isinstance(result.error, killswitch.Cancelled)
-    charges.settle(core.budget, hold, "cancelled", call.eff)
+    charged = charges.settle(core.budget, hold, "cancelled", call.eff)
     core.events.add("tool_call", tool=call.tool_name, outcome="cancelled", attempt=call.attempt,
-                    seconds=round(call.elapsed, 6), **call.ids)  # fmt: skip
+                    seconds=round(call.elapsed, 6), usd=_usd(charged), **call.ids)  # fmt: skip
     if call.claimed and key is not None:
         if result.pending is not None:  # abandoned in its thread: it may still write
             idempotency.keep_while(result.pending, core, key)
@@ -397,16 +402,16 @@ def _failed(call: Call, hold: Hold, result: Attempt) -> float:
     if isinstance(error, NotExecuted):
         # Nothing happened, so no USD; the attempt still costs a call, so a tool that
         # keeps saying so cannot keep a loop going for free.
-        charges.settle(core.budget, hold, "not_executed", eff)
+        charged = charges.settle(core.budget, hold, "not_executed", eff)
         if call.claimed and key is not None:
             core.store_call(core.store.release, key, tenant=core.tenant)
         core.events.add("tool_call", tool=name, outcome="not_executed", attempt=call.attempt,
-                        **call.ids)  # fmt: skip
+                        usd=_usd(charged), **call.ids)  # fmt: skip
         core.events.flush()
         raise ToolRejected(
             "tool_error", f"{name} did not run: {error}", tool=name, detail="not_executed"
         )
-    charges.settle(core.budget, hold, "timeout" if result.timed_out else "error", eff)
+    charged = charges.settle(core.budget, hold, "timeout" if result.timed_out else "error", eff)
     what = core.redactor.text(
         f"timed out: {_safe.text(error)}"
         if result.timed_out
@@ -414,7 +419,7 @@ def _failed(call: Call, hold: Hold, result: Attempt) -> float:
     )
     core.events.add("tool_call", tool=name, outcome="timeout" if result.timed_out else "error",
                     attempt=call.attempt, error=what, seconds=round(call.elapsed, 6),
-                    **call.ids)  # fmt: skip
+                    usd=_usd(charged), **call.ids)  # fmt: skip
     if call.claimed and key is not None and result.pending is not None:
         idempotency.keep_while(result.pending, core, key)
     out_of_time = result.timed_out and core.time.remaining() <= 0

@@ -42,13 +42,15 @@ def cost(outcome: Outcome, eff: Effective) -> Charge | None:
     return eff.charge if eff.charge_on_error else eff.call_only  # raised, timed out, cancelled
 
 
-def settle(budget: RunBudget, hold: Hold, outcome: Outcome, eff: Effective) -> None:
-    """Settle ``hold`` at what ``outcome`` costs (:func:`cost`), or refund it."""
+def settle(budget: RunBudget, hold: Hold, outcome: Outcome, eff: Effective) -> Charge | None:
+    """Settle ``hold`` at what ``outcome`` costs (:func:`cost`), or refund it; what was
+    charged (None: refunded)."""
     if outcome == "ok":  # the allow path, without a second call
         budget.settle(hold, eff.charge)
-        return
+        return eff.charge
     charge = cost(outcome, eff)
     if charge is None:
         budget.refund(hold)
     else:
         budget.settle(hold, charge)
+    return charge

@@ -306,7 +306,8 @@ def _settled(
     except ModelOutputError as bad:
         # The call happened and what it used is unknown: the reservation (worst case) stands.
         core.budget.settle(hold, hold.charge)
-        core.events.add("model_call", model=name, outcome="invalid", error=str(bad), **named)
+        core.events.add("model_call", model=name, outcome="invalid", error=str(bad),
+                        usd=str(hold.charge.usd), **named)  # fmt: skip
         core.events.flush()
         raise core.stamp(Stop("invalid_model_output", name, message=str(bad))) from None
     price = price_of(core, model, input_tokens=response.input_tokens)

@@ -35,7 +35,7 @@ from corral.record.recording import (
     response_body,
     tool_definition,
 )
-from corral.stores.base import DegradeCounts, RecordedRun, ScopedCharge
+from corral.stores.base import DegradeCounts, RecordedRun, ScopedCharge, Store
 
 if TYPE_CHECKING:
     from corral.gateway.call import Call
@@ -140,14 +140,31 @@ def _windows(run: RunState) -> dict[str, list[Any]]:
 
 
 def _breaker(run: RunState, rec: Recorder, name: str) -> None:
-    """What the breaker ``name`` holds now: its state, its window, this process's
-    successes not yet written."""
-    now = breaker.wall(run)
-    size = run.policy.degrade.window_seconds
-    state = _read(run, run.store.breaker, name, now=now)
-    window = _read(run, run.store.degrade_window, name, now=now, size=size)
-    pending = run.services.successes.pending(run.store, name)
-    rec.shared["breakers"][name] = {
+    """What the breaker ``name`` holds now (:func:`breaker_snapshot`)."""
+    token = DEADLINE.set(run.time.deadline) if run.timed_store else None
+    try:
+        rec.shared["breakers"][name] = breaker_snapshot(
+            run.store,
+            run.services.successes,
+            name,
+            now=breaker.wall(run),
+            size=run.policy.degrade.window_seconds,
+        )
+    finally:
+        if token is not None:
+            DEADLINE.reset(token)
+
+
+def breaker_snapshot(
+    store: Store, successes: breaker.Successes, name: str, *, now: float, size: float
+) -> dict[str, Any]:
+    """What the breaker ``name`` holds at ``now`` (of a degrade window of ``size``
+    seconds), as a recording keeps it: its state, its window, the successes this process
+    has not yet written."""
+    state = store.breaker(name, now=now)
+    window = store.degrade_window(name, now=now, size=size)
+    pending = successes.pending(store, name)
+    return {
         "state": state.state,
         "until": state.until,
         "size": size,

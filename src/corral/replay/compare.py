@@ -85,8 +85,8 @@ def is_step(event: Event) -> bool:
     return event.kind == "tool_call" and event.data.get("outcome") in EXECUTED
 
 
-def decisions(events: Sequence[Event]) -> list[tuple[int, str]]:
-    """The run's decisions in order, each with the step it happened at."""
+def decided(events: Sequence[Event]) -> list[tuple[int, Event]]:
+    """The run's decision events in order, each with the step it happened at."""
     out = []
     steps = 0
     for event in events:
@@ -95,8 +95,36 @@ def decisions(events: Sequence[Event]) -> list[tuple[int, str]]:
         at = steps + 1
         if is_step(event):
             steps += 1
-        out.append((at, line(event)))
+        out.append((at, event))
     return out
+
+
+def decisions(events: Sequence[Event]) -> list[tuple[int, str]]:
+    """The run's decisions in order as comparable lines, each with the step it happened at."""
+    return [(at, line(event)) for at, event in decided(events)]
+
+
+def describe(event: Event | None) -> str:
+    """A decision in a few words: ``stops: max_usd (tenant:acme/1d)``, ``kb.read denied
+    (not_allowed)``, ``browser.open ok``; ``the run ends`` for none."""
+    if event is None:
+        return "the run ends"
+    d = event.data
+    if event.kind == "run_end":
+        stop = d.get("stop") or {}
+        if not stop:
+            return f"ends {d.get('stop_reason') or d.get('status')}"
+        detail = f" ({stop['detail']})" if stop.get("detail") else ""
+        return f"stops: {stop.get('reason')}{detail}"
+    if event.kind == "denied":
+        return f"{d.get('tool') or d.get('model') or 'a call'} denied ({d.get('why') or '-'})"
+    if event.kind == "approval":
+        return f"{d.get('tool')} {'approved' if d.get('approved') else 'not approved'}"
+    if event.kind == "tool_call":
+        return f"{d.get('tool')} {d.get('outcome')}"
+    if event.kind == "model_call":
+        return f"model call {d.get('outcome')}"
+    return event.kind
 
 
 def first_difference(

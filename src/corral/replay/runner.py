@@ -80,7 +80,7 @@ def _replay(store: Store, run_id: str, policy: Policy | None, tools: list[Tool])
     recorded = store.get_recording(run_id)
     events = store.events(run_id)
     base = _Base(record)
-    problem = _unusable(record, recorded, events)
+    problem = unusable(record, recorded, events)
     if problem is not None:
         return base.failed(problem)
     assert recorded is not None and recorded.body is not None
@@ -88,7 +88,7 @@ def _replay(store: Store, run_id: str, policy: Policy | None, tools: list[Tool])
     rebuilt = _policy(store, recorded, policy)
     if isinstance(rebuilt, Divergence):
         return base.failed(rebuilt)
-    definitions, notes = _definitions(body, tools)
+    definitions, notes = definitions_of(body, tools)
     if policy is not None:
         notes.append(f"replayed under policy {policy.digest} (recorded {recorded.policy_digest})")
     return _drive(base, store, record, body, events, rebuilt, definitions, notes)
@@ -118,7 +118,7 @@ def _not(message: str, reason: DivergenceReason = "not_replayable") -> Divergenc
     return Divergence(step=0, reason=reason, message=message)
 
 
-def _unusable(
+def unusable(
     record: RunRecord, recorded: RecordedRun | None, events: list[Event]
 ) -> Divergence | None:
     """Why the recording cannot be replayed, or None."""
@@ -165,7 +165,7 @@ def _policy(store: Store, recorded: RecordedRun, given: Policy | None) -> Policy
     return rebuilt
 
 
-def _definitions(
+def definitions_of(
     body: Mapping[str, Any], tools: list[Tool]
 ) -> tuple[dict[str, Mapping[str, Any]], list[str]]:
     """The tool definitions to replay with: the recorded ones, or the given tools' own

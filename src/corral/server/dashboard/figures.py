@@ -28,7 +28,7 @@ from corral.controls.keys import Principal
 from corral.record.decisions import DenialReader
 from corral.record.views import as_decimal
 from corral.server import access
-from corral.server.dashboard.charts import Chart, columns, rows
+from corral.charts import Chart, columns, rows
 from corral.stores.base import RunRecord, Store
 
 #: How many of the newest runs the charts read.

@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from corral import charts
 from corral._visible import visible
 from corral.record.views import iso_seconds
 
@@ -85,7 +86,7 @@ def _shown(value: Any) -> Any:
 
 def _environment() -> Environment:
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=FileSystemLoader([TEMPLATES, charts.TEMPLATES]),
         autoescape=True,  # every template, whatever its name: hostile text renders as text
         finalize=_shown,
         trim_blocks=True,

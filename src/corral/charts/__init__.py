@@ -1,10 +1,12 @@
-"""Charts as inline SVG, drawn on the server: no chart library, no script.
+"""Charts as inline SVG, drawn in Python: no chart library, no script (the dashboard's,
+the what-if report's).
 
 :func:`columns` draws stacked vertical bars (one column per label, one colour per
-series), :func:`rows` horizontal bars (one per label). Both return a :class:`Chart` of
-shapes and texts that the ``_chart.html`` template turns into SVG, escaping every label.
-Colours are SVG presentation attributes, which a strict Content-Security-Policy allows
-(inline ``style`` it would not).
+series), or with ``grouped=True`` the series side by side (before and after);
+:func:`rows` horizontal bars (one per label). Both return a :class:`Chart` of shapes and
+texts that the ``chart`` macro of ``_chart.html`` (in :data:`TEMPLATES`, beside this
+module) turns into SVG, escaping every label. Colours are SVG presentation attributes,
+which a strict Content-Security-Policy allows (inline ``style`` it would not).
 
 Imports nothing of corral.
 """
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
+
+#: The folder of the ``_chart.html`` template (a Jinja2 macro, ``chart``).
+TEMPLATES: Final = Path(__file__).parent
 
 #: Colours for series, in order (readable on white, told apart in grey).
 PALETTE: Final = (
@@ -88,33 +94,45 @@ def columns(
     *,
     unit: str = "",
     note: str = "",
+    grouped: Sequence[str] | None = None,
 ) -> Chart:
-    """Stacked columns: ``data`` is ``(label, {series: value})`` per column, in order."""
-    series = sorted({s for _, parts in data for s, v in parts.items() if v > 0})
-    totals = [sum(parts.values()) for _, parts in data]
-    top = max(totals, default=0.0)
+    """Stacked columns: ``data`` is ``(label, {series: value})`` per column, in order.
+    ``grouped``: the series to draw side by side instead, in this order (each in its own
+    colour, every one in the legend)."""
+    if grouped is not None:
+        series = list(grouped)
+        top = max((v for _, parts in data for v in parts.values()), default=0.0)
+    else:
+        series = sorted({s for _, parts in data for s, v in parts.items() if v > 0})
+        top = max((sum(parts.values()) for _, parts in data), default=0.0)
     if not data or top <= 0:
         return Chart(title=title, width=WIDTH, height=HEIGHT, empty=True, note=note)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     step = plot_w / len(data)
-    bar = min(48.0, max(1.0, step * 0.7))
+    width = min(48.0, max(1.0, step * 0.7))
+    bar = width / len(series) if grouped is not None else width
     rects, texts = [], _y_axis(top, unit, plot_h)
     every = max(1, len(data) // 12)  # at most ~12 labels under the axis
     for i, (label, parts) in enumerate(data):
-        x = LEFT + i * step + (step - bar) / 2
+        x = LEFT + i * step + (step - width) / 2
         y = float(TOP + plot_h)
-        for s in series:
+        for k, s in enumerate(series):
             value = parts.get(s, 0.0)
             if value <= 0:
                 continue
             h = value / top * plot_h
-            y -= h
             what = f"{label} · {s}" if len(series) > 1 else label
             name = f"{what}: {_number(value, unit)}"
-            rects.append(Rect(x=x, y=y, w=bar, h=h, fill=colour(series.index(s)), title=name))
+            if grouped is not None:
+                at, top_y = x + k * bar, TOP + plot_h - h
+            else:
+                y -= h
+                at, top_y = x, y
+            rects.append(Rect(x=at, y=top_y, w=bar, h=h, fill=colour(k), title=name))
         if i % every == 0:
-            texts.append(Text(x=x + bar / 2, y=TOP + plot_h + 16, text=label))
-    legend = [(colour(i), s) for i, s in enumerate(series)] if len(series) > 1 else []
+            texts.append(Text(x=x + width / 2, y=TOP + plot_h + 16, text=label))
+    shown = len(series) > 1 or grouped is not None
+    legend = [(colour(i), s) for i, s in enumerate(series)] if shown else []
     return Chart(
         title=title,
         width=WIDTH,
