@@ -23,9 +23,11 @@ os.environ.setdefault("CORRAL_DB", "memory://")
 CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless Chromium; a failure in CI without one, a skip elsewhere."""
+    """A headless Chromium; a failure in CI without one, a skip elsewhere. Module-scoped:
+    while it is open, Playwright's event loop runs in the test thread (``corral.run`` then
+    refuses to start), so a module puts the tests that use it last."""
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)"
         if os.environ.get("CI"):

@@ -48,6 +48,7 @@ EXPECTED = {
     "PolicyError",
     "Price",
     "ReplayResult",
+    "WhatIf",
     "Run",
     "RunResult",
     "SecretProvider",
@@ -70,6 +71,7 @@ EXPECTED = {
     "load_policy",
     "open_store",
     "replay",
+    "whatif",
     "run",
     "tool",
 }

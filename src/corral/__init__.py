@@ -52,6 +52,7 @@ if _typing.TYPE_CHECKING:
     from corral.policy.schema import Policy, load_policy
     from corral.replay.result import ReplayResult
     from corral.replay.runner import replay
+    from corral.replay.whatif import WhatIf, whatif
     from corral.result import CallInfo, RunResult
     from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
     from corral.stores import Store, open_store
@@ -102,6 +103,7 @@ __all__ = [
     "ToolDefinitionError",
     "ToolRejected",
     "Usage",
+    "WhatIf",
     "__version__",
     "arun",
     "load_policy",
@@ -109,6 +111,7 @@ __all__ = [
     "replay",
     "run",
     "tool",
+    "whatif",
 ]
 
 # Imported on first use (PEP 562), so ``import corral`` loads neither pydantic, jsonschema nor
@@ -140,12 +143,14 @@ _LAZY = {
     "ToolCallRequest": "corral.models.base",
     "ToolContext": "corral.tools",
     "Usage": "corral.budgets.meter",
+    "WhatIf": "corral.replay.whatif",
     "arun": "corral.loop.bounded",
     "load_policy": "corral.policy.schema",
     "open_store": "corral.stores",
     "replay": "corral.replay.runner",
     "run": "corral.loop.bounded",
     "tool": "corral.tools",
+    "whatif": "corral.replay.whatif",
 }
 
 # Reprs, tracebacks and pickles say ``corral.Run``, the path users import from: the names

@@ -183,7 +183,7 @@ def _change(
     delta = after - before
     if not delta:
         return Text("same", style="dim")
-    amount = money(Decimal(abs(delta))) if usd else f"{abs(delta):,}"
+    amount = money(Decimal(str(abs(delta)))) if usd else f"{abs(delta):,}"
     word = "more" if delta > 0 else ("saved" if fewer_is_better else "fewer")
     better = (delta < 0) == fewer_is_better
     return Text(f"{amount} {word}", style="green" if better else "red")
@@ -298,9 +298,11 @@ def _runs_table(out: Console, report: WhatIf, all_runs: bool) -> None:
         return
     shown = chosen if all_runs else chosen[:SHOWN]
     title = "Every run" if all_runs else "Runs that would change"
-    more = f" (first {len(shown)} of {len(chosen):,}; --all for every run)" if len(shown) < len(
-        chosen
-    ) else f" ({len(chosen):,})"
+    more = (
+        f" (first {len(shown)} of {len(chosen):,}; --all for every run)"
+        if len(shown) < len(chosen)
+        else f" ({len(chosen):,})"
+    )
     out.print(f"{title}{more}:", markup=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("run", "stop", "tool calls", "USD", "prediction", "what changes"):

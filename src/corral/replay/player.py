@@ -177,7 +177,6 @@ class Player:
             return self._body(step, "output")
         raise _raised(step.get("error"), outcome == "timeout")
 
-
     def _attempt(self, name: str, digest: str) -> Mapping[str, Any]:
         """Lenient: the next recorded attempt of this call before the next model turn;
         recorded attempts passed over (calls the replay no longer makes) make it diverge."""
@@ -210,8 +209,8 @@ class RecordedApprovals:
                 key = (str(e.data.get("tool")), str(e.data.get("args_digest")))
                 decision = ApprovalDecision(
                     approved=e.data.get("approved") is True,
-                    approver=e.data.get("approver"),
-                    reason=e.data.get("reason"),
+                    approver=str(e.data.get("approver") or "local"),
+                    reason=str(e.data.get("reason") or ""),
                 )
                 self._decided.setdefault(key, deque()).append(decision)
         self.assume = assume

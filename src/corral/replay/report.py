@@ -53,12 +53,15 @@ def _environment() -> Environment:
 
 def _charts(report: WhatIf) -> list[charts.Chart]:
     before, after = report.stop_mix(predicted=False), report.stop_mix(predicted=True)
-    reasons = sorted(set(before) | set(after), key=lambda r: (-max(before.get(r, 0),
-                     after.get(r, 0)), r))  # fmt: skip
+    reasons = sorted(
+        set(before) | set(after), key=lambda r: (-max(before.get(r, 0), after.get(r, 0)), r)
+    )
     mix = charts.columns(
         "Runs by stop reason",
-        [(r, {"recorded": before.get(r, 0), "under the new policy": after.get(r, 0)})
-         for r in reasons],  # fmt: skip
+        [
+            (r, {"recorded": before.get(r, 0), "under the new policy": after.get(r, 0)})
+            for r in reasons
+        ],
         grouped=("recorded", "under the new policy"),
     )
     days = report.spend_per_day()
@@ -71,7 +74,9 @@ def _charts(report: WhatIf) -> list[charts.Chart]:
     return [mix, spend]
 
 
-def html(report: WhatIf, *, policy_source: str = "", store: str = "", all_runs: bool = False) -> str:
+def html(
+    report: WhatIf, *, policy_source: str = "", store: str = "", all_runs: bool = False
+) -> str:
     """The report as an HTML page; ``all_runs``: every run in its table, not only those
     that would have changed."""
     shown: list[RunVerdict] = [r for r in report.runs if all_runs or r.changed or not r.evaluated]

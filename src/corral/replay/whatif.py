@@ -7,10 +7,10 @@ with the shared state as it would have evolved under it.
 ... def kb(query: str) -> str:
 ...     return "the vendor is down"
 >>> store = MemoryStore()
+>>> allow = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]}})
 >>> for _ in range(3):
-...     model = ScriptedModel([call("kb.read", query="a"), call("kb.read", query="b"), final("down")])
-...     _ = corral.run("status?", model=model, tools=[kb], policy=corral.Policy.from_dict(
-...         {"tools": {"allow": ["kb.read"]}}), store=store)
+...     model = ScriptedModel([call("kb.read", query="a"), call("kb.read", query="b"), final("ok")])
+...     _ = corral.run("status?", model=model, tools=[kb], policy=allow, store=store)
 >>> stricter = corral.Policy.from_dict({"tools": {"allow": ["kb.read"]},
 ...                                     "budgets": {"max_tool_calls": 1}})
 >>> report = whatif(stricter, store=store, since=0)
@@ -104,10 +104,11 @@ class RunVerdict:
     ``exact``: the prediction needed nothing the recording does not hold. Else
     ``counterfactual_from`` is the step (model calls and tool attempts, from 1) past which
     the model is assumed to answer as it did, or ``shared_estimated`` says the shared state
-    the run met (a window limit's spend, a breaker) was left by runs predicted that way. ``divergence``: the first decision that
-    differs (None: the same decisions). ``denied``: the calls the new policy refuses that
-    the old one did not (``tool (why)``); ``approvals``: the calls it sends for approval
-    that the recorded run was never asked about. ``not_evaluated``: why the run could not
+    the run met (a window limit's spend, a breaker) was left by runs predicted that way.
+    ``divergence``: the first decision that differs (None: the same decisions).
+    ``denied``: the calls the new policy refuses that the old one did not (``tool (why)``);
+    ``approvals``: the calls it sends for approval that the recorded run was never asked
+    about. ``not_evaluated``: why the run could not
     be played (it is then counted as it was).
     """
 
@@ -266,10 +267,16 @@ class WhatIf:
             "stopped_earlier": self.stopped_earlier,
             "calls_denied": sum(len(r.denied) for r in self.runs),
             "calls_sent_for_approval": sum(len(r.approvals) for r in self.runs),
-            "tool_calls": {"recorded": before_calls, "predicted": after_calls,
-                           "saved": before_calls - after_calls},  # fmt: skip
-            "usd": {"recorded": str(before_usd), "predicted": str(after_usd),
-                    "saved": str(before_usd - after_usd)},  # fmt: skip
+            "tool_calls": {
+                "recorded": before_calls,
+                "predicted": after_calls,
+                "saved": before_calls - after_calls,
+            },
+            "usd": {
+                "recorded": str(before_usd),
+                "predicted": str(after_usd),
+                "saved": str(before_usd - after_usd),
+            },
             "no_longer_answered": self.no_longer_answered,
             "newly_answered": self.newly_answered,
             "stop_reasons": {
@@ -383,9 +390,7 @@ def _kept(base: RunVerdict, why: str) -> RunVerdict:
     )
 
 
-def _verdict(
-    base: RunVerdict, events: list[Event], played: Played, estimated: bool
-) -> RunVerdict:
+def _verdict(base: RunVerdict, events: list[Event], played: Played, estimated: bool) -> RunVerdict:
     diff = first_difference(decisions(events), decisions(played.events))
     divergence = None
     if diff is not None:

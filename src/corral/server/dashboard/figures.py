@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
+from corral.charts import Chart, columns, rows
 from corral.controls.keys import Principal
 from corral.record.decisions import DenialReader
 from corral.record.views import as_decimal
 from corral.server import access
-from corral.charts import Chart, columns, rows
 from corral.stores.base import RunRecord, Store
 
 #: How many of the newest runs the charts read.
