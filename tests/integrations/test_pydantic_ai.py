@@ -261,3 +261,166 @@ def test_the_in_process_approver_decides_and_the_write_runs_once() -> None:
     result = run(refund_agent(governed, executions), "refund order 1234")
     assert asked == ["refund"] and executions == [1234]
     assert result.output == "done: refunded 5 on order 1234"
+
+
+# -- 4. a USD cap shared by concurrent runs ------------------------------------------------------
+
+PRICED = {"acme-1": {"input_usd_per_mtok": 10, "output_usd_per_mtok": 10}}
+
+
+def priced_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """A priced model's answer, with the usage a provider would report."""
+    return ModelResponse(
+        parts=[TextPart("the vendor is up")],
+        usage=RequestUsage(input_tokens=200, output_tokens=20),
+    )
+
+
+def test_concurrent_runs_never_overshoot_a_shared_tenant_usd_cap(tmp_path: Path) -> None:
+    """32 runs at once against one tenant's $0.03 a day (SQLite): the spend stays within it,
+    and the runs that could not afford their model call stop with ``max_usd:tenant/1d``."""
+    url = sqlite_url(tmp_path)
+    policy = corral.Policy.from_dict(
+        {"limits": [{"per": "tenant", "window": "1d", "max_usd": 0.03}],
+         "models": {"prices": PRICED}}
+    )
+    governed = Corral(policy, store=url, tenant="acme")
+    agent = Agent(FunctionModel(priced_answer, model_name="acme-1"), capabilities=[governed],
+                  model_settings={"max_tokens": 100})
+
+    async def one() -> Any:
+        try:
+            result = await agent.run("is the vendor up?")
+        except RunStopped as stopped:
+            return stopped.result
+        return governed.result(result)
+
+    async def everyone() -> list[Any]:
+        return await asyncio.gather(*(one() for _ in range(32)))
+
+    results = asyncio.run(everyone())
+    spent = sum(r.usage.usd for r in results)
+    assert spent <= Decimal("0.03")
+    ok = [r for r in results if r.stop_reason == "ok"]
+    stopped = [r for r in results if r.stop_reason != "ok"]
+    assert ok and stopped
+    assert all(r.usage.usd == Decimal("0.0022") for r in ok)  # settled at the reported usage
+    assert {str(r.stop) for r in stopped} == {str(stopped[0].stop)}
+    assert stopped[0].stop.reason == "max_usd" and stopped[0].stop.detail == "tenant/1d"
+
+
+def test_an_unpriced_model_is_refused_under_a_usd_limit() -> None:
+    """A model corral cannot price is refused before it is called, not priced at nothing."""
+    requests: list[int] = []
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        requests.append(1)
+        return ModelResponse(parts=[TextPart("hi")])
+
+    governed = Corral(corral.Policy.from_dict({"budgets": {"max_usd": 1}}), store="memory://")
+    agent = Agent(FunctionModel(answer, model_name="nobody-prices-me"), capabilities=[governed])
+    with pytest.raises(RunStopped) as stopped:
+        run(agent, "hello")
+    assert requests == []
+    assert stopped.value.reason == "max_usd" and stopped.value.why == "unpriced_model"
+
+
+def test_max_tokens_is_clamped_to_what_the_budget_leaves() -> None:
+    """The request carries the ``max_tokens`` the USD budget can pay for, not the one asked."""
+    sent: list[int] = []
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        sent.append(info.model_settings["max_tokens"])  # type: ignore[index]
+        return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=50,
+                                                                          output_tokens=5))
+
+    policy = corral.Policy.from_dict({"budgets": {"max_usd": 0.01}, "models": {"prices": PRICED}})
+    governed = Corral(policy, store="memory://")
+    agent = Agent(FunctionModel(answer, model_name="acme-1"), capabilities=[governed],
+                  model_settings={"max_tokens": 4000})
+    result = run(agent, "hello")
+    assert result.output == "ok"
+    assert 16 <= sent[0] < 1000  # $0.01 at $10/Mtok is 1,000 tokens, the input bound included
+    ended = governed.result(result)
+    assert ended is not None and ended.usage.input_tokens == 50 and ended.usage.steps == 1
+
+
+# -- 5. the kill switch ----------------------------------------------------------------------------
+
+
+def test_a_stop_all_kill_switch_from_another_process_stops_a_running_tool_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """``corral kill enable --mode stop_all`` while a tool runs: the run ends ``kill_switch``
+    within a second of the command."""
+    url = sqlite_url(tmp_path)
+    corral_cli("init", "--db", url)
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def crawl(site: str) -> str:
+        """Crawl a whole site (slow)."""
+        started.set()
+        await asyncio.sleep(30)
+        finished.append(site)
+        return "crawled"
+
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["crawl"], "specs": {"crawl": {"effect": "read"}}},
+         "budgets": {"max_seconds": 60}}
+    )
+    governed = Corral(policy, store=url, agent="crawler")
+    model = FunctionModel(calls_then_answer(("crawl", {"site": "example.com"})), model_name="m")
+    agent = Agent(model, tools=[crawl], capabilities=[governed])
+
+    async def scenario() -> tuple[RunStopped, float]:
+        task = asyncio.ensure_future(agent.run("crawl example.com"))
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.to_thread(corral_cli, "kill", "enable", "--mode", "stop_all", "--db", url)
+        killed_at = time.monotonic()
+        with pytest.raises(RunStopped) as stopped:
+            await asyncio.wait_for(task, 10)
+        return stopped.value, time.monotonic() - killed_at
+
+    stopped, seconds = asyncio.run(scenario())
+    assert seconds < 1.0
+    assert finished == []
+    assert stopped.reason == "kill_switch"
+    assert stopped.result is not None and stopped.result.stop_reason == "kill_switch"
+
+
+# -- 6. the run in the CLI and the audit chain ---------------------------------------------------
+
+
+def test_the_run_is_listed_shown_and_audited_by_the_cli(tmp_path: Path) -> None:
+    """``corral runs`` and ``corral show`` (another process) see the stopped run and its
+    reason; ``corral audit verify`` finds its events chained intact."""
+    url = sqlite_url(tmp_path)
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
+         "budgets": {"max_tool_calls": 2}}
+    )
+
+    def lookup(n: int) -> str:
+        """Look a number up."""
+        return f"#{n}"
+
+    governed = Corral(policy, store=url, tenant="acme", agent="lookup-bot")
+    script = [("lookup", {"n": n}) for n in range(5)]
+    agent = Agent(FunctionModel(calls_then_answer(*script), model_name="m"), tools=[lookup],
+                  capabilities=[governed])
+    with pytest.raises(RunStopped) as stopped:
+        run(agent, "look up five numbers")
+    run_id = stopped.value.run_id
+    assert run_id is not None
+
+    listed = json.loads(corral_cli("runs", "--json", "--db", url).stdout)
+    (row,) = [r for r in listed["runs"] if r["run_id"] == run_id]
+    assert row["stop_reason"] == "max_tool_calls"
+    shown = json.loads(corral_cli("show", run_id, "--json", "--db", url).stdout)
+    assert shown["run"]["stop_reason"] == "max_tool_calls"
+    kinds = [event["kind"] for event in shown["timeline"]]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert kinds.count("tool_call") == 2 and "model_call" in kinds
+    verified = corral_cli("audit", "verify", "--db", url)
+    assert verified.returncode == 0

@@ -531,8 +531,8 @@ class Corral(AbstractCapability[Any]):
             result = await handler()
         except BaseException as exc:
             ended = await gov.end(exc)
-            if isinstance(exc, RunStopped):
-                exc.result = ended
+            if isinstance(exc, RunStopped) and ended is not None:
+                exc.result, exc.run_id = ended, ended.run_id
             elif ended is not None and ended.stop_reason not in ("agent_error", "cancelled"):
                 raise self._stop_error(ended) from exc  # a stop another exception hid
             raise
