@@ -424,3 +424,89 @@ def test_the_run_is_listed_shown_and_audited_by_the_cli(tmp_path: Path) -> None:
     assert kinds.count("tool_call") == 2 and "model_call" in kinds
     verified = corral_cli("audit", "verify", "--db", url)
     assert verified.returncode == 0
+
+
+# -- without the capability: a toolset and a model around a run you own ----------------------
+
+
+def test_corral_toolset_and_model_govern_an_agent_around_a_run_you_own() -> None:
+    """``CorralToolset`` offers and runs only what the policy allows, ``CorralModel``
+    reserves and settles each request, and a stop is recorded by ``async with run``."""
+    from pydantic_ai.toolsets import FunctionToolset
+
+    ran: list[int] = []
+
+    def lookup(n: int) -> str:
+        """Look a number up."""
+        ran.append(n)
+        return f"<p>#{n}</p>"
+
+    def secret() -> str:
+        """Not allowed."""
+        ran.append(-1)
+        return "x"
+
+    policy = corral.Policy.from_dict(
+        {"tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
+         "budgets": {"max_tool_calls": 2, "max_usd": 1},
+         "models": {"prices": PRICED}}
+    )
+    script = [("lookup", {"n": n}) for n in range(5)]
+
+    def reply(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        assert [t.name for t in info.function_tools] == ["lookup"]
+        response = calls_then_answer(*script)(messages, info)
+        response.usage = RequestUsage(input_tokens=100, output_tokens=10)
+        return response
+
+    async def scenario() -> corral.AsyncRun:
+        async with corral.AsyncRun(policy, store="memory://") as governed:
+            toolset = CorralToolset(FunctionToolset([lookup, secret]), governed)
+            agent = Agent(CorralModel(FunctionModel(reply, model_name="acme-1"), governed),
+                          toolsets=[toolset])
+            result = await agent.run("look up five numbers")
+            raise AssertionError(f"not stopped: {result.output}")
+        return governed
+
+    governed = asyncio.run(scenario())
+    assert ran == [0, 1]
+    assert governed.result.stop_reason == "max_tool_calls"
+    assert governed.result.usage.steps == 3 and governed.result.usage.input_tokens == 300
+
+
+def test_a_streamed_run_is_reserved_and_settled_from_the_streams_usage() -> None:
+    """``agent.run_stream`` through ``Corral``: the streamed request is charged its usage."""
+    from pydantic_ai.models.test import TestModel
+
+    policy = corral.Policy.from_dict({"budgets": {"max_usd": 1}, "models": {"prices": {
+        "test": {"input_usd_per_mtok": 10, "output_usd_per_mtok": 10}}}})
+    governed = Corral(policy, store="memory://")
+    agent = Agent(TestModel(custom_output_text="streamed answer"), capabilities=[governed])
+
+    async def scenario() -> tuple[str, str | None]:
+        async with agent.run_stream("say something") as stream:
+            text = await stream.get_output()
+        return text, stream.run_id
+
+    text, run_id = asyncio.run(scenario())
+    assert text == "streamed answer"
+    ended = governed.result(run_id)
+    assert ended is not None and ended.stop_reason == "ok"
+    assert ended.usage.steps == 1 and ended.usage.output_tokens > 0 and ended.usage.usd > 0
+
+
+def test_reservation_and_audit_steps_are_durable_operations() -> None:
+    """authorize, report and report_failure are ``@durable_operation``\\ s a durable engine can
+    bind and journal (their arguments and results have schemas), so a replay returns the
+    recorded verdict instead of charging or auditing again."""
+    from pydantic_ai.durable_exec import CapabilityMethodDeclaration
+    from pydantic_ai.durable_exec._capability_operation import collect_capability_operations
+
+    governed = Corral(corral.Policy.from_dict({}), store="memory://")
+    operations = collect_capability_operations(governed)
+    assert sorted(operations) == ["authorize", "report", "report_failure"]
+    assert all(isinstance(op, CapabilityMethodDeclaration) for op in operations.values())
+    verdict = operations["authorize"].schema.validator.validate_python(
+        {"tool": "refund", "args": {"order": 1}, "call_id": "call_1"}
+    )
+    assert verdict == {"tool": "refund", "args": {"order": 1}, "call_id": "call_1"}

@@ -712,7 +712,8 @@ class CorralModel(WrapperModel):
                 messages, settings, model_request_parameters, run_context
             ) as stream:
                 yield stream
-            settle(stream.usage())
+            usage = stream.usage  # a property in recent versions, a method before
+            settle(usage() if callable(usage) else usage)
 
 
 class CorralToolset(WrapperToolset[Any]):
