@@ -510,3 +510,15 @@ def test_reservation_and_audit_steps_are_durable_operations() -> None:
         {"tool": "refund", "args": {"order": 1}, "call_id": "call_1"}
     )
     assert verdict == {"tool": "refund", "args": {"order": 1}, "call_id": "call_1"}
+
+
+def test_the_example_prints_the_answer_and_the_stop_reason() -> None:
+    """``examples/integrations/pydantic_ai_agent.py`` runs offline and prints both."""
+    example = ROOT / "examples" / "integrations" / "pydantic_ai_agent.py"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False", "ok"]
+    added = [line for line in example.read_text().splitlines() if "# + corral" in line]
+    assert len(added) <= 10
