@@ -269,19 +269,20 @@ PRICED = {"acme-1": {"input_usd_per_mtok": 10, "output_usd_per_mtok": 10}}
 
 
 def priced_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    """A priced model's answer, with the usage a provider would report."""
+    """A priced model's answer, with the usage a provider would report (a tokenizer makes
+    fewer tokens than the prompt has bytes)."""
     return ModelResponse(
         parts=[TextPart("the vendor is up")],
-        usage=RequestUsage(input_tokens=200, output_tokens=20),
+        usage=RequestUsage(input_tokens=10, output_tokens=20),
     )
 
 
 def test_concurrent_runs_never_overshoot_a_shared_tenant_usd_cap(tmp_path: Path) -> None:
-    """32 runs at once against one tenant's $0.03 a day (SQLite): the spend stays within it,
+    """32 runs at once against one tenant's $0.005 a day (SQLite): the spend stays within it,
     and the runs that could not afford their model call stop with ``max_usd:tenant/1d``."""
     url = sqlite_url(tmp_path)
     policy = corral.Policy.from_dict(
-        {"limits": [{"per": "tenant", "window": "1d", "max_usd": 0.03}],
+        {"limits": [{"per": "tenant", "window": "1d", "max_usd": 0.005}],
          "models": {"prices": PRICED}}
     )
     governed = Corral(policy, store=url, tenant="acme")
@@ -300,11 +301,12 @@ def test_concurrent_runs_never_overshoot_a_shared_tenant_usd_cap(tmp_path: Path)
 
     results = asyncio.run(everyone())
     spent = sum(r.usage.usd for r in results)
-    assert spent <= Decimal("0.03")
+    assert spent <= Decimal("0.005")
+    assert all(r.usage.overrun_usd == 0 for r in results)
     ok = [r for r in results if r.stop_reason == "ok"]
     stopped = [r for r in results if r.stop_reason != "ok"]
     assert ok and stopped
-    assert all(r.usage.usd == Decimal("0.0022") for r in ok)  # settled at the reported usage
+    assert all(r.usage.usd == Decimal("0.0003") for r in ok)  # settled at the reported usage
     assert {str(r.stop) for r in stopped} == {str(stopped[0].stop)}
     assert stopped[0].stop.reason == "max_usd" and stopped[0].stop.detail == "tenant/1d"
 

@@ -181,21 +181,62 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _input_bound(messages: Sequence[ModelMessage], params: ModelRequestParameters) -> int:
-    """An upper bound of a request's input tokens: the UTF-8 bytes of its messages and tool
-    definitions as JSON (no tokenizer makes more tokens than bytes), plus an overhead per
-    message and tool, as corral bounds its own requests."""
-    from pydantic_ai.messages import ModelMessagesTypeAdapter
+def _text_bytes(value: Any) -> int:
+    """The UTF-8 bytes of a part's text, or of its value as JSON (as text when it is not)."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if value is None:
+        return 0
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return len(str(value).encode())
 
-    body = ModelMessagesTypeAdapter.dump_json(list(messages))
-    tools = [*params.function_tools, *params.output_tools]
-    size = len(body) + sum(
-        len(t.name) + len(t.description or "") + len(json.dumps(t.parameters_json_schema))
-        for t in tools
+
+def _message_bytes(message: ModelMessage) -> int:
+    """What one message can weigh in tokens: the bytes of each part's text, arguments and
+    tool name (no tokenizer makes more tokens than bytes), plus an overhead per part.
+    Files and images count their whole ``repr``, their data included: a generous bound."""
+    size = 0
+    for part in message.parts:
+        size += PER_MESSAGE_OVERHEAD
+        for name in ("content", "args", "tool_name"):
+            value = getattr(part, name, None)
+            if value is not None:
+                size += _text_bytes(value)
+    return size
+
+
+class _InputBound:
+    """An upper bound of a request's input tokens, for the history of one run: each message
+    is measured once (the history only grows), each tool definition once."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[int, tuple[Any, int]] = {}  # id -> (the object, kept alive; size)
+
+    def _size(self, item: Any, measure: Callable[[Any], int]) -> int:
+        known = self._sizes.get(id(item))
+        if known is not None and known[0] is item:
+            return known[1]
+        size = measure(item)
+        self._sizes[id(item)] = (item, size)
+        return size
+
+    def __call__(self, messages: Sequence[ModelMessage], params: ModelRequestParameters) -> int:
+        tools = [*params.function_tools, *params.output_tools]
+        size = sum(self._size(m, _message_bytes) for m in messages)
+        size += sum(self._size(t, _tool_bytes) for t in tools)
+        for part in params.instruction_parts or ():
+            size += _text_bytes(getattr(part, "content", ""))
+        return size + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
+
+
+def _tool_bytes(tool: ToolDefinition) -> int:
+    return (
+        len(tool.name)
+        + _text_bytes(tool.description or "")
+        + _text_bytes(tool.parameters_json_schema)
     )
-    for part in params.instruction_parts or ():
-        size += len(str(getattr(part, "content", "")).encode())
-    return size + PER_MESSAGE_OVERHEAD * (len(messages) + len(tools)) + 16
 
 
 class Governor:
@@ -220,6 +261,11 @@ class Governor:
         self.tickets: dict[str, Ticket] = {}
         self.names: dict[str, str] = {}  # the framework's tool name -> corral's
         self.owned = run is None
+        self._bound = _InputBound()
+        # The calls running now: call id -> (their cancel scope, when they started, why
+        # they were ended), and the one task per run that watches them.
+        self._running: dict[str, tuple[anyio.CancelScope, float, list[Any]]] = {}
+        self._watcher: asyncio.Future[None] | None = None
 
     # -- tools ---------------------------------------------------------------------------
     def corral_name(self, name: str) -> str:
@@ -319,35 +365,19 @@ class Governor:
             return Report(stop=_info_of(stop))
 
     async def watched(self, call_id: str, execute: Callable[[], Any]) -> Any:
-        """Run ``execute`` (the tool) within its ticket's deadline, looking at the kill
-        switch every 100 ms; a switch or the deadline cancels it and stops the run."""
-        ended: list[tuple[BaseException, bool]] = []
+        """Run ``execute`` (the tool) within its ticket's deadline, the kill switch looked at
+        every 100 ms; a switch or the deadline cancels it and stops the run."""
         scope = anyio.CancelScope()
-
-        async def watch() -> None:
-            started = time.monotonic()
-            while True:
-                await asyncio.sleep(WATCH_SECONDS)
-                ticket = self.tickets.get(call_id)
-                if ticket is None:
-                    continue  # not authorized yet, or already reported
-                killed = ticket.killed()
-                if killed is not None:
-                    ended.append((killed, False))
-                elif time.monotonic() - started > ticket.timeout + WATCH_SECONDS:
-                    ended.append((TimeoutError(f"no answer in {ticket.timeout:g} s"), True))
-                if ended:
-                    scope.cancel()
-                    return
-
-        # The tool runs in this task (its errors reach the framework as they are); the
-        # watcher beside it cancels it when a kill switch or the deadline says so.
-        watcher = asyncio.ensure_future(watch())
+        ended: list[tuple[BaseException, bool]] = []
+        self._running[call_id] = (scope, time.monotonic(), ended)
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._watch())
+        # The tool runs in this task: its errors reach the framework as they are.
         try:
             with scope:
                 result = await execute()
         finally:
-            watcher.cancel()
+            self._running.pop(call_id, None)
         if ended:
             error, timed_out = ended[0]
             ticket = self.tickets.pop(call_id)
@@ -358,6 +388,24 @@ class Governor:
                 raise _stopped(stop) from None
             raise _stopped(Stop("tool_error", ticket.tool))  # report_failure always stops
         return result
+
+    async def _watch(self) -> None:
+        """Every 100 ms, while calls run: end those a kill switch now covers or whose
+        deadline has passed."""
+        while self._running:
+            await asyncio.sleep(WATCH_SECONDS)
+            now = time.monotonic()
+            for call_id, (scope, started, ended) in list(self._running.items()):
+                ticket = self.tickets.get(call_id)
+                if ticket is None or ended:
+                    continue  # not authorized yet, or already ended
+                killed = ticket.killed()
+                if killed is not None:
+                    ended.append((killed, False))
+                elif now - started > ticket.timeout + WATCH_SECONDS:
+                    ended.append((TimeoutError(f"no answer in {ticket.timeout:g} s"), True))
+                if ended:
+                    scope.cancel()
 
     # -- a model request -----------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -376,7 +424,7 @@ class Governor:
         try:
             mc = run.model_call(
                 model=_model_name(model),
-                input_tokens=_input_bound(messages, params),
+                input_tokens=self._bound(messages, params),
                 max_tokens=asked,
                 provider=getattr(model, "system", None) or None,
             )
@@ -401,6 +449,8 @@ class Governor:
     # -- the end -------------------------------------------------------------------------
     async def end(self, error: BaseException | None, output: Any = None) -> RunResult | None:
         """End an owned run: ``ok`` with the output, or the stop or error that ended it."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         run = self.run
         if run is None or not self.owned:
             return None
