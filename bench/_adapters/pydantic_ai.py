@@ -4,7 +4,9 @@ One tool call through Pydantic AI alone and through Pydantic AI governed by corr
 ``Corral`` capability (memory store), in the same process and interleaved rounds: a run of
 ``calls`` tool calls (one per model turn, ``FunctionModel``) minus a run of none, divided by
 ``calls``; the best round of each. ``measure(calls)`` returns
-``{"framework", "alone_us", "governed_us", "ratio"}`` (``ratio``: governed / alone).
+``{"framework", "alone_us", "governed_us", "ratio", "passthrough_us"}`` (``ratio``:
+governed / alone; ``passthrough_us``: a capability with the same hooks doing nothing, what
+the framework's extension points cost by themselves).
 
     python bench/_adapters/pydantic_ai.py [--calls 10] [--rounds 7]
 """
@@ -23,8 +25,46 @@ if __name__ == "__main__":  # this file's folder would shadow the framework's pa
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 
-def _runner(governed: bool, loop: asyncio.AbstractEventLoop) -> Callable[[int], float]:
-    """A function timing one agent run of ``k`` tool calls (seconds)."""
+def _passthrough() -> Any:
+    """A capability with the hooks ``Corral`` uses, doing nothing: what the framework's
+    extension points cost by themselves."""
+    from pydantic_ai.capabilities import AbstractCapability
+    from pydantic_ai.models.wrapper import WrapperModel
+
+    class Passthrough(AbstractCapability[Any]):
+        id = "passthrough"
+
+        async def for_run(self, ctx: Any) -> Any:
+            return Passthrough()
+
+        async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
+            return await handler()
+
+        async def prepare_tools(self, ctx: Any, tool_defs: Any) -> Any:
+            return tool_defs
+
+        async def before_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any) -> Any:
+            return args
+
+        async def wrap_tool_execute(
+            self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any
+        ) -> Any:
+            return await handler(args)
+
+        async def after_tool_execute(
+            self, ctx: Any, *, call: Any, tool_def: Any, args: Any, result: Any
+        ) -> Any:
+            return result
+
+        def get_wrapper_model(self, model: Any) -> Any:
+            return WrapperModel(model)
+
+    return Passthrough()
+
+
+def _runner(kind: str, loop: asyncio.AbstractEventLoop) -> Callable[[int], float]:
+    """A function timing one agent run of ``k`` tool calls (seconds): the framework
+    ``alone``, with a ``passthrough`` capability, or ``governed`` by corral."""
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -41,8 +81,10 @@ def _runner(governed: bool, loop: asyncio.AbstractEventLoop) -> Callable[[int], 
             return ModelResponse(parts=[ToolCallPart("kb_read", {"query": f"q{i}"})])
         return ModelResponse(parts=[TextPart("done")])
 
-    capabilities = []
-    if governed:
+    capabilities: list[Any] = []
+    if kind == "passthrough":
+        capabilities.append(_passthrough())
+    if kind == "governed":
         policy = corral.Policy.from_dict(
             {"tools": {"allow": ["kb_read"], "specs": {"kb_read": {"effect": "read"}}},
              "budgets": {"max_tool_calls": 1000, "max_steps": 1000}}
@@ -80,11 +122,12 @@ def measure(calls: int = 10, rounds: int = 7, repeat: int = 15) -> dict[str, Any
     """Per tool call, Pydantic AI alone and governed by corral (best of interleaved rounds)."""
     loop = asyncio.new_event_loop()
     try:
-        alone, governed = _runner(False, loop), _runner(True, loop)
-        best = {"alone": float("inf"), "governed": float("inf")}
+        runners = {kind: _runner(kind, loop) for kind in ("alone", "passthrough", "governed")}
+        best = dict.fromkeys(runners, float("inf"))
         for r in range(rounds):
-            order = [("alone", alone), ("governed", governed)]
-            for name, one_run in order if r % 2 == 0 else order[::-1]:
+            order = list(runners.items())
+            order = order[r % 3 :] + order[: r % 3]  # each first in turn
+            for name, one_run in order:
                 best[name] = min(best[name], _per_call(one_run, calls, repeat))
     finally:
         loop.close()
@@ -93,6 +136,8 @@ def measure(calls: int = 10, rounds: int = 7, repeat: int = 15) -> dict[str, Any
         "alone_us": round(best["alone"], 1),
         "governed_us": round(best["governed"], 1),
         "ratio": round(best["governed"] / best["alone"], 3),
+        # The same hooks doing nothing: the framework's own price for the extension points.
+        "passthrough_us": round(best["passthrough"], 1),
     }
 
 
