@@ -43,7 +43,9 @@ def _passthrough() -> Any:
         async def prepare_tools(self, ctx: Any, tool_defs: Any) -> Any:
             return tool_defs
 
-        async def before_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any) -> Any:
+        async def before_tool_execute(
+            self, ctx: Any, *, call: Any, tool_def: Any, args: Any
+        ) -> Any:
             return args
 
         async def wrap_tool_execute(
@@ -86,8 +88,10 @@ def _runner(kind: str, loop: asyncio.AbstractEventLoop) -> Callable[[int], float
         capabilities.append(_passthrough())
     if kind == "governed":
         policy = corral.Policy.from_dict(
-            {"tools": {"allow": ["kb_read"], "specs": {"kb_read": {"effect": "read"}}},
-             "budgets": {"max_tool_calls": 1000, "max_steps": 1000}}
+            {
+                "tools": {"allow": ["kb_read"], "specs": {"kb_read": {"effect": "read"}}},
+                "budgets": {"max_tool_calls": 1000, "max_steps": 1000},
+            }
         )
         capabilities.append(Corral(policy, store="memory://"))
     agent = Agent(FunctionModel(model_turn, model_name="bench"), capabilities=capabilities)

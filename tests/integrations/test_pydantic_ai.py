@@ -49,7 +49,9 @@ def corral_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
         env=env,
     )
     if check and done.returncode != 0:
-        raise AssertionError(f"corral {' '.join(args)}: {done.returncode}\n{done.stdout}{done.stderr}")
+        raise AssertionError(
+            f"corral {' '.join(args)}: {done.returncode}\n{done.stdout}{done.stderr}"
+        )
     return done
 
 
@@ -115,8 +117,10 @@ def test_a_tool_outside_the_policy_is_neither_offered_nor_executed() -> None:
         offered.append(sorted(t.name for t in info.function_tools))
         if len(offered) == 1:
             return ModelResponse(
-                parts=[ToolCallPart("browse", {"url": "https://evil.test"}),
-                       ToolCallPart("weather", {"city": "Paris"})]
+                parts=[
+                    ToolCallPart("browse", {"url": "https://evil.test"}),
+                    ToolCallPart("weather", {"city": "Paris"}),
+                ]
             )
         return ModelResponse(parts=[TextPart("ok")])
 
@@ -124,8 +128,9 @@ def test_a_tool_outside_the_policy_is_neither_offered_nor_executed() -> None:
         {"tools": {"allow": ["weather"], "specs": {"weather": {"effect": "read"}}}}
     )
     governed = Corral(policy, store="memory://")
-    agent = Agent(FunctionModel(reply, model_name="m"), tools=[weather, browse],
-                  capabilities=[governed])
+    agent = Agent(
+        FunctionModel(reply, model_name="m"), tools=[weather, browse], capabilities=[governed]
+    )
     result = run(agent, "weather in Paris?")
     assert offered == [["weather"], ["weather"]]
     assert ran == ["weather"]
@@ -145,13 +150,18 @@ def test_the_sixteenth_call_under_max_tool_calls_15_stops_the_run() -> None:
         return f"#{n}"
 
     policy = corral.Policy.from_dict(
-        {"tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
-         "budgets": {"max_tool_calls": 15}}
+        {
+            "tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
+            "budgets": {"max_tool_calls": 15},
+        }
     )
     governed = Corral(policy, store="memory://")
     script = [("lookup", {"n": n}) for n in range(1, 21)]
-    agent = Agent(FunctionModel(calls_then_answer(*script), model_name="m"), tools=[lookup],
-                  capabilities=[governed])
+    agent = Agent(
+        FunctionModel(calls_then_answer(*script), model_name="m"),
+        tools=[lookup],
+        capabilities=[governed],
+    )
     with pytest.raises(RunStopped) as stopped:
         run(agent, "look up twenty numbers")
     assert ran == list(range(1, 16))
@@ -167,8 +177,10 @@ def test_the_sixteenth_call_under_max_tool_calls_15_stops_the_run() -> None:
 
 def approval_policy(**writes: Any) -> corral.Policy:
     return corral.Policy.from_dict(
-        {"tools": {"allow": ["refund"], "specs": {"refund": {"effect": "write"}}},
-         "writes": {"require_approval": True, **writes}}
+        {
+            "tools": {"allow": ["refund"], "specs": {"refund": {"effect": "write"}}},
+            "writes": {"require_approval": True, **writes},
+        }
     )
 
 
@@ -178,8 +190,9 @@ def refund_agent(governed: Corral, executions: list[int]) -> Agent[None, str]:
         executions.append(order)
         return f"refunded {amount} on order {order}"
 
-    model = FunctionModel(calls_then_answer(("refund", {"order": 1234, "amount": 5})),
-                          model_name="m")
+    model = FunctionModel(
+        calls_then_answer(("refund", {"order": 1234, "amount": 5})), model_name="m"
+    )
     return Agent(model, tools=[refund], capabilities=[governed])
 
 
@@ -282,12 +295,17 @@ def test_concurrent_runs_never_overshoot_a_shared_tenant_usd_cap(tmp_path: Path)
     and the runs that could not afford their model call stop with ``max_usd:tenant/1d``."""
     url = sqlite_url(tmp_path)
     policy = corral.Policy.from_dict(
-        {"limits": [{"per": "tenant", "window": "1d", "max_usd": 0.005}],
-         "models": {"prices": PRICED}}
+        {
+            "limits": [{"per": "tenant", "window": "1d", "max_usd": 0.005}],
+            "models": {"prices": PRICED},
+        }
     )
     governed = Corral(policy, store=url, tenant="acme")
-    agent = Agent(FunctionModel(priced_answer, model_name="acme-1"), capabilities=[governed],
-                  model_settings={"max_tokens": 100})
+    agent = Agent(
+        FunctionModel(priced_answer, model_name="acme-1"),
+        capabilities=[governed],
+        model_settings={"max_tokens": 100},
+    )
 
     async def one() -> Any:
         try:
@@ -333,13 +351,17 @@ def test_max_tokens_is_clamped_to_what_the_budget_leaves() -> None:
 
     def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         sent.append(info.model_settings["max_tokens"])  # type: ignore[index]
-        return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=50,
-                                                                          output_tokens=5))
+        return ModelResponse(
+            parts=[TextPart("ok")], usage=RequestUsage(input_tokens=50, output_tokens=5)
+        )
 
     policy = corral.Policy.from_dict({"budgets": {"max_usd": 0.01}, "models": {"prices": PRICED}})
     governed = Corral(policy, store="memory://")
-    agent = Agent(FunctionModel(answer, model_name="acme-1"), capabilities=[governed],
-                  model_settings={"max_tokens": 4000})
+    agent = Agent(
+        FunctionModel(answer, model_name="acme-1"),
+        capabilities=[governed],
+        model_settings={"max_tokens": 4000},
+    )
     result = run(agent, "hello")
     assert result.output == "ok"
     assert 16 <= sent[0] < 1000  # $0.01 at $10/Mtok is 1,000 tokens, the input bound included
@@ -368,8 +390,10 @@ def test_a_stop_all_kill_switch_from_another_process_stops_a_running_tool_within
         return "crawled"
 
     policy = corral.Policy.from_dict(
-        {"tools": {"allow": ["crawl"], "specs": {"crawl": {"effect": "read"}}},
-         "budgets": {"max_seconds": 60}}
+        {
+            "tools": {"allow": ["crawl"], "specs": {"crawl": {"effect": "read"}}},
+            "budgets": {"max_seconds": 60},
+        }
     )
     governed = Corral(policy, store=url, agent="crawler")
     model = FunctionModel(calls_then_answer(("crawl", {"site": "example.com"})), model_name="m")
@@ -399,8 +423,10 @@ def test_the_run_is_listed_shown_and_audited_by_the_cli(tmp_path: Path) -> None:
     reason; ``corral audit verify`` finds its events chained intact."""
     url = sqlite_url(tmp_path)
     policy = corral.Policy.from_dict(
-        {"tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
-         "budgets": {"max_tool_calls": 2}}
+        {
+            "tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
+            "budgets": {"max_tool_calls": 2},
+        }
     )
 
     def lookup(n: int) -> str:
@@ -409,8 +435,11 @@ def test_the_run_is_listed_shown_and_audited_by_the_cli(tmp_path: Path) -> None:
 
     governed = Corral(policy, store=url, tenant="acme", agent="lookup-bot")
     script = [("lookup", {"n": n}) for n in range(5)]
-    agent = Agent(FunctionModel(calls_then_answer(*script), model_name="m"), tools=[lookup],
-                  capabilities=[governed])
+    agent = Agent(
+        FunctionModel(calls_then_answer(*script), model_name="m"),
+        tools=[lookup],
+        capabilities=[governed],
+    )
     with pytest.raises(RunStopped) as stopped:
         run(agent, "look up five numbers")
     run_id = stopped.value.run_id
@@ -449,9 +478,11 @@ def test_corral_toolset_and_model_govern_an_agent_around_a_run_you_own() -> None
         return "x"
 
     policy = corral.Policy.from_dict(
-        {"tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
-         "budgets": {"max_tool_calls": 2, "max_usd": 1},
-         "models": {"prices": PRICED}}
+        {
+            "tools": {"allow": ["lookup"], "specs": {"lookup": {"effect": "read"}}},
+            "budgets": {"max_tool_calls": 2, "max_usd": 1},
+            "models": {"prices": PRICED},
+        }
     )
     script = [("lookup", {"n": n}) for n in range(5)]
 
@@ -464,8 +495,9 @@ def test_corral_toolset_and_model_govern_an_agent_around_a_run_you_own() -> None
     async def scenario() -> corral.AsyncRun:
         async with corral.AsyncRun(policy, store="memory://") as governed:
             toolset = CorralToolset(FunctionToolset([lookup, secret]), governed)
-            agent = Agent(CorralModel(FunctionModel(reply, model_name="acme-1"), governed),
-                          toolsets=[toolset])
+            agent = Agent(
+                CorralModel(FunctionModel(reply, model_name="acme-1"), governed), toolsets=[toolset]
+            )
             result = await agent.run("look up five numbers")
             raise AssertionError(f"not stopped: {result.output}")
         return governed
@@ -478,10 +510,13 @@ def test_corral_toolset_and_model_govern_an_agent_around_a_run_you_own() -> None
 
 def test_a_streamed_run_is_reserved_and_settled_from_the_streams_usage() -> None:
     """``agent.run_stream`` through ``Corral``: the streamed request is charged its usage."""
-    from pydantic_ai.models.test import TestModel
 
-    policy = corral.Policy.from_dict({"budgets": {"max_usd": 1}, "models": {"prices": {
-        "test": {"input_usd_per_mtok": 10, "output_usd_per_mtok": 10}}}})
+    policy = corral.Policy.from_dict(
+        {
+            "budgets": {"max_usd": 1},
+            "models": {"prices": {"test": {"input_usd_per_mtok": 10, "output_usd_per_mtok": 10}}},
+        }
+    )
     governed = Corral(policy, store="memory://")
     agent = Agent(TestModel(custom_output_text="streamed answer"), capabilities=[governed])
 
@@ -518,8 +553,9 @@ def test_the_example_prints_the_answer_and_the_stop_reason() -> None:
     """``examples/integrations/pydantic_ai_agent.py`` runs offline and prints both."""
     example = ROOT / "examples" / "integrations" / "pydantic_ai_agent.py"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
-                          timeout=60, env=env)
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["False", "ok"]
     added = [line for line in example.read_text().splitlines() if "# + corral" in line]
