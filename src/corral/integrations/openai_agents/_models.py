@@ -16,10 +16,12 @@ from typing import Any
 
 from agents import FunctionTool, ModelProvider, ModelSettings
 from agents.models.interface import Model, ModelTracing
+from openai.types.responses import ResponseFunctionToolCall
 from pydantic import BaseModel
 
-from corral.exceptions import Stop
-from corral.integrations.openai_agents._govern import Governor
+from corral.exceptions import Stop, ToolRejected
+from corral.gateway.guards import allowlist
+from corral.integrations.openai_agents._govern import Governor, corral_name
 from corral.integrations.openai_agents._stop import stopped
 from corral.loop.tickets import ModelCall
 from corral.models.base import input_token_bound
@@ -77,6 +79,28 @@ def _request(
         for h in handoffs
     ]
     return messages, specs
+
+
+def _judge_unoffered(gov: Governor, output: Any, tools: list[Any], handoffs: list[Any]) -> None:
+    """A call to a tool the model was not offered meets corral's allowlist: a tool the
+    policy does not allow stops the run with ``tool_denied`` (recorded as the gateway
+    records it); a name nobody knows is left to the SDK (its "tool not found")."""
+    offered: set[str] | None = None
+    for item in output:
+        if not isinstance(item, ResponseFunctionToolCall):
+            continue
+        if offered is None:
+            offered = {str(getattr(t, "name", "")) for t in tools}
+            offered.update(h.tool_name for h in handoffs)
+        if item.name in offered:
+            continue
+        name = corral_name(item.name)
+        if name in gov.core.allowed:
+            continue  # allowed but not offered now (kill switch, degraded): the SDK says so
+        try:
+            allowlist.resolve(gov.core, name)
+        except ToolRejected:
+            continue  # not a tool of this run: the SDK's own "tool not found"
 
 
 class GovernedModel(Model):
@@ -145,6 +169,7 @@ class GovernedModel(Model):
                 )
                 usage = response.usage
                 mc.settle(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+            _judge_unoffered(self._gov, response.output, tools, handoffs)
         except Stop as stop:
             raise stopped(stop) from None
         return response
