@@ -11,7 +11,8 @@ the usage the response reports is settled after (a streamed call settles from it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from agents import FunctionTool, ModelProvider, ModelSettings
@@ -24,61 +25,76 @@ from corral.gateway.guards import allowlist
 from corral.integrations.openai_agents._govern import Governor, corral_name
 from corral.integrations.openai_agents._stop import stopped
 from corral.loop.tickets import ModelCall
-from corral.models.base import input_token_bound
+from corral.models.base import PER_MESSAGE_OVERHEAD
 
 
-def _plain(item: Any) -> Any:
-    """An input item as the JSON it is sent as (for the input bound)."""
-    if isinstance(item, BaseModel):
-        return item.model_dump(mode="json")
-    if isinstance(item, Mapping):
-        return {str(k): _plain(v) for k, v in item.items()}
-    if isinstance(item, list | tuple):
-        return [_plain(v) for v in item]
-    if item is None or isinstance(item, str | int | float | bool):
-        return item
-    return str(item)
+def _json_default(value: Any) -> Any:
+    """What the encoder cannot write itself, as the JSON it is sent as."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    if callable(value):
+        return None  # a hosted tool's hook: not sent
+    return str(value)
 
 
-def _tool_spec(tool: Any) -> dict[str, Any]:
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+
+
+def _tool_spec(tool: Any) -> Any:
     if isinstance(tool, FunctionTool):
         return {
             "name": tool.name,
             "description": tool.description,
             "parameters": tool.params_json_schema,
         }
-    if dataclasses.is_dataclass(tool) and not isinstance(tool, type):
-        fields = {f.name: getattr(tool, f.name, None) for f in dataclasses.fields(tool)}
-        return {k: _plain(v) for k, v in fields.items() if not callable(v)}
-    return {"name": str(getattr(tool, "name", type(tool).__name__))}
+    return tool  # a hosted tool: all its fields
 
 
-def _request(
-    system_instructions: str | None,
-    input: Any,
-    tools: list[Any],
-    output_schema: Any,
-    handoffs: list[Any],
-    prompt: Any,
-) -> tuple[list[Any], list[dict[str, Any]]]:
-    """The request's messages and tool specs, as big as what is sent (or bigger)."""
-    messages: list[Any] = []
-    if system_instructions:
-        messages.append({"role": "system", "content": system_instructions})
-    if isinstance(input, str):
-        messages.append({"role": "user", "content": input})
-    else:
-        messages.extend(_plain(i) for i in input)
-    if prompt is not None:
-        messages.append(_plain(prompt))
-    if output_schema is not None and not output_schema.is_plain_text():
-        messages.append({"output_schema": output_schema.json_schema()})
-    specs = [_tool_spec(t) for t in tools]
-    specs += [
-        {"name": h.tool_name, "description": h.tool_description, "parameters": h.input_json_schema}
-        for h in handoffs
-    ]
-    return messages, specs
+class _Bound:
+    """An upper bound of a request's input tokens, as :func:`input_token_bound` counts
+    it (UTF-8 bytes of its JSON, an overhead per message and tool); a tool's spec is
+    measured once per run."""
+
+    def __init__(self) -> None:
+        self._specs: dict[int, tuple[Any, int]] = {}
+
+    def _spec_bytes(self, tool: Any) -> int:
+        found = self._specs.get(id(tool))
+        if found is None or found[0] is not tool:
+            found = self._specs[id(tool)] = (tool, len(_ENCODE(_tool_spec(tool)).encode()))
+        return found[1]
+
+    def __call__(
+        self,
+        system_instructions: str | None,
+        input: Any,
+        tools: list[Any],
+        output_schema: Any,
+        handoffs: list[Any],
+        prompt: Any,
+    ) -> int:
+        messages: list[Any] = []
+        if system_instructions:
+            messages.append({"role": "system", "content": system_instructions})
+        if isinstance(input, str):
+            messages.append({"role": "user", "content": input})
+        else:
+            messages.extend(input)
+        if prompt is not None:
+            messages.append(prompt)
+        if output_schema is not None and not output_schema.is_plain_text():
+            messages.append({"output_schema": output_schema.json_schema()})
+        specs = [
+            {"name": h.tool_name, "description": h.tool_description,
+             "parameters": h.input_json_schema}
+            for h in handoffs
+        ]  # fmt: skip
+        body = len(_ENCODE([messages, specs]).encode())
+        body += sum(self._spec_bytes(t) + 2 for t in tools)
+        count = len(messages) + len(specs) + len(tools)
+        return body + PER_MESSAGE_OVERHEAD * count + 16
 
 
 def _judge_unoffered(gov: Governor, output: Any, tools: list[Any], handoffs: list[Any]) -> None:
@@ -110,6 +126,10 @@ class GovernedModel(Model):
         self.inner = inner
         self._gov = gov
         self._name = name
+        self._bound = _Bound()
+        # The settings last sent, by what they were made from: the clamp is most often the
+        # same turn after turn, and ModelSettings is costly to copy.
+        self._sent: tuple[ModelSettings | None, int, ModelSettings | None] = (None, 0, None)
 
     def _priced(self) -> Any:
         """The model's name (or corral.Model) for pricing: ``govern(model=...)``, else the
@@ -121,21 +141,22 @@ class GovernedModel(Model):
         own = getattr(self.inner, "model", None)
         return own if isinstance(own, str) and own else type(self.inner).__name__
 
-    def _reserve(
-        self, settings: ModelSettings, request: tuple[list[Any], list[dict[str, Any]]]
-    ) -> tuple[ModelCall, ModelSettings]:
+    def _reserve(self, settings: ModelSettings, bound: int) -> tuple[ModelCall, ModelSettings]:
         gov = self._gov
         gov.model_seen = True
-        messages, specs = request
         try:
             mc = gov.run.model_call(
-                model=self._priced(),
-                input_tokens=input_token_bound(messages, specs),
-                max_tokens=settings.max_tokens,
+                model=self._priced(), input_tokens=bound, max_tokens=settings.max_tokens
             )
         except Stop as stop:
             raise stopped(stop) from None
-        return mc, dataclasses.replace(settings, max_tokens=mc.max_tokens)
+        if mc.max_tokens == settings.max_tokens:
+            return mc, settings
+        base, tokens, sent = self._sent
+        if sent is None or tokens != mc.max_tokens or (base is not settings and base != settings):
+            sent = dataclasses.replace(settings, max_tokens=mc.max_tokens)
+            self._sent = (settings, mc.max_tokens, sent)
+        return mc, sent
 
     async def get_response(
         self,
@@ -151,8 +172,8 @@ class GovernedModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> Any:
-        request = _request(system_instructions, input, tools, output_schema, handoffs, prompt)
-        mc, settings = self._reserve(model_settings, request)
+        bound = self._bound(system_instructions, input, tools, output_schema, handoffs, prompt)
+        mc, settings = self._reserve(model_settings, bound)
         try:
             async with mc:
                 response = await self.inner.get_response(
@@ -188,8 +209,8 @@ class GovernedModel(Model):
         conversation_id: str | None,
         prompt: Any,
     ) -> AsyncIterator[Any]:
-        request = _request(system_instructions, input, tools, output_schema, handoffs, prompt)
-        mc, settings = self._reserve(model_settings, request)
+        bound = self._bound(system_instructions, input, tools, output_schema, handoffs, prompt)
+        mc, settings = self._reserve(model_settings, bound)
         try:
             async with mc:
                 stream = self.inner.stream_response(

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -116,10 +117,7 @@ def governed_tool(gov: Governor, tool: FunctionTool) -> FunctionTool:
             f"the policy allows {name} but the run has no tool of that name: give the run "
             "the agent's tools, corral.AsyncRun(policy, tools=tools_of(agent), ...)"
         )
-    # The tool's own invoker, with the SDK's failure handling off: corral hears of a
-    # failure (report_failure), instead of the SDK turning it into text for the model.
-    raw = set_function_tool_failure_error_function(copy.copy(tool), None)
-    inner = raw.on_invoke_tool
+    inner = _raw_invoker(tool)
     user_enabled = tool.is_enabled
     user_approval = tool.needs_approval
 
@@ -172,12 +170,34 @@ def governed_tool(gov: Governor, tool: FunctionTool) -> FunctionTool:
                 return user_approval
             return bool(await user_approval(ctx, params, call_id))
 
-    return dataclasses.replace(
-        tool,
-        on_invoke_tool=on_invoke_tool,
-        is_enabled=is_enabled,
-        needs_approval=needs_approval,
+    return _replaced(
+        tool, on_invoke_tool=on_invoke_tool, is_enabled=is_enabled, needs_approval=needs_approval
     )
+
+
+_RAW: dict[int, tuple[FunctionTool, Any]] = {}
+
+
+def _raw_invoker(tool: FunctionTool) -> Any:
+    """The tool's own invoker with the SDK's failure handling off, so that corral hears of
+    a failure (``report_failure``) instead of the SDK turning it into text for the model.
+    Made once per tool (a copy of it: the tool itself is left as it was)."""
+    found = _RAW.get(id(tool))
+    if found is None or found[0] is not tool:
+        raw = set_function_tool_failure_error_function(copy.copy(tool), None)
+        found = _RAW[id(tool)] = (tool, raw.on_invoke_tool)
+        weakref.finalize(tool, _RAW.pop, id(tool), None)
+    return found[1]
+
+
+def _replaced(tool: FunctionTool, **changes: Any) -> FunctionTool:
+    """``dataclasses.replace(tool, **changes)`` without re-running ``__post_init__``: the
+    tool is normalized already, and doing it again (a deep copy of its schema, made
+    strict again) cost more than the rest of governing it, once per tool per run."""
+    new = object.__new__(type(tool))
+    new.__dict__.update(tool.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def _offered(gov: Governor, name: str) -> bool:
@@ -192,37 +212,59 @@ def _offered(gov: Governor, name: str) -> bool:
     return breaker.read(core, eff.breaker).state != "open"
 
 
+class _Watch:
+    """Looks every :data:`WATCH_SECONDS`, while a tool runs in the current task, whether a
+    ``stop_all`` kill switch now covers it or its time is up; then cancels the task and
+    says why (a timer on the loop: no second task per call)."""
+
+    __slots__ = ("deadline", "failure", "handle", "loop", "task", "ticket", "timed_out")
+
+    def __init__(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.deadline = self.loop.time() + ticket.timeout
+        self.failure: BaseException | None = None
+        self.timed_out = False
+        self.handle = self.loop.call_at(min(self.deadline, self.loop.time() + WATCH_SECONDS),
+                                        self.look)  # fmt: skip
+
+    def look(self) -> None:
+        now = self.loop.time()
+        ticket = self.ticket
+        if now >= self.deadline:
+            self.failure = TimeoutError(f"{ticket.tool} took more than {ticket.timeout:g} s")
+            self.timed_out = True
+        else:
+            self.failure = ticket.killed()
+        if self.failure is not None and self.task is not None:
+            self.task.cancel()
+            return
+        self.handle = self.loop.call_at(min(self.deadline, now + WATCH_SECONDS), self.look)
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
 async def _execute(gov: Governor, ticket: Ticket, invocation: Any) -> Any:
-    """Run the SDK's invocation within the ticket's timeout, looking every
+    """Await the SDK's invocation within the ticket's timeout, looking every
     :data:`WATCH_SECONDS` whether a ``stop_all`` kill switch now covers it; a failure,
     a timeout or the switch is reported (raising the run's stop)."""
-    task = asyncio.ensure_future(invocation)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ticket.timeout
+    watch = _Watch(ticket)
     try:
-        while not task.done():
-            left = deadline - loop.time()
-            if left <= 0:
-                task.cancel()
-                failure = TimeoutError(f"{ticket.tool} took more than {ticket.timeout:g} s")
-                gov.report_failure(ticket, failure, timed_out=True)
-            await asyncio.wait((task,), timeout=min(WATCH_SECONDS, left))
-            if task.done():
-                break
-            killed = ticket.killed()
-            if killed is not None:
-                task.cancel()
-                gov.report_failure(ticket, killed, timed_out=False)
-    except BaseException:
-        task.cancel()  # the run was cancelled, or stopped: the tool goes with it
-        raise
-    try:
-        return task.result()
+        return await invocation
+    except asyncio.CancelledError as cancelled:
+        if watch.failure is None:
+            raise  # the run itself was cancelled: the ticket is settled as the run ends
+        if watch.task is not None:
+            watch.task.uncancel()
+        gov.report_failure(ticket, watch.failure, timed_out=watch.timed_out)
+        raise AssertionError("report_failure returned") from cancelled  # pragma: no cover
     except Exception as exc:  # the tool raised: a failure (the SDK would have told the model)
         gov.report_failure(ticket, exc, timed_out=False)
-    except asyncio.CancelledError as exc:  # cancelled from inside: it did not finish
-        gov.report_failure(ticket, exc, timed_out=False)
-    raise AssertionError("report_failure returned")  # pragma: no cover
+        raise AssertionError("report_failure returned") from exc  # pragma: no cover
+    finally:
+        watch.stop()
 
 
 def governed_handoff(gov: Governor, h: Handoff[Any, Any], govern_agent: Any) -> Handoff[Any, Any]:
