@@ -40,10 +40,12 @@ agent = Agent(
     model=model,
 )
 
-policy = corral.Policy.from_dict(  # corral
-    {"tools": {"allow": ["get_weather"], "specs": {"get_weather": {"effect": "read"}}},
-     "budgets": {"max_tool_calls": 5, "max_seconds": 30}}  # fmt: skip
-)
+policy = corral.Policy.from_yaml("""
+tools:
+  allow: [get_weather]
+  specs: {get_weather: {effect: read}}
+budgets: {max_tool_calls: 5, max_seconds: 30}
+""")  # corral
 
 
 async def main() -> None:

@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("agents", reason="the openai-agents extra")
 
-from agents import (  # noqa: E402
+from agents import (
     Agent,
     AgentsException,
     ModelSettings,
@@ -28,11 +28,11 @@ from agents import (  # noqa: E402
     function_tool,
     set_tracing_disabled,
 )
-from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call  # noqa: E402
-from agents.usage import Usage  # noqa: E402
+from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+from agents.usage import Usage
 
-import corral  # noqa: E402
-from corral.integrations.openai_agents import (  # noqa: E402
+import corral
+from corral.integrations.openai_agents import (
     SDK_APPROVER,
     RunStopped,
     govern,
@@ -40,7 +40,6 @@ from corral.integrations.openai_agents import (  # noqa: E402
     tools_of,
     wait_for_decisions,
 )
-from corral.stores.sqlite import SQLiteStore  # noqa: E402
 
 set_tracing_disabled(True)
 
@@ -113,7 +112,11 @@ class Counted:
             self.ran.append(f"refund:{order}")
             return f"refunded {amount} on {order}"
 
-        self.get_weather, self.delete_account, self.refund = get_weather, delete_account, refund__send
+        self.get_weather, self.delete_account, self.refund = (
+            get_weather,
+            delete_account,
+            refund__send,
+        )
 
     def agent(self, model: ScriptedModel, **kwargs: Any) -> Agent[Any]:
         tools = [self.get_weather, self.delete_account, self.refund]
@@ -130,9 +133,7 @@ def policy(**extra: Any) -> corral.Policy:
     return corral.Policy.from_dict({"tools": tools, "writes": writes, **extra})
 
 
-async def governed_run(
-    agent: Agent[Any], run: corral.AsyncRun, task: Any, **kwargs: Any
-) -> Any:
+async def governed_run(agent: Agent[Any], run: corral.AsyncRun, task: Any, **kwargs: Any) -> Any:
     return await Runner.run(govern(agent, run), task, run_config=run_config(run), **kwargs)
 
 
@@ -145,7 +146,9 @@ def test_a_tool_outside_the_policy_is_never_offered_nor_executed() -> None:
 
     async def go() -> tuple[corral.RunResult, BaseException | None]:
         caught = None
-        async with corral.AsyncRun(policy(), tools=tools_of(tools.agent(model)), store="memory://") as run:
+        async with corral.AsyncRun(
+            policy(), tools=tools_of(tools.agent(model)), store="memory://"
+        ) as run:
             try:
                 await governed_run(tools.agent(model), run, "delete ann")
             except RunStopped as exc:
@@ -156,7 +159,11 @@ def test_a_tool_outside_the_policy_is_never_offered_nor_executed() -> None:
     assert offered(model) == ["get_weather", "refund__send"]
     assert tools.ran == []
     assert isinstance(caught, AgentsException) and isinstance(caught, corral.Stop)
-    assert (caught.reason, caught.detail, caught.retryable) == ("tool_denied", "delete_account", False)
+    assert (caught.reason, caught.detail, caught.retryable) == (
+        "tool_denied",
+        "delete_account",
+        False,
+    )
     assert str(result.stop) == "tool_denied:delete_account"
 
 
@@ -197,7 +204,9 @@ def test_a_write_waits_for_approval_from_the_cli_in_another_process_and_runs_onc
     it to the SDK state, and the resumed run executes the write exactly once."""
     db = f"sqlite:///{tmp_path / 'corral.db'}"
     tools = Counted()
-    model = ScriptedModel([turn(call("refund__send", "c1", order="A-1", amount=5)), say("refunded")])
+    model = ScriptedModel(
+        [turn(call("refund__send", "c1", order="A-1", amount=5)), say("refunded")]
+    )
     agent = tools.agent(model)
     seen: dict[str, Any] = {}
 
@@ -373,7 +382,9 @@ def test_32_concurrent_runs_sharing_a_tenant_usd_cap_never_overshoot_it(tmp_path
     reasons = {r.stop_reason for r in results}
     assert spent <= cap
     assert reasons == {"ok", "max_usd"}
-    assert all(str(r.stop).startswith("max_usd:tenant/1d") for r in results if r.stop_reason != "ok")
+    assert all(
+        str(r.stop).startswith("max_usd:tenant/1d") for r in results if r.stop_reason != "ok"
+    )
     print(f"\n32 runs, tenant cap ${cap}: spent ${spent}, "
           f"{sum(r.stop_reason == 'ok' for r in results)} ran")  # fmt: skip
 
@@ -440,8 +451,9 @@ def test_stop_all_from_another_process_stops_an_agent_in_a_long_tool_within_1_s(
     killer.join(30)
     launched, durable = switched
     delay = ended - durable
+    since = (ended - launched) * 1000
     print(f"\nstop_all from another process: the agent stopped {delay * 1000:.0f} ms after "
-          f"the CLI returned, {(ended - launched) * 1000:.0f} ms after it was launched")  # fmt: skip
+          f"the CLI returned, {since:.0f} ms after it was launched")  # fmt: skip
     assert result.stop_reason == "kill_switch" and delay <= 1.0
 
 
@@ -456,7 +468,9 @@ def test_the_run_shows_in_corral_runs_and_show_and_its_audit_chain_verifies(tmp_
     agent = tools.agent(model)
 
     async def go() -> corral.RunResult:
-        async with corral.AsyncRun(policy(), tools=tools_of(agent), store=db, agent="support") as run:
+        async with corral.AsyncRun(
+            policy(), tools=tools_of(agent), store=db, agent="support"
+        ) as run:
             with pytest.raises(RunStopped):
                 await governed_run(agent, run, "weather, then delete bob")
         return run.result
@@ -464,7 +478,11 @@ def test_the_run_shows_in_corral_runs_and_show_and_its_audit_chain_verifies(tmp_
     result = asyncio.run(go())
     assert tools.ran == ["weather:Oslo"]
     (row,) = cli_json(db, "runs")["runs"]
-    assert (row["run_id"], row["stop_reason"], row["tool_calls"]) == (result.run_id, "tool_denied", 1)
+    assert (row["run_id"], row["stop_reason"], row["tool_calls"]) == (
+        result.run_id,
+        "tool_denied",
+        1,
+    )
     shown = cli_json(db, "show", result.run_id)
     assert shown["run"]["stop_reason"] == "tool_denied"
     kinds = [e["kind"] for e in shown["timeline"]]
@@ -549,7 +567,9 @@ def test_a_streamed_run_settles_its_model_calls_from_the_completed_event() -> No
 
     async def go() -> corral.RunResult:
         async with corral.AsyncRun(policy(), tools=tools_of(agent), store="memory://") as run:
-            streamed = Runner.run_streamed(govern(agent, run), "weather", run_config=run_config(run))
+            streamed = Runner.run_streamed(
+                govern(agent, run), "weather", run_config=run_config(run)
+            )
             async for _ in streamed.stream_events():
                 pass
             await run.finish(streamed.final_output)

@@ -134,8 +134,7 @@ def govern(
         gov.agents[id(a)] = clone
         gov.keep.append(a)
         clone.handoffs = [
-            governed_handoff(gov, h, one) if isinstance(h, Handoff) else one(h)
-            for h in a.handoffs
+            governed_handoff(gov, h, one) if isinstance(h, Handoff) else one(h) for h in a.handoffs
         ]
         return clone
 
@@ -155,4 +154,3 @@ def run_config(run: Run | AsyncRun, base: RunConfig | None = None) -> RunConfig:
     if not isinstance(provider, GovernedProvider):
         provider = GovernedProvider(provider, gov)
     return dataclasses.replace(base, model=model, model_provider=provider)
-

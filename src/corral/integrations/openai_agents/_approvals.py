@@ -34,7 +34,9 @@ from corral.stores.base import ApprovalRecord
 from corral.tools import ArgumentsInvalid
 
 
-async def needs_approval(gov: Governor, name: str, sdk_tool: str, params: Any, call_id: str) -> bool:
+async def needs_approval(
+    gov: Governor, name: str, sdk_tool: str, params: Any, call_id: str
+) -> bool:
     """Whether the SDK must interrupt the run for this call: its request is filed (or found)
     in the queue and still pending. ``False`` leaves everything else to ``run.authorize``:
     a call corral refuses anyway (arguments, kill switch, budgets), an approval already
@@ -169,8 +171,8 @@ async def _poll(
             return record
         now = time.time()
         if now >= record.expires:
-            queue.settle(core.store, record, "expired", actor=queue.SYSTEM_ACTOR,
-                         reason=f"no decision within {waiting.request.timeout:g} s", now=now)  # fmt: skip
+            why = f"no decision within {waiting.request.timeout:g} s"
+            queue.settle(core.store, record, "expired", actor=queue.SYSTEM_ACTOR, reason=why)
             continue
         if timeout is not None and time.monotonic() - started >= timeout:
             return None

@@ -131,4 +131,3 @@ def configure(
 def told(rejected: ToolRejected) -> str:
     """What the model is shown for a call corral refused but the run goes on."""
     return rejected.message
-

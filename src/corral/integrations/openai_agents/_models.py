@@ -17,7 +17,7 @@ from typing import Any
 
 from agents import FunctionTool, ModelProvider, ModelSettings
 from agents.models.interface import Model, ModelTracing
-from openai.types.responses import ResponseFunctionToolCall
+from openai.types.responses import ResponseCompletedEvent, ResponseFunctionToolCall
 from pydantic import BaseModel
 
 from corral.exceptions import Stop, ToolRejected
@@ -195,7 +195,7 @@ class GovernedModel(Model):
             raise stopped(stop) from None
         return response
 
-    async def stream_response(  # type: ignore[override]
+    async def stream_response(
         self,
         system_instructions: str | None,
         input: Any,
@@ -226,12 +226,11 @@ class GovernedModel(Model):
                     prompt=prompt,
                 )
                 async for event in stream:
-                    if getattr(event, "type", None) == "response.completed":
-                        usage = getattr(event.response, "usage", None)
-                        if usage is not None:
-                            mc.settle(
-                                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
-                            )
+                    if isinstance(event, ResponseCompletedEvent) and event.response.usage:
+                        usage = event.response.usage
+                        mc.settle(
+                            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+                        )
                     yield event
         except Stop as stop:
             raise stopped(stop) from None

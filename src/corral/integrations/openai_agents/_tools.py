@@ -101,9 +101,11 @@ def tools_of(agent: Any, *, effects: Mapping[str, Effect] | None = None) -> list
                 validate=True,
             )
         )
-    unknown = set(declared) - {t.name for t in function_tools(agent)} - {
-        corral_name(t.name) for t in function_tools(agent)
-    }
+    unknown = (
+        set(declared)
+        - {t.name for t in function_tools(agent)}
+        - {corral_name(t.name) for t in function_tools(agent)}
+    )
     if unknown:
         raise ConfigError(f"effects names no tool of the agent: {', '.join(sorted(unknown))}")
     return out
