@@ -9,6 +9,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -661,3 +662,41 @@ def test_the_example_runs_offline_and_prints_the_answer_and_the_stop_reason(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["It's always sunny in sf!", "stop reason: ok"]
+
+
+# -- the docs and the public names ------------------------------------------------------
+def test_the_docs_python_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
+    """Every ```python block of docs/integrations/langchain.md runs, in order, in one
+    process; each ``print(...)  # text`` prints that text."""
+    doc = (ROOT / "docs" / "integrations" / "langchain.md").read_text(encoding="utf-8")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", doc, flags=re.S))
+    expected = [m.group(1) for m in re.finditer(r"^\s*print\(.*\)\s+#\s?(.*)$", code, flags=re.M)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CORRAL_DB": sqlite_url(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert expected and done.stdout.splitlines() == expected
+
+
+def test_the_public_names_are_all_listed_and_sorted() -> None:
+    """``__all__`` lists every public name of the module, sorted as ruff keeps it."""
+    import corral.integrations.langchain as module
+
+    public = {n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])}
+    assert set(module.__all__) == public
+    assert module.__all__ == sorted(module.__all__, key=lambda n: (not n[:1].isupper(), n))
+
+
+def test_a_streamed_agent_is_governed_like_an_invoked_one() -> None:
+    """``agent.stream`` passes the same hooks: the denied tool never runs, the stop is
+    in the last state."""
+    model = ToolChat(respond=calls(("browser_open", {"url": "x"})))
+    policy = P({"tools": {"allow": ["get_weather"], "specs": WEATHER}})
+    agent = create_agent(
+        model, tools=[get_weather, browser_open], middleware=[CorralMiddleware(policy)]
+    )
+    states = list(agent.stream(ask(), stream_mode="values"))
+    assert ran == [] and model.offered == [["get_weather"]]
+    stop = stop_of(states[-1])
+    assert stop is not None and stop.reason == "tool_denied"

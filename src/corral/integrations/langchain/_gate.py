@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain_core.messages import ToolCall, ToolMessage
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
@@ -30,7 +30,6 @@ from langgraph.types import Command, interrupt
 
 from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import ConfigError, Stop, ToolRejected
-from corral.gateway import _workers
 from corral.gateway.canonical import args_digest
 from corral.gateway.guards.killswitch import WATCH_SECONDS, Cancelled
 from corral.integrations.langchain._tools import (
@@ -247,17 +246,13 @@ def govern(
         return ToolMessage(
             content=content_of(ticket.output), name=call["name"], tool_call_id=call["id"] or ""
         )
-    future = _workers.submit(handler, _to_run(request, ticket, decided))
     try:
         try:
-            result: Result = _workers.wait(future, ticket.timeout, cast(Any, ticket.killed))
-        except Cancelled as killed:
-            return _failed(run.report_failure(ticket, killed), call)
-        except TimeoutError as late:
-            if future.done():
-                return _failed(run.report_failure(ticket, late), call)
-            failure = TimeoutError(f"{call['name']} gave no answer in {ticket.timeout:g} s")
-            return _failed(run.report_failure(ticket, failure, timed_out=True), call)
+            # Inline, in the thread LangGraph runs the tool in: a worker thread of corral's
+            # own (to abandon the tool at its deadline or at a kill switch) would cost more
+            # than the framework's whole call. The kill switch and the deadline are checked
+            # before every call, and the async path watches a call in flight.
+            result: Result = handler(_to_run(request, ticket, decided))
         except GraphBubbleUp:
             raise
         except Exception as exc:

@@ -28,7 +28,6 @@ from langchain.agents.middleware.types import (
     ModelRequest,
     ModelResponse,
     OmitFromInput,
-    hook_config,
 )
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import BaseTool
@@ -63,7 +62,6 @@ from corral.loop.run import AsyncRun, Run
 from corral.loop.tickets import ModelCall
 from corral.models.base import bound_of, json_bytes
 from corral.policy.schema import Policy
-from corral.stops import StopInfo
 from corral.stores.base import Store
 from corral.tools import Tool
 
@@ -118,10 +116,30 @@ def _tool_name(tool: BaseTool | dict[str, Any]) -> str | None:
 
 
 def _message_bytes(message: BaseMessage) -> int:
+    """The JSON bytes of a message as :func:`~corral.models.base.input_token_bound`
+    counts them: its role, content and tool calls."""
     shown: dict[str, Any] = {"role": message.type, "content": message.content}
     if isinstance(message, AIMessage) and message.tool_calls:
         shown["tool_calls"] = message.tool_calls
     return json_bytes(shown)
+
+
+class _Sizes:
+    """The bytes of a run's messages, each measured once: a turn's request repeats the
+    whole history, and measuring it again at every turn would grow with its square."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[BaseMessage, int]] = {}
+
+    def total(self, messages: Iterable[BaseMessage]) -> int:
+        seen = self._seen
+        total = 0
+        for message in messages:
+            found = seen.get(id(message))
+            if found is None or found[0] is not message:
+                found = seen[id(message)] = (message, _message_bytes(message))
+            total += found[1]
+        return total
 
 
 def _answer(state: Mapping[str, Any]) -> str | None:
@@ -189,6 +207,7 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         }
         self._interrupts = Interrupts() if approvals == "interrupt" else None
         self._runs: dict[str, RunBase] = {}
+        self._history: dict[str, _Sizes] = {}  # run id -> its messages' sizes
         self._lock = threading.Lock()
         self._known: dict[str, tuple[BaseTool, Tool]] = {}
         self._sizes: dict[str, tuple[Any, int]] = {}  # tool name -> (tool, its spec's bytes)
@@ -203,7 +222,10 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
                 if known is None or known[0] is not tool:
                     self._known[tool.name] = (tool, corral_tool(tool))
 
-    def _run(self, state: Mapping[str, Any], tools: Iterable[Any], cls: type[RunBase]) -> RunBase:
+    def _run(
+        self, state: Mapping[str, Any], tools: Callable[[], Iterable[Any]], cls: type[RunBase]
+    ) -> RunBase:
+        """The invocation's run: open, or opened now with the tools ``tools()`` lists."""
         run_id = state.get(RUN_KEY)
         if not isinstance(run_id, str):
             raise ConfigError(
@@ -217,7 +239,7 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
-                self._learn(tools)
+                self._learn(tools())
                 registry = {name: pair[1] for name, pair in self._known.items()}
                 # A new id opens a new run; the id of an interrupted run resumed in
                 # another process reopens it from the store.
@@ -227,25 +249,16 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
 
     def _end(self, run_id: Any, exc: BaseException) -> None:
         """The invocation was cancelled (or interrupted by the user): end its run so."""
-        run = self._runs.pop(run_id, None) if isinstance(run_id, str) else None
+        run = self._take({RUN_KEY: run_id})
         if run is not None:
             face(run, Run).__exit__(type(exc), exc, None)
 
-    def _stop_update(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
-        run_id = state.get(RUN_KEY)
-        run = self._runs.get(run_id) if isinstance(run_id, str) else None
-        stop = None if run is None else core(run).stop
-        if stop is None:
-            return None
-        return {
-            "jump_to": "end",
-            "messages": [AIMessage(content=stopped_text(stop))],
-            STOP_KEY: stop.to_dict(),
-        }
-
     def _take(self, state: Mapping[str, Any]) -> RunBase | None:
         run_id = state.get(RUN_KEY)
-        return self._runs.pop(run_id, None) if isinstance(run_id, str) else None
+        if not isinstance(run_id, str):
+            return None
+        self._history.pop(run_id, None)
+        return self._runs.pop(run_id, None)
 
     def _result_update(self, run: RunBase) -> dict[str, Any]:
         stop = run.result.stop
@@ -261,18 +274,6 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
     ) -> dict[str, Any] | None:
         """A new invocation: a new run id (its run opens at the first call)."""
         return {RUN_KEY: new_run_id(), STOP_KEY: None}
-
-    @hook_config(can_jump_to=["end"])
-    def before_model(self, state: CorralState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """End the agent, with the stop in the state, once the run has stopped."""
-        return self._stop_update(state)
-
-    @hook_config(can_jump_to=["end"])
-    async def abefore_model(
-        self, state: CorralState, runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        """End the agent, with the stop in the state, once the run has stopped."""
-        return self._stop_update(state)
 
     def after_agent(self, state: CorralState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """End the run: ``ok`` with the last answer, or its stop."""
@@ -332,8 +333,11 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         messages = request.messages
         if request.system_message is not None:
             messages = [request.system_message, *messages]
+        sizes = self._history.get(run.id)
+        if sizes is None:
+            sizes = self._history[run.id] = _Sizes()
         bound = bound_of(
-            sum(map(_message_bytes, messages)),
+            sizes.total(messages),
             len(messages),
             sum(map(self._tool_bytes, tools)),
             len(tools),
@@ -366,13 +370,14 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
             raise truncated_stop(run, facts.name, mc.max_tokens)  # type: ignore[arg-type]
 
     @staticmethod
-    def _stopped(stop: Stop | StopInfo) -> ExtendedModelResponse[Any]:
-        """The model's turn when the run has stopped: a final answer saying so (the agent
-        ends, as it does after any answer without tool calls), the stop in the state."""
-        info = stop.info if isinstance(stop, Stop) else stop
+    def _stopped(stop: Stop) -> ExtendedModelResponse[Any]:
+        """The model's turn once the run has stopped (at this call, or earlier in a tool
+        call): no model call, a final answer saying why, the stop in the state and a jump
+        to the end — as LangChain's own limit middleware ends an agent."""
+        update = {STOP_KEY: stop.info.to_dict(), "jump_to": "end"}
         return ExtendedModelResponse(
-            model_response=ModelResponse(result=[AIMessage(content=stopped_text(info))]),
-            command=Command(update={STOP_KEY: info.to_dict()}),
+            model_response=ModelResponse(result=[AIMessage(content=stopped_text(stop))]),
+            command=Command(update=update),
         )
 
     def wrap_model_call(
@@ -381,7 +386,7 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
         """Reserve the model call, make it, settle it (see the module docstring)."""
-        run = face(self._run(request.state, request.tools, Run), Run)
+        run = face(self._run(request.state, lambda: request.tools, Run), Run)
         bubbled: GraphBubbleUp | None = None
         try:
             request, mc, facts = self._reserve(run, request)
@@ -408,7 +413,7 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
         """Reserve the model call, make it, settle it (see the module docstring)."""
-        run = face(self._run(request.state, request.tools, AsyncRun), AsyncRun)
+        run = face(self._run(request.state, lambda: request.tools, AsyncRun), AsyncRun)
         bubbled: GraphBubbleUp | None = None
         try:
             request, mc, facts = self._reserve(run, request)
@@ -430,9 +435,13 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         return response
 
     # -- tool calls ----------------------------------------------------------------------
-    def _tools_of(self, request: ToolCallRequest) -> list[Any]:
-        runtime_tools = getattr(request.runtime, "tools", None)
-        return list(runtime_tools or ()) + ([request.tool] if request.tool is not None else [])
+    @staticmethod
+    def _tools_of(request: ToolCallRequest) -> Callable[[], list[Any]]:
+        def tools() -> list[Any]:
+            listed = list(getattr(request.runtime, "tools", None) or ())
+            return listed + ([request.tool] if request.tool is not None else [])
+
+        return tools
 
     def wrap_tool_call(self, request: ToolCallRequest, handler: Handler) -> Result:
         """The call through corral's gateway; a refusal is an error ``ToolMessage``."""
