@@ -700,3 +700,34 @@ def test_a_streamed_agent_is_governed_like_an_invoked_one() -> None:
     assert ran == [] and model.offered == [["get_weather"]]
     stop = stop_of(states[-1])
     assert stop is not None and stop.reason == "tool_denied"
+
+
+@in_loop
+async def test_an_async_tool_past_its_timeout_is_cancelled_and_the_run_stops() -> None:
+    """A tool's ``timeout_seconds``: under ``ainvoke`` the call is cancelled at its deadline
+    and the run stops with ``tool_error`` (the tool's result never reaches the model)."""
+    finished: list[str] = []
+
+    @tool
+    async def crawl(site: str) -> str:
+        """Crawl a site (slowly)."""
+        await asyncio.sleep(5)
+        finished.append(site)
+        return "crawled"
+
+    model = ToolChat(respond=calls(("crawl", {"site": "example.com"})))
+    policy = P(
+        {
+            "tools": {
+                "allow": ["crawl"],
+                "specs": {"crawl": {"effect": "read", "timeout_seconds": 0.2}},
+            }
+        }
+    )
+    agent = create_agent(model, tools=[crawl], middleware=[CorralMiddleware(policy)])
+    started = time.monotonic()
+    result = await agent.ainvoke(ask())
+    assert time.monotonic() - started < 2 and finished == []
+    stop = stop_of(result)
+    assert stop is not None and (stop.reason, stop.detail) == ("tool_error", "crawl")
+    assert tool_results(result)[0].status == "error"
