@@ -291,9 +291,8 @@ async def agovern(
             result = await _bounded(handler(_to_run(request, ticket, decided)), ticket)
         except Cancelled as killed:
             return _failed(await run.report_failure(ticket, killed), call)
-        except _Late as late:
+        except _Late:
             failure = TimeoutError(f"{call['name']} gave no answer in {ticket.timeout:g} s")
-            del late
             return _failed(await run.report_failure(ticket, failure, timed_out=True), call)
         except GraphBubbleUp:
             raise
