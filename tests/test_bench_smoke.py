@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL_CASES = {
     "corral.allow.memory",
@@ -146,3 +148,25 @@ def test_the_mcp_proxy_bench_reports_both_sides() -> None:
     for side in ("direct", "proxied"):
         assert 0 < figures[side]["p50_ms"] <= figures[side]["p99_ms"]
     assert set(figures["added"]) == {"p50_ms", "p99_ms"}
+
+
+def test_the_frameworks_bench_measures_each_installed_framework() -> None:
+    """bench/frameworks.py --quick: each installed framework alone and governed by its
+    adapter, in one process (timings not judged); one not installed is reported skipped."""
+    done = bench("bench/frameworks.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["target"] == 1.10
+    for name, module in (("openai-agents", "agents"), ("pydantic-ai", "pydantic_ai"),
+                         ("langchain", "langchain")):  # fmt: skip
+        if installed(module):
+            figures = out["frameworks"][name]
+            assert figures["alone_us"] > 0 and figures["governed_us"] > 0
+            assert figures["ratio"] == pytest.approx(
+                figures["governed_us"] / figures["alone_us"], rel=0.01
+            )
+        else:
+            assert "not installed" in out["skipped"][name]
+    table = bench("bench/frameworks.py", "--quick", "--only", "pydantic-ai")
+    assert table.returncode == 0, table.stderr
+    assert "governed" in table.stdout and "target" in table.stdout

@@ -9,7 +9,6 @@ import asyncio
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -665,20 +664,6 @@ def test_the_example_runs_offline_and_prints_the_answer_and_the_stop_reason(
 
 
 # -- the docs and the public names ------------------------------------------------------
-def test_the_docs_python_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
-    """Every ```python block of docs/integrations/langchain.md runs, in order, in one
-    process; each ``print(...)  # text`` prints that text."""
-    doc = (ROOT / "docs" / "integrations" / "langchain.md").read_text(encoding="utf-8")
-    code = "\n".join(re.findall(r"```python\n(.*?)```", doc, flags=re.S))
-    expected = [m.group(1) for m in re.finditer(r"^\s*print\(.*\)\s+#\s?(.*)$", code, flags=re.M)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CORRAL_DB": sqlite_url(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert expected and done.stdout.splitlines() == expected
-
-
 def test_the_public_names_are_all_listed_and_sorted() -> None:
     """``__all__`` lists every public name of the module, sorted as ruff keeps it."""
     import corral.integrations.langchain as module
