@@ -192,8 +192,8 @@ COMMANDS: dict[str, Entry] = {
     ),
     "whatif": Entry(
         help=(
-            "Re-evaluate recorded runs under another policy: which would have stopped earlier\n"
-            "and why, the calls denied or sent for approval, the tool calls and USD saved or lost."
+            "Re-evaluate recorded runs under another policy: which would have stopped earlier and\n"
+            "why, the calls denied or sent for approval, the tool calls and USD saved or lost."
         ),
         load=_whatif,
     ),
