@@ -33,6 +33,10 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("report",): [],
     ("drift",): ["--window", "1h"],
     ("replay",): ["{run}"],
+    ("whatif",): [
+        "--policy",
+        str(Path(__file__).parent / "fixtures" / "policies" / "stricter.yaml"),
+    ],
     ("prune",): ["--older-than", "30d"],
     ("audit", "verify"): [],
     ("audit", "checkpoint"): ["--out", "{tmp}/anchor.json"],
