@@ -273,7 +273,7 @@ def _start_warnings(run: RunState) -> None:
             else f"{name}: no pin in tools.pins names it: it is hidden and its calls are "
             "refused; review it and pin it (corral check --pin)"
         )
-        run.events.add("warning", tool=name, said=said, why=why)
+        run.events.add("warning", tool=name, message=said, why=why)
         if (policy.digest, said) not in _WARNED:
             _WARNED.add((policy.digest, said))
             log.warning(said)
