@@ -227,15 +227,14 @@ def diff(
         from corral.mcp.queue import diff as diff_of
         from corral.mcp.queue import pending
 
-        store, _ = open_db(db)
+        store, shown = open_db(db, announce=not json_out)
         try:
             changes = pending(store, server=server, tool=tool)
         finally:
             store.close()
         if json_out:
-            print_json(
-                {"count": len(changes), "changes": [_change_row(c, diff_of(c)) for c in changes]}
-            )
+            rows = [_change_row(c, diff_of(c)) for c in changes]
+            print_json({"store": shown, "count": len(changes), "changes": rows})
             return EXIT_OK
         out = console()
         for change in changes:
@@ -334,20 +333,20 @@ def _decide(
     from corral.mcp.queue import QueueError, decide, pending
     from corral.policy.locks import Pinned, read_pins, write_pins
 
-    path: Path | None = None
-    if status == "approved":
-        if (policy is None) == (lock is None):
-            raise Fail(EXIT_USAGE, "name the lock file to update: --policy FILE or --lock FILE")
-        path = lock if lock is not None else default_lock(policy)  # type: ignore[arg-type]
-        if not path.exists():
-            raise Fail(
-                EXIT_USAGE,
-                f"no lock file at {path}: pin the tools first (corral mcp pin); a proxy "
-                "without a lock trusts each definition as it first sees it",
-            )
-    who = actor if actor is not None else default_actor()
     store, _ = open_db(db)
     try:
+        path: Path | None = None
+        if status == "approved":
+            if (policy is None) == (lock is None):
+                raise Fail(EXIT_USAGE, "name the lock file to update: --policy FILE or --lock FILE")
+            path = lock if lock is not None else default_lock(policy)  # type: ignore[arg-type]
+            if not path.exists():
+                raise Fail(
+                    EXIT_USAGE,
+                    f"no lock file at {path}: pin the tools first (corral mcp pin); a proxy "
+                    "without a lock trusts each definition as it first sees it",
+                )
+        who = actor if actor is not None else default_actor()
         found = [c for c in pending(store) if c.name == name]
         if digest is not None:
             found = [c for c in found if c.digest.startswith(digest)]
