@@ -146,7 +146,7 @@ def test_a_changed_definition_is_queued_once_diffed_approved_and_picked_up_live(
 
     anyio.run(go)
     none = cli("mcp", "diff", "--db", setup.db, "--json")
-    assert json.loads(none.stdout) == {"count": 0, "changes": []}
+    assert json.loads(none.stdout) == {"store": setup.db, "count": 0, "changes": []}
     with SQLiteStore(setup.db.removeprefix("sqlite:///")) as store:
         [decided] = store.definition_changes(status=None)
         assert (decided.status, decided.decided_by) == ("approved", "ann")

@@ -175,7 +175,8 @@ def pin_tools(file: Path, spec: str | None) -> str:
             "(tools.pins: FILE) for --pin to write, or remove the key"
         )
     path = default_tools_lock(file) if named is None else file.parent / named
-    allowed = section.get("allow") if isinstance(section.get("allow"), list) else []
+    listed = section.get("allow")
+    allowed: list[Any] = listed if isinstance(listed, list) else []
     pins = {
         t.name: Pinned(pin_digest(t), tool_definition(t))
         for t in load_tools(spec)
