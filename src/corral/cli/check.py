@@ -1,4 +1,4 @@
-"""``corral check FILE [--strict] [--tools module:object] [--json]``, also run on its own as
+"""``corral check FILE [--strict] [--tools module:object] [--pin] [--json]``, also run on its own as
 ``python -m corral.cli.check FILE ...``.
 
 Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
@@ -13,6 +13,10 @@ aid (:mod:`corral.policy.decision_aid`). Warnings never change the exit code.
      "tools": [{"name", "kinds": [str], "because": [str], "needs": [str],
                 "missing": [str], "why": {need: str}, "hints": {need: str}}],
      "warnings": [str]}
+
+``--pin`` writes the allowed ``--tools`` definitions to the lock file ``tools.pins`` names
+(:mod:`corral.gateway.pins`); a tool that no longer matches its pin, and an unconstrained
+open-world MCP tool of a lock beside the policy (:mod:`corral.mcp.openworld`), are warnings.
 
 Touches no store. Imports the policy's schema and readiness checklist, the constraint
 check (:mod:`corral.policy.tool_args`) and the shared ``_common``; no other command module.
