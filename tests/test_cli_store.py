@@ -53,6 +53,9 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("keys", "create"): ["--tenant", "acme", "--role", "agent"],
     ("keys", "list"): [],
     ("keys", "revoke"): ["0123456789abcdef"],
+    ("mcp", "diff"): [],
+    ("mcp", "approve-definition"): ["ledger.notes", "--lock", "{tmp}/lock.json"],
+    ("mcp", "reject-definition"): ["ledger.notes"],
     ("golden", "run"): [
         str(Path(__file__).parent.parent / "examples" / "golden" / "support.yaml"),
         "--model",

@@ -1,4 +1,4 @@
-"""``corral check FILE [--strict] [--tools module:object] [--json]``, also run on its own as
+"""``corral check FILE [--strict] [--tools module:object] [--pin] [--json]``, also run on its own as
 ``python -m corral.cli.check FILE ...``.
 
 Exit codes: 0 the policy is valid; 2 it is not (one ``path: message`` line per
@@ -13,6 +13,10 @@ aid (:mod:`corral.policy.decision_aid`). Warnings never change the exit code.
      "tools": [{"name", "kinds": [str], "because": [str], "needs": [str],
                 "missing": [str], "why": {need: str}, "hints": {need: str}}],
      "warnings": [str]}
+
+``--pin`` writes the allowed ``--tools`` definitions to the lock file ``tools.pins`` names
+(:mod:`corral.gateway.pins`); a tool that no longer matches its pin, and an unconstrained
+open-world MCP tool of a lock beside the policy (:mod:`corral.mcp.openworld`), are warnings.
 
 Touches no store. Imports the policy's schema and readiness checklist, the constraint
 check (:mod:`corral.policy.tool_args`) and the shared ``_common``; no other command module.
@@ -38,7 +42,7 @@ from rich.text import Text
 from corral._safe import error_text
 from corral.cli._common import JsonOption
 from corral.cli._output import SafeConsole, echo
-from corral.exceptions import PolicyError
+from corral.exceptions import ConfigError, PolicyError
 from corral.policy.schema import Policy, load_policy
 from corral.policy.tool_args import constraint_problems
 
@@ -62,6 +66,14 @@ def check(
         typer.Option("--tools", help="module:object holding your registered tools."),
     ] = None,
     json_out: JsonOption = False,
+    pin: Annotated[
+        bool,
+        typer.Option(
+            "--pin",
+            help="Pin the --tools definitions: write their digests to the lock file tools.pins "
+            "names (default POLICY.tools-lock.json beside the policy).",
+        ),
+    ] = False,
 ) -> None:
     """Validate a policy; report the readiness checklist and what each tool needs.
 
@@ -75,7 +87,7 @@ def check(
     """
     code = EXIT_INVALID
     try:
-        code = check_command(file, strict=strict, tools=tools, as_json=json_out)
+        code = check_command(file, strict=strict, tools=tools, as_json=json_out, pin=pin)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`| head`): exit quietly, as other command-line tools do.
@@ -83,13 +95,22 @@ def check(
     raise typer.Exit(code)
 
 
-def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) -> int:
+def check_command(
+    file: Path, strict: bool, tools: str | None, as_json: bool, pin: bool = False
+) -> int:
     """Validate ``file``, print the readiness report, and return the exit code."""
     # The checklist loads when a policy is checked, not with every command's --help.
     from corral.policy.readiness import readiness
 
     problems: list[str] = []
     policy: Policy | None = None
+    notes: list[str] = []
+    if pin:
+        try:
+            notes.append(pin_tools(file, tools))
+        except ToolsSpecError as exc:
+            _print_invalid(file, [f"--pin: {exc}"], as_json)
+            return EXIT_INVALID
     try:
         policy = load_policy(file)
     except PolicyError as exc:
@@ -111,8 +132,94 @@ def check_command(file: Path, strict: bool, tools: str | None, as_json: bool) ->
         _print_invalid(file, problems, as_json)
         return EXIT_INVALID
     report = readiness(policy, registered)
+    report.warnings.extend(pin_warnings(file, policy, registered))
     _print_report(file, report, as_json, registered)
+    for note in notes:
+        echo(note, err=True)
     return EXIT_MISSING if strict and not report.ready else EXIT_OK
+
+
+# -- pins ------------------------------------------------------------------------------------------
+
+
+def default_tools_lock(file: Path) -> Path:
+    """The in-process tools' lock file beside a policy: ``support.tools-lock.json``."""
+    return file.with_name(f"{file.stem}.tools-lock.json")
+
+
+def pin_tools(file: Path, spec: str | None) -> str:
+    """``--pin``: write the digests and definitions of the allowed ``--tools`` to the lock
+    file ``tools.pins`` names (or the default one beside the policy); what was done."""
+    from corral.gateway.pins import pin_digest
+    from corral.policy._input import parse_json, read_text
+    from corral.policy.locks import Pinned, write_pins
+    from corral.record.recording import tool_definition
+    from corral.tools import Tool
+
+    if spec is None:
+        raise ToolsSpecError("give the tools to pin with --tools MODULE:OBJECT")
+    try:
+        text = read_text(file)
+        if file.suffix.lower() == ".json":
+            data = parse_json(text, str(file))
+        else:
+            from corral.policy._yaml import parse_yaml
+
+            data = parse_yaml(text, str(file))
+    except PolicyError as exc:
+        raise ToolsSpecError(f"the policy cannot be read: {'; '.join(exc.problems)}") from None
+    except OSError as exc:
+        raise ToolsSpecError(f"cannot read {file}: {exc.strerror}") from None
+    section = data.get("tools") if isinstance(data, dict) else None
+    section = section if isinstance(section, dict) else {}
+    named = section.get("pins")
+    if named is not None and not isinstance(named, str):
+        raise ToolsSpecError(
+            "tools.pins lists the digests in the policy itself: name a lock file there "
+            "(tools.pins: FILE) for --pin to write, or remove the key"
+        )
+    path = default_tools_lock(file) if named is None else file.parent / named
+    listed = section.get("allow")
+    allowed: list[Any] = listed if isinstance(listed, list) else []
+    pins = {
+        t.name: Pinned(pin_digest(t), tool_definition(t))
+        for t in load_tools(spec)
+        if isinstance(t, Tool) and not t.described and t.name in allowed
+    }
+    write_pins(path, pins)
+    said = f"pinned {len(pins)} tool definition(s) in {path}"
+    if named is None:
+        said += f"; add `pins: {path.name}` under tools: in {file.name} to enforce them"
+    return said
+
+
+def pin_warnings(file: Path, policy: Policy, registered: list[object] | None) -> list[str]:
+    """Warnings about pins: an allowed --tools tool whose definition is not its pin
+    (``tools.pins``), and each allowed open-world MCP tool the policy does not constrain
+    (when a ``POLICY.mcp-lock.json`` sits beside the policy)."""
+    out: list[str] = []
+    if policy.tools.pins is not None and registered is not None:
+        from corral.gateway.pins import unpinned
+        from corral.tools import Tool
+
+        tools = {t.name: t for t in registered if isinstance(t, Tool)}
+        for name, why in sorted(unpinned(policy, tools).items()):
+            what = "changed since it was pinned" if why == "definition_changed" else "is not pinned"
+            out.append(
+                f"{name}: its definition {what} (tools.pins): runs refuse it until it is "
+                "pinned again (corral check --tools ... --pin)"
+            )
+    lock = file.with_name(f"{file.stem}.mcp-lock.json")
+    if lock.exists():
+        from corral.mcp.openworld import open_world_warnings
+        from corral.policy.locks import read_pins
+
+        try:
+            pinned = read_pins(lock)
+        except ConfigError as exc:
+            return [*out, f"{lock.name}: {exc}"]
+        out += open_world_warnings(policy, {n: p.definition for n, p in pinned.items()})
+    return out
 
 
 # -- --tools module:object ----------------------------------------------------------------------

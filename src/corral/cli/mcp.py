@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from corral.cli._common import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    ActorOption,
     DbOption,
     Fail,
     JsonOption,
@@ -96,7 +98,9 @@ def serve(
         rules = _policy(policy)
         upstreams = _upstreams(stdio, http)
         path = lock if lock is not None else default_lock(policy)
-        pins = Pins(locked=read_lock(path)) if path.exists() or lock is not None else Pins()
+        if lock is not None:
+            read_lock(path)  # a lock named but missing or broken: refused at start
+        pins = Pins.from_lock(path)  # watched: an approved definition is picked up live
         address = None if listen is None else _host_port(listen)
         store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
 
@@ -135,8 +139,11 @@ def pin(
     def go() -> int:
         import anyio
 
+        from corral.mcp.definitions import wire_definition
+        from corral.mcp.openworld import open_world_warnings
         from corral.mcp.pins import read_lock, write_lock
         from corral.mcp.proxy import Proxy
+        from corral.policy.locks import Pinned
         from corral.stores.memory import MemoryStore
 
         rules = _policy(policy)
@@ -144,7 +151,9 @@ def pin(
         path = lock if lock is not None else default_lock(policy)
         before = read_lock(path) if path.exists() else {}
         found: dict[str, str] = {}
+        pinned: dict[str, Pinned] = {}
         missing: list[str] = []
+        warnings: list[str] = []
 
         async def main() -> None:
             async with Proxy(rules, upstreams, store=MemoryStore()) as proxy:
@@ -155,9 +164,13 @@ def pin(
                             missing.append(name)
                         continue
                     found[name] = entry.digest
+                    pinned[name] = Pinned(entry.digest, wire_definition(entry.tool))
+                warnings.extend(
+                    open_world_warnings(rules, {n: p.definition for n, p in pinned.items()})
+                )
 
         anyio.run(main)
-        write_lock(path, found)
+        write_lock(path, pinned)
         rows = [
             {
                 "tool": name,
@@ -172,7 +185,15 @@ def pin(
         ]
         dropped = sorted(set(before) - set(found))
         if json_out:
-            print_json({"lock": str(path), "tools": rows, "dropped": dropped, "missing": missing})
+            print_json(
+                {
+                    "lock": str(path),
+                    "tools": rows,
+                    "dropped": dropped,
+                    "missing": missing,
+                    "warnings": warnings,
+                }
+            )
             return EXIT_OK
         out = console()
         for row in rows:
@@ -181,10 +202,190 @@ def pin(
             out.print(f"{name:<40} {'-':<16}  dropped (no longer listed or allowed)")
         for name in missing:
             out.print(f"{name:<40} {'-':<16}  allowed, but its server does not list it")
+        for warning in warnings:
+            echo(f"warning: {warning}", err=True)
         echo(f"pinned {len(found)} tool definition(s) in {path}", err=True)
         return EXIT_OK
 
     raise typer.Exit(guarded("mcp pin", go))
+
+
+@mcp_app.command()
+def diff(
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Only this upstream's tools.")
+    ] = None,
+    tool: Annotated[
+        str | None, typer.Option("--tool", help="Only this tool (SERVER.TOOL, or its own name).")
+    ] = None,
+) -> None:
+    """List the pending tool-definition changes, each with a diff of its definition."""
+
+    def go() -> int:
+        from corral.mcp.queue import diff as diff_of
+        from corral.mcp.queue import pending
+
+        store, shown = open_db(db, announce=not json_out)
+        try:
+            changes = pending(store, server=server, tool=tool)
+        finally:
+            store.close()
+        if json_out:
+            rows = [_change_row(c, diff_of(c)) for c in changes]
+            print_json({"store": shown, "count": len(changes), "changes": rows})
+            return EXIT_OK
+        out = console()
+        for change in changes:
+            was = change.pinned[:16] if change.pinned else "not pinned"
+            out.print(
+                f"{change.name}: {was} -> {change.digest[:16]}, first seen "
+                f"{iso(change.first_seen)} by {change.seen_by or '-'}",
+                markup=False,
+                highlight=False,
+            )
+            out.print(diff_of(change), markup=False, highlight=False)
+        echo(f"{len(changes)} pending definition change(s)", err=True)
+        return EXIT_OK
+
+    raise typer.Exit(guarded("mcp diff", go))
+
+
+LockPolicyOption = Annotated[
+    Path | None,
+    typer.Option("--policy", help="The policy file: its lock file is POLICY.mcp-lock.json."),
+]
+ToolArgument = Annotated[str, typer.Argument(help="The tool, SERVER.TOOL (corral mcp diff).")]
+DigestOption = Annotated[
+    str | None,
+    typer.Option("--digest", help="The new definition's digest (or its first characters)."),
+]
+ReasonText = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
+
+
+@mcp_app.command("approve-definition")
+def approve_definition(
+    name: ToolArgument,
+    digest: DigestOption = None,
+    policy: LockPolicyOption = None,
+    lock: LockOption = None,
+    actor: ActorOption = None,
+    reason: ReasonText = "",
+    db: DbOption = None,
+) -> None:
+    """Accept a tool's new definition: pin it in the lock file, mark it approved, audit it."""
+    raise typer.Exit(
+        guarded(
+            "mcp approve-definition",
+            lambda: _decide(
+                name,
+                "approved",
+                digest=digest,
+                policy=policy,
+                lock=lock,
+                actor=actor,
+                reason=reason,
+                db=db,
+            ),
+        )
+    )
+
+
+@mcp_app.command("reject-definition")
+def reject_definition(
+    name: ToolArgument,
+    digest: DigestOption = None,
+    actor: ActorOption = None,
+    reason: ReasonText = "",
+    db: DbOption = None,
+) -> None:
+    """Refuse a tool's new definition: it stays hidden and denied; mark it rejected, audit it."""
+    raise typer.Exit(
+        guarded(
+            "mcp reject-definition",
+            lambda: _decide(
+                name,
+                "rejected",
+                digest=digest,
+                policy=None,
+                lock=None,
+                actor=actor,
+                reason=reason,
+                db=db,
+            ),
+        )
+    )
+
+
+def _decide(
+    name: str,
+    status: Any,
+    *,
+    digest: str | None,
+    policy: Path | None,
+    lock: Path | None,
+    actor: str | None,
+    reason: str,
+    db: str | None,
+) -> int:
+    from corral.controls.killswitch import default_actor
+    from corral.mcp.queue import QueueError, decide, pending
+    from corral.policy.locks import Pinned, read_pins, write_pins
+
+    store, _ = open_db(db)
+    try:
+        path: Path | None = None
+        if status == "approved":
+            if (policy is None) == (lock is None):
+                raise Fail(EXIT_USAGE, "name the lock file to update: --policy FILE or --lock FILE")
+            path = lock if lock is not None else default_lock(policy)  # type: ignore[arg-type]
+            if not path.exists():
+                raise Fail(
+                    EXIT_USAGE,
+                    f"no lock file at {path}: pin the tools first (corral mcp pin); a proxy "
+                    "without a lock trusts each definition as it first sees it",
+                )
+        who = actor if actor is not None else default_actor()
+        found = [c for c in pending(store) if c.name == name]
+        if digest is not None:
+            found = [c for c in found if c.digest.startswith(digest)]
+        if len(found) == 1 and path is not None:
+            pins = read_pins(path)  # first: a decision recorded means the lock has it
+            pins[name] = Pinned(found[0].digest, found[0].definition)
+            write_pins(path, pins)
+        try:
+            done = decide(store, name, status=status, by=who, digest=digest, reason=reason)
+        except QueueError as exc:
+            raise Fail(EXIT_FAILED, str(exc)) from None
+    finally:
+        store.close()
+    verb = "approved: pinned in " + str(path) if path is not None else "rejected: it stays hidden"
+    echo(f"{name} {done.digest[:16]} {verb}", err=True)
+    return EXIT_OK
+
+
+def _change_row(change: Any, text: str) -> dict[str, Any]:
+    return {
+        "name": change.name,
+        "server": change.server,
+        "tool": change.tool,
+        "pinned": change.pinned,
+        "digest": change.digest,
+        "first_seen": iso(change.first_seen),
+        "seen_by": change.seen_by,
+        "status": change.status,
+        "definition": change.definition,
+        "pinned_definition": change.pinned_definition,
+        "diff": text,
+    }
+
+
+def iso(at: float) -> str:
+    """``at`` (epoch seconds) in ISO 8601, UTC."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -62,8 +62,8 @@ def plan_of(core: RunState, name: str, *, async_tools: bool) -> Plan | None:
     read that needs no approval, credentials or context, not described by the policy alone
     (``async_tools``: an async tool too); else ``None``."""
     tool = core.tools.get(name)
-    if tool is None or tool.name not in core.allowed:  # refused by the flow, with its events
-        return None
+    if tool is None or tool.name not in core.allowed or tool.name in core.unpinned:
+        return None  # refused by the flow, with its events
     if tool.described or tool.context_param is not None or (tool.is_async and not async_tools):
         return None
     eff = core.effective(name)

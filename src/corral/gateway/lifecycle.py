@@ -265,6 +265,18 @@ def _start_warnings(run: RunState) -> None:
     every time; in the log once per process per policy and tool, so that a fleet of
     runs does not flood it."""
     policy = run.policy
+    for name, why in sorted(run.unpinned.items()):
+        said = (
+            f"{name}: its definition changed since it was pinned (tools.pins): it is hidden "
+            "and its calls are refused; review it and pin it again (corral check --pin)"
+            if why == "definition_changed"
+            else f"{name}: no pin in tools.pins names it: it is hidden and its calls are "
+            "refused; review it and pin it (corral check --pin)"
+        )
+        run.events.add("warning", tool=name, message=said, why=why)
+        if (policy.digest, said) not in _WARNED:
+            _WARNED.add((policy.digest, said))
+            log.warning(said)
     for name in policy.tools.allow:
         message: str | None
         if name not in run.tools:

@@ -25,6 +25,7 @@ from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.deadline import RunTime
 from corral.gateway.effective import DEFAULT_TOOL_TIMEOUT, Effective, effective
 from corral.gateway.events import EventLog
+from corral.gateway.pins import unpinned
 from corral.gateway.services import DEFAULT as DEFAULT_SERVICES
 from corral.gateway.services import Services
 from corral.gateway.spend import BACKSTOP, RunBudget
@@ -101,6 +102,9 @@ class RunState:
         # The guards observed: they record what they would stop instead of stopping it.
         self.observing = policy.observed_guards
         self.allowed = frozenset(policy.tools.allow)
+        # Allowed tools whose definitions do not match their pins (tools.pins), with why:
+        # hidden and refused (gateway/pins.py).
+        self.unpinned = {} if policy.tools.pins is None else unpinned(policy, self.tools)
         self._effective: dict[str, Effective] = {}
         self._init_outcome()
         self._init_guard_state()

@@ -282,8 +282,8 @@ class RunBase:
         core = self._core
         out: list[dict[str, Any]] = []
         for name in sorted(core.tools):
-            if name not in core.allowed:
-                continue
+            if name not in core.allowed or name in core.unpinned:
+                continue  # a tool whose definition is not its pin is hidden too
             eff = core.effective(name)
             if killswitch.blocking_switch(core, name, eff) is not None:
                 continue

@@ -29,7 +29,13 @@ from corral.gateway.canonical import canonical
 from corral.policy.schema import Policy
 from corral.tools import Effect, Tool, executed_elsewhere
 
-__all__ = ["digest", "effect_of", "mcp_tool", "policy_name", "wire_definition"]
+__all__ = [
+    "digest",
+    "effect_of",
+    "mcp_tool",
+    "policy_name",
+    "wire_definition",
+]
 
 
 def policy_name(server: str, tool: str) -> str:

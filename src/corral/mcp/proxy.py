@@ -42,8 +42,9 @@ from corral._version import __version__
 from corral.exceptions import ConfigError, Stop, ToolRejected
 from corral.loop.run import AsyncRun
 from corral.loop.tickets import Ticket
-from corral.mcp.definitions import digest, mcp_tool, policy_name
-from corral.mcp.pins import Pins
+from corral.mcp.definitions import digest, mcp_tool, policy_name, wire_definition
+from corral.mcp.pins import Change, Pins
+from corral.mcp.queue import queue
 from corral.policy.schema import Policy
 from corral.stores.base import Store
 
@@ -116,6 +117,7 @@ class Proxy:
         self.listed: dict[str, _Listed] = {}
         self._runs: dict[str, AsyncRun] = {}
         self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
+        self._queued: set[tuple[str, str]] = set()  # the definition changes queued already
         self._stack = contextlib.AsyncExitStack()
         #: How long an upstream may take to answer anything but a tool call (connecting,
         #: listing): past it, it is left out (seconds).
@@ -141,7 +143,9 @@ class Proxy:
         await self._stack.__aexit__(None, None, None)
 
     async def refresh(self) -> None:
-        """List every upstream's tools again (a server may change them at any time)."""
+        """List every upstream's tools again (a server may change them at any time), and
+        read the lock file again if an operator changed it."""
+        self.pins.reload()
         listed: dict[str, _Listed] = {}
         for server, client in self.clients.items():
             try:
@@ -161,10 +165,33 @@ class Proxy:
         allowed = set(self.policy.tools.allow)
         out = []
         for name, entry in sorted(self.listed.items()):
-            if name not in allowed or self.pins.check(name, entry.digest) is not None:
+            if name not in allowed or self.pinned(name, entry) is not None:
                 continue
             out.append(entry.tool.model_copy(update={"name": name}))
         return out
+
+    def pinned(self, name: str, entry: _Listed) -> Change | None:
+        """None when tool ``name``'s definition matches its pin; else the change, queued
+        for an operator (once per tool and digest: :mod:`corral.mcp.queue`)."""
+        change = self.pins.check(name, entry.digest, wire_definition(entry.tool))
+        if change is None or (name, change.seen) in self._queued:
+            return change
+        self._queued.add((name, change.seen))
+        try:
+            queue(
+                self.store,
+                name=name,
+                server=entry.upstream,
+                tool=entry.tool.name,
+                pinned=change.pinned,
+                digest=change.seen,
+                definition=wire_definition(entry.tool),
+                pinned_definition=change.pinned_definition,
+            )
+        except Exception as exc:  # the tool stays hidden and denied; queued at its next sight
+            self._queued.discard((name, change.seen))
+            log.warning("the definition change of %s cannot be queued: %s", name, exc)
+        return change
 
     # -- runs -----------------------------------------------------------------------------
     def _tools(self) -> list[Any]:
@@ -207,7 +234,8 @@ class Proxy:
         run = await self.run_of(session)
         entry = self.listed.get(name)
         if entry is not None:
-            change = self.pins.check(name, entry.digest)
+            self.pins.reload()  # an operator may have approved it since
+            change = self.pinned(name, entry) if name in self.policy.tools.allow else None
             if change is not None:
                 why = "definition_changed" if change.pinned else "definition_not_pinned"
                 return _error(
@@ -215,7 +243,8 @@ class Proxy:
                         f"tool_denied:{name}",
                         why,
                         "the server's definition of this tool is not the one approved; "
-                        "an operator must review it and pin it again (corral mcp pin)",
+                        "an operator must review it (corral mcp diff) and approve it "
+                        "(corral mcp approve-definition)",
                     )
                 )
         try:

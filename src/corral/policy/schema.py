@@ -27,7 +27,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 from pydantic_core import to_jsonable_python
 
 from corral._safe import error_text
-from corral.exceptions import PolicyError
+from corral.exceptions import ConfigError, PolicyError
 from corral.policy._input import (
     check_size,
     parse_json,
@@ -169,6 +169,7 @@ class Policy(Section):
                 [f"(top level): must be a mapping of sections, got {got}"], source=source
             )
         data = plain_tree(data, source)  # bounded sizes, depth and types, or PolicyError
+        data = _read_pins(data, source)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -265,6 +266,25 @@ class Policy(Section):
                     f"tools.specs.{name}: has a spec but is not in tools.allow, so it is denied"
                 )
         return out
+
+
+def _read_pins(data: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """``tools.pins`` naming a lock file (beside the policy file ``source``, or relative to
+    the working directory): the digests it pins, read now (:mod:`corral.policy.locks`)."""
+    tools = data.get("tools")
+    if not isinstance(tools, dict) or not isinstance(tools.get("pins"), str):
+        return data
+    named = tools["pins"]
+    from corral.policy.locks import digests, read_pins
+
+    path = Path(named)
+    if source is not None and not path.is_absolute():
+        path = Path(source).parent / path
+    try:
+        pins = digests(read_pins(path, hint="corral check POLICY --tools MODULE:OBJECT --pin"))
+    except ConfigError as exc:
+        raise PolicyError([f"tools.pins: {exc}"], source=source) from None
+    return {**data, "tools": {**tools, "pins": pins}}
 
 
 def _canonical(value: Any) -> Any:

@@ -151,11 +151,18 @@ class ToolSpec(Section):
     ``expensive``); ``false`` says an inferred one is not. Read by ``corral check`` only."""
 
 
+#: A pinned definition's SHA-256, in lower-case hex.
+Digest = Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
 class ToolsSection(Section):
     allow: list[ToolName] = Field(default_factory=list)
     specs: dict[ToolName, ToolSpec] = Field(default_factory=dict)
     on_denied: OnDenied = "stop"
     max_invalid_args: NonNegativeInt = 2
+    #: In-process tools' pinned definitions, tool -> SHA-256 (corral.gateway.pins). In a
+    #: policy file, the name of the lock file beside it (``corral check --pin`` writes it).
+    pins: dict[ToolName, Digest] | None = None
 
     @field_validator("allow")
     @classmethod

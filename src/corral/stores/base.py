@@ -37,6 +37,10 @@ that code needing one concern can say so (``def f(store: KillSwitchStore)``):
 - :class:`RecordingStore`, **recordings**: what each run recorded for replay
   (:class:`~corral.stores.records.RecordedRun`), the policy documents by digest, and
   pruning (bodies dropped, digests kept).
+- :class:`DefinitionStore`, **tool-definition changes**: a tool whose definition is not
+  the pinned one, queued for an operator once per (tool, new digest) with its audit
+  record in one transaction; deciding one (``approved`` or ``rejected``) moves it from
+  ``pending`` only, with its audit record.
 - :class:`BreakerStore`, **breakers and degrade counters**: per tool (or model
   endpoint) and UTC-aligned window bucket (``floor(now / size) * size``), the
   attempts, failures and retries every process counted. ``degrade_add`` adds
@@ -82,6 +86,8 @@ from corral.stores.records import (
     ClaimRecord,
     ClaimState,
     ClaimStatus,
+    DefinitionChange,
+    DefinitionStatus,
     DegradeCounts,
     DegradeWindow,
     Event,
@@ -340,6 +346,39 @@ class FigureStore(Protocol):
 
 
 @runtime_checkable
+class DefinitionStore(Protocol):
+    """The queue of tool-definition changes operators review (``corral mcp diff``)."""
+
+    def queue_definition_change(
+        self, change: DefinitionChange, *, audit: Event | None = None
+    ) -> bool:
+        """Queue ``change`` with ``audit`` unless one of the same tool and digest is
+        queued already (``False`` then, and nothing is written)."""
+        ...
+
+    def definition_changes(
+        self, *, status: DefinitionStatus | None = "pending", name: str | None = None
+    ) -> list[DefinitionChange]:
+        """The queued changes (``status`` ones, of tool ``name`` when given), oldest first."""
+        ...
+
+    def decide_definition_change(
+        self,
+        name: str,
+        digest: str,
+        *,
+        status: DefinitionStatus,
+        at: float,
+        by: str,
+        reason: str = "",
+        audit: Event | None = None,
+    ) -> DefinitionChange | None:
+        """Move the pending change of ``name`` to ``digest`` to ``status`` with ``audit``;
+        the decided change, or ``None`` when no such change is pending."""
+        ...
+
+
+@runtime_checkable
 class RecordingStore(Protocol):
     """Runs' recordings for replay, and the policy documents they ran under (one per digest)."""
 
@@ -372,6 +411,7 @@ class Store(
     KeyStore,
     FigureStore,
     RecordingStore,
+    DefinitionStore,
     Protocol,
 ):
     """What corral needs from shared state: every concern, and the store's life. See the
@@ -406,6 +446,9 @@ __all__ = [
     "ClaimState",
     "ClaimStatus",
     "ClaimStore",
+    "DefinitionChange",
+    "DefinitionStatus",
+    "DefinitionStore",
     "DegradeCounts",
     "DegradeWindow",
     "Event",

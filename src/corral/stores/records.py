@@ -356,3 +356,76 @@ def policy_text(digest: str, document: Mapping[str, Any]) -> str:
             _POLICY_TEXTS.clear()
         found = _POLICY_TEXTS[digest] = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return found
+
+
+DefinitionStatus = Literal["pending", "approved", "rejected"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DefinitionChange:
+    """A tool whose definition is not the one pinned, queued for an operator
+    (:mod:`corral.mcp.queue`): once per tool and new digest. ``pinned`` is ``None`` for a
+    tool no pin names (a new or renamed tool); ``pinned_definition`` is ``None`` when the
+    pin kept no definition (a lock file of version 1). ``seen_by`` is the process that saw
+    it first (``host:pid``); the decision (``approved`` or ``rejected``) records who, when
+    and why."""
+
+    name: str
+    server: str
+    tool: str
+    pinned: str | None
+    digest: str
+    definition: Mapping[str, Any]
+    pinned_definition: Mapping[str, Any] | None = None
+    first_seen: float
+    seen_by: str = ""
+    status: DefinitionStatus = "pending"
+    decided_at: float | None = None
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+DEFINITION_COLUMNS = (
+    "name, server, tool, pinned, digest, definition, pinned_definition, first_seen, "
+    "seen_by, status, decided_at, decided_by, reason"
+)
+
+
+def definition_row(change: DefinitionChange) -> tuple[Any, ...]:
+    pinned_definition = (
+        None if change.pinned_definition is None else json.dumps(change.pinned_definition)
+    )
+    return (
+        change.name,
+        change.server,
+        change.tool,
+        change.pinned,
+        change.digest,
+        json.dumps(change.definition),
+        pinned_definition,
+        change.first_seen,
+        change.seen_by,
+        change.status,
+        change.decided_at,
+        change.decided_by,
+        change.reason,
+    )
+
+
+def definition_of_row(row: Sequence[Any]) -> DefinitionChange:
+    """A ``corral_definition_changes`` row as a record (SQLite and PostgreSQL rows alike)."""
+    return DefinitionChange(
+        name=row[0],
+        server=row[1],
+        tool=row[2],
+        pinned=row[3],
+        digest=row[4],
+        definition=json.loads(row[5]),
+        pinned_definition=None if row[6] is None else json.loads(row[6]),
+        first_seen=float(row[7]),
+        seen_by=row[8],
+        status=row[9],
+        decided_at=None if row[10] is None else float(row[10]),
+        decided_by=row[11],
+        reason=row[12],
+    )

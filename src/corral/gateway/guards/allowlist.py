@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 def resolve(core: RunState, name: object) -> Tool:
     """The tool called ``name`` exactly, or a denial.
 
+    Allowed, but its definition does not match its pin (``tools.pins``) →
+    ``tool_denied:<name>`` (``why``: ``definition_changed`` or ``definition_not_pinned``).
     Not in the allowlist → ``tool_denied:<name>`` (``why``: ``not_allowed``). Not
     registered by any code (a name the model invented, or an allowed name no code
     provides) → an error handed back to the model listing the tools on offer,
@@ -26,6 +28,15 @@ def resolve(core: RunState, name: object) -> Tool:
     """
     tool = core.tools.get(name) if type(name) is str else None
     if tool is not None and tool.name in core.allowed:
+        why = core.unpinned.get(tool.name) if core.unpinned else None
+        if why is not None:  # tools.pins: its definition is not the one reviewed
+            deny(
+                core,
+                tool.name,
+                why,
+                f"{tool.name}'s definition is not the one pinned in tools.pins",
+                hint=" Pin it again once reviewed (corral check --pin).",
+            )
         return tool
     if tool is not None:
         deny(

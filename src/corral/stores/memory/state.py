@@ -20,6 +20,7 @@ from corral.stores.records import (
     AuditHead,
     AuditRecord,
     BreakerState,
+    DefinitionChange,
     DegradeCounts,
     Event,
     KeyRecord,
@@ -68,6 +69,7 @@ class MemoryState:
         self._keys: dict[str, KeyRecord] = {}
         self._recordings: dict[str, RecordedRun] = {}
         self._policies: dict[str, dict[str, Any]] = {}
+        self._definitions: dict[tuple[str, str], DefinitionChange] = {}
         self.fail = False
 
     def _check(self) -> None:

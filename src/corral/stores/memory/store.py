@@ -3,7 +3,8 @@
 :class:`MemoryStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`,
+:mod:`.definitions`),
 each over the tables of :mod:`.state`.
 """
 
@@ -15,6 +16,7 @@ from corral.stores.memory.approvals import Approvals
 from corral.stores.memory.breakers import Breakers
 from corral.stores.memory.budgets import Budgets
 from corral.stores.memory.claims import Claims
+from corral.stores.memory.definitions import Definitions
 from corral.stores.memory.events import Events
 from corral.stores.memory.figures import Figures
 from corral.stores.memory.keys import Keys
@@ -24,7 +26,17 @@ from corral.stores.memory.switches import KillSwitches
 
 
 class MemoryStore(
-    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
+    Runs,
+    Events,
+    Budgets,
+    KillSwitches,
+    Approvals,
+    Claims,
+    Breakers,
+    Keys,
+    Figures,
+    Recordings,
+    Definitions,
 ):
     """A complete :class:`~corral.stores.base.Store` held in dictionaries under one lock.
 

@@ -3,7 +3,8 @@
 :class:`PostgresStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`,
+:mod:`.definitions`),
 each over the pool of :mod:`.connection`.
 """
 
@@ -15,6 +16,7 @@ from corral.stores.postgres.approvals import Approvals
 from corral.stores.postgres.breakers import Breakers
 from corral.stores.postgres.budgets import Budgets
 from corral.stores.postgres.claims import Claims
+from corral.stores.postgres.definitions import Definitions
 from corral.stores.postgres.events import Events
 from corral.stores.postgres.figures import Figures
 from corral.stores.postgres.keys import Keys
@@ -24,7 +26,17 @@ from corral.stores.postgres.switches import KillSwitches
 
 
 class PostgresStore(
-    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
+    Runs,
+    Events,
+    Budgets,
+    KillSwitches,
+    Approvals,
+    Claims,
+    Breakers,
+    Keys,
+    Figures,
+    Recordings,
+    Definitions,
 ):
     """A complete :class:`~corral.stores.base.Store` in PostgreSQL, safe across processes.
 

@@ -3,7 +3,8 @@
 :class:`SQLiteStore` is the sum of one mixin per concern of the
 :class:`~corral.stores.base.Store` Protocol (:mod:`.runs`, :mod:`.events`,
 :mod:`.budgets`, :mod:`.switches`, :mod:`.approvals`, :mod:`.claims`, :mod:`.breakers`,
-:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`),
+:mod:`.keys`, :mod:`.figures`, :mod:`.recordings`,
+:mod:`.definitions`),
 each over the one connection of :mod:`.connection`.
 """
 
@@ -17,6 +18,7 @@ from corral.stores.sqlite.approvals import Approvals
 from corral.stores.sqlite.breakers import Breakers
 from corral.stores.sqlite.budgets import Budgets
 from corral.stores.sqlite.claims import Claims
+from corral.stores.sqlite.definitions import Definitions
 from corral.stores.sqlite.events import Events
 from corral.stores.sqlite.figures import Figures
 from corral.stores.sqlite.keys import Keys
@@ -26,7 +28,17 @@ from corral.stores.sqlite.switches import KillSwitches
 
 
 class SQLiteStore(
-    Runs, Events, Budgets, KillSwitches, Approvals, Claims, Breakers, Keys, Figures, Recordings
+    Runs,
+    Events,
+    Budgets,
+    KillSwitches,
+    Approvals,
+    Claims,
+    Breakers,
+    Keys,
+    Figures,
+    Recordings,
+    Definitions,
 ):
     """A complete :class:`~corral.stores.base.Store` in one SQLite file.
 
