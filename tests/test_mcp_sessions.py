@@ -235,7 +235,13 @@ def test_a_stdio_client_that_leaves_during_a_write(tmp_path: Path) -> None:
         _session,
         db,
         state,
-        [("ledger.slow_pay", {"account": "acme", "amount": 9, "seconds": 30}, {KEY_META: "transfer-1"})],
+        [
+            (
+                "ledger.slow_pay",
+                {"account": "acme", "amount": 9, "seconds": 30},
+                {KEY_META: "transfer-1"},
+            )
+        ],
     )
     assert retried.is_error and "outcome_unknown" in _text(retried), _text(retried)
     assert (state / "started.log").read_text() == "acme 9\n"

@@ -108,7 +108,6 @@ def serve(
     def go() -> int:
         import anyio
 
-        from corral.mcp.pins import Pins, read_lock
         from corral.mcp.proxy import Proxy
 
         rules, upstreams, pins = proxy_parts(policy, stdio, http, lock)
@@ -233,9 +232,7 @@ def proxy_parts(
 def http_app(proxy: Proxy, host: str) -> Any:
     """The proxy's streamable HTTP app (a Starlette app serving ``/mcp``; its lifespan runs
     the SDK's session manager, whose idle timeout is the proxy's)."""
-    return proxy.server().streamable_http_app(
-        host=host, session_idle_timeout=proxy.idle_seconds
-    )
+    return proxy.server().streamable_http_app(host=host, session_idle_timeout=proxy.idle_seconds)
 
 
 async def serve_http(

@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import weakref
-
 import anyio
 import mcp_types as types
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp import Client, StdioServerParameters
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from corral._version import __version__
 from corral.exceptions import ConfigError, Stop, ToolRejected
@@ -226,7 +225,9 @@ class Proxy:
             try:
                 await self._end(run)
             except Exception as exc:  # the store: said, and the proxy serves on
-                log.warning("MCP session %s: its run %s did not end cleanly: %s", session, run.id, exc)
+                log.warning(
+                    "MCP session %s: its run %s did not end cleanly: %s", session, run.id, exc
+                )
 
     async def _reap(self, idle: float) -> None:
         """End the runs of sessions no request came from for ``idle`` seconds."""
