@@ -1,6 +1,7 @@
 """``corral mcp``: corral's policy in front of MCP servers.
 
-- ``corral mcp serve --policy FILE --stdio NAME=COMMAND [--http NAME=URL] [--lock FILE]``
+- ``corral mcp serve --policy FILE --stdio NAME=COMMAND [--http NAME=URL] [--lock FILE]
+  [--listen HOST:PORT] [--idle-timeout SECONDS]``
   serves an MCP server on stdin/stdout (for desktop clients and agent frameworks that spawn
   one) whose tools are the upstreams' tools the policy allows, each call governed
   (:mod:`corral.mcp.proxy`). Nothing but the protocol is written to stdout.
@@ -37,8 +38,13 @@ from corral.cli._common import (
 from corral.cli._output import console, echo, print_json
 from corral.exceptions import ConfigError
 
+#: A session's idle timeout unless told (seconds; ``corral.mcp.proxy.IDLE_SECONDS``, kept
+#: here so that the command's help does not import the SDK).
+IDLE_SECONDS = 1800.0
+
 if TYPE_CHECKING:
-    from corral.mcp.proxy import Upstream
+    from corral.mcp.pins import Pins
+    from corral.mcp.proxy import Proxy, Upstream
     from corral.policy.schema import Policy
 
 mcp_app = group("mcp", help="Put corral's policy in front of MCP servers: proxy, pin definitions.")
@@ -69,6 +75,17 @@ LockOption = Annotated[
 ]
 
 
+IdleOption = Annotated[
+    float,
+    typer.Option(
+        "--idle-timeout",
+        min=1.0,
+        help="Seconds a session may go without a request before it is ended, with its run "
+        "(HTTP sessions and stateless clients; default 1800).",
+    ),
+]
+
+
 @mcp_app.command()
 def serve(
     policy: PolicyOption,
@@ -86,21 +103,16 @@ def serve(
             "serve extra).",
         ),
     ] = None,
+    idle_timeout: IdleOption = IDLE_SECONDS,
 ) -> None:
     """Serve an MCP server on stdio whose tools are the upstreams', each call governed."""
 
     def go() -> int:
         import anyio
 
-        from corral.mcp.pins import Pins, read_lock
         from corral.mcp.proxy import Proxy
 
-        rules = _policy(policy)
-        upstreams = _upstreams(stdio, http)
-        path = lock if lock is not None else default_lock(policy)
-        if lock is not None:
-            read_lock(path)  # a lock named but missing or broken: refused at start
-        pins = Pins.from_lock(path)  # watched: an approved definition is picked up live
+        rules, upstreams, pins = proxy_parts(policy, stdio, http, lock)
         address = None if listen is None else _host_port(listen)
         store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
 
@@ -108,11 +120,19 @@ def serve(
             from mcp.server.stdio import stdio_server
 
             async with Proxy(
-                rules, upstreams, store=store, pins=pins, tenant=tenant, agent=agent
+                rules,
+                upstreams,
+                store=store,
+                pins=pins,
+                tenant=tenant,
+                agent=agent,
+                idle_seconds=idle_timeout,
             ) as proxy:
                 server = proxy.server()
                 if address is not None:
-                    await _serve_http(server, *address)
+                    host, port = address
+                    banner = f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops"
+                    await serve_http(http_app(proxy, host), host, port, banner)
                     return
                 async with stdio_server() as (read, write):
                     await server.run(read, write, server.create_initialization_options())
@@ -395,22 +415,46 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve_http(server: Any, host: str, port: int) -> None:
-    """Serve ``server`` over streamable HTTP at ``http://HOST:PORT/mcp`` until stopped."""
+def proxy_parts(
+    policy: Path, stdio: list[str] | None, http: list[str] | None, lock: Path | None
+) -> tuple[Policy, list[Upstream], Pins]:
+    """The proxy's policy, upstreams and pins from the command's options."""
+    from corral.mcp.pins import Pins, read_lock
+
+    rules = _policy(policy)
+    upstreams = _upstreams(stdio, http)
+    path = lock if lock is not None else default_lock(policy)
+    if lock is not None:
+        read_lock(path)  # a lock named but missing or broken: refused at start
+    pins = Pins.from_lock(path)  # watched: an approved definition is picked up live
+    return rules, upstreams, pins
+
+
+def http_app(proxy: Proxy, host: str) -> Any:
+    """The proxy's streamable HTTP app (a Starlette app serving ``/mcp``; its lifespan runs
+    the SDK's session manager, whose idle timeout is the proxy's)."""
+    return proxy.server().streamable_http_app(host=host, session_idle_timeout=proxy.idle_seconds)
+
+
+async def serve_http(
+    app: Any, host: str, port: int, banner: str, log_level: str = "warning"
+) -> bool:
+    """Serve the ASGI ``app`` on ``HOST:PORT`` until SIGINT or SIGTERM (taken here, so that
+    the caller ends its sessions' runs before the process ends); whether it listened."""
     try:
         import uvicorn
     except ImportError as exc:
         raise Fail(
             EXIT_USAGE,
-            f"--listen needs the serve extra ({exc.name} is missing): pip install 'corral[serve]'",
+            f"serving HTTP needs the serve extra ({exc.name} is missing): "
+            "pip install 'corral[serve]'",
         ) from None
     import signal
 
     import anyio
 
-    app = server.streamable_http_app(host=host)
-    echo(f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops", err=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    echo(banner, err=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     http = uvicorn.Server(config)
     # uvicorn would take SIGINT/SIGTERM and raise them again once down, ending the process
     # before the sessions' runs are ended and recorded: the signals are taken here instead.
@@ -426,6 +470,7 @@ async def _serve_http(server: Any, host: str, port: int) -> None:
         group.start_soon(stop_on_signal)
         await http.serve()
         group.cancel_scope.cancel()
+    return bool(http.started)
 
 
 def default_lock(policy: Path) -> Path:

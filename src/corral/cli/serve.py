@@ -12,7 +12,12 @@ Exit codes: 0 stopped by Ctrl-C (SIGTERM ends it as the signal does); 1 the stor
 be opened, the address is taken, or the ``serve`` extra is not installed; 2 an invalid
 option, store URL or policy in ``--policy-dir``.
 
-Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts.
+With ``--mcp-policy`` (and ``--mcp-stdio``/``--mcp-http`` upstreams) the same app serves the
+MCP proxy at ``/mcp`` (:mod:`corral.mcp.proxy`, as ``corral mcp serve --listen``), its
+sessions' runs in the same store.
+
+Imports the shared ``_common``; the server (and FastAPI, uvicorn) when it starts; the MCP
+command's helpers (and the ``mcp`` SDK) with ``--mcp-policy``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -38,6 +43,9 @@ from corral.cli._common import (
 )
 from corral.exceptions import ConfigError
 from corral.secrets import EnvSecrets, FileSecrets, SecretProvider
+
+if TYPE_CHECKING:
+    from corral.stores.base import Store
 
 #: The port ``corral serve`` listens on unless told.
 DEFAULT_PORT = 8420
@@ -85,6 +93,47 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn's log level: debug, info, warning.")
     ] = "info",
+    mcp_policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--mcp-policy",
+            help="Also serve the MCP proxy at /mcp, enforcing this policy (see corral mcp "
+            "serve), its runs in the same store.",
+        ),
+    ] = None,
+    mcp_stdio: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mcp-stdio", help="An upstream MCP server over stdio: NAME=COMMAND (repeatable)."
+        ),
+    ] = None,
+    mcp_http: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mcp-http",
+            help="An upstream MCP server over streamable HTTP: NAME=URL (repeatable).",
+        ),
+    ] = None,
+    mcp_lock: Annotated[
+        Path | None,
+        typer.Option(
+            "--mcp-lock",
+            help="The MCP proxy's lock file of pinned tool definitions (default: "
+            "POLICY.mcp-lock.json beside --mcp-policy).",
+        ),
+    ] = None,
+    mcp_tenant: Annotated[
+        str | None, typer.Option("--mcp-tenant", help="The MCP sessions' runs' tenant.")
+    ] = None,
+    mcp_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--mcp-idle-timeout",
+            min=1.0,
+            help="Seconds an MCP session may go without a request before it is ended, with "
+            "its run.",
+        ),
+    ] = 1800.0,
 ) -> None:
     """Serve the HTTP API of the control plane: runs, approvals, kill switch, audit."""
 
@@ -105,15 +154,21 @@ def serve(
         except ConfigError as exc:
             raise Fail(EXIT_USAGE, f"--policy-dir: {one_line(exc)}") from None
         provider = _secrets(secrets)
+        if mcp_policy is None and (mcp_stdio or mcp_http or mcp_lock is not None):
+            raise Fail(EXIT_USAGE, "--mcp-stdio, --mcp-http and --mcp-lock need --mcp-policy")
+        proxied = None
+        if mcp_policy is not None:
+            from corral.cli.mcp import proxy_parts
+
+            proxied = proxy_parts(mcp_policy, mcp_stdio, mcp_http, mcp_lock)
         address = _address(advertise, host, port)
         store, shown = open_db(db, create=True)
         shown_host = f"[{host}]" if ":" in host else host
         relaying = f"reached by other replicas at {address}" if address else "a single server"
-        print(
-            f"corral serve: http://{shown_host}:{port} (API documents at /docs); "
-            f"store {shown}; {len(policies)} named policies; {relaying}; Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
+        banner = (
+            f"corral serve: http://{shown_host}:{port} (API documents at /docs"
+            + ("; MCP at /mcp" if proxied else "")
+            + f"); store {shown}; {len(policies)} named policies; {relaying}; Ctrl-C stops"
         )
         app = create_app(
             store,
@@ -122,6 +177,16 @@ def serve(
             address=address,
             takeover_after=takeover_after,
         )
+        if proxied is not None:
+            try:
+                listened = _serve_with_mcp(app, proxied, store, host, port, banner, log_level,
+                                           mcp_tenant, mcp_idle_timeout)  # fmt: skip
+            finally:
+                store.close()
+            if not listened:
+                raise Fail(EXIT_FAILED, f"could not listen on {shown_host}:{port}")
+            return EXIT_OK
+        print(banner, file=sys.stderr, flush=True)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
         server = uvicorn.Server(config)
         try:
@@ -134,6 +199,45 @@ def serve(
         return EXIT_OK
 
     raise typer.Exit(guarded("serve", go))
+
+
+def _serve_with_mcp(
+    control: Any,
+    proxied: tuple[Any, Any, Any],
+    store: Store,
+    host: str,
+    port: int,
+    banner: str,
+    log_level: str,
+    tenant: str | None,
+    idle: float,
+) -> bool:
+    """Serve the control plane and the MCP proxy (``/mcp``) from one ASGI app over one store
+    until SIGINT or SIGTERM, the MCP sessions' runs ended before the process ends."""
+    import anyio
+
+    from corral.cli.mcp import http_app, serve_http
+    from corral.mcp.proxy import Proxy
+
+    rules, upstreams, pins = proxied
+
+    async def main() -> bool:
+        async with Proxy(
+            rules, upstreams, store=store, pins=pins, tenant=tenant, idle_seconds=idle
+        ) as proxy:
+            mcp = http_app(proxy, host)
+
+            async def app(scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "http" and scope["path"] in ("/mcp", "/mcp/"):
+                    await mcp(scope, receive, send)
+                else:  # the control plane, its lifespan included
+                    await control(scope, receive, send)
+
+            async with mcp.router.lifespan_context(mcp):
+                return await serve_http(app, host, port, banner, log_level)
+
+    listened: bool = anyio.run(main)
+    return listened
 
 
 def _address(advertise: str | None, host: str, port: int) -> str | None:

@@ -35,8 +35,11 @@ class Call:
     """The call's identity in the run (the model's tool call)."""
     external = False
     """Whether the caller executes the tool (``Run.authorize``/``report``)."""
-    ids: Mapping[str, str] = _NONE
-    """What goes on each of the call's events to identify it (its ``call_id``, scrubbed)."""
+    ids: Mapping[str, Any] = _NONE
+    """What goes on each of the call's events to identify it (its ``call_id`` and the
+    caller's ``attributes``, scrubbed)."""
+    attributes: Mapping[str, str] = _NONE
+    """The caller's attributes for the call's events and ``execute_tool`` span."""
     tool_name = ""
     """The name as shown (``repr`` of a name that is not a string)."""
     eff: Effective = None  # type: ignore[assignment]  # set when admitted
@@ -71,6 +74,7 @@ class Call:
         key: str | None,
         call_id: str | None,
         external: bool,
+        attributes: Mapping[str, str] | None = None,
     ) -> None:
         self.run = run
         self.name = name  # as asked (any object: the registry check refuses non-names)
@@ -82,3 +86,5 @@ class Call:
             self.call_id = call_id
         if external:
             self.external = external
+        if attributes:
+            self.attributes = attributes

@@ -73,14 +73,16 @@ def call_flow(
     key: str | None = None,
     call_id: str | None = None,
     external: bool = False,
+    attributes: Mapping[str, str] | None = None,
 ) -> Flow:
     """Govern one tool call; returns the observation (``external``: the caller executes).
 
     ``key`` is the caller's idempotency key; ``call_id`` the call's identity in the run
     (the model's tool call), which keys a write when no key is given (see
-    ``guards/idempotency.py``). How the call was served is left in ``core.last_call``.
+    ``guards/idempotency.py``); ``attributes`` go on the call's events (``attributes``) and
+    so on its ``execute_tool`` span. How the call was served is left in ``core.last_call``.
     """
-    call = Call(core, name, raw_args, key, call_id, external)
+    call = Call(core, name, raw_args, key, call_id, external, attributes)
     core.last_call = None
     try:
         return (yield from _call_flow(call))
@@ -172,6 +174,9 @@ def _admit(call: Call) -> None:
         # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id);
         # it is the caller's text, so it is scrubbed like anything else recorded.
         call.ids = {"call_id": core.redactor.text(call.call_id)}
+    if call.attributes:  # the caller's text too: scrubbed
+        shown = {k: core.redactor.text(v) for k, v in call.attributes.items()}
+        call.ids = {**call.ids, "attributes": shown}
     core.ensure_running()
     core.time.check()
     name = call.name

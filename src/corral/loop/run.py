@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from corral.exceptions import ConfigError
 from corral.gateway import direct, direct_async
 from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
@@ -102,9 +103,12 @@ class Run(RunBase):
         *,
         idempotency_key: str | None = None,
         call_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> Ticket:
         """Pass the gateway up to execution (approval included); execute the tool yourself
         with the :class:`Ticket`'s arguments, then :meth:`report` or :meth:`report_failure`.
+        ``attributes`` (namespaced text, ``{"mcp.server": "git"}``) go on the call's events
+        and its ``execute_tool`` span.
 
         >>> import corral
         >>> policy = corral.Policy.from_dict({"tools": {"allow": ["kb.read"], "specs": {
@@ -122,6 +126,7 @@ class Run(RunBase):
             key=text_or_none("idempotency_key", idempotency_key),
             call_id=text_or_none("call_id", call_id),
             external=True,
+            attributes=_attributes(attributes),
         )
         try:
             op = next(flow)
@@ -225,6 +230,7 @@ class AsyncRun(RunBase):
         *,
         idempotency_key: str | None = None,
         call_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> Ticket:
         """Pass the gateway up to execution; see :meth:`Run.authorize`."""
         core = self._core
@@ -235,6 +241,7 @@ class AsyncRun(RunBase):
             key=text_or_none("idempotency_key", idempotency_key),
             call_id=text_or_none("call_id", call_id),
             external=True,
+            attributes=_attributes(attributes),
         )
         try:
             op = next(flow)
@@ -284,3 +291,23 @@ class AsyncRun(RunBase):
         return await direct_async.model_turn(
             self._core, model, messages, specs, max_tokens, input_bound
         )
+
+
+def _attributes(given: Mapping[str, str] | None) -> dict[str, str] | None:
+    """A caller's span attributes: namespaced names (``mcp.server``, not ``gen_ai.*`` or
+    ``corral.*``, which are corral's own) to text of a bounded length."""
+    if not given:
+        return None
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"attributes must be a mapping, got {type(given).__name__}")
+    out: dict[str, str] = {}
+    for name, value in given.items():
+        if not isinstance(name, str) or "." not in name or name.startswith(("gen_ai.", "corral.")):
+            raise ConfigError(
+                f"attribute names are namespaced (mcp.server) and not gen_ai.* or corral.*: "
+                f"{name!r}"
+            )
+        text = text_or_none(f"attribute {name}", value)
+        if text is not None:
+            out[name] = text
+    return out or None

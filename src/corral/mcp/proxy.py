@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,12 @@ import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from corral._version import __version__
 from corral.exceptions import ConfigError, Stop, ToolRejected
+from corral.gateway.guards.killswitch import Cancelled
+from corral.loop.base import MAX_KEY_CHARS
 from corral.loop.run import AsyncRun
 from corral.loop.tickets import Ticket
 from corral.mcp.definitions import digest, mcp_tool, policy_name, wire_definition
@@ -54,8 +58,13 @@ log = logging.getLogger("corral")
 UPSTREAM_SECONDS = 10.0
 #: How often a call in flight looks at the kill switch (seconds; through the switch cache).
 WATCH_EVERY = 0.1
+#: How long a session may go without a request before it is ended, with its run (seconds;
+#: the SDK's own default for streamable HTTP sessions: 30 minutes).
+IDLE_SECONDS = 1800.0
+#: Where a client puts its own idempotency key for a write: the request's ``_meta``.
+KEY_META = "io.corral/idempotency-key"
 
-__all__ = ["Proxy", "Upstream", "session_of", "stop_text"]
+__all__ = ["IDLE_SECONDS", "KEY_META", "Proxy", "Upstream", "session_of", "stop_text"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +109,11 @@ class Proxy:
         pins: Pins | None = None,
         tenant: str | None = None,
         agent: str | None = None,
+        idle_seconds: float | None = IDLE_SECONDS,
     ) -> None:
         names = [u.name for u in upstreams]
+        if idle_seconds is not None and not idle_seconds > 0:
+            raise ConfigError(f"idle_seconds must be positive (or None), got {idle_seconds!r}")
         if len(set(names)) != len(names):
             raise ConfigError(f"two upstreams share a name: {', '.join(sorted(names))}")
         for name in names:
@@ -118,7 +130,16 @@ class Proxy:
         self._runs: dict[str, AsyncRun] = {}
         self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
         self._queued: set[tuple[str, str]] = set()  # the definition changes queued already
+        self._used: dict[str, float] = {}  # when each session last asked (monotonic)
+        self._busy: dict[str, int] = {}  # each session's calls in flight
+        self._connections = 0  # sessions named after their connection (stdio, in memory)
+        self._named: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._stack = contextlib.AsyncExitStack()
+        self._group: Any = None  # the idle sessions' reaper
+        #: How long a session may go without a request before its run is ended (seconds;
+        #: None: never). Streamable HTTP sessions with an ``Mcp-Session-Id`` are ended by the
+        #: SDK's session manager (give it the same value); stateless clients by the proxy.
+        self.idle_seconds = idle_seconds
         #: How long an upstream may take to answer anything but a tool call (connecting,
         #: listing): past it, it is left out (seconds).
         self.timeout = UPSTREAM_SECONDS
@@ -133,9 +154,14 @@ class Proxy:
             except Exception as exc:  # left out: the others are served
                 log.warning("MCP upstream %s cannot be reached: %s", upstream.name, exc)
         await self.refresh()
+        if self.idle_seconds is not None:
+            self._group = await self._stack.enter_async_context(anyio.create_task_group())
+            self._group.start_soon(self._reap, self.idle_seconds)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
         for run in list(self._runs.values()):
             with contextlib.suppress(Exception):
                 await self._end(run)
@@ -216,6 +242,63 @@ class Proxy:
             self._runs[key] = run
         return run
 
+    async def end_session(self, session: str) -> None:
+        """End a session's run (``ok``, or the stop it had): its client closed it (an HTTP
+        ``DELETE``, a stdio pipe closed), or it went idle."""
+        self._ended.pop(session, None)
+        self._used.pop(session, None)
+        run = self._runs.pop(session, None)
+        if run is not None:
+            try:
+                await self._end(run)
+            except Exception as exc:  # the store: said, and the proxy serves on
+                log.warning(
+                    "MCP session %s: its run %s did not end cleanly: %s", session, run.id, exc
+                )
+
+    async def _reap(self, idle: float) -> None:
+        """End the runs of sessions no request came from for ``idle`` seconds."""
+        while True:
+            await anyio.sleep(min(idle / 4, 5.0))
+            now = anyio.current_time()
+            for session, used in list(self._used.items()):
+                if session.startswith("stdio:"):
+                    continue  # a stdio session lasts as long as its pipe
+                if now - used >= idle and not self._busy.get(session):
+                    log.info("MCP session %s idle for %.0f s: its run ends", session, now - used)
+                    await self.end_session(session)
+
+    def _ends_with(self, ctx: ServerRequestContext[Any], session: str) -> None:
+        """End ``session``'s run when its connection closes (a stdio client gone, an HTTP
+        session deleted or timed out); stateless clients' connections last one request,
+        their runs end when idle."""
+        connection = _connection(ctx)
+        if connection is None or session.startswith("client:"):
+            return
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return  # a connection per request: the run ends with the proxy, or when idle
+        if connection.state.get("corral.ends") != session:
+            connection.state["corral.ends"] = session
+            connection.exit_stack.push_async_callback(self.end_session, session)
+
+    def session_for(self, ctx: ServerRequestContext[Any]) -> str:
+        """The session (run) a request belongs to: :func:`session_of`, and for a connection
+        with no name of its own (stdio, in memory) a name per connection."""
+        session = session_of(ctx)
+        if session != "stdio":
+            return session
+        connection = _connection(ctx)
+        # The stream the requests come on: a 2026-07-28 stream serves each request on a
+        # connection of its own, all sharing the stream's outbound channel.
+        stream = getattr(connection, "outbound", None)
+        if stream is None:
+            return session
+        named = self._named.get(stream)
+        if named is None:
+            self._connections += 1
+            named = self._named[stream] = f"stdio:{self._connections}"
+        return named
+
     async def _end(self, run: AsyncRun, stop: Stop | None = None) -> None:
         if stop is not None:
             await run.__aexit__(Stop, stop, None)
@@ -225,12 +308,47 @@ class Proxy:
 
     # -- a call ---------------------------------------------------------------------------
     async def call(
-        self, session: str, name: str, arguments: Mapping[str, Any] | None
+        self,
+        session: str,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        key: Any = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> types.CallToolResult:
-        """A client's ``tools/call``, governed (see the module docstring)."""
+        """A client's ``tools/call``, governed (see the module docstring). ``key`` is the
+        client's own idempotency key for a write (``_meta["io.corral/idempotency-key"]``);
+        ``attributes`` go on the call's ``execute_tool`` span."""
+        self._used[session] = anyio.current_time()
+        self._busy[session] = self._busy.get(session, 0) + 1
+        try:
+            return await self._call(session, name, arguments, key, attributes)
+        finally:
+            left = self._busy[session] = self._busy[session] - 1
+            if not left:
+                del self._busy[session]
+            if session in self._runs or session in self._ended:
+                self._used[session] = anyio.current_time()
+
+    async def _call(
+        self,
+        session: str,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        key: Any,
+        attributes: Mapping[str, str] | None,
+    ) -> types.CallToolResult:
         ended = self._ended.get(session)
         if ended is not None:  # every later call of the session: the stop that ended its run
             return _stopped(ended)
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
+            return _error(
+                stop_text(
+                    f"invalid_tool_args:{name}",
+                    "idempotency_key",
+                    f"_meta[{KEY_META!r}] must be text of 1 to {MAX_KEY_CHARS} characters",
+                )
+            )
         run = await self.run_of(session)
         entry = self.listed.get(name)
         if entry is not None:
@@ -247,11 +365,27 @@ class Proxy:
                         "(corral mcp approve-definition)",
                     )
                 )
+        if entry is not None:
+            attributes = {
+                **(attributes or {}),
+                "mcp.server": entry.upstream,
+                "mcp.tool": entry.tool.name,
+            }
         try:
-            ticket = await run.authorize(name, dict(arguments or {}))
+            ticket = await run.authorize(
+                name, dict(arguments or {}), idempotency_key=key, attributes=attributes
+            )
             if ticket.replayed:
                 return _result(ticket.output)
-            return await self._execute(run, entry, ticket)
+            try:
+                return await self._execute(run, entry, ticket)
+            except anyio.get_cancelled_exc_class():
+                # The client left mid-call (its pipe or connection closed) or the proxy is
+                # stopping: the call is reported cancelled (a write's claim is left unknown:
+                # it may have happened, and it is never run again), the run stops.
+                with anyio.CancelScope(shield=True):
+                    await self._left(session, run, name, ticket)
+                raise
         except ToolRejected as rejected:
             return _error(stop_text(f"{rejected.reason}:{name}", rejected.detail, rejected.message))
         except Stop as stop:
@@ -259,6 +393,19 @@ class Proxy:
             self._ended[session] = stop
             await self._end(run, stop)
             return _stopped(stop)
+
+    async def _left(self, session: str, run: AsyncRun, name: str, ticket: Ticket) -> None:
+        stop = Stop("cancelled", "run", message=f"the client left during a call of {name}")
+        try:
+            await run.report_failure(ticket, Cancelled(stop))
+        except Stop as raised:
+            stop = raised
+        except Exception as exc:  # the store: said; the run still ends
+            log.warning("MCP session %s: the call left behind was not recorded: %s", session, exc)
+        self._runs.pop(session, None)
+        self._ended[session] = stop
+        with contextlib.suppress(Exception):
+            await self._end(run, stop)
 
     async def _execute(
         self, run: AsyncRun, entry: _Listed | None, ticket: Ticket
@@ -305,7 +452,22 @@ class Proxy:
         async def call_tool(
             ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
         ) -> types.CallToolResult:
-            return await self.call(session_of(ctx), params.name, params.arguments)
+            session = self.session_for(ctx)
+            self._ends_with(ctx, session)
+            meta = ctx.meta or {}
+            connection = _connection(ctx)
+            attributes = {
+                "mcp.method": ctx.method,
+                "mcp.protocol.version": ctx.protocol_version,
+                "mcp.session.id": (connection.session_id if connection else None) or session,
+            }
+            return await self.call(
+                session,
+                params.name,
+                params.arguments,
+                key=meta.get(KEY_META),
+                attributes=attributes,
+            )
 
         return Server(
             "corral-mcp",
@@ -333,6 +495,16 @@ def session_of(ctx: ServerRequestContext[Any]) -> str:
     info = (ctx.meta or {}).get("io.modelcontextprotocol/clientInfo")
     name = info.get("name") if isinstance(info, Mapping) else None
     return f"client:{peer}:{name or '-'}"
+
+
+def _connection(ctx: ServerRequestContext[Any]) -> Any:
+    """The SDK's connection a request came on (its ``exit_stack`` unwinds when it closes:
+    a stdio client gone, an HTTP session deleted or timed out), or None. The SDK gives
+    handlers no public way to it yet: read from the request's session."""
+    connection = getattr(ctx.session, "_connection", None)
+    if connection is None or not hasattr(connection, "exit_stack"):
+        return None
+    return connection
 
 
 def _result(observed: Any) -> types.CallToolResult:

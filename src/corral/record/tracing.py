@@ -34,7 +34,9 @@ One trace per run (per segment of a resumed run):
   ``gen_ai.response.finish_reasons``, ``corral.usd``, ``corral.outcome``.
 - ``execute_tool {tool}`` per tool-call attempt: ``gen_ai.tool.name``,
   ``gen_ai.tool.type=function``, ``gen_ai.tool.call.id`` when known,
-  ``corral.outcome``, ``corral.attempt``, ``corral.usd``.
+  ``corral.outcome``, ``corral.attempt``, ``corral.usd``; and the caller's own
+  attributes (``Run.authorize(..., attributes=)``: the MCP proxy's ``mcp.server``,
+  ``mcp.tool``, ``mcp.session.id``, ``mcp.protocol.version``, ``mcp.method``).
 - Decisions are span events on the run's span: ``corral.denied`` (with
   ``corral.guard``, ``corral.decision=denied``, ``corral.why``,
   ``gen_ai.tool.name``), ``corral.approval``, ``corral.would_stop``,
@@ -423,6 +425,11 @@ def _tool_span(tracer: Tracer, context: Any, event: Event) -> None:
     _set(attrs, "corral.attempt", data.get("attempt"))
     _set(attrs, "corral.usd", data.get("usd"))
     _set(attrs, "corral.args_digest", data.get("args_digest"))
+    given = data.get("attributes")  # the caller's (Run.authorize's attributes=): mcp.*
+    if isinstance(given, Mapping):
+        for name, value in given.items():
+            if isinstance(name, str) and not name.startswith(("gen_ai.", "corral.")):
+                _set(attrs, name, value)
     span = tracer.start_span(
         f"execute_tool {tool}",
         context=context,
