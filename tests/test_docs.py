@@ -19,12 +19,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
 import os
 import re
 import shlex
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,23 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for sink in list(sinks.SINKS):
         if sink not in installed:  # a snippet's exporter, not one the suite had on
             sinks.remove_sink(sink)
+    _close_left_loop()
+
+
+def _close_left_loop() -> None:
+    """Close the event loop a snippet left as the thread's current one: a framework's sync
+    entry point (Pydantic AI's ``run_sync``) sets one and keeps it for the next call, as a
+    script wants; left here, it would be collected during a later test, its sockets unclosed."""
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            left = policy.get_event_loop()
+        except RuntimeError:  # none, and none may be made here
+            return
+    if not left.is_running():
+        left.close()
+        policy.set_event_loop(None)
 
 
 # -- Python ------------------------------------------------------------------------------
