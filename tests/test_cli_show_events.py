@@ -28,7 +28,7 @@ SOURCE = Path(corral.__file__).parent
 
 #: Events that belong to no run (kill switches, resolved claims: run ids ``-`` and
 #: ``operator``): ``corral show`` never lists them.
-FLEET_KINDS = {"kill_switch", "idempotency_resolved", "api_key"}
+FLEET_KINDS = {"kill_switch", "idempotency_resolved", "api_key", "tool_definition"}
 
 #: The word in the ``event`` column for each kind (a refusal reads ``denied``).
 LABELS = {

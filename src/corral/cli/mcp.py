@@ -15,8 +15,6 @@ command runs.
 
 from __future__ import annotations
 
-import contextlib
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,20 +30,24 @@ from corral.cli._common import (
     JsonOption,
     group,
     guarded,
-    one_line,
     open_db,
 )
+from corral.cli._mcp import (
+    default_lock,
+    http_app,
+    policy_of,
+    proxy_parts,
+    serve_http,
+    upstreams_of,
+)
 from corral.cli._output import console, echo, print_json
-from corral.exceptions import ConfigError
 
 #: A session's idle timeout unless told (seconds; ``corral.mcp.proxy.IDLE_SECONDS``, kept
 #: here so that the command's help does not import the SDK).
 IDLE_SECONDS = 1800.0
 
 if TYPE_CHECKING:
-    from corral.mcp.pins import Pins
-    from corral.mcp.proxy import Proxy, Upstream
-    from corral.policy.schema import Policy
+    pass
 
 mcp_app = group("mcp", help="Put corral's policy in front of MCP servers: proxy, pin definitions.")
 
@@ -166,8 +168,8 @@ def pin(
         from corral.policy.locks import Pinned
         from corral.stores.memory import MemoryStore
 
-        rules = _policy(policy)
-        upstreams = _upstreams(stdio, http)
+        rules = policy_of(policy)
+        upstreams = upstreams_of(stdio, http)
         path = lock if lock is not None else default_lock(policy)
         before = read_lock(path) if path.exists() else {}
         found: dict[str, str] = {}
@@ -413,105 +415,3 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise Fail(EXIT_USAGE, f"--listen {text!r}: give HOST:PORT (127.0.0.1:8421)")
     return host.strip("[]"), int(port)
-
-
-def proxy_parts(
-    policy: Path, stdio: list[str] | None, http: list[str] | None, lock: Path | None
-) -> tuple[Policy, list[Upstream], Pins]:
-    """The proxy's policy, upstreams and pins from the command's options."""
-    from corral.mcp.pins import Pins, read_lock
-
-    rules = _policy(policy)
-    upstreams = _upstreams(stdio, http)
-    path = lock if lock is not None else default_lock(policy)
-    if lock is not None:
-        read_lock(path)  # a lock named but missing or broken: refused at start
-    pins = Pins.from_lock(path)  # watched: an approved definition is picked up live
-    return rules, upstreams, pins
-
-
-def http_app(proxy: Proxy, host: str) -> Any:
-    """The proxy's streamable HTTP app (a Starlette app serving ``/mcp``; its lifespan runs
-    the SDK's session manager, whose idle timeout is the proxy's)."""
-    return proxy.server().streamable_http_app(host=host, session_idle_timeout=proxy.idle_seconds)
-
-
-async def serve_http(
-    app: Any, host: str, port: int, banner: str, log_level: str = "warning"
-) -> bool:
-    """Serve the ASGI ``app`` on ``HOST:PORT`` until SIGINT or SIGTERM (taken here, so that
-    the caller ends its sessions' runs before the process ends); whether it listened."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise Fail(
-            EXIT_USAGE,
-            f"serving HTTP needs the serve extra ({exc.name} is missing): "
-            "pip install 'corral[serve]'",
-        ) from None
-    import signal
-
-    import anyio
-
-    echo(banner, err=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
-    http = uvicorn.Server(config)
-    # uvicorn would take SIGINT/SIGTERM and raise them again once down, ending the process
-    # before the sessions' runs are ended and recorded: the signals are taken here instead.
-    http.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-
-    async def stop_on_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for _ in received:
-                http.should_exit = True
-                return
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(stop_on_signal)
-        await http.serve()
-        group.cancel_scope.cancel()
-    return bool(http.started)
-
-
-def default_lock(policy: Path) -> Path:
-    """The lock file beside a policy: ``support.yaml`` -> ``support.mcp-lock.json``."""
-    return policy.with_name(f"{policy.stem}.mcp-lock.json")
-
-
-def _policy(path: Path) -> Policy:
-    from corral.policy.schema import load_policy
-
-    try:
-        return load_policy(path)
-    except ConfigError as exc:
-        raise Fail(EXIT_USAGE, f"--policy: {one_line(exc)}") from None
-    except OSError as exc:
-        raise Fail(EXIT_USAGE, f"--policy: cannot read {path}: {exc.strerror}") from None
-
-
-def _upstreams(stdio: list[str] | None, http: list[str] | None) -> list[Upstream]:
-    from mcp import StdioServerParameters
-
-    from corral.mcp.proxy import Upstream
-
-    out: list[Upstream] = []
-    for flag, values in (("--stdio", stdio or []), ("--http", http or [])):
-        for value in values:
-            name, sep, rest = value.partition("=")
-            if not sep or not name or not rest.strip():
-                raise Fail(
-                    EXIT_USAGE,
-                    f"{flag} {value!r}: give NAME=" + ("COMMAND" if flag == "--stdio" else "URL"),
-                )
-            target: Any
-            if flag == "--stdio":
-                words = shlex.split(rest)
-                target = StdioServerParameters(command=words[0], args=words[1:])
-            else:
-                target = rest.strip()
-            out.append(Upstream(name, target))
-    if not out:
-        raise Fail(
-            EXIT_USAGE, "name at least one upstream: --stdio NAME=COMMAND or --http NAME=URL"
-        )
-    return out

@@ -158,7 +158,7 @@ def serve(
             raise Fail(EXIT_USAGE, "--mcp-stdio, --mcp-http and --mcp-lock need --mcp-policy")
         proxied = None
         if mcp_policy is not None:
-            from corral.cli.mcp import proxy_parts
+            from corral.cli._mcp import proxy_parts
 
             proxied = proxy_parts(mcp_policy, mcp_stdio, mcp_http, mcp_lock)
         address = _address(advertise, host, port)
@@ -216,7 +216,7 @@ def _serve_with_mcp(
     until SIGINT or SIGTERM, the MCP sessions' runs ended before the process ends."""
     import anyio
 
-    from corral.cli.mcp import http_app, serve_http
+    from corral.cli._mcp import http_app, serve_http
     from corral.mcp.proxy import Proxy
 
     rules, upstreams, pins = proxied
