@@ -12,8 +12,9 @@ session); a state replayed by another requester or with other arguments is refus
 
 On a retry with the state: still pending, the same ``input_required`` again; approved, the
 call goes on to ``run.authorize``, which re-attaches to the approval and consumes it once;
-denied, ``approval_denied`` (as a held call would be told); used, expired or cancelled, a
-tool error saying so.
+denied, ``approval_denied``; expired, ``approval_timeout``; cancelled by a kill switch,
+``kill_switch`` (each as a held call meets it); used already, a tool error saying so (the
+write it approved ran; nothing runs twice).
 
 Imports the gateway's approval guard and queue, as :mod:`corral.integrations.openai_agents`
 does for the Agents SDK's interruptions.
@@ -30,6 +31,7 @@ import mcp_types as types
 
 from corral.controls import approvals as queue
 from corral.controls.approvals import ApprovalDecision
+from corral.exceptions import Stop
 from corral.gateway.call import Call
 from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.guards import approval, approval_queue, idempotency, killswitch
@@ -146,9 +148,28 @@ def resume(
         waited = max(0.0, (record.decided_at or time.time()) - record.created)
         approval.decide(core, approval.request(call), answer, waited, approval_id=record.id)
         return None  # not reached: a denial raises
+    if record.status == "used":  # this state's write ran already: nothing runs twice
+        return Pending(
+            None,
+            f"approval_used:{name} (approval {record.id} was used): the write it approved ran",
+        )
+    raise _ended(run, record, name)
+
+
+def _ended(run: AsyncRun, record: ApprovalRecord, tool: str) -> Stop:
+    """The stop of a request that ended undecided, as a held call meets it: expired
+    (``approval_timeout``) or cancelled by a kill switch (``kill_switch``)."""
+    core = run._core
+    core.time.waiting += max(0.0, (record.decided_at or time.time()) - record.created)
+    if record.status == "expired":
+        timeout = core.policy.writes.approval_timeout_seconds
+        message = f"no decision on approval {record.id} within {timeout:g} s"
+        stop = Stop("approval_timeout", tool, tool=tool, message=message,
+                    extra={"approval": record.id})  # fmt: skip
+        return core.stamp(stop)
     by = f" by {record.approver}" if record.approver else ""
     why = f": {record.reason}" if record.reason else ""
-    return Pending(
-        None, f"approval_{record.status}:{name} (approval {record.id} was {record.status}{by}{why})"
-    )
-
+    message = f"approval {record.id} was {record.status}{by}{why}"
+    stop = Stop("kill_switch", tool, tool=tool, message=message,
+                extra={"approval": record.id, "set_by": record.approver})  # fmt: skip
+    return core.stamp(stop)
