@@ -279,6 +279,31 @@ def test_a_state_replayed_by_another_requester_or_with_other_arguments_is_refuse
         assert [a.status for a in store.list_approvals(status=None)] == ["used"]
 
 
+def test_an_approval_nobody_decides_in_time_is_approval_timeout(tmp_path: Path) -> None:
+    policy = {**POLICY, "writes": {"require_approval": True, "approval_timeout_seconds": 0.5}}
+    case = Case(tmp_path, policy)
+
+    async def go() -> None:
+        store = SQLiteStore(case.db)
+        try:
+            async with case.proxy(store) as proxy, Client(
+                proxy.server(), mode="2026-07-28"
+            ) as client:  # fmt: skip
+                first = await _ask(client, PAY)
+                assert isinstance(first, types.InputRequiredResult)
+                await anyio.sleep(0.6)
+                late = await _ask(client, PAY, first.request_state)
+                assert isinstance(late, types.CallToolResult) and late.is_error
+                assert _text(late).startswith("approval_timeout:ledger.pay"), _text(late)
+                [expired] = store.list_approvals(status=None)
+                assert expired.status == "expired"
+        finally:
+            store.close()
+
+    anyio.run(go)
+    assert _paid(case.state) == []
+
+
 def test_a_2025_11_25_client_keeps_the_held_call(tmp_path: Path) -> None:
     case = Case(tmp_path)
 

@@ -98,7 +98,12 @@ def ask(run: AsyncRun, session: str, name: str, arguments: Mapping[str, Any]) ->
     core = run._core
     request = approval.request(call)
     # The queue's own filing, as run.authorize does it: the retry re-attaches to it.
-    record = approval_queue._file(core, call.eff, request)
+    try:
+        record = approval_queue._file(core, call.eff, request)
+    except Stop:
+        raise
+    except Exception as exc:  # whatever the store raises: the channel failed (fail closed)
+        approval.unreachable(core, request, exc, 0.0)
     if record.status != "pending":
         return None  # approved already: run.authorize consumes it
     return _pending(record, session)
