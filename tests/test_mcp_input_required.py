@@ -26,6 +26,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
 import corral
+from corral.controls import killswitch
 from corral.mcp.deferred import PENDING_META
 from corral.mcp.proxy import Proxy, Upstream
 from corral.stores.sqlite import SQLiteStore
@@ -297,6 +298,31 @@ def test_an_approval_nobody_decides_in_time_is_approval_timeout(tmp_path: Path) 
                 assert _text(late).startswith("approval_timeout:ledger.pay"), _text(late)
                 [expired] = store.list_approvals(status=None)
                 assert expired.status == "expired"
+        finally:
+            store.close()
+
+    anyio.run(go)
+    assert _paid(case.state) == []
+
+
+def test_a_kill_switch_while_the_approval_is_pending_refuses_the_retry(tmp_path: Path) -> None:
+    case = Case(tmp_path)
+
+    async def go() -> None:
+        store = SQLiteStore(case.db)
+        try:
+            async with case.proxy(store) as proxy, Client(
+                proxy.server(), mode="2026-07-28"
+            ) as client:  # fmt: skip
+                first = await _ask(client, PAY)
+                assert isinstance(first, types.InputRequiredResult)
+                approval = _approval_id(first)
+                killswitch.enable(store, reason="incident", actor="ops")
+                await anyio.sleep(0.15)  # past the switch cache's refresh (0.1 s)
+                refused = await _ask(client, PAY, first.request_state)
+                assert isinstance(refused, types.CallToolResult) and refused.is_error
+                assert _text(refused).startswith("kill_switch"), _text(refused)
+                assert store.get_approval(approval).status == "cancelled"  # type: ignore[union-attr]
         finally:
             store.close()
 

@@ -122,21 +122,27 @@ def resume(
         return Pending(None, "invalid_request_state: not a state this proxy minted")
     core = run._core
     record = core.store.get_approval(approval_id) if isinstance(approval_id, str) else None
-    call = _call(run, name, arguments)
     if (
         record is None
         or owner != session
         or record.run_id != core.id
         or record.tool != name
-        or call is None
-        or call.digest != digest
         or record.args_digest != digest
+        or args_digest(dict(arguments)) != digest
     ):
         return Pending(
             None,
             f"invalid_request_state:{name} (approval_mismatch): the state is bound to another "
             "requester, session or call",
         )
+    call = _call(run, name, arguments)
+    if call is None:
+        # Refused before anyone is asked (a kill switch, the budget): run.authorize says
+        # why; a request still pending is cancelled with it.
+        if record.status == "pending":
+            why = "the call was refused before its approval was decided"
+            queue.settle(core.store, record, "cancelled", actor=queue.SYSTEM_ACTOR, reason=why)
+        return None
     if record.status == "pending" and time.time() >= record.expires:
         timeout = core.policy.writes.approval_timeout_seconds
         why = f"no decision within {timeout:g} s"

@@ -17,6 +17,9 @@ both eras to clients).
   failing, as in-process (``tool_error`` after the tool's retries). A refusal or a stop reaches
   the client as a tool error result (``isError: true``) with a readable text
   (``tool_denied:git.git_reset (not_allowed)``); the proxy itself never fails on one.
+- A write that needs approval is held until it is decided; a 2026-07-28 client is answered
+  ``input_required`` instead, and its retry runs the write once approved
+  (:mod:`corral.mcp.deferred`).
 - An upstream that cannot be reached at start is left out (its tools are not offered; the
   others are served); one that fails a call fails that call (the breaker and retry budget
   of the tool count it).
