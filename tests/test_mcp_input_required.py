@@ -10,6 +10,7 @@ with other arguments is refused; a 2025-11-25 client keeps the held call.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from serving import free_port
 
 pytest.importorskip("mcp_server_time", reason="the MCP extra's test servers")
 
+SRC = str(Path(corral.__file__).resolve().parent.parent)
 LEDGER = Path(__file__).parent / "fixtures" / "mcp" / "ledger_server.py"
 PAY = {"account": "acme", "amount": 5}
 
@@ -94,6 +96,7 @@ class Case:
         self.db = tmp_path / "corral.db"
         self.state = tmp_path / "ledger"
         self.state.mkdir()
+        self.raw = policy
         self.policy = corral.Policy.from_dict(policy)
 
     def upstream(self) -> Upstream:
@@ -101,6 +104,18 @@ class Case:
             "ledger",
             StdioServerParameters(command=sys.executable, args=[str(LEDGER), str(self.state)]),
         )
+
+    def serve_stdio(self) -> StdioServerParameters:
+        """``corral mcp serve`` over stdio, on this case's store."""
+        policy_file = self.db.parent / "policy.json"
+        policy_file.write_text(json.dumps(self.raw))
+        command = [
+            "-m", "corral", "mcp", "serve", "--policy", str(policy_file),
+            "--db", f"sqlite:///{self.db}",
+            "--stdio", f"ledger={sys.executable} {LEDGER} {self.state}",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": SRC}
+        return StdioServerParameters(command=sys.executable, args=command, env=env)
 
     def proxy(self, store: SQLiteStore) -> Proxy:
         return Proxy(self.policy, [self.upstream()], store=store)
@@ -174,10 +189,12 @@ def test_a_write_is_answered_input_required_and_runs_once_after_the_cli_approves
 
 
 def test_the_clients_own_driver_retries_until_the_cli_approves(tmp_path: Path) -> None:
+    """``corral mcp serve`` over stdio, as a desktop client runs it: the first answer is
+    ``input_required``; the SDK client's own ``call_tool``, seeded with its state, retries
+    (backing off) until the CLI approves, then gets the write's result."""
     case = Case(tmp_path)
 
     async def go() -> str:
-        store = SQLiteStore(case.db)
         stop = threading.Event()
 
         def approve_when_filed() -> None:
@@ -189,16 +206,21 @@ def test_the_clients_own_driver_retries_until_the_cli_approves(tmp_path: Path) -
                     time.sleep(0.05)
 
         helper = threading.Thread(target=approve_when_filed)
-        helper.start()
         try:
-            async with case.proxy(store) as proxy, Client(
-                proxy.server(), mode="2026-07-28", input_required_max_rounds=200
+            async with Client(
+                case.serve_stdio(), mode="2026-07-28", input_required_max_rounds=200
             ) as client:  # fmt: skip
-                return _text(await client.call_tool("ledger.pay", PAY))
+                assert client.protocol_version == "2026-07-28"
+                first = await _ask(client, PAY)
+                assert isinstance(first, types.InputRequiredResult), first
+                assert _paid(case.state) == []
+                helper.start()
+                done = await client.call_tool("ledger.pay", PAY, request_state=first.request_state)
+                return _text(done)
         finally:
             stop.set()
-            helper.join(30)
-            store.close()
+            if helper.is_alive():
+                helper.join(30)
 
     assert anyio.run(go) == "paid"
     assert _paid(case.state) == ["acme 5"]
