@@ -74,6 +74,15 @@ def _call(run: AsyncRun, name: str, arguments: Mapping[str, Any]) -> Call | None
     return call
 
 
+def _digest(run: AsyncRun, name: str, arguments: Mapping[str, Any]) -> str | None:
+    """The digest the approval of these arguments is filed under (as validated), or None."""
+    try:
+        args = run._core.effective(name).tool.validate_args(dict(arguments))
+    except Exception:  # not arguments this tool takes: nothing was filed for them
+        return None
+    return args_digest(args, text=canonical(args))
+
+
 def _state(record: ApprovalRecord, session: str) -> str:
     return json.dumps(
         {"approval": record.id, "session": session, "digest": record.args_digest},
@@ -128,7 +137,7 @@ def resume(
         or record.run_id != core.id
         or record.tool != name
         or record.args_digest != digest
-        or args_digest(dict(arguments)) != digest
+        or _digest(run, name, arguments) != digest
     ):
         return Pending(
             None,
