@@ -17,6 +17,9 @@ both eras to clients).
   failing, as in-process (``tool_error`` after the tool's retries). A refusal or a stop reaches
   the client as a tool error result (``isError: true``) with a readable text
   (``tool_denied:git.git_reset (not_allowed)``); the proxy itself never fails on one.
+- A write that needs approval is held until it is decided; a 2026-07-28 client is answered
+  ``input_required`` instead, and its retry runs the write once approved
+  (:mod:`corral.mcp.deferred`).
 - An upstream that cannot be reached at start is left out (its tools are not offered; the
   others are served); one that fails a call fails that call (the breaker and retry budget
   of the tool count it).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from corral._version import __version__
@@ -46,6 +51,7 @@ from corral.gateway.guards.killswitch import Cancelled
 from corral.loop.base import MAX_KEY_CHARS
 from corral.loop.run import AsyncRun
 from corral.loop.tickets import Ticket
+from corral.mcp import deferred
 from corral.mcp.definitions import digest, mcp_tool, policy_name, wire_definition
 from corral.mcp.pins import Change, Pins
 from corral.mcp.queue import queue
@@ -110,6 +116,7 @@ class Proxy:
         tenant: str | None = None,
         agent: str | None = None,
         idle_seconds: float | None = IDLE_SECONDS,
+        input_required: bool = True,
     ) -> None:
         names = [u.name for u in upstreams]
         if idle_seconds is not None and not idle_seconds > 0:
@@ -135,6 +142,7 @@ class Proxy:
         self._connections = 0  # sessions named after their connection (stdio, in memory)
         self._named: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._stack = contextlib.AsyncExitStack()
+        self._state_key = os.urandom(32)  # seals requestState (this process only)
         self._group: Any = None  # the idle sessions' reaper
         #: How long a session may go without a request before its run is ended (seconds;
         #: None: never). Streamable HTTP sessions with an ``Mcp-Session-Id`` are ended by the
@@ -143,6 +151,9 @@ class Proxy:
         #: How long an upstream may take to answer anything but a tool call (connecting,
         #: listing): past it, it is left out (seconds).
         self.timeout = UPSTREAM_SECONDS
+        #: Whether a 2026-07-28 client's write that needs approval is answered
+        #: ``input_required`` (False: held, as for 2025-11-25 clients).
+        self.input_required = input_required
 
     # -- upstreams ------------------------------------------------------------------------
     async def __aenter__(self) -> Proxy:
@@ -315,14 +326,18 @@ class Proxy:
         *,
         key: Any = None,
         attributes: Mapping[str, str] | None = None,
-    ) -> types.CallToolResult:
+        defer: bool = False,
+        state: str | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """A client's ``tools/call``, governed (see the module docstring). ``key`` is the
         client's own idempotency key for a write (``_meta["io.corral/idempotency-key"]``);
-        ``attributes`` go on the call's ``execute_tool`` span."""
+        ``attributes`` go on the call's ``execute_tool`` span. With ``defer`` (a 2026-07-28
+        client) a write that needs approval is answered ``input_required`` rather than held,
+        and ``state`` is the (unsealed) state of a retry (:mod:`corral.mcp.deferred`)."""
         self._used[session] = anyio.current_time()
         self._busy[session] = self._busy.get(session, 0) + 1
         try:
-            return await self._call(session, name, arguments, key, attributes)
+            return await self._call(session, name, arguments, key, attributes, defer, state)
         finally:
             left = self._busy[session] = self._busy[session] - 1
             if not left:
@@ -337,7 +352,9 @@ class Proxy:
         arguments: Mapping[str, Any] | None,
         key: Any,
         attributes: Mapping[str, str] | None,
-    ) -> types.CallToolResult:
+        defer: bool = False,
+        state: str | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         ended = self._ended.get(session)
         if ended is not None:  # every later call of the session: the stop that ended its run
             return _stopped(ended)
@@ -372,6 +389,16 @@ class Proxy:
                 "mcp.tool": entry.tool.name,
             }
         try:
+            if defer:
+                args = dict(arguments or {})
+                if state is None:
+                    pending = deferred.ask(run, session, name, args)
+                else:
+                    pending = deferred.resume(run, session, name, args, state)
+                if pending is not None:
+                    if pending.result is not None:
+                        return pending.result
+                    return _error(pending.refused or "")
             ticket = await run.authorize(
                 name, dict(arguments or {}), idempotency_key=key, attributes=attributes
             )
@@ -451,7 +478,7 @@ class Proxy:
 
         async def call_tool(
             ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-        ) -> types.CallToolResult:
+        ) -> types.CallToolResult | types.InputRequiredResult:
             session = self.session_for(ctx)
             self._ends_with(ctx, session)
             meta = ctx.meta or {}
@@ -467,9 +494,11 @@ class Proxy:
                 params.arguments,
                 key=meta.get(KEY_META),
                 attributes=attributes,
+                defer=self.input_required and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS,
+                state=params.request_state,
             )
 
-        return Server(
+        server: Server[Any] = Server(
             "corral-mcp",
             version=__version__,
             instructions="MCP servers governed by corral: every tool call is checked, "
@@ -477,6 +506,16 @@ class Proxy:
             on_list_tools=list_tools,
             on_call_tool=call_tool,
         )
+        # 2026-07-28 ``requestState`` (approvals answered ``input_required``): sealed by the
+        # SDK under this proxy's key, bound to the tool, the exact arguments and the
+        # requester (the session), and valid while an approval may be decided.
+        security = RequestStateSecurity(
+            keys=[self._state_key],
+            ttl=self.policy.writes.approval_timeout_seconds + 60.0,
+            bind_principal=self.session_for,
+        )
+        server.middleware.append(RequestStateBoundary(security, default_audience="corral-mcp"))
+        return server
 
 
 def session_of(ctx: ServerRequestContext[Any]) -> str:
