@@ -105,14 +105,14 @@ class Case:
             StdioServerParameters(command=sys.executable, args=[str(LEDGER), str(self.state)]),
         )
 
-    def serve_stdio(self) -> StdioServerParameters:
-        """``corral mcp serve`` over stdio, on this case's store."""
+    def serve_stdio(self, *more: str) -> StdioServerParameters:
+        """``corral mcp serve`` over stdio, on this case's store (``more``: its options)."""
         policy_file = self.db.parent / "policy.json"
         policy_file.write_text(json.dumps(self.raw))
         command = [
             "-m", "corral", "mcp", "serve", "--policy", str(policy_file),
             "--db", f"sqlite:///{self.db}",
-            "--stdio", f"ledger={sys.executable} {LEDGER} {self.state}",
+            "--stdio", f"ledger={sys.executable} {LEDGER} {self.state}", *more,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": SRC}
         return StdioServerParameters(command=sys.executable, args=command, env=env)
@@ -387,3 +387,34 @@ def test_a_2025_11_25_client_keeps_the_held_call(tmp_path: Path) -> None:
 
     assert anyio.run(go) == "paid"
     assert _paid(case.state) == ["acme 5"]
+
+
+def test_hold_approvals_holds_a_2026_07_28_clients_call(tmp_path: Path) -> None:
+    """``corral mcp serve --hold-approvals``: a 2026-07-28 client's write that needs approval
+    is held until the CLI approves it, as a 2025-11-25 client's is, never input_required."""
+    case = Case(tmp_path)
+
+    async def go() -> Any:
+        stop = threading.Event()
+
+        def approve_when_filed() -> None:
+            with SQLiteStore(case.db) as other:
+                while not stop.is_set():
+                    for request in other.list_approvals(status="pending"):
+                        _cli(case.db, "approve", request.id)
+                        return
+                    time.sleep(0.05)
+
+        helper = threading.Thread(target=approve_when_filed)
+        helper.start()
+        try:
+            async with Client(case.serve_stdio("--hold-approvals"), mode="2026-07-28") as client:
+                assert client.protocol_version == "2026-07-28"
+                return await _ask(client, PAY)
+        finally:
+            stop.set()
+            helper.join(30)
+
+    result = anyio.run(go)
+    assert isinstance(result, types.CallToolResult), result
+    assert _text(result) == "paid" and _paid(case.state) == ["acme 5"]

@@ -1,7 +1,7 @@
 """``corral mcp``: corral's policy in front of MCP servers.
 
 - ``corral mcp serve --policy FILE --stdio NAME=COMMAND [--http NAME=URL] [--lock FILE]
-  [--listen HOST:PORT] [--idle-timeout SECONDS]``
+  [--listen HOST:PORT] [--idle-timeout SECONDS] [--hold-approvals]``
   serves an MCP server on stdin/stdout (for desktop clients and agent frameworks that spawn
   one) whose tools are the upstreams' tools the policy allows, each call governed
   (:mod:`corral.mcp.proxy`). Nothing but the protocol is written to stdout.
@@ -106,6 +106,14 @@ def serve(
         ),
     ] = None,
     idle_timeout: IdleOption = IDLE_SECONDS,
+    hold_approvals: Annotated[
+        bool,
+        typer.Option(
+            "--hold-approvals",
+            help="Hold every client's call that waits for an approval, instead of answering "
+            "input_required to 2026-07-28 clients.",
+        ),
+    ] = False,
 ) -> None:
     """Serve an MCP server on stdio whose tools are the upstreams', each call governed."""
 
@@ -129,6 +137,7 @@ def serve(
                 tenant=tenant,
                 agent=agent,
                 idle_seconds=idle_timeout,
+                input_required=not hold_approvals,
             ) as proxy:
                 server = proxy.server()
                 if address is not None:
