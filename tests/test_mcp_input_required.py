@@ -121,6 +121,29 @@ class Case:
         return Proxy(self.policy, [self.upstream()], store=store)
 
 
+@contextmanager
+def _approver(case: Case, *more: str) -> Iterator[threading.Thread]:
+    """A thread (not yet started) that approves the first approval filed in ``case``'s store
+    with the CLI (``more``: its options); stopped and joined on leaving."""
+    stop = threading.Event()
+
+    def approve_when_filed() -> None:
+        with SQLiteStore(case.db) as other:
+            while not stop.is_set():
+                for request in other.list_approvals(status="pending"):
+                    _cli(case.db, "approve", request.id, *more)
+                    return
+                time.sleep(0.05)
+
+    helper = threading.Thread(target=approve_when_filed)
+    try:
+        yield helper
+    finally:
+        stop.set()
+        if helper.is_alive():
+            helper.join(30)
+
+
 async def _ask(client: Client, arguments: dict[str, Any], state: str | None = None) -> Any:
     return await client.session.call_tool(
         "ledger.pay", arguments, request_state=state, allow_input_required=True
@@ -195,18 +218,7 @@ def test_the_clients_own_driver_retries_until_the_cli_approves(tmp_path: Path) -
     case = Case(tmp_path)
 
     async def go() -> str:
-        stop = threading.Event()
-
-        def approve_when_filed() -> None:
-            with SQLiteStore(case.db) as other:
-                while not stop.is_set():
-                    for request in other.list_approvals(status="pending"):
-                        _cli(case.db, "approve", request.id, "--reason", "checked")
-                        return
-                    time.sleep(0.05)
-
-        helper = threading.Thread(target=approve_when_filed)
-        try:
+        with _approver(case, "--reason", "checked") as helper:
             async with Client(
                 case.serve_stdio(), mode="2026-07-28", input_required_max_rounds=200
             ) as client:  # fmt: skip
@@ -217,10 +229,6 @@ def test_the_clients_own_driver_retries_until_the_cli_approves(tmp_path: Path) -
                 helper.start()
                 done = await client.call_tool("ledger.pay", PAY, request_state=first.request_state)
                 return _text(done)
-        finally:
-            stop.set()
-            if helper.is_alive():
-                helper.join(30)
 
     assert anyio.run(go) == "paid"
     assert _paid(case.state) == ["acme 5"]
@@ -357,32 +365,20 @@ def test_a_2025_11_25_client_keeps_the_held_call(tmp_path: Path) -> None:
 
     async def go() -> str:
         store = SQLiteStore(case.db)
-        stop = threading.Event()
-
-        def approve_when_filed() -> None:
-            with SQLiteStore(case.db) as other:
-                while not stop.is_set():
-                    for request in other.list_approvals(status="pending"):
-                        _cli(case.db, "approve", request.id)
-                        return
-                    time.sleep(0.05)
-
-        helper = threading.Thread(target=approve_when_filed)
-        helper.start()
         try:
-            async with case.proxy(store) as proxy, Client(
-                proxy.server(), mode="legacy"
-            ) as client:  # fmt: skip
-                assert client.protocol_version == "2025-11-25"
-                # One call, held until the approval: never input_required.
-                result = await client.session.call_tool(
-                    "ledger.pay", PAY, allow_input_required=True
-                )
-                assert isinstance(result, types.CallToolResult)
-                return _text(result)
+            with _approver(case) as helper:
+                helper.start()
+                async with case.proxy(store) as proxy, Client(
+                    proxy.server(), mode="legacy"
+                ) as client:  # fmt: skip
+                    assert client.protocol_version == "2025-11-25"
+                    # One call, held until the approval: never input_required.
+                    result = await client.session.call_tool(
+                        "ledger.pay", PAY, allow_input_required=True
+                    )
+                    assert isinstance(result, types.CallToolResult)
+                    return _text(result)
         finally:
-            stop.set()
-            helper.join(30)
             store.close()
 
     assert anyio.run(go) == "paid"
@@ -395,25 +391,11 @@ def test_hold_approvals_holds_a_2026_07_28_clients_call(tmp_path: Path) -> None:
     case = Case(tmp_path)
 
     async def go() -> Any:
-        stop = threading.Event()
-
-        def approve_when_filed() -> None:
-            with SQLiteStore(case.db) as other:
-                while not stop.is_set():
-                    for request in other.list_approvals(status="pending"):
-                        _cli(case.db, "approve", request.id)
-                        return
-                    time.sleep(0.05)
-
-        helper = threading.Thread(target=approve_when_filed)
-        helper.start()
-        try:
+        with _approver(case) as helper:
+            helper.start()
             async with Client(case.serve_stdio("--hold-approvals"), mode="2026-07-28") as client:
                 assert client.protocol_version == "2026-07-28"
                 return await _ask(client, PAY)
-        finally:
-            stop.set()
-            helper.join(30)
 
     result = anyio.run(go)
     assert isinstance(result, types.CallToolResult), result

@@ -16,7 +16,7 @@ command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -45,9 +45,6 @@ from corral.cli._output import console, echo, print_json
 #: A session's idle timeout unless told (seconds; ``corral.mcp.proxy.IDLE_SECONDS``, kept
 #: here so that the command's help does not import the SDK).
 IDLE_SECONDS = 1800.0
-
-if TYPE_CHECKING:
-    pass
 
 mcp_app = group("mcp", help="Put corral's policy in front of MCP servers: proxy, pin definitions.")
 

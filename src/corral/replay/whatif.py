@@ -53,14 +53,7 @@ from corral.budgets.meter import Charge
 from corral.exceptions import ConfigError
 from corral.gateway.recording import breaker_snapshot, window_key
 from corral.policy.schema import Policy
-from corral.replay.compare import (
-    EXECUTED,
-    decided,
-    decisions,
-    describe,
-    first_difference,
-    line,
-)
+from corral.replay.compare import EXECUTED, decided, describe, line
 from corral.replay.result import Divergence
 from corral.replay.runner import Played, definitions_of, play, unusable
 from corral.stores import Store
@@ -391,24 +384,21 @@ def _kept(base: RunVerdict, why: str) -> RunVerdict:
 
 
 def _verdict(base: RunVerdict, events: list[Event], played: Played, estimated: bool) -> RunVerdict:
-    diff = first_difference(decisions(events), decisions(played.events))
     divergence = None
-    if diff is not None:
-        before, after = decided(events), decided(played.events)
-        i = next(
-            i
-            for i in range(max(len(before), len(after)))
-            if i >= len(before) or i >= len(after) or line(before[i][1]) != line(after[i][1])
-        )
-        was = describe(before[i][1] if i < len(before) else None)
-        now = describe(after[i][1] if i < len(after) else None)
-        divergence = Divergence(
-            step=diff[0],
-            reason="policy_changed",
-            message=f"{was} → {now}",
-            expected=diff[1],
-            got=diff[2],
-        )
+    before, after = decided(events), decided(played.events)
+    for i in range(max(len(before), len(after))):
+        was = before[i] if i < len(before) else None
+        now = after[i] if i < len(after) else None
+        lines = [None if x is None else line(x[1]) for x in (was, now)]
+        if lines[0] != lines[1]:
+            divergence = Divergence(
+                step=(was or now or (0, None))[0],
+                reason="policy_changed",
+                message=f"{describe(was and was[1])} → {describe(now and now[1])}",
+                expected=lines[0],
+                got=lines[1],
+            )
+            break
     played_div = played.player.divergence
     return RunVerdict(
         run_id=base.run_id,
