@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ from corral.mcp import deferred
 from corral.mcp.definitions import digest, mcp_tool, policy_name, wire_definition
 from corral.mcp.pins import Change, Pins
 from corral.mcp.queue import queue
+from corral.mcp.watch import Watch
 from corral.policy.schema import Policy
 from corral.stores.base import Store
 
@@ -62,8 +63,6 @@ log = logging.getLogger("corral")
 
 #: How long an upstream may take to connect or list its tools (seconds).
 UPSTREAM_SECONDS = 10.0
-#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
-WATCH_EVERY = 0.1
 #: How long a session may go without a request before it is ended, with its run (seconds;
 #: the SDK's own default for streamable HTTP sessions: 30 minutes).
 IDLE_SECONDS = 1800.0
@@ -86,6 +85,7 @@ class _Listed:
     upstream: str
     tool: types.Tool
     digest: str
+    wire: dict[str, Any]  # the definition as it travels (what the digest is of)
 
 
 def stop_text(head: str, why: str | None = None, message: str = "") -> str:
@@ -134,6 +134,7 @@ class Proxy:
         self.agent = agent
         self.clients: dict[str, Client] = {}
         self.listed: dict[str, _Listed] = {}
+        self._governed: tuple[dict[str, _Listed], list[Any]] | None = None  # _tools()
         self._runs: dict[str, AsyncRun] = {}
         self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
         self._queued: set[tuple[str, str]] = set()  # the definition changes queued already
@@ -143,7 +144,8 @@ class Proxy:
         self._named: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._stack = contextlib.AsyncExitStack()
         self._state_key = os.urandom(32)  # seals requestState (this process only)
-        self._group: Any = None  # the idle sessions' reaper
+        self._group: Any = None  # the idle sessions' reaper and the calls' watch
+        self._watch = Watch()
         #: How long a session may go without a request before its run is ended (seconds;
         #: None: never). Streamable HTTP sessions with an ``Mcp-Session-Id`` are ended by the
         #: SDK's session manager (give it the same value); stateless clients by the proxy.
@@ -165,8 +167,9 @@ class Proxy:
             except Exception as exc:  # left out: the others are served
                 log.warning("MCP upstream %s cannot be reached: %s", upstream.name, exc)
         await self.refresh()
+        self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        self._group.start_soon(self._watch.run)
         if self.idle_seconds is not None:
-            self._group = await self._stack.enter_async_context(anyio.create_task_group())
             self._group.start_soon(self._reap, self.idle_seconds)
         return self
 
@@ -194,7 +197,8 @@ class Proxy:
                 name = policy_name(server, tool.name)
                 if name in listed:
                     raise ConfigError(f"two upstream tools are both named {name}")
-                listed[name] = _Listed(server, tool, digest(tool))
+                wire = wire_definition(tool)
+                listed[name] = _Listed(server, tool, digest(tool), wire)
         self.listed = listed
 
     def offered(self) -> list[types.Tool]:
@@ -210,7 +214,7 @@ class Proxy:
     def pinned(self, name: str, entry: _Listed) -> Change | None:
         """None when tool ``name``'s definition matches its pin; else the change, queued
         for an operator (once per tool and digest: :mod:`corral.mcp.queue`)."""
-        change = self.pins.check(name, entry.digest, wire_definition(entry.tool))
+        change = self.pins.check(name, entry.digest, entry.wire)
         if change is None or (name, change.seen) in self._queued:
             return change
         self._queued.add((name, change.seen))
@@ -222,7 +226,7 @@ class Proxy:
                 tool=entry.tool.name,
                 pinned=change.pinned,
                 digest=change.seen,
-                definition=wire_definition(entry.tool),
+                definition=entry.wire,
                 pinned_definition=change.pinned_definition,
             )
         except Exception as exc:  # the tool stays hidden and denied; queued at its next sight
@@ -233,8 +237,13 @@ class Proxy:
     # -- runs -----------------------------------------------------------------------------
     def _tools(self) -> list[Any]:
         """Every listed tool, for the run: the allowlist guard refuses the ones the policy
-        does not allow (``not_allowed``), as in-process."""
-        return [mcp_tool(name, entry.tool, self.policy) for name, entry in self.listed.items()]
+        does not allow (``not_allowed``), as in-process. Built once per listing (their
+        argument validators compiled once), shared by the runs started on it."""
+        listed = self.listed
+        if self._governed is None or self._governed[0] is not listed:
+            tools = [mcp_tool(name, entry.tool, self.policy) for name, entry in listed.items()]
+            self._governed = (listed, tools)
+        return list(self._governed[1])
 
     async def run_of(self, session: str) -> AsyncRun:
         """The run of a downstream session (started on its first call)."""
@@ -441,7 +450,7 @@ class Proxy:
         client = self.clients[entry.upstream]
         try:
             with anyio.fail_after(max(ticket.timeout, 0.001)):
-                result, killed = await _watched(
+                result, killed = await self._watch.call(
                     ticket,
                     lambda: client.call_tool(
                         entry.tool.name,
@@ -553,31 +562,6 @@ def _result(observed: Any) -> types.CallToolResult:
             return types.CallToolResult.model_validate(dict(observed))
     text = observed if isinstance(observed, str) else repr(observed)
     return types.CallToolResult(content=[types.TextContent(text=text)])
-
-
-async def _watched(
-    ticket: Ticket, call: Callable[[], Awaitable[types.CallToolResult]]
-) -> tuple[Any, BaseException | None]:
-    """``call()``'s result, or, when a ``stop_all`` kill switch covers the call while it
-    runs, ``(None, failure)`` with the call cancelled (the SDK tells the server)."""
-    killed: BaseException | None = None
-    result: Any = None
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            nonlocal killed
-            while True:
-                await anyio.sleep(WATCH_EVERY)
-                found = ticket.killed()
-                if found is not None:
-                    killed = found
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(watch)
-        result = await call()
-        group.cancel_scope.cancel()
-    return result, killed
 
 
 async def _all_tools(client: Client) -> list[types.Tool]:
