@@ -34,6 +34,7 @@ from corral.cli._common import (
 )
 from corral.cli._mcp import (
     default_lock,
+    freeze_heap,
     http_app,
     policy_of,
     proxy_parts,
@@ -137,6 +138,7 @@ def serve(
                 input_required=not hold_approvals,
             ) as proxy:
                 server = proxy.server()
+                freeze_heap()
                 if address is not None:
                     host, port = address
                     banner = f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops"
