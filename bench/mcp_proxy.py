@@ -17,9 +17,11 @@ rotating from round to round) so that every side sees the same machine load:
   the same server and governs each call (allowlist, arguments, budgets, output checks, the
   audit record committed before the answer).
 
-Printed: p50/p99 of each in milliseconds; what the proxy adds (proxied minus direct, at each
-percentile); the floor (each pass-through minus direct); and corral's share (proxied minus
-``bare_corral``: the governance alone). Target (issue 16): at most 1 ms p50 added on stdio.
+Printed: p50/p99 of each in milliseconds, and the CPU per call of the process the client
+spawned (the server; for the others, the proxy without its upstream: steadier than wall time
+on a busy machine); what the proxy adds (proxied minus direct, at each percentile); the floor
+(each pass-through minus direct); and corral's share (proxied minus ``bare_corral``: the
+governance alone). Target (issue 16): at most 1 ms p50 added on stdio.
 
     python bench/mcp_proxy.py [--calls 300] [--rounds 5] [--commit each|group] [--quick] [--json]
 """
@@ -27,6 +29,7 @@ percentile); the floor (each pass-through minus direct); and corral's share (pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -62,21 +65,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def timed(params: Any, name: str, calls: int) -> list[float]:
-    """Seconds per call of ``name`` over one connection (after two warm-up calls)."""
+async def timed(params: Any, name: str, calls: int) -> tuple[list[float], float | None]:
+    """Seconds per call of ``name`` over one connection (after two warm-up calls), and the
+    CPU seconds per call of the process the client spawned (the server, or the proxy without
+    its upstream; None where ``/proc`` cannot tell)."""
     from mcp import Client
 
     out: list[float] = []
     async with Client(params, cache=None) as client:
         for i in range(2):
             await client.call_tool(name, args(i))
+        spawned = _children()
+        before = _cpu(spawned)
         for i in range(2, calls + 2):
             start = time.perf_counter()
             result = await client.call_tool(name, args(i))
             out.append(time.perf_counter() - start)
             if result.is_error:
                 raise SystemExit(f"{name} failed: {result.content}")
-    return out
+        after = _cpu(spawned)
+    cpu = None if before is None or after is None else (after - before) / calls
+    return out, cpu
+
+
+def _children() -> list[int]:
+    """The processes this one spawned (Linux ``/proc``; none elsewhere)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        found.append(int(entry))
+    return found
+
+
+def _cpu(pids: list[int]) -> float | None:
+    """The CPU seconds (user and system, all threads) ``pids`` have used, or None."""
+    if len(pids) != 1:
+        return None
+    try:
+        fields = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 SIDES = ("direct", "bare_sdk", "bare_corral", "proxied")
@@ -145,12 +178,16 @@ def main() -> int:
         return 2
 
     values: dict[str, list[float]] = {side: [] for side in SIDES}
+    cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as folder:
         sides = _sides(Path(folder), opts.commit)
         for r in range(opts.rounds):
             for side in SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]:
                 params, prefix = sides[side]
-                values[side] += anyio.run(timed, params, prefix + "convert_time", opts.calls)
+                timings, used = anyio.run(timed, params, prefix + "convert_time", opts.calls)
+                values[side] += timings
+                if used is not None:
+                    cpu[side].append(used)
     figures: dict[str, Any] = {
         "calls": len(values["direct"]),
         "rounds": opts.rounds,
@@ -161,6 +198,8 @@ def main() -> int:
             "p50_ms": round(percentile(timings, 0.5) * 1000, 3),
             "p99_ms": round(percentile(timings, 0.99) * 1000, 3),
             "mean_ms": round(statistics.fmean(timings) * 1000, 3),
+            # the spawned process's CPU per call, median over rounds (less noisy than wall)
+            "cpu_ms": round(statistics.median(cpu[side]) * 1000, 3) if cpu[side] else None,
         }
     figures["added"] = _minus(figures, "proxied", "direct")
     figures["floor"] = {
@@ -189,7 +228,8 @@ def _print(figures: dict[str, Any]) -> None:
     }
     for side in SIDES:
         f = figures[side]
-        print(f"  {labels[side]:<28} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms")
+        used = "" if f["cpu_ms"] is None else f"   cpu {f['cpu_ms']:6.3f} ms a call"
+        print(f"  {labels[side]:<28} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms{used}")
     rows = (
         ("added (proxied - direct)", figures["added"]),
         ("floor, SDK stdio", figures["floor"]["sdk"]),
