@@ -105,20 +105,24 @@ def _message(line: bytes) -> SessionMessage | Exception:
 async def _reader(fd: int, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
     """Each line of ``fd`` to ``send``, parsed; the stream ends at end of file."""
     pending: list[bytes] = []
+    more = False  # whether a read may find more at once (the last one filled its buffer)
     async with send:
         while True:
+            if not more:
+                await anyio.wait_readable(fd)
             try:
                 chunk = os.read(fd, CHUNK)
             except BlockingIOError:
-                await anyio.wait_readable(fd)
+                more = False
                 continue
             if not chunk:
                 break
-            if b"\n" not in chunk:  # a long line: let the others run while it arrives
-                pending.append(chunk)
-                await anyio.lowlevel.checkpoint()
-                continue
+            more = len(chunk) == CHUNK
             pending.append(chunk)
+            if b"\n" not in chunk:  # a long line: let the others run while it arrives
+                if more:
+                    await anyio.lowlevel.checkpoint()
+                continue
             *lines, rest = b"".join(pending).split(b"\n")
             pending = [rest] if rest else []
             for line in lines:
