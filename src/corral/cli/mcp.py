@@ -201,18 +201,10 @@ def pin(
 
         anyio.run(main)
         write_lock(path, pinned)
-        rows = [
-            {
-                "tool": name,
-                "digest": value,
-                "change": "new"
-                if name not in before
-                else "same"
-                if before[name] == value
-                else "changed",
-            }
-            for name, value in sorted(found.items())
-        ]
+        rows = []
+        for name, value in sorted(found.items()):
+            change = "new" if name not in before else "same" if before[name] == value else "changed"
+            rows.append({"tool": name, "digest": value, "change": change})
         dropped = sorted(set(before) - set(found))
         if json_out:
             print_json(
