@@ -108,7 +108,7 @@ def test_the_architecture_doc_names_every_module_and_no_other() -> None:
 MODULE_LINES = 500
 FUNCTION_LINES = 80
 #: Modules over the limit that are being split; each is removed from here once it is.
-MODULE_LINES_PENDING = frozenset({"gateway/chain.py", "gateway/_aio.py", "mcp/proxy.py"})
+MODULE_LINES_PENDING = frozenset({"gateway/chain.py", "gateway/_aio.py"})
 
 
 def oversized(package: Path) -> list[str]:
