@@ -7,11 +7,9 @@ cheap). The official ``mcp`` client drives, in interleaved rounds (the order of 
 rotating from round to round) so that every side sees the same machine load:
 
 - ``direct``: the client spawns ``python -m mcp_server_time`` and calls it;
-- ``bare_sdk``: the client spawns ``bench/_mcp_passthrough.py --transport sdk``, a proxy on
-  the SDK that forwards each call as it is (the SDK's ``stdio_server`` downstream, an
+- ``bare``: the client spawns ``bench/_mcp_passthrough.py``, a proxy on the SDK that forwards
+  each call as it is (the SDK's ``stdio_server`` downstream, as ``corral mcp serve`` has, an
   ``mcp.Client`` upstream, nothing governed): what any proxy on this SDK adds;
-- ``bare_corral``: the same pass-through on corral's stdio transport (``corral.mcp.stdio``,
-  the one ``corral mcp serve`` uses, without the SDK's thread hop per line);
 - ``proxied``: the client spawns ``python -m corral mcp serve`` (a SQLite store in a
   temporary folder; ``--commit group`` holds reads' events for a group commit), which spawns
   the same server and governs each call (allowlist, arguments, budgets, output checks, the
@@ -20,8 +18,8 @@ rotating from round to round) so that every side sees the same machine load:
 Printed: p50/p99 of each in milliseconds, and the CPU per call of the process the client
 spawned (the server; for the others, the proxy without its upstream: steadier than wall time
 on a busy machine); what the proxy adds (proxied minus direct, at each percentile); the floor
-(each pass-through minus direct); and corral's share (proxied minus ``bare_corral``: the
-governance alone). Target (issue 16): at most 1 ms p50 added on stdio.
+(the pass-through minus direct); and corral's share (proxied minus ``bare``: the governance
+alone). Target (issue 16): at most 1 ms p50 added on stdio.
 
     python bench/mcp_proxy.py [--calls 300] [--rounds 5] [--commit each|group] [--quick] [--json]
 """
@@ -112,7 +110,7 @@ def _cpu(pids: list[int]) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-SIDES = ("direct", "bare_sdk", "bare_corral", "proxied")
+SIDES = ("direct", "bare", "proxied")
 
 
 def _sides(folder: Path, commit: str) -> dict[str, tuple[Any, str]]:
@@ -128,18 +126,7 @@ def _sides(folder: Path, commit: str) -> dict[str, tuple[Any, str]]:
     proxy = ["-m", "corral", "mcp", "serve", "--policy", str(policy), "--db", db]
     return {
         "direct": (StdioServerParameters(command=server[0], args=server[1:], env=env), ""),
-        "bare_sdk": (
-            StdioServerParameters(
-                command=sys.executable, args=[bare, "--transport", "sdk", *server], env=env
-            ),
-            "",
-        ),
-        "bare_corral": (
-            StdioServerParameters(
-                command=sys.executable, args=[bare, "--transport", "corral", *server], env=env
-            ),
-            "",
-        ),
+        "bare": (StdioServerParameters(command=sys.executable, args=[bare, *server], env=env), ""),
         "proxied": (
             StdioServerParameters(
                 command=sys.executable,
@@ -202,11 +189,8 @@ def main() -> int:
             "cpu_ms": round(statistics.median(cpu[side]) * 1000, 3) if cpu[side] else None,
         }
     figures["added"] = _minus(figures, "proxied", "direct")
-    figures["floor"] = {
-        "sdk": _minus(figures, "bare_sdk", "direct"),
-        "corral_stdio": _minus(figures, "bare_corral", "direct"),
-    }
-    figures["corral"] = _minus(figures, "proxied", "bare_corral")
+    figures["floor"] = _minus(figures, "bare", "direct")
+    figures["corral"] = _minus(figures, "proxied", "bare")
     figures["ratio_p50"] = round(figures["proxied"]["p50_ms"] / figures["direct"]["p50_ms"], 2)
     if opts.json:
         print(json.dumps(figures, indent=2))
@@ -222,22 +206,20 @@ def _print(figures: dict[str, Any]) -> None:
     )
     labels = {
         "direct": "direct",
-        "bare_sdk": "pass-through, SDK stdio",
-        "bare_corral": "pass-through, corral stdio",
+        "bare": "pass-through on the SDK",
         "proxied": "corral mcp serve",
     }
     for side in SIDES:
         f = figures[side]
         used = "" if f["cpu_ms"] is None else f"   cpu {f['cpu_ms']:6.3f} ms a call"
-        print(f"  {labels[side]:<28} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms{used}")
+        print(f"  {labels[side]:<30} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms{used}")
     rows = (
         ("added (proxied - direct)", figures["added"]),
-        ("floor, SDK stdio", figures["floor"]["sdk"]),
-        ("floor, corral stdio", figures["floor"]["corral_stdio"]),
+        ("floor (pass-through - direct)", figures["floor"]),
         ("corral's share (governance)", figures["corral"]),
     )
     for label, f in rows:
-        print(f"  {label:<28} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms")
+        print(f"  {label:<30} p50 {f['p50_ms']:7.3f} ms   p99 {f['p99_ms']:7.3f} ms")
     print(f"  ({figures['ratio_p50']}x direct at p50; target: <= 1 ms p50 added)")
 
 

@@ -145,9 +145,10 @@ def test_the_mcp_proxy_bench_reports_both_sides() -> None:
     done = bench("bench/mcp_proxy.py", "--quick", "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    for side in ("direct", "proxied"):
+    for side in ("direct", "bare", "proxied"):
         assert 0 < figures[side]["p50_ms"] <= figures[side]["p99_ms"]
-    assert set(figures["added"]) == {"p50_ms", "p99_ms"}
+    for share in ("added", "floor", "corral"):
+        assert set(figures[share]) == {"p50_ms", "p99_ms"}
 
 
 def test_the_frameworks_bench_measures_each_installed_framework() -> None:

@@ -125,7 +125,7 @@ def serve(
         store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
 
         async def main() -> None:
-            from corral.mcp.stdio import stdio_streams
+            from mcp.server.stdio import stdio_server
 
             async with Proxy(
                 rules,
@@ -144,7 +144,7 @@ def serve(
                     banner = f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops"
                     await serve_http(http_app(proxy, host), host, port, banner)
                     return
-                async with stdio_streams() as (read, write):
+                async with stdio_server() as (read, write):
                     await server.run(read, write, server.create_initialization_options())
 
         try:
