@@ -25,7 +25,7 @@ in-process approver by the approval timeout. How depends on the call:
 
 An abandoned attempt carries a future that is done when the call ends
 (``Attempt.pending``), so a write's claim stays renewed until then. ``corral.run``
-runs its event loop with :func:`corral.gateway._aio.run`, which does not wait at the end
+runs its event loop with :func:`corral.gateway._runner.run`, which does not wait at the end
 for calls that ignore their cancellation.
 
 Kill switch. While a call runs the driver looks at the kill switch every
@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
 from corral.controls.approvals import ApprovalDecision, ApprovalRequest
-from corral.gateway import _aio
+from corral.gateway import _aio, _runner
 from corral.gateway._inline import Watch, can_alarm, expired, run_inline, timeout_error
 from corral.gateway._workers import run_in_thread, submit
 from corral.gateway.guards.killswitch import Cancelled
@@ -75,7 +75,7 @@ def _to_end(job: tuple[Callable[[Any], Any], Any, float, Watch | None]) -> Any:
     fn, arg, timeout, watch = job
     result = fn(arg)
     if inspect.isawaitable(result):
-        return _aio.run(_settle(result, timeout, watch))
+        return _runner.run(_settle(result, timeout, watch))
     return result
 
 
@@ -367,12 +367,12 @@ async def drive_async(
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` in an event loop of its own (:func:`corral.gateway._aio.run`), with a clear
+    """Run ``coro`` in an event loop of its own (:func:`corral.gateway._runner.run`), with a clear
     error when called from inside an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _aio.run(coro)
+        return _runner.run(coro)
     coro.close()
     from corral.exceptions import ConfigError
 
