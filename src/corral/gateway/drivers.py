@@ -50,9 +50,9 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
 from corral.controls.approvals import ApprovalDecision, ApprovalRequest
@@ -129,6 +129,18 @@ async def _attempt(
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
     return Attempt(True, value=value, seconds=time.monotonic() - started)
+
+
+async def await_within(
+    call: Awaitable[A], timeout: float, watch: Callable[[], BaseException | None] | None
+) -> A:
+    """Await ``call`` in the caller's task within ``timeout`` seconds, looking at ``watch``
+    (a kill-switch watch) every ``WATCH_SECONDS`` once it suspends: its result, else the
+    ``Cancelled`` the watch returned, or a ``TimeoutError`` for which :func:`expired` is
+    true (see :func:`corral.gateway._aio.awaiting`). For a caller that executes a tool
+    itself under its ticket (a framework's own tool node)."""
+    result: A = await _aio.awaiting(call, _aio.Bound(timeout, cast(Watch | None, watch)))
+    return result
 
 
 def _pending(bound: _aio.Bound, thread: Future[Any] | None) -> Future[Any] | None:
