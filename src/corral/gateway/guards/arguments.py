@@ -54,7 +54,11 @@ def validate(call: Call) -> dict[str, Any]:
     name = eff.tool.name
     try:
         parsed = _parse(raw)
-        args = _validated(eff.tool, parsed)
+        tool = eff.tool
+        if tool._args_validator is None or type(parsed) is not dict:
+            args = tool.validate_args(parsed)  # checked by its signature's model, or refused
+        else:
+            args = _validated(tool, parsed)
         if eff.policy_args_schema is not None:
             # The policy's schema narrows what the code accepts: both must pass.
             _check_policy_schema(eff.policy_args_schema, parsed)
@@ -76,12 +80,12 @@ def validate(call: Call) -> dict[str, Any]:
     return args
 
 
-def _validated(tool: Tool, parsed: Any) -> dict[str, Any]:
-    """``tool.validate_args(parsed)``; a tool checked by a JSON Schema (not by its
-    signature) whose simple schema certifies the arguments skips ``jsonschema``
+def _validated(tool: Tool, parsed: dict[str, Any]) -> dict[str, Any]:
+    """``tool.validate_args(parsed)`` for a tool checked by a JSON Schema (not by its
+    signature): when its simple schema certifies the arguments, without ``jsonschema``
     (:mod:`corral.gateway.guards.simple_schema`: its verdict stays jsonschema's)."""
     validator = tool._args_validator
-    if validator is not None and tool._args_model is None and type(parsed) is dict:
+    if tool._args_model is None:
         check = certifier(validator.schema)  # the very schema jsonschema checks
         if check is not None and check(parsed):
             return dict(parsed)
