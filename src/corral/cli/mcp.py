@@ -34,6 +34,7 @@ from corral.cli._common import (
 )
 from corral.cli._mcp import (
     default_lock,
+    freeze_heap,
     http_app,
     policy_of,
     proxy_parts,
@@ -124,7 +125,7 @@ def serve(
         store, _ = open_db(db, create=True)  # says which store on stderr: stdout is the protocol
 
         async def main() -> None:
-            from mcp.server.stdio import stdio_server
+            from corral.mcp.stdio import stdio_streams
 
             async with Proxy(
                 rules,
@@ -137,12 +138,13 @@ def serve(
                 input_required=not hold_approvals,
             ) as proxy:
                 server = proxy.server()
+                freeze_heap()
                 if address is not None:
                     host, port = address
                     banner = f"corral mcp: http://{host}:{port}/mcp; Ctrl-C stops"
                     await serve_http(http_app(proxy, host), host, port, banner)
                     return
-                async with stdio_server() as (read, write):
+                async with stdio_streams() as (read, write):
                     await server.run(read, write, server.create_initialization_options())
 
         try:
@@ -199,18 +201,10 @@ def pin(
 
         anyio.run(main)
         write_lock(path, pinned)
-        rows = [
-            {
-                "tool": name,
-                "digest": value,
-                "change": "new"
-                if name not in before
-                else "same"
-                if before[name] == value
-                else "changed",
-            }
-            for name, value in sorted(found.items())
-        ]
+        rows = []
+        for name, value in sorted(found.items()):
+            change = "new" if name not in before else "same" if before[name] == value else "changed"
+            rows.append({"tool": name, "digest": value, "change": change})
         dropped = sorted(set(before) - set(found))
         if json_out:
             print_json(

@@ -51,104 +51,108 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8420
 
 
+HostOption = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+PortOption = Annotated[
+    int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")
+]
+PolicyDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy-dir",
+        help="Folder of the policies agents' runs start under (NAME.yaml is policy NAME).",
+    ),
+]
+SecretsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--secrets",
+        help="Where tools' credentials come from: 'env' (CORRAL_SECRET_* variables) or a "
+        "folder (FileSecrets).",
+    ),
+]
+AdvertiseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise",
+        help="Where other replicas reach this one (http://host:port): a request for a run "
+        "another replica holds is passed on to it. Default: http://HOST:PORT (the machine's "
+        "name for 0.0.0.0); 'none' for a single server.",
+    ),
+]
+TakeoverOption = Annotated[
+    float,
+    typer.Option(
+        "--takeover-after",
+        min=1.0,
+        help="Seconds without a heartbeat after which another replica's run is taken over "
+        "when that replica cannot be reached.",
+    ),
+]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="uvicorn's log level: debug, info, warning.")
+]
+McpPolicyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--mcp-policy",
+        help="Also serve the MCP proxy at /mcp, enforcing this policy (see corral mcp "
+        "serve), its runs in the same store.",
+    ),
+]
+McpStdioOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mcp-stdio", help="An upstream MCP server over stdio: NAME=COMMAND (repeatable)."
+    ),
+]
+McpHttpOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mcp-http",
+        help="An upstream MCP server over streamable HTTP: NAME=URL (repeatable).",
+    ),
+]
+McpLockOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--mcp-lock",
+        help="The MCP proxy's lock file of pinned tool definitions (default: "
+        "POLICY.mcp-lock.json beside --mcp-policy).",
+    ),
+]
+McpTenantOption = Annotated[
+    str | None, typer.Option("--mcp-tenant", help="The MCP sessions' runs' tenant.")
+]
+McpIdleOption = Annotated[
+    float,
+    typer.Option(
+        "--mcp-idle-timeout",
+        min=1.0,
+        help="Seconds an MCP session may go without a request before it is ended, with its run.",
+    ),
+]
+
+
 def serve(
     db: DbOption = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")
-    ] = DEFAULT_PORT,
-    policy_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--policy-dir",
-            help="Folder of the policies agents' runs start under (NAME.yaml is policy NAME).",
-        ),
-    ] = None,
-    secrets: Annotated[
-        str | None,
-        typer.Option(
-            "--secrets",
-            help="Where tools' credentials come from: 'env' (CORRAL_SECRET_* variables) or a "
-            "folder (FileSecrets).",
-        ),
-    ] = None,
-    advertise: Annotated[
-        str | None,
-        typer.Option(
-            "--advertise",
-            help="Where other replicas reach this one (http://host:port): a request for a run "
-            "another replica holds is passed on to it. Default: http://HOST:PORT (the machine's "
-            "name for 0.0.0.0); 'none' for a single server.",
-        ),
-    ] = None,
-    takeover_after: Annotated[
-        float,
-        typer.Option(
-            "--takeover-after",
-            min=1.0,
-            help="Seconds without a heartbeat after which another replica's run is taken over "
-            "when that replica cannot be reached.",
-        ),
-    ] = 90.0,
-    log_level: Annotated[
-        str, typer.Option("--log-level", help="uvicorn's log level: debug, info, warning.")
-    ] = "info",
-    mcp_policy: Annotated[
-        Path | None,
-        typer.Option(
-            "--mcp-policy",
-            help="Also serve the MCP proxy at /mcp, enforcing this policy (see corral mcp "
-            "serve), its runs in the same store.",
-        ),
-    ] = None,
-    mcp_stdio: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mcp-stdio", help="An upstream MCP server over stdio: NAME=COMMAND (repeatable)."
-        ),
-    ] = None,
-    mcp_http: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mcp-http",
-            help="An upstream MCP server over streamable HTTP: NAME=URL (repeatable).",
-        ),
-    ] = None,
-    mcp_lock: Annotated[
-        Path | None,
-        typer.Option(
-            "--mcp-lock",
-            help="The MCP proxy's lock file of pinned tool definitions (default: "
-            "POLICY.mcp-lock.json beside --mcp-policy).",
-        ),
-    ] = None,
-    mcp_tenant: Annotated[
-        str | None, typer.Option("--mcp-tenant", help="The MCP sessions' runs' tenant.")
-    ] = None,
-    mcp_idle_timeout: Annotated[
-        float,
-        typer.Option(
-            "--mcp-idle-timeout",
-            min=1.0,
-            help="Seconds an MCP session may go without a request before it is ended, with "
-            "its run.",
-        ),
-    ] = 1800.0,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = DEFAULT_PORT,
+    policy_dir: PolicyDirOption = None,
+    secrets: SecretsOption = None,
+    advertise: AdvertiseOption = None,
+    takeover_after: TakeoverOption = 90.0,
+    log_level: LogLevelOption = "info",
+    mcp_policy: McpPolicyOption = None,
+    mcp_stdio: McpStdioOption = None,
+    mcp_http: McpHttpOption = None,
+    mcp_lock: McpLockOption = None,
+    mcp_tenant: McpTenantOption = None,
+    mcp_idle_timeout: McpIdleOption = 1800.0,
 ) -> None:
     """Serve the HTTP API of the control plane: runs, approvals, kill switch, audit."""
 
     def go() -> int:
-        try:
-            import uvicorn
-
-            from corral.server import create_app
-            from corral.server.runs import load_policies
-        except ImportError as exc:
-            raise Fail(
-                EXIT_FAILED,
-                f"the server needs the serve extra ({exc.name} is missing): "
-                "pip install 'corral[serve]'",
-            ) from None
+        create_app, load_policies = _server()
         try:
             policies = load_policies(policy_dir)
         except ConfigError as exc:
@@ -177,28 +181,49 @@ def serve(
             address=address,
             takeover_after=takeover_after,
         )
-        if proxied is not None:
-            try:
+        try:
+            if proxied is not None:
                 listened = _serve_with_mcp(app, proxied, store, host, port, banner, log_level,
                                            mcp_tenant, mcp_idle_timeout)  # fmt: skip
-            finally:
-                store.close()
-            if not listened:
-                raise Fail(EXIT_FAILED, f"could not listen on {shown_host}:{port}")
-            return EXIT_OK
-        print(banner, file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
-        server = uvicorn.Server(config)
-        try:
-            with contextlib.suppress(KeyboardInterrupt):  # uvicorn hands Ctrl-C back once down
-                server.run()
+            else:
+                listened = _serve_plain(app, host, port, banner, log_level)
         finally:
             store.close()
-        if not server.started:
+        if not listened:
             raise Fail(EXIT_FAILED, f"could not listen on {shown_host}:{port}")
         return EXIT_OK
 
     raise typer.Exit(guarded("serve", go))
+
+
+def _server() -> tuple[Any, Any]:
+    """The server's ``create_app`` and ``load_policies``, or a failure naming the extra
+    to install when FastAPI or uvicorn is missing."""
+    try:
+        import uvicorn  # noqa: F401  (either way of serving needs it)
+
+        from corral.server import create_app
+        from corral.server.runs import load_policies
+    except ImportError as exc:
+        raise Fail(
+            EXIT_FAILED,
+            f"the server needs the serve extra ({exc.name} is missing): "
+            "pip install 'corral[serve]'",
+        ) from None
+    return create_app, load_policies
+
+
+def _serve_plain(app: Any, host: str, port: int, banner: str, log_level: str) -> bool:
+    """Serve the control plane alone with uvicorn until Ctrl-C or SIGTERM; whether it
+    listened."""
+    import uvicorn
+
+    print(banner, file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn hands Ctrl-C back once down
+        server.run()
+    return bool(server.started)
 
 
 def _serve_with_mcp(

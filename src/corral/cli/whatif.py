@@ -22,6 +22,7 @@ policy loader and the shared ``_common`` and ``_output``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -210,27 +211,7 @@ def _render(
     if not runs:
         out.print("No ended run started in the period: nothing to evaluate.", style="yellow")
         return
-    answered = (sum(r.answered_before for r in runs), sum(r.answered_after for r in runs))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("", "recorded", "new policy", "change"):
-        table.add_column(name, overflow="fold")
-    table.add_row(
-        "runs answered",
-        f"{answered[0]:,}",
-        f"{answered[1]:,}",
-        _change(*answered, fewer_is_better=False),
-    )
-    table.add_row(
-        "stop reasons",
-        _mix(report.stop_mix(predicted=False)),
-        _mix(report.stop_mix(predicted=True)),
-        "",
-    )
-    calls = report.total("tool_calls", predicted=False), report.total("tool_calls", predicted=True)
-    table.add_row("tool calls", f"{calls[0]:,}", f"{calls[1]:,}", _change(*calls))
-    usd = report.total("usd", predicted=False), report.total("usd", predicted=True)
-    table.add_row("spend", money(usd[0]), money(usd[1]), _change(*usd, usd=True))
-    out.print(table)
+    out.print(_totals(report))
     earlier = report.stopped_earlier
     out.print(
         f"Would have stopped earlier: {sum(earlier.values()):,} run"
@@ -252,18 +233,9 @@ def _render(
     if report.newly_answered:
         line += f" · newly answered: {len(report.newly_answered):,}"
     out.print(line, markup=False, style="red" if lost else None)
-    own = sum(r.counterfactual_from is not None for r in runs)
-    inherited = sum(not r.exact and r.counterfactual_from is None for r in runs)
-    skipped = [r for r in runs if not r.evaluated]
-    exact = sum(r.exact and r.evaluated for r in runs)
-    text = f"Predicted exactly: {exact:,} of {len(runs):,}"
-    if own or inherited:
-        text += (
-            f"; counterfactual: {own:,} past the first request or call their recording "
-            f"does not hold, {inherited:,} on shared state those left"
-        )
-    out.print(text, markup=False)
+    out.print(_exactness(runs), markup=False)
     _runs_table(out, report, all_runs)
+    skipped = [r for r in runs if not r.evaluated]
     for r in skipped[:10]:
         out.print(f"  not evaluated: {r.run_id}: {r.not_evaluated}", markup=False, style="dim")
     if len(skipped) > 10:
@@ -272,6 +244,47 @@ def _render(
         out.print(f"note: {note}", markup=False, style="dim")
     if html is not None:
         out.print(f"HTML report: {html}", markup=False)
+
+
+def _totals(report: WhatIf) -> Table:
+    """The period's totals, as recorded and under the new policy: runs answered, stop
+    reasons, tool calls, spend."""
+    runs = report.runs
+    answered = (sum(r.answered_before for r in runs), sum(r.answered_after for r in runs))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("", "recorded", "new policy", "change"):
+        table.add_column(name, overflow="fold")
+    table.add_row(
+        "runs answered",
+        f"{answered[0]:,}",
+        f"{answered[1]:,}",
+        _change(*answered, fewer_is_better=False),
+    )
+    table.add_row(
+        "stop reasons",
+        _mix(report.stop_mix(predicted=False)),
+        _mix(report.stop_mix(predicted=True)),
+        "",
+    )
+    calls = report.total("tool_calls", predicted=False), report.total("tool_calls", predicted=True)
+    table.add_row("tool calls", f"{calls[0]:,}", f"{calls[1]:,}", _change(*calls))
+    usd = report.total("usd", predicted=False), report.total("usd", predicted=True)
+    table.add_row("spend", money(usd[0]), money(usd[1]), _change(*usd, usd=True))
+    return table
+
+
+def _exactness(runs: Sequence[RunVerdict]) -> str:
+    """How many runs were predicted exactly, and why the others were not."""
+    own = sum(r.counterfactual_from is not None for r in runs)
+    inherited = sum(not r.exact and r.counterfactual_from is None for r in runs)
+    exact = sum(r.exact and r.evaluated for r in runs)
+    text = f"Predicted exactly: {exact:,} of {len(runs):,}"
+    if own or inherited:
+        text += (
+            f"; counterfactual: {own:,} past the first request or call their recording "
+            f"does not hold, {inherited:,} on shared state those left"
+        )
+    return text
 
 
 def _prediction(r: RunVerdict) -> Text:

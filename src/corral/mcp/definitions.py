@@ -35,6 +35,7 @@ __all__ = [
     "mcp_tool",
     "policy_name",
     "wire_definition",
+    "wire_digest",
 ]
 
 
@@ -52,7 +53,12 @@ def wire_definition(tool: types.Tool) -> dict[str, Any]:
 
 def digest(tool: types.Tool) -> str:
     """The SHA-256 of the tool's canonical wire definition (see the module docstring)."""
-    return hashlib.sha256(canonical(wire_definition(tool)).encode()).hexdigest()
+    return wire_digest(wire_definition(tool))
+
+
+def wire_digest(wire: Mapping[str, Any]) -> str:
+    """The digest of a wire definition (:func:`wire_definition`'s): :func:`digest`."""
+    return hashlib.sha256(canonical(wire).encode()).hexdigest()
 
 
 def effect_of(name: str, tool: types.Tool, policy: Policy) -> Effect:

@@ -24,6 +24,10 @@ both eras to clients).
   others are served); one that fails a call fails that call (the breaker and retry budget
   of the tool count it).
 
+Its parts: :mod:`.upstreams` (the servers behind and their tools), :mod:`.sessions` (which
+session a request is), :mod:`.watch` (calls in flight under the kill switch), :mod:`.results`
+(what a client is answered), :mod:`.stdio` (the stdio transport ``corral mcp serve`` uses).
+
 Imports the loop's ``AsyncRun``, the policy, the stores and the ``mcp`` SDK.
 """
 
@@ -33,13 +37,12 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
@@ -52,9 +55,13 @@ from corral.loop.base import MAX_KEY_CHARS
 from corral.loop.run import AsyncRun
 from corral.loop.tickets import Ticket
 from corral.mcp import deferred
-from corral.mcp.definitions import digest, mcp_tool, policy_name, wire_definition
+from corral.mcp.definitions import mcp_tool
 from corral.mcp.pins import Change, Pins
 from corral.mcp.queue import queue
+from corral.mcp.results import error, result, stop_text, stopped
+from corral.mcp.sessions import connection_of, session_of
+from corral.mcp.upstreams import Listed, Upstream, list_tools
+from corral.mcp.watch import Watch
 from corral.policy.schema import Policy
 from corral.stores.base import Store
 
@@ -62,8 +69,6 @@ log = logging.getLogger("corral")
 
 #: How long an upstream may take to connect or list its tools (seconds).
 UPSTREAM_SECONDS = 10.0
-#: How often a call in flight looks at the kill switch (seconds; through the switch cache).
-WATCH_EVERY = 0.1
 #: How long a session may go without a request before it is ended, with its run (seconds;
 #: the SDK's own default for streamable HTTP sessions: 30 minutes).
 IDLE_SECONDS = 1800.0
@@ -71,36 +76,6 @@ IDLE_SECONDS = 1800.0
 KEY_META = "io.corral/idempotency-key"
 
 __all__ = ["IDLE_SECONDS", "KEY_META", "Proxy", "Upstream", "session_of", "stop_text"]
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """An MCP server behind the proxy: a command run over stdio, or a streamable HTTP URL."""
-
-    name: str
-    target: StdioServerParameters | str
-
-
-@dataclass
-class _Listed:
-    upstream: str
-    tool: types.Tool
-    digest: str
-
-
-def stop_text(head: str, why: str | None = None, message: str = "") -> str:
-    """What a client is shown for a refused call: ``reason:detail (why): message``."""
-    head += f" ({why})" if why else ""
-    return f"{head}: {message}" if message else head
-
-
-def _stopped(stop: Stop) -> types.CallToolResult:
-    label, why = str(stop.info), stop.why
-    return _error(stop_text(label, None if why is None or why in label else why, stop.message))
-
-
-def _error(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
 
 
 class Proxy:
@@ -133,7 +108,8 @@ class Proxy:
         self.tenant = tenant
         self.agent = agent
         self.clients: dict[str, Client] = {}
-        self.listed: dict[str, _Listed] = {}
+        self.listed: dict[str, Listed] = {}
+        self._governed: tuple[dict[str, Listed], list[Any]] | None = None  # _tools()
         self._runs: dict[str, AsyncRun] = {}
         self._ended: dict[str, Stop] = {}  # the stop of each session whose run stopped
         self._queued: set[tuple[str, str]] = set()  # the definition changes queued already
@@ -143,7 +119,8 @@ class Proxy:
         self._named: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._stack = contextlib.AsyncExitStack()
         self._state_key = os.urandom(32)  # seals requestState (this process only)
-        self._group: Any = None  # the idle sessions' reaper
+        self._group: Any = None  # the idle sessions' reaper and the calls' watch
+        self._watch = Watch()
         #: How long a session may go without a request before its run is ended (seconds;
         #: None: never). Streamable HTTP sessions with an ``Mcp-Session-Id`` are ended by the
         #: SDK's session manager (give it the same value); stateless clients by the proxy.
@@ -165,8 +142,9 @@ class Proxy:
             except Exception as exc:  # left out: the others are served
                 log.warning("MCP upstream %s cannot be reached: %s", upstream.name, exc)
         await self.refresh()
+        self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        self._group.start_soon(self._watch.run)
         if self.idle_seconds is not None:
-            self._group = await self._stack.enter_async_context(anyio.create_task_group())
             self._group.start_soon(self._reap, self.idle_seconds)
         return self
 
@@ -183,19 +161,7 @@ class Proxy:
         """List every upstream's tools again (a server may change them at any time), and
         read the lock file again if an operator changed it."""
         self.pins.reload()
-        listed: dict[str, _Listed] = {}
-        for server, client in self.clients.items():
-            try:
-                tools = await _all_tools(client)
-            except Exception as exc:
-                log.warning("MCP upstream %s does not list its tools: %s", server, exc)
-                continue
-            for tool in tools:
-                name = policy_name(server, tool.name)
-                if name in listed:
-                    raise ConfigError(f"two upstream tools are both named {name}")
-                listed[name] = _Listed(server, tool, digest(tool))
-        self.listed = listed
+        self.listed = await list_tools(self.clients)
 
     def offered(self) -> list[types.Tool]:
         """The tools a client is offered: allowed, and as pinned."""
@@ -207,10 +173,10 @@ class Proxy:
             out.append(entry.tool.model_copy(update={"name": name}))
         return out
 
-    def pinned(self, name: str, entry: _Listed) -> Change | None:
+    def pinned(self, name: str, entry: Listed) -> Change | None:
         """None when tool ``name``'s definition matches its pin; else the change, queued
         for an operator (once per tool and digest: :mod:`corral.mcp.queue`)."""
-        change = self.pins.check(name, entry.digest, wire_definition(entry.tool))
+        change = self.pins.check(name, entry.digest, entry.wire)
         if change is None or (name, change.seen) in self._queued:
             return change
         self._queued.add((name, change.seen))
@@ -222,7 +188,7 @@ class Proxy:
                 tool=entry.tool.name,
                 pinned=change.pinned,
                 digest=change.seen,
-                definition=wire_definition(entry.tool),
+                definition=entry.wire,
                 pinned_definition=change.pinned_definition,
             )
         except Exception as exc:  # the tool stays hidden and denied; queued at its next sight
@@ -233,8 +199,13 @@ class Proxy:
     # -- runs -----------------------------------------------------------------------------
     def _tools(self) -> list[Any]:
         """Every listed tool, for the run: the allowlist guard refuses the ones the policy
-        does not allow (``not_allowed``), as in-process."""
-        return [mcp_tool(name, entry.tool, self.policy) for name, entry in self.listed.items()]
+        does not allow (``not_allowed``), as in-process. Built once per listing (their
+        argument validators compiled once), shared by the runs started on it."""
+        listed = self.listed
+        if self._governed is None or self._governed[0] is not listed:
+            tools = [mcp_tool(name, entry.tool, self.policy) for name, entry in listed.items()]
+            self._governed = (listed, tools)
+        return list(self._governed[1])
 
     async def run_of(self, session: str) -> AsyncRun:
         """The run of a downstream session (started on its first call)."""
@@ -283,7 +254,7 @@ class Proxy:
         """End ``session``'s run when its connection closes (a stdio client gone, an HTTP
         session deleted or timed out); stateless clients' connections last one request,
         their runs end when idle."""
-        connection = _connection(ctx)
+        connection = connection_of(ctx)
         if connection is None or session.startswith("client:"):
             return
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
@@ -298,7 +269,7 @@ class Proxy:
         session = session_of(ctx)
         if session != "stdio":
             return session
-        connection = _connection(ctx)
+        connection = connection_of(ctx)
         # The stream the requests come on: a 2026-07-28 stream serves each request on a
         # connection of its own, all sharing the stream's outbound channel.
         stream = getattr(connection, "outbound", None)
@@ -357,9 +328,9 @@ class Proxy:
     ) -> types.CallToolResult | types.InputRequiredResult:
         ended = self._ended.get(session)
         if ended is not None:  # every later call of the session: the stop that ended its run
-            return _stopped(ended)
+            return stopped(ended)
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
-            return _error(
+            return error(
                 stop_text(
                     f"invalid_tool_args:{name}",
                     "idempotency_key",
@@ -373,7 +344,7 @@ class Proxy:
             change = self.pinned(name, entry) if name in self.policy.tools.allow else None
             if change is not None:
                 why = "definition_changed" if change.pinned else "definition_not_pinned"
-                return _error(
+                return error(
                     stop_text(
                         f"tool_denied:{name}",
                         why,
@@ -398,12 +369,12 @@ class Proxy:
                 if pending is not None:
                     if pending.result is not None:
                         return pending.result
-                    return _error(pending.refused or "")
+                    return error(pending.refused or "")
             ticket = await run.authorize(
                 name, dict(arguments or {}), idempotency_key=key, attributes=attributes
             )
             if ticket.replayed:
-                return _result(ticket.output)
+                return result(ticket.output)
             try:
                 return await self._execute(run, entry, ticket)
             except anyio.get_cancelled_exc_class():
@@ -414,12 +385,12 @@ class Proxy:
                     await self._left(session, run, name, ticket)
                 raise
         except ToolRejected as rejected:
-            return _error(stop_text(f"{rejected.reason}:{name}", rejected.detail, rejected.message))
+            return error(stop_text(f"{rejected.reason}:{name}", rejected.detail, rejected.message))
         except Stop as stop:
             self._runs.pop(session, None)
             self._ended[session] = stop
             await self._end(run, stop)
-            return _stopped(stop)
+            return stopped(stop)
 
     async def _left(self, session: str, run: AsyncRun, name: str, ticket: Ticket) -> None:
         stop = Stop("cancelled", "run", message=f"the client left during a call of {name}")
@@ -435,13 +406,13 @@ class Proxy:
             await self._end(run, stop)
 
     async def _execute(
-        self, run: AsyncRun, entry: _Listed | None, ticket: Ticket
+        self, run: AsyncRun, entry: Listed | None, ticket: Ticket
     ) -> types.CallToolResult:
         assert entry is not None  # authorize allows only tools the run was given
         client = self.clients[entry.upstream]
         try:
             with anyio.fail_after(max(ticket.timeout, 0.001)):
-                result, killed = await _watched(
+                answer, killed = await self._watch.call(
                     ticket,
                     lambda: client.call_tool(
                         entry.tool.name,
@@ -451,20 +422,21 @@ class Proxy:
                 )
         except TimeoutError as exc:
             observed = await run.report_failure(ticket, exc, timed_out=True)
-            return _error(str(observed))
+            return error(str(observed))
         except Exception as exc:
             observed = await run.report_failure(ticket, exc)
-            return _error(str(observed))
+            return error(str(observed))
         if killed is not None:  # a stop_all switch: the call was cancelled in flight
             observed = await run.report_failure(ticket, killed)  # raises the run's stop
-            return _error(str(observed))
+            return error(str(observed))
         # An error result is the tool's answer (MCP: "so the model can see it and correct
         # itself"), checked and passed on like any output; a call that fails (the server
         # gone, a timeout) is the tool failing, as in-process: the run stops (tool_error).
-        wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        assert answer is not None  # killed is None: the call returned
+        wire = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
         wire.pop("resultType", None)
         observed = await run.report(ticket, wire)
-        return _result(observed)
+        return result(observed)
 
     # -- the downstream server ------------------------------------------------------------
     def server(self) -> Server[Any]:
@@ -482,7 +454,7 @@ class Proxy:
             session = self.session_for(ctx)
             self._ends_with(ctx, session)
             meta = ctx.meta or {}
-            connection = _connection(ctx)
+            connection = connection_of(ctx)
             attributes = {
                 "mcp.method": ctx.method,
                 "mcp.protocol.version": ctx.protocol_version,
@@ -516,77 +488,3 @@ class Proxy:
         )
         server.middleware.append(RequestStateBoundary(security, default_audience="corral-mcp"))
         return server
-
-
-def session_of(ctx: ServerRequestContext[Any]) -> str:
-    """The downstream session a request belongs to (its run): over streamable HTTP, its
-    ``Mcp-Session-Id`` (2025-11-25 clients); a stateless (2026-07-28) request has none, so
-    its client is the session: its address and the name it gives (``clientInfo``); over
-    stdio, the connection itself (one client per proxy process)."""
-    request = ctx.request
-    headers = getattr(request, "headers", None)
-    if headers is None:
-        return "stdio"
-    found = headers.get("mcp-session-id")
-    if found:
-        return f"http:{found}"
-    peer = getattr(getattr(request, "client", None), "host", None) or "unknown"
-    info = (ctx.meta or {}).get("io.modelcontextprotocol/clientInfo")
-    name = info.get("name") if isinstance(info, Mapping) else None
-    return f"client:{peer}:{name or '-'}"
-
-
-def _connection(ctx: ServerRequestContext[Any]) -> Any:
-    """The SDK's connection a request came on (its ``exit_stack`` unwinds when it closes:
-    a stdio client gone, an HTTP session deleted or timed out), or None. The SDK gives
-    handlers no public way to it yet: read from the request's session."""
-    connection = getattr(ctx.session, "_connection", None)
-    if connection is None or not hasattr(connection, "exit_stack"):
-        return None
-    return connection
-
-
-def _result(observed: Any) -> types.CallToolResult:
-    """The client's result from what the gateway let through (checked and cleaned)."""
-    if isinstance(observed, Mapping) and isinstance(observed.get("content"), list):
-        with contextlib.suppress(Exception):
-            return types.CallToolResult.model_validate(dict(observed))
-    text = observed if isinstance(observed, str) else repr(observed)
-    return types.CallToolResult(content=[types.TextContent(text=text)])
-
-
-async def _watched(
-    ticket: Ticket, call: Callable[[], Awaitable[types.CallToolResult]]
-) -> tuple[Any, BaseException | None]:
-    """``call()``'s result, or, when a ``stop_all`` kill switch covers the call while it
-    runs, ``(None, failure)`` with the call cancelled (the SDK tells the server)."""
-    killed: BaseException | None = None
-    result: Any = None
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            nonlocal killed
-            while True:
-                await anyio.sleep(WATCH_EVERY)
-                found = ticket.killed()
-                if found is not None:
-                    killed = found
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(watch)
-        result = await call()
-        group.cancel_scope.cancel()
-    return result, killed
-
-
-async def _all_tools(client: Client) -> list[types.Tool]:
-    tools: list[types.Tool] = []
-    cursor: str | None = None
-    for _ in range(1000):  # a server that pages for ever is cut off
-        page = await client.list_tools(cursor=cursor)
-        tools.extend(page.tools)
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return tools

@@ -48,14 +48,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from corral.budgets import windows
-from corral.budgets.meter import Charge
 from corral.exceptions import ConfigError
-from corral.gateway.recording import breaker_snapshot, window_key
 from corral.policy.schema import Policy
-from corral.replay.compare import EXECUTED, decided, describe, line
+from corral.replay.compare import decided, describe, line
 from corral.replay.result import Divergence
 from corral.replay.runner import Played, definitions_of, play, unusable
+from corral.replay.shared import SharedState, charges, windows_of
 from corral.stores import Store
 from corral.stores.records import Event, RunRecord
 
@@ -306,7 +304,7 @@ def whatif(
     if until <= since:
         raise ConfigError("the period is empty: --since must be before --until")
     picked = store.run_figures(since=since, until=until, tenant=tenant, agent=agent, limit=limit)
-    state = _Shared(policy)
+    state = SharedState(policy)
     verdicts = []
     for i, figures in enumerate(picked, 1):
         record = store.get_run(figures.run_id)
@@ -335,7 +333,7 @@ def whatif(
 
 
 def _evaluate(
-    store: Store, record: RunRecord, policy: Policy, state: _Shared, assume: bool
+    store: Store, record: RunRecord, policy: Policy, state: SharedState, assume: bool
 ) -> RunVerdict:
     recorded = store.get_recording(record.id)
     events = store.events(record.id)
@@ -441,137 +439,6 @@ def _new(now: list[str], before: list[str]) -> list[str]:
         else:
             out.append(item)
     return out
-
-
-# -- the shared state carried from run to run --------------------------------------------
-def charges(events: Iterable[Event]) -> list[Charge]:
-    """What a run charged to shared scopes, from its events: each model call's USD, and
-    each executed tool attempt (one call and its USD)."""
-    out = []
-    for e in events:
-        usd = Decimal(str(e.data.get("usd") or 0))
-        if e.kind == "model_call":
-            if usd:
-                out.append(Charge(usd=usd))
-        elif e.kind == "tool_call" and e.data.get("outcome") in EXECUTED:
-            out.append(Charge(tool_calls=1, usd=usd, tool=e.data.get("tool")))
-    return out
-
-
-class _Shared:
-    """The shared state as it evolves under the new policy: the window limits' spend and
-    the breakers (see the module docstring)."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        # (started at, scope, calls, USD) each evaluated run spent, under each policy
-        self.old: list[tuple[float, str, int, Decimal]] = []
-        self.new: list[tuple[float, str, int, Decimal]] = []
-        self.breakers: dict[str, dict[str, Any]] = {}
-        #: Window scopes of the new policy that no recording counted.
-        self.new_scopes: set[str] = set()
-        #: Scopes and breakers that runs predicted past their recording have changed.
-        self.estimated: set[str] = set()
-
-    def _spent(self, scopes: Mapping[str, float], ledger: list[tuple[float, str, int, Decimal]],
-               now: float) -> dict[str, tuple[int, Decimal]]:  # fmt: skip
-        """What ``ledger`` holds for each scope (instance start, or rolling length) at
-        ``now``."""
-        out: dict[str, tuple[int, Decimal]] = {}
-        for at, scope, calls, usd in ledger:
-            if scope not in scopes:
-                continue
-            if "@" not in scope and at <= now - scopes[scope]:  # rolling: out of the window
-                continue
-            c, u = out.get(scope, (0, Decimal(0)))
-            out[scope] = (c + calls, u + usd)
-        return out
-
-    def _scopes(self, record: RunRecord) -> dict[str, float]:
-        """The new policy's window scopes of ``record``'s run (scope: its length)."""
-        found = windows_of(self.policy, record.tenant, record.agent, record.started_at)
-        return {s: size for s, size in found}
-
-    def before(self, record: RunRecord, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The shared state the run starts from under the new policy, and whether runs
-        predicted past their recording left part of it."""
-        shared = dict(body.get("shared") or {})
-        now = record.started_at
-        scopes = self._scopes(record)
-        met = dict(shared.get("windows") or {})
-        old = self._spent(scopes, self.old, now)
-        new = self._spent(scopes, self.new, now)
-        counted: dict[str, list[Any]] = {}
-        for scope in scopes:
-            key = window_key(scope)
-            calls, usd = new.get(scope, (0, Decimal(0)))
-            if key in met:
-                was_calls, was_usd = old.get(scope, (0, Decimal(0)))
-                calls += int(met[key][0]) - was_calls
-                usd += Decimal(str(met[key][1])) - was_usd
-            else:
-                self.new_scopes.add(key)
-            counted[key] = [max(0, calls), str(max(Decimal(0), usd))]
-        shared["windows"] = counted
-        breakers = dict(shared.get("breakers") or {})
-        for name in breakers:
-            if name in self.breakers:
-                breakers[name] = self.breakers[name]
-        shared["breakers"] = breakers
-        estimated = any(s in self.estimated for s in scopes) or any(
-            f"breaker:{name}" in self.estimated for name in breakers
-        )
-        return shared, estimated
-
-    def _charge(self, ledger: list[tuple[float, str, int, Decimal]], record: RunRecord,
-                events: Iterable[Event]) -> set[str]:  # fmt: skip
-        """Put what the run spent in each scope in ``ledger``; the scopes it spent in."""
-        totals: dict[str, tuple[int, Decimal]] = {}
-        for charge in charges(events):
-            for scoped in windows.scoped(
-                self.policy, charge, tenant=record.tenant, agent=record.agent,
-                now=record.started_at,
-            ):  # fmt: skip
-                c, u = totals.get(scoped.scope, (0, Decimal(0)))
-                totals[scoped.scope] = (c + scoped.calls, u + scoped.usd)
-        for scope, (calls, usd) in totals.items():
-            ledger.append((record.started_at, scope, calls, usd))
-        return set(totals)
-
-    def after(
-        self, record: RunRecord, body: Mapping[str, Any], events: list[Event], played: Played
-    ) -> None:
-        """Count what the run spent under each policy, and keep the breakers it left."""
-        self._charge(self.old, record, events)
-        spent = self._charge(self.new, record, played.events)
-        now = played.clock.monotonic()
-        size = self.policy.degrade.window_seconds
-        names = list((body.get("shared") or {}).get("breakers") or {})
-        for name in names:
-            self.breakers[name] = breaker_snapshot(
-                played.store, played.services.successes, name, now=now, size=size
-            )
-        if played.player.divergence is not None:  # what it left is a counterfactual's
-            self.estimated |= spent | {f"breaker:{name}" for name in names}
-
-    def unplayed(self, record: RunRecord, events: list[Event]) -> None:
-        """A run that cannot be played spends what it did under both policies."""
-        self._charge(self.old, record, events)
-        self._charge(self.new, record, events)
-
-
-def windows_of(
-    policy: Policy, tenant: str | None, agent: str | None, now: float
-) -> list[tuple[str, float]]:
-    """``policy``'s window scopes for a run of ``tenant`` and ``agent`` at ``now``, each
-    with its window's length in seconds (a calendar scope names its window's start)."""
-    out: dict[str, float] = {}
-    for limit in policy.limits:
-        charge = Charge(tool_calls=1, tool=limit.tool)
-        for scoped in windows.scoped(policy, charge, tenant=tenant, agent=agent, now=now):
-            label = scoped.scope.rsplit("/", 1)[1].split("@", 1)[0].removesuffix(" rolling")
-            out.setdefault(scoped.scope, float(windows.window_length(label)[0]))
-    return list(out.items())
 
 
 __all__ = ["Figures", "RunVerdict", "WhatIf", "charges", "whatif", "windows_of"]

@@ -87,6 +87,13 @@ def create_app(
     app.include_router(streams.router)  # before operators': /approvals/stream is no approval id
     app.include_router(operators.router)
     dashboard.mount(app)  # the operators' pages under /ui
+    _health(app, store)  # /healthz, /readyz, /metrics
+    return app
+
+
+def _health(app: FastAPI, store: Store) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (the store answers) and ``/metrics``
+    (Prometheus text, for a key allowed to read the fleet's metrics)."""
 
     @app.get("/healthz", summary="The process answers", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -115,5 +122,3 @@ def create_app(
     def metrics_text(request: Request) -> Response:
         require(key_of(request), Action.METRICS_READ, None)  # fleet-wide figures
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
-
-    return app

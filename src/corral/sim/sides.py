@@ -26,6 +26,7 @@ from corral.loop.bounded import run as corral_run
 from corral.policy.schema import Policy
 from corral.sim.agent import BROWSER, SimModel, make_tools
 from corral.sim.world import VENDOR_HOST, KnowledgeBase, Scenario, Task, Vendor
+from corral.stops import StopInfo
 from corral.stores.base import Store
 from corral.tools import ToolContext
 
@@ -273,9 +274,6 @@ def run_governed(
             clock.advance(ready - now)
         for part in (vendor, kb, model):
             part.begin(f"{task.index}/{attempt}")
-        run_id = None
-        if run_prefix:
-            run_id = f"{run_prefix}-{task.index:04d}" + (f"-r{attempt - 1}" if attempt > 1 else "")
         result = corral_run(
             task.text,
             model=model,
@@ -285,29 +283,40 @@ def run_governed(
             clock=clock,
             tenant=TENANT,
             agent=AGENT,
-            run_id=run_id,
+            run_id=_run_id(run_prefix, task.index, attempt),
             on_run=lambda r: model.bind(r, max_seconds),
         )
         tickets.run_ids.append(result.run_id)
         if result.ok:
             tickets.answered_at[task.index] = clock.monotonic()
             continue
-        stop = result.stop
-        if not (requeue and stop is not None and stop.retryable and attempt < MAX_ATTEMPTS):
+        wait = _requeue_wait(result.stop, attempt) if requeue else None
+        if wait is None:
             tickets.given_up += 1
             continue
-        wait = stop.retry_after
-        if wait is None:
-            wait = min(REQUEUE_BACKOFF * 2 ** (attempt - 1), REQUEUE_BACKOFF_MAX)
         tickets.requeued.add(task.index)
-        heapq.heappush(queue, (clock.monotonic() + max(wait, 1.0), task.index, attempt + 1, task))
-    side = _side_from_records(store, tickets.run_ids, vendor, scenario)
-    side.tasks_answered = len(tickets.answered_at)
-    side.answered_first_try = len(tickets.answered_at.keys() - tickets.requeued)
-    side.tickets_requeued = len(tickets.requeued)
-    side.tickets_given_up = tickets.given_up
-    side.answered_at = tickets.answered_at
-    return side
+        heapq.heappush(queue, (clock.monotonic() + wait, task.index, attempt + 1, task))
+    return tickets.onto(_side_from_records(store, tickets.run_ids, vendor, scenario))
+
+
+def _run_id(prefix: str | None, ticket: int, attempt: int) -> str | None:
+    """A governed run's id: ``{prefix}-{ticket}``, ``-r{n}`` added for the n-th re-run;
+    None (a generated id) without a prefix."""
+    if not prefix:
+        return None
+    return f"{prefix}-{ticket:04d}" + (f"-r{attempt - 1}" if attempt > 1 else "")
+
+
+def _requeue_wait(stop: StopInfo | None, attempt: int) -> float | None:
+    """How long a ticket whose ``attempt``-th run stopped with ``stop`` waits before it runs
+    again (the stop's ``retry_after``, else a doubling backoff; a second at least), or None
+    when retrying cannot help or it has had :data:`MAX_ATTEMPTS` runs."""
+    if stop is None or not stop.retryable or attempt >= MAX_ATTEMPTS:
+        return None
+    wait = stop.retry_after
+    if wait is None:
+        wait = min(REQUEUE_BACKOFF * 2 ** (attempt - 1), REQUEUE_BACKOFF_MAX)
+    return max(wait, 1.0)
 
 
 @dataclass(kw_only=True)
@@ -319,6 +328,15 @@ class _Tickets:
     answered_at: dict[int, float] = field(default_factory=dict)
     requeued: set[int] = field(default_factory=set)
     given_up: int = 0
+
+    def onto(self, side: Side) -> Side:
+        """``side`` with the tickets' figures set on it."""
+        side.tasks_answered = len(self.answered_at)
+        side.answered_first_try = len(self.answered_at.keys() - self.requeued)
+        side.tickets_requeued = len(self.requeued)
+        side.tickets_given_up = self.given_up
+        side.answered_at = self.answered_at
+        return side
 
 
 def _side_from_records(
