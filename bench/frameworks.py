@@ -8,7 +8,12 @@ and the ratio governed / alone. Where a module also measures the framework's ext
 doing nothing (a pass-through capability, no-op middleware), that figure is shown too: what
 the framework charges for any hook, before corral does anything.
 
-    python bench/frameworks.py [--calls 10] [--rounds 7] [--only NAME] [--quick] [--json]
+    python bench/frameworks.py [--calls 10] [--rounds 7] [--only NAME] [--quick] [--cpu] [--json]
+
+``--cpu`` times the rounds with this process's CPU time (``time.process_time``: every thread
+of it) instead of the wall clock: on a machine shared with other work, the wall clock also
+counts the time other processes held the cores, which makes rounds of the same case differ
+by more than what is being measured; CPU time does not (nothing in these runs waits).
 
 Target (issue "Adapters"): governed / alone <= 1.10 for each framework. A framework that is
 not installed is reported as skipped (``pip install 'corral[openai-agents,pydantic-ai,
@@ -21,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -66,18 +72,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--only", choices=sorted(FRAMEWORKS), help="one framework")
     parser.add_argument("--quick", action="store_true", help="a few of each (a smoke test)")
+    parser.add_argument("--cpu", action="store_true", help="time with CPU time, not wall time")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     opts = parser.parse_args()
     if opts.quick:
         opts.calls, opts.rounds = 2, 1
-    out: dict[str, Any] = {"target": TARGET, "frameworks": {}, "skipped": {}}
+    clock = "cpu" if opts.cpu else "wall"
+    out: dict[str, Any] = {"target": TARGET, "clock": clock, "frameworks": {}, "skipped": {}}
     for name, (file, needs, full, quick) in FRAMEWORKS.items():
         if opts.only and name != opts.only:
             continue
         if importlib.util.find_spec(needs) is None:
             out["skipped"][name] = f"{needs} is not installed"
             continue
-        measure: Callable[..., dict[str, Any]] = _load(file).measure
+        module = _load(file)
+        if opts.cpu:
+            module.CLOCK = time.process_time
+        measure: Callable[..., dict[str, Any]] = module.measure
         extra = quick if opts.quick else full
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         out["frameworks"][name] = measure(opts.calls, rounds=opts.rounds, **extra)
@@ -94,8 +105,8 @@ def main() -> int:
     for name, why in out["skipped"].items():
         print(f"{name}: skipped ({why})")
     print(
-        "per tool call, its model turn included; hooks: the framework's extension points "
-        "doing nothing (corral not involved)"
+        f"per tool call ({clock} time), its model turn included; hooks: the framework's "
+        "extension points doing nothing (corral not involved)"
     )
     return 0
 

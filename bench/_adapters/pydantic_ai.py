@@ -20,6 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: What the rounds are timed with: wall time, or with ``bench/frameworks.py --cpu`` this
+#: process's CPU time (all its threads), which other processes on a shared machine do not
+#: inflate.
+CLOCK: Callable[[], float] = time.perf_counter
+
 if __name__ == "__main__":  # this file's folder would shadow the framework's package
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
@@ -103,9 +108,9 @@ def _runner(kind: str, loop: asyncio.AbstractEventLoop) -> Callable[[int], float
 
     def one_run(k: int) -> float:
         script["turn"], script["calls"] = 0, k
-        started = time.perf_counter()
+        started = CLOCK()
         result = loop.run_until_complete(agent.run("status?"))
-        elapsed = time.perf_counter() - started
+        elapsed = CLOCK() - started
         if result.output != "done" or script["turn"] != k + 1:
             raise RuntimeError(f"the run ended with {result.output!r}")
         return elapsed

@@ -716,3 +716,29 @@ async def test_an_async_tool_past_its_timeout_is_cancelled_and_the_run_stops() -
     stop = stop_of(result)
     assert stop is not None and (stop.reason, stop.detail) == ("tool_error", "crawl")
     assert tool_results(result)[0].status == "error"
+
+
+@in_loop
+async def test_an_async_tools_own_timeout_error_is_a_failure_not_its_deadline() -> None:
+    """A ``TimeoutError`` the tool raises itself, well before its deadline, is a failure of
+    the tool (``tool_error``, not reported as the call timing out)."""
+
+    @tool
+    async def crawl(site: str) -> str:
+        """Crawl a site (its vendor times out)."""
+        raise TimeoutError("the vendor timed out")
+
+    model = ToolChat(respond=calls(("crawl", {"site": "example.com"})))
+    policy = P(
+        {
+            "tools": {
+                "allow": ["crawl"],
+                "specs": {"crawl": {"effect": "read", "timeout_seconds": 30}},
+            }
+        }
+    )
+    agent = create_agent(model, tools=[crawl], middleware=[CorralMiddleware(policy)])
+    result = await agent.ainvoke(ask())
+    stop = stop_of(result)
+    assert stop is not None and (stop.reason, stop.detail) == ("tool_error", "crawl")
+    assert stop.message == "raised TimeoutError: the vendor timed out"

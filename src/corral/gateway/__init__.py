@@ -6,7 +6,7 @@
 - ``state``: the run's state the guards read and write;
 - ``model_turn``: one governed model call (reserve, call, settle);
 - ``drivers``: the sync and async drivers that do the waiting (with ``_inline``, ``_workers``,
-  ``_aio``, ``_escapes``);
+  ``_aio``, ``_runner``, ``_escapes``);
 - ``hygiene``, ``_outputs``, ``_jsonable``: what the model may see of an output.
 
 Imports ``corral.controls``, ``corral.record``, ``corral.budgets``, ``corral.policy``,

@@ -26,7 +26,7 @@ from typing import Any
 from corral.budgets.meter import Hold
 from corral.clock import DEADLINE, DRIVEN
 from corral.exceptions import Stop, ToolRejected
-from corral.gateway import chain
+from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
 from corral.gateway.drivers import execute_sync
@@ -123,8 +123,8 @@ def _chain(call: Call, plan: Plan) -> Any:
         return served
     while True:  # the attempts, as in the flow
         hold, started, op = attempt(call, plan)
-        ended = chain.attempted(call, hold, started, _execute(op))
-        if type(ended) is not chain.Retry:
+        ended = attempts.attempted(call, hold, started, _execute(op))
+        if type(ended) is not attempts.Retry:
             return ended
         if ended.pause > 0:
             DEADLINE.set(DRIVEN)  # the pause is not the run's wait (as in drive_sync)

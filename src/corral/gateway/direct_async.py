@@ -31,7 +31,7 @@ from typing import Any
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
 from corral.exceptions import Stop, ToolRejected
-from corral.gateway import chain
+from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
 from corral.gateway.direct import Plan, admitted, attempt, plan_of
@@ -81,8 +81,8 @@ async def _chain(call: Call, plan: Plan, owned: bool) -> Any:
         return served
     while True:  # the attempts, as in the flow
         hold, started, op = attempt(call, plan)
-        ended = chain.attempted(call, hold, started, await _execute(op, owned))
-        if type(ended) is not chain.Retry:
+        ended = attempts.attempted(call, hold, started, await _execute(op, owned))
+        if type(ended) is not attempts.Retry:
             return ended
         if ended.pause > 0:
             DEADLINE.set(DRIVEN)  # the pause is not the run's wait (as in drive_async)

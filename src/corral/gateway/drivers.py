@@ -25,7 +25,7 @@ in-process approver by the approval timeout. How depends on the call:
 
 An abandoned attempt carries a future that is done when the call ends
 (``Attempt.pending``), so a write's claim stays renewed until then. ``corral.run``
-runs its event loop with :func:`corral.gateway._aio.run`, which does not wait at the end
+runs its event loop with :func:`corral.gateway._runner.run`, which does not wait at the end
 for calls that ignore their cancellation.
 
 Kill switch. While a call runs the driver looks at the kill switch every
@@ -50,13 +50,13 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
 from corral.controls.approvals import ApprovalDecision, ApprovalRequest
-from corral.gateway import _aio
+from corral.gateway import _aio, _runner
 from corral.gateway._inline import Watch, can_alarm, expired, run_inline, timeout_error
 from corral.gateway._workers import run_in_thread, submit
 from corral.gateway.guards.killswitch import Cancelled
@@ -75,7 +75,7 @@ def _to_end(job: tuple[Callable[[Any], Any], Any, float, Watch | None]) -> Any:
     fn, arg, timeout, watch = job
     result = fn(arg)
     if inspect.isawaitable(result):
-        return _aio.run(_settle(result, timeout, watch))
+        return _runner.run(_settle(result, timeout, watch))
     return result
 
 
@@ -129,6 +129,18 @@ async def _attempt(
     except Exception as exc:
         return Attempt(False, error=exc, seconds=time.monotonic() - started)
     return Attempt(True, value=value, seconds=time.monotonic() - started)
+
+
+async def await_within(
+    call: Awaitable[A], timeout: float, watch: Callable[[], BaseException | None] | None
+) -> A:
+    """Await ``call`` in the caller's task within ``timeout`` seconds, looking at ``watch``
+    (a kill-switch watch) every ``WATCH_SECONDS`` once it suspends: its result, else the
+    ``Cancelled`` the watch returned, or a ``TimeoutError`` for which :func:`expired` is
+    true (see :func:`corral.gateway._aio.awaiting`). For a caller that executes a tool
+    itself under its ticket (a framework's own tool node)."""
+    result: A = await _aio.awaiting(call, _aio.Bound(timeout, cast(Watch | None, watch)))
+    return result
 
 
 def _pending(bound: _aio.Bound, thread: Future[Any] | None) -> Future[Any] | None:
@@ -367,12 +379,12 @@ async def drive_async(
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` in an event loop of its own (:func:`corral.gateway._aio.run`), with a clear
+    """Run ``coro`` in an event loop of its own (:func:`corral.gateway._runner.run`), with a clear
     error when called from inside an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _aio.run(coro)
+        return _runner.run(coro)
     coro.close()
     from corral.exceptions import ConfigError
 

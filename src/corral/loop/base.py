@@ -19,6 +19,7 @@ from corral.exceptions import ConfigError, Stop, StoreError, ToolRejected
 from corral.gateway import lifecycle
 from corral.gateway._escapes import CANCELLATION
 from corral.gateway.direct import Plan
+from corral.gateway.effective import Effective
 from corral.gateway.guards import killswitch
 from corral.gateway.lifecycle import status_of
 from corral.gateway.model_turn import ONE_STEP, plan
@@ -281,14 +282,7 @@ class RunBase:
             raise ConfigError(f"unknown tool spec format {format!r} (openai, anthropic, neutral)")
         core = self._core
         out: list[dict[str, Any]] = []
-        for name in sorted(core.tools):
-            if name not in core.allowed or name in core.unpinned:
-                continue  # a tool whose definition is not its pin is hidden too
-            eff = core.effective(name)
-            if killswitch.blocking_switch(core, name, eff) is not None:
-                continue
-            if breaker.read(core, eff.breaker).state == "open":
-                continue
+        for name, eff in self._on_offer():
             spec = eff.tool.spec()
             policy_spec = core.policy.spec(name)
             if policy_spec is not None and policy_spec.description is not None:
@@ -313,6 +307,27 @@ class RunBase:
                         "input_schema": spec["parameters"],
                     }
                 )
+        return out
+
+    def _on_offer(self) -> list[tuple[str, Effective]]:
+        """The tools on offer now, by name (sorted), as :meth:`tool_specs` lists them:
+        allowed, registered, matching their pins, neither kill-switched nor degraded (the
+        switches read once for all of them). Frameworks' adapters filter the tools of a
+        request with it, without building specs."""
+        core = self._core
+        switches = None
+        out = []
+        for name in sorted(core.tools):
+            if name not in core.allowed or name in core.unpinned:
+                continue  # a tool whose definition is not its pin is hidden too
+            eff = core.effective(name)
+            if switches is None:  # read once, and only when a tool is left to judge
+                switches = killswitch.active(core)
+            if killswitch.blocking_among(switches, core, name, eff) is not None:
+                continue
+            if breaker.read(core, eff.breaker).state == "open":
+                continue
+            out.append((name, eff))
         return out
 
     def tool_name(self, wire: str) -> str:

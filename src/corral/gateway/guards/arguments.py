@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from corral.exceptions import Stop, ToolRejected
 from corral.gateway.guards.constraints import Violation, violation
 from corral.gateway.guards.denial import count_mistake, deny
-from corral.tools import ArgumentsInvalid, _jsonschema_problem
+from corral.gateway.guards.simple_schema import certifier
+from corral.tools import ArgumentsInvalid, Tool, _jsonschema_problem
 
 __all__ = [
     "Violation",
@@ -53,7 +54,11 @@ def validate(call: Call) -> dict[str, Any]:
     name = eff.tool.name
     try:
         parsed = _parse(raw)
-        args = eff.tool.validate_args(parsed)
+        tool = eff.tool
+        if tool._args_validator is None or type(parsed) is not dict:
+            args = tool.validate_args(parsed)  # checked by its signature's model, or refused
+        else:
+            args = _validated(tool, parsed)
         if eff.policy_args_schema is not None:
             # The policy's schema narrows what the code accepts: both must pass.
             _check_policy_schema(eff.policy_args_schema, parsed)
@@ -73,6 +78,18 @@ def validate(call: Call) -> dict[str, Any]:
                     extra={"argument": arg, "note": problem.note},
                 )
     return args
+
+
+def _validated(tool: Tool, parsed: dict[str, Any]) -> dict[str, Any]:
+    """``tool.validate_args(parsed)`` for a tool checked by a JSON Schema (not by its
+    signature): when its simple schema certifies the arguments, without ``jsonschema``
+    (:mod:`corral.gateway.guards.simple_schema`: its verdict stays jsonschema's)."""
+    validator = tool._args_validator
+    if tool._args_model is None:
+        check = certifier(validator.schema)  # the very schema jsonschema checks
+        if check is not None and check(parsed):
+            return dict(parsed)
+    return tool.validate_args(parsed)
 
 
 def refuse(core: RunState, eff: Effective, problems: list[str]) -> NoReturn:
@@ -96,6 +113,9 @@ _POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
 
 
 def _check_policy_schema(schema: Mapping[str, Any], args: Any) -> None:
+    check = certifier(schema)
+    if check is not None and check(args):
+        return
     cached = _POLICY_VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
         import jsonschema  # once per schema: runs whose policy has no schemas never load it

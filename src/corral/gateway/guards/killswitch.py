@@ -74,6 +74,20 @@ def _blocks(mode: KillMode, eff: Effective | None) -> bool:
     return eff.expensive
 
 
+def active(core: RunState) -> tuple[KillSwitchState, ...]:
+    """The active switches as the run sees them (through the process's cache).
+
+    Raises ``control_plane_unavailable`` when the state cannot be read (fail closed).
+    """
+    try:
+        return core.switch_cache.switches(core.store)
+    except StoreError as exc:
+        gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
+        raise core.stamp(
+            Stop("control_plane_unavailable", "kill_switch", message=str(exc), retryable=not gone)
+        ) from exc
+
+
 def blocking_switch(
     core: RunState, name: str | None, eff: Effective | None
 ) -> KillSwitchState | None:
@@ -81,13 +95,14 @@ def blocking_switch(
 
     Raises ``control_plane_unavailable`` when the state cannot be read (fail closed).
     """
-    try:
-        switches = core.switch_cache.switches(core.store)
-    except StoreError as exc:
-        gone = isinstance(exc, StoreGone)  # the store file was removed: retrying cannot help
-        raise core.stamp(
-            Stop("control_plane_unavailable", "kill_switch", message=str(exc), retryable=not gone)
-        ) from exc
+    return blocking_among(active(core), core, name, eff)
+
+
+def blocking_among(
+    switches: tuple[KillSwitchState, ...], core: RunState, name: str | None, eff: Effective | None
+) -> KillSwitchState | None:
+    """The first of ``switches`` (read with :func:`active`) that blocks this call: one read
+    of the switches judges several tools alike."""
     if not switches:
         return None
     default = core.policy.kill_switch.mode_when_enabled

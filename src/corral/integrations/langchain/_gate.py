@@ -14,7 +14,6 @@ uses the same functions for ``create_agent``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -30,8 +29,10 @@ from langgraph.types import Command, interrupt
 
 from corral.controls.approvals import ApprovalDecision, ApprovalRequest
 from corral.exceptions import ConfigError, Stop, ToolRejected
+from corral.gateway._inline import expired
 from corral.gateway.canonical import args_digest
-from corral.gateway.guards.killswitch import WATCH_SECONDS, Cancelled
+from corral.gateway.drivers import await_within
+from corral.gateway.guards.killswitch import Cancelled
 from corral.integrations.langchain._tools import (
     content_of,
     core,
@@ -288,10 +289,17 @@ async def agovern(
         )
     try:
         try:
-            result = await _bounded(handler(_to_run(request, ticket, decided)), ticket)
+            # In this task, as LangGraph awaits it; a timer looks at the kill switch every
+            # WATCH_SECONDS once the tool suspends, and cancels it at a stop_all switch or
+            # at the ticket's deadline (no task of its own per call).
+            result = await await_within(
+                handler(_to_run(request, ticket, decided)), ticket.timeout, ticket.killed
+            )
         except Cancelled as killed:
             return _failed(await run.report_failure(ticket, killed), call)
-        except _Late:
+        except TimeoutError as exc:
+            if not expired(exc):  # the tool's own TimeoutError: a failure like any other
+                return _failed(await run.report_failure(ticket, exc), call)
             failure = TimeoutError(f"{call['name']} gave no answer in {ticket.timeout:g} s")
             return _failed(await run.report_failure(ticket, failure, timed_out=True), call)
         except GraphBubbleUp:
@@ -312,43 +320,6 @@ async def agovern(
 def _failed(_: Any, call: ToolCall) -> ToolMessage:
     # report_failure raises the run's stop; reached only if it ever returned instead.
     return refusal(call, f"{call['name']} failed")
-
-
-class _Late(Exception):
-    """The tool was still running at its deadline (cancelled)."""
-
-
-async def _bounded(awaitable: Awaitable[Result], ticket: Ticket) -> Result:
-    """``awaitable`` within the ticket's deadline, looking for a ``stop_all`` kill switch
-    every ``WATCH_SECONDS``; cancelled (and ``_Late`` or the ``Cancelled`` raised) when
-    either ends it."""
-    task = asyncio.ensure_future(awaitable)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ticket.timeout
-    try:
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                _drop(task)
-                raise _Late()
-            done, _ = await asyncio.wait((task,), timeout=min(WATCH_SECONDS, left))
-            if done:
-                result: Result = task.result()
-                return result
-            killed = ticket.killed()
-            if killed is not None:
-                _drop(task)
-                raise killed
-    except asyncio.CancelledError:
-        _drop(task)
-        raise
-
-
-def _drop(task: asyncio.Future[Any]) -> None:
-    """Cancel a tool's task that will not be waited for; its end is read when it comes, so
-    that nothing it raises is reported as never retrieved."""
-    task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 # -- a plain LangGraph ToolNode -------------------------------------------------------

@@ -328,7 +328,7 @@ class CorralMiddleware(AgentMiddleware[CorralState, Any, Any]):
         self, run: RunBase, request: ModelRequest[Any]
     ) -> tuple[ModelRequest[Any], ModelCall, _ModelFacts]:
         """Take out the tools the run does not offer, bound the input, reserve the call."""
-        offered = {spec["name"] for spec in run.tool_specs("neutral")}
+        offered = {eff.tool.name for _, eff in run._on_offer()}
         tools = [t for t in request.tools if _tool_name(t) in offered]
         messages = request.messages
         if request.system_message is not None:

@@ -130,7 +130,7 @@ def govern(
         model_ = a.model
         if isinstance(model_, Model) and not isinstance(model_, GovernedModel):
             model_ = GovernedModel(model_, gov, None)
-        clone = a.clone(tools=[*tools, *hosted], model=model_, handoffs=[])
+        clone = _clone(a, tools=[*tools, *hosted], model=model_, handoffs=[])
         gov.agents[id(a)] = clone
         gov.keep.append(a)
         clone.handoffs = [
@@ -139,6 +139,22 @@ def govern(
         return clone
 
     return one(agent)  # type: ignore[no-any-return]
+
+
+def _clone(agent: Agent[Any], **changes: Any) -> Agent[Any]:
+    """``agent.clone(**changes)``; for an ``Agent`` itself (not a subclass, whose own
+    ``__post_init__`` may do more), a shallow copy with the changes, as ``clone`` makes
+    it, without validating again fields that ``agent`` passed already: the SDK's checks
+    and its model-settings defaults, re-derived (a deep copy) cost most of governing an
+    agent, once per run. The changes are corral's own (tools, a ``Model`` object for a
+    ``Model`` object, handoffs), so the settings the SDK would derive are those ``agent``
+    holds."""
+    if type(agent) is not Agent:
+        return agent.clone(**changes)
+    new = object.__new__(Agent)
+    new.__dict__.update(agent.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def run_config(run: Run | AsyncRun, base: RunConfig | None = None) -> RunConfig:

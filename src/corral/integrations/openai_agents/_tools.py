@@ -203,11 +203,11 @@ def _replaced(tool: FunctionTool, **changes: Any) -> FunctionTool:
 
 
 def _offered(gov: Governor, name: str) -> bool:
-    """Whether the model is offered ``name`` now: allowed, given to the run, neither
-    kill-switched nor degraded (as ``run.tool_specs`` judges it)."""
-    if not gov.allowed(name):
-        return False
+    """Whether the model is offered ``name`` now: allowed, given to the run, matching its
+    pin, neither kill-switched nor degraded (as ``run.tool_specs`` judges it)."""
     core = gov.core
+    if not gov.allowed(name) or name in core.unpinned:
+        return False
     eff = core.effective(name)
     if killswitch.blocking_switch(core, name, eff) is not None:
         return False

@@ -189,7 +189,7 @@ class Governor:
         """The definitions the policy lets the model see now."""
         assert self.run is not None
         try:
-            on_offer = {spec["name"] for spec in self.run.tool_specs("neutral")}
+            on_offer = {eff.tool.name for _, eff in self.run._on_offer()}
         except Stop as stop:
             raise stopped(stop) from None
         return [t for t in tool_defs if self.corral_name(t.name) in on_offer]
