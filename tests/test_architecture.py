@@ -107,19 +107,17 @@ def test_the_architecture_doc_names_every_module_and_no_other() -> None:
 #: The most lines a module may have, and a function (its ``def`` line to its last line).
 MODULE_LINES = 500
 FUNCTION_LINES = 80
-#: Modules over the limit that are being split; each is removed from here once it is.
-MODULE_LINES_PENDING: frozenset[str] = frozenset()
 
 
 def oversized(package: Path) -> list[str]:
-    """Every module of ``package`` over :data:`MODULE_LINES` lines (bar the pending ones)
-    and every function, at any nesting, over :data:`FUNCTION_LINES`, each with its size."""
+    """Every module of ``package`` over :data:`MODULE_LINES` lines and every function, at
+    any nesting, over :data:`FUNCTION_LINES`, each with its size."""
     found = []
     for path in sorted(package.rglob("*.py")):
         name = path.relative_to(package).as_posix()
         text = path.read_text(encoding="utf-8")
         lines = len(text.splitlines())
-        if lines > MODULE_LINES and name not in MODULE_LINES_PENDING:
+        if lines > MODULE_LINES:
             found.append(f"{name}: {lines} lines (most {MODULE_LINES})")
         for node in ast.walk(ast.parse(text, filename=str(path))):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -137,20 +135,11 @@ def test_no_module_or_function_is_too_long() -> None:
     assert offenders == [], "split these:\n" + "\n".join(offenders)
 
 
-def test_the_pending_splits_are_still_needed() -> None:
-    """A module on the pending list that has come under the limit is taken off it."""
-    package = ROOT / "src" / "corral"
-    sizes = {
-        n: len((package / n).read_text(encoding="utf-8").splitlines()) for n in MODULE_LINES_PENDING
-    }
-    assert {n: s for n, s in sizes.items() if s <= MODULE_LINES} == {}, "take these off the list"
-
-
 def test_a_long_module_or_function_is_named(tmp_path: Path) -> None:
     """The size check finds a module over the limit and a nested function over it."""
     package = tmp_path / "corral"
     (package / "gateway").mkdir(parents=True)
-    (package / "gateway" / "chain.py").write_text("x = 1\n" * 600)  # split: no longer pending
+    (package / "gateway" / "chain.py").write_text("x = 1\n" * 600)
     (package / "big.py").write_text("x = 1\n" * 501)
     body = "".join(f"        y{i} = {i}\n" for i in range(80))
     (package / "nested.py").write_text(f"class A:\n    async def f(self) -> None:\n{body}")
