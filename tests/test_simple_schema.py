@@ -138,3 +138,30 @@ def test_an_invalid_call_gets_jsonschemas_messages() -> None:
         with pytest.raises(corral.ToolRejected) as refused:
             run.authorize("lookup", {"city": "sf", "days": 2})
         assert "Additional properties are not allowed" in refused.value.message
+
+
+def test_a_tool_with_its_own_argument_checks_keeps_them() -> None:
+    """A ``Tool`` subclass that checks its arguments its own way (replay's, which fills in
+    the schema's defaults) is asked, not the certifier: what it returns is what runs."""
+
+    class Defaulted(corral.Tool):
+        def validate_args(self, args: Any) -> dict[str, Any]:
+            checked = super().validate_args(args)
+            checked.setdefault("days", 1)
+            return checked
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "default": 1}},
+        "required": ["city"],
+    }
+    assert certifier(schema) is not None  # simple: a plain tool would skip jsonschema
+    plain = executed_elsewhere(
+        "lookup", effect="read", effect_declared=True, description="", args_schema=schema,
+        validate=True,
+    )  # fmt: skip
+    own = Defaulted(**{f: getattr(plain, f) for f in plain.__dataclass_fields__})
+    policy = corral.Policy.from_dict({"tools": {"allow": ["lookup"]}})
+    with corral.Run(policy, tools=[own], store="memory://") as run:
+        ticket = run.authorize("lookup", {"city": "sf"})
+        assert dict(ticket.arguments) == {"city": "sf", "days": 1}

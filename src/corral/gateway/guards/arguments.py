@@ -55,8 +55,9 @@ def validate(call: Call) -> dict[str, Any]:
     try:
         parsed = _parse(raw)
         tool = eff.tool
-        if tool._args_validator is None or type(parsed) is not dict:
-            args = tool.validate_args(parsed)  # checked by its signature's model, or refused
+        if tool._args_validator is None or type(parsed) is not dict or type(tool) is not Tool:
+            # checked by its signature's model, refused, or by a tool's own validate_args
+            args = tool.validate_args(parsed)
         else:
             args = _validated(tool, parsed)
         if eff.policy_args_schema is not None:
