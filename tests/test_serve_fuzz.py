@@ -5,11 +5,17 @@ store reached), an agent's, and none."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist schemathesis' generated cases are listed but not run (3 of 75 ran):
+    # said here rather than passed unseen. `make test` runs this file in a process of its own.
+    pytest.skip("the API fuzz runs without pytest-xdist (no -n)", allow_module_level=True)
 
 schemathesis = pytest.importorskip("schemathesis", reason="the API fuzzing needs schemathesis")
 pytest.importorskip("fastapi", reason="corral serve needs the serve extra")
