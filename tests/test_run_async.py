@@ -292,8 +292,8 @@ def test_a_tool_swallowing_its_cancellation_is_abandoned_after_a_short_grace() -
         return "late"
 
     async def main() -> tuple[corral.RunResult, float]:
-        started = time.monotonic()
         async with new_run(policy(budgets={"max_seconds": 0.3}), tools=[stubborn]) as run:
+            started = time.monotonic()  # the run's clock started while it was made
             await run.call("search.read", {"query": "a"})
         return run.result, time.monotonic() - started
 
@@ -458,8 +458,8 @@ def test_a_tool_using_anyio_cancel_scopes_runs_and_is_cut_at_its_deadline() -> N
         return f"moved on: {scope.cancel_called}"
 
     async def main() -> tuple[Any, corral.RunResult, float]:
-        started = time.monotonic()
         async with new_run(policy(budgets={"max_seconds": 0.3}), tools=[scoped]) as run:
+            started = time.monotonic()  # the run's clock started while it was made
             first = await run.call("search.read", {"query": "a"})
             await run.call("search.read", {"query": "wait"})
         return first, run.result, time.monotonic() - started
