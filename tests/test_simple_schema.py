@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral.gateway.guards.simple_schema import certifier
+from corral._simple_schema import certifier
 from corral.tools import executed_elsewhere
 
 _TYPES = ["string", "integer", "number", "boolean", "null", "object", "array"]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from corral._safe import shown
+from corral._simple_schema import certifier
 from corral.exceptions import ConfigError, ToolDefinitionError
 from corral.policy.schema import CREDENTIAL_NAME, TOOL_NAME, ToolSpec
 
@@ -102,8 +103,14 @@ class Tool:
     _args_model: type[BaseModel] | None = None
     _args_validator: Any = None
     _output_validator: Any = None
+    _args_certifier: Any = field(default=None, repr=False, compare=False)
+    """Certifies a valid call of a simple argument schema without ``jsonschema``
+    (:mod:`corral._simple_schema`); always made afresh with the tool, from its validator."""
 
     def __post_init__(self) -> None:
+        validator = self._args_validator
+        certify = None if validator is None else certifier(validator.schema)
+        object.__setattr__(self, "_args_certifier", certify)
         cost = self.cost_usd
         if type(cost) is not Decimal or not cost.is_finite() or cost < 0:
             raise ToolDefinitionError(
@@ -125,6 +132,9 @@ class Tool:
                 raise ArgumentsInvalid(_pydantic_problems(exc)) from None
             return dict(model.__dict__)
         if self._args_validator is not None:
+            certify = self._args_certifier
+            if certify is not None and certify(args):
+                return dict(args)  # certainly valid: jsonschema would find no error
             errors = sorted(self._args_validator.iter_errors(args), key=lambda e: list(e.path))
             if errors:
                 raise ArgumentsInvalid([_jsonschema_problem(e) for e in errors[:5]])

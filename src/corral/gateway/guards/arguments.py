@@ -12,11 +12,11 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from corral._simple_schema import certifier
 from corral.exceptions import Stop, ToolRejected
 from corral.gateway.guards.constraints import Violation, violation
 from corral.gateway.guards.denial import count_mistake, deny
-from corral.gateway.guards.simple_schema import certifier
-from corral.tools import ArgumentsInvalid, Tool, _jsonschema_problem
+from corral.tools import ArgumentsInvalid, _jsonschema_problem
 
 __all__ = [
     "Violation",
@@ -54,12 +54,7 @@ def validate(call: Call) -> dict[str, Any]:
     name = eff.tool.name
     try:
         parsed = _parse(raw)
-        tool = eff.tool
-        if tool._args_validator is None or type(parsed) is not dict or type(tool) is not Tool:
-            # checked by its signature's model, refused, or by a tool's own validate_args
-            args = tool.validate_args(parsed)
-        else:
-            args = _validated(tool, parsed)
+        args = eff.tool.validate_args(parsed)
         if eff.policy_args_schema is not None:
             # The policy's schema narrows what the code accepts: both must pass.
             _check_policy_schema(eff.policy_args_schema, parsed)
@@ -81,18 +76,6 @@ def validate(call: Call) -> dict[str, Any]:
     return args
 
 
-def _validated(tool: Tool, parsed: dict[str, Any]) -> dict[str, Any]:
-    """``tool.validate_args(parsed)`` for a tool checked by a JSON Schema (not by its
-    signature): when its simple schema certifies the arguments, without ``jsonschema``
-    (:mod:`corral.gateway.guards.simple_schema`: its verdict stays jsonschema's)."""
-    validator = tool._args_validator
-    if tool._args_model is None:
-        check = certifier(validator.schema)  # the very schema jsonschema checks
-        if check is not None and check(parsed):
-            return dict(parsed)
-    return tool.validate_args(parsed)
-
-
 def refuse(core: RunState, eff: Effective, problems: list[str]) -> NoReturn:
     """Hand invalid arguments back to the model (:class:`ToolRejected`), or, past the
     policy's bound on mistakes, stop the run with ``invalid_tool_args``."""
@@ -110,19 +93,22 @@ def refuse(core: RunState, eff: Effective, problems: list[str]) -> NoReturn:
     ) from None
 
 
-_POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
+#: id(schema) -> (the schema, its certifier, its validator once needed)
+_POLICY_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any, Any]] = {}
 
 
 def _check_policy_schema(schema: Mapping[str, Any], args: Any) -> None:
-    check = certifier(schema)
-    if check is not None and check(args):
-        return
     cached = _POLICY_VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
+        cached = _POLICY_VALIDATORS[id(schema)] = (schema, certifier(schema), None)
+    if cached[1] is not None and cached[1](args):
+        return
+    validator = cached[2]
+    if validator is None:
         import jsonschema  # once per schema: runs whose policy has no schemas never load it
 
         validator = jsonschema.validators.validator_for(schema)(schema)
-        cached = _POLICY_VALIDATORS[id(schema)] = (schema, validator)
-    errors = sorted(cached[1].iter_errors(args), key=lambda e: list(e.absolute_path))
+        _POLICY_VALIDATORS[id(schema)] = (schema, cached[1], validator)
+    errors = sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))
     if errors:
         raise ArgumentsInvalid([_jsonschema_problem(e) for e in errors[:5]])

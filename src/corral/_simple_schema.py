@@ -40,25 +40,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
 }
 
-#: Schemas seen, by id (the schema kept alive with its certifier): most runs share them.
-_SEEN: dict[int, tuple[Any, Check | None]] = {}
-_MAX_SEEN = 1024
-
 
 def certifier(schema: Any) -> Check | None:
-    """The certifier of ``schema`` (made once per schema object), or ``None`` when it is not
-    simple enough to certify."""
-    found = _SEEN.get(id(schema))
-    if found is not None and found[0] is schema:
-        return found[1]
+    """The certifier of ``schema``, or ``None`` when it is not simple enough to certify.
+    Made once, where the schema's validator is (a tool's, a policy's)."""
     try:
-        check = _compile(schema, 0)
+        return _compile(schema, 0)
     except RecursionError:  # pragma: no cover - _compile stops at depth 8
-        check = None
-    if len(_SEEN) >= _MAX_SEEN:
-        _SEEN.clear()
-    _SEEN[id(schema)] = (schema, check)
-    return check
+        return None
 
 
 def _compile(schema: Any, depth: int) -> Check | None:
