@@ -130,7 +130,7 @@ def _call_flow(call: Call) -> Flow:
         timeout = start(call, hold, first_claim)
         started = core.time.now()
         watch = killswitch.watch(core, call.tool_name)
-        ctx = None if call.tool.context_param is None else _context(call, timeout)
+        ctx = None if call.tool.context_param is None else context(call, timeout)
         result: Attempt = yield Execute(eff, call.args, ctx, timeout, call.idem_key, watch)
         ended = attempted(call, hold, started, result)  # settled, checked, recorded
         if type(ended) is not Retry:
@@ -142,13 +142,7 @@ def _call_flow(call: Call) -> Flow:
 # -- admission: the checks before anything is held -------------------------------------
 def _admit(call: Call) -> None:
     core = call.run
-    if call.call_id is not None:
-        # The call's identity goes on its events (and so on its span, gen_ai.tool.call.id);
-        # it is the caller's text, so it is scrubbed like anything else recorded.
-        call.ids = {"call_id": core.redactor.text(call.call_id)}
-    if call.attributes:  # the caller's text too: scrubbed
-        shown = {k: core.redactor.text(v) for k, v in call.attributes.items()}
-        call.ids = {**call.ids, "attributes": shown}
+    identify(call)
     core.ensure_running()
     core.time.check()
     name = call.name
@@ -170,6 +164,16 @@ def _admit(call: Call) -> None:
     call.eff = eff
     call.write = eff.effect == "write"
     vet(call)
+
+
+def identify(call: Call) -> None:
+    """The call's identity and the caller's attributes, for its events (and so its span,
+    ``gen_ai.tool.call.id``): the caller's text, scrubbed like anything else recorded."""
+    if call.call_id is not None:
+        call.ids = {"call_id": call.run.redactor.text(call.call_id)}
+    if call.attributes:
+        shown = {k: call.run.redactor.text(v) for k, v in call.attributes.items()}
+        call.ids = {**call.ids, "attributes": shown}
 
 
 def vet(call: Call) -> None:
@@ -315,7 +319,7 @@ def start(call: Call, hold: Hold, first_claim: bool) -> float:
     return timeout
 
 
-def _context(call: Call, timeout: float) -> ToolContext:
+def context(call: Call, timeout: float) -> ToolContext:
     """The :class:`~corral.ToolContext` for a tool that takes one."""
     core = call.run
     return ToolContext(

@@ -13,6 +13,11 @@ approval, credentials or a :class:`~corral.ToolContext`, an async tool, a descri
 an idempotency key or a call id, a name that is not a plain ``str`` — goes through the
 flow.
 
+``Run.authorize`` / ``AsyncRun.authorize`` of a plain read take the same path up to
+execution (:func:`authorize`), and its report ends the attempt as the flow would
+(:meth:`Pending.end`): the caller executes the tool, so the tool may be async or described
+by the policy alone; a call id and span attributes name the call on its events.
+
 Like the drivers, this path sets :data:`~corral.clock.DEADLINE` while it runs (so that
 the store's waits end at the run's deadline), hands what a tool raises that is not an
 ``Exception`` back as the failure it is (``gateway/_escapes.py``), and scrubs what a
@@ -21,6 +26,7 @@ refusal or a stop quotes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from corral.budgets.meter import Hold
@@ -57,19 +63,84 @@ def plan_for(core: RunState, name: str) -> Plan | None:
     return plan
 
 
-def plan_of(core: RunState, name: str, *, async_tools: bool) -> Plan | None:
+def plan_of(core: RunState, name: str, *, async_tools: bool, external: bool = False) -> Plan | None:
     """A plan for ``name`` when its calls may take a direct path: a registered, allowed
     read that needs no approval, credentials or context, not described by the policy alone
-    (``async_tools``: an async tool too); else ``None``."""
+    (``async_tools``: an async tool too; ``external``: the caller executes it, so any such
+    tool, its :class:`~corral.ToolContext` made for the caller); else ``None``."""
     tool = core.tools.get(name)
     if tool is None or tool.name not in core.allowed or tool.name in core.unpinned:
         return None  # refused by the flow, with its events
-    if tool.described or tool.context_param is not None or (tool.is_async and not async_tools):
+    if not external and (
+        tool.described or tool.context_param is not None or (tool.is_async and not async_tools)
+    ):
         return None
     eff = core.effective(name)
     if eff.effect != "read" or eff.require_approval or eff.credentials:
         return None
     return Plan(core, name, eff)
+
+
+def external_plan(core: RunState, name: str) -> Plan | None:
+    """The plan for authorizing calls of ``name`` (a plain ``str``) that the caller
+    executes; ``None`` when they take the flow. Made at the first call, kept for the run."""
+    plans: dict[str, Plan | None] = core.external_plans
+    if name in plans:
+        return plans[name]
+    plan = plans[name] = plan_of(core, name, async_tools=True, external=True)
+    return plan
+
+
+class Pending:
+    """A plain read authorized on the direct path, executed by the caller: what its report
+    needs to end the attempt (the flow's generator, on the flow's path)."""
+
+    __slots__ = ("call", "hold", "started")
+
+    def __init__(self, call: Call, hold: Hold, started: float) -> None:
+        self.call = call
+        self.hold = hold
+        self.started = started
+
+    def end(self, result: Attempt) -> Any:
+        """The attempt ended with ``result``: the observation, or the stop or refusal
+        (the caller's attempts are never retried by corral)."""
+        core = self.call.run
+        try:
+            ended = attempts.attempted(self.call, self.hold, self.started, result)
+        except ToolRejected as rejected:
+            chain.scrubbed(core, rejected)
+            raise
+        except Stop as stop:
+            core.scrub_stop(stop)
+            raise
+        if type(ended) is attempts.Retry:  # pragma: no cover - _may_retry refuses external
+            raise AssertionError("a caller-executed read was to be retried")
+        return ended
+
+
+def authorize(
+    plan: Plan, raw_args: Any, call_id: str | None, attributes: Mapping[str, str] | None
+) -> tuple[Execute | None, Any]:
+    """Pass a plain read up to its execution by the caller: ``(op, pending)`` to execute
+    and then end with ``pending.end``, or ``(None, observation)`` when it was served from
+    the read cache; raises the stop or refusal."""
+    core = plan.core
+    call = Call(core, plan.name, raw_args, None, call_id, True, attributes)
+    core.last_call = None
+    try:
+        chain.identify(call)
+        served = admitted(call, plan)
+        if served is not chain.NOT_SERVED:
+            return None, served
+        hold, started, op = attempt(call, plan)
+    except ToolRejected as rejected:
+        chain.scrubbed(core, rejected)
+        raise
+    except Stop as stop:
+        core.scrub_stop(stop)
+        raise
+    return op, Pending(call, hold, started)
 
 
 def call(plan: Plan, raw_args: Any) -> Any:
@@ -113,7 +184,8 @@ def attempt(call: Call, plan: Plan) -> tuple[Hold, float, Execute]:
     hold = core.budget.reserve(eff.charge)
     timeout = chain.start(call, hold, False)
     watch = killswitch.watch(core, plan.name)
-    return hold, core.time.now(), Execute(eff, call.args, None, timeout, None, watch)
+    ctx = None if eff.tool.context_param is None else chain.context(call, timeout)
+    return hold, core.time.now(), Execute(eff, call.args, ctx, timeout, None, watch)
 
 
 def _chain(call: Call, plan: Plan) -> Any:

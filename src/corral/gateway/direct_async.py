@@ -74,8 +74,7 @@ async def call(plan: Plan, raw_args: Any, call_id: str | None, owned: bool = Fal
 async def _chain(call: Call, plan: Plan, owned: bool) -> Any:
     """:func:`~corral.gateway.chain.call_flow`'s steps for a plain read, awaited."""
     core = plan.core
-    if call.call_id is not None:  # as the flow's admission: the call's id on its events
-        call.ids = {"call_id": core.redactor.text(call.call_id)}
+    chain.identify(call)  # as the flow's admission: the call's id on its events
     served = admitted(call, plan)
     if served is not chain.NOT_SERVED:
         return served

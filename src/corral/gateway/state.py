@@ -160,6 +160,8 @@ class RunState:
         self.watches: dict[str | None, Callable[[], Any]] = {}
         # How ``Run.call`` calls each tool: directly, or through the flow (gateway/direct.py).
         self.plans: dict[str, Any] = {}
+        # How ``authorize`` passes each tool: directly, or through the flow (the same).
+        self.external_plans: dict[str, Any] = {}
 
     # -- store access, fail closed, within the run's time ----------------------------
     def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

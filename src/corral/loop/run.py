@@ -38,6 +38,7 @@ from corral.gateway._escapes import CANCELLATION, Escaped, run_async, run_sync
 from corral.gateway.chain import call_flow
 from corral.gateway.model_turn import model_flow
 from corral.gateway.ops import Attempt, Execute
+from corral.gateway.state import RunState
 from corral.loop.base import RunBase, text_or_none
 from corral.loop.tickets import Ticket, _report, _wait_async, _wait_sync
 from corral.models.base import Model, ModelResponse
@@ -119,6 +120,9 @@ class Run(RunBase):
         'up'
         """
         core = self._core
+        ticket = _direct_ticket(core, name, args, idempotency_key, call_id, attributes)
+        if ticket is not None:
+            return ticket
         flow = call_flow(
             core,
             name,
@@ -234,6 +238,9 @@ class AsyncRun(RunBase):
     ) -> Ticket:
         """Pass the gateway up to execution; see :meth:`Run.authorize`."""
         core = self._core
+        ticket = _direct_ticket(core, name, args, idempotency_key, call_id, attributes)
+        if ticket is not None:
+            return ticket
         flow = call_flow(
             core,
             name,
@@ -291,6 +298,26 @@ class AsyncRun(RunBase):
         return await direct_async.model_turn(
             self._core, model, messages, specs, max_tokens, input_bound
         )
+
+
+def _direct_ticket(
+    core: RunState,
+    name: Any,
+    args: Any,
+    idempotency_key: str | None,
+    call_id: str | None,
+    attributes: Mapping[str, str] | None,
+) -> Ticket | None:
+    """The ticket of a plain read authorized on the direct path (``gateway/direct.py``);
+    ``None`` when the call takes the flow."""
+    if type(name) is not str or idempotency_key is not None:
+        return None
+    plan = direct.external_plan(core, name)
+    if plan is None:
+        return None
+    checked, shown = text_or_none("call_id", call_id), _attributes(attributes)
+    op, pending = direct.authorize(plan, {} if args is None else args, checked, shown)
+    return Ticket(None, None, output=pending) if op is None else Ticket(pending, op)
 
 
 def _attributes(given: Mapping[str, str] | None) -> dict[str, str] | None:

@@ -14,6 +14,7 @@ from typing import Any
 from corral.budgets.meter import Charge, Hold
 from corral.clock import SystemClock
 from corral.exceptions import ConfigError, Stop, ToolRejected
+from corral.gateway.direct import Pending
 from corral.gateway.model_turn import ONE_STEP, invalid_usage, price_of
 from corral.gateway.ops import Approve, Attempt, Execute, Sleep
 from corral.gateway.state import RunState
@@ -196,6 +197,8 @@ def _report(ticket: Ticket, attempt: Attempt) -> Any:
     if ticket.reported:
         raise ConfigError("this ticket was already reported")
     ticket.reported = True
+    if type(ticket._flow) is Pending:  # authorized on the direct path
+        return ticket._flow.end(attempt)
     flow: Generator[Any, Any, Any] = ticket._flow
     try:
         flow.send(attempt)

@@ -162,6 +162,9 @@ def governed_tool(gov: Governor, tool: FunctionTool) -> FunctionTool:
         answer = user_enabled(ctx, agent)
         return bool(await answer) if inspect.isawaitable(answer) else bool(answer)
 
+    # The SDK reads the annotations of ``on_invoke_tool`` at every call (to choose the
+    # context it passes): as objects, not text to evaluate each time.
+    on_invoke_tool.__annotations__ = _INVOKE_ANNOTATIONS
     needs_approval: Any = user_approval
     if gov.interrupts(name):
 
@@ -176,6 +179,8 @@ def governed_tool(gov: Governor, tool: FunctionTool) -> FunctionTool:
         tool, on_invoke_tool=on_invoke_tool, is_enabled=is_enabled, needs_approval=needs_approval
     )
 
+
+_INVOKE_ANNOTATIONS = {"ctx": SDKToolContext, "input": str, "return": Any}
 
 _RAW: dict[int, tuple[FunctionTool, Any]] = {}
 
