@@ -428,7 +428,10 @@ def test_a_hanging_model_is_cut_at_the_runs_deadline() -> None:
     )
     elapsed = time.monotonic() - started
     assert result.stop_reason == "max_seconds"
-    assert elapsed < 0.2 + 0.1
+    # The run's own clock starts when it is made (a cold process also imports what the
+    # first run uses before that): it is the run's time that must barely overshoot.
+    assert result.usage.seconds < 0.2 + 0.1
+    assert elapsed < 2  # and nothing waited for the model's 10 s
 
 
 def test_a_model_slower_than_its_timeout_is_a_model_error() -> None:
