@@ -280,9 +280,10 @@ def _script() -> list[Any]:
 
 def test_run_and_arun_give_the_same_result_for_the_same_script() -> None:
     """The sync and async loops give the same result and send the same requests."""
-    sync_model = ScriptedModel(_script())
+    script = _script()  # one script: its calls' ids (a process-wide counter) are the same
+    sync_model = ScriptedModel(script)
     sync_result = run_loop(sync_model)
-    async_model = ScriptedModel(_script())
+    async_model = ScriptedModel(script)
     async_result = asyncio.run(
         corral.arun(
             "find the vendor status",
@@ -319,11 +320,12 @@ def _without_ids(request: corral.ModelRequest) -> dict[str, Any]:
 def test_run_and_arun_give_the_same_stop_for_the_same_script() -> None:
     """A stopped run has the same stop in both faces."""
     pol = policy(budgets={"max_tool_calls": 2})
-    sync_result = run_loop(ScriptedModel(_script()), pol)
+    script = _script()  # one script: its calls' ids (a process-wide counter) are the same
+    sync_result = run_loop(ScriptedModel(script), pol)
     async_result = asyncio.run(
         corral.arun(
             "find the vendor status",
-            model=ScriptedModel(_script()),
+            model=ScriptedModel(script),
             policy=pol,
             tools=TOOLS,
             store=MemoryStore(),
