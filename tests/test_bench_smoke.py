@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -162,10 +163,12 @@ def test_the_frameworks_bench_measures_each_installed_framework() -> None:
                          ("langchain", "langchain")):  # fmt: skip
         if installed(module):
             figures = out["frameworks"][name]
-            assert figures["alone_us"] > 0 and figures["governed_us"] > 0
-            assert figures["ratio"] == pytest.approx(
-                figures["governed_us"] / figures["alone_us"], rel=0.01
-            )
+            # --quick: a few runs, so a figure taken as a difference of two runs (Pydantic
+            # AI's: a run of N calls minus a run of none) may be any size on a busy machine;
+            # what is checked is that each is a number and the ratio is theirs, as rounded.
+            alone, governed = figures["alone_us"], figures["governed_us"]
+            assert math.isfinite(alone) and math.isfinite(governed) and alone != 0
+            assert figures["ratio"] == pytest.approx(governed / alone, rel=0.01, abs=0.0006)
         else:
             assert "not installed" in out["skipped"][name]
     table = bench("bench/frameworks.py", "--quick", "--only", "pydantic-ai")
