@@ -37,12 +37,11 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 demo: $(RUNTIME_STAMP)
 	$(BIN)/corral demo
 
-# The suite runs in one process by default (its order fixed, as CI has always run it);
-# `make test TEST_WORKERS=2` spreads it over worker processes (pytest-xdist, a file per
-# worker), which is faster but orders files differently from run to run. The API fuzz runs
-# in one process either way: under pytest-xdist schemathesis' generated cases are listed but
-# not run (3 of 75 ran).
-TEST_WORKERS ?= 0
+# The suite runs in two worker processes (pytest-xdist, a test file per worker: about half
+# the time of one process on two cores); `make test TEST_WORKERS=0` runs it in one process, in
+# a fixed order. The API fuzz runs in one process either way: under pytest-xdist
+# schemathesis' generated cases are listed but not run (3 of 75 ran).
+TEST_WORKERS ?= 2
 FUZZ = tests/test_serve_fuzz.py
 
 test: $(DEV_STAMP)
