@@ -3,6 +3,7 @@ Chromium driven by Playwright (``browser``; never ``playwright install``)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,15 @@ def _no_inherited_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables are as wide as the test says, whatever runs the tests: a runner that exports
     ``COLUMNS`` (a terminal, a worker process) would otherwise narrow the CLI's tables."""
     monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _garbage_of_earlier_files_collected() -> None:
+    """What the files before this one left (event loops, transports, streams) is collected
+    before it starts, where their finalizers can run safely, not at some allocation in the
+    middle of its tests: under pytest-xdist the files meet in another order each run, and
+    CPython 3.11's ``ast.parse`` fails if a finalizer runs inside it (``tests/sources.py``)."""
+    gc.collect()
 
 
 #: Debian's Chromium (``.ci/run`` installs it).

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sources import gc_paused
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT = Path(sys.executable).parent / "lint-imports"
 
@@ -113,13 +115,17 @@ def oversized(package: Path) -> list[str]:
     """Every module of ``package`` over :data:`MODULE_LINES` lines and every function, at
     any nesting, over :data:`FUNCTION_LINES`, each with its size."""
     found = []
-    for path in sorted(package.rglob("*.py")):
+    paths = sorted(package.rglob("*.py"))
+    texts = {path: path.read_text(encoding="utf-8") for path in paths}
+    with gc_paused():  # no finalizer inside ast.parse (tests/sources.py)
+        trees = {path: ast.parse(texts[path], filename=str(path)) for path in paths}
+    for path in paths:
         name = path.relative_to(package).as_posix()
-        text = path.read_text(encoding="utf-8")
+        text = texts[path]
         lines = len(text.splitlines())
         if lines > MODULE_LINES:
             found.append(f"{name}: {lines} lines (most {MODULE_LINES})")
-        for node in ast.walk(ast.parse(text, filename=str(path))):
+        for node in ast.walk(trees[path]):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 size = (node.end_lineno or node.lineno) - node.lineno + 1
                 if size > FUNCTION_LINES:

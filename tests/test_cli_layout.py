@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import corral.cli
+from sources import gc_paused
 
 CLI = Path(corral.cli.__file__).parent
 COMMANDS = sorted(
@@ -19,7 +20,9 @@ COMMANDS = sorted(
 def cli_imports(path: Path) -> set[str]:
     """The ``corral.cli`` modules a file imports, at any depth (functions included)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    with gc_paused():  # no finalizer inside ast.parse (tests/sources.py)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in ("corral", "corral.cli"):
             names = {f"{node.module}.{alias.name}" for alias in node.names}
             found |= {n for n in names if _in_cli(n)}

@@ -8,6 +8,9 @@ result and what the tool saw."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,6 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import corral
+from corral.budgets import windows
+from corral.budgets.meter import Charge
 from corral.gateway import direct
 from corral.stores.base import KillSwitchState
 from corral.testing import ManualClock, MemoryStore
@@ -219,3 +224,86 @@ def test_a_plain_read_is_authorized_directly_and_the_rest_through_the_flow() -> 
         with pytest.raises(corral.ConfigError, match="already reported"):
             run.report(ticket, "again")
     assert run.result.usage.tool_calls == 4
+
+
+@pytest.mark.parametrize("store", ["memory://", "sqlite"])
+def test_authorize_and_report_from_threads_count_each_call_once(store: str, tmp_path: Any) -> None:
+    """Threads authorizing and reporting reads of one run at once (some reports abandoned,
+    some failures): the cap on tool calls is never passed, each authorized call is counted
+    once, and no hold outlives the run."""
+    url = store if store == "memory://" else f"sqlite:///{tmp_path / 'corral.db'}"
+    pol = corral.Policy.from_dict(
+        {
+            "tools": {"allow": ["doc.read"], "specs": {"doc.read": {
+                "effect": "read", "cache": False, "cost_usd": 0.001,
+                "args_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}}},
+            "budgets": {"max_tool_calls": 300, "max_usd": 10, "max_steps": 10},
+            "loops": {"repeats": 5, "window": 5},
+        }
+    )  # fmt: skip
+    errors: list[BaseException] = []
+    authorized: list[int] = []
+    with corral.Run(pol, store=url) as run:
+
+        def work(n: int) -> None:
+            for i in range(120):
+                try:
+                    ticket = run.authorize("doc.read", {"q": f"{n}-{i}"}, call_id=f"{n}.{i}")
+                    authorized.append(1)
+                    if i % 7 == 3:
+                        continue  # never reported: settled as the run ends
+                    run.report(ticket, f"answer {n}-{i}")
+                except corral.Stop:
+                    return
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert isinstance(run._core.external_plans["doc.read"], direct.Plan)
+    assert errors == []
+    result = run.result
+    assert result.stop_reason == "max_tool_calls"
+    assert len(authorized) == result.usage.tool_calls == 300
+    assert run._core.budget.meter.held().tool_calls == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_ticket_never_reported_counts_at_what_it_held_in_the_run_and_its_windows(
+    is_async: bool,
+) -> None:
+    """A read (direct path) and a write (the flow) authorized and never reported: at the
+    run's end both count at what they held, in the run's usage as in the tenant's window (the
+    caller had the tickets: the actions may have happened); a report after the end is
+    refused."""
+    pol = corral.Policy.from_dict(
+        {**POLICY, "limits": [{"per": "tenant", "window": "1d", "max_usd": 10}]}
+    )
+    store = MemoryStore()
+    kind = corral.AsyncRun if is_async else corral.Run
+    run = kind(pol, tools=[kb_read, kb_write], store=store, tenant="acme")
+
+    async def body() -> None:
+        tickets = [
+            await _maybe(run.authorize("kb.read", {"query": "a"})),
+            await _maybe(run.authorize("kb.write", {"text": "t"})),
+        ]
+        await _maybe(run.finish("done"))
+        with pytest.raises(corral.ConfigError, match="the run has ended"):
+            await _maybe(run.report(tickets[0], "late"))
+
+    asyncio.run(body())
+    assert isinstance(run._core.external_plans["kb.read"], direct.Plan)
+    result = run.result
+    assert result.usage.tool_calls == 2
+    assert result.usage.usd == Decimal("0.01")  # kb.read's declared cost; kb.write none
+    stored = store.get_run(result.run_id)
+    assert stored is not None and stored.usage["tool_calls"] == 2
+    scope = windows.scoped(pol, Charge(usd=Decimal(1)), tenant="acme", agent=None, now=time.time())[
+        0
+    ].scope
+    assert store.scope_usage(scope) == (2, Decimal("0.01"))

@@ -334,6 +334,17 @@ class Meter:
             if charge is not None:
                 self._held.add(charge, -1)
 
+    def commit_outstanding(self) -> list[Charge]:
+        """Record every hold never settled as used at what it held (the run's end: the
+        action may have happened); returns those charges."""
+        with self._lock:
+            charges = list(self._holds.values())
+            self._holds.clear()
+            for charge in charges:
+                self._held.add(charge, -1)
+                self._committed.add(charge)
+            return charges
+
     def usage(self, *, active_seconds: float = 0.0, waiting_seconds: float = 0.0) -> Usage:
         with self._lock:
             c = self._committed

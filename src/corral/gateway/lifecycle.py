@@ -324,6 +324,7 @@ def close(run: RunState, reason: StopReason, *, answer: str | None = None) -> st
     The run's outcome is never masked by a store failure here, nor is the failure
     silent: the caller puts it on the result.
     """
+    run.budget.settle_outstanding()  # before the usage is read: what may have happened counts
     usage = run.budget.usage()
     info = run.stop if reason != "ok" else None
     status = status_of(reason)

@@ -99,6 +99,14 @@ class RunBudget:
             waiting_seconds=clock.prior_waiting + clock.waiting,
         )
 
+    def settle_outstanding(self) -> None:
+        """At the run's end: every hold never settled (a call authorized and never reported,
+        a model call never settled, a call still running) counts at what it held, as the
+        shared windows' holds do (:meth:`take_outstanding`): the action may have happened."""
+        for charge in self.meter.commit_outstanding():
+            if self.shadow is not None:
+                self.shadow.commit(charge)
+
     def take_outstanding(self) -> list[tuple[str, list[ScopedCharge]]]:
         """The shared holds never settled, no longer tracked (the run's end settles them)."""
         outstanding, self._grants = list(self._grants.values()), {}

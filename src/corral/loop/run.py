@@ -149,14 +149,14 @@ class Run(RunBase):
 
     def report(self, ticket: Ticket, output: Any) -> Any:
         """Report what the tool returned; returns the observation (validated and cleaned)."""
-        return _report(ticket, Attempt(True, value=output))
+        return _report(self._core, ticket, Attempt(True, value=output))
 
     def report_failure(
         self, ticket: Ticket, error: BaseException, *, timed_out: bool = False
     ) -> Any:
         """Report that the tool raised or timed out (charged as an attempt; ends the run
         with ``tool_error``)."""
-        return _report(ticket, Attempt(False, error=error, timed_out=timed_out))
+        return _report(self._core, ticket, Attempt(False, error=error, timed_out=timed_out))
 
     def model_turn(
         self,
@@ -267,13 +267,13 @@ class AsyncRun(RunBase):
 
     async def report(self, ticket: Ticket, output: Any) -> Any:
         """Report what the tool returned; see :meth:`Run.report`."""
-        return _report(ticket, Attempt(True, value=output))
+        return _report(self._core, ticket, Attempt(True, value=output))
 
     async def report_failure(
         self, ticket: Ticket, error: BaseException, *, timed_out: bool = False
     ) -> Any:
         """Report that the tool raised or timed out; see :meth:`Run.report_failure`."""
-        return _report(ticket, Attempt(False, error=error, timed_out=timed_out))
+        return _report(self._core, ticket, Attempt(False, error=error, timed_out=timed_out))
 
     async def model_turn(
         self,

@@ -191,11 +191,16 @@ async def _wait_async(core: RunState, op: Any) -> Any:
     return None
 
 
-def _report(ticket: Ticket, attempt: Attempt) -> Any:
+def _report(core: RunState, ticket: Ticket, attempt: Attempt) -> Any:
     if ticket.replayed:
         return ticket.output
     if ticket.reported:
         raise ConfigError("this ticket was already reported")
+    if core.finished:
+        raise ConfigError(
+            "the run has ended: a ticket cannot be reported after it (what it held was "
+            "counted when the run ended)"
+        )
     ticket.reported = True
     if type(ticket._flow) is Pending:  # authorized on the direct path
         return ticket._flow.end(attempt)
