@@ -31,7 +31,6 @@ from typing import Any
 
 from corral.budgets.meter import Hold
 from corral.clock import DEADLINE, DRIVEN
-from corral.exceptions import Stop, ToolRejected
 from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
@@ -105,15 +104,8 @@ class Pending:
     def end(self, result: Attempt) -> Any:
         """The attempt ended with ``result``: the observation, or the stop or refusal
         (the caller's attempts are never retried by corral)."""
-        core = self.call.run
-        try:
+        with chain.Scrubbing(self.call.run):
             ended = attempts.attempted(self.call, self.hold, self.started, result)
-        except ToolRejected as rejected:
-            chain.scrubbed(core, rejected)
-            raise
-        except Stop as stop:
-            core.scrub_stop(stop)
-            raise
         if type(ended) is attempts.Retry:  # pragma: no cover - _may_retry refuses external
             raise AssertionError("a caller-executed read was to be retried")
         return ended
@@ -128,18 +120,12 @@ def authorize(
     core = plan.core
     call = Call(core, plan.name, raw_args, None, call_id, True, attributes)
     core.last_call = None
-    try:
+    with chain.Scrubbing(core):
         chain.identify(call)
         served = admitted(call, plan)
         if served is not chain.NOT_SERVED:
             return None, served
         hold, started, op = attempt(call, plan)
-    except ToolRejected as rejected:
-        chain.scrubbed(core, rejected)
-        raise
-    except Stop as stop:
-        core.scrub_stop(stop)
-        raise
     return op, Pending(call, hold, started)
 
 
@@ -150,13 +136,8 @@ def call(plan: Plan, raw_args: Any) -> Any:
     core.last_call = None
     token = DEADLINE.set(DRIVEN)
     try:
-        return _chain(call, plan)
-    except ToolRejected as rejected:
-        chain.scrubbed(core, rejected)
-        raise
-    except Stop as stop:
-        core.scrub_stop(stop)
-        raise
+        with chain.Scrubbing(core):
+            return _chain(call, plan)
     finally:
         DEADLINE.reset(token)
 

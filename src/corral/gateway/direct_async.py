@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
-from corral.exceptions import Stop, ToolRejected
 from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
@@ -60,13 +59,8 @@ async def call(plan: Plan, raw_args: Any, call_id: str | None, owned: bool = Fal
     core.last_call = None
     token = DEADLINE.set(DRIVEN)
     try:
-        return await _chain(call, plan, owned)
-    except ToolRejected as rejected:
-        chain.scrubbed(core, rejected)
-        raise
-    except Stop as stop:
-        core.scrub_stop(stop)
-        raise
+        with chain.Scrubbing(core):
+            return await _chain(call, plan, owned)
     finally:
         DEADLINE.reset(token)
 
