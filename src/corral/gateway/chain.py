@@ -85,40 +85,13 @@ def call_flow(
     call = Call(core, name, raw_args, key, call_id, external, attributes)
     core.last_call = None
     try:
-        with Scrubbing(core):
-            return (yield from _call_flow(call))
+        return (yield from _call_flow(call))
+    except (Stop, ToolRejected) as refusal:
+        core.scrub_refusal(refusal)
+        raise
     finally:
         for held in call.renewals:  # the outcome is stored, the key released, or ended
             held.release()
-
-
-def scrubbed(core: RunState, rejected: ToolRejected) -> ToolRejected:
-    """``rejected`` scrubbed in place: what a refusal quotes (the arguments, a tool's own
-    words) reaches the model, scrubbed like everything else it sees."""
-    rejected.message = core.redactor.text(rejected.message)
-    rejected.args = (rejected.message,)
-    rejected.tool = core.redactor.secrets_only(rejected.tool)
-    return rejected
-
-
-class Scrubbing:
-    """``with Scrubbing(core):`` a refusal or a stop raised inside leaves scrubbed (see
-    :func:`scrubbed`, ``RunState.scrub_stop``): what it quotes reaches the model and the
-    caller like everything else they see. A class, not a generator: it wraps every call."""
-
-    __slots__ = ("core",)
-
-    def __init__(self, core: RunState) -> None:
-        self.core = core
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, ToolRejected):
-            scrubbed(self.core, exc)
-        elif isinstance(exc, Stop):
-            self.core.scrub_stop(exc)
 
 
 def _call_flow(call: Call) -> Flow:

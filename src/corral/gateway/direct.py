@@ -31,6 +31,7 @@ from typing import Any
 
 from corral.budgets.meter import Hold
 from corral.clock import DEADLINE, DRIVEN
+from corral.exceptions import Stop, ToolRejected
 from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
@@ -104,8 +105,11 @@ class Pending:
     def end(self, result: Attempt) -> Any:
         """The attempt ended with ``result``: the observation, or the stop or refusal
         (the caller's attempts are never retried by corral)."""
-        with chain.Scrubbing(self.call.run):
+        try:
             ended = attempts.attempted(self.call, self.hold, self.started, result)
+        except (Stop, ToolRejected) as refusal:
+            self.call.run.scrub_refusal(refusal)
+            raise
         if type(ended) is attempts.Retry:  # pragma: no cover - _may_retry refuses external
             raise AssertionError("a caller-executed read was to be retried")
         return ended
@@ -120,12 +124,15 @@ def authorize(
     core = plan.core
     call = Call(core, plan.name, raw_args, None, call_id, True, attributes)
     core.last_call = None
-    with chain.Scrubbing(core):
+    try:
         chain.identify(call)
         served = admitted(call, plan)
         if served is not chain.NOT_SERVED:
             return None, served
         hold, started, op = attempt(call, plan)
+    except (Stop, ToolRejected) as refusal:
+        core.scrub_refusal(refusal)
+        raise
     return op, Pending(call, hold, started)
 
 
@@ -136,8 +143,10 @@ def call(plan: Plan, raw_args: Any) -> Any:
     core.last_call = None
     token = DEADLINE.set(DRIVEN)
     try:
-        with chain.Scrubbing(core):
-            return _chain(call, plan)
+        return _chain(call, plan)
+    except (Stop, ToolRejected) as refusal:
+        core.scrub_refusal(refusal)
+        raise
     finally:
         DEADLINE.reset(token)
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from corral.clock import DEADLINE, DRIVEN, SystemClock
+from corral.exceptions import Stop, ToolRejected
 from corral.gateway import attempts, chain
 from corral.gateway._escapes import CANCELLATION, Escaped
 from corral.gateway.call import Call
@@ -59,8 +60,10 @@ async def call(plan: Plan, raw_args: Any, call_id: str | None, owned: bool = Fal
     core.last_call = None
     token = DEADLINE.set(DRIVEN)
     try:
-        with chain.Scrubbing(core):
-            return await _chain(call, plan, owned)
+        return await _chain(call, plan, owned)
+    except (Stop, ToolRejected) as refusal:
+        core.scrub_refusal(refusal)
+        raise
     finally:
         DEADLINE.reset(token)
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from corral.budgets.meter import Limits, Usage, limits_from_policy
 from corral.clock import DEADLINE, SYSTEM_CLOCK, Clock
 from corral.controls.breaker import cache_for as breaker_cache_for
-from corral.exceptions import ConfigError, Stop, StoreError, StoreGone
+from corral.exceptions import ConfigError, Stop, StoreError, StoreGone, ToolRejected
 from corral.gateway.canonical import args_digest, canonical
 from corral.gateway.deadline import RunTime
 from corral.gateway.effective import DEFAULT_TOOL_TIMEOUT, Effective, effective
@@ -227,6 +227,18 @@ class RunState:
     def record_stop(self, info: StopInfo) -> None:
         if self.stop is None:
             self.stop = self.scrub_info(info)
+
+    def scrub_refusal(self, refusal: Stop | ToolRejected) -> None:
+        """A stop or a refusal on its way out of the gateway, scrubbed in place: what it
+        quotes (the arguments, a tool's own words) reaches the model and the caller like
+        everything else they see. (``except (Stop, ToolRejected)`` around a call: free while
+        nothing is raised, unlike a ``with`` block.)"""
+        if isinstance(refusal, Stop):
+            self.scrub_stop(refusal)
+            return
+        refusal.message = self.redactor.text(refusal.message)
+        refusal.args = (refusal.message,)
+        refusal.tool = self.redactor.secrets_only(refusal.tool)
 
     def scrub_stop(self, stop: Stop) -> Stop:
         """``stop``, its message, subject and extras scrubbed of secrets in place: whatever
